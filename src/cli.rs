@@ -1,0 +1,284 @@
+//! The command line: clap definitions and what each command does. `main.rs` only parses and
+//! reports errors; everything here returns a typed [`CliError`].
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError, LogFormat, StoreConfig, parse_net};
+use crate::keys::file::FileStore;
+use crate::keys::{self, Change, Environment, KeySpec, KeyStore, KeyType, StoreError};
+use crate::server::{self, Server, ServerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "keygate", version, about = "A reverse-proxy sidecar that enforces API keys")]
+pub struct Cli {
+    /// Config file. Every value can be overridden with KEYGATE_<SECTION>__<KEY>.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "KEYGATE_CONFIG",
+        default_value = "proxy.toml",
+        global = true
+    )]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve,
+    /// One process: a built-in echo upstream, the proxy, and a fresh sandbox key with curl
+    /// lines to paste. Needs no config and no Redis.
+    Demo,
+    /// Validate the config and print the effective values; exit 1 on error.
+    CheckConfig,
+    /// Manage keys in the configured store.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; prints JSON with its "id" and the full "key" (shown this once only).
+    Create(CreateArgs),
+    /// List keys as JSON (never the secret).
+    List {
+        /// Only this owner's keys.
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    /// Show one key as JSON (never the secret).
+    Show { id: String },
+    /// Revoke a key: requests with it get 401 invalid_api_key from then on.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A human-readable name ("billing service").
+    #[arg(long)]
+    pub name: String,
+    /// Comma-separated scopes, e.g. content:read,analytics:read or *.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub scopes: Vec<String>,
+    #[arg(long = "type", value_enum, default_value = "secret")]
+    pub key_type: TypeArg,
+    #[arg(long, value_enum, default_value = "live")]
+    pub env: EnvArg,
+    /// The team or workspace that owns the key.
+    #[arg(long, default_value = "default")]
+    pub owner: String,
+    /// Rate-limit plan name.
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// Lifetime: 30d, 90d, 12h, … or never.
+    #[arg(long, conflicts_with = "expires_at")]
+    pub expires_in: Option<String>,
+    /// Absolute expiry, RFC 3339 (2027-01-01T00:00:00Z).
+    #[arg(long)]
+    pub expires_at: Option<String>,
+    /// Allow only clients from this CIDR (repeatable). Default: any address.
+    #[arg(long = "allow-ip")]
+    pub allow_ip: Vec<String>,
+    /// Create this many keys with the same settings, printed one JSON object per line.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TypeArg {
+    Secret,
+    Public,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EnvArg {
+    Live,
+    Test,
+}
+
+/// Runs a parsed command line. `init_logging` is called once the log settings are known.
+pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    match cli.command {
+        Command::Demo => {
+            init_logging(LogFormat::Text, "warn,keygate::access=info");
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                server::shutdown_signal().await;
+                trigger.cancel();
+            });
+            crate::demo::run(shutdown, stdout).await
+        }
+        Command::Serve => {
+            let config = Config::load(&cli.config)?;
+            init_logging(config.log.format, &config.log.level);
+            let server = Server::bind(config).await?;
+            let shutdown = CancellationToken::new();
+            let trigger = shutdown.clone();
+            tokio::spawn(async move {
+                server::shutdown_signal().await;
+                tracing::info!("shutdown requested");
+                trigger.cancel();
+            });
+            server.run(shutdown).await;
+            Ok(())
+        }
+        Command::CheckConfig => {
+            let config = Config::load(&cli.config)?;
+            writeln!(stdout, "# {}: OK\n{}", cli.config.display(), config.to_toml())?;
+            Ok(())
+        }
+        Command::Keys(command) => {
+            init_logging(LogFormat::Text, "warn");
+            let config = Config::load(&cli.config)?;
+            let store = open_store(&config)?;
+            keys_command(command, &config, store.as_ref(), &mut stdout).await
+        }
+    }
+}
+
+fn open_store(config: &Config) -> Result<Arc<dyn KeyStore>, CliError> {
+    match &config.store {
+        StoreConfig::File { path, .. } => Ok(Arc::new(FileStore::open(path)?)),
+    }
+}
+
+async fn keys_command(
+    command: KeysCommand,
+    config: &Config,
+    store: &dyn KeyStore,
+    out: &mut impl Write,
+) -> Result<(), CliError> {
+    match command {
+        KeysCommand::Create(args) => {
+            let now = SystemTime::now();
+            let count = args.count as usize;
+            let spec = spec_from(args, now)?;
+            let created = keys::create_many(store, &config.keys.prefix, spec, count, now).await?;
+            if let [one] = created.as_slice() {
+                writeln!(out, "{}", pretty(one))?;
+            } else {
+                for c in &created {
+                    writeln!(out, "{}", serde_json::to_string(c).expect("serializable"))?;
+                }
+            }
+        }
+        KeysCommand::List { owner } => {
+            let list = store.list(owner.as_deref()).await?;
+            writeln!(out, "{}", pretty(&list))?;
+        }
+        KeysCommand::Show { id } => {
+            let record = store
+                .by_id(&id)
+                .await?
+                .ok_or(StoreError::NotFound(id))?;
+            writeln!(out, "{}", pretty(&record))?;
+        }
+        KeysCommand::Revoke { id } => {
+            let record = store.update(&id, Change::Revoke).await?;
+            writeln!(out, "{}", pretty(&record))?;
+        }
+    }
+    Ok(())
+}
+
+fn spec_from(args: CreateArgs, now: SystemTime) -> Result<KeySpec, CliError> {
+    let allowed_cidrs = args
+        .allow_ip
+        .iter()
+        .map(|s| parse_net(s).map_err(|e| CliError::Usage(format!("--allow-ip: {e}"))))
+        .collect::<Result<_, _>>()?;
+    let expires_at = match (args.expires_in.as_deref(), args.expires_at.as_deref()) {
+        (Some(lifetime), _) => parse_lifetime(lifetime)?.map(|d| now + d),
+        (None, Some(at)) => Some(humantime::parse_rfc3339_weak(at).map_err(|e| {
+            CliError::Usage(format!(
+                "--expires-at {at:?}: {e}; use RFC 3339 like 2027-01-01T00:00:00Z"
+            ))
+        })?),
+        (None, None) => None,
+    };
+    if expires_at.is_some_and(|at| at <= now) {
+        return Err(CliError::Usage("the expiry must be in the future".into()));
+    }
+    Ok(KeySpec {
+        name: args.name,
+        owner: args.owner,
+        key_type: match args.key_type {
+            TypeArg::Secret => KeyType::Secret,
+            TypeArg::Public => KeyType::Public,
+        },
+        env: match args.env {
+            EnvArg::Live => Environment::Live,
+            EnvArg::Test => Environment::Test,
+        },
+        scopes: args.scopes,
+        allowed_cidrs,
+        expires_at,
+        plan: args.plan,
+    })
+}
+
+/// `30d`, `12h`, `1h 30m` or `never`.
+pub fn parse_lifetime(s: &str) -> Result<Option<Duration>, CliError> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        Ok(_) => Err(CliError::Usage("--expires-in must be longer than 0".into())),
+        Err(e) => Err(CliError::Usage(format!(
+            "--expires-in {s:?}: {e}; use e.g. 30d, 90d, 12h or never"
+        ))),
+    }
+}
+
+fn pretty<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).expect("key records always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes() {
+        assert_eq!(parse_lifetime("never").unwrap(), None);
+        assert_eq!(
+            parse_lifetime("30d").unwrap(),
+            Some(Duration::from_secs(30 * 86400))
+        );
+        assert_eq!(parse_lifetime("12h").unwrap(), Some(Duration::from_secs(12 * 3600)));
+        assert!(parse_lifetime("0s").is_err());
+        assert!(parse_lifetime("soon").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,687 @@
+//! Configuration: `proxy.toml` plus `KEYGATE_<SECTION>__<KEY>` environment overrides, parsed
+//! once into validated types.
+//!
+//! The raw structs mirror the file (`deny_unknown_fields`, so a typo is an error rather than a
+//! silently ignored setting); `TryFrom<RawConfig> for Config` checks everything that serde
+//! cannot and names the field and the fix in its error. Nothing downstream re-validates.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use http::header::HeaderName;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::credential::CredentialHeader;
+
+/// Environment variables that configure the CLI itself rather than a config value.
+const NOT_OVERRIDES: &[&str] = &["KEYGATE_CONFIG", "KEYGATE_LOG"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw: exactly what the file may say.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    listen: RawListen,
+    upstream: Option<RawUpstream>,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    keys: RawKeys,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    network: RawNetwork,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawListen {
+    public: String,
+    admin: String,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            public: "0.0.0.0:8080".into(),
+            admin: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(default = "yes")]
+    preserve_host: bool,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    kind: String,
+    path: PathBuf,
+    #[serde(with = "humantime_serde")]
+    reload_interval: Duration,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            kind: "file".into(),
+            path: "keys.json".into(),
+            reload_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawKeys {
+    prefix: String,
+}
+
+impl Default for RawKeys {
+    fn default() -> Self {
+        Self { prefix: "kg".into() }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    credential_headers: Vec<String>,
+    max_key_length: usize,
+    public_paths: Vec<String>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            credential_headers: vec![
+                "authorization".into(),
+                "x-api-key".into(),
+                "project-access-token".into(),
+            ],
+            max_key_length: 256,
+            public_paths: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawNetwork {
+    trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: String,
+    level: String,
+    access: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "json".into(),
+            level: "info".into(),
+            access: true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated: what the rest of keygate reads.
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: Listen,
+    pub upstream: Upstream,
+    pub store: StoreConfig,
+    pub keys: KeysConfig,
+    pub auth: AuthConfig,
+    pub network: Network,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Listen {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Upstream {
+    #[serde(serialize_with = "display")]
+    pub url: Uri,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream to send its response headers.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub preserve_host: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StoreConfig {
+    File {
+        path: PathBuf,
+        #[serde(with = "humantime_serde")]
+        reload_interval: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeysConfig {
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthConfig {
+    pub credential_headers: Vec<CredentialHeader>,
+    pub max_key_length: usize,
+    pub public_paths: Vec<PathPattern>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// A path that passes without a key: an exact path, or a prefix written as `/prefix/**`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub enum PathPattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl PathPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if !s.starts_with('/') {
+            return Err(format!("{s:?} must start with '/'"));
+        }
+        match s.strip_suffix("/**") {
+            Some(prefix) if prefix.contains('*') => Err(format!(
+                "{s:?}: '*' is only allowed as a trailing '/**'"
+            )),
+            Some(prefix) => Ok(Self::Prefix(format!("{prefix}/"))),
+            None if s.contains('*') => Err(format!(
+                "{s:?}: '*' is only allowed as a trailing '/**'"
+            )),
+            None => Ok(Self::Exact(s.to_owned())),
+        }
+    }
+
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(p) => path == p,
+            // `/health/**` covers `/health` itself as well as everything below it.
+            Self::Prefix(p) => path.starts_with(p.as_str()) || path == &p[..p.len() - 1],
+        }
+    }
+}
+
+impl From<PathPattern> for String {
+    fn from(p: PathPattern) -> String {
+        match p {
+            PathPattern::Exact(s) => s,
+            PathPattern::Prefix(p) => format!("{p}**"),
+        }
+    }
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+impl Config {
+    /// Reads `path`, applies `KEYGATE_*` overrides from the process environment, validates.
+    /// Relative paths inside the file (the keys file) are resolved against the file's folder,
+    /// so `keygate -c /etc/keygate/proxy.toml` works from any working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text, path, std::env::vars())?;
+        match &mut config.store {
+            StoreConfig::File { path: keys, .. } if keys.is_relative() => {
+                let base = path.parent().unwrap_or(Path::new("."));
+                *keys = base.join(&*keys);
+            }
+            _ => {}
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text with the given environment overrides (injectable for tests).
+    pub fn from_toml(
+        text: &str,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("KEYGATE_") && !NOT_OVERRIDES.contains(&k.as_str()))
+            .collect();
+        vars.sort();
+        for (var, value) in vars {
+            apply_override(&mut table, &var, &value)?;
+        }
+        let raw: RawConfig =
+            RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                path: origin.to_owned(),
+                message: e.to_string(),
+            })?;
+        Config::try_from(raw)
+    }
+
+    /// The effective configuration as TOML, for `check-config`. There are no secrets in it
+    /// yet; when there are, they are masked here.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// `KEYGATE_UPSTREAM__URL=http://x` sets `upstream.url`. The value is read as a TOML value
+/// (numbers, booleans, `["a","b"]`) unless the file already holds a string there or it is not
+/// valid TOML, in which case it is taken verbatim as a string.
+fn apply_override(table: &mut toml::Table, var: &str, value: &str) -> Result<(), ConfigError> {
+    let env_err = |message: String| ConfigError::Env {
+        var: var.to_owned(),
+        message,
+    };
+    let path: Vec<String> = var["KEYGATE_".len()..]
+        .split("__")
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if path.len() < 2 || path.iter().any(String::is_empty) {
+        return Err(env_err(
+            "expected KEYGATE_<SECTION>__<KEY>, e.g. KEYGATE_UPSTREAM__URL".into(),
+        ));
+    }
+    let (leaf, sections) = path.split_last().expect("checked len >= 2");
+    let mut node = table;
+    for section in sections {
+        let entry = node
+            .entry(section.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        node = entry
+            .as_table_mut()
+            .ok_or_else(|| env_err(format!("[{section}] is not a table in the config file")))?;
+    }
+    let existing_is_string = matches!(node.get(leaf), Some(toml::Value::String(_)));
+    let parsed = if existing_is_string {
+        None
+    } else {
+        toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+    };
+    node.insert(
+        leaf.clone(),
+        parsed.unwrap_or_else(|| toml::Value::String(value.to_owned())),
+    );
+    Ok(())
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let listen = Listen {
+            public: parse_addr("listen.public", &raw.listen.public)?,
+            admin: parse_addr("listen.admin", &raw.listen.admin)?,
+        };
+        if listen.public == listen.admin && listen.public.port() != 0 {
+            return Err(invalid(
+                "listen.admin",
+                "must differ from listen.public: health and metrics never share the client port",
+            ));
+        }
+
+        let up = raw.upstream.ok_or_else(|| {
+            invalid(
+                "upstream",
+                "missing [upstream] section; add url = \"http://127.0.0.1:3000\"",
+            )
+        })?;
+        let url: Uri = up.url.parse().map_err(|e| {
+            invalid(
+                "upstream.url",
+                format!("{:?} is not a URL ({e}); expected e.g. http://127.0.0.1:3000", up.url),
+            )
+        })?;
+        if url.scheme_str() != Some("http") || url.authority().is_none() {
+            return Err(invalid(
+                "upstream.url",
+                format!(
+                    "{:?}: expected http://HOST:PORT (https upstreams are not supported yet)",
+                    up.url
+                ),
+            ));
+        }
+        if url.query().is_some() {
+            return Err(invalid("upstream.url", "must not contain a query string"));
+        }
+        for (field, d) in [
+            ("upstream.connect_timeout", up.connect_timeout),
+            ("upstream.timeout", up.timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be greater than 0, e.g. \"5s\""));
+            }
+        }
+
+        let store = match raw.store.kind.as_str() {
+            "file" => {
+                if raw.store.path.as_os_str().is_empty() {
+                    return Err(invalid("store.path", "must name the keys file, e.g. keys.json"));
+                }
+                if raw.store.reload_interval.is_zero()
+                    || raw.store.reload_interval > Duration::from_secs(1)
+                {
+                    return Err(invalid(
+                        "store.reload_interval",
+                        "must be between 1ms and 1s so CLI changes reach the proxy within 1 s",
+                    ));
+                }
+                StoreConfig::File {
+                    path: raw.store.path,
+                    reload_interval: raw.store.reload_interval,
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "store.kind",
+                    format!("unknown store {other:?}; this build supports \"file\""),
+                ));
+            }
+        };
+
+        let prefix = raw.keys.prefix;
+        if prefix.is_empty()
+            || prefix.len() > 16
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(invalid(
+                "keys.prefix",
+                format!("{prefix:?}: use 1-16 lowercase letters or digits, e.g. \"kg\""),
+            ));
+        }
+
+        let auth = validate_auth(raw.auth)?;
+
+        let trusted_proxies = raw
+            .network
+            .trusted_proxies
+            .iter()
+            .map(|s| parse_net(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("network.trusted_proxies", e))?;
+
+        let format = match raw.log.format.as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?}: use \"json\" or \"text\""),
+                ));
+            }
+        };
+        tracing_subscriber::EnvFilter::try_new(&raw.log.level).map_err(|e| {
+            invalid(
+                "log.level",
+                format!("{:?}: {e}; e.g. \"info\" or \"keygate=debug\"", raw.log.level),
+            )
+        })?;
+
+        Ok(Config {
+            listen,
+            upstream: Upstream {
+                url,
+                connect_timeout: up.connect_timeout,
+                timeout: up.timeout,
+                preserve_host: up.preserve_host,
+            },
+            store,
+            keys: KeysConfig { prefix },
+            auth,
+            network: Network { trusted_proxies },
+            log: LogConfig {
+                format,
+                level: raw.log.level,
+                access: raw.log.access,
+            },
+        })
+    }
+}
+
+fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+    if raw.credential_headers.is_empty() {
+        return Err(invalid(
+            "auth.credential_headers",
+            "list at least one of \"authorization\", \"x-api-key\", \"project-access-token\"",
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut credential_headers = Vec::new();
+    for name in &raw.credential_headers {
+        let header = CredentialHeader::from_name(name).ok_or_else(|| {
+            invalid(
+                "auth.credential_headers",
+                format!(
+                    "{name:?} is not supported; use \"authorization\", \"x-api-key\" or \"project-access-token\""
+                ),
+            )
+        })?;
+        if !seen.insert(header) {
+            return Err(invalid(
+                "auth.credential_headers",
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        credential_headers.push(header);
+    }
+    if !(40..=4096).contains(&raw.max_key_length) {
+        return Err(invalid(
+            "auth.max_key_length",
+            "must be between 40 and 4096 bytes (keys are about 45 bytes)",
+        ));
+    }
+    let public_paths = raw
+        .public_paths
+        .iter()
+        .map(|p| PathPattern::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("auth.public_paths", e))?;
+    Ok(AuthConfig {
+        credential_headers,
+        max_key_length: raw.max_key_length,
+        public_paths,
+    })
+}
+
+fn parse_addr(field: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("{s:?} is not an IP:PORT address, e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
+        )
+    })
+}
+
+/// A CIDR, or a bare address meaning a single host.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/24 or 2001:db8::/32"))
+}
+
+/// Header names keygate owns; a client's copies are always removed.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-keygate-";
+
+pub fn is_identity_header(name: &HeaderName) -> bool {
+    name.as_str().starts_with(IDENTITY_HEADER_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n";
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_toml(
+            text,
+            Path::new("proxy.toml"),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.listen.public, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.keys.prefix, "kg");
+        assert_eq!(c.auth.credential_headers.len(), 3);
+        assert!(matches!(c.store, StoreConfig::File { .. }));
+    }
+
+    #[test]
+    fn env_overrides_win_and_are_typed() {
+        let c = load(
+            MINIMAL,
+            &[
+                ("KEYGATE_UPSTREAM__URL", "http://10.1.1.1:81"),
+                ("KEYGATE_AUTH__MAX_KEY_LENGTH", "100"),
+                ("KEYGATE_AUTH__PUBLIC_PATHS", "[\"/health\", \"/docs/**\"]"),
+                ("KEYGATE_KEYS__PREFIX", "acme"),
+                ("KEYGATE_CONFIG", "ignored.toml"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.upstream.url.to_string(), "http://10.1.1.1:81/");
+        assert_eq!(c.auth.max_key_length, 100);
+        assert_eq!(c.auth.public_paths.len(), 2);
+        assert_eq!(c.keys.prefix, "acme");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+            ("[upstream]\nurl = \"ftp://x\"\n", &[], "upstream.url"),
+            ("", &[], "upstream"),
+            ("[listen]\npublic = \"nope\"\n[upstream]\nurl = \"http://a:1\"\n", &[], "listen.public"),
+            (MINIMAL, &[("KEYGATE_KEYS__PREFIX", "Bad_Prefix")], "keys.prefix"),
+            (MINIMAL, &[("KEYGATE_STORE__KIND", "etcd")], "store.kind"),
+            (MINIMAL, &[("KEYGATE_AUTH__CREDENTIAL_HEADERS", "[\"cookie\"]")], "auth.credential_headers"),
+            (MINIMAL, &[("KEYGATE_AUTH__PUBLIC_PATHS", "[\"health\"]")], "auth.public_paths"),
+            (MINIMAL, &[("KEYGATE_NETWORK__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]")], "network.trusted_proxies"),
+            (MINIMAL, &[("KEYGATE_LOG__FORMAT", "xml")], "log.format"),
+            (MINIMAL, &[("KEYGATE_UPSTREAM__TIMEOUT", "0s")], "upstream.timeout"),
+            (MINIMAL, &[("KEYGATE_NOSECTION", "1")], "KEYGATE_NOSECTION"),
+            ("[upstream]\nurl = \"http://a:1\"\ncolour = 1\n", &[], "colour"),
+            (MINIMAL, &[("KEYGATE_LISTEN__PUBLC", "1.2.3.4:5")], "publc"),
+        ];
+        for (text, env, needle) in cases {
+            let err = load(text, env).expect_err(needle).to_string();
+            assert!(err.contains(needle), "{needle:?} not in {err:?}");
+        }
+    }
+
+    #[test]
+    fn path_patterns() {
+        let p = PathPattern::parse("/health/**").unwrap();
+        assert!(p.matches("/health"));
+        assert!(p.matches("/health/live"));
+        assert!(!p.matches("/healthz"));
+        let e = PathPattern::parse("/ping").unwrap();
+        assert!(e.matches("/ping"));
+        assert!(!e.matches("/ping/x"));
+        assert!(PathPattern::parse("/a*/b").is_err());
+        assert!(PathPattern::parse("/a/**/b/**").is_err());
+    }
+
+    #[test]
+    fn effective_config_renders() {
+        let c = load(MINIMAL, &[]).unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("url = \"http://127.0.0.1:3000/\""), "{text}");
+        assert!(text.contains("kind = \"file\""), "{text}");
+    }
+}

@@ -1,0 +1,345 @@
+//! Reading the caller's key from request headers, and the key format itself.
+//!
+//! Everything here is pure and allocation-free on the request path: a malformed or
+//! mistyped key is rejected before it costs a hash, a cache probe or a store round-trip.
+//!
+//! Key format: `<prefix>_<sk|pk>_<live|test>_<body>`, where `body` is [`RANDOM_LEN`] base62
+//! characters from the OS CSPRNG (28 × log2(62) ≈ 166 bits) followed by [`CHECKSUM_LEN`] base62
+//! characters encoding the CRC32 of everything before them. The checksum lets keygate (and
+//! secret scanners) tell a typo or a made-up string from a real key without any lookup; it is
+//! not a security boundary — the 166 random bits are.
+
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, HeaderName};
+use serde::Serialize;
+
+use crate::keys::{Environment, KeyType};
+use crate::reject::Reject;
+
+pub const RANDOM_LEN: usize = 28;
+pub const CHECKSUM_LEN: usize = 6;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// The headers a key may arrive in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(into = "&'static str")]
+pub enum CredentialHeader {
+    /// `Authorization: Bearer <key>`; other schemes (Basic, Digest) are not API keys.
+    Authorization,
+    XApiKey,
+    ProjectAccessToken,
+}
+
+impl CredentialHeader {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "authorization" => Some(Self::Authorization),
+            "x-api-key" => Some(Self::XApiKey),
+            "project-access-token" => Some(Self::ProjectAccessToken),
+            _ => None,
+        }
+    }
+
+    pub fn header_name(self) -> HeaderName {
+        match self {
+            Self::Authorization => AUTHORIZATION,
+            Self::XApiKey => HeaderName::from_static("x-api-key"),
+            Self::ProjectAccessToken => HeaderName::from_static("project-access-token"),
+        }
+    }
+
+    pub fn all() -> [Self; 3] {
+        [Self::Authorization, Self::XApiKey, Self::ProjectAccessToken]
+    }
+}
+
+impl From<CredentialHeader> for &'static str {
+    fn from(h: CredentialHeader) -> &'static str {
+        match h {
+            CredentialHeader::Authorization => "authorization",
+            CredentialHeader::XApiKey => "x-api-key",
+            CredentialHeader::ProjectAccessToken => "project-access-token",
+        }
+    }
+}
+
+/// Finds the one key this request presents.
+///
+/// Headers are read in `order`. The same key repeated (in several headers or several lines of
+/// one header) is accepted; two different values are refused, because silently picking one
+/// would let a client or an intermediary choose which identity gets authorized. Values longer
+/// than `max_len` are refused before anything else looks at them.
+pub fn extract<'a>(
+    headers: &'a HeaderMap,
+    order: &[CredentialHeader],
+    max_len: usize,
+) -> Result<&'a str, Reject> {
+    let mut found: Option<&'a str> = None;
+    for &which in order {
+        for value in headers.get_all(which.header_name()) {
+            if value.len() > max_len {
+                return Err(Reject::InvalidApiKey);
+            }
+            let text = value.to_str().map_err(|_| Reject::InvalidApiKey)?;
+            let Some(key) = candidate(which, text)? else {
+                continue;
+            };
+            match found {
+                Some(prev) if prev != key => return Err(Reject::ConflictingCredentials),
+                _ => found = Some(key),
+            }
+        }
+    }
+    found.ok_or(Reject::MissingApiKey)
+}
+
+/// The key carried by one header value, `None` if this value carries no API key at all.
+fn candidate(which: CredentialHeader, text: &str) -> Result<Option<&str>, Reject> {
+    let text = text.trim_matches([' ', '\t']);
+    let key = match which {
+        CredentialHeader::Authorization => {
+            let (scheme, rest) = text.split_once([' ', '\t']).unwrap_or((text, ""));
+            if !scheme.eq_ignore_ascii_case("bearer") {
+                // Basic, Digest, … are other kinds of credential: not ours to judge.
+                return Ok(None);
+            }
+            rest.trim_start_matches([' ', '\t'])
+        }
+        CredentialHeader::XApiKey | CredentialHeader::ProjectAccessToken => text,
+    };
+    if key.is_empty() {
+        return Err(Reject::MissingApiKey);
+    }
+    Ok(Some(key))
+}
+
+/// What the key string itself says, once its format and checksum are verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyClaims {
+    pub key_type: KeyType,
+    pub env: Environment,
+}
+
+/// Verifies the shape and checksum of `key` for the configured `prefix`.
+pub fn parse_key(key: &str, prefix: &str) -> Result<KeyClaims, Reject> {
+    let bad = || Reject::InvalidApiKey;
+    let rest = key
+        .strip_prefix(prefix)
+        .and_then(|r| r.strip_prefix('_'))
+        .ok_or_else(bad)?;
+    let (key_type, rest) = match rest.split_at_checked(3).ok_or_else(bad)? {
+        ("sk_", rest) => (KeyType::Secret, rest),
+        ("pk_", rest) => (KeyType::Public, rest),
+        _ => return Err(bad()),
+    };
+    let (env, body) = if let Some(body) = rest.strip_prefix("live_") {
+        (Environment::Live, body)
+    } else if let Some(body) = rest.strip_prefix("test_") {
+        (Environment::Test, body)
+    } else {
+        return Err(bad());
+    };
+    if body.len() != RANDOM_LEN + CHECKSUM_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(bad());
+    }
+    let (signed, checksum) = key.split_at(key.len() - CHECKSUM_LEN);
+    if encode_checksum(crc32fast::hash(signed.as_bytes())).as_slice() != checksum.as_bytes() {
+        return Err(bad());
+    }
+    Ok(KeyClaims { key_type, env })
+}
+
+/// A fresh key from the OS CSPRNG.
+pub fn generate_key(
+    prefix: &str,
+    key_type: KeyType,
+    env: Environment,
+) -> Result<String, getrandom::Error> {
+    let mut key = format!("{prefix}_{}_{}_", key_type.code(), env.as_str());
+    key.push_str(&random_base62(RANDOM_LEN)?);
+    let checksum = encode_checksum(crc32fast::hash(key.as_bytes()));
+    key.push_str(std::str::from_utf8(&checksum).expect("base62 is ASCII"));
+    Ok(key)
+}
+
+/// `n` uniformly random base62 characters (rejection sampling, so no modulo bias).
+pub fn random_base62(n: usize) -> Result<String, getrandom::Error> {
+    let mut out = String::with_capacity(n);
+    let mut buf = [0u8; 64];
+    while out.len() < n {
+        getrandom::fill(&mut buf)?;
+        for &b in &buf {
+            // 248 = 4 × 62: bytes at or above it would favour the first characters.
+            if b < 248 && out.len() < n {
+                out.push(BASE62[(b % 62) as usize] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_LEN] {
+    // 62^6 ≈ 5.7e10 > 2^32, so six digits hold any CRC32.
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(crc % 62) as usize];
+        crc /= 62;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const ORDER: [CredentialHeader; 3] = [
+        CredentialHeader::Authorization,
+        CredentialHeader::XApiKey,
+        CredentialHeader::ProjectAccessToken,
+    ];
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn extraction_table() {
+        let long = "k".repeat(257);
+        let at_cap = "k".repeat(256);
+        let bearer_long = format!("Bearer {}", "k".repeat(261));
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a [u8])>, Result<&'a str, Reject>);
+        let cases: Vec<Case> = vec![
+            ("no headers", vec![], Err(Reject::MissingApiKey)),
+            ("bearer", vec![("authorization", b"Bearer abc")], Ok("abc")),
+            ("bearer lowercase scheme", vec![("authorization", b"bearer abc")], Ok("abc")),
+            ("bearer uppercase scheme", vec![("authorization", b"BEARER abc")], Ok("abc")),
+            ("bearer mixed case", vec![("authorization", b"BeArEr abc")], Ok("abc")),
+            ("bearer extra spaces", vec![("authorization", b"Bearer    abc")], Ok("abc")),
+            ("bearer tab", vec![("authorization", b"Bearer\tabc")], Ok("abc")),
+            ("bearer trailing space", vec![("authorization", b"Bearer abc  ")], Ok("abc")),
+            ("bearer no token", vec![("authorization", b"Bearer")], Err(Reject::MissingApiKey)),
+            ("bearer only spaces", vec![("authorization", b"Bearer   ")], Err(Reject::MissingApiKey)),
+            ("basic is not a key", vec![("authorization", b"Basic dXNlcjpwYXNz")], Err(Reject::MissingApiKey)),
+            ("basic plus x-api-key", vec![("authorization", b"Basic dXNlcjpwYXNz"), ("x-api-key", b"abc")], Ok("abc")),
+            ("digest is not a key", vec![("authorization", b"Digest username=x")], Err(Reject::MissingApiKey)),
+            ("bearerabc is no scheme", vec![("authorization", b"Bearerabc")], Err(Reject::MissingApiKey)),
+            ("x-api-key", vec![("x-api-key", b"abc")], Ok("abc")),
+            ("x-api-key padded", vec![("x-api-key", b"  abc\t")], Ok("abc")),
+            ("x-api-key empty", vec![("x-api-key", b"")], Err(Reject::MissingApiKey)),
+            ("project-access-token", vec![("project-access-token", b"abc")], Ok("abc")),
+            ("same key twice, two headers", vec![("authorization", b"Bearer abc"), ("x-api-key", b"abc")], Ok("abc")),
+            ("same key in all three", vec![("authorization", b"Bearer abc"), ("x-api-key", b"abc"), ("project-access-token", b"abc")], Ok("abc")),
+            ("different keys, two headers", vec![("authorization", b"Bearer abc"), ("x-api-key", b"xyz")], Err(Reject::ConflictingCredentials)),
+            ("different keys, one header twice", vec![("x-api-key", b"abc"), ("x-api-key", b"xyz")], Err(Reject::ConflictingCredentials)),
+            ("same key, one header twice", vec![("x-api-key", b"abc"), ("x-api-key", b"abc")], Ok("abc")),
+            ("two bearer lines differ", vec![("authorization", b"Bearer a"), ("authorization", b"Bearer b")], Err(Reject::ConflictingCredentials)),
+            ("non-ascii value", vec![("x-api-key", "kéy".as_bytes())], Err(Reject::InvalidApiKey)),
+            ("obs-text in bearer", vec![("authorization", b"Bearer \xff\xfe")], Err(Reject::InvalidApiKey)),
+            ("over-long value", vec![("x-api-key", long.as_bytes())], Err(Reject::InvalidApiKey)),
+            ("value at the cap", vec![("x-api-key", at_cap.as_bytes())], Ok(at_cap.as_str())),
+            ("over-long bearer", vec![("authorization", bearer_long.as_bytes())], Err(Reject::InvalidApiKey)),
+            ("key with inner space kept whole", vec![("x-api-key", b"ab c")], Ok("ab c")),
+            ("unrelated header", vec![("api-key", b"abc")], Err(Reject::MissingApiKey)),
+        ];
+        for (name, pairs, want) in cases {
+            let h = headers(&pairs);
+            assert_eq!(extract(&h, &ORDER, 256), want, "case {name}");
+        }
+    }
+
+    #[test]
+    fn order_limits_which_headers_count() {
+        let h = headers(&[("authorization", b"Bearer abc"), ("x-api-key", b"xyz")]);
+        assert_eq!(extract(&h, &[CredentialHeader::XApiKey], 256), Ok("xyz"));
+        assert_eq!(
+            extract(&h, &[CredentialHeader::ProjectAccessToken], 256),
+            Err(Reject::MissingApiKey)
+        );
+    }
+
+    #[test]
+    fn generated_keys_parse_back() {
+        for (t, e) in [
+            (KeyType::Secret, Environment::Live),
+            (KeyType::Secret, Environment::Test),
+            (KeyType::Public, Environment::Live),
+            (KeyType::Public, Environment::Test),
+        ] {
+            let key = generate_key("kg", t, e).unwrap();
+            assert_eq!(
+                key.len(),
+                "kg_sk_live_".len() + RANDOM_LEN + CHECKSUM_LEN,
+                "{key}"
+            );
+            assert_eq!(parse_key(&key, "kg"), Ok(KeyClaims { key_type: t, env: e }));
+        }
+    }
+
+    #[test]
+    fn random_keys_differ() {
+        let a = generate_key("kg", KeyType::Secret, Environment::Live).unwrap();
+        let b = generate_key("kg", KeyType::Secret, Environment::Live).unwrap();
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn format_table() {
+        let good = generate_key("kg", KeyType::Secret, Environment::Live).unwrap();
+        let body_start = "kg_sk_live_".len();
+        // Flip one character of the random part: the checksum must catch it.
+        let mut flipped = good.clone().into_bytes();
+        flipped[body_start] = if flipped[body_start] == b'a' { b'b' } else { b'a' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        // Change the type: the checksum covers the whole prefix too.
+        let retyped = good.replacen("_sk_", "_pk_", 1);
+        let reenv = good.replacen("_live_", "_test_", 1);
+        let cases: Vec<(&str, String, Result<(), Reject>)> = vec![
+            ("valid", good.clone(), Ok(())),
+            ("wrong prefix", good.replacen("kg_", "xx_", 1), Err(Reject::InvalidApiKey)),
+            ("prefix without separator", good.replacen("kg_", "kg", 1), Err(Reject::InvalidApiKey)),
+            ("flipped random char", flipped, Err(Reject::InvalidApiKey)),
+            ("type changed", retyped, Err(Reject::InvalidApiKey)),
+            ("env changed", reenv, Err(Reject::InvalidApiKey)),
+            ("truncated", good[..good.len() - 1].to_string(), Err(Reject::InvalidApiKey)),
+            ("extended", format!("{good}0"), Err(Reject::InvalidApiKey)),
+            ("unknown type", good.replacen("_sk_", "_xk_", 1), Err(Reject::InvalidApiKey)),
+            ("unknown env", good.replacen("_live_", "_prod_", 1), Err(Reject::InvalidApiKey)),
+            ("non-base62 body", format!("{}-{}", &good[..body_start], &good[body_start + 1..]), Err(Reject::InvalidApiKey)),
+            ("empty", String::new(), Err(Reject::InvalidApiKey)),
+            ("just prefix", "kg_".into(), Err(Reject::InvalidApiKey)),
+            ("garbage", "hello world".into(), Err(Reject::InvalidApiKey)),
+            ("non-ascii", "kg_sk_live_é".into(), Err(Reject::InvalidApiKey)),
+        ];
+        for (name, key, want) in cases {
+            assert_eq!(parse_key(&key, "kg").map(|_| ()), want, "case {name}: {key}");
+        }
+    }
+
+    #[test]
+    fn checksum_encoding_covers_u32() {
+        assert_eq!(&encode_checksum(0), b"000000");
+        assert_eq!(&encode_checksum(61), b"00000z");
+        assert_eq!(&encode_checksum(u32::MAX), b"4gfFC3");
+    }
+
+    #[test]
+    fn base62_is_roughly_uniform() {
+        let s = random_base62(62 * 400).unwrap();
+        let mut counts = [0u32; 62];
+        for b in s.bytes() {
+            counts[BASE62.iter().position(|&c| c == b).unwrap()] += 1;
+        }
+        // Mean 400 per symbol; a biased generator (e.g. b % 62 without rejection) still
+        // passes this, but a broken one (a constant, a short alphabet) does not.
+        assert!(counts.iter().all(|&c| c > 250 && c < 550), "{counts:?}");
+    }
+}

@@ -1,0 +1,47 @@
+//! keygate: a reverse-proxy sidecar that enforces API keys.
+//!
+//! # Layout
+//!
+//! The request path, in the order a request meets it:
+//!
+//! - [`server`]: listeners, HTTP/1.1 + HTTP/2 connections, graceful shutdown.
+//! - [`proxy`]: `handle()` (logging, the one place a refusal becomes a response) around
+//!   `admit()` (the ordered stages below).
+//! - [`credential`]: which header carries the key; the key format and its checksum.
+//! - [`keys`]: key records and the [`keys::KeyStore`] trait; [`keys::file`] is the embedded
+//!   file store.
+//! - [`authz`]: pure authorization of a known key (status, expiry, IP allowlist).
+//! - [`forward`]: the upstream client and header hygiene (hop-by-hop, credentials,
+//!   `X-Forwarded-*`, identity headers).
+//! - [`reject`]: every refusal, and its status + JSON body.
+//!
+//! Around it:
+//!
+//! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
+//! - [`admin`]: `/healthz` and `/readyz` on the admin listener.
+//! - [`cli`]: the `keygate` commands; [`demo`]: `keygate demo`; [`echo`]: the demo's
+//!   built-in upstream.
+
+pub mod admin;
+pub mod authz;
+pub mod cli;
+pub mod config;
+pub mod credential;
+pub mod demo;
+pub mod echo;
+pub mod forward;
+pub mod keys;
+pub mod proxy;
+pub mod reject;
+pub mod server;
+
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use server::{Server, ServerError};
+
+/// Binds the configured listeners and serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
+    Server::bind(config).await?.run(shutdown).await;
+    Ok(())
+}

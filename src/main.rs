@@ -1,0 +1,45 @@
+//! The `keygate` binary: parse the command line, hand it to the library, report errors.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use keygate::cli::{self, Cli};
+use keygate::config::LogFormat;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::execute(cli, init_logging)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs go to stderr, so stdout stays clean JSON for `keys` commands. `KEYGATE_LOG`
+/// (e.g. `debug`, `keygate=trace`) overrides the configured level.
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = std::env::var("KEYGATE_LOG")
+        .ok()
+        .and_then(|l| EnvFilter::try_new(l).ok())
+        .unwrap_or_else(|| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,138 @@
+//! The request path: [`Proxy::handle`] (logging, error rendering) around [`Proxy::admit`]
+//! (the ordered stages). Reading `admit` top to bottom is reading the product.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::authz::{self, RequestFacts};
+use crate::config::Config;
+use crate::credential;
+use crate::forward::{self, Forwarder, Origin};
+use crate::keys::{KeyHash, KeyRecord, KeyStore};
+use crate::reject::Reject;
+
+/// A response body: the upstream's stream, or keygate's own small JSON.
+pub type Body = Either<Incoming, Full<Bytes>>;
+
+pub struct Proxy {
+    config: Arc<Config>,
+    store: Arc<dyn KeyStore>,
+    forwarder: Forwarder,
+}
+
+/// What the access log records about one request; stages fill it in as they learn it.
+#[derive(Default)]
+struct Audit {
+    key: Option<Arc<KeyRecord>>,
+    client_ip: Option<std::net::IpAddr>,
+}
+
+impl Proxy {
+    pub fn new(config: Arc<Config>, store: Arc<dyn KeyStore>) -> Self {
+        let forwarder = Forwarder::new(&config.upstream, &config.auth.credential_headers);
+        Self {
+            config,
+            store,
+            forwarder,
+        }
+    }
+
+    /// Runs one request and never fails: a refusal becomes its JSON response here, and
+    /// nowhere else.
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        // The path only: query strings carry secrets often enough (`?api_key=`).
+        let path = req.uri().path().to_owned();
+        let mut audit = Audit::default();
+        let outcome = self.admit(req, peer, &mut audit).await;
+        let (response, decision) = match outcome {
+            Ok(response) => (response.map(Either::Left), "allowed"),
+            Err(reject) => {
+                let code = reject.code();
+                (reject.into_response().map(Either::Right), code)
+            }
+        };
+        if self.config.log.access {
+            let key = audit.key.as_deref();
+            tracing::info!(
+                target: "keygate::access",
+                method = %method,
+                path = %path,
+                status = response.status().as_u16(),
+                decision,
+                key_id = key.map(|k| k.id.as_str()),
+                owner = key.map(|k| k.owner.as_str()),
+                env = key.map(|k| k.env.as_str()),
+                client_ip = audit.client_ip.map(tracing::field::display),
+                latency_us = started.elapsed().as_micros() as u64,
+            );
+        }
+        response
+    }
+
+    /// The ordered stages. Cheap, I/O-free checks come first so that junk never costs a store
+    /// lookup; authorization needs the record, so it follows the lookup; only an admitted
+    /// request reaches the upstream.
+    async fn admit(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        audit: &mut Audit,
+    ) -> Result<Response<Incoming>, Reject> {
+        let trusted = &self.config.network.trusted_proxies;
+        let peer_trusted = trusted
+            .iter()
+            .any(|net| net.contains(&authz::canonical(peer.ip())));
+        let client_ip = forward::client_ip(peer.ip(), req.headers(), trusted);
+        audit.client_ip = Some(client_ip);
+        let origin = |key| Origin {
+            peer: peer.ip(),
+            peer_trusted,
+            key,
+        };
+
+        // 1. Public paths (an upstream's own health check, docs) need no key at all.
+        let path = req.uri().path();
+        if self.config.auth.public_paths.iter().any(|p| p.matches(path)) {
+            let req = self.forwarder.prepare(req, &origin(None));
+            return self.forwarder.send(req).await;
+        }
+
+        // 2. Which key? Exactly one, from the configured headers, length-capped.
+        let auth = &self.config.auth;
+        let key = credential::extract(req.headers(), &auth.credential_headers, auth.max_key_length)?;
+
+        // 3. Is it shaped like one of ours? Prefix, type, environment, checksum: no I/O.
+        let claims = credential::parse_key(key, &self.config.keys.prefix)?;
+
+        // 4. Do we know it? Only the hash is ever looked up or stored.
+        let record = self
+            .store
+            .get(&KeyHash::of(key))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "key store lookup failed");
+                Reject::KeyStoreUnavailable
+            })?
+            .ok_or(Reject::InvalidApiKey)?;
+        audit.key = Some(record.clone());
+
+        // 5. May it make this request? Status, expiry, IP allowlist.
+        let facts = RequestFacts {
+            client_ip,
+            now: SystemTime::now(),
+        };
+        authz::authorize(&record, claims, &facts)?;
+
+        // 6. Forward, without the key and with the verified identity.
+        let req = self.forwarder.prepare(req, &origin(Some(&record)));
+        self.forwarder.send(req).await
+    }
+}

@@ -1,0 +1,164 @@
+//! Every way keygate refuses a request, and the one place that turns a refusal into a
+//! response: status, `content-type: application/json`, and the body
+//! `{"error": {"code", "message", "type"}}`.
+//!
+//! Messages are fixed text plus, at most, facts the caller already knows (its own IP). They
+//! never echo the presented key: a client that pasted the wrong secret must not see it
+//! reflected into logs or proxies between it and us.
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    MissingApiKey,
+    InvalidApiKey,
+    ExpiredApiKey,
+    /// Two different keys in one request.
+    ConflictingCredentials,
+    IpNotAllowed(IpAddr),
+    KeySuspended,
+    KeyStoreUnavailable,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+}
+
+impl Reject {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::ConflictingCredentials => StatusCode::BAD_REQUEST,
+            Self::IpNotAllowed(_) | Self::KeySuspended => StatusCode::FORBIDDEN,
+            Self::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The machine-readable code clients switch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingApiKey => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
+            Self::ExpiredApiKey => "expired_api_key",
+            Self::ConflictingCredentials => "conflicting_api_keys",
+            Self::IpNotAllowed(_) => "ip_not_allowed",
+            Self::KeySuspended => "key_suspended",
+            Self::KeyStoreUnavailable => "key_store_unavailable",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
+                "authentication_error"
+            }
+            Self::IpNotAllowed(_) | Self::KeySuspended => "authorization_error",
+            Self::ConflictingCredentials => "invalid_request_error",
+            Self::KeyStoreUnavailable | Self::UpstreamUnavailable | Self::UpstreamTimeout => {
+                "api_error"
+            }
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::MissingApiKey => "No API key provided. Send it as 'Authorization: Bearer <key>' \
+                                    or in the 'x-api-key' header"
+                .into(),
+            Self::InvalidApiKey => "The API key provided is invalid or has been revoked".into(),
+            Self::ExpiredApiKey => "The API key provided has expired".into(),
+            Self::ConflictingCredentials => {
+                "The request carries more than one different API key; send exactly one".into()
+            }
+            Self::IpNotAllowed(ip) => {
+                format!("Requests from IP address {ip} are not allowed for this API key")
+            }
+            Self::KeySuspended => "The API key provided has been suspended".into(),
+            Self::KeyStoreUnavailable => {
+                "The API key could not be verified right now; retry shortly".into()
+            }
+            Self::UpstreamUnavailable => "The upstream service is unavailable".into(),
+            Self::UpstreamTimeout => "The upstream service did not respond in time".into(),
+        }
+    }
+
+    /// Seconds a client should wait before retrying, where waiting helps.
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::KeyStoreUnavailable => Some(1),
+            _ => None,
+        }
+    }
+
+    /// The response for this refusal. The only place a `Reject` becomes HTTP.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({
+            "error": {
+                "code": self.code(),
+                "message": self.message(),
+                "type": self.error_type(),
+            }
+        });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status() == StatusCode::UNAUTHORIZED {
+            // RFC 6750 §3: tell the client which scheme to use.
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keygate\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn every_reject_renders_the_design_table() {
+        let table: &[(Reject, u16, &str, &str)] = &[
+            (Reject::MissingApiKey, 401, "missing_api_key", "authentication_error"),
+            (Reject::InvalidApiKey, 401, "invalid_api_key", "authentication_error"),
+            (Reject::ExpiredApiKey, 401, "expired_api_key", "authentication_error"),
+            (Reject::ConflictingCredentials, 400, "conflicting_api_keys", "invalid_request_error"),
+            (Reject::IpNotAllowed("10.1.2.3".parse().unwrap()), 403, "ip_not_allowed", "authorization_error"),
+            (Reject::KeySuspended, 403, "key_suspended", "authorization_error"),
+            (Reject::KeyStoreUnavailable, 503, "key_store_unavailable", "api_error"),
+            (Reject::UpstreamUnavailable, 502, "upstream_unavailable", "api_error"),
+            (Reject::UpstreamTimeout, 504, "upstream_timeout", "api_error"),
+        ];
+        for (reject, status, code, kind) in table {
+            let response = reject.clone().into_response();
+            assert_eq!(response.status().as_u16(), *status, "{code}");
+            assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["error"]["code"], *code);
+            assert_eq!(json["error"]["type"], *kind);
+            assert!(json["error"]["message"].as_str().unwrap().len() > 10);
+        }
+    }
+
+    #[test]
+    fn ip_message_names_the_ip() {
+        let m = Reject::IpNotAllowed("2001:db8::1".parse().unwrap()).message();
+        assert!(m.contains("2001:db8::1"), "{m}");
+    }
+}
