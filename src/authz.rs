@@ -88,7 +88,13 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let nets = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect::<Vec<_>>();
-        type Case = (&'static str, KeyRecord, KeyClaims, &'static str, Result<(), Reject>);
+        type Case = (
+            &'static str,
+            KeyRecord,
+            KeyClaims,
+            &'static str,
+            Result<(), Reject>,
+        );
         let with = |f: &dyn Fn(&mut KeyRecord)| {
             let mut r = record();
             f(&mut r);
@@ -96,25 +102,136 @@ mod tests {
         };
         let cases: Vec<Case> = vec![
             ("active key", record(), SK_LIVE, "1.2.3.4", Ok(())),
-            ("revoked", with(&|r| r.status = Status::Revoked), SK_LIVE, "1.2.3.4", Err(Reject::InvalidApiKey)),
-            ("suspended", with(&|r| r.status = Status::Suspended), SK_LIVE, "1.2.3.4", Err(Reject::KeySuspended)),
-            ("expires in future", with(&|r| r.expires_at = Some(now + Duration::from_secs(1))), SK_LIVE, "1.2.3.4", Ok(())),
-            ("expires exactly now", with(&|r| r.expires_at = Some(now)), SK_LIVE, "1.2.3.4", Err(Reject::ExpiredApiKey)),
-            ("expired", with(&|r| r.expires_at = Some(now - Duration::from_secs(1))), SK_LIVE, "1.2.3.4", Err(Reject::ExpiredApiKey)),
-            ("revoked beats expired", with(&|r| { r.status = Status::Revoked; r.expires_at = Some(now) }), SK_LIVE, "1.2.3.4", Err(Reject::InvalidApiKey)),
-            ("type mismatch", record(), KeyClaims { key_type: KeyType::Public, env: Environment::Live }, "1.2.3.4", Err(Reject::InvalidApiKey)),
-            ("env mismatch", record(), KeyClaims { key_type: KeyType::Secret, env: Environment::Test }, "1.2.3.4", Err(Reject::InvalidApiKey)),
-            ("ip in v4 allowlist", with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])), SK_LIVE, "10.0.0.7", Ok(())),
-            ("ip outside v4 allowlist", with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])), SK_LIVE, "10.0.1.7", Err(Reject::IpNotAllowed(ip("10.0.1.7")))),
-            ("v4-mapped v6 client in v4 list", with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])), SK_LIVE, "::ffff:10.0.0.7", Ok(())),
-            ("v4-mapped reported as v4", with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])), SK_LIVE, "::ffff:10.9.0.7", Err(Reject::IpNotAllowed(ip("10.9.0.7")))),
-            ("ip in v6 allowlist", with(&|r| r.allowed_cidrs = nets(&["2001:db8::/32"])), SK_LIVE, "2001:db8::1", Ok(())),
-            ("v6 outside", with(&|r| r.allowed_cidrs = nets(&["2001:db8::/32"])), SK_LIVE, "2001:db9::1", Err(Reject::IpNotAllowed(ip("2001:db9::1")))),
-            ("second of two nets", with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24", "192.168.1.5/32"])), SK_LIVE, "192.168.1.5", Ok(())),
-            ("expired beats ip", with(&|r| { r.allowed_cidrs = nets(&["10.0.0.0/24"]); r.expires_at = Some(now) }), SK_LIVE, "8.8.8.8", Err(Reject::ExpiredApiKey)),
+            (
+                "revoked",
+                with(&|r| r.status = Status::Revoked),
+                SK_LIVE,
+                "1.2.3.4",
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "suspended",
+                with(&|r| r.status = Status::Suspended),
+                SK_LIVE,
+                "1.2.3.4",
+                Err(Reject::KeySuspended),
+            ),
+            (
+                "expires in future",
+                with(&|r| r.expires_at = Some(now + Duration::from_secs(1))),
+                SK_LIVE,
+                "1.2.3.4",
+                Ok(()),
+            ),
+            (
+                "expires exactly now",
+                with(&|r| r.expires_at = Some(now)),
+                SK_LIVE,
+                "1.2.3.4",
+                Err(Reject::ExpiredApiKey),
+            ),
+            (
+                "expired",
+                with(&|r| r.expires_at = Some(now - Duration::from_secs(1))),
+                SK_LIVE,
+                "1.2.3.4",
+                Err(Reject::ExpiredApiKey),
+            ),
+            (
+                "revoked beats expired",
+                with(&|r| {
+                    r.status = Status::Revoked;
+                    r.expires_at = Some(now)
+                }),
+                SK_LIVE,
+                "1.2.3.4",
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "type mismatch",
+                record(),
+                KeyClaims {
+                    key_type: KeyType::Public,
+                    env: Environment::Live,
+                },
+                "1.2.3.4",
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "env mismatch",
+                record(),
+                KeyClaims {
+                    key_type: KeyType::Secret,
+                    env: Environment::Test,
+                },
+                "1.2.3.4",
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "ip in v4 allowlist",
+                with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])),
+                SK_LIVE,
+                "10.0.0.7",
+                Ok(()),
+            ),
+            (
+                "ip outside v4 allowlist",
+                with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])),
+                SK_LIVE,
+                "10.0.1.7",
+                Err(Reject::IpNotAllowed(ip("10.0.1.7"))),
+            ),
+            (
+                "v4-mapped v6 client in v4 list",
+                with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])),
+                SK_LIVE,
+                "::ffff:10.0.0.7",
+                Ok(()),
+            ),
+            (
+                "v4-mapped reported as v4",
+                with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])),
+                SK_LIVE,
+                "::ffff:10.9.0.7",
+                Err(Reject::IpNotAllowed(ip("10.9.0.7"))),
+            ),
+            (
+                "ip in v6 allowlist",
+                with(&|r| r.allowed_cidrs = nets(&["2001:db8::/32"])),
+                SK_LIVE,
+                "2001:db8::1",
+                Ok(()),
+            ),
+            (
+                "v6 outside",
+                with(&|r| r.allowed_cidrs = nets(&["2001:db8::/32"])),
+                SK_LIVE,
+                "2001:db9::1",
+                Err(Reject::IpNotAllowed(ip("2001:db9::1"))),
+            ),
+            (
+                "second of two nets",
+                with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24", "192.168.1.5/32"])),
+                SK_LIVE,
+                "192.168.1.5",
+                Ok(()),
+            ),
+            (
+                "expired beats ip",
+                with(&|r| {
+                    r.allowed_cidrs = nets(&["10.0.0.0/24"]);
+                    r.expires_at = Some(now)
+                }),
+                SK_LIVE,
+                "8.8.8.8",
+                Err(Reject::ExpiredApiKey),
+            ),
         ];
         for (name, rec, claims, client, want) in cases {
-            let facts = RequestFacts { client_ip: ip(client), now };
+            let facts = RequestFacts {
+                client_ip: ip(client),
+                now,
+            };
             assert_eq!(authorize(&rec, claims, &facts), want, "case {name}");
         }
     }

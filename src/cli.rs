@@ -29,7 +29,11 @@ pub enum CliError {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "keygate", version, about = "A reverse-proxy sidecar that enforces API keys")]
+#[command(
+    name = "keygate",
+    version,
+    about = "A reverse-proxy sidecar that enforces API keys"
+)]
 pub struct Cli {
     /// Config file. Every value can be overridden with KEYGATE_<SECTION>__<KEY>.
     #[arg(
@@ -149,7 +153,12 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
         }
         Command::CheckConfig => {
             let config = Config::load(&cli.config)?;
-            writeln!(stdout, "# {}: OK\n{}", cli.config.display(), config.to_toml())?;
+            writeln!(
+                stdout,
+                "# {}: OK\n{}",
+                cli.config.display(),
+                config.to_toml()
+            )?;
             Ok(())
         }
         Command::Keys(command) => {
@@ -192,10 +201,7 @@ async fn keys_command(
             writeln!(out, "{}", pretty(&list))?;
         }
         KeysCommand::Show { id } => {
-            let record = store
-                .by_id(&id)
-                .await?
-                .ok_or(StoreError::NotFound(id))?;
+            let record = store.by_id(&id).await?.ok_or(StoreError::NotFound(id))?;
             writeln!(out, "{}", pretty(&record))?;
         }
         KeysCommand::Revoke { id } => {
@@ -271,7 +277,10 @@ mod tests {
             parse_lifetime("30d").unwrap(),
             Some(Duration::from_secs(30 * 86400))
         );
-        assert_eq!(parse_lifetime("12h").unwrap(), Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(
+            parse_lifetime("12h").unwrap(),
+            Some(Duration::from_secs(12 * 3600))
+        );
         assert!(parse_lifetime("0s").is_err());
         assert!(parse_lifetime("soon").is_err());
     }

@@ -32,7 +32,10 @@ pub enum ConfigError {
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     #[error("{field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
@@ -128,7 +131,9 @@ struct RawKeys {
 
 impl Default for RawKeys {
     fn default() -> Self {
-        Self { prefix: "kg".into() }
+        Self {
+            prefix: "kg".into(),
+        }
     }
 }
 
@@ -265,13 +270,13 @@ impl PathPattern {
             return Err(format!("{s:?} must start with '/'"));
         }
         match s.strip_suffix("/**") {
-            Some(prefix) if prefix.contains('*') => Err(format!(
-                "{s:?}: '*' is only allowed as a trailing '/**'"
-            )),
+            Some(prefix) if prefix.contains('*') => {
+                Err(format!("{s:?}: '*' is only allowed as a trailing '/**'"))
+            }
             Some(prefix) => Ok(Self::Prefix(format!("{prefix}/"))),
-            None if s.contains('*') => Err(format!(
-                "{s:?}: '*' is only allowed as a trailing '/**'"
-            )),
+            None if s.contains('*') => {
+                Err(format!("{s:?}: '*' is only allowed as a trailing '/**'"))
+            }
             None => Ok(Self::Exact(s.to_owned())),
         }
     }
@@ -420,7 +425,10 @@ impl TryFrom<RawConfig> for Config {
         let url: Uri = up.url.parse().map_err(|e| {
             invalid(
                 "upstream.url",
-                format!("{:?} is not a URL ({e}); expected e.g. http://127.0.0.1:3000", up.url),
+                format!(
+                    "{:?} is not a URL ({e}); expected e.g. http://127.0.0.1:3000",
+                    up.url
+                ),
             )
         })?;
         if url.scheme_str() != Some("http") || url.authority().is_none() {
@@ -447,7 +455,10 @@ impl TryFrom<RawConfig> for Config {
         let store = match raw.store.kind.as_str() {
             "file" => {
                 if raw.store.path.as_os_str().is_empty() {
-                    return Err(invalid("store.path", "must name the keys file, e.g. keys.json"));
+                    return Err(invalid(
+                        "store.path",
+                        "must name the keys file, e.g. keys.json",
+                    ));
                 }
                 if raw.store.reload_interval.is_zero()
                     || raw.store.reload_interval > Duration::from_secs(1)
@@ -506,7 +517,10 @@ impl TryFrom<RawConfig> for Config {
         tracing_subscriber::EnvFilter::try_new(&raw.log.level).map_err(|e| {
             invalid(
                 "log.level",
-                format!("{:?}: {e}; e.g. \"info\" or \"keygate=debug\"", raw.log.level),
+                format!(
+                    "{:?}: {e}; e.g. \"info\" or \"keygate=debug\"",
+                    raw.log.level
+                ),
             )
         })?;
 
@@ -643,19 +657,48 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
             ("[upstream]\nurl = \"ftp://x\"\n", &[], "upstream.url"),
             ("", &[], "upstream"),
-            ("[listen]\npublic = \"nope\"\n[upstream]\nurl = \"http://a:1\"\n", &[], "listen.public"),
-            (MINIMAL, &[("KEYGATE_KEYS__PREFIX", "Bad_Prefix")], "keys.prefix"),
+            (
+                "[listen]\npublic = \"nope\"\n[upstream]\nurl = \"http://a:1\"\n",
+                &[],
+                "listen.public",
+            ),
+            (
+                MINIMAL,
+                &[("KEYGATE_KEYS__PREFIX", "Bad_Prefix")],
+                "keys.prefix",
+            ),
             (MINIMAL, &[("KEYGATE_STORE__KIND", "etcd")], "store.kind"),
-            (MINIMAL, &[("KEYGATE_AUTH__CREDENTIAL_HEADERS", "[\"cookie\"]")], "auth.credential_headers"),
-            (MINIMAL, &[("KEYGATE_AUTH__PUBLIC_PATHS", "[\"health\"]")], "auth.public_paths"),
-            (MINIMAL, &[("KEYGATE_NETWORK__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]")], "network.trusted_proxies"),
+            (
+                MINIMAL,
+                &[("KEYGATE_AUTH__CREDENTIAL_HEADERS", "[\"cookie\"]")],
+                "auth.credential_headers",
+            ),
+            (
+                MINIMAL,
+                &[("KEYGATE_AUTH__PUBLIC_PATHS", "[\"health\"]")],
+                "auth.public_paths",
+            ),
+            (
+                MINIMAL,
+                &[("KEYGATE_NETWORK__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]")],
+                "network.trusted_proxies",
+            ),
             (MINIMAL, &[("KEYGATE_LOG__FORMAT", "xml")], "log.format"),
-            (MINIMAL, &[("KEYGATE_UPSTREAM__TIMEOUT", "0s")], "upstream.timeout"),
+            (
+                MINIMAL,
+                &[("KEYGATE_UPSTREAM__TIMEOUT", "0s")],
+                "upstream.timeout",
+            ),
             (MINIMAL, &[("KEYGATE_NOSECTION", "1")], "KEYGATE_NOSECTION"),
-            ("[upstream]\nurl = \"http://a:1\"\ncolour = 1\n", &[], "colour"),
+            (
+                "[upstream]\nurl = \"http://a:1\"\ncolour = 1\n",
+                &[],
+                "colour",
+            ),
             (MINIMAL, &[("KEYGATE_LISTEN__PUBLC", "1.2.3.4:5")], "publc"),
         ];
         for (text, env, needle) in cases {

@@ -139,8 +139,7 @@ pub fn parse_key(key: &str, prefix: &str) -> Result<KeyClaims, Reject> {
     } else {
         return Err(bad());
     };
-    if body.len() != RANDOM_LEN + CHECKSUM_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
+    if body.len() != RANDOM_LEN + CHECKSUM_LEN || !body.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(bad());
     }
     let (signed, checksum) = key.split_at(key.len() - CHECKSUM_LEN);
@@ -220,35 +219,157 @@ mod tests {
         let cases: Vec<Case> = vec![
             ("no headers", vec![], Err(Reject::MissingApiKey)),
             ("bearer", vec![("authorization", b"Bearer abc")], Ok("abc")),
-            ("bearer lowercase scheme", vec![("authorization", b"bearer abc")], Ok("abc")),
-            ("bearer uppercase scheme", vec![("authorization", b"BEARER abc")], Ok("abc")),
-            ("bearer mixed case", vec![("authorization", b"BeArEr abc")], Ok("abc")),
-            ("bearer extra spaces", vec![("authorization", b"Bearer    abc")], Ok("abc")),
-            ("bearer tab", vec![("authorization", b"Bearer\tabc")], Ok("abc")),
-            ("bearer trailing space", vec![("authorization", b"Bearer abc  ")], Ok("abc")),
-            ("bearer no token", vec![("authorization", b"Bearer")], Err(Reject::MissingApiKey)),
-            ("bearer only spaces", vec![("authorization", b"Bearer   ")], Err(Reject::MissingApiKey)),
-            ("basic is not a key", vec![("authorization", b"Basic dXNlcjpwYXNz")], Err(Reject::MissingApiKey)),
-            ("basic plus x-api-key", vec![("authorization", b"Basic dXNlcjpwYXNz"), ("x-api-key", b"abc")], Ok("abc")),
-            ("digest is not a key", vec![("authorization", b"Digest username=x")], Err(Reject::MissingApiKey)),
-            ("bearerabc is no scheme", vec![("authorization", b"Bearerabc")], Err(Reject::MissingApiKey)),
+            (
+                "bearer lowercase scheme",
+                vec![("authorization", b"bearer abc")],
+                Ok("abc"),
+            ),
+            (
+                "bearer uppercase scheme",
+                vec![("authorization", b"BEARER abc")],
+                Ok("abc"),
+            ),
+            (
+                "bearer mixed case",
+                vec![("authorization", b"BeArEr abc")],
+                Ok("abc"),
+            ),
+            (
+                "bearer extra spaces",
+                vec![("authorization", b"Bearer    abc")],
+                Ok("abc"),
+            ),
+            (
+                "bearer tab",
+                vec![("authorization", b"Bearer\tabc")],
+                Ok("abc"),
+            ),
+            (
+                "bearer trailing space",
+                vec![("authorization", b"Bearer abc  ")],
+                Ok("abc"),
+            ),
+            (
+                "bearer no token",
+                vec![("authorization", b"Bearer")],
+                Err(Reject::MissingApiKey),
+            ),
+            (
+                "bearer only spaces",
+                vec![("authorization", b"Bearer   ")],
+                Err(Reject::MissingApiKey),
+            ),
+            (
+                "basic is not a key",
+                vec![("authorization", b"Basic dXNlcjpwYXNz")],
+                Err(Reject::MissingApiKey),
+            ),
+            (
+                "basic plus x-api-key",
+                vec![
+                    ("authorization", b"Basic dXNlcjpwYXNz"),
+                    ("x-api-key", b"abc"),
+                ],
+                Ok("abc"),
+            ),
+            (
+                "digest is not a key",
+                vec![("authorization", b"Digest username=x")],
+                Err(Reject::MissingApiKey),
+            ),
+            (
+                "bearerabc is no scheme",
+                vec![("authorization", b"Bearerabc")],
+                Err(Reject::MissingApiKey),
+            ),
             ("x-api-key", vec![("x-api-key", b"abc")], Ok("abc")),
-            ("x-api-key padded", vec![("x-api-key", b"  abc\t")], Ok("abc")),
-            ("x-api-key empty", vec![("x-api-key", b"")], Err(Reject::MissingApiKey)),
-            ("project-access-token", vec![("project-access-token", b"abc")], Ok("abc")),
-            ("same key twice, two headers", vec![("authorization", b"Bearer abc"), ("x-api-key", b"abc")], Ok("abc")),
-            ("same key in all three", vec![("authorization", b"Bearer abc"), ("x-api-key", b"abc"), ("project-access-token", b"abc")], Ok("abc")),
-            ("different keys, two headers", vec![("authorization", b"Bearer abc"), ("x-api-key", b"xyz")], Err(Reject::ConflictingCredentials)),
-            ("different keys, one header twice", vec![("x-api-key", b"abc"), ("x-api-key", b"xyz")], Err(Reject::ConflictingCredentials)),
-            ("same key, one header twice", vec![("x-api-key", b"abc"), ("x-api-key", b"abc")], Ok("abc")),
-            ("two bearer lines differ", vec![("authorization", b"Bearer a"), ("authorization", b"Bearer b")], Err(Reject::ConflictingCredentials)),
-            ("non-ascii value", vec![("x-api-key", "kéy".as_bytes())], Err(Reject::InvalidApiKey)),
-            ("obs-text in bearer", vec![("authorization", b"Bearer \xff\xfe")], Err(Reject::InvalidApiKey)),
-            ("over-long value", vec![("x-api-key", long.as_bytes())], Err(Reject::InvalidApiKey)),
-            ("value at the cap", vec![("x-api-key", at_cap.as_bytes())], Ok(at_cap.as_str())),
-            ("over-long bearer", vec![("authorization", bearer_long.as_bytes())], Err(Reject::InvalidApiKey)),
-            ("key with inner space kept whole", vec![("x-api-key", b"ab c")], Ok("ab c")),
-            ("unrelated header", vec![("api-key", b"abc")], Err(Reject::MissingApiKey)),
+            (
+                "x-api-key padded",
+                vec![("x-api-key", b"  abc\t")],
+                Ok("abc"),
+            ),
+            (
+                "x-api-key empty",
+                vec![("x-api-key", b"")],
+                Err(Reject::MissingApiKey),
+            ),
+            (
+                "project-access-token",
+                vec![("project-access-token", b"abc")],
+                Ok("abc"),
+            ),
+            (
+                "same key twice, two headers",
+                vec![("authorization", b"Bearer abc"), ("x-api-key", b"abc")],
+                Ok("abc"),
+            ),
+            (
+                "same key in all three",
+                vec![
+                    ("authorization", b"Bearer abc"),
+                    ("x-api-key", b"abc"),
+                    ("project-access-token", b"abc"),
+                ],
+                Ok("abc"),
+            ),
+            (
+                "different keys, two headers",
+                vec![("authorization", b"Bearer abc"), ("x-api-key", b"xyz")],
+                Err(Reject::ConflictingCredentials),
+            ),
+            (
+                "different keys, one header twice",
+                vec![("x-api-key", b"abc"), ("x-api-key", b"xyz")],
+                Err(Reject::ConflictingCredentials),
+            ),
+            (
+                "same key, one header twice",
+                vec![("x-api-key", b"abc"), ("x-api-key", b"abc")],
+                Ok("abc"),
+            ),
+            (
+                "two bearer lines differ",
+                vec![
+                    ("authorization", b"Bearer a"),
+                    ("authorization", b"Bearer b"),
+                ],
+                Err(Reject::ConflictingCredentials),
+            ),
+            (
+                "non-ascii value",
+                vec![("x-api-key", "kéy".as_bytes())],
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "obs-text in bearer",
+                vec![("authorization", b"Bearer \xff\xfe")],
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "over-long value",
+                vec![("x-api-key", long.as_bytes())],
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "value at the cap",
+                vec![("x-api-key", at_cap.as_bytes())],
+                Ok(at_cap.as_str()),
+            ),
+            (
+                "over-long bearer",
+                vec![("authorization", bearer_long.as_bytes())],
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "key with inner space kept whole",
+                vec![("x-api-key", b"ab c")],
+                Ok("ab c"),
+            ),
+            (
+                "unrelated header",
+                vec![("api-key", b"abc")],
+                Err(Reject::MissingApiKey),
+            ),
         ];
         for (name, pairs, want) in cases {
             let h = headers(&pairs);
@@ -280,7 +401,13 @@ mod tests {
                 "kg_sk_live_".len() + RANDOM_LEN + CHECKSUM_LEN,
                 "{key}"
             );
-            assert_eq!(parse_key(&key, "kg"), Ok(KeyClaims { key_type: t, env: e }));
+            assert_eq!(
+                parse_key(&key, "kg"),
+                Ok(KeyClaims {
+                    key_type: t,
+                    env: e
+                })
+            );
         }
     }
 
@@ -297,30 +424,66 @@ mod tests {
         let body_start = "kg_sk_live_".len();
         // Flip one character of the random part: the checksum must catch it.
         let mut flipped = good.clone().into_bytes();
-        flipped[body_start] = if flipped[body_start] == b'a' { b'b' } else { b'a' };
+        flipped[body_start] = if flipped[body_start] == b'a' {
+            b'b'
+        } else {
+            b'a'
+        };
         let flipped = String::from_utf8(flipped).unwrap();
         // Change the type: the checksum covers the whole prefix too.
         let retyped = good.replacen("_sk_", "_pk_", 1);
         let reenv = good.replacen("_live_", "_test_", 1);
         let cases: Vec<(&str, String, Result<(), Reject>)> = vec![
             ("valid", good.clone(), Ok(())),
-            ("wrong prefix", good.replacen("kg_", "xx_", 1), Err(Reject::InvalidApiKey)),
-            ("prefix without separator", good.replacen("kg_", "kg", 1), Err(Reject::InvalidApiKey)),
+            (
+                "wrong prefix",
+                good.replacen("kg_", "xx_", 1),
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "prefix without separator",
+                good.replacen("kg_", "kg", 1),
+                Err(Reject::InvalidApiKey),
+            ),
             ("flipped random char", flipped, Err(Reject::InvalidApiKey)),
             ("type changed", retyped, Err(Reject::InvalidApiKey)),
             ("env changed", reenv, Err(Reject::InvalidApiKey)),
-            ("truncated", good[..good.len() - 1].to_string(), Err(Reject::InvalidApiKey)),
+            (
+                "truncated",
+                good[..good.len() - 1].to_string(),
+                Err(Reject::InvalidApiKey),
+            ),
             ("extended", format!("{good}0"), Err(Reject::InvalidApiKey)),
-            ("unknown type", good.replacen("_sk_", "_xk_", 1), Err(Reject::InvalidApiKey)),
-            ("unknown env", good.replacen("_live_", "_prod_", 1), Err(Reject::InvalidApiKey)),
-            ("non-base62 body", format!("{}-{}", &good[..body_start], &good[body_start + 1..]), Err(Reject::InvalidApiKey)),
+            (
+                "unknown type",
+                good.replacen("_sk_", "_xk_", 1),
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "unknown env",
+                good.replacen("_live_", "_prod_", 1),
+                Err(Reject::InvalidApiKey),
+            ),
+            (
+                "non-base62 body",
+                format!("{}-{}", &good[..body_start], &good[body_start + 1..]),
+                Err(Reject::InvalidApiKey),
+            ),
             ("empty", String::new(), Err(Reject::InvalidApiKey)),
             ("just prefix", "kg_".into(), Err(Reject::InvalidApiKey)),
             ("garbage", "hello world".into(), Err(Reject::InvalidApiKey)),
-            ("non-ascii", "kg_sk_live_é".into(), Err(Reject::InvalidApiKey)),
+            (
+                "non-ascii",
+                "kg_sk_live_é".into(),
+                Err(Reject::InvalidApiKey),
+            ),
         ];
         for (name, key, want) in cases {
-            assert_eq!(parse_key(&key, "kg").map(|_| ()), want, "case {name}: {key}");
+            assert_eq!(
+                parse_key(&key, "kg").map(|_| ()),
+                want,
+                "case {name}: {key}"
+            );
         }
     }
 

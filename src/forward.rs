@@ -127,15 +127,11 @@ impl Forwarder {
 
     /// Rewrites a client request into the upstream request (see the module doc).
     pub fn prepare(&self, mut req: Request<Incoming>, origin: &Origin) -> Request<Incoming> {
-        let original_host = req
-            .headers()
-            .get(header::HOST)
-            .cloned()
-            .or_else(|| {
-                req.uri()
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-            });
+        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
         let path = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
         let target = if self.base_path.is_empty() {
             path.parse::<PathAndQuery>()
@@ -270,10 +266,10 @@ fn add_identity(headers: &mut HeaderMap, record: &KeyRecord) {
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
         }
         cur = err.source();
     }
@@ -299,16 +295,51 @@ mod tests {
     fn client_ip_table() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
         let cases: &[(&str, &[&str], &str, &str)] = &[
-            ("untrusted peer ignores XFF", &["6.6.6.6"], "1.2.3.4", "1.2.3.4"),
+            (
+                "untrusted peer ignores XFF",
+                &["6.6.6.6"],
+                "1.2.3.4",
+                "1.2.3.4",
+            ),
             ("untrusted peer without XFF", &[], "1.2.3.4", "1.2.3.4"),
             ("trusted peer, one hop", &["1.2.3.4"], "10.0.0.1", "1.2.3.4"),
-            ("trusted peer, spoofed left entries", &["6.6.6.6, 1.2.3.4"], "10.0.0.1", "1.2.3.4"),
-            ("trusted chain", &["1.2.3.4, 10.0.0.9"], "10.0.0.1", "1.2.3.4"),
-            ("chain over two header lines", &["1.2.3.4", "10.0.0.9"], "10.0.0.1", "1.2.3.4"),
-            ("all trusted: leftmost", &["10.0.0.3, 10.0.0.9"], "10.0.0.1", "10.0.0.3"),
+            (
+                "trusted peer, spoofed left entries",
+                &["6.6.6.6, 1.2.3.4"],
+                "10.0.0.1",
+                "1.2.3.4",
+            ),
+            (
+                "trusted chain",
+                &["1.2.3.4, 10.0.0.9"],
+                "10.0.0.1",
+                "1.2.3.4",
+            ),
+            (
+                "chain over two header lines",
+                &["1.2.3.4", "10.0.0.9"],
+                "10.0.0.1",
+                "1.2.3.4",
+            ),
+            (
+                "all trusted: leftmost",
+                &["10.0.0.3, 10.0.0.9"],
+                "10.0.0.1",
+                "10.0.0.3",
+            ),
             ("trusted peer, no XFF", &[], "10.0.0.1", "10.0.0.1"),
-            ("garbage stops the walk", &["1.2.3.4, junk, 10.0.0.9"], "10.0.0.1", "10.0.0.9"),
-            ("v4-mapped peer canonicalised", &[], "::ffff:1.2.3.4", "1.2.3.4"),
+            (
+                "garbage stops the walk",
+                &["1.2.3.4, junk, 10.0.0.9"],
+                "10.0.0.1",
+                "10.0.0.9",
+            ),
+            (
+                "v4-mapped peer canonicalised",
+                &[],
+                "::ffff:1.2.3.4",
+                "1.2.3.4",
+            ),
             ("ipv6 trusted peer", &["2001:db8::5"], "::1", "2001:db8::5"),
         ];
         for (name, xff, peer, want) in cases {
@@ -324,7 +355,10 @@ mod tests {
     #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -338,7 +372,10 @@ mod tests {
     fn credentials_go_but_basic_stays() {
         let all = CredentialHeader::all();
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic dTpw"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic dTpw"),
+        );
         h.insert("x-api-key", HeaderValue::from_static("k"));
         h.insert("project-access-token", HeaderValue::from_static("k"));
         strip_credentials(&mut h, &all);
@@ -346,7 +383,10 @@ mod tests {
         assert_eq!(h[header::AUTHORIZATION], "Basic dTpw");
 
         let mut h = HeaderMap::new();
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("  bearer k"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("  bearer k"),
+        );
         strip_credentials(&mut h, &all);
         assert!(h.is_empty());
     }

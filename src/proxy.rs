@@ -100,14 +100,21 @@ impl Proxy {
 
         // 1. Public paths (an upstream's own health check, docs) need no key at all.
         let path = req.uri().path();
-        if self.config.auth.public_paths.iter().any(|p| p.matches(path)) {
+        if self
+            .config
+            .auth
+            .public_paths
+            .iter()
+            .any(|p| p.matches(path))
+        {
             let req = self.forwarder.prepare(req, &origin(None));
             return self.forwarder.send(req).await;
         }
 
         // 2. Which key? Exactly one, from the configured headers, length-capped.
         let auth = &self.config.auth;
-        let key = credential::extract(req.headers(), &auth.credential_headers, auth.max_key_length)?;
+        let key =
+            credential::extract(req.headers(), &auth.credential_headers, auth.max_key_length)?;
 
         // 3. Is it shaped like one of ours? Prefix, type, environment, checksum: no I/O.
         let claims = credential::parse_key(key, &self.config.keys.prefix)?;

@@ -134,15 +134,60 @@ mod tests {
     #[tokio::test]
     async fn every_reject_renders_the_design_table() {
         let table: &[(Reject, u16, &str, &str)] = &[
-            (Reject::MissingApiKey, 401, "missing_api_key", "authentication_error"),
-            (Reject::InvalidApiKey, 401, "invalid_api_key", "authentication_error"),
-            (Reject::ExpiredApiKey, 401, "expired_api_key", "authentication_error"),
-            (Reject::ConflictingCredentials, 400, "conflicting_api_keys", "invalid_request_error"),
-            (Reject::IpNotAllowed("10.1.2.3".parse().unwrap()), 403, "ip_not_allowed", "authorization_error"),
-            (Reject::KeySuspended, 403, "key_suspended", "authorization_error"),
-            (Reject::KeyStoreUnavailable, 503, "key_store_unavailable", "api_error"),
-            (Reject::UpstreamUnavailable, 502, "upstream_unavailable", "api_error"),
-            (Reject::UpstreamTimeout, 504, "upstream_timeout", "api_error"),
+            (
+                Reject::MissingApiKey,
+                401,
+                "missing_api_key",
+                "authentication_error",
+            ),
+            (
+                Reject::InvalidApiKey,
+                401,
+                "invalid_api_key",
+                "authentication_error",
+            ),
+            (
+                Reject::ExpiredApiKey,
+                401,
+                "expired_api_key",
+                "authentication_error",
+            ),
+            (
+                Reject::ConflictingCredentials,
+                400,
+                "conflicting_api_keys",
+                "invalid_request_error",
+            ),
+            (
+                Reject::IpNotAllowed("10.1.2.3".parse().unwrap()),
+                403,
+                "ip_not_allowed",
+                "authorization_error",
+            ),
+            (
+                Reject::KeySuspended,
+                403,
+                "key_suspended",
+                "authorization_error",
+            ),
+            (
+                Reject::KeyStoreUnavailable,
+                503,
+                "key_store_unavailable",
+                "api_error",
+            ),
+            (
+                Reject::UpstreamUnavailable,
+                502,
+                "upstream_unavailable",
+                "api_error",
+            ),
+            (
+                Reject::UpstreamTimeout,
+                504,
+                "upstream_timeout",
+                "api_error",
+            ),
         ];
         for (reject, status, code, kind) in table {
             let response = reject.clone().into_response();

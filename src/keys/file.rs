@@ -168,10 +168,13 @@ impl FileStore {
         let (mut doc, _) = read_document(&self.path)?;
         let out = edit(&mut doc.keys)?;
         doc.version = FORMAT_VERSION;
-        let index = index_of(&self.path, Document {
-            version: FORMAT_VERSION,
-            keys: doc.keys.clone(),
-        })?;
+        let index = index_of(
+            &self.path,
+            Document {
+                version: FORMAT_VERSION,
+                keys: doc.keys.clone(),
+            },
+        )?;
         write_atomically(&self.path, &doc)?;
         let meta = std::fs::metadata(&self.path).map_err(|e| io_err(&self.path, e))?;
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Fingerprint::of(&meta));
@@ -191,7 +194,11 @@ impl KeyStore for FileStore {
         // Duplicates (against the file or within the batch) are caught by `index_of` before
         // anything is written.
         self.modify(|keys| {
-            keys.extend(entries.into_iter().map(|(hash, record)| Entry { hash, record }));
+            keys.extend(
+                entries
+                    .into_iter()
+                    .map(|(hash, record)| Entry { hash, record }),
+            );
             Ok(())
         })
     }
@@ -285,7 +292,9 @@ fn write_atomically(path: &Path, doc: &Document) -> Result<(), StoreError> {
     let json = serde_json::to_vec_pretty(doc).expect("key records always serialize");
     tmp.write_all(&json).map_err(|e| io_err(tmp.path(), e))?;
     tmp.write_all(b"\n").map_err(|e| io_err(tmp.path(), e))?;
-    tmp.as_file().sync_all().map_err(|e| io_err(tmp.path(), e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| io_err(tmp.path(), e))?;
     tmp.persist(path).map_err(|e| io_err(path, e.error))?;
     // The rename is durable only once the folder entry is on disk.
     File::open(dir)
@@ -333,8 +342,12 @@ mod tests {
         let store = FileStore::open(&path).unwrap();
         assert!(store.is_empty());
 
-        let a = create(&store, "kg", spec("acme"), SystemTime::now()).await.unwrap();
-        let b = create(&store, "kg", spec("other"), SystemTime::now()).await.unwrap();
+        let a = create(&store, "kg", spec("acme"), SystemTime::now())
+            .await
+            .unwrap();
+        let b = create(&store, "kg", spec("other"), SystemTime::now())
+            .await
+            .unwrap();
         let got = store.get(&KeyHash::of(&a.key)).await.unwrap().unwrap();
         assert_eq!(got.id, a.record.id);
 
@@ -364,14 +377,22 @@ mod tests {
         let path = dir.path().join("keys.json");
         let writer = FileStore::open(&path).unwrap();
         let reader = FileStore::open(&path).unwrap();
-        let a = create(&writer, "kg", spec("acme"), SystemTime::now()).await.unwrap();
+        let a = create(&writer, "kg", spec("acme"), SystemTime::now())
+            .await
+            .unwrap();
 
         assert!(reader.reload_if_changed().unwrap());
         assert!(reader.get(&KeyHash::of(&a.key)).await.unwrap().is_some());
-        assert!(!reader.reload_if_changed().unwrap(), "unchanged file reloads nothing");
+        assert!(
+            !reader.reload_if_changed().unwrap(),
+            "unchanged file reloads nothing"
+        );
 
         std::fs::write(&path, b"{\"version\":1,\"keys\":[{\"hash\":").unwrap();
-        assert!(matches!(reader.reload_if_changed(), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            reader.reload_if_changed(),
+            Err(StoreError::Corrupt { .. })
+        ));
         assert!(reader.get(&KeyHash::of(&a.key)).await.unwrap().is_some());
         // Reported once per version of the file, not on every poll.
         assert!(!reader.reload_if_changed().unwrap());
@@ -382,6 +403,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
         std::fs::write(&path, b"not json").unwrap();
-        assert!(matches!(FileStore::open(&path), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            FileStore::open(&path),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

@@ -128,7 +128,11 @@ pub struct KeyRecord {
     pub status: Status,
     #[serde(with = "humantime_serde")]
     pub created_at: SystemTime,
-    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub last_used_at: Option<SystemTime>,
 }
 
@@ -253,7 +257,8 @@ pub async fn create_many(
 fn validate_spec(spec: &KeySpec) -> Result<(), StoreError> {
     let bad = |m: String| Err(StoreError::InvalidSpec(m));
     // Name and owner travel in headers and logs: printable, one line, bounded.
-    let printable = |s: &str| !s.trim().is_empty() && s.len() <= 200 && !s.chars().any(char::is_control);
+    let printable =
+        |s: &str| !s.trim().is_empty() && s.len() <= 200 && !s.chars().any(char::is_control);
     if !printable(&spec.name) {
         return bad("--name must be 1-200 printable characters".into());
     }

@@ -1,0 +1,340 @@
+//! Shared harness for the black-box tests: the real `keygate` binary on loopback port 0, the
+//! echo upstream on its own port, and a small HTTP client. Every test gets its own folder,
+//! ports and processes, so tests never depend on each other.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+/// The echo upstream, running inside the test process until dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(keygate::echo::serve(listener, stop.clone()));
+        Self { addr, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A test's own folder with a `proxy.toml` pointing at `upstream_url`.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new(upstream_url: &str, extra_toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n\
+             [upstream]\nurl = \"{upstream_url}\"\n\n\
+             [store]\nkind = \"file\"\npath = \"keys.json\"\n\n{extra_toml}"
+        );
+        std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
+        Self { dir }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("proxy.toml")
+    }
+
+    pub fn keys_file(&self) -> PathBuf {
+        self.dir.path().join("keys.json")
+    }
+
+    /// Runs `keygate <args> -c proxy.toml` to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("-c")
+            .arg(self.config())
+            .env_remove("KEYGATE_CONFIG")
+            .output()
+            .unwrap()
+    }
+
+    /// `keys create` through the CLI; returns (id, key).
+    pub fn create_key(&self, extra: &[&str]) -> (String, String) {
+        let mut args = vec!["keys", "create", "--name", "test key"];
+        if !extra.contains(&"--scopes") {
+            args.extend(["--scopes", "*"]);
+        }
+        args.extend_from_slice(extra);
+        let out = self.cli(&args);
+        assert!(
+            out.status.success(),
+            "keys create failed: {}",
+            text(&out.stderr)
+        );
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            json["id"].as_str().unwrap().to_owned(),
+            json["key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub fn serve(&self) -> Keygate {
+        self.serve_with_env(&[])
+    }
+
+    pub fn serve_with_env(&self, env: &[(&str, &str)]) -> Keygate {
+        Keygate::spawn(&self.config(), env)
+    }
+}
+
+/// A running `keygate serve`, killed on drop. Its stderr (the logs) is kept for assertions.
+pub struct Keygate {
+    pub child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Keygate {
+    pub fn spawn(config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("-c")
+            .arg(config)
+            .env_remove("KEYGATE_CONFIG")
+            .env("KEYGATE_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("keygate listening") {
+                    let _ = tx.send(line.clone());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("keygate did not start; logs: {:?}", logs.lock().unwrap());
+            }
+        };
+        let json: Value = serde_json::from_str(&line).unwrap();
+        let addr = |k: &str| json[k].as_str().unwrap().parse().unwrap();
+        Self {
+            public: addr("public"),
+            admin: addr("admin"),
+            child,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.public)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn all_logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Peak resident memory of the proxy process so far, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+}
+
+impl Drop for Keygate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&self.body)))
+    }
+
+    /// The error code of a keygate JSON error, checking the body's shape on the way.
+    pub fn error_code(&self) -> String {
+        assert_eq!(
+            self.headers
+                .get("content-type")
+                .map(|v| v.to_str().unwrap()),
+            Some("application/json"),
+            "status {}",
+            self.status
+        );
+        let json = self.json();
+        assert!(json["error"]["message"].is_string(), "{json}");
+        assert!(json["error"]["type"].is_string(), "{json}");
+        json["error"]["code"].as_str().unwrap().to_owned()
+    }
+
+    /// The headers the echo upstream received.
+    pub fn upstream_headers(&self) -> serde_json::Map<String, Value> {
+        self.json()["headers"].as_object().unwrap().clone()
+    }
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Reply {
+    send(Method::GET, url, headers, Bytes::new()).await
+}
+
+pub async fn send(method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> Reply {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    request(req.body(Full::new(body)).unwrap()).await
+}
+
+pub async fn request<B>(req: Request<B>) -> Reply
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client: Client<HttpConnector, B> = Client::builder(TokioExecutor::new()).build_http();
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("request timed out")
+        .expect("request failed");
+    let (parts, body) = response.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(60), body.collect())
+        .await
+        .expect("body timed out")
+        .expect("body failed")
+        .to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Polls `probe` until it returns true or `limit` passes; returns the time it took.
+pub async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if probe().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A request body of `total` bytes produced chunk by chunk, never held whole in memory.
+pub struct PatternBody {
+    remaining: usize,
+    chunk: Bytes,
+}
+
+impl PatternBody {
+    pub const CHUNK: usize = 64 * 1024;
+
+    pub fn new(total: usize) -> Self {
+        let chunk: Vec<u8> = (0..Self::CHUNK).map(|i| (i % 251) as u8).collect();
+        Self {
+            remaining: total,
+            chunk: Bytes::from(chunk),
+        }
+    }
+
+    /// SHA-256 (hex) of what this body sends, computed the same chunked way.
+    pub fn sha256_hex(total: usize) -> String {
+        use sha2::{Digest, Sha256};
+        let body = Self::new(total);
+        let mut hasher = Sha256::new();
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(Self::CHUNK);
+            hasher.update(&body.chunk[..n]);
+            left -= n;
+        }
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl Body for PatternBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(Self::CHUNK);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
+    }
+}
