@@ -1,26 +1,43 @@
 //! Authorization: may this (known) key make this request? Pure: record + request facts +
-//! clock in, decision out. No I/O, so every rule is a row in a table test.
+//! policy in, decision out. No I/O and no clock of its own, so every rule is a row in a table
+//! test.
 
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use http::Method;
+
 use crate::credential::KeyClaims;
-use crate::keys::{KeyRecord, Status};
-use crate::reject::Reject;
+use crate::keys::{Environment, KeyRecord, KeyType, Status};
+use crate::reject::{Denial, Reject};
+use crate::routes::{RouteTable, Unmatched, grants};
 
 /// What the request tells us, besides its key.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestFacts {
+pub struct RequestFacts<'a> {
+    pub method: &'a Method,
+    /// Normalized (see [`crate::routes::normalize`]).
+    pub path: &'a str,
     pub client_ip: IpAddr,
     pub now: SystemTime,
 }
 
-/// The checks run from "is this key alive at all" to "is it allowed here", so a revoked key
-/// is reported as invalid rather than leaking that it would also be outside its allowlist.
+/// The configured rules a key is held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    pub routes: &'a RouteTable,
+    /// Whether sandbox keys have an upstream of their own; without one they are refused.
+    pub sandbox_upstream: bool,
+}
+
+/// Runs the checks from "is this key alive at all" to "may it do this here", so a revoked
+/// key is reported as invalid rather than leaking that it is also outside its allowlist, and
+/// a key from a forbidden address learns nothing about routes.
 pub fn authorize(
     record: &KeyRecord,
     claims: KeyClaims,
     facts: &RequestFacts,
+    policy: &Policy,
 ) -> Result<(), Reject> {
     // The key string names its type and environment; a record that disagrees is not this
     // key's record (a hand-edited file, a store bug): treat it as unknown.
@@ -41,7 +58,54 @@ pub fn authorize(
             return Err(Reject::IpNotAllowed(ip));
         }
     }
+    let deny = |d| Err(Reject::InsufficientPermissions(d));
+    if record.env == Environment::Test && !policy.sandbox_upstream {
+        return deny(Denial::SandboxRefused);
+    }
+    if record.key_type == KeyType::Public && !is_safe(facts.method) {
+        return deny(Denial::PublicKeyReadOnly);
+    }
+
+    let Some((route, captures)) = policy.routes.find(facts.method, facts.path) else {
+        return match &policy.routes.unmatched {
+            Unmatched::Allow => Ok(()),
+            Unmatched::Deny => deny(Denial::NoRoute),
+            Unmatched::Scope(scope) if holds(record, scope) => Ok(()),
+            Unmatched::Scope(scope) => deny(Denial::MissingScope(vec![scope.clone()])),
+        };
+    };
+    if !route.environments.contains(&record.env) {
+        return deny(Denial::Environment(record.env));
+    }
+    if !route.scopes.is_empty() && !route.scopes.iter().any(|s| holds(record, s)) {
+        return deny(Denial::MissingScope(route.scopes.clone()));
+    }
+    if let Some(missing) = route.scopes_all.iter().find(|s| !holds(record, s)) {
+        return deny(Denial::MissingScope(vec![missing.clone()]));
+    }
+    for (param, value) in captures {
+        let (param, bound) = match param {
+            "workspace" => ("workspace", &record.workspace),
+            "project" => ("project", &record.project),
+            _ => continue,
+        };
+        if bound.as_deref() != Some(value) {
+            return deny(Denial::NotBound {
+                param,
+                value: value.to_owned(),
+            });
+        }
+    }
     Ok(())
+}
+
+fn holds(record: &KeyRecord, required: &str) -> bool {
+    record.scopes.iter().any(|held| grants(held, required))
+}
+
+/// Methods that only read (RFC 9110 §9.2.1, less TRACE which we do not want keys to use).
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 /// `::ffff:10.0.0.1` (an IPv4 client on a dual-stack socket) is the IPv4 address 10.0.0.1.
@@ -58,7 +122,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{Environment, KeyType};
+    use crate::routes::{PathPattern, Route};
     use std::time::Duration;
 
     fn record() -> KeyRecord {
@@ -72,167 +136,160 @@ mod tests {
             allowed_cidrs: vec![],
             expires_at: None,
             plan: None,
+            workspace: None,
+            project: None,
             status: Status::Active,
             created_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,
         }
     }
 
-    const SK_LIVE: KeyClaims = KeyClaims {
-        key_type: KeyType::Secret,
-        env: Environment::Live,
-    };
+    fn route(path: &str, methods: &[Method], any: &[&str], all: &[&str], envs: &[Environment]) -> Route {
+        Route {
+            path: PathPattern::parse(path).unwrap(),
+            methods: methods.to_vec(),
+            scopes: any.iter().map(|s| s.to_string()).collect(),
+            scopes_all: all.iter().map(|s| s.to_string()).collect(),
+            environments: envs.to_vec(),
+        }
+    }
+
+    const BOTH: &[Environment] = &[Environment::Live, Environment::Test];
+
+    /// The route table every case runs against.
+    fn table(unmatched: Unmatched) -> RouteTable {
+        RouteTable::new(
+            vec![
+                route("/content/**", &[Method::GET, Method::HEAD], &["content:read", "content:write"], &[], BOTH),
+                route("/content/**", &[], &["content:write"], &[], BOTH),
+                route("/analytics/**", &[], &[], &["analytics:read", "analytics:export"], BOTH),
+                route("/members", &[Method::GET], &["read:members"], &[], BOTH),
+                route("/data/**", &[Method::POST, Method::PUT], &["write:data"], &[], BOTH),
+                route("/billing/**", &[], &["billing:read"], &[], &[Environment::Live]),
+                route("/api/v2/w/{workspace}/p/{project}/**", &[], &[], &[], BOTH),
+                route("/api/v2/w/{workspace}/**", &[], &[], &[], BOTH),
+                route("/api/v2/items/{id}", &[], &[], &[], BOTH),
+                route("/open/**", &[], &[], &[], BOTH),
+            ],
+            unmatched,
+        )
+        .unwrap()
+    }
+
+    type Edit = fn(&mut KeyRecord);
+
+    struct Case {
+        name: &'static str,
+        edit: Edit,
+        claims: Option<KeyClaims>,
+        method: Method,
+        path: &'static str,
+        ip: &'static str,
+        unmatched: Unmatched,
+        sandbox: bool,
+        want: Result<(), Reject>,
+    }
+
+    fn case(name: &'static str, edit: Edit, method: Method, path: &'static str, want: Result<(), Reject>) -> Case {
+        Case { name, edit, claims: None, method, path, ip: "1.2.3.4", unmatched: Unmatched::Deny, sandbox: true, want }
+    }
+
+    fn scopes(r: &mut KeyRecord, s: &[&str]) {
+        r.scopes = s.iter().map(|x| x.to_string()).collect();
+    }
+
+    fn deny(d: Denial) -> Result<(), Reject> {
+        Err(Reject::InsufficientPermissions(d))
+    }
+
+    fn missing(s: &[&str]) -> Result<(), Reject> {
+        deny(Denial::MissingScope(s.iter().map(|x| x.to_string()).collect()))
+    }
+
+    const NOW_SECS: u64 = 1_000_000;
 
     #[test]
-    fn table() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    fn table_of_rules() {
+        use Method as M;
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let nets = |v: &[&str]| v.iter().map(|s| s.parse().unwrap()).collect::<Vec<_>>();
-        type Case = (
-            &'static str,
-            KeyRecord,
-            KeyClaims,
-            &'static str,
-            Result<(), Reject>,
-        );
-        let with = |f: &dyn Fn(&mut KeyRecord)| {
-            let mut r = record();
-            f(&mut r);
-            r
-        };
-        let cases: Vec<Case> = vec![
-            ("active key", record(), SK_LIVE, "1.2.3.4", Ok(())),
-            (
-                "revoked",
-                with(&|r| r.status = Status::Revoked),
-                SK_LIVE,
-                "1.2.3.4",
-                Err(Reject::InvalidApiKey),
-            ),
-            (
-                "suspended",
-                with(&|r| r.status = Status::Suspended),
-                SK_LIVE,
-                "1.2.3.4",
-                Err(Reject::KeySuspended),
-            ),
-            (
-                "expires in future",
-                with(&|r| r.expires_at = Some(now + Duration::from_secs(1))),
-                SK_LIVE,
-                "1.2.3.4",
-                Ok(()),
-            ),
-            (
-                "expires exactly now",
-                with(&|r| r.expires_at = Some(now)),
-                SK_LIVE,
-                "1.2.3.4",
-                Err(Reject::ExpiredApiKey),
-            ),
-            (
-                "expired",
-                with(&|r| r.expires_at = Some(now - Duration::from_secs(1))),
-                SK_LIVE,
-                "1.2.3.4",
-                Err(Reject::ExpiredApiKey),
-            ),
-            (
-                "revoked beats expired",
-                with(&|r| {
-                    r.status = Status::Revoked;
-                    r.expires_at = Some(now)
-                }),
-                SK_LIVE,
-                "1.2.3.4",
-                Err(Reject::InvalidApiKey),
-            ),
-            (
-                "type mismatch",
-                record(),
-                KeyClaims {
-                    key_type: KeyType::Public,
-                    env: Environment::Live,
-                },
-                "1.2.3.4",
-                Err(Reject::InvalidApiKey),
-            ),
-            (
-                "env mismatch",
-                record(),
-                KeyClaims {
-                    key_type: KeyType::Secret,
-                    env: Environment::Test,
-                },
-                "1.2.3.4",
-                Err(Reject::InvalidApiKey),
-            ),
-            (
-                "ip in v4 allowlist",
-                with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])),
-                SK_LIVE,
-                "10.0.0.7",
-                Ok(()),
-            ),
-            (
-                "ip outside v4 allowlist",
-                with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])),
-                SK_LIVE,
-                "10.0.1.7",
-                Err(Reject::IpNotAllowed(ip("10.0.1.7"))),
-            ),
-            (
-                "v4-mapped v6 client in v4 list",
-                with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])),
-                SK_LIVE,
-                "::ffff:10.0.0.7",
-                Ok(()),
-            ),
-            (
-                "v4-mapped reported as v4",
-                with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24"])),
-                SK_LIVE,
-                "::ffff:10.9.0.7",
-                Err(Reject::IpNotAllowed(ip("10.9.0.7"))),
-            ),
-            (
-                "ip in v6 allowlist",
-                with(&|r| r.allowed_cidrs = nets(&["2001:db8::/32"])),
-                SK_LIVE,
-                "2001:db8::1",
-                Ok(()),
-            ),
-            (
-                "v6 outside",
-                with(&|r| r.allowed_cidrs = nets(&["2001:db8::/32"])),
-                SK_LIVE,
-                "2001:db9::1",
-                Err(Reject::IpNotAllowed(ip("2001:db9::1"))),
-            ),
-            (
-                "second of two nets",
-                with(&|r| r.allowed_cidrs = nets(&["10.0.0.0/24", "192.168.1.5/32"])),
-                SK_LIVE,
-                "192.168.1.5",
-                Ok(()),
-            ),
-            (
-                "expired beats ip",
-                with(&|r| {
-                    r.allowed_cidrs = nets(&["10.0.0.0/24"]);
-                    r.expires_at = Some(now)
-                }),
-                SK_LIVE,
-                "8.8.8.8",
-                Err(Reject::ExpiredApiKey),
-            ),
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS);
+        let noop: Edit = |_| {};
+        let cases = vec![
+            // Status, expiry, claims.
+            case("active wildcard key", noop, M::GET, "/content/a", Ok(())),
+            case("revoked", |r| r.status = Status::Revoked, M::GET, "/content/a", Err(Reject::InvalidApiKey)),
+            case("suspended", |r| r.status = Status::Suspended, M::GET, "/content/a", Err(Reject::KeySuspended)),
+            case("expires in future", |r| r.expires_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS + 1)), M::GET, "/content/a", Ok(())),
+            case("expires exactly now", |r| r.expires_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS)), M::GET, "/content/a", Err(Reject::ExpiredApiKey)),
+            case("expired", |r| r.expires_at = Some(SystemTime::UNIX_EPOCH), M::GET, "/content/a", Err(Reject::ExpiredApiKey)),
+            case("revoked beats expired", |r| { r.status = Status::Revoked; r.expires_at = Some(SystemTime::UNIX_EPOCH) }, M::GET, "/content/a", Err(Reject::InvalidApiKey)),
+            case("suspended beats missing scope", |r| { r.status = Status::Suspended; scopes(r, &[]) }, M::GET, "/content/a", Err(Reject::KeySuspended)),
+            Case { claims: Some(KeyClaims { key_type: KeyType::Public, env: Environment::Live }), ..case("type mismatch", noop, M::GET, "/content/a", Err(Reject::InvalidApiKey)) },
+            Case { claims: Some(KeyClaims { key_type: KeyType::Secret, env: Environment::Test }), ..case("env mismatch", noop, M::GET, "/content/a", Err(Reject::InvalidApiKey)) },
+            // IP allowlists.
+            Case { ip: "10.0.0.7", ..case("ip in v4 allowlist", |r| r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()], M::GET, "/open", Ok(())) },
+            Case { ip: "10.0.1.7", ..case("ip outside v4 allowlist", |r| r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()], M::GET, "/open", Err(Reject::IpNotAllowed(ip("10.0.1.7")))) },
+            Case { ip: "::ffff:10.0.0.7", ..case("v4-mapped client in v4 list", |r| r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()], M::GET, "/open", Ok(())) },
+            Case { ip: "::ffff:10.9.0.7", ..case("v4-mapped reported as v4", |r| r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()], M::GET, "/open", Err(Reject::IpNotAllowed(ip("10.9.0.7")))) },
+            Case { ip: "2001:db8::1", ..case("ip in v6 allowlist", |r| r.allowed_cidrs = vec!["2001:db8::/32".parse().unwrap()], M::GET, "/open", Ok(())) },
+            Case { ip: "2001:db9::1", ..case("v6 outside", |r| r.allowed_cidrs = vec!["2001:db8::/32".parse().unwrap()], M::GET, "/open", Err(Reject::IpNotAllowed(ip("2001:db9::1")))) },
+            Case { ip: "192.168.1.5", ..case("second of two nets", |r| r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap(), "192.168.1.5/32".parse().unwrap()], M::GET, "/open", Ok(())) },
+            Case { ip: "8.8.8.8", ..case("expired beats ip", |r| { r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()]; r.expires_at = Some(SystemTime::UNIX_EPOCH) }, M::GET, "/open", Err(Reject::ExpiredApiKey)) },
+            Case { ip: "8.8.8.8", ..case("ip beats missing scope", |r| { r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()]; scopes(r, &[]) }, M::GET, "/content/a", Err(Reject::IpNotAllowed(ip("8.8.8.8")))) },
+            // Scopes: any-of, all-of, wildcards.
+            case("exact read scope", |r| scopes(r, &["content:read"]), M::GET, "/content/a", Ok(())),
+            case("other any-of scope", |r| scopes(r, &["content:write"]), M::GET, "/content/a", Ok(())),
+            case("resource wildcard", |r| scopes(r, &["content:*"]), M::DELETE, "/content/a", Ok(())),
+            case("read scope cannot write", |r| scopes(r, &["content:read"]), M::POST, "/content/a", missing(&["content:write"])),
+            case("write scope can write", |r| scopes(r, &["content:write"]), M::POST, "/content/a", Ok(())),
+            case("unrelated scope", |r| scopes(r, &["analytics:read"]), M::GET, "/content/a", missing(&["content:read", "content:write"])),
+            case("no scopes at all", |r| scopes(r, &[]), M::GET, "/content/a", missing(&["content:read", "content:write"])),
+            case("all-of satisfied", |r| scopes(r, &["analytics:read", "analytics:export"]), M::GET, "/analytics/x", Ok(())),
+            case("all-of names the missing one", |r| scopes(r, &["analytics:read"]), M::GET, "/analytics/x", missing(&["analytics:export"])),
+            case("all-of by wildcard", |r| scopes(r, &["analytics:*"]), M::GET, "/analytics/x", Ok(())),
+            case("gravity rail read:members", |r| scopes(r, &["read:members"]), M::GET, "/members", Ok(())),
+            case("method outside rule falls to unmatched", |r| scopes(r, &["read:members"]), M::POST, "/members", deny(Denial::NoRoute)),
+            case("write:data on POST", |r| scopes(r, &["write:data"]), M::POST, "/data/rows", Ok(())),
+            case("write:data rule not for GET", |r| scopes(r, &["write:data"]), M::GET, "/data/rows", deny(Denial::NoRoute)),
+            case("prefix boundary", noop, M::GET, "/contentx", deny(Denial::NoRoute)),
+            // Public keys.
+            case("public key reads", |r| { r.key_type = KeyType::Public; scopes(r, &["content:read"]) }, M::GET, "/content/a", Ok(())),
+            case("public key HEAD", |r| { r.key_type = KeyType::Public; scopes(r, &["content:read"]) }, M::HEAD, "/content/a", Ok(())),
+            case("public key OPTIONS", |r| { r.key_type = KeyType::Public; scopes(r, &["*"]) }, M::OPTIONS, "/open", Ok(())),
+            case("public key + write scope + POST", |r| { r.key_type = KeyType::Public; scopes(r, &["content:write"]) }, M::POST, "/content/a", deny(Denial::PublicKeyReadOnly)),
+            case("public key + * + DELETE", |r| { r.key_type = KeyType::Public; scopes(r, &["*"]) }, M::DELETE, "/open", deny(Denial::PublicKeyReadOnly)),
+            case("public key + * + TRACE", |r| { r.key_type = KeyType::Public; scopes(r, &["*"]) }, M::TRACE, "/open", deny(Denial::PublicKeyReadOnly)),
+            case("public key read still needs scope", |r| { r.key_type = KeyType::Public; scopes(r, &["analytics:read"]) }, M::GET, "/content/a", missing(&["content:read", "content:write"])),
+            // Environments.
+            case("sandbox key with sandbox upstream", |r| r.env = Environment::Test, M::GET, "/content/a", Ok(())),
+            Case { sandbox: false, ..case("sandbox key, no sandbox upstream", |r| r.env = Environment::Test, M::GET, "/content/a", deny(Denial::SandboxRefused)) },
+            Case { sandbox: false, ..case("live key, no sandbox upstream", noop, M::GET, "/content/a", Ok(())) },
+            case("live-only route, live key", noop, M::GET, "/billing/x", Ok(())),
+            case("live-only route, sandbox key", |r| r.env = Environment::Test, M::GET, "/billing/x", deny(Denial::Environment(Environment::Test))),
+            // Workspace / project binding.
+            case("bound workspace matches", |r| r.workspace = Some("ws1".into()), M::GET, "/api/v2/w/ws1/things", Ok(())),
+            case("bound to another workspace", |r| r.workspace = Some("ws1".into()), M::GET, "/api/v2/w/ws2/things", deny(Denial::NotBound { param: "workspace", value: "ws2".into() })),
+            case("unbound key on workspace route", noop, M::GET, "/api/v2/w/ws1/things", deny(Denial::NotBound { param: "workspace", value: "ws1".into() })),
+            case("workspace and project both match", |r| { r.workspace = Some("ws1".into()); r.project = Some("p1".into()) }, M::GET, "/api/v2/w/ws1/p/p1/x", Ok(())),
+            case("project mismatch", |r| { r.workspace = Some("ws1".into()); r.project = Some("p1".into()) }, M::GET, "/api/v2/w/ws1/p/p2/x", deny(Denial::NotBound { param: "project", value: "p2".into() })),
+            case("other params are free", noop, M::GET, "/api/v2/items/42", Ok(())),
+            case("bound key on unbound route", |r| r.workspace = Some("ws1".into()), M::GET, "/open/x", Ok(())),
+            // Unmatched policy.
+            case("unmatched deny", noop, M::GET, "/elsewhere", deny(Denial::NoRoute)),
+            Case { unmatched: Unmatched::Allow, ..case("unmatched allow", |r| scopes(r, &["x:y"]), M::GET, "/elsewhere", Ok(())) },
+            Case { unmatched: Unmatched::Scope("api:access".into()), ..case("unmatched scope held", |r| scopes(r, &["api:access"]), M::GET, "/elsewhere", Ok(())) },
+            Case { unmatched: Unmatched::Scope("api:access".into()), ..case("unmatched scope missing", |r| scopes(r, &["content:read"]), M::GET, "/elsewhere", missing(&["api:access"])) },
+            Case { unmatched: Unmatched::Scope("api:access".into()), ..case("unmatched scope by *", noop, M::GET, "/elsewhere", Ok(())) },
         ];
-        for (name, rec, claims, client, want) in cases {
-            let facts = RequestFacts {
-                client_ip: ip(client),
-                now,
-            };
-            assert_eq!(authorize(&rec, claims, &facts), want, "case {name}");
+        assert!(cases.len() >= 40, "{} cases", cases.len());
+        for c in cases {
+            let mut rec = record();
+            (c.edit)(&mut rec);
+            let claims = c.claims.unwrap_or(KeyClaims { key_type: rec.key_type, env: rec.env });
+            let routes = table(c.unmatched.clone());
+            let facts = RequestFacts { method: &c.method, path: c.path, client_ip: ip(c.ip), now };
+            let policy = Policy { routes: &routes, sandbox_upstream: c.sandbox };
+            assert_eq!(authorize(&rec, claims, &facts, &policy), c.want, "case {}", c.name);
         }
     }
 }

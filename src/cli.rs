@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LogFormat, StoreConfig, parse_net};
 use crate::keys::file::FileStore;
-use crate::keys::{self, Change, Environment, KeySpec, KeyStore, KeyType, StoreError};
+use crate::keys::{self, Change, Environment, KeyPolicy, KeySpec, KeyStore, KeyType, StoreError};
 use crate::server::{self, Server, ServerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,17 @@ pub enum CliError {
     Usage(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl CliError {
+    /// Process exit status: 1 for errors, 3 when a limit (the per-owner key cap) refused the
+    /// change, so scripts can tell "try later / revoke one" from "fix the command".
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Store(StoreError::OwnerCap { .. }) => 3,
+            _ => 1,
+        }
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -75,8 +86,12 @@ pub enum KeysCommand {
     },
     /// Show one key as JSON (never the secret).
     Show { id: String },
-    /// Revoke a key: requests with it get 401 invalid_api_key from then on.
+    /// Revoke a key: requests with it get 401 invalid_api_key from then on. Final.
     Revoke { id: String },
+    /// Suspend a key: requests get 403 key_suspended until it is resumed.
+    Suspend { id: String },
+    /// Resume a suspended key.
+    Resume { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +121,12 @@ pub struct CreateArgs {
     /// Allow only clients from this CIDR (repeatable). Default: any address.
     #[arg(long = "allow-ip")]
     pub allow_ip: Vec<String>,
+    /// Bind the key to one workspace: routes with a {workspace} parameter admit only it.
+    #[arg(long)]
+    pub workspace: Option<String>,
+    /// Bind the key to one project: routes with a {project} parameter admit only it.
+    #[arg(long)]
+    pub project: Option<String>,
     /// Create this many keys with the same settings, printed one JSON object per line.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub count: u32,
@@ -187,7 +208,8 @@ async fn keys_command(
             let now = SystemTime::now();
             let count = args.count as usize;
             let spec = spec_from(args, now)?;
-            let created = keys::create_many(store, &config.keys.prefix, spec, count, now).await?;
+            let policy = KeyPolicy::from(&config.keys);
+            let created = keys::create_many(store, &policy, spec, count, now).await?;
             if let [one] = created.as_slice() {
                 writeln!(out, "{}", pretty(one))?;
             } else {
@@ -205,8 +227,13 @@ async fn keys_command(
             writeln!(out, "{}", pretty(&record))?;
         }
         KeysCommand::Revoke { id } => {
-            let record = store.update(&id, Change::Revoke).await?;
-            writeln!(out, "{}", pretty(&record))?;
+            writeln!(out, "{}", pretty(&store.update(&id, Change::Revoke).await?))?;
+        }
+        KeysCommand::Suspend { id } => {
+            writeln!(out, "{}", pretty(&store.update(&id, Change::Suspend).await?))?;
+        }
+        KeysCommand::Resume { id } => {
+            writeln!(out, "{}", pretty(&store.update(&id, Change::Resume).await?))?;
         }
     }
     Ok(())
@@ -245,6 +272,8 @@ fn spec_from(args: CreateArgs, now: SystemTime) -> Result<KeySpec, CliError> {
         allowed_cidrs,
         expires_at,
         plan: args.plan,
+        workspace: args.workspace,
+        project: args.project,
     })
 }
 

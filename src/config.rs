@@ -16,6 +16,8 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::credential::CredentialHeader;
+use crate::keys::Environment;
+use crate::routes::{PathPattern, Route, RouteTable, Unmatched, check_scope};
 
 /// Environment variables that configure the CLI itself rather than a config value.
 const NOT_OVERRIDES: &[&str] = &["KEYGATE_CONFIG", "KEYGATE_LOG"];
@@ -64,6 +66,27 @@ pub struct RawConfig {
     network: RawNetwork,
     #[serde(default)]
     log: RawLog,
+    /// `[[route]]` rules, in order.
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    path: String,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    scopes_all: Vec<String>,
+    #[serde(default = "both_environments")]
+    environments: Vec<String>,
+}
+
+fn both_environments() -> Vec<String> {
+    vec!["live".into(), "test".into()]
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +109,8 @@ impl Default for RawListen {
 #[serde(deny_unknown_fields)]
 struct RawUpstream {
     url: String,
+    /// Where sandbox (`test`) keys go. Without it they are refused.
+    sandbox_url: Option<String>,
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     connect_timeout: Duration,
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
@@ -127,12 +152,14 @@ impl Default for RawStore {
 #[serde(deny_unknown_fields, default)]
 struct RawKeys {
     prefix: String,
+    max_per_owner: Option<u32>,
 }
 
 impl Default for RawKeys {
     fn default() -> Self {
         Self {
             prefix: "kg".into(),
+            max_per_owner: None,
         }
     }
 }
@@ -143,6 +170,7 @@ struct RawAuth {
     credential_headers: Vec<String>,
     max_key_length: usize,
     public_paths: Vec<String>,
+    unmatched: Option<String>,
 }
 
 impl Default for RawAuth {
@@ -155,6 +183,7 @@ impl Default for RawAuth {
             ],
             max_key_length: 256,
             public_paths: Vec::new(),
+            unmatched: None,
         }
     }
 }
@@ -195,6 +224,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub network: Network,
     pub log: LogConfig,
+    pub routes: RouteTable,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -207,6 +237,8 @@ pub struct Listen {
 pub struct Upstream {
     #[serde(serialize_with = "display")]
     pub url: Uri,
+    #[serde(serialize_with = "display_opt", skip_serializing_if = "Option::is_none")]
+    pub sandbox_url: Option<Uri>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Time allowed for the upstream to send its response headers.
@@ -228,6 +260,9 @@ pub enum StoreConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct KeysConfig {
     pub prefix: String,
+    /// Live (not revoked) keys one owner may hold; `None` for no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_per_owner: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -256,51 +291,18 @@ pub enum LogFormat {
     Text,
 }
 
-/// A path that passes without a key: an exact path, or a prefix written as `/prefix/**`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(into = "String")]
-pub enum PathPattern {
-    Exact(String),
-    Prefix(String),
-}
-
-impl PathPattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        if !s.starts_with('/') {
-            return Err(format!("{s:?} must start with '/'"));
-        }
-        match s.strip_suffix("/**") {
-            Some(prefix) if prefix.contains('*') => {
-                Err(format!("{s:?}: '*' is only allowed as a trailing '/**'"))
-            }
-            Some(prefix) => Ok(Self::Prefix(format!("{prefix}/"))),
-            None if s.contains('*') => {
-                Err(format!("{s:?}: '*' is only allowed as a trailing '/**'"))
-            }
-            None => Ok(Self::Exact(s.to_owned())),
-        }
-    }
-
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            Self::Exact(p) => path == p,
-            // `/health/**` covers `/health` itself as well as everything below it.
-            Self::Prefix(p) => path.starts_with(p.as_str()) || path == &p[..p.len() - 1],
-        }
-    }
-}
-
-impl From<PathPattern> for String {
-    fn from(p: PathPattern) -> String {
-        match p {
-            PathPattern::Exact(s) => s,
-            PathPattern::Prefix(p) => format!("{p}**"),
-        }
-    }
-}
-
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,27 +424,12 @@ impl TryFrom<RawConfig> for Config {
                 "missing [upstream] section; add url = \"http://127.0.0.1:3000\"",
             )
         })?;
-        let url: Uri = up.url.parse().map_err(|e| {
-            invalid(
-                "upstream.url",
-                format!(
-                    "{:?} is not a URL ({e}); expected e.g. http://127.0.0.1:3000",
-                    up.url
-                ),
-            )
-        })?;
-        if url.scheme_str() != Some("http") || url.authority().is_none() {
-            return Err(invalid(
-                "upstream.url",
-                format!(
-                    "{:?}: expected http://HOST:PORT (https upstreams are not supported yet)",
-                    up.url
-                ),
-            ));
-        }
-        if url.query().is_some() {
-            return Err(invalid("upstream.url", "must not contain a query string"));
-        }
+        let url = parse_upstream("upstream.url", &up.url)?;
+        let sandbox_url = up
+            .sandbox_url
+            .as_deref()
+            .map(|u| parse_upstream("upstream.sandbox_url", u))
+            .transpose()?;
         for (field, d) in [
             ("upstream.connect_timeout", up.connect_timeout),
             ("upstream.timeout", up.timeout),
@@ -494,7 +481,16 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
 
+        if raw.keys.max_per_owner == Some(0) {
+            return Err(invalid(
+                "keys.max_per_owner",
+                "must be at least 1; leave it out for no cap",
+            ));
+        }
+
+        let unmatched = raw.auth.unmatched.clone();
         let auth = validate_auth(raw.auth)?;
+        let routes = validate_routes(raw.route, unmatched)?;
 
         let trusted_proxies = raw
             .network
@@ -528,12 +524,16 @@ impl TryFrom<RawConfig> for Config {
             listen,
             upstream: Upstream {
                 url,
+                sandbox_url,
                 connect_timeout: up.connect_timeout,
                 timeout: up.timeout,
                 preserve_host: up.preserve_host,
             },
             store,
-            keys: KeysConfig { prefix },
+            keys: KeysConfig {
+                prefix,
+                max_per_owner: raw.keys.max_per_owner,
+            },
             auth,
             network: Network { trusted_proxies },
             log: LogConfig {
@@ -541,6 +541,7 @@ impl TryFrom<RawConfig> for Config {
                 level: raw.log.level,
                 access: raw.log.access,
             },
+            routes,
         })
     }
 }
@@ -590,6 +591,73 @@ fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
     })
 }
 
+fn parse_upstream(field: &'static str, s: &str) -> Result<Uri, ConfigError> {
+    let url: Uri = s.parse().map_err(|e| {
+        invalid(
+            field,
+            format!("{s:?} is not a URL ({e}); expected e.g. http://127.0.0.1:3000"),
+        )
+    })?;
+    if url.scheme_str() != Some("http") || url.authority().is_none() {
+        return Err(invalid(
+            field,
+            format!("{s:?}: expected http://HOST:PORT (https upstreams are not supported yet)"),
+        ));
+    }
+    if url.query().is_some() {
+        return Err(invalid(field, "must not contain a query string"));
+    }
+    Ok(url)
+}
+
+fn validate_routes(raw: Vec<RawRoute>, unmatched: Option<String>) -> Result<RouteTable, ConfigError> {
+    let unmatched = unmatched.ok_or_else(|| {
+        invalid(
+            "auth.unmatched",
+            "missing: say what a key may do on paths no [[route]] matches: \"deny\", \"allow\" (any valid key) or \"scope:NAME\"",
+        )
+    })?;
+    let unmatched = Unmatched::parse(&unmatched).map_err(|e| invalid("auth.unmatched", e))?;
+    let mut routes = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let name = format!("route[{i}] ({})", r.path);
+        let bad = |m: String| invalid("route", format!("{name}: {m}"));
+        let path = PathPattern::parse(&r.path).map_err(bad)?;
+        let methods = r
+            .methods
+            .iter()
+            .map(|m| {
+                let upper = m.to_ascii_uppercase();
+                match upper.as_str() {
+                    "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "CONNECT"
+                    | "TRACE" => Ok(http::Method::from_bytes(upper.as_bytes()).expect("known")),
+                    _ => Err(bad(format!("unknown method {m:?}"))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for scope in r.scopes.iter().chain(&r.scopes_all) {
+            check_scope(scope, false).map_err(bad)?;
+        }
+        let environments = r
+            .environments
+            .iter()
+            .map(|e| match e.as_str() {
+                "live" => Ok(Environment::Live),
+                "test" => Ok(Environment::Test),
+                other => Err(bad(format!("environment {other:?}: use \"live\" or \"test\""))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        routes.push(Route {
+            path,
+            methods,
+            scopes: r.scopes,
+            scopes_all: r.scopes_all,
+            environments,
+        });
+    }
+    RouteTable::new(routes, unmatched).map_err(|m| invalid("route", m))
+}
+
 fn parse_addr(field: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse().map_err(|_| {
         invalid(
@@ -617,7 +685,8 @@ pub fn is_identity_header(name: &HeaderName) -> bool {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = "[upstream]\nurl = \"http://127.0.0.1:3000\"\n";
+    const MINIMAL: &str =
+        "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[auth]\nunmatched = \"allow\"\n";
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_toml(
@@ -705,19 +774,6 @@ mod tests {
             let err = load(text, env).expect_err(needle).to_string();
             assert!(err.contains(needle), "{needle:?} not in {err:?}");
         }
-    }
-
-    #[test]
-    fn path_patterns() {
-        let p = PathPattern::parse("/health/**").unwrap();
-        assert!(p.matches("/health"));
-        assert!(p.matches("/health/live"));
-        assert!(!p.matches("/healthz"));
-        let e = PathPattern::parse("/ping").unwrap();
-        assert!(e.matches("/ping"));
-        assert!(!e.matches("/ping/x"));
-        assert!(PathPattern::parse("/a*/b").is_err());
-        assert!(PathPattern::parse("/a/**/b/**").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::cli::CliError;
 use crate::config::Config;
 use crate::echo;
 use crate::keys::file::FileStore;
-use crate::keys::{self, Environment, KeySpec, KeyType};
+use crate::keys::{self, Environment, KeyPolicy, KeySpec, KeyType};
 use crate::server::{Server, ServerError};
 
 /// The port the demo tries first, so the printed curl lines look familiar; any free port
@@ -39,8 +39,14 @@ pub async fn run(shutdown: CancellationToken, mut out: impl Write) -> Result<(),
         allowed_cidrs: Vec::new(),
         expires_at: None,
         plan: None,
+        workspace: None,
+        project: None,
     };
-    let created = keys::create(&store, "kg", spec, SystemTime::now()).await?;
+    let policy = KeyPolicy {
+        prefix: "kg".into(),
+        max_per_owner: None,
+    };
+    let created = keys::create(&store, &policy, spec, SystemTime::now()).await?;
 
     let server = match Server::bind(config(PREFERRED_PORT)?).await {
         Err(ServerError::Bind { .. }) => Server::bind(config(0)?).await?,
@@ -77,7 +83,8 @@ fn demo_config(
 ) -> Result<Config, crate::config::ConfigError> {
     let toml = format!(
         "[listen]\npublic = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:0\"\n\
-         [upstream]\nurl = \"http://{upstream}\"\n\
+         [upstream]\nurl = \"http://{upstream}\"\nsandbox_url = \"http://{upstream}\"\n\
+         [auth]\nunmatched = \"allow\"\n\
          [store]\nkind = \"file\"\npath = {keys:?}\n\
          [log]\nformat = \"text\"\n",
         keys = keys.display().to_string(),

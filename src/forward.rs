@@ -26,7 +26,7 @@ use ipnet::IpNet;
 use crate::authz::canonical;
 use crate::config::{Upstream, is_identity_header};
 use crate::credential::CredentialHeader;
-use crate::keys::KeyRecord;
+use crate::keys::{Environment, KeyRecord};
 use crate::reject::Reject;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -36,6 +36,8 @@ static KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 static OWNER: HeaderName = HeaderName::from_static("x-keygate-owner");
 static SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
 static ENV: HeaderName = HeaderName::from_static("x-keygate-env");
+static WORKSPACE: HeaderName = HeaderName::from_static("x-keygate-workspace");
+static PROJECT: HeaderName = HeaderName::from_static("x-keygate-project");
 
 /// Hop-by-hop headers: meaningful for one connection only, never forwarded.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -87,13 +89,36 @@ pub struct Origin<'a> {
     pub key: Option<&'a KeyRecord>,
 }
 
-pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
-    /// `scheme://authority` of the upstream.
+/// One upstream service: where requests go and what `Host` means for it.
+struct Target {
+    /// `scheme://authority/`.
     base: Uri,
     /// Path prefix of the upstream URL, without a trailing slash ("" for none).
     base_path: String,
     authority: HeaderValue,
+}
+
+impl Target {
+    fn new(url: &Uri) -> Self {
+        let authority = url.authority().expect("validated in config");
+        Self {
+            base: Uri::builder()
+                .scheme(url.scheme_str().unwrap_or("http"))
+                .authority(authority.as_str())
+                .path_and_query("/")
+                .build()
+                .expect("validated in config"),
+            base_path: url.path().trim_end_matches('/').to_owned(),
+            authority: HeaderValue::from_str(authority.as_str()).expect("authority is ASCII"),
+        }
+    }
+}
+
+pub struct Forwarder {
+    client: Client<HttpConnector, Incoming>,
+    production: Target,
+    /// Where sandbox keys go; `None` refuses them (enforced by authorization).
+    sandbox: Option<Target>,
     timeout: Duration,
     preserve_host: bool,
     credential_headers: Vec<CredentialHeader>,
@@ -108,39 +133,37 @@ impl Forwarder {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        let authority = upstream.url.authority().expect("validated in config");
         Self {
             client,
-            base: Uri::builder()
-                .scheme(upstream.url.scheme_str().unwrap_or("http"))
-                .authority(authority.as_str())
-                .path_and_query("/")
-                .build()
-                .expect("validated in config"),
-            base_path: upstream.url.path().trim_end_matches('/').to_owned(),
-            authority: HeaderValue::from_str(authority.as_str()).expect("authority is ASCII"),
+            production: Target::new(&upstream.url),
+            sandbox: upstream.sandbox_url.as_ref().map(Target::new),
             timeout: upstream.timeout,
             preserve_host: upstream.preserve_host,
             credential_headers: credential_headers.to_vec(),
         }
     }
 
-    /// Rewrites a client request into the upstream request (see the module doc).
+    /// Rewrites a client request into the upstream request (see the module doc). Sandbox
+    /// keys go to the sandbox upstream, everything else to production.
     pub fn prepare(&self, mut req: Request<Incoming>, origin: &Origin) -> Request<Incoming> {
+        let target = match (origin.key.map(|k| k.env), &self.sandbox) {
+            (Some(Environment::Test), Some(sandbox)) => sandbox,
+            _ => &self.production,
+        };
         let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
         let path = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-        let target = if self.base_path.is_empty() {
+        let path = if target.base_path.is_empty() {
             path.parse::<PathAndQuery>()
         } else {
-            format!("{}{path}", self.base_path).parse()
+            format!("{}{path}", target.base_path).parse()
         };
-        let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = target.ok();
-        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| self.base.clone());
+        let mut parts = target.base.clone().into_parts();
+        parts.path_and_query = path.ok();
+        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| target.base.clone());
         // The upstream speaks HTTP/1.1 whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
 
@@ -189,7 +212,7 @@ impl Forwarder {
         }
         match (&original_host, self.preserve_host) {
             (Some(host), true) => headers.insert(header::HOST, host.clone()),
-            _ => headers.insert(header::HOST, self.authority.clone()),
+            _ => headers.insert(header::HOST, target.authority.clone()),
         };
         req
     }
@@ -261,6 +284,11 @@ fn add_identity(headers: &mut HeaderMap, record: &KeyRecord) {
         headers.insert(&SCOPES, v);
     }
     headers.insert(&ENV, HeaderValue::from_static(record.env.as_str()));
+    for (name, bound) in [(&WORKSPACE, &record.workspace), (&PROJECT, &record.project)] {
+        if let Some(v) = bound.as_deref().and_then(value) {
+            headers.insert(name, v);
+        }
+    }
 }
 
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {

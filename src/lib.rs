@@ -10,7 +10,9 @@
 //! - [`credential`]: which header carries the key; the key format and its checksum.
 //! - [`keys`]: key records and the [`keys::KeyStore`] trait; [`keys::file`] is the embedded
 //!   file store.
-//! - [`authz`]: pure authorization of a known key (status, expiry, IP allowlist).
+//! - [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
+//!   environment, public-key methods, route scopes, workspace/project binding).
+//! - [`routes`]: route rules, path patterns, path normalization, scope matching.
 //! - [`forward`]: the upstream client and header hygiene (hop-by-hop, credentials,
 //!   `X-Forwarded-*`, identity headers).
 //! - [`reject`]: every refusal, and its status + JSON body.
@@ -33,6 +35,7 @@ pub mod forward;
 pub mod keys;
 pub mod proxy;
 pub mod reject;
+pub mod routes;
 pub mod server;
 
 use tokio_util::sync::CancellationToken;

@@ -22,8 +22,9 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::execute(cli, init_logging)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let code = e.exit_code();
             eprintln!("error: {:#}", anyhow::Error::from(e));
-            ExitCode::FAILURE
+            ExitCode::from(code)
         }
     }
 }

@@ -10,12 +10,13 @@ use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::authz::{self, RequestFacts};
+use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential;
 use crate::forward::{self, Forwarder, Origin};
 use crate::keys::{KeyHash, KeyRecord, KeyStore};
 use crate::reject::Reject;
+use crate::routes;
 
 /// A response body: the upstream's stream, or keygate's own small JSON.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -82,7 +83,7 @@ impl Proxy {
     /// request reaches the upstream.
     async fn admit(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: SocketAddr,
         audit: &mut Audit,
     ) -> Result<Response<Incoming>, Reject> {
@@ -98,28 +99,28 @@ impl Proxy {
             key,
         };
 
-        // 1. Public paths (an upstream's own health check, docs) need no key at all.
+        // 1. The path rules are matched against, made unambiguous first: what is authorized
+        //    must be what the upstream serves (no `/open/../admin`, no `%2e%2e`).
+        if let Some(normal) = routes::normalize(req.uri().path()).map_err(|_| Reject::InvalidPath)? {
+            set_path(&mut req, &normal);
+        }
+
+        // 2. Public paths (an upstream's own health check, docs) need no key at all.
         let path = req.uri().path();
-        if self
-            .config
-            .auth
-            .public_paths
-            .iter()
-            .any(|p| p.matches(path))
-        {
+        if self.config.auth.public_paths.iter().any(|p| p.matches(path).is_some()) {
             let req = self.forwarder.prepare(req, &origin(None));
             return self.forwarder.send(req).await;
         }
 
-        // 2. Which key? Exactly one, from the configured headers, length-capped.
+        // 3. Which key? Exactly one, from the configured headers, length-capped.
         let auth = &self.config.auth;
         let key =
             credential::extract(req.headers(), &auth.credential_headers, auth.max_key_length)?;
 
-        // 3. Is it shaped like one of ours? Prefix, type, environment, checksum: no I/O.
+        // 4. Is it shaped like one of ours? Prefix, type, environment, checksum: no I/O.
         let claims = credential::parse_key(key, &self.config.keys.prefix)?;
 
-        // 4. Do we know it? Only the hash is ever looked up or stored.
+        // 5. Do we know it? Only the hash is ever looked up or stored.
         let record = self
             .store
             .get(&KeyHash::of(key))
@@ -131,15 +132,38 @@ impl Proxy {
             .ok_or(Reject::InvalidApiKey)?;
         audit.key = Some(record.clone());
 
-        // 5. May it make this request? Status, expiry, IP allowlist.
+        // 6. May it make this request? Status, expiry, IP allowlist, environment, key type,
+        //    route scopes, workspace/project binding.
         let facts = RequestFacts {
+            method: req.method(),
+            path: req.uri().path(),
             client_ip,
             now: SystemTime::now(),
         };
-        authz::authorize(&record, claims, &facts)?;
+        let policy = Policy {
+            routes: &self.config.routes,
+            sandbox_upstream: self.config.upstream.sandbox_url.is_some(),
+        };
+        authz::authorize(&record, claims, &facts, &policy)?;
 
-        // 6. Forward, without the key and with the verified identity.
+        // 7. Forward, without the key and with the verified identity.
         let req = self.forwarder.prepare(req, &origin(Some(&record)));
         self.forwarder.send(req).await
+    }
+}
+
+/// Replaces the request's path, keeping its query.
+fn set_path(req: &mut Request<Incoming>, path: &str) {
+    let uri = req.uri();
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    if let Ok(pq) = path_and_query.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
     }
 }

@@ -13,6 +13,8 @@ use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
+use crate::keys::Environment;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {
     MissingApiKey,
@@ -20,11 +22,62 @@ pub enum Reject {
     ExpiredApiKey,
     /// Two different keys in one request.
     ConflictingCredentials,
+    /// A path that could mean something else to the upstream (`%2e%2e`, `%2f`, `\`).
+    InvalidPath,
+    InsufficientPermissions(Denial),
     IpNotAllowed(IpAddr),
     KeySuspended,
     KeyStoreUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
+}
+
+/// Why a known, valid key may not make this request (403 `insufficient_permissions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// The route needs this scope (or, for an any-of list, one of these).
+    MissingScope(Vec<String>),
+    /// Public keys may only read.
+    PublicKeyReadOnly,
+    /// Sandbox keys are not accepted (no `[upstream] sandbox_url`).
+    SandboxRefused,
+    /// The matched route is not open to this key's environment.
+    Environment(Environment),
+    /// The route is for one workspace/project and the key is not bound to it.
+    NotBound { param: &'static str, value: String },
+    /// No route matches and `[auth] unmatched = "deny"`.
+    NoRoute,
+}
+
+impl Denial {
+    fn message(&self) -> String {
+        match self {
+            Self::MissingScope(scopes) if scopes.len() == 1 => {
+                format!("This API key lacks the required scope: {}", scopes[0])
+            }
+            Self::MissingScope(scopes) => format!(
+                "This API key lacks the required scopes: one of {}",
+                scopes.join(", ")
+            ),
+            Self::PublicKeyReadOnly => {
+                "Public API keys may only read (GET, HEAD, OPTIONS); use a secret key".into()
+            }
+            Self::SandboxRefused => "Sandbox (test) API keys are not accepted here".into(),
+            Self::Environment(env) => format!(
+                "This route is not available to {} API keys",
+                match env {
+                    Environment::Live => "production (live)",
+                    Environment::Test => "sandbox (test)",
+                }
+            ),
+            Self::NotBound { param, value } => {
+                // The value comes from the request path: bound it before echoing it.
+                let shown: String = value.chars().take(64).collect();
+                format!("This API key is not bound to {param} {shown:?}")
+            }
+            Self::NoRoute => "This API key may not access this path".into(),
+        }
+    }
 }
 
 impl Reject {
@@ -33,8 +86,10 @@ impl Reject {
             Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::ConflictingCredentials => StatusCode::BAD_REQUEST,
-            Self::IpNotAllowed(_) | Self::KeySuspended => StatusCode::FORBIDDEN,
+            Self::ConflictingCredentials | Self::InvalidPath => StatusCode::BAD_REQUEST,
+            Self::InsufficientPermissions(_) | Self::IpNotAllowed(_) | Self::KeySuspended => {
+                StatusCode::FORBIDDEN
+            }
             Self::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -48,6 +103,8 @@ impl Reject {
             Self::InvalidApiKey => "invalid_api_key",
             Self::ExpiredApiKey => "expired_api_key",
             Self::ConflictingCredentials => "conflicting_api_keys",
+            Self::InvalidPath => "invalid_path",
+            Self::InsufficientPermissions(_) => "insufficient_permissions",
             Self::IpNotAllowed(_) => "ip_not_allowed",
             Self::KeySuspended => "key_suspended",
             Self::KeyStoreUnavailable => "key_store_unavailable",
@@ -61,8 +118,10 @@ impl Reject {
             Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
                 "authentication_error"
             }
-            Self::IpNotAllowed(_) | Self::KeySuspended => "authorization_error",
-            Self::ConflictingCredentials => "invalid_request_error",
+            Self::InsufficientPermissions(_) | Self::IpNotAllowed(_) | Self::KeySuspended => {
+                "authorization_error"
+            }
+            Self::ConflictingCredentials | Self::InvalidPath => "invalid_request_error",
             Self::KeyStoreUnavailable | Self::UpstreamUnavailable | Self::UpstreamTimeout => {
                 "api_error"
             }
@@ -79,6 +138,11 @@ impl Reject {
             Self::ConflictingCredentials => {
                 "The request carries more than one different API key; send exactly one".into()
             }
+            Self::InvalidPath => {
+                "The request path contains encoded '.', '/' or '\\' characters; send it decoded"
+                    .into()
+            }
+            Self::InsufficientPermissions(denial) => denial.message(),
             Self::IpNotAllowed(ip) => {
                 format!("Requests from IP address {ip} are not allowed for this API key")
             }
@@ -199,6 +263,16 @@ mod tests {
             assert_eq!(json["error"]["type"], *kind);
             assert!(json["error"]["message"].as_str().unwrap().len() > 10);
         }
+    }
+
+    #[test]
+    fn denials_name_what_is_missing() {
+        let one = Reject::InsufficientPermissions(Denial::MissingScope(vec!["content:write".into()]));
+        assert!(one.message().contains("content:write"));
+        let any = Reject::InsufficientPermissions(Denial::MissingScope(vec!["a:b".into(), "c:d".into()]));
+        assert!(any.message().contains("one of a:b, c:d"));
+        let bound = Denial::NotBound { param: "workspace", value: "x".repeat(500) };
+        assert!(Reject::InsufficientPermissions(bound).message().len() < 200);
     }
 
     #[test]

@@ -211,7 +211,7 @@ async fn expired_keys_get_expired_api_key() {
 
 #[tokio::test]
 async fn spoofed_identity_headers_are_stripped() {
-    let (_up, ws) = setup("[auth]\npublic_paths = [\"/open/**\"]\n").await;
+    let (_up, ws) = setup("[auth]\nunmatched = \"allow\"\npublic_paths = [\"/open/**\"]\n").await;
     let (id, key) = ws.create_key(&["--owner", "real"]);
     let kg = ws.serve();
     let spoof = [
@@ -246,7 +246,7 @@ async fn spoofed_identity_headers_are_stripped() {
 
 #[tokio::test]
 async fn public_paths_need_no_key_and_never_forward_one() {
-    let (_up, ws) = setup("[auth]\npublic_paths = [\"/status\", \"/docs/**\"]\n").await;
+    let (_up, ws) = setup("[auth]\nunmatched = \"allow\"\npublic_paths = [\"/status\", \"/docs/**\"]\n").await;
     let (_, key) = ws.create_key(&[]);
     let kg = ws.serve();
     for path in ["/status", "/docs", "/docs/a/b"] {

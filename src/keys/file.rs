@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::{Change, KeyHash, KeyRecord, KeyStore, Status, StoreError};
+use super::{Change, KeyHash, KeyRecord, KeyStore, StoreError, counts_against_cap};
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -190,15 +190,28 @@ impl KeyStore for FileStore {
         Ok(self.index.load().get(hash).cloned())
     }
 
-    async fn insert(&self, entries: Vec<(KeyHash, KeyRecord)>) -> Result<(), StoreError> {
+    async fn insert(
+        &self,
+        entries: Vec<(KeyHash, KeyRecord)>,
+        max_per_owner: Option<u32>,
+    ) -> Result<(), StoreError> {
         // Duplicates (against the file or within the batch) are caught by `index_of` before
-        // anything is written.
+        // anything is written; the cap is checked under the writer lock, so two concurrent
+        // `keys create` cannot both take the last slot.
         self.modify(|keys| {
-            keys.extend(
-                entries
-                    .into_iter()
-                    .map(|(hash, record)| Entry { hash, record }),
-            );
+            keys.extend(entries.into_iter().map(|(hash, record)| Entry { hash, record }));
+            if let Some(max) = max_per_owner {
+                let mut held: HashMap<&str, u32> = HashMap::new();
+                for e in keys.iter().filter(|e| counts_against_cap(&e.record)) {
+                    *held.entry(e.record.owner.as_str()).or_default() += 1;
+                }
+                if let Some((owner, _)) = held.into_iter().find(|(_, n)| *n > max) {
+                    return Err(StoreError::OwnerCap {
+                        owner: owner.to_owned(),
+                        max,
+                    });
+                }
+            }
             Ok(())
         })
     }
@@ -209,9 +222,7 @@ impl KeyStore for FileStore {
                 .iter_mut()
                 .find(|e| e.record.id == id)
                 .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-            match change {
-                Change::Revoke => entry.record.status = Status::Revoked,
-            }
+            change.apply(&mut entry.record)?;
             Ok(entry.record.clone())
         })
     }
@@ -318,7 +329,14 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{Environment, KeySpec, KeyType, create};
+    use crate::keys::{Environment, KeyPolicy, KeySpec, KeyType, Status, create};
+
+    fn policy(max: Option<u32>) -> KeyPolicy {
+        KeyPolicy {
+            prefix: "kg".into(),
+            max_per_owner: max,
+        }
+    }
     use std::os::unix::fs::PermissionsExt;
     use std::time::SystemTime;
 
@@ -332,6 +350,8 @@ mod tests {
             allowed_cidrs: vec![],
             expires_at: None,
             plan: None,
+            workspace: None,
+            project: None,
         }
     }
 
@@ -342,10 +362,10 @@ mod tests {
         let store = FileStore::open(&path).unwrap();
         assert!(store.is_empty());
 
-        let a = create(&store, "kg", spec("acme"), SystemTime::now())
+        let a = create(&store, &policy(None), spec("acme"), SystemTime::now())
             .await
             .unwrap();
-        let b = create(&store, "kg", spec("other"), SystemTime::now())
+        let b = create(&store, &policy(None), spec("other"), SystemTime::now())
             .await
             .unwrap();
         let got = store.get(&KeyHash::of(&a.key)).await.unwrap().unwrap();
@@ -377,7 +397,7 @@ mod tests {
         let path = dir.path().join("keys.json");
         let writer = FileStore::open(&path).unwrap();
         let reader = FileStore::open(&path).unwrap();
-        let a = create(&writer, "kg", spec("acme"), SystemTime::now())
+        let a = create(&writer, &policy(None), spec("acme"), SystemTime::now())
             .await
             .unwrap();
 
@@ -396,6 +416,35 @@ mod tests {
         assert!(reader.get(&KeyHash::of(&a.key)).await.unwrap().is_some());
         // Reported once per version of the file, not on every poll.
         assert!(!reader.reload_if_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn owner_cap_counts_live_keys_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("keys.json")).unwrap();
+        let capped = policy(Some(2));
+        let a = create(&store, &capped, spec("acme"), SystemTime::now()).await.unwrap();
+        create(&store, &capped, spec("acme"), SystemTime::now()).await.unwrap();
+        create(&store, &capped, spec("other"), SystemTime::now()).await.unwrap();
+        let err = create(&store, &capped, spec("acme"), SystemTime::now()).await.unwrap_err();
+        assert!(matches!(err, StoreError::OwnerCap { max: 2, .. }), "{err}");
+        assert_eq!(store.list(Some("acme")).await.unwrap().len(), 2, "nothing written");
+        store.update(&a.record.id, Change::Revoke).await.unwrap();
+        create(&store, &capped, spec("acme"), SystemTime::now()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn status_transitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("keys.json")).unwrap();
+        let k = create(&store, &policy(None), spec("acme"), SystemTime::now()).await.unwrap();
+        let id = k.record.id.as_str();
+        assert!(store.update(id, Change::Resume).await.is_err(), "active cannot resume");
+        assert_eq!(store.update(id, Change::Suspend).await.unwrap().status, Status::Suspended);
+        assert_eq!(store.update(id, Change::Resume).await.unwrap().status, Status::Active);
+        assert_eq!(store.update(id, Change::Revoke).await.unwrap().status, Status::Revoked);
+        assert!(store.update(id, Change::Resume).await.is_err(), "revocation is final");
+        assert!(store.update(id, Change::Suspend).await.is_err(), "revocation is final");
     }
 
     #[test]

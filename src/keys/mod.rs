@@ -125,6 +125,12 @@ pub struct KeyRecord {
     pub expires_at: Option<SystemTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// Binding: the key only works on `{workspace}` routes for this workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace: Option<String>,
+    /// Binding: the key only works on `{project}` routes for this project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     pub status: Status,
     #[serde(with = "humantime_serde")]
     pub created_at: SystemTime,
@@ -147,6 +153,8 @@ pub struct KeySpec {
     pub allowed_cidrs: Vec<IpNet>,
     pub expires_at: Option<SystemTime>,
     pub plan: Option<String>,
+    pub workspace: Option<String>,
+    pub project: Option<String>,
 }
 
 /// A freshly created key: the only moment the secret exists outside the caller's hands.
@@ -167,6 +175,14 @@ pub enum StoreError {
     NotFound(String),
     #[error("invalid key spec: {0}")]
     InvalidSpec(String),
+    #[error("owner {owner:?} already has {max} keys, the most [keys] max_per_owner allows; revoke one first")]
+    OwnerCap { owner: String, max: u32 },
+    #[error("key {id} is {status:?}: {message}")]
+    Conflict {
+        id: String,
+        status: Status,
+        message: &'static str,
+    },
     #[error("I/O error on {path}: {source}")]
     Io {
         path: String,
@@ -178,6 +194,34 @@ pub enum StoreError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
     Revoke,
+    Suspend,
+    Resume,
+}
+
+impl Change {
+    /// Applies the change, refusing transitions that make no sense. Revocation is final.
+    pub fn apply(self, record: &mut KeyRecord) -> Result<(), StoreError> {
+        let conflict = |message| {
+            Err(StoreError::Conflict {
+                id: record.id.clone(),
+                status: record.status,
+                message,
+            })
+        };
+        record.status = match (self, record.status) {
+            (Change::Revoke, _) => Status::Revoked,
+            (_, Status::Revoked) => return conflict("a revoked key cannot be suspended or resumed"),
+            (Change::Suspend, _) => Status::Suspended,
+            (Change::Resume, Status::Suspended) => Status::Active,
+            (Change::Resume, Status::Active) => return conflict("the key is not suspended"),
+        };
+        Ok(())
+    }
+}
+
+/// Keys that count against `[keys] max_per_owner`: every key not revoked.
+pub fn counts_against_cap(record: &KeyRecord) -> bool {
+    record.status != Status::Revoked
 }
 
 /// Where key records live. The proxy only calls [`KeyStore::get`]; the CLI (and later the
@@ -191,8 +235,13 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The record for a key hash, `None` if no such key exists.
     async fn get(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError>;
 
-    /// Stores new records, all or none. Fails if an id or hash already exists.
-    async fn insert(&self, entries: Vec<(KeyHash, KeyRecord)>) -> Result<(), StoreError>;
+    /// Stores new records, all or none. Fails if an id or hash already exists, or if an owner
+    /// would hold more than `max_per_owner` keys (checked atomically with the write).
+    async fn insert(
+        &self,
+        entries: Vec<(KeyHash, KeyRecord)>,
+        max_per_owner: Option<u32>,
+    ) -> Result<(), StoreError>;
 
     /// Applies `change` to the record with `id` and returns the updated record.
     async fn update(&self, id: &str, change: Change) -> Result<KeyRecord, StoreError>;
@@ -205,21 +254,37 @@ pub trait KeyStore: Send + Sync + 'static {
     }
 }
 
+/// The `[keys]` settings that shape new keys.
+#[derive(Debug, Clone)]
+pub struct KeyPolicy {
+    pub prefix: String,
+    pub max_per_owner: Option<u32>,
+}
+
+impl From<&crate::config::KeysConfig> for KeyPolicy {
+    fn from(c: &crate::config::KeysConfig) -> Self {
+        Self {
+            prefix: c.prefix.clone(),
+            max_per_owner: c.max_per_owner,
+        }
+    }
+}
+
 /// Generates a key for `spec`, stores only its hash, and returns the key once.
 pub async fn create(
     store: &dyn KeyStore,
-    prefix: &str,
+    policy: &KeyPolicy,
     spec: KeySpec,
     now: SystemTime,
 ) -> Result<CreatedKey, StoreError> {
-    let mut created = create_many(store, prefix, spec, 1, now).await?;
+    let mut created = create_many(store, policy, spec, 1, now).await?;
     Ok(created.pop().expect("create_many returns `count` keys"))
 }
 
 /// Creates `count` keys with the same spec in one store write (fleets, load tests).
 pub async fn create_many(
     store: &dyn KeyStore,
-    prefix: &str,
+    policy: &KeyPolicy,
     spec: KeySpec,
     count: usize,
     now: SystemTime,
@@ -228,7 +293,8 @@ pub async fn create_many(
     let rng_err = |e: getrandom::Error| StoreError::Unavailable(format!("OS random source: {e}"));
     let mut created = Vec::with_capacity(count);
     for _ in 0..count {
-        let key = credential::generate_key(prefix, spec.key_type, spec.env).map_err(rng_err)?;
+        let key = credential::generate_key(&policy.prefix, spec.key_type, spec.env)
+            .map_err(rng_err)?;
         let id = format!("key_{}", credential::random_base62(20).map_err(rng_err)?);
         let record = KeyRecord {
             id,
@@ -240,6 +306,8 @@ pub async fn create_many(
             allowed_cidrs: spec.allowed_cidrs.clone(),
             expires_at: spec.expires_at,
             plan: spec.plan.clone(),
+            workspace: spec.workspace.clone(),
+            project: spec.project.clone(),
             status: Status::Active,
             created_at: now,
             last_used_at: None,
@@ -250,7 +318,7 @@ pub async fn create_many(
         .iter()
         .map(|c| (KeyHash::of(&c.key), c.record.clone()))
         .collect();
-    store.insert(entries).await?;
+    store.insert(entries, policy.max_per_owner).await?;
     Ok(created)
 }
 
@@ -265,16 +333,22 @@ fn validate_spec(spec: &KeySpec) -> Result<(), StoreError> {
     if !printable(&spec.owner) {
         return bad("--owner must be 1-200 printable characters".into());
     }
+    if spec.scopes.is_empty() {
+        return bad("--scopes needs at least one scope (e.g. content:read, or * for all)".into());
+    }
     for scope in &spec.scopes {
-        let ok = !scope.is_empty()
-            && scope.len() <= 100
-            && scope
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-.:*/".contains(&b));
-        if !ok {
-            return bad(format!(
-                "scope {scope:?}: use letters, digits and _-.:*/ (e.g. content:read)"
-            ));
+        crate::routes::check_scope(scope, true).map_err(StoreError::InvalidSpec)?;
+    }
+    for (flag, value) in [("--workspace", &spec.workspace), ("--project", &spec.project)] {
+        if let Some(v) = value {
+            let ok = !v.is_empty()
+                && v.len() <= 100
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            if !ok {
+                return bad(format!(
+                    "{flag} {v:?}: use 1-100 letters, digits or _-. (it must match a path segment)"
+                ));
+            }
         }
     }
     Ok(())

@@ -58,12 +58,19 @@ pub struct Workspace {
 }
 
 impl Workspace {
+    /// `extra_toml` is appended; unless it has an `[auth]` table of its own, one allowing any
+    /// valid key on every path is added.
     pub fn new(upstream_url: &str, extra_toml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let auth = if extra_toml.contains("[auth]") {
+            ""
+        } else {
+            "[auth]\nunmatched = \"allow\"\n"
+        };
         let config = format!(
             "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n\
              [upstream]\nurl = \"{upstream_url}\"\n\n\
-             [store]\nkind = \"file\"\npath = \"keys.json\"\n\n{extra_toml}"
+             [store]\nkind = \"file\"\npath = \"keys.json\"\n\n{auth}{extra_toml}"
         );
         std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
         Self { dir }
