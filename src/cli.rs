@@ -77,7 +77,7 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key; prints JSON with its "id" and the full "key" (shown this once only).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List keys as JSON (never the secret).
     List {
         /// Only this owner's keys.
@@ -207,7 +207,7 @@ async fn keys_command(
         KeysCommand::Create(args) => {
             let now = SystemTime::now();
             let count = args.count as usize;
-            let spec = spec_from(args, now)?;
+            let spec = spec_from(*args, now)?;
             let policy = KeyPolicy::from(&config.keys);
             let created = keys::create_many(store, &policy, spec, count, now).await?;
             if let [one] = created.as_slice() {
@@ -230,7 +230,11 @@ async fn keys_command(
             writeln!(out, "{}", pretty(&store.update(&id, Change::Revoke).await?))?;
         }
         KeysCommand::Suspend { id } => {
-            writeln!(out, "{}", pretty(&store.update(&id, Change::Suspend).await?))?;
+            writeln!(
+                out,
+                "{}",
+                pretty(&store.update(&id, Change::Suspend).await?)
+            )?;
         }
         KeysCommand::Resume { id } => {
             writeln!(out, "{}", pretty(&store.update(&id, Change::Resume).await?))?;

@@ -237,7 +237,10 @@ pub struct Listen {
 pub struct Upstream {
     #[serde(serialize_with = "display")]
     pub url: Uri,
-    #[serde(serialize_with = "display_opt", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        serialize_with = "display_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub sandbox_url: Option<Uri>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -610,7 +613,10 @@ fn parse_upstream(field: &'static str, s: &str) -> Result<Uri, ConfigError> {
     Ok(url)
 }
 
-fn validate_routes(raw: Vec<RawRoute>, unmatched: Option<String>) -> Result<RouteTable, ConfigError> {
+fn validate_routes(
+    raw: Vec<RawRoute>,
+    unmatched: Option<String>,
+) -> Result<RouteTable, ConfigError> {
     let unmatched = unmatched.ok_or_else(|| {
         invalid(
             "auth.unmatched",
@@ -629,8 +635,10 @@ fn validate_routes(raw: Vec<RawRoute>, unmatched: Option<String>) -> Result<Rout
             .map(|m| {
                 let upper = m.to_ascii_uppercase();
                 match upper.as_str() {
-                    "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" | "CONNECT"
-                    | "TRACE" => Ok(http::Method::from_bytes(upper.as_bytes()).expect("known")),
+                    "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+                    | "CONNECT" | "TRACE" => {
+                        Ok(http::Method::from_bytes(upper.as_bytes()).expect("known"))
+                    }
                     _ => Err(bad(format!("unknown method {m:?}"))),
                 }
             })
@@ -644,7 +652,9 @@ fn validate_routes(raw: Vec<RawRoute>, unmatched: Option<String>) -> Result<Rout
             .map(|e| match e.as_str() {
                 "live" => Ok(Environment::Live),
                 "test" => Ok(Environment::Test),
-                other => Err(bad(format!("environment {other:?}: use \"live\" or \"test\""))),
+                other => Err(bad(format!(
+                    "environment {other:?}: use \"live\" or \"test\""
+                ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
         routes.push(Route {

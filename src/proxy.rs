@@ -101,13 +101,21 @@ impl Proxy {
 
         // 1. The path rules are matched against, made unambiguous first: what is authorized
         //    must be what the upstream serves (no `/open/../admin`, no `%2e%2e`).
-        if let Some(normal) = routes::normalize(req.uri().path()).map_err(|_| Reject::InvalidPath)? {
+        if let Some(normal) =
+            routes::normalize(req.uri().path()).map_err(|_| Reject::InvalidPath)?
+        {
             set_path(&mut req, &normal);
         }
 
         // 2. Public paths (an upstream's own health check, docs) need no key at all.
         let path = req.uri().path();
-        if self.config.auth.public_paths.iter().any(|p| p.matches(path).is_some()) {
+        if self
+            .config
+            .auth
+            .public_paths
+            .iter()
+            .any(|p| p.matches(path).is_some())
+        {
             let req = self.forwarder.prepare(req, &origin(None));
             return self.forwarder.send(req).await;
         }

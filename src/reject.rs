@@ -267,11 +267,16 @@ mod tests {
 
     #[test]
     fn denials_name_what_is_missing() {
-        let one = Reject::InsufficientPermissions(Denial::MissingScope(vec!["content:write".into()]));
+        let one =
+            Reject::InsufficientPermissions(Denial::MissingScope(vec!["content:write".into()]));
         assert!(one.message().contains("content:write"));
-        let any = Reject::InsufficientPermissions(Denial::MissingScope(vec!["a:b".into(), "c:d".into()]));
+        let any =
+            Reject::InsufficientPermissions(Denial::MissingScope(vec!["a:b".into(), "c:d".into()]));
         assert!(any.message().contains("one of a:b, c:d"));
-        let bound = Denial::NotBound { param: "workspace", value: "x".repeat(500) };
+        let bound = Denial::NotBound {
+            param: "workspace",
+            value: "x".repeat(500),
+        };
         assert!(Reject::InsufficientPermissions(bound).message().len() < 200);
     }
 

@@ -142,10 +142,7 @@ fn parse_segment(raw: &str, seg: &str) -> Result<Segment, String> {
         return Err(format!("{raw:?}: '**' is only allowed as the last segment"));
     }
     if let Some(name) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-        let ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         return if ok {
             Ok(Segment::Param(name.to_owned()))
         } else {
@@ -155,7 +152,9 @@ fn parse_segment(raw: &str, seg: &str) -> Result<Segment, String> {
         };
     }
     if seg.contains(['{', '}']) {
-        return Err(format!("{raw:?}: a parameter must be a whole segment, like {{id}}"));
+        return Err(format!(
+            "{raw:?}: a parameter must be a whole segment, like {{id}}"
+        ));
     }
     if seg.contains('*') {
         return Ok(Segment::Glob(seg.to_owned()));
@@ -168,7 +167,9 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
     match pattern.split_first() {
         None => text.is_empty(),
         Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
-        Some((c, rest)) => text.split_first().is_some_and(|(t, tr)| t == c && glob(rest, tr)),
+        Some((c, rest)) => text
+            .split_first()
+            .is_some_and(|(t, tr)| t == c && glob(rest, tr)),
     }
 }
 
@@ -287,7 +288,8 @@ impl Route {
 
     /// Every method this rule matches is also matched by `other`.
     fn methods_within(&self, other: &Route) -> bool {
-        other.methods.is_empty() || (!self.methods.is_empty() && self.methods.iter().all(|m| other.methods.contains(m)))
+        other.methods.is_empty()
+            || (!self.methods.is_empty() && self.methods.iter().all(|m| other.methods.contains(m)))
     }
 }
 
@@ -377,7 +379,8 @@ mod tests {
 
     #[test]
     fn pattern_table() {
-        let cases: &[(&str, &str, Option<&[(&str, &str)]>)] = &[
+        type Case<'a> = (&'a str, &'a str, Option<&'a [(&'a str, &'a str)]>);
+        let cases: &[Case] = &[
             ("/content/**", "/content", Some(&[])),
             ("/content/**", "/content/", Some(&[])),
             ("/content/**", "/content/a/b", Some(&[])),
@@ -396,10 +399,22 @@ mod tests {
             ("/files/*.json", "/files/a.yaml", None),
             ("/files/*.json", "/files/.json", Some(&[])),
             ("/api/v*/x", "/api/v2/x", Some(&[])),
-            ("/api/v2/w/{workspace}/**", "/api/v2/w/ws_1/projects", Some(&[("workspace", "ws_1")])),
-            ("/api/v2/w/{workspace}/**", "/api/v2/w/ws_1", Some(&[("workspace", "ws_1")])),
+            (
+                "/api/v2/w/{workspace}/**",
+                "/api/v2/w/ws_1/projects",
+                Some(&[("workspace", "ws_1")]),
+            ),
+            (
+                "/api/v2/w/{workspace}/**",
+                "/api/v2/w/ws_1",
+                Some(&[("workspace", "ws_1")]),
+            ),
             ("/api/v2/w/{workspace}/**", "/api/v2/w/", None),
-            ("/w/{workspace}/p/{project}", "/w/a/p/b", Some(&[("workspace", "a"), ("project", "b")])),
+            (
+                "/w/{workspace}/p/{project}",
+                "/w/a/p/b",
+                Some(&[("workspace", "a"), ("project", "b")]),
+            ),
             ("/w/{workspace}/p/{project}", "/w/a/p/b/c", None),
         ];
         for (pattern, path, want) in cases {
@@ -410,7 +425,9 @@ mod tests {
 
     #[test]
     fn bad_patterns() {
-        for bad in ["content", "/a/**/b", "/a**", "/{}/x", "/{a-b}", "/x{id}", "/{a}/{a}"] {
+        for bad in [
+            "content", "/a/**/b", "/a**", "/{}/x", "/{a-b}", "/x{id}", "/{a}/{a}",
+        ] {
             assert!(PathPattern::parse(bad).is_err(), "{bad}");
         }
     }
@@ -435,7 +452,11 @@ mod tests {
             ("*", Err(UnsafePath)),
         ];
         for (path, want) in cases {
-            assert_eq!(normalize(path).as_ref().map(|o| o.as_deref()), want.as_ref().map(|o| *o), "{path}");
+            assert_eq!(
+                normalize(path).as_ref().map(|o| o.as_deref()),
+                want.as_ref().map(|o| *o),
+                "{path}"
+            );
         }
     }
 
@@ -488,13 +509,26 @@ mod tests {
             ("/**", &[], "/content", &[]),
             ("/content/**", &[], "/content/{id}", &[Method::GET]),
             ("/content/*", &[], "/content/x", &[]),
-            ("/files/*.json", &[Method::GET], "/files/a.json", &[Method::GET]),
-            ("/a/{x}/**", &[Method::GET, Method::POST], "/a/b/c/**", &[Method::POST]),
+            (
+                "/files/*.json",
+                &[Method::GET],
+                "/files/a.json",
+                &[Method::GET],
+            ),
+            (
+                "/a/{x}/**",
+                &[Method::GET, Method::POST],
+                "/a/b/c/**",
+                &[Method::POST],
+            ),
         ];
         for (first, m1, second, m2) in shadowed {
             let err = RouteTable::new(vec![route(first, m1), route(second, m2)], Unmatched::Deny)
                 .expect_err(second);
-            assert!(err.contains("route[1]") && err.contains("never match"), "{err}");
+            assert!(
+                err.contains("route[1]") && err.contains("never match"),
+                "{err}"
+            );
         }
         let fine: &[(&str, &[Method], &str, &[Method])] = &[
             ("/content", &[], "/content/**", &[]),
@@ -521,9 +555,13 @@ mod tests {
         )
         .unwrap();
         let idx = |m: Method, p: &str| {
-            table
-                .find(&m, p)
-                .map(|(r, _)| table.routes.iter().position(|x| std::ptr::eq(x, r)).unwrap())
+            table.find(&m, p).map(|(r, _)| {
+                table
+                    .routes
+                    .iter()
+                    .position(|x| std::ptr::eq(x, r))
+                    .unwrap()
+            })
         };
         assert_eq!(idx(Method::GET, "/content/a"), Some(0));
         assert_eq!(idx(Method::POST, "/content/a"), Some(1));

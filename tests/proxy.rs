@@ -246,7 +246,8 @@ async fn spoofed_identity_headers_are_stripped() {
 
 #[tokio::test]
 async fn public_paths_need_no_key_and_never_forward_one() {
-    let (_up, ws) = setup("[auth]\nunmatched = \"allow\"\npublic_paths = [\"/status\", \"/docs/**\"]\n").await;
+    let (_up, ws) =
+        setup("[auth]\nunmatched = \"allow\"\npublic_paths = [\"/status\", \"/docs/**\"]\n").await;
     let (_, key) = ws.create_key(&[]);
     let kg = ws.serve();
     for path in ["/status", "/docs", "/docs/a/b"] {

@@ -199,7 +199,11 @@ impl KeyStore for FileStore {
         // anything is written; the cap is checked under the writer lock, so two concurrent
         // `keys create` cannot both take the last slot.
         self.modify(|keys| {
-            keys.extend(entries.into_iter().map(|(hash, record)| Entry { hash, record }));
+            keys.extend(
+                entries
+                    .into_iter()
+                    .map(|(hash, record)| Entry { hash, record }),
+            );
             if let Some(max) = max_per_owner {
                 let mut held: HashMap<&str, u32> = HashMap::new();
                 for e in keys.iter().filter(|e| counts_against_cap(&e.record)) {
@@ -423,28 +427,62 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path().join("keys.json")).unwrap();
         let capped = policy(Some(2));
-        let a = create(&store, &capped, spec("acme"), SystemTime::now()).await.unwrap();
-        create(&store, &capped, spec("acme"), SystemTime::now()).await.unwrap();
-        create(&store, &capped, spec("other"), SystemTime::now()).await.unwrap();
-        let err = create(&store, &capped, spec("acme"), SystemTime::now()).await.unwrap_err();
+        let a = create(&store, &capped, spec("acme"), SystemTime::now())
+            .await
+            .unwrap();
+        create(&store, &capped, spec("acme"), SystemTime::now())
+            .await
+            .unwrap();
+        create(&store, &capped, spec("other"), SystemTime::now())
+            .await
+            .unwrap();
+        let err = create(&store, &capped, spec("acme"), SystemTime::now())
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::OwnerCap { max: 2, .. }), "{err}");
-        assert_eq!(store.list(Some("acme")).await.unwrap().len(), 2, "nothing written");
+        assert_eq!(
+            store.list(Some("acme")).await.unwrap().len(),
+            2,
+            "nothing written"
+        );
         store.update(&a.record.id, Change::Revoke).await.unwrap();
-        create(&store, &capped, spec("acme"), SystemTime::now()).await.unwrap();
+        create(&store, &capped, spec("acme"), SystemTime::now())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
     async fn status_transitions() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path().join("keys.json")).unwrap();
-        let k = create(&store, &policy(None), spec("acme"), SystemTime::now()).await.unwrap();
+        let k = create(&store, &policy(None), spec("acme"), SystemTime::now())
+            .await
+            .unwrap();
         let id = k.record.id.as_str();
-        assert!(store.update(id, Change::Resume).await.is_err(), "active cannot resume");
-        assert_eq!(store.update(id, Change::Suspend).await.unwrap().status, Status::Suspended);
-        assert_eq!(store.update(id, Change::Resume).await.unwrap().status, Status::Active);
-        assert_eq!(store.update(id, Change::Revoke).await.unwrap().status, Status::Revoked);
-        assert!(store.update(id, Change::Resume).await.is_err(), "revocation is final");
-        assert!(store.update(id, Change::Suspend).await.is_err(), "revocation is final");
+        assert!(
+            store.update(id, Change::Resume).await.is_err(),
+            "active cannot resume"
+        );
+        assert_eq!(
+            store.update(id, Change::Suspend).await.unwrap().status,
+            Status::Suspended
+        );
+        assert_eq!(
+            store.update(id, Change::Resume).await.unwrap().status,
+            Status::Active
+        );
+        assert_eq!(
+            store.update(id, Change::Revoke).await.unwrap().status,
+            Status::Revoked
+        );
+        assert!(
+            store.update(id, Change::Resume).await.is_err(),
+            "revocation is final"
+        );
+        assert!(
+            store.update(id, Change::Suspend).await.is_err(),
+            "revocation is final"
+        );
     }
 
     #[test]

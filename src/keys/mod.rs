@@ -175,7 +175,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("invalid key spec: {0}")]
     InvalidSpec(String),
-    #[error("owner {owner:?} already has {max} keys, the most [keys] max_per_owner allows; revoke one first")]
+    #[error(
+        "owner {owner:?} already has {max} keys, the most [keys] max_per_owner allows; revoke one first"
+    )]
     OwnerCap { owner: String, max: u32 },
     #[error("key {id} is {status:?}: {message}")]
     Conflict {
@@ -210,7 +212,9 @@ impl Change {
         };
         record.status = match (self, record.status) {
             (Change::Revoke, _) => Status::Revoked,
-            (_, Status::Revoked) => return conflict("a revoked key cannot be suspended or resumed"),
+            (_, Status::Revoked) => {
+                return conflict("a revoked key cannot be suspended or resumed");
+            }
             (Change::Suspend, _) => Status::Suspended,
             (Change::Resume, Status::Suspended) => Status::Active,
             (Change::Resume, Status::Active) => return conflict("the key is not suspended"),
@@ -293,8 +297,8 @@ pub async fn create_many(
     let rng_err = |e: getrandom::Error| StoreError::Unavailable(format!("OS random source: {e}"));
     let mut created = Vec::with_capacity(count);
     for _ in 0..count {
-        let key = credential::generate_key(&policy.prefix, spec.key_type, spec.env)
-            .map_err(rng_err)?;
+        let key =
+            credential::generate_key(&policy.prefix, spec.key_type, spec.env).map_err(rng_err)?;
         let id = format!("key_{}", credential::random_base62(20).map_err(rng_err)?);
         let record = KeyRecord {
             id,
@@ -339,11 +343,15 @@ fn validate_spec(spec: &KeySpec) -> Result<(), StoreError> {
     for scope in &spec.scopes {
         crate::routes::check_scope(scope, true).map_err(StoreError::InvalidSpec)?;
     }
-    for (flag, value) in [("--workspace", &spec.workspace), ("--project", &spec.project)] {
+    for (flag, value) in [
+        ("--workspace", &spec.workspace),
+        ("--project", &spec.project),
+    ] {
         if let Some(v) = value {
             let ok = !v.is_empty()
                 && v.len() <= 100
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
             if !ok {
                 return bad(format!(
                     "{flag} {v:?}: use 1-100 letters, digits or _-. (it must match a path segment)"
