@@ -9,9 +9,11 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, LogFormat, StoreConfig, parse_net};
-use crate::keys::file::FileStore;
-use crate::keys::{self, Change, Environment, KeyPolicy, KeySpec, KeyStore, KeyType, StoreError};
+use crate::config::{Config, ConfigError, LogFormat, parse_net};
+use crate::keys::{
+    self, Change, Environment, KeyPolicy, KeySpec, KeyStore, KeyType, StoreError, manage,
+};
+use crate::metrics::Metrics;
 use crate::server::{self, Server, ServerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,14 @@ pub enum KeysCommand {
     Suspend { id: String },
     /// Resume a suspended key.
     Resume { id: String },
+    /// Issue a new key with the same settings; the old one keeps working for --grace, then
+    /// expires. Prints JSON with the new "key".
+    Rotate {
+        id: String,
+        /// How long the old key keeps working: 1h, 7d, 0s (expire now).
+        #[arg(long, default_value = "1h")]
+        grace: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -185,15 +195,9 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
         Command::Keys(command) => {
             init_logging(LogFormat::Text, "warn");
             let config = Config::load(&cli.config)?;
-            let store = open_store(&config)?;
+            let store = keys::open(&config.store, Arc::new(Metrics::new()))?;
             keys_command(command, &config, store.as_ref(), &mut stdout).await
         }
-    }
-}
-
-fn open_store(config: &Config) -> Result<Arc<dyn KeyStore>, CliError> {
-    match &config.store {
-        StoreConfig::File { path, .. } => Ok(Arc::new(FileStore::open(path)?)),
     }
 }
 
@@ -209,7 +213,7 @@ async fn keys_command(
             let count = args.count as usize;
             let spec = spec_from(*args, now)?;
             let policy = KeyPolicy::from(&config.keys);
-            let created = keys::create_many(store, &policy, spec, count, now).await?;
+            let created = manage::create_many(store, &policy, spec, count, now).await?;
             if let [one] = created.as_slice() {
                 writeln!(out, "{}", pretty(one))?;
             } else {
@@ -223,21 +227,37 @@ async fn keys_command(
             writeln!(out, "{}", pretty(&list))?;
         }
         KeysCommand::Show { id } => {
-            let record = store.by_id(&id).await?.ok_or(StoreError::NotFound(id))?;
+            let (_, record) = store.by_id(&id).await?.ok_or(StoreError::NotFound(id))?;
             writeln!(out, "{}", pretty(&record))?;
         }
         KeysCommand::Revoke { id } => {
-            writeln!(out, "{}", pretty(&store.update(&id, Change::Revoke).await?))?;
+            writeln!(
+                out,
+                "{}",
+                pretty(&manage::update(store, &id, Change::Revoke).await?)
+            )?;
         }
         KeysCommand::Suspend { id } => {
             writeln!(
                 out,
                 "{}",
-                pretty(&store.update(&id, Change::Suspend).await?)
+                pretty(&manage::update(store, &id, Change::Suspend).await?)
             )?;
         }
+        KeysCommand::Rotate { id, grace } => {
+            let grace = humantime::parse_duration(&grace).map_err(|e| {
+                CliError::Usage(format!("--grace {grace:?}: {e}; use e.g. 1h, 7d or 0s"))
+            })?;
+            let policy = KeyPolicy::from(&config.keys);
+            let created = manage::rotate(store, &policy, &id, grace, SystemTime::now()).await?;
+            writeln!(out, "{}", pretty(&created))?;
+        }
         KeysCommand::Resume { id } => {
-            writeln!(out, "{}", pretty(&store.update(&id, Change::Resume).await?))?;
+            writeln!(
+                out,
+                "{}",
+                pretty(&manage::update(store, &id, Change::Resume).await?)
+            )?;
         }
     }
     Ok(())

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::credential::CredentialHeader;
 use crate::keys::Environment;
+use crate::keys::cache::CacheConfig;
+use crate::keys::redis::{RedisConfig, RedisMode, redact};
 use crate::routes::{PathPattern, Route, RouteTable, Unmatched, check_scope};
 
 /// Environment variables that configure the CLI itself rather than a config value.
@@ -58,6 +60,8 @@ pub struct RawConfig {
     upstream: Option<RawUpstream>,
     #[serde(default)]
     store: RawStore,
+    #[serde(default)]
+    cache: RawCache,
     #[serde(default)]
     keys: RawKeys,
     #[serde(default)]
@@ -133,9 +137,25 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields, default)]
 struct RawStore {
     kind: String,
+    // file
     path: PathBuf,
     #[serde(with = "humantime_serde")]
     reload_interval: Duration,
+    // redis
+    url: Option<String>,
+    nodes: Vec<String>,
+    sentinels: Vec<String>,
+    master_name: Option<String>,
+    username: Option<String>,
+    /// Only from the environment (KEYGATE_STORE__PASSWORD): refused in the file.
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    namespace: String,
+    #[serde(with = "humantime_serde")]
+    timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    epoch_poll: Duration,
 }
 
 impl Default for RawStore {
@@ -144,6 +164,41 @@ impl Default for RawStore {
             kind: "file".into(),
             path: "keys.json".into(),
             reload_interval: Duration::from_millis(250),
+            url: None,
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: None,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            namespace: "keygate".into(),
+            timeout: Duration::from_millis(250),
+            epoch_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCache {
+    #[serde(with = "humantime_serde")]
+    ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    negative_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    max_stale: Duration,
+    capacity: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        let d = CacheConfig::default();
+        Self {
+            ttl: d.ttl,
+            negative_ttl: d.negative_ttl,
+            max_stale: d.max_stale,
+            capacity: d.capacity,
         }
     }
 }
@@ -220,6 +275,7 @@ pub struct Config {
     pub listen: Listen,
     pub upstream: Upstream,
     pub store: StoreConfig,
+    pub cache: CacheConfig,
     pub keys: KeysConfig,
     pub auth: AuthConfig,
     pub network: Network,
@@ -258,6 +314,7 @@ pub enum StoreConfig {
         #[serde(with = "humantime_serde")]
         reload_interval: Duration,
     },
+    Redis(RedisConfig),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -341,6 +398,7 @@ impl Config {
             path: origin.to_owned(),
             message: e.to_string(),
         })?;
+        refuse_file_secrets(&table, origin)?;
         let mut vars: Vec<(String, String)> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("KEYGATE_") && !NOT_OVERRIDES.contains(&k.as_str()))
@@ -362,6 +420,39 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// Secrets belong in the environment or a file of their own, where they can be mounted from
+/// a secret manager and kept out of config repositories: a password written in the config file
+/// is an error, not a warning.
+fn refuse_file_secrets(table: &toml::Table, origin: &Path) -> Result<(), ConfigError> {
+    let store = table.get("store").and_then(toml::Value::as_table);
+    let secret_in_url = |v: &toml::Value| {
+        v.as_str().is_some_and(|u| {
+            u.split("://").nth(1).is_some_and(|rest| {
+                rest.split('/').next().is_some_and(|auth| {
+                    auth.contains('@') && auth.split('@').next().is_some_and(|ui| ui.contains(':'))
+                })
+            })
+        })
+    };
+    let Some(store) = store else { return Ok(()) };
+    let in_urls = store.get("url").is_some_and(secret_in_url)
+        || ["nodes", "sentinels"].iter().any(|k| {
+            store
+                .get(*k)
+                .and_then(toml::Value::as_array)
+                .is_some_and(|a| a.iter().any(secret_in_url))
+        });
+    if store.contains_key("password") || in_urls {
+        return Err(ConfigError::Parse {
+            path: origin.to_owned(),
+            message: "store: the Redis password must not be written in the config file; set \
+                      KEYGATE_STORE__PASSWORD or store.password_file"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// `KEYGATE_UPSTREAM__URL=http://x` sets `upstream.url`. The value is read as a TOML value
@@ -442,34 +533,8 @@ impl TryFrom<RawConfig> for Config {
             }
         }
 
-        let store = match raw.store.kind.as_str() {
-            "file" => {
-                if raw.store.path.as_os_str().is_empty() {
-                    return Err(invalid(
-                        "store.path",
-                        "must name the keys file, e.g. keys.json",
-                    ));
-                }
-                if raw.store.reload_interval.is_zero()
-                    || raw.store.reload_interval > Duration::from_secs(1)
-                {
-                    return Err(invalid(
-                        "store.reload_interval",
-                        "must be between 1ms and 1s so CLI changes reach the proxy within 1 s",
-                    ));
-                }
-                StoreConfig::File {
-                    path: raw.store.path,
-                    reload_interval: raw.store.reload_interval,
-                }
-            }
-            other => {
-                return Err(invalid(
-                    "store.kind",
-                    format!("unknown store {other:?}; this build supports \"file\""),
-                ));
-            }
-        };
+        let store = validate_store(raw.store)?;
+        let cache = validate_cache(raw.cache)?;
 
         let prefix = raw.keys.prefix;
         if prefix.is_empty()
@@ -533,6 +598,7 @@ impl TryFrom<RawConfig> for Config {
                 preserve_host: up.preserve_host,
             },
             store,
+            cache,
             keys: KeysConfig {
                 prefix,
                 max_per_owner: raw.keys.max_per_owner,
@@ -611,6 +677,150 @@ fn parse_upstream(field: &'static str, s: &str) -> Result<Uri, ConfigError> {
         return Err(invalid(field, "must not contain a query string"));
     }
     Ok(url)
+}
+
+fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
+    match raw.kind.as_str() {
+        "file" => {
+            if raw.path.as_os_str().is_empty() {
+                return Err(invalid(
+                    "store.path",
+                    "must name the keys file, e.g. keys.json",
+                ));
+            }
+            if raw.reload_interval.is_zero() || raw.reload_interval > Duration::from_secs(1) {
+                return Err(invalid(
+                    "store.reload_interval",
+                    "must be between 1ms and 1s so CLI changes reach the proxy within 1 s",
+                ));
+            }
+            Ok(StoreConfig::File {
+                path: raw.path,
+                reload_interval: raw.reload_interval,
+            })
+        }
+        "redis" => {
+            let url_ok = |field, u: &str| {
+                if u.starts_with("redis://") || u.starts_with("rediss://") {
+                    Ok(())
+                } else {
+                    Err(invalid(
+                        field,
+                        format!(
+                            "{:?}: expected redis://HOST:PORT or rediss://HOST:PORT",
+                            redact(u)
+                        ),
+                    ))
+                }
+            };
+            let mode = match (raw.url, raw.nodes.is_empty(), raw.sentinels.is_empty()) {
+                (Some(url), true, true) => {
+                    url_ok("store.url", &url)?;
+                    RedisMode::Standalone { url }
+                }
+                (None, false, true) => {
+                    for n in &raw.nodes {
+                        url_ok("store.nodes", n)?;
+                    }
+                    RedisMode::Cluster { nodes: raw.nodes }
+                }
+                (None, true, false) => {
+                    for n in &raw.sentinels {
+                        url_ok("store.sentinels", n)?;
+                    }
+                    let master_name = raw.master_name.ok_or_else(|| {
+                        invalid(
+                            "store.master_name",
+                            "Sentinel needs the monitored master's name, e.g. \"mymaster\"",
+                        )
+                    })?;
+                    RedisMode::Sentinel {
+                        master_name,
+                        sentinels: raw.sentinels,
+                    }
+                }
+                (None, true, true) => {
+                    return Err(invalid(
+                        "store.url",
+                        "a redis store needs url (standalone), nodes (Cluster seeds) or sentinels + master_name",
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        "store",
+                        "set only one of url (standalone), nodes (Cluster) and sentinels (Sentinel)",
+                    ));
+                }
+            };
+            let password = match (raw.password, raw.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "store.password_file",
+                        "set the password or the password file, not both",
+                    ));
+                }
+                (Some(p), None) => Some(p),
+                (None, Some(path)) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| {
+                            invalid("store.password_file", format!("{}: {e}", path.display()))
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ),
+                (None, None) => None,
+            };
+            if raw.namespace.is_empty() || raw.namespace.contains(['{', '}']) {
+                return Err(invalid(
+                    "store.namespace",
+                    "must be non-empty and without braces",
+                ));
+            }
+            for (field, d) in [
+                ("store.timeout", raw.timeout),
+                ("store.epoch_poll", raw.epoch_poll),
+            ] {
+                if d.is_zero() || d > Duration::from_secs(10) {
+                    return Err(invalid(field, "must be between 1ms and 10s"));
+                }
+            }
+            Ok(StoreConfig::Redis(RedisConfig {
+                mode,
+                username: raw.username,
+                password,
+                ca_file: raw.ca_file,
+                namespace: raw.namespace,
+                timeout: raw.timeout,
+                epoch_poll: raw.epoch_poll,
+            }))
+        }
+        other => Err(invalid(
+            "store.kind",
+            format!("unknown store {other:?}; use \"file\" or \"redis\""),
+        )),
+    }
+}
+
+fn validate_cache(raw: RawCache) -> Result<CacheConfig, ConfigError> {
+    if raw.ttl.is_zero() || raw.negative_ttl.is_zero() {
+        return Err(invalid(
+            "cache.ttl",
+            "ttl and negative_ttl must be greater than 0",
+        ));
+    }
+    if raw.max_stale < raw.ttl {
+        return Err(invalid("cache.max_stale", "must be at least cache.ttl"));
+    }
+    if raw.capacity == 0 {
+        return Err(invalid("cache.capacity", "must be at least 1"));
+    }
+    Ok(CacheConfig {
+        ttl: raw.ttl,
+        negative_ttl: raw.negative_ttl,
+        max_stale: raw.max_stale,
+        capacity: raw.capacity,
+        store_timeout: CacheConfig::default().store_timeout,
+    })
 }
 
 fn validate_routes(

@@ -29,7 +29,7 @@ pub async fn run(shutdown: CancellationToken, mut out: impl Write) -> Result<(),
     let keys_path = dir.path().join("keys.json");
     let config = |port: u16| demo_config(port, upstream_addr, &keys_path);
 
-    let store = FileStore::open(&keys_path)?;
+    let store = FileStore::open(&keys_path, std::time::Duration::from_millis(250))?;
     let spec = KeySpec {
         name: "demo sandbox key".into(),
         owner: "demo".into(),
@@ -46,7 +46,7 @@ pub async fn run(shutdown: CancellationToken, mut out: impl Write) -> Result<(),
         prefix: "kg".into(),
         max_per_owner: None,
     };
-    let created = keys::create(&store, &policy, spec, SystemTime::now()).await?;
+    let created = keys::manage::create(&store, &policy, spec, SystemTime::now()).await?;
 
     let server = match Server::bind(config(PREFERRED_PORT)?).await {
         Err(ServerError::Bind { .. }) => Server::bind(config(0)?).await?,

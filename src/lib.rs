@@ -8,8 +8,9 @@
 //! - [`proxy`]: `handle()` (logging, the one place a refusal becomes a response) around
 //!   `admit()` (the ordered stages below).
 //! - [`credential`]: which header carries the key; the key format and its checksum.
-//! - [`keys`]: key records and the [`keys::KeyStore`] trait; [`keys::file`] is the embedded
-//!   file store.
+//! - [`keys`]: key records and the [`keys::KeyStore`] trait; [`keys::cache`] is the
+//!   in-process cache in front of every store, [`keys::file`] the embedded file store,
+//!   [`keys::redis`] the shared Redis store, [`keys::manage`] create/revoke/rotate.
 //! - [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
 //!   environment, public-key methods, route scopes, workspace/project binding).
 //! - [`routes`]: route rules, path patterns, path normalization, scope matching.
@@ -20,7 +21,8 @@
 //! Around it:
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
-//! - [`admin`]: `/healthz` and `/readyz` on the admin listener.
+//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on the admin listener; [`metrics`]:
+//!   the Prometheus registry.
 //! - [`cli`]: the `keygate` commands; [`demo`]: `keygate demo`; [`echo`]: the demo's
 //!   built-in upstream.
 
@@ -33,6 +35,7 @@ pub mod demo;
 pub mod echo;
 pub mod forward;
 pub mod keys;
+pub mod metrics;
 pub mod proxy;
 pub mod reject;
 pub mod routes;

@@ -14,7 +14,9 @@ use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential;
 use crate::forward::{self, Forwarder, Origin};
-use crate::keys::{KeyHash, KeyRecord, KeyStore};
+use crate::keys::cache::KeyCache;
+use crate::keys::{KeyHash, KeyRecord};
+use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::routes;
 
@@ -23,8 +25,9 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 
 pub struct Proxy {
     config: Arc<Config>,
-    store: Arc<dyn KeyStore>,
+    keys: Arc<KeyCache>,
     forwarder: Forwarder,
+    metrics: Arc<Metrics>,
 }
 
 /// What the access log records about one request; stages fill it in as they learn it.
@@ -35,12 +38,13 @@ struct Audit {
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, store: Arc<dyn KeyStore>) -> Self {
+    pub fn new(config: Arc<Config>, keys: Arc<KeyCache>, metrics: Arc<Metrics>) -> Self {
         let forwarder = Forwarder::new(&config.upstream, &config.auth.credential_headers);
         Self {
             config,
-            store,
+            keys,
             forwarder,
+            metrics,
         }
     }
 
@@ -60,6 +64,17 @@ impl Proxy {
                 (reject.into_response().map(Either::Right), code)
             }
         };
+        let class = match response.status().as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[decision, class])
+            .inc();
         if self.config.log.access {
             let key = audit.key.as_deref();
             tracing::info!(
@@ -130,8 +145,8 @@ impl Proxy {
 
         // 5. Do we know it? Only the hash is ever looked up or stored.
         let record = self
-            .store
-            .get(&KeyHash::of(key))
+            .keys
+            .lookup(KeyHash::of(key))
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "key store lookup failed");

@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Readiness};
-use crate::config::{Config, StoreConfig};
-use crate::keys::KeyStore;
-use crate::keys::file::FileStore;
+use crate::config::Config;
+use crate::keys::{self, cache::KeyCache};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 
 /// Slow-loris guard: a client gets this long to send its request headers.
@@ -45,27 +45,17 @@ pub struct Server {
     public: TcpListener,
     admin: TcpListener,
     proxy: Arc<Proxy>,
-    file_store: Option<(Arc<FileStore>, Duration)>,
+    cache: Arc<KeyCache>,
+    metrics: Arc<Metrics>,
     readiness: Readiness,
 }
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
-        let (store, file_store): (Arc<dyn KeyStore>, _) = match &config.store {
-            StoreConfig::File {
-                path,
-                reload_interval,
-            } => {
-                let file = Arc::new(FileStore::open(path)?);
-                if file.is_empty() {
-                    tracing::warn!(
-                        path = %path.display(),
-                        "no keys yet: every keyed request gets 401 until `keygate keys create`"
-                    );
-                }
-                (file.clone(), Some((file, *reload_interval)))
-            }
-        };
+        let metrics = Arc::new(Metrics::new());
+        let store = keys::open(&config.store, metrics.clone())?;
+        tracing::info!(store = %store.describe(), "key store opened");
+        let cache = KeyCache::new(store, config.cache.clone(), metrics.clone());
         let bind = |which, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -80,8 +70,9 @@ impl Server {
         Ok(Self {
             public,
             admin,
-            proxy: Arc::new(Proxy::new(Arc::new(config), store)),
-            file_store,
+            proxy: Arc::new(Proxy::new(Arc::new(config), cache.clone(), metrics.clone())),
+            cache,
+            metrics,
             readiness: Readiness::default(),
         })
     }
@@ -106,9 +97,7 @@ impl Server {
             "keygate listening"
         );
         let background = shutdown.child_token();
-        if let Some((file, interval)) = self.file_store {
-            file.watch(interval, background.clone());
-        }
+        self.cache.start(background.clone());
         let proxy = self.proxy;
         let readiness = self.readiness.clone();
         let public = accept_loop(self.public, shutdown.clone(), move |peer| {
@@ -119,10 +108,12 @@ impl Server {
             })
         });
         let admin_readiness = readiness.clone();
+        let metrics = self.metrics.clone();
         let admin = accept_loop(self.admin, shutdown.clone(), move |_| {
             let readiness = admin_readiness.clone();
+            let metrics = metrics.clone();
             service_fn(move |req: Request<Incoming>| {
-                let response = admin::route(&req, &readiness);
+                let response = admin::route(&req, &readiness, &metrics);
                 async move { Ok::<_, Infallible>(response) }
             })
         });
@@ -135,6 +126,7 @@ impl Server {
         });
         tokio::join!(public, admin);
         background.cancel();
+        self.cache.flush_usage().await;
         tracing::info!("keygate stopped");
     }
 }

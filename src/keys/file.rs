@@ -17,13 +17,14 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::{Change, KeyHash, KeyRecord, KeyStore, StoreError, counts_against_cap};
+use super::manage::counts_against_cap;
+use super::{Batch, ChangeSink, Invalidation, KeyHash, KeyRecord, KeyStore, StoreError};
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -63,6 +64,7 @@ type Index = HashMap<KeyHash, Arc<KeyRecord>>;
 
 pub struct FileStore {
     path: PathBuf,
+    reload_interval: Duration,
     index: ArcSwap<Index>,
     /// The version last looked at, good or bad, so a bad file is reported once, not per poll.
     seen: Mutex<Option<Fingerprint>>,
@@ -71,10 +73,11 @@ pub struct FileStore {
 impl FileStore {
     /// Opens the store. A missing file is an empty store (the first `keys create` makes it);
     /// an unreadable or corrupt one is an error, since there is no last good state yet.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self, StoreError> {
+    pub fn open(path: impl Into<PathBuf>, reload_interval: Duration) -> Result<Self, StoreError> {
         let path = path.into();
         let (doc, fingerprint) = read_document(&path)?;
         Ok(Self {
+            reload_interval,
             index: ArcSwap::from_pointee(index_of(&path, doc)?),
             seen: Mutex::new(fingerprint),
             path,
@@ -123,8 +126,10 @@ impl FileStore {
         Ok(true)
     }
 
-    /// Polls the file every `interval` until `shutdown`, logging reloads and errors.
-    pub fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+    /// Polls the file every `reload_interval` until `shutdown`, logging reloads and errors and
+    /// telling `sink` after each reload.
+    fn poll(self: Arc<Self>, sink: ChangeSink, shutdown: CancellationToken) {
+        let interval = self.reload_interval;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,9 +141,12 @@ impl FileStore {
                 let store = self.clone();
                 let outcome = tokio::task::spawn_blocking(move || store.reload_if_changed()).await;
                 match outcome {
-                    Ok(Ok(true)) => tracing::info!(
-                        path = %self.path.display(), keys = self.len(), "keys file reloaded"
-                    ),
+                    Ok(Ok(true)) => {
+                        tracing::info!(
+                            path = %self.path.display(), keys = self.len(), "keys file reloaded"
+                        );
+                        sink(Invalidation::All);
+                    }
                     Ok(Ok(false)) => {}
                     Ok(Err(e)) => tracing::error!(
                         error = %e, keys = self.len(),
@@ -190,26 +198,76 @@ impl KeyStore for FileStore {
         Ok(self.index.load().get(hash).cloned())
     }
 
-    async fn insert(
-        &self,
-        entries: Vec<(KeyHash, KeyRecord)>,
-        max_per_owner: Option<u32>,
-    ) -> Result<(), StoreError> {
-        // Duplicates (against the file or within the batch) are caught by `index_of` before
-        // anything is written; the cap is checked under the writer lock, so two concurrent
-        // `keys create` cannot both take the last slot.
+    async fn by_id(&self, id: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {
+        // Management reads the file, not the in-memory copy: the CLI is a separate process
+        // and must see what other writers just did.
+        let (doc, _) = read_document(&self.path)?;
+        let usage = self.usage()?;
+        Ok(doc.keys.into_iter().find(|e| e.record.id == id).map(|e| {
+            let mut record = e.record;
+            record.last_used_at = usage.get(&record.id).copied();
+            (e.hash, record)
+        }))
+    }
+
+    async fn list(&self, owner: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        let (doc, _) = read_document(&self.path)?;
+        let usage = self.usage()?;
+        let mut out: Vec<KeyRecord> = doc
+            .keys
+            .into_iter()
+            .map(|e| e.record)
+            .filter(|r| owner.is_none_or(|o| r.owner == o))
+            .map(|mut r| {
+                r.last_used_at = usage.get(&r.id).copied();
+                r
+            })
+            .collect();
+        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        // Everything is checked under the writer lock before anything is written, so two
+        // concurrent `keys create` cannot both take an owner's last slot, and an update made
+        // from a stale read fails instead of undoing someone else's change.
         self.modify(|keys| {
-            keys.extend(
-                entries
-                    .into_iter()
-                    .map(|(hash, record)| Entry { hash, record }),
-            );
-            if let Some(max) = max_per_owner {
+            for update in &batch.updates {
+                let entry = keys
+                    .iter_mut()
+                    .find(|e| e.hash == update.hash)
+                    .ok_or_else(|| StoreError::NotFound(update.before.id.clone()))?;
+                if entry.record != update.before {
+                    return Err(StoreError::Changed);
+                }
+                entry.record = update.after.clone();
+            }
+            for (hash, record) in &batch.inserts {
+                if keys
+                    .iter()
+                    .any(|e| e.hash == *hash || e.record.id == record.id)
+                {
+                    return Err(StoreError::Duplicate);
+                }
+                keys.push(Entry {
+                    hash: *hash,
+                    record: record.clone(),
+                });
+            }
+            if let Some(max) = batch.max_per_owner {
                 let mut held: HashMap<&str, u32> = HashMap::new();
                 for e in keys.iter().filter(|e| counts_against_cap(&e.record)) {
                     *held.entry(e.record.owner.as_str()).or_default() += 1;
                 }
-                if let Some((owner, _)) = held.into_iter().find(|(_, n)| *n > max) {
+                let new_owners: Vec<&str> = batch
+                    .inserts
+                    .iter()
+                    .map(|(_, r)| r.owner.as_str())
+                    .collect();
+                if let Some((owner, _)) = held
+                    .into_iter()
+                    .find(|(o, n)| *n > max && new_owners.contains(o))
+                {
                     return Err(StoreError::OwnerCap {
                         owner: owner.to_owned(),
                         max,
@@ -220,29 +278,43 @@ impl KeyStore for FileStore {
         })
     }
 
-    async fn update(&self, id: &str, change: Change) -> Result<KeyRecord, StoreError> {
-        self.modify(|keys| {
-            let entry = keys
-                .iter_mut()
-                .find(|e| e.record.id == id)
-                .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
-            change.apply(&mut entry.record)?;
-            Ok(entry.record.clone())
-        })
+    async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
+        // Usage lives beside the keys file, not in it: the proxy never rewrites the keys
+        // (which may be a read-only Secret mount), and a lost usage write costs nothing.
+        let path = sibling(&self.path, ".last-used");
+        let mut usage = self.usage()?;
+        for (id, at) in used {
+            let slot = usage.entry(id).or_insert(at);
+            *slot = (*slot).max(at);
+        }
+        let doc: HashMap<&String, String> = usage
+            .iter()
+            .map(|(id, at)| (id, humantime::format_rfc3339_seconds(*at).to_string()))
+            .collect();
+        write_atomically(&path, &doc)
     }
 
-    async fn list(&self, owner: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        // Management reads the file, not the in-memory copy: the CLI is a separate process
-        // and must see what other writers just did.
-        let (doc, _) = read_document(&self.path)?;
-        let mut out: Vec<KeyRecord> = doc
-            .keys
+    fn watch(self: Arc<Self>, sink: ChangeSink, shutdown: CancellationToken) {
+        self.poll(sink, shutdown);
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+}
+
+impl FileStore {
+    /// Last-used times written by [`KeyStore::record_usage`]; missing or unreadable is empty.
+    fn usage(&self) -> Result<HashMap<String, SystemTime>, StoreError> {
+        let path = sibling(&self.path, ".last-used");
+        let Ok(bytes) = std::fs::read(&path) else {
+            return Ok(HashMap::new());
+        };
+        let raw: HashMap<String, String> = serde_json::from_slice(&bytes).unwrap_or_default();
+        Ok(raw
             .into_iter()
-            .map(|e| e.record)
-            .filter(|r| owner.is_none_or(|o| r.owner == o))
-            .collect();
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        Ok(out)
+            .filter_map(|(id, at)| Some((id, humantime::parse_rfc3339_weak(&at).ok()?)))
+            .collect())
     }
 }
 
@@ -292,7 +364,7 @@ fn index_of(path: &Path, doc: Document) -> Result<Index, StoreError> {
     Ok(index)
 }
 
-fn write_atomically(path: &Path, doc: &Document) -> Result<(), StoreError> {
+fn write_atomically(path: &Path, doc: &impl Serialize) -> Result<(), StoreError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -304,7 +376,7 @@ fn write_atomically(path: &Path, doc: &Document) -> Result<(), StoreError> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(|e| io_err(dir, e))?;
-    let json = serde_json::to_vec_pretty(doc).expect("key records always serialize");
+    let json = serde_json::to_vec_pretty(doc).expect("keys and usage always serialize");
     tmp.write_all(&json).map_err(|e| io_err(tmp.path(), e))?;
     tmp.write_all(b"\n").map_err(|e| io_err(tmp.path(), e))?;
     tmp.as_file()
@@ -332,22 +404,16 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    //! File-specific behaviour; what every store must do is in `tests/store_contract.rs`.
     use super::*;
-    use crate::keys::{Environment, KeyPolicy, KeySpec, KeyType, Status, create};
-
-    fn policy(max: Option<u32>) -> KeyPolicy {
-        KeyPolicy {
-            prefix: "kg".into(),
-            max_per_owner: max,
-        }
-    }
+    use crate::keys::manage::{KeyPolicy, KeySpec, create};
+    use crate::keys::{Environment, KeyType};
     use std::os::unix::fs::PermissionsExt;
-    use std::time::SystemTime;
 
-    fn spec(owner: &str) -> KeySpec {
+    fn spec() -> KeySpec {
         KeySpec {
             name: "test".into(),
-            owner: owner.into(),
+            owner: "acme".into(),
             key_type: KeyType::Secret,
             env: Environment::Test,
             scopes: vec!["content:read".into()],
@@ -359,49 +425,37 @@ mod tests {
         }
     }
 
+    const POLICY: fn() -> KeyPolicy = || KeyPolicy {
+        prefix: "kg".into(),
+        max_per_owner: None,
+    };
+
+    fn open(path: &Path) -> FileStore {
+        FileStore::open(path, Duration::from_millis(10)).unwrap()
+    }
+
     #[tokio::test]
-    async fn create_get_revoke_list() {
+    async fn the_file_holds_hashes_only_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
-        let store = FileStore::open(&path).unwrap();
-        assert!(store.is_empty());
-
-        let a = create(&store, &policy(None), spec("acme"), SystemTime::now())
+        let store = open(&path);
+        let a = create(&store, &POLICY(), spec(), SystemTime::now())
             .await
             .unwrap();
-        let b = create(&store, &policy(None), spec("other"), SystemTime::now())
-            .await
-            .unwrap();
-        let got = store.get(&KeyHash::of(&a.key)).await.unwrap().unwrap();
-        assert_eq!(got.id, a.record.id);
-
-        // The secret is nowhere in the file; its hash is.
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(!text.contains(&a.key));
         assert!(text.contains(&KeyHash::of(&a.key).to_hex()));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-
-        assert_eq!(store.list(Some("acme")).await.unwrap().len(), 1);
-        assert_eq!(store.list(None).await.unwrap().len(), 2);
-
-        let revoked = store.update(&b.record.id, Change::Revoke).await.unwrap();
-        assert_eq!(revoked.status, Status::Revoked);
-        let again = store.get(&KeyHash::of(&b.key)).await.unwrap().unwrap();
-        assert_eq!(again.status, Status::Revoked);
-        assert!(matches!(
-            store.update("key_nope", Change::Revoke).await,
-            Err(StoreError::NotFound(_))
-        ));
     }
 
     #[tokio::test]
     async fn second_handle_sees_changes_and_survives_corruption() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
-        let writer = FileStore::open(&path).unwrap();
-        let reader = FileStore::open(&path).unwrap();
-        let a = create(&writer, &policy(None), spec("acme"), SystemTime::now())
+        let writer = open(&path);
+        let reader = open(&path);
+        let a = create(&writer, &POLICY(), spec(), SystemTime::now())
             .await
             .unwrap();
 
@@ -422,76 +476,13 @@ mod tests {
         assert!(!reader.reload_if_changed().unwrap());
     }
 
-    #[tokio::test]
-    async fn owner_cap_counts_live_keys_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().join("keys.json")).unwrap();
-        let capped = policy(Some(2));
-        let a = create(&store, &capped, spec("acme"), SystemTime::now())
-            .await
-            .unwrap();
-        create(&store, &capped, spec("acme"), SystemTime::now())
-            .await
-            .unwrap();
-        create(&store, &capped, spec("other"), SystemTime::now())
-            .await
-            .unwrap();
-        let err = create(&store, &capped, spec("acme"), SystemTime::now())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::OwnerCap { max: 2, .. }), "{err}");
-        assert_eq!(
-            store.list(Some("acme")).await.unwrap().len(),
-            2,
-            "nothing written"
-        );
-        store.update(&a.record.id, Change::Revoke).await.unwrap();
-        create(&store, &capped, spec("acme"), SystemTime::now())
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn status_transitions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().join("keys.json")).unwrap();
-        let k = create(&store, &policy(None), spec("acme"), SystemTime::now())
-            .await
-            .unwrap();
-        let id = k.record.id.as_str();
-        assert!(
-            store.update(id, Change::Resume).await.is_err(),
-            "active cannot resume"
-        );
-        assert_eq!(
-            store.update(id, Change::Suspend).await.unwrap().status,
-            Status::Suspended
-        );
-        assert_eq!(
-            store.update(id, Change::Resume).await.unwrap().status,
-            Status::Active
-        );
-        assert_eq!(
-            store.update(id, Change::Revoke).await.unwrap().status,
-            Status::Revoked
-        );
-        assert!(
-            store.update(id, Change::Resume).await.is_err(),
-            "revocation is final"
-        );
-        assert!(
-            store.update(id, Change::Suspend).await.is_err(),
-            "revocation is final"
-        );
-    }
-
     #[test]
     fn corrupt_file_at_start_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.json");
         std::fs::write(&path, b"not json").unwrap();
         assert!(matches!(
-            FileStore::open(&path),
+            FileStore::open(&path, Duration::from_secs(1)),
             Err(StoreError::Corrupt { .. })
         ));
     }

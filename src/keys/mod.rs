@@ -1,10 +1,33 @@
-//! What a key is ([`KeyRecord`]), where records live ([`KeyStore`]), and the management
-//! operations every store shares ([`create`], [`KeySpec`]).
+//! What a key is ([`KeyRecord`]), where records live ([`KeyStore`]: [`file`], [`redis`]), the
+//! cache in front of every store ([`cache`]), and the management operations every store shares
+//! ([`manage`]).
 //!
 //! Stores are indexed by [`KeyHash`], the SHA-256 of the full key: the secret itself is never
 //! stored, so a leaked keys file or Redis dump cannot be replayed.
 
+pub mod cache;
 pub mod file;
+pub mod manage;
+pub mod redis;
+
+pub use manage::{Change, CreatedKey, KeyPolicy, KeySpec};
+
+/// Opens the configured store. Nothing here waits on the network: a Redis store connects on
+/// first use, so a proxy can start while Redis is down.
+pub fn open(
+    config: &crate::config::StoreConfig,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<Arc<dyn KeyStore>, StoreError> {
+    Ok(match config {
+        crate::config::StoreConfig::File {
+            path,
+            reload_interval,
+        } => Arc::new(file::FileStore::open(path, *reload_interval)?),
+        crate::config::StoreConfig::Redis(redis) => {
+            Arc::new(redis::RedisStore::new(redis.clone(), metrics)?)
+        }
+    })
+}
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,8 +36,6 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-use crate::credential;
 
 /// SHA-256 of a full key string.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -142,29 +163,6 @@ pub struct KeyRecord {
     pub last_used_at: Option<SystemTime>,
 }
 
-/// What a caller asks for when creating a key.
-#[derive(Debug, Clone)]
-pub struct KeySpec {
-    pub name: String,
-    pub owner: String,
-    pub key_type: KeyType,
-    pub env: Environment,
-    pub scopes: Vec<String>,
-    pub allowed_cidrs: Vec<IpNet>,
-    pub expires_at: Option<SystemTime>,
-    pub plan: Option<String>,
-    pub workspace: Option<String>,
-    pub project: Option<String>,
-}
-
-/// A freshly created key: the only moment the secret exists outside the caller's hands.
-#[derive(Debug, Serialize)]
-pub struct CreatedKey {
-    #[serde(flatten)]
-    pub record: KeyRecord,
-    pub key: String,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("key store unavailable: {0}")]
@@ -185,6 +183,10 @@ pub enum StoreError {
         status: Status,
         message: &'static str,
     },
+    #[error("a key with this id or hash already exists")]
+    Duplicate,
+    #[error("the key changed while it was being updated; try again")]
+    Changed,
     #[error("I/O error on {path}: {source}")]
     Io {
         path: String,
@@ -192,174 +194,67 @@ pub enum StoreError {
     },
 }
 
-/// A change to an existing record, applied atomically by the store.
+/// A set of changes a store applies atomically: all or none.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// New keys. Fails with [`StoreError::Duplicate`] if a hash or id exists.
+    pub inserts: Vec<(KeyHash, KeyRecord)>,
+    /// Compare-and-set updates: applied only if the stored record still equals `before`,
+    /// otherwise the whole batch fails with [`StoreError::Changed`] (the caller re-reads and
+    /// retries).
+    pub updates: Vec<Update>,
+    /// Fail with [`StoreError::OwnerCap`] if an owner would hold more live keys than this.
+    pub max_per_owner: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub hash: KeyHash,
+    pub before: KeyRecord,
+    pub after: KeyRecord,
+}
+
+/// Something changed in the store, seen by a running proxy: the cache drops what it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    Revoke,
-    Suspend,
-    Resume,
+pub enum Invalidation {
+    Key(KeyHash),
+    /// The change feed lost track (file reloaded, pub/sub gap): drop everything.
+    All,
 }
 
-impl Change {
-    /// Applies the change, refusing transitions that make no sense. Revocation is final.
-    pub fn apply(self, record: &mut KeyRecord) -> Result<(), StoreError> {
-        let conflict = |message| {
-            Err(StoreError::Conflict {
-                id: record.id.clone(),
-                status: record.status,
-                message,
-            })
-        };
-        record.status = match (self, record.status) {
-            (Change::Revoke, _) => Status::Revoked,
-            (_, Status::Revoked) => {
-                return conflict("a revoked key cannot be suspended or resumed");
-            }
-            (Change::Suspend, _) => Status::Suspended,
-            (Change::Resume, Status::Suspended) => Status::Active,
-            (Change::Resume, Status::Active) => return conflict("the key is not suspended"),
-        };
-        Ok(())
-    }
-}
+/// Where a store's change feed reports invalidations.
+pub type ChangeSink = Arc<dyn Fn(Invalidation) + Send + Sync>;
 
-/// Keys that count against `[keys] max_per_owner`: every key not revoked.
-pub fn counts_against_cap(record: &KeyRecord) -> bool {
-    record.status != Status::Revoked
-}
-
-/// Where key records live. The proxy only calls [`KeyStore::get`]; the CLI (and later the
-/// admin API) calls the rest. `get` is on the hot path: the file store answers it from memory,
-/// and networked stores sit behind the in-process cache.
+/// Where key records live. The proxy only calls [`KeyStore::get`] (through the cache in
+/// [`cache`]) and [`KeyStore::watch`]; the CLI (and later the admin API) the rest, through the
+/// operations in [`manage`].
 ///
 /// Methods are async (boxed by `async_trait`) so that a networked store fits the same trait;
-/// one small allocation per lookup is noise next to parsing an HTTP request.
+/// the boxing only happens on cache misses.
 #[async_trait::async_trait]
 pub trait KeyStore: Send + Sync + 'static {
     /// The record for a key hash, `None` if no such key exists.
     async fn get(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError>;
 
-    /// Stores new records, all or none. Fails if an id or hash already exists, or if an owner
-    /// would hold more than `max_per_owner` keys (checked atomically with the write).
-    async fn insert(
-        &self,
-        entries: Vec<(KeyHash, KeyRecord)>,
-        max_per_owner: Option<u32>,
-    ) -> Result<(), StoreError>;
+    /// The record with this public id, with its hash (and `last_used_at` filled in).
+    async fn by_id(&self, id: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError>;
 
-    /// Applies `change` to the record with `id` and returns the updated record.
-    async fn update(&self, id: &str, change: Change) -> Result<KeyRecord, StoreError>;
-
-    /// All records, optionally only one owner's, ordered by creation time.
+    /// All records, optionally only one owner's, ordered by creation time, with
+    /// `last_used_at` filled in.
     async fn list(&self, owner: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
 
-    async fn by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.list(None).await?.into_iter().find(|r| r.id == id))
-    }
-}
+    /// Applies `batch` atomically, and tells every watching proxy.
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
 
-/// The `[keys]` settings that shape new keys.
-#[derive(Debug, Clone)]
-pub struct KeyPolicy {
-    pub prefix: String,
-    pub max_per_owner: Option<u32>,
-}
+    /// Records when keys were last used (a batch from the write-behind; never per request).
+    async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError>;
 
-impl From<&crate::config::KeysConfig> for KeyPolicy {
-    fn from(c: &crate::config::KeysConfig) -> Self {
-        Self {
-            prefix: c.prefix.clone(),
-            max_per_owner: c.max_per_owner,
-        }
-    }
-}
+    /// Starts the store's change feed: `sink` hears of every change made elsewhere (by the
+    /// CLI, another sidecar) until `shutdown`.
+    fn watch(self: Arc<Self>, sink: ChangeSink, shutdown: tokio_util::sync::CancellationToken);
 
-/// Generates a key for `spec`, stores only its hash, and returns the key once.
-pub async fn create(
-    store: &dyn KeyStore,
-    policy: &KeyPolicy,
-    spec: KeySpec,
-    now: SystemTime,
-) -> Result<CreatedKey, StoreError> {
-    let mut created = create_many(store, policy, spec, 1, now).await?;
-    Ok(created.pop().expect("create_many returns `count` keys"))
-}
-
-/// Creates `count` keys with the same spec in one store write (fleets, load tests).
-pub async fn create_many(
-    store: &dyn KeyStore,
-    policy: &KeyPolicy,
-    spec: KeySpec,
-    count: usize,
-    now: SystemTime,
-) -> Result<Vec<CreatedKey>, StoreError> {
-    validate_spec(&spec)?;
-    let rng_err = |e: getrandom::Error| StoreError::Unavailable(format!("OS random source: {e}"));
-    let mut created = Vec::with_capacity(count);
-    for _ in 0..count {
-        let key =
-            credential::generate_key(&policy.prefix, spec.key_type, spec.env).map_err(rng_err)?;
-        let id = format!("key_{}", credential::random_base62(20).map_err(rng_err)?);
-        let record = KeyRecord {
-            id,
-            name: spec.name.clone(),
-            owner: spec.owner.clone(),
-            key_type: spec.key_type,
-            env: spec.env,
-            scopes: spec.scopes.clone(),
-            allowed_cidrs: spec.allowed_cidrs.clone(),
-            expires_at: spec.expires_at,
-            plan: spec.plan.clone(),
-            workspace: spec.workspace.clone(),
-            project: spec.project.clone(),
-            status: Status::Active,
-            created_at: now,
-            last_used_at: None,
-        };
-        created.push(CreatedKey { record, key });
-    }
-    let entries = created
-        .iter()
-        .map(|c| (KeyHash::of(&c.key), c.record.clone()))
-        .collect();
-    store.insert(entries, policy.max_per_owner).await?;
-    Ok(created)
-}
-
-fn validate_spec(spec: &KeySpec) -> Result<(), StoreError> {
-    let bad = |m: String| Err(StoreError::InvalidSpec(m));
-    // Name and owner travel in headers and logs: printable, one line, bounded.
-    let printable =
-        |s: &str| !s.trim().is_empty() && s.len() <= 200 && !s.chars().any(char::is_control);
-    if !printable(&spec.name) {
-        return bad("--name must be 1-200 printable characters".into());
-    }
-    if !printable(&spec.owner) {
-        return bad("--owner must be 1-200 printable characters".into());
-    }
-    if spec.scopes.is_empty() {
-        return bad("--scopes needs at least one scope (e.g. content:read, or * for all)".into());
-    }
-    for scope in &spec.scopes {
-        crate::routes::check_scope(scope, true).map_err(StoreError::InvalidSpec)?;
-    }
-    for (flag, value) in [
-        ("--workspace", &spec.workspace),
-        ("--project", &spec.project),
-    ] {
-        if let Some(v) = value {
-            let ok = !v.is_empty()
-                && v.len() <= 100
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-            if !ok {
-                return bad(format!(
-                    "{flag} {v:?}: use 1-100 letters, digits or _-. (it must match a path segment)"
-                ));
-            }
-        }
-    }
-    Ok(())
+    /// A short description for logs: kind and address, never credentials.
+    fn describe(&self) -> String;
 }
 
 #[cfg(test)]

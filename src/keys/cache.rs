@@ -1,0 +1,298 @@
+//! The in-process key cache in front of every store: the reason a known key costs no network
+//! round-trip.
+//!
+//! Consistency, in one place:
+//! - A positive entry is served for as long as it is cached. Once it is older than `ttl` it is
+//!   still served, and one background read (coalesced) refreshes it: the request never waits.
+//!   If the store cannot answer, the entry keeps serving until it is `max_stale` old, then it
+//!   is dropped and the key gets 503 `key_store_unavailable` like any uncached key.
+//! - A negative entry (a well-formed key the store does not know) lives `negative_ttl`, so a
+//!   flood of made-up keys costs one store read per key per `negative_ttl`.
+//! - Changes reach the cache through the store's change feed ([`KeyStore::watch`]): the cache
+//!   drops the changed key (or everything, when the feed lost track). `ttl` only bounds how
+//!   long a lost change could go unnoticed if the feed itself failed.
+//! - A read that raced a change must not re-insert what the change removed: every read
+//!   remembers the invalidation generation it started in and only inserts if it is unchanged.
+//! - Concurrent misses for one key share one store read, run in its own task so that a
+//!   client hanging up cannot cancel it for everyone else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use moka::Expiry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Invalidation, KeyHash, KeyRecord, KeyStore, StoreError};
+use crate::metrics::Metrics;
+
+/// `[cache]` settings.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheConfig {
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
+    pub capacity: u64,
+    /// The longest a request waits for the store on a miss.
+    #[serde(with = "humantime_serde")]
+    pub store_timeout: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(30),
+            negative_ttl: Duration::from_secs(5),
+            max_stale: Duration::from_secs(300),
+            capacity: 1_000_000,
+            store_timeout: Duration::from_millis(250),
+        }
+    }
+}
+
+/// How often used keys are written back as `last_used_at`.
+const USAGE_FLUSH: Duration = Duration::from_secs(10);
+
+enum Entry {
+    Known {
+        record: Arc<KeyRecord>,
+        fetched: Instant,
+        /// Unix seconds of the last use queued for the write-behind.
+        reported: AtomicU64,
+    },
+    Unknown,
+}
+
+type Fetched = Result<Option<Arc<KeyRecord>>, String>;
+
+struct Expire {
+    negative_ttl: Duration,
+    max_stale: Duration,
+}
+
+impl Expiry<KeyHash, Arc<Entry>> for Expire {
+    fn expire_after_create(&self, _: &KeyHash, entry: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        Some(match **entry {
+            Entry::Known { .. } => self.max_stale,
+            Entry::Unknown => self.negative_ttl,
+        })
+    }
+}
+
+pub struct KeyCache {
+    store: Arc<dyn KeyStore>,
+    entries: moka::sync::Cache<KeyHash, Arc<Entry>>,
+    inflight: Mutex<HashMap<KeyHash, watch::Receiver<Option<Fetched>>>>,
+    generation: AtomicU64,
+    config: CacheConfig,
+    metrics: Arc<Metrics>,
+    used: Mutex<Vec<(String, SystemTime)>>,
+}
+
+impl KeyCache {
+    pub fn new(store: Arc<dyn KeyStore>, config: CacheConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(config.capacity)
+            .expire_after(Expire {
+                negative_ttl: config.negative_ttl,
+                max_stale: config.max_stale,
+            })
+            .build();
+        Arc::new(Self {
+            store,
+            entries,
+            inflight: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            config,
+            metrics,
+            used: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Starts the store's change feed into this cache, and the last-used write-behind.
+    pub fn start(self: &Arc<Self>, shutdown: CancellationToken) {
+        let this = Arc::downgrade(self);
+        self.store.clone().watch(
+            Arc::new(move |inv| {
+                if let Some(cache) = this.upgrade() {
+                    cache.invalidate(inv);
+                }
+            }),
+            shutdown.clone(),
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(USAGE_FLUSH);
+            tick.tick().await;
+            loop {
+                let stop = tokio::select! {
+                    _ = shutdown.cancelled() => true,
+                    _ = tick.tick() => false,
+                };
+                this.flush_usage().await;
+                if stop {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// The record for `hash`: from memory when possible, from the store (one coalesced read)
+    /// otherwise. `Ok(None)`: no such key.
+    pub async fn lookup(
+        self: &Arc<Self>,
+        hash: KeyHash,
+    ) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        if let Some(entry) = self.entries.get(&hash) {
+            return Ok(match &*entry {
+                Entry::Known {
+                    record,
+                    fetched,
+                    reported,
+                } => {
+                    let result = if fetched.elapsed() >= self.config.ttl {
+                        self.fetch(hash);
+                        "stale_hit"
+                    } else {
+                        "hit"
+                    };
+                    self.metrics.cache.with_label_values(&[result]).inc();
+                    self.note_use(record, reported);
+                    Some(record.clone())
+                }
+                Entry::Unknown => {
+                    self.metrics
+                        .cache
+                        .with_label_values(&["negative_hit"])
+                        .inc();
+                    None
+                }
+            });
+        }
+        self.metrics.cache.with_label_values(&["miss"]).inc();
+        let mut rx = self.fetch(hash);
+        let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
+        match outcome {
+            Ok(Some(Ok(found))) => {
+                if let Some(record) = &found {
+                    self.note_use(record, &AtomicU64::new(0));
+                }
+                Ok(found)
+            }
+            Ok(Some(Err(message))) => Err(StoreError::Unavailable(message)),
+            // The fetch task ended without answering (it panicked): never hang the request.
+            Ok(None) | Err(_) => Err(StoreError::Unavailable("key lookup failed".into())),
+        }
+    }
+
+    /// Drops what a change made stale.
+    pub fn invalidate(&self, what: Invalidation) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        match what {
+            Invalidation::Key(hash) => self.entries.invalidate(&hash),
+            Invalidation::All => {
+                self.metrics.cache_flushes.inc();
+                self.entries.invalidate_all();
+            }
+        }
+    }
+
+    /// Number of cached entries (approximate: moka applies writes lazily).
+    pub fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Joins the read in flight for `hash`, or starts one in its own task.
+    fn fetch(self: &Arc<Self>, hash: KeyHash) -> watch::Receiver<Option<Fetched>> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = inflight.get(&hash) {
+            return rx.clone();
+        }
+        let (tx, rx) = watch::channel(None);
+        inflight.insert(hash, rx.clone());
+        drop(inflight);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.read_through(hash).await;
+            this.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&hash);
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+
+    async fn read_through(&self, hash: KeyHash) -> Fetched {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let read = tokio::time::timeout(self.config.store_timeout, self.store.get(&hash)).await;
+        let found = match read {
+            Ok(Ok(found)) => {
+                self.metrics.store_up.set(1);
+                found
+            }
+            Ok(Err(e)) => return Err(self.store_failed(e.to_string())),
+            Err(_) => return Err(self.store_failed("key store timed out".into())),
+        };
+        let entry = match &found {
+            Some(record) => Entry::Known {
+                record: record.clone(),
+                fetched: Instant::now(),
+                reported: AtomicU64::new(0),
+            },
+            None => Entry::Unknown,
+        };
+        // A change landed while we read: what we read may be the old record.
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.entries.insert(hash, Arc::new(entry));
+        }
+        Ok(found)
+    }
+
+    fn store_failed(&self, message: String) -> String {
+        self.metrics.store_errors.inc();
+        self.metrics.store_up.set(0);
+        tracing::warn!(error = %message, "key store read failed");
+        message
+    }
+
+    /// Queues `record` for the last-used write-behind, at most once per key per flush period.
+    fn note_use(&self, record: &KeyRecord, reported: &AtomicU64) {
+        let now = SystemTime::now();
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let last = reported.load(Ordering::Relaxed);
+        if secs >= last + USAGE_FLUSH.as_secs()
+            && reported
+                .compare_exchange(last, secs, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((record.id.clone(), now));
+        }
+    }
+
+    /// Writes queued last-used times to the store in one batch.
+    pub async fn flush_usage(&self) {
+        let batch = std::mem::take(&mut *self.used.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_usage(batch).await {
+            tracing::warn!(error = %e, "last-used write-behind failed; dropping this batch");
+        }
+    }
+}

@@ -1,0 +1,854 @@
+//! The shared key store: Redis standalone (`redis://`, `rediss://`), Sentinel or Cluster.
+//!
+//! Client crate: `redis` (redis-rs) rather than `fred`. Both reconnect with backoff and speak
+//! Cluster and Sentinel; `fred` also re-subscribes pub/sub by itself. We chose redis-rs because
+//! it is the most widely used and most actively maintained Rust client, its
+//! `ConnectionManager` and cluster connection have per-request response timeouts we can set to
+//! our 250 ms budget, and its `Script` type handles EVALSHA/NOSCRIPT on Cluster. What it does
+//! not do for us — resubscribing, and noticing what was missed while unsubscribed — we need to
+//! control anyway: after any reconnect the change feed must catch up from the epoch log, which
+//! no client library knows about. That loop is [`RedisStore::feed`].
+//!
+//! Layout in Redis (every name carries the hash tag `{<namespace>}`, so all of keygate's keys
+//! live in one Cluster slot and every multi-key change is one atomic Lua script; the key store
+//! is small, so one shard is not a capacity concern, and Cluster still gives failover):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{ns}:key:<sha256 hex>` | string | the record as JSON (never the secret) |
+//! | `{ns}:id:<id>` | string | the sha256 hex of that id's key |
+//! | `{ns}:owner:<owner>` | set | ids of the owner's live (not revoked) keys, for the cap |
+//! | `{ns}:ids` | sorted set | every id, scored by creation time (ms) |
+//! | `{ns}:epoch` | integer | bumped by every change |
+//! | `{ns}:changes` | sorted set | changed key hashes, scored by the epoch of their change |
+//! | `{ns}:last_used` | hash | id → unix seconds, written behind in batches |
+//!
+//! Every change also publishes `"<epoch> <hash> <ms>"` on the channel `{ns}:changes`. A sidecar
+//! drops a key from its cache when the message arrives, and once a second compares the epoch
+//! with its own: if it moved, it reads the changed hashes from `{ns}:changes` (or flushes its
+//! whole cache, if it fell further behind than the log keeps), so a lost message delays a
+//! revocation by at most the poll interval.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Client, IntoConnectionInfo, RedisFuture, Script, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::manage::counts_against_cap;
+use super::{Batch, ChangeSink, Invalidation, KeyHash, KeyRecord, KeyStore, StoreError};
+use crate::metrics::Metrics;
+
+/// How many epochs of change log are kept; a sidecar further behind flushes its cache.
+const CHANGE_LOG_EPOCHS: u64 = 100_000;
+/// Inserts per Lua call: a `keys create --count 1000000` is atomic per chunk, not as a whole.
+const INSERT_CHUNK: usize = 2_000;
+/// Management commands (the CLI) may take longer than the hot path's budget.
+const MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[store] kind = "redis"`, validated.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RedisConfig {
+    pub mode: RedisMode,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Never printed: `check-config` shows whether one is set.
+    #[serde(serialize_with = "masked")]
+    pub password: Option<String>,
+    /// PEM CA bundle for `rediss://` when the server's certificate is not publicly trusted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    pub namespace: String,
+    /// Budget for each Redis call on the request path.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How often the epoch is polled (bounds staleness when a pub/sub message is lost).
+    #[serde(with = "humantime_serde")]
+    pub epoch_poll: Duration,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "mode")]
+pub enum RedisMode {
+    Standalone {
+        url: String,
+    },
+    Sentinel {
+        master_name: String,
+        sentinels: Vec<String>,
+    },
+    Cluster {
+        nodes: Vec<String>,
+    },
+}
+
+fn masked<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("********"),
+        None => s.serialize_none(),
+    }
+}
+
+/// A connection for one command: standalone/Sentinel (managed, reconnecting) or Cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Backend {
+    Standalone {
+        client: Client,
+        conn: ConnectionManager,
+    },
+    /// The master is looked up through the sentinels on first use and again after any
+    /// connection error, so a failover is followed.
+    Sentinel {
+        sentinel: tokio::sync::Mutex<SentinelClient>,
+        current: ArcSwapOption<(Client, ConnectionManager)>,
+    },
+    Cluster {
+        client: ClusterClient,
+        conn: ArcSwapOption<ClusterConnection>,
+        /// Plain clients for the seed nodes, for pub/sub (Cluster broadcasts PUBLISH).
+        seeds: Vec<Client>,
+    },
+}
+
+pub struct RedisStore {
+    backend: Backend,
+    config: RedisConfig,
+    commit: Script,
+    metrics: Arc<Metrics>,
+    describe: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisStore {
+    /// Builds the client. Nothing is connected yet: the proxy starts (and serves cached keys)
+    /// while Redis is down, and connects when it can.
+    pub fn new(config: RedisConfig, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
+        // rustls (for rediss://) needs a process-wide crypto provider; a second install (or
+        // one made elsewhere) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(config.timeout))
+            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(500))))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2))
+            .set_number_of_retries(2);
+        let ca = match &config.ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|source| StoreError::Io {
+                path: path.display().to_string(),
+                source,
+            })?),
+            None => None,
+        };
+        let client_for = |url: &str| -> Result<Client, StoreError> {
+            let mut info = url.into_connection_info().map_err(unavailable)?;
+            let mut settings = info.redis_settings().clone();
+            if let Some(user) = &config.username {
+                settings = settings.set_username(user);
+            }
+            if let Some(password) = &config.password {
+                settings = settings.set_password(password);
+            }
+            info = info.set_redis_settings(settings);
+            match &ca {
+                Some(root) => Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root.clone()),
+                    },
+                ),
+                None => Client::open(info),
+            }
+            .map_err(unavailable)
+        };
+        let (backend, describe) = match &config.mode {
+            RedisMode::Standalone { url } => {
+                let client = client_for(url)?;
+                let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+                    .map_err(unavailable)?;
+                (
+                    Backend::Standalone { client, conn },
+                    format!("redis {}", redact(url)),
+                )
+            }
+            RedisMode::Sentinel {
+                master_name,
+                sentinels,
+            } => {
+                let addrs = sentinels
+                    .iter()
+                    .map(|s| {
+                        s.as_str()
+                            .into_connection_info()
+                            .map(|i| i.addr().clone())
+                            .map_err(unavailable)
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut builder =
+                    SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master)
+                        .map_err(unavailable)?;
+                if let Some(user) = &config.username {
+                    builder = builder.set_client_to_redis_username(user);
+                }
+                if let Some(password) = &config.password {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                let sentinel = builder.build().map_err(unavailable)?;
+                (
+                    Backend::Sentinel {
+                        sentinel: tokio::sync::Mutex::new(sentinel),
+                        current: ArcSwapOption::empty(),
+                    },
+                    format!("redis sentinel {master_name} via {}", sentinels.join(",")),
+                )
+            }
+            RedisMode::Cluster { nodes } => {
+                let mut builder = redis::cluster::ClusterClientBuilder::new(
+                    nodes
+                        .iter()
+                        .map(|n| n.as_str().into_connection_info())
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(unavailable)?,
+                )
+                .response_timeout(config.timeout)
+                .connection_timeout(config.timeout.max(Duration::from_millis(500)))
+                .retries(2);
+                if let Some(user) = &config.username {
+                    builder = builder.username(user);
+                }
+                if let Some(password) = &config.password {
+                    builder = builder.password(password);
+                }
+                if let Some(root) = &ca {
+                    builder = builder.certs(redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root.clone()),
+                    });
+                }
+                let seeds = nodes
+                    .iter()
+                    .map(|n| client_for(n))
+                    .collect::<Result<Vec<_>, _>>()?;
+                (
+                    Backend::Cluster {
+                        client: builder.build().map_err(unavailable)?,
+                        conn: ArcSwapOption::empty(),
+                        seeds,
+                    },
+                    format!(
+                        "redis cluster {}",
+                        nodes
+                            .iter()
+                            .map(|n| redact(n))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    ),
+                )
+            }
+        };
+        Ok(Self {
+            backend,
+            commit: Script::new(COMMIT_LUA),
+            metrics,
+            describe,
+            config,
+        })
+    }
+
+    fn key(&self, hash: &KeyHash) -> String {
+        format!("{{{}}}:key:{}", self.config.namespace, hash.to_hex())
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        format!("{{{}}}:{suffix}", self.config.namespace)
+    }
+
+    /// A connection, connecting (or finding the Sentinel master) first if needed.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        match &self.backend {
+            Backend::Standalone { conn, .. } => Ok(Conn::Single(conn.clone())),
+            Backend::Sentinel { .. } => Ok(Conn::Single(self.sentinel_master().await?.1.clone())),
+            Backend::Cluster { client, conn, .. } => {
+                if let Some(c) = conn.load_full() {
+                    return Ok(Conn::Cluster((*c).clone()));
+                }
+                let c = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.get_async_connection())
+                    .await
+                    .map_err(|_| unavailable("cluster connect timed out"))?
+                    .map_err(unavailable)?;
+                conn.store(Some(Arc::new(c.clone())));
+                Ok(Conn::Cluster(c))
+            }
+        }
+    }
+
+    async fn sentinel_master(&self) -> Result<Arc<(Client, ConnectionManager)>, StoreError> {
+        let Backend::Sentinel { sentinel, current } = &self.backend else {
+            unreachable!("only called for Sentinel")
+        };
+        if let Some(c) = current.load_full() {
+            return Ok(c);
+        }
+        let mut sentinel = sentinel.lock().await;
+        if let Some(c) = current.load_full() {
+            return Ok(c);
+        }
+        let client = tokio::time::timeout(MANAGEMENT_TIMEOUT, sentinel.async_get_client())
+            .await
+            .map_err(|_| unavailable("sentinel lookup timed out"))?
+            .map_err(unavailable)?;
+        let manager = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.config.timeout))
+            .set_connection_timeout(Some(self.config.timeout.max(Duration::from_millis(500))))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
+            .map_err(unavailable)?;
+        let pair = Arc::new((client, conn));
+        current.store(Some(pair.clone()));
+        Ok(pair)
+    }
+
+    /// Runs `cmd` with `budget`, and after a failure forgets a Sentinel master (it may have
+    /// failed over) so the next call asks the sentinels again.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        budget: Duration,
+        call: impl AsyncFnOnce(Conn) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn().await?;
+        let outcome = tokio::time::timeout(budget, call(conn)).await;
+        let result = match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_owned()),
+        };
+        result.map_err(|e| {
+            if let Backend::Sentinel { current, .. } = &self.backend {
+                current.store(None);
+            }
+            if let Backend::Cluster { conn, .. } = &self.backend
+                && e.contains("timed out")
+            {
+                // A wedged cluster handle is rebuilt on the next call.
+                conn.store(None);
+            }
+            unavailable(e)
+        })
+    }
+
+    /// A plain client for pub/sub: the standalone server, the Sentinel master, or the
+    /// `attempt`-th Cluster seed (rotating through seeds on failures).
+    async fn pubsub_client(&self, attempt: usize) -> Result<Client, StoreError> {
+        match &self.backend {
+            Backend::Standalone { client, .. } => Ok(client.clone()),
+            Backend::Sentinel { .. } => Ok(self.sentinel_master().await?.0.clone()),
+            Backend::Cluster { seeds, .. } => Ok(seeds[attempt % seeds.len()].clone()),
+        }
+    }
+
+    async fn epoch(&self) -> Result<u64, StoreError> {
+        let key = self.name("epoch");
+        let v: Option<u64> = self
+            .run(self.config.timeout, async move |mut c| {
+                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Hashes changed after epoch `since`.
+    async fn changes_since(&self, since: u64) -> Result<Vec<KeyHash>, StoreError> {
+        let key = self.name("changes");
+        let members: Vec<String> = self
+            .run(self.config.timeout, async move |mut c| {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(format!("({since}"))
+                    .arg("+inf")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| KeyHash::from_hex(m))
+            .collect())
+    }
+
+    /// The change feed: a pub/sub subscriber, and an epoch poll that catches up whatever the
+    /// subscriber missed (message lost, connection killed, reconnect). Both run until
+    /// `shutdown`.
+    fn feed(self: Arc<Self>, sink: ChangeSink, shutdown: CancellationToken) {
+        let local = Arc::new(tokio::sync::Mutex::new(None::<u64>));
+
+        // Poller.
+        let (this, poll_sink, poll_local, stop) =
+            (self.clone(), sink.clone(), local.clone(), shutdown.clone());
+        let (kick_tx, mut kick_rx) = tokio::sync::mpsc::channel::<()>(1);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(this.config.epoch_poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                    _ = kick_rx.recv() => {}
+                }
+                this.catch_up(&poll_local, &poll_sink).await;
+            }
+        });
+
+        // Subscriber.
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            let channel = self.name("changes");
+            let mut attempt = 0usize;
+            loop {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                let subscribed = async {
+                    let client = self.pubsub_client(attempt).await?;
+                    let mut pubsub =
+                        tokio::time::timeout(MANAGEMENT_TIMEOUT, client.get_async_pubsub())
+                            .await
+                            .map_err(|_| unavailable("pub/sub connect timed out"))?
+                            .map_err(unavailable)?;
+                    pubsub.subscribe(&channel).await.map_err(unavailable)?;
+                    Ok::<_, StoreError>(pubsub)
+                }
+                .await;
+                let pubsub = match subscribed {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "change feed: cannot subscribe; retrying");
+                        attempt += 1;
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(backoff(attempt)) => continue,
+                        }
+                    }
+                };
+                tracing::info!(channel, "change feed subscribed");
+                attempt = 0;
+                // Whatever changed while we were not subscribed is in the epoch log.
+                let _ = kick_tx.try_send(());
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    let msg = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        msg = messages.next() => msg,
+                    };
+                    let Some(msg) = msg else { break };
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    self.on_message(&payload, &sink);
+                }
+                tracing::warn!("change feed: pub/sub connection lost; resubscribing");
+            }
+        });
+    }
+
+    fn on_message(&self, payload: &str, sink: &ChangeSink) {
+        let mut parts = payload.split(' ');
+        let (Some(_epoch), Some(hash), Some(ms)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let Some(hash) = KeyHash::from_hex(hash) else {
+            return;
+        };
+        sink(Invalidation::Key(hash));
+        if let Ok(ms) = ms.parse::<u64>() {
+            let sent = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+            if let Ok(delay) = SystemTime::now().duration_since(sent) {
+                self.metrics.propagated(delay);
+            }
+        }
+    }
+
+    /// Compares the store's epoch with ours and invalidates what changed in between.
+    async fn catch_up(&self, local: &tokio::sync::Mutex<Option<u64>>, sink: &ChangeSink) {
+        let mut local = local.lock().await;
+        let epoch = match self.epoch().await {
+            Ok(e) => {
+                self.metrics.store_up.set(1);
+                e
+            }
+            Err(e) => {
+                self.metrics.store_up.set(0);
+                self.metrics.store_errors.inc();
+                tracing::debug!(error = %e, "epoch poll failed");
+                return;
+            }
+        };
+        match *local {
+            None => *local = Some(epoch),
+            Some(seen) if epoch == seen => {}
+            Some(seen) if epoch < seen || epoch - seen > CHANGE_LOG_EPOCHS => {
+                // Redis was flushed or replaced, or we are further behind than the log.
+                tracing::warn!(
+                    seen,
+                    epoch,
+                    "change feed lost track; flushing the key cache"
+                );
+                sink(Invalidation::All);
+                *local = Some(epoch);
+            }
+            Some(seen) => match self.changes_since(seen).await {
+                Ok(hashes) => {
+                    for hash in hashes {
+                        sink(Invalidation::Key(hash));
+                    }
+                    *local = Some(epoch);
+                }
+                Err(e) => tracing::debug!(error = %e, "reading the change log failed"),
+            },
+        }
+    }
+
+    async fn commit_chunk(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut invocation = self.commit.prepare_invoke();
+        invocation
+            .key(self.name("epoch"))
+            .key(self.name("changes"))
+            .key(self.name("ids"));
+        invocation
+            .arg(self.name("changes"))
+            .arg(batch.max_per_owner.unwrap_or(0))
+            .arg(batch.inserts.len())
+            .arg(batch.updates.len());
+        for (hash, record) in &batch.inserts {
+            invocation
+                .key(self.key(hash))
+                .key(self.name(&format!("id:{}", record.id)))
+                .key(self.name(&format!("owner:{}", record.owner)));
+            let created_ms = record
+                .created_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            invocation
+                .arg(hash.to_hex())
+                .arg(&record.id)
+                .arg(record_json(record))
+                .arg(created_ms)
+                .arg(u8::from(counts_against_cap(record)));
+        }
+        for update in &batch.updates {
+            invocation
+                .key(self.key(&update.hash))
+                .key(self.name(&format!("owner:{}", update.after.owner)));
+            invocation
+                .arg(update.hash.to_hex())
+                .arg(&update.after.id)
+                .arg(record_json(&update.before))
+                .arg(record_json(&update.after))
+                .arg(u8::from(counts_against_cap(&update.after)));
+        }
+        let result: Result<u64, StoreError> = self
+            .run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                invocation.invoke_async(&mut c).await
+            })
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(StoreError::Unavailable(msg)) if msg.contains("KG_DUPLICATE") => {
+                Err(StoreError::Duplicate)
+            }
+            Err(StoreError::Unavailable(msg)) if msg.contains("KG_CHANGED") => {
+                Err(StoreError::Changed)
+            }
+            Err(StoreError::Unavailable(msg)) if msg.contains("KG_OWNER_CAP") => {
+                Err(StoreError::OwnerCap {
+                    owner: batch
+                        .inserts
+                        .first()
+                        .map(|(_, r)| r.owner.clone())
+                        .unwrap_or_default(),
+                    max: batch.max_per_owner.unwrap_or(0),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn usage_of(&self, ids: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.name("last_used");
+        let ids = ids.to_vec();
+        self.run(MANAGEMENT_TIMEOUT, async move |mut c| {
+            redis::cmd("HMGET")
+                .arg(&key)
+                .arg(&ids)
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn records(&self, ids: Vec<String>) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let id_keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.name(&format!("id:{id}")))
+            .collect();
+        let hashes: Vec<Option<String>> = self
+            .run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                redis::cmd("MGET").arg(&id_keys).query_async(&mut c).await
+            })
+            .await?;
+        let hashes: Vec<KeyHash> = hashes
+            .iter()
+            .flatten()
+            .filter_map(|h| KeyHash::from_hex(h))
+            .collect();
+        if hashes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = hashes.iter().map(|h| self.key(h)).collect();
+        let docs: Vec<Option<String>> = self
+            .run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                redis::cmd("MGET").arg(&keys).query_async(&mut c).await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(docs.len());
+        for (hash, doc) in hashes.into_iter().zip(docs) {
+            if let Some(doc) = doc {
+                out.push((hash, parse_record(&doc)?));
+            }
+        }
+        let ids: Vec<String> = out.iter().map(|(_, r)| r.id.clone()).collect();
+        for ((_, record), used) in out.iter_mut().zip(self.usage_of(&ids).await?) {
+            record.last_used_at = used.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for RedisStore {
+    async fn get(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let key = self.key(hash);
+        let doc: Option<String> = self
+            .run(self.config.timeout, async move |mut c| {
+                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        doc.map(|d| parse_record(&d).map(Arc::new)).transpose()
+    }
+
+    async fn by_id(&self, id: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {
+        Ok(self.records(vec![id.to_owned()]).await?.pop())
+    }
+
+    async fn list(&self, owner: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        let key = self.name("ids");
+        let ids: Vec<String> = self
+            .run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1_000) {
+            out.extend(
+                self.records(chunk.to_vec())
+                    .await?
+                    .into_iter()
+                    .map(|(_, r)| r)
+                    .filter(|r| owner.is_none_or(|o| r.owner == o)),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.updates.is_empty() && batch.inserts.len() > INSERT_CHUNK {
+            for chunk in batch.inserts.chunks(INSERT_CHUNK) {
+                self.commit_chunk(&Batch {
+                    inserts: chunk.to_vec(),
+                    updates: Vec::new(),
+                    max_per_owner: batch.max_per_owner,
+                })
+                .await?;
+            }
+            return Ok(());
+        }
+        self.commit_chunk(&batch).await
+    }
+
+    async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
+        let key = self.name("last_used");
+        let mut fields: Vec<(String, u64)> = Vec::with_capacity(used.len());
+        for (id, at) in used {
+            let secs = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            fields.push((id, secs));
+        }
+        self.run(self.config.timeout, async move |mut c| {
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg(&fields)
+                .query_async::<()>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    fn watch(self: Arc<Self>, sink: ChangeSink, shutdown: CancellationToken) {
+        self.feed(sink, shutdown);
+    }
+
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+}
+
+/// A record as stored: `last_used_at` lives in its own hash, so a usage write never races a
+/// management change of the record.
+fn record_json(record: &KeyRecord) -> String {
+    let mut r = record.clone();
+    r.last_used_at = None;
+    serde_json::to_string(&r).expect("key records always serialize")
+}
+
+fn parse_record(doc: &str) -> Result<KeyRecord, StoreError> {
+    serde_json::from_str(doc).map_err(|e| StoreError::Corrupt {
+        path: "redis".into(),
+        message: format!("unreadable key record: {e}"),
+    })
+}
+
+fn backoff(attempt: usize) -> Duration {
+    Duration::from_millis((50u64 << attempt.min(5)).min(2_000))
+}
+
+/// The URL with any password replaced, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}://{user}:****@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// One atomic change: checks everything first (duplicates, owner caps, compare-and-set), then
+/// writes, bumps the epoch, logs and publishes each changed hash. A failed check writes
+/// nothing. See the module doc for the layout and `commit_chunk` for the argument order.
+const COMMIT_LUA: &str = r#"
+local channel, max = ARGV[1], tonumber(ARGV[2])
+local ni, nu = tonumber(ARGV[3]), tonumber(ARGV[4])
+local k, a = 4, 5
+local held = {}
+for i = 1, ni do
+  if redis.call('EXISTS', KEYS[k]) == 1 or redis.call('EXISTS', KEYS[k + 1]) == 1 then
+    return redis.error_reply('KG_DUPLICATE')
+  end
+  if max > 0 and ARGV[a + 4] == '1' then
+    local owner = KEYS[k + 2]
+    held[owner] = (held[owner] or redis.call('SCARD', owner)) + 1
+    if held[owner] > max then return redis.error_reply('KG_OWNER_CAP') end
+  end
+  k, a = k + 3, a + 5
+end
+for i = 1, nu do
+  if redis.call('GET', KEYS[k]) ~= ARGV[a + 2] then return redis.error_reply('KG_CHANGED') end
+  k, a = k + 2, a + 5
+end
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local epoch = redis.call('INCR', KEYS[1])
+local changed = {}
+k, a = 4, 5
+for i = 1, ni do
+  redis.call('SET', KEYS[k], ARGV[a + 2])
+  redis.call('SET', KEYS[k + 1], ARGV[a])
+  redis.call('ZADD', KEYS[3], ARGV[a + 3], ARGV[a + 1])
+  if ARGV[a + 4] == '1' then redis.call('SADD', KEYS[k + 2], ARGV[a + 1]) end
+  changed[#changed + 1] = ARGV[a]
+  k, a = k + 3, a + 5
+end
+for i = 1, nu do
+  redis.call('SET', KEYS[k], ARGV[a + 3])
+  if ARGV[a + 4] == '1' then
+    redis.call('SADD', KEYS[k + 1], ARGV[a + 1])
+  else
+    redis.call('SREM', KEYS[k + 1], ARGV[a + 1])
+  end
+  changed[#changed + 1] = ARGV[a]
+  k, a = k + 2, a + 5
+end
+for _, h in ipairs(changed) do
+  redis.call('ZADD', KEYS[2], epoch, h)
+  redis.call('PUBLISH', channel, epoch .. ' ' .. h .. ' ' .. now_ms)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (epoch - 100000))
+return epoch
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact("redis://:pw@h:1"), "redis://:****@h:1");
+        assert_eq!(redact("rediss://user:pw@h:1/0"), "rediss://user:****@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}

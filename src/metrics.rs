@@ -1,0 +1,121 @@
+//! Prometheus metrics, served as text on the admin listener's `/metrics`.
+//!
+//! Names follow Prometheus conventions (`keygate_` prefix, `_total` counters, `_seconds`);
+//! labels are bounded sets (decisions, results), never a key id or a raw path.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by decision (`allowed` or a rejection code) and status class.
+    pub requests: IntCounterVec,
+    /// Key cache lookups by result: hit, miss, negative_hit, stale_hit.
+    pub cache: IntCounterVec,
+    /// Store reads and writes that failed or timed out.
+    pub store_errors: IntCounter,
+    /// 1 while the key store answers, 0 while it does not.
+    pub store_up: IntGauge,
+    /// Time from a change committed in the store to this sidecar dropping the cached key.
+    pub propagation: Histogram,
+    /// The most recent propagation delay, in milliseconds.
+    pub propagation_last_ms: IntGauge,
+    /// Whole-cache flushes (file reloads, change-feed gaps).
+    pub cache_flushes: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "keygate_requests_total",
+                "Requests by decision and status class",
+            ),
+            &["decision", "class"],
+        )
+        .expect("valid metric");
+        let cache = IntCounterVec::new(
+            Opts::new(
+                "keygate_key_cache_lookups_total",
+                "Key cache lookups by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let store_errors = IntCounter::new(
+            "keygate_key_store_errors_total",
+            "Key store operations that failed or timed out",
+        )
+        .expect("valid metric");
+        let store_up = IntGauge::new(
+            "keygate_key_store_up",
+            "1 while the key store answers, 0 while it does not",
+        )
+        .expect("valid metric");
+        let propagation = Histogram::with_opts(
+            HistogramOpts::new(
+                "keygate_key_change_propagation_seconds",
+                "Delay from a key change in the store to its invalidation in this sidecar",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        let propagation_last_ms = IntGauge::new(
+            "keygate_key_change_propagation_last_milliseconds",
+            "The most recent key change propagation delay",
+        )
+        .expect("valid metric");
+        let cache_flushes = IntCounter::new(
+            "keygate_key_cache_flushes_total",
+            "Whole-cache flushes after a reload or a change-feed gap",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(cache.clone()),
+            Box::new(store_errors.clone()),
+            Box::new(store_up.clone()),
+            Box::new(propagation.clone()),
+            Box::new(propagation_last_ms.clone()),
+            Box::new(cache_flushes.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Self {
+            registry,
+            requests,
+            cache,
+            store_errors,
+            store_up,
+            propagation,
+            propagation_last_ms,
+            cache_flushes,
+        }
+    }
+
+    /// Records one propagation delay.
+    pub fn propagated(&self, delay: std::time::Duration) {
+        self.propagation.observe(delay.as_secs_f64());
+        self.propagation_last_ms.set(delay.as_millis() as i64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
