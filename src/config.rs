@@ -534,7 +534,10 @@ impl TryFrom<RawConfig> for Config {
         }
 
         let store = validate_store(raw.store)?;
-        let cache = validate_cache(raw.cache)?;
+        let mut cache = validate_cache(raw.cache)?;
+        if let StoreConfig::Redis(redis) = &store {
+            cache.store_timeout = redis.timeout;
+        }
 
         let prefix = raw.keys.prefix;
         if prefix.is_empty()

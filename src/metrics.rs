@@ -14,6 +14,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Key cache lookups by result: hit, miss, negative_hit, stale_hit.
     pub cache: IntCounterVec,
+    /// Reads of a key from the store (cache misses and refreshes, after coalescing).
+    pub store_reads: IntCounter,
     /// Store reads and writes that failed or timed out.
     pub store_errors: IntCounter,
     /// 1 while the key store answers, 0 while it does not.
@@ -43,6 +45,11 @@ impl Metrics {
                 "Key cache lookups by result",
             ),
             &["result"],
+        )
+        .expect("valid metric");
+        let store_reads = IntCounter::new(
+            "keygate_key_store_reads_total",
+            "Key reads from the store, after coalescing concurrent misses",
         )
         .expect("valid metric");
         let store_errors = IntCounter::new(
@@ -78,6 +85,7 @@ impl Metrics {
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(cache.clone()),
+            Box::new(store_reads.clone()),
             Box::new(store_errors.clone()),
             Box::new(store_up.clone()),
             Box::new(propagation.clone()),
@@ -90,6 +98,7 @@ impl Metrics {
             registry,
             requests,
             cache,
+            store_reads,
             store_errors,
             store_up,
             propagation,

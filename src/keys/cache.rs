@@ -235,6 +235,7 @@ impl KeyCache {
 
     async fn read_through(&self, hash: KeyHash) -> Fetched {
         let generation = self.generation.load(Ordering::SeqCst);
+        self.metrics.store_reads.inc();
         let read = tokio::time::timeout(self.config.store_timeout, self.store.get(&hash)).await;
         let found = match read {
             Ok(Ok(found)) => {

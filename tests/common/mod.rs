@@ -345,3 +345,4 @@ impl Body for PatternBody {
         Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
     }
 }
+pub mod redis;

@@ -1,0 +1,251 @@
+//! One contract every key store keeps, run against the file store and against real Redis:
+//! standalone, Cluster (three `redis-server --cluster-enabled yes`) and Sentinel.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::redis::{RedisCluster, RedisSentinel, RedisServer};
+use keygate::keys::file::FileStore;
+use keygate::keys::manage::{self, Change, KeyPolicy, KeySpec};
+use keygate::keys::redis::{RedisConfig, RedisMode, RedisStore};
+use keygate::keys::{
+    Batch, Environment, Invalidation, KeyHash, KeyStore, KeyType, Status, StoreError, Update,
+};
+use keygate::metrics::Metrics;
+use tokio_util::sync::CancellationToken;
+
+fn spec(owner: &str) -> KeySpec {
+    KeySpec {
+        name: "contract".into(),
+        owner: owner.into(),
+        key_type: KeyType::Secret,
+        env: Environment::Live,
+        scopes: vec!["content:read".into()],
+        allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+        expires_at: None,
+        plan: Some("pro".into()),
+        workspace: Some("ws_1".into()),
+        project: None,
+    }
+}
+
+fn policy(max: Option<u32>) -> KeyPolicy {
+    KeyPolicy {
+        prefix: "kg".into(),
+        max_per_owner: max,
+    }
+}
+
+fn redis_store(mode: RedisMode) -> Arc<dyn KeyStore> {
+    Arc::new(
+        RedisStore::new(
+            RedisConfig {
+                mode,
+                username: None,
+                password: None,
+                ca_file: None,
+                namespace: "contract".into(),
+                timeout: Duration::from_secs(2),
+                epoch_poll: Duration::from_millis(200),
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap(),
+    )
+}
+
+/// The contract. `a` and `b` are two handles on the same storage (two processes, in effect).
+async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
+    let now = SystemTime::now();
+    // Both handles run their change feeds, as a serving proxy does: that is how a store that
+    // keeps records in memory (the file store) learns of another process's writes.
+    let feeds = CancellationToken::new();
+    for store in [&a, &b] {
+        store.clone().watch(Arc::new(|_| {}), feeds.clone());
+    }
+
+    // Create, read back by hash and by id, from the other handle too.
+    let k1 = manage::create(a.as_ref(), &policy(None), spec("acme"), now).await.unwrap();
+    let hash = KeyHash::of(&k1.key);
+    let got = a.get(&hash).await.unwrap().expect("created key is readable");
+    assert_eq!(got.id, k1.record.id);
+    assert_eq!(got.scopes, vec!["content:read"]);
+    assert_eq!(got.workspace.as_deref(), Some("ws_1"));
+    let (by_id_hash, by_id) = b.by_id(&k1.record.id).await.unwrap().unwrap();
+    assert_eq!(by_id_hash, hash);
+    assert_eq!(by_id.plan.as_deref(), Some("pro"));
+    assert!(b.by_id("key_missing").await.unwrap().is_none());
+    assert!(a.get(&KeyHash::of("kg_sk_live_nope")).await.unwrap().is_none());
+
+    // Many at once; list and owner filter; the secret is never listed.
+    manage::create_many(a.as_ref(), &policy(None), spec("other"), 3, now).await.unwrap();
+    let all = b.list(None).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(b.list(Some("acme")).await.unwrap().len(), 1);
+    assert!(!serde_json::to_string(&all).unwrap().contains(&k1.key));
+
+    // Status changes, seen through the other handle; revocation is final.
+    let suspended = manage::update(b.as_ref(), &k1.record.id, Change::Suspend).await.unwrap();
+    assert_eq!(suspended.status, Status::Suspended);
+    eventually_status(&a, hash, Status::Suspended).await;
+    manage::update(a.as_ref(), &k1.record.id, Change::Resume).await.unwrap();
+    assert!(manage::update(a.as_ref(), &k1.record.id, Change::Resume).await.is_err());
+    manage::update(a.as_ref(), &k1.record.id, Change::Revoke).await.unwrap();
+    eventually_status(&b, hash, Status::Revoked).await;
+    assert!(matches!(
+        manage::update(a.as_ref(), &k1.record.id, Change::Resume).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    assert!(matches!(
+        manage::update(a.as_ref(), "key_missing", Change::Revoke).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // Compare-and-set: an update from a stale read fails and changes nothing.
+    let k2 = manage::create(a.as_ref(), &policy(None), spec("cas"), now).await.unwrap();
+    let h2 = KeyHash::of(&k2.key);
+    let mut stale = k2.record.clone();
+    stale.name = "not what is stored".into();
+    let mut after = k2.record.clone();
+    after.status = Status::Revoked;
+    let err = a
+        .commit(Batch {
+            updates: vec![Update { hash: h2, before: stale, after }],
+            ..Batch::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Changed), "{err}");
+    assert_eq!(a.get(&h2).await.unwrap().unwrap().status, Status::Active);
+
+    // Duplicates are refused.
+    let dup = a
+        .commit(Batch {
+            inserts: vec![(h2, k2.record.clone())],
+            ..Batch::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(dup, StoreError::Duplicate), "{dup}");
+
+    // The owner cap counts live keys, refuses atomically, and frees a slot on revocation.
+    let capped = policy(Some(2));
+    let c1 = manage::create(a.as_ref(), &capped, spec("railz"), now).await.unwrap();
+    manage::create(b.as_ref(), &capped, spec("railz"), now).await.unwrap();
+    let before = a.list(Some("railz")).await.unwrap().len();
+    let err = manage::create(a.as_ref(), &capped, spec("railz"), now).await.unwrap_err();
+    assert!(matches!(err, StoreError::OwnerCap { max: 2, .. }), "{err}");
+    let err = manage::create_many(a.as_ref(), &capped, spec("fresh"), 3, now).await.unwrap_err();
+    assert!(matches!(err, StoreError::OwnerCap { .. }), "{err}");
+    assert_eq!(a.list(Some("railz")).await.unwrap().len(), before, "nothing written");
+    assert!(a.list(Some("fresh")).await.unwrap().is_empty(), "all or none");
+    manage::update(a.as_ref(), &c1.record.id, Change::Revoke).await.unwrap();
+    manage::create(a.as_ref(), &capped, spec("railz"), now).await.unwrap();
+
+    // Rotation: a new key with the same settings; the old one expires after the grace.
+    let old = manage::create(a.as_ref(), &policy(None), spec("rot"), now).await.unwrap();
+    let new = manage::rotate(b.as_ref(), &policy(None), &old.record.id, Duration::from_secs(3600), now)
+        .await
+        .unwrap();
+    assert_ne!(new.key, old.key);
+    assert_eq!(new.record.scopes, old.record.scopes);
+    eventually_status(&a, KeyHash::of(&new.key), Status::Active).await;
+    let old_now = a.get(&KeyHash::of(&old.key)).await.unwrap().unwrap();
+    assert_eq!(old_now.status, Status::Active);
+    let expires = old_now.expires_at.expect("the old key got an expiry");
+    assert!(expires > now && expires <= now + Duration::from_secs(3600));
+
+    // Last-used, written behind in a batch, shows in list and by_id.
+    let used_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    a.record_usage(vec![(k2.record.id.clone(), used_at)]).await.unwrap();
+    let (_, shown) = b.by_id(&k2.record.id).await.unwrap().unwrap();
+    assert_eq!(shown.last_used_at, Some(used_at));
+    let listed = b.list(Some("cas")).await.unwrap();
+    assert_eq!(listed[0].last_used_at, Some(used_at));
+    // Usage does not disturb compare-and-set updates.
+    manage::update(b.as_ref(), &k2.record.id, Change::Suspend).await.unwrap();
+
+    // The change feed: a change made through one handle reaches the other's watcher.
+    let heard: Arc<Mutex<Vec<Invalidation>>> = Arc::default();
+    let sink_heard = heard.clone();
+    let stop = CancellationToken::new();
+    a.clone().watch(
+        Arc::new(move |inv| sink_heard.lock().unwrap().push(inv)),
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let watched = manage::create(b.as_ref(), &policy(None), spec("watch"), now).await.unwrap();
+    let wh = KeyHash::of(&watched.key);
+    manage::update(b.as_ref(), &watched.record.id, Change::Revoke).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let seen = heard.lock().unwrap().clone();
+        if seen.contains(&Invalidation::Key(wh)) || seen.contains(&Invalidation::All) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no invalidation heard: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    feeds.cancel();
+}
+
+/// Reads through `store` until the key has `status` (a cross-process change may take one
+/// reload or poll interval to arrive).
+async fn eventually_status(store: &Arc<dyn KeyStore>, hash: KeyHash, status: Status) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let got = store.get(&hash).await.unwrap().map(|r| r.status);
+        if got == Some(status) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {got:?}, wanted {status:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn file_store_keeps_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.json");
+    let open = || -> Arc<dyn KeyStore> {
+        Arc::new(FileStore::open(&path, Duration::from_millis(50)).unwrap())
+    };
+    contract(open(), open()).await;
+}
+
+#[tokio::test]
+async fn redis_standalone_keeps_the_contract() {
+    let redis = RedisServer::start();
+    let mode = || RedisMode::Standalone { url: redis.url() };
+    contract(redis_store(mode()), redis_store(mode())).await;
+    // Only hashes are stored: no value in Redis contains a full key.
+    let keys = redis.cli(&["--scan", "--pattern", "{contract}:key:*"]);
+    assert!(keys.lines().count() >= 8, "{keys}");
+    for key in keys.lines() {
+        let doc = redis.cli(&["GET", key]);
+        assert!(!doc.contains("kg_sk_live_"), "a secret in {key}: {doc}");
+    }
+}
+
+#[tokio::test]
+async fn redis_cluster_keeps_the_contract() {
+    let cluster = RedisCluster::start();
+    let mode = || RedisMode::Cluster {
+        nodes: cluster.urls(),
+    };
+    contract(redis_store(mode()), redis_store(mode())).await;
+}
+
+#[tokio::test]
+async fn redis_sentinel_keeps_the_contract() {
+    let sentinel = RedisSentinel::start();
+    let mode = || RedisMode::Sentinel {
+        master_name: RedisSentinel::MASTER_NAME.into(),
+        sentinels: vec![sentinel.url()],
+    };
+    contract(redis_store(mode()), redis_store(mode())).await;
+    assert!(sentinel.master.calls("evalsha") + sentinel.master.calls("eval") > 0);
+}
