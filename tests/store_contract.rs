@@ -67,9 +67,15 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
     }
 
     // Create, read back by hash and by id, from the other handle too.
-    let k1 = manage::create(a.as_ref(), &policy(None), spec("acme"), now).await.unwrap();
+    let k1 = manage::create(a.as_ref(), &policy(None), spec("acme"), now)
+        .await
+        .unwrap();
     let hash = KeyHash::of(&k1.key);
-    let got = a.get(&hash).await.unwrap().expect("created key is readable");
+    let got = a
+        .get(&hash)
+        .await
+        .unwrap()
+        .expect("created key is readable");
     assert_eq!(got.id, k1.record.id);
     assert_eq!(got.scopes, vec!["content:read"]);
     assert_eq!(got.workspace.as_deref(), Some("ws_1"));
@@ -77,22 +83,39 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
     assert_eq!(by_id_hash, hash);
     assert_eq!(by_id.plan.as_deref(), Some("pro"));
     assert!(b.by_id("key_missing").await.unwrap().is_none());
-    assert!(a.get(&KeyHash::of("kg_sk_live_nope")).await.unwrap().is_none());
+    assert!(
+        a.get(&KeyHash::of("kg_sk_live_nope"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Many at once; list and owner filter; the secret is never listed.
-    manage::create_many(a.as_ref(), &policy(None), spec("other"), 3, now).await.unwrap();
+    manage::create_many(a.as_ref(), &policy(None), spec("other"), 3, now)
+        .await
+        .unwrap();
     let all = b.list(None).await.unwrap();
     assert_eq!(all.len(), 4);
     assert_eq!(b.list(Some("acme")).await.unwrap().len(), 1);
     assert!(!serde_json::to_string(&all).unwrap().contains(&k1.key));
 
     // Status changes, seen through the other handle; revocation is final.
-    let suspended = manage::update(b.as_ref(), &k1.record.id, Change::Suspend).await.unwrap();
+    let suspended = manage::update(b.as_ref(), &k1.record.id, Change::Suspend)
+        .await
+        .unwrap();
     assert_eq!(suspended.status, Status::Suspended);
     eventually_status(&a, hash, Status::Suspended).await;
-    manage::update(a.as_ref(), &k1.record.id, Change::Resume).await.unwrap();
-    assert!(manage::update(a.as_ref(), &k1.record.id, Change::Resume).await.is_err());
-    manage::update(a.as_ref(), &k1.record.id, Change::Revoke).await.unwrap();
+    manage::update(a.as_ref(), &k1.record.id, Change::Resume)
+        .await
+        .unwrap();
+    assert!(
+        manage::update(a.as_ref(), &k1.record.id, Change::Resume)
+            .await
+            .is_err()
+    );
+    manage::update(a.as_ref(), &k1.record.id, Change::Revoke)
+        .await
+        .unwrap();
     eventually_status(&b, hash, Status::Revoked).await;
     assert!(matches!(
         manage::update(a.as_ref(), &k1.record.id, Change::Resume).await,
@@ -104,7 +127,9 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
     ));
 
     // Compare-and-set: an update from a stale read fails and changes nothing.
-    let k2 = manage::create(a.as_ref(), &policy(None), spec("cas"), now).await.unwrap();
+    let k2 = manage::create(a.as_ref(), &policy(None), spec("cas"), now)
+        .await
+        .unwrap();
     let h2 = KeyHash::of(&k2.key);
     let mut stale = k2.record.clone();
     stale.name = "not what is stored".into();
@@ -112,7 +137,11 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
     after.status = Status::Revoked;
     let err = a
         .commit(Batch {
-            updates: vec![Update { hash: h2, before: stale, after }],
+            updates: vec![Update {
+                hash: h2,
+                before: stale,
+                after,
+            }],
             ..Batch::default()
         })
         .await
@@ -132,23 +161,50 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
 
     // The owner cap counts live keys, refuses atomically, and frees a slot on revocation.
     let capped = policy(Some(2));
-    let c1 = manage::create(a.as_ref(), &capped, spec("railz"), now).await.unwrap();
-    manage::create(b.as_ref(), &capped, spec("railz"), now).await.unwrap();
-    let before = a.list(Some("railz")).await.unwrap().len();
-    let err = manage::create(a.as_ref(), &capped, spec("railz"), now).await.unwrap_err();
-    assert!(matches!(err, StoreError::OwnerCap { max: 2, .. }), "{err}");
-    let err = manage::create_many(a.as_ref(), &capped, spec("fresh"), 3, now).await.unwrap_err();
-    assert!(matches!(err, StoreError::OwnerCap { .. }), "{err}");
-    assert_eq!(a.list(Some("railz")).await.unwrap().len(), before, "nothing written");
-    assert!(a.list(Some("fresh")).await.unwrap().is_empty(), "all or none");
-    manage::update(a.as_ref(), &c1.record.id, Change::Revoke).await.unwrap();
-    manage::create(a.as_ref(), &capped, spec("railz"), now).await.unwrap();
-
-    // Rotation: a new key with the same settings; the old one expires after the grace.
-    let old = manage::create(a.as_ref(), &policy(None), spec("rot"), now).await.unwrap();
-    let new = manage::rotate(b.as_ref(), &policy(None), &old.record.id, Duration::from_secs(3600), now)
+    let c1 = manage::create(a.as_ref(), &capped, spec("railz"), now)
         .await
         .unwrap();
+    manage::create(b.as_ref(), &capped, spec("railz"), now)
+        .await
+        .unwrap();
+    let before = a.list(Some("railz")).await.unwrap().len();
+    let err = manage::create(a.as_ref(), &capped, spec("railz"), now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::OwnerCap { max: 2, .. }), "{err}");
+    let err = manage::create_many(a.as_ref(), &capped, spec("fresh"), 3, now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::OwnerCap { .. }), "{err}");
+    assert_eq!(
+        a.list(Some("railz")).await.unwrap().len(),
+        before,
+        "nothing written"
+    );
+    assert!(
+        a.list(Some("fresh")).await.unwrap().is_empty(),
+        "all or none"
+    );
+    manage::update(a.as_ref(), &c1.record.id, Change::Revoke)
+        .await
+        .unwrap();
+    manage::create(a.as_ref(), &capped, spec("railz"), now)
+        .await
+        .unwrap();
+
+    // Rotation: a new key with the same settings; the old one expires after the grace.
+    let old = manage::create(a.as_ref(), &policy(None), spec("rot"), now)
+        .await
+        .unwrap();
+    let new = manage::rotate(
+        b.as_ref(),
+        &policy(None),
+        &old.record.id,
+        Duration::from_secs(3600),
+        now,
+    )
+    .await
+    .unwrap();
     assert_ne!(new.key, old.key);
     assert_eq!(new.record.scopes, old.record.scopes);
     eventually_status(&a, KeyHash::of(&new.key), Status::Active).await;
@@ -159,13 +215,17 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
 
     // Last-used, written behind in a batch, shows in list and by_id.
     let used_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-    a.record_usage(vec![(k2.record.id.clone(), used_at)]).await.unwrap();
+    a.record_usage(vec![(k2.record.id.clone(), used_at)])
+        .await
+        .unwrap();
     let (_, shown) = b.by_id(&k2.record.id).await.unwrap().unwrap();
     assert_eq!(shown.last_used_at, Some(used_at));
     let listed = b.list(Some("cas")).await.unwrap();
     assert_eq!(listed[0].last_used_at, Some(used_at));
     // Usage does not disturb compare-and-set updates.
-    manage::update(b.as_ref(), &k2.record.id, Change::Suspend).await.unwrap();
+    manage::update(b.as_ref(), &k2.record.id, Change::Suspend)
+        .await
+        .unwrap();
 
     // The change feed: a change made through one handle reaches the other's watcher.
     let heard: Arc<Mutex<Vec<Invalidation>>> = Arc::default();
@@ -176,16 +236,23 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
         stop.clone(),
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let watched = manage::create(b.as_ref(), &policy(None), spec("watch"), now).await.unwrap();
+    let watched = manage::create(b.as_ref(), &policy(None), spec("watch"), now)
+        .await
+        .unwrap();
     let wh = KeyHash::of(&watched.key);
-    manage::update(b.as_ref(), &watched.record.id, Change::Revoke).await.unwrap();
+    manage::update(b.as_ref(), &watched.record.id, Change::Revoke)
+        .await
+        .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         let seen = heard.lock().unwrap().clone();
         if seen.contains(&Invalidation::Key(wh)) || seen.contains(&Invalidation::All) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no invalidation heard: {seen:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no invalidation heard: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.cancel();
@@ -201,7 +268,10 @@ async fn eventually_status(store: &Arc<dyn KeyStore>, hash: KeyHash, status: Sta
         if got == Some(status) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "still {got:?}, wanted {status:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {got:?}, wanted {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -61,6 +61,20 @@ impl Workspace {
     /// `extra_toml` is appended; unless it has an `[auth]` table of its own, one allowing any
     /// valid key on every path is added.
     pub fn new(upstream_url: &str, extra_toml: &str) -> Self {
+        Self::with_store(
+            upstream_url,
+            "[store]\nkind = \"file\"\npath = \"keys.json\"\n",
+            extra_toml,
+        )
+    }
+
+    /// A Redis store at `url`, in its own namespace.
+    pub fn redis(upstream_url: &str, url: &str, extra_toml: &str) -> Self {
+        let store = format!("[store]\nkind = \"redis\"\nurl = \"{url}\"\nepoch_poll = \"1s\"\n");
+        Self::with_store(upstream_url, &store, extra_toml)
+    }
+
+    pub fn with_store(upstream_url: &str, store_toml: &str, extra_toml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let auth = if extra_toml.contains("[auth]") {
             ""
@@ -70,7 +84,7 @@ impl Workspace {
         let config = format!(
             "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n\
              [upstream]\nurl = \"{upstream_url}\"\n\n\
-             [store]\nkind = \"file\"\npath = \"keys.json\"\n\n{auth}{extra_toml}"
+             {store_toml}\n{auth}{extra_toml}"
         );
         std::fs::write(dir.path().join("proxy.toml"), config).unwrap();
         Self { dir }

@@ -136,7 +136,10 @@ impl RedisCluster {
                 ])
             })
             .collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")
             .arg("create")
@@ -144,13 +147,20 @@ impl RedisCluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let start = Instant::now();
         while !nodes
             .iter()
             .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         {
-            assert!(start.elapsed() < Duration::from_secs(20), "cluster never became ok");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "cluster never became ok"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { nodes }
@@ -200,10 +210,16 @@ impl RedisSentinel {
             .unwrap();
         wait_for_ping(port);
         let start = Instant::now();
-        while !cli(port, &["SENTINEL", "get-master-addr-by-name", Self::MASTER_NAME])
-            .contains(&master.port.to_string())
+        while !cli(
+            port,
+            &["SENTINEL", "get-master-addr-by-name", Self::MASTER_NAME],
+        )
+        .contains(&master.port.to_string())
         {
-            assert!(start.elapsed() < Duration::from_secs(10), "sentinel never saw the master");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "sentinel never saw the master"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Self {

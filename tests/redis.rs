@@ -1,0 +1,359 @@
+//! Black-box tests of the Redis store behind real keygate processes: shared keys, revocation
+//! across sidecars, a lost pub/sub connection, Redis dying and coming back, coalesced misses.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::redis::{RedisCluster, RedisServer};
+use common::*;
+use http::StatusCode;
+
+/// The value of an unlabelled metric on a proxy's `/metrics`.
+async fn metric(kg: &Keygate, name: &str) -> f64 {
+    let text = text(&get(&kg.admin_url("/metrics"), &[]).await.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn cli_commands_work_against_redis() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let ws = Workspace::redis(&up.url(), &redis.url(), "");
+    let (id, key) = ws.create_key(&["--owner", "acme", "--scopes", "content:read"]);
+    let listed = ws.cli(&["keys", "list", "--owner", "acme"]);
+    assert!(listed.status.success(), "{}", text(&listed.stderr));
+    assert!(text(&listed.stdout).contains(&id) && !text(&listed.stdout).contains(&key));
+
+    let mut kg = ws.serve();
+    assert_eq!(
+        get(&kg.url("/x"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+
+    // Rotation: both keys work until the grace ends; the new key is printed once.
+    let rotated = ws.cli(&["keys", "rotate", &id, "--grace", "1h"]);
+    assert!(rotated.status.success(), "{}", text(&rotated.stderr));
+    let rotated: serde_json::Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    let new_key = rotated["key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, key);
+    assert_eq!(
+        get(&kg.url("/x"), &[("x-api-key", &new_key)]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&kg.url("/x"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+
+    // Last-used is written behind; a clean shutdown flushes what is pending.
+    let pid = kg.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kg.child.wait().unwrap().success());
+    let shown = ws.cli(&["keys", "show", &id]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert!(shown["last_used_at"].is_string(), "{shown}");
+    assert!(
+        shown["expires_at"].is_string(),
+        "rotation set the old key's expiry: {shown}"
+    );
+}
+
+#[tokio::test]
+async fn revocation_reaches_three_sidecars_within_a_second() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let ws = Workspace::redis(&up.url(), &redis.url(), "");
+    let (id, key) = ws.create_key(&[]);
+    let sidecars: Vec<Keygate> = (0..3).map(|_| ws.serve()).collect();
+    for kg in &sidecars {
+        assert_eq!(
+            get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+            StatusCode::OK
+        );
+    }
+    let reads_before: Vec<f64> = {
+        let mut v = Vec::new();
+        for kg in &sidecars {
+            v.push(metric(kg, "keygate_key_store_reads_total").await);
+        }
+        v
+    };
+    // Cached: more requests cost no store read.
+    for kg in &sidecars {
+        for _ in 0..5 {
+            assert_eq!(
+                get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+                StatusCode::OK
+            );
+        }
+    }
+    for (kg, before) in sidecars.iter().zip(&reads_before) {
+        assert_eq!(metric(kg, "keygate_key_store_reads_total").await, *before);
+    }
+
+    let started = Instant::now();
+    let out = ws.cli(&["keys", "revoke", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut delays = Vec::new();
+    for kg in &sidecars {
+        let took = eventually(Duration::from_secs(5), || async {
+            get(&kg.url("/"), &[("x-api-key", &key)]).await.status == StatusCode::UNAUTHORIZED
+        })
+        .await
+        .expect("a sidecar still admits the revoked key after 5 s");
+        delays.push(started.elapsed().max(took));
+    }
+    eprintln!(
+        "revocation seen by the three sidecars after {delays:?} (CLI process start included)"
+    );
+    for kg in &sidecars {
+        eprintln!(
+            "sidecar propagation metric: {} ms",
+            metric(kg, "keygate_key_change_propagation_last_milliseconds").await
+        );
+    }
+    // Generous bound: the CLI process start and loaded CI machines are included.
+    assert!(
+        delays.iter().all(|d| *d < Duration::from_secs(2)),
+        "{delays:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_pubsub_connection_still_loses_no_revocation() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let ws = Workspace::redis(&up.url(), &redis.url(), "");
+    let (id, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        killed.trim().parse::<u32>().unwrap() >= 1,
+        "no pub/sub client to kill: {killed}"
+    );
+    let out = ws.cli(&["keys", "revoke", &id]);
+    assert!(out.status.success());
+    let took = eventually(Duration::from_secs(5), || async {
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await
+    .expect("revocation lost with the pub/sub connection");
+    eprintln!("revocation without pub/sub seen after {took:?}");
+    // Bounded by the epoch poll (1 s here) plus a reconnect, not by the cache TTL (30 s).
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        kg.all_logs().contains("change feed"),
+        "the reconnect was not logged"
+    );
+}
+
+#[tokio::test]
+async fn redis_dying_leaves_cached_keys_working_and_uncached_ones_503() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let up = Upstream::start().await;
+    let ws = Workspace::redis(&up.url(), &redis.url(), "");
+    let (_, cached) = ws.create_key(&[]);
+    let (_, uncached) = ws.create_key(&[]);
+    let kg = ws.serve();
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &cached)]).await.status,
+        StatusCode::OK
+    );
+
+    redis.kill();
+    let mut failures = 0;
+    for _ in 0..100 {
+        if get(&kg.url("/"), &[("x-api-key", &cached)]).await.status != StatusCode::OK {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 0, "cached key failed while Redis was down");
+    let reply = get(&kg.url("/"), &[("x-api-key", &uncached)]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.error_code(), "key_store_unavailable");
+    assert!(reply.headers.contains_key("retry-after"));
+    // Readiness is not Redis's to decide; the outage shows in the metrics.
+    assert_eq!(
+        get(&kg.admin_url("/readyz"), &[]).await.status,
+        StatusCode::OK
+    );
+    let down = eventually(Duration::from_secs(3), || async {
+        metric(&kg, "keygate_key_store_up").await == 0.0
+    })
+    .await;
+    assert!(down.is_some(), "keygate_key_store_up never went to 0");
+
+    redis.restart();
+    let (_, fresh) = ws.create_key(&[]);
+    let took = eventually(Duration::from_secs(5), || async {
+        get(&kg.url("/"), &[("x-api-key", &fresh)]).await.status == StatusCode::OK
+    })
+    .await
+    .expect("a new key never worked after Redis came back");
+    eprintln!("new key working {took:?} after Redis restarted");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &uncached)]).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_misses_cost_one_store_read() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    // A long store timeout: Redis is paused below, and the read must outlast the pause.
+    let ws = Workspace::redis(&up.url(), &redis.url(), "");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve_with_env(&[("KEYGATE_STORE__TIMEOUT", "5s")]);
+    // Warm up connections (proxy → Redis, proxy → upstream) with another path.
+    let _ = get(&kg.url("/"), &[("x-api-key", "kg_sk_live_x")]).await;
+    let before = metric(&kg, "keygate_key_store_reads_total").await;
+
+    // Hold every Redis command for 500 ms so all requests pile onto the one read in flight.
+    redis.cli(&["CLIENT", "PAUSE", "500", "ALL"]);
+    let url = Arc::new(kg.url("/"));
+    let key = Arc::new(key);
+    let mut tasks = Vec::new();
+    for i in 0..1000 {
+        let (url, key) = (url.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let headers = [("x-api-key", key.as_str())];
+            let request = get(&url, &headers);
+            if i % 2 == 0 {
+                // Half the clients hang up early; their requests are dropped mid-lookup.
+                tokio::time::timeout(Duration::from_millis(100), request)
+                    .await
+                    .ok()
+            } else {
+                Some(request.await)
+            }
+        }));
+    }
+    let mut ok = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        let reply = task.await.unwrap();
+        if i % 2 == 1 {
+            let reply = reply.expect("patient clients get an answer");
+            assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 500);
+    let reads = metric(&kg, "keygate_key_store_reads_total").await - before;
+    assert_eq!(reads, 1.0, "{reads} store reads for one key");
+}
+
+#[tokio::test]
+async fn proxy_traffic_through_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let up = Upstream::start().await;
+    let nodes = cluster
+        .urls()
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let store = format!("[store]\nkind = \"redis\"\nnodes = [{nodes}]\nepoch_poll = \"1s\"\n");
+    let ws = Workspace::with_store(&up.url(), &store, "");
+    let (id, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+    assert!(ws.cli(&["keys", "revoke", &id]).status.success());
+    eventually(Duration::from_secs(3), || async {
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await
+    .expect("revocation through the cluster");
+}
+
+#[test]
+fn the_redis_password_never_sits_in_the_config_file() {
+    let ws = Workspace::with_store(
+        "http://127.0.0.1:9",
+        "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\npassword = \"hunter2\"\n",
+        "",
+    );
+    let out = ws.cli(&["check-config"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("KEYGATE_STORE__PASSWORD"));
+    assert!(!text(&out.stderr).contains("hunter2"));
+
+    let ws = Workspace::with_store(
+        "http://127.0.0.1:9",
+        "[store]\nkind = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379\"\n",
+        "",
+    );
+    assert_eq!(ws.cli(&["check-config"]).status.code(), Some(1));
+
+    // From the environment it is accepted, and masked when printed.
+    let ws = Workspace::with_store(
+        "http://127.0.0.1:9",
+        "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n",
+        "",
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "-c"])
+        .arg(ws.config())
+        .env("KEYGATE_STORE__PASSWORD", "hunter2")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains("hunter2"));
+    assert!(text(&out.stdout).contains("********"));
+}
+
+#[tokio::test]
+async fn a_lost_change_message_is_caught_by_the_epoch_poll() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let ws = Workspace::redis(&up.url(), &redis.url(), "");
+    let (id, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+
+    // Revoke behind keygate's back, the way a commit does, but publish nothing: exactly what
+    // a sidecar sees when the pub/sub message is lost.
+    let hash = redis
+        .cli(&["GET", &format!("{{keygate}}:id:{id}")])
+        .trim()
+        .to_owned();
+    let record_key = format!("{{keygate}}:key:{hash}");
+    let doc = redis.cli(&["GET", &record_key]);
+    let revoked = doc
+        .trim()
+        .replace("\"status\":\"active\"", "\"status\":\"revoked\"");
+    assert_ne!(revoked, doc.trim(), "unexpected record shape: {doc}");
+    redis.cli(&["SET", &record_key, &revoked]);
+    let epoch = redis.cli(&["INCR", "{keygate}:epoch"]).trim().to_owned();
+    redis.cli(&["ZADD", "{keygate}:changes", &epoch, &hash]);
+
+    let took = eventually(Duration::from_secs(5), || async {
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await
+    .expect("a change without a message was never noticed");
+    eprintln!("unpublished revocation seen after {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "bounded by the 1 s epoch poll, took {took:?}"
+    );
+}
