@@ -297,3 +297,229 @@ impl KeyCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The cache's rules against an in-memory store that counts reads and can fail or stall.
+    use super::*;
+    use crate::keys::{Batch, ChangeSink, Environment, KeyType, Status};
+    use std::sync::atomic::AtomicBool;
+
+    #[derive(Default)]
+    struct MemStore {
+        records: Mutex<HashMap<KeyHash, Arc<KeyRecord>>>,
+        reads: AtomicU64,
+        down: AtomicBool,
+        delay_ms: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl KeyStore for MemStore {
+        async fn get(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            // Read first, answer late: like a reply still on the wire when the change lands.
+            let found = self.records.lock().unwrap().get(hash).cloned();
+            let delay = self.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            Ok(found)
+        }
+        async fn by_id(&self, _: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {
+            unimplemented!("not used by the cache")
+        }
+        async fn list(&self, _: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+            unimplemented!("not used by the cache")
+        }
+        async fn commit(&self, _: Batch) -> Result<(), StoreError> {
+            unimplemented!("not used by the cache")
+        }
+        async fn record_usage(&self, _: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn watch(self: Arc<Self>, _: ChangeSink, _: CancellationToken) {}
+        fn describe(&self) -> String {
+            "memory".into()
+        }
+    }
+
+    fn record(status: Status) -> Arc<KeyRecord> {
+        Arc::new(KeyRecord {
+            id: "key_1".into(),
+            name: "n".into(),
+            owner: "o".into(),
+            key_type: KeyType::Secret,
+            env: Environment::Live,
+            scopes: vec!["*".into()],
+            allowed_cidrs: vec![],
+            expires_at: None,
+            plan: None,
+            workspace: None,
+            project: None,
+            status,
+            created_at: SystemTime::UNIX_EPOCH,
+            last_used_at: None,
+        })
+    }
+
+    fn setup(config: CacheConfig) -> (Arc<MemStore>, Arc<KeyCache>, KeyHash) {
+        let store = Arc::new(MemStore::default());
+        let hash = KeyHash::of("k");
+        store
+            .records
+            .lock()
+            .unwrap()
+            .insert(hash, record(Status::Active));
+        let cache = KeyCache::new(store.clone(), config, Arc::new(Metrics::new()));
+        (store, cache, hash)
+    }
+
+    fn short() -> CacheConfig {
+        CacheConfig {
+            ttl: Duration::from_millis(100),
+            negative_ttl: Duration::from_millis(100),
+            max_stale: Duration::from_millis(400),
+            capacity: 100,
+            store_timeout: Duration::from_millis(250),
+        }
+    }
+
+    fn reads(store: &MemStore) -> u64 {
+        store.reads.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_hit_costs_no_read() {
+        let (store, cache, hash) = setup(CacheConfig::default());
+        for _ in 0..10 {
+            assert!(cache.lookup(hash).await.unwrap().is_some());
+        }
+        assert_eq!(reads(&store), 1);
+    }
+
+    #[tokio::test]
+    async fn stale_entries_are_served_while_one_background_read_refreshes_them() {
+        let (store, cache, hash) = setup(short());
+        cache.lookup(hash).await.unwrap();
+        store
+            .records
+            .lock()
+            .unwrap()
+            .insert(hash, record(Status::Revoked));
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        // Past ttl: still the cached record, right away…
+        assert_eq!(
+            cache.lookup(hash).await.unwrap().unwrap().status,
+            Status::Active
+        );
+        assert_eq!(
+            cache.lookup(hash).await.unwrap().unwrap().status,
+            Status::Active
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // …and one refresh later, the store's.
+        assert_eq!(
+            cache.lookup(hash).await.unwrap().unwrap().status,
+            Status::Revoked
+        );
+        assert_eq!(reads(&store), 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_keys_are_remembered_for_negative_ttl() {
+        let (store, cache, _) = setup(short());
+        let unknown = KeyHash::of("nope");
+        assert!(cache.lookup(unknown).await.unwrap().is_none());
+        assert!(cache.lookup(unknown).await.unwrap().is_none());
+        assert_eq!(reads(&store), 1);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(cache.lookup(unknown).await.unwrap().is_none());
+        assert_eq!(reads(&store), 2);
+    }
+
+    #[tokio::test]
+    async fn a_down_store_serves_cached_keys_until_max_stale_then_fails() {
+        let (store, cache, hash) = setup(short());
+        cache.lookup(hash).await.unwrap();
+        store.down.store(true, Ordering::SeqCst);
+        assert!(
+            cache.lookup(KeyHash::of("other")).await.is_err(),
+            "uncached: unavailable"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            cache.lookup(hash).await.unwrap().is_some(),
+            "stale but within max_stale"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            cache.lookup(hash).await.is_err(),
+            "past max_stale the key is not trusted"
+        );
+        store.down.store(false, Ordering::SeqCst);
+        assert!(cache.lookup(hash).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_read_that_raced_an_invalidation_is_not_cached() {
+        let (store, cache, hash) = setup(CacheConfig::default());
+        store.delay_ms.store(100, Ordering::SeqCst);
+        let reader = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.lookup(hash).await })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // The key changes while the read is in flight.
+        store
+            .records
+            .lock()
+            .unwrap()
+            .insert(hash, record(Status::Revoked));
+        cache.invalidate(Invalidation::Key(hash));
+        let stale = reader.await.unwrap().unwrap().unwrap();
+        assert_eq!(
+            stale.status,
+            Status::Active,
+            "the in-flight read saw the old record"
+        );
+        store.delay_ms.store(0, Ordering::SeqCst);
+        // …but did not cache it: the next lookup reads again and sees the change.
+        assert_eq!(
+            cache.lookup(hash).await.unwrap().unwrap().status,
+            Status::Revoked
+        );
+        assert_eq!(reads(&store), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_read_even_when_callers_give_up() {
+        let (store, cache, hash) = setup(CacheConfig::default());
+        store.delay_ms.store(100, Ordering::SeqCst);
+        let mut tasks = Vec::new();
+        for _ in 0..50 {
+            let cache = cache.clone();
+            tasks.push(tokio::spawn(async move { cache.lookup(hash).await }));
+        }
+        // The first callers (the ones that started the read) hang up.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for t in &tasks[..25] {
+            t.abort();
+        }
+        for t in tasks.drain(25..) {
+            assert!(t.await.unwrap().unwrap().is_some());
+        }
+        assert_eq!(reads(&store), 1);
+    }
+
+    #[tokio::test]
+    async fn flushing_everything_forces_fresh_reads() {
+        let (store, cache, hash) = setup(CacheConfig::default());
+        cache.lookup(hash).await.unwrap();
+        cache.invalidate(Invalidation::All);
+        cache.lookup(hash).await.unwrap();
+        assert_eq!(reads(&store), 2);
+    }
+}
