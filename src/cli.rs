@@ -154,6 +154,15 @@ pub enum EnvArg {
     Test,
 }
 
+/// How many request threads the command wants: `[server] workers` for `serve`, otherwise
+/// the runtime's default. An unreadable config is reported later by [`execute`].
+pub fn workers(cli: &Cli) -> Option<usize> {
+    match cli.command {
+        Command::Serve => Config::load(&cli.config).ok()?.server.workers,
+        _ => None,
+    }
+}
+
 /// Runs a parsed command line. `init_logging` is called once the log settings are known.
 pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Result<(), CliError> {
     let mut stdout = std::io::stdout().lock();

@@ -57,6 +57,8 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
 pub struct RawConfig {
     #[serde(default)]
     listen: RawListen,
+    #[serde(default)]
+    server: RawServer,
     upstream: Option<RawUpstream>,
     #[serde(default)]
     store: RawStore,
@@ -107,6 +109,12 @@ impl Default for RawListen {
             admin: "127.0.0.1:9090".into(),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,6 +281,7 @@ impl Default for RawLog {
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
     pub listen: Listen,
+    pub server: Server,
     pub upstream: Upstream,
     pub store: StoreConfig,
     pub cache: CacheConfig,
@@ -287,6 +296,14 @@ pub struct Config {
 pub struct Listen {
     pub public: SocketAddr,
     pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Server {
+    /// Request-handling threads; `None`: one per CPU. 1 runs everything on one thread
+    /// (the sidecar setting: no cross-thread hand-offs at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -591,8 +608,18 @@ impl TryFrom<RawConfig> for Config {
             )
         })?;
 
+        if raw.server.workers.is_some_and(|w| w == 0 || w > 1024) {
+            return Err(invalid(
+                "server.workers",
+                "must be between 1 and 1024; leave it out for one per CPU",
+            ));
+        }
+
         Ok(Config {
             listen,
+            server: Server {
+                workers: raw.server.workers,
+            },
             upstream: Upstream {
                 url,
                 sandbox_url,

@@ -11,7 +11,10 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     /// Requests by decision (`allowed` or a rejection code) and status class.
-    pub requests: IntCounterVec,
+    requests: IntCounterVec,
+    /// `requests{decision="allowed"}` per status class, resolved once: the hot path should not
+    /// hash label strings.
+    allowed: [IntCounter; 5],
     /// Key cache lookups by result: hit, miss, negative_hit, stale_hit.
     pub cache: IntCounterVec,
     /// Reads of a key from the store (cache misses and refreshes, after coalescing).
@@ -94,8 +97,11 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let allowed = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|class| requests.with_label_values(&["allowed", class]));
         Self {
             registry,
+            allowed,
             requests,
             cache,
             store_reads,
@@ -104,6 +110,19 @@ impl Metrics {
             propagation,
             propagation_last_ms,
             cache_flushes,
+        }
+    }
+
+    /// Counts one request: `decision` is `allowed` or the rejection code.
+    pub fn request(&self, decision: &str, status: u16) {
+        let class = (usize::from(status / 100)).clamp(1, 5) - 1;
+        if decision == "allowed" {
+            self.allowed[class].inc();
+        } else {
+            const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+            self.requests
+                .with_label_values(&[decision, CLASSES[class]])
+                .inc();
         }
     }
 

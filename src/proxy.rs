@@ -64,17 +64,7 @@ impl Proxy {
                 (reject.into_response().map(Either::Right), code)
             }
         };
-        let class = match response.status().as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.metrics
-            .requests
-            .with_label_values(&[decision, class])
-            .inc();
+        self.metrics.request(decision, response.status().as_u16());
         if self.config.log.access {
             let key = audit.key.as_deref();
             tracing::info!(

@@ -25,7 +25,7 @@ use moka::Expiry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Invalidation, KeyHash, KeyRecord, KeyStore, StoreError};
+use super::{Invalidation, KeyHash, KeyHashState, KeyRecord, KeyStore, StoreError};
 use crate::metrics::Metrics;
 
 /// `[cache]` settings.
@@ -86,7 +86,7 @@ impl Expiry<KeyHash, Arc<Entry>> for Expire {
 
 pub struct KeyCache {
     store: Arc<dyn KeyStore>,
-    entries: moka::sync::Cache<KeyHash, Arc<Entry>>,
+    entries: moka::sync::Cache<KeyHash, Arc<Entry>, KeyHashState>,
     inflight: Mutex<HashMap<KeyHash, watch::Receiver<Option<Fetched>>>>,
     generation: AtomicU64,
     config: CacheConfig,
@@ -102,7 +102,7 @@ impl KeyCache {
                 negative_ttl: config.negative_ttl,
                 max_stale: config.max_stale,
             })
-            .build();
+            .build_with_hasher(KeyHashState::default());
         Arc::new(Self {
             store,
             entries,

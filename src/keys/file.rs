@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::manage::counts_against_cap;
-use super::{Batch, ChangeSink, Invalidation, KeyHash, KeyRecord, KeyStore, StoreError};
+use super::{
+    Batch, ChangeSink, Invalidation, KeyHash, KeyHashState, KeyRecord, KeyStore, StoreError,
+};
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -60,7 +62,7 @@ impl Fingerprint {
     }
 }
 
-type Index = HashMap<KeyHash, Arc<KeyRecord>>;
+type Index = HashMap<KeyHash, Arc<KeyRecord>, KeyHashState>;
 
 pub struct FileStore {
     path: PathBuf,
@@ -280,18 +282,25 @@ impl KeyStore for FileStore {
 
     async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
         // Usage lives beside the keys file, not in it: the proxy never rewrites the keys
-        // (which may be a read-only Secret mount), and a lost usage write costs nothing.
-        let path = sibling(&self.path, ".last-used");
-        let mut usage = self.usage()?;
-        for (id, at) in used {
-            let slot = usage.entry(id).or_insert(at);
-            *slot = (*slot).max(at);
-        }
-        let doc: HashMap<&String, String> = usage
-            .iter()
-            .map(|(id, at)| (id, humantime::format_rfc3339_seconds(*at).to_string()))
-            .collect();
-        write_atomically(&path, &doc)
+        // (which may be a read-only Secret mount), and a lost usage write costs nothing. The
+        // disk work runs off the request threads.
+        let keys_path = self.path.clone();
+        let write = move || {
+            let path = sibling(&keys_path, ".last-used");
+            let mut usage = read_usage(&keys_path);
+            for (id, at) in used {
+                let slot = usage.entry(id).or_insert(at);
+                *slot = (*slot).max(at);
+            }
+            let doc: HashMap<&String, String> = usage
+                .iter()
+                .map(|(id, at)| (id, humantime::format_rfc3339_seconds(*at).to_string()))
+                .collect();
+            write_atomically(&path, &doc)
+        };
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("usage write task: {e}")))?
     }
 
     fn watch(self: Arc<Self>, sink: ChangeSink, shutdown: CancellationToken) {
@@ -304,18 +313,20 @@ impl KeyStore for FileStore {
 }
 
 impl FileStore {
-    /// Last-used times written by [`KeyStore::record_usage`]; missing or unreadable is empty.
     fn usage(&self) -> Result<HashMap<String, SystemTime>, StoreError> {
-        let path = sibling(&self.path, ".last-used");
-        let Ok(bytes) = std::fs::read(&path) else {
-            return Ok(HashMap::new());
-        };
-        let raw: HashMap<String, String> = serde_json::from_slice(&bytes).unwrap_or_default();
-        Ok(raw
-            .into_iter()
-            .filter_map(|(id, at)| Some((id, humantime::parse_rfc3339_weak(&at).ok()?)))
-            .collect())
+        Ok(read_usage(&self.path))
     }
+}
+
+/// Last-used times written by [`KeyStore::record_usage`]; missing or unreadable is empty.
+fn read_usage(keys_path: &Path) -> HashMap<String, SystemTime> {
+    let Ok(bytes) = std::fs::read(sibling(keys_path, ".last-used")) else {
+        return HashMap::new();
+    };
+    let raw: HashMap<String, String> = serde_json::from_slice(&bytes).unwrap_or_default();
+    raw.into_iter()
+        .filter_map(|(id, at)| Some((id, humantime::parse_rfc3339_weak(&at).ok()?)))
+        .collect()
 }
 
 fn read_document(path: &Path) -> Result<(Document, Option<Fingerprint>), StoreError> {
@@ -350,7 +361,7 @@ fn read_document(path: &Path) -> Result<(Document, Option<Fingerprint>), StoreEr
 }
 
 fn index_of(path: &Path, doc: Document) -> Result<Index, StoreError> {
-    let mut index = Index::with_capacity(doc.keys.len());
+    let mut index = Index::with_capacity_and_hasher(doc.keys.len(), KeyHashState::default());
     let mut ids = std::collections::HashSet::with_capacity(doc.keys.len());
     for Entry { hash, record } in doc.keys {
         if !ids.insert(record.id.clone()) || index.contains_key(&hash) {

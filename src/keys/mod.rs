@@ -38,8 +38,42 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// SHA-256 of a full key string.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct KeyHash(pub [u8; 32]);
+
+impl std::hash::Hash for KeyHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(prefix));
+    }
+}
+
+/// A SHA-256 is already uniformly distributed: its first 8 bytes are a perfect table hash, and
+/// running SipHash over it again (the std default) is wasted work on every request. Keys are
+/// not attacker-chosen in a way that helps: finding SHA-256 inputs that collide in 64 bits of
+/// output is a 2^32-work search per bucket, and the maps it feeds are bounded.
+#[derive(Clone, Copy, Default)]
+pub struct KeyHashHasher(u64);
+
+impl std::hash::Hasher for KeyHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for types other than KeyHash: fold the bytes in (FNV-1a).
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub type KeyHashState = std::hash::BuildHasherDefault<KeyHashHasher>;
 
 impl KeyHash {
     pub fn of(key: &str) -> Self {
