@@ -1,0 +1,811 @@
+//! `authorize()` as a table of cases, and two properties over random route tables.
+
+use super::*;
+use crate::routes::{PathPattern, Route};
+use std::time::Duration;
+
+fn record() -> KeyRecord {
+    KeyRecord {
+        id: "key_1".into(),
+        name: "n".into(),
+        owner: "acme".into(),
+        key_type: KeyType::Secret,
+        env: Environment::Live,
+        scopes: vec!["*".into()],
+        allowed_cidrs: vec![],
+        expires_at: None,
+        plan: None,
+        workspace: None,
+        project: None,
+        status: Status::Active,
+        created_at: SystemTime::UNIX_EPOCH,
+        last_used_at: None,
+    }
+}
+
+fn route(
+    path: &str,
+    methods: &[Method],
+    any: &[&str],
+    all: &[&str],
+    envs: &[Environment],
+) -> Route {
+    Route {
+        path: PathPattern::parse(path).unwrap(),
+        methods: methods.to_vec(),
+        scopes: any.iter().map(|s| s.to_string()).collect(),
+        scopes_all: all.iter().map(|s| s.to_string()).collect(),
+        environments: envs.to_vec(),
+    }
+}
+
+const BOTH: &[Environment] = &[Environment::Live, Environment::Test];
+
+/// The route table every case runs against.
+fn table(unmatched: Unmatched) -> RouteTable {
+    RouteTable::new(
+        vec![
+            route(
+                "/content/**",
+                &[Method::GET, Method::HEAD],
+                &["content:read", "content:write"],
+                &[],
+                BOTH,
+            ),
+            route("/content/**", &[], &["content:write"], &[], BOTH),
+            route(
+                "/analytics/**",
+                &[],
+                &[],
+                &["analytics:read", "analytics:export"],
+                BOTH,
+            ),
+            route("/members", &[Method::GET], &["read:members"], &[], BOTH),
+            route(
+                "/data/**",
+                &[Method::POST, Method::PUT],
+                &["write:data"],
+                &[],
+                BOTH,
+            ),
+            route(
+                "/billing/**",
+                &[],
+                &["billing:read"],
+                &[],
+                &[Environment::Live],
+            ),
+            route("/api/v2/w/{workspace}/p/{project}/**", &[], &[], &[], BOTH),
+            route("/api/v2/w/{workspace}/**", &[], &[], &[], BOTH),
+            route("/api/v2/items/{id}", &[], &[], &[], BOTH),
+            route("/open/**", &[], &[], &[], BOTH),
+        ],
+        unmatched,
+    )
+    .unwrap()
+}
+
+type Edit = fn(&mut KeyRecord);
+
+struct Case {
+    name: &'static str,
+    edit: Edit,
+    claims: Option<KeyClaims>,
+    method: Method,
+    path: &'static str,
+    ip: &'static str,
+    unmatched: Unmatched,
+    sandbox: bool,
+    want: Result<(), Reject>,
+}
+
+fn case(
+    name: &'static str,
+    edit: Edit,
+    method: Method,
+    path: &'static str,
+    want: Result<(), Reject>,
+) -> Case {
+    Case {
+        name,
+        edit,
+        claims: None,
+        method,
+        path,
+        ip: "1.2.3.4",
+        unmatched: Unmatched::Deny,
+        sandbox: true,
+        want,
+    }
+}
+
+fn scopes(r: &mut KeyRecord, s: &[&str]) {
+    r.scopes = s.iter().map(|x| x.to_string()).collect();
+}
+
+fn deny(d: Denial) -> Result<(), Reject> {
+    Err(Reject::InsufficientPermissions(d))
+}
+
+fn missing(s: &[&str]) -> Result<(), Reject> {
+    deny(Denial::MissingScope(
+        s.iter().map(|x| x.to_string()).collect(),
+    ))
+}
+
+const NOW_SECS: u64 = 1_000_000;
+
+#[test]
+fn table_of_rules() {
+    use Method as M;
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS);
+    let noop: Edit = |_| {};
+    let cases = vec![
+        // Status, expiry, claims.
+        case("active wildcard key", noop, M::GET, "/content/a", Ok(())),
+        case(
+            "revoked",
+            |r| r.status = Status::Revoked,
+            M::GET,
+            "/content/a",
+            Err(Reject::InvalidApiKey),
+        ),
+        case(
+            "suspended",
+            |r| r.status = Status::Suspended,
+            M::GET,
+            "/content/a",
+            Err(Reject::KeySuspended),
+        ),
+        case(
+            "expires in future",
+            |r| r.expires_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS + 1)),
+            M::GET,
+            "/content/a",
+            Ok(()),
+        ),
+        case(
+            "expires exactly now",
+            |r| r.expires_at = Some(SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS)),
+            M::GET,
+            "/content/a",
+            Err(Reject::ExpiredApiKey),
+        ),
+        case(
+            "expired",
+            |r| r.expires_at = Some(SystemTime::UNIX_EPOCH),
+            M::GET,
+            "/content/a",
+            Err(Reject::ExpiredApiKey),
+        ),
+        case(
+            "revoked beats expired",
+            |r| {
+                r.status = Status::Revoked;
+                r.expires_at = Some(SystemTime::UNIX_EPOCH)
+            },
+            M::GET,
+            "/content/a",
+            Err(Reject::InvalidApiKey),
+        ),
+        case(
+            "suspended beats missing scope",
+            |r| {
+                r.status = Status::Suspended;
+                scopes(r, &[])
+            },
+            M::GET,
+            "/content/a",
+            Err(Reject::KeySuspended),
+        ),
+        Case {
+            claims: Some(KeyClaims {
+                key_type: KeyType::Public,
+                env: Environment::Live,
+            }),
+            ..case(
+                "type mismatch",
+                noop,
+                M::GET,
+                "/content/a",
+                Err(Reject::InvalidApiKey),
+            )
+        },
+        Case {
+            claims: Some(KeyClaims {
+                key_type: KeyType::Secret,
+                env: Environment::Test,
+            }),
+            ..case(
+                "env mismatch",
+                noop,
+                M::GET,
+                "/content/a",
+                Err(Reject::InvalidApiKey),
+            )
+        },
+        // IP allowlists.
+        Case {
+            ip: "10.0.0.7",
+            ..case(
+                "ip in v4 allowlist",
+                |r| r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()],
+                M::GET,
+                "/open",
+                Ok(()),
+            )
+        },
+        Case {
+            ip: "10.0.1.7",
+            ..case(
+                "ip outside v4 allowlist",
+                |r| r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()],
+                M::GET,
+                "/open",
+                Err(Reject::IpNotAllowed(ip("10.0.1.7"))),
+            )
+        },
+        Case {
+            ip: "::ffff:10.0.0.7",
+            ..case(
+                "v4-mapped client in v4 list",
+                |r| r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()],
+                M::GET,
+                "/open",
+                Ok(()),
+            )
+        },
+        Case {
+            ip: "::ffff:10.9.0.7",
+            ..case(
+                "v4-mapped reported as v4",
+                |r| r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()],
+                M::GET,
+                "/open",
+                Err(Reject::IpNotAllowed(ip("10.9.0.7"))),
+            )
+        },
+        Case {
+            ip: "2001:db8::1",
+            ..case(
+                "ip in v6 allowlist",
+                |r| r.allowed_cidrs = vec!["2001:db8::/32".parse().unwrap()],
+                M::GET,
+                "/open",
+                Ok(()),
+            )
+        },
+        Case {
+            ip: "2001:db9::1",
+            ..case(
+                "v6 outside",
+                |r| r.allowed_cidrs = vec!["2001:db8::/32".parse().unwrap()],
+                M::GET,
+                "/open",
+                Err(Reject::IpNotAllowed(ip("2001:db9::1"))),
+            )
+        },
+        Case {
+            ip: "192.168.1.5",
+            ..case(
+                "second of two nets",
+                |r| {
+                    r.allowed_cidrs = vec![
+                        "10.0.0.0/24".parse().unwrap(),
+                        "192.168.1.5/32".parse().unwrap(),
+                    ]
+                },
+                M::GET,
+                "/open",
+                Ok(()),
+            )
+        },
+        Case {
+            ip: "8.8.8.8",
+            ..case(
+                "expired beats ip",
+                |r| {
+                    r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()];
+                    r.expires_at = Some(SystemTime::UNIX_EPOCH)
+                },
+                M::GET,
+                "/open",
+                Err(Reject::ExpiredApiKey),
+            )
+        },
+        Case {
+            ip: "8.8.8.8",
+            ..case(
+                "ip beats missing scope",
+                |r| {
+                    r.allowed_cidrs = vec!["10.0.0.0/24".parse().unwrap()];
+                    scopes(r, &[])
+                },
+                M::GET,
+                "/content/a",
+                Err(Reject::IpNotAllowed(ip("8.8.8.8"))),
+            )
+        },
+        // Scopes: any-of, all-of, wildcards.
+        case(
+            "exact read scope",
+            |r| scopes(r, &["content:read"]),
+            M::GET,
+            "/content/a",
+            Ok(()),
+        ),
+        case(
+            "other any-of scope",
+            |r| scopes(r, &["content:write"]),
+            M::GET,
+            "/content/a",
+            Ok(()),
+        ),
+        case(
+            "resource wildcard",
+            |r| scopes(r, &["content:*"]),
+            M::DELETE,
+            "/content/a",
+            Ok(()),
+        ),
+        case(
+            "read scope cannot write",
+            |r| scopes(r, &["content:read"]),
+            M::POST,
+            "/content/a",
+            missing(&["content:write"]),
+        ),
+        case(
+            "write scope can write",
+            |r| scopes(r, &["content:write"]),
+            M::POST,
+            "/content/a",
+            Ok(()),
+        ),
+        case(
+            "unrelated scope",
+            |r| scopes(r, &["analytics:read"]),
+            M::GET,
+            "/content/a",
+            missing(&["content:read", "content:write"]),
+        ),
+        case(
+            "no scopes at all",
+            |r| scopes(r, &[]),
+            M::GET,
+            "/content/a",
+            missing(&["content:read", "content:write"]),
+        ),
+        case(
+            "all-of satisfied",
+            |r| scopes(r, &["analytics:read", "analytics:export"]),
+            M::GET,
+            "/analytics/x",
+            Ok(()),
+        ),
+        case(
+            "all-of names the missing one",
+            |r| scopes(r, &["analytics:read"]),
+            M::GET,
+            "/analytics/x",
+            missing(&["analytics:export"]),
+        ),
+        case(
+            "all-of by wildcard",
+            |r| scopes(r, &["analytics:*"]),
+            M::GET,
+            "/analytics/x",
+            Ok(()),
+        ),
+        case(
+            "gravity rail read:members",
+            |r| scopes(r, &["read:members"]),
+            M::GET,
+            "/members",
+            Ok(()),
+        ),
+        case(
+            "method outside rule falls to unmatched",
+            |r| scopes(r, &["read:members"]),
+            M::POST,
+            "/members",
+            deny(Denial::NoRoute),
+        ),
+        case(
+            "write:data on POST",
+            |r| scopes(r, &["write:data"]),
+            M::POST,
+            "/data/rows",
+            Ok(()),
+        ),
+        case(
+            "write:data rule not for GET",
+            |r| scopes(r, &["write:data"]),
+            M::GET,
+            "/data/rows",
+            deny(Denial::NoRoute),
+        ),
+        case(
+            "prefix boundary",
+            noop,
+            M::GET,
+            "/contentx",
+            deny(Denial::NoRoute),
+        ),
+        // Public keys.
+        case(
+            "public key reads",
+            |r| {
+                r.key_type = KeyType::Public;
+                scopes(r, &["content:read"])
+            },
+            M::GET,
+            "/content/a",
+            Ok(()),
+        ),
+        case(
+            "public key HEAD",
+            |r| {
+                r.key_type = KeyType::Public;
+                scopes(r, &["content:read"])
+            },
+            M::HEAD,
+            "/content/a",
+            Ok(()),
+        ),
+        case(
+            "public key OPTIONS",
+            |r| {
+                r.key_type = KeyType::Public;
+                scopes(r, &["*"])
+            },
+            M::OPTIONS,
+            "/open",
+            Ok(()),
+        ),
+        case(
+            "public key + write scope + POST",
+            |r| {
+                r.key_type = KeyType::Public;
+                scopes(r, &["content:write"])
+            },
+            M::POST,
+            "/content/a",
+            deny(Denial::PublicKeyReadOnly),
+        ),
+        case(
+            "public key + * + DELETE",
+            |r| {
+                r.key_type = KeyType::Public;
+                scopes(r, &["*"])
+            },
+            M::DELETE,
+            "/open",
+            deny(Denial::PublicKeyReadOnly),
+        ),
+        case(
+            "public key + * + TRACE",
+            |r| {
+                r.key_type = KeyType::Public;
+                scopes(r, &["*"])
+            },
+            M::TRACE,
+            "/open",
+            deny(Denial::PublicKeyReadOnly),
+        ),
+        case(
+            "public key read still needs scope",
+            |r| {
+                r.key_type = KeyType::Public;
+                scopes(r, &["analytics:read"])
+            },
+            M::GET,
+            "/content/a",
+            missing(&["content:read", "content:write"]),
+        ),
+        // Environments.
+        case(
+            "sandbox key with sandbox upstream",
+            |r| r.env = Environment::Test,
+            M::GET,
+            "/content/a",
+            Ok(()),
+        ),
+        Case {
+            sandbox: false,
+            ..case(
+                "sandbox key, no sandbox upstream",
+                |r| r.env = Environment::Test,
+                M::GET,
+                "/content/a",
+                deny(Denial::SandboxRefused),
+            )
+        },
+        Case {
+            sandbox: false,
+            ..case(
+                "live key, no sandbox upstream",
+                noop,
+                M::GET,
+                "/content/a",
+                Ok(()),
+            )
+        },
+        case(
+            "live-only route, live key",
+            noop,
+            M::GET,
+            "/billing/x",
+            Ok(()),
+        ),
+        case(
+            "live-only route, sandbox key",
+            |r| r.env = Environment::Test,
+            M::GET,
+            "/billing/x",
+            deny(Denial::Environment(Environment::Test)),
+        ),
+        // Workspace / project binding.
+        case(
+            "bound workspace matches",
+            |r| r.workspace = Some("ws1".into()),
+            M::GET,
+            "/api/v2/w/ws1/things",
+            Ok(()),
+        ),
+        case(
+            "bound to another workspace",
+            |r| r.workspace = Some("ws1".into()),
+            M::GET,
+            "/api/v2/w/ws2/things",
+            deny(Denial::NotBound {
+                param: "workspace",
+                value: "ws2".into(),
+            }),
+        ),
+        case(
+            "unbound key on workspace route",
+            noop,
+            M::GET,
+            "/api/v2/w/ws1/things",
+            deny(Denial::NotBound {
+                param: "workspace",
+                value: "ws1".into(),
+            }),
+        ),
+        case(
+            "workspace and project both match",
+            |r| {
+                r.workspace = Some("ws1".into());
+                r.project = Some("p1".into())
+            },
+            M::GET,
+            "/api/v2/w/ws1/p/p1/x",
+            Ok(()),
+        ),
+        case(
+            "project mismatch",
+            |r| {
+                r.workspace = Some("ws1".into());
+                r.project = Some("p1".into())
+            },
+            M::GET,
+            "/api/v2/w/ws1/p/p2/x",
+            deny(Denial::NotBound {
+                param: "project",
+                value: "p2".into(),
+            }),
+        ),
+        case(
+            "other params are free",
+            noop,
+            M::GET,
+            "/api/v2/items/42",
+            Ok(()),
+        ),
+        case(
+            "bound key on unbound route",
+            |r| r.workspace = Some("ws1".into()),
+            M::GET,
+            "/open/x",
+            Ok(()),
+        ),
+        // Unmatched policy.
+        case(
+            "unmatched deny",
+            noop,
+            M::GET,
+            "/elsewhere",
+            deny(Denial::NoRoute),
+        ),
+        Case {
+            unmatched: Unmatched::Allow,
+            ..case(
+                "unmatched allow",
+                |r| scopes(r, &["x:y"]),
+                M::GET,
+                "/elsewhere",
+                Ok(()),
+            )
+        },
+        Case {
+            unmatched: Unmatched::Scope("api:access".into()),
+            ..case(
+                "unmatched scope held",
+                |r| scopes(r, &["api:access"]),
+                M::GET,
+                "/elsewhere",
+                Ok(()),
+            )
+        },
+        Case {
+            unmatched: Unmatched::Scope("api:access".into()),
+            ..case(
+                "unmatched scope missing",
+                |r| scopes(r, &["content:read"]),
+                M::GET,
+                "/elsewhere",
+                missing(&["api:access"]),
+            )
+        },
+        Case {
+            unmatched: Unmatched::Scope("api:access".into()),
+            ..case("unmatched scope by *", noop, M::GET, "/elsewhere", Ok(()))
+        },
+    ];
+    assert!(cases.len() >= 40, "{} cases", cases.len());
+    for c in cases {
+        let mut rec = record();
+        (c.edit)(&mut rec);
+        let claims = c.claims.unwrap_or(KeyClaims {
+            key_type: rec.key_type,
+            env: rec.env,
+        });
+        let routes = table(c.unmatched.clone());
+        let facts = RequestFacts {
+            method: &c.method,
+            path: c.path,
+            client_ip: ip(c.ip),
+            now,
+        };
+        let policy = Policy {
+            routes: &routes,
+            sandbox_upstream: c.sandbox,
+        };
+        assert_eq!(
+            authorize(&rec, claims, &facts, &policy),
+            c.want,
+            "case {}",
+            c.name
+        );
+    }
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const WORDS: &[&str] = &["content", "analytics", "billing", "data"];
+    const ACTIONS: &[&str] = &["read", "write", "export"];
+
+    fn scope() -> impl Strategy<Value = String> {
+        (0..WORDS.len(), 0..ACTIONS.len()).prop_map(|(w, a)| format!("{}:{}", WORDS[w], ACTIONS[a]))
+    }
+
+    fn method() -> impl Strategy<Value = Method> {
+        prop::sample::select(vec![
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+        ])
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop::sample::select(vec!["content", "analytics", "x", "1"]),
+            0..4,
+        )
+        .prop_map(|segs| format!("/{}", segs.join("/")))
+    }
+
+    fn pattern() -> impl Strategy<Value = String> {
+        (path(), prop::sample::select(vec!["", "/**", "/*"])).prop_map(|(p, tail)| {
+            if p == "/" && !tail.is_empty() {
+                tail.to_string()
+            } else {
+                format!("{p}{tail}")
+            }
+        })
+    }
+
+    fn rule() -> impl Strategy<Value = Route> {
+        (
+            pattern(),
+            prop::collection::vec(method(), 0..3),
+            prop::collection::vec(scope(), 0..3),
+            prop::collection::vec(scope(), 0..2),
+        )
+            .prop_map(|(p, methods, any, all)| Route {
+                path: PathPattern::parse(&p).unwrap(),
+                methods,
+                scopes: any,
+                scopes_all: all,
+                environments: BOTH.to_vec(),
+            })
+    }
+
+    fn unmatched() -> impl Strategy<Value = Unmatched> {
+        prop_oneof![
+            Just(Unmatched::Allow),
+            Just(Unmatched::Deny),
+            scope().prop_map(Unmatched::Scope),
+        ]
+    }
+
+    fn check(
+        scopes: Vec<String>,
+        rules: Vec<Route>,
+        unmatched: Unmatched,
+        m: &Method,
+        p: &str,
+    ) -> (Result<(), Reject>, bool) {
+        // Built directly: shadowed rules are a config error, not a reason to skip cases.
+        let routes = RouteTable {
+            routes: rules,
+            unmatched,
+        };
+        let scoped = match routes.find(m, p) {
+            Some((r, _)) => !r.scopes.is_empty() || !r.scopes_all.is_empty(),
+            None => matches!(routes.unmatched, Unmatched::Scope(_)),
+        };
+        let mut rec = record();
+        rec.scopes = scopes;
+        let facts = RequestFacts {
+            method: m,
+            path: p,
+            client_ip: "1.2.3.4".parse().unwrap(),
+            now: SystemTime::UNIX_EPOCH,
+        };
+        let policy = Policy {
+            routes: &routes,
+            sandbox_upstream: true,
+        };
+        let claims = KeyClaims {
+            key_type: rec.key_type,
+            env: rec.env,
+        };
+        (authorize(&rec, claims, &facts, &policy), scoped)
+    }
+
+    proptest! {
+        #[test]
+        fn a_wildcard_key_is_never_denied_by_scopes(
+            rules in prop::collection::vec(rule(), 0..6),
+            unmatched in unmatched(),
+            m in method(),
+            p in path(),
+        ) {
+            let (result, _) = check(vec!["*".into()], rules, unmatched, &m, &p);
+            prop_assert!(
+                !matches!(result, Err(Reject::InsufficientPermissions(Denial::MissingScope(_)))),
+                "{result:?}"
+            );
+        }
+
+        #[test]
+        fn a_key_without_scopes_never_reaches_a_scoped_route(
+            rules in prop::collection::vec(rule(), 0..6),
+            unmatched in unmatched(),
+            m in method(),
+            p in path(),
+        ) {
+            let (result, scoped) = check(Vec::new(), rules, unmatched, &m, &p);
+            if scoped {
+                prop_assert!(result.is_err(), "admitted to a scoped route");
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Configuration: `proxy.toml` plus `KEYGATE_<SECTION>__<KEY>` environment overrides, parsed
+//! once into validated types.
+//!
+//! The raw structs mirror the file (`deny_unknown_fields`, so a typo is an error rather than a
+//! silently ignored setting); `TryFrom<RawConfig> for Config` checks everything that serde
+//! cannot and names the field and the fix in its error. Nothing downstream re-validates.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use http::header::HeaderName;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::credential::CredentialHeader;
+use crate::keys::cache::CacheConfig;
+use crate::keys::redis::RedisConfig;
+use crate::routes::{PathPattern, RouteTable};
+
+use env::{NOT_OVERRIDES, apply_override, refuse_file_secrets};
+use raw::RawConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated: what the rest of keygate reads.
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub listen: Listen,
+    pub server: Server,
+    pub upstream: Upstream,
+    pub store: StoreConfig,
+    pub cache: CacheConfig,
+    pub keys: KeysConfig,
+    pub auth: AuthConfig,
+    pub network: Network,
+    pub log: LogConfig,
+    pub routes: RouteTable,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Listen {
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Server {
+    /// Request-handling threads; `None`: one per CPU. 1 runs everything on one thread
+    /// (the sidecar setting: no cross-thread hand-offs at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Upstream {
+    #[serde(serialize_with = "display")]
+    pub url: Uri,
+    #[serde(
+        serialize_with = "display_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sandbox_url: Option<Uri>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for the upstream to send its response headers.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub preserve_host: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StoreConfig {
+    File {
+        path: PathBuf,
+        #[serde(with = "humantime_serde")]
+        reload_interval: Duration,
+    },
+    Redis(RedisConfig),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct KeysConfig {
+    pub prefix: String,
+    /// Live (not revoked) keys one owner may hold; `None` for no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_per_owner: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthConfig {
+    pub credential_headers: Vec<CredentialHeader>,
+    pub max_key_length: usize,
+    pub public_paths: Vec<PathPattern>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Network {
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+    pub access: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+impl Config {
+    /// Reads `path`, applies `KEYGATE_*` overrides from the process environment, validates.
+    /// Relative paths inside the file (the keys file) are resolved against the file's folder,
+    /// so `keygate -c /etc/keygate/proxy.toml` works from any working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text, path, std::env::vars())?;
+        match &mut config.store {
+            StoreConfig::File { path: keys, .. } if keys.is_relative() => {
+                let base = path.parent().unwrap_or(Path::new("."));
+                *keys = base.join(&*keys);
+            }
+            _ => {}
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML text with the given environment overrides (injectable for tests).
+    pub fn from_toml(
+        text: &str,
+        origin: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        refuse_file_secrets(&table, origin)?;
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("KEYGATE_") && !NOT_OVERRIDES.contains(&k.as_str()))
+            .collect();
+        vars.sort();
+        for (var, value) in vars {
+            apply_override(&mut table, &var, &value)?;
+        }
+        let raw: RawConfig =
+            RawConfig::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                path: origin.to_owned(),
+                message: e.to_string(),
+            })?;
+        Config::try_from(raw)
+    }
+
+    /// The effective configuration as TOML, for `check-config`. Secrets (the Redis password)
+    /// are masked by their types' serializers.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// A CIDR, or a bare address meaning a single host.
+pub fn parse_net(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/24 or 2001:db8::/32"))
+}
+
+/// Header names keygate owns; a client's copies are always removed.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-keygate-";
+
+pub fn is_identity_header(name: &HeaderName) -> bool {
+    name.as_str().starts_with(IDENTITY_HEADER_PREFIX)
+}
+
+mod env;
+mod raw;
+mod validate;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,232 @@
+//! The config file as written: every section and field, with defaults, and nothing else
+//! (`deny_unknown_fields`, so a typo is an error rather than a silently ignored setting).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keys::cache::CacheConfig;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub(super) listen: RawListen,
+    #[serde(default)]
+    pub(super) server: RawServer,
+    pub(super) upstream: Option<RawUpstream>,
+    #[serde(default)]
+    pub(super) store: RawStore,
+    #[serde(default)]
+    pub(super) cache: RawCache,
+    #[serde(default)]
+    pub(super) keys: RawKeys,
+    #[serde(default)]
+    pub(super) auth: RawAuth,
+    #[serde(default)]
+    pub(super) network: RawNetwork,
+    #[serde(default)]
+    pub(super) log: RawLog,
+    /// `[[route]]` rules, in order.
+    #[serde(default)]
+    pub(super) route: Vec<RawRoute>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub(super) path: String,
+    #[serde(default)]
+    pub(super) methods: Vec<String>,
+    #[serde(default)]
+    pub(super) scopes: Vec<String>,
+    #[serde(default)]
+    pub(super) scopes_all: Vec<String>,
+    #[serde(default = "both_environments")]
+    pub(super) environments: Vec<String>,
+}
+
+fn both_environments() -> Vec<String> {
+    vec!["live".into(), "test".into()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawListen {
+    pub(super) public: String,
+    pub(super) admin: String,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            public: "0.0.0.0:8080".into(),
+            admin: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawServer {
+    pub(super) workers: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub(super) url: String,
+    /// Where sandbox (`test`) keys go. Without it they are refused.
+    pub(super) sandbox_url: Option<String>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub(super) connect_timeout: Duration,
+    #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
+    pub(super) timeout: Duration,
+    #[serde(default = "yes")]
+    pub(super) preserve_host: bool,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawStore {
+    pub(super) kind: String,
+    // file
+    pub(super) path: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub(super) reload_interval: Duration,
+    // redis
+    pub(super) url: Option<String>,
+    pub(super) nodes: Vec<String>,
+    pub(super) sentinels: Vec<String>,
+    pub(super) master_name: Option<String>,
+    pub(super) username: Option<String>,
+    /// Only from the environment (KEYGATE_STORE__PASSWORD): refused in the file.
+    pub(super) password: Option<String>,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) namespace: String,
+    #[serde(with = "humantime_serde")]
+    pub(super) timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(super) epoch_poll: Duration,
+}
+
+impl Default for RawStore {
+    fn default() -> Self {
+        Self {
+            kind: "file".into(),
+            path: "keys.json".into(),
+            reload_interval: Duration::from_millis(250),
+            url: None,
+            nodes: Vec::new(),
+            sentinels: Vec::new(),
+            master_name: None,
+            username: None,
+            password: None,
+            password_file: None,
+            ca_file: None,
+            namespace: "keygate".into(),
+            timeout: Duration::from_millis(250),
+            epoch_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCache {
+    #[serde(with = "humantime_serde")]
+    pub(super) ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(super) negative_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(super) max_stale: Duration,
+    pub(super) capacity: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        let d = CacheConfig::default();
+        Self {
+            ttl: d.ttl,
+            negative_ttl: d.negative_ttl,
+            max_stale: d.max_stale,
+            capacity: d.capacity,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawKeys {
+    pub(super) prefix: String,
+    pub(super) max_per_owner: Option<u32>,
+}
+
+impl Default for RawKeys {
+    fn default() -> Self {
+        Self {
+            prefix: "kg".into(),
+            max_per_owner: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAuth {
+    pub(super) credential_headers: Vec<String>,
+    pub(super) max_key_length: usize,
+    pub(super) public_paths: Vec<String>,
+    pub(super) unmatched: Option<String>,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            credential_headers: vec![
+                "authorization".into(),
+                "x-api-key".into(),
+                "project-access-token".into(),
+            ],
+            max_key_length: 256,
+            public_paths: Vec::new(),
+            unmatched: None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawNetwork {
+    pub(super) trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLog {
+    pub(super) format: String,
+    pub(super) level: String,
+    pub(super) access: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "json".into(),
+            level: "info".into(),
+            access: true,
+        }
+    }
+}

@@ -1,0 +1,100 @@
+use super::*;
+
+const MINIMAL: &str =
+    "[upstream]\nurl = \"http://127.0.0.1:3000\"\n[auth]\nunmatched = \"allow\"\n";
+
+fn load(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::from_toml(
+        text,
+        Path::new("proxy.toml"),
+        env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = load(MINIMAL, &[]).unwrap();
+    assert_eq!(c.listen.public, "0.0.0.0:8080".parse().unwrap());
+    assert_eq!(c.keys.prefix, "kg");
+    assert_eq!(c.auth.credential_headers.len(), 3);
+    assert!(matches!(c.store, StoreConfig::File { .. }));
+}
+
+#[test]
+fn env_overrides_win_and_are_typed() {
+    let c = load(
+        MINIMAL,
+        &[
+            ("KEYGATE_UPSTREAM__URL", "http://10.1.1.1:81"),
+            ("KEYGATE_AUTH__MAX_KEY_LENGTH", "100"),
+            ("KEYGATE_AUTH__PUBLIC_PATHS", "[\"/health\", \"/docs/**\"]"),
+            ("KEYGATE_KEYS__PREFIX", "acme"),
+            ("KEYGATE_CONFIG", "ignored.toml"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.upstream.url.to_string(), "http://10.1.1.1:81/");
+    assert_eq!(c.auth.max_key_length, 100);
+    assert_eq!(c.auth.public_paths.len(), 2);
+    assert_eq!(c.keys.prefix, "acme");
+}
+
+#[test]
+fn errors_name_the_field() {
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        ("[upstream]\nurl = \"ftp://x\"\n", &[], "upstream.url"),
+        ("", &[], "upstream"),
+        (
+            "[listen]\npublic = \"nope\"\n[upstream]\nurl = \"http://a:1\"\n",
+            &[],
+            "listen.public",
+        ),
+        (
+            MINIMAL,
+            &[("KEYGATE_KEYS__PREFIX", "Bad_Prefix")],
+            "keys.prefix",
+        ),
+        (MINIMAL, &[("KEYGATE_STORE__KIND", "etcd")], "store.kind"),
+        (
+            MINIMAL,
+            &[("KEYGATE_AUTH__CREDENTIAL_HEADERS", "[\"cookie\"]")],
+            "auth.credential_headers",
+        ),
+        (
+            MINIMAL,
+            &[("KEYGATE_AUTH__PUBLIC_PATHS", "[\"health\"]")],
+            "auth.public_paths",
+        ),
+        (
+            MINIMAL,
+            &[("KEYGATE_NETWORK__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]")],
+            "network.trusted_proxies",
+        ),
+        (MINIMAL, &[("KEYGATE_LOG__FORMAT", "xml")], "log.format"),
+        (
+            MINIMAL,
+            &[("KEYGATE_UPSTREAM__TIMEOUT", "0s")],
+            "upstream.timeout",
+        ),
+        (MINIMAL, &[("KEYGATE_NOSECTION", "1")], "KEYGATE_NOSECTION"),
+        (
+            "[upstream]\nurl = \"http://a:1\"\ncolour = 1\n",
+            &[],
+            "colour",
+        ),
+        (MINIMAL, &[("KEYGATE_LISTEN__PUBLC", "1.2.3.4:5")], "publc"),
+    ];
+    for (text, env, needle) in cases {
+        let err = load(text, env).expect_err(needle).to_string();
+        assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    }
+}
+
+#[test]
+fn effective_config_renders() {
+    let c = load(MINIMAL, &[]).unwrap();
+    let text = c.to_toml();
+    assert!(text.contains("url = \"http://127.0.0.1:3000/\""), "{text}");
+    assert!(text.contains("kind = \"file\""), "{text}");
+}

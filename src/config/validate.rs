@@ -1,0 +1,419 @@
+//! From raw to validated: every check serde cannot make, each error naming the field and the
+//! fix.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Uri;
+
+use super::raw::{RawAuth, RawCache, RawConfig, RawRoute, RawStore};
+use super::*;
+use crate::credential::CredentialHeader;
+use crate::keys::Environment;
+use crate::keys::cache::CacheConfig;
+use crate::keys::redis::{RedisConfig, RedisMode, redact};
+use crate::routes::{PathPattern, Route, RouteTable, Unmatched, check_scope};
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let listen = Listen {
+            public: parse_addr("listen.public", &raw.listen.public)?,
+            admin: parse_addr("listen.admin", &raw.listen.admin)?,
+        };
+        if listen.public == listen.admin && listen.public.port() != 0 {
+            return Err(invalid(
+                "listen.admin",
+                "must differ from listen.public: health and metrics never share the client port",
+            ));
+        }
+
+        let up = raw.upstream.ok_or_else(|| {
+            invalid(
+                "upstream",
+                "missing [upstream] section; add url = \"http://127.0.0.1:3000\"",
+            )
+        })?;
+        let url = parse_upstream("upstream.url", &up.url)?;
+        let sandbox_url = up
+            .sandbox_url
+            .as_deref()
+            .map(|u| parse_upstream("upstream.sandbox_url", u))
+            .transpose()?;
+        for (field, d) in [
+            ("upstream.connect_timeout", up.connect_timeout),
+            ("upstream.timeout", up.timeout),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be greater than 0, e.g. \"5s\""));
+            }
+        }
+
+        let store = validate_store(raw.store)?;
+        let mut cache = validate_cache(raw.cache)?;
+        if let StoreConfig::Redis(redis) = &store {
+            cache.store_timeout = redis.timeout;
+        }
+
+        let prefix = raw.keys.prefix;
+        if prefix.is_empty()
+            || prefix.len() > 16
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
+            return Err(invalid(
+                "keys.prefix",
+                format!("{prefix:?}: use 1-16 lowercase letters or digits, e.g. \"kg\""),
+            ));
+        }
+
+        if raw.keys.max_per_owner == Some(0) {
+            return Err(invalid(
+                "keys.max_per_owner",
+                "must be at least 1; leave it out for no cap",
+            ));
+        }
+
+        let unmatched = raw.auth.unmatched.clone();
+        let auth = validate_auth(raw.auth)?;
+        let routes = validate_routes(raw.route, unmatched)?;
+
+        let trusted_proxies = raw
+            .network
+            .trusted_proxies
+            .iter()
+            .map(|s| parse_net(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("network.trusted_proxies", e))?;
+
+        let format = match raw.log.format.as_str() {
+            "json" => LogFormat::Json,
+            "text" => LogFormat::Text,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?}: use \"json\" or \"text\""),
+                ));
+            }
+        };
+        tracing_subscriber::EnvFilter::try_new(&raw.log.level).map_err(|e| {
+            invalid(
+                "log.level",
+                format!(
+                    "{:?}: {e}; e.g. \"info\" or \"keygate=debug\"",
+                    raw.log.level
+                ),
+            )
+        })?;
+
+        if raw.server.workers.is_some_and(|w| w == 0 || w > 1024) {
+            return Err(invalid(
+                "server.workers",
+                "must be between 1 and 1024; leave it out for one per CPU",
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            server: Server {
+                workers: raw.server.workers,
+            },
+            upstream: Upstream {
+                url,
+                sandbox_url,
+                connect_timeout: up.connect_timeout,
+                timeout: up.timeout,
+                preserve_host: up.preserve_host,
+            },
+            store,
+            cache,
+            keys: KeysConfig {
+                prefix,
+                max_per_owner: raw.keys.max_per_owner,
+            },
+            auth,
+            network: Network { trusted_proxies },
+            log: LogConfig {
+                format,
+                level: raw.log.level,
+                access: raw.log.access,
+            },
+            routes,
+        })
+    }
+}
+
+fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+    if raw.credential_headers.is_empty() {
+        return Err(invalid(
+            "auth.credential_headers",
+            "list at least one of \"authorization\", \"x-api-key\", \"project-access-token\"",
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut credential_headers = Vec::new();
+    for name in &raw.credential_headers {
+        let header = CredentialHeader::from_name(name).ok_or_else(|| {
+            invalid(
+                "auth.credential_headers",
+                format!(
+                    "{name:?} is not supported; use \"authorization\", \"x-api-key\" or \"project-access-token\""
+                ),
+            )
+        })?;
+        if !seen.insert(header) {
+            return Err(invalid(
+                "auth.credential_headers",
+                format!("{name:?} is listed twice"),
+            ));
+        }
+        credential_headers.push(header);
+    }
+    if !(40..=4096).contains(&raw.max_key_length) {
+        return Err(invalid(
+            "auth.max_key_length",
+            "must be between 40 and 4096 bytes (keys are about 45 bytes)",
+        ));
+    }
+    let public_paths = raw
+        .public_paths
+        .iter()
+        .map(|p| PathPattern::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("auth.public_paths", e))?;
+    Ok(AuthConfig {
+        credential_headers,
+        max_key_length: raw.max_key_length,
+        public_paths,
+    })
+}
+
+fn parse_upstream(field: &'static str, s: &str) -> Result<Uri, ConfigError> {
+    let url: Uri = s.parse().map_err(|e| {
+        invalid(
+            field,
+            format!("{s:?} is not a URL ({e}); expected e.g. http://127.0.0.1:3000"),
+        )
+    })?;
+    if url.scheme_str() != Some("http") || url.authority().is_none() {
+        return Err(invalid(
+            field,
+            format!("{s:?}: expected http://HOST:PORT (https upstreams are not supported yet)"),
+        ));
+    }
+    if url.query().is_some() {
+        return Err(invalid(field, "must not contain a query string"));
+    }
+    Ok(url)
+}
+
+fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
+    match raw.kind.as_str() {
+        "file" => {
+            if raw.path.as_os_str().is_empty() {
+                return Err(invalid(
+                    "store.path",
+                    "must name the keys file, e.g. keys.json",
+                ));
+            }
+            if raw.reload_interval.is_zero() || raw.reload_interval > Duration::from_secs(1) {
+                return Err(invalid(
+                    "store.reload_interval",
+                    "must be between 1ms and 1s so CLI changes reach the proxy within 1 s",
+                ));
+            }
+            Ok(StoreConfig::File {
+                path: raw.path,
+                reload_interval: raw.reload_interval,
+            })
+        }
+        "redis" => {
+            let url_ok = |field, u: &str| {
+                if u.starts_with("redis://") || u.starts_with("rediss://") {
+                    Ok(())
+                } else {
+                    Err(invalid(
+                        field,
+                        format!(
+                            "{:?}: expected redis://HOST:PORT or rediss://HOST:PORT",
+                            redact(u)
+                        ),
+                    ))
+                }
+            };
+            let mode = match (raw.url, raw.nodes.is_empty(), raw.sentinels.is_empty()) {
+                (Some(url), true, true) => {
+                    url_ok("store.url", &url)?;
+                    RedisMode::Standalone { url }
+                }
+                (None, false, true) => {
+                    for n in &raw.nodes {
+                        url_ok("store.nodes", n)?;
+                    }
+                    RedisMode::Cluster { nodes: raw.nodes }
+                }
+                (None, true, false) => {
+                    for n in &raw.sentinels {
+                        url_ok("store.sentinels", n)?;
+                    }
+                    let master_name = raw.master_name.ok_or_else(|| {
+                        invalid(
+                            "store.master_name",
+                            "Sentinel needs the monitored master's name, e.g. \"mymaster\"",
+                        )
+                    })?;
+                    RedisMode::Sentinel {
+                        master_name,
+                        sentinels: raw.sentinels,
+                    }
+                }
+                (None, true, true) => {
+                    return Err(invalid(
+                        "store.url",
+                        "a redis store needs url (standalone), nodes (Cluster seeds) or sentinels + master_name",
+                    ));
+                }
+                _ => {
+                    return Err(invalid(
+                        "store",
+                        "set only one of url (standalone), nodes (Cluster) and sentinels (Sentinel)",
+                    ));
+                }
+            };
+            let password = match (raw.password, raw.password_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "store.password_file",
+                        "set the password or the password file, not both",
+                    ));
+                }
+                (Some(p), None) => Some(p),
+                (None, Some(path)) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| {
+                            invalid("store.password_file", format!("{}: {e}", path.display()))
+                        })?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_owned(),
+                ),
+                (None, None) => None,
+            };
+            if raw.namespace.is_empty() || raw.namespace.contains(['{', '}']) {
+                return Err(invalid(
+                    "store.namespace",
+                    "must be non-empty and without braces",
+                ));
+            }
+            for (field, d) in [
+                ("store.timeout", raw.timeout),
+                ("store.epoch_poll", raw.epoch_poll),
+            ] {
+                if d.is_zero() || d > Duration::from_secs(10) {
+                    return Err(invalid(field, "must be between 1ms and 10s"));
+                }
+            }
+            Ok(StoreConfig::Redis(RedisConfig {
+                mode,
+                username: raw.username,
+                password,
+                ca_file: raw.ca_file,
+                namespace: raw.namespace,
+                timeout: raw.timeout,
+                epoch_poll: raw.epoch_poll,
+            }))
+        }
+        other => Err(invalid(
+            "store.kind",
+            format!("unknown store {other:?}; use \"file\" or \"redis\""),
+        )),
+    }
+}
+
+fn validate_cache(raw: RawCache) -> Result<CacheConfig, ConfigError> {
+    if raw.ttl.is_zero() || raw.negative_ttl.is_zero() {
+        return Err(invalid(
+            "cache.ttl",
+            "ttl and negative_ttl must be greater than 0",
+        ));
+    }
+    if raw.max_stale < raw.ttl {
+        return Err(invalid("cache.max_stale", "must be at least cache.ttl"));
+    }
+    if raw.capacity == 0 {
+        return Err(invalid("cache.capacity", "must be at least 1"));
+    }
+    Ok(CacheConfig {
+        ttl: raw.ttl,
+        negative_ttl: raw.negative_ttl,
+        max_stale: raw.max_stale,
+        capacity: raw.capacity,
+        store_timeout: CacheConfig::default().store_timeout,
+    })
+}
+
+fn validate_routes(
+    raw: Vec<RawRoute>,
+    unmatched: Option<String>,
+) -> Result<RouteTable, ConfigError> {
+    let unmatched = unmatched.ok_or_else(|| {
+        invalid(
+            "auth.unmatched",
+            "missing: say what a key may do on paths no [[route]] matches: \"deny\", \"allow\" (any valid key) or \"scope:NAME\"",
+        )
+    })?;
+    let unmatched = Unmatched::parse(&unmatched).map_err(|e| invalid("auth.unmatched", e))?;
+    let mut routes = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let name = format!("route[{i}] ({})", r.path);
+        let bad = |m: String| invalid("route", format!("{name}: {m}"));
+        let path = PathPattern::parse(&r.path).map_err(bad)?;
+        let methods = r
+            .methods
+            .iter()
+            .map(|m| {
+                let upper = m.to_ascii_uppercase();
+                match upper.as_str() {
+                    "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS"
+                    | "CONNECT" | "TRACE" => {
+                        Ok(http::Method::from_bytes(upper.as_bytes()).expect("known"))
+                    }
+                    _ => Err(bad(format!("unknown method {m:?}"))),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for scope in r.scopes.iter().chain(&r.scopes_all) {
+            check_scope(scope, false).map_err(bad)?;
+        }
+        let environments = r
+            .environments
+            .iter()
+            .map(|e| match e.as_str() {
+                "live" => Ok(Environment::Live),
+                "test" => Ok(Environment::Test),
+                other => Err(bad(format!(
+                    "environment {other:?}: use \"live\" or \"test\""
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        routes.push(Route {
+            path,
+            methods,
+            scopes: r.scopes,
+            scopes_all: r.scopes_all,
+            environments,
+        });
+    }
+    RouteTable::new(routes, unmatched).map_err(|m| invalid("route", m))
+}
+
+fn parse_addr(field: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse().map_err(|_| {
+        invalid(
+            field,
+            format!("{s:?} is not an IP:PORT address, e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
+        )
+    })
+}

@@ -1,0 +1,57 @@
+-- One atomic change to keygate's keys: checks everything first (duplicate hash or id, owner
+-- caps, compare-and-set of updated records), then writes, bumps the epoch, records each changed
+-- hash in the change log and publishes it. A failed check writes nothing.
+--
+-- KEYS: epoch, changes (sorted set), ids (sorted set), then per insert: key:<hash>, id:<id>,
+--       owner:<owner>; then per update: key:<hash>, owner:<owner>.
+-- ARGV: channel, max_per_owner (0: none), #inserts, #updates, then per insert: hash, id,
+--       record JSON, created_ms, live (1/0); then per update: hash, id, expected JSON,
+--       new JSON, live (1/0).
+local channel, max = ARGV[1], tonumber(ARGV[2])
+local ni, nu = tonumber(ARGV[3]), tonumber(ARGV[4])
+local k, a = 4, 5
+local held = {}
+for i = 1, ni do
+  if redis.call('EXISTS', KEYS[k]) == 1 or redis.call('EXISTS', KEYS[k + 1]) == 1 then
+    return redis.error_reply('KG_DUPLICATE')
+  end
+  if max > 0 and ARGV[a + 4] == '1' then
+    local owner = KEYS[k + 2]
+    held[owner] = (held[owner] or redis.call('SCARD', owner)) + 1
+    if held[owner] > max then return redis.error_reply('KG_OWNER_CAP') end
+  end
+  k, a = k + 3, a + 5
+end
+for i = 1, nu do
+  if redis.call('GET', KEYS[k]) ~= ARGV[a + 2] then return redis.error_reply('KG_CHANGED') end
+  k, a = k + 2, a + 5
+end
+local t = redis.call('TIME')
+local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
+local epoch = redis.call('INCR', KEYS[1])
+local changed = {}
+k, a = 4, 5
+for i = 1, ni do
+  redis.call('SET', KEYS[k], ARGV[a + 2])
+  redis.call('SET', KEYS[k + 1], ARGV[a])
+  redis.call('ZADD', KEYS[3], ARGV[a + 3], ARGV[a + 1])
+  if ARGV[a + 4] == '1' then redis.call('SADD', KEYS[k + 2], ARGV[a + 1]) end
+  changed[#changed + 1] = ARGV[a]
+  k, a = k + 3, a + 5
+end
+for i = 1, nu do
+  redis.call('SET', KEYS[k], ARGV[a + 3])
+  if ARGV[a + 4] == '1' then
+    redis.call('SADD', KEYS[k + 1], ARGV[a + 1])
+  else
+    redis.call('SREM', KEYS[k + 1], ARGV[a + 1])
+  end
+  changed[#changed + 1] = ARGV[a]
+  k, a = k + 2, a + 5
+end
+for _, h in ipairs(changed) do
+  redis.call('ZADD', KEYS[2], epoch, h)
+  redis.call('PUBLISH', channel, epoch .. ' ' .. h .. ' ' .. now_ms)
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (epoch - 100000))
+return epoch
