@@ -357,3 +357,55 @@ async fn a_lost_change_message_is_caught_by_the_epoch_poll() {
         "bounded by the 1 s epoch poll, took {took:?}"
     );
 }
+
+#[tokio::test]
+async fn rediss_with_a_private_ca_and_a_password_from_a_file() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(certs_dir.path());
+    let tls_port = common::redis::free_port().to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-ca-cert-file",
+        ca.to_str().unwrap(),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "s3cret-pass",
+    ]);
+    let password_file = certs_dir.path().join("redis-password");
+    std::fs::write(&password_file, "s3cret-pass\n").unwrap();
+    let up = Upstream::start().await;
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"rediss://localhost:{tls_port}\"\n\
+         ca_file = {ca:?}\npassword_file = {password_file:?}\n"
+    );
+    let ws = Workspace::with_store(&up.url(), &store, "");
+    let (_, api_key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let reply = get(&kg.url("/"), &[("x-api-key", &api_key)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+    assert!(
+        !kg.all_logs().contains("s3cret-pass"),
+        "the password reached the logs"
+    );
+    // The server refuses clients without the password, so the 200 above used the one read
+    // from the file; and the store port speaks only TLS, verified against the private CA.
+    assert!(redis.cli(&["PING"]).contains("NOAUTH"));
+
+    // A CA that did not sign the server's certificate is refused: 503, not a silent fallback.
+    let other = tempfile::tempdir().unwrap();
+    let (wrong_ca, _, _) = test_certificates(other.path());
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"rediss://localhost:{tls_port}\"\n\
+         ca_file = {wrong_ca:?}\npassword_file = {password_file:?}\n"
+    );
+    let ws2 = Workspace::with_store(&up.url(), &store, "");
+    let kg2 = ws2.serve();
+    let reply = get(&kg2.url("/"), &[("x-api-key", &api_key)]).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+}

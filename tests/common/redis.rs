@@ -109,7 +109,9 @@ pub fn cli(port: u16, args: &[&str]) -> String {
 fn wait_for_ping(port: u16) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
-        if cli(port, &["PING"]).trim() == "PONG" {
+        let answer = cli(port, &["PING"]);
+        // NOAUTH: up, and protected by a password.
+        if answer.trim() == "PONG" || answer.contains("NOAUTH") {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
