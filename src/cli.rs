@@ -119,9 +119,13 @@ pub struct CreateArgs {
     /// The team or workspace that owns the key.
     #[arg(long, default_value = "default")]
     pub owner: String,
-    /// Rate-limit plan name.
+    /// Rate-limit plan, one of the config's [plans.*].
     #[arg(long)]
     pub plan: Option<String>,
+    /// Override one of the plan's limits for this key: per_second=50, per_hour=5000, …
+    /// (repeatable).
+    #[arg(long = "limit", value_name = "NAME=N")]
+    pub limit: Vec<String>,
     /// Lifetime: 30d, 90d, 12h, … or never.
     #[arg(long, conflicts_with = "expires_at")]
     pub expires_in: Option<String>,
@@ -220,7 +224,7 @@ async fn keys_command(
         KeysCommand::Create(args) => {
             let now = SystemTime::now();
             let count = args.count as usize;
-            let spec = spec_from(*args, now)?;
+            let spec = spec_from(*args, config, now)?;
             let policy = KeyPolicy::from(&config.keys);
             let created = manage::create_many(store, &policy, spec, count, now).await?;
             if let [one] = created.as_slice() {
@@ -272,7 +276,27 @@ async fn keys_command(
     Ok(())
 }
 
-fn spec_from(args: CreateArgs, now: SystemTime) -> Result<KeySpec, CliError> {
+fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySpec, CliError> {
+    if let Some(plan) = &args.plan
+        && !config.limits.plans.contains_key(plan)
+    {
+        let known: Vec<&String> = config.limits.plans.keys().collect();
+        return Err(CliError::Usage(format!(
+            "--plan {plan:?}: no [plans.{plan}] in the config (defined: {known:?})"
+        )));
+    }
+    let mut limits = crate::limits::Limits::default();
+    for item in &args.limit {
+        let (name, value) = item.split_once('=').ok_or_else(|| {
+            CliError::Usage(format!("--limit {item:?}: use NAME=N, e.g. per_hour=5000"))
+        })?;
+        let value: u64 = value
+            .parse()
+            .map_err(|_| CliError::Usage(format!("--limit {item:?}: {value:?} is not a number")))?;
+        limits
+            .set(name, value)
+            .map_err(|e| CliError::Usage(format!("--limit: {e}")))?;
+    }
     let allowed_cidrs = args
         .allow_ip
         .iter()
@@ -305,6 +329,7 @@ fn spec_from(args: CreateArgs, now: SystemTime) -> Result<KeySpec, CliError> {
         allowed_cidrs,
         expires_at,
         plan: args.plan,
+        limits,
         workspace: args.workspace,
         project: args.project,
     })

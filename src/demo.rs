@@ -39,6 +39,7 @@ pub async fn run(shutdown: CancellationToken, mut out: impl Write) -> Result<(),
         allowed_cidrs: Vec::new(),
         expires_at: None,
         plan: None,
+        limits: Default::default(),
         workspace: None,
         project: None,
     };

@@ -16,6 +16,7 @@
 //! - [`routes`]: route rules, path patterns, path normalization, scope matching.
 //! - [`forward`]: the upstream client and header hygiene (hop-by-hop, credentials,
 //!   `X-Forwarded-*`, identity headers).
+//! - [`limits`]: plans, GCRA for short windows, calendar quotas, rate-limit headers.
 //! - [`reject`]: every refusal, and its status + JSON body.
 //!
 //! Around it:
@@ -35,6 +36,7 @@ pub mod demo;
 pub mod echo;
 pub mod forward;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod reject;

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -16,6 +16,7 @@ use crate::credential;
 use crate::forward::{self, Forwarder, Origin};
 use crate::keys::cache::KeyCache;
 use crate::keys::{KeyHash, KeyRecord};
+use crate::limits::{self, Limiter, WindowState};
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::routes;
@@ -26,23 +27,30 @@ pub type Body = Either<Incoming, Full<Bytes>>;
 pub struct Proxy {
     config: Arc<Config>,
     keys: Arc<KeyCache>,
+    limiter: Limiter,
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
 }
 
-/// What the access log records about one request; stages fill it in as they learn it.
+/// What `handle` needs to know about one request after `admit`; stages fill it in as they
+/// learn it.
 #[derive(Default)]
 struct Audit {
     key: Option<Arc<KeyRecord>>,
     client_ip: Option<std::net::IpAddr>,
+    /// The most constraining rate-limit window, for the response headers.
+    limit: Option<WindowState>,
+    now_secs: u64,
 }
 
 impl Proxy {
     pub fn new(config: Arc<Config>, keys: Arc<KeyCache>, metrics: Arc<Metrics>) -> Self {
         let forwarder = Forwarder::new(&config.upstream, &config.auth.credential_headers);
+        let limiter = Limiter::new(config.limits.clone(), config.cache.capacity);
         Self {
             config,
             keys,
+            limiter,
             forwarder,
             metrics,
         }
@@ -57,13 +65,21 @@ impl Proxy {
         let path = req.uri().path().to_owned();
         let mut audit = Audit::default();
         let outcome = self.admit(req, peer, &mut audit).await;
-        let (response, decision) = match outcome {
+        let (mut response, decision) = match outcome {
             Ok(response) => (response.map(Either::Left), "allowed"),
             Err(reject) => {
                 let code = reject.code();
                 (reject.into_response().map(Either::Right), code)
             }
         };
+        if let Some(window) = &audit.limit {
+            limits::headers::apply(
+                response.headers_mut(),
+                window,
+                audit.now_secs,
+                self.limiter.reset_style(),
+            );
+        }
         self.metrics.request(decision, response.status().as_u16());
         if self.config.log.access {
             let key = audit.key.as_deref();
@@ -134,9 +150,10 @@ impl Proxy {
         let claims = credential::parse_key(key, &self.config.keys.prefix)?;
 
         // 5. Do we know it? Only the hash is ever looked up or stored.
+        let hash = KeyHash::of(key);
         let record = self
             .keys
-            .lookup(KeyHash::of(key))
+            .lookup(hash)
             .await
             .map_err(|e| {
                 tracing::error!(error = %e, "key store lookup failed");
@@ -147,11 +164,12 @@ impl Proxy {
 
         // 6. May it make this request? Status, expiry, IP allowlist, environment, key type,
         //    route scopes, workspace/project binding.
+        let now = SystemTime::now();
         let facts = RequestFacts {
             method: req.method(),
             path: req.uri().path(),
             client_ip,
-            now: SystemTime::now(),
+            now,
         };
         let policy = Policy {
             routes: &self.config.routes,
@@ -159,7 +177,18 @@ impl Proxy {
         };
         authz::authorize(&record, claims, &facts, &policy)?;
 
-        // 7. Forward, without the key and with the verified identity.
+        // 7. Within its plan? Only a request that may be served counts against a quota; a
+        //    refusal by any window counts in none.
+        audit.now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        match self.limiter.admit(hash, &record, now) {
+            Ok(window) => audit.limit = window,
+            Err(refused) => {
+                audit.limit = Some(refused.window);
+                return Err(Reject::RateLimitExceeded(refused));
+            }
+        }
+
+        // 8. Forward, without the key and with the verified identity.
         let req = self.forwarder.prepare(req, &origin(Some(&record)));
         self.forwarder.send(req).await
     }

@@ -27,6 +27,7 @@ pub enum Reject {
     InsufficientPermissions(Denial),
     IpNotAllowed(IpAddr),
     KeySuspended,
+    RateLimitExceeded(crate::limits::Refusal),
     KeyStoreUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
@@ -90,6 +91,7 @@ impl Reject {
             Self::InsufficientPermissions(_) | Self::IpNotAllowed(_) | Self::KeySuspended => {
                 StatusCode::FORBIDDEN
             }
+            Self::RateLimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -107,6 +109,7 @@ impl Reject {
             Self::InsufficientPermissions(_) => "insufficient_permissions",
             Self::IpNotAllowed(_) => "ip_not_allowed",
             Self::KeySuspended => "key_suspended",
+            Self::RateLimitExceeded(_) => "rate_limit_exceeded",
             Self::KeyStoreUnavailable => "key_store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -122,6 +125,7 @@ impl Reject {
                 "authorization_error"
             }
             Self::ConflictingCredentials | Self::InvalidPath => "invalid_request_error",
+            Self::RateLimitExceeded(_) => "rate_limit_error",
             Self::KeyStoreUnavailable | Self::UpstreamUnavailable | Self::UpstreamTimeout => {
                 "api_error"
             }
@@ -147,6 +151,12 @@ impl Reject {
                 format!("Requests from IP address {ip} are not allowed for this API key")
             }
             Self::KeySuspended => "The API key provided has been suspended".into(),
+            Self::RateLimitExceeded(r) => format!(
+                "Rate limit exceeded: {} requests {}; retry after {} s",
+                r.window.limit,
+                r.window.name.replace('_', " "),
+                r.retry_after
+            ),
             Self::KeyStoreUnavailable => {
                 "The API key could not be verified right now; retry shortly".into()
             }
@@ -156,9 +166,10 @@ impl Reject {
     }
 
     /// Seconds a client should wait before retrying, where waiting helps.
-    fn retry_after(&self) -> Option<u32> {
+    fn retry_after(&self) -> Option<u64> {
         match self {
             Self::KeyStoreUnavailable => Some(1),
+            Self::RateLimitExceeded(r) => Some(r.retry_after),
             _ => None,
         }
     }
@@ -221,6 +232,21 @@ mod tests {
                 400,
                 "conflicting_api_keys",
                 "invalid_request_error",
+            ),
+            (
+                Reject::RateLimitExceeded(crate::limits::Refusal {
+                    window: crate::limits::WindowState {
+                        name: "per_hour",
+                        limit: 1000,
+                        remaining: 0,
+                        reset_secs: 30,
+                        window_secs: 3600,
+                    },
+                    retry_after: 30,
+                }),
+                429,
+                "rate_limit_exceeded",
+                "rate_limit_error",
             ),
             (
                 Reject::IpNotAllowed("10.1.2.3".parse().unwrap()),

@@ -18,7 +18,7 @@ fn json(out: &std::process::Output) -> Value {
 
 #[test]
 fn keys_lifecycle_never_shows_the_secret_twice() {
-    let ws = Workspace::new("http://127.0.0.1:9", "");
+    let ws = Workspace::new("http://127.0.0.1:9", "[plans.pro]\nper_hour = 1000\n");
     let created = json(&ws.cli(&[
         "keys",
         "create",

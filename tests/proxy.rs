@@ -360,10 +360,11 @@ async fn a_100_mb_upload_streams_through_without_being_buffered() {
         before >> 20,
         peak >> 20
     );
+    // Buffering would add ~100 MiB; streaming adds a few socket buffers' worth.
     assert!(
-        peak < 40 * 1024 * 1024,
-        "peak RSS {} MiB for a 100 MiB body",
-        peak >> 20
+        peak - before < 32 * 1024 * 1024,
+        "peak RSS grew {} MiB for a 100 MiB body",
+        (peak - before) >> 20
     );
 }
 

@@ -26,6 +26,7 @@ fn spec(owner: &str) -> KeySpec {
         allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         expires_at: None,
         plan: Some("pro".into()),
+        limits: Default::default(),
         workspace: Some("ws_1".into()),
         project: None,
     }

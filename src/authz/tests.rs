@@ -15,6 +15,7 @@ fn record() -> KeyRecord {
         allowed_cidrs: vec![],
         expires_at: None,
         plan: None,
+        limits: Default::default(),
         workspace: None,
         project: None,
         status: Status::Active,

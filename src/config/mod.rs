@@ -57,6 +57,7 @@ pub struct Config {
     pub upstream: Upstream,
     pub store: StoreConfig,
     pub cache: CacheConfig,
+    pub limits: crate::limits::LimitsConfig,
     pub keys: KeysConfig,
     pub auth: AuthConfig,
     pub network: Network,

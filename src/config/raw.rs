@@ -28,6 +28,10 @@ pub struct RawConfig {
     pub(super) network: RawNetwork,
     #[serde(default)]
     pub(super) log: RawLog,
+    #[serde(default)]
+    pub(super) plans: std::collections::BTreeMap<String, crate::limits::Limits>,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
     /// `[[route]]` rules, in order.
     #[serde(default)]
     pub(super) route: Vec<RawRoute>,
@@ -139,6 +143,26 @@ impl Default for RawStore {
             namespace: "keygate".into(),
             timeout: Duration::from_millis(250),
             epoch_poll: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLimits {
+    pub(super) default_plan: Option<String>,
+    pub(super) sandbox_plan: Option<String>,
+    pub(super) reset: String,
+    pub(super) local_share: f64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            default_plan: None,
+            sandbox_plan: None,
+            reset: "epoch".into(),
+            local_share: 1.0,
         }
     }
 }

@@ -77,6 +77,7 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
 
+        let limits = validate_limits(raw.plans, raw.limits)?;
         let unmatched = raw.auth.unmatched.clone();
         let auth = validate_auth(raw.auth)?;
         let routes = validate_routes(raw.route, unmatched)?;
@@ -130,6 +131,7 @@ impl TryFrom<RawConfig> for Config {
             },
             store,
             cache,
+            limits,
             keys: KeysConfig {
                 prefix,
                 max_per_owner: raw.keys.max_per_owner,
@@ -330,6 +332,64 @@ fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
             format!("unknown store {other:?}; use \"file\" or \"redis\""),
         )),
     }
+}
+
+fn validate_limits(
+    plans: std::collections::BTreeMap<String, crate::limits::Limits>,
+    raw: super::raw::RawLimits,
+) -> Result<crate::limits::LimitsConfig, ConfigError> {
+    use crate::limits::{LimitsConfig, ResetStyle};
+    for (name, limits) in &plans {
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err(invalid(
+                "plans",
+                format!("plan name {name:?}: use letters, digits, _ or -"),
+            ));
+        }
+        if limits.is_empty() {
+            return Err(invalid("plans", format!("[plans.{name}] sets no limit")));
+        }
+        limits
+            .check()
+            .map_err(|e| invalid("plans", format!("[plans.{name}]: {e}")))?;
+    }
+    for (field, plan) in [
+        ("limits.default_plan", &raw.default_plan),
+        ("limits.sandbox_plan", &raw.sandbox_plan),
+    ] {
+        if let Some(p) = plan
+            && !plans.contains_key(p)
+        {
+            return Err(invalid(field, format!("no [plans.{p}] is defined")));
+        }
+    }
+    let reset = match raw.reset.as_str() {
+        "epoch" => ResetStyle::Epoch,
+        "delta" => ResetStyle::Delta,
+        other => {
+            return Err(invalid(
+                "limits.reset",
+                format!("{other:?}: use \"epoch\" (Unix time) or \"delta\" (seconds from now)"),
+            ));
+        }
+    };
+    if !(raw.local_share > 0.0 && raw.local_share <= 1.0) {
+        return Err(invalid(
+            "limits.local_share",
+            "must be in (0, 1]: 1/N with N sidecars sharing a key's short-window limits",
+        ));
+    }
+    Ok(LimitsConfig {
+        plans,
+        default_plan: raw.default_plan,
+        sandbox_plan: raw.sandbox_plan,
+        reset,
+        local_share: raw.local_share,
+    })
 }
 
 fn validate_cache(raw: RawCache) -> Result<CacheConfig, ConfigError> {

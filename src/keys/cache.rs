@@ -357,6 +357,7 @@ mod tests {
             allowed_cidrs: vec![],
             expires_at: None,
             plan: None,
+            limits: Default::default(),
             workspace: None,
             project: None,
             status,

@@ -431,6 +431,7 @@ mod tests {
             allowed_cidrs: vec![],
             expires_at: None,
             plan: None,
+            limits: Default::default(),
             workspace: None,
             project: None,
         }

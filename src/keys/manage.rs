@@ -26,6 +26,7 @@ pub struct KeySpec {
     pub allowed_cidrs: Vec<IpNet>,
     pub expires_at: Option<SystemTime>,
     pub plan: Option<String>,
+    pub limits: crate::limits::Limits,
     pub workspace: Option<String>,
     pub project: Option<String>,
 }
@@ -177,6 +178,7 @@ pub async fn rotate(
             allowed_cidrs: before.allowed_cidrs.clone(),
             expires_at: before.expires_at.filter(|at| *at > now),
             plan: before.plan.clone(),
+            limits: before.limits.clone(),
             workspace: before.workspace.clone(),
             project: before.project.clone(),
         };
@@ -234,6 +236,7 @@ fn new_key(policy: &KeyPolicy, spec: &KeySpec, now: SystemTime) -> Result<Create
         allowed_cidrs: spec.allowed_cidrs.clone(),
         expires_at: spec.expires_at,
         plan: spec.plan.clone(),
+        limits: spec.limits.clone(),
         workspace: spec.workspace.clone(),
         project: spec.project.clone(),
         status: Status::Active,
@@ -254,6 +257,9 @@ fn validate_spec(spec: &KeySpec) -> Result<(), StoreError> {
     if !printable(&spec.owner) {
         return bad("--owner must be 1-200 printable characters".into());
     }
+    spec.limits
+        .check()
+        .map_err(|e| StoreError::InvalidSpec(format!("--limit: {e}")))?;
     if spec.scopes.is_empty() {
         return bad("--scopes needs at least one scope (e.g. content:read, or * for all)".into());
     }

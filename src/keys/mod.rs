@@ -180,6 +180,9 @@ pub struct KeyRecord {
     pub expires_at: Option<SystemTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
+    /// Limits that override the plan's for this key only.
+    #[serde(default, skip_serializing_if = "crate::limits::Limits::is_empty")]
+    pub limits: crate::limits::Limits,
     /// Binding: the key only works on `{workspace}` routes for this workspace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspace: Option<String>,
