@@ -11,7 +11,7 @@
 //!   the last good keys keep serving. Polling rather than inotify also follows Kubernetes
 //!   Secret volumes, which swap a symlink instead of writing the file.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
@@ -244,17 +244,18 @@ impl KeyStore for FileStore {
                 }
                 entry.record = update.after.clone();
             }
-            for (hash, record) in &batch.inserts {
-                if keys
-                    .iter()
-                    .any(|e| e.hash == *hash || e.record.id == record.id)
-                {
-                    return Err(StoreError::Duplicate);
+            if !batch.inserts.is_empty() {
+                let mut hashes: HashSet<KeyHash> = keys.iter().map(|e| e.hash).collect();
+                let mut ids: HashSet<String> = keys.iter().map(|e| e.record.id.clone()).collect();
+                for (hash, record) in &batch.inserts {
+                    if !hashes.insert(*hash) || !ids.insert(record.id.clone()) {
+                        return Err(StoreError::Duplicate);
+                    }
+                    keys.push(Entry {
+                        hash: *hash,
+                        record: record.clone(),
+                    });
                 }
-                keys.push(Entry {
-                    hash: *hash,
-                    record: record.clone(),
-                });
             }
             if let Some(max) = batch.max_per_owner {
                 let mut held: HashMap<&str, u32> = HashMap::new();
@@ -362,7 +363,7 @@ fn read_document(path: &Path) -> Result<(Document, Option<Fingerprint>), StoreEr
 
 fn index_of(path: &Path, doc: Document) -> Result<Index, StoreError> {
     let mut index = Index::with_capacity_and_hasher(doc.keys.len(), KeyHashState::default());
-    let mut ids = std::collections::HashSet::with_capacity(doc.keys.len());
+    let mut ids = HashSet::with_capacity(doc.keys.len());
     for Entry { hash, record } in doc.keys {
         if !ids.insert(record.id.clone()) || index.contains_key(&hash) {
             return Err(StoreError::Corrupt {
