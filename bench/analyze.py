@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Summaries for bench/run.sh: medians of clean runs, per-round ratios, chart data.
+
+    analyze.py throughput RESULTS_TSV STEAL_MAX WORKDIR   markdown tables on stdout, WORKDIR/chart.dat
+    analyze.py latency    LATENCY_TSV STEAL_MAX WORKDIR   markdown table on stdout
+    analyze.py oha-line   OHA_JSON ID STEAL BUSY          one progress line
+
+results.tsv rows: round, scenario, steal %, CPU-0 busy %, then the k=v fields of bench.lua's
+RESULT line (rps, requests, p50_us, p90_us, p99_us, p999_us, max_us, mean_us, non2xx3xx,
+err_connect, err_read, err_write, err_timeout) and other= (CPU % of one core used by
+processes other than the servers and wrk). Standard library only.
+"""
+
+import json
+import statistics
+import sys
+
+ORDER = [
+    "direct", "nginx_plain", "nginx_auth", "haproxy_plain", "haproxy_auth",
+    "kg_a", "kg_b", "kg_c", "kg_d", "kg_e",
+]
+LABEL = {
+    "direct": "direct upstream",
+    "nginx_plain": "nginx plain",
+    "nginx_auth": "nginx key+limit",
+    "haproxy_plain": "HAProxy plain",
+    "haproxy_auth": "HAProxy key+limit",
+    "kg_a": "keygate (a) public path",
+    "kg_b": "keygate (b) file store",
+    "kg_c": "keygate (c) plans",
+    "kg_d": "keygate (d) Redis store",
+    "kg_e": "keygate (e) unknown keys",
+}
+# (numerator, denominator, what it answers)
+RATIOS = [
+    ("kg_b", "haproxy_auth", "keygate(b) / HAProxy key+limit"),
+    ("kg_b", "nginx_auth", "keygate(b) / nginx key+limit"),
+    ("kg_b", "kg_a", "keygate(b) / keygate(a): cost of the key check"),
+    ("kg_e", "kg_b", "keygate(e) / keygate(b): refusing vs forwarding"),
+    ("kg_d", "kg_b", "keygate(d) / keygate(b): Redis store vs file store"),
+    ("kg_a", "haproxy_plain", "keygate(a) / HAProxy plain: bare proxying"),
+    ("haproxy_auth", "haproxy_plain", "HAProxy key+limit / HAProxy plain"),
+    ("nginx_auth", "haproxy_plain", "nginx key+limit / HAProxy plain"),
+]
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def load_runs(path):
+    runs = []
+    with open(path) as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) < 5:
+                continue
+            run = {"round": cols[0], "id": cols[1], "steal": float(cols[2]), "busy": float(cols[3])}
+            for kv in cols[4:]:
+                k, _, v = kv.partition("=")
+                run[k] = float(v)
+            runs.append(run)
+    return runs
+
+
+def throughput(path, steal_max, work, other_max):
+    runs = load_runs(path)
+    ids = [i for i in ORDER if any(r["id"] == i for r in runs)]
+    rounds = sorted({r["round"] for r in runs}, key=int)
+    clean = lambda r: (r is not None and "rps" in r and r["steal"] <= steal_max
+                       and r.get("other", 0) <= other_max)
+    # A scenario may have been re-run within its round: its clean attempt counts, else the last.
+    by = {}
+    for r in runs:
+        key = (r["round"], r["id"])
+        if key not in by or not clean(by[key]):
+            by[key] = r
+
+    print("### Per round: req/s (steal %%, other processes' CPU %% during the run; "
+          "`*` = dropped: steal > %.1f%% or other > %.1f%% of a CPU)\n" % (steal_max, other_max))
+    print("| scenario | " + " | ".join("r" + x for x in rounds) + " |")
+    print("|---|" + "---:|" * len(rounds))
+    for i in ids:
+        cells = []
+        for x in rounds:
+            r = by.get((x, i))
+            if r is None or "rps" not in r:
+                cells.append("–")
+            else:
+                cells.append("%s%.0f (%.1f, %.1f)" % ("" if clean(r) else "*", r["rps"], r["steal"],
+                                                      r.get("other", float("nan"))))
+        print("| %s | %s |" % (LABEL[i], " | ".join(cells)))
+
+    print("\n### Medians of clean runs\n")
+    print("| scenario | clean runs | req/s | p50 µs | p99 µs | p99.9 µs | CPU-0 busy % | non-2xx/3xx | socket errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    chart = []
+    for i in ids:
+        ok = [by[(x, i)] for x in rounds if clean(by.get((x, i)))]
+        all_runs = [r for r in runs if r["id"] == i and "rps" in r]  # retries included
+        non2xx = sum(r["non2xx3xx"] for r in all_runs)
+        reqs = sum(r["requests"] for r in all_runs)
+        errs = sum(r["err_connect"] + r["err_read"] + r["err_write"] + r["err_timeout"] for r in all_runs)
+        m = {k: med([r[k] for r in ok]) for k in ("rps", "p50_us", "p99_us", "p999_us", "busy")}
+        print("| %s | %d/%d | %.0f | %.0f | %.0f | %.0f | %.0f | %d of %d | %d |" % (
+            LABEL[i], len(ok), len(rounds), m["rps"], m["p50_us"], m["p99_us"], m["p999_us"],
+            m["busy"], non2xx, reqs, errs))
+        chart.append((LABEL[i], m["rps"], m["p99_us"]))
+    with open(work + "/chart.dat", "w") as f:
+        for label, rps, p99 in chart:
+            f.write("%s\t%.1f\t%.1f\n" % (label, rps, p99))
+
+    print("\n### Per-round ratios of req/s (both runs of the round clean)\n")
+    print("| ratio | " + " | ".join("r" + x for x in rounds) + " | median | min–max |")
+    print("|---|" + "---:|" * (len(rounds) + 2))
+    for num, den, what in RATIOS:
+        if num not in ids or den not in ids:
+            continue
+        vals, cells = [], []
+        for x in rounds:
+            a, b = by.get((x, num)), by.get((x, den))
+            if clean(a) and clean(b) and b["rps"] > 0:
+                v = a["rps"] / b["rps"]
+                vals.append(v)
+                cells.append("%.2f" % v)
+            else:
+                cells.append("–")
+        rng = "%.2f–%.2f" % (min(vals), max(vals)) if vals else "–"
+        print("| %s | %s | **%.2f** | %s |" % (what, " | ".join(cells), med(vals), rng))
+
+    print("\n### Status checks\n")
+    print("- %d timed runs for %d rounds x %d scenarios (runs that were not clean are re-run in "
+          "their round, up to RETRIES times)" % (len(runs), len(rounds), len(ids)))
+    for i, want in (("kg_b", "all 2xx"), ("kg_d", "all 2xx"), ("kg_e", "all refused")):
+        rs = [r for r in runs if r["id"] == i and "rps" in r]
+        if not rs:
+            continue
+        non2xx = sum(r["non2xx3xx"] for r in rs)
+        reqs = sum(r["requests"] for r in rs)
+        verdict = {
+            "all 2xx": "OK" if non2xx == 0 else "NOT OK",
+            "all refused": "OK" if non2xx == reqs else "NOT OK",
+        }[want]
+        print("- %s: %d non-2xx/3xx of %d requests (want %s): %s" % (LABEL[i], non2xx, reqs, want, verdict))
+    try:
+        with open(work + "/checks.tsv") as f:
+            for line in f:
+                name, got, n = line.split()
+                if name == "e_sample_401":
+                    print("- keygate (e): %s of %s sampled requests (curl, one per key) answered 401 invalid_api_key" % (got, n))
+    except FileNotFoundError:
+        pass
+
+
+def oha_stats(path):
+    with open(path) as f:
+        d = json.load(f)
+    pct = d.get("latencyPercentiles", {})
+    summ = d.get("summary", {})
+    codes = d.get("statusCodeDistribution", {})
+    errors = d.get("errorDistribution", {})
+    return {
+        "rps": summ.get("requestsPerSec", float("nan")),
+        "p50_us": pct.get("p50", float("nan")) * 1e6,
+        "p99_us": pct.get("p99", float("nan")) * 1e6,
+        "p999_us": pct.get("p99.9", float("nan")) * 1e6,
+        "ok": sum(v for k, v in codes.items() if k.startswith("2")),
+        "non2xx": sum(v for k, v in codes.items() if not k.startswith("2")),
+        "errors": sum(errors.values()) if isinstance(errors, dict) else 0,
+    }
+
+
+def oha_line(path, ident, steal, busy, other="nan", servers="nan"):
+    try:
+        s = oha_stats(path)
+    except (OSError, ValueError) as e:
+        print("  %-14s unreadable oha output: %s" % (ident, e))
+        return
+    print("  %-14s rps=%.0f p50_us=%.0f p99_us=%.0f p999_us=%.0f 2xx=%d non2xx=%d errors=%d "
+          "steal=%s%% cpu0=%s%% servers=%s%% other=%s%%" % (
+              ident, s["rps"], s["p50_us"], s["p99_us"], s["p999_us"], s["ok"], s["non2xx"],
+              s["errors"], steal, busy, servers, other))
+
+
+def latency(path, steal_max, work, other_max):
+    rows = []
+    with open(path) as f:
+        for line in f:
+            rnd, ident, steal, busy, other, servers, out = line.rstrip("\n").split("\t")
+            try:
+                s = oha_stats(out)
+            except (OSError, ValueError):
+                continue
+            s.update(round=rnd, id=ident, steal=float(steal), busy=float(busy),
+                     other=float(other), servers=float(servers))
+            s["clean"] = s["steal"] <= steal_max and s["other"] <= other_max
+            rows.append(s)
+    ids = [i for i in ORDER if any(r["id"] == i for r in rows)]
+    n_rounds = len({r["round"] for r in rows})
+    direct = med([r["servers"] for r in rows if r["id"] == "direct" and r["clean"]])
+    print("### Fixed rate: medians of clean runs\n")
+    print("Servers CPU = CPU time of the servers under test (proxy + upstream) from their own "
+          "/proc/PID/stat, in % of one core; proxy µs/req = (servers CPU - direct's) / achieved rate.\n")
+    print("| scenario | clean runs | achieved req/s | p50 µs | p99 µs | p99.9 µs | CPU-0 busy % | servers CPU % | proxy CPU µs/req | non-2xx | errors |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i in ids:
+        ok = [r for r in rows if r["id"] == i and r["clean"]]
+        allr = [r for r in rows if r["id"] == i]
+        m = {k: med([r[k] for r in ok]) for k in ("rps", "p50_us", "p99_us", "p999_us", "busy", "servers")}
+        per_req = "–" if i == "direct" else "%.1f" % ((m["servers"] - direct) / 100 / m["rps"] * 1e6)
+        print("| %s | %d/%d | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %s | %d | %d |" % (
+            LABEL[i], len(ok), n_rounds, m["rps"], m["p50_us"], m["p99_us"], m["p999_us"], m["busy"],
+            m["servers"], per_req, sum(r["non2xx"] for r in allr), sum(r["errors"] for r in allr)))
+    print("\nEvery run (p50 / p99 µs; CPU-0 busy, servers CPU, other processes, steal in %; "
+          "`*` = not clean, re-run):\n")
+    for r in rows:
+        print("- r%s %s%s: %.0f / %.0f µs; busy %.1f, servers %.1f, other %.1f, steal %.2f" % (
+            r["round"], "" if r["clean"] else "*", LABEL[r["id"]], r["p50_us"], r["p99_us"],
+            r["busy"], r["servers"], r["other"], r["steal"]))
+
+
+def main(argv):
+    mode = argv[1]
+    if mode == "throughput":
+        throughput(argv[2], float(argv[3]), argv[4], float(argv[5]) if len(argv) > 5 else float("inf"))
+    elif mode == "latency":
+        latency(argv[2], float(argv[3]), argv[4], float(argv[5]) if len(argv) > 5 else float("inf"))
+    elif mode == "oha-line":
+        oha_line(*argv[2:8])
+    else:
+        sys.exit("unknown mode " + mode)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,822 @@
+#!/usr/bin/env bash
+# keygate load benchmark against nginx and HAProxy, on one machine. See bench/README.md.
+#
+#   bench/run.sh                 saturation throughput, scenarios interleaved round by round
+#   bench/run.sh latency         fixed-rate latency with oha (MODE=latency works too)
+#   bench/run.sh memory          keygate RSS with 10,000 and 1,000,000 keys in the store
+#
+# Servers run on CPU 0 (one worker each), the load generator on CPU 1. Everything the script
+# starts is stopped by PID on exit; it never kills anything by name.
+set -euo pipefail
+
+MODE="${1:-${MODE:-throughput}}"
+ROUNDS="${ROUNDS:-7}"                  # throughput: interleaved rounds (>= 7 for a stable median)
+DURATION="${DURATION:-5s}"             # throughput: wrk -d per run
+WARMUP="${WARMUP:-2s}"                 # throughput: one unrecorded run per scenario first
+STEAL_MAX="${STEAL_MAX:-2.0}"          # drop a run when CPU steal during it exceeds this %
+OTHER_MAX="${OTHER_MAX:-5.0}"          # ... or when other processes used more than this % of a CPU
+QUIET_WAIT="${QUIET_WAIT:-180}"        # before a run, wait up to this many s for an idle machine
+RETRIES="${RETRIES:-2}"                # re-run a scenario in its round this often if it was not clean
+LAT_ROUNDS="${LAT_ROUNDS:-3}"          # latency: interleaved rounds of every scenario
+LAT_RATE="${LAT_RATE:-5000}"           # latency: oha -q (req/s, total)
+LAT_DURATION="${LAT_DURATION:-10s}"    # latency: oha -z
+MEM_KEYS="${MEM_KEYS:-1000000}"        # memory: size of the large store
+MEM_CREATE_TIMEOUT="${MEM_CREATE_TIMEOUT:-300}"   # memory: seconds allowed for one `keys create`
+MEM_SCALING="${MEM_SCALING:-10000 25000 50000 100000}"   # memory: time `keys create --count N`
+MEM_SYNTH="${MEM_SYNTH:-1}"            # memory: if the CLI cannot make MEM_KEYS, synthesize them
+READY_TIMEOUT="${READY_TIMEOUT:-120}"  # seconds to wait for keygate /readyz
+BUILD="${BUILD:-1}"                    # 0: skip `cargo build --release`, use the binary there
+REV="${REV:-}"                         # e.g. HEAD: benchmark this commit, built in bench/work/
+SERVER_CPU=0
+LOAD_CPU=1
+NKEYS=10000          # keys in the benchmarked store (and in the nginx/HAProxy maps)
+NLOAD=1000           # of which the load uses this many (wrk_keys.txt)
+NINVALID=1000        # well-formed keys from a throw-away store, unknown to the benchmarked one
+
+ROOT="$(git rev-parse --show-toplevel)"
+SHARED="$(cd "$ROOT/../shared/bench" && pwd)"
+BENCH="$ROOT/bench"
+WORK="$BENCH/work"
+KG="$ROOT/target/release/keygate"
+RESULTS_TSV="$WORK/results.tsv"
+
+KG_PUBLIC=127.0.0.1:8090
+KG_ADMIN=127.0.0.1:9190
+KG_REDIS_PUBLIC=127.0.0.1:8091      # scenario d: a second keygate on the Redis store
+KG_REDIS_ADMIN=127.0.0.1:9191
+REDIS=127.0.0.1:6390
+UPSTREAM=127.0.0.1:8081
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# --------------------------------------------------------------------------------------------
+# Processes we started: "name pid" lines. cleanup() stops exactly these, by PID.
+# --------------------------------------------------------------------------------------------
+STARTED=()
+
+remember() { STARTED+=("$1 $2"); }
+forget() { # pid: after stopping it ourselves
+    local e keep=()
+    for e in "${STARTED[@]}"; do [ "${e##* }" = "$1" ] || keep+=("$e"); done
+    STARTED=("${keep[@]}")
+}
+
+# Running, and not a zombie waiting to be reaped.
+alive() {
+    local st
+    st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1) || return 1
+    [ -n "$st" ] && [ "$st" != Z ]
+}
+
+stop_pid() { # name pid signal
+    local name=$1 pid=$2 sig=$3 i
+    alive "$pid" || return 0
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do          # up to 10 s
+        alive "$pid" || return 0
+        sleep 0.1
+    done
+    log "$name (pid $pid) still running after SIG$sig; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+
+stop_started() { # name pid signal: stop one of ours now, and forget it
+    stop_pid "$@"
+    forget "$2"
+}
+
+cleanup() {
+    local rc=$? entry name pid sig i
+    set +e
+    # Newest first: the proxies let go of their upstream connections before the upstream stops.
+    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+        entry=${STARTED[i]}
+        name=${entry% *}
+        pid=${entry##* }
+        case $name in
+            nginx*) sig=TERM ;;      # fast shutdown; the master stops its worker
+            haproxy) sig=USR1 ;;     # soft stop
+            redis) sig=TERM ;;       # no persistence configured: exits at once
+            *) sig=TERM ;;           # keygate: graceful shutdown
+        esac
+        stop_pid "$name" "$pid" "$sig"
+    done
+    STARTED=()
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --------------------------------------------------------------------------------------------
+# Tools
+# --------------------------------------------------------------------------------------------
+APT_UPDATED=0
+apt_install() { # packages...
+    [ $# -gt 0 ] || return 0
+    [ "$(id -u)" = 0 ] || die "missing packages ($*) and not root: apt-get install -y $*"
+    if [ "$APT_UPDATED" = 0 ]; then
+        log "apt-get update"
+        apt-get update -qq
+        APT_UPDATED=1
+    fi
+    # Debian starts nginx/haproxy system services on install (nginx would take port 80).
+    # Keep that from happening with a temporary policy-rc.d when none exists.
+    local policy=/usr/sbin/policy-rc.d ours=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && ours=1
+    fi
+    log "apt-get install -y $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    [ "$ours" = 1 ] && rm -f "$policy"
+    return 0
+}
+
+ensure_tools() {
+    local need=()
+    command -v nginx >/dev/null || need+=(nginx)
+    command -v haproxy >/dev/null || need+=(haproxy)
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+    command -v curl >/dev/null || need+=(curl)
+    command -v jq >/dev/null || need+=(jq)
+    command -v python3 >/dev/null || need+=(python3)
+    command -v taskset >/dev/null || need+=(util-linux)
+    command -v ss >/dev/null || need+=(iproute2)
+    command -v redis-server >/dev/null || need+=(redis-server)   # scenario d
+    [ "$MODE" != memory ] || [ -x /usr/bin/time ] || need+=(time)
+    apt_install "${need[@]}"
+}
+
+OHA=""
+ensure_oha() {
+    OHA="$(command -v oha || true)"
+    [ -n "$OHA" ] || { [ -x "$HOME/.cargo/bin/oha" ] && OHA="$HOME/.cargo/bin/oha"; } || true
+    if [ -z "$OHA" ]; then
+        log "cargo install oha --locked (one-off, several minutes on 2 cores)"
+        cargo install oha --locked >"$WORK/logs/oha-install.log" 2>&1 \
+            || die "cargo install oha failed; see $WORK/logs/oha-install.log"
+        OHA="$HOME/.cargo/bin/oha"
+    fi
+    log "oha: $("$OHA" --version 2>/dev/null | head -1)"
+}
+
+build_keygate() {
+    if [ -n "$REV" ]; then
+        # A committed revision, built from a `git archive` copy in the scratch folder with its
+        # own target dir: the benchmark then names exactly what it measured, whatever state
+        # the working tree is in.
+        local sha src tree
+        sha=$(git -C "$ROOT" rev-parse --verify "$REV^{commit}") || die "REV=$REV is not a commit"
+        # Keyed by what the binary is built from, so commits that touch only tests or docs
+        # reuse the last build.
+        tree=$(git -C "$ROOT" rev-parse "$sha:src" "$sha:Cargo.toml" "$sha:Cargo.lock" | sha1sum | cut -c1-12)
+        src="$WORK/build-$tree"
+        KG="$src/target/release/keygate"
+        if [ ! -x "$KG" ]; then
+            log "building $REV (${sha:0:12}) from git archive in $src: cargo build --release"
+            rm -rf "$src"
+            mkdir -p "$src"
+            git -C "$ROOT" archive "$sha" | tar -x -C "$src"
+            (cd "$src" && cargo build --release --quiet) || die "cargo build --release of $REV failed"
+        fi
+        log "source: commit ${sha:0:12} ($(git -C "$ROOT" log -1 --format='%ad %s' --date=format:'%F %H:%M' "$sha")), build $src"
+        return 0
+    fi
+    if [ "$BUILD" = 0 ]; then
+        log "BUILD=0: using the existing $KG (built $(date -r "$KG" '+%F %T'))"
+    else
+        log "cargo build --release"
+        (cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release failed"
+    fi
+    [ -x "$KG" ] || die "$KG not found"
+    log "source: $(git -C "$ROOT" rev-parse --short HEAD), $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock | wc -l) changed paths in src/Cargo.* not committed"
+}
+
+# --------------------------------------------------------------------------------------------
+# Scratch folder, configs, keys
+# --------------------------------------------------------------------------------------------
+prepare_workdir() {
+    mkdir -p "$WORK"/{conf,run,logs,tmp,data}
+    rm -f "$WORK"/run/*.pid
+    local f
+    for f in upstream-nginx.conf peer-nginx.conf peer-haproxy.cfg bench.lua; do
+        [ -f "$SHARED/$f" ] || die "$SHARED/$f missing"
+    done
+    for f in upstream-nginx.conf peer-nginx.conf peer-haproxy.cfg; do
+        sed "s|@WORKDIR@|$WORK|g" "$SHARED/$f" >"$WORK/conf/$f"
+    done
+    sed "s|@WORKDIR@|$WORK|g" "$SHARED/bench.lua" >"$WORK/bench.lua"
+    # (a) public path: same stream, path /public/resource (the lua script sets the path, the
+    # URL's path is ignored by wrk.format).
+    sed 's|"/v1/resource"|"/public/resource"|' "$WORK/bench.lua" >"$WORK/bench-public.lua"
+    grep -q '"/public/resource"' "$WORK/bench-public.lua" || die "bench-public.lua: path not substituted"
+    # (e) invalid keys: same stream, keys read from wrk_keys_invalid.txt.
+    sed 's|/wrk_keys.txt"|/wrk_keys_invalid.txt"|' "$WORK/bench.lua" >"$WORK/bench-invalid.lua"
+    grep -q 'wrk_keys_invalid.txt' "$WORK/bench-invalid.lua" || die "bench-invalid.lua: keys file not substituted"
+}
+
+write_keygate_conf() { # file public admin store_path
+    cat >"$1" <<EOF
+# Written by bench/run.sh.
+[listen]
+public = "$2"
+admin = "$3"
+
+[upstream]
+url = "http://$UPSTREAM"
+
+[store]
+kind = "file"
+path = "$4"
+
+[auth]
+public_paths = ["/public/**"]
+unmatched = "allow"      # no [[route]] rules: any valid key may call any path
+
+[log]
+access = false
+level = "warn"
+EOF
+}
+
+create_keys() { # conf count out.jsonl
+    local t0=$SECONDS
+    "$KG" keys create -c "$1" --name bench --scopes '*' --env live --count "$2" >"$3" \
+        || die "keygate keys create --count $2 failed"
+    local n
+    n=$(wc -l <"$3")
+    [ "$n" = "$2" ] || die "keygate keys create --count $2 printed $n lines"
+    log "created $2 keys in $((SECONDS - t0)) s"
+}
+
+generate_keys() {
+    write_keygate_conf "$WORK/conf/keygate.toml" "$KG_PUBLIC" "$KG_ADMIN" "$WORK/data/keys.json"
+    # A second, throw-away store: its keys have valid checksums but the benchmarked store
+    # does not know them (scenario e). Its ports are never bound.
+    write_keygate_conf "$WORK/conf/keygate-throwaway.toml" 127.0.0.1:18090 127.0.0.1:19190 \
+        "$WORK/data/throwaway-keys.json"
+    rm -f "$WORK"/data/keys.json* "$WORK"/data/throwaway-keys.json*
+    # Scenario d: the same settings on the Redis store (its own keys, created once Redis runs).
+    sed -e 's|^kind = "file"|kind = "redis"|' -e "s|^path = .*|url = \"redis://$REDIS\"|" \
+        -e "s|^public = .*|public = \"$KG_REDIS_PUBLIC\"|" -e "s|^admin = .*|admin = \"$KG_REDIS_ADMIN\"|" \
+        "$WORK/conf/keygate.toml" >"$WORK/conf/keygate-redis.toml"
+
+    log "creating $NKEYS keys (one CLI call)"
+    create_keys "$WORK/conf/keygate.toml" "$NKEYS" "$WORK/data/keys.jsonl"
+    jq -r '.key' "$WORK/data/keys.jsonl" >"$WORK/data/keys.txt"
+    awk '{ printf "%s tenant%d\n", $1, NR }' "$WORK/data/keys.txt" >"$WORK/conf/keys.map"
+    awk '{ printf "\"%s\" tenant%d;\n", $1, NR }' "$WORK/data/keys.txt" >"$WORK/conf/keys.nginx.map"
+    head -n "$NLOAD" "$WORK/data/keys.txt" >"$WORK/wrk_keys.txt"
+
+    log "creating $NINVALID throw-away keys for scenario e"
+    create_keys "$WORK/conf/keygate-throwaway.toml" "$NINVALID" "$WORK/data/throwaway-keys.jsonl"
+    jq -r '.key' "$WORK/data/throwaway-keys.jsonl" >"$WORK/wrk_keys_invalid.txt"
+    if grep -qxFf "$WORK/wrk_keys_invalid.txt" "$WORK/data/keys.txt"; then
+        die "a throw-away key is also in the benchmarked store"
+    fi
+    rm -f "$WORK"/data/*.jsonl   # the secrets are not needed beyond the lists above
+}
+
+# --------------------------------------------------------------------------------------------
+# Servers
+# --------------------------------------------------------------------------------------------
+port_free() { [ -z "$(ss -ltnH "sport = :$1" 2>/dev/null)" ]; }
+
+check_ports() {
+    local p
+    for p in "$@"; do
+        port_free "$p" || die "port $p is already in use on this machine (left over from another run?); not touching it"
+    done
+}
+
+wait_pidfile() { # name file
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [ -s "$2" ] && kill -0 "$(cat "$2")" 2>/dev/null && { remember "$1" "$(cat "$2")"; return 0; }
+        sleep 0.1
+    done
+    die "$1 did not write $2; see $WORK/logs/"
+}
+
+start_nginx() { # name conf pidfile
+    taskset -c "$SERVER_CPU" nginx -q -p "$WORK" -e "$WORK/logs/$1-startup.err" -c "$2" \
+        || die "$1 failed to start; see $WORK/logs/$1-startup.err"
+    wait_pidfile "$1" "$3"
+}
+
+start_upstream() {
+    check_ports 8081
+    start_nginx nginx-upstream "$WORK/conf/upstream-nginx.conf" "$WORK/run/upstream.pid"
+}
+
+start_peers() {
+    check_ports 8082 8083 8084 8085
+    start_nginx nginx-proxy "$WORK/conf/peer-nginx.conf" "$WORK/run/proxy-nginx.pid"
+    taskset -c "$SERVER_CPU" haproxy -q -D -f "$WORK/conf/peer-haproxy.cfg" \
+        >"$WORK/logs/haproxy.out" 2>&1 || die "haproxy failed to start; see $WORK/logs/haproxy.out"
+    wait_pidfile haproxy "$WORK/run/haproxy.pid"
+}
+
+KG_PID=""
+# start_keygate name public admin [VAR=value ...]: extra env, e.g. KEYGATE_STORE__PATH=...
+start_keygate() {
+    local name=$1 public=$2 admin=$3 i t0
+    shift 3
+    check_ports "${public##*:}" "${admin##*:}"
+    t0=$(date +%s%N)
+    env TOKIO_WORKER_THREADS=1 KEYGATE_LISTEN__PUBLIC="$public" KEYGATE_LISTEN__ADMIN="$admin" "$@" \
+        taskset -c "$SERVER_CPU" "$KG" serve -c "${KG_CONF:-$WORK/conf/keygate.toml}" \
+        >"$WORK/logs/$name.out" 2>"$WORK/logs/$name.err" &
+    KG_PID=$!
+    remember "$name" "$KG_PID"
+    for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+        kill -0 "$KG_PID" 2>/dev/null || die "$name exited during start; see $WORK/logs/$name.err"
+        if curl -fsS -o /dev/null --max-time 1 "http://$admin/readyz" 2>/dev/null; then
+            KG_READY_MS=$((($(date +%s%N) - t0) / 1000000))
+            log "$name ready (pid $KG_PID, $KG_READY_MS ms); threads: $(thread_summary "$KG_PID")"
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "$name not ready after ${READY_TIMEOUT}s"
+}
+
+# "3 × tokio-runtime-w, 1 × keygate" style summary of a process's threads.
+thread_summary() {
+    cat /proc/"$1"/task/*/comm 2>/dev/null | sort | uniq -c | awk '{ printf "%s%d×%s", (NR>1?", ":""), $1, $2 }'
+}
+
+# rps and p99 of the last results.tsv row for a scenario id
+result_fields() {
+    awk -F'\t' -v id="$1" '$2 == id { line = $0 } END {
+        n = split(line, f, "\t"); out = ""
+        for (i = 5; i <= n; i++) if (f[i] ~ /^(rps|p50_us|p99_us|non2xx3xx)=/) out = out " " f[i]
+        print substr(out, 2) }' "$RESULTS_TSV"
+}
+
+# CPU seconds per thread, e.g. "keygate 0.01s, tokio-rt-worker 41.2s, tokio-rt-worker 0.1s":
+# shows that one worker thread did the work (blocking-pool threads carry the same name).
+thread_cpu() {
+    local t hz
+    hz=$(getconf CLK_TCK)
+    for t in /proc/"$1"/task/*; do
+        sed 's/.*) //' "$t/stat" | awk -v c="$(cat "$t/comm")" -v hz="$hz" '{ printf "%s %.1fs\n", c, ($12 + $13) / hz }'
+    done | paste -sd ',' | sed 's/,/, /g'
+}
+
+rss_kib() { awk -v f="$2" '$1 == f":" { print $2 }' /proc/"$1"/status; }
+
+# --------------------------------------------------------------------------------------------
+# Functional checks: every scenario answers what it should before it is timed
+# --------------------------------------------------------------------------------------------
+status_of() { # url [key]
+    if [ -n "${2:-}" ]; then
+        curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "x-api-key: $2" "$1"
+    else
+        curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$1"
+    fi
+}
+
+expect_status() { # what expected url [key]
+    local got
+    got=$(status_of "$3" "${4:-}")
+    if [ "$got" = "$2" ]; then
+        log "check ok: $1 -> $got"
+    else
+        die "check failed: $1 -> $got, expected $2"
+    fi
+}
+
+functional_checks() {
+    local good bad
+    good=$(head -1 "$WORK/wrk_keys.txt")
+    bad=$(head -1 "$WORK/wrk_keys_invalid.txt")
+    expect_status "direct" 200 "http://$UPSTREAM/v1/resource"
+    expect_status "nginx key+limit, valid key" 200 "http://127.0.0.1:8084/v1/resource" "$good"
+    expect_status "nginx key+limit, unknown key" 401 "http://127.0.0.1:8084/v1/resource" "$bad"
+    expect_status "haproxy key+limit, valid key" 200 "http://127.0.0.1:8085/v1/resource" "$good"
+    expect_status "haproxy key+limit, unknown key" 401 "http://127.0.0.1:8085/v1/resource" "$bad"
+    expect_status "keygate public path, no key" 200 "http://$KG_PUBLIC/public/resource"
+    expect_status "keygate valid key" 200 "http://$KG_PUBLIC/v1/resource" "$good"
+    expect_status "keygate no key" 401 "http://$KG_PUBLIC/v1/resource"
+    expect_status "keygate unknown (well-formed) key" 401 "http://$KG_PUBLIC/v1/resource" "$bad"
+    local body
+    body=$(curl -s --max-time 5 -H "x-api-key: $bad" "http://$KG_PUBLIC/v1/resource")
+    case $body in
+        *'"invalid_api_key"'*) log "check ok: unknown key is refused as invalid_api_key" ;;
+        *) die "unknown key: unexpected body: $body" ;;
+    esac
+    # Scenario e must be all 401s: sample 50 of its keys (wrk itself only counts non-2xx/3xx).
+    local k n401=0 n=0
+    while IFS= read -r k && [ "$n" -lt 50 ]; do
+        n=$((n + 1))
+        [ "$(status_of "http://$KG_PUBLIC/v1/resource" "$k")" = 401 ] && n401=$((n401 + 1))
+    done <"$WORK/wrk_keys_invalid.txt"
+    log "check: scenario e sample: $n401 of $n requests answered 401"
+    [ "$n401" = "$n" ] || die "scenario e keys are not all refused with 401"
+    printf 'e_sample_401\t%s\t%s\n' "$n401" "$n" >"$WORK/checks.tsv"
+}
+
+# --------------------------------------------------------------------------------------------
+# /proc/stat
+# --------------------------------------------------------------------------------------------
+# user nice system idle iowait irq softirq steal (guest time is already inside user/nice)
+cpu_sample() { awk -v c="${1:-cpu}" '$1 == c { print $2, $3, $4, $5, $6, $7, $8, $9 }' /proc/stat; }
+
+steal_pct() { # "before" "after"
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); t = 0
+        for (i = 1; i <= 8; i++) t += y[i] - x[i]
+        printf "%.2f", (t > 0 ? 100 * (y[8] - x[8]) / t : 0) }'
+}
+
+busy_pct() { # "before" "after": 100 - idle - iowait
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        split(a, x, " "); split(b, y, " "); t = 0
+        for (i = 1; i <= 8; i++) t += y[i] - x[i]
+        idle = (y[4] - x[4]) + (y[5] - x[5])
+        printf "%.1f", (t > 0 ? 100 * (t - idle) / t : 0) }'
+}
+
+# CPU jiffies (user+system) of the processes we started and their children (nginx workers).
+servers_jiffies() {
+    local e list=" "
+    for e in ${STARTED[@]+"${STARTED[@]}"}; do list+="${e##* } "; done
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v list="$list" '{
+        pid = $1; sub(/.*\) /, "")
+        if (index(list, " " pid " ") || index(list, " " $2 " ")) s += $12 + $13
+    } END { print s + 0 }'
+}
+
+# CPU time of the shell's reaped children (wrk runs as one), in jiffies, into the variable
+# named $1. `times` must run in this shell, not in a $(...) subshell, which has its own.
+children_jiffies() {
+    times >"$WORK/run/times.txt"
+    printf -v "$1" '%s' "$(awk -v hz="$(getconf CLK_TCK)" 'NR == 2 {
+        t = 0
+        for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+        printf "%d", t * hz + 0.5 }' "$WORK/run/times.txt")"
+}
+
+# Busy jiffies of all CPUs (user..softirq, no steal) and elapsed jiffies of one CPU.
+all_busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+one_cpu_elapsed() { awk '$1 == "cpu" { t = $2+$3+$4+$5+$6+$7+$8+$9 } $1 ~ /^cpu[0-9]+$/ { c++ } END { print int(t / c) }' /proc/stat; }
+
+# Waits (at most QUIET_WAIT s) until the whole machine is idle for one second: someone else's
+# compile on a 2-core box takes CPU 0 from the server under test and CPU 1 from wrk.
+wait_quiet() {
+    local i a b busy
+    for ((i = 0; i < QUIET_WAIT; i++)); do
+        a=$(cpu_sample cpu)
+        sleep 1
+        b=$(cpu_sample cpu)
+        busy=$(busy_pct "$a" "$b")
+        if awk -v b="$busy" 'BEGIN { exit !(b < 5) }'; then
+            [ "$i" = 0 ] || log "machine idle again after ${i}s"
+            return 0
+        fi
+        [ "$i" = 0 ] && log "machine busy (${busy}% of 2 CPUs) with nothing of ours running; waiting up to ${QUIET_WAIT}s"
+    done
+    log "still busy after ${QUIET_WAIT}s; running anyway (the run will be flagged)"
+}
+
+# --------------------------------------------------------------------------------------------
+# Throughput scenarios: one function each. scenario_<id> runs one timed wrk run.
+# A scenario is listed in SCENARIOS only if it can run in this build.
+# --------------------------------------------------------------------------------------------
+declare -A DESC=(
+    [direct]="direct upstream (nginx, :8081)"
+    [nginx_plain]="nginx plain proxy (:8082)"
+    [nginx_auth]="nginx key map + limit_req (:8084)"
+    [haproxy_plain]="HAProxy plain proxy (:8083)"
+    [haproxy_auth]="HAProxy key map + stick-table (:8085)"
+    [kg_a]="keygate (a) public path, no key check (:8090)"
+    [kg_b]="keygate (b) file store, valid keys (:8090)"
+    [kg_c]="keygate (c) plans with per-second/per-hour limits"
+    [kg_d]="keygate (d) Redis store + in-process cache, valid keys (:8091)"
+    [kg_e]="keygate (e) unknown well-formed keys -> 401 (:8090)"
+)
+
+# Around one load run: steal % (whole machine), CPU-0 busy %, the servers' CPU (% of one core,
+# from their own /proc/PID/stat), and CPU used by other processes (% of one core: neither our
+# servers nor our load generator; a few % either way when the machine is otherwise idle).
+measure_start() {
+    M_SJ=$(servers_jiffies); children_jiffies M_CJ; M_AB=$(all_busy); M_EL=$(one_cpu_elapsed)
+    M_ALL=$(cpu_sample cpu); M_C0=$(cpu_sample "cpu$SERVER_CPU")
+}
+measure_end() {
+    local sj cj ab el
+    sj=$(servers_jiffies); children_jiffies cj; ab=$(all_busy); el=$(one_cpu_elapsed)
+    STEAL=$(steal_pct "$M_ALL" "$(cpu_sample cpu)")
+    BUSY0=$(busy_pct "$M_C0" "$(cpu_sample "cpu$SERVER_CPU")")
+    read -r SERVERS OTHER < <(awk -v b="$((ab - M_AB))" -v s="$((sj - M_SJ))" -v c="$((cj - M_CJ))" \
+        -v e="$((el - M_EL))" 'BEGIN { if (e <= 0) e = 1; printf "%.1f %.1f\n", 100 * s / e, 100 * (b - s - c) / e }')
+    CLEAN=$(awk -v s="$STEAL" -v o="$OTHER" -v sm="$STEAL_MAX" -v om="$OTHER_MAX" 'BEGIN { print (s <= sm && o <= om) ? 1 : 0 }')
+}
+
+# wrk_run id round port lua duration: appends one row to results.tsv (round 0 = warm-up,
+# not written) and sets LAST_CLEAN.
+wrk_run() {
+    local id=$1 round=$2 port=$3 lua=$4 dur=$5 out line
+    [ "$round" = 0 ] || wait_quiet
+    measure_start
+    out=$(timeout 120 taskset -c "$LOAD_CPU" wrk -t2 -c50 -d"$dur" --timeout 2s -s "$lua" \
+        "http://127.0.0.1:$port/v1/resource" 2>&1) || log "wrk exited non-zero for $id"
+    measure_end
+    [ "$round" = 0 ] && return 0
+    LAST_CLEAN=$CLEAN
+    printf '%s\n' "$out" >"$WORK/logs/wrk-r$round-$id.txt"
+    line=$(printf '%s\n' "$out" | grep '^RESULT ' | tail -1 || true)
+    [ -n "$line" ] || { log "no RESULT line from wrk for $id (see logs/wrk-r$round-$id.txt)"; return 0; }
+    # RESULT k=v ... -> tab-separated values in a fixed column order (see analyze.py)
+    printf '%s\t%s\t%s\t%s\t%s\tother=%s\tservers=%s\n' "$round" "$id" "$STEAL" "$BUSY0" \
+        "$(printf '%s\n' "$line" | tr ' ' '\n' | grep = | paste -sd '\t')" "$OTHER" "$SERVERS" >>"$RESULTS_TSV"
+    printf '  %-14s %s  steal=%s%% cpu%s=%s%% other=%s%%\n' "$id" "${line#RESULT }" "$STEAL" "$SERVER_CPU" "$BUSY0" "$OTHER" >&2
+}
+
+scenario_direct()        { wrk_run direct "$1" 8081 "$WORK/bench.lua" "$2"; }
+scenario_nginx_plain()   { wrk_run nginx_plain "$1" 8082 "$WORK/bench.lua" "$2"; }
+scenario_nginx_auth()    { wrk_run nginx_auth "$1" 8084 "$WORK/bench.lua" "$2"; }
+scenario_haproxy_plain() { wrk_run haproxy_plain "$1" 8083 "$WORK/bench.lua" "$2"; }
+scenario_haproxy_auth()  { wrk_run haproxy_auth "$1" 8085 "$WORK/bench.lua" "$2"; }
+scenario_kg_a()          { wrk_run kg_a "$1" "${KG_PUBLIC##*:}" "$WORK/bench-public.lua" "$2"; }
+scenario_kg_b()          { wrk_run kg_b "$1" "${KG_PUBLIC##*:}" "$WORK/bench.lua" "$2"; }
+scenario_kg_e()          { wrk_run kg_e "$1" "${KG_PUBLIC##*:}" "$WORK/bench-invalid.lua" "$2"; }
+
+# (c) needs plans and rate limits (issue 5), (d) the Redis store (issue 3). When they exist:
+# make *_available succeed, start what they need in start_all (a second keygate with plans
+# on another port via KEYGATE_LISTEN__PUBLIC, or redis-server on CPU 0 with
+# KEYGATE_STORE__KIND=redis), and point scenario_kg_c / scenario_kg_d at it.
+scenario_kg_c_available() { return 1; }
+scenario_kg_c() { die "scenario c: not available in this build"; }
+
+# (d) exists when this keygate accepts [store] kind = "redis" (and redis-server is installed).
+scenario_kg_d_available() {
+    command -v redis-server >/dev/null && "$KG" check-config -c "$WORK/conf/keygate-redis.toml" >/dev/null 2>&1
+}
+scenario_kg_d() { wrk_run kg_d "$1" "${KG_REDIS_PUBLIC##*:}" "$WORK/bench-redis.lua" "$2"; }
+
+# Redis on CPU 0 like every server, no persistence, fresh each run; then 10,000 keys of its
+# own through the CLI and a keygate on it.
+start_redis_scenario() {
+    check_ports "${REDIS##*:}"
+    rm -f "$WORK/tmp/dump.rdb" "$WORK/run/redis.pid"
+    taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "${REDIS##*:}" --save '' \
+        --appendonly no --daemonize yes --pidfile "$WORK/run/redis.pid" --dir "$WORK/tmp" \
+        --logfile "$WORK/logs/redis.log" >/dev/null || die "redis-server failed to start"
+    wait_pidfile redis "$WORK/run/redis.pid"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [ "$(redis-cli -h "${REDIS%:*}" -p "${REDIS##*:}" ping 2>/dev/null)" = PONG ] && break
+        sleep 0.1
+    done
+    log "creating $NKEYS keys in Redis (one CLI call)"
+    create_keys "$WORK/conf/keygate-redis.toml" "$NKEYS" "$WORK/data/redis-keys.jsonl"
+    head -n "$NLOAD" "$WORK/data/redis-keys.jsonl" | jq -r '.key' >"$WORK/wrk_keys_redis.txt"
+    rm -f "$WORK/data/redis-keys.jsonl"
+    sed 's|/wrk_keys.txt"|/wrk_keys_redis.txt"|' "$WORK/bench.lua" >"$WORK/bench-redis.lua"
+    KG_CONF="$WORK/conf/keygate-redis.toml" start_keygate keygate-redis "$KG_REDIS_PUBLIC" "$KG_REDIS_ADMIN"
+    KG_REDIS_PID=$KG_PID
+    expect_status "keygate on Redis, valid key" 200 "http://$KG_REDIS_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys_redis.txt")"
+    expect_status "keygate on Redis, unknown key" 401 "http://$KG_REDIS_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys_invalid.txt")"
+}
+
+SCENARIOS=()
+SKIPPED=()
+select_scenarios() {
+    local id
+    for id in direct nginx_plain nginx_auth haproxy_plain haproxy_auth kg_a kg_b kg_c kg_d kg_e; do
+        if declare -F "scenario_${id}_available" >/dev/null && ! "scenario_${id}_available"; then
+            echo "scenario ${id#kg_}: not available in this build (${DESC[$id]})" >&2
+            SKIPPED+=("${id#kg_}")
+            continue
+        fi
+        SCENARIOS+=("$id")
+    done
+}
+
+KG_REDIS_PID=""
+start_all() {
+    start_upstream
+    start_peers
+    start_keygate keygate "$KG_PUBLIC" "$KG_ADMIN"
+    KG_FILE_PID=$KG_PID
+    if [[ " ${SCENARIOS[*]} " == *" kg_d "* ]]; then start_redis_scenario; fi
+    KG_PID=$KG_FILE_PID
+}
+
+# keygate's own counters (cache hits, store calls) after the runs, when it has /metrics.
+save_metrics() { # name admin
+    curl -fsS --max-time 5 "http://$2/metrics" >"$WORK/logs/$1.metrics" 2>/dev/null || return 0
+    grep -v '^#' "$WORK/logs/$1.metrics" | grep -Ei 'cache|store|request' | head -30 | sed "s/^/  $1 metrics: /" >&2 || true
+}
+
+mode_throughput() {
+    ensure_tools
+    build_keygate
+    prepare_workdir
+    generate_keys
+    select_scenarios
+    start_all
+    functional_checks
+    : >"$RESULTS_TSV"
+    local id r attempt
+    log "warm-up: $WARMUP per scenario (not recorded)"
+    for id in "${SCENARIOS[@]}"; do "scenario_$id" 0 "$WARMUP"; done
+    for ((r = 1; r <= ROUNDS; r++)); do
+        log "round $r/$ROUNDS"
+        for id in "${SCENARIOS[@]}"; do
+            for ((attempt = 0; attempt <= RETRIES; attempt++)); do
+                LAST_CLEAN=0
+                "scenario_$id" "$r" "$DURATION"
+                [ "$LAST_CLEAN" = 1 ] && break
+                [ "$attempt" -lt "$RETRIES" ] && log "  $id not clean (steal or other processes); again"
+            done
+        done
+    done
+    log "keygate after the runs: VmRSS $(rss_kib "$KG_PID" VmRSS) kB, VmHWM $(rss_kib "$KG_PID" VmHWM) kB; CPU per thread: $(thread_cpu "$KG_PID")"
+    save_metrics keygate "$KG_ADMIN"
+    if [ -n "$KG_REDIS_PID" ]; then
+        log "keygate on Redis after the runs: VmRSS $(rss_kib "$KG_REDIS_PID" VmRSS) kB; CPU per thread: $(thread_cpu "$KG_REDIS_PID")"
+        save_metrics keygate-redis "$KG_REDIS_ADMIN"
+    fi
+    grep -v '^#' "$WORK/logs/keygate.err" | head -5 | sed 's/^/  keygate stderr: /' >&2 || true
+    python3 "$BENCH/analyze.py" throughput "$RESULTS_TSV" "$STEAL_MAX" "$WORK" "$OTHER_MAX" | tee "$WORK/summary.txt"
+    chart
+}
+
+chart() {
+    local png="$BENCH/results.png" term n
+    n=$(cut -f1 "$RESULTS_TSV" 2>/dev/null | sort -u | wc -l)
+    if gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1; then
+        term='pngcairo size 1000,700 font ",10"'
+    else
+        term='png size 1000,700'
+    fi
+    gnuplot >"$WORK/logs/gnuplot.log" 2>&1 <<EOF || { log "gnuplot failed; see $WORK/logs/gnuplot.log"; return 0; }
+set terminal $term
+set output "$png"
+set datafile separator "\t"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set boxwidth 0.8
+set grid ytics
+set xtics rotate by -25 left noenhanced
+set key off
+set rmargin 14
+set bmargin 6
+set multiplot layout 2,1 title "keygate vs nginx / HAProxy ($(date -r "$RESULTS_TSV" +%F), $n rounds, medians of clean runs; servers on CPU 0, wrk on CPU 1)"
+set title "throughput (req/s, wrk -t2 -c50)"
+stats "$WORK/chart.dat" using 2 nooutput
+set yrange [0:STATS_max * 1.15]
+plot "$WORK/chart.dat" using 2:xtic(1) linecolor rgb "#4477aa", \
+     "" using 0:2:(sprintf("%.0f", \$2)) with labels offset 0,0.7 notitle
+set title "p99 latency at saturation (ms)"
+stats "$WORK/chart.dat" using (\$3/1000.0) nooutput
+set yrange [0:STATS_max * 1.15]
+plot "$WORK/chart.dat" using (\$3/1000.0):xtic(1) linecolor rgb "#cc6677", \
+     "" using 0:(\$3/1000.0):(sprintf("%.1f", \$3/1000.0)) with labels offset 0,0.7 notitle
+unset multiplot
+EOF
+    log "chart: $png"
+}
+
+# --------------------------------------------------------------------------------------------
+# Fixed-rate latency (oha)
+# --------------------------------------------------------------------------------------------
+mode_latency() {
+    ensure_tools
+    build_keygate
+    prepare_workdir
+    ensure_oha
+    generate_keys
+    start_all
+    functional_checks
+    local key tsv="$WORK/latency.tsv" r id port out attempt
+    key=$(head -1 "$WORK/wrk_keys.txt")
+    : >"$tsv"
+    declare -A LPORT=([nginx_auth]=8084 [haproxy_auth]=8085 [kg_b]="${KG_PUBLIC##*:}" [direct]=8081)
+    for ((r = 1; r <= LAT_ROUNDS; r++)); do
+        log "latency round $r/$LAT_ROUNDS: oha -z $LAT_DURATION -c 50 -q $LAT_RATE --latency-correction"
+        for id in nginx_auth haproxy_auth kg_b direct; do
+            port=${LPORT[$id]}
+            for ((attempt = 0; attempt <= RETRIES; attempt++)); do
+                wait_quiet
+                out="$WORK/logs/oha-r$r-$id-$attempt.json"
+                measure_start
+                timeout 120 taskset -c "$LOAD_CPU" "$OHA" --no-tui -z "$LAT_DURATION" -c 50 -q "$LAT_RATE" \
+                    --latency-correction --output-format json -H "x-api-key: $key" \
+                    "http://127.0.0.1:$port/v1/resource" >"$out" 2>"${out%.json}.err" \
+                    || log "oha exited non-zero for $id (see $out)"
+                measure_end
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" "$out" >>"$tsv"
+                python3 "$BENCH/analyze.py" oha-line "$out" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" >&2
+                [ "$CLEAN" = 1 ] && break
+                [ "$attempt" -lt "$RETRIES" ] && log "  $id not clean (steal or other processes); again"
+            done
+        done
+    done
+    python3 "$BENCH/analyze.py" latency "$tsv" "$STEAL_MAX" "$WORK" "$OTHER_MAX" | tee "$WORK/latency-summary.txt"
+}
+
+# --------------------------------------------------------------------------------------------
+# Memory
+# --------------------------------------------------------------------------------------------
+mode_memory() {
+    ensure_tools
+    build_keygate
+    prepare_workdir
+    generate_keys
+    start_upstream
+    local out="$WORK/memory.txt"
+    : >"$out"
+    note() { printf '%s\n' "$*" | tee -a "$out" >&2; }
+
+    start_keygate keygate "$KG_PUBLIC" "$KG_ADMIN"
+    sleep 2
+    note "store_keys=$NKEYS file_bytes=$(stat -c %s "$WORK/data/keys.json") ready_ms=$KG_READY_MS idle_VmRSS_kB=$(rss_kib "$KG_PID" VmRSS) VmHWM_kB=$(rss_kib "$KG_PID" VmHWM)"
+    wrk_run kg_b mem 8090 "$WORK/bench.lua" 5s 2>/dev/null
+    note "store_keys=$NKEYS after_5s_load_VmRSS_kB=$(rss_kib "$KG_PID" VmRSS) VmHWM_kB=$(rss_kib "$KG_PID" VmHWM) $(result_fields kg_b) other=$OTHER"
+    stop_started keygate "$KG_PID" TERM
+
+    # How long `keys create --count N` takes as N grows (fresh store each time).
+    local n t0 rc scale_conf="$WORK/conf/keygate-scale.toml"
+    write_keygate_conf "$scale_conf" 127.0.0.1:18091 127.0.0.1:19191 "$WORK/data/scale-keys.json"
+    for n in $MEM_SCALING; do
+        rm -f "$WORK"/data/scale-keys.json*
+        t0=$(date +%s%N)
+        rc=0
+        timeout "$MEM_CREATE_TIMEOUT" "$KG" keys create -c "$scale_conf" --name bench --scopes '*' \
+            --count "$n" >/dev/null 2>"$WORK/logs/create-scale.err" || rc=$?
+        note "create_scaling count=$n exit=$rc seconds=$(awk -v d="$(($(date +%s%N) - t0))" 'BEGIN { printf "%.1f", d / 1e9 }') file_bytes=$(stat -c %s "$WORK/data/scale-keys.json" 2>/dev/null || echo 0)"
+        [ "$rc" = 0 ] || break
+    done
+    rm -f "$WORK"/data/scale-keys.json*
+
+    local big="$WORK/data/keys-big.json" avail need_kb synthetic=0
+    rm -f "$big" "$big".*
+    avail=$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')
+    need_kb=$((MEM_KEYS * 2))            # ~0.4 kB per key in the file + the printed keys, x2 margin
+    if [ "$avail" -lt "$need_kb" ]; then
+        note "store_keys=$MEM_KEYS skipped: $avail kB free on $WORK, want $need_kb kB"
+        return 0
+    fi
+    log "creating $MEM_KEYS keys (one CLI call, at most ${MEM_CREATE_TIMEOUT}s)"
+    rc=0
+    KEYGATE_STORE__PATH="$big" timeout "$MEM_CREATE_TIMEOUT" /usr/bin/time -f '%e s elapsed, %M kB max RSS' \
+        -o "$WORK/logs/create-big.time" \
+        "$KG" keys create -c "$WORK/conf/keygate.toml" --name bench --scopes '*' --env live \
+        --count "$MEM_KEYS" >"$WORK/data/keys-big.jsonl" 2>"$WORK/logs/create-big.err" || rc=$?
+    if [ "$rc" = 0 ]; then
+        note "store_keys=$MEM_KEYS create: $(grep elapsed "$WORK/logs/create-big.time") file_bytes=$(stat -c %s "$big") printed_bytes=$(stat -c %s "$WORK/data/keys-big.jsonl")"
+        head -n "$NLOAD" "$WORK/data/keys-big.jsonl" | jq -r '.key' >"$WORK/wrk_keys_big.txt"
+    else
+        note "store_keys=$MEM_KEYS create via the CLI failed: exit $rc (124 = not done after ${MEM_CREATE_TIMEOUT}s) $(tail -2 "$WORK/logs/create-big.err" | tr '\n' ' ')"
+        rm -f "$big" "$big".*
+        [ "$MEM_SYNTH" = 1 ] || { rm -f "$WORK/data/keys-big.jsonl"; return 0; }
+        # Fallback, labelled as such: the 10,000 CLI-made records plus copies of one of them
+        # with random hashes and ids, so the proxy holds MEM_KEYS records of the real shape
+        # (no secret exists for the copies; the load uses the real keys).
+        python3 - "$WORK/data/keys.json" "$big" "$MEM_KEYS" <<'PY'
+import copy, json, secrets, string, sys
+src, dst, total = sys.argv[1], sys.argv[2], int(sys.argv[3])
+doc = json.load(open(src))
+real = doc["keys"]
+alphabet = string.ascii_letters + string.digits
+template = real[0]
+for _ in range(total - len(real)):
+    e = copy.deepcopy(template)
+    e["hash"] = secrets.token_hex(32)
+    e["record"]["id"] = "key_" + "".join(secrets.choice(alphabet) for _ in range(20))
+    real.append(e)
+with open(dst, "w") as f:
+    json.dump(doc, f, indent=2)
+PY
+        chmod 600 "$big"
+        synthetic=1
+        cp "$WORK/wrk_keys.txt" "$WORK/wrk_keys_big.txt"
+        note "store_keys=$MEM_KEYS SYNTHETIC store: 10000 CLI-made records + $((MEM_KEYS - NKEYS)) copies with random hashes and ids; file_bytes=$(stat -c %s "$big")"
+    fi
+    rm -f "$WORK/data/keys-big.jsonl"
+    sed 's|/wrk_keys.txt"|/wrk_keys_big.txt"|' "$WORK/bench.lua" >"$WORK/bench-big.lua"
+
+    start_keygate keygate-big "$KG_PUBLIC" "$KG_ADMIN" KEYGATE_STORE__PATH="$big"
+    sleep 2
+    note "store_keys=$MEM_KEYS synthetic=$synthetic ready_ms=$KG_READY_MS idle_VmRSS_kB=$(rss_kib "$KG_PID" VmRSS) VmHWM_kB=$(rss_kib "$KG_PID" VmHWM)"
+    expect_status "keygate (big store) valid key" 200 "http://$KG_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys_big.txt")"
+    wrk_run kg_b_big mem 8090 "$WORK/bench-big.lua" 5s 2>/dev/null
+    note "store_keys=$MEM_KEYS synthetic=$synthetic after_5s_load_VmRSS_kB=$(rss_kib "$KG_PID" VmRSS) VmHWM_kB=$(rss_kib "$KG_PID" VmHWM) $(result_fields kg_b_big) other=$OTHER"
+    stop_started keygate-big "$KG_PID" TERM
+    rm -f "$big" "$big".*
+}
+
+case $MODE in
+    throughput | "") mode_throughput ;;
+    latency) mode_latency ;;
+    memory) RESULTS_TSV="$WORK/results.tsv.mem"; mkdir -p "$WORK"; : >"$RESULTS_TSV"; mode_memory ;;
+    chart) chart ;;   # redraw bench/results.png from work/chart.dat
+    -h | --help | help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) die "unknown mode '$MODE' (throughput | latency | memory)" ;;
+esac
