@@ -9,8 +9,11 @@
 //! - A negative entry (a well-formed key the store does not know) lives `negative_ttl`, so a
 //!   flood of made-up keys costs one store read per key per `negative_ttl`.
 //! - Changes reach the cache through the store's change feed ([`KeyStore::watch`]): the cache
-//!   drops the changed key (or everything, when the feed lost track). `ttl` only bounds how
-//!   long a lost change could go unnoticed if the feed itself failed.
+//!   drops the changed key (or everything, when the feed lost track). While the feed keeps
+//!   confirming that it is up to date, an entry it has not invalidated is still exact, so a
+//!   stale entry is only re-read when the feed has not confirmed within `ttl` since the entry
+//!   was read: `ttl` bounds how long a lost change could go unnoticed if the feed itself
+//!   failed, and a healthy sidecar reads a hot key from the store once, not every `ttl`.
 //! - A read that raced a change must not re-insert what the change removed: every read
 //!   remembers the invalidation generation it started in and only inserts if it is unchanged.
 //! - Concurrent misses for one key share one store read, run in its own task so that a
@@ -89,6 +92,9 @@ pub struct KeyCache {
     entries: moka::sync::Cache<KeyHash, Arc<Entry>, KeyHashState>,
     inflight: Mutex<HashMap<KeyHash, watch::Receiver<Option<Fetched>>>>,
     generation: AtomicU64,
+    /// When the change feed last confirmed it was up to date, as ns since `born` (0: never).
+    confirmed_ns: AtomicU64,
+    born: Instant,
     config: CacheConfig,
     metrics: Arc<Metrics>,
     used: Mutex<Vec<(String, SystemTime)>>,
@@ -108,6 +114,8 @@ impl KeyCache {
             entries,
             inflight: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            confirmed_ns: AtomicU64::new(0),
+            born: Instant::now(),
             config,
             metrics,
             used: Mutex::new(Vec::new()),
@@ -155,7 +163,9 @@ impl KeyCache {
                     fetched,
                     reported,
                 } => {
-                    let result = if fetched.elapsed() >= self.config.ttl {
+                    let result = if fetched.elapsed() >= self.config.ttl
+                        && !self.feed_vouches_for(*fetched)
+                    {
                         self.fetch(hash);
                         "stale_hit"
                     } else {
@@ -190,8 +200,24 @@ impl KeyCache {
         }
     }
 
+    /// Whether the change feed confirmed, after `fetched` and within the last `ttl`, that it
+    /// reported every change: then an entry read at `fetched` and not invalidated is exact.
+    fn feed_vouches_for(&self, fetched: Instant) -> bool {
+        let confirmed = self.confirmed_ns.load(Ordering::Acquire);
+        if confirmed == 0 {
+            return false;
+        }
+        let at = self.born + Duration::from_nanos(confirmed);
+        at > fetched && at.elapsed() < self.config.ttl
+    }
+
     /// Drops what a change made stale.
     pub fn invalidate(&self, what: Invalidation) {
+        if what == Invalidation::UpToDate {
+            let ns = self.born.elapsed().as_nanos() as u64;
+            self.confirmed_ns.store(ns.max(1), Ordering::Release);
+            return;
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
         match what {
             Invalidation::Key(hash) => self.entries.invalidate(&hash),
@@ -199,6 +225,7 @@ impl KeyCache {
                 self.metrics.cache_flushes.inc();
                 self.entries.invalidate_all();
             }
+            Invalidation::UpToDate => {}
         }
     }
 
@@ -426,6 +453,23 @@ mod tests {
             cache.lookup(hash).await.unwrap().unwrap().status,
             Status::Revoked
         );
+        assert_eq!(reads(&store), 2);
+    }
+
+    #[tokio::test]
+    async fn a_confirming_feed_spares_the_refresh_read_and_a_silent_one_does_not() {
+        let (store, cache, hash) = setup(short());
+        cache.lookup(hash).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        // The feed checked after the read: the old entry is still exact, no store read.
+        cache.invalidate(Invalidation::UpToDate);
+        cache.lookup(hash).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(reads(&store), 1);
+        // The feed falls silent for longer than ttl: the entry is re-read.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        cache.lookup(hash).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(reads(&store), 2);
     }
 

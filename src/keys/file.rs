@@ -148,8 +148,9 @@ impl FileStore {
                             path = %self.path.display(), keys = self.len(), "keys file reloaded"
                         );
                         sink(Invalidation::All);
+                        sink(Invalidation::UpToDate);
                     }
-                    Ok(Ok(false)) => {}
+                    Ok(Ok(false)) => sink(Invalidation::UpToDate),
                     Ok(Err(e)) => tracing::error!(
                         error = %e, keys = self.len(),
                         "keys file not reloaded; still serving the last good keys"

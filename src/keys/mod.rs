@@ -257,6 +257,8 @@ pub enum Invalidation {
     Key(KeyHash),
     /// The change feed lost track (file reloaded, pub/sub gap): drop everything.
     All,
+    /// The feed just checked the store: every change made until now has been reported.
+    UpToDate,
 }
 
 /// Where a store's change feed reports invalidations.

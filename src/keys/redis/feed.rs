@@ -150,7 +150,7 @@ impl RedisStore {
         };
         match *local {
             None => *local = Some(epoch),
-            Some(seen) if epoch == seen => {}
+            Some(seen) if epoch == seen => sink(Invalidation::UpToDate),
             Some(seen) if epoch < seen || epoch - seen > CHANGE_LOG_EPOCHS => {
                 // Redis was flushed or replaced, or we are further behind than the log.
                 tracing::warn!(
@@ -159,6 +159,7 @@ impl RedisStore {
                     "change feed lost track; flushing the key cache"
                 );
                 sink(Invalidation::All);
+                sink(Invalidation::UpToDate);
                 *local = Some(epoch);
             }
             Some(seen) => match self.changes_since(seen).await {
@@ -166,6 +167,7 @@ impl RedisStore {
                     for hash in hashes {
                         sink(Invalidation::Key(hash));
                     }
+                    sink(Invalidation::UpToDate);
                     *local = Some(epoch);
                 }
                 Err(e) => tracing::debug!(error = %e, "reading the change log failed"),
