@@ -26,6 +26,7 @@ fn spec() -> KeySpec {
         allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         expires_at: None,
         plan: None,
+        limits: Default::default(),
         workspace: Some("ws_1".into()),
         project: None,
     }
@@ -37,10 +38,20 @@ fn stages(c: &mut Criterion) {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FileStore::open(dir.path().join("keys.json"), Duration::from_secs(1)).unwrap());
-    let policy = KeyPolicy { prefix: "kg".into(), max_per_owner: None };
+    let store =
+        Arc::new(FileStore::open(dir.path().join("keys.json"), Duration::from_secs(1)).unwrap());
+    let policy = KeyPolicy {
+        prefix: "kg".into(),
+        max_per_owner: None,
+    };
     let created = rt
-        .block_on(manage::create_many(store.as_ref(), &policy, spec(), 10_000, SystemTime::now()))
+        .block_on(manage::create_many(
+            store.as_ref(),
+            &policy,
+            spec(),
+            10_000,
+            SystemTime::now(),
+        ))
         .unwrap();
     let key = created[4242].key.clone();
     let record = created[4242].record.clone();
@@ -58,9 +69,15 @@ fn stages(c: &mut Criterion) {
         })
     });
 
-    c.bench_function("sha256 of the key", |b| b.iter(|| KeyHash::of(black_box(&key))));
+    c.bench_function("sha256 of the key", |b| {
+        b.iter(|| KeyHash::of(black_box(&key)))
+    });
 
-    let cache = KeyCache::new(store.clone(), CacheConfig::default(), Arc::new(Metrics::new()));
+    let cache = KeyCache::new(
+        store.clone(),
+        CacheConfig::default(),
+        Arc::new(Metrics::new()),
+    );
     let hash = KeyHash::of(&key);
     rt.block_on(cache.lookup(hash)).unwrap();
     c.bench_function("cache hit (10k keys)", |b| {
@@ -91,7 +108,10 @@ fn stages(c: &mut Criterion) {
         client_ip: "10.1.2.3".parse().unwrap(),
         now: SystemTime::now(),
     };
-    let policy = Policy { routes: &routes, sandbox_upstream: false };
+    let policy = Policy {
+        routes: &routes,
+        sandbox_upstream: false,
+    };
     c.bench_function("authorize (4 routes, binding, allowlist)", |b| {
         b.iter(|| authorize(black_box(&record), claims, &facts, &policy).unwrap())
     });
