@@ -158,11 +158,15 @@ pub enum EnvArg {
     Test,
 }
 
-/// How many request threads the command wants: `[server] workers` for `serve`, otherwise
-/// the runtime's default. An unreadable config is reported later by [`execute`].
+/// How many request threads the command wants: `[server] workers` for `serve`, else tokio's
+/// own `TOKIO_WORKER_THREADS`, else the runtime's default (one per CPU). An unreadable config
+/// is reported later by [`execute`].
 pub fn workers(cli: &Cli) -> Option<usize> {
     match cli.command {
-        Command::Serve => Config::load(&cli.config).ok()?.server.workers,
+        Command::Serve => Config::load(&cli.config)
+            .ok()
+            .and_then(|c| c.server.workers)
+            .or_else(|| std::env::var("TOKIO_WORKER_THREADS").ok()?.parse().ok()),
         _ => None,
     }
 }
