@@ -27,7 +27,7 @@ LABEL = {
     "haproxy_auth": "HAProxy key+limit",
     "kg_a": "keygate (a) public path",
     "kg_b": "keygate (b) file store",
-    "kg_c": "keygate (c) plans",
+    "kg_c": "keygate (c) + rate limits",
     "kg_d": "keygate (d) Redis store",
     "kg_e": "keygate (e) unknown keys",
 }
@@ -36,6 +36,9 @@ RATIOS = [
     ("kg_b", "haproxy_auth", "keygate(b) / HAProxy key+limit"),
     ("kg_b", "nginx_auth", "keygate(b) / nginx key+limit"),
     ("kg_b", "kg_a", "keygate(b) / keygate(a): cost of the key check"),
+    ("kg_c", "haproxy_auth", "keygate(c) / HAProxy key+limit: same job"),
+    ("kg_c", "nginx_auth", "keygate(c) / nginx key+limit: same job"),
+    ("kg_c", "kg_b", "keygate(c) / keygate(b): cost of the rate limit"),
     ("kg_e", "kg_b", "keygate(e) / keygate(b): refusing vs forwarding"),
     ("kg_d", "kg_b", "keygate(d) / keygate(b): Redis store vs file store"),
     ("kg_a", "haproxy_plain", "keygate(a) / HAProxy plain: bare proxying"),
@@ -131,7 +134,7 @@ def throughput(path, steal_max, work, other_max):
     print("\n### Status checks\n")
     print("- %d timed runs for %d rounds x %d scenarios (runs that were not clean are re-run in "
           "their round, up to RETRIES times)" % (len(runs), len(rounds), len(ids)))
-    for i, want in (("kg_b", "all 2xx"), ("kg_d", "all 2xx"), ("kg_e", "all refused")):
+    for i, want in (("kg_b", "all 2xx"), ("kg_c", "all 2xx"), ("kg_d", "all 2xx"), ("kg_e", "all refused")):
         rs = [r for r in runs if r["id"] == i and "rps" in r]
         if not rs:
             continue

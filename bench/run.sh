@@ -3,7 +3,8 @@
 #
 #   bench/run.sh                 saturation throughput, scenarios interleaved round by round
 #   bench/run.sh latency         fixed-rate latency with oha (MODE=latency works too)
-#   bench/run.sh memory          keygate RSS with 10,000 and 1,000,000 keys in the store
+#   bench/run.sh memory          keygate RSS with 10,000 and 1,000,000 keys; `keys create` timing
+#   bench/run.sh chart           redraw bench/results.png from the last throughput run
 #
 # Servers run on CPU 0 (one worker each), the load generator on CPU 1. Everything the script
 # starts is stopped by PID on exit; it never kills anything by name.
@@ -13,7 +14,7 @@ MODE="${1:-${MODE:-throughput}}"
 ROUNDS="${ROUNDS:-7}"                  # throughput: interleaved rounds (>= 7 for a stable median)
 DURATION="${DURATION:-5s}"             # throughput: wrk -d per run
 WARMUP="${WARMUP:-2s}"                 # throughput: one unrecorded run per scenario first
-STEAL_MAX="${STEAL_MAX:-2.0}"          # drop a run when CPU steal during it exceeds this %
+STEAL_MAX="${STEAL_MAX:-2.0}"          # a run is not clean when CPU steal during it exceeds this %
 OTHER_MAX="${OTHER_MAX:-5.0}"          # ... or when other processes used more than this % of a CPU
 QUIET_WAIT="${QUIET_WAIT:-180}"        # before a run, wait up to this many s for an idle machine
 RETRIES="${RETRIES:-2}"                # re-run a scenario in its round this often if it was not clean
@@ -33,7 +34,7 @@ NKEYS=10000          # keys in the benchmarked store (and in the nginx/HAProxy m
 NLOAD=1000           # of which the load uses this many (wrk_keys.txt)
 NINVALID=1000        # well-formed keys from a throw-away store, unknown to the benchmarked one
 
-ROOT="$(git rev-parse --show-toplevel)"
+ROOT="$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 SHARED="$(cd "$ROOT/../shared/bench" && pwd)"
 BENCH="$ROOT/bench"
 WORK="$BENCH/work"
@@ -42,6 +43,8 @@ RESULTS_TSV="$WORK/results.tsv"
 
 KG_PUBLIC=127.0.0.1:8090
 KG_ADMIN=127.0.0.1:9190
+KG_PLANS_PUBLIC=127.0.0.1:8092      # scenario c: a keygate with a rate-limit plan on every key
+KG_PLANS_ADMIN=127.0.0.1:9192
 KG_REDIS_PUBLIC=127.0.0.1:8091      # scenario d: a second keygate on the Redis store
 KG_REDIS_ADMIN=127.0.0.1:9191
 REDIS=127.0.0.1:6390
@@ -257,6 +260,20 @@ generate_keys() {
     write_keygate_conf "$WORK/conf/keygate-throwaway.toml" 127.0.0.1:18090 127.0.0.1:19190 \
         "$WORK/data/throwaway-keys.json"
     rm -f "$WORK"/data/keys.json* "$WORK"/data/throwaway-keys.json*
+    # Scenario c: the same store and keys, every key on a plan with per-second and per-hour
+    # limits set like the peers' (evaluated on every request, never binding: 20,000/s).
+    sed -e "s|^public = .*|public = \"$KG_PLANS_PUBLIC\"|" -e "s|^admin = .*|admin = \"$KG_PLANS_ADMIN\"|" \
+        "$WORK/conf/keygate.toml" >"$WORK/conf/keygate-plans.toml"
+    cat >>"$WORK/conf/keygate-plans.toml" <<'EOF2'
+
+[plans.bench]
+per_second = 20000
+burst = 20000
+per_hour = 100000000
+
+[limits]
+default_plan = "bench"
+EOF2
     # Scenario d: the same settings on the Redis store (its own keys, created once Redis runs).
     sed -e 's|^kind = "file"|kind = "redis"|' -e "s|^path = .*|url = \"redis://$REDIS\"|" \
         -e "s|^public = .*|public = \"$KG_REDIS_PUBLIC\"|" -e "s|^admin = .*|admin = \"$KG_REDIS_ADMIN\"|" \
@@ -493,7 +510,7 @@ declare -A DESC=(
     [haproxy_auth]="HAProxy key map + stick-table (:8085)"
     [kg_a]="keygate (a) public path, no key check (:8090)"
     [kg_b]="keygate (b) file store, valid keys (:8090)"
-    [kg_c]="keygate (c) plans with per-second/per-hour limits"
+    [kg_c]="keygate (c) file store + plan with per-second/per-hour limits (:8092)"
     [kg_d]="keygate (d) Redis store + in-process cache, valid keys (:8091)"
     [kg_e]="keygate (e) unknown well-formed keys -> 401 (:8090)"
 )
@@ -531,7 +548,7 @@ wrk_run() {
     [ -n "$line" ] || { log "no RESULT line from wrk for $id (see logs/wrk-r$round-$id.txt)"; return 0; }
     # RESULT k=v ... -> tab-separated values in a fixed column order (see analyze.py)
     printf '%s\t%s\t%s\t%s\t%s\tother=%s\tservers=%s\n' "$round" "$id" "$STEAL" "$BUSY0" \
-        "$(printf '%s\n' "$line" | tr ' ' '\n' | grep = | paste -sd '\t')" "$OTHER" "$SERVERS" >>"$RESULTS_TSV"
+        "$(printf '%s\n' "$line" | tr ' ' '\n' | grep '=' | paste -sd '\t')" "$OTHER" "$SERVERS" >>"$RESULTS_TSV"
     printf '  %-14s %s  steal=%s%% cpu%s=%s%% other=%s%%\n' "$id" "${line#RESULT }" "$STEAL" "$SERVER_CPU" "$BUSY0" "$OTHER" >&2
 }
 
@@ -548,8 +565,25 @@ scenario_kg_e()          { wrk_run kg_e "$1" "${KG_PUBLIC##*:}" "$WORK/bench-inv
 # make *_available succeed, start what they need in start_all (a second keygate with plans
 # on another port via KEYGATE_LISTEN__PUBLIC, or redis-server on CPU 0 with
 # KEYGATE_STORE__KIND=redis), and point scenario_kg_c / scenario_kg_d at it.
-scenario_kg_c_available() { return 1; }
-scenario_kg_c() { die "scenario c: not available in this build"; }
+# (c) exists when this keygate accepts [plans] and [limits] (rate limits, issue 5).
+scenario_kg_c_available() {
+    "$KG" check-config -c "$WORK/conf/keygate-plans.toml" >/dev/null 2>&1
+}
+scenario_kg_c() { wrk_run kg_c "$1" "${KG_PLANS_PUBLIC##*:}" "$WORK/bench.lua" "$2"; }
+
+start_plans_scenario() {
+    KG_CONF="$WORK/conf/keygate-plans.toml" start_keygate keygate-plans "$KG_PLANS_PUBLIC" "$KG_PLANS_ADMIN"
+    KG_PLANS_PID=$KG_PID
+    local good hdrs
+    good=$(head -1 "$WORK/wrk_keys.txt")
+    expect_status "keygate with plans, valid key" 200 "http://$KG_PLANS_PUBLIC/v1/resource" "$good"
+    hdrs=$(curl -s -o /dev/null -D - --max-time 5 -H "x-api-key: $good" "http://$KG_PLANS_PUBLIC/v1/resource")
+    if grep -qi '^x-ratelimit-limit:' <<<"$hdrs"; then
+        log "check ok: keygate with plans answers with X-RateLimit-* headers ($(grep -i '^x-ratelimit-limit:' <<<"$hdrs" | tr -d '\r'))"
+    else
+        die "keygate with plans: no X-RateLimit-Limit header in the response"
+    fi
+}
 
 # (d) exists when this keygate accepts [store] kind = "redis" (and redis-server is installed).
 scenario_kg_d_available() {
@@ -597,11 +631,13 @@ select_scenarios() {
 }
 
 KG_REDIS_PID=""
+KG_PLANS_PID=""
 start_all() {
     start_upstream
     start_peers
     start_keygate keygate "$KG_PUBLIC" "$KG_ADMIN"
     KG_FILE_PID=$KG_PID
+    if [[ " ${SCENARIOS[*]} " == *" kg_c "* ]]; then start_plans_scenario; fi
     if [[ " ${SCENARIOS[*]} " == *" kg_d "* ]]; then start_redis_scenario; fi
     KG_PID=$KG_FILE_PID
 }
@@ -637,6 +673,10 @@ mode_throughput() {
     done
     log "keygate after the runs: VmRSS $(rss_kib "$KG_PID" VmRSS) kB, VmHWM $(rss_kib "$KG_PID" VmHWM) kB; CPU per thread: $(thread_cpu "$KG_PID")"
     save_metrics keygate "$KG_ADMIN"
+    if [ -n "$KG_PLANS_PID" ]; then
+        log "keygate with plans after the runs: VmRSS $(rss_kib "$KG_PLANS_PID" VmRSS) kB; CPU per thread: $(thread_cpu "$KG_PLANS_PID")"
+        save_metrics keygate-plans "$KG_PLANS_ADMIN"
+    fi
     if [ -n "$KG_REDIS_PID" ]; then
         log "keygate on Redis after the runs: VmRSS $(rss_kib "$KG_REDIS_PID" VmRSS) kB; CPU per thread: $(thread_cpu "$KG_REDIS_PID")"
         save_metrics keygate-redis "$KG_REDIS_ADMIN"
@@ -692,15 +732,20 @@ mode_latency() {
     prepare_workdir
     ensure_oha
     generate_keys
+    # nginx/HAProxy key+limit, keygate b (and c when this build has rate limits), direct
+    local lat_ids=(nginx_auth haproxy_auth kg_b)
+    scenario_kg_c_available && { SCENARIOS=(kg_c); lat_ids+=(kg_c); }
+    lat_ids+=(direct)
     start_all
     functional_checks
     local key tsv="$WORK/latency.tsv" r id port out attempt
     key=$(head -1 "$WORK/wrk_keys.txt")
     : >"$tsv"
-    declare -A LPORT=([nginx_auth]=8084 [haproxy_auth]=8085 [kg_b]="${KG_PUBLIC##*:}" [direct]=8081)
+    declare -A LPORT=([nginx_auth]=8084 [haproxy_auth]=8085 [kg_b]="${KG_PUBLIC##*:}"
+        [kg_c]="${KG_PLANS_PUBLIC##*:}" [direct]=8081)
     for ((r = 1; r <= LAT_ROUNDS; r++)); do
         log "latency round $r/$LAT_ROUNDS: oha -z $LAT_DURATION -c 50 -q $LAT_RATE --latency-correction"
-        for id in nginx_auth haproxy_auth kg_b direct; do
+        for id in "${lat_ids[@]}"; do
             port=${LPORT[$id]}
             for ((attempt = 0; attempt <= RETRIES; attempt++)); do
                 wait_quiet
@@ -817,6 +862,6 @@ case $MODE in
     latency) mode_latency ;;
     memory) RESULTS_TSV="$WORK/results.tsv.mem"; mkdir -p "$WORK"; : >"$RESULTS_TSV"; mode_memory ;;
     chart) chart ;;   # redraw bench/results.png from work/chart.dat
-    -h | --help | help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
+    -h | --help | help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown mode '$MODE' (throughput | latency | memory)" ;;
 esac
