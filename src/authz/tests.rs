@@ -5,23 +5,7 @@ use crate::routes::{PathPattern, Route};
 use std::time::Duration;
 
 fn record() -> KeyRecord {
-    KeyRecord {
-        id: "key_1".into(),
-        name: "n".into(),
-        owner: "acme".into(),
-        key_type: KeyType::Secret,
-        env: Environment::Live,
-        scopes: vec!["*".into()],
-        allowed_cidrs: vec![],
-        expires_at: None,
-        plan: None,
-        limits: Default::default(),
-        workspace: None,
-        project: None,
-        status: Status::Active,
-        created_at: SystemTime::UNIX_EPOCH,
-        last_used_at: None,
-    }
+    KeyRecord::for_tests()
 }
 
 fn route(

@@ -329,7 +329,7 @@ impl KeyCache {
 mod tests {
     //! The cache's rules against an in-memory store that counts reads and can fail or stall.
     use super::*;
-    use crate::keys::{Batch, ChangeSink, Environment, KeyType, Status};
+    use crate::keys::{Batch, ChangeSink, Status};
     use std::sync::atomic::AtomicBool;
 
     #[derive(Default)]
@@ -375,21 +375,8 @@ mod tests {
 
     fn record(status: Status) -> Arc<KeyRecord> {
         Arc::new(KeyRecord {
-            id: "key_1".into(),
-            name: "n".into(),
-            owner: "o".into(),
-            key_type: KeyType::Secret,
-            env: Environment::Live,
-            scopes: vec!["*".into()],
-            allowed_cidrs: vec![],
-            expires_at: None,
-            plan: None,
-            limits: Default::default(),
-            workspace: None,
-            project: None,
             status,
-            created_at: SystemTime::UNIX_EPOCH,
-            last_used_at: None,
+            ..KeyRecord::for_tests()
         })
     }
 

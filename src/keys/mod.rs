@@ -200,6 +200,31 @@ pub struct KeyRecord {
     pub last_used_at: Option<SystemTime>,
 }
 
+#[cfg(test)]
+impl KeyRecord {
+    /// An active, unbound, unlimited secret live key holding every scope: the base that unit
+    /// tests adjust.
+    pub(crate) fn for_tests() -> Self {
+        KeyRecord {
+            id: "key_1".into(),
+            name: "n".into(),
+            owner: "acme".into(),
+            key_type: KeyType::Secret,
+            env: Environment::Live,
+            scopes: vec!["*".into()],
+            allowed_cidrs: vec![],
+            expires_at: None,
+            plan: None,
+            limits: Default::default(),
+            workspace: None,
+            project: None,
+            status: Status::Active,
+            created_at: SystemTime::UNIX_EPOCH,
+            last_used_at: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("key store unavailable: {0}")]

@@ -368,26 +368,13 @@ fn long_state(name: &'static str, limit: u64, calendar: Calendar, u: quota::Usag
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::{KeyType, Status};
     use std::time::Duration;
 
     fn record(plan: Option<&str>, env: Environment) -> KeyRecord {
         KeyRecord {
-            id: "key_1".into(),
-            name: "n".into(),
-            owner: "o".into(),
-            key_type: KeyType::Secret,
             env,
-            scopes: vec!["*".into()],
-            allowed_cidrs: vec![],
-            expires_at: None,
             plan: plan.map(str::to_owned),
-            limits: Limits::default(),
-            workspace: None,
-            project: None,
-            status: Status::Active,
-            created_at: UNIX_EPOCH,
-            last_used_at: None,
+            ..KeyRecord::for_tests()
         }
     }
 
