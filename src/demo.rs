@@ -87,7 +87,8 @@ fn demo_config(
          [upstream]\nurl = \"http://{upstream}\"\nsandbox_url = \"http://{upstream}\"\n\
          [auth]\nunmatched = \"allow\"\n\
          [store]\nkind = \"file\"\npath = {keys:?}\n\
-         [log]\nformat = \"text\"\n",
+         [log]\nformat = \"text\"\n\
+         [server]\ndrain_period = \"0s\"\n",
         keys = keys.display().to_string(),
     );
     // The demo ignores KEYGATE_* variables: it must work the same on every machine.

@@ -4,7 +4,7 @@
 //! labels are bounded sets (decisions, results), never a key id or a raw path.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
@@ -29,7 +29,23 @@ pub struct Metrics {
     pub propagation_last_ms: IntGauge,
     /// Whole-cache flushes (file reloads, change-feed gaps).
     pub cache_flushes: IntCounter,
+    /// Time from request head to response head, allowed and refused: `[allowed, rejected]`.
+    request_latency: [Histogram; 2],
+    /// Time the upstream took to send its response head.
+    pub upstream_latency: Histogram,
+    /// Client connections open now (public and plain listeners).
+    pub open_connections: IntGauge,
+    /// TLS handshakes that failed (bad client, plain HTTP on the TLS port, timeout).
+    pub tls_handshake_failures: IntCounter,
+    /// Config and certificate reloads by what was reloaded and result.
+    pub reloads: IntCounterVec,
 }
+
+/// Request latencies span a cache hit (tens of µs) to a slow upstream (seconds).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -85,8 +101,48 @@ impl Metrics {
             "Whole-cache flushes after a reload or a change-feed gap",
         )
         .expect("valid metric");
+        let request_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "keygate_request_duration_seconds",
+                "Time from a request's head to its response's head, by outcome",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let upstream_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "keygate_upstream_duration_seconds",
+                "Time the upstream took to send its response head (or fail)",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let open_connections = IntGauge::new(
+            "keygate_open_connections",
+            "Client connections open now",
+        )
+        .expect("valid metric");
+        let tls_handshake_failures = IntCounter::new(
+            "keygate_tls_handshake_failures_total",
+            "TLS handshakes with clients that failed or timed out",
+        )
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "keygate_reloads_total",
+                "Config and certificate reloads by what and result",
+            ),
+            &["what", "result"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(request_latency.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(upstream_latency.clone()),
+            Box::new(open_connections.clone()),
+            Box::new(tls_handshake_failures.clone()),
+            Box::new(reloads.clone()),
+            Box::new(requests.clone()),
             Box::new(cache.clone()),
             Box::new(store_reads.clone()),
             Box::new(store_errors.clone()),
@@ -99,7 +155,19 @@ impl Metrics {
         }
         let allowed = ["1xx", "2xx", "3xx", "4xx", "5xx"]
             .map(|class| requests.with_label_values(&["allowed", class]));
+        // Zero-valued series exist from the start, so dashboards and alerts see them.
+        for what in ["config", "tls"] {
+            for result in ["ok", "failed"] {
+                reloads.with_label_values(&[what, result]);
+            }
+        }
         Self {
+            request_latency: ["allowed", "rejected"]
+                .map(|outcome| request_latency.with_label_values(&[outcome])),
+            upstream_latency,
+            open_connections,
+            tls_handshake_failures,
+            reloads,
             registry,
             allowed,
             requests,
@@ -114,9 +182,11 @@ impl Metrics {
     }
 
     /// Counts one request: `decision` is `allowed` or the rejection code.
-    pub fn request(&self, decision: &str, status: u16) {
+    pub fn request(&self, decision: &str, status: u16, latency: std::time::Duration) {
         let class = (usize::from(status / 100)).clamp(1, 5) - 1;
-        if decision == "allowed" {
+        let allowed = decision == "allowed";
+        self.request_latency[usize::from(!allowed)].observe(latency.as_secs_f64());
+        if allowed {
             self.allowed[class].inc();
         } else {
             const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -124,6 +194,12 @@ impl Metrics {
                 .with_label_values(&[decision, CLASSES[class]])
                 .inc();
         }
+    }
+
+    /// Counts one reload of `what` (`config` or `tls`).
+    pub fn reloaded(&self, what: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.reloads.with_label_values(&[what, result]).inc();
     }
 
     /// Records one propagation delay.

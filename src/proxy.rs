@@ -1,11 +1,17 @@
 //! The request path: [`Proxy::handle`] (logging, error rendering) around [`Proxy::admit`]
 //! (the ordered stages). Reading `admit` top to bottom is reading the product.
+//!
+//! The reloadable part (config, upstream client) sits behind one `ArcSwap`: a request takes
+//! one snapshot when it starts and uses it to the end, so a reload never mixes two configs
+//! within one request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, HeaderMap};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -13,7 +19,7 @@ use hyper::body::Incoming;
 use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential;
-use crate::forward::{self, Forwarder, Origin};
+use crate::forward::{self, ClientError, Forwarder, Origin};
 use crate::keys::cache::KeyCache;
 use crate::keys::{KeyHash, KeyRecord};
 use crate::limits::{self, Limiter, WindowState};
@@ -25,11 +31,24 @@ use crate::routes;
 pub type Body = Either<Incoming, Full<Bytes>>;
 
 pub struct Proxy {
-    config: Arc<Config>,
+    current: ArcSwap<Current>,
     keys: Arc<KeyCache>,
     limiter: Limiter,
-    forwarder: Forwarder,
     metrics: Arc<Metrics>,
+}
+
+/// What a config reload replaces.
+struct Current {
+    config: Arc<Config>,
+    forwarder: Forwarder,
+}
+
+/// How the request reached keygate.
+#[derive(Debug, Clone, Copy)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// Over keygate's own TLS listener.
+    pub tls: bool,
 }
 
 /// What `handle` needs to know about one request after `admit`; stages fill it in as they
@@ -44,27 +63,42 @@ struct Audit {
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, keys: Arc<KeyCache>, metrics: Arc<Metrics>) -> Self {
-        let forwarder = Forwarder::new(&config.upstream, &config.auth.credential_headers);
+    pub fn new(
+        config: Arc<Config>,
+        keys: Arc<KeyCache>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ClientError> {
         let limiter = Limiter::new(config.limits.clone(), config.cache.capacity);
-        Self {
-            config,
+        Ok(Self {
+            current: ArcSwap::from_pointee(Current::new(config)?),
             keys,
             limiter,
-            forwarder,
             metrics,
-        }
+        })
+    }
+
+    /// The config requests are being served with.
+    pub fn config(&self) -> Arc<Config> {
+        self.current.load().config.clone()
+    }
+
+    /// Serves every request that starts from now on with `config`. Requests in flight finish
+    /// with the config they started with. The caller decides which sections may change.
+    pub fn reload(&self, config: Arc<Config>) -> Result<(), ClientError> {
+        self.current.store(Arc::new(Current::new(config)?));
+        Ok(())
     }
 
     /// Runs one request and never fails: a refusal becomes its JSON response here, and
     /// nowhere else.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: Connection) -> Response<Body> {
         let started = Instant::now();
+        let current = self.current.load_full();
         let method = req.method().clone();
         // The path only: query strings carry secrets often enough (`?api_key=`).
         let path = req.uri().path().to_owned();
         let mut audit = Audit::default();
-        let outcome = self.admit(req, peer, &mut audit).await;
+        let outcome = self.admit(&current, req, conn, &mut audit).await;
         let (mut response, decision) = match outcome {
             Ok(response) => (response.map(Either::Left), "allowed"),
             Err(reject) => {
@@ -80,8 +114,9 @@ impl Proxy {
                 self.limiter.reset_style(),
             );
         }
-        self.metrics.request(decision, response.status().as_u16());
-        if self.config.log.access {
+        self.metrics
+            .request(decision, response.status().as_u16(), started.elapsed());
+        if current.config.log.access {
             let key = audit.key.as_deref();
             tracing::info!(
                 target: "keygate::access",
@@ -104,21 +139,35 @@ impl Proxy {
     /// request reaches the upstream.
     async fn admit(
         &self,
+        current: &Current,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        conn: Connection,
         audit: &mut Audit,
     ) -> Result<Response<Incoming>, Reject> {
-        let trusted = &self.config.network.trusted_proxies;
+        let config = &*current.config;
+        let trusted = &config.network.trusted_proxies;
+        let peer = conn.peer.ip();
         let peer_trusted = trusted
             .iter()
-            .any(|net| net.contains(&authz::canonical(peer.ip())));
-        let client_ip = forward::client_ip(peer.ip(), req.headers(), trusted);
+            .any(|net| net.contains(&authz::canonical(peer)));
+        let client_ip = forward::client_ip(peer, req.headers(), trusted);
         audit.client_ip = Some(client_ip);
         let origin = |key| Origin {
-            peer: peer.ip(),
+            peer,
             peer_trusted,
+            tls: conn.tls,
             key,
         };
+
+        // 0. Transport rules, before anything is read into: HTTPS only (if asked), bounded
+        //    headers and body.
+        if config.network.require_https
+            && !conn.tls
+            && !(peer_trusted && forwarded_https(req.headers()))
+        {
+            return Err(Reject::HttpsRequired);
+        }
+        check_sizes(&req, &config.server)?;
 
         // 1. The path rules are matched against, made unambiguous first: what is authorized
         //    must be what the upstream serves (no `/open/../admin`, no `%2e%2e`).
@@ -130,24 +179,23 @@ impl Proxy {
 
         // 2. Public paths (an upstream's own health check, docs) need no key at all.
         let path = req.uri().path();
-        if self
-            .config
+        if config
             .auth
             .public_paths
             .iter()
             .any(|p| p.matches(path).is_some())
         {
-            let req = self.forwarder.prepare(req, &origin(None));
-            return self.forwarder.send(req).await;
+            let req = current.forwarder.prepare(req, &origin(None));
+            return self.send(current, req).await;
         }
 
         // 3. Which key? Exactly one, from the configured headers, length-capped.
-        let auth = &self.config.auth;
+        let auth = &config.auth;
         let key =
             credential::extract(req.headers(), &auth.credential_headers, auth.max_key_length)?;
 
         // 4. Is it shaped like one of ours? Prefix, type, environment, checksum: no I/O.
-        let claims = credential::parse_key(key, &self.config.keys.prefix)?;
+        let claims = credential::parse_key(key, &config.keys.prefix)?;
 
         // 5. Do we know it? Only the hash is ever looked up or stored.
         let hash = KeyHash::of(key);
@@ -172,8 +220,8 @@ impl Proxy {
             now,
         };
         let policy = Policy {
-            routes: &self.config.routes,
-            sandbox_upstream: self.config.upstream.sandbox_url.is_some(),
+            routes: &config.routes,
+            sandbox_upstream: config.upstream.sandbox_url.is_some(),
         };
         authz::authorize(&record, claims, &facts, &policy)?;
 
@@ -189,9 +237,70 @@ impl Proxy {
         }
 
         // 8. Forward, without the key and with the verified identity.
-        let req = self.forwarder.prepare(req, &origin(Some(&record)));
-        self.forwarder.send(req).await
+        let req = current.forwarder.prepare(req, &origin(Some(&record)));
+        self.send(current, req).await
     }
+
+    async fn send(
+        &self,
+        current: &Current,
+        req: Request<forward::UpstreamBody>,
+    ) -> Result<Response<Incoming>, Reject> {
+        let started = Instant::now();
+        let response = current.forwarder.send(req).await;
+        self.metrics.upstream_latency.observe(started.elapsed().as_secs_f64());
+        response
+    }
+}
+
+impl Current {
+    fn new(config: Arc<Config>) -> Result<Self, ClientError> {
+        let forwarder = Forwarder::new(
+            &config.upstream,
+            &config.auth.credential_headers,
+            config.server.max_body_bytes,
+        )?;
+        Ok(Self { config, forwarder })
+    }
+}
+
+/// `X-Forwarded-Proto: https`, as a TLS terminator in front of keygate sets it. Only believed
+/// from a trusted proxy (the caller checks).
+fn forwarded_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// Header block and declared body size against the configured caps. hyper already refuses
+/// blocks beyond its read buffer (sized from the same setting); this gives everything in
+/// between our JSON 431. A streamed body without `Content-Length` is cut off in the forwarder.
+fn check_sizes<B>(req: &Request<B>, server: &crate::config::Server) -> Result<(), Reject> {
+    // Counted as on the wire: "name: value\r\n", plus the request line.
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    let uri = req.uri();
+    let line = req.method().as_str().len()
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + 12;
+    if headers + line > server.max_header_bytes {
+        return Err(Reject::HeadersTooLarge);
+    }
+    if let Some(max) = server.max_body_bytes {
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > max) {
+            return Err(Reject::PayloadTooLarge);
+        }
+    }
+    Ok(())
 }
 
 /// Replaces the request's path, keeping its query.

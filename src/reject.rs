@@ -27,6 +27,12 @@ pub enum Reject {
     InsufficientPermissions(Denial),
     IpNotAllowed(IpAddr),
     KeySuspended,
+    /// Plain HTTP where only HTTPS is accepted.
+    HttpsRequired,
+    /// Request line and headers over `server.max_header_bytes`.
+    HeadersTooLarge,
+    /// Body over `server.max_body_bytes`.
+    PayloadTooLarge,
     RateLimitExceeded(crate::limits::Refusal),
     KeyStoreUnavailable,
     UpstreamUnavailable,
@@ -88,9 +94,12 @@ impl Reject {
                 StatusCode::UNAUTHORIZED
             }
             Self::ConflictingCredentials | Self::InvalidPath => StatusCode::BAD_REQUEST,
-            Self::InsufficientPermissions(_) | Self::IpNotAllowed(_) | Self::KeySuspended => {
-                StatusCode::FORBIDDEN
-            }
+            Self::InsufficientPermissions(_)
+            | Self::IpNotAllowed(_)
+            | Self::KeySuspended
+            | Self::HttpsRequired => StatusCode::FORBIDDEN,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -109,6 +118,9 @@ impl Reject {
             Self::InsufficientPermissions(_) => "insufficient_permissions",
             Self::IpNotAllowed(_) => "ip_not_allowed",
             Self::KeySuspended => "key_suspended",
+            Self::HttpsRequired => "https_required",
+            Self::HeadersTooLarge => "request_header_fields_too_large",
+            Self::PayloadTooLarge => "request_too_large",
             Self::RateLimitExceeded(_) => "rate_limit_exceeded",
             Self::KeyStoreUnavailable => "key_store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
@@ -124,7 +136,11 @@ impl Reject {
             Self::InsufficientPermissions(_) | Self::IpNotAllowed(_) | Self::KeySuspended => {
                 "authorization_error"
             }
-            Self::ConflictingCredentials | Self::InvalidPath => "invalid_request_error",
+            Self::ConflictingCredentials
+            | Self::InvalidPath
+            | Self::HttpsRequired
+            | Self::HeadersTooLarge
+            | Self::PayloadTooLarge => "invalid_request_error",
             Self::RateLimitExceeded(_) => "rate_limit_error",
             Self::KeyStoreUnavailable | Self::UpstreamUnavailable | Self::UpstreamTimeout => {
                 "api_error"
@@ -151,6 +167,9 @@ impl Reject {
                 format!("Requests from IP address {ip} are not allowed for this API key")
             }
             Self::KeySuspended => "The API key provided has been suspended".into(),
+            Self::HttpsRequired => "All API requests must be made over HTTPS".into(),
+            Self::HeadersTooLarge => "The request headers are too large".into(),
+            Self::PayloadTooLarge => "The request body is too large".into(),
             Self::RateLimitExceeded(r) => format!(
                 "Rate limit exceeded: {} requests {}; retry after {} s",
                 r.window.limit,
@@ -259,6 +278,24 @@ mod tests {
                 403,
                 "key_suspended",
                 "authorization_error",
+            ),
+            (
+                Reject::HttpsRequired,
+                403,
+                "https_required",
+                "invalid_request_error",
+            ),
+            (
+                Reject::HeadersTooLarge,
+                431,
+                "request_header_fields_too_large",
+                "invalid_request_error",
+            ),
+            (
+                Reject::PayloadTooLarge,
+                413,
+                "request_too_large",
+                "invalid_request_error",
             ),
             (
                 Reject::KeyStoreUnavailable,

@@ -111,10 +111,18 @@ async fn rejections_use_the_json_error_table() {
     let reply = get(&url, &[("x-api-key", "kg_sk_live_short")]).await;
     assert_eq!(reply.error_code(), "invalid_api_key");
 
-    let giant = "k".repeat(64 * 1024);
-    let reply = get(&url, &[("x-api-key", &giant)]).await;
+    // Over auth.max_key_length: refused before any hashing or lookup.
+    let long = "k".repeat(4 * 1024);
+    let reply = get(&url, &[("x-api-key", &long)]).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
     assert_eq!(reply.error_code(), "invalid_api_key");
+    assert!(!text(&reply.body).contains("kkkk"), "the key was echoed");
+
+    // Over server.max_header_bytes (32 KiB by default): 431, still JSON.
+    let giant = "k".repeat(64 * 1024);
+    let reply = get(&url, &[("x-api-key", &giant)]).await;
+    assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(reply.error_code(), "request_header_fields_too_large");
     assert!(!text(&reply.body).contains("kkkk"), "the key was echoed");
 
     let bearer = format!("Bearer {other}");

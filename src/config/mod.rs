@@ -19,6 +19,8 @@ use crate::keys::cache::CacheConfig;
 use crate::keys::redis::RedisConfig;
 use crate::routes::{PathPattern, RouteTable};
 
+pub use serving::{Server, Tls, TlsVersion};
+
 use env::{NOT_OVERRIDES, apply_override, refuse_file_secrets};
 use raw::RawConfig;
 
@@ -54,6 +56,8 @@ fn invalid(field: &'static str, message: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub listen: Listen,
     pub server: Server,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
     pub upstream: Upstream,
     pub store: StoreConfig,
     pub cache: CacheConfig,
@@ -69,14 +73,10 @@ pub struct Config {
 pub struct Listen {
     pub public: SocketAddr,
     pub admin: SocketAddr,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Server {
-    /// Request-handling threads; `None`: one per CPU. 1 runs everything on one thread
-    /// (the sidecar setting: no cross-thread hand-offs at all).
+    /// With TLS on `public`: a plain-HTTP listener that refuses (403 `https_required`) or
+    /// redirects, and never forwards.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub workers: Option<usize>,
+    pub plain: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -94,6 +94,9 @@ pub struct Upstream {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub preserve_host: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -125,6 +128,10 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct Network {
     pub trusted_proxies: Vec<IpNet>,
+    /// Refuse (403 `https_required`) requests that did not arrive over TLS: on keygate's own
+    /// TLS listener always true; behind a TLS terminator, `X-Forwarded-Proto: https` counts
+    /// only from `trusted_proxies`.
+    pub require_https: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -168,12 +175,21 @@ impl Config {
             source,
         })?;
         let mut config = Self::from_toml(&text, path, std::env::vars())?;
-        match &mut config.store {
-            StoreConfig::File { path: keys, .. } if keys.is_relative() => {
-                let base = path.parent().unwrap_or(Path::new("."));
-                *keys = base.join(&*keys);
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
-            _ => {}
+        };
+        if let StoreConfig::File { path: keys, .. } = &mut config.store {
+            resolve(keys);
+        }
+        if let Some(tls) = &mut config.tls {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+        }
+        if let Some(ca) = &mut config.upstream.ca_file {
+            resolve(ca);
         }
         Ok(config)
     }
@@ -228,6 +244,7 @@ pub fn is_identity_header(name: &HeaderName) -> bool {
 
 mod env;
 mod raw;
+mod serving;
 mod validate;
 
 #[cfg(test)]

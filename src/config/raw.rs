@@ -14,7 +14,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub(super) listen: RawListen,
     #[serde(default)]
-    pub(super) server: RawServer,
+    pub(super) server: super::serving::RawServer,
+    pub(super) tls: Option<super::serving::RawTls>,
     pub(super) upstream: Option<RawUpstream>,
     #[serde(default)]
     pub(super) store: RawStore,
@@ -60,6 +61,8 @@ fn both_environments() -> Vec<String> {
 pub(super) struct RawListen {
     pub(super) public: String,
     pub(super) admin: String,
+    /// A plain-HTTP listener beside a TLS `public` one: it only refuses or redirects.
+    pub(super) plain: Option<String>,
 }
 
 impl Default for RawListen {
@@ -67,14 +70,9 @@ impl Default for RawListen {
         Self {
             public: "0.0.0.0:8080".into(),
             admin: "127.0.0.1:9090".into(),
+            plain: None,
         }
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub(super) struct RawServer {
-    pub(super) workers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +87,12 @@ pub(super) struct RawUpstream {
     pub(super) timeout: Duration,
     #[serde(default = "yes")]
     pub(super) preserve_host: bool,
+    /// PEM roots for an `https://` upstream, instead of the system's.
+    pub(super) ca_file: Option<PathBuf>,
+    /// Speak HTTP/2 to the upstream (prior knowledge for http://, required via ALPN for
+    /// https://).
+    #[serde(default)]
+    pub(super) http2: bool,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -235,6 +239,7 @@ impl Default for RawAuth {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawNetwork {
     pub(super) trusted_proxies: Vec<String>,
+    pub(super) require_https: bool,
 }
 
 #[derive(Debug, Deserialize)]

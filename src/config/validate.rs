@@ -22,7 +22,20 @@ impl TryFrom<RawConfig> for Config {
         let listen = Listen {
             public: parse_addr("listen.public", &raw.listen.public)?,
             admin: parse_addr("listen.admin", &raw.listen.admin)?,
+            plain: raw
+                .listen
+                .plain
+                .as_deref()
+                .map(|p| parse_addr("listen.plain", p))
+                .transpose()?,
         };
+        let tls = serving::validate_tls(raw.tls)?;
+        if listen.plain.is_some() && tls.is_none() {
+            return Err(invalid(
+                "listen.plain",
+                "only makes sense with [tls] on listen.public; remove it or add [tls] cert and key",
+            ));
+        }
         if listen.public == listen.admin && listen.public.port() != 0 {
             return Err(invalid(
                 "listen.admin",
@@ -110,24 +123,20 @@ impl TryFrom<RawConfig> for Config {
             )
         })?;
 
-        if raw.server.workers.is_some_and(|w| w == 0 || w > 1024) {
-            return Err(invalid(
-                "server.workers",
-                "must be between 1 and 1024; leave it out for one per CPU",
-            ));
-        }
+        let server = Server::try_from(raw.server)?;
 
         Ok(Config {
             listen,
-            server: Server {
-                workers: raw.server.workers,
-            },
+            server,
+            tls,
             upstream: Upstream {
                 url,
                 sandbox_url,
                 connect_timeout: up.connect_timeout,
                 timeout: up.timeout,
                 preserve_host: up.preserve_host,
+                ca_file: up.ca_file,
+                http2: up.http2,
             },
             store,
             cache,
@@ -137,7 +146,10 @@ impl TryFrom<RawConfig> for Config {
                 max_per_owner: raw.keys.max_per_owner,
             },
             auth,
-            network: Network { trusted_proxies },
+            network: Network {
+                trusted_proxies,
+                require_https: raw.network.require_https,
+            },
             log: LogConfig {
                 format,
                 level: raw.log.level,
@@ -200,10 +212,10 @@ fn parse_upstream(field: &'static str, s: &str) -> Result<Uri, ConfigError> {
             format!("{s:?} is not a URL ({e}); expected e.g. http://127.0.0.1:3000"),
         )
     })?;
-    if url.scheme_str() != Some("http") || url.authority().is_none() {
+    if !matches!(url.scheme_str(), Some("http" | "https")) || url.authority().is_none() {
         return Err(invalid(
             field,
-            format!("{s:?}: expected http://HOST:PORT (https upstreams are not supported yet)"),
+            format!("{s:?}: expected http://HOST:PORT or https://HOST[:PORT]"),
         ));
     }
     if url.query().is_some() {

@@ -9,7 +9,11 @@
 //!    TCP peer is a trusted proxy; otherwise they are replaced, never appended to.
 //!
 //! Bodies are never buffered: the client's body stream is handed to the upstream request and
-//! the upstream's body stream to the client response.
+//! the upstream's body stream to the client response. An `Upgrade` (WebSocket) survives step 1
+//! when the client asked for one; see [`upgrade`].
+
+mod client;
+pub mod upgrade;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -17,11 +21,11 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version};
+use http_body_util::Limited;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use ipnet::IpNet;
+
+pub use client::{ClientError, UpstreamBody};
 
 use crate::authz::canonical;
 use crate::config::{Upstream, is_identity_header};
@@ -86,6 +90,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 pub struct Origin<'a> {
     pub peer: IpAddr,
     pub peer_trusted: bool,
+    /// The client connection is TLS (keygate terminated it).
+    pub tls: bool,
     pub key: Option<&'a KeyRecord>,
 }
 
@@ -115,37 +121,36 @@ impl Target {
 }
 
 pub struct Forwarder {
-    client: Client<HttpConnector, Incoming>,
+    client: client::UpstreamClient,
     production: Target,
     /// Where sandbox keys go; `None` refuses them (enforced by authorization).
     sandbox: Option<Target>,
     timeout: Duration,
     preserve_host: bool,
     credential_headers: Vec<CredentialHeader>,
+    max_body: usize,
 }
 
 impl Forwarder {
-    pub fn new(upstream: &Upstream, credential_headers: &[CredentialHeader]) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(upstream.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        Self {
-            client,
+    pub fn new(
+        upstream: &Upstream,
+        credential_headers: &[CredentialHeader],
+        max_body: Option<u64>,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            client: client::build(upstream)?,
             production: Target::new(&upstream.url),
             sandbox: upstream.sandbox_url.as_ref().map(Target::new),
             timeout: upstream.timeout,
             preserve_host: upstream.preserve_host,
             credential_headers: credential_headers.to_vec(),
-        }
+            max_body: max_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
+        })
     }
 
     /// Rewrites a client request into the upstream request (see the module doc). Sandbox
     /// keys go to the sandbox upstream, everything else to production.
-    pub fn prepare(&self, mut req: Request<Incoming>, origin: &Origin) -> Request<Incoming> {
+    pub fn prepare(&self, mut req: Request<Incoming>, origin: &Origin) -> Request<UpstreamBody> {
         let target = match (origin.key.map(|k| k.env), &self.sandbox) {
             (Some(Environment::Test), Some(sandbox)) => sandbox,
             _ => &self.production,
@@ -168,7 +173,11 @@ impl Forwarder {
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
+        let upgrade = upgrade::requested(headers);
         strip_hop_by_hop(headers);
+        if let Some(protocol) = upgrade {
+            upgrade::restore(headers, protocol);
+        }
         strip_credentials(headers, &self.credential_headers);
         let foreign: Vec<HeaderName> = headers
             .keys()
@@ -202,7 +211,8 @@ impl Forwarder {
             headers.insert(&X_FORWARDED_FOR, peer);
         }
         if !origin.peer_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            let proto = if origin.tls { "https" } else { "http" };
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
         }
         if !origin.peer_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
             match &original_host {
@@ -214,14 +224,23 @@ impl Forwarder {
             (Some(host), true) => headers.insert(header::HOST, host.clone()),
             _ => headers.insert(header::HOST, target.authority.clone()),
         };
-        req
+        let max_body = self.max_body;
+        req.map(|body| Limited::new(body, max_body))
     }
 
     /// Sends the prepared request; waits at most the configured timeout for response headers.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Reject> {
+    pub async fn send(&self, mut req: Request<UpstreamBody>) -> Result<Response<Incoming>, Reject> {
+        let client_side = if req.headers().contains_key(header::UPGRADE) {
+            upgrade::take_client_side(&mut req)
+        } else {
+            None
+        };
         let response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
             Err(_) => return Err(Reject::UpstreamTimeout),
             Ok(Err(e)) => {
+                if is_body_too_large(&e) {
+                    return Err(Reject::PayloadTooLarge);
+                }
                 tracing::warn!(error = %error_chain(&e), "upstream request failed");
                 return Err(if is_timeout(&e) {
                     Reject::UpstreamTimeout
@@ -232,9 +251,27 @@ impl Forwarder {
             Ok(Ok(response)) => response,
         };
         let mut response = response;
-        strip_hop_by_hop(response.headers_mut());
+        match client_side {
+            Some(client) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                // Connection/Upgrade on a 101 are the handshake itself: they stay.
+                upgrade::splice(client, &mut response);
+            }
+            _ => strip_hop_by_hop(response.headers_mut()),
+        }
         Ok(response)
     }
+}
+
+/// The client's body ran past `server.max_body_bytes` while it streamed upstream.
+fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -1,0 +1,106 @@
+//! The pooled upstream client: plain or TLS (system roots, or the PEM roots in
+//! `upstream.ca_file`), HTTP/1.1 or HTTP/2.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::config::Upstream;
+
+/// The client's request body: the client's stream, cut off at `server.max_body_bytes`.
+pub type UpstreamBody = Limited<Incoming>;
+
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("upstream.ca_file {path}: {message}")]
+    CaFile { path: String, message: String },
+    #[error("no usable system root certificates for an https upstream: {0}")]
+    NativeRoots(String),
+}
+
+pub fn build(upstream: &Upstream) -> Result<UpstreamClient, ClientError> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(upstream.connect_timeout));
+    // The TLS connector hands plain `http://` through untouched.
+    http.enforce_http(false);
+
+    let needs_tls = [Some(&upstream.url), upstream.sandbox_url.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|u| u.scheme_str() == Some("https"));
+    let roots = match (&upstream.ca_file, needs_tls) {
+        (Some(path), _) => roots_from_file(path)?,
+        (None, true) => native_roots()?,
+        // Never used; loading the system store would only cost start-up time.
+        (None, false) => RootCertStore::empty(),
+    };
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    let connector = if upstream.http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.enable_http1().wrap_connector(http)
+    };
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .http2_only(upstream.http2)
+        .timer(TokioTimer::new())
+        .build(connector))
+}
+
+fn roots_from_file(path: &Path) -> Result<RootCertStore, ClientError> {
+    let err = |message: String| ClientError::CaFile {
+        path: path.display().to_string(),
+        message,
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| err(e.to_string()))? {
+        let cert = cert.map_err(|e| err(e.to_string()))?;
+        roots
+            .add(cert)
+            .map_err(|e| err(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(err("holds no PEM certificate".into()));
+    }
+    Ok(roots)
+}
+
+fn native_roots() -> Result<RootCertStore, ClientError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found
+            .errors
+            .first()
+            .map_or("none found".to_owned(), |e| e.to_string());
+        return Err(ClientError::NativeRoots(format!(
+            "{why}; set upstream.ca_file"
+        )));
+    }
+    Ok(roots)
+}

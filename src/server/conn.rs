@@ -1,0 +1,319 @@
+//! One client connection, from accept to close: the connection cap, the TLS handshake (or the
+//! refusal of plain HTTP on the TLS port), HTTP/1.1 + HTTP/2 serving, the header and idle
+//! timeouts, and a polite close on shutdown.
+//!
+//! Why keygate times connections itself instead of using hyper's `header_read_timeout`: hyper
+//! runs that one timer from the moment it waits for a request head, so it also closes every
+//! keep-alive connection idle for longer than the header timeout. A slow-loris guard wants
+//! seconds; a keep-alive idle timeout must outlast the load balancer's pool (often 60 s), or
+//! the balancer reuses a connection keygate just closed and answers 502. [`Activity`] tells the
+//! two apart: bytes arriving while no request is in flight start the header clock; silence
+//! with nothing in flight runs the idle clock.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config;
+
+/// The HTTP/1.1 + HTTP/2 connection builder, from `[server]`.
+pub fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper refuses a head beyond its read buffer with a bare 431; sizing the buffer above the
+    // configured cap lets `proxy::check_sizes` answer everything in between with JSON.
+    let buffer = (server.max_header_bytes * 2 + 8192).max(16 * 1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(buffer)
+        .max_headers(256);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(server.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Per-connection timing state, shared by the I/O wrapper, the service wrapper and the
+/// connection's watchdog. Times are milliseconds since `base`.
+pub struct Activity {
+    base: Instant,
+    in_flight: AtomicUsize,
+    last_io: AtomicU64,
+    /// When the first byte of a request head arrived (0: not reading a head).
+    head_started: AtomicU64,
+    /// An HTTP/2 connection: frames (PING, WINDOW_UPDATE) arrive between requests, so only
+    /// the idle clock applies once a request was seen.
+    http2: AtomicBool,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        let base = Instant::now();
+        Arc::new(Self {
+            base,
+            in_flight: AtomicUsize::new(0),
+            last_io: AtomicU64::new(0),
+            // A fresh connection is waiting for its first head.
+            head_started: AtomicU64::new(1),
+            http2: AtomicBool::new(false),
+        })
+    }
+
+    fn now(&self) -> u64 {
+        // +1 keeps 0 free to mean "none".
+        self.base.elapsed().as_millis() as u64 + 1
+    }
+
+    fn read(&self) {
+        let now = self.now();
+        self.last_io.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.http2.load(Ordering::Relaxed)
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            self.head_started.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn wrote(&self) {
+        self.last_io.store(self.now(), Ordering::Relaxed);
+    }
+
+    fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
+        if version == Version::HTTP_2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.head_started.store(0, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// What the watchdog should do now, and when to look again.
+    fn check(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+        let now = self.now();
+        let head = self.head_started.load(Ordering::Relaxed);
+        if head != 0 {
+            let deadline = head + header_timeout.as_millis() as u64;
+            if now >= deadline {
+                return Verdict::HeaderTimeout;
+            }
+        }
+        if self.in_flight.load(Ordering::Relaxed) == 0 && head == 0 {
+            let deadline = self.last_io.load(Ordering::Relaxed) + idle_timeout.as_millis() as u64;
+            if now >= deadline {
+                return Verdict::Idle;
+            }
+        }
+        Verdict::Fine
+    }
+}
+
+enum Verdict {
+    Fine,
+    HeaderTimeout,
+    Idle,
+}
+
+/// One request in flight; ends when the response body has been sent (or dropped).
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.wrote();
+    }
+}
+
+/// The connection's I/O, reporting activity.
+pub struct Watched<IO> {
+    io: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.read();
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.wrote();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until it is fully sent.
+pub struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What a listener needs to serve one connection.
+pub struct Serving {
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Cancelled when keygate stops: finish what is in flight, then close.
+    pub closing: CancellationToken,
+}
+
+/// Serves HTTP on `io` until the client closes, a timeout fires, or `closing` is cancelled
+/// (then in-flight requests finish first).
+pub async fn serve<IO, S, B>(serving: &Serving, io: IO, activity: Arc<Activity>, service: S)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>, Error = std::convert::Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let io = Watched {
+        io,
+        activity: activity.clone(),
+    };
+    let service = Tracking {
+        inner: service,
+        activity: activity.clone(),
+    };
+    let conn = serving
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    // Look at the clocks often enough to act within half a header timeout of a deadline.
+    let tick = (serving.header_timeout / 2).min(serving.idle_timeout / 2);
+    let mut closing_requested = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = serving.closing.cancelled(), if !closing_requested => {
+                closing_requested = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep(tick) => {
+                match activity.check(serving.header_timeout, serving.idle_timeout) {
+                    Verdict::Fine => {}
+                    Verdict::HeaderTimeout => {
+                        tracing::debug!("request head not received in time; closing");
+                        return;
+                    }
+                    Verdict::Idle if !closing_requested => {
+                        closing_requested = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    Verdict::Idle => {}
+                }
+            }
+        }
+    }
+}
+
+/// Wraps a service so every request is counted in flight until its response body is sent.
+struct Tracking<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Tracking<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Tracked<B>>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let in_flight = self.activity.request_started(req.version());
+        let future = self.inner.call(req);
+        Box::pin(async move {
+            let response = future.await?;
+            Ok(response.map(|inner| Tracked {
+                inner,
+                _in_flight: in_flight,
+            }))
+        })
+    }
+}

@@ -1,0 +1,406 @@
+//! Listeners and the process lifecycle: bind, accept (with a connection cap), hand each
+//! connection to [`conn`], reload config and certificates ([`reload`]), and shut down in
+//! order: fail readiness, drain, stop accepting, finish in-flight requests, exit before the
+//! deadline.
+
+mod conn;
+mod reload;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, LOCATION};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{self, Readiness};
+use crate::config::{Config, Tls};
+use crate::keys::{self, cache::KeyCache};
+use crate::metrics::Metrics;
+use crate::proxy::{Connection, Proxy};
+use crate::reject::Reject;
+use conn::{Activity, Serving};
+use tls::Certificates;
+
+/// Admin connections are few (probes, one scraper); their own small cap keeps them reachable
+/// when the public listener is saturated.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr} ({which}): {source}")]
+    Bind {
+        which: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::keys::StoreError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Upstream(#[from] crate::forward::ClientError),
+}
+
+/// A proxy with its listeners bound and its key store loaded, ready to [`Server::run`].
+pub struct Server {
+    public: TcpListener,
+    plain: Option<TcpListener>,
+    admin: TcpListener,
+    certificates: Option<Arc<Certificates>>,
+    proxy: Arc<Proxy>,
+    cache: Arc<KeyCache>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    config_file: Option<PathBuf>,
+}
+
+impl Server {
+    pub async fn bind(config: Config) -> Result<Self, ServerError> {
+        let metrics = Arc::new(Metrics::new());
+        let certificates = config.tls.as_ref().map(Certificates::load).transpose()?;
+        let store = keys::open(&config.store, metrics.clone())?;
+        tracing::info!(store = %store.describe(), "key store opened");
+        let cache = KeyCache::new(store, config.cache.clone(), metrics.clone());
+        let bind = |which, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    which,
+                    addr,
+                    source,
+                })
+        };
+        let public = bind("listen.public", config.listen.public).await?;
+        let plain = match config.listen.plain {
+            Some(addr) => Some(bind("listen.plain", addr).await?),
+            None => None,
+        };
+        let admin = bind("listen.admin", config.listen.admin).await?;
+        let proxy = Proxy::new(Arc::new(config), cache.clone(), metrics.clone())?;
+        Ok(Self {
+            public,
+            plain,
+            admin,
+            certificates,
+            proxy: Arc::new(proxy),
+            cache,
+            metrics,
+            readiness: Readiness::default(),
+            config_file: None,
+        })
+    }
+
+    /// Reload the config from `path` on SIGHUP and when the file changes.
+    pub fn reload_from(mut self, path: PathBuf) -> Self {
+        self.config_file = Some(path);
+        self
+    }
+
+    pub fn public_addr(&self) -> SocketAddr {
+        self.public
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains (see the module doc).
+    pub async fn run(self, shutdown: CancellationToken) {
+        let config = self.proxy.config();
+        tracing::info!(
+            public = %self.public_addr(),
+            admin = %self.admin_addr(),
+            plain = self.plain_addr().map(tracing::field::display),
+            tls = config.tls.is_some(),
+            "keygate listening"
+        );
+        let background = CancellationToken::new();
+        self.cache.start(background.clone());
+        tokio::spawn(
+            reload::Reloader {
+                config_file: self.config_file.clone(),
+                proxy: self.proxy.clone(),
+                certificates: self.certificates.clone(),
+                metrics: self.metrics.clone(),
+            }
+            .run(config.server.watch_interval, background.clone()),
+        );
+
+        // Accepting stops when `stop_accepting` fires; connections are asked to close when
+        // `closing` does; `connections` tracks them until they have.
+        let stop_accepting = CancellationToken::new();
+        let closing = CancellationToken::new();
+        let connections = TaskTracker::new();
+        let serving = Arc::new(Serving {
+            builder: Arc::new(conn::builder(&config.server)),
+            header_timeout: config.server.header_read_timeout,
+            idle_timeout: config.server.idle_timeout,
+            closing: closing.clone(),
+        });
+        let client_cap = Arc::new(Semaphore::new(config.server.max_connections));
+        let acceptor = match (&config.tls, &self.certificates) {
+            (Some(tls), Some(certs)) => Some(tls::acceptor(tls, certs.clone())),
+            _ => None,
+        };
+        let endpoint = Endpoint {
+            serving: serving.clone(),
+            connections: connections.clone(),
+            metrics: self.metrics.clone(),
+            stop: stop_accepting.clone(),
+        };
+
+        let proxy = self.proxy.clone();
+        let tls_config = config.tls.clone();
+        let public = endpoint.clone().accept(
+            self.public,
+            client_cap.clone(),
+            move |stream, peer, serving, metrics| {
+                let proxy = proxy.clone();
+                let acceptor = acceptor.clone();
+                let tls_config = tls_config.clone();
+                async move {
+                    match (acceptor, tls_config) {
+                        (Some(acceptor), Some(tls)) => {
+                            serve_tls(stream, peer, &serving, metrics, acceptor, &tls, proxy)
+                                .await;
+                        }
+                        _ => {
+                            let conn = Connection { peer, tls: false };
+                            serve_proxy(&serving, stream, proxy, conn).await;
+                        }
+                    }
+                }
+            },
+        );
+        let plain = self.plain.map(|listener| {
+            let tls = config.tls.clone().expect("listen.plain requires [tls]");
+            endpoint.clone().accept(
+                listener,
+                client_cap.clone(),
+                move |stream, _peer, serving, metrics| {
+                    let tls = tls.clone();
+                    async move { serve_plain(&serving, stream, &tls, metrics).await }
+                },
+            )
+        });
+        let readiness = self.readiness.clone();
+        let admin = endpoint.accept(
+            self.admin,
+            Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+            move |stream, _peer, serving, metrics| {
+                let readiness = readiness.clone();
+                async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let response = admin::route(&req, &readiness, &metrics);
+                        async move { Ok::<_, Infallible>(response) }
+                    });
+                    conn::serve(&serving, stream, Activity::new(), service).await;
+                }
+            },
+        );
+        let listeners = tokio::spawn(async move {
+            tokio::join!(public, admin, async {
+                if let Some(plain) = plain {
+                    plain.await;
+                }
+            });
+        });
+        self.readiness.set(true);
+
+        shutdown.cancelled().await;
+        // Load balancers poll readiness: fail it first, keep serving while they notice.
+        self.readiness.set(false);
+        let drain = config.server.drain_period;
+        tracing::info!(drain = ?drain, "shutting down: readiness failed, draining");
+        tokio::time::sleep(drain).await;
+        stop_accepting.cancel();
+        let _ = listeners.await;
+        closing.cancel();
+        connections.close();
+        let deadline = self.proxy.config().server.shutdown_timeout;
+        if tokio::time::timeout(deadline, connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = connections.len(),
+                "shutdown deadline passed with connections still open"
+            );
+        }
+        background.cancel();
+        self.cache.flush_usage().await;
+        tracing::info!("keygate stopped");
+    }
+}
+
+/// What every accept loop shares.
+#[derive(Clone)]
+struct Endpoint {
+    serving: Arc<Serving>,
+    connections: TaskTracker,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+}
+
+impl Endpoint {
+    /// Accepts until stopped; each connection runs `handle` in a tracked task while holding
+    /// a permit of `cap`. At the cap, accepting pauses: further clients wait in the kernel's
+    /// listen backlog instead of costing memory here.
+    async fn accept<F, Fut>(self, listener: TcpListener, cap: Arc<Semaphore>, handle: F)
+    where
+        F: Fn(TcpStream, SocketAddr, Arc<Serving>, Arc<Metrics>) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        loop {
+            let permit = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                permit = cap.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let (stream, peer) = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning on the error.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let metrics = self.metrics.clone();
+            metrics.open_connections.inc();
+            let task = handle(stream, peer, self.serving.clone(), metrics.clone());
+            self.connections.spawn(async move {
+                task.await;
+                metrics.open_connections.dec();
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn serve_proxy<IO>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Connection)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req: Request<Incoming>| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
+    });
+    conn::serve(serving, io, Activity::new(), service).await;
+}
+
+/// The TLS port: a client that starts with anything but a TLS record (plain HTTP, most
+/// likely) gets the plain listener's answer instead of a handshake error it cannot read.
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    serving: &Serving,
+    metrics: Arc<Metrics>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tls: &Tls,
+    proxy: Arc<Proxy>,
+) {
+    const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(serving.header_timeout, stream.peek(&mut first)).await;
+    match peeked {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => {}
+        Ok(Ok(1)) => {
+            metrics.tls_handshake_failures.inc();
+            serve_plain(serving, stream, tls, metrics).await;
+            return;
+        }
+        // Closed, reset or silent: nothing to answer.
+        _ => {
+            metrics.tls_handshake_failures.inc();
+            return;
+        }
+    }
+    let stream =
+        match tokio::time::timeout(serving.header_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                metrics.tls_handshake_failures.inc();
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                metrics.tls_handshake_failures.inc();
+                return;
+            }
+        };
+    serve_proxy(serving, stream, proxy, Connection { peer, tls: true }).await;
+}
+
+/// Plain HTTP where only HTTPS is served: every request is refused (403 `https_required`) or
+/// redirected to `tls.plain_redirect`; nothing is forwarded.
+async fn serve_plain(serving: &Serving, stream: TcpStream, tls: &Tls, metrics: Arc<Metrics>) {
+    let redirect = tls.plain_redirect.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let started = Instant::now();
+        let response = plain_response(&req, redirect.as_ref());
+        let decision = if redirect.is_some() {
+            "https_redirect"
+        } else {
+            "https_required"
+        };
+        metrics.request(decision, response.status().as_u16(), started.elapsed());
+        async move { Ok::<_, Infallible>(response) }
+    });
+    conn::serve(serving, stream, Activity::new(), service).await;
+}
+
+fn plain_response<B>(req: &Request<B>, redirect: Option<&http::Uri>) -> Response<Full<Bytes>> {
+    let Some(base) = redirect else {
+        return Reject::HttpsRequired.into_response();
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("{}{path}", base.to_string().trim_end_matches('/'));
+    let mut response = Response::new(Full::new(Bytes::new()));
+    // 308 keeps the method and body: a POST is retried as a POST over HTTPS.
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,137 @@
+//! TLS termination on the public listener: rustls with ALPN `h2` + `http/1.1`, TLS 1.2 or
+//! newer, and a certificate that can be swapped while connections stay open.
+//!
+//! The acceptor's `ServerConfig` never changes; it asks a [`Certificates`] resolver for the
+//! current certificate on each handshake. A reload parses and checks the new pair completely
+//! (PEM, key type, key matches certificate) before swapping, so a half-written or broken file
+//! leaves the old certificate serving. Live connections keep the session they negotiated.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::{Tls, TlsVersion};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls.cert {path}: {message}")]
+    Cert { path: String, message: String },
+    #[error("tls.key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("tls.key does not belong to tls.cert: {0}")]
+    Mismatch(String),
+}
+
+/// The certificate handshakes are answered with; replaced by [`Certificates::reload`].
+#[derive(Debug)]
+pub struct Certificates {
+    current: ArcSwap<CertifiedKey>,
+    /// What the files looked like when last loaded, to notice a change without re-parsing.
+    stamp: std::sync::Mutex<FileStamp>,
+}
+
+impl ResolvesServerCert for Certificates {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Modification time and length of the certificate and key files.
+type FileStamp = [(Option<SystemTime>, u64); 2];
+
+fn stamp(tls: &Tls) -> FileStamp {
+    [&tls.cert, &tls.key].map(|p| match std::fs::metadata(p) {
+        Ok(m) => (m.modified().ok(), m.len()),
+        Err(_) => (None, 0),
+    })
+}
+
+impl Certificates {
+    pub fn load(tls: &Tls) -> Result<Arc<Self>, TlsError> {
+        let stamp_now = stamp(tls);
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(load_pair(&tls.cert, &tls.key)?),
+            stamp: std::sync::Mutex::new(stamp_now),
+        }))
+    }
+
+    /// Loads the pair again; on any error the current certificate stays.
+    pub fn reload(&self, tls: &Tls) -> Result<(), TlsError> {
+        let stamp_now = stamp(tls);
+        let pair = load_pair(&tls.cert, &tls.key)?;
+        self.current.store(Arc::new(pair));
+        *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = stamp_now;
+        Ok(())
+    }
+
+    /// Whether either file changed since the last load (or failed load attempt is pending).
+    pub fn changed_on_disk(&self, tls: &Tls) -> bool {
+        let last = *self.stamp.lock().unwrap_or_else(|e| e.into_inner());
+        stamp(tls) != last
+    }
+
+    /// Remembers the files' current state after a failed reload, so a broken file is
+    /// reported once rather than on every watch tick; the next write retries.
+    pub fn mark_seen(&self, tls: &Tls) {
+        *self.stamp.lock().unwrap_or_else(|e| e.into_inner()) = stamp(tls);
+    }
+}
+
+/// The rustls acceptor for `tls`, answering with `certificates`.
+pub fn acceptor(tls: &Tls, certificates: Arc<Certificates>) -> tokio_rustls::TlsAcceptor {
+    let versions: &[&rustls::SupportedProtocolVersion] = match tls.min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .expect("ring supports TLS 1.2 and 1.3")
+        .with_no_client_auth()
+        .with_cert_resolver(certificates);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_err = |message: String| TlsError::Cert {
+        path: cert_path.display().to_string(),
+        message,
+    };
+    let chain = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| cert_err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cert_err(format!("not valid PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(cert_err(
+            "holds no CERTIFICATE block; expected the PEM chain, leaf first".into(),
+        ));
+    }
+    // The key file's error never quotes the file: it is a secret.
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::Key {
+        path: key_path.display().to_string(),
+        message: match e {
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                "holds no PRIVATE KEY block (PKCS#8, PKCS#1 or SEC1 PEM expected)".into()
+            }
+            rustls_pki_types::pem::Error::Io(io) => io.to_string(),
+            _ => "not a valid PEM private key".into(),
+        },
+    })?;
+    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => TlsError::Mismatch(e.to_string()),
+        other => TlsError::Key {
+            path: key_path.display().to_string(),
+            message: format!("unusable private key: {other}"),
+        },
+    })
+}
