@@ -188,9 +188,7 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
         Command::Serve => {
             let config = Config::load(&cli.config)?;
             init_logging(config.log.format, &config.log.level);
-            let server = Server::bind(config)
-                .await?
-                .reload_from(cli.config.clone());
+            let server = Server::bind(config).await?.reload_from(cli.config.clone());
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {

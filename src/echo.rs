@@ -42,7 +42,7 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
     }
 }
 
-async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, mut body) = req.into_parts();
     let mut hasher = Sha256::new();
     let mut len = 0usize;

@@ -4,8 +4,8 @@
 //! labels are bounded sets (decisions, results), never a key id or a raw path.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -118,11 +118,9 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("valid metric");
-        let open_connections = IntGauge::new(
-            "keygate_open_connections",
-            "Client connections open now",
-        )
-        .expect("valid metric");
+        let open_connections =
+            IntGauge::new("keygate_open_connections", "Client connections open now")
+                .expect("valid metric");
         let tls_handshake_failures = IntCounter::new(
             "keygate_tls_handshake_failures_total",
             "TLS handshakes with clients that failed or timed out",

@@ -248,7 +248,9 @@ impl Proxy {
     ) -> Result<Response<Incoming>, Reject> {
         let started = Instant::now();
         let response = current.forwarder.send(req).await;
-        self.metrics.upstream_latency.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .upstream_latency
+            .observe(started.elapsed().as_secs_f64());
         response
     }
 }

@@ -66,7 +66,10 @@ mod tests {
         let cases: &[(&[(&str, &str)], bool)] = &[
             (&[("connection", "Upgrade"), ("upgrade", "websocket")], true),
             (
-                &[("connection", "keep-alive, upgrade"), ("upgrade", "websocket")],
+                &[
+                    ("connection", "keep-alive, upgrade"),
+                    ("upgrade", "websocket"),
+                ],
                 true,
             ),
             (&[("upgrade", "websocket")], false),

@@ -181,8 +181,7 @@ impl Server {
                 async move {
                     match (acceptor, tls_config) {
                         (Some(acceptor), Some(tls)) => {
-                            serve_tls(stream, peer, &serving, metrics, acceptor, &tls, proxy)
-                                .await;
+                            serve_tls(stream, peer, &serving, metrics, acceptor, &tls, proxy).await;
                         }
                         _ => {
                             let conn = Connection { peer, tls: false };
@@ -339,20 +338,19 @@ async fn serve_tls(
             return;
         }
     }
-    let stream =
-        match tokio::time::timeout(serving.header_timeout, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                metrics.tls_handshake_failures.inc();
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                metrics.tls_handshake_failures.inc();
-                return;
-            }
-        };
+    let stream = match tokio::time::timeout(serving.header_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            metrics.tls_handshake_failures.inc();
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            metrics.tls_handshake_failures.inc();
+            return;
+        }
+    };
     serve_proxy(serving, stream, proxy, Connection { peer, tls: true }).await;
 }
 

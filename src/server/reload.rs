@@ -38,14 +38,14 @@ fn stamp(path: &std::path::Path) -> Stamp {
 impl Reloader {
     pub async fn run(self, interval: Duration, stop: CancellationToken) {
         #[cfg(unix)]
-        let mut hangup =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file change only");
-                    None
-                }
-            };
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by file change only");
+                None
+            }
+        };
         let mut config_stamp = self.config_file.as_deref().and_then(stamp);
         let mut tick = (!interval.is_zero()).then(|| tokio::time::interval(interval));
         loop {

@@ -143,6 +143,8 @@ pub struct Keygate {
     pub child: Child,
     pub public: SocketAddr,
     pub admin: SocketAddr,
+    /// `listen.plain`, when configured.
+    pub plain: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -185,6 +187,7 @@ impl Keygate {
         Self {
             public: addr("public"),
             admin: addr("admin"),
+            plain: json["plain"].as_str().map(|a| a.parse().unwrap()),
             child,
             logs,
         }
@@ -196,6 +199,25 @@ impl Keygate {
 
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// The value of one sample in `/metrics`, e.g. `keygate_reloads_total{what="tls",result="ok"}`.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let body = get(&self.admin_url("/metrics"), &[]).await.body;
+        text(&body).lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse().ok())?
+        })
     }
 
     pub fn all_logs(&self) -> String {

@@ -1,0 +1,387 @@
+//! TLS, end to end with real certificates (rcgen) and a verifying rustls client: termination
+//! with HTTP/1.1 and HTTP/2, plain HTTP refused or redirected, certificate hot reload, and an
+//! upstream reached over TLS.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+
+/// A rustls client config trusting exactly the CAs in `cas`, offering `alpn`.
+fn client_config(cas: &[&Path], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+async fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake timed out")
+    .expect("TLS handshake failed")
+}
+
+fn leaf(stream: &TlsStream<TcpStream>) -> Vec<u8> {
+    stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+/// An HTTP/1.1 connection over `stream`, kept alive until the sender is dropped.
+async fn h1(stream: TlsStream<TcpStream>) -> http1::SendRequest<Full<Bytes>> {
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+fn keyed(path: &str, key: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header("host", "localhost")
+        .header("x-api-key", key)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+async fn body_json(response: http::Response<hyper::body::Incoming>) -> serde_json::Value {
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
+struct TlsSetup {
+    _up: Upstream,
+    ws: Workspace,
+    ca: PathBuf,
+    cert: PathBuf,
+    key_pem: PathBuf,
+}
+
+async fn tls_setup(extra: &str) -> TlsSetup {
+    let up = Upstream::start().await;
+    let certs = tempfile::tempdir().unwrap().keep();
+    let (ca, cert, key_pem) = test_certificates(&certs);
+    let ws = Workspace::new(
+        &up.url(),
+        &format!(
+            "[tls]\ncert = {cert:?}\nkey = {key_pem:?}\n{extra}",
+            cert = cert.display().to_string(),
+            key_pem = key_pem.display().to_string()
+        ),
+    );
+    TlsSetup {
+        _up: up,
+        ws,
+        ca,
+        cert,
+        key_pem,
+    }
+}
+
+#[tokio::test]
+async fn tls_serves_http1_and_http2_and_refuses_plain_http() {
+    let s = tls_setup("[server]\nwatch_interval = \"0s\"\n").await;
+    let (_, key) = s.ws.create_key(&[]);
+    let kg = s.ws.serve();
+
+    // HTTP/1.1 over TLS, verified against the test CA.
+    let stream = tls_connect(kg.public, client_config(&[&s.ca], &[b"http/1.1"])).await;
+    let mut sender = h1(stream).await;
+    let response = sender.send_request(keyed("/v1/hello", &key)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo = body_json(response).await;
+    assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
+    assert!(echo["headers"].get("x-api-key").is_none());
+
+    // HTTP/2 chosen by ALPN.
+    let stream = tls_connect(kg.public, client_config(&[&s.ca], &[b"h2"])).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let request = Request::get(format!("https://localhost:{}/v1/h2", kg.public.port()))
+        .header("x-api-key", &key)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(body_json(response).await["path"], "/v1/h2");
+
+    // Plain HTTP to the TLS port: a readable 403, and nothing reaches the upstream.
+    let forwarded = "keygate_upstream_duration_seconds_count";
+    let before = kg.metric(forwarded).await.unwrap();
+    let reply = get(
+        &format!("http://{}/v1/hello", kg.public),
+        &[("x-api-key", &key)],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.error_code(), "https_required");
+    assert_eq!(kg.metric(forwarded).await.unwrap(), before);
+    assert!(
+        kg.metric("keygate_tls_handshake_failures_total")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn the_plain_listener_refuses_or_redirects_and_never_forwards() {
+    let s = tls_setup(
+        "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplain = \"127.0.0.1:0\"\n",
+    )
+    .await;
+    // tls_setup's Workspace already has a [listen] table; replace the file's first one.
+    let config = std::fs::read_to_string(s.ws.config()).unwrap();
+    let config = config.replacen(
+        "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n",
+        "",
+        1,
+    );
+    std::fs::write(s.ws.config(), &config).unwrap();
+    let (_, key) = s.ws.create_key(&[]);
+    let kg = s.ws.serve();
+    let plain = kg.plain.expect("listen.plain is bound");
+    let before = kg.metric("keygate_upstream_duration_seconds_count").await;
+    let reply = get(&format!("http://{plain}/v1/x"), &[("x-api-key", &key)]).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.error_code(), "https_required");
+    assert_eq!(
+        kg.metric("keygate_upstream_duration_seconds_count").await,
+        before
+    );
+    drop(kg);
+
+    let redirecting = config.replace(
+        "[tls]\n",
+        "[tls]\nplain_redirect = \"https://api.example.com\"\n",
+    );
+    std::fs::write(s.ws.config(), redirecting).unwrap();
+    let kg = s.ws.serve();
+    let plain = kg.plain.unwrap();
+    let reply = get(&format!("http://{plain}/v1/x?page=2"), &[]).await;
+    assert_eq!(reply.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        reply.headers["location"],
+        "https://api.example.com/v1/x?page=2"
+    );
+}
+
+#[tokio::test]
+async fn a_new_certificate_is_served_without_dropping_open_connections() {
+    let s = tls_setup("[server]\nwatch_interval = \"0s\"\n").await;
+    let (_, key) = s.ws.create_key(&[]);
+    let kg = s.ws.serve();
+    let next_dir = tempfile::tempdir().unwrap();
+    let (next_ca, next_cert, next_key) = test_certificates(next_dir.path());
+    let both = client_config(&[&s.ca, &next_ca], &[b"http/1.1"]);
+
+    let stream = tls_connect(kg.public, both.clone()).await;
+    let first_leaf = leaf(&stream);
+    let mut open = h1(stream).await;
+    let response = open.send_request(keyed("/v1/a", &key)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    body_json(response).await;
+
+    // Rotate: write the new pair into place the way cert-manager does (rename), then SIGHUP.
+    for (from, to) in [(&next_cert, &s.cert), (&next_key, &s.key_pem)] {
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, to).unwrap();
+    }
+    kg.signal("HUP");
+    let served_new = eventually(Duration::from_secs(5), || {
+        let both = both.clone();
+        let public = kg.public;
+        let first_leaf = first_leaf.clone();
+        async move { leaf(&tls_connect(public, both).await) != first_leaf }
+    })
+    .await;
+    assert!(served_new.is_some(), "the new certificate was not served");
+    let new_leaf = leaf(&tls_connect(kg.public, both.clone()).await);
+    let expected = CertificateDer::from_pem_file(&next_cert).unwrap();
+    assert_eq!(new_leaf, expected.to_vec());
+
+    // The connection opened before the swap still works.
+    let response = open.send_request(keyed("/v1/b", &key)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // A broken certificate: reload fails, is counted, and the good one keeps serving.
+    std::fs::write(&s.cert, "-----BEGIN CERTIFICATE-----\nnot base64 at all\n").unwrap();
+    kg.signal("HUP");
+    let failed = r#"keygate_reloads_total{result="failed",what="tls"}"#;
+    let counted = eventually(Duration::from_secs(5), || async {
+        kg.metric(failed).await == Some(1.0)
+    })
+    .await;
+    assert!(counted.is_some(), "failed reload not counted");
+    let stream = tls_connect(kg.public, both.clone()).await;
+    assert_eq!(leaf(&stream), expected.to_vec());
+    let mut sender = h1(stream).await;
+    let response = sender.send_request(keyed("/v1/c", &key)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(kg.all_logs().contains("TLS certificate reload failed"));
+}
+
+#[tokio::test]
+async fn certificate_files_are_watched_without_a_signal() {
+    let s = tls_setup("[server]\nwatch_interval = \"100ms\"\n").await;
+    let kg = s.ws.serve();
+    let next_dir = tempfile::tempdir().unwrap();
+    let (next_ca, next_cert, next_key) = test_certificates(next_dir.path());
+    let both = client_config(&[&s.ca, &next_ca], &[b"http/1.1"]);
+    let before = leaf(&tls_connect(kg.public, both.clone()).await);
+    std::fs::copy(&next_key, &s.key_pem).unwrap();
+    std::fs::copy(&next_cert, &s.cert).unwrap();
+    let changed = eventually(Duration::from_secs(5), || {
+        let both = both.clone();
+        let before = before.clone();
+        let public = kg.public;
+        async move { leaf(&tls_connect(public, both).await) != before }
+    })
+    .await;
+    assert!(changed.is_some(), "the changed files were not picked up");
+}
+
+#[tokio::test]
+async fn broken_certificates_at_start_are_a_clear_error() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cert, key) = test_certificates(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (_, _, other_key) = test_certificates(other.path());
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "hello").unwrap();
+    let cases = [
+        (&garbage, &key, "tls.cert"),
+        (&cert, &garbage, "tls.key"),
+        (&cert, &other_key, "does not belong"),
+    ];
+    let secrets = [key.clone(), other_key.clone()];
+    for (cert, key, expect) in cases {
+        let ws = Workspace::new(
+            &up.url(),
+            &format!(
+                "[tls]\ncert = {:?}\nkey = {:?}\n",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+        );
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(ws.config())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert!(err.contains(expect), "{expect}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        for secret in &secrets {
+            let pem = std::fs::read_to_string(secret).unwrap();
+            let material = pem.lines().nth(1).unwrap();
+            assert!(!err.contains(material), "key material in an error: {err}");
+        }
+    }
+}
+
+/// An echo upstream behind TLS (ALPN h2 + http/1.1), for the upstream-TLS tests.
+async fn tls_upstream(cert: &Path, key: &Path) -> SocketAddr {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(
+                        TokioIo::new(tls),
+                        hyper::service::service_fn(keygate::echo::echo),
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn the_upstream_can_be_reached_over_tls_and_http2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_certificates(dir.path());
+    let upstream = tls_upstream(&cert, &key).await;
+    let url = format!("https://localhost:{}", upstream.port());
+    let ca = ca.display().to_string();
+    for (http2, version) in [(false, "HTTP/1.1"), (true, "HTTP/2.0")] {
+        let ws = Workspace::new(&url, "");
+        // Extend the [upstream] table Workspace wrote.
+        let config = std::fs::read_to_string(ws.config()).unwrap().replacen(
+            &format!("[upstream]\nurl = \"{url}\"\n"),
+            &format!("[upstream]\nurl = \"{url}\"\nca_file = {ca:?}\nhttp2 = {http2}\n"),
+            1,
+        );
+        std::fs::write(ws.config(), config).unwrap();
+        let (_, k) = ws.create_key(&[]);
+        let kg = ws.serve();
+        let reply = get(&kg.url("/v1/tls"), &[("x-api-key", &k)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+        assert_eq!(reply.json()["version"], version, "http2 = {http2}");
+    }
+
+    // Without the CA the upstream's certificate is not trusted: 502, never a plain connection.
+    let ws = Workspace::new(&url, "");
+    let (_, k) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let reply = get(&kg.url("/v1/tls"), &[("x-api-key", &k)]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.error_code(), "upstream_unavailable");
+}
