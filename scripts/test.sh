@@ -12,6 +12,12 @@ apt_install() {
 
 # Tests that need Redis start their own redis-server on a free loopback port.
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+# The /metrics test checks the exposition with promtool (Debian's prometheus package); the
+# server it also installs is stopped right away, nothing here uses it.
+if ! command -v promtool >/dev/null 2>&1; then
+  apt_install --no-install-recommends prometheus
+  (systemctl stop prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
+fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 
 cargo nextest run --workspace --no-fail-fast "$@"

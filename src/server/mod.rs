@@ -74,13 +74,11 @@ impl Server {
         tracing::info!(store = %store.describe(), "key store opened");
         let cache = KeyCache::new(store, config.cache.clone(), metrics.clone());
         let bind = |which, addr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    which,
-                    addr,
-                    source,
-                })
+            listen(addr).map_err(|source| ServerError::Bind {
+                which,
+                addr,
+                source,
+            })
         };
         let public = bind("listen.public", config.listen.public).await?;
         let plain = match config.listen.plain {
@@ -174,6 +172,7 @@ impl Server {
         let public = endpoint.clone().accept(
             self.public,
             client_cap.clone(),
+            true,
             move |stream, peer, serving, metrics| {
                 let proxy = proxy.clone();
                 let acceptor = acceptor.clone();
@@ -196,6 +195,7 @@ impl Server {
             endpoint.clone().accept(
                 listener,
                 client_cap.clone(),
+                true,
                 move |stream, _peer, serving, metrics| {
                     let tls = tls.clone();
                     async move { serve_plain(&serving, stream, &tls, metrics).await }
@@ -206,6 +206,7 @@ impl Server {
         let admin = endpoint.accept(
             self.admin,
             Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
+            false,
             move |stream, _peer, serving, metrics| {
                 let readiness = readiness.clone();
                 async move {
@@ -252,6 +253,19 @@ impl Server {
     }
 }
 
+/// A listening socket with a deep accept queue: clients beyond `max_connections` wait there,
+/// and the kernel caps it at `net.core.somaxconn`.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // A restarted keygate can bind while the old one's connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// What every accept loop shares.
 #[derive(Clone)]
 struct Endpoint {
@@ -265,8 +279,13 @@ impl Endpoint {
     /// Accepts until stopped; each connection runs `handle` in a tracked task while holding
     /// a permit of `cap`. At the cap, accepting pauses: further clients wait in the kernel's
     /// listen backlog instead of costing memory here.
-    async fn accept<F, Fut>(self, listener: TcpListener, cap: Arc<Semaphore>, handle: F)
-    where
+    async fn accept<F, Fut>(
+        self,
+        listener: TcpListener,
+        cap: Arc<Semaphore>,
+        counted: bool,
+        handle: F,
+    ) where
         F: Fn(TcpStream, SocketAddr, Arc<Serving>, Arc<Metrics>) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
@@ -289,11 +308,15 @@ impl Endpoint {
             };
             let _ = stream.set_nodelay(true);
             let metrics = self.metrics.clone();
-            metrics.open_connections.inc();
+            if counted {
+                metrics.open_connections.inc();
+            }
             let task = handle(stream, peer, self.serving.clone(), metrics.clone());
             self.connections.spawn(async move {
                 task.await;
-                metrics.open_connections.dec();
+                if counted {
+                    metrics.open_connections.dec();
+                }
                 drop(permit);
             });
         }

@@ -1,0 +1,574 @@
+//! The serving layer against abuse and operations, on the real binary: slow-loris and idle
+//! connections, the connection cap, body limits, HTTPS-only behind a terminator, WebSockets,
+//! SIGTERM under load, config reload, Prometheus output and secrets in logs.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+async fn setup(extra: &str) -> (Upstream, Workspace, String) {
+    let up = Upstream::start().await;
+    let ws = Workspace::new(&up.url(), extra);
+    let (_, key) = ws.create_key(&[]);
+    (up, ws, key)
+}
+
+/// Reads until the peer closes (Ok(0)) or errors; `None` if it is still open after `limit`.
+async fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_but_idle_keep_alive_outlives_the_header_timeout() {
+    let (_up, ws, key) =
+        setup("[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"4s\"\n").await;
+    let kg = ws.serve();
+
+    // Slow-loris: a header line every 300 ms, forever.
+    let mut loris = TcpStream::connect(kg.public).await.unwrap();
+    loris
+        .write_all(b"GET /v1/x HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    let trickle = tokio::spawn(async move {
+        for i in 0..40 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if loris
+                .write_all(format!("X-Slow-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return (i, loris);
+            }
+        }
+        (40, loris)
+    });
+    let (lines, mut loris) = tokio::time::timeout(Duration::from_secs(15), trickle)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(lines < 40, "the trickling client was never cut off");
+    let answer = closed_within(&mut loris, Duration::from_secs(5)).await;
+    assert_eq!(answer.as_deref(), Some(&[][..]), "expected a silent close");
+
+    // A keep-alive connection idle for longer than the header timeout (but shorter than the
+    // idle timeout) still carries the next request.
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let keyed = || {
+        Request::get("/v1/k")
+            .header("host", "a")
+            .header("x-api-key", &key)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let r = sender.send_request(keyed()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.into_body().collect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = sender.send_request(keyed()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "closed before the idle timeout");
+    r.into_body().collect().await.unwrap();
+
+    // Left idle past the idle timeout, keygate closes it.
+    let closed_at = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("idle connection still open after 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(
+        closed_at.elapsed() >= Duration::from_secs(3),
+        "closed too early"
+    );
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_wait_without_costing_memory() {
+    let (_up, ws, key) =
+        setup("[server]\nmax_connections = 2\nheader_read_timeout = \"30s\"\n").await;
+    let kg = ws.serve();
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(kg.public).await.unwrap(),
+        TcpStream::connect(kg.public).await.unwrap(),
+    ];
+    let url = kg.url("/v1/queued");
+    let waiting = tokio::spawn(async move { get(&url, &[("x-api-key", &key)]).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third connection was served over the cap"
+    );
+
+    // Many more clients knocking: they wait in the kernel's backlog, not in keygate.
+    let rss = |pid: u32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let before = rss(kg.child.id());
+    let mut knocking = Vec::new();
+    for _ in 0..300 {
+        let mut s = TcpStream::connect(kg.public).await.unwrap();
+        s.write_all(b"GET /v1/x HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        knocking.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let grown = rss(kg.child.id()).saturating_sub(before);
+    assert!(
+        grown < 4 << 20,
+        "RSS grew by {grown} bytes for queued clients"
+    );
+    assert_eq!(
+        kg.metric("keygate_open_connections").await,
+        Some(2.0),
+        "only the connections within the cap are open"
+    );
+
+    // A slot frees up: the waiting request is served.
+    drop(knocking);
+    drop(held);
+    let reply = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the queued request was never served")
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_and_never_reach_the_upstream_whole() {
+    let (_up, ws, key) = setup("[server]\nmax_body_bytes = 1024\n").await;
+    let kg = ws.serve();
+    let url = kg.url("/v1/upload");
+
+    let small = send(
+        Method::POST,
+        &url,
+        &[("x-api-key", &key)],
+        Bytes::from(vec![b'a'; 512]),
+    )
+    .await;
+    assert_eq!(small.status, StatusCode::OK);
+    assert_eq!(small.json()["body_len"], 512);
+
+    // Declared too large: refused before anything is forwarded.
+    let forwarded = "keygate_upstream_duration_seconds_count";
+    let before = kg.metric(forwarded).await.unwrap();
+    let big = send(
+        Method::POST,
+        &url,
+        &[("x-api-key", &key)],
+        Bytes::from(vec![b'a'; 2048]),
+    )
+    .await;
+    assert_eq!(big.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(big.error_code(), "request_too_large");
+    assert_eq!(kg.metric(forwarded).await.unwrap(), before);
+
+    // Streamed without a length: cut off at the limit, still a 413.
+    let req = Request::post(&url)
+        .header("x-api-key", &key)
+        .body(PatternBody::new(8 * 1024))
+        .unwrap();
+    let reply = request(req).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(reply.error_code(), "request_too_large");
+}
+
+#[tokio::test]
+async fn https_only_behind_a_terminator_trusts_forwarded_proto_from_trusted_proxies_only() {
+    let (_up, ws, key) =
+        setup("[network]\nrequire_https = true\ntrusted_proxies = [\"127.0.0.1\"]\n").await;
+    let kg = ws.serve();
+    let url = kg.url("/v1/x");
+    let plain = get(&url, &[("x-api-key", &key)]).await;
+    assert_eq!(plain.status, StatusCode::FORBIDDEN);
+    assert_eq!(plain.error_code(), "https_required");
+    let terminated = get(&url, &[("x-api-key", &key), ("x-forwarded-proto", "https")]).await;
+    assert_eq!(terminated.status, StatusCode::OK);
+    drop(kg);
+
+    // The same header from a peer that is not a trusted proxy proves nothing.
+    let (_up, ws, key) = setup("[network]\nrequire_https = true\n").await;
+    let kg = ws.serve();
+    let spoofed = get(
+        &kg.url("/v1/x"),
+        &[("x-api-key", &key), ("x-forwarded-proto", "https")],
+    )
+    .await;
+    assert_eq!(spoofed.status, StatusCode::FORBIDDEN);
+    assert_eq!(spoofed.error_code(), "https_required");
+}
+
+#[allow(clippy::result_large_err)] // tungstenite's callback signature, not ours
+/// A WebSocket echo upstream that reports the headers of each handshake it accepts.
+async fn websocket_upstream() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<http::HeaderMap>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let callback =
+                    |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                        let _ = tx.send(req.headers().clone());
+                        Ok(resp)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        let _ = ws.send(msg).await;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn websockets_pass_through_after_the_key_is_admitted() {
+    let (upstream, mut handshakes) = websocket_upstream().await;
+    let ws = Workspace::new(&upstream, "");
+    let (id, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+
+    let mut req = format!("ws://{}/v1/stream", kg.public)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let (mut socket, response) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .unwrap()
+    .expect("WebSocket handshake through keygate");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["hello", "world"] {
+        socket.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    let seen = handshakes.recv().await.unwrap();
+    assert!(
+        seen.get("x-api-key").is_none(),
+        "the key reached the upstream"
+    );
+    assert_eq!(seen["x-keygate-key-id"], id.as_str());
+    socket.close(None).await.unwrap();
+
+    // Without a key the handshake is refused with keygate's JSON 401, upstream untouched.
+    let req = format!("ws://{}/v1/stream", kg.public)
+        .into_client_request()
+        .unwrap();
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            let body = response.body().clone().unwrap_or_default();
+            assert!(text(&body).contains("missing_api_key"), "{}", text(&body));
+        }
+        other => panic!("expected a refused handshake, got {:?}", other.map(|_| ())),
+    }
+    assert!(
+        handshakes.try_recv().is_err(),
+        "a refused handshake reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_under_load_fails_no_request_and_exits_in_time() {
+    let (_up, ws, key) =
+        setup("[server]\ndrain_period = \"1s\"\nshutdown_timeout = \"5s\"\n").await;
+    let mut kg = ws.serve();
+    let url = kg.url("/v1/load");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut loaders = Vec::new();
+    for _ in 0..4 {
+        let (url, key, stop, ok) = (url.clone(), key.clone(), stop.clone(), ok.clone());
+        loaders.push(tokio::spawn(async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<Full<Bytes>>();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let req = Request::get(&url)
+                    .header("x-api-key", &key)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                match client.request(req).await {
+                    Ok(r) if r.status() == StatusCode::OK => {
+                        let _ = r.into_body().collect().await;
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failures.push(format!("status {}", r.status())),
+                    Err(e) => failures.push(format!("{e:?}")),
+                }
+            }
+            failures
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before_term = ok.load(Ordering::Relaxed);
+    assert!(before_term > 0, "no load ran");
+    let signalled = Instant::now();
+    kg.signal("TERM");
+
+    // During the drain: readiness fails at once, requests are still served.
+    let ready = eventually(Duration::from_millis(500), || async {
+        get(&kg.admin_url("/readyz"), &[]).await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert!(ready.is_some(), "/readyz still OK during the drain");
+
+    // A slow upload starts inside the drain and ends after the listeners closed.
+    let slow_url = url.clone();
+    let slow_key = key.clone();
+    let slow = tokio::spawn(async move {
+        let chunks = futures_util::stream::iter(0..10).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(b"0123456789")))
+        });
+        let req = Request::post(&slow_url)
+            .header("x-api-key", &slow_key)
+            .body(StreamBody::new(Box::pin(chunks)))
+            .unwrap();
+        request(req).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load balancer has noticed: the clients stop sending.
+    stop.store(true, Ordering::Relaxed);
+    let after_term = ok.load(Ordering::Relaxed) - before_term;
+    for loader in loaders {
+        let failures = loader.await.unwrap();
+        assert!(failures.is_empty(), "failed requests: {failures:?}");
+    }
+    assert!(after_term > 0, "nothing was served during the drain");
+    let slow = slow.await.unwrap();
+    assert_eq!(slow.status, StatusCode::OK);
+    assert_eq!(slow.json()["body_len"], 100);
+
+    let exited = eventually(Duration::from_secs(10), || {
+        let done = kg.child.try_wait().unwrap();
+        async move { done.is_some() }
+    })
+    .await;
+    assert!(exited.is_some(), "still running 10 s after SIGTERM");
+    assert!(kg.child.wait().unwrap().success());
+    assert!(
+        signalled.elapsed() < Duration::from_secs(1 + 5 + 3),
+        "exited after the deadline"
+    );
+}
+
+#[tokio::test]
+async fn sighup_and_file_changes_reload_the_config_and_bad_configs_change_nothing() {
+    let (_up, ws, key) = setup("[server]\nwatch_interval = \"0s\"\n").await;
+    let kg = ws.serve();
+    let open = kg.url("/open/docs");
+    assert_eq!(get(&open, &[]).await.status, StatusCode::UNAUTHORIZED);
+
+    // Valid: /open/* becomes public.
+    let original = std::fs::read_to_string(ws.config()).unwrap();
+    let with_public = original.replace(
+        "[auth]\nunmatched = \"allow\"\n",
+        "[auth]\nunmatched = \"allow\"\npublic_paths = [\"/open/*\"]\n",
+    );
+    assert_ne!(with_public, original);
+    std::fs::write(ws.config(), &with_public).unwrap();
+    kg.signal("HUP");
+    let applied = eventually(Duration::from_secs(5), || async {
+        get(&open, &[]).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(
+        applied.is_some(),
+        "SIGHUP did not apply the new public path"
+    );
+    assert_eq!(
+        kg.metric(r#"keygate_reloads_total{result="ok",what="config"}"#)
+            .await,
+        Some(1.0)
+    );
+
+    // Invalid: nothing changes, the failure is logged and counted.
+    std::fs::write(ws.config(), format!("{with_public}\n[auth.bogus]\nx = 1\n")).unwrap();
+    kg.signal("HUP");
+    let counted = eventually(Duration::from_secs(5), || async {
+        kg.metric(r#"keygate_reloads_total{result="failed",what="config"}"#)
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(counted.is_some(), "the failed reload was not counted");
+    assert_eq!(get(&open, &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        get(&kg.url("/v1/x"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+    assert!(kg.all_logs().contains("config reload failed"));
+    drop(kg);
+
+    // Watched: a changed file applies without a signal; a restart-only change is reported.
+    let watched = original.replace("watch_interval = \"0s\"", "watch_interval = \"100ms\"");
+    std::fs::write(ws.config(), &watched).unwrap();
+    let kg = ws.serve();
+    let open = kg.url("/open/docs");
+    assert_eq!(get(&open, &[]).await.status, StatusCode::UNAUTHORIZED);
+    let changed = watched
+        .replace(
+            "[auth]\nunmatched = \"allow\"\n",
+            "[auth]\nunmatched = \"allow\"\npublic_paths = [\"/open/*\"]\n",
+        )
+        .replace(
+            "watch_interval = \"100ms\"",
+            "watch_interval = \"100ms\"\nmax_connections = 7",
+        );
+    std::fs::write(ws.config(), changed).unwrap();
+    let applied = eventually(Duration::from_secs(5), || async {
+        get(&open, &[]).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(applied.is_some(), "the watched file change was not applied");
+    assert!(
+        kg.all_logs().contains("change only on restart"),
+        "{}",
+        kg.all_logs()
+    );
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_carry_no_secrets() {
+    let (_up, ws, key) = setup("").await;
+    let kg = ws.serve();
+    for headers in [vec![("x-api-key", key.as_str())], vec![]] {
+        get(&kg.url("/v1/users/12345"), &headers).await;
+    }
+    let metrics = text(&get(&kg.admin_url("/metrics"), &[]).await.body);
+    for name in [
+        "keygate_requests_total",
+        "keygate_request_duration_seconds_bucket",
+        "keygate_upstream_duration_seconds_bucket",
+        "keygate_open_connections",
+        "keygate_tls_handshake_failures_total",
+        "keygate_reloads_total",
+        "keygate_key_cache_lookups_total",
+        "keygate_key_store_up",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains(&key), "a key in /metrics");
+    assert!(!metrics.contains("12345"), "a raw path in /metrics");
+
+    let Ok(mut promtool) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing in CI; scripts/test.sh installs it (Debian package prometheus)"
+        );
+        eprintln!("promtool not installed: skipping its check (scripts/test.sh installs it)");
+        return;
+    };
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn no_secret_reaches_any_log_line_even_at_trace_level() {
+    let (_up, ws, key) = setup("").await;
+    let (_, other) = ws.create_key(&[]);
+    let kg = ws.serve_with_env(&[("KEYGATE_LOG", "trace")]);
+    let url = kg.url("/v1/audit");
+    let bearer = format!("Bearer {key}");
+    let unknown = keygate::credential::generate_key(
+        "kg",
+        keygate::keys::KeyType::Secret,
+        keygate::keys::Environment::Live,
+    )
+    .unwrap();
+    let attempts: Vec<Vec<(&str, &str)>> = vec![
+        vec![("x-api-key", &key)],
+        vec![("authorization", &bearer)],
+        vec![("project-access-token", &key)],
+        vec![("x-api-key", &unknown)],
+        vec![("x-api-key", &key), ("x-api-key", &other)],
+        vec![("x-api-key", "kg_sk_live_garbage-but-secret")],
+    ];
+    for headers in &attempts {
+        get(&url, headers).await;
+    }
+    get(&format!("{url}?api_key={key}"), &[("x-api-key", &key)]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = kg.all_logs();
+    assert!(logs.contains("keygate::access"), "no access log lines");
+    assert!(logs.lines().count() > 20, "trace logging did not run");
+    for secret in [&key, &other, &unknown, &"garbage-but-secret".to_owned()] {
+        // The random part alone, in case a prefix was trimmed somewhere.
+        let tail = &secret[secret.len().saturating_sub(20)..];
+        assert!(!logs.contains(tail), "a secret reached the logs");
+    }
+}
