@@ -4,8 +4,8 @@
 //! labels are bounded sets (decisions, results), never a key id or a raw path.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -25,8 +25,8 @@ pub struct Metrics {
     pub store_up: IntGauge,
     /// Time from a change committed in the store to this sidecar dropping the cached key.
     pub propagation: Histogram,
-    /// The most recent propagation delay, in milliseconds.
-    pub propagation_last_ms: IntGauge,
+    /// The most recent propagation delay.
+    pub propagation_last: Gauge,
     /// Whole-cache flushes (file reloads, change-feed gaps).
     pub cache_flushes: IntCounter,
     /// Time from request head to response head, allowed and refused: `[allowed, rejected]`.
@@ -91,8 +91,8 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
-        let propagation_last_ms = IntGauge::new(
-            "keygate_key_change_propagation_last_milliseconds",
+        let propagation_last = Gauge::new(
+            "keygate_key_change_propagation_last_seconds",
             "The most recent key change propagation delay",
         )
         .expect("valid metric");
@@ -146,7 +146,7 @@ impl Metrics {
             Box::new(store_errors.clone()),
             Box::new(store_up.clone()),
             Box::new(propagation.clone()),
-            Box::new(propagation_last_ms.clone()),
+            Box::new(propagation_last.clone()),
             Box::new(cache_flushes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -174,7 +174,7 @@ impl Metrics {
             store_errors,
             store_up,
             propagation,
-            propagation_last_ms,
+            propagation_last,
             cache_flushes,
         }
     }
@@ -203,7 +203,7 @@ impl Metrics {
     /// Records one propagation delay.
     pub fn propagated(&self, delay: std::time::Duration) {
         self.propagation.observe(delay.as_secs_f64());
-        self.propagation_last_ms.set(delay.as_millis() as i64);
+        self.propagation_last.set(delay.as_secs_f64());
     }
 
     /// The Prometheus text exposition of every metric.

@@ -115,8 +115,8 @@ async fn revocation_reaches_three_sidecars_within_a_second() {
     );
     for kg in &sidecars {
         eprintln!(
-            "sidecar propagation metric: {} ms",
-            metric(kg, "keygate_key_change_propagation_last_milliseconds").await
+            "sidecar propagation metric: {} s",
+            metric(kg, "keygate_key_change_propagation_last_seconds").await
         );
     }
     // Generous bound: the CLI process start and loaded CI machines are included.
