@@ -4,7 +4,9 @@
 //!
 //! The request path, in the order a request meets it:
 //!
-//! - [`server`]: listeners, HTTP/1.1 + HTTP/2 connections, graceful shutdown.
+//! - [`server`]: listeners, the connection cap, drain and graceful shutdown; [`server::tls`]
+//!   TLS termination with certificate reload; connection timing (header and idle timeouts)
+//!   and config reload in its private modules.
 //! - [`proxy`]: `handle()` (logging, the one place a refusal becomes a response) around
 //!   `admit()` (the ordered stages below).
 //! - [`credential`]: which header carries the key; the key format and its checksum.
@@ -14,8 +16,9 @@
 //! - [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
 //!   environment, public-key methods, route scopes, workspace/project binding).
 //! - [`routes`]: route rules, path patterns, path normalization, scope matching.
-//! - [`forward`]: the upstream client and header hygiene (hop-by-hop, credentials,
-//!   `X-Forwarded-*`, identity headers).
+//! - [`forward`]: the upstream client (plain or TLS, HTTP/1.1 or HTTP/2) and header hygiene
+//!   (hop-by-hop, credentials, `X-Forwarded-*`, identity headers); [`forward::upgrade`]
+//!   splices WebSocket / `Upgrade` connections after admission.
 //! - [`limits`]: plans, GCRA for short windows, calendar quotas, rate-limit headers.
 //! - [`reject`]: every refusal, and its status + JSON body.
 //!

@@ -54,7 +54,10 @@ pub struct Connection {
 /// What `handle` needs to know about one request after `admit`; stages fill it in as they
 /// learn it.
 #[derive(Default)]
-struct Audit {
+struct Audit<'a> {
+    /// The route rule that matched (its pattern, never the raw path), `public` for a public
+    /// path, `unmatched` when no rule did.
+    route: Option<&'a str>,
     key: Option<Arc<KeyRecord>>,
     client_ip: Option<std::net::IpAddr>,
     /// The most constraining rate-limit window, for the response headers.
@@ -122,6 +125,7 @@ impl Proxy {
                 target: "keygate::access",
                 method = %method,
                 path = %path,
+                route = audit.route,
                 status = response.status().as_u16(),
                 decision,
                 key_id = key.map(|k| k.id.as_str()),
@@ -137,12 +141,12 @@ impl Proxy {
     /// The ordered stages. Cheap, I/O-free checks come first so that junk never costs a store
     /// lookup; authorization needs the record, so it follows the lookup; only an admitted
     /// request reaches the upstream.
-    async fn admit(
+    async fn admit<'a>(
         &self,
-        current: &Current,
+        current: &'a Current,
         mut req: Request<Incoming>,
         conn: Connection,
-        audit: &mut Audit,
+        audit: &mut Audit<'a>,
     ) -> Result<Response<Incoming>, Reject> {
         let config = &*current.config;
         let trusted = &config.network.trusted_proxies;
@@ -185,6 +189,7 @@ impl Proxy {
             .iter()
             .any(|p| p.matches(path).is_some())
         {
+            audit.route = Some("public");
             let req = current.forwarder.prepare(req, &origin(None));
             return self.send(current, req).await;
         }
@@ -223,6 +228,14 @@ impl Proxy {
             routes: &config.routes,
             sandbox_upstream: config.upstream.sandbox_url.is_some(),
         };
+        if config.log.access {
+            audit.route = Some(
+                config
+                    .routes
+                    .find(facts.method, facts.path)
+                    .map_or("unmatched", |(route, _)| route.path.as_str()),
+            );
+        }
         authz::authorize(&record, claims, &facts, &policy)?;
 
         // 7. Within its plan? Only a request that may be served counts against a quota; a

@@ -564,7 +564,34 @@ async fn no_secret_reaches_any_log_line_even_at_trace_level() {
     get(&format!("{url}?api_key={key}"), &[("x-api-key", &key)]).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = kg.all_logs();
-    assert!(logs.contains("keygate::access"), "no access log lines");
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| l.contains("\"keygate::access\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        access.len(),
+        attempts.len() + 1,
+        "one access event per request"
+    );
+    let admitted = &access[0];
+    for field in [
+        "key_id",
+        "owner",
+        "env",
+        "decision",
+        "status",
+        "route",
+        "client_ip",
+        "latency_us",
+    ] {
+        assert!(
+            !admitted[field].is_null(),
+            "access event lacks {field}: {admitted}"
+        );
+    }
+    assert_eq!(admitted["decision"], "allowed");
+    assert_eq!(admitted["route"], "unmatched");
     assert!(logs.lines().count() > 20, "trace logging did not run");
     for secret in [&key, &other, &unknown, &"garbage-but-secret".to_owned()] {
         // The random part alone, in case a prefix was trimmed somewhere.
