@@ -299,21 +299,43 @@ struct Tracking<S> {
 impl<S, B> Service<Request<Incoming>> for Tracking<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
-    S::Future: Send + 'static,
 {
     type Response = Response<Tracked<B>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = TrackedFuture<S::Future>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         let in_flight = self.activity.request_started(req.version());
-        let future = self.inner.call(req);
-        Box::pin(async move {
-            let response = future.await?;
-            Ok(response.map(|inner| Tracked {
-                inner,
-                _in_flight: in_flight,
-            }))
-        })
+        TrackedFuture {
+            inner: self.inner.call(req),
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's future, handing its [`InFlight`] to the response body when it resolves
+    /// (no boxing: this runs once per request).
+    pub struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<Tracked<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let in_flight = this.in_flight.take().expect("polled after completion");
+        Poll::Ready(Ok(response.map(|inner| Tracked {
+            inner,
+            _in_flight: in_flight,
+        })))
     }
 }
