@@ -599,3 +599,37 @@ async fn no_secret_reaches_any_log_line_even_at_trace_level() {
         assert!(!logs.contains(tail), "a secret reached the logs");
     }
 }
+
+#[tokio::test]
+async fn http2_clients_get_the_configured_stream_cap_and_header_limit() {
+    let (_up, ws, key) =
+        setup("[server]\nhttp2_max_concurrent_streams = 4\nmax_header_bytes = 4096\n").await;
+    let kg = ws.serve();
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let request = |extra: Option<String>| {
+        let mut req =
+            Request::get(format!("http://{}/v1/h2c", kg.public)).header("x-api-key", &key);
+        if let Some(v) = extra {
+            req = req.header("x-big", v);
+        }
+        req.body(()).unwrap()
+    };
+    let (response, _) = client.send_request(request(None), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The server's SETTINGS have arrived by now.
+    assert_eq!(client.current_max_send_streams(), 4);
+
+    // A header block over max_header_bytes on HTTP/2 is refused too.
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client
+        .send_request(request(Some("v".repeat(8 * 1024))), true)
+        .unwrap();
+    match response.await {
+        Ok(r) => assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(e) => assert!(e.is_reset() || e.is_go_away(), "{e}"),
+    }
+}
