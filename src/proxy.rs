@@ -16,7 +16,7 @@ use crate::credential;
 use crate::forward::{self, Forwarder, Origin};
 use crate::keys::cache::KeyCache;
 use crate::keys::{KeyHash, KeyRecord};
-use crate::limits::{self, Limiter, WindowState};
+use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::routes;
@@ -46,7 +46,18 @@ struct Audit {
 impl Proxy {
     pub fn new(config: Arc<Config>, keys: Arc<KeyCache>, metrics: Arc<Metrics>) -> Self {
         let forwarder = Forwarder::new(&config.upstream, &config.auth.credential_headers);
-        let limiter = Limiter::new(config.limits.clone(), config.cache.capacity);
+        let mut limiter = Limiter::new(config.limits.clone(), config.cache.capacity);
+        // A store that can share counters (Redis) shares long-window quotas and suspensions
+        // between sidecars; the file store keeps them exact in this process.
+        if let (Some(quotas), crate::config::StoreConfig::Redis(redis)) =
+            (keys.store().clone().quotas(), &config.store)
+        {
+            let settings = SharedSettings {
+                timeout: redis.timeout,
+                sync_every: redis.epoch_poll,
+            };
+            limiter = limiter.with_shared_quotas(quotas, settings, metrics.clone());
+        }
         Self {
             config,
             keys,
@@ -54,6 +65,11 @@ impl Proxy {
             forwarder,
             metrics,
         }
+    }
+
+    /// The limiter, e.g. to [`Limiter::reconfigure`] it on a config reload.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
     }
 
     /// Runs one request and never fails: a refusal becomes its JSON response here, and
@@ -178,13 +194,17 @@ impl Proxy {
         authz::authorize(&record, claims, &facts, &policy)?;
 
         // 7. Within its plan? Only a request that may be served counts against a quota; a
-        //    refusal by any window counts in none.
+        //    refusal by any window counts in none. A key suspended for hammering its limit is
+        //    refused here too, before anything is counted.
         audit.now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match self.limiter.admit(hash, &record, now) {
+        match self.limiter.admit(hash, &record, now).await {
             Ok(window) => audit.limit = window,
-            Err(refused) => {
+            Err(Limited::Rate(refused)) => {
                 audit.limit = Some(refused.window);
                 return Err(Reject::RateLimitExceeded(refused));
+            }
+            Err(Limited::Suspended { retry_after }) => {
+                return Err(Reject::KeySuspendedFor { retry_after });
             }
         }
 

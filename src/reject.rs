@@ -26,7 +26,13 @@ pub enum Reject {
     InvalidPath,
     InsufficientPermissions(Denial),
     IpNotAllowed(IpAddr),
+    /// Suspended by an operator (`keys suspend`) until resumed.
     KeySuspended,
+    /// Suspended by `[limits.suspend]` for repeatedly exceeding its rate limit; lifts by
+    /// itself after `retry_after` seconds.
+    KeySuspendedFor {
+        retry_after: u64,
+    },
     RateLimitExceeded(crate::limits::Refusal),
     KeyStoreUnavailable,
     UpstreamUnavailable,
@@ -88,9 +94,10 @@ impl Reject {
                 StatusCode::UNAUTHORIZED
             }
             Self::ConflictingCredentials | Self::InvalidPath => StatusCode::BAD_REQUEST,
-            Self::InsufficientPermissions(_) | Self::IpNotAllowed(_) | Self::KeySuspended => {
-                StatusCode::FORBIDDEN
-            }
+            Self::InsufficientPermissions(_)
+            | Self::IpNotAllowed(_)
+            | Self::KeySuspended
+            | Self::KeySuspendedFor { .. } => StatusCode::FORBIDDEN,
             Self::RateLimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -108,7 +115,7 @@ impl Reject {
             Self::InvalidPath => "invalid_path",
             Self::InsufficientPermissions(_) => "insufficient_permissions",
             Self::IpNotAllowed(_) => "ip_not_allowed",
-            Self::KeySuspended => "key_suspended",
+            Self::KeySuspended | Self::KeySuspendedFor { .. } => "key_suspended",
             Self::RateLimitExceeded(_) => "rate_limit_exceeded",
             Self::KeyStoreUnavailable => "key_store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
@@ -121,9 +128,10 @@ impl Reject {
             Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
                 "authentication_error"
             }
-            Self::InsufficientPermissions(_) | Self::IpNotAllowed(_) | Self::KeySuspended => {
-                "authorization_error"
-            }
+            Self::InsufficientPermissions(_)
+            | Self::IpNotAllowed(_)
+            | Self::KeySuspended
+            | Self::KeySuspendedFor { .. } => "authorization_error",
             Self::ConflictingCredentials | Self::InvalidPath => "invalid_request_error",
             Self::RateLimitExceeded(_) => "rate_limit_error",
             Self::KeyStoreUnavailable | Self::UpstreamUnavailable | Self::UpstreamTimeout => {
@@ -151,6 +159,10 @@ impl Reject {
                 format!("Requests from IP address {ip} are not allowed for this API key")
             }
             Self::KeySuspended => "The API key provided has been suspended".into(),
+            Self::KeySuspendedFor { retry_after } => format!(
+                "The API key provided is suspended for {retry_after} s after repeated requests \
+                 over its rate limit"
+            ),
             Self::RateLimitExceeded(r) => format!(
                 "Rate limit exceeded: {} requests {}; retry after {} s",
                 r.window.limit,
@@ -170,6 +182,7 @@ impl Reject {
         match self {
             Self::KeyStoreUnavailable => Some(1),
             Self::RateLimitExceeded(r) => Some(r.retry_after),
+            Self::KeySuspendedFor { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -261,6 +274,12 @@ mod tests {
                 "authorization_error",
             ),
             (
+                Reject::KeySuspendedFor { retry_after: 60 },
+                403,
+                "key_suspended",
+                "authorization_error",
+            ),
+            (
                 Reject::KeyStoreUnavailable,
                 503,
                 "key_store_unavailable",
@@ -304,6 +323,24 @@ mod tests {
             value: "x".repeat(500),
         };
         assert!(Reject::InsufficientPermissions(bound).message().len() < 200);
+    }
+
+    #[test]
+    fn a_temporary_suspension_says_when_it_lifts() {
+        let response = Reject::KeySuspendedFor { retry_after: 42 }.into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "42");
+        assert!(
+            Reject::KeySuspendedFor { retry_after: 42 }
+                .message()
+                .contains("42 s")
+        );
+        assert!(
+            !Reject::KeySuspended
+                .into_response()
+                .headers()
+                .contains_key(RETRY_AFTER),
+            "a manual suspension has no end to announce"
+        );
     }
 
     #[test]
