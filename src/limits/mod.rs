@@ -49,6 +49,7 @@ mod limiter;
 pub mod quota;
 pub mod shared;
 pub mod suspend;
+pub mod usage;
 
 use serde::{Deserialize, Serialize};
 
