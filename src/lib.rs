@@ -16,7 +16,9 @@
 //! - [`routes`]: route rules, path patterns, path normalization, scope matching.
 //! - [`forward`]: the upstream client and header hygiene (hop-by-hop, credentials,
 //!   `X-Forwarded-*`, identity headers).
-//! - [`limits`]: plans, GCRA for short windows, calendar quotas, rate-limit headers.
+//! - [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
+//!   process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
+//!   counters), temporary suspension (`suspend`), rate-limit headers, `keys usage` (`usage`).
 //! - [`reject`]: every refusal, and its status + JSON body.
 //!
 //! Around it:

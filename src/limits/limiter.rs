@@ -326,12 +326,12 @@ impl Limiter {
     ) {
         let Some(shared) = &self.shared else { return };
         let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let longs = long_windows(windows);
-        let low = longs
-            .iter()
-            .any(|&(c, _)| state.leases.get(c).is_low(c.window(now_secs).0));
+        let low = windows.iter().any(|(_, w)| match w {
+            Some(Window::Long(_, c)) => state.leases.get(*c).is_low(c.window(now_secs).0),
+            _ => false,
+        });
         if low {
-            shared.refill_soon(state.clone(), hash, longs);
+            shared.refill_soon(state.clone(), hash, long_windows(windows));
         }
     }
 

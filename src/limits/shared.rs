@@ -236,7 +236,10 @@ impl Shared {
 
     /// Tops up the key's leases for `windows` (calendar, limit): those that are empty or low
     /// get a chunk, all report what they admitted in fallback. One round trip, at most one
-    /// per key at a time. False if the store did not answer within `budget`.
+    /// per key at a time. False if the store did not answer within `budget`, or if it granted
+    /// for another window than ours: around a window boundary, for as long as this sidecar's
+    /// clock and Redis's disagree, requests are decided by the fallback share instead of
+    /// asking again and again for a window the sidecar cannot spend.
     pub async fn refill(
         &self,
         leases: &KeyLeases,
@@ -276,7 +279,7 @@ impl Shared {
         let failed = match outcome {
             Ok(Ok(grants)) if grants.len() == asks.len() => {
                 let at = now_ms();
-                for (ask, grant) in asks.iter().zip(grants) {
+                for (ask, grant) in asks.iter().zip(&grants) {
                     leases.get(ask.calendar).add(
                         grant.window,
                         grant.granted,
@@ -286,7 +289,10 @@ impl Shared {
                 }
                 self.metrics.limits.refills.with_label_values(&["ok"]).inc();
                 self.set_fallback(false, &"");
-                return true;
+                return asks
+                    .iter()
+                    .zip(&grants)
+                    .all(|(ask, grant)| grant.window == ask.calendar.window(now_secs).0);
             }
             Ok(Ok(grants)) => format!("{} grants for {} windows", grants.len(), asks.len()),
             Ok(Err(e)) => e.to_string(),
