@@ -327,6 +327,17 @@ mod shared {
         }
     }
 
+    /// Waits (a bounded while) for the sync loop to bring `done` about.
+    async fn until(done: impl Fn() -> bool) {
+        for _ in 0..1_000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the sync loop never got there");
+    }
+
     fn sidecar(store: &Arc<Memory>, per_hour: u64) -> Limiter {
         let mut config = LimitsConfig::default();
         config.plans.insert(
@@ -375,9 +386,8 @@ mod shared {
         let r = record(None, Environment::Live);
         let h = KeyHash::of("fallback");
         // Let the first sync see two sidecars.
-        while l.shared.as_ref().unwrap().live() != 2 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let shared = l.shared.clone().unwrap();
+        until(|| shared.live() == 2).await;
         store.down.store(true, Ordering::SeqCst);
         let mut admitted = 0;
         for _ in 0..80 {
@@ -385,13 +395,11 @@ mod shared {
                 admitted += 1;
             }
         }
-        assert!(l.shared.as_ref().unwrap().in_fallback());
+        assert!(shared.in_fallback());
         assert_eq!(admitted, 50, "half of 100 with two sidecars last seen");
 
         store.down.store(false, Ordering::SeqCst);
-        while l.shared.as_ref().unwrap().in_fallback() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(|| !shared.in_fallback()).await;
         assert!(l.admit(h, &r, SystemTime::now()).await.is_ok());
         let used: u64 = store.used.lock().unwrap().values().sum();
         assert!(
