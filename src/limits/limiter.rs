@@ -156,7 +156,10 @@ impl Limiter {
         record: &KeyRecord,
         now: SystemTime,
     ) -> Result<Option<WindowState>, Limited> {
-        if let Some(retry_after) = self.suspensions.check(&hash, Instant::now()) {
+        // The clock is only read when some key is suspended at all.
+        if !self.suspensions.is_empty()
+            && let Some(retry_after) = self.suspensions.check(&hash, Instant::now())
+        {
             return Err(Limited::Suspended { retry_after });
         }
         let config = self.config.load();
@@ -166,7 +169,7 @@ impl Limiter {
         }
         let windows = windows(&config, &limits);
         let state = self.state.get_with(hash, Default::default);
-        let started = Instant::now();
+        let mut started = None;
         let mut local_only = false;
         loop {
             let mode = match &self.shared {
@@ -186,6 +189,7 @@ impl Limiter {
                 }
                 Step::NeedGrant => {
                     let shared = self.shared.as_ref().expect("only leased decisions ask");
+                    let started = *started.get_or_insert_with(Instant::now);
                     let budget = shared.timeout().saturating_sub(started.elapsed());
                     let longs = long_windows(&windows);
                     if budget.is_zero() || !shared.refill(&state.leases, hash, &longs, budget).await
