@@ -224,7 +224,7 @@ mod shared {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
-    use super::common::redis::RedisServer;
+    use super::common::redis::{RedisCluster, RedisServer};
     use super::common::*;
     use super::now_secs;
     use http::StatusCode;
@@ -421,6 +421,43 @@ mod shared {
             StatusCode::TOO_MANY_REQUESTS,
             "lifted, and still over its per-minute limit"
         );
+    }
+
+    #[tokio::test]
+    async fn shared_quotas_work_on_a_redis_cluster() {
+        clear_of_the_hour_boundary().await;
+        let cluster = RedisCluster::start();
+        let up = Upstream::start().await;
+        let nodes = cluster
+            .urls()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let store = format!("[store]\nkind = \"redis\"\nnodes = [{nodes}]\nepoch_poll = \"1s\"\n");
+        let ws = Workspace::with_store(&up.url(), &store, &hourly(5));
+        let (id, key) = ws.create_key(&[]);
+        let (a, b) = (ws.serve(), ws.serve());
+        let mut statuses = Vec::new();
+        for i in 0..8 {
+            let kg = if i % 2 == 0 { &a } else { &b };
+            statuses.push(
+                get(&kg.url("/"), &[("x-api-key", &key)])
+                    .await
+                    .status
+                    .as_u16(),
+            );
+        }
+        // Which sidecar spends the last lease depends on timing; the total does not.
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            5,
+            "{statuses:?}"
+        );
+        assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+        let out = ws.cli(&["keys", "usage", &id, "--json"]);
+        let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(usage["windows"][0]["used"], 5, "{usage}");
     }
 
     #[tokio::test]
