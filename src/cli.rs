@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError, LogFormat, parse_net};
 use crate::keys::{
     self, Change, Environment, KeyPolicy, KeySpec, KeyStore, KeyType, StoreError, manage,
 };
+use crate::limits::QuotaStore;
 use crate::metrics::Metrics;
 use crate::server::{self, Server, ServerError};
 
@@ -94,6 +95,13 @@ pub enum KeysCommand {
     Suspend { id: String },
     /// Resume a suspended key.
     Resume { id: String },
+    /// Show a key's hourly, daily and monthly counters and when it was last used.
+    Usage {
+        id: String,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Issue a new key with the same settings; the old one keeps working for --grace, then
     /// expires. Prints JSON with the new "key".
     Rotate {
@@ -213,15 +221,18 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
             init_logging(LogFormat::Text, "warn");
             let config = Config::load(&cli.config)?;
             let store = keys::open(&config.store, Arc::new(Metrics::new()))?;
-            keys_command(command, &config, store.as_ref(), &mut stdout).await
+            let quotas = store.clone().quotas();
+            keys_command(command, &config, store.as_ref(), quotas, &mut stdout).await
         }
     }
 }
 
+/// `quotas`: the store's shared quota counters, if it keeps any (Redis).
 async fn keys_command(
     command: KeysCommand,
     config: &Config,
     store: &dyn KeyStore,
+    quotas: Option<Arc<dyn QuotaStore>>,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
     match command {
@@ -268,6 +279,22 @@ async fn keys_command(
             let policy = KeyPolicy::from(&config.keys);
             let created = manage::rotate(store, &policy, &id, grace, SystemTime::now()).await?;
             writeln!(out, "{}", pretty(&created))?;
+        }
+        KeysCommand::Usage { id, json } => {
+            let (hash, record) = store.by_id(&id).await?.ok_or(StoreError::NotFound(id))?;
+            let usage = crate::limits::usage::read(
+                &config.limits,
+                hash,
+                &record,
+                quotas.as_deref(),
+                SystemTime::now(),
+            )
+            .await?;
+            if json {
+                writeln!(out, "{}", pretty(&usage))?;
+            } else {
+                write!(out, "{}", usage.to_text())?;
+            }
         }
         KeysCommand::Resume { id } => {
             writeln!(

@@ -19,7 +19,9 @@
 //! - [`forward`]: the upstream client (plain or TLS, HTTP/1.1 or HTTP/2) and header hygiene
 //!   (hop-by-hop, credentials, `X-Forwarded-*`, identity headers); [`forward::upgrade`]
 //!   splices WebSocket / `Upgrade` connections after admission.
-//! - [`limits`]: plans, GCRA for short windows, calendar quotas, rate-limit headers.
+//! - [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
+//!   process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
+//!   counters), temporary suspension (`suspend`), rate-limit headers, `keys usage` (`usage`).
 //! - [`reject`]: every refusal, and its status + JSON body.
 //!
 //! Around it:

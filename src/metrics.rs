@@ -39,6 +39,8 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     /// Config and certificate reloads by what was reloaded and result.
     pub reloads: IntCounterVec,
+    /// Shared quotas and suspensions.
+    pub limits: LimitMetrics,
 }
 
 /// Request latencies span a cache hit (tens of µs) to a slow upstream (seconds).
@@ -151,6 +153,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        let limits = LimitMetrics::register(&registry);
         let allowed = ["1xx", "2xx", "3xx", "4xx", "5xx"]
             .map(|class| requests.with_label_values(&["allowed", class]));
         // Zero-valued series exist from the start, so dashboards and alerts see them.
@@ -176,6 +179,7 @@ impl Metrics {
             propagation,
             propagation_last,
             cache_flushes,
+            limits,
         }
     }
 
@@ -213,6 +217,54 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The limiter's metrics: shared-quota leases and temporary suspensions.
+pub struct LimitMetrics {
+    /// 1 while quotas are counted locally because the quota store does not answer.
+    pub fallback: IntGauge,
+    /// Lease grant round trips to the quota store, by outcome (`ok`, `error`).
+    pub refills: IntCounterVec,
+    /// Keys suspended by this sidecar for exceeding their rate limit repeatedly.
+    pub suspensions: IntCounter,
+}
+
+impl LimitMetrics {
+    fn register(registry: &Registry) -> Self {
+        let fallback = IntGauge::new(
+            "keygate_quota_fallback",
+            "1 while shared quotas are counted locally because the quota store does not answer",
+        )
+        .expect("valid metric");
+        let refills = IntCounterVec::new(
+            Opts::new(
+                "keygate_quota_lease_refills_total",
+                "Quota lease grant round trips to the store, by outcome",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        let suspensions = IntCounter::new(
+            "keygate_key_suspensions_total",
+            "Keys this sidecar suspended for exceeding their rate limit repeatedly",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(fallback.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(refills.clone()),
+            Box::new(suspensions.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        for outcome in ["ok", "error"] {
+            refills.with_label_values(&[outcome]);
+        }
+        Self {
+            fallback,
+            refills,
+            suspensions,
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use crate::credential;
 use crate::forward::{self, ClientError, Forwarder, Origin};
 use crate::keys::cache::KeyCache;
 use crate::keys::{KeyHash, KeyRecord};
-use crate::limits::{self, Limiter, WindowState};
+use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::routes;
@@ -71,7 +71,18 @@ impl Proxy {
         keys: Arc<KeyCache>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ClientError> {
-        let limiter = Limiter::new(config.limits.clone(), config.cache.capacity);
+        let mut limiter = Limiter::new(config.limits.clone(), config.cache.capacity);
+        // A store that can share counters (Redis) shares long-window quotas and suspensions
+        // between sidecars; the file store keeps them exact in this process.
+        if let (Some(quotas), crate::config::StoreConfig::Redis(redis)) =
+            (keys.store().clone().quotas(), &config.store)
+        {
+            let settings = SharedSettings {
+                timeout: redis.timeout,
+                sync_every: redis.epoch_poll,
+            };
+            limiter = limiter.with_shared_quotas(quotas, settings, metrics.clone());
+        }
         Ok(Self {
             current: ArcSwap::from_pointee(Current::new(config)?),
             keys,
@@ -88,8 +99,16 @@ impl Proxy {
     /// Serves every request that starts from now on with `config`. Requests in flight finish
     /// with the config they started with. The caller decides which sections may change.
     pub fn reload(&self, config: Arc<Config>) -> Result<(), ClientError> {
-        self.current.store(Arc::new(Current::new(config)?));
+        let next = Current::new(config)?;
+        // Plans change, counters, leases and suspensions stay.
+        self.limiter.reconfigure(next.config.limits.clone());
+        self.current.store(Arc::new(next));
         Ok(())
+    }
+
+    /// The limiter, e.g. to [`Limiter::reconfigure`] it on a config reload.
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
     }
 
     /// Runs one request and never fails: a refusal becomes its JSON response here, and
@@ -239,13 +258,17 @@ impl Proxy {
         authz::authorize(&record, claims, &facts, &policy)?;
 
         // 7. Within its plan? Only a request that may be served counts against a quota; a
-        //    refusal by any window counts in none.
+        //    refusal by any window counts in none. A key suspended for hammering its limit is
+        //    refused here too, before anything is counted.
         audit.now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match self.limiter.admit(hash, &record, now) {
+        match self.limiter.admit(hash, &record, now).await {
             Ok(window) => audit.limit = window,
-            Err(refused) => {
+            Err(Limited::Rate(refused)) => {
                 audit.limit = Some(refused.window);
                 return Err(Reject::RateLimitExceeded(refused));
+            }
+            Err(Limited::Suspended { retry_after }) => {
+                return Err(Reject::KeySuspendedFor { retry_after });
             }
         }
 

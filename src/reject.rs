@@ -26,7 +26,13 @@ pub enum Reject {
     InvalidPath,
     InsufficientPermissions(Denial),
     IpNotAllowed(IpAddr),
+    /// Suspended by an operator (`keys suspend`) until resumed.
     KeySuspended,
+    /// Suspended by `[limits.suspend]` for repeatedly exceeding its rate limit; lifts by
+    /// itself after `retry_after` seconds.
+    KeySuspendedFor {
+        retry_after: u64,
+    },
     /// Plain HTTP where only HTTPS is accepted.
     HttpsRequired,
     /// Request line and headers over `server.max_header_bytes`.
@@ -97,6 +103,7 @@ impl Reject {
             Self::InsufficientPermissions(_)
             | Self::IpNotAllowed(_)
             | Self::KeySuspended
+            | Self::KeySuspendedFor { .. }
             | Self::HttpsRequired => StatusCode::FORBIDDEN,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -117,7 +124,7 @@ impl Reject {
             Self::InvalidPath => "invalid_path",
             Self::InsufficientPermissions(_) => "insufficient_permissions",
             Self::IpNotAllowed(_) => "ip_not_allowed",
-            Self::KeySuspended => "key_suspended",
+            Self::KeySuspended | Self::KeySuspendedFor { .. } => "key_suspended",
             Self::HttpsRequired => "https_required",
             Self::HeadersTooLarge => "request_header_fields_too_large",
             Self::PayloadTooLarge => "request_too_large",
@@ -133,9 +140,10 @@ impl Reject {
             Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
                 "authentication_error"
             }
-            Self::InsufficientPermissions(_) | Self::IpNotAllowed(_) | Self::KeySuspended => {
-                "authorization_error"
-            }
+            Self::InsufficientPermissions(_)
+            | Self::IpNotAllowed(_)
+            | Self::KeySuspended
+            | Self::KeySuspendedFor { .. } => "authorization_error",
             Self::ConflictingCredentials
             | Self::InvalidPath
             | Self::HttpsRequired
@@ -167,6 +175,10 @@ impl Reject {
                 format!("Requests from IP address {ip} are not allowed for this API key")
             }
             Self::KeySuspended => "The API key provided has been suspended".into(),
+            Self::KeySuspendedFor { retry_after } => format!(
+                "The API key provided is suspended for {retry_after} s after repeated requests \
+                 over its rate limit"
+            ),
             Self::HttpsRequired => "All API requests must be made over HTTPS".into(),
             Self::HeadersTooLarge => "The request headers are too large".into(),
             Self::PayloadTooLarge => "The request body is too large".into(),
@@ -189,6 +201,7 @@ impl Reject {
         match self {
             Self::KeyStoreUnavailable => Some(1),
             Self::RateLimitExceeded(r) => Some(r.retry_after),
+            Self::KeySuspendedFor { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -280,6 +293,12 @@ mod tests {
                 "authorization_error",
             ),
             (
+                Reject::KeySuspendedFor { retry_after: 60 },
+                403,
+                "key_suspended",
+                "authorization_error",
+            ),
+            (
                 Reject::HttpsRequired,
                 403,
                 "https_required",
@@ -341,6 +360,24 @@ mod tests {
             value: "x".repeat(500),
         };
         assert!(Reject::InsufficientPermissions(bound).message().len() < 200);
+    }
+
+    #[test]
+    fn a_temporary_suspension_says_when_it_lifts() {
+        let response = Reject::KeySuspendedFor { retry_after: 42 }.into_response();
+        assert_eq!(response.headers()[RETRY_AFTER], "42");
+        assert!(
+            Reject::KeySuspendedFor { retry_after: 42 }
+                .message()
+                .contains("42 s")
+        );
+        assert!(
+            !Reject::KeySuspended
+                .into_response()
+                .headers()
+                .contains_key(RETRY_AFTER),
+            "a manual suspension has no end to announce"
+        );
     }
 
     #[test]

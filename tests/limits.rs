@@ -181,6 +181,23 @@ fn check_config_validates_plans() {
         ("[limits]\ndefault_plan = \"gold\"\n", "limits.default_plan"),
         ("[limits]\nreset = \"soon\"\n", "limits.reset"),
         ("[limits]\nlocal_share = 0\n", "limits.local_share"),
+        (
+            "[limits.suspend]\nafter = 0\nwithin = \"1m\"\nfor = \"1m\"\n",
+            "limits.suspend.after",
+        ),
+        (
+            "[limits.suspend]\nafter = 5\nwithin = \"0s\"\nfor = \"1m\"\n",
+            "limits.suspend.within",
+        ),
+        (
+            "[limits.suspend]\nafter = 5\nwithin = \"1m\"\nfor = \"10ms\"\n",
+            "limits.suspend.for",
+        ),
+        ("[limits.suspend]\nafter = 5\nwithin = \"1m\"\n", "for"),
+        (
+            "[limits.suspend]\nafter = 5\nwithin = \"1m\"\nfor = \"1m\"\nfour = 1\n",
+            "four",
+        ),
     ] {
         std::fs::write(
             ws.config(),
@@ -197,4 +214,307 @@ fn check_config_validates_plans() {
             text(&out.stderr)
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared quotas, suspension and `keys usage` against a real redis-server.
+
+mod shared {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use super::common::redis::{RedisCluster, RedisServer};
+    use super::common::*;
+    use super::now_secs;
+    use http::StatusCode;
+
+    /// The value of a metric line (with its labels, if any) on a proxy's `/metrics`.
+    async fn metric(kg: &Keygate, series: &str) -> f64 {
+        let text = text(&get(&kg.admin_url("/metrics"), &[]).await.body);
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    }
+
+    /// An hourly quota test must not straddle the top of the hour: wait it out if close.
+    async fn clear_of_the_hour_boundary() {
+        let into = now_secs() % 3600;
+        if into > 3600 - 45 {
+            tokio::time::sleep(Duration::from_secs(3600 - into + 1)).await;
+        }
+    }
+
+    fn hourly(limit: u64) -> String {
+        format!("[plans.metered]\nper_hour = {limit}\n[limits]\ndefault_plan = \"metered\"\n")
+    }
+
+    #[tokio::test]
+    async fn three_sidecars_share_one_hourly_quota() {
+        clear_of_the_hour_boundary().await;
+        let redis = RedisServer::start();
+        let up = Upstream::start().await;
+        let ws = Workspace::redis(&up.url(), &redis.url(), &hourly(1000));
+        let (_, key) = ws.create_key(&[]);
+        let sidecars: Arc<Vec<Keygate>> = Arc::new((0..3).map(|_| ws.serve()).collect());
+        let before = redis.calls("evalsha") + redis.calls("eval");
+
+        let (admitted, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let key = Arc::new(key);
+        let mut workers = Vec::new();
+        for w in 0..30usize {
+            let (sidecars, key) = (sidecars.clone(), key.clone());
+            let (admitted, refused) = (admitted.clone(), refused.clone());
+            workers.push(tokio::spawn(async move {
+                for i in 0..60usize {
+                    let kg = &sidecars[(w + i) % 3];
+                    let reply = get(&kg.url("/"), &[("x-api-key", key.as_str())]).await;
+                    match reply.status {
+                        StatusCode::OK => admitted.fetch_add(1, Ordering::Relaxed),
+                        StatusCode::TOO_MANY_REQUESTS => refused.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("unexpected {other}: {}", text(&reply.body)),
+                    };
+                }
+            }));
+        }
+        for w in workers {
+            w.await.unwrap();
+        }
+        let (admitted, refused) = (
+            admitted.load(Ordering::Relaxed),
+            refused.load(Ordering::Relaxed),
+        );
+        let scripts = redis.calls("evalsha") + redis.calls("eval") - before;
+        let mut refills = 0.0;
+        for kg in sidecars.iter() {
+            refills += metric(kg, "keygate_quota_lease_refills_total{outcome=\"ok\"}").await;
+            assert_eq!(metric(kg, "keygate_quota_fallback").await, 0.0);
+        }
+        eprintln!(
+            "3 sidecars, per_hour = 1000, 1800 requests: {admitted} admitted, {refused} refused; \
+             {refills} lease grants, {scripts} Redis scripts in all (grants + 1/s sync per sidecar)"
+        );
+        assert_eq!(admitted + refused, 1800);
+        assert!(admitted <= 1000, "over-admitted: {admitted}");
+        assert!(admitted >= 980, "under-admitted: {admitted}");
+    }
+
+    #[tokio::test]
+    async fn redis_dying_mid_window_falls_back_to_the_local_share_and_recovers() {
+        clear_of_the_hour_boundary().await;
+        // Persisted, so the keys (and the counters) are still there after the restart.
+        let mut redis =
+            RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+        let up = Upstream::start().await;
+        let ws = Workspace::redis(&up.url(), &redis.url(), &hourly(1000));
+        let (id, key) = ws.create_key(&[]);
+        let kg = ws.serve();
+        let hash = redis
+            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
+            .trim()
+            .to_owned();
+        let counter = format!("{{keygate}}:quota:{hash}:hour");
+        for _ in 0..20 {
+            assert_eq!(
+                get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+                StatusCode::OK
+            );
+        }
+        assert_eq!(metric(&kg, "keygate_quota_fallback").await, 0.0);
+
+        redis.kill();
+        for _ in 0..50 {
+            let reply = get(&kg.url("/"), &[("x-api-key", &key)]).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+            assert_eq!(reply.headers["x-ratelimit-limit"], "1000");
+        }
+        eventually(Duration::from_secs(5), || async {
+            metric(&kg, "keygate_quota_fallback").await == 1.0
+        })
+        .await
+        .expect("keygate_quota_fallback never went to 1");
+
+        redis.restart();
+        eventually(Duration::from_secs(10), || async {
+            metric(&kg, "keygate_quota_fallback").await == 0.0
+        })
+        .await
+        .expect("keygate_quota_fallback never returned to 0");
+        // Shared again: the next requests take grants from Redis, and the admissions made
+        // while it was down were added to its counter.
+        for _ in 0..10 {
+            assert_eq!(
+                get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+                StatusCode::OK
+            );
+        }
+        let used: u64 = redis
+            .cli(&["HGET", &counter, "used"])
+            .trim()
+            .parse()
+            .unwrap();
+        eprintln!("after recovery Redis counts {used} handed out for 80 admitted");
+        assert!(used >= 80, "fallback admissions not reported: {used}");
+        assert!(!kg.all_logs().contains("panicked"));
+    }
+
+    #[tokio::test]
+    async fn a_key_hammering_its_limit_is_suspended_everywhere_and_lifts() {
+        let redis = RedisServer::start();
+        let up = Upstream::start().await;
+        let extra = "[plans.tight]\nper_minute = 2\n[limits]\ndefault_plan = \"tight\"\n\
+                     [limits.suspend]\nafter = 3\nwithin = \"1m\"\nfor = \"2s\"\n";
+        let ws = Workspace::redis(&up.url(), &redis.url(), extra);
+        let (_, key) = ws.create_key(&[]);
+        let (a, b) = (ws.serve(), ws.serve());
+        let hit = |kg: &Keygate| {
+            let (url, key) = (kg.url("/"), key.clone());
+            async move { get(&url, &[("x-api-key", key.as_str())]).await }
+        };
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            statuses.push(hit(&a).await.status.as_u16());
+        }
+        assert_eq!(statuses, [200, 200, 429, 429, 429, 403]);
+        let suspended = hit(&a).await;
+        assert_eq!(suspended.status, StatusCode::FORBIDDEN);
+        assert_eq!(suspended.error_code(), "key_suspended");
+        let retry: u64 = suspended.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&retry), "Retry-After {retry}");
+
+        // The other sidecar refuses it too, once its sync tick (1 s here) reads the
+        // suspension. It is probed slowly so that it cannot reach the threshold itself before
+        // then (two admitted, at most two refused); its own suspension counter proves it.
+        let mut seen = None;
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if hit(&b).await.status == StatusCode::FORBIDDEN {
+                seen = Some(());
+                break;
+            }
+        }
+        seen.expect("the suspension never reached the other sidecar");
+        assert_eq!(metric(&b, "keygate_key_suspensions_total").await, 0.0);
+        assert_eq!(metric(&a, "keygate_key_suspensions_total").await, 1.0);
+
+        // It lifts by itself, on both.
+        let mut lifted = None;
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let status = hit(&b).await.status;
+            if status != StatusCode::FORBIDDEN {
+                lifted = Some(status);
+                break;
+            }
+        }
+        let lifted = lifted.expect("the suspension never lifted on the other sidecar");
+        assert!(
+            [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].contains(&lifted),
+            "{lifted}"
+        );
+        assert_eq!(
+            hit(&a).await.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "lifted, and still over its per-minute limit"
+        );
+    }
+
+    #[tokio::test]
+    async fn shared_quotas_work_on_a_redis_cluster() {
+        clear_of_the_hour_boundary().await;
+        let cluster = RedisCluster::start();
+        let up = Upstream::start().await;
+        let nodes = cluster
+            .urls()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let store = format!("[store]\nkind = \"redis\"\nnodes = [{nodes}]\nepoch_poll = \"1s\"\n");
+        let ws = Workspace::with_store(&up.url(), &store, &hourly(5));
+        let (id, key) = ws.create_key(&[]);
+        let (a, b) = (ws.serve(), ws.serve());
+        let mut statuses = Vec::new();
+        for i in 0..8 {
+            let kg = if i % 2 == 0 { &a } else { &b };
+            statuses.push(
+                get(&kg.url("/"), &[("x-api-key", &key)])
+                    .await
+                    .status
+                    .as_u16(),
+            );
+        }
+        // Which sidecar spends the last lease depends on timing; the total does not.
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            5,
+            "{statuses:?}"
+        );
+        assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+        let out = ws.cli(&["keys", "usage", &id, "--json"]);
+        let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(usage["windows"][0]["used"], 5, "{usage}");
+    }
+
+    #[tokio::test]
+    async fn keys_usage_shows_the_shared_counters() {
+        clear_of_the_hour_boundary().await;
+        let redis = RedisServer::start();
+        let up = Upstream::start().await;
+        let plan = "[plans.metered]\nper_hour = 1000\nper_day = 5000\n\
+                    [limits]\ndefault_plan = \"metered\"\n";
+        let ws = Workspace::redis(&up.url(), &redis.url(), plan);
+        let (id, key) = ws.create_key(&[]);
+        let kg = ws.serve();
+        for _ in 0..5 {
+            assert_eq!(
+                get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+                StatusCode::OK
+            );
+        }
+        let out = ws.cli(&["keys", "usage", &id, "--json"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        eprintln!("{usage:#}");
+        assert_eq!(usage["counters"], "redis");
+        let hour = &usage["windows"][0];
+        assert_eq!(hour["window"], "per_hour");
+        assert_eq!(hour["limit"], 1000);
+        let used = hour["used"].as_u64().unwrap();
+        assert!((5..=1000).contains(&used), "{usage}");
+        assert!(hour["resets_in_secs"].as_u64().unwrap() <= 3600);
+        assert_eq!(usage["windows"][1]["window"], "per_day");
+
+        let out = ws.cli(&["keys", "usage", &id]);
+        let shown = text(&out.stdout);
+        eprintln!("{shown}");
+        assert!(
+            shown.contains("per_hour") && shown.contains(&used.to_string()),
+            "{shown}"
+        );
+        assert!(shown.contains("last used:"));
+    }
+}
+
+#[test]
+fn keys_usage_with_the_file_store_shows_limits_not_made_up_counts() {
+    let ws = Workspace::new(
+        "http://127.0.0.1:9",
+        "[plans.p]\nper_month = 100\n[limits]\ndefault_plan = \"p\"\n",
+    );
+    let (id, _) = ws.create_key(&[]);
+    let out = ws.cli(&["keys", "usage", &id, "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let usage: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(usage["counters"], "process");
+    assert_eq!(usage["windows"][0]["window"], "per_month");
+    assert_eq!(usage["windows"][0]["limit"], 100);
+    assert!(usage["windows"][0]["used"].is_null(), "{usage}");
+    assert!(usage["last_used_at"].is_null());
+    let out = ws.cli(&["keys", "usage", "key_nope"]);
+    assert_eq!(out.status.code(), Some(1));
 }

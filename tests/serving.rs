@@ -633,3 +633,42 @@ async fn http2_clients_get_the_configured_stream_cap_and_header_limit() {
         Err(e) => assert!(e.is_reset() || e.is_go_away(), "{e}"),
     }
 }
+
+#[tokio::test]
+async fn a_reload_changes_plans_without_losing_the_running_count() {
+    let plan = |n: u32| {
+        format!(
+            "[server]\nwatch_interval = \"0s\"\n[plans.p]\nper_minute = {n}\n[limits]\ndefault_plan = \"p\"\n"
+        )
+    };
+    let (_up, ws, key) = setup(&plan(100)).await;
+    let kg = ws.serve();
+    let url = kg.url("/v1/x");
+    for _ in 0..3 {
+        let reply = get(&url, &[("x-api-key", &key)]).await;
+        assert_eq!(reply.headers["x-ratelimit-limit"], "100");
+    }
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    std::fs::write(
+        ws.config(),
+        config.replace("per_minute = 100", "per_minute = 5"),
+    )
+    .unwrap();
+    kg.signal("HUP");
+    let applied = eventually(Duration::from_secs(5), || async {
+        get(&url, &[("x-api-key", &key)]).await.headers["x-ratelimit-limit"] == "5"
+    })
+    .await;
+    assert!(applied.is_some(), "the new plan was not applied");
+    // Within the same minute: the requests already counted still count against the new limit.
+    let mut admitted = 0;
+    for _ in 0..10 {
+        if get(&url, &[("x-api-key", &key)]).await.status == StatusCode::OK {
+            admitted += 1;
+        }
+    }
+    assert!(
+        admitted < 5,
+        "{admitted} admitted: the running count was lost"
+    );
+}

@@ -158,6 +158,18 @@ pub(super) struct RawLimits {
     pub(super) sandbox_plan: Option<String>,
     pub(super) reset: String,
     pub(super) local_share: f64,
+    pub(super) suspend: Option<RawSuspend>,
+}
+
+/// `[limits.suspend]`: every field is required, so that turning it on is a decision.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSuspend {
+    pub(super) after: u64,
+    #[serde(with = "humantime_serde")]
+    pub(super) within: Duration,
+    #[serde(rename = "for", with = "humantime_serde")]
+    pub(super) lasts: Duration,
 }
 
 impl Default for RawLimits {
@@ -167,6 +179,7 @@ impl Default for RawLimits {
             sandbox_plan: None,
             reset: "epoch".into(),
             local_share: 1.0,
+            suspend: None,
         }
     }
 }

@@ -395,12 +395,42 @@ fn validate_limits(
             "must be in (0, 1]: 1/N with N sidecars sharing a key's short-window limits",
         ));
     }
+    let suspend = raw.suspend.map(validate_suspend).transpose()?;
     Ok(LimitsConfig {
         plans,
         default_plan: raw.default_plan,
         sandbox_plan: raw.sandbox_plan,
         reset,
         local_share: raw.local_share,
+        suspend,
+    })
+}
+
+fn validate_suspend(
+    raw: super::raw::RawSuspend,
+) -> Result<crate::limits::SuspendConfig, ConfigError> {
+    if raw.after == 0 {
+        return Err(invalid(
+            "limits.suspend.after",
+            "must be at least 1: the rate-limit refusals tolerated within `within`",
+        ));
+    }
+    if raw.within < Duration::from_secs(1) {
+        return Err(invalid(
+            "limits.suspend.within",
+            "must be at least 1s, e.g. \"1m\"",
+        ));
+    }
+    if raw.lasts < Duration::from_secs(1) {
+        return Err(invalid(
+            "limits.suspend.for",
+            "must be at least 1s, e.g. \"10m\"; remove [limits.suspend] to turn suspension off",
+        ));
+    }
+    Ok(crate::limits::SuspendConfig {
+        after: raw.after,
+        within: raw.within,
+        lasts: raw.lasts,
     })
 }
 

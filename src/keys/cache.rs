@@ -122,6 +122,11 @@ impl KeyCache {
         })
     }
 
+    /// The store behind the cache.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
     /// Starts the store's change feed into this cache, and the last-used write-behind.
     pub fn start(self: &Arc<Self>, shutdown: CancellationToken) {
         let this = Arc::downgrade(self);

@@ -319,6 +319,12 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// A short description for logs: kind and address, never credentials.
     fn describe(&self) -> String;
+
+    /// Where quota counters shared between sidecars live, if this store can hold them
+    /// (Redis). `None`: every process counts its own (the file store).
+    fn quotas(self: Arc<Self>) -> Option<Arc<dyn crate::limits::QuotaStore>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -79,6 +79,13 @@ impl Gcra {
     }
 }
 
+impl Gcra {
+    /// Forgets every request: the next one starts a fresh burst.
+    pub fn reset(&self) {
+        self.tat.store(0, Ordering::Release);
+    }
+}
+
 fn window_after(tat: u64, now_ns: u64, t: u64, tau: u64) -> Window {
     let ahead = tat.saturating_sub(now_ns);
     Window {

@@ -125,13 +125,8 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then drains (see the module doc).
     pub async fn run(self, shutdown: CancellationToken) {
         let config = self.proxy.config();
-        tracing::info!(
-            public = %self.public_addr(),
-            admin = %self.admin_addr(),
-            plain = self.plain_addr().map(tracing::field::display),
-            tls = config.tls.is_some(),
-            "keygate listening"
-        );
+        let (public_addr, admin_addr, plain_addr) =
+            (self.public_addr(), self.admin_addr(), self.plain_addr());
         let background = CancellationToken::new();
         self.cache.start(background.clone());
         tokio::spawn(
@@ -226,6 +221,14 @@ impl Server {
             });
         });
         self.readiness.set(true);
+        // Logged once ready: tests and scripts wait for this line.
+        tracing::info!(
+            public = %public_addr,
+            admin = %admin_addr,
+            plain = plain_addr.map(tracing::field::display),
+            tls = config.tls.is_some(),
+            "keygate listening"
+        );
 
         shutdown.cancelled().await;
         // Load balancers poll readiness: fail it first, keep serving while they notice.

@@ -22,6 +22,7 @@
 //! | `{ns}:epoch` | integer | bumped by every change |
 //! | `{ns}:changes` | sorted set | changed key hashes, scored by the epoch of their change |
 //! | `{ns}:last_used` | hash | id → unix seconds, written behind in batches |
+//! | `{ns}:quota:…`, `{ns}:sidecars`, `{ns}:suspended` | | shared quotas: see [`quota`] |
 //!
 //! Every change also publishes `"<epoch> <hash> <ms>"` on the channel `{ns}:changes`. A sidecar
 //! drops a key from its cache when the message arrives, and once a second compares the epoch
@@ -42,6 +43,7 @@ use redis::{Client, IntoConnectionInfo, RedisFuture, Script, Value};
 use tokio_util::sync::CancellationToken;
 
 mod feed;
+mod quota;
 
 use super::manage::counts_against_cap;
 use super::{Batch, ChangeSink, KeyHash, KeyRecord, KeyStore, StoreError};
@@ -593,6 +595,10 @@ impl KeyStore for RedisStore {
 
     fn describe(&self) -> String {
         self.describe.clone()
+    }
+
+    fn quotas(self: Arc<Self>) -> Option<Arc<dyn crate::limits::QuotaStore>> {
+        Some(self)
     }
 }
 

@@ -1,0 +1,492 @@
+//! The limiter: which limits apply to a key, and the decision for one request across all of
+//! its windows. How each kind of window is counted is described in [`super`].
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use super::gcra::{self, Gcra, Rate};
+use super::lease::{Take, fallback_limit};
+use super::quota::{self, Calendar, Counter};
+use super::shared::{KeyLeases, QuotaStore, Shared, SharedSettings};
+use super::suspend::Suspensions;
+use super::{Limited, Limits, LimitsConfig, Refusal, ResetStyle, WindowState};
+use crate::keys::{Environment, KeyHash, KeyHashState, KeyRecord};
+use crate::metrics::Metrics;
+
+const SECOND_NS: u64 = 1_000_000_000;
+/// A count without a limit: what this process admitted in a window, for the fallback.
+const UNLIMITED: u64 = (1 << 39) + 1;
+
+#[derive(Default)]
+struct KeyState {
+    second: Gcra,
+    minute: Gcra,
+    /// What this process admitted in each long window (the quota itself with the file
+    /// store; with shared quotas, what the fallback share is counted against).
+    hour: Counter,
+    day: Counter,
+    month: Counter,
+    /// Shared quotas only.
+    leases: KeyLeases,
+    /// Rate-limit refusals, for `[limits.suspend]`.
+    refusals: Gcra,
+}
+
+impl AsRef<KeyLeases> for KeyState {
+    fn as_ref(&self) -> &KeyLeases {
+        &self.leases
+    }
+}
+
+impl KeyState {
+    fn counter(&self, calendar: Calendar) -> &Counter {
+        match calendar {
+            Calendar::Hour => &self.hour,
+            Calendar::Day => &self.day,
+            Calendar::Month => &self.month,
+        }
+    }
+
+    fn gcra(&self, index: usize) -> &Gcra {
+        if index == 0 {
+            &self.second
+        } else {
+            &self.minute
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Window {
+    Short(Rate),
+    Long(u64, Calendar),
+}
+
+/// How long windows are counted for this decision.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Exactly, in this process (file store).
+    Local,
+    /// From leases; an empty lease means "ask for a grant".
+    Leased,
+    /// From leases while they last, then against this process's share (store unreachable).
+    Fallback,
+}
+
+/// What one window took for an admitted request, so it can be given back if a later window
+/// refuses.
+#[derive(Clone, Copy)]
+enum Taken {
+    Short(usize, Rate),
+    Counted(Calendar),
+    Leased(Calendar, u64),
+    Fallback(Calendar, u64),
+}
+
+enum Step {
+    Admitted(Option<WindowState>),
+    Refused(Refusal),
+    NeedGrant,
+}
+
+pub struct Limiter {
+    config: ArcSwap<LimitsConfig>,
+    state: moka::sync::Cache<KeyHash, Arc<KeyState>, KeyHashState>,
+    suspensions: Arc<Suspensions>,
+    shared: Option<Arc<Shared>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl Limiter {
+    /// A limiter counting every window in this process.
+    pub fn new(config: LimitsConfig, capacity: u64) -> Self {
+        Self {
+            config: ArcSwap::from_pointee(config),
+            state: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .build_with_hasher(KeyHashState::default()),
+            suspensions: Arc::default(),
+            shared: None,
+            metrics: None,
+        }
+    }
+
+    /// Shares long-window quotas and suspensions through `store`, and starts the sync loop
+    /// (it ends when the limiter is dropped).
+    pub fn with_shared_quotas(
+        mut self,
+        store: Arc<dyn QuotaStore>,
+        settings: SharedSettings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let shared = Shared::new(store, settings, self.suspensions.clone(), metrics.clone());
+        shared.start();
+        self.shared = Some(shared);
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Swaps the plans and limits (config reload). Counters, leases and suspensions are kept:
+    /// a changed limit applies from the next request, and leases already granted under the
+    /// old limit are spent first.
+    pub fn reconfigure(&self, config: LimitsConfig) {
+        self.config.store(Arc::new(config));
+    }
+
+    pub fn reset_style(&self) -> ResetStyle {
+        self.config.load().reset
+    }
+
+    /// The limits that apply to `record`: its plan (or the sandbox / default plan), with the
+    /// key's own overrides on top. Empty: the key is not limited.
+    pub fn limits_for(&self, record: &KeyRecord) -> Limits {
+        limits_for(&self.config.load(), record)
+    }
+
+    /// Counts one request for the key, or refuses it. `Ok(None)`: the key has no limits.
+    /// `Ok(Some(w))`: admitted, `w` the most constraining window (for the headers).
+    ///
+    /// Awaits only when a shared quota's lease is empty (see the module docs), and then for
+    /// at most `[store] timeout`.
+    pub async fn admit(
+        &self,
+        hash: KeyHash,
+        record: &KeyRecord,
+        now: SystemTime,
+    ) -> Result<Option<WindowState>, Limited> {
+        // The clock is only read when some key is suspended at all.
+        if !self.suspensions.is_empty()
+            && let Some(retry_after) = self.suspensions.check(&hash, Instant::now())
+        {
+            return Err(Limited::Suspended { retry_after });
+        }
+        let config = self.config.load();
+        let limits = limits_for(&config, record);
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let windows = windows(&config, &limits);
+        let state = self.state.get_with(hash, Default::default);
+        let mut started = None;
+        let mut local_only = false;
+        loop {
+            let mode = match &self.shared {
+                None => Mode::Local,
+                Some(shared) if local_only || shared.in_fallback() => Mode::Fallback,
+                Some(_) => Mode::Leased,
+            };
+            match self.decide(&config, &state, &windows, now, mode) {
+                Step::Admitted(tightest) => {
+                    if mode == Mode::Leased {
+                        self.refill_if_low(&state, hash, &windows, now);
+                    }
+                    return Ok(tightest);
+                }
+                Step::Refused(refusal) => {
+                    return Err(self.refused(&config, &state, hash, refusal));
+                }
+                Step::NeedGrant => {
+                    let shared = self.shared.as_ref().expect("only leased decisions ask");
+                    let started = *started.get_or_insert_with(Instant::now);
+                    let budget = shared.timeout().saturating_sub(started.elapsed());
+                    let longs = long_windows(&windows);
+                    if budget.is_zero() || !shared.refill(&state.leases, hash, &longs, budget).await
+                    {
+                        // No grant in time: decide this request as the fallback would.
+                        local_only = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Requests counted by this process so far in each long window (hour, day, month).
+    pub fn used(&self, hash: &KeyHash, now: SystemTime) -> Option<[u64; 3]> {
+        let state = self.state.get(hash)?;
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Some(
+            [Calendar::Hour, Calendar::Day, Calendar::Month]
+                .map(|c| state.counter(c).used(c, secs)),
+        )
+    }
+
+    fn decide(
+        &self,
+        config: &LimitsConfig,
+        state: &KeyState,
+        windows: &[(&'static str, Option<Window>); 5],
+        now: SystemTime,
+        mode: Mode,
+    ) -> Step {
+        let now_ns = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let now_secs = now_ns / SECOND_NS;
+        let mut taken: [Option<Taken>; 5] = [None; 5];
+        let mut tightest: Option<WindowState> = None;
+        for (i, (name, window)) in windows.iter().enumerate() {
+            let Some(window) = window else { continue };
+            let outcome = match *window {
+                Window::Short(rate) => state
+                    .gcra(i)
+                    .try_acquire(rate, now_ns)
+                    .map(|w| (short_state(name, rate, w), Taken::Short(i, rate)))
+                    .map_err(|w| Some(short_state(name, rate, w))),
+                Window::Long(limit, calendar) => {
+                    self.take_long(config, state, name, limit, calendar, now_secs, mode)
+                }
+            };
+            match outcome {
+                Ok((w, took)) => {
+                    taken[i] = Some(took);
+                    if tightest
+                        .is_none_or(|t| (w.remaining, w.reset_secs) < (t.remaining, t.reset_secs))
+                    {
+                        tightest = Some(w);
+                    }
+                }
+                Err(refused) => {
+                    // Nothing counts when anything refuses: give back what we took.
+                    for took in taken.iter().flatten() {
+                        give_back(state, *took, now_secs);
+                    }
+                    return match refused {
+                        Some(window) => Step::Refused(Refusal {
+                            window,
+                            retry_after: window.reset_secs.max(1),
+                        }),
+                        None => Step::NeedGrant,
+                    };
+                }
+            }
+        }
+        Step::Admitted(tightest)
+    }
+
+    /// One long window. `Err(None)`: the lease is empty, ask for a grant.
+    #[allow(clippy::too_many_arguments)]
+    fn take_long(
+        &self,
+        config: &LimitsConfig,
+        state: &KeyState,
+        name: &'static str,
+        limit: u64,
+        calendar: Calendar,
+        now_secs: u64,
+        mode: Mode,
+    ) -> Result<(WindowState, Taken), Option<WindowState>> {
+        let counter = state.counter(calendar);
+        let as_state = |limit, u| long_state(name, limit, calendar, u);
+        if mode == Mode::Local {
+            return counter
+                .try_acquire(limit, calendar, now_secs)
+                .map(|u| (as_state(limit, u), Taken::Counted(calendar)))
+                .map_err(|u| Some(as_state(limit, u)));
+        }
+        let (window, end) = calendar.window(now_secs);
+        let reset_secs = end - now_secs;
+        let lease = state.leases.get(calendar);
+        match lease.take(window) {
+            Take::Taken { left } => {
+                let _ = counter.try_acquire(UNLIMITED, calendar, now_secs);
+                let remaining = (lease.left(window).unwrap_or(limit) + left).min(limit);
+                let usage = quota::Usage {
+                    remaining,
+                    reset_secs,
+                };
+                Ok((as_state(limit, usage), Taken::Leased(calendar, window)))
+            }
+            Take::Exhausted => Err(Some(as_state(
+                limit,
+                quota::Usage {
+                    remaining: 0,
+                    reset_secs,
+                },
+            ))),
+            Take::Empty if mode == Mode::Leased => Err(None),
+            Take::Empty => {
+                let live = self.shared.as_ref().map_or(1, |s| s.live());
+                let share = fallback_limit(limit, config.local_share, live);
+                match counter.try_acquire(share, calendar, now_secs) {
+                    // The key's own limit in the headers, this process's share in Remaining.
+                    Ok(u) => {
+                        lease.note_unreported(window, 1);
+                        Ok((as_state(limit, u), Taken::Fallback(calendar, window)))
+                    }
+                    Err(u) => Err(Some(as_state(limit, u))),
+                }
+            }
+        }
+    }
+
+    fn refill_if_low(
+        &self,
+        state: &Arc<KeyState>,
+        hash: KeyHash,
+        windows: &[(&'static str, Option<Window>); 5],
+        now: SystemTime,
+    ) {
+        let Some(shared) = &self.shared else { return };
+        let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let low = windows.iter().any(|(_, w)| match w {
+            Some(Window::Long(_, c)) => state.leases.get(*c).is_low(c.window(now_secs).0),
+            _ => false,
+        });
+        if low {
+            shared.refill_soon(state.clone(), hash, long_windows(windows));
+        }
+    }
+
+    /// A rate-limit refusal; with `[limits.suspend]`, one too many suspends the key.
+    fn refused(
+        &self,
+        config: &LimitsConfig,
+        state: &KeyState,
+        hash: KeyHash,
+        refusal: Refusal,
+    ) -> Limited {
+        let Some(suspend) = &config.suspend else {
+            return Limited::Rate(refusal);
+        };
+        let tolerated = share(suspend.after, config.local_share);
+        let rate = Rate {
+            limit: tolerated,
+            period_ns: suspend.within.as_nanos().min(u128::from(u64::MAX)) as u64,
+            burst: tolerated,
+        };
+        let now_ns = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        if state.refusals.try_acquire(rate, now_ns).is_ok() {
+            return Limited::Rate(refusal);
+        }
+        // Start counting afresh once it lifts.
+        state.refusals.reset();
+        self.suspensions
+            .insert(hash, Instant::now() + suspend.lasts);
+        if let Some(shared) = &self.shared {
+            shared.publish_suspension(hash, suspend.lasts);
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.limits.suspensions.inc();
+        }
+        tracing::info!(?hash, lasts = ?suspend.lasts, "key suspended after repeated refusals");
+        Limited::Suspended {
+            retry_after: suspend.lasts.as_secs().max(1),
+        }
+    }
+}
+
+fn limits_for(config: &LimitsConfig, record: &KeyRecord) -> Limits {
+    let plan = record
+        .plan
+        .as_deref()
+        .or(match record.env {
+            Environment::Test => config
+                .sandbox_plan
+                .as_deref()
+                .or(config.default_plan.as_deref()),
+            Environment::Live => config.default_plan.as_deref(),
+        })
+        .and_then(|name| config.plans.get(name));
+    plan.cloned()
+        .unwrap_or_default()
+        .overridden_by(&record.limits)
+}
+
+fn share(n: u64, local_share: f64) -> u64 {
+    ((n as f64 * local_share).ceil() as u64).max(1)
+}
+
+fn windows(config: &LimitsConfig, limits: &Limits) -> [(&'static str, Option<Window>); 5] {
+    let share = |n: u64| share(n, config.local_share);
+    // The burst belongs to the shortest short window; a longer one allows its whole limit at
+    // once.
+    let burst_second = limits.burst.or(limits.per_second);
+    let burst_minute = if limits.per_second.is_some() {
+        limits.per_minute
+    } else {
+        limits.burst.or(limits.per_minute)
+    };
+    let short_window = |limit: Option<u64>, burst: Option<u64>, period_ns| {
+        limit.map(|l| {
+            Window::Short(Rate {
+                limit: share(l),
+                period_ns,
+                burst: share(burst.unwrap_or(l)),
+            })
+        })
+    };
+    [
+        (
+            "per_second",
+            short_window(limits.per_second, burst_second, SECOND_NS),
+        ),
+        (
+            "per_minute",
+            short_window(limits.per_minute, burst_minute, 60 * SECOND_NS),
+        ),
+        (
+            "per_hour",
+            limits.per_hour.map(|l| Window::Long(l, Calendar::Hour)),
+        ),
+        (
+            "per_day",
+            limits.per_day.map(|l| Window::Long(l, Calendar::Day)),
+        ),
+        (
+            "per_month",
+            limits.per_month.map(|l| Window::Long(l, Calendar::Month)),
+        ),
+    ]
+}
+
+fn long_windows(windows: &[(&'static str, Option<Window>); 5]) -> Vec<(Calendar, u64)> {
+    windows
+        .iter()
+        .filter_map(|(_, w)| match w {
+            Some(Window::Long(limit, calendar)) => Some((*calendar, *limit)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn give_back(state: &KeyState, took: Taken, now_secs: u64) {
+    match took {
+        Taken::Short(i, rate) => state.gcra(i).release(rate),
+        Taken::Counted(calendar) => state.counter(calendar).release(calendar, now_secs),
+        Taken::Leased(calendar, window) => {
+            state.leases.get(calendar).give_back(window);
+            state.counter(calendar).release(calendar, now_secs);
+        }
+        Taken::Fallback(calendar, window) => {
+            state.counter(calendar).release(calendar, now_secs);
+            state.leases.get(calendar).note_unreported(window, -1);
+        }
+    }
+}
+
+fn short_state(name: &'static str, rate: Rate, w: gcra::Window) -> WindowState {
+    WindowState {
+        name,
+        limit: rate.burst,
+        remaining: w.remaining,
+        reset_secs: w.reset_ns.div_ceil(SECOND_NS),
+        window_secs: rate.period_ns / SECOND_NS,
+    }
+}
+
+fn long_state(name: &'static str, limit: u64, calendar: Calendar, u: quota::Usage) -> WindowState {
+    WindowState {
+        name,
+        limit,
+        remaining: u.remaining,
+        reset_secs: u.reset_secs,
+        window_secs: calendar.nominal_secs(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,410 @@
+//! The limiter's unit tests: plans, windows, suspension, and shared quotas against an
+//! in-memory store.
+
+use super::*;
+use crate::limits::SuspendConfig;
+use std::time::Duration;
+
+/// Decides without a runtime: a limiter without shared quotas never waits.
+fn admit(
+    l: &Limiter,
+    h: KeyHash,
+    r: &KeyRecord,
+    now: SystemTime,
+) -> Result<Option<WindowState>, Refusal> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut fut = std::pin::pin!(l.admit(h, r, now));
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(w)) => Ok(w),
+        Poll::Ready(Err(Limited::Rate(refusal))) => Err(refusal),
+        Poll::Ready(Err(other)) => panic!("{other:?}"),
+        Poll::Pending => panic!("a local limiter waited"),
+    }
+}
+
+fn record(plan: Option<&str>, env: Environment) -> KeyRecord {
+    KeyRecord {
+        env,
+        plan: plan.map(str::to_owned),
+        ..KeyRecord::for_tests()
+    }
+}
+
+fn limiter() -> Limiter {
+    let mut plans = std::collections::BTreeMap::new();
+    plans.insert(
+        "free".to_owned(),
+        Limits {
+            per_second: Some(2),
+            per_hour: Some(5),
+            ..Limits::default()
+        },
+    );
+    plans.insert(
+        "sandbox".to_owned(),
+        Limits {
+            per_minute: Some(3),
+            ..Limits::default()
+        },
+    );
+    Limiter::new(
+        LimitsConfig {
+            plans,
+            default_plan: Some("free".into()),
+            sandbox_plan: Some("sandbox".into()),
+            ..LimitsConfig::default()
+        },
+        100,
+    )
+}
+
+fn t(secs: u64) -> SystemTime {
+    // 2026-11-22T05:00:00Z plus `secs`.
+    UNIX_EPOCH + Duration::from_secs(1_795_323_600 + secs)
+}
+
+#[test]
+fn plans_resolve_by_key_environment_and_override() {
+    let l = limiter();
+    assert_eq!(
+        l.limits_for(&record(None, Environment::Live)).per_hour,
+        Some(5)
+    );
+    assert_eq!(
+        l.limits_for(&record(None, Environment::Test)).per_minute,
+        Some(3)
+    );
+    assert_eq!(
+        l.limits_for(&record(Some("free"), Environment::Test))
+            .per_hour,
+        Some(5)
+    );
+    let mut r = record(None, Environment::Live);
+    r.limits.per_hour = Some(50);
+    let limits = l.limits_for(&r);
+    assert_eq!((limits.per_hour, limits.per_second), (Some(50), Some(2)));
+    let none = Limiter::new(LimitsConfig::default(), 10);
+    assert!(none.limits_for(&r).per_second.is_none());
+    assert_eq!(
+        admit(
+            &none,
+            KeyHash::of("x"),
+            &record(None, Environment::Live),
+            t(0)
+        ),
+        Ok(None)
+    );
+}
+
+#[test]
+fn the_tightest_window_is_reported_and_a_refusal_counts_nowhere() {
+    let l = limiter();
+    let r = record(None, Environment::Live);
+    let h = KeyHash::of("k");
+    let first = admit(&l, h, &r, t(0)).unwrap().unwrap();
+    assert_eq!((first.name, first.remaining), ("per_second", 1));
+    admit(&l, h, &r, t(0)).unwrap();
+    let refused = admit(&l, h, &r, t(0)).unwrap_err();
+    assert_eq!(refused.window.name, "per_second");
+    assert!(refused.retry_after >= 1);
+    // Three more over the next seconds exhaust the hour (5); per-second refusals above
+    // did not eat into it.
+    for s in 1..=3 {
+        admit(&l, h, &r, t(s)).unwrap();
+    }
+    assert_eq!(l.used(&h, t(3)).unwrap()[0], 5);
+    let refused = admit(&l, h, &r, t(10)).unwrap_err();
+    assert_eq!(refused.window.name, "per_hour");
+    assert_eq!(refused.retry_after, 3600 - 10, "retry when the hour resets");
+    // The hourly refusal did not consume a per-second slot either.
+    assert_eq!(l.used(&h, t(10)).unwrap()[0], 5);
+    // Next hour: admitted again.
+    assert!(admit(&l, h, &r, t(3600)).is_ok());
+}
+
+#[test]
+fn local_share_scales_the_short_windows_only() {
+    let mut config = LimitsConfig::default();
+    config.plans.insert(
+        "p".into(),
+        Limits {
+            per_second: Some(10),
+            per_hour: Some(7),
+            ..Limits::default()
+        },
+    );
+    config.default_plan = Some("p".into());
+    config.local_share = 0.5;
+    let l = Limiter::new(config, 10);
+    let r = record(None, Environment::Live);
+    let h = KeyHash::of("share");
+    let admitted = (0..10).filter(|_| admit(&l, h, &r, t(0)).is_ok()).count();
+    assert_eq!(admitted, 5, "half of 10/s");
+}
+
+proptest::proptest! {
+    /// Within one window, Remaining never increases from one admitted request to the
+    /// next, Reset is in the future, and Retry-After is never before the reset.
+    #[test]
+    fn headers_are_consistent(
+        per_second in 1u64..20,
+        per_hour in 1u64..50,
+        steps in proptest::collection::vec(0u64..300, 1..80),
+    ) {
+        let mut config = LimitsConfig::default();
+        config.plans.insert("p".into(), Limits {
+            per_second: Some(per_second),
+            per_hour: Some(per_hour),
+            ..Limits::default()
+        });
+        config.default_plan = Some("p".into());
+        let l = Limiter::new(config, 10);
+        let r = record(None, Environment::Live);
+        let h = KeyHash::of("prop");
+        let mut ms = 0u64;
+        let mut last_hour_remaining = u64::MAX;
+        for step in steps {
+            ms += step;
+            let now = t(0) + Duration::from_millis(ms);
+            match admit(&l, h, &r, now) {
+                Ok(Some(w)) => {
+                    proptest::prop_assert!(w.reset_secs >= 1 || w.name == "per_second");
+                    proptest::prop_assert!(w.remaining <= w.limit);
+                    let hour_left = per_hour - l.used(&h, now).unwrap()[0];
+                    proptest::prop_assert!(hour_left <= last_hour_remaining);
+                    last_hour_remaining = hour_left;
+                }
+                Ok(None) => proptest::prop_assert!(false, "limits configured"),
+                Err(refused) => {
+                    proptest::prop_assert_eq!(refused.window.remaining, 0);
+                    proptest::prop_assert!(refused.retry_after >= refused.window.reset_secs.max(1));
+                    proptest::prop_assert!(refused.retry_after >= 1);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_key_that_keeps_sending_is_suspended() {
+    let mut config = LimitsConfig::default();
+    config.plans.insert(
+        "p".into(),
+        Limits {
+            per_minute: Some(1),
+            ..Limits::default()
+        },
+    );
+    config.default_plan = Some("p".into());
+    config.suspend = Some(SuspendConfig {
+        after: 2,
+        within: Duration::from_secs(60),
+        lasts: Duration::from_secs(600),
+    });
+    let l = Limiter::new(config, 10);
+    let r = record(None, Environment::Live);
+    let (h, other) = (KeyHash::of("abuser"), KeyHash::of("other"));
+    let poll = |h| {
+        use std::future::Future;
+        use std::task::{Context, Poll, Waker};
+        let mut fut = std::pin::pin!(l.admit(h, &r, t(0)));
+        match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => panic!("a local limiter waited"),
+        }
+    };
+    assert!(poll(h).is_ok());
+    // Two refusals are tolerated…
+    assert!(matches!(poll(h), Err(Limited::Rate(_))));
+    assert!(matches!(poll(h), Err(Limited::Rate(_))));
+    // …the third suspends, and from then on the key is refused before any window.
+    assert_eq!(poll(h), Err(Limited::Suspended { retry_after: 600 }));
+    let Err(Limited::Suspended { retry_after }) = poll(h) else {
+        panic!("still suspended")
+    };
+    assert!((599..=600).contains(&retry_after));
+    assert!(poll(other).is_ok(), "other keys are not affected");
+}
+
+#[test]
+fn reconfigure_keeps_the_counters() {
+    let l = limiter();
+    let r = record(None, Environment::Live);
+    let h = KeyHash::of("reload");
+    admit(&l, h, &r, t(0)).unwrap();
+    let mut config = LimitsConfig::default();
+    config.plans.insert(
+        "free".into(),
+        Limits {
+            per_hour: Some(2),
+            ..Limits::default()
+        },
+    );
+    config.default_plan = Some("free".into());
+    l.reconfigure(config);
+    assert_eq!(l.limits_for(&r).per_second, None, "the new plan applies");
+    assert_eq!(admit(&l, h, &r, t(1)).unwrap().unwrap().remaining, 0);
+    assert!(
+        admit(&l, h, &r, t(2)).is_err(),
+        "the earlier request still counts"
+    );
+}
+
+mod shared {
+    use super::*;
+    use crate::keys::StoreError;
+    use crate::limits::lease;
+    use crate::limits::shared::{Grant, GrantAsk, StoredWindow, SyncState};
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    /// The quota store's contract, in memory: what `lease.lua` does, for unit tests of
+    /// the limiter. (The black-box tests run the real script.)
+    #[derive(Default)]
+    struct Memory {
+        used: Mutex<HashMap<(String, u64), u64>>,
+        down: AtomicBool,
+        grants: AtomicU64,
+        live: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl QuotaStore for Memory {
+        async fn grant(
+            &self,
+            hash: KeyHash,
+            asks: Vec<GrantAsk>,
+        ) -> Result<Vec<Grant>, StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.grants.fetch_add(1, Ordering::SeqCst);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let mut used = self.used.lock().unwrap();
+            Ok(asks
+                .iter()
+                .map(|ask| {
+                    let (window, _) = ask.calendar.window(now);
+                    let slot = used
+                        .entry((format!("{hash:?}{:?}", ask.calendar), window))
+                        .or_default();
+                    if ask.unreported.0 == window {
+                        *slot += ask.unreported.1;
+                    }
+                    let (granted, after) = lease::grant(ask.limit, *slot, ask.want);
+                    *slot = after;
+                    Grant {
+                        granted,
+                        used: after,
+                        window,
+                    }
+                })
+                .collect())
+        }
+
+        async fn sync(
+            &self,
+            _: &str,
+            _: Duration,
+            _: Vec<(KeyHash, Duration)>,
+        ) -> Result<SyncState, StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            Ok(SyncState {
+                live: self.live.load(Ordering::SeqCst),
+                suspended: vec![],
+            })
+        }
+
+        async fn usage(&self, _: KeyHash) -> Result<Vec<StoredWindow>, StoreError> {
+            Ok(vec![])
+        }
+    }
+
+    /// Waits (a bounded while) for the sync loop to bring `done` about.
+    async fn until(done: impl Fn() -> bool) {
+        for _ in 0..1_000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the sync loop never got there");
+    }
+
+    fn sidecar(store: &Arc<Memory>, per_hour: u64) -> Limiter {
+        let mut config = LimitsConfig::default();
+        config.plans.insert(
+            "p".into(),
+            Limits {
+                per_hour: Some(per_hour),
+                ..Limits::default()
+            },
+        );
+        config.default_plan = Some("p".into());
+        let settings = SharedSettings {
+            timeout: Duration::from_secs(5),
+            sync_every: Duration::from_millis(20),
+        };
+        Limiter::new(config, 10).with_shared_quotas(
+            store.clone(),
+            settings,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn sidecars_sharing_a_quota_admit_exactly_the_limit() {
+        let store = Arc::new(Memory::default());
+        store.live.store(3, Ordering::SeqCst);
+        let sidecars: Vec<Limiter> = (0..3).map(|_| sidecar(&store, 500)).collect();
+        let r = record(None, Environment::Live);
+        let h = KeyHash::of("shared");
+        let mut admitted = 0;
+        for i in 0..1_500 {
+            let now = SystemTime::now();
+            if sidecars[i % 3].admit(h, &r, now).await.is_ok() {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 500);
+        let grants = store.grants.load(Ordering::SeqCst);
+        assert!(grants < 200, "{grants} grants for 500 requests");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_store_falls_back_to_a_share_and_reports_it_later() {
+        let store = Arc::new(Memory::default());
+        store.live.store(2, Ordering::SeqCst);
+        let l = sidecar(&store, 100);
+        let r = record(None, Environment::Live);
+        let h = KeyHash::of("fallback");
+        // Let the first sync see two sidecars.
+        let shared = l.shared.clone().unwrap();
+        until(|| shared.live() == 2).await;
+        store.down.store(true, Ordering::SeqCst);
+        let mut admitted = 0;
+        for _ in 0..80 {
+            if l.admit(h, &r, SystemTime::now()).await.is_ok() {
+                admitted += 1;
+            }
+        }
+        assert!(shared.in_fallback());
+        assert_eq!(admitted, 50, "half of 100 with two sidecars last seen");
+
+        store.down.store(false, Ordering::SeqCst);
+        until(|| !shared.in_fallback()).await;
+        assert!(l.admit(h, &r, SystemTime::now()).await.is_ok());
+        let used: u64 = store.used.lock().unwrap().values().sum();
+        assert!(
+            used >= 51,
+            "the fallback's 50 were reported with the next grant: {used}"
+        );
+    }
+}

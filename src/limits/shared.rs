@@ -1,0 +1,340 @@
+//! Long-window quotas shared between sidecars through a store (Redis): granting leases,
+//! noticing that the store is unreachable, and the once-per-tick sync that tells each
+//! sidecar how many others are alive and which keys are suspended.
+//!
+//! The store side is the [`QuotaStore`] trait (implemented by `keys::redis`); everything here
+//! is store-agnostic. One [`Shared`] per [`super::Limiter`] holds:
+//! - whether we are in fallback (the store did not answer the last grant or sync): then
+//!   requests whose lease is empty are counted locally against a share of the limit
+//!   ([`super::lease::fallback_limit`]) and reported to the store once it answers again;
+//! - the number of live sidecars (a sorted set of instance ids scored by heartbeat time,
+//!   pruned after three missed ticks), used to size chunks and the fallback share;
+//! - suspensions this sidecar decided, queued for the next sync (which runs at once).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+use super::lease::{Lease, chunk_size};
+use super::quota::Calendar;
+use super::suspend::Suspensions;
+use crate::keys::{KeyHash, StoreError};
+use crate::metrics::Metrics;
+
+/// One window's part of a grant request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantAsk {
+    pub calendar: Calendar,
+    pub limit: u64,
+    /// Requests wanted (0: none, only report `unreported` and read the count).
+    pub want: u64,
+    /// (window number, count) admitted without a lease while the store was unreachable; the
+    /// store adds the count only if the window is still the current one.
+    pub unreported: (u64, u64),
+}
+
+/// What the store granted for one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub granted: u64,
+    /// Requests handed out to all sidecars in this window, after this grant.
+    pub used: u64,
+    /// The window the grant is for, by the store's clock.
+    pub window: u64,
+}
+
+/// What a sync learned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncState {
+    pub live: u64,
+    /// Suspended keys and how long until each lifts.
+    pub suspended: Vec<(KeyHash, Duration)>,
+}
+
+/// A key's shared counter for one window, for `keys usage`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredWindow {
+    pub calendar: Calendar,
+    /// Requests handed out to sidecars (admitted, or sitting unused in a lease).
+    pub used: u64,
+    /// The limit the last grant was made under.
+    pub limit: u64,
+    pub reset_secs: u64,
+}
+
+/// Where shared quota counters live.
+#[async_trait::async_trait]
+pub trait QuotaStore: Send + Sync + 'static {
+    /// Grants leases for one key's long windows, in one atomic round trip.
+    async fn grant(&self, hash: KeyHash, asks: Vec<GrantAsk>) -> Result<Vec<Grant>, StoreError>;
+
+    /// Heartbeat (`instance` is alive for `alive_for`), records `suspend`, and reads the
+    /// live sidecars and every current suspension.
+    async fn sync(
+        &self,
+        instance: &str,
+        alive_for: Duration,
+        suspend: Vec<(KeyHash, Duration)>,
+    ) -> Result<SyncState, StoreError>;
+
+    /// The key's current counters, for `keys usage`.
+    async fn usage(&self, hash: KeyHash) -> Result<Vec<StoredWindow>, StoreError>;
+}
+
+/// Timing for shared quotas, from `[store]`.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedSettings {
+    /// The longest a request waits for a grant.
+    pub timeout: Duration,
+    /// How often the sync runs (heartbeat, suspensions, recovery from fallback).
+    pub sync_every: Duration,
+}
+
+pub struct Shared {
+    store: Arc<dyn QuotaStore>,
+    settings: SharedSettings,
+    instance: String,
+    fallback: AtomicBool,
+    live: AtomicU64,
+    pending: Mutex<Vec<(KeyHash, Duration)>>,
+    wake: Notify,
+    suspensions: Arc<Suspensions>,
+    metrics: Arc<Metrics>,
+}
+
+/// The leases of one key, and what keeps its grants one at a time.
+#[derive(Default)]
+pub struct KeyLeases {
+    pub hour: Lease,
+    pub day: Lease,
+    pub month: Lease,
+    /// One grant in flight per key: concurrent requests that find the lease empty queue here
+    /// and find it refilled, instead of each asking the store.
+    grant: tokio::sync::Mutex<()>,
+    /// A background refill is queued or running.
+    refilling: AtomicBool,
+}
+
+impl KeyLeases {
+    pub fn get(&self, calendar: Calendar) -> &Lease {
+        match calendar {
+            Calendar::Hour => &self.hour,
+            Calendar::Day => &self.day,
+            Calendar::Month => &self.month,
+        }
+    }
+}
+
+impl Shared {
+    pub fn new(
+        store: Arc<dyn QuotaStore>,
+        settings: SharedSettings,
+        suspensions: Arc<Suspensions>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let mut id = [0u8; 8];
+        // Only needs to be unique among sidecars; a clock-based id will do if the OS RNG
+        // fails.
+        if getrandom::fill(&mut id).is_err() {
+            id = now_ms().to_le_bytes();
+        }
+        let shared = Arc::new(Self {
+            store,
+            settings,
+            instance: id.iter().map(|b| format!("{b:02x}")).collect(),
+            fallback: AtomicBool::new(false),
+            live: AtomicU64::new(1),
+            pending: Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            suspensions,
+            metrics,
+        });
+        shared.metrics.limits.fallback.set(0);
+        shared
+    }
+
+    /// Starts the sync loop, which ends once the limiter is dropped.
+    pub fn start(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no async runtime: shared quotas will not sync");
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        runtime.spawn(async move {
+            loop {
+                let Some(this) = weak.upgrade() else { return };
+                this.sync_once().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(this.settings.sync_every) => {}
+                    _ = this.wake.notified() => {}
+                }
+            }
+        });
+    }
+
+    pub fn in_fallback(&self) -> bool {
+        self.fallback.load(Ordering::Acquire)
+    }
+
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::Acquire).max(1)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    /// Queues a suspension for every sidecar and syncs now.
+    pub fn publish_suspension(&self, hash: KeyHash, lasts: Duration) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((hash, lasts));
+        self.wake.notify_one();
+    }
+
+    fn set_fallback(&self, on: bool, why: &dyn std::fmt::Display) {
+        if self.fallback.swap(on, Ordering::AcqRel) != on {
+            self.metrics.limits.fallback.set(i64::from(on));
+            if on {
+                tracing::warn!(error = %why, "quota store unreachable: counting quotas locally");
+            } else {
+                tracing::info!("quota store reachable again: quotas shared");
+            }
+        }
+    }
+
+    async fn sync_once(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let alive_for = self.settings.sync_every * 3;
+        let call = self.store.sync(&self.instance, alive_for, pending.clone());
+        let outcome = tokio::time::timeout(self.settings.timeout, call).await;
+        match outcome {
+            Ok(Ok(state)) => {
+                self.live.store(state.live.max(1), Ordering::Release);
+                let now = Instant::now();
+                for (hash, left) in state.suspended {
+                    self.suspensions.insert(hash, now + left);
+                }
+                self.set_fallback(false, &"");
+            }
+            Ok(Err(e)) => self.sync_failed(pending, &e),
+            Err(_) => self.sync_failed(pending, &"sync timed out"),
+        }
+        self.suspensions.prune(Instant::now());
+    }
+
+    fn sync_failed(&self, pending: Vec<(KeyHash, Duration)>, why: &dyn std::fmt::Display) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(pending);
+        self.set_fallback(true, why);
+    }
+
+    /// Tops up the key's leases for `windows` (calendar, limit): those that are empty or low
+    /// get a chunk, all report what they admitted in fallback. One round trip, at most one
+    /// per key at a time. False if the store did not answer within `budget`, or if it granted
+    /// for another window than ours: around a window boundary, for as long as this sidecar's
+    /// clock and Redis's disagree, requests are decided by the fallback share instead of
+    /// asking again and again for a window the sidecar cannot spend.
+    pub async fn refill(
+        &self,
+        leases: &KeyLeases,
+        hash: KeyHash,
+        windows: &[(Calendar, u64)],
+        budget: Duration,
+    ) -> bool {
+        let started = Instant::now();
+        let Ok(_one_at_a_time) = tokio::time::timeout(budget, leases.grant.lock()).await else {
+            return false;
+        };
+        let now_secs = now_ms() / 1_000;
+        let mut asks = Vec::with_capacity(windows.len());
+        for &(calendar, limit) in windows {
+            let lease = leases.get(calendar);
+            let (window, _) = calendar.window(now_secs);
+            let want = if lease.is_low(window) {
+                let left = lease.left(window).unwrap_or(limit);
+                chunk_size(left, self.live(), lease.rate(window, now_ms()))
+            } else {
+                0
+            };
+            let unreported = lease.take_unreported();
+            asks.push(GrantAsk {
+                calendar,
+                limit,
+                want,
+                unreported,
+            });
+        }
+        if asks.iter().all(|a| a.want == 0 && a.unreported.1 == 0) {
+            // Someone else refilled while we queued.
+            return true;
+        }
+        let left = budget.saturating_sub(started.elapsed());
+        let outcome = tokio::time::timeout(left, self.store.grant(hash, asks.clone())).await;
+        let failed = match outcome {
+            Ok(Ok(grants)) if grants.len() == asks.len() => {
+                let at = now_ms();
+                for (ask, grant) in asks.iter().zip(&grants) {
+                    leases.get(ask.calendar).add(
+                        grant.window,
+                        grant.granted,
+                        ask.limit.saturating_sub(grant.used),
+                        at,
+                    );
+                }
+                self.metrics.limits.refills.with_label_values(&["ok"]).inc();
+                self.set_fallback(false, &"");
+                return asks
+                    .iter()
+                    .zip(&grants)
+                    .all(|(ask, grant)| grant.window == ask.calendar.window(now_secs).0);
+            }
+            Ok(Ok(grants)) => format!("{} grants for {} windows", grants.len(), asks.len()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "lease grant timed out".to_owned(),
+        };
+        for ask in &asks {
+            let (window, count) = ask.unreported;
+            leases.get(ask.calendar).restore_unreported(window, count);
+        }
+        self.metrics
+            .limits
+            .refills
+            .with_label_values(&["error"])
+            .inc();
+        self.set_fallback(true, &failed);
+        false
+    }
+
+    /// Refills in the background unless a refill is already queued for this key.
+    pub fn refill_soon<K>(
+        self: &Arc<Self>,
+        key: Arc<K>,
+        hash: KeyHash,
+        windows: Vec<(Calendar, u64)>,
+    ) where
+        K: AsRef<KeyLeases> + Send + Sync + 'static,
+    {
+        if (*key).as_ref().refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let leases: &KeyLeases = (*key).as_ref();
+            this.refill(leases, hash, &windows, this.settings.timeout)
+                .await;
+            leases.refilling.store(false, Ordering::Release);
+        });
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
