@@ -363,14 +363,24 @@ fn read_document(path: &Path) -> Result<(Document, Option<Fingerprint>), StoreEr
 }
 
 fn index_of(path: &Path, doc: Document) -> Result<Index, StoreError> {
-    let mut index = Index::with_capacity_and_hasher(doc.keys.len(), KeyHashState::default());
+    let duplicate = |id: &str| StoreError::Corrupt {
+        path: path.display().to_string(),
+        message: format!("key {id} appears twice"),
+    };
+    // Ids are checked by reference, not cloned: with a million keys, a million short-lived
+    // strings fragment glibc's heap so badly that every later aligned allocation (each new
+    // connection makes some) walks the free lists for milliseconds.
     let mut ids = HashSet::with_capacity(doc.keys.len());
+    for entry in &doc.keys {
+        if !ids.insert(entry.record.id.as_str()) {
+            return Err(duplicate(&entry.record.id));
+        }
+    }
+    drop(ids);
+    let mut index = Index::with_capacity_and_hasher(doc.keys.len(), KeyHashState::default());
     for Entry { hash, record } in doc.keys {
-        if !ids.insert(record.id.clone()) || index.contains_key(&hash) {
-            return Err(StoreError::Corrupt {
-                path: path.display().to_string(),
-                message: format!("key {} appears twice", record.id),
-            });
+        if index.contains_key(&hash) {
+            return Err(duplicate(&record.id));
         }
         index.insert(hash, Arc::new(record));
     }

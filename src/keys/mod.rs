@@ -112,8 +112,19 @@ impl Serialize for KeyHash {
 
 impl<'de> Deserialize<'de> for KeyHash {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::from_hex(&s).ok_or_else(|| serde::de::Error::custom("hash must be 64 hex digits"))
+        // A visitor rather than `String::deserialize`: loading a million-key file must not
+        // leave a million freed temporaries behind in the allocator (see `keys::file`).
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = KeyHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SHA-256 hash as 64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<KeyHash, E> {
+                KeyHash::from_hex(s).ok_or_else(|| E::custom("hash must be 64 hex digits"))
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
