@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod file;
 pub mod manage;
+pub mod packed;
 pub mod redis;
 
 pub use manage::{Change, CreatedKey, KeyPolicy, KeySpec};
