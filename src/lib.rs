@@ -12,7 +12,8 @@
 //! - [`credential`]: which header carries the key; the key format and its checksum.
 //! - [`keys`]: key records and the [`keys::KeyStore`] trait; [`keys::cache`] is the
 //!   in-process cache in front of every store, [`keys::file`] the embedded file store,
-//!   [`keys::redis`] the shared Redis store, [`keys::manage`] create/revoke/rotate.
+//!   [`keys::redis`] the shared Redis store, [`keys::manage`] create/revoke/rotate,
+//!   [`keys::packed`] the compact in-memory form the file store holds.
 //! - [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
 //!   environment, public-key methods, route scopes, workspace/project binding).
 //! - [`routes`]: route rules, path patterns, path normalization, scope matching.

@@ -77,9 +77,9 @@ pub fn of_entries<'a>(
     Ok(builder.finish())
 }
 
-/// Parses the keys file's bytes into an index without materializing the document.
-pub fn parse(path: &Path, bytes: &[u8]) -> Result<Index, StoreError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+/// Parses the keys file into an index without materializing the document.
+pub fn parse(path: &Path, reader: impl std::io::Read) -> Result<Index, StoreError> {
+    let mut de = serde_json::Deserializer::from_reader(reader);
     let index = de
         .deserialize_map(DocumentVisitor)
         .and_then(|index| de.end().map(|()| index))

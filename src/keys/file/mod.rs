@@ -369,13 +369,16 @@ fn read_document(path: &Path) -> Result<(Document, Option<Fingerprint>), StoreEr
 /// The proxy's index, parsed from the file without holding the whole document (see
 /// [`index`]). A missing file is an empty store.
 fn load_index(path: &Path) -> Result<(Index, Option<Fingerprint>), StoreError> {
-    let bytes = match std::fs::read(path) {
-        Ok(bytes) => bytes,
+    // Streamed, not read whole: the file (~420 bytes a key) would otherwise double the
+    // start-up peak of a large store, which is what a container memory limit sees.
+    let file = match File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Index::default(), None)),
         Err(e) => return Err(io_err(path, e)),
     };
-    let fingerprint = std::fs::metadata(path).ok().map(|m| Fingerprint::of(&m));
-    Ok((index::parse(path, &bytes)?, fingerprint))
+    let fingerprint = file.metadata().ok().map(|m| Fingerprint::of(&m));
+    let reader = std::io::BufReader::with_capacity(256 * 1024, file);
+    Ok((index::parse(path, reader)?, fingerprint))
 }
 
 fn write_atomically(path: &Path, doc: &impl Serialize) -> Result<(), StoreError> {
