@@ -234,8 +234,8 @@ async fn https_only_behind_a_terminator_trusts_forwarded_proto_from_trusted_prox
     assert_eq!(spoofed.error_code(), "https_required");
 }
 
-#[allow(clippy::result_large_err)] // tungstenite's callback signature, not ours
 /// A WebSocket echo upstream that reports the headers of each handshake it accepts.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature, not ours
 async fn websocket_upstream() -> (
     String,
     tokio::sync::mpsc::UnboundedReceiver<http::HeaderMap>,
