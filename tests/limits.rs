@@ -428,13 +428,7 @@ mod shared {
         clear_of_the_hour_boundary().await;
         let cluster = RedisCluster::start();
         let up = Upstream::start().await;
-        let nodes = cluster
-            .urls()
-            .iter()
-            .map(|u| format!("\"{u}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let store = format!("[store]\nkind = \"redis\"\nnodes = [{nodes}]\nepoch_poll = \"1s\"\n");
+        let store = cluster.store_toml();
         let ws = Workspace::with_store(&up.url(), &store, &hourly(5));
         let (id, key) = ws.create_key(&[]);
         let (a, b) = (ws.serve(), ws.serve());

@@ -260,13 +260,7 @@ async fn a_thousand_concurrent_misses_cost_one_store_read() {
 async fn proxy_traffic_through_a_redis_cluster() {
     let cluster = RedisCluster::start();
     let up = Upstream::start().await;
-    let nodes = cluster
-        .urls()
-        .iter()
-        .map(|u| format!("\"{u}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let store = format!("[store]\nkind = \"redis\"\nnodes = [{nodes}]\nepoch_poll = \"1s\"\n");
+    let store = cluster.store_toml();
     let ws = Workspace::with_store(&up.url(), &store, "");
     let (id, key) = ws.create_key(&[]);
     let kg = ws.serve();

@@ -172,6 +172,17 @@ impl RedisCluster {
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
+
+    /// A `[store]` table pointing keygate at this cluster.
+    pub fn store_toml(&self) -> String {
+        let nodes = self
+            .urls()
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("[store]\nkind = \"redis\"\nnodes = [{nodes}]\nepoch_poll = \"1s\"\n")
+    }
 }
 
 /// A master watched by one sentinel (quorum 1).
