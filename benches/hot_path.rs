@@ -54,7 +54,7 @@ fn stages(c: &mut Criterion) {
         ))
         .unwrap();
     let key = created[4242].key.clone();
-    let record = created[4242].record.clone();
+    let record = keygate::keys::cached::CachedKey::from(&created[4242].record);
 
     let mut headers = HeaderMap::new();
     headers.insert("host", HeaderValue::from_static("api.example.com"));

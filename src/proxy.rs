@@ -20,8 +20,9 @@ use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential;
 use crate::forward::{self, ClientError, Forwarder, Origin};
+use crate::keys::KeyHash;
 use crate::keys::cache::KeyCache;
-use crate::keys::{KeyHash, KeyRecord};
+use crate::keys::cached::CachedKey;
 use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
 use crate::metrics::Metrics;
 use crate::reject::Reject;
@@ -58,7 +59,7 @@ struct Audit<'a> {
     /// The route rule that matched (its pattern, never the raw path), `public` for a public
     /// path, `unmatched` when no rule did.
     route: Option<&'a str>,
-    key: Option<Arc<KeyRecord>>,
+    key: Option<Arc<CachedKey>>,
     client_ip: Option<std::net::IpAddr>,
     /// The most constraining rate-limit window, for the response headers.
     limit: Option<WindowState>,
@@ -147,8 +148,8 @@ impl Proxy {
                 route = audit.route,
                 status = response.status().as_u16(),
                 decision,
-                key_id = key.map(|k| k.id.as_str()),
-                owner = key.map(|k| k.owner.as_str()),
+                key_id = key.map(|k| &*k.id),
+                owner = key.map(|k| &*k.owner),
                 env = key.map(|k| k.env.as_str()),
                 client_ip = audit.client_ip.map(tracing::field::display),
                 latency_us = started.elapsed().as_micros() as u64,

@@ -8,7 +8,8 @@ use std::time::SystemTime;
 use http::Method;
 
 use crate::credential::KeyClaims;
-use crate::keys::{Environment, KeyRecord, KeyType, Status};
+use crate::keys::cached::CachedKey;
+use crate::keys::{Environment, KeyType, Status};
 use crate::reject::{Denial, Reject};
 use crate::routes::{RouteTable, Unmatched, grants};
 
@@ -34,7 +35,7 @@ pub struct Policy<'a> {
 /// key is reported as invalid rather than leaking that it is also outside its allowlist, and
 /// a key from a forbidden address learns nothing about routes.
 pub fn authorize(
-    record: &KeyRecord,
+    record: &CachedKey,
     claims: KeyClaims,
     facts: &RequestFacts,
     policy: &Policy,
@@ -85,11 +86,11 @@ pub fn authorize(
     }
     for (param, value) in captures {
         let (param, bound) = match param {
-            "workspace" => ("workspace", &record.workspace),
-            "project" => ("project", &record.project),
+            "workspace" => ("workspace", record.workspace()),
+            "project" => ("project", record.project()),
             _ => continue,
         };
-        if bound.as_deref() != Some(value) {
+        if bound != Some(value) {
             return deny(Denial::NotBound {
                 param,
                 value: value.to_owned(),
@@ -99,7 +100,7 @@ pub fn authorize(
     Ok(())
 }
 
-fn holds(record: &KeyRecord, required: &str) -> bool {
+fn holds(record: &CachedKey, required: &str) -> bool {
     record.scopes.iter().any(|held| grants(held, required))
 }
 

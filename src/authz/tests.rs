@@ -1,6 +1,7 @@
 //! `authorize()` as a table of cases, and two properties over random route tables.
 
 use super::*;
+use crate::keys::KeyRecord;
 use crate::routes::{PathPattern, Route};
 use std::time::Duration;
 
@@ -659,7 +660,7 @@ fn table_of_rules() {
             sandbox_upstream: c.sandbox,
         };
         assert_eq!(
-            authorize(&rec, claims, &facts, &policy),
+            authorize(&CachedKey::from(&rec), claims, &facts, &policy),
             c.want,
             "case {}",
             c.name
@@ -762,7 +763,10 @@ mod properties {
             key_type: rec.key_type,
             env: rec.env,
         };
-        (authorize(&rec, claims, &facts, &policy), scoped)
+        (
+            authorize(&CachedKey::from(&rec), claims, &facts, &policy),
+            scoped,
+        )
     }
 
     proptest! {

@@ -30,7 +30,8 @@ pub use client::{ClientError, UpstreamBody};
 use crate::authz::canonical;
 use crate::config::{Upstream, is_identity_header};
 use crate::credential::CredentialHeader;
-use crate::keys::{Environment, KeyRecord};
+use crate::keys::Environment;
+use crate::keys::cached::CachedKey;
 use crate::reject::Reject;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -92,7 +93,7 @@ pub struct Origin<'a> {
     pub peer_trusted: bool,
     /// The client connection is TLS (keygate terminated it).
     pub tls: bool,
-    pub key: Option<&'a KeyRecord>,
+    pub key: Option<&'a CachedKey>,
 }
 
 /// One upstream service: where requests go and what `Host` means for it.
@@ -309,7 +310,7 @@ fn strip_credentials(headers: &mut HeaderMap, which: &[CredentialHeader]) {
     }
 }
 
-fn add_identity(headers: &mut HeaderMap, record: &KeyRecord) {
+fn add_identity(headers: &mut HeaderMap, record: &CachedKey) {
     let value = |s: &str| HeaderValue::from_bytes(s.as_bytes()).ok();
     if let Some(v) = value(&record.id) {
         headers.insert(&KEY_ID, v);
@@ -317,12 +318,15 @@ fn add_identity(headers: &mut HeaderMap, record: &KeyRecord) {
     if let Some(v) = value(&record.owner) {
         headers.insert(&OWNER, v);
     }
-    if let Some(v) = value(&record.scopes.join(",")) {
+    if let Some(v) = value(record.scopes.joined()) {
         headers.insert(&SCOPES, v);
     }
     headers.insert(&ENV, HeaderValue::from_static(record.env.as_str()));
-    for (name, bound) in [(&WORKSPACE, &record.workspace), (&PROJECT, &record.project)] {
-        if let Some(v) = bound.as_deref().and_then(value) {
+    for (name, bound) in [
+        (&WORKSPACE, record.workspace()),
+        (&PROJECT, record.project()),
+    ] {
+        if let Some(v) = bound.and_then(value) {
             headers.insert(name, v);
         }
     }

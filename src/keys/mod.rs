@@ -6,6 +6,7 @@
 //! stored, so a leaked keys file or Redis dump cannot be replayed.
 
 pub mod cache;
+pub mod cached;
 pub mod file;
 pub mod manage;
 pub mod packed;

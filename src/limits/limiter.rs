@@ -1,10 +1,12 @@
 //! The limiter: which limits apply to a key, and the decision for one request across all of
 //! its windows. How each kind of window is counted is described in [`super`].
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use quick_cache::UnitWeighter;
 
 use super::gcra::{self, Gcra, Rate};
 use super::lease::{Take, fallback_limit};
@@ -12,7 +14,8 @@ use super::quota::{self, Calendar, Counter};
 use super::shared::{KeyLeases, QuotaStore, Shared, SharedSettings};
 use super::suspend::Suspensions;
 use super::{Limited, Limits, LimitsConfig, Refusal, ResetStyle, WindowState};
-use crate::keys::{Environment, KeyHash, KeyHashState, KeyRecord};
+use crate::keys::cached::CachedKey;
+use crate::keys::{Environment, KeyHash, KeyHashState};
 use crate::metrics::Metrics;
 
 const SECOND_NS: u64 = 1_000_000_000;
@@ -93,7 +96,9 @@ enum Step {
 
 pub struct Limiter {
     config: ArcSwap<LimitsConfig>,
-    state: moka::sync::Cache<KeyHash, Arc<KeyState>, KeyHashState>,
+    /// Per-key counters, bounded like the key cache (and with the same crate, for the same
+    /// reason: bookkeeping per entry; see `keys::cache`).
+    state: quick_cache::sync::Cache<KeyHash, Arc<KeyState>, UnitWeighter, KeyHashState>,
     suspensions: Arc<Suspensions>,
     shared: Option<Arc<Shared>>,
     metrics: Option<Arc<Metrics>>,
@@ -104,9 +109,13 @@ impl Limiter {
     pub fn new(config: LimitsConfig, capacity: u64) -> Self {
         Self {
             config: ArcSwap::from_pointee(config),
-            state: moka::sync::Cache::builder()
-                .max_capacity(capacity)
-                .build_with_hasher(KeyHashState::default()),
+            state: quick_cache::sync::Cache::with(
+                usize::try_from(capacity.min(4096)).unwrap_or(4096),
+                capacity.max(1),
+                UnitWeighter,
+                KeyHashState::default(),
+                Default::default(),
+            ),
             suspensions: Arc::default(),
             shared: None,
             metrics: None,
@@ -141,8 +150,8 @@ impl Limiter {
 
     /// The limits that apply to `record`: its plan (or the sandbox / default plan), with the
     /// key's own overrides on top. Empty: the key is not limited.
-    pub fn limits_for(&self, record: &KeyRecord) -> Limits {
-        limits_for(&self.config.load(), record)
+    pub fn limits_for(&self, key: &CachedKey) -> Limits {
+        limits_for(&self.config.load(), key)
     }
 
     /// Counts one request for the key, or refuses it. `Ok(None)`: the key has no limits.
@@ -153,7 +162,7 @@ impl Limiter {
     pub async fn admit(
         &self,
         hash: KeyHash,
-        record: &KeyRecord,
+        key: &CachedKey,
         now: SystemTime,
     ) -> Result<Option<WindowState>, Limited> {
         // The clock is only read when some key is suspended at all.
@@ -163,12 +172,14 @@ impl Limiter {
             return Err(Limited::Suspended { retry_after });
         }
         let config = self.config.load();
-        let limits = limits_for(&config, record);
+        let limits = limits_for(&config, key);
         if limits.is_empty() {
             return Ok(None);
         }
         let windows = windows(&config, &limits);
-        let state = self.state.get_with(hash, Default::default);
+        let Ok(state) = self
+            .state
+            .get_or_insert_with(&hash, || Ok::<_, Infallible>(Arc::default()));
         let mut started = None;
         let mut local_only = false;
         loop {
@@ -379,11 +390,11 @@ impl Limiter {
     }
 }
 
-fn limits_for(config: &LimitsConfig, record: &KeyRecord) -> Limits {
-    let plan = record
+fn limits_for(config: &LimitsConfig, key: &CachedKey) -> Limits {
+    let plan = key
         .plan
         .as_deref()
-        .or(match record.env {
+        .or(match key.env {
             Environment::Test => config
                 .sandbox_plan
                 .as_deref()
@@ -391,9 +402,11 @@ fn limits_for(config: &LimitsConfig, record: &KeyRecord) -> Limits {
             Environment::Live => config.default_plan.as_deref(),
         })
         .and_then(|name| config.plans.get(name));
-    plan.cloned()
-        .unwrap_or_default()
-        .overridden_by(&record.limits)
+    let limits = plan.cloned().unwrap_or_default();
+    match &key.limits {
+        Some(own) => limits.overridden_by(own),
+        None => limits,
+    }
 }
 
 fn share(n: u64, local_share: f64) -> u64 {

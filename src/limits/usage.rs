@@ -52,7 +52,7 @@ pub async fn read(
     quotas: Option<&dyn QuotaStore>,
     now: SystemTime,
 ) -> Result<KeyUsage, StoreError> {
-    let limits = Limiter::new(config.clone(), 1).limits_for(record);
+    let limits = Limiter::new(config.clone(), 1).limits_for(&record.into());
     let stored = match quotas {
         Some(q) => Some(q.usage(hash).await?),
         None => None,

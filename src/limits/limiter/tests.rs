@@ -9,7 +9,7 @@ use std::time::Duration;
 fn admit(
     l: &Limiter,
     h: KeyHash,
-    r: &KeyRecord,
+    r: &CachedKey,
     now: SystemTime,
 ) -> Result<Option<WindowState>, Refusal> {
     use std::future::Future;
@@ -23,12 +23,12 @@ fn admit(
     }
 }
 
-fn record(plan: Option<&str>, env: Environment) -> KeyRecord {
-    KeyRecord {
+fn record(plan: Option<&str>, env: Environment) -> CachedKey {
+    CachedKey::from(&crate::keys::KeyRecord {
         env,
         plan: plan.map(str::to_owned),
-        ..KeyRecord::for_tests()
-    }
+        ..crate::keys::KeyRecord::for_tests()
+    })
 }
 
 fn limiter() -> Limiter {
@@ -81,7 +81,10 @@ fn plans_resolve_by_key_environment_and_override() {
         Some(5)
     );
     let mut r = record(None, Environment::Live);
-    r.limits.per_hour = Some(50);
+    r.limits = Some(Box::new(Limits {
+        per_hour: Some(50),
+        ..Limits::default()
+    }));
     let limits = l.limits_for(&r);
     assert_eq!((limits.per_hour, limits.per_second), (Some(50), Some(2)));
     let none = Limiter::new(LimitsConfig::default(), 10);

@@ -1,0 +1,262 @@
+//! The request path's view of a key: what the cache holds for every known key.
+//!
+//! A busy sidecar caches up to `[cache] capacity` keys (a million by default), so this form
+//! is made small. A [`KeyRecord`] is the store's full form (name, creation and last-use times,
+//! every string owned): about 600 bytes with its allocations. A [`CachedKey`] keeps only what
+//! admission, limits and forwarding read, and shares what many keys have in common (owner,
+//! plan, scope set) through a [`Pool`], so one costs about 200 bytes (measured by
+//! `examples/cache_memory.rs`; figures in bench/RESULTS.md).
+
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use compact_str::CompactString;
+use ipnet::IpNet;
+
+use super::{Environment, KeyRecord, KeyType, Status};
+use crate::limits::Limits;
+
+/// A known key as the request path reads it: 136 bytes, plus what it shares.
+#[derive(Debug)]
+pub struct CachedKey {
+    /// Public identifier (`key_…`), safe for logs and headers; held inline (ids the CLI
+    /// makes are 24 bytes).
+    pub id: CompactString,
+    pub owner: Arc<str>,
+    pub key_type: KeyType,
+    pub env: Environment,
+    pub status: Status,
+    pub scopes: Arc<Scopes>,
+    pub allowed_cidrs: Box<[IpNet]>,
+    pub expires_at: Option<SystemTime>,
+    pub plan: Option<Arc<str>>,
+    /// The key's own limit overrides; boxed because almost no key has any.
+    pub limits: Option<Box<Limits>>,
+    /// Boxed for the same reason: most keys are bound to nothing.
+    binding: Option<Box<Binding>>,
+    /// When the cache read it from the store, as nanoseconds since the cache started.
+    pub(super) fetched: u64,
+    /// Unix seconds of the last use queued for the last-used write-behind.
+    pub(super) reported: AtomicU32,
+}
+
+#[derive(Debug)]
+struct Binding {
+    workspace: Option<Box<str>>,
+    project: Option<Box<str>>,
+}
+
+/// A key's scopes, and the same list comma-joined for the `X-Keygate-Scopes` header (built
+/// once per distinct set, not per request).
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct Scopes {
+    list: Box<[Box<str>]>,
+    joined: Box<str>,
+}
+
+impl Scopes {
+    pub fn new(list: &[String]) -> Self {
+        Self {
+            list: list.iter().map(|s| s.as_str().into()).collect(),
+            joined: list.join(",").into(),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|s| &**s)
+    }
+
+    pub fn joined(&self) -> &str {
+        &self.joined
+    }
+}
+
+impl CachedKey {
+    /// The cached form of `record`, sharing owner, plan and scopes with other keys in `pool`;
+    /// `fetched` is the cache's clock reading when the store returned it.
+    pub fn new(record: &KeyRecord, pool: &Pool, fetched: u64) -> Self {
+        let mut shared = pool.0.lock().unwrap_or_else(|p| p.into_inner());
+        let owner = shared.owners.intern(record.owner.as_str());
+        let plan = record.plan.as_deref().map(|p| shared.plans.intern(p));
+        let scopes = shared.scopes.intern_value(Scopes::new(&record.scopes));
+        drop(shared);
+        Self {
+            id: record.id.as_str().into(),
+            owner,
+            key_type: record.key_type,
+            env: record.env,
+            status: record.status,
+            scopes,
+            allowed_cidrs: record.allowed_cidrs.as_slice().into(),
+            expires_at: record.expires_at,
+            plan,
+            limits: (!record.limits.is_empty()).then(|| Box::new(record.limits.clone())),
+            binding: (record.workspace.is_some() || record.project.is_some()).then(|| {
+                Box::new(Binding {
+                    workspace: record.workspace.as_deref().map(Into::into),
+                    project: record.project.as_deref().map(Into::into),
+                })
+            }),
+            fetched,
+            reported: AtomicU32::new(0),
+        }
+    }
+
+    /// The workspace the key is bound to (`{workspace}` route parameters), if any.
+    pub fn workspace(&self) -> Option<&str> {
+        self.binding.as_ref()?.workspace.as_deref()
+    }
+
+    /// The project the key is bound to (`{project}` route parameters), if any.
+    pub fn project(&self) -> Option<&str> {
+        self.binding.as_ref()?.project.as_deref()
+    }
+}
+
+/// Outside the cache (the CLI's `keys usage`, tests, benchmarks): nothing to share with.
+impl From<&KeyRecord> for CachedKey {
+    fn from(record: &KeyRecord) -> Self {
+        Self::new(record, &Pool::default(), 0)
+    }
+}
+
+/// The values cached keys share. Only cache misses take its lock.
+#[derive(Default)]
+pub struct Pool(Mutex<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    owners: Interner<str>,
+    plans: Interner<str>,
+    scopes: Interner<Scopes>,
+}
+
+/// One copy of each distinct value. Values no cached key holds any more are dropped whenever
+/// the set has doubled since the last sweep, so churning owners cannot grow it without bound.
+struct Interner<T: ?Sized> {
+    set: HashSet<Arc<T>>,
+    sweep_at: usize,
+}
+
+/// Sweeping a small set costs more than it frees.
+const MIN_SWEEP: usize = 1024;
+
+impl<T: ?Sized> Default for Interner<T> {
+    fn default() -> Self {
+        Self {
+            set: HashSet::new(),
+            sweep_at: MIN_SWEEP,
+        }
+    }
+}
+
+impl<T: ?Sized + Eq + Hash> Interner<T> {
+    fn intern(&mut self, value: &T) -> Arc<T>
+    where
+        for<'a> &'a T: Into<Arc<T>>,
+    {
+        if let Some(found) = self.set.get(value) {
+            return found.clone();
+        }
+        self.insert(value.into())
+    }
+
+    fn insert(&mut self, value: Arc<T>) -> Arc<T> {
+        if self.set.len() >= self.sweep_at {
+            self.set.retain(|v| Arc::strong_count(v) > 1);
+            self.sweep_at = (self.set.len() * 2).max(MIN_SWEEP);
+        }
+        self.set.insert(value.clone());
+        value
+    }
+}
+
+impl<T: Eq + Hash> Interner<T> {
+    fn intern_value(&mut self, value: T) -> Arc<T> {
+        if let Some(found) = self.set.get(&value) {
+            return found.clone();
+        }
+        self.insert(Arc::new(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(owner: &str, scopes: &[&str]) -> KeyRecord {
+        KeyRecord {
+            owner: owner.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            plan: Some("pro".into()),
+            ..KeyRecord::for_tests()
+        }
+    }
+
+    #[test]
+    fn a_cached_key_stays_small() {
+        // The per-key memory figure in bench/RESULTS.md rests on this; grow it knowingly.
+        assert!(std::mem::size_of::<CachedKey>() <= 136);
+    }
+
+    #[test]
+    fn keys_alike_share_owner_plan_and_scopes() {
+        let pool = Pool::default();
+        let a = CachedKey::new(&record("acme", &["a:read", "b:write"]), &pool, 0);
+        let b = CachedKey::new(&record("acme", &["a:read", "b:write"]), &pool, 0);
+        let c = CachedKey::new(&record("other", &["a:read"]), &pool, 0);
+        assert!(Arc::ptr_eq(&a.owner, &b.owner));
+        assert!(Arc::ptr_eq(&a.scopes, &b.scopes));
+        assert!(Arc::ptr_eq(
+            a.plan.as_ref().unwrap(),
+            c.plan.as_ref().unwrap()
+        ));
+        assert!(!Arc::ptr_eq(&a.scopes, &c.scopes));
+        assert_eq!(&*c.owner, "other");
+        assert_eq!(a.scopes.joined(), "a:read,b:write");
+        assert_eq!(a.scopes.iter().collect::<Vec<_>>(), ["a:read", "b:write"]);
+    }
+
+    #[test]
+    fn the_record_survives_the_conversion() {
+        let mut r = record("acme", &["*"]);
+        r.allowed_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
+        r.workspace = Some("ws_1".into());
+        r.expires_at = Some(SystemTime::UNIX_EPOCH);
+        r.status = Status::Suspended;
+        let k = CachedKey::from(&r);
+        assert_eq!(
+            (&*k.id, k.key_type, k.env, k.status),
+            (r.id.as_str(), r.key_type, r.env, r.status)
+        );
+        assert_eq!(&*k.allowed_cidrs, r.allowed_cidrs.as_slice());
+        assert_eq!((k.workspace(), k.project()), (Some("ws_1"), None));
+        assert!(CachedKey::from(&record("acme", &[])).binding.is_none());
+        assert_eq!(k.expires_at, r.expires_at);
+        assert!(k.limits.is_none(), "no overrides, no allocation");
+        r.limits.per_second = Some(5);
+        assert_eq!(CachedKey::from(&r).limits.unwrap().per_second, Some(5));
+    }
+
+    #[test]
+    fn values_no_key_holds_are_swept_once_the_set_doubles() {
+        let pool = Pool::default();
+        let kept = CachedKey::new(&record("kept", &["x"]), &pool, 0);
+        // Churn: owners whose keys are gone at once (evicted, revoked).
+        for i in 0..3 * MIN_SWEEP {
+            CachedKey::new(&record(&format!("gone-{i}"), &["x"]), &pool, 0);
+        }
+        let shared = pool.0.lock().unwrap();
+        assert!(
+            shared.owners.set.len() <= MIN_SWEEP + 1,
+            "{} owners still interned",
+            shared.owners.set.len()
+        );
+        assert!(shared.owners.set.contains("kept"));
+        drop(shared);
+        assert_eq!(&*kept.owner, "kept");
+    }
+}
