@@ -24,6 +24,7 @@ LAT_DURATION="${LAT_DURATION:-10s}"    # latency: oha -z
 MEM_KEYS="${MEM_KEYS:-1000000}"        # memory: size of the large store
 MEM_CREATE_TIMEOUT="${MEM_CREATE_TIMEOUT:-300}"   # memory: seconds allowed for one `keys create`
 MEM_SCALING="${MEM_SCALING:-10000 25000 50000 100000}"   # memory: time `keys create --count N`
+MEM_CACHED_SECS="${MEM_CACHED_SECS:-180}"   # memory: wrk run that sends every key once
 MEM_SYNTH="${MEM_SYNTH:-1}"            # memory: if the CLI cannot make MEM_KEYS, synthesize them
 READY_TIMEOUT="${READY_TIMEOUT:-120}"  # seconds to wait for keygate /readyz
 BUILD="${BUILD:-1}"                    # 0: skip `cargo build --release`, use the binary there
@@ -591,9 +592,8 @@ scenario_kg_d_available() {
 }
 scenario_kg_d() { wrk_run kg_d "$1" "${KG_REDIS_PUBLIC##*:}" "$WORK/bench-redis.lua" "$2"; }
 
-# Redis on CPU 0 like every server, no persistence, fresh each run; then 10,000 keys of its
-# own through the CLI and a keygate on it.
-start_redis_scenario() {
+# Redis on CPU 0 like every server, no persistence, fresh each run.
+start_redis() {
     check_ports "${REDIS##*:}"
     rm -f "$WORK/tmp/dump.rdb" "$WORK/run/redis.pid"
     taskset -c "$SERVER_CPU" redis-server --bind 127.0.0.1 --port "${REDIS##*:}" --save '' \
@@ -605,6 +605,11 @@ start_redis_scenario() {
         [ "$(redis-cli -h "${REDIS%:*}" -p "${REDIS##*:}" ping 2>/dev/null)" = PONG ] && break
         sleep 0.1
     done
+}
+
+# Scenario d: Redis, 10,000 keys of its own through the CLI, and a keygate on it.
+start_redis_scenario() {
+    start_redis
     log "creating $NKEYS keys in Redis (one CLI call)"
     create_keys "$WORK/conf/keygate-redis.toml" "$NKEYS" "$WORK/data/redis-keys.jsonl"
     head -n "$NLOAD" "$WORK/data/redis-keys.jsonl" | jq -r '.key' >"$WORK/wrk_keys_redis.txt"
@@ -855,6 +860,54 @@ PY
     note "store_keys=$MEM_KEYS synthetic=$synthetic after_5s_load_VmRSS_kB=$(rss_kib "$KG_PID" VmRSS) VmHWM_kB=$(rss_kib "$KG_PID" VmHWM) $(result_fields kg_b_big) other=$OTHER"
     stop_started keygate-big "$KG_PID" TERM
     rm -f "$big" "$big".*
+    mem_cached
+}
+
+# RSS with MEM_KEYS keys held in the cache: a Redis store with MEM_KEYS keys, each sent once
+# (a miss, one store read, then cached), the rest of the run repeating keys already cached.
+mem_cached() {
+    command -v redis-server >/dev/null || { note "cached_keys: skipped, no redis-server"; return 0; }
+    start_redis
+    log "creating $MEM_KEYS keys in Redis (one CLI call)"
+    create_keys "$WORK/conf/keygate-redis.toml" "$MEM_KEYS" "$WORK/data/redis-big.jsonl"
+    jq -r '.key' "$WORK/data/redis-big.jsonl" >"$WORK/wrk_keys_all.txt"
+    rm -f "$WORK/data/redis-big.jsonl"
+    cat >"$WORK/each-once.lua" <<LUA
+-- Each wrk thread sends its half of the keys once, in order, then repeats its last one.
+local keys = {}
+for line in io.lines("$WORK/wrk_keys_all.txt") do keys[#keys + 1] = line end
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+function init(args)
+  local per = math.floor(#keys / 2)
+  first = (id - 1) * per + 1
+  last = id == 2 and #keys or first + per - 1
+  i = first
+end
+function request()
+  local k = keys[i]
+  if i < last then i = i + 1 end
+  return wrk.format("GET", "/v1/resource", { ["x-api-key"] = k })
+end
+LUA
+    KG_CONF="$WORK/conf/keygate-redis.toml" start_keygate keygate-cached "$KG_REDIS_PUBLIC" "$KG_REDIS_ADMIN" \
+        KEYGATE_CACHE__CAPACITY=$((MEM_KEYS + MEM_KEYS / 10))
+    sleep 1
+    local idle misses after
+    idle=$(rss_kib "$KG_PID" VmRSS)
+    log "sending each of $MEM_KEYS keys once (${MEM_CACHED_SECS}s)"
+    timeout $((MEM_CACHED_SECS + 60)) taskset -c "$LOAD_CPU" wrk -t2 -c20 -d"${MEM_CACHED_SECS}s" \
+        -s "$WORK/each-once.lua" "http://$KG_REDIS_PUBLIC" >"$WORK/logs/wrk-cached.out" 2>&1 || true
+    misses=$(curl -fsS --max-time 5 "http://$KG_REDIS_ADMIN/metrics" \
+        | awk '/^keygate_key_cache_lookups_total[{]result="miss"[}]/ { print $2 }')
+    after=$(rss_kib "$KG_PID" VmRSS)
+    note "cached_keys=${misses:-?} (store reads; goal $MEM_KEYS) idle_VmRSS_kB=$idle VmRSS_kB=$after VmHWM_kB=$(rss_kib "$KG_PID" VmHWM) bytes_per_key=$(awk -v a="$after" -v b="$idle" -v n="${misses:-1}" 'BEGIN { printf "%.0f", (a - b) * 1024 / n }') $(grep -E 'requests in|Non-2xx' "$WORK/logs/wrk-cached.out" | tr -s ' ' | tr '\n' ' ')"
+    stop_started keygate-cached "$KG_PID" TERM
+    stop_started redis "$(cat "$WORK/run/redis.pid")" TERM
+    rm -f "$WORK/wrk_keys_all.txt"
 }
 
 case $MODE in

@@ -50,12 +50,13 @@ pub fn authorize(
         Status::Revoked => return Err(Reject::InvalidApiKey),
         Status::Suspended => return Err(Reject::KeySuspended),
     }
-    if record.expires_at.is_some_and(|at| at <= facts.now) {
+    if record.expires_at().is_some_and(|at| at <= facts.now) {
         return Err(Reject::ExpiredApiKey);
     }
-    if !record.allowed_cidrs.is_empty() {
+    let allowed = record.allowed_cidrs();
+    if !allowed.is_empty() {
         let ip = canonical(facts.client_ip);
-        if !record.allowed_cidrs.iter().any(|net| net.contains(&ip)) {
+        if !allowed.iter().any(|net| net.contains(&ip)) {
             return Err(Reject::IpNotAllowed(ip));
         }
     }

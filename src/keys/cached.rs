@@ -4,7 +4,7 @@
 //! is made small. A [`KeyRecord`] is the store's full form (name, creation and last-use times,
 //! every string owned): about 600 bytes with its allocations. A [`CachedKey`] keeps only what
 //! admission, limits and forwarding read, and shares what many keys have in common (owner,
-//! plan, scope set) through a [`Pool`], so one costs about 200 bytes (measured by
+//! plan, scope set) through a [`Pool`], so one costs about 220 bytes with its share of the cache's own bookkeeping (measured by
 //! `examples/cache_memory.rs`; figures in bench/RESULTS.md).
 
 use std::collections::HashSet;
@@ -19,7 +19,7 @@ use ipnet::IpNet;
 use super::{Environment, KeyRecord, KeyType, Status};
 use crate::limits::Limits;
 
-/// A known key as the request path reads it: 136 bytes, plus what it shares.
+/// A known key as the request path reads it: 88 bytes, plus what it shares.
 #[derive(Debug)]
 pub struct CachedKey {
     /// Public identifier (`key_…`), safe for logs and headers; held inline (ids the CLI
@@ -30,21 +30,22 @@ pub struct CachedKey {
     pub env: Environment,
     pub status: Status,
     pub scopes: Arc<Scopes>,
-    pub allowed_cidrs: Box<[IpNet]>,
-    pub expires_at: Option<SystemTime>,
     pub plan: Option<Arc<str>>,
-    /// The key's own limit overrides; boxed because almost no key has any.
-    pub limits: Option<Box<Limits>>,
-    /// Boxed for the same reason: most keys are bound to nothing.
-    binding: Option<Box<Binding>>,
+    /// Out of line: most keys have none of these, and then they cost 8 bytes.
+    restrictions: Option<Box<Restrictions>>,
     /// When the cache read it from the store, as nanoseconds since the cache started.
     pub(super) fetched: u64,
     /// Unix seconds of the last use queued for the last-used write-behind.
     pub(super) reported: AtomicU32,
 }
 
-#[derive(Debug)]
-struct Binding {
+/// What only some keys carry.
+#[derive(Debug, Default)]
+struct Restrictions {
+    allowed_cidrs: Box<[IpNet]>,
+    expires_at: Option<SystemTime>,
+    /// The key's own limit overrides.
+    limits: Option<Limits>,
     workspace: Option<Box<str>>,
     project: Option<Box<str>>,
 }
@@ -83,6 +84,11 @@ impl CachedKey {
         let plan = record.plan.as_deref().map(|p| shared.plans.intern(p));
         let scopes = shared.scopes.intern_value(Scopes::new(&record.scopes));
         drop(shared);
+        let restricted = !record.allowed_cidrs.is_empty()
+            || record.expires_at.is_some()
+            || !record.limits.is_empty()
+            || record.workspace.is_some()
+            || record.project.is_some();
         Self {
             id: record.id.as_str().into(),
             owner,
@@ -90,12 +96,12 @@ impl CachedKey {
             env: record.env,
             status: record.status,
             scopes,
-            allowed_cidrs: record.allowed_cidrs.as_slice().into(),
-            expires_at: record.expires_at,
             plan,
-            limits: (!record.limits.is_empty()).then(|| Box::new(record.limits.clone())),
-            binding: (record.workspace.is_some() || record.project.is_some()).then(|| {
-                Box::new(Binding {
+            restrictions: restricted.then(|| {
+                Box::new(Restrictions {
+                    allowed_cidrs: record.allowed_cidrs.as_slice().into(),
+                    expires_at: record.expires_at,
+                    limits: (!record.limits.is_empty()).then(|| record.limits.clone()),
                     workspace: record.workspace.as_deref().map(Into::into),
                     project: record.project.as_deref().map(Into::into),
                 })
@@ -105,14 +111,28 @@ impl CachedKey {
         }
     }
 
+    /// The networks the key may be used from; empty: any.
+    pub fn allowed_cidrs(&self) -> &[IpNet] {
+        self.restrictions.as_ref().map_or(&[], |r| &r.allowed_cidrs)
+    }
+
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.restrictions.as_ref()?.expires_at
+    }
+
+    /// Limits that override the plan's for this key only.
+    pub fn limits(&self) -> Option<&Limits> {
+        self.restrictions.as_ref()?.limits.as_ref()
+    }
+
     /// The workspace the key is bound to (`{workspace}` route parameters), if any.
     pub fn workspace(&self) -> Option<&str> {
-        self.binding.as_ref()?.workspace.as_deref()
+        self.restrictions.as_ref()?.workspace.as_deref()
     }
 
     /// The project the key is bound to (`{project}` route parameters), if any.
     pub fn project(&self) -> Option<&str> {
-        self.binding.as_ref()?.project.as_deref()
+        self.restrictions.as_ref()?.project.as_deref()
     }
 }
 
@@ -199,7 +219,7 @@ mod tests {
     #[test]
     fn a_cached_key_stays_small() {
         // The per-key memory figure in bench/RESULTS.md rests on this; grow it knowingly.
-        assert!(std::mem::size_of::<CachedKey>() <= 136);
+        assert!(std::mem::size_of::<CachedKey>() <= 88);
     }
 
     #[test]
@@ -232,13 +252,18 @@ mod tests {
             (&*k.id, k.key_type, k.env, k.status),
             (r.id.as_str(), r.key_type, r.env, r.status)
         );
-        assert_eq!(&*k.allowed_cidrs, r.allowed_cidrs.as_slice());
+        assert_eq!(k.allowed_cidrs(), r.allowed_cidrs.as_slice());
         assert_eq!((k.workspace(), k.project()), (Some("ws_1"), None));
-        assert!(CachedKey::from(&record("acme", &[])).binding.is_none());
-        assert_eq!(k.expires_at, r.expires_at);
-        assert!(k.limits.is_none(), "no overrides, no allocation");
+        assert_eq!(k.expires_at(), r.expires_at);
+        assert_eq!(k.limits(), None);
         r.limits.per_second = Some(5);
-        assert_eq!(CachedKey::from(&r).limits.unwrap().per_second, Some(5));
+        assert_eq!(CachedKey::from(&r).limits().unwrap().per_second, Some(5));
+        let plain = CachedKey::from(&record("acme", &[]));
+        assert!(
+            plain.restrictions.is_none(),
+            "an unrestricted key allocates nothing more"
+        );
+        assert_eq!((plain.allowed_cidrs(), plain.expires_at()), (&[][..], None));
     }
 
     #[test]

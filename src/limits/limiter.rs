@@ -403,7 +403,7 @@ fn limits_for(config: &LimitsConfig, key: &CachedKey) -> Limits {
         })
         .and_then(|name| config.plans.get(name));
     let limits = plan.cloned().unwrap_or_default();
-    match &key.limits {
+    match key.limits() {
         Some(own) => limits.overridden_by(own),
         None => limits,
     }

@@ -80,11 +80,13 @@ fn plans_resolve_by_key_environment_and_override() {
             .per_hour,
         Some(5)
     );
-    let mut r = record(None, Environment::Live);
-    r.limits = Some(Box::new(Limits {
-        per_hour: Some(50),
-        ..Limits::default()
-    }));
+    let r = CachedKey::from(&crate::keys::KeyRecord {
+        limits: Limits {
+            per_hour: Some(50),
+            ..Limits::default()
+        },
+        ..crate::keys::KeyRecord::for_tests()
+    });
     let limits = l.limits_for(&r);
     assert_eq!((limits.per_hour, limits.per_second), (Some(50), Some(2)));
     let none = Limiter::new(LimitsConfig::default(), 10);
