@@ -4,8 +4,8 @@
 //! is made small. A [`KeyRecord`] is the store's full form (name, creation and last-use times,
 //! every string owned): about 600 bytes with its allocations. A [`CachedKey`] keeps only what
 //! admission, limits and forwarding read, and shares what many keys have in common (owner,
-//! plan, scope set) through a [`Pool`], so one costs about 220 bytes with its share of the cache's own bookkeeping (measured by
-//! `examples/cache_memory.rs`; figures in bench/RESULTS.md).
+//! plan, scope set) through a [`Pool`]: with the cache's own bookkeeping, about 220 bytes per
+//! key (measured by `examples/cache_memory.rs`; figures in bench/RESULTS.md).
 
 use std::collections::HashSet;
 use std::hash::Hash;
