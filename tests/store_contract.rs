@@ -223,6 +223,21 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
     assert_eq!(shown.last_used_at, Some(used_at));
     let listed = b.list(Some("cas")).await.unwrap();
     assert_eq!(listed[0].last_used_at, Some(used_at));
+    // A busy period's batch (more ids than one Redis write carries) lands whole.
+    let bulk = manage::create_many(a.as_ref(), &policy(None), spec("bulk"), 1_201, now)
+        .await
+        .unwrap();
+    let bulk_at = used_at + Duration::from_secs(60);
+    a.record_usage(
+        bulk.iter()
+            .map(|k| (k.record.id.clone(), bulk_at))
+            .collect(),
+    )
+    .await
+    .unwrap();
+    let listed = b.list(Some("bulk")).await.unwrap();
+    assert_eq!(listed.len(), 1_201);
+    assert!(listed.iter().all(|r| r.last_used_at == Some(bulk_at)));
     // Usage does not disturb compare-and-set updates.
     manage::update(b.as_ref(), &k2.record.id, Change::Suspend)
         .await

@@ -571,6 +571,8 @@ impl KeyStore for RedisStore {
     }
 
     async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
+        /// Fields per `HSET` of the last-used write-behind.
+        const USAGE_CHUNK: usize = 500;
         let key = self.name("last_used");
         let mut fields: Vec<(String, u64)> = Vec::with_capacity(used.len());
         for (id, at) in used {
@@ -579,14 +581,20 @@ impl KeyStore for RedisStore {
                 .map_or(0, |d| d.as_secs());
             fields.push((id, secs));
         }
-        self.run(self.config.timeout, async move |mut c| {
-            redis::cmd("HSET")
-                .arg(&key)
-                .arg(&fields)
-                .query_async::<()>(&mut c)
-                .await
-        })
-        .await
+        // One HSET per chunk, each awaited: a single command with every field of a busy
+        // period (90,000 ids in 10 s were seen) holds Redis and this process's multiplexed
+        // connection long enough that key reads queued behind it time out.
+        for chunk in fields.chunks(USAGE_CHUNK) {
+            self.run(self.config.timeout, async |mut c| {
+                redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(chunk)
+                    .query_async::<()>(&mut c)
+                    .await
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     fn watch(self: Arc<Self>, sink: ChangeSink, shutdown: CancellationToken) {
