@@ -8,6 +8,16 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+/// `keygate_key_cache_lookups_total` by `result`.
+pub struct CacheLookups {
+    pub hit: IntCounter,
+    /// Served, and a background read refreshes it (older than `ttl`, feed not vouching).
+    pub stale_hit: IntCounter,
+    /// A key remembered as unknown.
+    pub negative_hit: IntCounter,
+    pub miss: IntCounter,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Requests by decision (`allowed` or a rejection code) and status class.
@@ -15,8 +25,8 @@ pub struct Metrics {
     /// `requests{decision="allowed"}` per status class, resolved once: the hot path should not
     /// hash label strings.
     allowed: [IntCounter; 5],
-    /// Key cache lookups by result: hit, miss, negative_hit, stale_hit.
-    pub cache: IntCounterVec,
+    /// Key cache lookups by result, each series resolved once.
+    pub cache: CacheLookups,
     /// Reads of a key from the store (cache misses and refreshes, after coalescing).
     pub store_reads: IntCounter,
     /// Store reads and writes that failed or timed out.
@@ -172,7 +182,12 @@ impl Metrics {
             registry,
             allowed,
             requests,
-            cache,
+            cache: CacheLookups {
+                hit: cache.with_label_values(&["hit"]),
+                stale_hit: cache.with_label_values(&["stale_hit"]),
+                negative_hit: cache.with_label_values(&["negative_hit"]),
+                miss: cache.with_label_values(&["miss"]),
+            },
             store_reads,
             store_errors,
             store_up,

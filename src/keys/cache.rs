@@ -163,23 +163,19 @@ impl KeyCache {
             Some(Entry::Known(key))
                 if now.saturating_sub(key.fetched) < ns(self.config.max_stale) =>
             {
-                let result = if now.saturating_sub(key.fetched) >= ns(self.config.ttl)
+                if now.saturating_sub(key.fetched) >= ns(self.config.ttl)
                     && !self.feed_vouches_for(key.fetched, now)
                 {
                     self.fetch(hash);
-                    "stale_hit"
+                    self.metrics.cache.stale_hit.inc();
                 } else {
-                    "hit"
-                };
-                self.metrics.cache.with_label_values(&[result]).inc();
+                    self.metrics.cache.hit.inc();
+                }
                 self.note_use(&key);
                 return Ok(Some(key));
             }
             Some(Entry::Unknown { until }) if now < until => {
-                self.metrics
-                    .cache
-                    .with_label_values(&["negative_hit"])
-                    .inc();
+                self.metrics.cache.negative_hit.inc();
                 return Ok(None);
             }
             // Expired: too old to trust, whether or not the store can be asked now.
@@ -188,7 +184,7 @@ impl KeyCache {
             }
             None => {}
         }
-        self.metrics.cache.with_label_values(&["miss"]).inc();
+        self.metrics.cache.miss.inc();
         let mut rx = self.fetch(hash);
         let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
         match outcome {
