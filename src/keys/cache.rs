@@ -166,7 +166,7 @@ impl KeyCache {
                 if now.saturating_sub(key.fetched) >= ns(self.config.ttl)
                     && !self.feed_vouches_for(key.fetched, now)
                 {
-                    self.fetch(hash);
+                    self.fetch(hash, false);
                     self.metrics.cache.stale_hit.inc();
                 } else {
                     self.metrics.cache.hit.inc();
@@ -185,7 +185,7 @@ impl KeyCache {
             None => {}
         }
         self.metrics.cache.miss.inc();
-        let mut rx = self.fetch(hash);
+        let mut rx = self.fetch(hash, true);
         let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
         match outcome {
             Ok(Some(Ok(found))) => {
@@ -242,10 +242,17 @@ impl KeyCache {
     }
 
     /// Joins the read in flight for `hash`, or starts one in its own task.
-    fn fetch(self: &Arc<Self>, hash: KeyHash) -> watch::Receiver<Option<Fetched>> {
+    ///
+    /// `miss`: the caller found nothing usable in the cache. A read may have finished since
+    /// it looked; a read inserts before it leaves `inflight`, so looking again under the
+    /// `inflight` lock finds its answer rather than starting a second read for the same key.
+    fn fetch(self: &Arc<Self>, hash: KeyHash, miss: bool) -> watch::Receiver<Option<Fetched>> {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(rx) = inflight.get(&hash) {
             return rx.clone();
+        }
+        if miss && let Some(found) = self.usable(&hash) {
+            return watch::channel(Some(Ok(found))).1;
         }
         let (tx, rx) = watch::channel(None);
         inflight.insert(hash, rx.clone());
@@ -260,6 +267,18 @@ impl KeyCache {
             let _ = tx.send(Some(result));
         });
         rx
+    }
+
+    /// What the cache holds for `hash` that may be served as it is.
+    fn usable(&self, hash: &KeyHash) -> Option<Option<Arc<CachedKey>>> {
+        let now = self.clock();
+        match self.entries.get(hash)? {
+            Entry::Known(key) if now.saturating_sub(key.fetched) < ns(self.config.max_stale) => {
+                Some(Some(key))
+            }
+            Entry::Unknown { until } if now < until => Some(None),
+            _ => None,
+        }
     }
 
     async fn read_through(&self, hash: KeyHash) -> Fetched {
@@ -574,6 +593,17 @@ mod tests {
         }
         assert!(cache.len() <= 100, "{} entries", cache.len());
         assert!(cache.len() >= 50, "{} entries", cache.len());
+    }
+
+    #[tokio::test]
+    async fn a_miss_that_lost_the_race_to_a_finished_read_takes_its_answer() {
+        let (store, cache, hash) = setup(CacheConfig::default());
+        cache.lookup(hash).await.unwrap();
+        // A caller that saw no entry just before that read finished and left `inflight`.
+        let mut rx = cache.fetch(hash, true);
+        let answer = rx.wait_for(Option::is_some).await.unwrap().clone();
+        assert!(matches!(answer, Some(Ok(Some(_)))));
+        assert_eq!(reads(&store), 1);
     }
 
     #[tokio::test]
