@@ -2,7 +2,7 @@
 //! its windows. How each kind of window is counted is described in [`super`].
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -31,19 +31,24 @@ struct KeyState {
     hour: Counter,
     day: Counter,
     month: Counter,
-    /// Shared quotas only.
-    leases: KeyLeases,
+    /// Shared quotas only, made on first use: ~220 bytes that a key counted in this process
+    /// alone (file store, or a plan with only per-second / per-minute limits) never needs.
+    leases: OnceLock<Box<KeyLeases>>,
     /// Rate-limit refusals, for `[limits.suspend]`.
     refusals: Gcra,
 }
 
 impl AsRef<KeyLeases> for KeyState {
     fn as_ref(&self) -> &KeyLeases {
-        &self.leases
+        self.leases()
     }
 }
 
 impl KeyState {
+    fn leases(&self) -> &KeyLeases {
+        self.leases.get_or_init(Box::default)
+    }
+
     fn counter(&self, calendar: Calendar) -> &Counter {
         match calendar {
             Calendar::Hour => &self.hour,
@@ -203,7 +208,8 @@ impl Limiter {
                     let started = *started.get_or_insert_with(Instant::now);
                     let budget = shared.timeout().saturating_sub(started.elapsed());
                     let longs = long_windows(&windows);
-                    if budget.is_zero() || !shared.refill(&state.leases, hash, &longs, budget).await
+                    if budget.is_zero()
+                        || !shared.refill(state.leases(), hash, &longs, budget).await
                     {
                         // No grant in time: decide this request as the fallback would.
                         local_only = true;
@@ -298,7 +304,7 @@ impl Limiter {
         }
         let (window, end) = calendar.window(now_secs);
         let reset_secs = end - now_secs;
-        let lease = state.leases.get(calendar);
+        let lease = state.leases().get(calendar);
         match lease.take(window) {
             Take::Taken { left } => {
                 let _ = counter.try_acquire(UNLIMITED, calendar, now_secs);
@@ -342,7 +348,7 @@ impl Limiter {
         let Some(shared) = &self.shared else { return };
         let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let low = windows.iter().any(|(_, w)| match w {
-            Some(Window::Long(_, c)) => state.leases.get(*c).is_low(c.window(now_secs).0),
+            Some(Window::Long(_, c)) => state.leases().get(*c).is_low(c.window(now_secs).0),
             _ => false,
         });
         if low {
@@ -471,12 +477,12 @@ fn give_back(state: &KeyState, took: Taken, now_secs: u64) {
         Taken::Short(i, rate) => state.gcra(i).release(rate),
         Taken::Counted(calendar) => state.counter(calendar).release(calendar, now_secs),
         Taken::Leased(calendar, window) => {
-            state.leases.get(calendar).give_back(window);
+            state.leases().get(calendar).give_back(window);
             state.counter(calendar).release(calendar, now_secs);
         }
         Taken::Fallback(calendar, window) => {
             state.counter(calendar).release(calendar, now_secs);
-            state.leases.get(calendar).note_unreported(window, -1);
+            state.leases().get(calendar).note_unreported(window, -1);
         }
     }
 }

@@ -413,3 +413,13 @@ mod shared {
         );
     }
 }
+
+#[test]
+fn a_key_counted_in_this_process_alone_stays_small() {
+    // One per key on a plan, up to `[cache] capacity` of them; leases only when shared.
+    assert!(std::mem::size_of::<KeyState>() <= 64);
+    let state = KeyState::default();
+    assert!(state.leases.get().is_none());
+    let _ = state.leases().get(Calendar::Hour);
+    assert!(state.leases.get().is_some());
+}
