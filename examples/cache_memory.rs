@@ -4,7 +4,10 @@
 //! distinct keys through the real lookup path (each one a miss and one store read) and prints
 //! the resident set before and after. The store builds records on demand, shaped like the
 //! CLI's (`key_` + 20 characters of id, a name, one of 100 owners, two scopes, a plan), so the
-//! figure is the cache's own cost, not the store's. `bench/RESULTS.md` records the results.
+//! figure is the cache's own cost, not the store's. With `--limited`, every key is also
+//! admitted once by a limiter on a plan with per-second and per-hour limits, counted in this
+//! process (the file store's way), which adds the limiter's per-key state.
+//! `bench/RESULTS.md` records the results.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -13,6 +16,7 @@ use keygate::keys::cache::{CacheConfig, KeyCache};
 use keygate::keys::{
     Batch, ChangeSink, Environment, KeyHash, KeyRecord, KeyStore, KeyType, Status, StoreError,
 };
+use keygate::limits::{Limiter, Limits, LimitsConfig};
 use keygate::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -74,6 +78,23 @@ async fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
+    let limited = std::env::args().any(|a| a == "--limited");
+    let mut plans = std::collections::BTreeMap::new();
+    plans.insert(
+        "pro".to_owned(),
+        Limits {
+            per_second: Some(100),
+            per_hour: Some(100_000),
+            ..Limits::default()
+        },
+    );
+    let limiter = Limiter::new(
+        LimitsConfig {
+            plans,
+            ..LimitsConfig::default()
+        },
+        n + n / 10,
+    );
     let config = CacheConfig {
         capacity: n + n / 10,
         ..CacheConfig::default()
@@ -83,15 +104,20 @@ async fn main() {
     for i in 0..n {
         // Real SHA-256 hashes: the cache shards and indexes by their leading bytes.
         let hash = KeyHash::of(&format!("kg_sk_live_{i}"));
-        let found = cache.lookup(hash).await.expect("generated store");
-        assert!(found.is_some());
+        let key = cache.lookup(hash).await.expect("generated store");
+        let key = key.expect("the generated store knows every key");
+        if limited {
+            let admitted = limiter.admit(hash, &key, SystemTime::now()).await;
+            assert!(matches!(admitted, Ok(Some(_))), "the plan applies and admits");
+        }
     }
     // The last-used queue is flushed every 10 s in a running proxy; it is not the cache.
     cache.flush_usage().await;
     let after = rss_kib();
     println!(
-        "{n} keys cached ({} entries): RSS {:.1} MB -> {:.1} MB, {:.0} bytes per key",
+        "{n} keys cached ({} entries){}: RSS {:.1} MB -> {:.1} MB, {:.0} bytes per key",
         cache.len(),
+        if limited { ", each admitted by the limiter" } else { "" },
         before as f64 / 1024.0,
         after as f64 / 1024.0,
         (after - before) as f64 * 1024.0 / n as f64
