@@ -108,7 +108,10 @@ async fn main() {
         let key = key.expect("the generated store knows every key");
         if limited {
             let admitted = limiter.admit(hash, &key, SystemTime::now()).await;
-            assert!(matches!(admitted, Ok(Some(_))), "the plan applies and admits");
+            assert!(
+                matches!(admitted, Ok(Some(_))),
+                "the plan applies and admits"
+            );
         }
     }
     // The last-used queue is flushed every 10 s in a running proxy; it is not the cache.
@@ -117,7 +120,11 @@ async fn main() {
     println!(
         "{n} keys cached ({} entries){}: RSS {:.1} MB -> {:.1} MB, {:.0} bytes per key",
         cache.len(),
-        if limited { ", each admitted by the limiter" } else { "" },
+        if limited {
+            ", each admitted by the limiter"
+        } else {
+            ""
+        },
         before as f64 / 1024.0,
         after as f64 / 1024.0,
         (after - before) as f64 * 1024.0 / n as f64

@@ -359,6 +359,44 @@ mod shared {
     }
 
     #[tokio::test]
+    async fn a_stopping_sidecar_hands_its_unspent_lease_back() {
+        clear_of_the_hour_boundary().await;
+        let redis = RedisServer::start();
+        let up = Upstream::start().await;
+        let ws = Workspace::redis(&up.url(), &redis.url(), &hourly(1000));
+        let (id, key) = ws.create_key(&[]);
+        let mut kg = ws.serve_with_env(&[("KEYGATE_SERVER__DRAIN_PERIOD", "0s")]);
+        let hash = redis
+            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
+            .trim()
+            .to_owned();
+        let counter = format!("{{keygate}}:quota:{hash}:hour");
+        let used = || -> u64 {
+            redis
+                .cli(&["HGET", &counter, "used"])
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        for _ in 0..5 {
+            assert_eq!(
+                get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+                StatusCode::OK
+            );
+        }
+        let leased = used();
+        assert!(
+            leased > 5,
+            "the sidecar holds a lease beyond what it spent: {leased}"
+        );
+
+        kg.signal("TERM");
+        assert!(kg.child.wait().unwrap().success());
+        assert_eq!(used(), 5, "handed back {leased} - 5 unspent");
+        assert!(kg.all_logs().contains("unspent quota leases handed back"));
+    }
+
+    #[tokio::test]
     async fn a_key_hammering_its_limit_is_suspended_everywhere_and_lifts() {
         let redis = RedisServer::start();
         let up = Upstream::start().await;

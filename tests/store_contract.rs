@@ -243,7 +243,11 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
         .await
         .unwrap();
 
-    // The change feed: a change made through one handle reaches the other's watcher.
+    // The change feed: a change made through one handle reaches the other's watcher. The
+    // feeds started above stop first: two pollers of one file store race for each change,
+    // and the one that sees it first is the one that reports it.
+    feeds.cancel();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let heard: Arc<Mutex<Vec<Invalidation>>> = Arc::default();
     let sink_heard = heard.clone();
     let stop = CancellationToken::new();
@@ -272,7 +276,6 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.cancel();
-    feeds.cancel();
 }
 
 /// Reads through `store` until the key has `status` (a cross-process change may take one

@@ -208,6 +208,12 @@ impl Lease {
             });
     }
 
+    /// Empties the lease, as (window, count): what is handed back when the sidecar stops.
+    pub fn surrender(&self) -> (u64, u64) {
+        let state = self.available.swap(0, Ordering::AcqRel);
+        (state >> COUNT_BITS, state & COUNT_MASK)
+    }
+
     /// Takes the unreported count, as (window, count), for the next grant to add to Redis.
     pub fn take_unreported(&self) -> (u64, u64) {
         let state = self.unreported.swap(0, Ordering::AcqRel);

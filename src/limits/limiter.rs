@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use quick_cache::UnitWeighter;
@@ -217,6 +217,28 @@ impl Limiter {
                 }
             }
         }
+    }
+
+    /// Hands every key's unspent shared-quota leases back to the store: the sidecar is
+    /// stopping, after its last request. Bounded by `budget`; what does not make it in time
+    /// stays lost to the other sidecars until its window ends, as it would without this.
+    /// Returns how many keys' leases were handed back.
+    pub async fn surrender_leases(&self, budget: Duration) -> usize {
+        use futures_util::StreamExt;
+        let Some(shared) = &self.shared else {
+            return 0;
+        };
+        let holding: Vec<(KeyHash, Arc<KeyState>)> = self
+            .state
+            .iter()
+            .filter(|(_, state)| state.leases.get().is_some())
+            .collect();
+        let handed_back = futures_util::stream::iter(holding)
+            .map(|(hash, state)| async move { shared.surrender(hash, state.leases()).await })
+            .buffer_unordered(16)
+            .filter(|result| std::future::ready(matches!(result, Ok(true))))
+            .count();
+        tokio::time::timeout(budget, handed_back).await.unwrap_or(0)
     }
 
     /// Requests counted by this process so far in each long window (hour, day, month).

@@ -33,6 +33,9 @@ pub struct GrantAsk {
     /// (window number, count) admitted without a lease while the store was unreachable; the
     /// store adds the count only if the window is still the current one.
     pub unreported: (u64, u64),
+    /// (window number, count) granted to this sidecar and handed back unspent (it is
+    /// stopping); the store takes the count off only if the window is still the current one.
+    pub returned: (u64, u64),
 }
 
 /// What the store granted for one window.
@@ -102,6 +105,33 @@ pub struct Shared {
     wake: Notify,
     suspensions: Arc<Suspensions>,
     metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    /// Hands back what `leases` hold unspent (this sidecar is stopping; otherwise no sidecar
+    /// could use it until its window ends) and reports admissions made without a lease.
+    /// `Ok(false)`: there was nothing to hand back.
+    pub async fn surrender(&self, hash: KeyHash, leases: &KeyLeases) -> Result<bool, StoreError> {
+        let asks: Vec<GrantAsk> = [Calendar::Hour, Calendar::Day, Calendar::Month]
+            .into_iter()
+            .filter_map(|calendar| {
+                let lease = leases.get(calendar);
+                let returned = lease.surrender();
+                let unreported = lease.take_unreported();
+                (returned.1 > 0 || unreported.1 > 0).then_some(GrantAsk {
+                    calendar,
+                    limit: 0,
+                    want: 0,
+                    unreported,
+                    returned,
+                })
+            })
+            .collect();
+        if asks.is_empty() {
+            return Ok(false);
+        }
+        self.store.grant(hash, asks).await.map(|_| true)
+    }
 }
 
 /// The leases of one key, and what keeps its grants one at a time.
@@ -268,6 +298,7 @@ impl Shared {
                 limit,
                 want,
                 unreported,
+                returned: (0, 0),
             });
         }
         if asks.iter().all(|a| a.want == 0 && a.unreported.1 == 0) {

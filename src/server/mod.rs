@@ -36,6 +36,8 @@ use tls::Certificates;
 /// Admin connections are few (probes, one scraper); their own small cap keeps them reachable
 /// when the public listener is saturated.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// How long a stopping sidecar spends handing unspent quota leases back to Redis.
+const LEASE_RETURN_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -249,6 +251,14 @@ impl Server {
                 open = connections.len(),
                 "shutdown deadline passed with connections still open"
             );
+        }
+        let handed_back = self
+            .proxy
+            .limiter()
+            .surrender_leases(LEASE_RETURN_BUDGET)
+            .await;
+        if handed_back > 0 {
+            tracing::info!(keys = handed_back, "unspent quota leases handed back");
         }
         background.cancel();
         self.cache.flush_usage().await;

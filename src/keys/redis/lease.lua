@@ -6,9 +6,11 @@
 --
 -- KEYS: per window, {ns}:quota:<hash>:<hour|day|month>, a hash of w (window number), used,
 --       limit (the limit of the last grant, for `keys usage`).
--- ARGV: per window: kind (h, d or m), limit, want, then the window number and count of
---       requests the sidecar admitted on its own while Redis was unreachable (added to used
---       only if that window is still the current one).
+-- ARGV: per window: kind (h, d or m), limit (0: leave the stored one), want, then the window
+--       number and count of requests the sidecar admitted on its own while Redis was
+--       unreachable (added to used only if that window is still the current one), then the
+--       window number and count of requests a stopping sidecar hands back: granted to it,
+--       never admitted (taken off used, never below 0, only in the current window).
 -- Returns per window: {granted, used, window}.
 local t = redis.call('TIME')
 local now = tonumber(t[1])
@@ -55,17 +57,20 @@ end
 
 local out = {}
 for i = 1, #KEYS do
-  local a = (i - 1) * 5
+  local a = (i - 1) * 7
   local kind, limit, want = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local late_window, late = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local back_window, back = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
   local id, ends = window(kind)
   local stored = redis.call('HMGET', KEYS[i], 'w', 'used')
   local used = 0
   if tonumber(stored[1]) == id then used = tonumber(stored[2]) or 0 end
   if late_window == id then used = used + late end
+  if back_window == id then used = math.max(used - back, 0) end
   local granted = math.min(want, math.max(limit - used, 0))
   used = used + granted
-  redis.call('HSET', KEYS[i], 'w', id, 'used', used, 'limit', limit)
+  redis.call('HSET', KEYS[i], 'w', id, 'used', used)
+  if limit > 0 then redis.call('HSET', KEYS[i], 'limit', limit) end
   redis.call('EXPIREAT', KEYS[i], ends)
   out[i] = {granted, used, id}
 end

@@ -52,7 +52,9 @@ impl QuotaStore for RedisStore {
                 .arg(ask.limit)
                 .arg(ask.want)
                 .arg(ask.unreported.0)
-                .arg(ask.unreported.1);
+                .arg(ask.unreported.1)
+                .arg(ask.returned.0)
+                .arg(ask.returned.1);
         }
         let grants: Vec<(u64, u64, u64)> = self
             .run(self.config.timeout, async move |mut c| {

@@ -301,6 +301,9 @@ mod shared {
                     if ask.unreported.0 == window {
                         *slot += ask.unreported.1;
                     }
+                    if ask.returned.0 == window {
+                        *slot = slot.saturating_sub(ask.returned.1);
+                    }
                     let (granted, after) = lease::grant(ask.limit, *slot, ask.want);
                     *slot = after;
                     Grant {
@@ -411,6 +414,34 @@ mod shared {
             used >= 51,
             "the fallback's 50 were reported with the next grant: {used}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_stopping_sidecar_hands_back_what_it_did_not_spend() {
+        let store = Arc::new(Memory::default());
+        store.live.store(1, Ordering::SeqCst);
+        let l = sidecar(&store, 1_000);
+        let r = record(None, Environment::Live);
+        for key in ["a", "b"] {
+            for _ in 0..3 {
+                assert!(
+                    l.admit(KeyHash::of(key), &r, SystemTime::now())
+                        .await
+                        .is_ok()
+                );
+            }
+        }
+        let used = || store.used.lock().unwrap().values().sum::<u64>();
+        assert!(
+            used() > 6,
+            "the leases hold more than was spent: {}",
+            used()
+        );
+        assert_eq!(l.surrender_leases(Duration::from_secs(5)).await, 2);
+        assert_eq!(used(), 6, "only what was admitted stays counted");
+        // Nothing left to hand back the second time.
+        assert_eq!(l.surrender_leases(Duration::from_secs(5)).await, 0);
+        assert_eq!(used(), 6);
     }
 }
 
