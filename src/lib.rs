@@ -11,7 +11,8 @@
 //!   `admit()` (the ordered stages below).
 //! - [`credential`]: which header carries the key; the key format and its checksum.
 //! - [`keys`]: key records and the [`keys::KeyStore`] trait; [`keys::cache`] is the
-//!   in-process cache in front of every store, [`keys::file`] the embedded file store,
+//!   in-process cache in front of every store, holding each key in the request path's compact
+//!   form ([`keys::cached`]); [`keys::file`] the embedded file store,
 //!   [`keys::redis`] the shared Redis store, [`keys::manage`] create/revoke/rotate,
 //!   [`keys::packed`] the compact in-memory form the file store holds.
 //! - [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
