@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HeaderMap};
+use http::header::{CONTENT_LENGTH, HeaderMap, HeaderValue};
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -45,11 +45,24 @@ struct Current {
 }
 
 /// How the request reached keygate.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Connection {
     pub peer: SocketAddr,
     /// Over keygate's own TLS listener.
     pub tls: bool,
+    /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
+    pub peer_header: HeaderValue,
+}
+
+impl Connection {
+    pub fn new(peer: SocketAddr, tls: bool) -> Self {
+        let ip = authz::canonical(peer.ip()).to_string();
+        Self {
+            peer,
+            tls,
+            peer_header: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+        }
+    }
 }
 
 /// What `handle` needs to know about one request after `admit`; stages fill it in as they
@@ -119,7 +132,11 @@ impl Proxy {
         let current = self.current.load_full();
         let method = req.method().clone();
         // The path only: query strings carry secrets often enough (`?api_key=`).
-        let path = req.uri().path().to_owned();
+        let path = current
+            .config
+            .log
+            .access
+            .then(|| req.uri().path().to_owned());
         let mut audit = Audit::default();
         let outcome = self.admit(&current, req, conn, &mut audit).await;
         let (mut response, decision) = match outcome {
@@ -144,7 +161,7 @@ impl Proxy {
             tracing::info!(
                 target: "keygate::access",
                 method = %method,
-                path = %path,
+                path = path.as_deref().unwrap_or_default(),
                 route = audit.route,
                 status = response.status().as_u16(),
                 decision,
@@ -180,6 +197,7 @@ impl Proxy {
             peer,
             peer_trusted,
             tls: conn.tls,
+            peer_header: &conn.peer_header,
             key,
         };
 

@@ -93,6 +93,8 @@ pub struct Origin<'a> {
     pub peer_trusted: bool,
     /// The client connection is TLS (keygate terminated it).
     pub tls: bool,
+    /// `peer`, canonical, as a header value.
+    pub peer_header: &'a HeaderValue,
     pub key: Option<&'a CachedKey>,
 }
 
@@ -192,8 +194,7 @@ impl Forwarder {
             add_identity(headers, record);
         }
 
-        let peer = HeaderValue::from_str(&canonical(origin.peer).to_string())
-            .expect("an IP address is a valid header value");
+        let peer = origin.peer_header.clone();
         if origin.peer_trusted {
             let chain = headers
                 .get_all(&X_FORWARDED_FOR)
@@ -318,8 +319,8 @@ fn add_identity(headers: &mut HeaderMap, record: &CachedKey) {
     if let Some(v) = value(&record.owner) {
         headers.insert(&OWNER, v);
     }
-    if let Some(v) = value(record.scopes.joined()) {
-        headers.insert(&SCOPES, v);
+    if let Some(v) = record.scopes.header() {
+        headers.insert(&SCOPES, v.clone());
     }
     headers.insert(&ENV, HeaderValue::from_static(record.env.as_str()));
     for (name, bound) in [

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use compact_str::CompactString;
+use http::HeaderValue;
 use ipnet::IpNet;
 
 use super::{Environment, KeyRecord, KeyType, Status};
@@ -50,19 +51,19 @@ struct Restrictions {
     project: Option<Box<str>>,
 }
 
-/// A key's scopes, and the same list comma-joined for the `X-Keygate-Scopes` header (built
-/// once per distinct set, not per request).
-#[derive(Debug, PartialEq, Eq, Hash)]
+/// A key's scopes, and the same list comma-joined as the `X-Keygate-Scopes` header value
+/// (built once per distinct set; forwarding clones it, no formatting per request).
+#[derive(Debug)]
 pub struct Scopes {
     list: Box<[Box<str>]>,
-    joined: Box<str>,
+    header: Option<HeaderValue>,
 }
 
 impl Scopes {
     pub fn new(list: &[String]) -> Self {
         Self {
             list: list.iter().map(|s| s.as_str().into()).collect(),
-            joined: list.join(",").into(),
+            header: HeaderValue::from_bytes(list.join(",").as_bytes()).ok(),
         }
     }
 
@@ -70,8 +71,24 @@ impl Scopes {
         self.list.iter().map(|s| &**s)
     }
 
-    pub fn joined(&self) -> &str {
-        &self.joined
+    /// `None` if the scopes cannot be a header value (the header is then left out).
+    pub fn header(&self) -> Option<&HeaderValue> {
+        self.header.as_ref()
+    }
+}
+
+// The header is derived from the list: identity is the list.
+impl PartialEq for Scopes {
+    fn eq(&self, other: &Self) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Eq for Scopes {}
+
+impl Hash for Scopes {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.list.hash(state);
     }
 }
 
@@ -236,7 +253,7 @@ mod tests {
         ));
         assert!(!Arc::ptr_eq(&a.scopes, &c.scopes));
         assert_eq!(&*c.owner, "other");
-        assert_eq!(a.scopes.joined(), "a:read,b:write");
+        assert_eq!(a.scopes.header().unwrap(), "a:read,b:write");
         assert_eq!(a.scopes.iter().collect::<Vec<_>>(), ["a:read", "b:write"]);
     }
 

@@ -180,7 +180,7 @@ impl Server {
                             serve_tls(stream, peer, &serving, metrics, acceptor, &tls, proxy).await;
                         }
                         _ => {
-                            let conn = Connection { peer, tls: false };
+                            let conn = Connection::new(peer, false);
                             serve_proxy(&serving, stream, proxy, conn).await;
                         }
                     }
@@ -341,7 +341,7 @@ where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: Request<Incoming>| {
-        let proxy = proxy.clone();
+        let (proxy, conn) = (proxy.clone(), conn.clone());
         async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
     });
     conn::serve(serving, io, Activity::new(), service).await;
@@ -387,7 +387,7 @@ async fn serve_tls(
             return;
         }
     };
-    serve_proxy(serving, stream, proxy, Connection { peer, tls: true }).await;
+    serve_proxy(serving, stream, proxy, Connection::new(peer, true)).await;
 }
 
 /// Plain HTTP where only HTTPS is served: every request is refused (403 `https_required`) or
