@@ -166,7 +166,7 @@ impl Proxy {
                 status = response.status().as_u16(),
                 decision,
                 key_id = key.map(|k| &*k.id),
-                owner = key.map(|k| &*k.owner),
+                owner = key.map(|k| k.owner.as_str()),
                 env = key.map(|k| k.env.as_str()),
                 client_ip = audit.client_ip.map(tracing::field::display),
                 latency_us = started.elapsed().as_micros() as u64,

@@ -316,8 +316,8 @@ fn add_identity(headers: &mut HeaderMap, record: &CachedKey) {
     if let Some(v) = value(&record.id) {
         headers.insert(&KEY_ID, v);
     }
-    if let Some(v) = value(&record.owner) {
-        headers.insert(&OWNER, v);
+    if let Some(v) = record.owner.header() {
+        headers.insert(&OWNER, v.clone());
     }
     if let Some(v) = record.scopes.header() {
         headers.insert(&SCOPES, v.clone());
