@@ -171,7 +171,7 @@ impl KeyCache {
                 } else {
                     self.metrics.cache.hit.inc();
                 }
-                self.note_use(&key);
+                self.note_use(&key, now);
                 return Ok(Some(key));
             }
             Some(Entry::Unknown { until }) if now < until => {
@@ -190,7 +190,7 @@ impl KeyCache {
         match outcome {
             Ok(Some(Ok(found))) => {
                 if let Some(key) = &found {
-                    self.note_use(key);
+                    self.note_use(key, self.clock());
                 }
                 Ok(found)
             }
@@ -318,14 +318,14 @@ impl KeyCache {
     }
 
     /// Queues `key` for the last-used write-behind, at most once per key per flush period.
-    fn note_use(&self, key: &CachedKey) {
+    /// `now` is the cache's clock, already read by the lookup: the wall clock is only read
+    /// when a use is queued.
+    fn note_use(&self, key: &CachedKey, now: u64) {
         let reported = &key.reported;
-        let now = SystemTime::now();
-        let secs = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX));
+        // Seconds on the cache's clock, plus one: 0 stays "never reported".
+        let secs = u32::try_from(now / 1_000_000_000 + 1).unwrap_or(u32::MAX);
         let last = reported.load(Ordering::Relaxed);
-        if u64::from(secs) >= u64::from(last) + USAGE_FLUSH.as_secs()
+        if (last == 0 || u64::from(secs) >= u64::from(last) + USAGE_FLUSH.as_secs())
             && reported
                 .compare_exchange(last, secs, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
@@ -333,7 +333,7 @@ impl KeyCache {
             self.used
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push((key.id.to_string(), now));
+                .push((key.id.to_string(), SystemTime::now()));
         }
     }
 
@@ -366,6 +366,7 @@ mod tests {
         reads: AtomicU64,
         down: AtomicBool,
         delay_ms: AtomicU64,
+        used: Mutex<Vec<String>>,
     }
 
     #[async_trait::async_trait]
@@ -392,7 +393,9 @@ mod tests {
         async fn commit(&self, _: Batch) -> Result<(), StoreError> {
             unimplemented!("not used by the cache")
         }
-        async fn record_usage(&self, _: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
+        async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
+            let mut seen = self.used.lock().unwrap();
+            seen.extend(used.into_iter().map(|(id, _)| id));
             Ok(())
         }
         fn watch(self: Arc<Self>, _: ChangeSink, _: CancellationToken) {}
@@ -604,6 +607,23 @@ mod tests {
         let answer = rx.wait_for(Option::is_some).await.unwrap().clone();
         assert!(matches!(answer, Some(Ok(Some(_)))));
         assert_eq!(reads(&store), 1);
+    }
+
+    #[tokio::test]
+    async fn uses_are_written_behind_once_per_key_per_period() {
+        let (store, cache, hash) = setup(CacheConfig::default());
+        for _ in 0..5 {
+            cache.lookup(hash).await.unwrap();
+        }
+        cache.flush_usage().await;
+        assert_eq!(*store.used.lock().unwrap(), ["key_1"]);
+        cache.lookup(hash).await.unwrap();
+        cache.flush_usage().await;
+        assert_eq!(
+            store.used.lock().unwrap().len(),
+            1,
+            "not again within the period"
+        );
     }
 
     #[tokio::test]

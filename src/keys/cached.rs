@@ -36,7 +36,8 @@ pub struct CachedKey {
     restrictions: Option<Box<Restrictions>>,
     /// When the cache read it from the store, as nanoseconds since the cache started.
     pub(super) fetched: u64,
-    /// Unix seconds of the last use queued for the last-used write-behind.
+    /// When the last use was queued for the last-used write-behind: seconds on the cache's
+    /// clock, plus one (0: never).
     pub(super) reported: AtomicU32,
 }
 
