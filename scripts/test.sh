@@ -11,7 +11,8 @@ apt_install() {
 }
 
 # Tests that need Redis start their own redis-server on a free loopback port.
-command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+# (redis-cli, from redis-tools, builds the test cluster.)
+{ command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || apt_install redis-server redis-tools
 # The /metrics test checks the exposition with promtool (Debian's prometheus package); the
 # server it also installs is stopped right away, nothing here uses it.
 if ! command -v promtool >/dev/null 2>&1; then

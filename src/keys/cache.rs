@@ -74,6 +74,16 @@ enum Entry {
     Unknown { until: u64 },
 }
 
+impl Entry {
+    /// Whether the entry may still be served at `now` (the cache's clock).
+    fn is_live(&self, now: u64, max_stale: Duration) -> bool {
+        match self {
+            Entry::Known(key) => now.saturating_sub(key.fetched) < ns(max_stale),
+            Entry::Unknown { until } => now < *until,
+        }
+    }
+}
+
 type Fetched = Result<Option<Arc<CachedKey>>, String>;
 
 pub struct KeyCache {
@@ -160,9 +170,11 @@ impl KeyCache {
     ) -> Result<Option<Arc<CachedKey>>, StoreError> {
         let now = self.clock();
         match self.entries.get(&hash) {
-            Some(Entry::Known(key))
-                if now.saturating_sub(key.fetched) < ns(self.config.max_stale) =>
-            {
+            Some(entry) if !entry.is_live(now, self.config.max_stale) => {
+                // Expired: too old to trust, whether or not the store can be asked now. The
+                // read below replaces it.
+            }
+            Some(Entry::Known(key)) => {
                 if now.saturating_sub(key.fetched) >= ns(self.config.ttl)
                     && !self.feed_vouches_for(key.fetched, now)
                 {
@@ -174,13 +186,9 @@ impl KeyCache {
                 self.note_use(&key, now);
                 return Ok(Some(key));
             }
-            Some(Entry::Unknown { until }) if now < until => {
+            Some(Entry::Unknown { .. }) => {
                 self.metrics.cache.negative_hit.inc();
                 return Ok(None);
-            }
-            // Expired: too old to trust, whether or not the store can be asked now.
-            Some(_) => {
-                self.entries.remove(&hash);
             }
             None => {}
         }
@@ -271,13 +279,10 @@ impl KeyCache {
 
     /// What the cache holds for `hash` that may be served as it is.
     fn usable(&self, hash: &KeyHash) -> Option<Option<Arc<CachedKey>>> {
-        let now = self.clock();
         match self.entries.get(hash)? {
-            Entry::Known(key) if now.saturating_sub(key.fetched) < ns(self.config.max_stale) => {
-                Some(Some(key))
-            }
-            Entry::Unknown { until } if now < until => Some(None),
-            _ => None,
+            entry if !entry.is_live(self.clock(), self.config.max_stale) => None,
+            Entry::Known(key) => Some(Some(key)),
+            Entry::Unknown { .. } => Some(None),
         }
     }
 

@@ -42,7 +42,7 @@ pub struct CachedKey {
 }
 
 /// What only some keys carry.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Restrictions {
     allowed_cidrs: Box<[IpNet]>,
     expires_at: Option<SystemTime>,
@@ -52,8 +52,9 @@ struct Restrictions {
     project: Option<Box<str>>,
 }
 
-/// A key's owner, and the same as the `X-Keygate-Owner` header value.
-#[derive(Debug)]
+/// A key's owner, and the same as the `X-Keygate-Owner` header value. (The header is made
+/// from the name, so comparing and hashing both is comparing and hashing the name.)
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
     name: Box<str>,
     header: Option<HeaderValue>,
@@ -77,23 +78,9 @@ impl Owner {
     }
 }
 
-impl PartialEq for Owner {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-    }
-}
-
-impl Eq for Owner {}
-
-impl Hash for Owner {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-    }
-}
-
 /// A key's scopes, and the same list comma-joined as the `X-Keygate-Scopes` header value
 /// (built once per distinct set; forwarding clones it, no formatting per request).
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq, Hash)]
 pub struct Scopes {
     list: Box<[Box<str>]>,
     header: Option<HeaderValue>,
@@ -114,21 +101,6 @@ impl Scopes {
     /// `None` if the scopes cannot be a header value (the header is then left out).
     pub fn header(&self) -> Option<&HeaderValue> {
         self.header.as_ref()
-    }
-}
-
-// The header is derived from the list: identity is the list.
-impl PartialEq for Scopes {
-    fn eq(&self, other: &Self) -> bool {
-        self.list == other.list
-    }
-}
-
-impl Eq for Scopes {}
-
-impl Hash for Scopes {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.list.hash(state);
     }
 }
 
