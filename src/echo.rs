@@ -1,9 +1,11 @@
 //! A tiny upstream that answers every request with JSON describing it: method, path, query,
-//! headers, and the body's length and SHA-256 (streamed, so a 1 GiB upload costs no memory).
+//! headers, the connection's peer address, and the body's length and SHA-256 (streamed, so a
+//! 1 GiB upload costs no memory).
 //! `keygate demo` puts it behind the proxy; the black-box tests use it as their upstream.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -26,14 +28,16 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(_) => continue,
             },
         };
+        let (stream, peer) = stream;
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let builder = auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), service_fn(echo));
+            let service = service_fn(move |req| describe(req, Some(peer)));
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::select! {
                 _ = conn => {}
                 _ = shutdown.cancelled() => {}
@@ -42,7 +46,16 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
     }
 }
 
+/// Answers with the request's description (without the connection it came over).
 pub async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    describe(req, None).await
+}
+
+/// `peer`: the client's address, which tells a proxy's upstream connections apart.
+async fn describe(
+    req: Request<Incoming>,
+    peer: Option<SocketAddr>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, mut body) = req.into_parts();
     let mut hasher = Sha256::new();
     let mut len = 0usize;
@@ -87,6 +100,7 @@ pub async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infal
         "body_sha256": digest,
         "body": (len <= ECHO_BODY_LIMIT).then(|| String::from_utf8_lossy(&kept).into_owned()),
         "body_error": body_error,
+        "peer": peer.map(|p| p.to_string()),
     });
     let mut response = Response::new(Full::new(Bytes::from(json.to_string())));
     response

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential;
-use crate::forward::{self, ClientError, Forwarder, Origin};
+use crate::forward::{self, ClientError, Forwarder, Origin, Paired, Prepared};
 use crate::keys::KeyHash;
 use crate::keys::cache::KeyCache;
 use crate::keys::cached::CachedKey;
@@ -44,14 +44,15 @@ struct Current {
     forwarder: Forwarder,
 }
 
-/// How the request reached keygate.
-#[derive(Debug, Clone)]
+/// How the request reached keygate: one per client connection.
 pub struct Connection {
     pub peer: SocketAddr,
     /// Over keygate's own TLS listener.
     pub tls: bool,
     /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
     pub peer_header: HeaderValue,
+    /// The connection's own upstream connection; the caller drives it.
+    pub paired: Arc<Paired>,
 }
 
 impl Connection {
@@ -61,6 +62,7 @@ impl Connection {
             peer,
             tls,
             peer_header: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+            paired: Paired::new(),
         }
     }
 }
@@ -127,7 +129,7 @@ impl Proxy {
 
     /// Runs one request and never fails: a refusal becomes its JSON response here, and
     /// nowhere else.
-    pub async fn handle(&self, req: Request<Incoming>, conn: Connection) -> Response<Body> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &Connection) -> Response<Body> {
         let started = Instant::now();
         let current = self.current.load_full();
         let method = req.method().clone();
@@ -182,7 +184,7 @@ impl Proxy {
         &self,
         current: &'a Current,
         mut req: Request<Incoming>,
-        conn: Connection,
+        conn: &Connection,
         audit: &mut Audit<'a>,
     ) -> Result<Response<Incoming>, Reject> {
         let config = &*current.config;
@@ -229,7 +231,7 @@ impl Proxy {
         {
             audit.route = Some("public");
             let req = current.forwarder.prepare(req, &origin(None));
-            return self.send(current, req).await;
+            return self.send(current, req, conn).await;
         }
 
         // 3. Which key? Exactly one, from the configured headers, length-capped.
@@ -293,16 +295,17 @@ impl Proxy {
 
         // 8. Forward, without the key and with the verified identity.
         let req = current.forwarder.prepare(req, &origin(Some(&record)));
-        self.send(current, req).await
+        self.send(current, req, conn).await
     }
 
     async fn send(
         &self,
         current: &Current,
-        req: Request<forward::UpstreamBody>,
+        req: Prepared,
+        conn: &Connection,
     ) -> Result<Response<Incoming>, Reject> {
         let started = Instant::now();
-        let response = current.forwarder.send(req).await;
+        let response = current.forwarder.send(req, Some(&conn.paired)).await;
         self.metrics
             .upstream_latency
             .observe(started.elapsed().as_secs_f64());

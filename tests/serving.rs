@@ -592,7 +592,10 @@ async fn no_secret_reaches_any_log_line_even_at_trace_level() {
     }
     assert_eq!(admitted["decision"], "allowed");
     assert_eq!(admitted["route"], "unmatched");
-    assert!(logs.lines().count() > 20, "trace logging did not run");
+    assert!(
+        logs.lines().any(|l| l.contains(r#""level":"TRACE""#)),
+        "trace logging did not run: {logs}"
+    );
     for secret in [&key, &other, &unknown, &"garbage-but-secret".to_owned()] {
         // The random part alone, in case a prefix was trimmed somewhere.
         let tail = &secret[secret.len().saturating_sub(20)..];

@@ -1,4 +1,4 @@
-//! The pooled upstream client: plain or TLS (system roots, or the PEM roots in
+//! The shared pool's upstream client and its connector: plain or TLS (system roots, or the PEM roots in
 //! `upstream.ca_file`), HTTP/1.1 or HTTP/2.
 
 use std::path::Path;
@@ -20,7 +20,10 @@ use crate::config::Upstream;
 /// The client's request body: the client's stream, cut off at `server.max_body_bytes`.
 pub type UpstreamBody = Limited<Incoming>;
 
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, UpstreamBody>;
+pub type UpstreamClient = Client<Connector, UpstreamBody>;
+
+/// Opens upstream connections: TCP, then TLS for an `https` upstream.
+pub type Connector = HttpsConnector<HttpConnector>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -30,7 +33,8 @@ pub enum ClientError {
     NativeRoots(String),
 }
 
-pub fn build(upstream: &Upstream) -> Result<UpstreamClient, ClientError> {
+/// The shared pool's client, and the connector it uses (which paired connections use too).
+pub fn build(upstream: &Upstream) -> Result<(UpstreamClient, Connector), ClientError> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(upstream.connect_timeout));
@@ -63,12 +67,13 @@ pub fn build(upstream: &Upstream) -> Result<UpstreamClient, ClientError> {
     } else {
         builder.enable_http1().wrap_connector(http)
     };
-    Ok(Client::builder(TokioExecutor::new())
+    let client = Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .http2_only(upstream.http2)
         .timer(TokioTimer::new())
-        .build(connector))
+        .build(connector.clone());
+    Ok((client, connector))
 }
 
 fn roots_from_file(path: &Path) -> Result<RootCertStore, ClientError> {

@@ -13,9 +13,12 @@
 //! when the client asked for one; see [`upgrade`].
 
 mod client;
+pub mod paired;
 pub mod upgrade;
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -26,6 +29,9 @@ use hyper::body::Incoming;
 use ipnet::IpNet;
 
 pub use client::{ClientError, UpstreamBody};
+pub use paired::Paired;
+use paired::{Lane, Link, Parking, Route, Sender};
+use tower_service::Service;
 
 use crate::authz::canonical;
 use crate::config::{Upstream, is_identity_header};
@@ -44,9 +50,13 @@ static ENV: HeaderName = HeaderName::from_static("x-keygate-env");
 static WORKSPACE: HeaderName = HeaderName::from_static("x-keygate-workspace");
 static PROJECT: HeaderName = HeaderName::from_static("x-keygate-project");
 
-/// Hop-by-hop headers: meaningful for one connection only, never forwarded.
-static HOP_BY_HOP: [HeaderName; 8] = [
+/// Hop-by-hop headers: meaningful for one connection only, never forwarded. `Connection`
+/// first (see [`strip_hop_by_hop`]). `Transfer-Encoding` is framing: hyper re-frames the body
+/// for the next hop (`te: trailers` is the one TE value a proxy may pass, but the upstream is
+/// HTTP/1.1 here).
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
+    header::TRANSFER_ENCODING,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
@@ -125,6 +135,12 @@ impl Target {
 
 pub struct Forwarder {
     client: client::UpstreamClient,
+    connector: client::Connector,
+    /// Tells this forwarder's upstream connections from those of the one a reload replaced.
+    id: u64,
+    parking: Arc<Parking>,
+    /// The upstream speaks HTTP/2: one shared connection multiplexes every request.
+    http2: bool,
     production: Target,
     /// Where sandbox keys go; `None` refuses them (enforced by authorization).
     sandbox: Option<Target>,
@@ -134,14 +150,30 @@ pub struct Forwarder {
     max_body: usize,
 }
 
+/// A request rewritten for the upstream, and where it goes.
+pub struct Prepared {
+    request: Request<UpstreamBody>,
+    sandbox: bool,
+    /// It may use the client connection's own upstream connection (see [`paired`]).
+    pairable: bool,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Forwarder {
     pub fn new(
         upstream: &Upstream,
         credential_headers: &[CredentialHeader],
         max_body: Option<u64>,
     ) -> Result<Self, ClientError> {
+        static FORWARDERS: AtomicU64 = AtomicU64::new(0);
+        let (client, connector) = client::build(upstream)?;
         Ok(Self {
-            client: client::build(upstream)?,
+            client,
+            connector,
+            id: FORWARDERS.fetch_add(1, Ordering::Relaxed),
+            parking: Arc::default(),
+            http2: upstream.http2,
             production: Target::new(&upstream.url),
             sandbox: upstream.sandbox_url.as_ref().map(Target::new),
             timeout: upstream.timeout,
@@ -153,30 +185,32 @@ impl Forwarder {
 
     /// Rewrites a client request into the upstream request (see the module doc). Sandbox
     /// keys go to the sandbox upstream, everything else to production.
-    pub fn prepare(&self, mut req: Request<Incoming>, origin: &Origin) -> Request<UpstreamBody> {
-        let target = match (origin.key.map(|k| k.env), &self.sandbox) {
-            (Some(Environment::Test), Some(sandbox)) => sandbox,
-            _ => &self.production,
-        };
+    pub fn prepare(&self, mut req: Request<Incoming>, origin: &Origin) -> Prepared {
+        let sandbox = matches!(
+            (origin.key.map(|k| k.env), &self.sandbox),
+            (Some(Environment::Test), Some(_))
+        );
+        let target = self.target(sandbox);
         let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let path = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
-        let path = if target.base_path.is_empty() {
-            path.parse::<PathAndQuery>()
-        } else {
-            format!("{}{path}", target.base_path).parse()
-        };
-        let mut parts = target.base.clone().into_parts();
-        parts.path_and_query = path.ok();
-        *req.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| target.base.clone());
+        // Origin form (`/path?query`): the pool adds the upstream's scheme and authority.
+        if !target.base_path.is_empty() || req.uri().authority().is_some() {
+            let path = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+            let path = format!("{}{path}", target.base_path)
+                .parse::<PathAndQuery>()
+                .unwrap_or_else(|_| PathAndQuery::from_static("/"));
+            *req.uri_mut() = Uri::from(path);
+        }
+        let pairable = !self.http2 && req.version() <= Version::HTTP_11;
         // The upstream speaks HTTP/1.1 whatever the client spoke.
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
         let upgrade = upgrade::requested(headers);
+        let pairable = pairable && upgrade.is_none();
         strip_hop_by_hop(headers);
         if let Some(protocol) = upgrade {
             upgrade::restore(headers, protocol);
@@ -227,24 +261,51 @@ impl Forwarder {
             _ => headers.insert(header::HOST, target.authority.clone()),
         };
         let max_body = self.max_body;
-        req.map(|body| Limited::new(body, max_body))
+        Prepared {
+            request: req.map(|body| Limited::new(body, max_body)),
+            sandbox,
+            pairable,
+        }
     }
 
-    /// Sends the prepared request; waits at most the configured timeout for response headers.
-    pub async fn send(&self, mut req: Request<UpstreamBody>) -> Result<Response<Incoming>, Reject> {
+    fn target(&self, sandbox: bool) -> &Target {
+        match (sandbox, &self.sandbox) {
+            (true, Some(sandbox)) => sandbox,
+            _ => &self.production,
+        }
+    }
+
+    /// Sends the prepared request, on the client connection's own upstream connection when it
+    /// can (`paired`), and waits at most the configured timeout for response headers.
+    pub async fn send(
+        &self,
+        prepared: Prepared,
+        paired: Option<&Paired>,
+    ) -> Result<Response<Incoming>, Reject> {
+        let Prepared {
+            request: mut req,
+            sandbox,
+            pairable,
+        } = prepared;
         let client_side = if req.headers().contains_key(header::UPGRADE) {
             upgrade::take_client_side(&mut req)
         } else {
             None
         };
-        let response = match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        let exchange = async {
+            match paired.filter(|_| pairable) {
+                Some(paired) => self.via_paired(paired, sandbox, req).await,
+                None => self.via_pool(sandbox, req).await,
+            }
+        };
+        let response = match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => return Err(Reject::UpstreamTimeout),
             Ok(Err(e)) => {
-                if is_body_too_large(&e) {
+                if is_body_too_large(&*e) {
                     return Err(Reject::PayloadTooLarge);
                 }
-                tracing::warn!(error = %error_chain(&e), "upstream request failed");
-                return Err(if is_timeout(&e) {
+                tracing::warn!(error = %error_chain(&*e), "upstream request failed");
+                return Err(if is_timeout(&*e) {
                     Reject::UpstreamTimeout
                 } else {
                     Reject::UpstreamUnavailable
@@ -262,6 +323,73 @@ impl Forwarder {
         }
         Ok(response)
     }
+
+    async fn via_pool(
+        &self,
+        sandbox: bool,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let mut parts = self.target(sandbox).base.clone().into_parts();
+        parts.path_and_query = req.uri().path_and_query().cloned();
+        *req.uri_mut() = Uri::from_parts(parts)?;
+        Ok(self.client.request(req).await?)
+    }
+
+    async fn via_paired(
+        &self,
+        paired: &Paired,
+        sandbox: bool,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, BoxError> {
+        let route = Route {
+            forwarder: self.id,
+            sandbox,
+        };
+        let (mut sender, mut reused) = match paired.lane(route, &self.parking) {
+            Lane::Own(sender) => (sender, true),
+            Lane::Open => (Box::pin(self.open(paired, route)).await?, false),
+            Lane::Pool => return self.via_pool(sandbox, req).await,
+        };
+        // Twice at most: a connection that was reused may have been closed by the upstream
+        // just now, before the request was written; then it goes on a new one.
+        loop {
+            if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
+                paired.detach();
+                if !reused {
+                    return Err(e.into());
+                }
+                (sender, reused) = (Box::pin(self.open(paired, route)).await?, false);
+                continue;
+            }
+            let sent = sender.try_send_request(req);
+            paired.give_back(route, sender);
+            match sent.await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if reused => {
+                        req = unsent;
+                        paired.detach();
+                        (sender, reused) = (Box::pin(self.open(paired, route)).await?, false);
+                    }
+                    _ => return Err(e.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// A new upstream connection, made `paired`'s. Boxed by its callers: it is rare (once per
+    /// client connection), and its state would otherwise make every request's future larger,
+    /// and every move of that future a larger copy.
+    async fn open(&self, paired: &Paired, route: Route) -> Result<Sender, BoxError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector
+            .call(self.target(route.sandbox).base.clone())
+            .await?;
+        let (sender, driver) = hyper::client::conn::http1::handshake(io).await?;
+        paired.attach(Link::new(route, driver, &self.parking));
+        Ok(sender)
+    }
 }
 
 /// The client's body ran past `server.max_body_bytes` while it streamed upstream.
@@ -277,19 +405,61 @@ fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    // One pass over the names finds what is there: removing a name that is absent still
+    // hashes it, and most messages carry none of these (or only `Connection`). This runs twice
+    // per request.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_index(name.as_str()) {
+            present |= 1 << i;
+        }
     }
-    // `transfer-encoding` is framing: hyper re-frames the body for the next hop. `te:
-    // trailers` is the one TE value a proxy may pass, but the upstream is HTTP/1.1 here.
-    headers.remove(header::TRANSFER_ENCODING);
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        let mut named: Vec<String> = Vec::new();
+        for value in &headers.get_all(header::CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                // `close` is an option, not a header name; the standard hop-by-hop headers
+                // are handled below.
+                let standard = HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
+                if token.is_empty() || standard || token.eq_ignore_ascii_case(b"close") {
+                    continue;
+                }
+                if let Ok(name) = std::str::from_utf8(token) {
+                    named.push(name.to_owned());
+                }
+            }
+        }
+        for name in &named {
+            headers.remove(name.as_str());
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The position of a (lowercase) header name in [`HOP_BY_HOP`].
+fn hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "transfer-encoding" => 1,
+        "keep-alive" => 2,
+        "proxy-connection" => 3,
+        "proxy-authenticate" => 4,
+        "proxy-authorization" => 5,
+        "te" => 6,
+        "trailer" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
 }
 
 /// Removes every header that can carry an API key. `Authorization` is kept when it carries
@@ -423,19 +593,65 @@ mod tests {
     }
 
     #[test]
+    fn hop_index_matches_the_table() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_index(name.as_str()), Some(i), "{name}");
+        }
+        assert_eq!(hop_index("x-api-key"), None);
+    }
+
+    #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        // (headers in, names left)
+        type Case = (
+            &'static [(&'static str, &'static str)],
+            &'static [&'static str],
         );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert("x-stays", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-stays"));
+        let cases: &[Case] = &[
+            (
+                &[
+                    ("connection", "keep-alive, x-secret-hop"),
+                    ("x-secret-hop", "1"),
+                    ("keep-alive", "timeout=5"),
+                    ("te", "trailers"),
+                    ("x-stays", "1"),
+                ],
+                &["x-stays"],
+            ),
+            // Tokens are case-insensitive and may repeat across Connection headers.
+            (
+                &[
+                    ("connection", "Close"),
+                    ("connection", " X-Secret-Hop ,,"),
+                    ("x-secret-hop", "1"),
+                    ("x-stays", "1"),
+                ],
+                &["x-stays"],
+            ),
+            (
+                &[("transfer-encoding", "chunked"), ("x-stays", "1")],
+                &["x-stays"],
+            ),
+            (
+                &[("upgrade", "websocket"), ("proxy-authorization", "Basic x")],
+                &[],
+            ),
+            // Nothing hop-by-hop: untouched.
+            (
+                &[("host", "a"), ("x-api-key", "k"), ("accept", "*/*")],
+                &["accept", "host", "x-api-key"],
+            ),
+        ];
+        for (given, left) in cases {
+            let mut h = HeaderMap::new();
+            for (k, v) in *given {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            strip_hop_by_hop(&mut h);
+            let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+            names.sort_unstable();
+            assert_eq!(&names, left, "{given:?}");
+        }
     }
 
     #[test]

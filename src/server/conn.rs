@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
+use crate::forward::Paired;
 
 /// The HTTP/1.1 + HTTP/2 connection builder, from `[server]`.
 pub fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {
@@ -234,9 +235,15 @@ pub struct Serving {
 }
 
 /// Serves HTTP on `io` until the client closes, a timeout fires, or `closing` is cancelled
-/// (then in-flight requests finish first).
-pub async fn serve<IO, S, B>(serving: &Serving, io: IO, activity: Arc<Activity>, service: S)
-where
+/// (then in-flight requests finish first). Drives the connection's own upstream connection,
+/// `paired`, in the same task (see `forward::paired` for why).
+pub async fn serve<IO, S, B>(
+    serving: &Serving,
+    io: IO,
+    activity: Arc<Activity>,
+    service: S,
+    paired: Option<&Paired>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = std::convert::Infallible>
         + Send
@@ -262,6 +269,10 @@ where
     let mut closing_requested = false;
     loop {
         tokio::select! {
+            // Upstream first: a response that just arrived is then ready for the client side
+            // in the same pass.
+            biased;
+            _ = std::future::poll_fn(|cx| paired.map_or(Poll::Pending, |p| p.poll_drive(cx))) => {}
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");

@@ -211,7 +211,7 @@ impl Server {
                         let response = admin::route(&req, &readiness, &metrics);
                         async move { Ok::<_, Infallible>(response) }
                     });
-                    conn::serve(&serving, stream, Activity::new(), service).await;
+                    conn::serve(&serving, stream, Activity::new(), service, None).await;
                 }
             },
         );
@@ -340,11 +340,13 @@ async fn serve_proxy<IO>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Con
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let conn = Arc::new(conn);
+    let paired = conn.paired.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move { Ok::<_, Infallible>(proxy.handle(req, conn).await) }
+        async move { Ok::<_, Infallible>(proxy.handle(req, &conn).await) }
     });
-    conn::serve(serving, io, Activity::new(), service).await;
+    conn::serve(serving, io, Activity::new(), service, Some(&paired)).await;
 }
 
 /// The TLS port: a client that starts with anything but a TLS record (plain HTTP, most
@@ -405,7 +407,7 @@ async fn serve_plain(serving: &Serving, stream: TcpStream, tls: &Tls, metrics: A
         metrics.request(decision, response.status().as_u16(), started.elapsed());
         async move { Ok::<_, Infallible>(response) }
     });
-    conn::serve(serving, stream, Activity::new(), service).await;
+    conn::serve(serving, stream, Activity::new(), service, None).await;
 }
 
 fn plain_response<B>(req: &Request<B>, redirect: Option<&http::Uri>) -> Response<Full<Bytes>> {
