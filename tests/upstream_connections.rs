@@ -215,3 +215,53 @@ async fn live_and_sandbox_keys_on_one_client_connection_each_reach_their_upstrea
         assert_eq!(json["headers"]["host"][0], upstream.addr.to_string());
     }
 }
+
+/// An upstream that answers `ok` at once, except on `/slow`, where it takes 10 s.
+async fn sometimes_slow_upstream() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(10)).await;
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn the_upstream_timeout_holds_for_every_request_on_a_client_connection() {
+    let url = sometimes_slow_upstream().await;
+    let ws = Workspace::new(&url, "");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve_with_env(&[("KEYGATE_UPSTREAM__TIMEOUT", "300ms")]);
+
+    // One client connection: a timed-out request gives up its upstream connection (it cannot
+    // carry another request while the old answer is pending), not the client connection, and
+    // the timer is armed again for each request after it fired.
+    let client = keep_alive_client();
+    for (path, want) in [
+        ("/fast", StatusCode::OK),
+        ("/slow", StatusCode::GATEWAY_TIMEOUT),
+        ("/fast", StatusCode::OK),
+        ("/slow", StatusCode::GATEWAY_TIMEOUT),
+        ("/fast", StatusCode::OK),
+        ("/fast", StatusCode::OK),
+    ] {
+        let (status, body) = get_on(&client, &kg.url(path), &key).await;
+        assert_eq!(status, want, "{path}: {}", text(&body));
+    }
+}

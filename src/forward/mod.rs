@@ -292,15 +292,19 @@ impl Forwarder {
         } else {
             None
         };
-        let exchange = async {
-            match paired.filter(|_| pairable) {
-                Some(paired) => self.via_paired(paired, sandbox, req).await,
-                None => self.via_pool(sandbox, req).await,
+        let outcome = match paired.filter(|_| pairable) {
+            Some(paired) => {
+                paired
+                    .within(self.timeout, self.via_paired(paired, sandbox, req))
+                    .await
             }
+            None => tokio::time::timeout(self.timeout, self.via_pool(sandbox, req))
+                .await
+                .ok(),
         };
-        let response = match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => return Err(Reject::UpstreamTimeout),
-            Ok(Err(e)) => {
+        let response = match outcome {
+            None => return Err(Reject::UpstreamTimeout),
+            Some(Err(e)) => {
                 if is_body_too_large(&*e) {
                     return Err(Reject::PayloadTooLarge);
                 }
@@ -311,7 +315,7 @@ impl Forwarder {
                     Reject::UpstreamUnavailable
                 });
             }
-            Ok(Ok(response)) => response,
+            Some(Ok(response)) => response,
         };
         let mut response = response;
         match client_side {

@@ -29,6 +29,7 @@ use hyper::client::conn::http1;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::client::UpstreamBody;
 
@@ -141,6 +142,11 @@ struct State {
     link: Option<Link>,
     /// The serve loop's task, to wake when a link is attached.
     waker: Option<Waker>,
+    /// The response-head deadline of the request in flight. One timer per client connection,
+    /// moved for each request: moving a registered tokio timer later is one atomic
+    /// operation, while a new timer per request (`tokio::time::timeout`) is registered with
+    /// and removed from the timer wheel under its lock every time.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Paired {
@@ -198,6 +204,29 @@ impl Paired {
             }
             None => Lane::Open,
         }
+    }
+
+    /// Runs `exchange` for at most `timeout`; `None` when it ran out of time.
+    pub(super) async fn within<T>(
+        &self,
+        timeout: Duration,
+        exchange: impl Future<Output = T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        match &mut lock(&self.state).deadline {
+            Some(timer) => timer.as_mut().reset(deadline),
+            slot @ None => *slot = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+        let mut exchange = std::pin::pin!(exchange);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(done) = exchange.as_mut().poll(cx) {
+                return Poll::Ready(Some(done));
+            }
+            let mut state = lock(&self.state);
+            let timer = state.deadline.as_mut().expect("armed above");
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await
     }
 
     /// Makes `link` this client connection's upstream connection (closing any other).

@@ -3,8 +3,9 @@
 //! fields `RateLimit-Policy: "per_hour";q=1000;w=3600` and `RateLimit: "per_hour";r=999;t=42`,
 //! all for the most constraining window. Headers the upstream set itself are left alone.
 
+use bytes::BytesMut;
 use http::HeaderMap;
-use http::header::{HeaderName, HeaderValue};
+use http::header::{Entry, HeaderName, HeaderValue};
 
 use super::{ResetStyle, WindowState};
 
@@ -19,21 +20,51 @@ pub fn apply(headers: &mut HeaderMap, w: &WindowState, now_secs: u64, style: Res
         ResetStyle::Epoch => now_secs + w.reset_secs,
         ResetStyle::Delta => w.reset_secs,
     };
-    let mut set = |name: &HeaderName, value: HeaderValue| {
-        if !headers.contains_key(name) {
-            headers.insert(name.clone(), value);
+    // This runs on every response to a limited key: the five values are written into one
+    // buffer (one allocation, integers formatted without `fmt`) and each header value is a
+    // slice of it.
+    let mut buf = BytesMut::with_capacity(96 + 2 * w.name.len());
+    let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+    let mut put = |parts: &[&[u8]]| {
+        let start = buf.len();
+        for part in parts {
+            buf.extend_from_slice(part);
         }
+        start..buf.len()
     };
-    set(&LIMIT, HeaderValue::from(w.limit));
-    set(&REMAINING, HeaderValue::from(w.remaining));
-    set(&RESET, HeaderValue::from(reset));
-    let policy = format!("\"{}\";q={};w={}", w.name, w.limit, w.window_secs);
-    let current = format!("\"{}\";r={};t={}", w.name, w.remaining, w.reset_secs);
-    if let Ok(v) = HeaderValue::from_str(&policy) {
-        set(&POLICY, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&current) {
-        set(&RATELIMIT, v);
+    let name = w.name.as_bytes();
+    let limit = put(&[a.format(w.limit).as_bytes()]);
+    let remaining = put(&[a.format(w.remaining).as_bytes()]);
+    let reset = put(&[a.format(reset).as_bytes()]);
+    let policy = put(&[
+        b"\"",
+        name,
+        b"\";q=",
+        a.format(w.limit).as_bytes(),
+        b";w=",
+        b.format(w.window_secs).as_bytes(),
+    ]);
+    let current = put(&[
+        b"\"",
+        name,
+        b"\";r=",
+        a.format(w.remaining).as_bytes(),
+        b";t=",
+        b.format(w.reset_secs).as_bytes(),
+    ]);
+    let buf = buf.freeze();
+    for (header, range) in [
+        (&LIMIT, limit),
+        (&REMAINING, remaining),
+        (&RESET, reset),
+        (&POLICY, policy),
+        (&RATELIMIT, current),
+    ] {
+        if let Entry::Vacant(slot) = headers.entry(header)
+            && let Ok(value) = HeaderValue::from_maybe_shared(buf.slice(range))
+        {
+            slot.insert(value);
+        }
     }
 }
 
