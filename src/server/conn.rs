@@ -13,10 +13,11 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::{Request, Response, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
@@ -268,6 +269,12 @@ pub async fn serve<IO, S, B>(
     let tick = (serving.header_timeout / 2).min(serving.idle_timeout / 2);
     let mut closing_requested = false;
     loop {
+        let watch = Gated::new(async {
+            tokio::select! {
+                _ = serving.closing.cancelled(), if !closing_requested => Alarm::Closing,
+                _ = tokio::time::sleep(tick) => Alarm::Tick,
+            }
+        });
         tokio::select! {
             // Upstream first: a response that just arrived is then ready for the client side
             // in the same pass.
@@ -279,12 +286,12 @@ pub async fn serve<IO, S, B>(
                 }
                 return;
             }
-            _ = serving.closing.cancelled(), if !closing_requested => {
-                closing_requested = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep(tick) => {
-                match activity.check(serving.header_timeout, serving.idle_timeout) {
+            alarm = watch => match alarm {
+                Alarm::Closing => {
+                    closing_requested = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                Alarm::Tick => match activity.check(serving.header_timeout, serving.idle_timeout) {
                     Verdict::Fine => {}
                     Verdict::HeaderTimeout => {
                         tracing::debug!("request head not received in time; closing");
@@ -295,9 +302,68 @@ pub async fn serve<IO, S, B>(
                         conn.as_mut().graceful_shutdown();
                     }
                     Verdict::Idle => {}
-                }
-            }
+                },
+            },
         }
+    }
+}
+
+enum Alarm {
+    Closing,
+    Tick,
+}
+
+pin_project_lite::pin_project! {
+    /// Polls `inner` only when its own waker fired (and on the first poll). The connection's
+    /// task wakes several times per request for its sockets; the shutdown signal and the
+    /// watchdog's clock need no look on those wakes, and the shutdown token's check takes a
+    /// lock that every connection shares.
+    struct Gated<F> {
+        #[pin]
+        inner: F,
+        flag: Arc<Flag>,
+    }
+}
+
+struct Flag {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl std::task::Wake for Flag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl<F> Gated<F> {
+    fn new(inner: F) -> Self {
+        Self {
+            inner,
+            flag: Arc::new(Flag {
+                fired: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
+        }
+    }
+}
+
+impl<F: Future> Future for Gated<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        this.flag.task.register(cx.waker());
+        if !this.flag.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(this.flag.clone());
+        this.inner.poll(&mut Context::from_waker(&waker))
     }
 }
 
