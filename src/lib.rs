@@ -19,8 +19,9 @@
 //!   environment, public-key methods, route scopes, workspace/project binding).
 //! - [`routes`]: route rules, path patterns, path normalization, scope matching.
 //! - [`forward`]: the upstream client (plain or TLS, HTTP/1.1 or HTTP/2) and header hygiene
-//!   (hop-by-hop, credentials, `X-Forwarded-*`, identity headers); [`forward::upgrade`]
-//!   splices WebSocket / `Upgrade` connections after admission.
+//!   (hop-by-hop, credentials, `X-Forwarded-*`, identity headers); [`forward::paired`]
+//!   gives each HTTP/1.1 client connection an upstream connection of its own, driven in its
+//!   task; [`forward::upgrade`] splices WebSocket / `Upgrade` connections after admission.
 //! - [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
 //!   process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
 //!   counters), temporary suspension (`suspend`), rate-limit headers, `keys usage` (`usage`).

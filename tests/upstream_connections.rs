@@ -265,3 +265,27 @@ async fn the_upstream_timeout_holds_for_every_request_on_a_client_connection() {
         assert_eq!(status, want, "{path}: {}", text(&body));
     }
 }
+
+#[tokio::test]
+async fn an_idle_client_connection_lends_its_upstream_connection_to_others() {
+    let upstream = Upstream::start().await;
+    // The watchdog looks every half header timeout: every 500 ms here.
+    let ws = Workspace::new(&upstream.url(), "[server]\nheader_read_timeout = \"1s\"\n");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let url = kg.url("/v1/things");
+
+    let idle = keep_alive_client();
+    let (_, body) = get_on(&idle, &url, &key).await;
+    let lent = peer(&body);
+    // `idle` keeps its client connection open, without requests, past a watchdog tick: its
+    // upstream connection is parked, and the next client connection gets it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let other = keep_alive_client();
+    let (status, body) = get_on(&other, &url, &key).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(peer(&body), lent);
+    // The idle client connection is still served (on an upstream connection of its own).
+    let (status, _) = get_on(&idle, &url, &key).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -92,6 +92,11 @@ impl Activity {
         }
     }
 
+    /// No request in flight (its response not fully sent).
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
     fn wrote(&self) {
         self.last_io.store(self.now(), Ordering::Relaxed);
     }
@@ -292,7 +297,11 @@ pub async fn serve<IO, S, B>(
                     conn.as_mut().graceful_shutdown();
                 }
                 Alarm::Tick => match activity.check(serving.header_timeout, serving.idle_timeout) {
-                    Verdict::Fine => {}
+                    Verdict::Fine => {
+                        if let Some(paired) = paired.filter(|_| activity.idle()) {
+                            paired.park_if_idle();
+                        }
+                    }
                     Verdict::HeaderTimeout => {
                         tracing::debug!("request head not received in time; closing");
                         return;
