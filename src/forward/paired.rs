@@ -5,17 +5,19 @@
 //! upstream connection is driven inside the client connection's task (`server::conn::serve`
 //! polls [`Paired::poll_drive`] beside the client side), so a request and its response never
 //! cross to another task. Why: in `examples/proxy_floor.rs` on the bench machine
-//! (2026-11-30), a bare hyper proxy did 38.9k req/s through the shared pool, 44–46k with an
+//! (2026-11-29), a bare hyper proxy did 38.9k req/s through the shared pool, 44–46k with an
 //! upstream connection per client connection in a task of its own, and 50–51k with it driven
 //! in the client connection's task (user CPU per request 6.9 → 4.7 µs, system 11.6 → 9.2 µs).
 //!
 //! When a client connection ends, or is found between requests by its watchdog (every half
-//! header timeout, 5 s by default), its idle upstream connection is parked ([`Parking`]) for any
-//! client connection: a client that opens a connection per request still reuses upstream
+//! header timeout, 5 s by default), its idle upstream connection is parked ([`Parking`]) for
+//! any client connection: a client that opens a connection per request still reuses upstream
 //! connections instead of leaving a TIME_WAIT socket (and a used ephemeral port) behind for
-//! every request, and idle client connections do not hold upstream connections. A parked connection is not driven; taking it polls it once, which notices a
-//! close that already arrived, and a request that could not be written to a connection closed
-//! in the meantime is retried once on a new one.
+//! every request, and idle client connections do not hold upstream connections. A parked
+//! connection is not driven; taking it polls it once, which notices a close that already
+//! arrived, and a request that could not be written to a connection closed in the meantime is
+//! retried once on a new one. Expired ones are closed at the next park or take (so after
+//! traffic stops, up to [`PARK_MAX`] idle connections stay open until the upstream closes them).
 //!
 //! HTTP/2 clients (many requests at once on one connection), upgrades (the connection is
 //! handed over to the WebSocket) and an HTTP/2 upstream use the shared pool.
