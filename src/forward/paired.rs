@@ -304,3 +304,67 @@ impl Drop for Paired {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    const ROUTE: Route = Route {
+        forwarder: 0,
+        sandbox: false,
+    };
+
+    /// Idle upstream connections to a real loopback listener (which accepts and holds them).
+    async fn links(home: &Arc<Parking>, n: usize) -> (Vec<Link>, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let io = MaybeHttpsStream::Http(TokioIo::new(tcp));
+            let (sender, driver) = http1::handshake(io).await.unwrap();
+            let mut link = Link::new(ROUTE, driver, home);
+            link.sender = Some(sender);
+            out.push(link);
+        }
+        (out, held)
+    }
+
+    #[tokio::test]
+    async fn parking_keeps_the_newest_and_forgets_the_expired() {
+        let home = Arc::new(Parking::default());
+        let (mut made, held) = links(&home, PARK_MAX + 2).await;
+        let newest = made.pop().unwrap();
+        for link in made {
+            home.park(link);
+        }
+        assert_eq!(
+            lock(&home.idle).len(),
+            PARK_MAX,
+            "the oldest go beyond PARK_MAX"
+        );
+
+        // Everything parked longer than PARK_FOR ago is closed on the next take; a fresh one
+        // is handed out.
+        for (at, _) in lock(&home.idle).iter_mut() {
+            *at -= PARK_FOR;
+        }
+        home.park(newest);
+        assert_eq!(lock(&home.idle).len(), 1);
+        let other = Route {
+            sandbox: true,
+            ..ROUTE
+        };
+        assert!(home.take(other).is_none(), "no connection to the sandbox");
+        assert!(home.take(ROUTE).is_some());
+        assert!(home.take(ROUTE).is_none());
+        held.abort();
+    }
+}
