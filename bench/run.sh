@@ -5,6 +5,7 @@
 #   bench/run.sh latency         fixed-rate latency with oha (MODE=latency works too)
 #   bench/run.sh memory          keygate RSS with 10,000 and 1,000,000 keys; `keys create` timing
 #   bench/run.sh chart           redraw bench/results.png from the last throughput run
+#   bench/run.sh serve           start every server of the throughput run and wait (profiling)
 #
 # Servers run on CPU 0 (one worker each), the load generator on CPU 1. Everything the script
 # starts is stopped by PID on exit; it never kills anything by name.
@@ -93,6 +94,8 @@ stop_started() { # name pid signal: stop one of ours now, and forget it
 cleanup() {
     local rc=$? entry name pid sig i
     set +e
+    # A second Ctrl-C or TERM while keygates drain must not cut the cleanup short.
+    trap '' INT TERM
     # Newest first: the proxies let go of their upstream connections before the upstream stops.
     for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
         entry=${STARTED[i]}
@@ -910,11 +913,31 @@ LUA
     rm -f "$WORK/wrk_keys_all.txt"
 }
 
+# Everything the throughput run starts, left running until this script is stopped: to point
+# strace, valgrind or wrk at one scenario by hand (bench/README.md, "Other tools").
+mode_serve() {
+    ensure_tools
+    build_keygate
+    prepare_workdir
+    generate_keys
+    select_scenarios
+    start_all
+    functional_checks
+    log "serving; stop with Ctrl-C or kill $$. Load: wrk -s $WORK/bench.lua http://$KG_PLANS_PUBLIC/v1/resource"
+    local e
+    for e in "${STARTED[@]}"; do log "  ${e% *}: pid ${e##* }"; done
+    # `wait` returns on a signal where a foreground sleep would not; cleanup stops the sleeper.
+    sleep infinity &
+    remember sleeper $!
+    wait $!
+}
+
 case $MODE in
     throughput | "") mode_throughput ;;
+    serve) mode_serve ;;
     latency) mode_latency ;;
     memory) RESULTS_TSV="$WORK/results.tsv.mem"; mkdir -p "$WORK"; : >"$RESULTS_TSV"; mode_memory ;;
     chart) chart ;;   # redraw bench/results.png from work/chart.dat
     -h | --help | help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) die "unknown mode '$MODE' (throughput | latency | memory)" ;;
+    *) die "unknown mode '$MODE' (throughput | latency | memory | serve | chart)" ;;
 esac

@@ -336,7 +336,11 @@ impl Forwarder {
         let io = connector
             .call(self.target(route.sandbox).base.clone())
             .await?;
-        let (sender, driver) = hyper::client::conn::http1::handshake(io).await?;
+        // Flattened like the server side's writes (server::conn::builder says why).
+        let (sender, driver) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
+            .handshake(io)
+            .await?;
         paired.attach(Link::new(route, driver, &self.parking));
         Ok(sender)
     }

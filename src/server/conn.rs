@@ -30,6 +30,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config;
 use crate::forward::Paired;
 
+/// Header lines an HTTP/1 request may carry.
+const MAX_HEADER_LINES: usize = 100;
+
 /// The HTTP/1.1 + HTTP/2 connection builder, from `[server]`.
 pub fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -41,7 +44,14 @@ pub fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .max_buf_size(buffer)
-        .max_headers(256);
+        // As many header lines as hyper parses on the stack (and HAProxy's default, 101):
+        // a larger cap makes hyper allocate two 8 KiB arrays for every request it parses.
+        // A request with more lines gets hyper's bare 431 and the connection is closed.
+        .max_headers(MAX_HEADER_LINES)
+        // One `send` of head and body copied together beats a `writev` of the two for the
+        // small responses an API mostly answers (bench/RESULTS.md); a large body is still
+        // written in buffer-sized pieces.
+        .writev(false);
     builder
         .http2()
         .timer(TokioTimer::new())
