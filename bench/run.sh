@@ -593,7 +593,38 @@ start_plans_scenario() {
 scenario_kg_d_available() {
     command -v redis-server >/dev/null && "$KG" check-config -c "$WORK/conf/keygate-redis.toml" >/dev/null 2>&1
 }
-scenario_kg_d() { wrk_run kg_d "$1" "${KG_REDIS_PUBLIC##*:}" "$WORK/bench-redis.lua" "$2"; }
+scenario_kg_d() {
+    local requests
+    redis_calls >"$WORK/tmp/redis-before"
+    wrk_run kg_d "$1" "${KG_REDIS_PUBLIC##*:}" "$WORK/bench-redis.lua" "$2"
+    [ "$1" = 0 ] && return 0    # the warm-up fills the cache: not steady state
+    redis_calls >"$WORK/tmp/redis-after"
+    requests=$(grep -o 'requests=[0-9]*' "$WORK/logs/wrk-r$1-kg_d.txt" 2>/dev/null | tail -1 | cut -d= -f2)
+    REDIS_REQS=$((REDIS_REQS + ${requests:-0}))
+    # "command delta" lines, one per command that ran during the timed run
+    awk 'NR == FNR { before[$1] = $2; next } $2 > before[$1] { print $1, $2 - before[$1] }' \
+        "$WORK/tmp/redis-before" "$WORK/tmp/redis-after" >>"$WORK/tmp/redis-deltas"
+}
+
+# "command calls" lines from INFO commandstats, without the INFO and PING this script sends.
+REDIS_REQS=0
+redis_calls() {
+    redis-cli -h "${REDIS%:*}" -p "${REDIS##*:}" info commandstats 2>/dev/null | tr -d '\r' \
+        | awk -F'[:=,]' '/^cmdstat_/ && $1 != "cmdstat_info" && $1 != "cmdstat_ping" { print substr($1, 9), $3 }'
+}
+
+redis_summary() {
+    [ "$REDIS_REQS" -gt 0 ] || return 0
+    awk -v r="$REDIS_REQS" '
+        { n[$1] += $2; total += $2 }
+        END {
+            printf "\n### Redis commands per proxied request, scenario (d), timed runs only\n\n"
+            printf "%d commands for %d requests = **%.6f** (target <= 0.001)", total, r, total / r
+            sep = "; by command: "
+            for (c in n) { printf "%s%s %d", sep, c, n[c]; sep = ", " }
+            printf "\n"
+        }' "$WORK/tmp/redis-deltas" 2>/dev/null || printf '\n(d): no Redis command counts\n'
+}
 
 # Redis on CPU 0 like every server, no persistence, fresh each run.
 start_redis() {
@@ -665,6 +696,7 @@ mode_throughput() {
     start_all
     functional_checks
     : >"$RESULTS_TSV"
+    : >"$WORK/tmp/redis-deltas"
     local id r attempt
     log "warm-up: $WARMUP per scenario (not recorded)"
     for id in "${SCENARIOS[@]}"; do "scenario_$id" 0 "$WARMUP"; done
@@ -690,7 +722,8 @@ mode_throughput() {
         save_metrics keygate-redis "$KG_REDIS_ADMIN"
     fi
     grep -v '^#' "$WORK/logs/keygate.err" | head -5 | sed 's/^/  keygate stderr: /' >&2 || true
-    python3 "$BENCH/analyze.py" throughput "$RESULTS_TSV" "$STEAL_MAX" "$WORK" "$OTHER_MAX" | tee "$WORK/summary.txt"
+    { python3 "$BENCH/analyze.py" throughput "$RESULTS_TSV" "$STEAL_MAX" "$WORK" "$OTHER_MAX"; redis_summary; } \
+        | tee "$WORK/summary.txt"
     chart
 }
 

@@ -1,5 +1,6 @@
 //! Black-box tests of the Redis store behind real keygate processes: shared keys, revocation
-//! across sidecars, a lost pub/sub connection, Redis dying and coming back, coalesced misses.
+//! across sidecars, a lost pub/sub connection, Redis dying and coming back, coalesced misses,
+//! a hot key read once while the change feed vouches for it.
 
 mod common;
 
@@ -254,6 +255,37 @@ async fn a_thousand_concurrent_misses_cost_one_store_read() {
     assert_eq!(ok, 500);
     let reads = metric(&kg, "keygate_key_store_reads_total").await - before;
     assert_eq!(reads, 1.0, "{reads} store reads for one key");
+}
+
+#[tokio::test]
+async fn a_hot_key_is_read_once_while_the_change_feed_vouches_for_it() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    // ttl and max_stale far below their defaults, so that the test outlives both.
+    let ws = Workspace::redis(
+        &up.url(),
+        &redis.url(),
+        "[cache]\nttl = \"1s\"\nmax_stale = \"2s\"\n",
+    );
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let reply = get(&kg.url("/"), &[("x-api-key", &key)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The epoch poll confirmed every second that nothing changed: the entry stayed exact, so
+    // it was neither refreshed after ttl nor dropped after max_stale.
+    assert_eq!(metric(&kg, "keygate_key_store_reads_total").await, 1.0);
+    let stale_hits = kg
+        .metric("keygate_key_cache_lookups_total{result=\"stale_hit\"}")
+        .await;
+    assert_eq!(stale_hits, Some(0.0));
+    let misses = kg
+        .metric("keygate_key_cache_lookups_total{result=\"miss\"}")
+        .await;
+    assert_eq!(misses, Some(1.0));
 }
 
 #[tokio::test]

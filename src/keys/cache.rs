@@ -4,8 +4,10 @@
 //! Consistency, in one place:
 //! - A positive entry is served for as long as it is cached. Once it is older than `ttl` it is
 //!   still served, and one background read (coalesced) refreshes it: the request never waits.
-//!   If the store cannot answer, the entry keeps serving until it is `max_stale` old, then it
-//!   is dropped and the key gets 503 `key_store_unavailable` like any uncached key.
+//!   If the store cannot answer, the entry keeps serving until `max_stale` after the last
+//!   moment it was known to be exact (its read, or a later confirmation by the change feed,
+//!   below), then it is dropped and the key gets 503 `key_store_unavailable` like any
+//!   uncached key.
 //! - A negative entry (a well-formed key the store does not know) lives `negative_ttl`, so a
 //!   flood of made-up keys costs one store read per key per `negative_ttl`.
 //! - Changes reach the cache through the store's change feed ([`KeyStore::watch`]): the cache
@@ -67,7 +69,7 @@ const USAGE_FLUSH: Duration = Duration::from_secs(10);
 /// eviction reclaims it.
 #[derive(Clone)]
 enum Entry {
-    /// Served until `max_stale` after it was read.
+    /// Served until `max_stale` after it was last known to be exact.
     Known(Arc<CachedKey>),
     /// A well-formed key the store does not know, remembered until `until` (the cache's
     /// clock, as for `CachedKey::fetched`).
@@ -75,10 +77,15 @@ enum Entry {
 }
 
 impl Entry {
-    /// Whether the entry may still be served at `now` (the cache's clock).
-    fn is_live(&self, now: u64, max_stale: Duration) -> bool {
+    /// Whether the entry may still be served at `now` (the cache's clock). `confirmed`: when
+    /// the change feed last confirmed it had reported every change (0: never).
+    fn is_live(&self, now: u64, max_stale: Duration, confirmed: u64) -> bool {
         match self {
-            Entry::Known(key) => now.saturating_sub(key.fetched) < ns(max_stale),
+            // An entry still cached after a confirmation was not invalidated before it, so it
+            // was exact then. Counting from the read alone would drop every hot key each
+            // `max_stale` and make its next request wait for the store, while the feed
+            // vouched for it all along.
+            Entry::Known(key) => now.saturating_sub(key.fetched.max(confirmed)) < ns(max_stale),
             Entry::Unknown { until } => now < *until,
         }
     }
@@ -170,7 +177,7 @@ impl KeyCache {
     ) -> Result<Option<Arc<CachedKey>>, StoreError> {
         let now = self.clock();
         match self.entries.get(&hash) {
-            Some(entry) if !entry.is_live(now, self.config.max_stale) => {
+            Some(entry) if !self.is_live(&entry, now) => {
                 // Expired: too old to trust, whether or not the store can be asked now. The
                 // read below replaces it.
             }
@@ -213,6 +220,11 @@ impl KeyCache {
     fn feed_vouches_for(&self, fetched: u64, now: u64) -> bool {
         let confirmed = self.confirmed_ns.load(Ordering::Acquire);
         confirmed != 0 && confirmed > fetched && now.saturating_sub(confirmed) < ns(self.config.ttl)
+    }
+
+    fn is_live(&self, entry: &Entry, now: u64) -> bool {
+        let confirmed = self.confirmed_ns.load(Ordering::Acquire);
+        entry.is_live(now, self.config.max_stale, confirmed)
     }
 
     /// The cache's clock: nanoseconds since it was created (8 bytes per entry, not 16).
@@ -280,7 +292,7 @@ impl KeyCache {
     /// What the cache holds for `hash` that may be served as it is.
     fn usable(&self, hash: &KeyHash) -> Option<Option<Arc<CachedKey>>> {
         match self.entries.get(hash)? {
-            entry if !entry.is_live(self.clock(), self.config.max_stale) => None,
+            entry if !self.is_live(&entry, self.clock()) => None,
             Entry::Known(key) => Some(Some(key)),
             Entry::Unknown { .. } => Some(None),
         }
@@ -494,6 +506,37 @@ mod tests {
         cache.lookup(hash).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(reads(&store), 2);
+    }
+
+    #[tokio::test]
+    async fn max_stale_counts_from_the_feeds_last_confirmation() {
+        let (store, cache, hash) = setup(CacheConfig {
+            max_stale: Duration::from_millis(600),
+            ..short()
+        });
+        cache.lookup(hash).await.unwrap();
+        // A feed confirming every 50 ms for 800 ms, past max_stale of the read: the entry
+        // stays, and is never re-read.
+        for _ in 0..16 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            cache.invalidate(Invalidation::UpToDate);
+            assert!(cache.lookup(hash).await.unwrap().is_some());
+        }
+        assert_eq!(reads(&store), 1);
+        // The store goes down and the feed falls silent: the entry serves on until max_stale
+        // after the feed's last word (a refresh is tried meanwhile and fails)…
+        store.down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(cache.lookup(hash).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(
+            reads(&store),
+            2,
+            "one refresh once the feed stopped vouching"
+        );
+        // …and not after.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(cache.lookup(hash).await.is_err());
     }
 
     #[tokio::test]
