@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderValue, Method, Request};
 use keygate::authz::{Policy, RequestFacts, authorize};
 use keygate::credential::{self, CredentialHeader};
 use keygate::keys::cache::{CacheConfig, KeyCache};
@@ -56,10 +56,11 @@ fn stages(c: &mut Criterion) {
     let key = created[4242].key.clone();
     let record = keygate::keys::cached::CachedKey::from(&created[4242].record);
 
-    let mut headers = HeaderMap::new();
-    headers.insert("host", HeaderValue::from_static("api.example.com"));
-    headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));
-    headers.insert("x-api-key", HeaderValue::from_str(&key).unwrap());
+    let mut headers = Request::new(());
+    let h = headers.headers_mut();
+    h.insert("host", HeaderValue::from_static("api.example.com"));
+    h.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    h.insert("x-api-key", HeaderValue::from_str(&key).unwrap());
     let order = CredentialHeader::all();
 
     c.bench_function("extract + format/CRC check", |b| {

@@ -187,8 +187,9 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
             init_logging(LogFormat::Text, "warn,keygate::access=info");
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
+            let signal = server::shutdown_signal();
             tokio::spawn(async move {
-                server::shutdown_signal().await;
+                signal.await;
                 trigger.cancel();
             });
             crate::demo::run(shutdown, stdout).await
@@ -199,8 +200,9 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
             let server = Server::bind(config).await?.reload_from(cli.config.clone());
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
+            let signal = server::shutdown_signal();
             tokio::spawn(async move {
-                server::shutdown_signal().await;
+                signal.await;
                 tracing::info!("shutdown requested");
                 trigger.cancel();
             });

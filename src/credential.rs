@@ -9,10 +9,10 @@
 //! secret scanners) tell a typo or a made-up string from a real key without any lookup; it is
 //! not a security boundary — the 166 random bits are.
 
-use http::HeaderMap;
 use http::header::{AUTHORIZATION, HeaderName};
 use serde::Serialize;
 
+use crate::head::Head;
 use crate::keys::{Environment, KeyType};
 use crate::reject::Reject;
 
@@ -48,6 +48,11 @@ impl CredentialHeader {
         }
     }
 
+    /// The header's name in lowercase.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
     pub fn all() -> [Self; 3] {
         [Self::Authorization, Self::XApiKey, Self::ProjectAccessToken]
     }
@@ -70,17 +75,24 @@ impl From<CredentialHeader> for &'static str {
 /// would let a client or an intermediary choose which identity gets authorized. Values longer
 /// than `max_len` are refused before anything else looks at them.
 pub fn extract<'a>(
-    headers: &'a HeaderMap,
+    head: &'a impl Head,
     order: &[CredentialHeader],
     max_len: usize,
 ) -> Result<&'a str, Reject> {
     let mut found: Option<&'a str> = None;
     for &which in order {
-        for value in headers.get_all(which.header_name()) {
+        for value in head.values(which.as_str()) {
             if value.len() > max_len {
                 return Err(Reject::InvalidApiKey);
             }
-            let text = value.to_str().map_err(|_| Reject::InvalidApiKey)?;
+            // Visible ASCII only, as a header value's `to_str` would have it.
+            if !value
+                .iter()
+                .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+            {
+                return Err(Reject::InvalidApiKey);
+            }
+            let text = std::str::from_utf8(value).map_err(|_| Reject::InvalidApiKey)?;
             let Some(key) = candidate(which, text)? else {
                 continue;
             };
@@ -191,7 +203,7 @@ fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
+    use http::{HeaderMap, HeaderValue, Request};
 
     const ORDER: [CredentialHeader; 3] = [
         CredentialHeader::Authorization,
@@ -199,7 +211,7 @@ mod tests {
         CredentialHeader::ProjectAccessToken,
     ];
 
-    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+    fn headers(pairs: &[(&str, &[u8])]) -> Request<()> {
         let mut h = HeaderMap::new();
         for (name, value) in pairs {
             h.append(
@@ -207,7 +219,9 @@ mod tests {
                 HeaderValue::from_bytes(value).unwrap(),
             );
         }
-        h
+        let mut req = Request::new(());
+        *req.headers_mut() = h;
+        req
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub mod credential;
 pub mod demo;
 pub mod echo;
 pub mod forward;
+pub mod h1;
+pub mod head;
 pub mod keys;
 pub mod limits;
 pub mod metrics;

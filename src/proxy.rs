@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HeaderMap, HeaderValue};
+use http::header::HeaderValue;
 use http::{Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -19,7 +19,8 @@ use hyper::body::Incoming;
 use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential;
-use crate::forward::{self, ClientError, Forwarder, Origin, Paired, Prepared};
+use crate::forward::{self, ClientError, Forwarder, Origin, Prepared};
+use crate::head::Head;
 use crate::keys::KeyHash;
 use crate::keys::cache::KeyCache;
 use crate::keys::cached::CachedKey;
@@ -39,9 +40,9 @@ pub struct Proxy {
 }
 
 /// What a config reload replaces.
-struct Current {
-    config: Arc<Config>,
-    forwarder: Forwarder,
+pub(crate) struct Current {
+    pub config: Arc<Config>,
+    pub forwarder: Forwarder,
 }
 
 /// How the request reached keygate: one per client connection.
@@ -51,8 +52,6 @@ pub struct Connection {
     pub tls: bool,
     /// The peer's address as an `X-Forwarded-For` value, formatted once per connection.
     pub peer_header: HeaderValue,
-    /// The connection's own upstream connection; the caller drives it.
-    pub paired: Arc<Paired>,
 }
 
 impl Connection {
@@ -62,23 +61,42 @@ impl Connection {
             peer,
             tls,
             peer_header: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
-            paired: Paired::new(),
         }
     }
 }
 
-/// What `handle` needs to know about one request after `admit`; stages fill it in as they
-/// learn it.
+/// What the stages learned about one request: read by forwarding (the key's identity, whether
+/// the peer is trusted) and by the metrics and the access log.
 #[derive(Default)]
-struct Audit<'a> {
+pub(crate) struct Audit<'a> {
     /// The route rule that matched (its pattern, never the raw path), `public` for a public
     /// path, `unmatched` when no rule did.
-    route: Option<&'a str>,
-    key: Option<Arc<CachedKey>>,
-    client_ip: Option<std::net::IpAddr>,
+    pub route: Option<&'a str>,
+    pub key: Option<Arc<CachedKey>>,
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The TCP peer is one of `[network] trusted_proxies`.
+    pub peer_trusted: bool,
     /// The most constraining rate-limit window, for the response headers.
-    limit: Option<WindowState>,
-    now_secs: u64,
+    pub limit: Option<WindowState>,
+    pub now_secs: u64,
+}
+
+/// An admitted request: what forwarding needs besides the request and `Audit`.
+pub(crate) struct Admission {
+    /// The normalized path, when it differs from the request's (forwarded instead of it).
+    pub path: Option<String>,
+}
+
+/// One finished request, for [`Proxy::finish`].
+pub(crate) struct Ended<'a> {
+    pub started: Instant,
+    pub method: &'a http::Method,
+    /// The request's path (never its query), when access logs are on.
+    pub path: Option<&'a str>,
+    pub audit: &'a Audit<'a>,
+    /// `allowed`, or the refusal's code.
+    pub decision: &'static str,
+    pub status: u16,
 }
 
 impl Proxy {
@@ -127,11 +145,16 @@ impl Proxy {
         &self.limiter
     }
 
-    /// Runs one request and never fails: a refusal becomes its JSON response here, and
-    /// nowhere else.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &Connection) -> Response<Body> {
+    /// The config and forwarder a request that starts now is served with, to the end.
+    pub(crate) fn current(&self) -> Arc<Current> {
+        self.current.load_full()
+    }
+
+    /// Runs one request from an HTTP/2 client (hyper's side of keygate; HTTP/1.1 clients are
+    /// served by [`crate::h1`]) and never fails: a refusal becomes its JSON response here.
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &Connection) -> Response<Body> {
         let started = Instant::now();
-        let current = self.current.load_full();
+        let current = self.current();
         let method = req.method().clone();
         // The path only: query strings carry secrets often enough (`?api_key=`).
         let path = current
@@ -140,7 +163,23 @@ impl Proxy {
             .access
             .then(|| req.uri().path().to_owned());
         let mut audit = Audit::default();
-        let outcome = self.admit(&current, req, conn, &mut audit).await;
+        let outcome = match self.admit(&current, &req, conn, &mut audit).await {
+            Ok(admission) => {
+                if let Some(normal) = &admission.path {
+                    set_path(&mut req, normal);
+                }
+                let origin = Origin {
+                    peer: conn.peer.ip(),
+                    peer_trusted: audit.peer_trusted,
+                    tls: conn.tls,
+                    peer_header: &conn.peer_header,
+                    key: audit.key.as_deref(),
+                };
+                let prepared = current.forwarder.prepare(req, &origin);
+                self.send(&current, prepared).await
+            }
+            Err(reject) => Err(reject),
+        };
         let (mut response, decision) = match outcome {
             Ok(response) => (response.map(Either::Left), "allowed"),
             Err(reject) => {
@@ -156,73 +195,80 @@ impl Proxy {
                 self.limiter.reset_style(),
             );
         }
+        self.finish(
+            &current.config,
+            &Ended {
+                started,
+                method: &method,
+                path: path.as_deref(),
+                audit: &audit,
+                decision,
+                status: response.status().as_u16(),
+            },
+        );
+        response
+    }
+
+    /// Metrics and the access log line for one finished request, from either engine.
+    pub(crate) fn finish(&self, config: &Config, ended: &Ended) {
         self.metrics
-            .request(decision, response.status().as_u16(), started.elapsed());
-        if current.config.log.access {
+            .request(ended.decision, ended.status, ended.started.elapsed());
+        if config.log.access {
+            let audit = ended.audit;
             let key = audit.key.as_deref();
             tracing::info!(
                 target: "keygate::access",
-                method = %method,
-                path = path.as_deref().unwrap_or_default(),
+                method = %ended.method,
+                path = ended.path.unwrap_or_default(),
                 route = audit.route,
-                status = response.status().as_u16(),
-                decision,
+                status = ended.status,
+                decision = ended.decision,
                 key_id = key.map(|k| &*k.id),
                 owner = key.map(|k| k.owner.as_str()),
                 env = key.map(|k| k.env.as_str()),
                 client_ip = audit.client_ip.map(tracing::field::display),
-                latency_us = started.elapsed().as_micros() as u64,
+                latency_us = ended.started.elapsed().as_micros() as u64,
             );
         }
-        response
     }
 
-    /// The ordered stages. Cheap, I/O-free checks come first so that junk never costs a store
-    /// lookup; authorization needs the record, so it follows the lookup; only an admitted
-    /// request reaches the upstream.
-    async fn admit<'a>(
+    /// The ordered stages that decide whether a request goes to the upstream. Cheap, I/O-free
+    /// checks come first so that junk never costs a store lookup; authorization needs the
+    /// record, so it follows the lookup; counting against quotas comes last, so a refused
+    /// request costs its key nothing. What the stages learn goes into `audit`.
+    pub(crate) async fn admit<'a>(
         &self,
         current: &'a Current,
-        mut req: Request<Incoming>,
+        head: &impl Head,
         conn: &Connection,
         audit: &mut Audit<'a>,
-    ) -> Result<Response<Incoming>, Reject> {
+    ) -> Result<Admission, Reject> {
         let config = &*current.config;
         let trusted = &config.network.trusted_proxies;
         let peer = conn.peer.ip();
-        let peer_trusted = trusted
+        audit.peer_trusted = trusted
             .iter()
             .any(|net| net.contains(&authz::canonical(peer)));
-        let client_ip = forward::client_ip(peer, req.headers(), trusted);
+        let client_ip = forward::client_ip(peer, head, trusted);
         audit.client_ip = Some(client_ip);
-        let origin = |key| Origin {
-            peer,
-            peer_trusted,
-            tls: conn.tls,
-            peer_header: &conn.peer_header,
-            key,
-        };
 
         // 0. Transport rules, before anything is read into: HTTPS only (if asked), bounded
         //    headers and body.
         if config.network.require_https
             && !conn.tls
-            && !(peer_trusted && forwarded_https(req.headers()))
+            && !(audit.peer_trusted && forwarded_https(head))
         {
             return Err(Reject::HttpsRequired);
         }
-        check_sizes(&req, &config.server)?;
+        check_sizes(head, &config.server)?;
 
         // 1. The path rules are matched against, made unambiguous first: what is authorized
         //    must be what the upstream serves (no `/open/../admin`, no `%2e%2e`).
-        if let Some(normal) =
-            routes::normalize(req.uri().path()).map_err(|_| Reject::InvalidPath)?
-        {
-            set_path(&mut req, &normal);
-        }
+        let normal = routes::normalize(head.path()).map_err(|_| Reject::InvalidPath)?;
+        let path = normal.as_deref().unwrap_or(head.path());
+        let admission = |normal| Ok(Admission { path: normal });
 
         // 2. Public paths (an upstream's own health check, docs) need no key at all.
-        let path = req.uri().path();
         if config
             .auth
             .public_paths
@@ -230,14 +276,12 @@ impl Proxy {
             .any(|p| p.matches(path).is_some())
         {
             audit.route = Some("public");
-            let req = current.forwarder.prepare(req, &origin(None));
-            return self.send(current, req, conn).await;
+            return admission(normal);
         }
 
         // 3. Which key? Exactly one, from the configured headers, length-capped.
         let auth = &config.auth;
-        let key =
-            credential::extract(req.headers(), &auth.credential_headers, auth.max_key_length)?;
+        let key = credential::extract(head, &auth.credential_headers, auth.max_key_length)?;
 
         // 4. Is it shaped like one of ours? Prefix, type, environment, checksum: no I/O.
         let claims = credential::parse_key(key, &config.keys.prefix)?;
@@ -259,8 +303,8 @@ impl Proxy {
         //    route scopes, workspace/project binding.
         let now = SystemTime::now();
         let facts = RequestFacts {
-            method: req.method(),
-            path: req.uri().path(),
+            method: head.method(),
+            path,
             client_ip,
             now,
         };
@@ -293,23 +337,22 @@ impl Proxy {
             }
         }
 
-        // 8. Forward, without the key and with the verified identity.
-        let req = current.forwarder.prepare(req, &origin(Some(&record)));
-        self.send(current, req, conn).await
+        // 8. Admitted: the engine forwards it, without the key and with the verified
+        //    identity (`audit.key`).
+        admission(normal)
     }
 
-    async fn send(
-        &self,
-        current: &Current,
-        req: Prepared,
-        conn: &Connection,
-    ) -> Result<Response<Incoming>, Reject> {
+    async fn send(&self, current: &Current, req: Prepared) -> Result<Response<Incoming>, Reject> {
         let started = Instant::now();
-        let response = current.forwarder.send(req, Some(&conn.paired)).await;
+        let response = current.forwarder.send(req).await;
         self.metrics
             .upstream_latency
             .observe(started.elapsed().as_secs_f64());
         response
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 }
 
@@ -326,45 +369,28 @@ impl Current {
 
 /// `X-Forwarded-Proto: https`, as a TLS terminator in front of keygate sets it. Only believed
 /// from a trusted proxy (the caller checks).
-fn forwarded_https(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+fn forwarded_https(head: &impl Head) -> bool {
+    head.values("x-forwarded-proto")
+        .next()
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"https"))
 }
 
-/// Header block and declared body size against the configured caps. hyper already refuses
-/// blocks beyond its read buffer (sized from the same setting); this gives everything in
-/// between our JSON 431. A streamed body without `Content-Length` is cut off in the forwarder.
-fn check_sizes<B>(req: &Request<B>, server: &crate::config::Server) -> Result<(), Reject> {
-    // Counted as on the wire: "name: value\r\n", plus the request line.
-    let headers: usize = req
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    let uri = req.uri();
-    let line = req.method().as_str().len()
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + 12;
-    if headers + line > server.max_header_bytes {
+/// Header block and declared body size against the configured caps. A streamed body without
+/// `Content-Length` is cut off while it is forwarded.
+fn check_sizes(head: &impl Head, server: &crate::config::Server) -> Result<(), Reject> {
+    if head.head_len() > server.max_header_bytes {
         return Err(Reject::HeadersTooLarge);
     }
-    if let Some(max) = server.max_body_bytes {
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > max) {
-            return Err(Reject::PayloadTooLarge);
-        }
+    if let Some(max) = server.max_body_bytes
+        && head.declared_length().is_some_and(|len| len > max)
+    {
+        return Err(Reject::PayloadTooLarge);
     }
     Ok(())
 }
 
 /// Replaces the request's path, keeping its query.
-fn set_path(req: &mut Request<Incoming>, path: &str) {
+fn set_path<B>(req: &mut Request<B>, path: &str) {
     let uri = req.uri();
     let path_and_query = match uri.query() {
         Some(q) => format!("{path}?{q}"),

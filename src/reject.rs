@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
@@ -24,6 +24,9 @@ pub enum Reject {
     ConflictingCredentials,
     /// A path that could mean something else to the upstream (`%2e%2e`, `%2f`, `\`).
     InvalidPath,
+    /// A request keygate does not forward: a malformed head, ambiguous framing (see
+    /// `h1::head`), an unsupported method or target form. The text says which.
+    BadRequest(&'static str),
     InsufficientPermissions(Denial),
     IpNotAllowed(IpAddr),
     /// Suspended by an operator (`keys suspend`) until resumed.
@@ -99,7 +102,9 @@ impl Reject {
             Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::ConflictingCredentials | Self::InvalidPath => StatusCode::BAD_REQUEST,
+            Self::ConflictingCredentials | Self::InvalidPath | Self::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Self::InsufficientPermissions(_)
             | Self::IpNotAllowed(_)
             | Self::KeySuspended
@@ -122,6 +127,7 @@ impl Reject {
             Self::ExpiredApiKey => "expired_api_key",
             Self::ConflictingCredentials => "conflicting_api_keys",
             Self::InvalidPath => "invalid_path",
+            Self::BadRequest(_) => "invalid_request",
             Self::InsufficientPermissions(_) => "insufficient_permissions",
             Self::IpNotAllowed(_) => "ip_not_allowed",
             Self::KeySuspended | Self::KeySuspendedFor { .. } => "key_suspended",
@@ -146,6 +152,7 @@ impl Reject {
             | Self::KeySuspendedFor { .. } => "authorization_error",
             Self::ConflictingCredentials
             | Self::InvalidPath
+            | Self::BadRequest(_)
             | Self::HttpsRequired
             | Self::HeadersTooLarge
             | Self::PayloadTooLarge => "invalid_request_error",
@@ -170,6 +177,7 @@ impl Reject {
                 "The request path contains encoded '.', '/' or '\\' characters; send it decoded"
                     .into()
             }
+            Self::BadRequest(why) => format!("The request cannot be forwarded: {why}"),
             Self::InsufficientPermissions(denial) => denial.message(),
             Self::IpNotAllowed(ip) => {
                 format!("Requests from IP address {ip} are not allowed for this API key")
@@ -206,28 +214,43 @@ impl Reject {
         }
     }
 
-    /// The response for this refusal. The only place a `Reject` becomes HTTP.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let body = serde_json::json!({
+    /// The JSON body: `{"error": {"code", "message", "type"}}`.
+    pub fn body(&self) -> String {
+        serde_json::json!({
             "error": {
                 "code": self.code(),
                 "message": self.message(),
                 "type": self.error_type(),
             }
+        })
+        .to_string()
+    }
+
+    /// The headers a refusal carries besides `content-type` and its framing.
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> {
+        let retry = self
+            .retry_after()
+            .map(|secs| (RETRY_AFTER, HeaderValue::from(secs)));
+        // RFC 6750 §3: tell the client which scheme to use.
+        let challenge = (self.status() == StatusCode::UNAUTHORIZED).then(|| {
+            (
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keygate\""),
+            )
         });
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        retry.into_iter().chain(challenge)
+    }
+
+    /// The response for this refusal, for hyper's side of keygate; keygate's own HTTP/1.1
+    /// writes the same status, headers and body (`h1::write`). Nowhere else does a `Reject`
+    /// become HTTP.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.body())));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(secs) = self.retry_after() {
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if self.status() == StatusCode::UNAUTHORIZED {
-            // RFC 6750 §3: tell the client which scheme to use.
-            headers.insert(
-                http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"keygate\""),
-            );
+        for (name, value) in self.headers() {
+            headers.insert(name, value);
         }
         response
     }
@@ -297,6 +320,12 @@ mod tests {
                 403,
                 "key_suspended",
                 "authorization_error",
+            ),
+            (
+                Reject::BadRequest("the request head is malformed"),
+                400,
+                "invalid_request",
+                "invalid_request_error",
             ),
             (
                 Reject::HttpsRequired,

@@ -1,5 +1,6 @@
-//! The shared pool's upstream client and its connector: plain or TLS (system roots, or the PEM roots in
-//! `upstream.ca_file`), HTTP/1.1 or HTTP/2.
+//! The TLS client settings for the upstream (system roots, or the PEM roots in
+//! `upstream.ca_file`), and the shared pool's client (HTTP/1.1 or HTTP/2) that HTTP/2 clients
+//! and an HTTP/2 upstream use.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,16 +32,12 @@ pub enum ClientError {
     CaFile { path: String, message: String },
     #[error("no usable system root certificates for an https upstream: {0}")]
     NativeRoots(String),
+    #[error("upstream.url: {0}")]
+    Address(String),
 }
 
-/// The shared pool's client, and the connector it uses (which paired connections use too).
-pub fn build(upstream: &Upstream) -> Result<(UpstreamClient, Connector), ClientError> {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(upstream.connect_timeout));
-    // The TLS connector hands plain `http://` through untouched.
-    http.enforce_http(false);
-
+/// How keygate verifies an `https` upstream. Roots are loaded only when something needs them.
+pub fn tls_config(upstream: &Upstream) -> Result<rustls::ClientConfig, ClientError> {
     let needs_tls = [Some(&upstream.url), upstream.sandbox_url.as_ref()]
         .into_iter()
         .flatten()
@@ -58,6 +55,19 @@ pub fn build(upstream: &Upstream) -> Result<(UpstreamClient, Connector), ClientE
     .expect("ring supports the default protocol versions")
     .with_root_certificates(roots)
     .with_no_client_auth();
+    Ok(tls)
+}
+
+/// The shared pool's client.
+pub fn build(
+    upstream: &Upstream,
+    tls: rustls::ClientConfig,
+) -> Result<UpstreamClient, ClientError> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(upstream.connect_timeout));
+    // The TLS connector hands plain `http://` through untouched.
+    http.enforce_http(false);
 
     let builder = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
@@ -72,8 +82,8 @@ pub fn build(upstream: &Upstream) -> Result<(UpstreamClient, Connector), ClientE
         .pool_idle_timeout(Duration::from_secs(90))
         .http2_only(upstream.http2)
         .timer(TokioTimer::new())
-        .build(connector.clone());
-    Ok((client, connector))
+        .build(connector);
+    Ok(client)
 }
 
 fn roots_from_file(path: &Path) -> Result<RootCertStore, ClientError> {

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use crate::authz::canonical;
 use crate::config::is_identity_header;
 use crate::credential::CredentialHeader;
+use crate::head::Head;
 use crate::keys::cached::CachedKey;
 
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -40,16 +41,15 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 /// trusted proxies, in which case walk `X-Forwarded-For` from the right (the entries our own
 /// proxies appended) to the first address that is not a trusted proxy. Entries further left
 /// were written by the client and prove nothing.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip(peer: IpAddr, head: &impl Head, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut ip = canonical(peer);
     if !is_trusted(&ip) {
         return ip;
     }
-    let hops: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    let hops: Vec<&str> = head
+        .values("x-forwarded-for")
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .collect();
     for hop in hops.iter().rev() {
@@ -247,9 +247,10 @@ mod tests {
             ("ipv6 trusted peer", &["2001:db8::5"], "::1", "2001:db8::5"),
         ];
         for (name, xff, peer, want) in cases {
-            let mut h = HeaderMap::new();
+            let mut h = http::Request::new(());
             for v in *xff {
-                h.append(&X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+                h.headers_mut()
+                    .append(&X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
             }
             let got = client_ip(peer.parse().unwrap(), &h, &trusted);
             assert_eq!(got, want.parse::<IpAddr>().unwrap(), "case {name}");

@@ -8,17 +8,18 @@
 //! 4. `X-Forwarded-For/-Proto/-Host` are set. Values a client sent are kept only when the
 //!    TCP peer is a trusted proxy; otherwise they are replaced, never appended to.
 //!
-//! Bodies are never buffered: the client's body stream is handed to the upstream request and
-//! the upstream's body stream to the client response. An `Upgrade` (WebSocket) survives step 1
-//! when the client asked for one; see [`upgrade`].
+//! Bodies are never buffered: they stream through. An `Upgrade` (WebSocket) survives step 1
+//! when the client asked for one.
 //!
-//! The steps themselves are in `headers`; how requests reach the upstream (a client
-//! connection's own upstream connection, or the shared pool) in [`paired`] and `client`.
+//! The steps are in `headers` for hyper's requests (HTTP/2 clients) and in [`h1`] for
+//! keygate's own HTTP/1.1, which writes the upstream's request head itself. HTTP/1.1 requests
+//! go over a client connection's own upstream connection ([`upstream`]); hyper's go through
+//! the shared pool (`client`).
 
 mod client;
+pub mod h1;
 mod headers;
-pub mod paired;
-pub mod upgrade;
+pub mod upstream;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,9 +35,7 @@ use hyper::body::Incoming;
 pub use client::{ClientError, UpstreamBody};
 pub use headers::client_ip;
 use headers::{X_FORWARDED_FOR, add_identity, strip_credentials, strip_hop_by_hop};
-pub use paired::Paired;
-use paired::{Lane, Link, Parking, Route, Sender};
-use tower_service::Service;
+use upstream::{Dialer, Parking, Route};
 
 use crate::authz::canonical;
 use crate::config::Upstream;
@@ -60,12 +59,12 @@ pub struct Origin<'a> {
 }
 
 /// One upstream service: where requests go and what `Host` means for it.
-struct Target {
+pub struct Target {
     /// `scheme://authority/`.
     base: Uri,
     /// Path prefix of the upstream URL, without a trailing slash ("" for none).
-    base_path: String,
-    authority: HeaderValue,
+    pub base_path: String,
+    pub authority: HeaderValue,
 }
 
 impl Target {
@@ -85,11 +84,13 @@ impl Target {
 }
 
 pub struct Forwarder {
+    /// The shared pool (hyper's requests).
     client: client::UpstreamClient,
-    connector: client::Connector,
+    /// Connections of keygate's own HTTP/1.1, and where they wait between client connections.
+    dialer: Dialer,
+    parking: Parking,
     /// Tells this forwarder's upstream connections from those of the one a reload replaced.
     id: u64,
-    parking: Arc<Parking>,
     /// The upstream speaks HTTP/2: one shared connection multiplexes every request.
     http2: bool,
     production: Target,
@@ -105,8 +106,6 @@ pub struct Forwarder {
 pub struct Prepared {
     request: Request<UpstreamBody>,
     sandbox: bool,
-    /// It may use the client connection's own upstream connection (see [`paired`]).
-    pairable: bool,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -118,12 +117,21 @@ impl Forwarder {
         max_body: Option<u64>,
     ) -> Result<Self, ClientError> {
         static FORWARDERS: AtomicU64 = AtomicU64::new(0);
-        let (client, connector) = client::build(upstream)?;
+        let tls = client::tls_config(upstream)?;
+        let mut h1_tls = tls.clone();
+        h1_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let dialer = Dialer::new(
+            &upstream.url,
+            upstream.sandbox_url.as_ref(),
+            Arc::new(h1_tls),
+            upstream.connect_timeout,
+        )
+        .map_err(ClientError::Address)?;
         Ok(Self {
-            client,
-            connector,
+            client: client::build(upstream, tls)?,
+            dialer,
+            parking: Parking::default(),
             id: FORWARDERS.fetch_add(1, Ordering::Relaxed),
-            parking: Arc::default(),
             http2: upstream.http2,
             production: Target::new(&upstream.url),
             sandbox: upstream.sandbox_url.as_ref().map(Target::new),
@@ -137,10 +145,7 @@ impl Forwarder {
     /// Rewrites a client request into the upstream request (see the module doc). Sandbox
     /// keys go to the sandbox upstream, everything else to production.
     pub fn prepare(&self, mut req: Request<Incoming>, origin: &Origin) -> Prepared {
-        let sandbox = matches!(
-            (origin.key.map(|k| k.env), &self.sandbox),
-            (Some(Environment::Test), Some(_))
-        );
+        let sandbox = self.sandboxed(origin.key);
         let target = self.target(sandbox);
         let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
@@ -155,17 +160,12 @@ impl Forwarder {
                 .unwrap_or_else(|_| PathAndQuery::from_static("/"));
             *req.uri_mut() = Uri::from(path);
         }
-        let pairable = !self.http2 && req.version() <= Version::HTTP_11;
-        // The upstream speaks HTTP/1.1 whatever the client spoke.
+        // The upstream speaks HTTP/1.1 whatever the client spoke. (An `Upgrade` from a client
+        // hyper serves has nowhere to go: it is stripped like any hop-by-hop header.)
         *req.version_mut() = Version::HTTP_11;
 
         let headers = req.headers_mut();
-        let upgrade = upgrade::requested(headers);
-        let pairable = pairable && upgrade.is_none();
         strip_hop_by_hop(headers);
-        if let Some(protocol) = upgrade {
-            upgrade::restore(headers, protocol);
-        }
         strip_credentials(headers, &self.credential_headers);
         // What follows adds up to eight headers: one reservation instead of the map growing
         // (and rehashing) twice on the way.
@@ -210,47 +210,68 @@ impl Forwarder {
         Prepared {
             request: req.map(|body| Limited::new(body, max_body)),
             sandbox,
-            pairable,
         }
     }
 
-    fn target(&self, sandbox: bool) -> &Target {
+    /// A sandbox key goes to the sandbox upstream (authorization refused it if there is none).
+    pub fn sandboxed(&self, key: Option<&CachedKey>) -> bool {
+        key.is_some_and(|k| k.env == Environment::Test) && self.sandbox.is_some()
+    }
+
+    pub fn target(&self, sandbox: bool) -> &Target {
         match (sandbox, &self.sandbox) {
             (true, Some(sandbox)) => sandbox,
             _ => &self.production,
         }
     }
 
-    /// Sends the prepared request, on the client connection's own upstream connection when it
-    /// can (`paired`), and waits at most the configured timeout for response headers.
-    pub async fn send(
-        &self,
-        prepared: Prepared,
-        paired: Option<&Paired>,
-    ) -> Result<Response<Incoming>, Reject> {
-        let Prepared {
-            request: mut req,
+    /// Where keygate's own HTTP/1.1 connections for `sandbox` go.
+    pub fn route(&self, sandbox: bool) -> Route {
+        Route {
+            forwarder: self.id,
             sandbox,
-            pairable,
-        } = prepared;
-        let client_side = if req.headers().contains_key(header::UPGRADE) {
-            upgrade::take_client_side(&mut req)
-        } else {
-            None
-        };
-        let outcome = match paired.filter(|_| pairable) {
-            Some(paired) => {
-                paired
-                    .within(self.timeout, self.via_paired(paired, sandbox, req))
-                    .await
-            }
-            None => tokio::time::timeout(self.timeout, self.via_pool(sandbox, req))
-                .await
-                .ok(),
-        };
-        let response = match outcome {
-            None => return Err(Reject::UpstreamTimeout),
-            Some(Err(e)) => {
+        }
+    }
+
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
+    }
+
+    pub fn parking(&self) -> &Parking {
+        &self.parking
+    }
+
+    /// Time allowed for the upstream's response head.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn preserve_host(&self) -> bool {
+        self.preserve_host
+    }
+
+    pub fn credential_headers(&self) -> &[CredentialHeader] {
+        &self.credential_headers
+    }
+
+    /// `server.max_body_bytes`, or no limit.
+    pub fn max_body(&self) -> u64 {
+        self.max_body as u64
+    }
+
+    /// The upstream speaks HTTP/2: everything goes through the shared pool.
+    pub fn is_http2(&self) -> bool {
+        self.http2
+    }
+
+    /// Sends the prepared request through the shared pool and waits at most the configured
+    /// timeout for the response head.
+    pub async fn send(&self, prepared: Prepared) -> Result<Response<Incoming>, Reject> {
+        let Prepared { request, sandbox } = prepared;
+        let outcome = tokio::time::timeout(self.timeout, self.via_pool(sandbox, request)).await;
+        let mut response = match outcome {
+            Err(_) => return Err(Reject::UpstreamTimeout),
+            Ok(Err(e)) => {
                 if is_body_too_large(&*e) {
                     return Err(Reject::PayloadTooLarge);
                 }
@@ -261,16 +282,9 @@ impl Forwarder {
                     Reject::UpstreamUnavailable
                 });
             }
-            Some(Ok(response)) => response,
+            Ok(Ok(response)) => response,
         };
-        let mut response = response;
-        match client_side {
-            Some(client) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                // Connection/Upgrade on a 101 are the handshake itself: they stay.
-                upgrade::splice(client, &mut response);
-            }
-            _ => strip_hop_by_hop(response.headers_mut()),
-        }
+        strip_hop_by_hop(response.headers_mut());
         Ok(response)
     }
 
@@ -283,66 +297,6 @@ impl Forwarder {
         parts.path_and_query = req.uri().path_and_query().cloned();
         *req.uri_mut() = Uri::from_parts(parts)?;
         Ok(self.client.request(req).await?)
-    }
-
-    async fn via_paired(
-        &self,
-        paired: &Paired,
-        sandbox: bool,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, BoxError> {
-        let route = Route {
-            forwarder: self.id,
-            sandbox,
-        };
-        let (mut sender, mut reused) = match paired.lane(route, &self.parking) {
-            Lane::Own(sender) => (sender, true),
-            Lane::Open => (Box::pin(self.open(paired, route)).await?, false),
-            Lane::Pool => return self.via_pool(sandbox, req).await,
-        };
-        // Twice at most: a connection that was reused may have been closed by the upstream
-        // just now, before the request was written; then it goes on a new one.
-        loop {
-            if let Err(e) = std::future::poll_fn(|cx| sender.poll_ready(cx)).await {
-                paired.detach();
-                if !reused {
-                    return Err(e.into());
-                }
-                (sender, reused) = (Box::pin(self.open(paired, route)).await?, false);
-                continue;
-            }
-            let sent = sender.try_send_request(req);
-            paired.give_back(route, sender);
-            match sent.await {
-                Ok(response) => return Ok(response),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if reused => {
-                        req = unsent;
-                        paired.detach();
-                        (sender, reused) = (Box::pin(self.open(paired, route)).await?, false);
-                    }
-                    _ => return Err(e.into_error().into()),
-                },
-            }
-        }
-    }
-
-    /// A new upstream connection, made `paired`'s. Boxed by its callers: it is rare (once per
-    /// client connection), and its state would otherwise make every request's future larger,
-    /// and every move of that future a larger copy.
-    async fn open(&self, paired: &Paired, route: Route) -> Result<Sender, BoxError> {
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
-        let io = connector
-            .call(self.target(route.sandbox).base.clone())
-            .await?;
-        // Flattened like the server side's writes (server::conn::builder says why).
-        let (sender, driver) = hyper::client::conn::http1::Builder::new()
-            .writev(false)
-            .handshake(io)
-            .await?;
-        paired.attach(Link::new(route, driver, &self.parking));
-        Ok(sender)
     }
 }
 

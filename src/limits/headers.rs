@@ -3,67 +3,91 @@
 //! fields `RateLimit-Policy: "per_hour";q=1000;w=3600` and `RateLimit: "per_hour";r=999;t=42`,
 //! all for the most constraining window. Headers the upstream set itself are left alone.
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{Entry, HeaderName, HeaderValue};
 
 use super::{ResetStyle, WindowState};
 
-static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The five names, lowercase, in the order they are written.
+const NAMES: [&str; 5] = [
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "ratelimit-policy",
+    "ratelimit",
+];
 
-pub fn apply(headers: &mut HeaderMap, w: &WindowState, now_secs: u64, style: ResetStyle) {
-    let reset = match style {
-        ResetStyle::Epoch => now_secs + w.reset_secs,
-        ResetStyle::Delta => w.reset_secs,
-    };
-    // This runs on every response to a limited key: the five values are written into one
-    // buffer (one allocation, integers formatted without `fmt`) and each header value is a
-    // slice of it.
-    let mut buf = BytesMut::with_capacity(96 + 2 * w.name.len());
-    let (mut a, mut b) = (itoa::Buffer::new(), itoa::Buffer::new());
+/// The position of `name` (any case) among the five, to note which ones an upstream response
+/// already carries.
+pub fn index(name: &[u8]) -> Option<usize> {
+    NAMES
+        .iter()
+        .position(|n| n.len() == name.len() && n.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Appends the value of header `i` of [`NAMES`] to `out`. This runs on every response to a
+/// limited key: integers are formatted without `fmt`, into a buffer the caller reuses.
+fn value(i: usize, w: &WindowState, reset: u64, out: &mut Vec<u8>) {
+    let mut n = itoa::Buffer::new();
     let mut put = |parts: &[&[u8]]| {
-        let start = buf.len();
         for part in parts {
-            buf.extend_from_slice(part);
+            out.extend_from_slice(part);
         }
-        start..buf.len()
     };
     let name = w.name.as_bytes();
-    let limit = put(&[a.format(w.limit).as_bytes()]);
-    let remaining = put(&[a.format(w.remaining).as_bytes()]);
-    let reset = put(&[a.format(reset).as_bytes()]);
-    let policy = put(&[
-        b"\"",
-        name,
-        b"\";q=",
-        a.format(w.limit).as_bytes(),
-        b";w=",
-        b.format(w.window_secs).as_bytes(),
-    ]);
-    let current = put(&[
-        b"\"",
-        name,
-        b"\";r=",
-        a.format(w.remaining).as_bytes(),
-        b";t=",
-        b.format(w.reset_secs).as_bytes(),
-    ]);
-    let buf = buf.freeze();
-    for (header, range) in [
-        (&LIMIT, limit),
-        (&REMAINING, remaining),
-        (&RESET, reset),
-        (&POLICY, policy),
-        (&RATELIMIT, current),
-    ] {
-        if let Entry::Vacant(slot) = headers.entry(header)
+    match i {
+        0 => put(&[n.format(w.limit).as_bytes()]),
+        1 => put(&[n.format(w.remaining).as_bytes()]),
+        2 => put(&[n.format(reset).as_bytes()]),
+        3 => {
+            put(&[b"\"", name, b"\";q=", n.format(w.limit).as_bytes()]);
+            put(&[b";w=", n.format(w.window_secs).as_bytes()]);
+        }
+        _ => {
+            put(&[b"\"", name, b"\";r=", n.format(w.remaining).as_bytes()]);
+            put(&[b";t=", n.format(w.reset_secs).as_bytes()]);
+        }
+    }
+}
+
+fn reset(w: &WindowState, now_secs: u64, style: ResetStyle) -> u64 {
+    match style {
+        ResetStyle::Epoch => now_secs + w.reset_secs,
+        ResetStyle::Delta => w.reset_secs,
+    }
+}
+
+/// Adds the headers to a response (hyper's side), each unless the upstream set it.
+pub fn apply(headers: &mut HeaderMap, w: &WindowState, now_secs: u64, style: ResetStyle) {
+    let reset = reset(w, now_secs, style);
+    // One buffer for the five values; each header value is a slice of it.
+    let mut buf = Vec::with_capacity(96 + 2 * w.name.len());
+    let ranges: [_; 5] = std::array::from_fn(|i| {
+        let start = buf.len();
+        value(i, w, reset, &mut buf);
+        start..buf.len()
+    });
+    let buf = Bytes::from(buf);
+    for (name, range) in NAMES.iter().zip(ranges) {
+        if let Entry::Vacant(slot) = headers.entry(HeaderName::from_static(name))
             && let Ok(value) = HeaderValue::from_maybe_shared(buf.slice(range))
         {
             slot.insert(value);
+        }
+    }
+}
+
+/// Writes the headers as header lines into `out` (keygate's own HTTP/1.1), leaving out those
+/// whose bit is set in `present` (the upstream set them; see [`index`]).
+pub fn write(out: &mut Vec<u8>, w: &WindowState, now_secs: u64, style: ResetStyle, present: u8) {
+    let reset = reset(w, now_secs, style);
+    for (i, name) in NAMES.iter().enumerate() {
+        if present & (1 << i) == 0 {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            value(i, w, reset, out);
+            out.extend_from_slice(b"\r\n");
         }
     }
 }
@@ -94,6 +118,27 @@ mod tests {
         let mut h = HeaderMap::new();
         apply(&mut h, &window(), 1_000_000, ResetStyle::Delta);
         assert_eq!(h["x-ratelimit-reset"], "42");
+    }
+
+    #[test]
+    fn header_lines_match_the_header_map() {
+        let mut out = Vec::new();
+        write(&mut out, &window(), 1_000_000, ResetStyle::Epoch, 0);
+        let text = String::from_utf8(out).unwrap();
+        let mut h = HeaderMap::new();
+        apply(&mut h, &window(), 1_000_000, ResetStyle::Epoch);
+        assert_eq!(text.lines().count(), 5);
+        for line in text.lines() {
+            let (name, value) = line.split_once(": ").unwrap();
+            assert_eq!(h[name], value, "{name}");
+        }
+        // Those the upstream set are left out.
+        let mut out = Vec::new();
+        let present = 1 << index(b"X-RateLimit-Limit").unwrap();
+        write(&mut out, &window(), 0, ResetStyle::Delta, present);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("x-ratelimit-limit:"), "{text}");
+        assert!(text.contains("x-ratelimit-remaining: 998\r\n"), "{text}");
     }
 
     #[test]

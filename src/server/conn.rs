@@ -28,7 +28,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
-use crate::forward::Paired;
 
 /// Header lines an HTTP/1 request may carry.
 const MAX_HEADER_LINES: usize = 100;
@@ -100,11 +99,6 @@ impl Activity {
         {
             self.head_started.store(now, Ordering::Relaxed);
         }
-    }
-
-    /// No request in flight (its response not fully sent).
-    fn idle(&self) -> bool {
-        self.in_flight.load(Ordering::Relaxed) == 0
     }
 
     fn wrote(&self) {
@@ -248,18 +242,14 @@ pub struct Serving {
     pub idle_timeout: Duration,
     /// Cancelled when keygate stops: finish what is in flight, then close.
     pub closing: CancellationToken,
+    /// The same for keygate's own HTTP/1.1.
+    pub h1: super::h1::Timing,
 }
 
-/// Serves HTTP on `io` until the client closes, a timeout fires, or `closing` is cancelled
-/// (then in-flight requests finish first). Drives the connection's own upstream connection,
-/// `paired`, in the same task (see `forward::paired` for why).
-pub async fn serve<IO, S, B>(
-    serving: &Serving,
-    io: IO,
-    activity: Arc<Activity>,
-    service: S,
-    paired: Option<&Paired>,
-) where
+/// Serves HTTP with hyper on `io` until the client closes, a timeout fires, or `closing` is
+/// cancelled (then in-flight requests finish first).
+pub async fn serve<IO, S, B>(serving: &Serving, io: IO, activity: Arc<Activity>, service: S)
+where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: Service<Request<Incoming>, Response = Response<B>, Error = std::convert::Infallible>
         + Send
@@ -291,10 +281,6 @@ pub async fn serve<IO, S, B>(
             }
         });
         tokio::select! {
-            // Upstream first: a response that just arrived is then ready for the client side
-            // in the same pass.
-            biased;
-            _ = std::future::poll_fn(|cx| paired.map_or(Poll::Pending, |p| p.poll_drive(cx))) => {}
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -307,11 +293,7 @@ pub async fn serve<IO, S, B>(
                     conn.as_mut().graceful_shutdown();
                 }
                 Alarm::Tick => match activity.check(serving.header_timeout, serving.idle_timeout) {
-                    Verdict::Fine => {
-                        if let Some(paired) = paired.filter(|_| activity.idle()) {
-                            paired.park_if_idle();
-                        }
-                    }
+                    Verdict::Fine => {}
                     Verdict::HeaderTimeout => {
                         tracing::debug!("request head not received in time; closing");
                         return;
@@ -337,7 +319,7 @@ pin_project_lite::pin_project! {
     /// task wakes several times per request for its sockets; the shutdown signal and the
     /// watchdog's clock need no look on those wakes, and the shutdown token's check takes a
     /// lock that every connection shares.
-    struct Gated<F> {
+    pub(crate) struct Gated<F> {
         #[pin]
         inner: F,
         flag: Arc<Flag>,
@@ -361,7 +343,7 @@ impl std::task::Wake for Flag {
 }
 
 impl<F> Gated<F> {
-    fn new(inner: F) -> Self {
+    pub(crate) fn new(inner: F) -> Self {
         Self {
             inner,
             flag: Arc::new(Flag {
@@ -383,6 +365,55 @@ impl<F: Future> Future for Gated<F> {
         }
         let waker = Waker::from(this.flag.clone());
         this.inner.poll(&mut Context::from_waker(&waker))
+    }
+}
+
+/// A connection whose first bytes were already read (by keygate's HTTP/1.1, before it handed
+/// the connection to hyper): they are read again first.
+pub struct Rewind<IO> {
+    prefix: Vec<u8>,
+    at: usize,
+    io: IO,
+}
+
+impl<IO> Rewind<IO> {
+    pub fn new(prefix: Vec<u8>, io: IO) -> Self {
+        Self { prefix, at: 0, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.prefix.len() {
+            let n = buf.remaining().min(this.prefix.len() - this.at);
+            buf.put_slice(&this.prefix[this.at..this.at + n]);
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -4,6 +4,7 @@
 //! deadline.
 
 mod conn;
+mod h1;
 mod reload;
 pub mod tls;
 
@@ -151,6 +152,11 @@ impl Server {
             header_timeout: config.server.header_read_timeout,
             idle_timeout: config.server.idle_timeout,
             closing: closing.clone(),
+            h1: h1::Timing {
+                header: config.server.header_read_timeout,
+                idle: config.server.idle_timeout,
+                max_header_bytes: config.server.max_header_bytes,
+            },
         });
         let client_cap = Arc::new(Semaphore::new(config.server.max_connections));
         let acceptor = match (&config.tls, &self.certificates) {
@@ -181,7 +187,7 @@ impl Server {
                         }
                         _ => {
                             let conn = Connection::new(peer, false);
-                            serve_proxy(&serving, stream, proxy, conn).await;
+                            serve_proxy(&serving, stream, proxy, conn, false).await;
                         }
                     }
                 }
@@ -211,7 +217,7 @@ impl Server {
                         let response = admin::route(&req, &readiness, &metrics);
                         async move { Ok::<_, Infallible>(response) }
                     });
-                    conn::serve(&serving, stream, Activity::new(), service, None).await;
+                    conn::serve(&serving, stream, Activity::new(), service).await;
                 }
             },
         );
@@ -336,17 +342,32 @@ impl Endpoint {
     }
 }
 
-async fn serve_proxy<IO>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Connection)
+/// A client connection: keygate's own HTTP/1.1 unless the client speaks HTTP/2 (ALPN `h2`,
+/// or the HTTP/2 preface, which `h1` notices and hands back) or the upstream does.
+async fn serve_proxy<IO>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Connection, h2: bool)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    if h2 || proxy.current().forwarder.is_http2() {
+        serve_hyper(serving, io, proxy, conn).await;
+        return;
+    }
+    let served = h1::serve(io, &proxy, &conn, &serving.h1, &serving.closing).await;
+    if let h1::Served::Handoff(io) = served {
+        serve_hyper(serving, io, proxy, conn).await;
+    }
+}
+
+async fn serve_hyper<IO>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Connection)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let conn = Arc::new(conn);
-    let paired = conn.paired.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
         async move { Ok::<_, Infallible>(proxy.handle(req, &conn).await) }
     });
-    conn::serve(serving, io, Activity::new(), service, Some(&paired)).await;
+    conn::serve(serving, io, Activity::new(), service).await;
 }
 
 /// The TLS port: a client that starts with anything but a TLS record (plain HTTP, most
@@ -389,7 +410,8 @@ async fn serve_tls(
             return;
         }
     };
-    serve_proxy(serving, stream, proxy, Connection::new(peer, true)).await;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    serve_proxy(serving, stream, proxy, Connection::new(peer, true), h2).await;
 }
 
 /// Plain HTTP where only HTTPS is served: every request is refused (403 `https_required`) or
@@ -407,7 +429,7 @@ async fn serve_plain(serving: &Serving, stream: TcpStream, tls: &Tls, metrics: A
         metrics.request(decision, response.status().as_u16(), started.elapsed());
         async move { Ok::<_, Infallible>(response) }
     });
-    conn::serve(serving, stream, Activity::new(), service, None).await;
+    conn::serve(serving, stream, Activity::new(), service).await;
 }
 
 fn plain_response<B>(req: &Request<B>, redirect: Option<&http::Uri>) -> Response<Full<Bytes>> {
@@ -425,18 +447,24 @@ fn plain_response<B>(req: &Request<B>, redirect: Option<&http::Uri>) -> Response
     response
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called,
+/// not when the future is first polled: a signal that arrives before the task awaiting it has
+/// run (right after "keygate listening") must not kill the process the default way.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

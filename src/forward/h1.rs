@@ -1,0 +1,343 @@
+//! The upstream's request head for keygate's own HTTP/1.1, written from the client's head in
+//! one pass: the same hygiene as for hyper's requests (module doc of [`crate::forward`]), on
+//! header lines instead of a header map. Header names keep the case the client sent.
+
+use crate::credential::CredentialHeader;
+use crate::h1::{Framing, Request};
+use crate::head::Head;
+use crate::keys::cached::CachedKey;
+
+/// What the head needs besides the client's request.
+pub struct RequestContext<'a> {
+    /// Path prefix of the upstream URL ("" for none).
+    pub base_path: &'a str,
+    /// The path to forward (normalized when the client's was not).
+    pub path: &'a str,
+    /// `Host` for the upstream when the client's is not kept.
+    pub upstream_host: &'a [u8],
+    pub preserve_host: bool,
+    pub credential_headers: &'a [CredentialHeader],
+    pub key: Option<&'a CachedKey>,
+    /// The TCP peer's address, canonical.
+    pub peer: &'a [u8],
+    pub peer_trusted: bool,
+    pub tls: bool,
+    /// How the body goes upstream: `Content-Length` or chunked (keygate's own framing).
+    pub framing: Framing,
+    /// Keep `Connection: upgrade` + `Upgrade` (the request is an admitted upgrade).
+    pub upgrade: bool,
+}
+
+/// Appends the head to `out`.
+pub fn write_request_head(out: &mut Vec<u8>, req: &Request, cx: &RequestContext) {
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(cx.base_path.as_bytes());
+    out.extend_from_slice(cx.path.as_bytes());
+    if let Some(query) = req.query() {
+        out.push(b'?');
+        out.extend_from_slice(query.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    let mut host: Option<&[u8]> = req.target_authority().map(str::as_bytes);
+    let (mut has_proto, mut has_forwarded_host) = (false, false);
+    let mut chain: Option<Vec<&[u8]>> = None;
+    for (name, value) in req.fields() {
+        match classify(name) {
+            Class::Keep => {}
+            Class::Drop => continue,
+            Class::Host => {
+                host.get_or_insert(value);
+                continue;
+            }
+            Class::Credential(which) => {
+                // `Authorization: Basic …` is the upstream's credential, not an API key.
+                let ours = cx.credential_headers.contains(&which)
+                    && (which != CredentialHeader::Authorization || is_bearer(value));
+                if ours {
+                    continue;
+                }
+            }
+            Class::ForwardedFor => {
+                if cx.peer_trusted {
+                    chain.get_or_insert_with(Vec::new).push(value);
+                }
+                continue;
+            }
+            Class::ForwardedProto | Class::ForwardedHost if !cx.peer_trusted => continue,
+            Class::ForwardedProto => has_proto = true,
+            Class::ForwardedHost => has_forwarded_host = true,
+            Class::Expect if value.eq_ignore_ascii_case(b"100-continue") => continue,
+            Class::Expect => {}
+        }
+        if req.connection_names(name) {
+            continue;
+        }
+        line(out, name, value);
+    }
+
+    match (host, cx.preserve_host) {
+        (Some(host), true) => line(out, b"host", host),
+        _ => line(out, b"host", cx.upstream_host),
+    }
+    match cx.framing {
+        Framing::Length(n) => line(
+            out,
+            b"content-length",
+            itoa::Buffer::new().format(n).as_bytes(),
+        ),
+        Framing::Chunked => line(out, b"transfer-encoding", b"chunked"),
+        Framing::Empty | Framing::Close => {}
+    }
+    if let Some(key) = cx.key {
+        identity(out, key);
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for hop in chain.iter().flatten() {
+        out.extend_from_slice(hop);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(cx.peer);
+    out.extend_from_slice(b"\r\n");
+    if !has_proto {
+        let proto: &[u8] = if cx.tls { b"https" } else { b"http" };
+        line(out, b"x-forwarded-proto", proto);
+    }
+    if let (false, Some(host)) = (has_forwarded_host, host) {
+        line(out, b"x-forwarded-host", host);
+    }
+    if let (true, Some(protocol)) = (cx.upgrade, req.upgrade()) {
+        line(out, b"connection", b"upgrade");
+        line(out, b"upgrade", protocol);
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// keygate's identity headers (every `x-keygate-*` the client sent was dropped).
+fn identity(out: &mut Vec<u8>, key: &CachedKey) {
+    line(out, b"x-keygate-key-id", key.id.as_bytes());
+    if let Some(owner) = key.owner.header() {
+        line(out, b"x-keygate-owner", owner.as_bytes());
+    }
+    if let Some(scopes) = key.scopes.header() {
+        line(out, b"x-keygate-scopes", scopes.as_bytes());
+    }
+    line(out, b"x-keygate-env", key.env.as_str().as_bytes());
+    for (name, bound) in [
+        (&b"x-keygate-workspace"[..], key.workspace()),
+        (b"x-keygate-project", key.project()),
+    ] {
+        // Bound values are checked at creation; a value that could break the head is left out.
+        if let Some(v) = bound.filter(|v| v.bytes().all(|b| b.is_ascii_graphic() || b == b' ')) {
+            line(out, name, v.as_bytes());
+        }
+    }
+}
+
+/// What a client header line means for the upstream's head.
+#[derive(Debug, PartialEq, Eq)]
+enum Class {
+    Keep,
+    /// Hop-by-hop, framing (keygate writes its own), or keygate's own `x-keygate-*`.
+    Drop,
+    Host,
+    Credential(CredentialHeader),
+    ForwardedFor,
+    ForwardedProto,
+    ForwardedHost,
+    Expect,
+}
+
+/// Sorted by length first: most names are compared with nothing at all.
+fn classify(name: &[u8]) -> Class {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 if is("te") => Class::Drop,
+        4 if is("host") => Class::Host,
+        6 if is("expect") => Class::Expect,
+        7 if is("upgrade") || is("trailer") => Class::Drop,
+        9 if is("x-api-key") => Class::Credential(CredentialHeader::XApiKey),
+        10 if is("connection") || is("keep-alive") => Class::Drop,
+        13 if is("authorization") => Class::Credential(CredentialHeader::Authorization),
+        14 if is("content-length") => Class::Drop,
+        15 if is("x-forwarded-for") => Class::ForwardedFor,
+        16 if is("x-forwarded-host") => Class::ForwardedHost,
+        16 if is("proxy-connection") => Class::Drop,
+        17 if is("x-forwarded-proto") => Class::ForwardedProto,
+        17 if is("transfer-encoding") => Class::Drop,
+        18 if is("proxy-authenticate") => Class::Drop,
+        19 if is("proxy-authorization") => Class::Drop,
+        20 if is("project-access-token") => Class::Credential(CredentialHeader::ProjectAccessToken),
+        n if n >= 10 && name[..10].eq_ignore_ascii_case(b"x-keygate-") => Class::Drop,
+        _ => Class::Keep,
+    }
+}
+
+/// `Bearer <token>`, in any case, after optional whitespace.
+fn is_bearer(value: &[u8]) -> bool {
+    value
+        .trim_ascii_start()
+        .get(..6)
+        .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::h1::RequestHead;
+
+    fn rewrite(raw: &str, cx: &RequestContext) -> String {
+        let mut head = RequestHead::default();
+        assert!(head.parse(raw.as_bytes(), 64 * 1024).unwrap());
+        let req = Request {
+            head: &head,
+            buf: raw.as_bytes(),
+        };
+        let mut out = Vec::new();
+        write_request_head(&mut out, &req, cx);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn context() -> RequestContext<'static> {
+        RequestContext {
+            base_path: "",
+            path: "/v1/x",
+            upstream_host: b"up:3000",
+            preserve_host: true,
+            credential_headers: &[
+                CredentialHeader::Authorization,
+                CredentialHeader::XApiKey,
+                CredentialHeader::ProjectAccessToken,
+            ],
+            key: None,
+            peer: b"10.0.0.7",
+            peer_trusted: false,
+            tls: false,
+            framing: Framing::Empty,
+            upgrade: false,
+        }
+    }
+
+    #[test]
+    fn classify_matches_the_names() {
+        for (name, want) in [
+            ("Host", Class::Host),
+            ("X-API-KEY", Class::Credential(CredentialHeader::XApiKey)),
+            ("X-Keygate-Owner", Class::Drop),
+            ("x-keygate-", Class::Drop),
+            ("Transfer-Encoding", Class::Drop),
+            ("x-forwarded-proto", Class::ForwardedProto),
+            ("Accept", Class::Keep),
+            ("proxy-connection", Class::Drop),
+        ] {
+            assert_eq!(classify(name.as_bytes()), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn what_the_upstream_sees() {
+        let raw = "GET /v1//x?a=1 HTTP/1.1\r\nHost: api.example\r\nX-Api-Key: kg_secret\r\n\
+                   Authorization: Basic dTpw\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+                   Keep-Alive: 5\r\nTE: trailers\r\nX-Keygate-Owner: forged\r\n\
+                   X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n";
+        let got = rewrite(raw, &context());
+        assert!(got.starts_with("GET /v1/x?a=1 HTTP/1.1\r\n"), "{got}");
+        for gone in [
+            "kg_secret",
+            "X-Hop",
+            "Keep-Alive",
+            "TE:",
+            "forged",
+            "6.6.6.6",
+            "https",
+        ] {
+            assert!(!got.contains(gone), "{gone} forwarded: {got}");
+        }
+        for kept in [
+            "Authorization: Basic dTpw\r\n",
+            "Accept: */*\r\n",
+            "host: api.example\r\n",
+            "x-forwarded-for: 10.0.0.7\r\n",
+            "x-forwarded-proto: http\r\n",
+            "x-forwarded-host: api.example\r\n",
+        ] {
+            assert!(got.contains(kept), "{kept:?} missing: {got}");
+        }
+        assert!(got.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn trusted_proxies_extend_the_chain_and_keep_proto_and_host() {
+        let raw = "POST /v1/x HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n\
+                   X-Forwarded-For: 10.0.0.9\r\nX-Forwarded-Proto: https\r\n\
+                   X-Forwarded-Host: public.example\r\nContent-Length: 3\r\n\r\n";
+        let cx = RequestContext {
+            peer_trusted: true,
+            preserve_host: false,
+            framing: Framing::Length(3),
+            ..context()
+        };
+        let got = rewrite(raw, &cx);
+        for want in [
+            "x-forwarded-for: 1.2.3.4, 10.0.0.9, 10.0.0.7\r\n",
+            "X-Forwarded-Proto: https\r\n",
+            "X-Forwarded-Host: public.example\r\n",
+            "host: up:3000\r\n",
+            "content-length: 3\r\n",
+        ] {
+            assert!(got.contains(want), "{want:?} missing: {got}");
+        }
+        assert!(!got.contains("x-forwarded-proto: http\r"), "{got}");
+        assert_eq!(got.matches("Content-Length").count(), 0, "{got}");
+    }
+
+    #[test]
+    fn upgrades_and_chunked_bodies_get_keygates_framing() {
+        let raw = "GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Key: k\r\n\r\n";
+        let got = rewrite(
+            raw,
+            &RequestContext {
+                upgrade: true,
+                ..context()
+            },
+        );
+        assert!(
+            got.contains("connection: upgrade\r\nupgrade: websocket\r\n"),
+            "{got}"
+        );
+        assert!(got.contains("Sec-WebSocket-Key: k\r\n"), "{got}");
+        let got = rewrite(raw, &context());
+        assert!(!got.to_ascii_lowercase().contains("upgrade"), "{got}");
+
+        let raw = "PUT /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\
+                   Expect: 100-continue\r\n\r\n";
+        let got = rewrite(
+            raw,
+            &RequestContext {
+                framing: Framing::Chunked,
+                ..context()
+            },
+        );
+        assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
+        assert!(!got.contains("Transfer-Encoding"), "{got}");
+        assert!(!got.contains("100-continue"), "{got}");
+    }
+
+    #[test]
+    fn an_absolute_target_names_the_host() {
+        let raw = "GET http://api.example:8080/v1/x?q HTTP/1.1\r\nHost: ignored\r\n\r\n";
+        let got = rewrite(raw, &context());
+        assert!(got.starts_with("GET /v1/x?q HTTP/1.1\r\n"), "{got}");
+        assert!(got.contains("host: api.example:8080\r\n"), "{got}");
+        assert!(!got.contains("ignored"), "{got}");
+    }
+}

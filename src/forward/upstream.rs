@@ -1,0 +1,365 @@
+//! Upstream connections for keygate's own HTTP/1.1 ([`crate::h1`]): opening them (TCP, then
+//! TLS for an `https` upstream), telling whether an idle one can still carry a request, and
+//! parking idle ones between client connections.
+//!
+//! Each HTTP/1.1 client connection owns one upstream connection and uses it for its requests
+//! one after another, in its own task: a request and its response never cross to another
+//! task, and there is no pool to check out of. When a client connection ends, or has been idle
+//! for half a header timeout, its upstream connection is parked ([`Parking`]) for any client
+//! connection: clients that open a connection per request still reuse upstream connections
+//! instead of leaving a TIME_WAIT socket behind per request, and idle keep-alive clients do
+//! not pin upstream connections. Parked connections expire after [`PARK_FOR`]; at most
+//! [`PARK_MAX`] are kept.
+//!
+//! An idle connection is never waited on, so a close from the upstream is noticed when the
+//! connection is next taken: [`Link::usable`] looks, without blocking, for anything that
+//! arrived since the last response. A request that still meets a connection closed at that
+//! very moment is retried once on a new one when that is safe (see `h1::serve`).
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use http::Uri;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::h1::Buffer;
+
+/// A parked connection older than this is closed instead of reused. Shorter than the idle
+/// timeouts of common upstream servers (nginx 75 s, Go 90 s) so that most are ours to close;
+/// a shorter one (Node.js 5 s) is noticed when the connection is taken.
+pub const PARK_FOR: Duration = Duration::from_secs(30);
+/// Idle connections kept per forwarder: beyond this many client connections closing at once,
+/// closing the extra upstream connections is cheaper than holding them.
+pub const PARK_MAX: usize = 256;
+/// The read buffer of an upstream connection: response heads and body pieces.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// Which upstream a connection leads to. A config reload makes a new forwarder, so a
+/// connection opened under an older config is never reused under the new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub forwarder: u64,
+    pub sandbox: bool,
+}
+
+/// The transport to the upstream.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// An open upstream connection, with what was read from it and not used yet.
+pub struct Link {
+    pub stream: Stream,
+    pub buf: Buffer,
+    pub route: Route,
+    /// It carried a request before: a failure before any response byte may be a close that
+    /// crossed the request on the wire, not a refusal.
+    pub reused: bool,
+}
+
+impl Link {
+    /// Whether it can carry the next request: nothing arrived since its last response (a
+    /// close, most likely, or bytes it should not have sent), checked without waiting.
+    pub fn usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(Waker::noop());
+        // Pending: nothing there (for plain TCP, without a system call unless the socket was
+        // reported readable). TLS may read and keep a session ticket, which is fine.
+        Pin::new(&mut self.stream)
+            .poll_read(&mut cx, &mut probe)
+            .is_pending()
+    }
+}
+
+/// Where one upstream is and how to reach it.
+struct Address {
+    host: String,
+    port: u16,
+    /// For an `https` upstream: the name its certificate must carry.
+    tls_name: Option<ServerName<'static>>,
+}
+
+impl Address {
+    fn new(url: &Uri) -> Result<Self, String> {
+        let https = url.scheme_str() == Some("https");
+        let host = url.host().ok_or("the upstream URL has no host")?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let tls_name = match https {
+            true => Some(
+                ServerName::try_from(host.clone())
+                    .map_err(|e| format!("the upstream host is not a TLS name: {e}"))?,
+            ),
+            false => None,
+        };
+        Ok(Self {
+            host,
+            port,
+            tls_name,
+        })
+    }
+}
+
+/// Why no upstream connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("connecting to the upstream timed out")]
+    Timeout,
+    #[error("connecting to the upstream: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Opens connections to the production or the sandbox upstream.
+pub struct Dialer {
+    production: Address,
+    sandbox: Option<Address>,
+    tls: TlsConnector,
+    connect_timeout: Duration,
+}
+
+impl Dialer {
+    pub fn new(
+        production: &Uri,
+        sandbox: Option<&Uri>,
+        tls: Arc<rustls::ClientConfig>,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            production: Address::new(production)?,
+            sandbox: sandbox.map(Address::new).transpose()?,
+            tls: TlsConnector::from(tls),
+            connect_timeout,
+        })
+    }
+
+    /// A new connection for `route`, within the connect timeout (TLS handshake included).
+    pub async fn dial(&self, route: Route) -> Result<Link, DialError> {
+        let address = match (&self.sandbox, route.sandbox) {
+            (Some(sandbox), true) => sandbox,
+            _ => &self.production,
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, self.open(address))
+            .await
+            .map_err(|_| DialError::Timeout)??;
+        Ok(Link {
+            stream,
+            buf: Buffer::with_capacity(READ_BUFFER),
+            route,
+            reused: false,
+        })
+    }
+
+    async fn open(&self, address: &Address) -> io::Result<Stream> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((address.host.as_str(), address.port))
+            .await?
+            .collect();
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "the upstream host has no address");
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(tcp) => {
+                    tcp.set_nodelay(true)?;
+                    return match &address.tls_name {
+                        None => Ok(Stream::Plain(tcp)),
+                        Some(name) => {
+                            let tls = self.tls.connect(name.clone(), tcp).await?;
+                            Ok(Stream::Tls(Box::new(tls)))
+                        }
+                    };
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
+
+/// Idle upstream connections between client connections, newest at the back.
+#[derive(Default)]
+pub struct Parking {
+    idle: Mutex<VecDeque<(Instant, Link)>>,
+}
+
+impl Parking {
+    /// Keeps `link` for the next client connection that needs its route, if it is usable.
+    pub fn park(&self, mut link: Link) {
+        if !link.usable() {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        expire(&mut idle);
+        if idle.len() >= PARK_MAX {
+            idle.pop_front();
+        }
+        idle.push_back((Instant::now(), link));
+    }
+
+    /// The newest usable parked connection to `route`; closes the unusable ones it meets.
+    pub fn take(&self, route: Route) -> Option<Link> {
+        let mut idle = lock(&self.idle);
+        expire(&mut idle);
+        while let Some(at) = idle.iter().rposition(|(_, link)| link.route == route) {
+            let (_, mut link) = idle.remove(at).expect("position is in range");
+            if link.usable() {
+                return Some(link);
+            }
+        }
+        None
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.idle).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn expire(idle: &mut VecDeque<(Instant, Link)>) {
+    while idle.front().is_some_and(|(at, _)| at.elapsed() >= PARK_FOR) {
+        idle.pop_front();
+    }
+}
+
+/// A poisoned lock only means another task panicked while holding it; the queue is valid in
+/// every state.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    const ROUTE: Route = Route {
+        forwarder: 0,
+        sandbox: false,
+    };
+
+    /// `n` connections to a real loopback listener, and the server ends of them.
+    async fn links(n: usize) -> (Vec<Link>, Vec<TcpStream>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let tls = Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        );
+        let dialer = Dialer::new(&url, None, tls, Duration::from_secs(2)).unwrap();
+        let (mut out, mut servers) = (Vec::new(), Vec::new());
+        for _ in 0..n {
+            out.push(dialer.dial(ROUTE).await.unwrap());
+            servers.push(listener.accept().await.unwrap().0);
+        }
+        (out, servers)
+    }
+
+    #[tokio::test]
+    async fn parking_keeps_the_newest_and_forgets_the_expired() {
+        let home = Parking::default();
+        let (mut made, _servers) = links(PARK_MAX + 2).await;
+        let newest = made.pop().unwrap();
+        for link in made {
+            home.park(link);
+        }
+        assert_eq!(home.len(), PARK_MAX, "the oldest go beyond PARK_MAX");
+
+        // Everything parked longer than PARK_FOR ago is closed on the next park; a fresh one
+        // is handed out.
+        for (at, _) in lock(&home.idle).iter_mut() {
+            *at -= PARK_FOR;
+        }
+        home.park(newest);
+        assert_eq!(home.len(), 1);
+        let other = Route {
+            sandbox: true,
+            ..ROUTE
+        };
+        assert!(home.take(other).is_none(), "no connection to the sandbox");
+        assert!(home.take(ROUTE).is_some());
+        assert!(home.take(ROUTE).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_or_wrote_to_is_not_usable() {
+        let (mut made, mut servers) = links(3).await;
+        assert!(made[0].usable(), "an idle, open connection");
+        drop(servers.remove(0));
+        servers[0].write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        // Give the reactor a turn to see both.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!made[0].usable(), "closed by the upstream");
+        assert!(!made[1].usable(), "bytes nobody asked for");
+        assert!(made[2].usable());
+        let home = Parking::default();
+        for link in made {
+            home.park(link);
+        }
+        assert_eq!(home.len(), 1, "only the usable one is parked");
+    }
+}

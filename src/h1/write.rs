@@ -1,0 +1,701 @@
+//! What keygate writes to an HTTP/1.1 client: the upstream's response head, rewritten (framing
+//! chosen for this client, hop-by-hop headers gone, rate-limit headers added), and keygate's own
+//! JSON refusals, whose status, headers and body come from [`Reject`].
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+
+use super::body::Encoding;
+use super::head::{Framing, digits, list};
+use crate::limits::{self, ResetStyle, WindowState};
+use crate::reject::Reject;
+
+/// An upstream response head larger than this, or with more lines, is a broken upstream.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+const MAX_RESPONSE_LINES: usize = 256;
+
+/// The rate-limit window a response reports, when the key is on a plan.
+#[derive(Clone, Copy)]
+pub struct Limit<'a> {
+    pub window: &'a WindowState,
+    pub now_secs: u64,
+    pub style: ResetStyle,
+}
+
+/// What the client's request says about its response.
+pub struct ResponseContext<'a> {
+    /// A `HEAD` request: the response has no body, whatever it declares.
+    pub head_request: bool,
+    pub client_http11: bool,
+    /// The client connection may stay open after this response (the client wants it, its
+    /// request body is consumed, keygate is not stopping).
+    pub keep_alive: bool,
+    /// The request was an upgrade and went upstream as one.
+    pub upgrade: bool,
+    pub limit: Option<Limit<'a>>,
+}
+
+/// A response head from the upstream, as far as it has arrived.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Partial,
+    /// A 1xx before the final response: `len` bytes of head, written to `out` if the client
+    /// should see it.
+    Interim {
+        len: usize,
+    },
+    Final(Response),
+}
+
+/// A final response head, written to `out`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Response {
+    pub len: usize,
+    pub status: u16,
+    /// How the upstream delimits the body.
+    pub framing: Framing,
+    /// How it goes to the client.
+    pub encoding: Encoding,
+    pub client_keep_alive: bool,
+    /// The upstream connection can carry another request once the body is read.
+    pub upstream_keep_alive: bool,
+    /// `101 Switching Protocols` to the requested upgrade: the connections are spliced next.
+    pub switching: bool,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("the upstream's response head is larger than {MAX_RESPONSE_HEAD} bytes")]
+    TooLarge,
+    #[error("the upstream's response is malformed: {0}")]
+    Malformed(&'static str),
+}
+
+/// Parses the response head at the start of `buf` and writes the client's version of it to
+/// `out`.
+pub fn response_head(
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    cx: &ResponseContext,
+) -> Result<Parsed, ResponseError> {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_LINES];
+    let mut resp = httparse::Response::new(&mut lines);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_RESPONSE_HEAD => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => {
+            return Ok(Parsed::Partial);
+        }
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooLarge),
+        Err(_) => return Err(ResponseError::Malformed("the head does not parse")),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(ResponseError::Malformed("no status line"));
+    };
+    let headers = &*resp.headers;
+
+    let mut length: Option<u64> = None;
+    let (mut coded, mut chunked_last) = (false, false);
+    let (mut close, mut keep_alive) = (false, false);
+    let mut named: Vec<&[u8]> = Vec::new();
+    let mut present = 0u8;
+    let mut has_date = false;
+    for h in headers {
+        let (name, value) = (h.name.as_bytes(), h.value);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            for part in list(value) {
+                let n = digits(part).ok_or(ResponseError::Malformed("Content-Length"))?;
+                if length.is_some_and(|seen| seen != n) {
+                    return Err(ResponseError::Malformed("conflicting Content-Length"));
+                }
+                length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            for coding in list(value) {
+                coded = true;
+                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in list(value) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else {
+                    named.push(token);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"date") {
+            has_date = true;
+        } else if let Some(i) = limits::headers::index(name) {
+            present |= 1 << i;
+        }
+    }
+
+    if (100..200).contains(&status) {
+        return match status {
+            101 if cx.upgrade => {
+                // The handshake itself: its Connection and Upgrade go to the client as sent.
+                status_line(out, status, resp.reason);
+                for h in headers {
+                    line(out, h.name.as_bytes(), h.value);
+                }
+                out.extend_from_slice(b"\r\n");
+                Ok(Parsed::Final(Response {
+                    len,
+                    status,
+                    framing: Framing::Empty,
+                    encoding: Encoding::Raw,
+                    client_keep_alive: false,
+                    upstream_keep_alive: false,
+                    switching: true,
+                }))
+            }
+            101 => Err(ResponseError::Malformed(
+                "101 to a request that was no upgrade",
+            )),
+            // keygate answered any `Expect: 100-continue` itself.
+            100 => Ok(Parsed::Interim { len }),
+            _ => {
+                if cx.client_http11 {
+                    status_line(out, status, resp.reason);
+                    kept(out, headers, &named);
+                    out.extend_from_slice(b"\r\n");
+                }
+                Ok(Parsed::Interim { len })
+            }
+        };
+    }
+
+    // RFC 9112 §6.3, in its order.
+    let framing = if cx.head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if coded {
+        if chunked_last {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    let upstream_keep_alive = framing != Framing::Close
+        && if version == 1 {
+            !close
+        } else {
+            keep_alive && !close
+        };
+    let encoding = match framing {
+        Framing::Chunked | Framing::Close if cx.client_http11 => Encoding::Chunked,
+        _ => Encoding::Raw,
+    };
+    // An HTTP/1.0 client learns where an undelimited body ends from the close.
+    let delimited = !matches!(framing, Framing::Chunked | Framing::Close);
+    let client_keep_alive = cx.keep_alive && (cx.client_http11 || delimited);
+
+    status_line(out, status, resp.reason);
+    kept(out, headers, &named);
+    match framing {
+        Framing::Length(n) => length_line(out, n),
+        // A HEAD or 304 says what the body would be; a 204 has none to speak of.
+        Framing::Empty if status != 204 => {
+            if let (Some(n), false) = (length, coded) {
+                length_line(out, n);
+            }
+        }
+        Framing::Empty => {}
+        Framing::Chunked | Framing::Close => {
+            if encoding == Encoding::Chunked {
+                line(out, b"transfer-encoding", b"chunked");
+            }
+        }
+    }
+    finish(
+        out,
+        cx.limit,
+        present,
+        has_date,
+        client_keep_alive,
+        cx.client_http11,
+    );
+    Ok(Parsed::Final(Response {
+        len,
+        status,
+        framing,
+        encoding,
+        client_keep_alive,
+        upstream_keep_alive,
+        switching: false,
+    }))
+}
+
+/// A refusal, whole: head and JSON body.
+pub fn refusal(
+    out: &mut Vec<u8>,
+    reject: &Reject,
+    limit: Option<Limit>,
+    keep_alive: bool,
+    client_http11: bool,
+) {
+    let body = reject.body();
+    status_line(out, reject.status().as_u16(), None);
+    line(out, b"content-type", b"application/json");
+    length_line(out, body.len() as u64);
+    for (name, value) in reject.headers() {
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    finish(out, limit, 0, false, keep_alive, client_http11);
+    out.extend_from_slice(body.as_bytes());
+}
+
+/// Turns a head written by [`response_head`] for a connection that stays open into one that
+/// says it closes: the only way its `connection` line can change after the fact.
+pub fn close_instead(out: &mut Vec<u8>) {
+    const KEEP: &[u8] = b"connection: keep-alive\r\n\r\n";
+    let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return;
+    };
+    let mut at = end + 2;
+    if out[..end + 4].ends_with(KEEP) {
+        at = end + 4 - KEEP.len();
+    }
+    let body = out.split_off(end + 4);
+    out.truncate(at);
+    line(out, b"connection", b"close");
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+}
+
+/// The interim response to `Expect: 100-continue`, once the request is admitted.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Rate-limit headers, `Date` if the upstream sent none, the connection's fate, the blank line.
+fn finish(
+    out: &mut Vec<u8>,
+    limit: Option<Limit>,
+    present: u8,
+    has_date: bool,
+    keep_alive: bool,
+    client_http11: bool,
+) {
+    if let Some(l) = limit {
+        limits::headers::write(out, l.window, l.now_secs, l.style, present);
+    }
+    if !has_date {
+        date(out);
+    }
+    if !keep_alive {
+        line(out, b"connection", b"close");
+    } else if !client_http11 {
+        line(out, b"connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The header lines that go on: all but hop-by-hop ones, those `Connection` names, and the
+/// framing, which keygate writes itself.
+fn kept(out: &mut Vec<u8>, headers: &[httparse::Header], named: &[&[u8]]) {
+    for h in headers {
+        let name = h.name.as_bytes();
+        if hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        line(out, name, h.value);
+    }
+}
+
+fn hop_by_hop(name: &[u8]) -> bool {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("upgrade") || is("trailer"),
+        10 => is("connection") || is("keep-alive"),
+        14 => is("content-length"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding"),
+        18 => is("proxy-authenticate"),
+        _ => false,
+    }
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    let canonical = || {
+        StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+    };
+    let reason = reason.filter(|r| !r.is_empty()).or_else(canonical);
+    out.extend_from_slice(reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+pub fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn length_line(out: &mut Vec<u8>, n: u64) {
+    line(
+        out,
+        b"content-length",
+        itoa::Buffer::new().format(n).as_bytes(),
+    );
+}
+
+/// `date: <IMF-fixdate>`, formatted once per second per thread.
+fn date(out: &mut Vec<u8>) {
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((0, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHED.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            let formatted = httpdate::fmt_http_date(now);
+            if formatted.len() == text.len() {
+                text.copy_from_slice(formatted.as_bytes());
+                *at = secs;
+            }
+        }
+        if *at == secs {
+            line(out, b"date", text);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> ResponseContext<'static> {
+        ResponseContext {
+            head_request: false,
+            client_http11: true,
+            keep_alive: true,
+            upgrade: false,
+            limit: None,
+        }
+    }
+
+    fn rewrite(raw: &str, cx: &ResponseContext) -> (Result<Parsed, ResponseError>, String) {
+        let mut out = Vec::new();
+        let parsed = response_head(raw.as_bytes(), &mut out, cx);
+        (parsed, String::from_utf8(out).unwrap())
+    }
+
+    fn fin(raw: &str, cx: &ResponseContext) -> (Response, String) {
+        match rewrite(raw, cx) {
+            (Ok(Parsed::Final(r)), text) => (r, text),
+            other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn framing_table() {
+        use Framing::*;
+        let http10 = ResponseContext {
+            client_http11: false,
+            ..context()
+        };
+        let head = ResponseContext {
+            head_request: true,
+            ..context()
+        };
+        // (response, context, upstream framing, encoding to the client, client keeps alive,
+        // upstream keeps alive, framing header the client gets)
+        type Case<'a> = (
+            &'a str,
+            &'a ResponseContext<'a>,
+            Framing,
+            Encoding,
+            bool,
+            bool,
+            &'a str,
+        );
+        let cases: &[Case] = &[
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                &context(),
+                Length(5),
+                Encoding::Raw,
+                true,
+                true,
+                "content-length: 5",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                &context(),
+                Chunked,
+                Encoding::Chunked,
+                true,
+                true,
+                "transfer-encoding: chunked",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                &context(),
+                Close,
+                Encoding::Chunked,
+                true,
+                false,
+                "transfer-encoding: chunked",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                &context(),
+                Close,
+                Encoding::Chunked,
+                true,
+                false,
+                "transfer-encoding: chunked",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+                &context(),
+                Chunked,
+                Encoding::Chunked,
+                true,
+                true,
+                "transfer-encoding: chunked",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                &http10,
+                Chunked,
+                Encoding::Raw,
+                false,
+                true,
+                "connection: close",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                &http10,
+                Length(5),
+                Encoding::Raw,
+                true,
+                true,
+                "connection: keep-alive",
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                &context(),
+                Empty,
+                Encoding::Raw,
+                true,
+                true,
+                "",
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n",
+                &context(),
+                Empty,
+                Encoding::Raw,
+                true,
+                true,
+                "content-length: 50",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n",
+                &head,
+                Empty,
+                Encoding::Raw,
+                true,
+                true,
+                "content-length: 50",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\n",
+                &context(),
+                Length(5),
+                Encoding::Raw,
+                true,
+                false,
+                "content-length: 5",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n",
+                &context(),
+                Length(5),
+                Encoding::Raw,
+                true,
+                false,
+                "content-length: 5",
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\n",
+                &context(),
+                Length(5),
+                Encoding::Raw,
+                true,
+                true,
+                "content-length: 5",
+            ),
+        ];
+        for (raw, cx, framing, encoding, client, upstream, header) in cases {
+            let (r, text) = fin(raw, cx);
+            assert_eq!(
+                (
+                    r.framing,
+                    r.encoding,
+                    r.client_keep_alive,
+                    r.upstream_keep_alive
+                ),
+                (*framing, *encoding, *client, *upstream),
+                "{raw:?}"
+            );
+            assert!(text.contains(header), "{raw:?} gave {text:?}");
+            assert!(text.ends_with("\r\n\r\n"), "{text:?}");
+            assert_eq!(r.len, raw.len());
+        }
+    }
+
+    #[test]
+    fn broken_responses_are_errors() {
+        let cases = [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            "SMTP ready\r\n\r\n",
+        ];
+        for raw in cases {
+            assert!(rewrite(raw, &context()).0.is_err(), "{raw:?}");
+        }
+        let huge = format!(
+            "HTTP/1.1 200 OK\r\nX: {}\r\n\r\n",
+            "a".repeat(MAX_RESPONSE_HEAD)
+        );
+        assert_eq!(rewrite(&huge, &context()).0, Err(ResponseError::TooLarge));
+        assert_eq!(
+            rewrite("HTTP/1.1 200 OK\r\nX: y", &context()).0,
+            Ok(Parsed::Partial)
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_rest_stays() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+                   Keep-Alive: timeout=5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+                   Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n";
+        let (_, text) = fin(raw, &context());
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+             Date: Tue, 01 Dec 2026 00:00:00 GMT\r\ncontent-length: 0\r\n\r\n"
+        );
+        // No Date from the upstream: keygate adds one.
+        let (_, text) = fin("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &context());
+        assert!(text.contains("\r\ndate: "), "{text}");
+    }
+
+    #[test]
+    fn interim_responses_and_upgrades() {
+        let (parsed, text) = rewrite(
+            "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200",
+            &context(),
+        );
+        assert_eq!(parsed, Ok(Parsed::Interim { len: 40 }));
+        assert_eq!(text, "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
+        let http10 = ResponseContext {
+            client_http11: false,
+            ..context()
+        };
+        let (_, text) = rewrite("HTTP/1.1 103 Early Hints\r\n\r\n", &http10);
+        assert_eq!(text, "", "an HTTP/1.0 client gets no interim response");
+        let (parsed, text) = rewrite("HTTP/1.1 100 Continue\r\n\r\n", &context());
+        assert_eq!(parsed, Ok(Parsed::Interim { len: 25 }));
+        assert_eq!(text, "");
+
+        let upgrade = ResponseContext {
+            upgrade: true,
+            ..context()
+        };
+        let raw =
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let (r, text) = fin(raw, &upgrade);
+        assert!(r.switching);
+        assert_eq!(text, raw);
+    }
+
+    #[test]
+    fn rate_limit_headers_are_added_unless_the_upstream_set_them() {
+        let window = WindowState {
+            name: "per_hour",
+            limit: 10,
+            remaining: 9,
+            reset_secs: 60,
+            window_secs: 3600,
+        };
+        let cx = ResponseContext {
+            limit: Some(Limit {
+                window: &window,
+                now_secs: 0,
+                style: ResetStyle::Delta,
+            }),
+            ..context()
+        };
+        let raw = "HTTP/1.1 200 OK\r\nX-RateLimit-Limit: 5\r\nContent-Length: 0\r\n\r\n";
+        let (_, text) = fin(raw, &cx);
+        assert!(text.contains("X-RateLimit-Limit: 5\r\n"), "{text}");
+        assert!(!text.contains("x-ratelimit-limit"), "{text}");
+        assert!(text.contains("x-ratelimit-remaining: 9\r\n"), "{text}");
+        assert!(
+            text.contains("ratelimit: \"per_hour\";r=9;t=60\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_kept_alive_head_can_be_turned_into_a_closing_one() {
+        let http10 = ResponseContext {
+            client_http11: false,
+            ..context()
+        };
+        for cx in [context(), http10] {
+            let mut out = Vec::new();
+            let raw = "HTTP/1.1 200 OK\r\nDate: x\r\nContent-Length: 2\r\n\r\nok";
+            response_head(raw.as_bytes(), &mut out, &cx).unwrap();
+            out.extend_from_slice(b"ok");
+            close_instead(&mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(
+                text,
+                "HTTP/1.1 200 OK\r\nDate: x\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_are_whole_json_responses() {
+        let mut out = Vec::new();
+        refusal(&mut out, &Reject::InvalidApiKey, None, true, true);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        assert!(
+            head.contains("www-authenticate: Bearer realm=\"keygate\""),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["code"], "invalid_api_key");
+
+        let mut out = Vec::new();
+        refusal(&mut out, &Reject::KeyStoreUnavailable, None, false, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("retry-after: 1\r\n"), "{text}");
+        assert!(text.contains("connection: close\r\n"), "{text}");
+    }
+}
