@@ -211,8 +211,8 @@ impl Proxy {
 
     /// Metrics and the access log line for one finished request, from either engine.
     pub(crate) fn finish(&self, config: &Config, ended: &Ended) {
-        self.metrics
-            .request(ended.decision, ended.status, ended.started.elapsed());
+        let latency = ended.started.elapsed();
+        self.metrics.request(ended.decision, ended.status, latency);
         if config.log.access {
             let audit = ended.audit;
             let key = audit.key.as_deref();
@@ -227,7 +227,7 @@ impl Proxy {
                 owner = key.map(|k| k.owner.as_str()),
                 env = key.map(|k| k.env.as_str()),
                 client_ip = audit.client_ip.map(tracing::field::display),
-                latency_us = ended.started.elapsed().as_micros() as u64,
+                latency_us = latency.as_micros() as u64,
             );
         }
     }

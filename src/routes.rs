@@ -182,33 +182,43 @@ pub struct UnsafePath;
 /// segments are dropped and `..` resolved, so `/public/../admin` is authorized as `/admin`.
 /// Returns `None` when the path is already normal (the common case: no allocation).
 pub fn normalize(path: &str) -> Result<Option<String>, UnsafePath> {
-    let lower_has = |needle: &str| {
-        path.as_bytes()
-            .windows(3)
-            .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
-    };
-    if path.contains('%') && (lower_has("%2e") || lower_has("%2f") || lower_has("%5c")) {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
         return Err(UnsafePath);
     }
-    if !path.starts_with('/') {
-        return Err(UnsafePath);
+    // One pass over the bytes: this runs on every request, and almost every path is normal.
+    let mut needs_work = false;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\\' => return Err(UnsafePath),
+            b'%' => {
+                let code = bytes.get(i + 1..i + 3).unwrap_or_default();
+                if [b"2e", b"2f", b"5c"]
+                    .iter()
+                    .any(|c| code.eq_ignore_ascii_case(*c))
+                {
+                    return Err(UnsafePath);
+                }
+            }
+            b'/' => {
+                let rest = &bytes[i + 1..];
+                let segment = &rest[..rest.iter().position(|&c| c == b'/').unwrap_or(rest.len())];
+                // `//`, `/./`, `/../`, or a path ending in `/.` or `/..`.
+                needs_work |=
+                    (segment.is_empty() && !rest.is_empty()) || segment == b"." || segment == b"..";
+            }
+            _ => {}
+        }
     }
-    let needs_work = path.contains("//")
-        || path.split('/').any(|s| s == "." || s == "..")
-        || path.contains('\\');
     if !needs_work {
         return Ok(None);
-    }
-    if path.contains('\\') {
-        return Err(UnsafePath);
     }
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = path[1..].split('/').collect();
     let last = segments.len() - 1;
-    for (i, seg) in segments.iter().enumerate() {
+    for seg in &segments {
         match *seg {
-            "" if i != last => {}
-            "." => {}
+            "" | "." => {}
             ".." => {
                 out.pop();
             }
@@ -449,7 +459,15 @@ mod tests {
             ("/a%5Cb", Err(UnsafePath)),
             ("/a\\b", Err(UnsafePath)),
             ("/a%20b", Ok(None)),
+            ("/a%2", Ok(None)),
+            ("/a%", Ok(None)),
+            ("/.hidden/x", Ok(None)),
+            ("/a/..b", Ok(None)),
+            ("/a/.", Ok(Some("/a/"))),
+            ("//", Ok(Some("/"))),
+            ("/a//", Ok(Some("/a/"))),
             ("*", Err(UnsafePath)),
+            ("", Err(UnsafePath)),
         ];
         for (path, want) in cases {
             assert_eq!(

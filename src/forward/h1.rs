@@ -43,7 +43,8 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &Request, cx: &RequestContext)
     let mut host: Option<&[u8]> = req.target_authority().map(str::as_bytes);
     let (mut has_proto, mut has_forwarded_host) = (false, false);
     let mut chain: Option<Vec<&[u8]>> = None;
-    for (name, value) in req.fields() {
+    out.reserve(req.head.len + 512);
+    for (name, value, raw) in req.lines() {
         match classify(name) {
             Class::Keep => {}
             Class::Drop => continue,
@@ -74,7 +75,9 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &Request, cx: &RequestContext)
         if req.connection_names(name) {
             continue;
         }
-        line(out, name, value);
+        // The line as the client sent it (name, separator, value), already validated.
+        out.extend_from_slice(raw);
+        out.extend_from_slice(b"\r\n");
     }
 
     match (host, cx.preserve_host) {
@@ -197,10 +200,7 @@ mod tests {
     fn rewrite(raw: &str, cx: &RequestContext) -> String {
         let mut head = RequestHead::default();
         assert!(head.parse(raw.as_bytes(), 64 * 1024).unwrap());
-        let req = Request {
-            head: &head,
-            buf: raw.as_bytes(),
-        };
+        let req = Request::new(&head, raw.as_bytes());
         let mut out = Vec::new();
         write_request_head(&mut out, &req, cx);
         String::from_utf8(out).unwrap()

@@ -75,10 +75,13 @@ impl Link {
             return false;
         }
         let mut probe = [0u8; 1];
+        if let Stream::Plain(tcp) = &self.stream {
+            // No system call unless the socket was reported readable since the last read.
+            return matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        }
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
-        // Pending: nothing there (for plain TCP, without a system call unless the socket was
-        // reported readable). TLS may read and keep a session ticket, which is fine.
+        // Pending: nothing there. TLS may read and keep a session ticket, which is fine.
         Pin::new(&mut self.stream)
             .poll_read(&mut cx, &mut probe)
             .is_pending()

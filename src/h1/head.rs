@@ -45,6 +45,31 @@ struct Field {
     value: Range<usize>,
 }
 
+/// The header names the parser acts on.
+enum Known {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Host,
+    Upgrade,
+    Expect,
+    Other,
+}
+
+/// Sorted by length first: most names are compared with nothing at all.
+fn known(name: &[u8]) -> Known {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        4 if is("host") => Known::Host,
+        6 if is("expect") => Known::Expect,
+        7 if is("upgrade") => Known::Upgrade,
+        10 if is("connection") => Known::Connection,
+        14 if is("content-length") => Known::ContentLength,
+        17 if is("transfer-encoding") => Known::TransferEncoding,
+        _ => Known::Other,
+    }
+}
+
 /// A request head, indexed. One per client connection, refilled for every request so that
 /// parsing allocates nothing once the connection has seen its largest head.
 #[derive(Debug)]
@@ -82,6 +107,7 @@ struct Absolute {
 pub struct Request<'a> {
     pub head: &'a RequestHead,
     pub buf: &'a [u8],
+    path: &'a str,
 }
 
 impl Default for RequestHead {
@@ -176,47 +202,51 @@ impl RequestHead {
                 value: at(line.value),
             });
             let value = line.value;
-            if name.eq_ignore_ascii_case(b"content-length") {
-                for part in list(value) {
-                    let n =
-                        digits(part).ok_or(HeadError::Invalid("Content-Length is malformed"))?;
-                    if length.is_some_and(|seen| seen != n) {
-                        return Err(HeadError::Invalid(
-                            "the request carries conflicting Content-Length values",
-                        ));
-                    }
-                    length = Some(n);
-                }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                for coding in list(value) {
-                    if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
-                        return Err(HeadError::Invalid(
-                            "only Transfer-Encoding: chunked is accepted",
-                        ));
-                    }
-                    chunked = true;
-                }
-                if !chunked {
-                    return Err(HeadError::Invalid("Transfer-Encoding is empty"));
-                }
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in list(value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    } else if token.eq_ignore_ascii_case(b"upgrade") {
-                        upgrade_named = true;
-                    } else {
-                        self.named.push(at(token));
+            match known(name) {
+                Known::Other => {}
+                Known::ContentLength => {
+                    for part in list(value) {
+                        let n = digits(part)
+                            .ok_or(HeadError::Invalid("Content-Length is malformed"))?;
+                        if length.is_some_and(|seen| seen != n) {
+                            return Err(HeadError::Invalid(
+                                "the request carries conflicting Content-Length values",
+                            ));
+                        }
+                        length = Some(n);
                     }
                 }
-            } else if name.eq_ignore_ascii_case(b"host") {
-                hosts += 1;
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = Some(at(value));
-            } else if name.eq_ignore_ascii_case(b"expect") {
-                self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
+                Known::TransferEncoding => {
+                    for coding in list(value) {
+                        if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                            return Err(HeadError::Invalid(
+                                "only Transfer-Encoding: chunked is accepted",
+                            ));
+                        }
+                        chunked = true;
+                    }
+                    if !chunked {
+                        return Err(HeadError::Invalid("Transfer-Encoding is empty"));
+                    }
+                }
+                Known::Connection => {
+                    for token in list(value) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            keep_alive = true;
+                        } else if token.eq_ignore_ascii_case(b"upgrade") {
+                            upgrade_named = true;
+                        } else {
+                            self.named.push(at(token));
+                        }
+                    }
+                }
+                Known::Host => hosts += 1,
+                Known::Upgrade => upgrade = Some(at(value)),
+                Known::Expect => {
+                    self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
+                }
             }
         }
         if self.http11 && hosts != 1 && self.absolute.is_none() {
@@ -263,15 +293,19 @@ impl RequestHead {
 }
 
 impl<'a> Request<'a> {
-    fn text(&self, range: &Range<usize>) -> &'a str {
-        // The target was checked to be ASCII; header names are tokens.
-        std::str::from_utf8(&self.buf[range.clone()]).unwrap_or_default()
+    /// `head` as parsed from `buf`.
+    pub fn new(head: &'a RequestHead, buf: &'a [u8]) -> Self {
+        let path = match &head.absolute {
+            Some(abs) => &abs.path,
+            None => text(buf, &head.path),
+        };
+        Self { head, buf, path }
     }
 
     pub fn query(&self) -> Option<&'a str> {
         match &self.head.absolute {
             Some(abs) => abs.query.as_deref(),
-            None => self.head.query.as_ref().map(|q| self.text(q)),
+            None => self.head.query.as_ref().map(|q| text(self.buf, q)),
         }
     }
 
@@ -287,6 +321,19 @@ impl<'a> Request<'a> {
             .fields
             .iter()
             .map(move |f| (&buf[f.name.clone()], &buf[f.value.clone()]))
+    }
+
+    /// Every header line as (name, value, the line as received from the name to the end of
+    /// the value), in the order received.
+    pub fn lines(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8], &'a [u8])> + 'a {
+        let buf = self.buf;
+        self.head.fields.iter().map(move |f| {
+            let line = match f.value.is_empty() {
+                true => &buf[f.name.clone()],
+                false => &buf[f.name.start..f.value.end],
+            };
+            (&buf[f.name.clone()], &buf[f.value.clone()], line)
+        })
     }
 
     /// Whether `Connection` lists `name` (other than its own options): a hop-by-hop header.
@@ -308,10 +355,7 @@ impl Head for Request<'_> {
     }
 
     fn path(&self) -> &str {
-        match &self.head.absolute {
-            Some(abs) => &abs.path,
-            None => self.text(&self.head.path),
-        }
+        self.path
     }
 
     fn values<'b>(&'b self, name: &'static str) -> impl Iterator<Item = &'b [u8]> + 'b {
@@ -330,6 +374,11 @@ impl Head for Request<'_> {
             _ => None,
         }
     }
+}
+
+/// The target was checked to be ASCII.
+fn text<'a>(buf: &'a [u8], range: &Range<usize>) -> &'a str {
+    std::str::from_utf8(&buf[range.clone()]).unwrap_or_default()
 }
 
 /// `http://authority/path?query` → its parts; anything else is refused.
@@ -522,8 +571,7 @@ mod tests {
             assert_eq!(ok(raw), *want, "{name}: {:?}", parse(raw));
         }
         let head = parse("GET http://h:1/a/b?q=1 HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
-        let buf = b"";
-        let req = Request { head: &head, buf };
+        let req = Request::new(&head, b"");
         assert_eq!(req.path(), "/a/b");
         assert_eq!(req.query(), Some("q=1"));
         assert_eq!(req.target_authority(), Some("h:1"));
@@ -580,20 +628,14 @@ mod tests {
         ];
         for (raw, keep_alive, upgrade, expect) in cases {
             let head = parse(raw).unwrap();
-            let req = Request {
-                head: &head,
-                buf: raw.as_bytes(),
-            };
+            let req = Request::new(&head, raw.as_bytes());
             assert_eq!(head.keep_alive, *keep_alive, "{raw:?}");
             assert_eq!(req.upgrade(), upgrade.map(str::as_bytes), "{raw:?}");
             assert_eq!(head.expect_continue, *expect, "{raw:?}");
         }
         let raw = "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\n";
         let head = parse(raw).unwrap();
-        let req = Request {
-            head: &head,
-            buf: raw.as_bytes(),
-        };
+        let req = Request::new(&head, raw.as_bytes());
         assert!(req.connection_names(b"x-hop"));
         assert!(!req.connection_names(b"keep-alive"));
     }

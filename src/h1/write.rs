@@ -94,7 +94,20 @@ pub fn response_head(
         return Err(ResponseError::Malformed("no status line"));
     };
     let headers = &*resp.headers;
+    // The line as received, from its name to the end of its value.
+    fn raw<'b>(buf: &'b [u8], h: &httparse::Header<'b>) -> &'b [u8] {
+        let at = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
+        match h.value.is_empty() {
+            true => h.name.as_bytes(),
+            false => &buf[at(h.name.as_bytes())..at(h.value) + h.value.len()],
+        }
+    }
+    out.reserve(len + 256);
+    let start = out.len();
+    status_line(out, status, resp.reason);
+    let fields = out.len();
 
+    // One pass: framing and connection options noted, the rest written as it came.
     let mut length: Option<u64> = None;
     let (mut coded, mut chunked_last) = (false, false);
     let (mut close, mut keep_alive) = (false, false);
@@ -102,34 +115,58 @@ pub fn response_head(
     let mut present = 0u8;
     let mut has_date = false;
     for h in headers {
-        let (name, value) = (h.name.as_bytes(), h.value);
-        if name.eq_ignore_ascii_case(b"content-length") {
-            for part in list(value) {
-                let n = digits(part).ok_or(ResponseError::Malformed("Content-Length"))?;
-                if length.is_some_and(|seen| seen != n) {
-                    return Err(ResponseError::Malformed("conflicting Content-Length"));
+        let value = h.value;
+        match classify(h.name.as_bytes()) {
+            Field::ContentLength => {
+                for part in list(value) {
+                    let n = digits(part).ok_or(ResponseError::Malformed("Content-Length"))?;
+                    if length.is_some_and(|seen| seen != n) {
+                        return Err(ResponseError::Malformed("conflicting Content-Length"));
+                    }
+                    length = Some(n);
                 }
-                length = Some(n);
+                continue;
             }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            for coding in list(value) {
-                coded = true;
-                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
-            }
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in list(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                } else {
-                    named.push(token);
+            Field::TransferEncoding => {
+                for coding in list(value) {
+                    coded = true;
+                    chunked_last = coding.eq_ignore_ascii_case(b"chunked");
                 }
+                continue;
             }
-        } else if name.eq_ignore_ascii_case(b"date") {
-            has_date = true;
-        } else if let Some(i) = limits::headers::index(name) {
-            present |= 1 << i;
+            Field::Connection => {
+                for token in list(value) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                        keep_alive = true;
+                    } else {
+                        named.push(token);
+                    }
+                }
+                continue;
+            }
+            Field::HopByHop => continue,
+            Field::Date => has_date = true,
+            Field::RateLimit(i) => present |= 1 << i,
+            Field::Other => {}
+        }
+        out.extend_from_slice(raw(buf, h));
+        out.extend_from_slice(b"\r\n");
+    }
+    if !named.is_empty() {
+        // Rare: `Connection` names more headers, which may have come before it.
+        out.truncate(fields);
+        for h in headers {
+            let name = h.name.as_bytes();
+            let dropped = !matches!(
+                classify(name),
+                Field::Other | Field::Date | Field::RateLimit(_)
+            ) || named.iter().any(|n| n.eq_ignore_ascii_case(name));
+            if !dropped {
+                out.extend_from_slice(raw(buf, h));
+                out.extend_from_slice(b"\r\n");
+            }
         }
     }
 
@@ -137,9 +174,10 @@ pub fn response_head(
         return match status {
             101 if cx.upgrade => {
                 // The handshake itself: its Connection and Upgrade go to the client as sent.
-                status_line(out, status, resp.reason);
+                out.truncate(fields);
                 for h in headers {
-                    line(out, h.name.as_bytes(), h.value);
+                    out.extend_from_slice(raw(buf, h));
+                    out.extend_from_slice(b"\r\n");
                 }
                 out.extend_from_slice(b"\r\n");
                 Ok(Parsed::Final(Response {
@@ -155,14 +193,14 @@ pub fn response_head(
             101 => Err(ResponseError::Malformed(
                 "101 to a request that was no upgrade",
             )),
-            // keygate answered any `Expect: 100-continue` itself.
-            100 => Ok(Parsed::Interim { len }),
+            // keygate answered any `Expect: 100-continue` itself; an HTTP/1.0 client gets no
+            // interim response at all.
+            _ if status == 100 || !cx.client_http11 => {
+                out.truncate(start);
+                Ok(Parsed::Interim { len })
+            }
             _ => {
-                if cx.client_http11 {
-                    status_line(out, status, resp.reason);
-                    kept(out, headers, &named);
-                    out.extend_from_slice(b"\r\n");
-                }
+                out.extend_from_slice(b"\r\n");
                 Ok(Parsed::Interim { len })
             }
         };
@@ -197,8 +235,6 @@ pub fn response_head(
     let delimited = !matches!(framing, Framing::Chunked | Framing::Close);
     let client_keep_alive = cx.keep_alive && (cx.client_http11 || delimited);
 
-    status_line(out, status, resp.reason);
-    kept(out, headers, &named);
     match framing {
         Framing::Length(n) => length_line(out, n),
         // A HEAD or 304 says what the body would be; a 204 has none to speak of.
@@ -296,29 +332,38 @@ fn finish(
     out.extend_from_slice(b"\r\n");
 }
 
-/// The header lines that go on: all but hop-by-hop ones, those `Connection` names, and the
-/// framing, which keygate writes itself.
-fn kept(out: &mut Vec<u8>, headers: &[httparse::Header], named: &[&[u8]]) {
-    for h in headers {
-        let name = h.name.as_bytes();
-        if hop_by_hop(name) || named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
-            continue;
-        }
-        line(out, name, h.value);
-    }
+/// What a response header means for the client's head.
+enum Field {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Meaningful for one connection only, never forwarded.
+    HopByHop,
+    Date,
+    /// One of the rate-limit headers (its index in `limits::headers`).
+    RateLimit(u8),
+    Other,
 }
 
-fn hop_by_hop(name: &[u8]) -> bool {
+/// Sorted by length first: most names are compared with nothing at all.
+fn classify(name: &[u8]) -> Field {
     let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    let limit = || match limits::headers::index(name) {
+        Some(i) => Field::RateLimit(i as u8),
+        None => Field::Other,
+    };
     match name.len() {
-        2 => is("te"),
-        7 => is("upgrade") || is("trailer"),
-        10 => is("connection") || is("keep-alive"),
-        14 => is("content-length"),
-        16 => is("proxy-connection"),
-        17 => is("transfer-encoding"),
-        18 => is("proxy-authenticate"),
-        _ => false,
+        2 if is("te") => Field::HopByHop,
+        4 if is("date") => Field::Date,
+        7 if is("upgrade") || is("trailer") => Field::HopByHop,
+        10 if is("connection") => Field::Connection,
+        10 if is("keep-alive") => Field::HopByHop,
+        14 if is("content-length") => Field::ContentLength,
+        16 if is("proxy-connection") => Field::HopByHop,
+        17 if is("transfer-encoding") => Field::TransferEncoding,
+        18 if is("proxy-authenticate") => Field::HopByHop,
+        9 | 16 | 17 | 21 => limit(),
+        _ => Field::Other,
     }
 }
 

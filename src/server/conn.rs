@@ -343,6 +343,11 @@ impl std::task::Wake for Flag {
 }
 
 impl<F> Gated<F> {
+    /// Whether `inner`'s waker fired since it was last polled.
+    pub(crate) fn fired(&self) -> bool {
+        self.flag.fired.load(Ordering::Acquire)
+    }
+
     pub(crate) fn new(inner: F) -> Self {
         Self {
             inner,

@@ -3,11 +3,12 @@
 //! then forwarded over the connection's own upstream connection ([`crate::forward::upstream`])
 //! or refused, all in this task.
 //!
-//! Clocks, one timer per connection moved from phase to phase: between requests the idle
-//! timeout (and, at half the header timeout, the upstream connection is lent to the parking);
-//! from a head's first byte the header timeout (slow-loris clients are cut off silently);
-//! from a request's last byte sent upstream the upstream timeout for the response head. Bodies
-//! have no clock of their own, as with hyper: a slow stream is not a dead one.
+//! Clocks: between requests the idle timeout (and, at half the header timeout, the upstream
+//! connection is lent to the parking); from a head's first byte the header timeout
+//! (slow-loris clients are cut off silently); from a request's last byte sent upstream the
+//! upstream timeout for the response head. Bodies have no clock of their own, as with hyper:
+//! a slow stream is not a dead one. Each clock is a [`Deadline`] that costs nothing per
+//! request.
 //!
 //! Retries: a request whose upstream connection was reused and that met a close before any
 //! response byte goes once more on a new connection, if it was sent whole and is idempotent
@@ -81,7 +82,8 @@ where
         up: Vec::with_capacity(1024),
         down: Vec::with_capacity(1024),
         link: None,
-        timer: Box::pin(tokio::time::sleep(timing.idle)),
+        clock: Deadline::new(),
+        upstream_clock: Deadline::new(),
         closing: Closing::new(closing),
         first: true,
     };
@@ -107,7 +109,10 @@ struct Session<'s, IO> {
     down: Vec<u8>,
     /// This connection's upstream connection, between requests.
     link: Option<Link>,
-    timer: Pin<Box<Sleep>>,
+    /// The idle and header clocks.
+    clock: Deadline,
+    /// The response head's.
+    upstream_clock: Deadline,
     closing: Closing,
     /// No request has been read yet (an HTTP/2 preface is possible).
     first: bool,
@@ -189,8 +194,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
         let idle_at = now + self.timing.idle;
         let mut lend_at = (self.link.is_some() && self.buf.is_empty())
             .then(|| now + (self.timing.header / 2).min(self.timing.idle / 2));
+        // Bytes already here (a pipelined request) start the header clock now; otherwise it
+        // starts once a read leaves a head incomplete.
         let mut reading = !self.buf.is_empty();
-        self.timer.as_mut().reset(match (reading, lend_at) {
+        self.clock.set(match (reading, lend_at) {
             (true, _) => now + self.timing.header,
             (false, Some(at)) => at,
             (false, None) => idle_at,
@@ -205,6 +212,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
                     .parse(self.buf.filled(), self.timing.max_header_bytes)
                 {
                     Ok(true) => return Wait::Head,
+                    Ok(false) if !reading => {
+                        reading = true;
+                        self.clock.set(Instant::now() + self.timing.header);
+                    }
                     Ok(false) => {}
                     Err(HeadError::TooLarge) => return Wait::Refuse(Reject::HeadersTooLarge),
                     Err(HeadError::Invalid(why)) => return Wait::Refuse(Reject::BadRequest(why)),
@@ -214,27 +225,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
             let event = tokio::select! {
                 biased;
                 read = self.io.read(self.buf.spare()) => Some(read),
-                () = self.timer.as_mut() => None,
+                () = self.clock.expired() => None,
                 () = self.closing.wait(), if idle => return Wait::Closed,
             };
             match event {
                 Some(Ok(0) | Err(_)) => return Wait::Closed,
-                Some(Ok(n)) => {
-                    self.buf.filled_by(n);
-                    if !reading {
-                        reading = true;
-                        self.timer
-                            .as_mut()
-                            .reset(Instant::now() + self.timing.header);
-                    }
-                }
+                Some(Ok(n)) => self.buf.filled_by(n),
                 None if reading => {
                     tracing::debug!("request head not received in time; closing");
                     return Wait::Closed;
                 }
                 None if lend_at.take().is_some() => {
                     self.release_link();
-                    self.timer.as_mut().reset(idle_at);
+                    self.clock.set(idle_at);
                 }
                 None => return Wait::Closed,
             }
@@ -249,10 +252,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
             return Next::Handoff;
         }
         let mut audit = Audit::default();
-        let req = h1::Request {
-            head: &self.head,
-            buf: self.buf.filled(),
-        };
+        let req = h1::Request::new(&self.head, self.buf.filled());
         let admitted = self
             .proxy
             .admit(&current, &req, self.conn, &mut audit)
@@ -442,7 +442,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
             buf,
             up,
             down,
-            timer,
+            upstream_clock,
             ..
         } = self;
         let (mut client_read, mut client_write) = tokio::io::split(&mut *io);
@@ -463,7 +463,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
             &mut link.buf,
             down,
             &mut client_write,
-            timer.as_mut(),
+            upstream_clock,
             cx,
             &deadline,
         );
@@ -501,7 +501,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
             &mut link.buf,
             &mut self.down,
             &mut self.io,
-            self.timer.as_mut(),
+            &mut self.upstream_clock,
             cx,
             &deadline,
         )
@@ -810,6 +810,46 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
     }
 }
 
+/// A deadline on a timer that is touched only when it must fire earlier than it is set for.
+/// Moving a tokio timer earlier re-registers it under the timer wheel's lock; the clocks here
+/// move later with every request, so that would be every request. Instead the timer keeps its
+/// old deadline, and when it fires early it is set to the current one: one wake per clock
+/// period, not one registration per request.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    at: Instant,
+}
+
+impl Deadline {
+    fn new() -> Self {
+        let far = Instant::now() + Duration::from_secs(86_400);
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(far)),
+            at: far,
+        }
+    }
+
+    fn set(&mut self, at: Instant) {
+        if at < self.sleep.deadline() {
+            self.sleep.as_mut().reset(at);
+        }
+        self.at = at;
+    }
+
+    async fn expired(&mut self) {
+        std::future::poll_fn(|cx| {
+            loop {
+                std::task::ready!(self.sleep.as_mut().poll(cx));
+                if Instant::now() >= self.at {
+                    return Poll::Ready(());
+                }
+                self.sleep.as_mut().reset(self.at);
+            }
+        })
+        .await;
+    }
+}
+
 /// keygate stopping, as a connection sees it: waited for between requests, checked before a
 /// response head is written (so the response says the connection closes).
 struct Closing {
@@ -831,7 +871,7 @@ impl Closing {
     /// Whether keygate is stopping. Cheap: the signal itself is polled only after its waker
     /// fired.
     fn check(&mut self) -> bool {
-        if !self.stopping {
+        if !self.stopping && self.signal.fired() {
             let mut cx = Context::from_waker(Waker::noop());
             self.stopping = self.signal.as_mut().poll(&mut cx).is_ready();
         }
@@ -874,14 +914,14 @@ enum Leftover {
 }
 
 /// Reads until the final response head is parsed, writing interim responses to `client`. On
-/// `timer` firing, `deadline()` says whether time is really up (it moves with a request body's
-/// progress).
+/// `clock` running out, `deadline()` says whether time is really up (it moves with a request
+/// body's progress).
 async fn read_head<R, W>(
     src: &mut R,
     buf: &mut Buffer,
     down: &mut Vec<u8>,
     client: &mut W,
-    mut timer: Pin<&mut Sleep>,
+    clock: &mut Deadline,
     cx: &ResponseContext<'_>,
     deadline: &(dyn Fn() -> Instant + Sync),
 ) -> Result<Response, Failure>
@@ -889,7 +929,7 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
-    timer.as_mut().reset(deadline());
+    clock.set(deadline());
     let mut heard = false;
     loop {
         if !buf.is_empty() {
@@ -914,12 +954,12 @@ where
         let read = tokio::select! {
             biased;
             read = src.read(buf.spare()) => read,
-            () = timer.as_mut() => {
+            () = clock.expired() => {
                 let at = deadline();
                 if Instant::now() >= at {
                     return Err(Failure::Timeout);
                 }
-                timer.as_mut().reset(at);
+                clock.set(at);
                 continue;
             }
         };
