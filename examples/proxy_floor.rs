@@ -5,7 +5,10 @@
 //! - `pool`: hyper-util's pooled client, shared by every client connection;
 //! - `spawned`: an upstream connection per client connection, driven in a task of its own;
 //! - `same`: an upstream connection per client connection, driven in the client connection's
-//!   task (what keygate does).
+//!   task (what keygate did with hyper for HTTP/1.1, until 2026-12-04);
+//! - `raw`: no hyper: `httparse` heads, one buffer per direction, an upstream connection per
+//!   client connection, one request at a time in the client connection's task (the shape of
+//!   keygate's own HTTP/1.1, `server::h1`). `Content-Length` bodies only.
 //!
 //! Requests are forwarded as they came (no header rewriting, no timeouts): a floor, not a proxy.
 
@@ -18,6 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,7 +30,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 async fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().collect();
     let [_, listen, upstream, mode] = &args[..] else {
-        return Err("usage: proxy_floor LISTEN UPSTREAM pool|spawned|same".into());
+        return Err("usage: proxy_floor LISTEN UPSTREAM pool|spawned|same|raw".into());
     };
     let listener = TcpListener::bind(listen).await?;
     let mut http = HttpConnector::new();
@@ -41,6 +45,12 @@ async fn main() -> Result<(), BoxError> {
         let (pool, base, upstream, mode) =
             (pool.clone(), base.clone(), upstream.clone(), mode.clone());
         tokio::spawn(async move {
+            if mode == "raw" {
+                if let Ok(up) = TcpStream::connect(&upstream).await {
+                    let _ = raw(io.into_inner(), up).await;
+                }
+                return;
+            }
             if mode == "pool" {
                 let service = service_fn(move |mut req: Request<Incoming>| {
                     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -88,5 +98,57 @@ async fn main() -> Result<(), BoxError> {
                 }
             }
         });
+    }
+}
+
+/// Forwards requests and responses as they came, each read whole by its `Content-Length`.
+async fn raw(mut client: TcpStream, mut up: TcpStream) -> std::io::Result<()> {
+    up.set_nodelay(true)?;
+    let (mut cbuf, mut ubuf) = (Vec::with_capacity(16384), Vec::with_capacity(16384));
+    loop {
+        let Some(n) = message(&mut client, &mut cbuf, true).await? else {
+            return Ok(());
+        };
+        up.write_all(&cbuf[..n]).await?;
+        cbuf.drain(..n);
+        let Some(n) = message(&mut up, &mut ubuf, false).await? else {
+            return Ok(());
+        };
+        client.write_all(&ubuf[..n]).await?;
+        ubuf.drain(..n);
+    }
+}
+
+/// Reads until `buf` holds one whole message (head and `Content-Length` body); its length.
+async fn message(
+    io: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    request: bool,
+) -> std::io::Result<Option<usize>> {
+    loop {
+        let mut lines = [httparse::EMPTY_HEADER; 64];
+        let parsed = if request {
+            httparse::Request::new(&mut lines).parse(buf)
+        } else {
+            httparse::Response::new(&mut lines).parse(buf)
+        };
+        if let Ok(httparse::Status::Complete(head)) = parsed {
+            let body: usize = lines
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= head + body {
+                return Ok(Some(head + body));
+            }
+        } else if parsed.is_err() {
+            return Ok(None);
+        }
+        // Into the vector's spare capacity: a zeroed stack buffer per read would cost a 16 KiB
+        // memset twice per request, as much as the rest of this loop.
+        buf.reserve(16384);
+        if io.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
     }
 }

@@ -5,10 +5,15 @@
 //! The request path, in the order a request meets it:
 //!
 //! - [`server`]: listeners, the connection cap, drain and graceful shutdown; [`server::tls`]
-//!   TLS termination with certificate reload; connection timing (header and idle timeouts)
-//!   and config reload in its private modules.
-//! - [`proxy`]: `handle()` (logging, the one place a refusal becomes a response) around
-//!   `admit()` (the ordered stages below).
+//!   TLS termination with certificate reload; in its private modules the HTTP/1.1 connection
+//!   loop (`server::h1`: read a head, admit, forward or refuse, keep-alive, timeouts), hyper's
+//!   connections for HTTP/2 clients (`server::conn`) and config reload.
+//! - [`h1`]: keygate's own HTTP/1.1 on the wire: request heads indexed in the read buffer and
+//!   the framing rules that refuse smuggling ([`h1::head`]), bodies by length, chunks or close
+//!   ([`h1::body`]), the client's response heads and JSON refusals ([`h1::write`]).
+//! - [`proxy`]: `admit()` (the ordered stages below) and `finish()` (metrics and the access
+//!   log) for both engines; `handle()`, hyper's request path around them.
+//! - [`head`]: the request head as the stages read it, whichever engine parsed it.
 //! - [`credential`]: which header carries the key; the key format and its checksum.
 //! - [`keys`]: key records and the [`keys::KeyStore`] trait; [`keys::cache`] is the
 //!   in-process cache in front of every store, holding each key in the request path's compact
@@ -18,14 +23,14 @@
 //! - [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
 //!   environment, public-key methods, route scopes, workspace/project binding).
 //! - [`routes`]: route rules, path patterns, path normalization, scope matching.
-//! - [`forward`]: the upstream client (plain or TLS, HTTP/1.1 or HTTP/2) and header hygiene
-//!   (hop-by-hop, credentials, `X-Forwarded-*`, identity headers); [`forward::paired`]
-//!   gives each HTTP/1.1 client connection an upstream connection of its own, driven in its
-//!   task; [`forward::upgrade`] splices WebSocket / `Upgrade` connections after admission.
+//! - [`forward`]: what the upstream may see (hop-by-hop, credentials, `X-Forwarded-*`,
+//!   identity headers) for hyper's requests, and [`forward::h1`] the same as the upstream's
+//!   HTTP/1.1 request head; [`forward::upstream`] the upstream connections of HTTP/1.1 client
+//!   connections (dialing, reuse checks, parking); the shared pool for HTTP/2.
 //! - [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
 //!   process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
 //!   counters), temporary suspension (`suspend`), rate-limit headers, `keys usage` (`usage`).
-//! - [`reject`]: every refusal, and its status + JSON body.
+//! - [`reject`]: every refusal, and its status, headers + JSON body.
 //!
 //! Around it:
 //!

@@ -90,7 +90,8 @@ pub(crate) struct Admission {
 /// One finished request, for [`Proxy::finish`].
 pub(crate) struct Ended<'a> {
     pub started: Instant,
-    pub method: &'a http::Method,
+    /// `None` for a request refused before its head could be read.
+    pub method: Option<&'a http::Method>,
     /// The request's path (never its query), when access logs are on.
     pub path: Option<&'a str>,
     pub audit: &'a Audit<'a>,
@@ -199,7 +200,7 @@ impl Proxy {
             &current.config,
             &Ended {
                 started,
-                method: &method,
+                method: Some(&method),
                 path: path.as_deref(),
                 audit: &audit,
                 decision,
@@ -218,7 +219,7 @@ impl Proxy {
             let key = audit.key.as_deref();
             tracing::info!(
                 target: "keygate::access",
-                method = %ended.method,
+                method = ended.method.map_or("-", http::Method::as_str),
                 path = ended.path.unwrap_or_default(),
                 route = audit.route,
                 status = ended.status,

@@ -358,6 +358,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
                 | Method::DELETE
                 | Method::TRACE
         );
+        // One turn of the event loop first: every connection whose request arrived in this
+        // turn parses and admits it, and then the upstream writes go out together. An upstream
+        // on the same CPU (a sidecar's usual place) then wakes once per batch instead of once
+        // per request: on the benchmark machine 0.70 instead of 0.92 context switches per
+        // request and 18 % more throughput, at no cost at a fixed 5,000 req/s
+        // (bench/RESULTS.md, 2026-12-04).
+        tokio::task::yield_now().await;
         let sent_at = Instant::now();
         let mut retried = false;
         let response = loop {
@@ -637,7 +644,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
             &current.config,
             &Ended {
                 started,
-                method: &Method::GET,
+                method: None,
                 path: None,
                 audit: &Audit::default(),
                 decision: reject.code(),
@@ -800,7 +807,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
             &current.config,
             &Ended {
                 started,
-                method: &facts.method,
+                method: Some(&facts.method),
                 path: facts.log_path.as_deref(),
                 audit,
                 decision,
