@@ -126,18 +126,31 @@ async fn message(
     request: bool,
 ) -> std::io::Result<Option<usize>> {
     loop {
-        let mut lines = [httparse::EMPTY_HEADER; 64];
-        let parsed = if request {
-            httparse::Request::new(&mut lines).parse(buf)
-        } else {
-            httparse::Response::new(&mut lines).parse(buf)
-        };
-        if let Ok(httparse::Status::Complete(head)) = parsed {
-            let body: usize = lines
+        let mut lines = [const { std::mem::MaybeUninit::<httparse::Header>::uninit() }; 64];
+        let length = |headers: &[httparse::Header]| -> usize {
+            headers
                 .iter()
                 .find(|h| h.name.eq_ignore_ascii_case("content-length"))
                 .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
-                .unwrap_or(0);
+                .unwrap_or(0)
+        };
+        let parsed = if request {
+            let mut req = httparse::Request::new(&mut []);
+            let parsed = req.parse_with_uninit_headers(buf, &mut lines);
+            parsed.map(|s| match s {
+                httparse::Status::Complete(head) => Some((head, length(req.headers))),
+                httparse::Status::Partial => None,
+            })
+        } else {
+            let mut resp = httparse::Response::new(&mut []);
+            let config = httparse::ParserConfig::default();
+            let parsed = config.parse_response_with_uninit_headers(&mut resp, buf, &mut lines);
+            parsed.map(|s| match s {
+                httparse::Status::Complete(head) => Some((head, length(resp.headers))),
+                httparse::Status::Partial => None,
+            })
+        };
+        if let Ok(Some((head, body))) = parsed {
             if buf.len() >= head + body {
                 return Ok(Some(head + body));
             }

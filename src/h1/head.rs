@@ -8,6 +8,7 @@
 //! digits, repeated only with the same value. The upstream then gets a head keygate wrote
 //! itself, with framing keygate chose.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use http::Method;
@@ -133,9 +134,10 @@ impl RequestHead {
     /// Parses the head at the start of `buf`: `Ok(true)` when it is complete (then `len` is
     /// its length), `Ok(false)` when more bytes are needed.
     pub fn parse(&mut self, buf: &[u8], max_len: usize) -> Result<bool, HeadError> {
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADER_LINES];
-        let mut req = httparse::Request::new(&mut lines);
-        let len = match req.parse(buf) {
+        // Uninitialized: filling 100 empty headers first would cost more than parsing.
+        let mut lines = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADER_LINES];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut lines) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) if buf.len() > max_len => {
                 return Err(HeadError::TooLarge);

@@ -3,6 +3,7 @@
 //! JSON refusals, whose status, headers and body come from [`Reject`].
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use http::StatusCode;
@@ -80,9 +81,12 @@ pub fn response_head(
     out: &mut Vec<u8>,
     cx: &ResponseContext,
 ) -> Result<Parsed, ResponseError> {
-    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_LINES];
-    let mut resp = httparse::Response::new(&mut lines);
-    let len = match resp.parse(buf) {
+    // Uninitialized: filling 256 empty headers first would cost more than parsing.
+    let mut lines = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_LINES];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut lines);
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) if len <= MAX_RESPONSE_HEAD => len,
         Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => {
             return Ok(Parsed::Partial);
