@@ -1,18 +1,26 @@
-//! Micro-benchmarks of the request path's pure stages: `cargo bench --bench hot_path`.
-//! The load benchmark against nginx and HAProxy is `bench/run.sh`.
+//! Micro-benchmarks of the request path's stages: `cargo bench --bench hot_path`. The load
+//! benchmark against nginx and HAProxy is `bench/run.sh`.
+//!
+//! In request order: parse the HTTP/1.1 head, find and check the key, hash it, look it up in
+//! the cache, authorize, admit it to its plan, write the upstream's head, rewrite the
+//! response head.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, Method, Request};
+use http::Method;
 use keygate::authz::{Policy, RequestFacts, authorize};
 use keygate::credential::{self, CredentialHeader};
+use keygate::forward::h1::{RequestContext, write_request_head};
+use keygate::h1::write::{Limit, ResponseContext, response_head};
+use keygate::h1::{Framing, Request, RequestHead};
 use keygate::keys::cache::{CacheConfig, KeyCache};
 use keygate::keys::file::FileStore;
 use keygate::keys::manage::{self, KeyPolicy, KeySpec};
 use keygate::keys::{Environment, KeyHash, KeyType};
+use keygate::limits::{Limiter, Limits, LimitsConfig, ResetStyle};
 use keygate::metrics::Metrics;
 use keygate::routes::{PathPattern, Route, RouteTable, Unmatched};
 
@@ -56,16 +64,19 @@ fn stages(c: &mut Criterion) {
     let key = created[4242].key.clone();
     let record = keygate::keys::cached::CachedKey::from(&created[4242].record);
 
-    let mut headers = Request::new(());
-    let h = headers.headers_mut();
-    h.insert("host", HeaderValue::from_static("api.example.com"));
-    h.insert("user-agent", HeaderValue::from_static("bench/1.0"));
-    h.insert("x-api-key", HeaderValue::from_str(&key).unwrap());
+    // What the load benchmark's wrk sends.
+    let raw = format!("GET /v1/resource HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {key}\r\n\r\n");
+    let mut head = RequestHead::default();
+    c.bench_function("parse the request head", |b| {
+        b.iter(|| head.parse(black_box(raw.as_bytes()), 32 * 1024).unwrap())
+    });
+    head.parse(raw.as_bytes(), 32 * 1024).unwrap();
+    let req = Request::new(&head, raw.as_bytes());
     let order = CredentialHeader::all();
 
     c.bench_function("extract + format/CRC check", |b| {
         b.iter(|| {
-            let k = credential::extract(black_box(&headers), &order, 256).unwrap();
+            let k = credential::extract(black_box(&req), &order, 256).unwrap();
             credential::parse_key(k, "kg").unwrap()
         })
     });
@@ -115,6 +126,74 @@ fn stages(c: &mut Criterion) {
     };
     c.bench_function("authorize (4 routes, binding, allowlist)", |b| {
         b.iter(|| authorize(black_box(&record), claims, &facts, &policy).unwrap())
+    });
+
+    // The benchmark's plan: evaluated on every request, never binding.
+    let plan = Limits {
+        per_second: Some(1_000_000_000),
+        burst: Some(1_000_000_000),
+        per_hour: Some(1 << 38),
+        ..Limits::default()
+    };
+    let limits = LimitsConfig {
+        plans: [("bench".to_owned(), plan)].into(),
+        default_plan: Some("bench".into()),
+        ..LimitsConfig::default()
+    };
+    let limiter = Limiter::new(limits, 10_000);
+    let now = SystemTime::now();
+    c.bench_function("limiter admit (per second + per hour)", |b| {
+        b.iter(|| {
+            rt.block_on(limiter.admit(black_box(hash), &record, now))
+                .unwrap()
+                .unwrap()
+        })
+    });
+
+    let mut out = Vec::with_capacity(1024);
+    let window = rt
+        .block_on(limiter.admit(hash, &record, now))
+        .unwrap()
+        .unwrap();
+    let upstream = RequestContext {
+        base_path: "",
+        path: "/v1/resource",
+        upstream_host: b"127.0.0.1:8081",
+        preserve_host: true,
+        credential_headers: &order,
+        key: Some(&record),
+        peer: b"127.0.0.1",
+        peer_trusted: false,
+        tls: false,
+        framing: Framing::Empty,
+        upgrade: false,
+    };
+    c.bench_function("write the upstream request head", |b| {
+        b.iter(|| {
+            out.clear();
+            write_request_head(&mut out, black_box(&req), &upstream);
+        })
+    });
+
+    // What the benchmark's nginx upstream answers.
+    let response = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 04 Dec 2026 02:10:45 GMT\r\n\
+                     Content-Type: application/json\r\nContent-Length: 39\r\nConnection: keep-alive\r\n\r\n";
+    let rcx = ResponseContext {
+        head_request: false,
+        client_http11: true,
+        keep_alive: true,
+        upgrade: false,
+        limit: Some(Limit {
+            window: &window,
+            now_secs: 1_780_000_000,
+            style: ResetStyle::Epoch,
+        }),
+    };
+    c.bench_function("rewrite the response head (+ rate-limit headers)", |b| {
+        b.iter(|| {
+            out.clear();
+            response_head(black_box(response), &mut out, &rcx).unwrap()
+        })
     });
 }
 

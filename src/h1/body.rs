@@ -424,6 +424,40 @@ mod tests {
         assert_eq!(hex_len(usize::MAX, &mut hex), b"ffffffffffffffff");
     }
 
+    proptest::proptest! {
+        /// Any body, chunked any way and fed in any pieces, decodes to itself.
+        #[test]
+        fn chunked_round_trips(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..2000),
+            cuts in proptest::collection::vec(1usize..300, 1..20),
+            step in 1usize..64,
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &body[..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (chunk, tail) = rest.split_at((*cut).min(rest.len()));
+                Encoding::Chunked.frame(chunk, &mut wire);
+                rest = tail;
+            }
+            Encoding::Chunked.finish(&mut wire);
+            proptest::prop_assert_eq!(decode_all(Framing::Chunked, &wire, step).unwrap(), body);
+        }
+
+        /// Garbage never panics the decoder, and what it accepts is no longer than its input.
+        #[test]
+        fn garbage_is_refused_or_decoded_without_a_panic(
+            input in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            step in 1usize..32,
+        ) {
+            if let Ok(body) = decode_all(Framing::Chunked, &input, step) {
+                proptest::prop_assert!(body.len() <= input.len());
+            }
+        }
+    }
+
     #[tokio::test]
     async fn copy_reencodes_and_enforces_the_limit() {
         // A chunked body arriving in dribs, re-encoded raw (as for a Content-Length hop).

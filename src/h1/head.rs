@@ -667,6 +667,29 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any bytes give a head, a wait for more, or a refusal: never a panic, and a parsed
+        /// head's index stays inside the buffer.
+        #[test]
+        fn garbage_never_panics_the_parser(
+            input in proptest::collection::vec(proptest::num::u8::ANY, 0..600),
+            prefix in proptest::sample::select(vec!["", "GET / HTTP/1.1\r\nHost: h\r\n", "POST /x HTTP/1.0\r\n"]),
+        ) {
+            let mut raw = prefix.as_bytes().to_vec();
+            raw.extend_from_slice(&input);
+            let mut head = RequestHead::default();
+            if let Ok(true) = head.parse(&raw, 1024) {
+                proptest::prop_assert!(head.len <= raw.len());
+                let req = Request::new(&head, &raw);
+                for (name, value) in req.fields() {
+                    proptest::prop_assert!(!name.is_empty() && name.iter().all(|b| b.is_ascii_graphic()));
+                    proptest::prop_assert!(!value.contains(&b'\n'));
+                }
+                let _ = (req.path(), req.query(), req.upgrade());
+            }
+        }
+    }
+
     #[test]
     fn digits_table() {
         assert_eq!(digits(b"0"), Some(0));
