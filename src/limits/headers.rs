@@ -3,6 +3,8 @@
 //! fields `RateLimit-Policy: "per_hour";q=1000;w=3600` and `RateLimit: "per_hour";r=999;t=42`,
 //! all for the most constraining window. Headers the upstream set itself are left alone.
 
+use std::cell::RefCell;
+
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{Entry, HeaderName, HeaderValue};
@@ -82,14 +84,39 @@ pub fn apply(headers: &mut HeaderMap, w: &WindowState, now_secs: u64, style: Res
 /// whose bit is set in `present` (the upstream set them; see [`index`]).
 pub fn write(out: &mut Vec<u8>, w: &WindowState, now_secs: u64, style: ResetStyle, present: u8) {
     let reset = reset(w, now_secs, style);
-    for (i, name) in NAMES.iter().enumerate() {
-        if present & (1 << i) == 0 {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            value(i, w, reset, out);
-            out.extend_from_slice(b"\r\n");
+    if present != 0 {
+        for (i, name) in NAMES.iter().enumerate() {
+            if present & (1 << i) == 0 {
+                line(out, name, |out| value(i, w, reset, out));
+            }
         }
+        return;
     }
+    // `X-RateLimit-Limit` and `RateLimit-Policy` depend on the window alone: formatted once
+    // per window and thread, not per response.
+    thread_local! {
+        static FIXED: RefCell<((usize, u64, u64), Vec<u8>)> = const { RefCell::new(((0, 0, 0), Vec::new())) };
+    }
+    FIXED.with_borrow_mut(|(of, lines)| {
+        let window = (w.name.as_ptr() as usize, w.limit, w.window_secs);
+        if *of != window || lines.is_empty() {
+            lines.clear();
+            line(lines, NAMES[0], |out| value(0, w, reset, out));
+            line(lines, NAMES[3], |out| value(3, w, reset, out));
+            *of = window;
+        }
+        out.extend_from_slice(lines);
+    });
+    for i in [1, 2, 4] {
+        line(out, NAMES[i], |out| value(i, w, reset, out));
+    }
+}
+
+fn line(out: &mut Vec<u8>, name: &str, value: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    value(out);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -132,6 +159,21 @@ mod tests {
             let (name, value) = line.split_once(": ").unwrap();
             assert_eq!(h[name], value, "{name}");
         }
+        // Another window on the same thread: the fixed lines are its own, not the last one's.
+        let other = WindowState {
+            name: "per_second",
+            limit: 7,
+            window_secs: 1,
+            ..window()
+        };
+        let mut out = Vec::new();
+        write(&mut out, &other, 0, ResetStyle::Delta, 0);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("x-ratelimit-limit: 7\r\n"), "{text}");
+        assert!(
+            text.contains("ratelimit-policy: \"per_second\";q=7;w=1\r\n"),
+            "{text}"
+        );
         // Those the upstream set are left out.
         let mut out = Vec::new();
         let present = 1 << index(b"X-RateLimit-Limit").unwrap();
