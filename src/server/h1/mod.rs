@@ -1,0 +1,374 @@
+//! One HTTP/1.1 client connection, served by keygate's own HTTP/1.1 ([`crate::h1`]): request
+//! after request, each head read into the connection's buffer, admitted by [`Proxy::admit`],
+//! then forwarded over the connection's own upstream connection ([`crate::forward::upstream`])
+//! or refused, all in this task.
+//!
+//! Clocks: between requests the idle timeout (and, at half the header timeout, the upstream
+//! connection is lent to the parking); from a head's first byte the header timeout
+//! (slow-loris clients are cut off silently); from a request's last byte sent upstream the
+//! upstream timeout for the response head (counted from the request body's latest progress
+//! while one streams). A response body from the upstream has no clock, as with hyper: a slow
+//! stream (server-sent events) is not a dead one; but a client that accepts no response bytes
+//! for an idle timeout is let go ([`clock::Patient`]). Each clock costs nothing per request.
+//!
+//! Retries: a request whose upstream connection was reused and that met a close before any
+//! response byte goes once more on a new connection, if it was sent whole and is idempotent
+//! (RFC 9110 §9.2.2) or could not be written at all. That close is the upstream's idle
+//! timeout crossing the request on the wire, not an answer.
+
+use std::time::Duration;
+
+use http::Method;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+mod clock;
+mod forward;
+mod refuse;
+
+use clock::{Closing, Deadline, Patient};
+use refuse::Body;
+
+use super::conn::Rewind;
+use crate::forward::h1::{RequestContext, write_request_head};
+use crate::forward::upstream::Link;
+use crate::h1::{self, Buffer, Framing, HeadError, RequestHead};
+use crate::head::Head;
+use crate::proxy::{Audit, Connection, Current, Ended, Proxy};
+use crate::reject::Reject;
+
+/// The client connection's read buffer to start with; it grows for larger heads.
+const READ_BUFFER: usize = 8 * 1024;
+/// A connection closed with input still coming keeps reading (and dropping) it this long, so
+/// that the client reads the response before a reset could destroy it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+/// How an HTTP/2 client with prior knowledge starts (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// The connection's settings from `[server]` (which a reload does not change).
+pub struct Timing {
+    pub header: Duration,
+    pub idle: Duration,
+    pub max_header_bytes: usize,
+}
+
+/// How serving a connection ended.
+pub enum Served<IO> {
+    Done,
+    /// Not keygate's HTTP/1.1 to serve (an HTTP/2 client with prior knowledge, or a reload made
+    /// the upstream HTTP/2): hyper takes the connection, with the bytes already read.
+    Handoff(Rewind<IO>),
+}
+
+pub async fn serve<IO>(
+    io: IO,
+    proxy: &Proxy,
+    conn: &Connection,
+    timing: &Timing,
+    closing: &CancellationToken,
+) -> Served<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut session = Session {
+        proxy,
+        conn,
+        timing,
+        io,
+        buf: Buffer::with_capacity(READ_BUFFER),
+        head: RequestHead::default(),
+        up: Vec::with_capacity(1024),
+        down: Vec::with_capacity(1024),
+        link: None,
+        clock: Deadline::new(),
+        upstream_clock: Deadline::new(),
+        closing: Closing::new(closing),
+        first: true,
+    };
+    let end = session.run().await;
+    session.release_link();
+    match end {
+        Next::Handoff => Served::Handoff(Rewind::new(session.buf.take_all(), session.io)),
+        _ => Served::Done,
+    }
+}
+
+struct Session<'s, IO> {
+    proxy: &'s Proxy,
+    conn: &'s Connection,
+    timing: &'s Timing,
+    io: IO,
+    /// What the client sent and keygate has not used yet.
+    buf: Buffer,
+    head: RequestHead,
+    /// Scratch for what goes upstream (a request head, body pieces)...
+    up: Vec<u8>,
+    /// ... and for what goes to the client.
+    down: Vec<u8>,
+    /// This connection's upstream connection, between requests.
+    link: Option<Link>,
+    /// The idle and header clocks.
+    clock: Deadline,
+    /// The response head's.
+    upstream_clock: Deadline,
+    closing: Closing,
+    /// No request has been read yet (an HTTP/2 preface is possible).
+    first: bool,
+}
+
+/// What becomes of the connection after a step.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    KeepAlive,
+    /// Close: the response said so, or the client asked.
+    Close,
+    /// Close, but the client may still be sending (an unread body): keep reading a while.
+    Linger,
+    /// The connection is unusable (a write failed) or was handed to an upgrade.
+    Gone,
+    Handoff,
+}
+
+/// What a head wait ended with.
+enum Wait {
+    Head,
+    Closed,
+    Http2,
+    Refuse(Reject),
+}
+
+/// What forwarding needs to know of the request once its head is out of the buffer.
+struct Facts {
+    method: Method,
+    log_path: Option<String>,
+    framing: Framing,
+    http11: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+    upgrade: bool,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
+    async fn run(&mut self) -> Next {
+        loop {
+            match self.next_head().await {
+                Wait::Head => {}
+                Wait::Closed => return Next::Close,
+                Wait::Http2 => return Next::Handoff,
+                Wait::Refuse(reject) => {
+                    let next = self.refuse_unread(reject).await;
+                    return self.close(next).await;
+                }
+            }
+            self.first = false;
+            match self.exchange().await {
+                Next::KeepAlive => {}
+                Next::Handoff => return Next::Handoff,
+                next => return self.close(next).await,
+            }
+        }
+    }
+
+    /// Waits for the next request head (see the module doc for the clocks).
+    async fn next_head(&mut self) -> Wait {
+        let now = Instant::now();
+        let idle_at = now + self.timing.idle;
+        let mut lend_at = (self.link.is_some() && self.buf.is_empty())
+            .then(|| now + (self.timing.header / 2).min(self.timing.idle / 2));
+        // Bytes already here (a pipelined request) start the header clock now; otherwise it
+        // starts once a read leaves a head incomplete.
+        let mut reading = !self.buf.is_empty();
+        self.clock.set(match (reading, lend_at) {
+            (true, _) => now + self.timing.header,
+            (false, Some(at)) => at,
+            (false, None) => idle_at,
+        });
+        loop {
+            if !self.buf.is_empty() {
+                if self.first && http2_preface(self.buf.filled()) {
+                    return Wait::Http2;
+                }
+                match self
+                    .head
+                    .parse(self.buf.filled(), self.timing.max_header_bytes)
+                {
+                    Ok(true) => return Wait::Head,
+                    Ok(false) if !reading => {
+                        reading = true;
+                        self.clock.set(Instant::now() + self.timing.header);
+                    }
+                    Ok(false) => {}
+                    Err(HeadError::TooLarge) => return Wait::Refuse(Reject::HeadersTooLarge),
+                    Err(HeadError::Invalid(why)) => return Wait::Refuse(Reject::BadRequest(why)),
+                }
+            }
+            let idle = self.buf.is_empty();
+            let event = tokio::select! {
+                biased;
+                read = self.io.read(self.buf.spare()) => Some(read),
+                () = self.clock.expired() => None,
+                () = self.closing.wait(), if idle => return Wait::Closed,
+            };
+            match event {
+                Some(Ok(0) | Err(_)) => return Wait::Closed,
+                Some(Ok(n)) => self.buf.filled_by(n),
+                None if reading => {
+                    tracing::debug!("request head not received in time; closing");
+                    return Wait::Closed;
+                }
+                None if lend_at.take().is_some() => {
+                    self.release_link();
+                    self.clock.set(idle_at);
+                }
+                None => return Wait::Closed,
+            }
+        }
+    }
+
+    /// One request: admitted and forwarded, or refused.
+    async fn exchange(&mut self) -> Next {
+        let started = std::time::Instant::now();
+        let current = self.proxy.current();
+        if current.forwarder.is_http2() {
+            return Next::Handoff;
+        }
+        let mut audit = Audit::default();
+        let req = h1::Request::new(&self.head, self.buf.filled());
+        let admitted = self
+            .proxy
+            .admit(&current, &req, self.conn, &mut audit)
+            .await;
+        let head = &self.head;
+        let facts = Facts {
+            method: head.method().clone(),
+            // The path only: query strings carry secrets often enough (`?api_key=`).
+            log_path: current.config.log.access.then(|| req.path().to_owned()),
+            framing: head.framing,
+            http11: head.http11,
+            keep_alive: head.keep_alive,
+            expect_continue: head.expect_continue,
+            upgrade: req.upgrade().is_some(),
+        };
+        let admission = match admitted {
+            Ok(admission) => admission,
+            Err(reject) => {
+                let len = head.len;
+                self.buf.consume(len);
+                let (status, next) = self.refuse(reject, &audit, &facts, Body::Untouched).await;
+                self.finish(&current, started, &facts, &audit, status.1, status.0);
+                tracing::trace!(status = status.0, ?next, "request refused");
+                return next;
+            }
+        };
+        let forwarder = &current.forwarder;
+        let sandbox = forwarder.sandboxed(audit.key.as_deref());
+        let target = forwarder.target(sandbox);
+        self.up.clear();
+        write_request_head(
+            &mut self.up,
+            &req,
+            &RequestContext {
+                base_path: &target.base_path,
+                path: admission.path.as_deref().unwrap_or(req.path()),
+                upstream_host: target.authority.as_bytes(),
+                preserve_host: forwarder.preserve_host(),
+                credential_headers: forwarder.credential_headers(),
+                key: audit.key.as_deref(),
+                peer: self.conn.peer_header.as_bytes(),
+                peer_trusted: audit.peer_trusted,
+                tls: self.conn.tls,
+                framing: facts.framing,
+                upgrade: facts.upgrade,
+            },
+        );
+        let len = head.len;
+        self.buf.consume(len);
+        let (status, next) = self
+            .forward(forwarder, forwarder.route(sandbox), &audit, &facts)
+            .await;
+        self.finish(&current, started, &facts, &audit, status.1, status.0);
+        tracing::trace!(status = status.0, ?next, "request forwarded");
+        next
+    }
+
+    /// The connection's upstream connection goes to the parking of the config it belongs to
+    /// (or is closed, if a reload replaced that config).
+    fn release_link(&mut self) {
+        if let Some(link) = self.link.take() {
+            let current = self.proxy.current();
+            if link.route.forwarder == current.forwarder.route(false).forwarder {
+                current.forwarder.parking().park(link);
+            }
+        }
+    }
+
+    async fn send_down(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        write_flush(&mut Patient::new(&mut self.io, self.timing.idle), bytes).await
+    }
+
+    async fn send_down_scratch(&mut self) -> std::io::Result<()> {
+        let mut client = Patient::new(&mut self.io, self.timing.idle);
+        let result = write_flush(&mut client, &self.down).await;
+        self.down.clear();
+        result
+    }
+
+    /// Ends the connection as `next` says: a FIN after the last response, and for `Linger`
+    /// whatever the client still sends read and dropped for a while first.
+    async fn close(&mut self, next: Next) -> Next {
+        if next == Next::Gone {
+            return next;
+        }
+        let _ = tokio::time::timeout(LINGER, self.io.shutdown()).await;
+        if next == Next::Linger {
+            let deadline = Instant::now() + LINGER;
+            let mut dropped = 0;
+            while dropped < LINGER_BYTES {
+                match tokio::time::timeout_at(deadline, self.io.read(self.buf.spare())).await {
+                    Ok(Ok(n)) if n > 0 => dropped += n,
+                    _ => break,
+                }
+            }
+        }
+        next
+    }
+
+    fn finish(
+        &self,
+        current: &Current,
+        started: std::time::Instant,
+        facts: &Facts,
+        audit: &Audit<'_>,
+        decision: &'static str,
+        status: u16,
+    ) {
+        self.proxy.finish(
+            &current.config,
+            &Ended {
+                started,
+                method: Some(&facts.method),
+                path: facts.log_path.as_deref(),
+                audit,
+                decision,
+                status,
+            },
+        );
+    }
+}
+
+/// The first bytes of an HTTP/2 connection with prior knowledge (or what could still become
+/// them).
+fn http2_preface(buf: &[u8]) -> bool {
+    let n = buf.len().min(PREFACE.len());
+    buf[..n] == PREFACE[..n] && n == PREFACE.len()
+}
+
+async fn write_flush<W: AsyncWrite + Unpin + ?Sized>(
+    io: &mut W,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
+}
