@@ -1,5 +1,7 @@
-//! The request path: [`Proxy::handle`] (logging, error rendering) around [`Proxy::admit`]
-//! (the ordered stages). Reading `admit` top to bottom is reading the product.
+//! The request path: `Proxy::admit` runs the ordered stages that decide whether a request
+//! goes upstream (reading it top to bottom is reading the product), `Proxy::finish` records
+//! every request (metrics, access log). Both HTTP engines use them: keygate's own HTTP/1.1
+//! (`server::h1`) and hyper for HTTP/2 clients, whose request path is [`Proxy::handle`].
 //!
 //! The reloadable part (config, upstream client) sits behind one `ArcSwap`: a request takes
 //! one snapshot when it starts and uses it to the end, so a reload never mixes two configs

@@ -1,5 +1,5 @@
 //! HTTP/1.1 on the wire, keygate's own: request heads ([`head`]), bodies ([`body`]), and what
-//! goes back to the client ([`write`]). The connection loop that uses them is
+//! goes back to the client ([`mod@write`]). The connection loop that uses them is
 //! `server::h1`; the upstream's request head is written by [`crate::forward::h1`].
 //!
 //! Why not hyper for HTTP/1.1: on the benchmark machine a bare hyper proxy (one upstream

@@ -1,7 +1,7 @@
 //! Listeners and the process lifecycle: bind, accept (with a connection cap), hand each
-//! connection to [`conn`], reload config and certificates ([`reload`]), and shut down in
-//! order: fail readiness, drain, stop accepting, finish in-flight requests, exit before the
-//! deadline.
+//! connection to `h1` (keygate's own HTTP/1.1) or `conn` (hyper: HTTP/2 clients, the admin
+//! and plain ports), reload config and certificates (`reload`), and shut down in order: fail
+//! readiness, drain, stop accepting, finish in-flight requests, exit before the deadline.
 
 mod conn;
 mod h1;
