@@ -3,6 +3,7 @@
 //! header lines instead of a header map. Header names keep the case the client sent.
 
 use crate::credential::CredentialHeader;
+use crate::h1::names::{self, Name};
 use crate::h1::{Framing, Request};
 use crate::head::Head;
 use crate::keys::cached::CachedKey;
@@ -45,14 +46,20 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &Request, cx: &RequestContext)
     let mut chain: Option<Vec<&[u8]>> = None;
     out.reserve(req.head.len + 512);
     for (name, value, raw) in req.lines() {
-        match classify(name) {
-            Class::Keep => {}
-            Class::Drop => continue,
-            Class::Host => {
+        match names::name(name) {
+            Name::Host => {
                 host.get_or_insert(value);
                 continue;
             }
-            Class::Credential(which) => {
+            // Framing is keygate's own; hop-by-hop headers and any `x-keygate-*` a client
+            // sent never pass (an upgrade's own are written again below).
+            Name::ContentLength
+            | Name::TransferEncoding
+            | Name::Connection
+            | Name::Upgrade
+            | Name::HopByHop
+            | Name::Identity => continue,
+            Name::Credential(which) => {
                 // `Authorization: Basic …` is the upstream's credential, not an API key.
                 let ours = cx.credential_headers.contains(&which)
                     && (which != CredentialHeader::Authorization || is_bearer(value));
@@ -60,17 +67,17 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &Request, cx: &RequestContext)
                     continue;
                 }
             }
-            Class::ForwardedFor => {
+            Name::ForwardedFor => {
                 if cx.peer_trusted {
                     chain.get_or_insert_with(Vec::new).push(value);
                 }
                 continue;
             }
-            Class::ForwardedProto | Class::ForwardedHost if !cx.peer_trusted => continue,
-            Class::ForwardedProto => has_proto = true,
-            Class::ForwardedHost => has_forwarded_host = true,
-            Class::Expect if value.eq_ignore_ascii_case(b"100-continue") => continue,
-            Class::Expect => {}
+            Name::ForwardedProto | Name::ForwardedHost if !cx.peer_trusted => continue,
+            Name::ForwardedProto => has_proto = true,
+            Name::ForwardedHost => has_forwarded_host = true,
+            Name::Expect if value.eq_ignore_ascii_case(b"100-continue") => continue,
+            Name::Expect | Name::Date | Name::RateLimit(_) | Name::Other => {}
         }
         if req.connection_names(name) {
             continue;
@@ -145,45 +152,6 @@ fn identity(out: &mut Vec<u8>, key: &CachedKey) {
     }
 }
 
-/// What a client header line means for the upstream's head.
-#[derive(Debug, PartialEq, Eq)]
-enum Class {
-    Keep,
-    /// Hop-by-hop, framing (keygate writes its own), or keygate's own `x-keygate-*`.
-    Drop,
-    Host,
-    Credential(CredentialHeader),
-    ForwardedFor,
-    ForwardedProto,
-    ForwardedHost,
-    Expect,
-}
-
-/// Sorted by length first: most names are compared with nothing at all.
-fn classify(name: &[u8]) -> Class {
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    match name.len() {
-        2 if is("te") => Class::Drop,
-        4 if is("host") => Class::Host,
-        6 if is("expect") => Class::Expect,
-        7 if is("upgrade") || is("trailer") => Class::Drop,
-        9 if is("x-api-key") => Class::Credential(CredentialHeader::XApiKey),
-        10 if is("connection") || is("keep-alive") => Class::Drop,
-        13 if is("authorization") => Class::Credential(CredentialHeader::Authorization),
-        14 if is("content-length") => Class::Drop,
-        15 if is("x-forwarded-for") => Class::ForwardedFor,
-        16 if is("x-forwarded-host") => Class::ForwardedHost,
-        16 if is("proxy-connection") => Class::Drop,
-        17 if is("x-forwarded-proto") => Class::ForwardedProto,
-        17 if is("transfer-encoding") => Class::Drop,
-        18 if is("proxy-authenticate") => Class::Drop,
-        19 if is("proxy-authorization") => Class::Drop,
-        20 if is("project-access-token") => Class::Credential(CredentialHeader::ProjectAccessToken),
-        n if n >= 10 && name[..10].eq_ignore_ascii_case(b"x-keygate-") => Class::Drop,
-        _ => Class::Keep,
-    }
-}
-
 /// `Bearer <token>`, in any case, after optional whitespace.
 fn is_bearer(value: &[u8]) -> bool {
     value
@@ -223,22 +191,6 @@ mod tests {
             tls: false,
             framing: Framing::Empty,
             upgrade: false,
-        }
-    }
-
-    #[test]
-    fn classify_matches_the_names() {
-        for (name, want) in [
-            ("Host", Class::Host),
-            ("X-API-KEY", Class::Credential(CredentialHeader::XApiKey)),
-            ("X-Keygate-Owner", Class::Drop),
-            ("x-keygate-", Class::Drop),
-            ("Transfer-Encoding", Class::Drop),
-            ("x-forwarded-proto", Class::ForwardedProto),
-            ("Accept", Class::Keep),
-            ("proxy-connection", Class::Drop),
-        ] {
-            assert_eq!(classify(name.as_bytes()), want, "{name}");
         }
     }
 

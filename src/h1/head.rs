@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use http::Method;
 
+use super::names::{self, Name};
 use crate::head::Head;
 
 /// Header lines a request may carry (HAProxy's default is 101): a larger head is refused
@@ -44,31 +45,6 @@ pub enum HeadError {
 struct Field {
     name: Range<usize>,
     value: Range<usize>,
-}
-
-/// The header names the parser acts on.
-enum Known {
-    ContentLength,
-    TransferEncoding,
-    Connection,
-    Host,
-    Upgrade,
-    Expect,
-    Other,
-}
-
-/// Sorted by length first: most names are compared with nothing at all.
-fn known(name: &[u8]) -> Known {
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    match name.len() {
-        4 if is("host") => Known::Host,
-        6 if is("expect") => Known::Expect,
-        7 if is("upgrade") => Known::Upgrade,
-        10 if is("connection") => Known::Connection,
-        14 if is("content-length") => Known::ContentLength,
-        17 if is("transfer-encoding") => Known::TransferEncoding,
-        _ => Known::Other,
-    }
 }
 
 /// A request head, indexed. One per client connection, refilled for every request so that
@@ -195,7 +171,7 @@ impl RequestHead {
         let mut length: Option<u64> = None;
         let mut chunked = false;
         let mut hosts = 0;
-        let (mut close, mut keep_alive, mut upgrade_named) = (false, false, false);
+        let mut options = names::Options::default();
         let mut upgrade = None;
         for line in req.headers.iter() {
             let name = line.name.as_bytes();
@@ -204,9 +180,8 @@ impl RequestHead {
                 value: at(line.value),
             });
             let value = line.value;
-            match known(name) {
-                Known::Other => {}
-                Known::ContentLength => {
+            match names::name(name) {
+                Name::ContentLength => {
                     for part in list(value) {
                         let n = digits(part)
                             .ok_or(HeadError::Invalid("Content-Length is malformed"))?;
@@ -218,7 +193,7 @@ impl RequestHead {
                         length = Some(n);
                     }
                 }
-                Known::TransferEncoding => {
+                Name::TransferEncoding => {
                     for coding in list(value) {
                         if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
                             return Err(HeadError::Invalid(
@@ -231,24 +206,13 @@ impl RequestHead {
                         return Err(HeadError::Invalid("Transfer-Encoding is empty"));
                     }
                 }
-                Known::Connection => {
-                    for token in list(value) {
-                        if token.eq_ignore_ascii_case(b"close") {
-                            close = true;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            keep_alive = true;
-                        } else if token.eq_ignore_ascii_case(b"upgrade") {
-                            upgrade_named = true;
-                        } else {
-                            self.named.push(at(token));
-                        }
-                    }
-                }
-                Known::Host => hosts += 1,
-                Known::Upgrade => upgrade = Some(at(value)),
-                Known::Expect => {
+                Name::Connection => options.add(value, |token| self.named.push(at(token))),
+                Name::Host => hosts += 1,
+                Name::Upgrade => upgrade = Some(at(value)),
+                Name::Expect => {
                     self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
                 }
+                _ => {}
             }
         }
         if self.http11 && hosts != 1 && self.absolute.is_none() {
@@ -276,13 +240,9 @@ impl RequestHead {
             (false, Some(0) | None) => Framing::Empty,
             (false, Some(n)) => Framing::Length(n),
         };
-        self.keep_alive = if self.http11 {
-            !close
-        } else {
-            keep_alive && !close
-        };
+        self.keep_alive = !options.close && (self.http11 || options.keep_alive);
         // An HTTP/1.0 server must ignore `Upgrade` (RFC 9110 §7.8).
-        if self.http11 && upgrade_named {
+        if self.http11 && options.upgrade {
             self.upgrade = upgrade;
         }
         self.expect_continue &= self.http11 && self.framing != Framing::Empty;

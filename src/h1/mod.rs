@@ -19,6 +19,7 @@
 pub mod body;
 mod buffer;
 pub mod head;
+pub mod names;
 pub mod write;
 
 pub use body::{BodyError, Decoder, Encoding};

@@ -10,6 +10,7 @@ use http::StatusCode;
 
 use super::body::Encoding;
 use super::head::{Framing, digits, list};
+use super::names::{self, Name};
 use crate::limits::{self, ResetStyle, WindowState};
 use crate::reject::Reject;
 
@@ -114,14 +115,14 @@ pub fn response_head(
     // One pass: framing and connection options noted, the rest written as it came.
     let mut length: Option<u64> = None;
     let (mut coded, mut chunked_last) = (false, false);
-    let (mut close, mut keep_alive) = (false, false);
+    let mut options = names::Options::default();
     let mut named: Vec<&[u8]> = Vec::new();
     let mut present = 0u8;
     let mut has_date = false;
     for h in headers {
         let value = h.value;
-        match classify(h.name.as_bytes()) {
-            Field::ContentLength => {
+        match names::name(h.name.as_bytes()) {
+            Name::ContentLength => {
                 for part in list(value) {
                     let n = digits(part).ok_or(ResponseError::Malformed("Content-Length"))?;
                     if length.is_some_and(|seen| seen != n) {
@@ -131,29 +132,21 @@ pub fn response_head(
                 }
                 continue;
             }
-            Field::TransferEncoding => {
+            Name::TransferEncoding => {
                 for coding in list(value) {
                     coded = true;
                     chunked_last = coding.eq_ignore_ascii_case(b"chunked");
                 }
                 continue;
             }
-            Field::Connection => {
-                for token in list(value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        keep_alive = true;
-                    } else {
-                        named.push(token);
-                    }
-                }
+            Name::Connection => {
+                options.add(value, |token| named.push(token));
                 continue;
             }
-            Field::HopByHop => continue,
-            Field::Date => has_date = true,
-            Field::RateLimit(i) => present |= 1 << i,
-            Field::Other => {}
+            Name::HopByHop | Name::Upgrade => continue,
+            Name::Date => has_date = true,
+            Name::RateLimit(i) => present |= 1 << i,
+            _ => {}
         }
         out.extend_from_slice(raw(buf, h));
         out.extend_from_slice(b"\r\n");
@@ -163,9 +156,13 @@ pub fn response_head(
         out.truncate(fields);
         for h in headers {
             let name = h.name.as_bytes();
-            let dropped = !matches!(
-                classify(name),
-                Field::Other | Field::Date | Field::RateLimit(_)
+            let dropped = matches!(
+                names::name(name),
+                Name::ContentLength
+                    | Name::TransferEncoding
+                    | Name::Connection
+                    | Name::HopByHop
+                    | Name::Upgrade
             ) || named.iter().any(|n| n.eq_ignore_ascii_case(name));
             if !dropped {
                 out.extend_from_slice(raw(buf, h));
@@ -225,12 +222,8 @@ pub fn response_head(
             None => Framing::Close,
         }
     };
-    let upstream_keep_alive = framing != Framing::Close
-        && if version == 1 {
-            !close
-        } else {
-            keep_alive && !close
-        };
+    let upstream_keep_alive =
+        framing != Framing::Close && !options.close && (version == 1 || options.keep_alive);
     let encoding = match framing {
         Framing::Chunked | Framing::Close if cx.client_http11 => Encoding::Chunked,
         _ => Encoding::Raw,
@@ -334,41 +327,6 @@ fn finish(
         line(out, b"connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// What a response header means for the client's head.
-enum Field {
-    ContentLength,
-    TransferEncoding,
-    Connection,
-    /// Meaningful for one connection only, never forwarded.
-    HopByHop,
-    Date,
-    /// One of the rate-limit headers (its index in `limits::headers`).
-    RateLimit(u8),
-    Other,
-}
-
-/// Sorted by length first: most names are compared with nothing at all.
-fn classify(name: &[u8]) -> Field {
-    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
-    let limit = || match limits::headers::index(name) {
-        Some(i) => Field::RateLimit(i as u8),
-        None => Field::Other,
-    };
-    match name.len() {
-        2 if is("te") => Field::HopByHop,
-        4 if is("date") => Field::Date,
-        7 if is("upgrade") || is("trailer") => Field::HopByHop,
-        10 if is("connection") => Field::Connection,
-        10 if is("keep-alive") => Field::HopByHop,
-        14 if is("content-length") => Field::ContentLength,
-        16 if is("proxy-connection") => Field::HopByHop,
-        17 if is("transfer-encoding") => Field::TransferEncoding,
-        18 if is("proxy-authenticate") => Field::HopByHop,
-        9 | 16 | 17 | 21 => limit(),
-        _ => Field::Other,
-    }
 }
 
 fn status_line(out: &mut Vec<u8>, status: u16, reason: Option<&str>) {
