@@ -9,8 +9,9 @@
 //!   loop (`server::h1`: read a head, admit, forward or refuse, keep-alive, timeouts), hyper's
 //!   connections for HTTP/2 clients (`server::conn`) and config reload.
 //! - [`h1`]: keygate's own HTTP/1.1 on the wire: request heads indexed in the read buffer and
-//!   the framing rules that refuse smuggling ([`h1::head`]), bodies by length, chunks or close
-//!   ([`h1::body`]), the client's response heads and JSON refusals ([`h1::write`]).
+//!   the framing rules that refuse smuggling ([`h1::head`]), the header names it acts on
+//!   ([`h1::names`]), bodies by length, chunks or close ([`h1::body`]), the client's response
+//!   heads and JSON refusals ([`h1::write`]).
 //! - [`proxy`]: `admit()` (the ordered stages below) and `finish()` (metrics and the access
 //!   log) for both engines; `handle()`, hyper's request path around them.
 //! - [`head`]: the request head as the stages read it, whichever engine parsed it.
