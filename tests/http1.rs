@@ -548,3 +548,66 @@ async fn a_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
     );
     drop(wire);
 }
+
+#[tokio::test]
+async fn odd_requests_reach_the_upstream_as_authorized_and_nothing_more() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new(
+        &up.url(),
+        "[auth]\nunmatched = \"allow\"\n\n[[route]]\npath = \"/admin/**\"\nscopes = [\"admin\"]\n",
+    );
+    let (_, key) = ws.create_key(&[]);
+    let (_, reader) = ws.create_key(&["--scopes", "content:read"]);
+    let kg = ws.serve();
+    let send = |head: String| {
+        let kg = &kg;
+        async move {
+            let mut wire = Wire::open(kg).await;
+            wire.send(head.as_bytes()).await;
+            wire.response(false).await
+        }
+    };
+    // A fragment is cut off before the rules see the path, not after.
+    let admin = send(format!(
+        "GET /admin#x HTTP/1.1\r\nHost: a\r\nx-api-key: {reader}\r\n\r\n"
+    ))
+    .await;
+    assert_eq!(admin.status, 403, "{admin:?}");
+    let seen = send(format!(
+        "GET /v1/x?q=1#frag HTTP/1.1\r\nHost: a\r\nx-api-key: {key}\r\n\r\n"
+    ))
+    .await
+    .json();
+    assert_eq!(
+        (seen["path"].as_str(), seen["query"].as_str()),
+        (Some("/v1/x"), Some("q=1"))
+    );
+
+    // An empty header value stays a header line; `Content-Length: 0` stays; an upgrade to
+    // anything but WebSocket is dropped (keygate would splice blindly after a 101); a
+    // client's `Forwarded`, `X-Real-IP` and `_` spellings of keygate's headers go.
+    let seen = send(format!(
+        "POST /v1/x HTTP/1.1\r\nHost: a\r\nx-api-key: {key}\r\nX-Empty:\r\nContent-Length: 0\r\n\
+         Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\
+         X_Keygate_Owner: forged\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\n\r\n"
+    ))
+    .await
+    .json();
+    let headers = seen["headers"].as_object().unwrap();
+    assert_eq!(headers["x-empty"][0], "", "{seen}");
+    assert_eq!(headers["content-length"][0], "0", "{seen}");
+    for gone in [
+        "upgrade",
+        "http2-settings",
+        "connection",
+        "x_keygate_owner",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} reached the upstream: {seen}"
+        );
+    }
+    assert_eq!(headers["x-keygate-owner"][0], "default");
+}

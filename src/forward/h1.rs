@@ -76,8 +76,10 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &Request, cx: &RequestContext)
             Name::ForwardedProto | Name::ForwardedHost if !cx.peer_trusted => continue,
             Name::ForwardedProto => has_proto = true,
             Name::ForwardedHost => has_forwarded_host = true,
+            Name::ClientAddress if !cx.peer_trusted => continue,
             Name::Expect if value.eq_ignore_ascii_case(b"100-continue") => continue,
-            Name::Expect | Name::Date | Name::RateLimit(_) | Name::Other => {}
+            Name::Other if names::underscore_alias(name) => continue,
+            Name::Expect | Name::Date | Name::RateLimit(_) | Name::ClientAddress | Name::Other => {}
         }
         if req.connection_names(name) {
             continue;
@@ -133,7 +135,13 @@ fn line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 /// keygate's identity headers (every `x-keygate-*` the client sent was dropped).
 fn identity(out: &mut Vec<u8>, key: &CachedKey) {
-    line(out, b"x-keygate-key-id", key.id.as_bytes());
+    // Ids and bound values are made by `keys create`, but a hand-edited store could hold
+    // anything: a value that could break the head (CR, LF, …) is left out, as the header-map
+    // side refuses it. Owner and scopes are header values already.
+    let safe = |v: &[u8]| v.iter().all(|&b| b == b'\t' || (b' '..=b'~').contains(&b));
+    if safe(key.id.as_bytes()) {
+        line(out, b"x-keygate-key-id", key.id.as_bytes());
+    }
     if let Some(owner) = key.owner.header() {
         line(out, b"x-keygate-owner", owner.as_bytes());
     }
@@ -145,8 +153,7 @@ fn identity(out: &mut Vec<u8>, key: &CachedKey) {
         (&b"x-keygate-workspace"[..], key.workspace()),
         (b"x-keygate-project", key.project()),
     ] {
-        // Bound values are checked at creation; a value that could break the head is left out.
-        if let Some(v) = bound.filter(|v| v.bytes().all(|b| b.is_ascii_graphic() || b == b' ')) {
+        if let Some(v) = bound.filter(|v| safe(v.as_bytes())) {
             line(out, name, v.as_bytes());
         }
     }
@@ -199,7 +206,8 @@ mod tests {
         let raw = "GET /v1//x?a=1 HTTP/1.1\r\nHost: api.example\r\nX-Api-Key: kg_secret\r\n\
                    Authorization: Basic dTpw\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
                    Keep-Alive: 5\r\nTE: trailers\r\nX-Keygate-Owner: forged\r\n\
-                   X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n";
+                   X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\
+                   X_Keygate_Owner: forged2\r\nForwarded: for=6.6.6.7\r\nX-Real-IP: 6.6.6.8\r\n\r\n";
         let got = rewrite(raw, &context());
         assert!(got.starts_with("GET /v1/x?a=1 HTTP/1.1\r\n"), "{got}");
         for gone in [
@@ -208,8 +216,9 @@ mod tests {
             "Keep-Alive",
             "TE:",
             "forged",
-            "6.6.6.6",
+            "6.6.6.",
             "https",
+            "X_Keygate_Owner",
         ] {
             assert!(!got.contains(gone), "{gone} forwarded: {got}");
         }
@@ -282,6 +291,28 @@ mod tests {
         assert!(got.contains("transfer-encoding: chunked\r\n"), "{got}");
         assert!(!got.contains("Transfer-Encoding"), "{got}");
         assert!(!got.contains("100-continue"), "{got}");
+    }
+
+    #[test]
+    fn identity_values_that_could_break_the_head_are_left_out() {
+        let record = crate::keys::KeyRecord {
+            id: "key_x\r\nX-Injected: yes".into(),
+            workspace: Some("ws\nX-Also: no".into()),
+            ..crate::keys::KeyRecord::for_tests()
+        };
+        let key = CachedKey::from(&record);
+        let got = rewrite(
+            "GET /v1/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            &RequestContext {
+                key: Some(&key),
+                ..context()
+            },
+        );
+        assert!(
+            !got.contains("X-Injected") && !got.contains("X-Also"),
+            "{got}"
+        );
+        assert!(got.contains("x-keygate-env: live\r\n"), "{got}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use ipnet::IpNet;
 use crate::authz::canonical;
 use crate::config::is_identity_header;
 use crate::credential::CredentialHeader;
+use crate::h1::names::underscore_alias;
 use crate::head::Head;
 use crate::keys::cached::CachedKey;
 
@@ -125,8 +126,8 @@ fn hop_index(name: &str) -> Option<usize> {
     })
 }
 
-/// Removes every header that can carry an API key, and every `x-keygate-*` header a client
-/// sent (only keygate may set those). `Authorization` is kept when it carries another scheme
+/// Removes every header that can carry an API key, every `x-keygate-*` header a client sent
+/// (only keygate may set those), and their spellings with `_` (see [`underscore_alias`]). `Authorization` is kept when it carries another scheme
 /// (Basic, …): that credential is for the upstream, not for us.
 pub(super) fn strip_credentials(headers: &mut HeaderMap, which: &[CredentialHeader]) {
     // One pass over the names (cheap comparisons) instead of a hashed removal per configured
@@ -136,7 +137,7 @@ pub(super) fn strip_credentials(headers: &mut HeaderMap, which: &[CredentialHead
     for name in headers.keys() {
         if let Some(i) = which.iter().position(|h| h.header_name() == name) {
             present |= 1 << i;
-        } else if is_identity_header(name) {
+        } else if is_identity_header(name) || underscore_alias(name.as_str().as_bytes()) {
             foreign = true;
         }
     }
@@ -160,7 +161,7 @@ pub(super) fn strip_credentials(headers: &mut HeaderMap, which: &[CredentialHead
     if foreign {
         let names: Vec<HeaderName> = headers
             .keys()
-            .filter(|name| is_identity_header(name))
+            .filter(|name| is_identity_header(name) || underscore_alias(name.as_str().as_bytes()))
             .cloned()
             .collect();
         for name in names {
@@ -340,5 +341,15 @@ mod tests {
         );
         strip_credentials(&mut h, &all);
         assert!(h.is_empty());
+
+        let mut h = HeaderMap::new();
+        h.insert("x_keygate_owner", HeaderValue::from_static("forged"));
+        h.insert("x_api_key", HeaderValue::from_static("k"));
+        h.insert("x_custom", HeaderValue::from_static("stays"));
+        strip_credentials(&mut h, &all);
+        assert_eq!(
+            h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
+            ["x_custom"]
+        );
     }
 }

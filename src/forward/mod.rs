@@ -6,7 +6,9 @@
 //! 3. every `x-keygate-*` header from the client is removed, then keygate's identity headers
 //!    are added, so the upstream can trust them;
 //! 4. `X-Forwarded-For/-Proto/-Host` are set. Values a client sent are kept only when the
-//!    TCP peer is a trusted proxy; otherwise they are replaced, never appended to.
+//!    TCP peer is a trusted proxy; otherwise they are replaced, never appended to, and
+//!    `Forwarded` and `X-Real-IP` are removed. Spellings with `_` of the headers in 2-4 are
+//!    removed too (CGI-style servers read `X_Keygate_Owner` as `X-Keygate-Owner`).
 //!
 //! Bodies are never buffered: they stream through. An `Upgrade` (WebSocket) survives step 1
 //! when the client asked for one.
@@ -46,6 +48,8 @@ use crate::reject::Reject;
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Everything [`Forwarder::prepare`] needs to know about the request besides its headers.
 pub struct Origin<'a> {
@@ -175,6 +179,11 @@ impl Forwarder {
         }
 
         let peer = origin.peer_header.clone();
+        if !origin.peer_trusted {
+            // What an untrusted client says of its own address is not passed on.
+            headers.remove(&FORWARDED);
+            headers.remove(&X_REAL_IP);
+        }
         if origin.peer_trusted {
             let chain = headers
                 .get_all(&X_FORWARDED_FOR)

@@ -179,11 +179,14 @@ fn chunk_size(line: &[u8]) -> Result<u64, BodyError> {
     if digits == 0 || digits > 15 {
         return Err(BodyError::Malformed);
     }
-    let rest = line[digits..].trim_ascii_start();
-    if !rest.is_empty() && rest[0] != b';' {
+    // No control character but tab anywhere after the digits (a bare CR, a form feed); then
+    // only spaces or tabs before an extension.
+    let rest = &line[digits..];
+    if rest.iter().any(|&b| b < b' ' && b != b'\t' || b == 0x7f) {
         return Err(BodyError::Malformed);
     }
-    if rest.iter().any(|&b| b < b' ' && b != b'\t' || b == 0x7f) {
+    let rest = rest.trim_ascii_start();
+    if !rest.is_empty() && rest[0] != b';' {
         return Err(BodyError::Malformed);
     }
     let hex = std::str::from_utf8(&line[..digits]).map_err(|_| BodyError::Malformed)?;
@@ -376,6 +379,18 @@ mod tests {
                 None,
             ),
             ("junk after size", "5 x\r\nhello\r\n0\r\n\r\n", None),
+            (
+                "bare CR before extension",
+                "5\r;x\r\nhello\r\n0\r\n\r\n",
+                None,
+            ),
+            ("form feed after size", "5\x0c\r\nhello\r\n0\r\n\r\n", None),
+            ("CR inside the line", "5 \r\r\nhello\r\n0\r\n\r\n", None),
+            (
+                "tab before extension",
+                "5\t;x\r\nhello\r\n0\r\n\r\n",
+                ok("hello"),
+            ),
             ("truncated", "5\r\nhel", None),
             ("no last chunk", "5\r\nhello\r\n", None),
             ("trailer without end", "0\r\nX: 1\r\n", None),

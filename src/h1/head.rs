@@ -148,6 +148,9 @@ impl RequestHead {
         if !target.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(HeadError::Invalid("the request target must be ASCII"));
         }
+        // A fragment has no place in a request target; a client that sends one anyway has it
+        // cut off, as hyper does, so that `/admin#x` is authorized and forwarded as `/admin`.
+        let target = target.split_once('#').map_or(target, |(before, _)| before);
         let target_range = at(target.as_bytes());
         self.absolute = None;
         if target.starts_with('/') {
@@ -237,12 +240,21 @@ impl RequestHead {
                 ));
             }
             (true, None) => Framing::Chunked,
-            (false, Some(0) | None) => Framing::Empty,
+            (false, None) => Framing::Empty,
+            // `Content-Length: 0` stays one: some servers want it on a POST without a body.
             (false, Some(n)) => Framing::Length(n),
         };
         self.keep_alive = !options.close && (self.http11 || options.keep_alive);
-        // An HTTP/1.0 server must ignore `Upgrade` (RFC 9110 §7.8).
-        if self.http11 && options.upgrade {
+        // An HTTP/1.0 server must ignore `Upgrade` (RFC 9110 §7.8). Only WebSocket is passed
+        // on: after a `101` keygate copies bytes blindly, and an upgrade to another HTTP (h2c)
+        // would carry requests to the upstream that no key check ever saw. Any other upgrade
+        // is dropped with the hop-by-hop headers and the request served as it is.
+        let websocket = |r: &Range<usize>| {
+            buf[r.clone()]
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"websocket")
+        };
+        if self.http11 && options.upgrade && upgrade.as_ref().is_some_and(websocket) {
             self.upgrade = upgrade;
         }
         self.expect_continue &= self.http11 && self.framing != Framing::Empty;
@@ -290,8 +302,9 @@ impl<'a> Request<'a> {
     pub fn lines(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8], &'a [u8])> + 'a {
         let buf = self.buf;
         self.head.fields.iter().map(move |f| {
+            // An empty value: the name and its colon (the parser allows nothing between).
             let line = match f.value.is_empty() {
-                true => &buf[f.name.clone()],
+                true => &buf[f.name.start..f.name.end + 1],
                 false => &buf[f.name.start..f.value.end],
             };
             (&buf[f.name.clone()], &buf[f.value.clone()], line)
@@ -395,7 +408,7 @@ mod tests {
         let cases: &[(&str, &str, Result<Framing, HeadError>)] = &[
             ("no body", "", Ok(Empty)),
             ("length", "Content-Length: 12\r\n", Ok(Length(12))),
-            ("zero length", "Content-Length: 0\r\n", Ok(Empty)),
+            ("zero length", "Content-Length: 0\r\n", Ok(Length(0))),
             (
                 "same length twice",
                 "Content-Length: 5\r\nContent-Length: 5\r\n",
@@ -540,6 +553,20 @@ mod tests {
     }
 
     #[test]
+    fn fragments_are_cut_off_and_empty_values_keep_their_colon() {
+        let raw = "GET /admin?x=1#frag HTTP/1.1\r\nHost: h\r\nX-Empty:\r\nX-Spaces:   \r\n\r\n";
+        let head = parse(raw).unwrap();
+        let req = Request::new(&head, raw.as_bytes());
+        assert_eq!(req.path(), "/admin");
+        assert_eq!(req.query(), Some("x=1"));
+        let fragment = "GET /admin#x HTTP/1.1\r\nHost: h\r\n\r\n";
+        let head2 = parse(fragment).unwrap();
+        assert_eq!(Request::new(&head2, fragment.as_bytes()).path(), "/admin");
+        let lines: Vec<&[u8]> = req.lines().map(|(_, _, line)| line).collect();
+        assert_eq!(lines, [&b"Host: h"[..], b"X-Empty:", b"X-Spaces:"]);
+    }
+
+    #[test]
     fn connection_options_table() {
         // (request, keep_alive, upgrade, expect_continue)
         let cases: &[(&str, bool, Option<&str>, bool)] = &[
@@ -565,6 +592,12 @@ mod tests {
             ),
             (
                 "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
+                true,
+                None,
+                false,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\r\n",
                 true,
                 None,
                 false,

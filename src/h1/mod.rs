@@ -12,9 +12,10 @@
 //!
 //! What is spoken: HTTP/1.0 and 1.1 requests in origin or absolute form, keep-alive and
 //! pipelining (one request at a time), `Content-Length` and chunked bodies both ways (streamed,
-//! never buffered whole), `Expect: 100-continue`, 1xx interim responses, `Upgrade`
-//! (WebSocket) after admission. What is refused with a JSON 400: malformed heads, ambiguous
-//! framing (see [`head`]), `CONNECT`, `OPTIONS *`. Trailers are read and dropped.
+//! never buffered whole), `Expect: 100-continue`, 1xx interim responses, `Upgrade: websocket`
+//! after admission (other upgrades are dropped). What is refused with a JSON 400: malformed
+//! heads, ambiguous framing (see [`head`]), `CONNECT`, `OPTIONS *`. Trailers are read and
+//! dropped; a fragment in a target is cut off.
 
 pub mod body;
 mod buffer;

@@ -21,6 +21,9 @@ pub enum Name {
     ForwardedFor,
     ForwardedProto,
     ForwardedHost,
+    /// `Forwarded` (RFC 7239) and `X-Real-IP`: what a client says of itself, believed only
+    /// from trusted proxies.
+    ClientAddress,
     /// `x-keygate-*`: only keygate may set these.
     Identity,
     Date,
@@ -45,6 +48,7 @@ pub fn name(name: &[u8]) -> Name {
         7 if is("upgrade") => Name::Upgrade,
         7 if is("trailer") => Name::HopByHop,
         9 if is("x-api-key") => Name::Credential(CredentialHeader::XApiKey),
+        9 if is("forwarded") || is("x-real-ip") => Name::ClientAddress,
         10 if is("connection") => Name::Connection,
         10 if is("keep-alive") => Name::HopByHop,
         13 if is("authorization") => Name::Credential(CredentialHeader::Authorization),
@@ -61,6 +65,29 @@ pub fn name(name: &[u8]) -> Name {
         9 | 16 | 17 | 21 => limit(),
         _ => Name::Other,
     }
+}
+
+/// Whether `name` spells, with `_` for `-`, a header only keygate or a trusted proxy may set,
+/// or one that carries a key: servers that map headers to variables CGI-style
+/// (`HTTP_X_KEYGATE_OWNER`) cannot tell `X_Keygate_Owner` from `X-Keygate-Owner`, so the
+/// underscore spelling is dropped too (nginx drops every header with `_` by default).
+pub fn underscore_alias(name: &[u8]) -> bool {
+    if !name.contains(&b'_') || name.len() > 64 {
+        return false;
+    }
+    let mut dashed = [0u8; 64];
+    for (d, &b) in dashed.iter_mut().zip(name) {
+        *d = if b == b'_' { b'-' } else { b };
+    }
+    matches!(
+        self::name(&dashed[..name.len()]),
+        Name::Credential(_)
+            | Name::ForwardedFor
+            | Name::ForwardedProto
+            | Name::ForwardedHost
+            | Name::ClientAddress
+            | Name::Identity
+    )
 }
 
 /// What `Connection` headers said: its options, collected over every line.
@@ -114,10 +141,27 @@ mod tests {
             ("RateLimit", Name::RateLimit(4)),
             ("ratelimit-policy", Name::RateLimit(3)),
             ("Date", Name::Date),
+            ("Forwarded", Name::ClientAddress),
+            ("X-Real-IP", Name::ClientAddress),
             ("Accept", Name::Other),
             ("Content-Type", Name::Other),
         ] {
             assert_eq!(name(text.as_bytes()), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn underscore_spellings_of_controlled_headers() {
+        for (text, alias) in [
+            ("X_Keygate_Owner", true),
+            ("x_forwarded_for", true),
+            ("X_API_KEY", true),
+            ("X_Real_IP", true),
+            ("x-keygate-owner", false),
+            ("X_Custom_Thing", false),
+            ("user_agent", false),
+        ] {
+            assert_eq!(underscore_alias(text.as_bytes()), alias, "{text}");
         }
     }
 

@@ -102,9 +102,11 @@ pub fn response_head(
     // The line as received, from its name to the end of its value.
     fn raw<'b>(buf: &'b [u8], h: &httparse::Header<'b>) -> &'b [u8] {
         let at = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
+        let name = at(h.name.as_bytes());
         match h.value.is_empty() {
-            true => h.name.as_bytes(),
-            false => &buf[at(h.name.as_bytes())..at(h.value) + h.value.len()],
+            // The name and its colon (the parser allows nothing between).
+            true => &buf[name..name + h.name.len() + 1],
+            false => &buf[name..at(h.value) + h.value.len()],
         }
     }
     out.reserve(len + 256);
@@ -598,6 +600,12 @@ mod tests {
             "HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
              Date: Tue, 01 Dec 2026 00:00:00 GMT\r\ncontent-length: 0\r\n\r\n"
         );
+        // An empty value keeps its colon.
+        let (_, text) = fin(
+            "HTTP/1.1 200 OK\r\nX-Empty:\r\nContent-Length: 0\r\n\r\n",
+            &context(),
+        );
+        assert!(text.contains("\r\nX-Empty:\r\n"), "{text}");
         // No Date from the upstream: keygate adds one.
         let (_, text) = fin("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &context());
         assert!(text.contains("\r\ndate: "), "{text}");
