@@ -353,6 +353,7 @@ async fn scripted_upstream() -> (String, Seen) {
                         "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
                         "/upload" => b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
                         "/until-close" => b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil close",
+                        "/broken" => b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
                         _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
                     };
                     if tcp.write_all(answer).await.is_err() {
@@ -401,6 +402,12 @@ async fn upstream_framing_reaches_each_client_in_a_form_it_reads() {
     assert_eq!(head.header("content-length"), Some("10"));
     wire.send(&get("/plain", "HTTP/1.1", "")).await;
     assert_eq!(wire.response(false).await.body, b"ok");
+
+    // A response whose chunking is broken before anything reached the client: a 502.
+    wire.send(&get("/broken", "HTTP/1.1", "")).await;
+    let broken = wire.response(false).await;
+    assert_eq!(broken.status, 502, "{broken:?}");
+    assert_eq!(broken.json()["error"]["code"], "upstream_unavailable");
 
     // HTTP/1.0 knows no chunks: the body comes raw and the close ends it.
     let mut wire = Wire::open(&kg).await;

@@ -149,7 +149,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
             .upstream_latency
             .observe(sent_at.elapsed().as_secs_f64());
         let request_done = decoder.is_done();
-        self.relay(link, response, request_done).await
+        // The body bytes that came with the head go to the client with it, in one write.
+        // Broken ones are still the upstream's failure to report: nothing was sent yet.
+        let mut body = Decoder::new(response.framing);
+        if !response.switching
+            && let Err(e) =
+                h1::body::take_buffered(&mut body, response.encoding, &mut link.buf, &mut self.down)
+        {
+            tracing::warn!(error = %e, "upstream request failed: its response body");
+            self.down.clear();
+            let body = if request_done {
+                Body::Consumed
+            } else {
+                Body::Partial
+            };
+            return self
+                .refuse(Reject::UpstreamUnavailable, audit, facts, body)
+                .await;
+        }
+        self.relay(link, response, body, request_done).await
     }
 
     /// Streams the rest of the request body upstream while watching for the response head,
@@ -242,11 +260,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
         .await
     }
 
-    /// The response head is in `down`: it goes to the client with the body after it.
+    /// The response head (and the body bytes that came with it, taken by `decoder`) is in
+    /// `down`: it goes to the client, the rest of the body after it.
     pub(super) async fn relay(
         &mut self,
         mut link: Link,
         mut response: Response,
+        mut decoder: Decoder,
         request_done: bool,
     ) -> ((u16, &'static str), Next) {
         let status = (response.status, "allowed");
@@ -256,21 +276,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
             write::close_instead(&mut self.down);
             response.client_keep_alive = false;
         }
-        let mut decoder = Decoder::new(response.framing);
         if response.switching {
             self.down.extend_from_slice(link.buf.filled());
             link.buf.consume(link.buf.len());
             let next = self.splice(link).await;
             return (status, next);
-        }
-        if let Err(e) = h1::body::take_buffered(
-            &mut decoder,
-            response.encoding,
-            &mut link.buf,
-            &mut self.down,
-        ) {
-            tracing::warn!(error = %e, "upstream request failed: its response body");
-            return (status, Next::Gone);
         }
         if self.send_down_scratch().await.is_err() {
             return (status, Next::Gone);
