@@ -51,6 +51,10 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Shared quotas and suspensions.
     pub limits: LimitMetrics,
+    /// io_uring submissions of upstream writes, and the writes they carried
+    /// ([`crate::forward::batch`]), brought up to date at each scrape.
+    write_batches: IntCounter,
+    batched_writes: IntCounter,
 }
 
 /// Request latencies span a cache hit (tens of µs) to a slow upstream (seconds).
@@ -138,6 +142,16 @@ impl Metrics {
             "TLS handshakes with clients that failed or timed out",
         )
         .expect("valid metric");
+        let write_batches = IntCounter::new(
+            "keygate_upstream_write_batches_total",
+            "io_uring submissions of upstream request writes (one per event-loop turn with writes)",
+        )
+        .expect("valid metric");
+        let batched_writes = IntCounter::new(
+            "keygate_upstream_batched_writes_total",
+            "Upstream request writes sent in those submissions",
+        )
+        .expect("valid metric");
         let reloads = IntCounterVec::new(
             Opts::new(
                 "keygate_reloads_total",
@@ -160,6 +174,8 @@ impl Metrics {
             Box::new(propagation.clone()),
             Box::new(propagation_last.clone()),
             Box::new(cache_flushes.clone()),
+            Box::new(write_batches.clone()),
+            Box::new(batched_writes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -195,6 +211,8 @@ impl Metrics {
             propagation_last,
             cache_flushes,
             limits,
+            write_batches,
+            batched_writes,
         }
     }
 
@@ -227,6 +245,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        let (batches, writes) = crate::forward::batch::totals();
+        self.write_batches
+            .inc_by(batches.saturating_sub(self.write_batches.get()));
+        self.batched_writes
+            .inc_by(writes.saturating_sub(self.batched_writes.get()));
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -289,3 +289,62 @@ async fn an_idle_client_connection_lends_its_upstream_connection_to_others() {
     let (status, _) = get_on(&idle, &url, &key).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+/// Requests from many client connections at once, each with its own path and body: every
+/// response must be the echo of its own request, whether the upstream writes of a turn go out
+/// in one io_uring submission (the default, where the kernel allows it) or one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_reach_the_upstream_whole_with_or_without_batched_writes() {
+    let upstream = Upstream::start().await;
+    for batched in [true, false] {
+        let extra = format!("[server]\nbatch_upstream_writes = {batched}\nworkers = 1\n");
+        let ws = Workspace::new(&upstream.url(), &extra);
+        let (_, key) = ws.create_key(&[]);
+        let kg = ws.serve();
+        let clients: Vec<_> = (0..64).map(|_| keep_alive_client()).collect();
+        for round in 0..5 {
+            let requests = clients.iter().enumerate().map(|(i, client)| {
+                let url = kg.url(&format!("/v1/item-{i}-{round}"));
+                let key = key.clone();
+                let body = format!("body of {i} in round {round}").repeat(i + 1);
+                async move {
+                    let req = Request::post(&url)
+                        .header("x-api-key", &key)
+                        .body(Full::new(Bytes::from(body.clone())))
+                        .unwrap();
+                    let response =
+                        tokio::time::timeout(Duration::from_secs(10), client.request(req))
+                            .await
+                            .expect("request timed out")
+                            .expect("request failed");
+                    assert_eq!(response.status(), StatusCode::OK);
+                    let echo = response.into_body().collect().await.unwrap().to_bytes();
+                    let echo: serde_json::Value = serde_json::from_slice(&echo).unwrap();
+                    assert_eq!(echo["path"], format!("/v1/item-{i}-{round}"));
+                    assert_eq!(echo["body"], body);
+                }
+            });
+            futures_util::future::join_all(requests).await;
+        }
+        let batches = kg
+            .metric("keygate_upstream_write_batches_total")
+            .await
+            .unwrap();
+        let writes = kg
+            .metric("keygate_upstream_batched_writes_total")
+            .await
+            .unwrap();
+        if !batched {
+            assert_eq!((batches, writes), (0.0, 0.0));
+        } else if writes > 0.0 {
+            // 320 requests, 64 at a time: most turns carry several writes.
+            assert_eq!(writes, 320.0, "every request write went through a batch");
+            assert!(
+                batches < writes / 2.0,
+                "{batches} batches for {writes} writes"
+            );
+        } else {
+            eprintln!("io_uring is not available here: writes went one by one");
+        }
+    }
+}

@@ -28,6 +28,7 @@ pub(super) struct RawServer {
     shutdown_timeout: Duration,
     #[serde(with = "humantime_serde")]
     watch_interval: Duration,
+    batch_upstream_writes: bool,
 }
 
 impl Default for RawServer {
@@ -43,6 +44,7 @@ impl Default for RawServer {
             drain_period: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(20),
             watch_interval: Duration::from_secs(2),
+            batch_upstream_writes: true,
         }
     }
 }
@@ -81,6 +83,10 @@ pub struct Server {
     /// off (SIGHUP still reloads).
     #[serde(with = "humantime_serde")]
     pub watch_interval: Duration,
+    /// The upstream writes of one event-loop turn go to the kernel in one io_uring
+    /// submission, where the kernel allows it ([`crate::forward::batch`]); false: one `send`
+    /// each.
+    pub batch_upstream_writes: bool,
 }
 
 impl TryFrom<RawServer> for Server {
@@ -137,6 +143,7 @@ impl TryFrom<RawServer> for Server {
             drain_period: raw.drain_period,
             shutdown_timeout: raw.shutdown_timeout,
             watch_interval: raw.watch_interval,
+            batch_upstream_writes: raw.batch_upstream_writes,
         })
     }
 }

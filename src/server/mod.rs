@@ -156,6 +156,7 @@ impl Server {
                 header: config.server.header_read_timeout,
                 idle: config.server.idle_timeout,
                 max_header_bytes: config.server.max_header_bytes,
+                batch_writes: config.server.batch_upstream_writes,
             },
         });
         let client_cap = Arc::new(Semaphore::new(config.server.max_connections));

@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use super::clock::{Deadline, Patient};
 use super::{Body, Facts, Next, Session, write_flush};
 use crate::forward::Forwarder;
-use crate::forward::upstream::{DialError, Link, Route};
+use crate::forward::batch;
+use crate::forward::upstream::{DialError, Link, Route, Stream};
 use crate::h1::write::{self, Limit, Parsed, Response, ResponseContext};
 use crate::h1::{self, BodyError, Buffer, Decoder, Encoding, Framing};
 use crate::proxy::Audit;
@@ -83,18 +84,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
                 | Method::DELETE
                 | Method::TRACE
         );
-        // One turn of the event loop first: every connection whose request arrived in this
-        // turn parses and admits it, and then the upstream writes go out together. An upstream
-        // on the same CPU (a sidecar's usual place) then wakes once per batch instead of once
-        // per request: on the benchmark machine 0.70 instead of 0.92 context switches per
-        // request and 18 % more throughput, at no cost at a fixed 5,000 req/s; a second turn
-        // adds nothing (bench/RESULTS.md, 2026-12-04).
-        tokio::task::yield_now().await;
+        let mut batched = Some(self.batch_write(&mut link).await);
         let sent_at = Instant::now();
         let mut retried = false;
         let response = loop {
-            if let Err(e) = write_flush(&mut link.stream, &self.up).await {
-                if link.reused && !retried && whole {
+            // What the batch sent (the first time round) and the rest.
+            let written = match batched.take().unwrap_or(Ok(0)) {
+                Ok(n) => write_flush(&mut link.stream, &self.up[n..]).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                // `up` comes back empty only from a batch whose fate is unknown: not resent.
+                if link.reused && !retried && whole && !self.up.is_empty() {
                     retried = true;
                     link = match self.dial(forwarder, route).await {
                         Ok(link) => link,
@@ -168,6 +169,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
                 .await;
         }
         self.relay(link, response, body, request_done).await
+    }
+
+    /// Waits for the end of this event-loop turn, so that every connection whose request
+    /// arrived in it has its upstream write ready, and sends them together: one io_uring
+    /// submission where it works ([`batch`]), else each on its own after the turn. An
+    /// upstream on the same CPU (a sidecar's usual place) then wakes once per batch instead of
+    /// once per request (bench/RESULTS.md, 2026-12-04). Returns how much of `up` went out.
+    async fn batch_write(&mut self, link: &mut Link) -> std::io::Result<usize> {
+        if self.timing.batch_writes
+            && let Stream::Plain(tcp) = &link.stream
+            && let Some(sent) = batch::send(tcp, &mut self.up).await
+        {
+            return sent;
+        }
+        tokio::task::yield_now().await;
+        Ok(0)
     }
 
     /// Streams the rest of the request body upstream while watching for the response head,

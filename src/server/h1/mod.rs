@@ -52,6 +52,8 @@ pub struct Timing {
     pub header: Duration,
     pub idle: Duration,
     pub max_header_bytes: usize,
+    /// Upstream writes go through [`crate::forward::batch`].
+    pub batch_writes: bool,
 }
 
 /// How serving a connection ended.
