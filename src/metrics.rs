@@ -51,7 +51,7 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Shared quotas and suspensions.
     pub limits: LimitMetrics,
-    /// io_uring submissions of upstream writes, and the writes they carried
+    /// io_uring submissions of writes, and the writes they carried
     /// ([`crate::forward::batch`]), brought up to date at each scrape.
     write_batches: IntCounter,
     batched_writes: IntCounter,
@@ -143,13 +143,13 @@ impl Metrics {
         )
         .expect("valid metric");
         let write_batches = IntCounter::new(
-            "keygate_upstream_write_batches_total",
-            "io_uring submissions of upstream request writes (one per event-loop turn with writes)",
+            "keygate_write_batches_total",
+            "io_uring submissions of writes (to upstreams and HTTP/1.1 clients; one per event-loop turn with writes)",
         )
         .expect("valid metric");
         let batched_writes = IntCounter::new(
-            "keygate_upstream_batched_writes_total",
-            "Upstream request writes sent in those submissions",
+            "keygate_batched_writes_total",
+            "Writes sent in those submissions",
         )
         .expect("valid metric");
         let reloads = IntCounterVec::new(

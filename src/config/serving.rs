@@ -28,7 +28,7 @@ pub(super) struct RawServer {
     shutdown_timeout: Duration,
     #[serde(with = "humantime_serde")]
     watch_interval: Duration,
-    batch_upstream_writes: bool,
+    batch_writes: bool,
 }
 
 impl Default for RawServer {
@@ -44,7 +44,7 @@ impl Default for RawServer {
             drain_period: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(20),
             watch_interval: Duration::from_secs(2),
-            batch_upstream_writes: true,
+            batch_writes: true,
         }
     }
 }
@@ -83,10 +83,10 @@ pub struct Server {
     /// off (SIGHUP still reloads).
     #[serde(with = "humantime_serde")]
     pub watch_interval: Duration,
-    /// The upstream writes of one event-loop turn go to the kernel in one io_uring
-    /// submission, where the kernel allows it ([`crate::forward::batch`]); false: one `send`
-    /// each.
-    pub batch_upstream_writes: bool,
+    /// The writes of one event-loop turn (request heads to the upstream, response heads to
+    /// HTTP/1.1 clients) go to the kernel in one io_uring submission, where the kernel allows
+    /// it ([`crate::forward::batch`]); false: one `send` each.
+    pub batch_writes: bool,
 }
 
 impl TryFrom<RawServer> for Server {
@@ -143,7 +143,7 @@ impl TryFrom<RawServer> for Server {
             drain_period: raw.drain_period,
             shutdown_timeout: raw.shutdown_timeout,
             watch_interval: raw.watch_interval,
-            batch_upstream_writes: raw.batch_upstream_writes,
+            batch_writes: raw.batch_writes,
         })
     }
 }

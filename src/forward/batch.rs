@@ -1,24 +1,27 @@
-//! Upstream writes of one event-loop turn, handed to the kernel together in one system call.
+//! The writes of one event-loop turn, handed to the kernel together in one system call:
+//! request heads to the upstream and response heads to HTTP/1.1 clients, over plain TCP.
 //!
 //! Why: a sidecar's upstream usually shares a CPU with it. A write to an idle upstream wakes
 //! it, and the kernel lets the woken process run as soon as the writer returns to user space:
 //! on the benchmark machine after nearly every `send`. The upstream then finds one request per
 //! wake-up, and keygate is switched out and back in once per request. Writes submitted in one
 //! `io_uring_enter` all land before keygate returns to user space, so the upstream wakes once
-//! and finds them all.
+//! and finds them all. Responses to clients go the same way: one system call for the turn,
+//! and a client process that is woken once for several of its connections.
 //!
-//! How: the first request of a turn to get here leads the turn. It lets the event loop run
-//! once more (`yield_now`), so that every connection with a request in this turn queues its
-//! write behind it, and then submits them all. Sends carry `MSG_DONTWAIT`: each one completes
+//! How: the first write of a turn to get here leads the turn. It lets the event loop run
+//! once more (`yield_now`), so that every connection with something to write in this turn
+//! queues it behind, and then submits them all. Sends carry `MSG_DONTWAIT`: each one completes
 //! within the submission (sent, partly sent, or `EAGAIN`), so no buffer is in the kernel's
-//! hands once [`Queue::flush`] returns, and whatever was not sent goes the usual way. A
-//! probe at first use checks exactly that; where it fails, or io_uring is missing (an old
-//! kernel, a seccomp profile that forbids it, `kernel.io_uring_disabled`), nothing is queued
-//! and every write goes the usual way, one turn late as before.
+//! hands once a flush returns, and whatever was not sent goes the usual way. A probe at
+//! first use checks exactly that; where it fails, or io_uring is missing (an old kernel, a
+//! seccomp profile that forbids it, `kernel.io_uring_disabled`), nothing is queued and every
+//! write goes the usual way (upstream writes one turn late, as before).
 //!
-//! Each runtime thread has its queue. A queued write owns its buffer, and a request dropped
-//! while queued takes its write out first (its socket may close), so the leader never sends
-//! on a descriptor nobody owns; a leader dropped before it flushed flushes as it goes.
+//! Each runtime thread has its queue. A queued write owns its buffer, and a write dropped
+//! while queued (its request cancelled) takes itself out first, before its socket can close,
+//! so a flush never sends on a descriptor nobody owns; a leader dropped before it flushed
+//! flushes as it goes.
 
 use std::cell::OnceCell;
 use std::future::poll_fn;
@@ -49,8 +52,7 @@ pub fn totals() -> (u64, u64) {
     )
 }
 
-/// Sends `buf` on `tcp` together with this turn's other upstream writes, once the turn is
-/// over. Returns how many bytes went out (0 if the socket had no room; the caller sends the
+/// Sends `buf` on `tcp` together with this turn's other writes, once the turn is over. Returns how many bytes went out (0 if the socket had no room; the caller sends the
 /// rest), or `None` when batching is not available here, in which case nothing was sent.
 /// `buf` comes back as it went, except after an error whose outcome is unknown (the kernel
 /// may or may not have sent it): then it comes back empty, so that nobody sends it twice.
@@ -69,6 +71,23 @@ pub async fn send(tcp: &TcpStream, buf: &mut Vec<u8>) -> Option<io::Result<usize
     Some(result)
 }
 
+/// A transport whose writes can join a batch: plain TCP (TLS encrypts in user space first).
+pub trait Batchable {
+    fn tcp(&self) -> Option<&TcpStream>;
+}
+
+impl Batchable for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl<IO> Batchable for tokio_rustls::server::TlsStream<IO> {
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
 /// Whether batched writes work here (probed once per process).
 pub fn available() -> bool {
     static PROBED: OnceLock<Result<(), String>> = OnceLock::new();
@@ -84,7 +103,7 @@ pub fn available() -> bool {
 }
 
 /// One thread's queue of writes waiting for the end of the turn.
-pub struct Queue {
+struct Queue {
     inner: Mutex<Inner>,
 }
 
@@ -279,19 +298,17 @@ impl Ticket {
 
     fn poll_done(&mut self, waker: &Waker) -> Poll<(io::Result<usize>, Vec<u8>)> {
         let mut inner = self.queue.lock();
-        match &mut inner.slots[self.slot] {
-            Slot::Queued { waker: w, .. } => {
-                match w {
-                    Some(w) if w.will_wake(waker) => {}
-                    _ => *w = Some(waker.clone()),
-                }
-                Poll::Pending
+        let slot = &mut inner.slots[self.slot];
+        if let Slot::Queued { waker: w, .. } = slot {
+            match w {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
             }
-            done @ Slot::Done { .. } => {
-                let Slot::Done { buf, result } = std::mem::replace(done, Slot::Free) else {
-                    unreachable!("matched above");
-                };
-                self.finished = true;
+            return Poll::Pending;
+        }
+        self.finished = true;
+        match std::mem::replace(slot, Slot::Free) {
+            Slot::Done { buf, result } => {
                 let result = match result {
                     n if n >= 0 => Ok(n as usize),
                     e if e == -libc::EAGAIN => Ok(0),
@@ -299,7 +316,9 @@ impl Ticket {
                 };
                 Poll::Ready((result, buf))
             }
-            Slot::Free => unreachable!("a ticket's slot is freed only by the ticket"),
+            // Only the ticket frees its slot; were it ever otherwise, the write would be
+            // lost, never sent twice.
+            _ => Poll::Ready((Err(io::Error::other("batched write lost")), Vec::new())),
         }
     }
 }

@@ -156,7 +156,7 @@ impl Server {
                 header: config.server.header_read_timeout,
                 idle: config.server.idle_timeout,
                 max_header_bytes: config.server.max_header_bytes,
-                batch_writes: config.server.batch_upstream_writes,
+                batch_writes: config.server.batch_writes,
             },
         });
         let client_cap = Arc::new(Semaphore::new(config.server.max_connections));
@@ -347,7 +347,12 @@ impl Endpoint {
 /// or the HTTP/2 preface, which `h1` notices and hands back) or the upstream does.
 async fn serve_proxy<IO>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Connection, h2: bool)
 where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + crate::forward::batch::Batchable
+        + Unpin
+        + Send
+        + 'static,
 {
     if h2 || proxy.current().forwarder.is_http2() {
         serve_hyper(serving, io, proxy, conn).await;

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::clock::{Deadline, Patient};
 use super::{Body, Facts, Next, Session, write_flush};
 use crate::forward::Forwarder;
-use crate::forward::batch;
+use crate::forward::batch::{self, Batchable};
 use crate::forward::upstream::{DialError, Link, Route, Stream};
 use crate::h1::write::{self, Limit, Parsed, Response, ResponseContext};
 use crate::h1::{self, BodyError, Buffer, Decoder, Encoding, Framing};
@@ -35,7 +35,7 @@ impl Failure {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
+impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     /// Sends the request upstream and relays the response. Returns the status the client got
     /// with the decision logged for it.
     pub(super) async fn forward(
@@ -175,7 +175,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
     /// arrived in it has its upstream write ready, and sends them together: one io_uring
     /// submission where it works ([`batch`]), else each on its own after the turn. An
     /// upstream on the same CPU (a sidecar's usual place) then wakes once per batch instead of
-    /// once per request (bench/RESULTS.md, 2026-12-04). Returns how much of `up` went out.
+    /// once per request (bench/RESULTS.md, 2026-12-04). Returns how much of `up` went out;
+    /// the caller sends the rest.
     async fn batch_write(&mut self, link: &mut Link) -> std::io::Result<usize> {
         if self.timing.batch_writes
             && let Stream::Plain(tcp) = &link.stream

@@ -31,6 +31,7 @@ use clock::{Closing, Deadline, Patient};
 use refuse::Body;
 
 use super::conn::Rewind;
+use crate::forward::batch::{self, Batchable};
 use crate::forward::h1::{RequestContext, write_request_head};
 use crate::forward::upstream::Link;
 use crate::h1::{self, Buffer, Framing, HeadError, RequestHead};
@@ -72,7 +73,7 @@ pub async fn serve<IO>(
     closing: &CancellationToken,
 ) -> Served<IO>
 where
-    IO: AsyncRead + AsyncWrite + Unpin + Send,
+    IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send,
 {
     let mut session = Session {
         proxy,
@@ -152,7 +153,7 @@ struct Facts {
     upgrade: bool,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
+impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     async fn run(&mut self) -> Next {
         loop {
             match self.next_head().await {
@@ -310,9 +311,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
         write_flush(&mut Patient::new(&mut self.io, self.timing.idle), bytes).await
     }
 
+    /// Sends `down` to the client, with this turn's other writes where they can be batched
+    /// ([`batch`]), and empties it.
     async fn send_down_scratch(&mut self) -> std::io::Result<()> {
+        let mut sent = 0;
+        if self.timing.batch_writes
+            && let Some(tcp) = self.io.tcp()
+            && let Some(batched) = batch::send(tcp, &mut self.down).await
+        {
+            sent = match batched {
+                Ok(n) => n,
+                Err(e) => {
+                    self.down.clear();
+                    return Err(e);
+                }
+            };
+        }
         let mut client = Patient::new(&mut self.io, self.timing.idle);
-        let result = write_flush(&mut client, &self.down).await;
+        let result = write_flush(&mut client, &self.down[sent..]).await;
         self.down.clear();
         result
     }

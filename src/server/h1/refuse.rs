@@ -5,6 +5,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use super::{Facts, Next, Session};
+use crate::forward::batch::Batchable;
 use crate::h1::write::{self, Limit};
 use crate::h1::{self, Decoder, Encoding, Framing};
 use crate::proxy::{Audit, Ended};
@@ -34,7 +35,7 @@ pub(super) enum Leftover {
     Unknown,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin + Send> Session<'_, IO> {
+impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     /// The response to a refusal; what is left of the request body is skipped when that is
     /// cheap, or the connection closes after the response.
     pub(super) async fn refuse(
