@@ -94,8 +94,8 @@ pub fn available() -> bool {
     let probed = PROBED.get_or_init(|| {
         let result = probe();
         match &result {
-            Ok(()) => tracing::debug!("upstream writes are batched through io_uring"),
-            Err(why) => tracing::info!(why, "upstream writes are not batched"),
+            Ok(()) => tracing::debug!("writes are batched through io_uring"),
+            Err(why) => tracing::info!(why, "writes are not batched (io_uring unavailable)"),
         }
         result
     });
