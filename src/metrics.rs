@@ -52,7 +52,8 @@ pub struct Metrics {
     /// Shared quotas and suspensions.
     pub limits: LimitMetrics,
     /// io_uring submissions of writes, and the writes they carried
-    /// ([`crate::forward::batch`]), brought up to date at each scrape.
+    /// ([`crate::forward::batch`]; counted for the whole process), brought up to date at each
+    /// scrape.
     write_batches: IntCounter,
     batched_writes: IntCounter,
 }

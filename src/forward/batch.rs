@@ -164,6 +164,12 @@ impl Queue {
             let mut next = 0;
             while next < inner.slots.len() {
                 let (pushed, upto) = inner.push_from(next);
+                if upto == next {
+                    // No room at all (only after an abandoned submission): the rest was
+                    // never handed to the kernel, so its requests send it themselves.
+                    inner.unsent_from(next, &mut wakers);
+                    break;
+                }
                 next = upto;
                 if pushed > 0 {
                     SUBMISSIONS.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +200,9 @@ impl Inner {
                 // SAFETY: the buffer and the descriptor stay valid until the send completes:
                 // the slot owns the buffer and is freed only under this queue's lock, which
                 // the caller holds until `complete` has seen every pushed send finish.
-                unsafe { sq.push(&entry) }.expect("checked: not full");
+                if unsafe { sq.push(&entry) }.is_err() {
+                    break;
+                }
                 pushed += 1;
             }
             at += 1;
@@ -215,7 +223,7 @@ impl Inner {
                         | io::ErrorKind::ResourceBusy
                 );
                 if !retry {
-                    tracing::warn!(error = %e, "io_uring submission failed; upstream writes are no longer batched");
+                    tracing::warn!(error = %e, "io_uring submission failed; writes are no longer batched");
                     self.abandon(wakers);
                     return;
                 }
@@ -232,6 +240,19 @@ impl Inner {
                         result: cqe.result(),
                     };
                 }
+            }
+        }
+    }
+
+    /// Writes from slot `from` on that were never submitted go back as unsent.
+    fn unsent_from(&mut self, from: usize, wakers: &mut Vec<Waker>) {
+        for slot in &mut self.slots[from..] {
+            if let Slot::Queued { buf, waker, .. } = std::mem::replace(slot, Slot::Free) {
+                wakers.extend(waker);
+                *slot = Slot::Done {
+                    buf,
+                    result: -libc::EAGAIN,
+                };
             }
         }
     }

@@ -53,7 +53,8 @@ pub struct Timing {
     pub header: Duration,
     pub idle: Duration,
     pub max_header_bytes: usize,
-    /// Upstream writes go through [`crate::forward::batch`].
+    /// Request heads to the upstream and response heads to the client (plain TCP) go out
+    /// with the turn's other writes ([`crate::forward::batch`]).
     pub batch_writes: bool,
 }
 
