@@ -110,6 +110,10 @@ struct Queue {
 struct Inner {
     ring: IoUring,
     slots: Vec<Slot>,
+    /// Slots no ticket holds, to be reused.
+    free: Vec<usize>,
+    /// Slots queued this turn, in order.
+    queued: Vec<usize>,
     /// A request of this turn is waiting to submit the queue.
     led: bool,
 }
@@ -143,6 +147,8 @@ impl Queue {
                     inner: Mutex::new(Inner {
                         ring,
                         slots: Vec::new(),
+                        free: Vec::new(),
+                        queued: Vec::new(),
                         led: false,
                     }),
                 }))
@@ -161,22 +167,26 @@ impl Queue {
         {
             let mut inner = self.lock();
             inner.led = false;
-            let mut next = 0;
-            while next < inner.slots.len() {
-                let (pushed, upto) = inner.push_from(next);
-                if upto == next {
-                    // No room at all (only after an abandoned submission): the rest was
-                    // never handed to the kernel, so its requests send it themselves.
-                    inner.unsent_from(next, &mut wakers);
+            let queued = std::mem::take(&mut inner.queued);
+            let mut rest = &queued[..];
+            while !rest.is_empty() {
+                let (pushed, taken) = inner.push(rest);
+                if taken == 0 {
+                    // No room at all (only after an abandoned submission): these were never
+                    // handed to the kernel, so their requests send them themselves.
+                    settle(&mut inner.slots, rest, -libc::EAGAIN, &mut wakers);
                     break;
                 }
-                next = upto;
+                rest = &rest[taken..];
                 if pushed > 0 {
                     SUBMISSIONS.fetch_add(1, Ordering::Relaxed);
                     WRITES.fetch_add(pushed as u64, Ordering::Relaxed);
                     inner.complete(pushed, &mut wakers);
                 }
             }
+            // The list's allocation is kept for the next turn.
+            inner.queued = queued;
+            inner.queued.clear();
         }
         for waker in wakers {
             waker.wake();
@@ -185,13 +195,13 @@ impl Queue {
 }
 
 impl Inner {
-    /// Puts queued writes from slot `from` on into the submission queue, as many as fit.
-    /// Returns how many, and the slot to go on from.
-    fn push_from(&mut self, from: usize) -> (usize, usize) {
+    /// Puts the writes of the slots `ids` into the submission queue, as many as fit.
+    /// Returns how many were pushed and how many of `ids` were dealt with.
+    fn push(&mut self, ids: &[usize]) -> (usize, usize) {
         let mut sq = self.ring.submission();
         let mut pushed = 0;
-        let mut at = from;
-        while at < self.slots.len() && !sq.is_full() {
+        let mut taken = 0;
+        for &at in ids {
             if let Slot::Queued { fd, buf, .. } = &self.slots[at] {
                 let entry = opcode::Send::new(types::Fd(*fd), buf.as_ptr(), len32(buf))
                     .flags(FLAGS)
@@ -205,9 +215,9 @@ impl Inner {
                 }
                 pushed += 1;
             }
-            at += 1;
+            taken += 1;
         }
-        (pushed, at)
+        (pushed, taken)
     }
 
     /// Submits `pushed` sends and collects their results. Each completes within the
@@ -230,46 +240,37 @@ impl Inner {
             }
             for cqe in self.ring.completion() {
                 done += 1;
-                let at = cqe.user_data() as usize;
-                if let Slot::Queued { buf, waker, .. } =
-                    std::mem::replace(&mut self.slots[at], Slot::Free)
-                {
-                    wakers.extend(waker);
-                    self.slots[at] = Slot::Done {
-                        buf,
-                        result: cqe.result(),
-                    };
-                }
-            }
-        }
-    }
-
-    /// Writes from slot `from` on that were never submitted go back as unsent.
-    fn unsent_from(&mut self, from: usize, wakers: &mut Vec<Waker>) {
-        for slot in &mut self.slots[from..] {
-            if let Slot::Queued { buf, waker, .. } = std::mem::replace(slot, Slot::Free) {
-                wakers.extend(waker);
-                *slot = Slot::Done {
-                    buf,
-                    result: -libc::EAGAIN,
-                };
+                settle(
+                    &mut self.slots,
+                    &[cqe.user_data() as usize],
+                    cqe.result(),
+                    wakers,
+                );
             }
         }
     }
 
     /// After a failed submission it is unknown which sends the kernel took: their buffers
-    /// are left to it (leaked), their requests told nothing was sent, and the queue closed.
+    /// are left to it (leaked), their requests told nothing can be said, and batching ends.
     fn abandon(&mut self, wakers: &mut Vec<Waker>) {
         BROKEN.store(true, Ordering::Relaxed);
         for slot in &mut self.slots {
-            if let Slot::Queued { buf, waker, .. } = std::mem::replace(slot, Slot::Free) {
-                std::mem::forget(buf);
-                wakers.extend(waker);
-                *slot = Slot::Done {
-                    buf: Vec::new(),
-                    result: -libc::ECANCELED,
-                };
+            if let Slot::Queued { buf, .. } = slot {
+                std::mem::forget(std::mem::take(buf));
             }
+        }
+        let all: Vec<usize> = (0..self.slots.len()).collect();
+        settle(&mut self.slots, &all, -libc::ECANCELED, wakers);
+    }
+}
+
+/// The writes of the slots `ids` that are still queued are done, with `result`.
+fn settle(slots: &mut [Slot], ids: &[usize], result: i32, wakers: &mut Vec<Waker>) {
+    for &at in ids {
+        let slot = &mut slots[at];
+        if let Slot::Queued { buf, waker, .. } = std::mem::replace(slot, Slot::Free) {
+            wakers.extend(waker);
+            *slot = Slot::Done { buf, result };
         }
     }
 }
@@ -291,7 +292,7 @@ impl Ticket {
                 buf,
                 waker: None,
             };
-            let slot = match inner.slots.iter().position(|s| matches!(s, Slot::Free)) {
+            let slot = match inner.free.pop() {
                 Some(free) => {
                     inner.slots[free] = queued;
                     free
@@ -301,6 +302,7 @@ impl Ticket {
                     inner.slots.len() - 1
                 }
             };
+            inner.queued.push(slot);
             let leader = !std::mem::replace(&mut inner.led, true);
             (slot, leader)
         };
@@ -328,7 +330,9 @@ impl Ticket {
             return Poll::Pending;
         }
         self.finished = true;
-        match std::mem::replace(slot, Slot::Free) {
+        let done = std::mem::replace(slot, Slot::Free);
+        inner.free.push(self.slot);
+        match done {
             Slot::Done { buf, result } => {
                 let result = match result {
                     n if n >= 0 => Ok(n as usize),
@@ -351,7 +355,14 @@ impl Drop for Ticket {
         }
         // Dropped while queued (the request was cancelled): out of the queue before its
         // socket can close. A leader that had not flushed yet flushes for the others.
-        self.queue.lock().slots[self.slot] = Slot::Free;
+        {
+            let mut inner = self.queue.lock();
+            inner.slots[self.slot] = Slot::Free;
+            // Out of this turn's list too: the slot may be queued again before the flush.
+            let slot = self.slot;
+            inner.queued.retain(|&at| at != slot);
+            inner.free.push(slot);
+        }
         if self.leader {
             self.queue.flush();
         }
@@ -444,6 +455,12 @@ mod tests {
         let inner = queue.lock();
         assert!(!inner.led);
         assert!(inner.slots.iter().all(|s| matches!(s, Slot::Free)));
+        assert_eq!(
+            inner.free.len(),
+            inner.slots.len(),
+            "every slot back on the free list"
+        );
+        assert!(inner.queued.is_empty());
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -478,6 +495,36 @@ mod tests {
             gone_peer.read_to_end(&mut rest).await.unwrap();
             assert!(rest.is_empty(), "the dropped write was sent: {rest:?}");
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_slot_freed_and_queued_again_in_one_turn_is_sent_once() {
+        if !available() {
+            return;
+        }
+        let (a, mut a_peer) = pair().await;
+        let (b, _b_peer) = pair().await;
+        let (c, mut c_peer) = pair().await;
+        let (mut first, mut second, mut third) =
+            (b"first".to_vec(), b"second".to_vec(), b"third".to_vec());
+        let mut lead = Box::pin(send(&a, &mut first));
+        let mut cancelled = Box::pin(send(&b, &mut second));
+        assert!(futures_util::poll!(&mut lead).is_pending());
+        assert!(futures_util::poll!(&mut cancelled).is_pending());
+        drop(cancelled);
+        // Queued in the same turn, into the slot the cancelled write left.
+        let mut again = Box::pin(send(&c, &mut third));
+        assert!(futures_util::poll!(&mut again).is_pending());
+        let (lead, again) = tokio::join!(lead, again);
+        assert_eq!(lead.unwrap().unwrap(), 5);
+        assert_eq!(again.unwrap().unwrap(), 5);
+        drop((a, c));
+        let mut got = Vec::new();
+        c_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"third", "sent exactly once");
+        got.clear();
+        a_peer.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"first");
     }
 
     #[tokio::test(flavor = "current_thread")]
