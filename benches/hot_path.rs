@@ -97,7 +97,7 @@ fn stages(c: &mut Criterion) {
     });
 
     let route = |path: &str, scopes: &[&str]| Route {
-        path: PathPattern::parse(path).unwrap(),
+        path: PathPattern::parse(path, false).unwrap(),
         methods: vec![],
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         scopes_all: vec![],

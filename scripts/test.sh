@@ -19,6 +19,16 @@ if ! command -v promtool >/dev/null 2>&1; then
   apt_install --no-install-recommends prometheus
   (systemctl stop prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
 fi
+# tests/paths.rs sends every path in its corpus through keygate to real upstream parsers:
+# nginx, aiohttp, Flask, Starlette on uvicorn, and Node.js.
+if ! command -v nginx >/dev/null 2>&1; then
+  apt_install nginx-light
+  # The package starts a server on :80; nothing here uses it.
+  (systemctl stop nginx || service nginx stop || pkill -x nginx) >/dev/null 2>&1 || true
+fi
+command -v node >/dev/null 2>&1 || apt_install nodejs
+python3 -c 'import aiohttp, flask, starlette, uvicorn' >/dev/null 2>&1 ||
+  python3 -m pip install --quiet --disable-pip-version-check aiohttp flask starlette uvicorn
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -15,6 +15,8 @@
 //! - [`proxy`]: `admit()` (the ordered stages below) and `finish()` (metrics and the access
 //!   log) for both engines; `handle()`, hyper's request path around them.
 //! - [`head`]: the request head as the stages read it, whichever engine parsed it.
+//! - [`path`]: the request path normalized once (escapes, dot segments, `;` parameters), or
+//!   refused; the rules match it and the upstream receives it.
 //! - [`credential`]: which header carries the key; the key format and its checksum.
 //! - [`keys`]: key records and the [`keys::KeyStore`] trait; [`keys::cache`] is the
 //!   in-process cache in front of every store, holding each key in the request path's compact
@@ -23,7 +25,7 @@
 //!   [`keys::packed`] the compact in-memory form the file store holds.
 //! - [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
 //!   environment, public-key methods, route scopes, workspace/project binding).
-//! - [`routes`]: route rules, path patterns, path normalization, scope matching.
+//! - [`routes`]: route rules, path patterns, scope matching.
 //! - [`forward`]: what the upstream may see (hop-by-hop, credentials, `X-Forwarded-*`,
 //!   identity headers) for hyper's requests, and [`forward::h1`] the same as the upstream's
 //!   HTTP/1.1 request head; [`forward::upstream`] the upstream connections of HTTP/1.1 client
@@ -55,6 +57,7 @@ pub mod head;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
+pub mod path;
 pub mod proxy;
 pub mod reject;
 pub mod routes;

@@ -7,6 +7,7 @@
 //! one snapshot when it starts and uses it to the end, so a reload never mixes two configs
 //! within one request.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -28,8 +29,9 @@ use crate::keys::cache::KeyCache;
 use crate::keys::cached::CachedKey;
 use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
 use crate::metrics::Metrics;
+use crate::path;
 use crate::reject::Reject;
-use crate::routes;
+use crate::routes::Found;
 
 /// A response body: the upstream's stream, or keygate's own small JSON.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -167,10 +169,18 @@ impl Proxy {
             .then(|| req.uri().path().to_owned());
         let mut audit = Audit::default();
         let outcome = match self.admit(&current, &req, conn, &mut audit).await {
-            Ok(admission) => {
-                if let Some(normal) = &admission.path {
-                    set_path(&mut req, normal);
-                }
+            Ok(admission)
+                if admission
+                    .path
+                    .as_deref()
+                    .is_some_and(|normal| !set_path(&mut req, normal)) =>
+            {
+                // Never forward the path as received in place of the one authorized.
+                Err(Reject::BadRequest(
+                    "the normalized path is not a valid target",
+                ))
+            }
+            Ok(_) => {
                 let origin = Origin {
                     peer: conn.peer.ip(),
                     peer_trusted: audit.peer_trusted,
@@ -264,12 +274,20 @@ impl Proxy {
             return Err(Reject::HttpsRequired);
         }
         check_sizes(head, &config.server)?;
+        check_method(head.method())?;
 
         // 1. The path rules are matched against, made unambiguous first: what is authorized
-        //    must be what the upstream serves (no `/open/../admin`, no `%2e%2e`).
-        let normal = routes::normalize(head.path()).map_err(|_| Reject::InvalidPath)?;
-        let path = normal.as_deref().unwrap_or(head.path());
-        let admission = |normal| Ok(Admission { path: normal });
+        //    must be what the upstream serves (no `/open/../admin`, no `/%61dmin`, no `;`).
+        let normal = path::normalize(head.path(), &config.paths).map_err(Reject::InvalidPath)?;
+        let path = &*normal;
+        let admission = |normal: Cow<str>| {
+            Ok(Admission {
+                path: match normal {
+                    Cow::Owned(changed) => Some(changed),
+                    Cow::Borrowed(_) => None,
+                },
+            })
+        };
 
         // 2. Public paths (an upstream's own health check, docs) need no key at all.
         if config
@@ -316,12 +334,10 @@ impl Proxy {
             sandbox_upstream: config.upstream.sandbox_url.is_some(),
         };
         if config.log.access {
-            audit.route = Some(
-                config
-                    .routes
-                    .find(facts.method, facts.path)
-                    .map_or("unmatched", |(route, _)| route.path.as_str()),
-            );
+            audit.route = Some(match config.routes.find(facts.method, facts.path) {
+                Found::Rule(route, _) => route.path.as_str(),
+                Found::OtherMethods | Found::Unmatched => "unmatched",
+            });
         }
         authz::authorize(&record, claims, &facts, &policy)?;
 
@@ -392,18 +408,35 @@ fn check_sizes(head: &impl Head, server: &crate::config::Server) -> Result<(), R
     Ok(())
 }
 
-/// Replaces the request's path, keeping its query.
-fn set_path<B>(req: &mut Request<B>, path: &str) {
+/// Method names are case-sensitive (RFC 9110 §9.1), but not to every upstream: some fold
+/// `get` into `GET` after a rule listing `GET` missed it. Refused rather than guessed at.
+fn check_method(method: &http::Method) -> Result<(), Reject> {
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(Reject::BadRequest(
+            "method names are case-sensitive; send them in uppercase",
+        ));
+    }
+    Ok(())
+}
+
+/// Replaces the request's path, keeping its query; false (and nothing changed) if the result
+/// is not a valid target.
+fn set_path<B>(req: &mut Request<B>, path: &str) -> bool {
     let uri = req.uri();
     let path_and_query = match uri.query() {
         Some(q) => format!("{path}?{q}"),
         None => path.to_owned(),
     };
     let mut parts = uri.clone().into_parts();
-    if let Ok(pq) = path_and_query.parse() {
-        parts.path_and_query = Some(pq);
-        if let Ok(uri) = http::Uri::from_parts(parts) {
+    let Ok(pq) = path_and_query.parse() else {
+        return false;
+    };
+    parts.path_and_query = Some(pq);
+    match http::Uri::from_parts(parts) {
+        Ok(uri) => {
             *req.uri_mut() = uri;
+            true
         }
+        Err(_) => false,
     }
 }

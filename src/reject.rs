@@ -22,8 +22,11 @@ pub enum Reject {
     ExpiredApiKey,
     /// Two different keys in one request.
     ConflictingCredentials,
-    /// A path that could mean something else to the upstream (`%2e%2e`, `%2f`, `\`).
-    InvalidPath,
+    /// A path that could mean something else to the upstream (`%2f`, `%00`, `;`, `\`, …);
+    /// [`crate::path`] says which.
+    InvalidPath(crate::path::PathError),
+    /// Route rules match the path, but none for this method; what they allow, for `Allow`.
+    MethodNotAllowed(Vec<http::Method>),
     /// A request keygate does not forward: a malformed head, ambiguous framing (see
     /// `h1::head`), an unsupported method or target form. The text says which.
     BadRequest(&'static str),
@@ -102,9 +105,10 @@ impl Reject {
             Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::ConflictingCredentials | Self::InvalidPath | Self::BadRequest(_) => {
+            Self::ConflictingCredentials | Self::InvalidPath(_) | Self::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
+            Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::InsufficientPermissions(_)
             | Self::IpNotAllowed(_)
             | Self::KeySuspended
@@ -126,7 +130,8 @@ impl Reject {
             Self::InvalidApiKey => "invalid_api_key",
             Self::ExpiredApiKey => "expired_api_key",
             Self::ConflictingCredentials => "conflicting_api_keys",
-            Self::InvalidPath => "invalid_path",
+            Self::InvalidPath(_) => "invalid_path",
+            Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::BadRequest(_) => "invalid_request",
             Self::InsufficientPermissions(_) => "insufficient_permissions",
             Self::IpNotAllowed(_) => "ip_not_allowed",
@@ -151,7 +156,8 @@ impl Reject {
             | Self::KeySuspended
             | Self::KeySuspendedFor { .. } => "authorization_error",
             Self::ConflictingCredentials
-            | Self::InvalidPath
+            | Self::InvalidPath(_)
+            | Self::MethodNotAllowed(_)
             | Self::BadRequest(_)
             | Self::HttpsRequired
             | Self::HeadersTooLarge
@@ -173,10 +179,18 @@ impl Reject {
             Self::ConflictingCredentials => {
                 "The request carries more than one different API key; send exactly one".into()
             }
-            Self::InvalidPath => {
-                "The request path contains encoded '.', '/' or '\\' characters; send it decoded"
-                    .into()
+            Self::InvalidPath(why) => why.to_string(),
+            Self::MethodNotAllowed(allowed) if allowed.is_empty() => {
+                "This method is not allowed on this path".into()
             }
+            Self::MethodNotAllowed(allowed) => format!(
+                "This method is not allowed on this path; allowed: {}",
+                allowed
+                    .iter()
+                    .map(http::Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Self::BadRequest(why) => format!("The request cannot be forwarded: {why}"),
             Self::InsufficientPermissions(denial) => denial.message(),
             Self::IpNotAllowed(ip) => {
@@ -238,7 +252,17 @@ impl Reject {
                 HeaderValue::from_static("Bearer realm=\"keygate\""),
             )
         });
-        retry.into_iter().chain(challenge)
+        // RFC 9110 §15.5.6: a 405 says what is allowed.
+        let allow = match self {
+            Self::MethodNotAllowed(allowed) if !allowed.is_empty() => {
+                let list: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
+                HeaderValue::from_str(&list.join(", "))
+                    .ok()
+                    .map(|v| (http::header::ALLOW, v))
+            }
+            _ => None,
+        };
+        retry.into_iter().chain(challenge).chain(allow)
     }
 
     /// The response for this refusal, for hyper's side of keygate; keygate's own HTTP/1.1
@@ -325,6 +349,18 @@ mod tests {
                 Reject::BadRequest("the request head is malformed"),
                 400,
                 "invalid_request",
+                "invalid_request_error",
+            ),
+            (
+                Reject::InvalidPath(crate::path::PathError::EncodedSeparator),
+                400,
+                "invalid_path",
+                "invalid_request_error",
+            ),
+            (
+                Reject::MethodNotAllowed(vec![http::Method::GET, http::Method::HEAD]),
+                405,
+                "method_not_allowed",
                 "invalid_request_error",
             ),
             (

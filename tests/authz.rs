@@ -243,19 +243,29 @@ async fn paths_are_normalized_before_rules_and_encoded_traversal_is_refused() {
 }
 
 #[tokio::test]
-async fn encoded_dots_and_slashes_are_refused() {
+async fn encoded_slashes_are_refused_and_encoded_dots_resolved() {
     let (_p, _s, ws) = setup(RULES).await;
     let (_, key) = ws.create_key(&[]);
     let kg = ws.serve();
     for path in [
-        "/public/%2e%2e/content/x",
         "/public/..%2Fcontent",
         "/open/a%5cb",
+        "/open/%2561",
+        "/open/a%00",
+        "/open/a;v=1",
     ] {
         let reply = get(&kg.url(path), &[("x-api-key", &key)]).await;
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
         assert_eq!(reply.error_code(), "invalid_path");
     }
+    // Encoded dots are dots: resolved before the rules, and the upstream gets the result.
+    let reply = get(
+        &kg.url("/public/%2e%2e/c%6fntent/x"),
+        &[("x-api-key", &key)],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json()["path"], "/content/x");
     let reply = get(&kg.url("/open//a/./b?q=1"), &[("x-api-key", &key)]).await;
     assert_eq!(reply.status, StatusCode::OK);
     let seen = reply.json();

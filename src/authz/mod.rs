@@ -11,13 +11,13 @@ use crate::credential::KeyClaims;
 use crate::keys::cached::CachedKey;
 use crate::keys::{Environment, KeyType, Status};
 use crate::reject::{Denial, Reject};
-use crate::routes::{RouteTable, Unmatched, grants};
+use crate::routes::{Found, RouteTable, Unmatched, grants};
 
 /// What the request tells us, besides its key.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestFacts<'a> {
     pub method: &'a Method,
-    /// Normalized (see [`crate::routes::normalize`]).
+    /// Normalized (see [`crate::path::normalize`]).
     pub path: &'a str,
     pub client_ip: IpAddr,
     pub now: SystemTime,
@@ -68,13 +68,23 @@ pub fn authorize(
         return deny(Denial::PublicKeyReadOnly);
     }
 
-    let Some((route, captures)) = policy.routes.find(facts.method, facts.path) else {
-        return match &policy.routes.unmatched {
-            Unmatched::Allow => Ok(()),
-            Unmatched::Deny => deny(Denial::NoRoute),
-            Unmatched::Scope(scope) if holds(record, scope) => Ok(()),
-            Unmatched::Scope(scope) => deny(Denial::MissingScope(vec![scope.clone()])),
-        };
+    let (route, captures) = match policy.routes.find(facts.method, facts.path) {
+        Found::Rule(route, captures) => (route, captures),
+        // Rules for this path exist, for other methods: never the `unmatched` policy, which
+        // may be more permissive than the rules written for this path.
+        Found::OtherMethods => {
+            return Err(Reject::MethodNotAllowed(
+                policy.routes.allowed_methods(facts.path),
+            ));
+        }
+        Found::Unmatched => {
+            return match &policy.routes.unmatched {
+                Unmatched::Allow => Ok(()),
+                Unmatched::Deny => deny(Denial::NoRoute),
+                Unmatched::Scope(scope) if holds(record, scope) => Ok(()),
+                Unmatched::Scope(scope) => deny(Denial::MissingScope(vec![scope.clone()])),
+            };
+        }
     };
     if !route.environments.contains(&record.env) {
         return deny(Denial::Environment(record.env));

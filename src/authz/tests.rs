@@ -17,7 +17,7 @@ fn route(
     envs: &[Environment],
 ) -> Route {
     Route {
-        path: PathPattern::parse(path).unwrap(),
+        path: PathPattern::parse(path, false).unwrap(),
         methods: methods.to_vec(),
         scopes: any.iter().map(|s| s.to_string()).collect(),
         scopes_all: all.iter().map(|s| s.to_string()).collect(),
@@ -392,11 +392,11 @@ fn table_of_rules() {
             Ok(()),
         ),
         case(
-            "method outside rule falls to unmatched",
+            "method outside the path's rules is refused, never unmatched",
             |r| scopes(r, &["read:members"]),
             M::POST,
             "/members",
-            deny(Denial::NoRoute),
+            Err(Reject::MethodNotAllowed(vec![M::GET, M::HEAD])),
         ),
         case(
             "write:data on POST",
@@ -410,7 +410,7 @@ fn table_of_rules() {
             |r| scopes(r, &["write:data"]),
             M::GET,
             "/data/rows",
-            deny(Denial::NoRoute),
+            Err(Reject::MethodNotAllowed(vec![M::POST, M::PUT])),
         ),
         case(
             "prefix boundary",
@@ -715,7 +715,7 @@ mod properties {
             prop::collection::vec(scope(), 0..2),
         )
             .prop_map(|(p, methods, any, all)| Route {
-                path: PathPattern::parse(&p).unwrap(),
+                path: PathPattern::parse(&p, false).unwrap(),
                 methods,
                 scopes: any,
                 scopes_all: all,
@@ -744,8 +744,9 @@ mod properties {
             unmatched,
         };
         let scoped = match routes.find(m, p) {
-            Some((r, _)) => !r.scopes.is_empty() || !r.scopes_all.is_empty(),
-            None => matches!(routes.unmatched, Unmatched::Scope(_)),
+            Found::Rule(r, _) => !r.scopes.is_empty() || !r.scopes_all.is_empty(),
+            Found::OtherMethods => true,
+            Found::Unmatched => matches!(routes.unmatched, Unmatched::Scope(_)),
         };
         let mut rec = record();
         rec.scopes = scopes;
@@ -794,6 +795,30 @@ mod properties {
             let (result, scoped) = check(Vec::new(), rules, unmatched, &m, &p);
             if scoped {
                 prop_assert!(result.is_err(), "admitted to a scoped route");
+            }
+        }
+
+        #[test]
+        fn a_rule_that_lists_methods_never_fails_open(
+            rules in prop::collection::vec(rule(), 1..6),
+            m in method(),
+            p in path(),
+        ) {
+            // Whatever `unmatched` allows, a path some rule is written for is decided by the
+            // rules: a method none of them lists is refused.
+            let path_ruled = rules.iter().any(|r| r.path.matches(&p).is_some());
+            let method_ruled = rules.iter().any(|r| {
+                r.path.matches(&p).is_some()
+                    && (r.methods.is_empty()
+                        || r.methods.contains(&m)
+                        || (m == Method::HEAD && r.methods.contains(&Method::GET)))
+            });
+            let (result, _) = check(vec!["*".into()], rules, Unmatched::Allow, &m, &p);
+            if path_ruled && !method_ruled {
+                prop_assert!(
+                    matches!(result, Err(Reject::MethodNotAllowed(_))),
+                    "{result:?}"
+                );
             }
         }
     }

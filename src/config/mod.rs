@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::credential::CredentialHeader;
 use crate::keys::cache::CacheConfig;
 use crate::keys::redis::RedisConfig;
+use crate::path::PathRules;
 use crate::routes::{PathPattern, RouteTable};
 
 pub use serving::{Server, Tls, TlsVersion};
@@ -64,6 +65,7 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     pub keys: KeysConfig,
     pub auth: AuthConfig,
+    pub paths: PathRules,
     pub network: Network,
     pub log: LogConfig,
     pub routes: RouteTable,

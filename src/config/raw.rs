@@ -26,6 +26,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub(super) auth: RawAuth,
     #[serde(default)]
+    pub(super) paths: RawPaths,
+    #[serde(default)]
     pub(super) network: RawNetwork,
     #[serde(default)]
     pub(super) log: RawLog,
@@ -253,6 +255,23 @@ impl Default for RawAuth {
 pub(super) struct RawNetwork {
     pub(super) trusted_proxies: Vec<String>,
     pub(super) require_https: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawPaths {
+    /// `reject` or `strip` (see `path::Parameters`).
+    pub(super) parameters: String,
+    pub(super) case_insensitive: bool,
+}
+
+impl Default for RawPaths {
+    fn default() -> Self {
+        Self {
+            parameters: "reject".into(),
+            case_insensitive: false,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

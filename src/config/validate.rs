@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use http::Uri;
 
-use super::raw::{RawAuth, RawCache, RawConfig, RawRoute, RawStore};
+use super::raw::{RawAuth, RawCache, RawConfig, RawPaths, RawRoute, RawStore};
 use super::*;
 use crate::credential::CredentialHeader;
 use crate::keys::Environment;
 use crate::keys::cache::CacheConfig;
 use crate::keys::redis::{RedisConfig, RedisMode, redact};
+use crate::path::Parameters;
 use crate::routes::{PathPattern, Route, RouteTable, Unmatched, check_scope};
 
 impl TryFrom<RawConfig> for Config {
@@ -91,9 +92,10 @@ impl TryFrom<RawConfig> for Config {
         }
 
         let limits = validate_limits(raw.plans, raw.limits)?;
+        let paths = validate_paths(&raw.paths)?;
         let unmatched = raw.auth.unmatched.clone();
-        let auth = validate_auth(raw.auth)?;
-        let routes = validate_routes(raw.route, unmatched)?;
+        let auth = validate_auth(raw.auth, &paths)?;
+        let routes = validate_routes(raw.route, unmatched, &paths)?;
 
         let trusted_proxies = raw
             .network
@@ -146,6 +148,7 @@ impl TryFrom<RawConfig> for Config {
                 max_per_owner: raw.keys.max_per_owner,
             },
             auth,
+            paths,
             network: Network {
                 trusted_proxies,
                 require_https: raw.network.require_https,
@@ -160,7 +163,26 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
-fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
+fn validate_paths(raw: &RawPaths) -> Result<PathRules, ConfigError> {
+    let parameters = match raw.parameters.as_str() {
+        "reject" => Parameters::Reject,
+        "strip" => Parameters::Strip,
+        other => {
+            return Err(invalid(
+                "paths.parameters",
+                format!(
+                    "{other:?}: use \"reject\" (400 invalid_path) or \"strip\" (removed before the rules and the upstream see the path)"
+                ),
+            ));
+        }
+    };
+    Ok(PathRules {
+        parameters,
+        case_insensitive: raw.case_insensitive,
+    })
+}
+
+fn validate_auth(raw: RawAuth, paths: &PathRules) -> Result<AuthConfig, ConfigError> {
     if raw.credential_headers.is_empty() {
         return Err(invalid(
             "auth.credential_headers",
@@ -195,7 +217,7 @@ fn validate_auth(raw: RawAuth) -> Result<AuthConfig, ConfigError> {
     let public_paths = raw
         .public_paths
         .iter()
-        .map(|p| PathPattern::parse(p))
+        .map(|p| PathPattern::parse(p, paths.case_insensitive))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid("auth.public_paths", e))?;
     Ok(AuthConfig {
@@ -459,6 +481,7 @@ fn validate_cache(raw: RawCache) -> Result<CacheConfig, ConfigError> {
 fn validate_routes(
     raw: Vec<RawRoute>,
     unmatched: Option<String>,
+    paths: &PathRules,
 ) -> Result<RouteTable, ConfigError> {
     let unmatched = unmatched.ok_or_else(|| {
         invalid(
@@ -471,7 +494,7 @@ fn validate_routes(
     for (i, r) in raw.into_iter().enumerate() {
         let name = format!("route[{i}] ({})", r.path);
         let bad = |m: String| invalid("route", format!("{name}: {m}"));
-        let path = PathPattern::parse(&r.path).map_err(bad)?;
+        let path = PathPattern::parse(&r.path, paths.case_insensitive).map_err(bad)?;
         let methods = r
             .methods
             .iter()
