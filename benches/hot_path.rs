@@ -161,6 +161,7 @@ fn stages(c: &mut Criterion) {
         upstream_host: b"127.0.0.1:8081",
         preserve_host: true,
         credential_headers: &order,
+        key_prefix: "kg",
         key: Some(&record),
         peer: b"127.0.0.1",
         peer_trusted: false,

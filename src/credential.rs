@@ -107,20 +107,60 @@ pub fn extract<'a>(
 fn candidate(which: CredentialHeader, text: &str) -> Result<Option<&str>, Reject> {
     let text = text.trim_matches([' ', '\t']);
     let key = match which {
-        CredentialHeader::Authorization => {
-            let (scheme, rest) = text.split_once([' ', '\t']).unwrap_or((text, ""));
-            if !scheme.eq_ignore_ascii_case("bearer") {
-                // Basic, Digest, … are other kinds of credential: not ours to judge.
-                return Ok(None);
-            }
-            rest.trim_start_matches([' ', '\t'])
-        }
+        // Basic, Digest, … are other kinds of credential: not ours to judge.
+        CredentialHeader::Authorization => match bearer_token(text.as_bytes()) {
+            // ASCII in, ASCII out: the token is a slice of `text` on a char boundary.
+            Some(token) => &text[text.len() - token.len()..],
+            None => return Ok(None),
+        },
         CredentialHeader::XApiKey | CredentialHeader::ProjectAccessToken => text,
     };
     if key.is_empty() {
         return Err(Reject::MissingApiKey);
     }
     Ok(Some(key))
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme in any case, RFC 9110
+/// §11.1), trimmed; `None` for another scheme. The one Bearer parser: key extraction and the
+/// stripping of credentials on their way upstream both read a value through it.
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let split = value.iter().position(|&b| b == b' ' || b == b'\t')?;
+    let (scheme, rest) = value.split_at(split);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii_start())
+}
+
+/// Whether a header value carries what looks like one of our keys anywhere in it:
+/// `<prefix>_sk_` or `<prefix>_pk_` (a token or a whole key), in the clear or inside
+/// `Basic` credentials. Such a value never reaches the upstream, whichever header or scheme
+/// carried it: a client that put its key somewhere keygate does not read it from must not hand
+/// it to the upstream either.
+pub fn carries_key(value: &[u8], prefix: &str) -> bool {
+    if marked(value, prefix.as_bytes()) {
+        return true;
+    }
+    // `Basic base64(id:secret)`: the one common scheme that hides a key from the scan above.
+    let trimmed = value.trim_ascii();
+    match trimmed.get(..6) {
+        Some(scheme) if scheme.eq_ignore_ascii_case(b"basic ") => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(trimmed[6..].trim_ascii())
+                .is_ok_and(|plain| marked(&plain, prefix.as_bytes()))
+        }
+        _ => false,
+    }
+}
+
+fn marked(haystack: &[u8], prefix: &[u8]) -> bool {
+    memchr::memmem::find_iter(haystack, prefix).any(|at| {
+        let rest = &haystack[at + prefix.len()..];
+        rest.get(..4)
+            .is_some_and(|tag| tag == b"_sk_" || tag == b"_pk_")
+    })
 }
 
 /// What the key string itself says, once its format and checksum are verified.

@@ -54,6 +54,7 @@ pub mod echo;
 pub mod forward;
 pub mod h1;
 pub mod head;
+pub mod header_rules;
 pub mod keys;
 pub mod limits;
 pub mod metrics;

@@ -23,7 +23,9 @@ use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential;
 use crate::forward::{self, ClientError, Forwarder, Origin, Prepared};
+use crate::h1::head::{FramingRules, HeadError};
 use crate::head::Head;
+use crate::header_rules;
 use crate::keys::KeyHash;
 use crate::keys::cache::KeyCache;
 use crate::keys::cached::CachedKey;
@@ -168,7 +170,15 @@ impl Proxy {
             .access
             .then(|| req.uri().path().to_owned());
         let mut audit = Audit::default();
-        let outcome = match self.admit(&current, &req, conn, &mut audit).await {
+        // An HTTP/1.1 client hyper serves (the upstream speaks HTTP/2) is held to the framing
+        // rules of keygate's own parser, and, as there, a request refused as malformed closes
+        // its connection after the answer: what follows it could be read two ways.
+        let http1 = req.version() < http::Version::HTTP_2;
+        let admitted = match http1_framing(&req) {
+            Ok(()) => self.admit(&current, &req, conn, &mut audit).await,
+            Err(reject) => Err(reject),
+        };
+        let outcome = match admitted {
             Ok(admission)
                 if admission
                     .path
@@ -193,6 +203,7 @@ impl Proxy {
             }
             Err(reject) => Err(reject),
         };
+        let close = http1 && matches!(outcome, Err(Reject::BadRequest(_)));
         let (mut response, decision) = match outcome {
             Ok(response) => (response.map(Either::Left), "allowed"),
             Err(reject) => {
@@ -200,6 +211,11 @@ impl Proxy {
                 (reject.into_response().map(Either::Right), code)
             }
         };
+        if close {
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(window) = &audit.limit {
             limits::headers::apply(
                 response.headers_mut(),
@@ -380,6 +396,7 @@ impl Current {
         let forwarder = Forwarder::new(
             &config.upstream,
             &config.auth.credential_headers,
+            &config.keys.prefix,
             config.server.max_body_bytes,
         )?;
         Ok(Self { config, forwarder })
@@ -408,9 +425,40 @@ fn check_sizes(head: &impl Head, server: &crate::config::Server) -> Result<(), R
     Ok(())
 }
 
-/// Method names are case-sensitive (RFC 9110 §9.1), but not to every upstream: some fold
-/// `get` into `GET` after a rule listing `GET` missed it. Refused rather than guessed at.
+/// [`FramingRules`] for an HTTP/1.x request hyper parsed; HTTP/2 frames its own bodies.
+fn http1_framing<B>(req: &Request<B>) -> Result<(), Reject> {
+    let http11 = match req.version() {
+        http::Version::HTTP_11 => true,
+        http::Version::HTTP_10 | http::Version::HTTP_09 => false,
+        _ => return Ok(()),
+    };
+    let mut rules = FramingRules::default();
+    let refuse = |e| match e {
+        HeadError::Invalid(why) => Reject::BadRequest(why),
+        HeadError::TooLarge => Reject::HeadersTooLarge,
+    };
+    for (name, value) in req.headers() {
+        rules
+            .line(
+                header_rules::name(name.as_str().as_bytes()),
+                value.as_bytes(),
+            )
+            .map_err(refuse)?;
+    }
+    rules
+        .finish(http11, req.uri().authority().is_some())
+        .map(|_| ())
+        .map_err(refuse)
+}
+
+/// `CONNECT` is refused. Method names are case-sensitive (RFC 9110 §9.1), but not to every
+/// upstream: some fold `get` into `GET` after a rule listing `GET` missed it. Refused rather
+/// than guessed at.
 fn check_method(method: &http::Method) -> Result<(), Reject> {
+    // A tunnel carries bytes no rule ever sees.
+    if method == http::Method::CONNECT {
+        return Err(Reject::BadRequest("CONNECT is not supported"));
+    }
     if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(Reject::BadRequest(
             "method names are case-sensitive; send them in uppercase",

@@ -64,6 +64,76 @@ async fn each_credential_header_is_accepted_and_never_forwarded() {
     );
 }
 
+/// A key sent where keygate does not read keys from (another header, another scheme, a
+/// cookie, inside Basic credentials) is still never handed to the upstream, over either
+/// engine, while the upstream's own credentials pass.
+#[tokio::test]
+async fn a_key_in_any_other_header_or_scheme_never_reaches_the_upstream() {
+    let (_up, ws) =
+        setup("[auth]\nunmatched = \"allow\"\ncredential_headers = [\"x-api-key\"]\n").await;
+    let (_, key) = ws.create_key(&[]);
+    let (_, other) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let bearer = format!("Bearer {other}");
+    let token = format!("Token {other}");
+    let cookie = format!("session=1; api_key={other}");
+    let basic = {
+        use base64::Engine;
+        let plain = format!("client:{other}");
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(plain)
+        )
+    };
+    for (header, value) in [
+        ("authorization", bearer.as_str()),
+        ("authorization", token.as_str()),
+        ("authorization", basic.as_str()),
+        ("cookie", cookie.as_str()),
+        ("project-access-token", other.as_str()),
+        ("x_api_key", other.as_str()),
+        ("api-key", other.as_str()),
+    ] {
+        for http2 in [false, true] {
+            let mut req = Request::get(kg.url("/v1/x"))
+                .header("x-api-key", &key)
+                .header(header, value);
+            if http2 {
+                req = req.version(http::Version::HTTP_2);
+            }
+            let reply = if http2 {
+                request_h2(req.body(http_body_util::Full::new(Bytes::new())).unwrap()).await
+            } else {
+                request(req.body(http_body_util::Full::new(Bytes::new())).unwrap()).await
+            };
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "{header} {}",
+                text(&reply.body)
+            );
+            let body = text(&reply.body);
+            assert!(
+                !body.contains(&other) && !body.contains(&key),
+                "{header} carried a key upstream (HTTP/2: {http2}): {body}"
+            );
+        }
+    }
+    // The upstream's own Bearer token is not ours to take.
+    let reply = get(
+        &kg.url("/v1/x"),
+        &[
+            ("x-api-key", &key),
+            ("authorization", "Bearer upstream.jwt.token"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        reply.upstream_headers()["authorization"][0],
+        "Bearer upstream.jwt.token"
+    );
+}
+
 #[tokio::test]
 async fn http2_clients_are_served() {
     let (_up, ws) = setup("").await;

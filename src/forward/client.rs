@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use http_body_util::Limited;
@@ -18,8 +19,77 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::config::Upstream;
 
-/// The client's request body: the client's stream, cut off at `server.max_body_bytes`.
-pub type UpstreamBody = Limited<Incoming>;
+pin_project_lite::pin_project! {
+    /// The client's request body on its way upstream: the client's stream, cut off at
+    /// `server.max_body_bytes`, remembering whether it failed. The upstream client reports a
+    /// body that failed mid-stream as its own error (over HTTP/2, as a stream reset with the
+    /// cause gone), and a client that sent a broken body must hear 400, not a 502.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Limited<Incoming>,
+        failed: Arc<BodyFailure>,
+    }
+}
+
+/// How a client's body failed, if it did.
+#[derive(Debug, Default)]
+pub struct BodyFailure(AtomicU8);
+
+impl BodyFailure {
+    const TOO_LARGE: u8 = 1;
+    const BROKEN: u8 = 2;
+
+    /// The body ran past `server.max_body_bytes`.
+    pub fn too_large(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
+    }
+
+    /// The body was malformed or cut short by the client.
+    pub fn broken(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == Self::BROKEN
+    }
+}
+
+impl UpstreamBody {
+    pub fn new(body: Incoming, max: usize) -> (Self, Arc<BodyFailure>) {
+        let failed = Arc::new(BodyFailure::default());
+        let body = Self {
+            inner: Limited::new(body, max),
+            failed: failed.clone(),
+        };
+        (body, failed)
+    }
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
+            let kind = if e.is::<http_body_util::LengthLimitError>() {
+                BodyFailure::TOO_LARGE
+            } else {
+                BodyFailure::BROKEN
+            };
+            this.failed.0.store(kind, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 pub type UpstreamClient = Client<Connector, UpstreamBody>;
 

@@ -3,9 +3,9 @@
 //! header lines instead of a header map. Header names keep the case the client sent.
 
 use crate::credential::CredentialHeader;
-use crate::h1::names::{self, Name};
 use crate::h1::{Framing, Request};
 use crate::head::Head;
+use crate::header_rules::{self, Name, RequestPolicy, ToUpstream};
 use crate::keys::cached::CachedKey;
 
 /// What the head needs besides the client's request.
@@ -18,6 +18,8 @@ pub struct RequestContext<'a> {
     pub upstream_host: &'a [u8],
     pub preserve_host: bool,
     pub credential_headers: &'a [CredentialHeader],
+    /// `[keys] prefix`: a value carrying one of our keys never goes upstream.
+    pub key_prefix: &'a str,
     pub key: Option<&'a CachedKey>,
     /// The TCP peer's address, canonical.
     pub peer: &'a [u8],
@@ -45,44 +47,33 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &Request, cx: &RequestContext)
     let (mut has_proto, mut has_forwarded_host) = (false, false);
     let mut chain: Option<Vec<&[u8]>> = None;
     out.reserve(req.head.len + 512);
+    let policy = RequestPolicy {
+        credential_headers: cx.credential_headers,
+        key_prefix: cx.key_prefix,
+        peer_trusted: cx.peer_trusted,
+    };
     for (name, value, raw) in req.lines() {
-        match names::name(name) {
-            Name::Host => {
+        // The rulebook decides; this only renders it (an upgrade's own headers are written
+        // again below).
+        if req.connection_names(name) {
+            continue;
+        }
+        let class = header_rules::name(name);
+        match header_rules::to_upstream(class, name, value, &policy) {
+            ToUpstream::Drop => continue,
+            ToUpstream::Host => {
                 host.get_or_insert(value);
                 continue;
             }
-            // Framing is keygate's own; hop-by-hop headers and any `x-keygate-*` a client
-            // sent never pass (an upgrade's own are written again below).
-            Name::ContentLength
-            | Name::TransferEncoding
-            | Name::Connection
-            | Name::Upgrade
-            | Name::HopByHop
-            | Name::Identity => continue,
-            Name::Credential(which) => {
-                // `Authorization: Basic …` is the upstream's credential, not an API key.
-                let ours = cx.credential_headers.contains(&which)
-                    && (which != CredentialHeader::Authorization || is_bearer(value));
-                if ours {
-                    continue;
-                }
-            }
-            Name::ForwardedFor => {
-                if cx.peer_trusted {
-                    chain.get_or_insert_with(Vec::new).push(value);
-                }
+            ToUpstream::Chain => {
+                chain.get_or_insert_with(Vec::new).push(value);
                 continue;
             }
-            Name::ForwardedProto | Name::ForwardedHost if !cx.peer_trusted => continue,
-            Name::ForwardedProto => has_proto = true,
-            Name::ForwardedHost => has_forwarded_host = true,
-            Name::ClientAddress if !cx.peer_trusted => continue,
-            Name::Expect if value.eq_ignore_ascii_case(b"100-continue") => continue,
-            Name::Other if names::underscore_alias(name) => continue,
-            Name::Expect | Name::Date | Name::RateLimit(_) | Name::ClientAddress | Name::Other => {}
-        }
-        if req.connection_names(name) {
-            continue;
+            ToUpstream::Keep => match class {
+                Name::ForwardedProto => has_proto = true,
+                Name::ForwardedHost => has_forwarded_host = true,
+                _ => {}
+            },
         }
         // The line as the client sent it (name, separator, value), already validated.
         out.extend_from_slice(raw);
@@ -159,14 +150,6 @@ fn identity(out: &mut Vec<u8>, key: &CachedKey) {
     }
 }
 
-/// `Bearer <token>`, in any case, after optional whitespace.
-fn is_bearer(value: &[u8]) -> bool {
-    value
-        .trim_ascii_start()
-        .get(..6)
-        .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +175,7 @@ mod tests {
                 CredentialHeader::XApiKey,
                 CredentialHeader::ProjectAccessToken,
             ],
+            key_prefix: "kg",
             key: None,
             peer: b"10.0.0.7",
             peer_trusted: false,

@@ -8,10 +8,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use crate::authz::canonical;
-use crate::config::is_identity_header;
-use crate::credential::CredentialHeader;
-use crate::h1::names::underscore_alias;
 use crate::head::Head;
+use crate::header_rules::{self, Name, RequestPolicy, ToUpstream};
 use crate::keys::cached::CachedKey;
 
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -21,22 +19,6 @@ static SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
 static ENV: HeaderName = HeaderName::from_static("x-keygate-env");
 static WORKSPACE: HeaderName = HeaderName::from_static("x-keygate-workspace");
 static PROJECT: HeaderName = HeaderName::from_static("x-keygate-project");
-
-/// Hop-by-hop headers: meaningful for one connection only, never forwarded. `Connection`
-/// first (see [`strip_hop_by_hop`]). `Transfer-Encoding` is framing: hyper re-frames the body
-/// for the next hop (`te: trailers` is the one TE value a proxy may pass, but the upstream is
-/// HTTP/1.1 here).
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-];
 
 /// The address a request really comes from: the TCP peer, unless that peer is one of our
 /// trusted proxies, in which case walk `X-Forwarded-For` from the right (the entries our own
@@ -68,106 +50,102 @@ pub fn client_ip(peer: IpAddr, head: &impl Head, trusted: &[IpNet]) -> IpAddr {
     ip
 }
 
+/// Headers the message's `Connection` header names (RFC 9110 §7.6.1), lowercased. An
+/// HTTP/2 message has none; an HTTP/1.1 one served by hyper may.
+fn connection_named(headers: &HeaderMap) -> Vec<Vec<u8>> {
+    let mut named = Vec::new();
+    for value in &headers.get_all(header::CONNECTION) {
+        header_rules::Options::default().add(value.as_bytes(), |token| {
+            named.push(token.to_ascii_lowercase());
+        });
+    }
+    named
+}
+
+/// A response's headers for the client: what the rulebook keeps ([`header_rules::to_client`]),
+/// less whatever its `Connection` names.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds what is there: removing a name that is absent still
-    // hashes it, and most messages carry none of these (or only `Connection`). This runs twice
-    // per request.
-    let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = hop_index(name.as_str()) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return;
-    }
-    if present & 1 != 0 {
-        let mut named: Vec<String> = Vec::new();
-        for value in &headers.get_all(header::CONNECTION) {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                // `close` is an option, not a header name; the standard hop-by-hop headers
-                // are handled below.
-                let standard = HOP_BY_HOP
-                    .iter()
-                    .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()));
-                if token.is_empty() || standard || token.eq_ignore_ascii_case(b"close") {
-                    continue;
-                }
-                if let Ok(name) = std::str::from_utf8(token) {
-                    named.push(name.to_owned());
-                }
-            }
-        }
-        for name in &named {
-            headers.remove(name.as_str());
-        }
-    }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(name);
-        }
+    let named = connection_named(headers);
+    let gone: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let raw = name.as_str().as_bytes();
+            !header_rules::to_client(header_rules::name(raw)) || named.iter().any(|n| n == raw)
+        })
+        .cloned()
+        .collect();
+    for name in gone {
+        headers.remove(&name);
     }
 }
 
-/// The position of a (lowercase) header name in [`HOP_BY_HOP`].
-fn hop_index(name: &str) -> Option<usize> {
-    Some(match name {
-        "connection" => 0,
-        "transfer-encoding" => 1,
-        "keep-alive" => 2,
-        "proxy-connection" => 3,
-        "proxy-authenticate" => 4,
-        "proxy-authorization" => 5,
-        "te" => 6,
-        "trailer" => 7,
-        "upgrade" => 8,
-        _ => return None,
-    })
+/// What the rulebook leaves for the engine to write after [`apply_request_rules`].
+#[derive(Debug, Default)]
+pub(super) struct Forwarding {
+    /// `X-Forwarded-For` hops from a trusted proxy, in order; the peer's address goes after.
+    pub chain: Vec<HeaderValue>,
+    /// A trusted proxy's `X-Forwarded-Proto` / `X-Forwarded-Host` stayed: keygate adds none.
+    pub has_proto: bool,
+    pub has_forwarded_host: bool,
 }
 
-/// Removes every header that can carry an API key, every `x-keygate-*` header a client sent
-/// (only keygate may set those), and their spellings with `_` (see [`underscore_alias`]). `Authorization` is kept when it carries another scheme
-/// (Basic, …): that credential is for the upstream, not for us.
-pub(super) fn strip_credentials(headers: &mut HeaderMap, which: &[CredentialHeader]) {
-    // One pass over the names (cheap comparisons) instead of a hashed removal per configured
-    // header: a request carries one credential header, if any.
-    let mut present = 0u8;
-    let mut foreign = false;
+/// Renders [`header_rules::to_upstream`] on a request's header map: every value it drops is
+/// removed (value by value where one name carries both kinds, e.g. a Basic and a Bearer
+/// `Authorization`), `X-Forwarded-For` from a trusted proxy is taken out for the engine to
+/// continue, `Host` is left for the engine to keep or replace.
+pub(super) fn apply_request_rules(headers: &mut HeaderMap, policy: &RequestPolicy) -> Forwarding {
+    let named = connection_named(headers);
+    let decide = |name: &HeaderName, value: &HeaderValue| {
+        let raw = name.as_str().as_bytes();
+        if named.iter().any(|n| n == raw) {
+            return ToUpstream::Drop;
+        }
+        header_rules::to_upstream(header_rules::name(raw), raw, value.as_bytes(), policy)
+    };
+    let mut forwarding = Forwarding::default();
+    // Names whose every value goes, and names with values going and staying.
+    let mut gone: Vec<HeaderName> = Vec::new();
+    let mut mixed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
-        if let Some(i) = which.iter().position(|h| h.header_name() == name) {
-            present |= 1 << i;
-        } else if is_identity_header(name) || underscore_alias(name.as_str().as_bytes()) {
-            foreign = true;
-        }
-    }
-    for (i, &h) in which.iter().enumerate() {
-        if present & (1 << i) == 0 {
-            continue;
-        }
-        if h == CredentialHeader::Authorization {
-            let bearer = headers.get_all(header::AUTHORIZATION).iter().any(|v| {
-                v.as_bytes()
-                    .trim_ascii_start()
-                    .get(..6)
-                    .is_some_and(|s| s.eq_ignore_ascii_case(b"bearer"))
-            });
-            if !bearer {
-                continue;
+        let (mut values, mut dropped) = (0, 0);
+        for value in headers.get_all(name) {
+            values += 1;
+            match decide(name, value) {
+                ToUpstream::Keep => match header_rules::name(name.as_str().as_bytes()) {
+                    Name::ForwardedProto => forwarding.has_proto = true,
+                    Name::ForwardedHost => forwarding.has_forwarded_host = true,
+                    _ => {}
+                },
+                ToUpstream::Host => {}
+                ToUpstream::Chain => {
+                    forwarding.chain.push(value.clone());
+                    dropped += 1;
+                }
+                ToUpstream::Drop => dropped += 1,
             }
         }
-        headers.remove(h.header_name());
+        if dropped == values {
+            gone.push(name.clone());
+        } else if dropped > 0 {
+            mixed.push(name.clone());
+        }
     }
-    if foreign {
-        let names: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| is_identity_header(name) || underscore_alias(name.as_str().as_bytes()))
+    for name in mixed {
+        let kept: Vec<HeaderValue> = headers
+            .get_all(&name)
+            .iter()
+            .filter(|v| decide(&name, v) != ToUpstream::Drop)
             .cloned()
             .collect();
-        for name in names {
-            headers.remove(&name);
+        headers.remove(&name);
+        for value in kept {
+            headers.append(name.clone(), value);
         }
     }
+    for name in gone {
+        headers.remove(&name);
+    }
+    forwarding
 }
 
 pub(super) fn add_identity(headers: &mut HeaderMap, record: &CachedKey) {
@@ -195,6 +173,7 @@ pub(super) fn add_identity(headers: &mut HeaderMap, record: &CachedKey) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credential::CredentialHeader;
 
     #[test]
     fn client_ip_table() {
@@ -259,14 +238,6 @@ mod tests {
     }
 
     #[test]
-    fn hop_index_matches_the_table() {
-        for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_index(name.as_str()), Some(i), "{name}");
-        }
-        assert_eq!(hop_index("x-api-key"), None);
-    }
-
-    #[test]
     fn hop_by_hop_and_connection_named_headers_go() {
         // (headers in, names left)
         type Case = (
@@ -321,35 +292,32 @@ mod tests {
     }
 
     #[test]
-    fn credentials_go_but_basic_stays() {
+    fn credentials_go_but_basic_stays_value_by_value() {
         let all = CredentialHeader::all();
+        let policy = RequestPolicy {
+            credential_headers: &all,
+            key_prefix: "kg",
+            peer_trusted: false,
+        };
         let mut h = HeaderMap::new();
-        h.insert(
+        h.append(
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic dTpw"),
         );
+        h.append(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
         h.insert("x-api-key", HeaderValue::from_static("k"));
         h.insert("project-access-token", HeaderValue::from_static("k"));
-        strip_credentials(&mut h, &all);
-        assert_eq!(h.len(), 1);
-        assert_eq!(h[header::AUTHORIZATION], "Basic dTpw");
-
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("  bearer k"),
-        );
-        strip_credentials(&mut h, &all);
-        assert!(h.is_empty());
-
-        let mut h = HeaderMap::new();
         h.insert("x_keygate_owner", HeaderValue::from_static("forged"));
-        h.insert("x_api_key", HeaderValue::from_static("k"));
-        h.insert("x_custom", HeaderValue::from_static("stays"));
-        strip_credentials(&mut h, &all);
+        h.insert("x-custom", HeaderValue::from_static("stays"));
+        apply_request_rules(&mut h, &policy);
+        let mut left: Vec<(&str, &str)> = h
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        left.sort_unstable();
         assert_eq!(
-            h.keys().map(HeaderName::as_str).collect::<Vec<_>>(),
-            ["x_custom"]
+            left,
+            [("authorization", "Basic dTpw"), ("x-custom", "stays")]
         );
     }
 }

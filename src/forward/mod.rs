@@ -7,14 +7,17 @@
 //!    are added, so the upstream can trust them;
 //! 4. `X-Forwarded-For/-Proto/-Host` are set. Values a client sent are kept only when the
 //!    TCP peer is a trusted proxy; otherwise they are replaced, never appended to, and
-//!    `Forwarded` and `X-Real-IP` are removed. Spellings with `_` of the headers in 2-4 are
+//!    `Forwarded` and `X-Real-IP` are removed. Spellings with `_` of the headers in 1-4 are
 //!    removed too (CGI-style servers read `X_Keygate_Owner` as `X-Keygate-Owner`).
 //!
-//! Bodies are never buffered: they stream through. An `Upgrade` (WebSocket) survives step 1
-//! when the client asked for one.
+//! Which header falls under which step is [`crate::header_rules`]'s decision, one rulebook for
+//! both engines; `headers` renders it on hyper's header maps (HTTP/2 clients, and HTTP/1.1
+//! clients when the upstream speaks HTTP/2), [`h1`] on the header lines of keygate's own
+//! HTTP/1.1, which writes the upstream's request head itself. An admitted WebSocket upgrade is
+//! the one hop-by-hop exchange passed on: [`h1`] writes its `Connection` and `Upgrade` again
+//! after step 1; from hyper's side an upgrade is stripped like any hop-by-hop header.
 //!
-//! The steps are in `headers` for hyper's requests (HTTP/2 clients) and in [`h1`] for
-//! keygate's own HTTP/1.1, which writes the upstream's request head itself. HTTP/1.1 requests
+//! Bodies are never buffered: they stream through. HTTP/1.1 requests
 //! go over a client connection's own upstream connection ([`upstream`]); hyper's go through
 //! the shared pool (`client`).
 
@@ -29,28 +32,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version};
-use http_body_util::Limited;
 use hyper::body::Incoming;
 
+use client::BodyFailure;
 pub use client::{ClientError, UpstreamBody};
 pub use headers::client_ip;
-use headers::{X_FORWARDED_FOR, add_identity, strip_credentials, strip_hop_by_hop};
+use headers::{X_FORWARDED_FOR, add_identity, apply_request_rules, strip_hop_by_hop};
 use upstream::{Dialer, Parking, Route};
 
-use crate::authz::canonical;
 use crate::config::Upstream;
 use crate::credential::CredentialHeader;
+use crate::header_rules::RequestPolicy;
 use crate::keys::Environment;
 use crate::keys::cached::CachedKey;
 use crate::reject::Reject;
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Everything [`Forwarder::prepare`] needs to know about the request besides its headers.
 pub struct Origin<'a> {
@@ -104,6 +105,8 @@ pub struct Forwarder {
     timeout: Duration,
     preserve_host: bool,
     credential_headers: Vec<CredentialHeader>,
+    /// `[keys] prefix`: a header value carrying one of our keys never goes upstream.
+    key_prefix: String,
     max_body: usize,
 }
 
@@ -111,6 +114,7 @@ pub struct Forwarder {
 pub struct Prepared {
     request: Request<UpstreamBody>,
     sandbox: bool,
+    body: Arc<BodyFailure>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -119,6 +123,7 @@ impl Forwarder {
     pub fn new(
         upstream: &Upstream,
         credential_headers: &[CredentialHeader],
+        key_prefix: &str,
         max_body: Option<u64>,
     ) -> Result<Self, ClientError> {
         static FORWARDERS: AtomicU64 = AtomicU64::new(0);
@@ -143,6 +148,7 @@ impl Forwarder {
             timeout: upstream.timeout,
             preserve_host: upstream.preserve_host,
             credential_headers: credential_headers.to_vec(),
+            key_prefix: key_prefix.to_owned(),
             max_body: max_body.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX)),
         })
     }
@@ -169,57 +175,19 @@ impl Forwarder {
         // hyper serves has nowhere to go: it is stripped like any hop-by-hop header.)
         *req.version_mut() = Version::HTTP_11;
 
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        strip_credentials(headers, &self.credential_headers);
-        // What follows adds up to eight headers: one reservation instead of the map growing
-        // (and rehashing) twice on the way.
-        headers.reserve(8);
-        if let Some(record) = origin.key {
-            add_identity(headers, record);
-        }
-
-        let peer = origin.peer_header.clone();
-        if !origin.peer_trusted {
-            // What an untrusted client says of its own address is not passed on.
-            headers.remove(&FORWARDED);
-            headers.remove(&X_REAL_IP);
-        }
-        if origin.peer_trusted {
-            let chain = headers
-                .get_all(&X_FORWARDED_FOR)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let value = if chain.is_empty() {
-                peer
-            } else {
-                HeaderValue::from_str(&format!("{chain}, {}", canonical(origin.peer)))
-                    .unwrap_or(peer)
-            };
-            headers.insert(&X_FORWARDED_FOR, value);
-        } else {
-            headers.insert(&X_FORWARDED_FOR, peer);
-        }
-        if !origin.peer_trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
-            let proto = if origin.tls { "https" } else { "http" };
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        }
-        if !origin.peer_trusted || !headers.contains_key(&X_FORWARDED_HOST) {
-            match &original_host {
-                Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
-                None => headers.remove(&X_FORWARDED_HOST),
-            };
-        }
-        match (&original_host, self.preserve_host) {
-            (Some(host), true) => headers.insert(header::HOST, host.clone()),
-            _ => headers.insert(header::HOST, target.authority.clone()),
+        let cx = HeaderContext {
+            credential_headers: &self.credential_headers,
+            key_prefix: &self.key_prefix,
+            preserve_host: self.preserve_host,
+            upstream_host: &target.authority,
         };
-        let max_body = self.max_body;
+        upstream_headers(req.headers_mut(), &cx, origin, original_host);
+        let (parts, body) = req.into_parts();
+        let (body, failure) = UpstreamBody::new(body, self.max_body);
         Prepared {
-            request: req.map(|body| Limited::new(body, max_body)),
+            request: Request::from_parts(parts, body),
             sandbox,
+            body: failure,
         }
     }
 
@@ -264,6 +232,10 @@ impl Forwarder {
         &self.credential_headers
     }
 
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
     /// `server.max_body_bytes`, or no limit.
     pub fn max_body(&self) -> u64 {
         self.max_body as u64
@@ -277,13 +249,23 @@ impl Forwarder {
     /// Sends the prepared request through the shared pool and waits at most the configured
     /// timeout for the response head.
     pub async fn send(&self, prepared: Prepared) -> Result<Response<Incoming>, Reject> {
-        let Prepared { request, sandbox } = prepared;
+        let Prepared {
+            request,
+            sandbox,
+            body,
+        } = prepared;
         let outcome = tokio::time::timeout(self.timeout, self.via_pool(sandbox, request)).await;
         let mut response = match outcome {
             Err(_) => return Err(Reject::UpstreamTimeout),
             Ok(Err(e)) => {
-                if is_body_too_large(&*e) {
+                // The client's body failed first: its fault, whatever the pool made of it.
+                if body.too_large() {
                     return Err(Reject::PayloadTooLarge);
+                }
+                if body.broken() {
+                    return Err(Reject::BadRequest(
+                        "the request body is malformed or cut short",
+                    ));
                 }
                 tracing::warn!(error = %error_chain(&*e), "upstream request failed");
                 return Err(if is_timeout(&*e) {
@@ -294,6 +276,10 @@ impl Forwarder {
             }
             Ok(Ok(response)) => response,
         };
+        // hyper reads any three digits as a status; a client must get a valid one.
+        if response.status().as_u16() > 599 {
+            return Err(Reject::UpstreamUnavailable);
+        }
         strip_hop_by_hop(response.headers_mut());
         Ok(response)
     }
@@ -310,16 +296,65 @@ impl Forwarder {
     }
 }
 
-/// The client's body ran past `server.max_body_bytes` while it streamed upstream.
-fn is_body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        cur = err.source();
+/// What [`upstream_headers`] needs from the forwarder.
+struct HeaderContext<'a> {
+    credential_headers: &'a [CredentialHeader],
+    key_prefix: &'a str,
+    preserve_host: bool,
+    /// The upstream's authority, for `Host` when the client's is not kept.
+    upstream_host: &'a HeaderValue,
+}
+
+/// Steps 1-4 of the module doc on a header map: the rulebook applied, then keygate's identity
+/// and forwarding headers and `Host` written.
+fn upstream_headers(
+    headers: &mut HeaderMap,
+    cx: &HeaderContext,
+    origin: &Origin,
+    original_host: Option<HeaderValue>,
+) {
+    let forwarding = apply_request_rules(
+        headers,
+        &RequestPolicy {
+            credential_headers: cx.credential_headers,
+            key_prefix: cx.key_prefix,
+            peer_trusted: origin.peer_trusted,
+        },
+    );
+    // What follows adds up to eight headers: one reservation instead of the map growing
+    // (and rehashing) twice on the way.
+    headers.reserve(8);
+    if let Some(record) = origin.key {
+        add_identity(headers, record);
     }
-    false
+
+    let peer = origin.peer_header.clone();
+    let xff = if forwarding.chain.is_empty() {
+        peer
+    } else {
+        let mut chain = Vec::new();
+        for hop in &forwarding.chain {
+            chain.extend_from_slice(hop.as_bytes());
+            chain.extend_from_slice(b", ");
+        }
+        chain.extend_from_slice(peer.as_bytes());
+        HeaderValue::from_bytes(&chain).unwrap_or(peer)
+    };
+    headers.insert(&X_FORWARDED_FOR, xff);
+    if !forwarding.has_proto {
+        let proto = if origin.tls { "https" } else { "http" };
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !forwarding.has_forwarded_host {
+        match &original_host {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+    }
+    match (original_host, cx.preserve_host) {
+        (Some(host), true) => headers.insert(header::HOST, host),
+        _ => headers.insert(header::HOST, cx.upstream_host.clone()),
+    };
 }
 
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -344,4 +379,294 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = err.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! One table of header cases through both engines: keygate's own HTTP/1.1 writing the
+    //! upstream's head from header lines ([`h1::write_request_head`]) and hyper's side
+    //! rewriting a header map ([`upstream_headers`]). Whatever the case, the upstream must see
+    //! the same headers from both.
+
+    use super::*;
+    use crate::h1::{Framing, Request as H1Request, RequestHead};
+    use crate::keys::KeyRecord;
+
+    const KEY: &str = "kg_sk_live_Hfo7DoI4rNoNONO6QNveL6yhlIWG4GlMPa";
+
+    /// The upstream's headers, lowercased and sorted, as keygate's own HTTP/1.1 writes them.
+    fn own_engine(
+        lines: &[(&str, &str)],
+        reads: &[CredentialHeader],
+        trusted: bool,
+        key: Option<&CachedKey>,
+    ) -> Vec<(String, String)> {
+        let mut raw = String::from("GET /x HTTP/1.1\r\n");
+        for (name, value) in lines {
+            raw.push_str(&format!("{name}: {value}\r\n"));
+        }
+        raw.push_str("\r\n");
+        let mut head = RequestHead::default();
+        assert!(head.parse(raw.as_bytes(), 64 * 1024).unwrap(), "{raw}");
+        let req = H1Request::new(&head, raw.as_bytes());
+        let mut out = Vec::new();
+        h1::write_request_head(
+            &mut out,
+            &req,
+            &h1::RequestContext {
+                base_path: "",
+                path: "/x",
+                upstream_host: b"upstream:3000",
+                preserve_host: true,
+                credential_headers: reads,
+                key_prefix: "kg",
+                key,
+                peer: b"10.0.0.7",
+                peer_trusted: trusted,
+                tls: false,
+                framing: Framing::Empty,
+                upgrade: false,
+            },
+        );
+        let mut lines = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut lines);
+        assert!(parsed.parse(&out).unwrap().is_complete());
+        let mut seen: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        seen.sort();
+        seen
+    }
+
+    /// The same through hyper's side.
+    fn header_map(
+        lines: &[(&str, &str)],
+        reads: &[CredentialHeader],
+        trusted: bool,
+        key: Option<&CachedKey>,
+    ) -> Vec<(String, String)> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let original_host = headers.get(header::HOST).cloned();
+        let peer_header = HeaderValue::from_static("10.0.0.7");
+        let origin = Origin {
+            peer: "10.0.0.7".parse().unwrap(),
+            peer_trusted: trusted,
+            tls: false,
+            peer_header: &peer_header,
+            key,
+        };
+        let upstream_host = HeaderValue::from_static("upstream:3000");
+        let cx = HeaderContext {
+            credential_headers: reads,
+            key_prefix: "kg",
+            preserve_host: true,
+            upstream_host: &upstream_host,
+        };
+        upstream_headers(&mut headers, &cx, &origin, original_host);
+        let mut seen: Vec<(String, String)> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        seen.sort();
+        seen
+    }
+
+    #[test]
+    fn both_engines_show_the_upstream_the_same_headers() {
+        let all = CredentialHeader::all();
+        let x_api_key = [CredentialHeader::XApiKey];
+        let bearer = format!("Bearer {KEY}");
+        let basic = {
+            use base64::Engine;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("id:{KEY}"))
+            )
+        };
+        let record = CachedKey::from(&KeyRecord::for_tests());
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, &'a str)>,
+            &'a [CredentialHeader],
+            bool,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "plain",
+                vec![("Host", "a.example"), ("Accept", "*/*")],
+                &all,
+                false,
+            ),
+            (
+                "x-api-key",
+                vec![("Host", "a"), ("X-Api-Key", KEY)],
+                &all,
+                false,
+            ),
+            (
+                "bearer",
+                vec![("Host", "a"), ("Authorization", &bearer)],
+                &all,
+                false,
+            ),
+            (
+                "basic stays",
+                vec![("Host", "a"), ("Authorization", "Basic dTpw")],
+                &all,
+                false,
+            ),
+            (
+                "basic and bearer",
+                vec![
+                    ("Host", "a"),
+                    ("Authorization", "Basic dTpw"),
+                    ("Authorization", &bearer),
+                ],
+                &all,
+                false,
+            ),
+            (
+                "basic hiding a key",
+                vec![("Host", "a"), ("Authorization", &basic)],
+                &all,
+                false,
+            ),
+            (
+                "key in an unread header",
+                vec![
+                    ("Host", "a"),
+                    ("Authorization", &bearer),
+                    ("X-Api-Key", KEY),
+                ],
+                &x_api_key,
+                false,
+            ),
+            (
+                "upstream's bearer passes",
+                vec![
+                    ("Host", "a"),
+                    ("Authorization", "Bearer their.jwt"),
+                    ("X-Api-Key", KEY),
+                ],
+                &x_api_key,
+                false,
+            ),
+            (
+                "key in a cookie",
+                vec![
+                    ("Host", "a"),
+                    ("Cookie", "a=1"),
+                    ("Cookie", "k=kg_pk_test_x"),
+                ],
+                &all,
+                false,
+            ),
+            (
+                "identity forged",
+                vec![
+                    ("Host", "a"),
+                    ("X-Keygate-Owner", "evil"),
+                    ("x_keygate_scopes", "*"),
+                ],
+                &all,
+                false,
+            ),
+            (
+                "identity set",
+                vec![("Host", "a"), ("X-Keygate-Owner", "evil")],
+                &all,
+                false,
+            ),
+            (
+                "underscore framing",
+                vec![
+                    ("Host", "a"),
+                    ("Transfer_Encoding", "chunked"),
+                    ("Content_Length", "5"),
+                ],
+                &all,
+                false,
+            ),
+            (
+                "hop-by-hop",
+                vec![
+                    ("Host", "a"),
+                    ("Connection", "keep-alive, x-hop"),
+                    ("X-Hop", "1"),
+                    ("Keep-Alive", "timeout=5"),
+                    ("TE", "trailers"),
+                    ("Proxy-Authorization", "Basic eDp5"),
+                ],
+                &all,
+                false,
+            ),
+            (
+                "expect",
+                vec![("Host", "a"), ("Expect", "100-continue")],
+                &all,
+                false,
+            ),
+            (
+                "untrusted forwarding",
+                vec![
+                    ("Host", "a"),
+                    ("X-Forwarded-For", "6.6.6.6"),
+                    ("X-Forwarded-Proto", "https"),
+                    ("X-Forwarded-Host", "evil"),
+                    ("Forwarded", "for=6.6.6.6"),
+                    ("X-Real-IP", "6.6.6.6"),
+                    ("X_Forwarded_For", "6.6.6.6"),
+                ],
+                &all,
+                false,
+            ),
+            (
+                "trusted forwarding",
+                vec![
+                    ("Host", "a"),
+                    ("X-Forwarded-For", "1.2.3.4"),
+                    ("X-Forwarded-For", "10.0.0.9"),
+                    ("X-Forwarded-Proto", "https"),
+                    ("X-Forwarded-Host", "public.example"),
+                    ("Forwarded", "for=1.2.3.4"),
+                    ("X-Real-IP", "1.2.3.4"),
+                ],
+                &all,
+                true,
+            ),
+            (
+                "rate-limit headers from a client",
+                vec![("Host", "a"), ("X-RateLimit-Remaining", "999")],
+                &all,
+                false,
+            ),
+        ];
+        for (name, lines, reads, trusted) in &cases {
+            for key in [None, Some(&record)] {
+                let own = own_engine(lines, reads, *trusted, key);
+                let map = header_map(lines, reads, *trusted, key);
+                assert_eq!(own, map, "case {name:?} (key: {})", key.is_some());
+                for (n, v) in &own {
+                    assert!(
+                        !v.contains("kg_sk_") && !v.contains("kg_pk_"),
+                        "case {name:?}: {n}: {v}"
+                    );
+                    assert!(!n.contains('_'), "case {name:?}: {n}");
+                }
+            }
+        }
+    }
 }

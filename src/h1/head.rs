@@ -13,8 +13,8 @@ use std::ops::Range;
 
 use http::Method;
 
-use super::names::{self, Name};
 use crate::head::Head;
+use crate::header_rules::{self as names, Name, list};
 
 /// Header lines a request may carry (HAProxy's default is 101): a larger head is refused
 /// with 431 before it is looked at.
@@ -171,9 +171,7 @@ impl RequestHead {
         self.named.clear();
         self.upgrade = None;
         self.expect_continue = false;
-        let mut length: Option<u64> = None;
-        let mut chunked = false;
-        let mut hosts = 0;
+        let mut framing = FramingRules::default();
         let mut options = names::Options::default();
         let mut upgrade = None;
         for line in req.headers.iter() {
@@ -183,34 +181,10 @@ impl RequestHead {
                 value: at(line.value),
             });
             let value = line.value;
-            match names::name(name) {
-                Name::ContentLength => {
-                    for part in list(value) {
-                        let n = digits(part)
-                            .ok_or(HeadError::Invalid("Content-Length is malformed"))?;
-                        if length.is_some_and(|seen| seen != n) {
-                            return Err(HeadError::Invalid(
-                                "the request carries conflicting Content-Length values",
-                            ));
-                        }
-                        length = Some(n);
-                    }
-                }
-                Name::TransferEncoding => {
-                    for coding in list(value) {
-                        if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
-                            return Err(HeadError::Invalid(
-                                "only Transfer-Encoding: chunked is accepted",
-                            ));
-                        }
-                        chunked = true;
-                    }
-                    if !chunked {
-                        return Err(HeadError::Invalid("Transfer-Encoding is empty"));
-                    }
-                }
+            let class = names::name(name);
+            framing.line(class, value)?;
+            match class {
                 Name::Connection => options.add(value, |token| self.named.push(at(token))),
-                Name::Host => hosts += 1,
                 Name::Upgrade => upgrade = Some(at(value)),
                 Name::Expect => {
                     self.expect_continue |= value.eq_ignore_ascii_case(b"100-continue");
@@ -218,32 +192,7 @@ impl RequestHead {
                 _ => {}
             }
         }
-        if self.http11 && hosts != 1 && self.absolute.is_none() {
-            return Err(HeadError::Invalid(
-                "an HTTP/1.1 request needs exactly one Host header",
-            ));
-        }
-        if hosts > 1 {
-            return Err(HeadError::Invalid(
-                "the request has more than one Host header",
-            ));
-        }
-        self.framing = match (chunked, length) {
-            (true, Some(_)) => {
-                return Err(HeadError::Invalid(
-                    "Content-Length and Transfer-Encoding together are refused",
-                ));
-            }
-            (true, None) if !self.http11 => {
-                return Err(HeadError::Invalid(
-                    "Transfer-Encoding is not allowed in HTTP/1.0",
-                ));
-            }
-            (true, None) => Framing::Chunked,
-            (false, None) => Framing::Empty,
-            // `Content-Length: 0` stays one: some servers want it on a POST without a body.
-            (false, Some(n)) => Framing::Length(n),
-        };
+        self.framing = framing.finish(self.http11, self.absolute.is_some())?;
         self.keep_alive = !options.close && (self.http11 || options.keep_alive);
         // An HTTP/1.0 server must ignore `Upgrade` (RFC 9110 §7.8). Only WebSocket is passed
         // on: after a `101` keygate copies bytes blindly, and an upgrade to another HTTP (h2c)
@@ -263,6 +212,86 @@ impl RequestHead {
 
     pub fn method(&self) -> &Method {
         &self.method
+    }
+}
+
+/// The framing rules above, fed one header line at a time: `Content-Length` digits only and
+/// repeated only with the same value, `Transfer-Encoding` exactly `chunked` and never with
+/// `Content-Length` or on HTTP/1.0, exactly one `Host` on HTTP/1.1 (or an absolute-form
+/// target). keygate's own parser and the HTTP/1.1 clients hyper serves (when the upstream
+/// speaks HTTP/2) are held to the same rules through this one type.
+#[derive(Debug, Default)]
+pub struct FramingRules {
+    length: Option<u64>,
+    chunked: bool,
+    hosts: usize,
+}
+
+impl FramingRules {
+    /// One header line; `class` is its [`names::name`].
+    pub fn line(&mut self, class: Name, value: &[u8]) -> Result<(), HeadError> {
+        match class {
+            Name::ContentLength => {
+                for part in list(value) {
+                    let n =
+                        digits(part).ok_or(HeadError::Invalid("Content-Length is malformed"))?;
+                    if self.length.is_some_and(|seen| seen != n) {
+                        return Err(HeadError::Invalid(
+                            "the request carries conflicting Content-Length values",
+                        ));
+                    }
+                    self.length = Some(n);
+                }
+            }
+            Name::TransferEncoding => {
+                let mut any = false;
+                for coding in list(value) {
+                    if self.chunked || !coding.eq_ignore_ascii_case(b"chunked") {
+                        return Err(HeadError::Invalid(
+                            "only Transfer-Encoding: chunked is accepted",
+                        ));
+                    }
+                    self.chunked = true;
+                    any = true;
+                }
+                if !any {
+                    return Err(HeadError::Invalid("Transfer-Encoding is empty"));
+                }
+            }
+            Name::Host => self.hosts += 1,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The body's framing once every line is in.
+    pub fn finish(self, http11: bool, absolute_target: bool) -> Result<Framing, HeadError> {
+        if http11 && self.hosts != 1 && !absolute_target {
+            return Err(HeadError::Invalid(
+                "an HTTP/1.1 request needs exactly one Host header",
+            ));
+        }
+        if self.hosts > 1 {
+            return Err(HeadError::Invalid(
+                "the request has more than one Host header",
+            ));
+        }
+        Ok(match (self.chunked, self.length) {
+            (true, Some(_)) => {
+                return Err(HeadError::Invalid(
+                    "Content-Length and Transfer-Encoding together are refused",
+                ));
+            }
+            (true, None) if !http11 => {
+                return Err(HeadError::Invalid(
+                    "Transfer-Encoding is not allowed in HTTP/1.0",
+                ));
+            }
+            (true, None) => Framing::Chunked,
+            (false, None) => Framing::Empty,
+            // `Content-Length: 0` stays one: some servers want it on a POST without a body.
+            (false, Some(n)) => Framing::Length(n),
+        })
     }
 }
 
@@ -369,14 +398,6 @@ fn absolute(target: &str) -> Result<Absolute, HeadError> {
         path: uri.path().to_owned(),
         query: uri.query().map(str::to_owned),
     })
-}
-
-/// The elements of a comma-separated header value, trimmed, empty ones skipped.
-pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|s| !s.is_empty())
 }
 
 /// A `Content-Length`: ASCII digits only (no sign, no spaces inside), fitting in a u64.

@@ -20,7 +20,6 @@
 pub mod body;
 mod buffer;
 pub mod head;
-pub mod names;
 pub mod write;
 
 pub use body::{BodyError, Decoder, Encoding};

@@ -9,8 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 
 use super::body::Encoding;
-use super::head::{Framing, digits, list};
-use super::names::{self, Name};
+use super::head::{Framing, digits};
+use crate::header_rules::{self as names, Name, list};
 use crate::limits::{self, ResetStyle, WindowState};
 use crate::reject::Reject;
 
@@ -98,6 +98,10 @@ pub fn response_head(
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return Err(ResponseError::Malformed("no status line"));
     };
+    // httparse reads any three digits; a client must only ever see a valid status line.
+    if !(100..=599).contains(&status) {
+        return Err(ResponseError::Malformed("a status code outside 100-599"));
+    }
     let headers = &*resp.headers;
     // The line as received, from its name to the end of its value.
     fn raw<'b>(buf: &'b [u8], h: &httparse::Header<'b>) -> &'b [u8] {
@@ -574,6 +578,10 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
             "SMTP ready\r\n\r\n",
+            "HTTP/1.1 099 Too Early\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 000 Nothing\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 600 Beyond\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 999 Beyond\r\nContent-Length: 0\r\n\r\n",
         ];
         for raw in cases {
             assert!(rewrite(raw, &context()).0.is_err(), "{raw:?}");

@@ -291,7 +291,26 @@ where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let client: Client<HttpConnector, B> = Client::builder(TokioExecutor::new()).build_http();
+    send_with(Client::builder(TokioExecutor::new()).build_http(), req).await
+}
+
+/// The same over HTTP/2 (prior knowledge).
+pub async fn request_h2<B>(req: Request<B>) -> Reply
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    send_with(client, req).await
+}
+
+async fn send_with<B>(client: Client<HttpConnector, B>, req: Request<B>) -> Reply
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let response = tokio::time::timeout(Duration::from_secs(30), client.request(req))
         .await
         .expect("request timed out")

@@ -279,6 +279,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 upstream_host: target.authority.as_bytes(),
                 preserve_host: forwarder.preserve_host(),
                 credential_headers: forwarder.credential_headers(),
+                key_prefix: forwarder.key_prefix(),
                 key: audit.key.as_deref(),
                 peer: self.conn.peer_header.as_bytes(),
                 peer_trusted: audit.peer_trusted,
