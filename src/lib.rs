@@ -18,6 +18,8 @@
 //! - [`path`]: the request path normalized once (escapes, dot segments, `;` parameters), or
 //!   refused; the rules match it and the upstream receives it.
 //! - [`credential`]: which header carries the key; the key format and its checksum.
+//! - [`guard`]: the credential-stuffing guard: invalid keys counted per source, a source past
+//!   its threshold refused before its keys cost a lookup.
 //! - [`keys`]: key records and the [`keys::KeyStore`] trait; [`keys::cache`] is the
 //!   in-process cache in front of every store, holding each key in the request path's compact
 //!   form ([`keys::cached`]); [`keys::file`] the embedded file store,
@@ -52,6 +54,7 @@ pub mod credential;
 pub mod demo;
 pub mod echo;
 pub mod forward;
+pub mod guard;
 pub mod h1;
 pub mod head;
 pub mod header_rules;

@@ -51,6 +51,9 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// Shared quotas and suspensions.
     pub limits: LimitMetrics,
+    /// Invalid keys the stuffing guard counted, and the sources it blocked.
+    guard_failures: IntCounter,
+    guard_blocks: IntCounter,
     /// io_uring submissions of writes, and the writes they carried
     /// ([`crate::forward::batch`]; counted for the whole process), brought up to date at each
     /// scrape.
@@ -153,6 +156,16 @@ impl Metrics {
             "Writes sent in those submissions",
         )
         .expect("valid metric");
+        let guard_failures = IntCounter::new(
+            "keygate_guard_invalid_keys_total",
+            "Malformed or unknown API keys counted by the credential-stuffing guard",
+        )
+        .expect("valid metric");
+        let guard_blocks = IntCounter::new(
+            "keygate_guard_blocks_total",
+            "Sources (IPv4 addresses, IPv6 /64s) the credential-stuffing guard started refusing",
+        )
+        .expect("valid metric");
         let reloads = IntCounterVec::new(
             Opts::new(
                 "keygate_reloads_total",
@@ -177,6 +190,8 @@ impl Metrics {
             Box::new(cache_flushes.clone()),
             Box::new(write_batches.clone()),
             Box::new(batched_writes.clone()),
+            Box::new(guard_failures.clone()),
+            Box::new(guard_blocks.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -212,8 +227,18 @@ impl Metrics {
             propagation_last,
             cache_flushes,
             limits,
+            guard_failures,
+            guard_blocks,
             write_batches,
             batched_writes,
+        }
+    }
+
+    /// Counts one invalid key the stuffing guard saw, and the block it started, if any.
+    pub fn guard(&self, counted: crate::guard::Counted) {
+        self.guard_failures.inc();
+        if counted == crate::guard::Counted::Blocked {
+            self.guard_blocks.inc();
         }
     }
 

@@ -23,6 +23,7 @@ use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential;
 use crate::forward::{self, ClientError, Forwarder, Origin, Prepared};
+use crate::guard::{Guard, Source, Verdict};
 use crate::h1::head::{FramingRules, HeadError};
 use crate::head::Head;
 use crate::header_rules;
@@ -42,6 +43,7 @@ pub struct Proxy {
     current: ArcSwap<Current>,
     keys: Arc<KeyCache>,
     limiter: Limiter,
+    guard: Guard,
     metrics: Arc<Metrics>,
 }
 
@@ -124,10 +126,16 @@ impl Proxy {
             };
             limiter = limiter.with_shared_quotas(quotas, settings, metrics.clone());
         }
+        // Likewise the stuffing guard's counts of unknown keys.
+        let guard = Guard::new(match &config.store {
+            crate::config::StoreConfig::Redis(_) => keys.store().clone().failures(),
+            crate::config::StoreConfig::File { .. } => None,
+        });
         Ok(Self {
             current: ArcSwap::from_pointee(Current::new(config)?),
             keys,
             limiter,
+            guard,
             metrics,
         })
     }
@@ -320,23 +328,42 @@ impl Proxy {
         let auth = &config.auth;
         let key = credential::extract(head, &auth.credential_headers, auth.max_key_length)?;
 
-        // 4. Is it shaped like one of ours? Prefix, type, environment, checksum: no I/O.
-        let claims = credential::parse_key(key, &config.keys.prefix)?;
-
-        // 5. Do we know it? Only the hash is ever looked up or stored.
+        // 4. Has its source been sending junk? One past `[guard] max_invalid` failures is
+        //    refused before its key costs anything, unless this sidecar knows the key.
         let hash = KeyHash::of(key);
-        let record = self
-            .keys
-            .lookup(hash)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "key store lookup failed");
-                Reject::KeyStoreUnavailable
-            })?
-            .ok_or(Reject::InvalidApiKey)?;
+        let source = Source::of(client_ip);
+        if let Verdict::Blocked { retry_after } = self.guard.check(source, Instant::now())
+            && (config.guard.block_known_keys || !self.keys.knows(&hash))
+        {
+            return Err(Reject::TooManyInvalidKeys { retry_after });
+        }
+
+        // 5. Is it shaped like one of ours? Prefix, type, environment, checksum: no I/O.
+        let claims = match credential::parse_key(key, &config.keys.prefix) {
+            Ok(claims) => claims,
+            Err(reject) => {
+                let counted = self.guard.malformed(&config.guard, source, Instant::now());
+                self.metrics.guard(counted);
+                return Err(reject);
+            }
+        };
+
+        // 6. Do we know it? Only the hash is ever looked up or stored.
+        let found = self.keys.lookup(hash).await.map_err(|e| {
+            tracing::error!(error = %e, "key store lookup failed");
+            Reject::KeyStoreUnavailable
+        })?;
+        let Some(record) = found else {
+            let counted = self
+                .guard
+                .unknown(&config.guard, source, Instant::now())
+                .await;
+            self.metrics.guard(counted);
+            return Err(Reject::InvalidApiKey);
+        };
         audit.key = Some(record.clone());
 
-        // 6. May it make this request? Status, expiry, IP allowlist, environment, key type,
+        // 7. May it make this request? Status, expiry, IP allowlist, environment, key type,
         //    route scopes, workspace/project binding.
         let now = SystemTime::now();
         let facts = RequestFacts {
@@ -357,7 +384,7 @@ impl Proxy {
         }
         authz::authorize(&record, claims, &facts, &policy)?;
 
-        // 7. Within its plan? Only a request that may be served counts against a quota; a
+        // 8. Within its plan? Only a request that may be served counts against a quota; a
         //    refusal by any window counts in none. A key suspended for hammering its limit is
         //    refused here too, before anything is counted.
         audit.now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -372,7 +399,7 @@ impl Proxy {
             }
         }
 
-        // 8. Admitted: the engine forwards it, without the key and with the verified
+        // 9. Admitted: the engine forwards it, without the key and with the verified
         //    identity (`audit.key`).
         admission(normal)
     }

@@ -46,6 +46,11 @@ pub enum Reject {
     /// Body over `server.max_body_bytes`.
     PayloadTooLarge,
     RateLimitExceeded(crate::limits::Refusal),
+    /// The client's address sent too many invalid keys ([`crate::guard`]); refused for
+    /// `retry_after` seconds before any key lookup.
+    TooManyInvalidKeys {
+        retry_after: u64,
+    },
     KeyStoreUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
@@ -116,7 +121,9 @@ impl Reject {
             | Self::HttpsRequired => StatusCode::FORBIDDEN,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimitExceeded(_) | Self::TooManyInvalidKeys { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -140,6 +147,7 @@ impl Reject {
             Self::HeadersTooLarge => "request_header_fields_too_large",
             Self::PayloadTooLarge => "request_too_large",
             Self::RateLimitExceeded(_) => "rate_limit_exceeded",
+            Self::TooManyInvalidKeys { .. } => "too_many_invalid_keys",
             Self::KeyStoreUnavailable => "key_store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
@@ -162,7 +170,7 @@ impl Reject {
             | Self::HttpsRequired
             | Self::HeadersTooLarge
             | Self::PayloadTooLarge => "invalid_request_error",
-            Self::RateLimitExceeded(_) => "rate_limit_error",
+            Self::RateLimitExceeded(_) | Self::TooManyInvalidKeys { .. } => "rate_limit_error",
             Self::KeyStoreUnavailable | Self::UpstreamUnavailable | Self::UpstreamTimeout => {
                 "api_error"
             }
@@ -210,6 +218,9 @@ impl Reject {
                 r.window.name.replace('_', " "),
                 r.retry_after
             ),
+            Self::TooManyInvalidKeys { retry_after } => {
+                format!("Too many invalid API keys from this address; retry after {retry_after} s")
+            }
             Self::KeyStoreUnavailable => {
                 "The API key could not be verified right now; retry shortly".into()
             }
@@ -223,7 +234,9 @@ impl Reject {
         match self {
             Self::KeyStoreUnavailable => Some(1),
             Self::RateLimitExceeded(r) => Some(r.retry_after),
-            Self::KeySuspendedFor { retry_after } => Some(*retry_after),
+            Self::KeySuspendedFor { retry_after } | Self::TooManyInvalidKeys { retry_after } => {
+                Some(*retry_after)
+            }
             _ => None,
         }
     }
@@ -356,6 +369,12 @@ mod tests {
                 400,
                 "invalid_path",
                 "invalid_request_error",
+            ),
+            (
+                Reject::TooManyInvalidKeys { retry_after: 30 },
+                429,
+                "too_many_invalid_keys",
+                "rate_limit_error",
             ),
             (
                 Reject::MethodNotAllowed(vec![http::Method::GET, http::Method::HEAD]),

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::credential::CredentialHeader;
+use crate::guard::GuardConfig;
 use crate::keys::cache::CacheConfig;
 use crate::keys::redis::RedisConfig;
 use crate::path::PathRules;
@@ -66,6 +67,7 @@ pub struct Config {
     pub keys: KeysConfig,
     pub auth: AuthConfig,
     pub paths: PathRules,
+    pub guard: GuardConfig,
     pub network: Network,
     pub log: LogConfig,
     pub routes: RouteTable,

@@ -28,6 +28,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub(super) paths: RawPaths,
     #[serde(default)]
+    pub(super) guard: RawGuard,
+    #[serde(default)]
     pub(super) network: RawNetwork,
     #[serde(default)]
     pub(super) log: RawLog,
@@ -255,6 +257,29 @@ impl Default for RawAuth {
 pub(super) struct RawNetwork {
     pub(super) trusted_proxies: Vec<String>,
     pub(super) require_https: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawGuard {
+    pub(super) max_invalid: u32,
+    #[serde(with = "humantime_serde")]
+    pub(super) window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(super) block_for: Duration,
+    pub(super) block_known_keys: bool,
+}
+
+impl Default for RawGuard {
+    fn default() -> Self {
+        let d = crate::guard::GuardConfig::default();
+        Self {
+            max_invalid: d.max_invalid,
+            window: d.window,
+            block_for: d.block_for,
+            block_known_keys: d.block_known_keys,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

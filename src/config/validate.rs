@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::Uri;
 
-use super::raw::{RawAuth, RawCache, RawConfig, RawPaths, RawRoute, RawStore};
+use super::raw::{RawAuth, RawCache, RawConfig, RawGuard, RawPaths, RawRoute, RawStore};
 use super::*;
 use crate::credential::CredentialHeader;
 use crate::keys::Environment;
@@ -93,6 +93,7 @@ impl TryFrom<RawConfig> for Config {
 
         let limits = validate_limits(raw.plans, raw.limits)?;
         let paths = validate_paths(&raw.paths)?;
+        let guard = validate_guard(&raw.guard)?;
         let unmatched = raw.auth.unmatched.clone();
         let auth = validate_auth(raw.auth, &paths)?;
         let routes = validate_routes(raw.route, unmatched, &paths)?;
@@ -149,6 +150,7 @@ impl TryFrom<RawConfig> for Config {
             },
             auth,
             paths,
+            guard,
             network: Network {
                 trusted_proxies,
                 require_https: raw.network.require_https,
@@ -161,6 +163,21 @@ impl TryFrom<RawConfig> for Config {
             routes,
         })
     }
+}
+
+fn validate_guard(raw: &RawGuard) -> Result<GuardConfig, ConfigError> {
+    if raw.max_invalid > 0 && (raw.window.is_zero() || raw.block_for.is_zero()) {
+        return Err(invalid(
+            "guard",
+            "window and block_for must be greater than 0 (or set max_invalid = 0 to turn the guard off)",
+        ));
+    }
+    Ok(GuardConfig {
+        max_invalid: raw.max_invalid,
+        window: raw.window,
+        block_for: raw.block_for,
+        block_known_keys: raw.block_known_keys,
+    })
 }
 
 fn validate_paths(raw: &RawPaths) -> Result<PathRules, ConfigError> {

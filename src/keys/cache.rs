@@ -252,6 +252,16 @@ impl KeyCache {
         }
     }
 
+    /// Whether `hash` is cached here as a known key, without asking the store: the stuffing
+    /// guard lets a blocked source's known keys through on this.
+    pub fn knows(&self, hash: &KeyHash) -> bool {
+        let now = self.clock();
+        match self.entries.get(hash) {
+            Some(entry) => matches!(entry, Entry::Known(_)) && self.is_live(&entry, now),
+            None => false,
+        }
+    }
+
     /// Number of cached entries, expired ones not yet reclaimed included.
     pub fn len(&self) -> u64 {
         self.entries.len() as u64

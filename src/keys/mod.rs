@@ -338,6 +338,12 @@ pub trait KeyStore: Send + Sync + 'static {
     fn quotas(self: Arc<Self>) -> Option<Arc<dyn crate::limits::QuotaStore>> {
         None
     }
+
+    /// Where the stuffing guard's failure counts are shared between sidecars, if this store
+    /// can hold them (Redis). `None`: every process counts its own.
+    fn failures(self: Arc<Self>) -> Option<Arc<dyn crate::guard::SharedFailures>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ use redis::{Client, IntoConnectionInfo, RedisFuture, Script, Value};
 use tokio_util::sync::CancellationToken;
 
 mod feed;
+mod guard;
 mod quota;
 
 use super::manage::counts_against_cap;
@@ -606,6 +607,10 @@ impl KeyStore for RedisStore {
     }
 
     fn quotas(self: Arc<Self>) -> Option<Arc<dyn crate::limits::QuotaStore>> {
+        Some(self)
+    }
+
+    fn failures(self: Arc<Self>) -> Option<Arc<dyn crate::guard::SharedFailures>> {
         Some(self)
     }
 }
