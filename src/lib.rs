@@ -65,6 +65,18 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 pub use server::{Server, ServerError};
 
+/// The git commit this binary was built from (`build.rs`; `unknown` without git or
+/// `KEYGATE_COMMIT`), shown by `keygate --version` and `keygate_build_info`.
+pub const COMMIT: &str = env!("KEYGATE_COMMIT");
+
+/// `0.1.0 (commit 1a2b3c4d5e6f)`: what `keygate --version` prints after the name.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("KEYGATE_COMMIT"),
+    ")"
+);
+
 /// Binds the configured listeners and serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {
     Server::bind(config).await?.run(shutdown).await;

@@ -158,6 +158,7 @@ fn apply_reloadable(running: &Config, mut loaded: Config) -> (Config, Vec<&'stat
     keep("cache", &running.cache, &loaded.cache);
     keep("log.format", &running.log.format, &loaded.log.format);
     keep("log.level", &running.log.level, &loaded.log.level);
+    keep("metrics", &running.metrics, &loaded.metrics);
     loaded.listen = running.listen.clone();
     loaded.server = running.server.clone();
     loaded.tls = running.tls.clone();
@@ -165,6 +166,7 @@ fn apply_reloadable(running: &Config, mut loaded: Config) -> (Config, Vec<&'stat
     loaded.cache = running.cache.clone();
     loaded.log.format = running.log.format;
     loaded.log.level = running.log.level.clone();
+    loaded.metrics = running.metrics.clone();
     (loaded, kept)
 }
 

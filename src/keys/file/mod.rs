@@ -11,6 +11,10 @@
 //!   file that fails to parse — edited by hand, half-copied, truncated — is reported once and
 //!   the last good keys keep serving. Polling rather than inotify also follows Kubernetes
 //!   Secret volumes, which swap a symlink instead of writing the file.
+//! - The proxy never writes the keys file. Last-used times go to a file of their own
+//!   (`[store] last_used_path`, default `<keys file>.last-used`); where that folder is not
+//!   writable (a keys file mounted from a Secret, which is always read-only) the proxy says so
+//!   once at start and keeps them in memory, served on the admin listener (`/last-used`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -71,20 +75,85 @@ pub struct FileStore {
     index: ArcSwap<Index>,
     /// The version last looked at, good or bad, so a bad file is reported once, not per poll.
     seen: Mutex<Option<Fingerprint>>,
+    last_used: LastUsed,
+}
+
+/// Where last-used times are kept.
+struct LastUsed {
+    /// The file they are written to, unless `memory` holds them.
+    path: PathBuf,
+    /// Written in `[store]` by the operator (a failure to write there is theirs to hear of).
+    configured: bool,
+    /// `Some` once the proxy found `path` unwritable: the times live here instead.
+    memory: Mutex<Option<HashMap<String, SystemTime>>>,
+}
+
+impl LastUsed {
+    fn memory(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, SystemTime>>> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl FileStore {
     /// Opens the store. A missing file is an empty store (the first `keys create` makes it);
     /// an unreadable or corrupt one is an error, since there is no last good state yet.
+    /// Last-used times go beside the file (`<file>.last-used`).
     pub fn open(path: impl Into<PathBuf>, reload_interval: Duration) -> Result<Self, StoreError> {
+        Self::open_with(path, reload_interval, None)
+    }
+
+    /// Like [`FileStore::open`], with last-used times written to `last_used_path` if given.
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        reload_interval: Duration,
+        last_used_path: Option<PathBuf>,
+    ) -> Result<Self, StoreError> {
         let path = path.into();
         let (index, fingerprint) = load_index(&path)?;
         Ok(Self {
             reload_interval,
             index: ArcSwap::from_pointee(index),
             seen: Mutex::new(fingerprint),
+            last_used: LastUsed {
+                configured: last_used_path.is_some(),
+                path: last_used_path.unwrap_or_else(|| sibling(&path, ".last-used")),
+                memory: Mutex::new(None),
+            },
             path,
         })
+    }
+
+    /// Whether last-used times are kept in memory (their file's folder was not writable).
+    pub fn last_used_in_memory(&self) -> bool {
+        self.last_used.memory().is_some()
+    }
+
+    /// Decides, once at the proxy's start, where last-used times go: their file if its folder
+    /// takes a new file, memory otherwise, said in one log line.
+    fn choose_last_used(&self) {
+        let path = &self.last_used.path;
+        let dir = folder(path);
+        // A probe file rather than the mode bits: a read-only mount, an ACL or a foreign
+        // owner all refuse the same way the real write would.
+        let probe = tempfile::Builder::new()
+            .prefix(".keygate-probe-")
+            .tempfile_in(dir);
+        let Err(e) = probe else { return };
+        *self.last_used.memory() = Some(HashMap::new());
+        if self.last_used.configured {
+            tracing::error!(
+                path = %path.display(), error = %e,
+                "[store] last_used_path cannot be written: last-used times are kept in memory \
+                 (admin listener: /last-used) and lost on restart"
+            );
+        } else {
+            tracing::warn!(
+                keys = %self.path.display(), folder = %dir.display(), error = %e,
+                "the keys file's folder is read-only (a Secret mount?): last-used times are \
+                 kept in memory (admin listener: /last-used) and lost on restart; set \
+                 [store] last_used_path to a writable file to keep them"
+            );
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -287,29 +356,49 @@ impl KeyStore for FileStore {
     }
 
     async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
-        // Usage lives beside the keys file, not in it: the proxy never rewrites the keys
-        // (which may be a read-only Secret mount), and a lost usage write costs nothing. The
-        // disk work runs off the request threads.
-        let keys_path = self.path.clone();
+        // Usage lives in a file of its own, not in the keys file: the proxy never rewrites the
+        // keys (which may be a read-only Secret mount), and a lost usage write costs nothing.
+        // The disk work runs off the request threads.
+        if let Some(memory) = self.last_used.memory().as_mut() {
+            merge(memory, used);
+            return Ok(());
+        }
+        let path = self.last_used.path.clone();
+        let pending = used.clone();
         let write = move || {
-            let path = sibling(&keys_path, ".last-used");
-            let mut usage = read_usage(&keys_path);
-            for (id, at) in used {
-                let slot = usage.entry(id).or_insert(at);
-                *slot = (*slot).max(at);
-            }
+            let mut usage = read_usage(&path);
+            merge(&mut usage, used);
             let doc: HashMap<&String, String> = usage
                 .iter()
                 .map(|(id, at)| (id, humantime::format_rfc3339_seconds(*at).to_string()))
                 .collect();
-            write_atomically(&path, &doc)
+            write_atomically(&path, &doc).map(|()| usage)
         };
-        tokio::task::spawn_blocking(write)
+        let written = tokio::task::spawn_blocking(write)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("usage write task: {e}")))?
+            .map_err(|e| StoreError::Unavailable(format!("usage write task: {e}")))?;
+        if let Err(e) = written {
+            // Said once: from now on the times stay in memory, where nothing can fail, rather
+            // than a warning every flush for as long as the disk stays full or read-only.
+            let mut usage = read_usage(&self.last_used.path);
+            merge(&mut usage, pending);
+            *self.last_used.memory() = Some(usage);
+            tracing::warn!(
+                path = %self.last_used.path.display(), error = %e,
+                "last-used times cannot be written: they are kept in memory from now on \
+                 (admin listener: /last-used)"
+            );
+        }
+        Ok(())
+    }
+
+    async fn last_used(&self) -> Result<HashMap<String, SystemTime>, StoreError> {
+        self.usage()
     }
 
     fn watch(self: Arc<Self>, sink: ChangeSink, shutdown: CancellationToken) {
+        // Only a running proxy watches: the one process that records usage.
+        self.choose_last_used();
         self.poll(sink, shutdown);
     }
 
@@ -320,13 +409,24 @@ impl KeyStore for FileStore {
 
 impl FileStore {
     fn usage(&self) -> Result<HashMap<String, SystemTime>, StoreError> {
-        Ok(read_usage(&self.path))
+        if let Some(memory) = self.last_used.memory().as_ref() {
+            return Ok(memory.clone());
+        }
+        Ok(read_usage(&self.last_used.path))
+    }
+}
+
+/// Keeps the later of two times per key.
+fn merge(usage: &mut HashMap<String, SystemTime>, used: Vec<(String, SystemTime)>) {
+    for (id, at) in used {
+        let slot = usage.entry(id).or_insert(at);
+        *slot = (*slot).max(at);
     }
 }
 
 /// Last-used times written by [`KeyStore::record_usage`]; missing or unreadable is empty.
-fn read_usage(keys_path: &Path) -> HashMap<String, SystemTime> {
-    let Ok(bytes) = std::fs::read(sibling(keys_path, ".last-used")) else {
+fn read_usage(path: &Path) -> HashMap<String, SystemTime> {
+    let Ok(bytes) = std::fs::read(path) else {
         return HashMap::new();
     };
     let raw: HashMap<String, String> = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -381,11 +481,16 @@ fn load_index(path: &Path) -> Result<(Index, Option<Fingerprint>), StoreError> {
     Ok((index::parse(path, reader)?, fingerprint))
 }
 
-fn write_atomically(path: &Path, doc: &impl Serialize) -> Result<(), StoreError> {
-    let dir = match path.parent() {
+/// The folder a file is in (`.` for a bare name).
+fn folder(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
+    }
+}
+
+fn write_atomically(path: &Path, doc: &impl Serialize) -> Result<(), StoreError> {
+    let dir = folder(path);
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     // tempfile creates the file with mode 0600, which the final file keeps after rename.
     let mut tmp = tempfile::Builder::new()
