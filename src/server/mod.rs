@@ -74,6 +74,10 @@ impl Server {
         let metrics = Arc::new(Metrics::with(&config.metrics));
         let certificates = config.tls.as_ref().map(Certificates::load).transpose()?;
         let store = keys::open(&config.store, metrics.clone())?;
+        if let crate::config::StoreConfig::File { .. } = config.store {
+            // In memory, so always able to answer; a Redis store's feed reports its own.
+            metrics.store_up.set(1);
+        }
         tracing::info!(store = %store.describe(), "key store opened");
         let cache = KeyCache::new(store, config.cache.clone(), metrics.clone());
         let bind = |which, addr| async move {
