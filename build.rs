@@ -1,21 +1,26 @@
 //! Embeds the git commit the binary is built from, so a running sidecar (`keygate --version`,
 //! `keygate_build_info` in /metrics) and an image can be traced to its source.
 //!
-//! `KEYGATE_COMMIT` set in the build's environment wins: an image build has no `.git` (the
-//! Dockerfile passes the commit as a build argument). Otherwise `git rev-parse` in the source
-//! tree; `unknown` when neither is there (a source tarball).
+//! `GIT_COMMIT` set in the build's environment wins (shortened to 12 characters): an image
+//! build has no `.git` (the Dockerfile passes the commit as a build argument), and CI systems
+//! such as Jenkins set it. Otherwise `git rev-parse` in the source tree; `unknown` when neither
+//! is there (a source tarball).
+//!
+//! Neither name starts with `KEYGATE_`: cargo also sets `rustc-env` variables for `cargo run`
+//! and `cargo test`, and keygate reads every `KEYGATE_*` variable as a config override.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-env-changed=KEYGATE_COMMIT");
-    let commit = std::env::var("KEYGATE_COMMIT")
+    println!("cargo:rerun-if-env-changed=GIT_COMMIT");
+    let commit = std::env::var("GIT_COMMIT")
         .ok()
-        .filter(|c| !c.trim().is_empty())
+        .map(|c| c.trim().chars().take(12).collect::<String>())
+        .filter(|c| !c.is_empty())
         .or_else(git_commit)
         .unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=KEYGATE_COMMIT={}", commit.trim());
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
 }
 
 fn git(args: &[&str]) -> Option<String> {

@@ -66,14 +66,14 @@ pub use config::Config;
 pub use server::{Server, ServerError};
 
 /// The git commit this binary was built from (`build.rs`; `unknown` without git or
-/// `KEYGATE_COMMIT`), shown by `keygate --version` and `keygate_build_info`.
-pub const COMMIT: &str = env!("KEYGATE_COMMIT");
+/// `GIT_COMMIT`), shown by `keygate --version` and `keygate_build_info`.
+pub const COMMIT: &str = env!("BUILD_GIT_COMMIT");
 
 /// `0.1.0 (commit 1a2b3c4d5e6f)`: what `keygate --version` prints after the name.
 pub const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("KEYGATE_COMMIT"),
+    env!("BUILD_GIT_COMMIT"),
     ")"
 );
 
