@@ -28,7 +28,8 @@
 //!   identity headers) for hyper's requests, and [`forward::h1`] the same as the upstream's
 //!   HTTP/1.1 request head; [`forward::upstream`] the upstream connections of HTTP/1.1 client
 //!   connections (dialing, reuse checks, parking); the shared pool for HTTP/2;
-//!   [`forward::batch`] the writes of one event-loop turn sent in one io_uring submission.
+//!   [`forward::batch`] the writes of one event-loop turn sent in one io_uring submission;
+//!   [`forward::failure`] why an upstream request failed, as the metrics name it.
 //! - [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
 //!   process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
 //!   counters), temporary suspension (`suspend`), rate-limit headers, `keys usage` (`usage`).
@@ -37,10 +38,14 @@
 //! Around it:
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
-//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on the admin listener; [`metrics`]:
-//!   the Prometheus registry.
-//! - [`cli`]: the `keygate` commands; [`demo`]: `keygate demo`; [`echo`]: the demo's
-//!   built-in upstream.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener;
+//!   [`metrics`]: the Prometheus registry (and `[metrics]`, the usage labels).
+//! - [`cli`]: the `keygate` commands (`cli::health`: `keygate health`, the container health
+//!   check); [`demo`]: `keygate demo`; [`echo`]: the demo's built-in upstream, also
+//!   `keygate echo`.
+//!
+//! Outside `src/`: `build.rs` embeds the git commit; `deploy/` holds the image, the seccomp
+//! profile, docker-compose, Kubernetes, Prometheus and Grafana files (deploy/README.md).
 
 pub mod admin;
 pub mod authz;

@@ -133,12 +133,7 @@ impl FileStore {
     fn choose_last_used(&self) {
         let path = &self.last_used.path;
         let dir = folder(path);
-        // A probe file rather than the mode bits: a read-only mount, an ACL or a foreign
-        // owner all refuse the same way the real write would.
-        let probe = tempfile::Builder::new()
-            .prefix(".keygate-probe-")
-            .tempfile_in(dir);
-        let Err(e) = probe else { return };
+        let Err(e) = can_create_in(dir) else { return };
         *self.last_used.memory() = Some(HashMap::new());
         if self.last_used.configured {
             tracing::error!(
@@ -481,6 +476,21 @@ fn load_index(path: &Path) -> Result<(Index, Option<Fingerprint>), StoreError> {
     Ok((index::parse(path, reader)?, fingerprint))
 }
 
+/// Whether this process may create files in `dir`: access(2) rather than the mode bits, so a
+/// read-only mount (`EROFS`), an ACL or a foreign owner answer as the real write would, and
+/// rather than a probe file, so a read-only folder sees no write attempt at all.
+fn can_create_in(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; access only reads it.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// The folder a file is in (`.` for a bare name).
 fn folder(path: &Path) -> &Path {
     match path.parent() {
@@ -597,6 +607,52 @@ mod tests {
         assert!(reader.get(&KeyHash::of(&a.key)).await.unwrap().is_some());
         // Reported once per version of the file, not on every poll.
         assert!(!reader.reload_if_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn last_used_goes_to_memory_where_it_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let a = create(&open(&path), &POLICY(), spec(), SystemTime::now())
+            .await
+            .unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+
+        // A configured path whose folder cannot exist (its parent is a file): memory from the
+        // start (as root, a read-only folder is writable, so this stands in for one).
+        let blocker = dir.path().join("a-file");
+        std::fs::write(&blocker, b"").unwrap();
+        let store = FileStore::open_with(&path, Duration::from_millis(10), Some(blocker.join("x")))
+            .unwrap();
+        store.choose_last_used();
+        assert!(store.last_used_in_memory());
+        store
+            .record_usage(vec![(a.record.id.clone(), at)])
+            .await
+            .unwrap();
+        assert_eq!(store.last_used().await.unwrap()[&a.record.id], at);
+        let (_, record) = store.by_id(&a.record.id).await.unwrap().unwrap();
+        assert_eq!(record.last_used_at, Some(at));
+
+        // Writable at start, then not (the file's place taken by a folder): the first failed
+        // write moves the times to memory, and nothing is lost.
+        let store = open(&path);
+        store.choose_last_used();
+        assert!(!store.last_used_in_memory());
+        store
+            .record_usage(vec![(a.record.id.clone(), at)])
+            .await
+            .unwrap();
+        assert!(dir.path().join("keys.json.last-used").is_file());
+        std::fs::remove_file(dir.path().join("keys.json.last-used")).unwrap();
+        std::fs::create_dir(dir.path().join("keys.json.last-used")).unwrap();
+        let later = at + Duration::from_secs(60);
+        store
+            .record_usage(vec![(a.record.id.clone(), later)])
+            .await
+            .unwrap();
+        assert!(store.last_used_in_memory());
+        assert_eq!(store.last_used().await.unwrap()[&a.record.id], later);
     }
 
     #[test]
