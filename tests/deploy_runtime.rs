@@ -396,6 +396,9 @@ fn written_paths(trace: &str) -> Vec<String> {
 
 /// A keygate started as uid 65532 under `strace`, as the image runs it.
 struct Unprivileged {
+    /// keygate itself, strace's child: killed on drop too, or a failed test would leave it
+    /// running once strace is gone.
+    keygate: i32,
     process: Killed,
     trace: PathBuf,
     public: std::net::SocketAddr,
@@ -445,7 +448,17 @@ impl Unprivileged {
             .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("keygate did not start: {:?}", logs.lock().unwrap()));
         let json: Value = serde_json::from_str(&line).unwrap();
+        let strace = process.0.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children")).unwrap();
+        let keygate = children
+            .split_whitespace()
+            .next()
+            .expect("strace's child")
+            .parse()
+            .unwrap();
         Self {
+            keygate,
             process,
             trace,
             public: json["public"].as_str().unwrap().parse().unwrap(),
@@ -457,12 +470,8 @@ impl Unprivileged {
     /// SIGTERM to keygate (strace's child), then what it wrote (after it exited, so the
     /// trace is complete).
     fn stop(mut self) -> (Vec<String>, String) {
-        let strace = self.process.0.id();
-        let children =
-            std::fs::read_to_string(format!("/proc/{strace}/task/{strace}/children")).unwrap();
-        let keygate = children.split_whitespace().next().expect("strace's child");
         let status = Command::new("kill")
-            .args(["-TERM", keygate])
+            .args(["-TERM", &self.keygate.to_string()])
             .status()
             .unwrap();
         assert!(status.success());
@@ -471,9 +480,25 @@ impl Unprivileged {
             assert!(Instant::now() < deadline, "keygate did not stop");
             std::thread::sleep(Duration::from_millis(50));
         }
+        // strace exits only after keygate has: nothing of ours has that PID any more.
+        self.keygate = 0;
         let trace = std::fs::read_to_string(&self.trace).unwrap();
         let logs = self.logs.lock().unwrap().join("\n");
         (written_paths(&trace), logs)
+    }
+}
+
+impl Drop for Unprivileged {
+    fn drop(&mut self) {
+        // After `stop` keygate has exited and strace has reaped it (0 here: its PID may
+        // belong to another process by now). Before, strace is alive and keygate is its
+        // unreaped child, so the PID is still keygate's.
+        if self.keygate > 0 {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe {
+                libc::kill(self.keygate, libc::SIGKILL);
+            }
+        }
     }
 }
 
