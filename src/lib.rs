@@ -32,7 +32,8 @@
 //!   identity headers) for hyper's requests, and [`forward::h1`] the same as the upstream's
 //!   HTTP/1.1 request head; [`forward::upstream`] the upstream connections of HTTP/1.1 client
 //!   connections (dialing, reuse checks, parking); the shared pool for HTTP/2;
-//!   [`forward::batch`] the writes of one event-loop turn sent in one io_uring submission.
+//!   [`forward::batch`] the writes of one event-loop turn sent in one io_uring submission;
+//!   [`forward::failure`] why an upstream request failed, as the metrics name it.
 //! - [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
 //!   process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
 //!   counters), temporary suspension (`suspend`), rate-limit headers, `keys usage` (`usage`).
@@ -41,10 +42,14 @@
 //! Around it:
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
-//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on the admin listener; [`metrics`]:
-//!   the Prometheus registry.
-//! - [`cli`]: the `keygate` commands; [`demo`]: `keygate demo`; [`echo`]: the demo's
-//!   built-in upstream.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener;
+//!   [`metrics`]: the Prometheus registry (and `[metrics]`, the usage labels).
+//! - [`cli`]: the `keygate` commands (`cli::health`: `keygate health`, the container health
+//!   check); [`demo`]: `keygate demo`; [`echo`]: the demo's built-in upstream, also
+//!   `keygate echo`.
+//!
+//! Outside `src/`: `build.rs` embeds the git commit; `deploy/` holds the image, the seccomp
+//! profile, docker-compose, Kubernetes, Prometheus and Grafana files (deploy/README.md).
 
 pub mod admin;
 pub mod authz;
@@ -71,6 +76,18 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 pub use server::{Server, ServerError};
+
+/// The git commit this binary was built from (`build.rs`; `unknown` without git or
+/// `GIT_COMMIT`), shown by `keygate --version` and `keygate_build_info`.
+pub const COMMIT: &str = env!("BUILD_GIT_COMMIT");
+
+/// `0.1.0 (commit 1a2b3c4d5e6f)`: what `keygate --version` prints after the name.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ")"
+);
 
 /// Binds the configured listeners and serves until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), ServerError> {

@@ -1,12 +1,23 @@
 //! Prometheus metrics, served as text on the admin listener's `/metrics`.
 //!
 //! Names follow Prometheus conventions (`keygate_` prefix, `_total` counters, `_seconds`);
-//! labels are bounded sets (decisions, results), never a key id or a raw path.
+//! labels are bounded sets (decisions, results), never a key id or a raw path. The two
+//! labels that come from key records are bounded too: `plan` by the config's plans, `owner`
+//! (off by default) by `[metrics] max_owners` (see [`Usage`]).
+//!
+//! Besides keygate's own: `process_*` (CPU, resident memory, open file descriptors, start
+//! time; the prometheus crate's process collector, Linux only) and `keygate_build_info`.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
 
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::forward::UpstreamFailure;
+use crate::keys::cached::CachedKey;
 
 /// `keygate_key_cache_lookups_total` by `result`.
 pub struct CacheLookups {
@@ -43,6 +54,10 @@ pub struct Metrics {
     request_latency: [Histogram; 2],
     /// Time the upstream took to send its response head.
     pub upstream_latency: Histogram,
+    /// Upstream requests that ended in 502/504, by [`UpstreamFailure`] kind (resolved once).
+    upstream_failures: [IntCounter; UpstreamFailure::ALL.len()],
+    /// Admitted requests by plan and (opt-in) by owner.
+    usage: Usage,
     /// Client connections open now (public and plain listeners).
     pub open_connections: IntGauge,
     /// TLS handshakes that failed (bad client, plain HTTP on the TLS port, timeout).
@@ -68,7 +83,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 impl Metrics {
+    /// Metrics with the default `[metrics]` settings (by plan, not by owner).
     pub fn new() -> Self {
+        Self::with(&MetricsConfig::default())
+    }
+
+    pub fn with(config: &MetricsConfig) -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -174,6 +194,25 @@ impl Metrics {
             &["what", "result"],
         )
         .expect("valid metric");
+        let upstream_failures = IntCounterVec::new(
+            Opts::new(
+                "keygate_upstream_failures_total",
+                "Upstream requests that ended in 502 or 504, by kind (refused, connect_timeout, timeout, reset, tls, protocol, other)",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "keygate_build_info",
+                "Always 1: the version and git commit of the running binary",
+            ),
+            &["version", "commit"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::COMMIT])
+            .set(1);
         for c in [
             Box::new(request_latency.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_latency.clone()),
@@ -192,9 +231,18 @@ impl Metrics {
             Box::new(batched_writes.clone()),
             Box::new(guard_failures.clone()),
             Box::new(guard_blocks.clone()),
+            Box::new(upstream_failures.clone()),
+            Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metrics are registered once");
+        let usage = Usage::register(&registry, config);
         let limits = LimitMetrics::register(&registry);
         let allowed = ["1xx", "2xx", "3xx", "4xx", "5xx"]
             .map(|class| requests.with_label_values(&["allowed", class]));
@@ -208,6 +256,9 @@ impl Metrics {
             request_latency: ["allowed", "rejected"]
                 .map(|outcome| request_latency.with_label_values(&[outcome])),
             upstream_latency,
+            upstream_failures: UpstreamFailure::ALL
+                .map(|kind| upstream_failures.with_label_values(&[kind.as_str()])),
+            usage,
             open_connections,
             tls_handshake_failures,
             reloads,
@@ -255,6 +306,20 @@ impl Metrics {
                 .with_label_values(&[decision, CLASSES[class]])
                 .inc();
         }
+    }
+
+    /// Counts one upstream request that failed (and was answered 502 or 504).
+    pub fn upstream_failed(&self, kind: UpstreamFailure) {
+        let i = UpstreamFailure::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .expect("ALL lists every kind");
+        self.upstream_failures[i].inc();
+    }
+
+    /// Counts one admitted request of `key` by its plan and owner (as configured).
+    pub fn used(&self, key: &CachedKey) {
+        self.usage.count(key);
     }
 
     /// Counts one reload of `what` (`config` or `tls`).
@@ -328,6 +393,123 @@ impl LimitMetrics {
             fallback,
             refills,
             suspensions,
+        }
+    }
+}
+
+/// `[metrics]`: which usage labels to keep.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MetricsConfig {
+    /// `keygate_plan_requests_total{plan}`: one series per plan (the config's, plus `none`).
+    pub by_plan: bool,
+    /// `keygate_owner_requests_total{owner}`: one series per key owner, so opt-in.
+    pub by_owner: bool,
+    /// With `by_owner`: the first this many owners seen get a series of their own; later
+    /// ones are counted as `owner="_other"` (and logged once).
+    pub max_owners: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            by_plan: true,
+            by_owner: false,
+            max_owners: 100,
+        }
+    }
+}
+
+/// Admitted requests by plan and by owner.
+///
+/// Why a cap instead of a top-N for owners: a counter that moves in and out of a top-N set
+/// appears, vanishes and restarts from another value, which `rate()` reads as resets; the
+/// first `max_owners` owners keep their series for the life of the process, monotonic.
+/// Dashboards take the top N with `topk()` at query time. Owners beyond the cap are one
+/// `_other` series; an operator who needs every owner has `keys usage` and the access log.
+struct Usage {
+    by_plan: Option<IntCounterVec>,
+    by_owner: Option<IntCounterVec>,
+    max_owners: usize,
+    /// Owners with a series of their own.
+    owners: RwLock<HashMap<Box<str>, IntCounter>>,
+    other: Option<IntCounter>,
+}
+
+/// The `owner` value of the series that counts owners past the cap.
+pub const OTHER_OWNERS: &str = "_other";
+
+impl Usage {
+    fn register(registry: &Registry, config: &MetricsConfig) -> Self {
+        let by_plan = config.by_plan.then(|| {
+            let v = IntCounterVec::new(
+                Opts::new(
+                    "keygate_plan_requests_total",
+                    "Admitted requests by the key's plan (none: no plan)",
+                ),
+                &["plan"],
+            )
+            .expect("valid metric");
+            registry.register(Box::new(v.clone())).expect("unique");
+            v
+        });
+        let by_owner = config.by_owner.then(|| {
+            let v = IntCounterVec::new(
+                Opts::new(
+                    "keygate_owner_requests_total",
+                    "Admitted requests by the key's owner ([metrics] max_owners owners, the rest as _other)",
+                ),
+                &["owner"],
+            )
+            .expect("valid metric");
+            registry.register(Box::new(v.clone())).expect("unique");
+            v
+        });
+        let other = by_owner
+            .as_ref()
+            .map(|v| v.with_label_values(&[OTHER_OWNERS]));
+        Self {
+            by_plan,
+            by_owner,
+            max_owners: config.max_owners,
+            owners: RwLock::new(HashMap::new()),
+            other,
+        }
+    }
+
+    fn count(&self, key: &CachedKey) {
+        if let Some(by_plan) = &self.by_plan {
+            by_plan
+                .with_label_values(&[key.plan.as_deref().unwrap_or("none")])
+                .inc();
+        }
+        let (Some(by_owner), Some(other)) = (&self.by_owner, &self.other) else {
+            return;
+        };
+        let owner = key.owner.as_str();
+        if let Some(counter) = self
+            .owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(owner)
+        {
+            counter.inc();
+            return;
+        }
+        let mut owners = self.owners.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(counter) = owners.get(owner) {
+            counter.inc();
+        } else if owners.len() < self.max_owners && owner != OTHER_OWNERS {
+            let counter = by_owner.with_label_values(&[owner]);
+            counter.inc();
+            owners.insert(owner.into(), counter);
+        } else {
+            if other.get() == 0 {
+                tracing::warn!(
+                    max_owners = self.max_owners,
+                    "more key owners than [metrics] max_owners: further owners are counted as owner=\"_other\""
+                );
+            }
+            other.inc();
         }
     }
 }

@@ -250,6 +250,9 @@ impl Proxy {
     pub(crate) fn finish(&self, config: &Config, ended: &Ended) {
         let latency = ended.started.elapsed();
         self.metrics.request(ended.decision, ended.status, latency);
+        if let (Some(key), "allowed") = (ended.audit.key.as_deref(), ended.decision) {
+            self.metrics.used(key);
+        }
         if config.log.access {
             let audit = ended.audit;
             let key = audit.key.as_deref();
@@ -406,7 +409,7 @@ impl Proxy {
 
     async fn send(&self, current: &Current, req: Prepared) -> Result<Response<Incoming>, Reject> {
         let started = Instant::now();
-        let response = current.forwarder.send(req).await;
+        let response = current.forwarder.send(req, &self.metrics).await;
         self.metrics
             .upstream_latency
             .observe(started.elapsed().as_secs_f64());

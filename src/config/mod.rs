@@ -71,6 +71,7 @@ pub struct Config {
     pub network: Network,
     pub log: LogConfig,
     pub routes: RouteTable,
+    pub metrics: crate::metrics::MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +111,10 @@ pub enum StoreConfig {
         path: PathBuf,
         #[serde(with = "humantime_serde")]
         reload_interval: Duration,
+        /// Where the proxy writes last-used times; `None`: beside the keys file if that
+        /// folder is writable, else in memory (a read-only Secret mount).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_used_path: Option<PathBuf>,
     },
     Redis(RedisConfig),
 }
@@ -185,8 +190,16 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
-        if let StoreConfig::File { path: keys, .. } = &mut config.store {
+        if let StoreConfig::File {
+            path: keys,
+            last_used_path,
+            ..
+        } = &mut config.store
+        {
             resolve(keys);
+            if let Some(p) = last_used_path {
+                resolve(p);
+            }
         }
         if let Some(tls) = &mut config.tls {
             resolve(&mut tls.cert);

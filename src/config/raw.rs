@@ -34,6 +34,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub(super) log: RawLog,
     #[serde(default)]
+    pub(super) metrics: RawMetrics,
+    #[serde(default)]
     pub(super) plans: std::collections::BTreeMap<String, crate::limits::Limits>,
     #[serde(default)]
     pub(super) limits: RawLimits,
@@ -117,6 +119,8 @@ pub(super) struct RawStore {
     pub(super) path: PathBuf,
     #[serde(with = "humantime_serde")]
     pub(super) reload_interval: Duration,
+    /// Where the proxy writes last-used times (default: beside the keys file, if writable).
+    pub(super) last_used_path: Option<PathBuf>,
     // redis
     pub(super) url: Option<String>,
     pub(super) nodes: Vec<String>,
@@ -140,6 +144,7 @@ impl Default for RawStore {
             kind: "file".into(),
             path: "keys.json".into(),
             reload_interval: Duration::from_millis(250),
+            last_used_path: None,
             url: None,
             nodes: Vec::new(),
             sentinels: Vec::new(),
@@ -313,6 +318,25 @@ impl Default for RawLog {
             format: "json".into(),
             level: "info".into(),
             access: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawMetrics {
+    pub(super) by_plan: bool,
+    pub(super) by_owner: bool,
+    pub(super) max_owners: usize,
+}
+
+impl Default for RawMetrics {
+    fn default() -> Self {
+        let d = crate::metrics::MetricsConfig::default();
+        Self {
+            by_plan: d.by_plan,
+            by_owner: d.by_owner,
+            max_owners: d.max_owners,
         }
     }
 }

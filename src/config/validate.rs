@@ -128,6 +128,18 @@ impl TryFrom<RawConfig> for Config {
 
         let server = Server::try_from(raw.server)?;
 
+        if raw.metrics.by_owner && !(1..=10_000).contains(&raw.metrics.max_owners) {
+            return Err(invalid(
+                "metrics.max_owners",
+                "must be between 1 and 10000: each owner is a series in every scrape",
+            ));
+        }
+        let metrics = crate::metrics::MetricsConfig {
+            by_plan: raw.metrics.by_plan,
+            by_owner: raw.metrics.by_owner,
+            max_owners: raw.metrics.max_owners,
+        };
+
         Ok(Config {
             listen,
             server,
@@ -161,6 +173,7 @@ impl TryFrom<RawConfig> for Config {
                 access: raw.log.access,
             },
             routes,
+            metrics,
         })
     }
 }
@@ -278,9 +291,20 @@ fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
                     "must be between 1ms and 1s so CLI changes reach the proxy within 1 s",
                 ));
             }
+            if raw
+                .last_used_path
+                .as_ref()
+                .is_some_and(|p| p.as_os_str().is_empty() || p == &raw.path)
+            {
+                return Err(invalid(
+                    "store.last_used_path",
+                    "must name a writable file other than the keys file, e.g. /var/lib/keygate/last-used.json",
+                ));
+            }
             Ok(StoreConfig::File {
                 path: raw.path,
                 reload_interval: raw.reload_interval,
+                last_used_path: raw.last_used_path,
             })
         }
         "redis" => {

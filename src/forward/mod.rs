@@ -23,6 +23,7 @@
 
 pub mod batch;
 mod client;
+pub mod failure;
 pub mod h1;
 mod headers;
 pub mod upstream;
@@ -48,7 +49,9 @@ use crate::credential::CredentialHeader;
 use crate::header_rules::RequestPolicy;
 use crate::keys::Environment;
 use crate::keys::cached::CachedKey;
+use crate::metrics::Metrics;
 use crate::reject::Reject;
+pub use failure::UpstreamFailure;
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -248,7 +251,12 @@ impl Forwarder {
 
     /// Sends the prepared request through the shared pool and waits at most the configured
     /// timeout for the response head.
-    pub async fn send(&self, prepared: Prepared) -> Result<Response<Incoming>, Reject> {
+    /// A failure is counted in `metrics` by its kind.
+    pub async fn send(
+        &self,
+        prepared: Prepared,
+        metrics: &Metrics,
+    ) -> Result<Response<Incoming>, Reject> {
         let Prepared {
             request,
             sandbox,
@@ -256,7 +264,10 @@ impl Forwarder {
         } = prepared;
         let outcome = tokio::time::timeout(self.timeout, self.via_pool(sandbox, request)).await;
         let mut response = match outcome {
-            Err(_) => return Err(Reject::UpstreamTimeout),
+            Err(_) => {
+                metrics.upstream_failed(UpstreamFailure::Timeout);
+                return Err(Reject::UpstreamTimeout);
+            }
             Ok(Err(e)) => {
                 // The client's body failed first: its fault, whatever the pool made of it.
                 if body.too_large() {
@@ -268,6 +279,7 @@ impl Forwarder {
                     ));
                 }
                 tracing::warn!(error = %error_chain(&*e), "upstream request failed");
+                metrics.upstream_failed(UpstreamFailure::of_error(&*e));
                 return Err(if is_timeout(&*e) {
                     Reject::UpstreamTimeout
                 } else {

@@ -24,13 +24,19 @@ pub fn open(
         crate::config::StoreConfig::File {
             path,
             reload_interval,
-        } => Arc::new(file::FileStore::open(path, *reload_interval)?),
+            last_used_path,
+        } => Arc::new(file::FileStore::open_with(
+            path,
+            *reload_interval,
+            last_used_path.clone(),
+        )?),
         crate::config::StoreConfig::Redis(redis) => {
             Arc::new(redis::RedisStore::new(redis.clone(), metrics)?)
         }
     })
 }
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -325,6 +331,17 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Records when keys were last used (a batch from the write-behind; never per request).
     async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError>;
+
+    /// When each key was last used, by key id, as far as the store knows (what the admin
+    /// listener's `/last-used` serves).
+    async fn last_used(&self) -> Result<HashMap<String, SystemTime>, StoreError> {
+        Ok(self
+            .list(None)
+            .await?
+            .into_iter()
+            .filter_map(|r| Some((r.id, r.last_used_at?)))
+            .collect())
+    }
 
     /// Starts the store's change feed: `sink` hears of every change made elsewhere (by the
     /// CLI, another sidecar) until `shutdown`.

@@ -71,9 +71,13 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with(&config.metrics));
         let certificates = config.tls.as_ref().map(Certificates::load).transpose()?;
         let store = keys::open(&config.store, metrics.clone())?;
+        if let crate::config::StoreConfig::File { .. } = config.store {
+            // In memory, so always able to answer; a Redis store's feed reports its own.
+            metrics.store_up.set(1);
+        }
         tracing::info!(store = %store.describe(), "key store opened");
         let cache = KeyCache::new(store, config.cache.clone(), metrics.clone());
         let bind = |which, addr| async move {
@@ -207,16 +211,25 @@ impl Server {
             )
         });
         let readiness = self.readiness.clone();
+        let store = self.cache.store().clone();
         let admin = endpoint.accept(
             self.admin,
             Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
             false,
             move |stream, _peer, serving, metrics| {
                 let readiness = readiness.clone();
+                let store = store.clone();
                 async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let response = admin::route(&req, &readiness, &metrics);
-                        async move { Ok::<_, Infallible>(response) }
+                        let store = store.clone();
+                        let response = (!admin::wants_last_used(&req))
+                            .then(|| admin::route(&req, &readiness, &metrics));
+                        async move {
+                            Ok::<_, Infallible>(match response {
+                                Some(response) => response,
+                                None => admin::last_used(&*store).await,
+                            })
+                        }
                     });
                     conn::serve(&serving, stream, Activity::new(), service).await;
                 }

@@ -4,9 +4,10 @@
 //!
 //! What a reload may change without a restart: the upstream, auth rules, routes, plans and
 //! limits, trusted proxies, the key prefix and the access log switch. Listeners, `[server]`,
-//! the store, the cache and the log format need a restart: a reload that changes them applies
-//! the rest, keeps the running values and says so. A config that does not load or validate
-//! changes nothing; the error is logged and counted (`keygate_reloads_total{result="failed"}`).
+//! the store, the cache, `[metrics]` and the log format need a restart: a reload that changes
+//! them applies the rest, keeps the running values and says so. A config that does not load or
+//! validate changes nothing; the error is logged and counted
+//! (`keygate_reloads_total{result="failed"}`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -158,6 +159,7 @@ fn apply_reloadable(running: &Config, mut loaded: Config) -> (Config, Vec<&'stat
     keep("cache", &running.cache, &loaded.cache);
     keep("log.format", &running.log.format, &loaded.log.format);
     keep("log.level", &running.log.level, &loaded.log.level);
+    keep("metrics", &running.metrics, &loaded.metrics);
     loaded.listen = running.listen.clone();
     loaded.server = running.server.clone();
     loaded.tls = running.tls.clone();
@@ -165,6 +167,7 @@ fn apply_reloadable(running: &Config, mut loaded: Config) -> (Config, Vec<&'stat
     loaded.cache = running.cache.clone();
     loaded.log.format = running.log.format;
     loaded.log.level = running.log.level.clone();
+    loaded.metrics = running.metrics.clone();
     (loaded, kept)
 }
 

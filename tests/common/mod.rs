@@ -401,6 +401,7 @@ impl Body for PatternBody {
     }
 }
 pub mod redis;
+pub mod tools;
 
 /// A throw-away CA and a server certificate for `localhost` / 127.0.0.1, as PEM files in
 /// `dir`: (ca.pem, server.pem, server-key.pem).

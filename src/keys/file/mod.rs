@@ -11,6 +11,10 @@
 //!   file that fails to parse — edited by hand, half-copied, truncated — is reported once and
 //!   the last good keys keep serving. Polling rather than inotify also follows Kubernetes
 //!   Secret volumes, which swap a symlink instead of writing the file.
+//! - The proxy never writes the keys file. Last-used times go to a file of their own
+//!   (`[store] last_used_path`, default `<keys file>.last-used`); where that folder is not
+//!   writable (a keys file mounted from a Secret, which is always read-only) the proxy says so
+//!   once at start and keeps them in memory, served on the admin listener (`/last-used`).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -71,20 +75,80 @@ pub struct FileStore {
     index: ArcSwap<Index>,
     /// The version last looked at, good or bad, so a bad file is reported once, not per poll.
     seen: Mutex<Option<Fingerprint>>,
+    last_used: LastUsed,
+}
+
+/// Where last-used times are kept.
+struct LastUsed {
+    /// The file they are written to, unless `memory` holds them.
+    path: PathBuf,
+    /// Written in `[store]` by the operator (a failure to write there is theirs to hear of).
+    configured: bool,
+    /// `Some` once the proxy found `path` unwritable: the times live here instead.
+    memory: Mutex<Option<HashMap<String, SystemTime>>>,
+}
+
+impl LastUsed {
+    fn memory(&self) -> std::sync::MutexGuard<'_, Option<HashMap<String, SystemTime>>> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl FileStore {
     /// Opens the store. A missing file is an empty store (the first `keys create` makes it);
     /// an unreadable or corrupt one is an error, since there is no last good state yet.
+    /// Last-used times go beside the file (`<file>.last-used`).
     pub fn open(path: impl Into<PathBuf>, reload_interval: Duration) -> Result<Self, StoreError> {
+        Self::open_with(path, reload_interval, None)
+    }
+
+    /// Like [`FileStore::open`], with last-used times written to `last_used_path` if given.
+    pub fn open_with(
+        path: impl Into<PathBuf>,
+        reload_interval: Duration,
+        last_used_path: Option<PathBuf>,
+    ) -> Result<Self, StoreError> {
         let path = path.into();
         let (index, fingerprint) = load_index(&path)?;
         Ok(Self {
             reload_interval,
             index: ArcSwap::from_pointee(index),
             seen: Mutex::new(fingerprint),
+            last_used: LastUsed {
+                configured: last_used_path.is_some(),
+                path: last_used_path.unwrap_or_else(|| sibling(&path, ".last-used")),
+                memory: Mutex::new(None),
+            },
             path,
         })
+    }
+
+    /// Whether last-used times are kept in memory (their file's folder was not writable).
+    pub fn last_used_in_memory(&self) -> bool {
+        self.last_used.memory().is_some()
+    }
+
+    /// Decides, once at the proxy's start, where last-used times go: their file if its folder
+    /// takes a new file, memory otherwise, said in one log line.
+    fn choose_last_used(&self) {
+        let path = &self.last_used.path;
+        let dir = folder(path);
+        let Err(e) = can_create_in(dir) else { return };
+        *self.last_used.memory() = Some(HashMap::new());
+        if self.last_used.configured {
+            tracing::error!(
+                path = %path.display(), error = %e,
+                "[store] last_used_path cannot be written: last-used times are kept in memory \
+                 (admin listener: /last-used) and lost on restart"
+            );
+        } else {
+            tracing::warn!(
+                keys = %self.path.display(), folder = %dir.display(), error = %e,
+                "the keys file's folder is read-only (a Secret mount?): last-used times are \
+                 kept in memory (admin listener: /last-used) and lost on restart; set \
+                 [store] last_used_path to a writable file to keep them"
+            );
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -287,29 +351,49 @@ impl KeyStore for FileStore {
     }
 
     async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
-        // Usage lives beside the keys file, not in it: the proxy never rewrites the keys
-        // (which may be a read-only Secret mount), and a lost usage write costs nothing. The
-        // disk work runs off the request threads.
-        let keys_path = self.path.clone();
+        // Usage lives in a file of its own, not in the keys file: the proxy never rewrites the
+        // keys (which may be a read-only Secret mount), and a lost usage write costs nothing.
+        // The disk work runs off the request threads.
+        if let Some(memory) = self.last_used.memory().as_mut() {
+            merge(memory, used);
+            return Ok(());
+        }
+        let path = self.last_used.path.clone();
+        let pending = used.clone();
         let write = move || {
-            let path = sibling(&keys_path, ".last-used");
-            let mut usage = read_usage(&keys_path);
-            for (id, at) in used {
-                let slot = usage.entry(id).or_insert(at);
-                *slot = (*slot).max(at);
-            }
+            let mut usage = read_usage(&path);
+            merge(&mut usage, used);
             let doc: HashMap<&String, String> = usage
                 .iter()
                 .map(|(id, at)| (id, humantime::format_rfc3339_seconds(*at).to_string()))
                 .collect();
-            write_atomically(&path, &doc)
+            write_atomically(&path, &doc).map(|()| usage)
         };
-        tokio::task::spawn_blocking(write)
+        let written = tokio::task::spawn_blocking(write)
             .await
-            .map_err(|e| StoreError::Unavailable(format!("usage write task: {e}")))?
+            .map_err(|e| StoreError::Unavailable(format!("usage write task: {e}")))?;
+        if let Err(e) = written {
+            // Said once: from now on the times stay in memory, where nothing can fail, rather
+            // than a warning every flush for as long as the disk stays full or read-only.
+            let mut usage = read_usage(&self.last_used.path);
+            merge(&mut usage, pending);
+            *self.last_used.memory() = Some(usage);
+            tracing::warn!(
+                path = %self.last_used.path.display(), error = %e,
+                "last-used times cannot be written: they are kept in memory from now on \
+                 (admin listener: /last-used)"
+            );
+        }
+        Ok(())
+    }
+
+    async fn last_used(&self) -> Result<HashMap<String, SystemTime>, StoreError> {
+        self.usage()
     }
 
     fn watch(self: Arc<Self>, sink: ChangeSink, shutdown: CancellationToken) {
+        // Only a running proxy watches: the one process that records usage.
+        self.choose_last_used();
         self.poll(sink, shutdown);
     }
 
@@ -320,13 +404,24 @@ impl KeyStore for FileStore {
 
 impl FileStore {
     fn usage(&self) -> Result<HashMap<String, SystemTime>, StoreError> {
-        Ok(read_usage(&self.path))
+        if let Some(memory) = self.last_used.memory().as_ref() {
+            return Ok(memory.clone());
+        }
+        Ok(read_usage(&self.last_used.path))
+    }
+}
+
+/// Keeps the later of two times per key.
+fn merge(usage: &mut HashMap<String, SystemTime>, used: Vec<(String, SystemTime)>) {
+    for (id, at) in used {
+        let slot = usage.entry(id).or_insert(at);
+        *slot = (*slot).max(at);
     }
 }
 
 /// Last-used times written by [`KeyStore::record_usage`]; missing or unreadable is empty.
-fn read_usage(keys_path: &Path) -> HashMap<String, SystemTime> {
-    let Ok(bytes) = std::fs::read(sibling(keys_path, ".last-used")) else {
+fn read_usage(path: &Path) -> HashMap<String, SystemTime> {
+    let Ok(bytes) = std::fs::read(path) else {
         return HashMap::new();
     };
     let raw: HashMap<String, String> = serde_json::from_slice(&bytes).unwrap_or_default();
@@ -381,11 +476,31 @@ fn load_index(path: &Path) -> Result<(Index, Option<Fingerprint>), StoreError> {
     Ok((index::parse(path, reader)?, fingerprint))
 }
 
-fn write_atomically(path: &Path, doc: &impl Serialize) -> Result<(), StoreError> {
-    let dir = match path.parent() {
+/// Whether this process may create files in `dir`: access(2) rather than the mode bits, so a
+/// read-only mount (`EROFS`), an ACL or a foreign owner answer as the real write would, and
+/// rather than a probe file, so a read-only folder sees no write attempt at all.
+fn can_create_in(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; access only reads it.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The folder a file is in (`.` for a bare name).
+fn folder(path: &Path) -> &Path {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
+    }
+}
+
+fn write_atomically(path: &Path, doc: &impl Serialize) -> Result<(), StoreError> {
+    let dir = folder(path);
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     // tempfile creates the file with mode 0600, which the final file keeps after rename.
     let mut tmp = tempfile::Builder::new()
@@ -492,6 +607,52 @@ mod tests {
         assert!(reader.get(&KeyHash::of(&a.key)).await.unwrap().is_some());
         // Reported once per version of the file, not on every poll.
         assert!(!reader.reload_if_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn last_used_goes_to_memory_where_it_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let a = create(&open(&path), &POLICY(), spec(), SystemTime::now())
+            .await
+            .unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+
+        // A configured path whose folder cannot exist (its parent is a file): memory from the
+        // start (as root, a read-only folder is writable, so this stands in for one).
+        let blocker = dir.path().join("a-file");
+        std::fs::write(&blocker, b"").unwrap();
+        let store = FileStore::open_with(&path, Duration::from_millis(10), Some(blocker.join("x")))
+            .unwrap();
+        store.choose_last_used();
+        assert!(store.last_used_in_memory());
+        store
+            .record_usage(vec![(a.record.id.clone(), at)])
+            .await
+            .unwrap();
+        assert_eq!(store.last_used().await.unwrap()[&a.record.id], at);
+        let (_, record) = store.by_id(&a.record.id).await.unwrap().unwrap();
+        assert_eq!(record.last_used_at, Some(at));
+
+        // Writable at start, then not (the file's place taken by a folder): the first failed
+        // write moves the times to memory, and nothing is lost.
+        let store = open(&path);
+        store.choose_last_used();
+        assert!(!store.last_used_in_memory());
+        store
+            .record_usage(vec![(a.record.id.clone(), at)])
+            .await
+            .unwrap();
+        assert!(dir.path().join("keys.json.last-used").is_file());
+        std::fs::remove_file(dir.path().join("keys.json.last-used")).unwrap();
+        std::fs::create_dir(dir.path().join("keys.json.last-used")).unwrap();
+        let later = at + Duration::from_secs(60);
+        store
+            .record_usage(vec![(a.record.id.clone(), later)])
+            .await
+            .unwrap();
+        assert!(store.last_used_in_memory());
+        assert_eq!(store.last_used().await.unwrap()[&a.record.id], later);
     }
 
     #[test]

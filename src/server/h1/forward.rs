@@ -10,9 +10,9 @@ use tokio::time::Instant;
 
 use super::clock::{Deadline, Patient};
 use super::{Body, Facts, Next, Session, write_flush};
-use crate::forward::Forwarder;
 use crate::forward::batch::{self, Batchable};
 use crate::forward::upstream::{DialError, Link, Route, Stream};
+use crate::forward::{Forwarder, UpstreamFailure};
 use crate::h1::write::{self, Limit, Parsed, Response, ResponseContext};
 use crate::h1::{self, BodyError, Buffer, Decoder, Encoding, Framing};
 use crate::proxy::Audit;
@@ -23,14 +23,26 @@ pub(super) enum Failure {
     Timeout,
     /// Closed or reset before any response byte.
     ClosedEarly,
-    Broken(String),
+    Broken(UpstreamFailure, String),
+    /// The client went away while an interim response was relayed: not the upstream's fault.
+    ClientLeft,
 }
 
 impl Failure {
     pub(super) fn reject(&self) -> Reject {
         match self {
             Self::Timeout => Reject::UpstreamTimeout,
-            Self::ClosedEarly | Self::Broken(_) => Reject::UpstreamUnavailable,
+            Self::ClosedEarly | Self::Broken(..) | Self::ClientLeft => Reject::UpstreamUnavailable,
+        }
+    }
+
+    /// What `keygate_upstream_failures_total` counts it as, if anything.
+    fn kind(&self) -> Option<UpstreamFailure> {
+        match self {
+            Self::Timeout => Some(UpstreamFailure::Timeout),
+            Self::ClosedEarly => Some(UpstreamFailure::Reset),
+            Self::Broken(kind, _) => Some(*kind),
+            Self::ClientLeft => None,
         }
     }
 }
@@ -104,6 +116,9 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                     continue;
                 }
                 tracing::warn!(error = %e, "upstream request failed: writing the request");
+                self.proxy
+                    .metrics()
+                    .upstream_failed(UpstreamFailure::of_io(&e, false));
                 return self
                     .refuse(Reject::UpstreamUnavailable, audit, facts, body)
                     .await;
@@ -131,10 +146,13 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                     };
                 }
                 Err(failure) => {
-                    if let Failure::Broken(why) = &failure {
+                    if let Failure::Broken(_, why) = &failure {
                         tracing::warn!(error = %why, "upstream request failed");
                     } else if matches!(failure, Failure::ClosedEarly) {
                         tracing::warn!("upstream request failed: closed before responding");
+                    }
+                    if let Some(kind) = failure.kind() {
+                        self.proxy.metrics().upstream_failed(kind);
                     }
                     let body = if decoder.is_done() {
                         Body::Consumed
@@ -158,6 +176,9 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 h1::body::take_buffered(&mut body, response.encoding, &mut link.buf, &mut self.down)
         {
             tracing::warn!(error = %e, "upstream request failed: its response body");
+            self.proxy
+                .metrics()
+                .upstream_failed(UpstreamFailure::Protocol);
             self.down.clear();
             let body = if request_done {
                 Body::Consumed
@@ -399,10 +420,12 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         // every request's future larger.
         Box::pin(forwarder.dialer().dial(route)).await.map_err(|e| {
             tracing::warn!(error = %e, "upstream request failed");
-            match e {
-                DialError::Timeout => Reject::UpstreamTimeout,
-                DialError::Io(_) => Reject::UpstreamUnavailable,
-            }
+            let (kind, reject) = match &e {
+                DialError::Timeout => (UpstreamFailure::ConnectTimeout, Reject::UpstreamTimeout),
+                DialError::Io(e) => (UpstreamFailure::of_io(e, true), Reject::UpstreamUnavailable),
+            };
+            self.proxy.metrics().upstream_failed(kind);
+            reject
         })
     }
 }
@@ -437,12 +460,12 @@ where
                 Ok(Parsed::Interim { len }) => {
                     buf.consume(len);
                     if !down.is_empty() && write_flush(client, down).await.is_err() {
-                        return Err(Failure::Broken("the client left".into()));
+                        return Err(Failure::ClientLeft);
                     }
                     down.clear();
                     continue;
                 }
-                Err(e) => return Err(Failure::Broken(e.to_string())),
+                Err(e) => return Err(Failure::Broken(UpstreamFailure::Protocol, e.to_string())),
             }
         }
         let read = tokio::select! {
@@ -460,8 +483,18 @@ where
         match read {
             Ok(0) if !heard => return Err(Failure::ClosedEarly),
             Err(e) if !heard && is_reset(&e) => return Err(Failure::ClosedEarly),
-            Ok(0) => return Err(Failure::Broken("closed within the response head".into())),
-            Err(e) => return Err(Failure::Broken(e.to_string())),
+            Ok(0) => {
+                return Err(Failure::Broken(
+                    UpstreamFailure::Reset,
+                    "closed within the response head".into(),
+                ));
+            }
+            Err(e) => {
+                return Err(Failure::Broken(
+                    UpstreamFailure::of_io(&e, false),
+                    e.to_string(),
+                ));
+            }
             Ok(n) => {
                 buf.filled_by(n);
                 heard = true;
