@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use super::clock::{Deadline, Patient};
 use super::{Body, Facts, Next, Session, write_flush};
+use crate::batch::{self, Batchable};
 use crate::forward::Forwarder;
-use crate::forward::batch::{self, Batchable};
 use crate::forward::upstream::{DialError, Link, Route, Stream};
 use crate::h1::write::{self, Limit, Parsed, Response, ResponseContext};
 use crate::h1::{self, BodyError, Buffer, Decoder, Encoding, Framing};
@@ -179,8 +179,8 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     /// the caller sends the rest.
     async fn batch_write(&mut self, link: &mut Link) -> std::io::Result<usize> {
         if self.timing.batch_writes
-            && let Stream::Plain(tcp) = &link.stream
-            && let Some(sent) = batch::send(tcp, &mut self.up).await
+            && let Stream::Plain(socket) = &link.stream
+            && let Some(sent) = batch::send(socket, &mut self.up).await
         {
             return sent;
         }
