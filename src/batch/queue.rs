@@ -309,17 +309,16 @@ impl Inner {
         let untaken = ring.submission().len().min(self.pushed.len());
         let taken = self.pushed.len() - untaken;
         for &at in &self.pushed[..taken] {
-            if let Slot::Queued { socket, buf } = mem::replace(
-                &mut self.slots[at],
-                Slot::Done {
-                    buf: Vec::new(),
-                    outcome: Outcome::Unknown,
-                },
-            ) {
+            let slot = &mut self.slots[at];
+            if let Slot::Queued { socket, buf } = slot {
                 // The kernel may still read the buffer and look the descriptor up: neither is
                 // ever freed, so neither can be reused.
-                mem::forget(buf);
-                mem::forget(socket);
+                mem::forget(mem::take(buf));
+                mem::forget(Arc::clone(socket));
+                *slot = Slot::Done {
+                    buf: Vec::new(),
+                    outcome: Outcome::Unknown,
+                };
             }
         }
         for &at in &self.pushed[taken..] {

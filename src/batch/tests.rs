@@ -456,14 +456,15 @@ async fn slow_retries_end_at_the_time_budget() {
 
 /// Invariant 2: a send the kernel still holds when the budget runs out (simulated: no
 /// `MSG_DONTWAIT`, a full socket) is reported lost with an empty buffer, never resent, and
-/// the flush returns.
+/// the flush returns; a send of the same submission that completed keeps its outcome.
 #[tokio::test(flavor = "current_thread")]
 async fn a_send_still_in_flight_at_the_budget_is_lost_not_resent() {
     let Some((queue, told)) = test_queue() else {
         return;
     };
     let net = Net::new().await;
-    let (a, _peer) = net.pair().await;
+    let (a, _a_peer) = net.pair().await;
+    let (b, mut b_peer) = net.pair().await;
     // Fill a's send buffer and the peer's receive buffer.
     let chunk = vec![0u8; 1 << 16];
     while a.tcp().try_write(&chunk).is_ok() {}
@@ -472,15 +473,28 @@ async fn a_send_still_in_flight_at_the_budget_is_lost_not_resent() {
         .set_nonblocking(false)
         .unwrap();
     queue.let_sends_wait();
-    let mut buf = b"stuck".to_vec();
-    let result = tokio::time::timeout(Duration::from_secs(10), send_on(&queue, &a, &mut buf))
+    let (mut stuck, mut fine) = (b"stuck".to_vec(), b"fine".to_vec());
+    let both = async {
+        tokio::join!(
+            send_on(&queue, &a, &mut stuck),
+            send_on(&queue, &b, &mut fine)
+        )
+    };
+    let (stuck_result, fine_result) = tokio::time::timeout(Duration::from_secs(10), both)
         .await
         .expect("the flush did not return");
-    let e = result
+    let e = stuck_result
         .unwrap()
         .expect_err("an in-flight send reported sent");
     assert!(e.to_string().contains("not resent"), "{e}");
-    assert!(buf.is_empty(), "handed back for a resend");
+    assert!(stuck.is_empty(), "handed back for a resend");
+    assert_eq!(
+        fine_result.unwrap().unwrap(),
+        4,
+        "the completed send keeps its outcome"
+    );
+    assert_eq!(fine, b"fine");
+    assert_eq!(all_of(b, &mut b_peer).await, b"fine");
     assert!(!queue.has_ring());
     assert_eq!(*told.batching.lock().unwrap(), [true, false]);
 }
