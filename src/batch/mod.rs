@@ -158,7 +158,7 @@ fn current() -> Option<Arc<Queue>> {
 }
 
 /// Whether the process batches, and whom it tells.
-pub struct Switch {
+pub(crate) struct Switch {
     probed: OnceLock<bool>,
     failed: AtomicBool,
     report: RwLock<Option<Arc<dyn Report>>>,
