@@ -32,8 +32,10 @@
 //!   identity headers) for hyper's requests, and [`forward::h1`] the same as the upstream's
 //!   HTTP/1.1 request head; [`forward::upstream`] the upstream connections of HTTP/1.1 client
 //!   connections (dialing, reuse checks, parking); the shared pool for HTTP/2;
-//!   [`forward::batch`] the writes of one event-loop turn sent in one io_uring submission;
 //!   [`forward::failure`] why an upstream request failed, as the metrics name it.
+//! - [`batch`]: the writes of one event-loop turn, both directions (request heads to
+//!   upstreams, response heads to HTTP/1.1 clients), sent in one io_uring submission; its
+//!   [`batch::Socket`] is every plain TCP connection that can join a batch.
 //! - [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
 //!   process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
 //!   counters), temporary suspension (`suspend`), rate-limit headers, `keys usage` (`usage`).
@@ -53,6 +55,7 @@
 
 pub mod admin;
 pub mod authz;
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod credential;

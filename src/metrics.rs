@@ -69,11 +69,13 @@ pub struct Metrics {
     /// Invalid keys the stuffing guard counted, and the sources it blocked.
     guard_failures: IntCounter,
     guard_blocks: IntCounter,
-    /// io_uring submissions of writes, and the writes they carried
-    /// ([`crate::forward::batch`]; counted for the whole process), brought up to date at each
-    /// scrape.
+    /// io_uring submissions of writes, and the writes they carried, as [`crate::batch`]
+    /// reports them (for the whole process).
     write_batches: IntCounter,
     batched_writes: IntCounter,
+    /// 1 while writes are batched, 0 where `batch_writes` is off, io_uring unavailable, or a
+    /// ring failed.
+    write_batching: IntGauge,
 }
 
 /// Request latencies span a cache hit (tens of µs) to a slow upstream (seconds).
@@ -186,6 +188,11 @@ impl Metrics {
             "Sources (IPv4 addresses, IPv6 /64s) the credential-stuffing guard started refusing",
         )
         .expect("valid metric");
+        let write_batching = IntGauge::new(
+            "keygate_write_batching_enabled",
+            "1 while writes are batched through io_uring, 0 while they go one by one",
+        )
+        .expect("valid metric");
         let reloads = IntCounterVec::new(
             Opts::new(
                 "keygate_reloads_total",
@@ -233,6 +240,7 @@ impl Metrics {
             Box::new(guard_blocks.clone()),
             Box::new(upstream_failures.clone()),
             Box::new(build_info),
+            Box::new(write_batching.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -282,6 +290,7 @@ impl Metrics {
             guard_blocks,
             write_batches,
             batched_writes,
+            write_batching,
         }
     }
 
@@ -336,16 +345,22 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let (batches, writes) = crate::forward::batch::totals();
-        self.write_batches
-            .inc_by(batches.saturating_sub(self.write_batches.get()));
-        self.batched_writes
-            .inc_by(writes.saturating_sub(self.batched_writes.get()));
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl crate::batch::Report for Metrics {
+    fn batching(&self, on: bool) {
+        self.write_batching.set(i64::from(on));
+    }
+
+    fn submitted(&self, writes: usize) {
+        self.write_batches.inc();
+        self.batched_writes.inc_by(writes as u64);
     }
 }
 

@@ -290,59 +290,461 @@ async fn an_idle_client_connection_lends_its_upstream_connection_to_others() {
     assert_eq!(status, StatusCode::OK);
 }
 
-/// Requests from many client connections at once, each with its own path and body: every
-/// response must be the echo of its own request and reach its own client, whether the writes
-/// of a turn go out in one io_uring submission (the default, where the kernel allows it) or
-/// one by one.
+/// Many client connections at once, through keygate's HTTP/1.1, with writes batched through
+/// io_uring and not, on one worker thread and two: every response must reach the client that
+/// asked for it, whole, and every request the upstream sees must be one client's, whole.
+///
+/// Two phases per configuration. First, 64 keep-alive clients send 5 rounds of requests in
+/// step (the writes of a turn then go in few submissions, which the metrics show). Then raw
+/// connections misuse the proxy in every way the batching must survive: pipelined requests,
+/// clients that reset mid-request (their partial requests never complete upstream) and
+/// mid-response, and slow readers of large responses. Each request carries an id and its
+/// body's SHA-256 ([`Ledger`] checks both upstream); each response is derived from its id and
+/// carries its own SHA-256, so a byte from anyone else's exchange fails a check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_each_reach_the_upstream_whole_with_or_without_batched_writes() {
-    let upstream = Upstream::start().await;
-    for batched in [true, false] {
-        let extra = format!("[server]\nbatch_writes = {batched}\nworkers = 1\n");
-        let ws = Workspace::new(&upstream.url(), &extra);
+    for (config, (batched, workers)) in [(true, 1), (true, 2), (false, 1), (false, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        let (url, ledger) = checking_upstream().await;
+        let extra = format!("[server]\nbatch_writes = {batched}\nworkers = {workers}\n");
+        let ws = Workspace::new(&url, &extra);
         let (_, key) = ws.create_key(&[]);
         let kg = ws.serve();
+        let what = format!("batch_writes = {batched}, workers = {workers}");
+
+        // Phase 1: in step.
         let clients: Vec<_> = (0..64).map(|_| keep_alive_client()).collect();
+        let mut expected = Vec::new();
         for round in 0..5 {
             let requests = clients.iter().enumerate().map(|(i, client)| {
-                let url = kg.url(&format!("/v1/item-{i}-{round}"));
-                let key = key.clone();
-                let body = format!("body of {i} in round {round}").repeat(i + 1);
+                let id = format!("p{config}-{i}-{round}");
+                expected.push(id.clone());
+                let exchange = Exchange::new(id, 20 * (i + 1), 64 + i);
+                let (url, key) = (kg.url(&exchange.path()), key.clone());
                 async move {
-                    let req = Request::post(&url)
-                        .header("x-api-key", &key)
-                        .body(Full::new(Bytes::from(body.clone())))
-                        .unwrap();
+                    let mut req = Request::post(&url).header("x-api-key", &key);
+                    for (name, value) in exchange.headers() {
+                        req = req.header(name, value);
+                    }
+                    let req = req.body(Full::new(Bytes::from(exchange.body()))).unwrap();
                     let response =
                         tokio::time::timeout(Duration::from_secs(10), client.request(req))
                             .await
                             .expect("request timed out")
                             .expect("request failed");
                     assert_eq!(response.status(), StatusCode::OK);
-                    let echo = response.into_body().collect().await.unwrap().to_bytes();
-                    let echo: serde_json::Value = serde_json::from_slice(&echo).unwrap();
-                    assert_eq!(echo["path"], format!("/v1/item-{i}-{round}"));
-                    assert_eq!(echo["body"], body);
+                    let header = |name| {
+                        response.headers()[name]
+                            .to_str()
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let (id, sum) = (header("x-id"), header("x-sum"));
+                    let body = response.into_body().collect().await.unwrap().to_bytes();
+                    exchange.check_response(&id, &sum, &body).unwrap();
                 }
             });
             futures_util::future::join_all(requests).await;
         }
+        drop(clients);
+        ledger.lock().unwrap().each_once(&expected, &what);
         let batches = kg.metric("keygate_write_batches_total").await.unwrap();
         let writes = kg.metric("keygate_batched_writes_total").await.unwrap();
+        let enabled = kg.metric("keygate_write_batching_enabled").await.unwrap();
         if !batched {
-            assert_eq!((batches, writes), (0.0, 0.0));
-        } else if writes > 0.0 {
+            assert_eq!((batches, writes, enabled), (0.0, 0.0, 0.0), "{what}");
+        } else if enabled == 1.0 {
             // 320 requests, 64 at a time: most turns carry several writes.
             assert_eq!(
                 writes, 640.0,
-                "every request and response head went in a batch"
+                "{what}: every request and response head went in a batch"
             );
             assert!(
                 batches < writes / 2.0,
-                "{batches} batches for {writes} writes"
+                "{what}: {batches} batches for {writes} writes"
             );
         } else {
+            assert_eq!((batches, writes), (0.0, 0.0), "{what}");
             eprintln!("io_uring is not available here: writes went one by one");
         }
+
+        // Phase 2: misuse.
+        let scripts = (0..16).map(|conn| {
+            let (addr, key) = (kg.public, key.clone());
+            tokio::spawn(
+                async move { misuse(addr, &key, &format!("m{config}-{conn}"), conn).await },
+            )
+        });
+        let mut whole = Vec::new();
+        let mut never = Vec::new();
+        for script in futures_util::future::join_all(scripts).await {
+            let (w, n) = script.unwrap();
+            whole.extend(w);
+            never.extend(n);
+        }
+        {
+            let ledger = ledger.lock().unwrap();
+            ledger.each_once(&whole, &what);
+            for id in &never {
+                assert!(
+                    !ledger.whole.contains_key(id),
+                    "{what}: {id} was reset mid-request, yet the upstream saw it whole"
+                );
+            }
+            assert!(
+                whole.len() > 100 && never.len() > 10,
+                "{what}: {} whole, {} reset mid-request",
+                whole.len(),
+                never.len()
+            );
+        }
+        if batched && enabled == 1.0 {
+            let after = kg.metric("keygate_batched_writes_total").await.unwrap();
+            assert!(after > writes, "{what}: the misuse phase was not batched");
+            assert_eq!(
+                kg.metric("keygate_write_batching_enabled").await,
+                Some(1.0),
+                "{what}: no ring failed"
+            );
+        }
     }
+}
+
+/// What the checking upstream saw.
+#[derive(Default)]
+struct Ledger {
+    /// Requests received whole and correct, by id.
+    whole: std::collections::HashMap<String, usize>,
+    /// Anything else that was not a connection closing mid-request.
+    violations: Vec<String>,
+}
+
+impl Ledger {
+    /// No violation, and each of `ids` reached the upstream exactly once.
+    fn each_once(&self, ids: &[String], what: &str) {
+        assert!(self.violations.is_empty(), "{what}: {:?}", self.violations);
+        for id in ids {
+            assert_eq!(
+                self.whole.get(id),
+                Some(&1),
+                "{what}: request {id} at the upstream"
+            );
+        }
+    }
+}
+
+/// An upstream that checks every request: the path names its `x-id`, the body hashes to its
+/// `x-sum`, and nothing comes between requests. It answers with `x-reply` bytes derived from
+/// the id, their SHA-256 in `x-sum`.
+async fn checking_upstream() -> (String, Arc<std::sync::Mutex<Ledger>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let ledger = Arc::new(std::sync::Mutex::new(Ledger::default()));
+    let kept = ledger.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(check_requests(stream, kept.clone()));
+        }
+    });
+    (url, ledger)
+}
+
+async fn check_requests(mut stream: tokio::net::TcpStream, ledger: Arc<std::sync::Mutex<Ledger>>) {
+    let violation = |why: String| ledger.lock().unwrap().violations.push(why);
+    let mut buf = Vec::new();
+    loop {
+        let (len, path, headers) = loop {
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut slots);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let headers: Vec<(String, String)> = req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            let value = String::from_utf8_lossy(h.value).into_owned();
+                            (h.name.to_ascii_lowercase(), value)
+                        })
+                        .collect();
+                    break (len, req.path.unwrap_or_default().to_owned(), headers);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => {
+                    let start = String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned();
+                    return violation(format!("not a request ({e}): {start:?}"));
+                }
+            }
+            if !read_more(&mut stream, &mut buf).await {
+                return; // closed between requests or mid-head
+            }
+        };
+        buf.drain(..len);
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        let (id, sum) = (header("x-id"), header("x-sum"));
+        let length: usize = header("content-length").parse().unwrap_or(0);
+        let reply: usize = header("x-reply").parse().unwrap_or(0);
+        while buf.len() < length {
+            if !read_more(&mut stream, &mut buf).await {
+                return; // closed mid-body: the client went away
+            }
+        }
+        let body: Vec<u8> = buf.drain(..length).collect();
+        if path != format!("/v1/r/{id}") {
+            return violation(format!("{id}: path {path}"));
+        }
+        if sha256_hex(&body) != sum {
+            return violation(format!(
+                "{id}: a body that is not its own ({} bytes)",
+                body.len()
+            ));
+        }
+        *ledger.lock().unwrap().whole.entry(id.clone()).or_default() += 1;
+        let body = pattern(&id, reply);
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {reply}\r\nx-id: {id}\r\nx-sum: {}\r\n\r\n",
+            sha256_hex(&body)
+        );
+        let response = [head.as_bytes(), &body].concat();
+        if stream.write_all(&response).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 16 * 1024];
+    match stream.read(&mut chunk).await {
+        Ok(n) if n > 0 => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        _ => false,
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `len` bytes that name `id` throughout.
+fn pattern(id: &str, len: usize) -> Vec<u8> {
+    format!("{id}.").bytes().cycle().take(len).collect()
+}
+
+/// One request and the response it must get.
+struct Exchange {
+    id: String,
+    body: Vec<u8>,
+    reply: usize,
+}
+
+impl Exchange {
+    fn new(id: String, body: usize, reply: usize) -> Self {
+        let body = pattern(&id, body);
+        Self { id, body, reply }
+    }
+
+    fn path(&self) -> String {
+        format!("/v1/r/{}", self.id)
+    }
+
+    fn body(&self) -> Vec<u8> {
+        self.body.clone()
+    }
+
+    fn headers(&self) -> [(&'static str, String); 3] {
+        [
+            ("x-id", self.id.clone()),
+            ("x-sum", sha256_hex(&self.body)),
+            ("x-reply", self.reply.to_string()),
+        ]
+    }
+
+    /// The request as raw HTTP/1.1.
+    fn wire(&self, key: &str) -> Vec<u8> {
+        let mut head = format!(
+            "POST {} HTTP/1.1\r\nhost: keygate\r\nx-api-key: {key}\r\ncontent-length: {}\r\n",
+            self.path(),
+            self.body.len()
+        );
+        for (name, value) in self.headers() {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        [head.as_bytes(), &self.body].concat()
+    }
+
+    /// The response is this request's: its id, its length, its own bytes.
+    fn check_response(&self, id: &str, sum: &str, body: &[u8]) -> Result<(), String> {
+        if id != self.id {
+            return Err(format!("{}: the response of {id}", self.id));
+        }
+        if body != pattern(&self.id, self.reply).as_slice() || sum != sha256_hex(body) {
+            return Err(format!("{}: a response body that is not its own", self.id));
+        }
+        Ok(())
+    }
+}
+
+/// One raw client connection to keygate, reconnecting after each reset.
+struct Conn {
+    addr: std::net::SocketAddr,
+    stream: tokio::net::TcpStream,
+    /// Read and not used yet (the next pipelined response).
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn open(addr: std::net::SocketAddr) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        Self {
+            addr,
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// Resets the connection (RST, not FIN) and opens a new one.
+    async fn reset(&mut self) {
+        self.stream.set_zero_linger().unwrap();
+        *self = Self::open(self.addr).await;
+    }
+
+    async fn fill(&mut self, at_most: usize) {
+        let mut chunk = vec![0u8; at_most];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("keygate did not answer")
+            .unwrap();
+        assert!(n > 0, "keygate closed the connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Reads the next response head: (status, x-id, x-sum, content-length).
+    async fn head(&mut self) -> (u16, String, String, usize) {
+        loop {
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut res = httparse::Response::new(&mut slots);
+            if let httparse::Status::Complete(len) = res.parse(&self.buf).unwrap() {
+                let header = |name: &str| {
+                    res.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).into_owned())
+                        .unwrap_or_default()
+                };
+                let head = (
+                    res.code.unwrap(),
+                    header("x-id"),
+                    header("x-sum"),
+                    header("content-length").parse().unwrap(),
+                );
+                self.buf.drain(..len);
+                return head;
+            }
+            self.fill(16 * 1024).await;
+        }
+    }
+
+    /// Reads the next response and checks it is `exchange`'s; a slow reader takes it 4 KiB at
+    /// a time with a pause between.
+    async fn response(&mut self, exchange: &Exchange, slow: bool) {
+        let (status, id, sum, length) = self.head().await;
+        assert_eq!(status, 200, "{}", exchange.id);
+        while self.buf.len() < length {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            self.fill(if slow { 4096 } else { 64 * 1024 }).await;
+        }
+        let body: Vec<u8> = self.buf.drain(..length).collect();
+        exchange.check_response(&id, &sum, &body).unwrap();
+    }
+}
+
+/// One raw connection's script: every kind of step, in an order that differs per connection.
+/// Returns the ids the upstream must have seen whole once, and those it must never see whole.
+async fn misuse(
+    addr: std::net::SocketAddr,
+    key: &str,
+    prefix: &str,
+    conn: usize,
+) -> (Vec<String>, Vec<String>) {
+    let mut c = Conn::open(addr).await;
+    let (mut whole, mut never) = (Vec::new(), Vec::new());
+    for step in 0..12 {
+        let id = |n: usize| format!("{prefix}-{step}-{n}");
+        match (conn + step) % 6 {
+            // One request, one response.
+            0 => {
+                let x = Exchange::new(id(0), 100 + 37 * step, 300 + 11 * conn);
+                c.send(&x.wire(key)).await;
+                c.response(&x, false).await;
+                whole.push(x.id);
+            }
+            // Three requests in one write; their responses in order.
+            1 => {
+                let xs: Vec<_> = (0..3)
+                    .map(|n| Exchange::new(id(n), 50 * n + conn, 200 + 100 * n))
+                    .collect();
+                let wire: Vec<u8> = xs.iter().flat_map(|x| x.wire(key)).collect();
+                c.send(&wire).await;
+                for x in xs {
+                    c.response(&x, false).await;
+                    whole.push(x.id);
+                }
+            }
+            // The head and half the body, then a reset.
+            2 => {
+                let x = Exchange::new(id(0), 8000 + conn, 100);
+                let wire = x.wire(key);
+                c.send(&wire[..wire.len() - 4000]).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                c.reset().await;
+                never.push(x.id);
+            }
+            // A large response, reset after its first bytes.
+            3 => {
+                let x = Exchange::new(id(0), 10, 1 << 20);
+                c.send(&x.wire(key)).await;
+                c.fill(1024).await;
+                c.reset().await;
+                whole.push(x.id);
+            }
+            // A slow reader of a large response.
+            4 => {
+                let x = Exchange::new(id(0), 10, 128 * 1024 + conn);
+                c.send(&x.wire(key)).await;
+                c.response(&x, true).await;
+                whole.push(x.id);
+            }
+            // A large request body.
+            _ => {
+                let x = Exchange::new(id(0), 200 * 1024 + conn, 50);
+                c.send(&x.wire(key)).await;
+                c.response(&x, false).await;
+                whole.push(x.id);
+            }
+        }
+    }
+    (whole, never)
 }

@@ -85,7 +85,7 @@ pub struct Server {
     pub watch_interval: Duration,
     /// The writes of one event-loop turn (request heads to the upstream, response heads to
     /// HTTP/1.1 clients) go to the kernel in one io_uring submission, where the kernel allows
-    /// it ([`crate::forward::batch`]); false: one `send` each.
+    /// it ([`crate::batch`]); false: one `send` each.
     pub batch_writes: bool,
 }
 

@@ -21,7 +21,6 @@
 //! go over a client connection's own upstream connection ([`upstream`]); hyper's go through
 //! the shared pool (`client`).
 
-pub mod batch;
 mod client;
 pub mod failure;
 pub mod h1;

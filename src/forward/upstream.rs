@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use crate::batch::Socket;
 use crate::h1::Buffer;
 
 /// A parked connection older than this is closed instead of reused. Shorter than the idle
@@ -53,7 +54,8 @@ pub struct Route {
 
 /// The transport to the upstream.
 pub enum Stream {
-    Plain(TcpStream),
+    /// Shared with batched writes ([`crate::batch`]).
+    Plain(Socket),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
@@ -75,9 +77,9 @@ impl Link {
             return false;
         }
         let mut probe = [0u8; 1];
-        if let Stream::Plain(tcp) = &self.stream {
+        if let Stream::Plain(socket) = &self.stream {
             // No system call unless the socket was reported readable since the last read.
-            return matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            return matches!(socket.tcp().try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
         }
         let mut probe = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
@@ -179,7 +181,7 @@ impl Dialer {
                 Ok(tcp) => {
                     tcp.set_nodelay(true)?;
                     return match &address.tls_name {
-                        None => Ok(Stream::Plain(tcp)),
+                        None => Ok(Stream::Plain(Socket::new(tcp))),
                         Some(name) => {
                             let tls = self.tls.connect(name.clone(), tcp).await?;
                             Ok(Stream::Tls(Box::new(tls)))

@@ -163,6 +163,10 @@ impl Server {
                 batch_writes: config.server.batch_writes,
             },
         });
+        if config.server.batch_writes {
+            // Probes io_uring now (not at the first request) and sets the gauge.
+            crate::batch::report_to(self.metrics.clone());
+        }
         let client_cap = Arc::new(Semaphore::new(config.server.max_connections));
         let acceptor = match (&config.tls, &self.certificates) {
             (Some(tls), Some(certs)) => Some(tls::acceptor(tls, certs.clone())),
@@ -192,7 +196,8 @@ impl Server {
                         }
                         _ => {
                             let conn = Connection::new(peer, false);
-                            serve_proxy(&serving, stream, proxy, conn, false).await;
+                            let socket = crate::batch::Socket::new(stream);
+                            serve_proxy(&serving, socket, proxy, conn, false).await;
                         }
                     }
                 }
@@ -362,7 +367,7 @@ async fn serve_proxy<IO>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Con
 where
     IO: tokio::io::AsyncRead
         + tokio::io::AsyncWrite
-        + crate::forward::batch::Batchable
+        + crate::batch::Batchable
         + Unpin
         + Send
         + 'static,

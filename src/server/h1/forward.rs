@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::clock::{Deadline, Patient};
 use super::{Body, Facts, Next, Session, write_flush};
-use crate::forward::batch::{self, Batchable};
+use crate::batch::{self, Batchable};
 use crate::forward::upstream::{DialError, Link, Route, Stream};
 use crate::forward::{Forwarder, UpstreamFailure};
 use crate::h1::write::{self, Limit, Parsed, Response, ResponseContext};
@@ -200,8 +200,8 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     /// the caller sends the rest.
     async fn batch_write(&mut self, link: &mut Link) -> std::io::Result<usize> {
         if self.timing.batch_writes
-            && let Stream::Plain(tcp) = &link.stream
-            && let Some(sent) = batch::send(tcp, &mut self.up).await
+            && let Stream::Plain(socket) = &link.stream
+            && let Some(sent) = batch::send(socket, &mut self.up).await
         {
             return sent;
         }

@@ -31,7 +31,7 @@ use clock::{Closing, Deadline, Patient};
 use refuse::Body;
 
 use super::conn::Rewind;
-use crate::forward::batch::{self, Batchable};
+use crate::batch::{self, Batchable};
 use crate::forward::h1::{RequestContext, write_request_head};
 use crate::forward::upstream::Link;
 use crate::h1::{self, Buffer, Framing, HeadError, RequestHead};
@@ -54,7 +54,7 @@ pub struct Timing {
     pub idle: Duration,
     pub max_header_bytes: usize,
     /// Request heads to the upstream and response heads to the client (plain TCP) go out
-    /// with the turn's other writes ([`crate::forward::batch`]).
+    /// with the turn's other writes ([`crate::batch`]).
     pub batch_writes: bool,
 }
 
@@ -318,8 +318,8 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     async fn send_down_scratch(&mut self) -> std::io::Result<()> {
         let mut sent = 0;
         if self.timing.batch_writes
-            && let Some(tcp) = self.io.tcp()
-            && let Some(batched) = batch::send(tcp, &mut self.down).await
+            && let Some(socket) = self.io.socket()
+            && let Some(batched) = batch::send(socket, &mut self.down).await
         {
             sent = match batched {
                 Ok(n) => n,

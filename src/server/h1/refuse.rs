@@ -5,7 +5,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use super::{Facts, Next, Session};
-use crate::forward::batch::Batchable;
+use crate::batch::Batchable;
 use crate::h1::write::{self, Limit};
 use crate::h1::{self, Decoder, Encoding, Framing};
 use crate::proxy::{Audit, Ended};

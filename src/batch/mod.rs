@@ -1,0 +1,276 @@
+//! The writes of one event-loop turn, handed to the kernel together in one system call, in
+//! both directions: request heads to upstreams and response heads to HTTP/1.1 clients, over
+//! plain TCP.
+//!
+//! # Invariants
+//!
+//! This is the one place where keygate hands raw descriptors and buffer addresses to the
+//! kernel, so a mistake here sends one client's bytes to another. Whatever safe code does
+//! around it (a write cancelled, its future leaked, its connection closed), these hold:
+//!
+//! 1. **The queue owns what the kernel touches.** A queued write holds its buffer and a
+//!    reference to its connection ([`Socket`], a counted handle whose descriptor closes with
+//!    the last reference). The slot lets go of neither before the send's completion has been
+//!    reaped, so the descriptor number a submission names is still that connection's.
+//! 2. **No send outlives its submission.** Sends carry `MSG_DONTWAIT`, so each completes
+//!    inside `io_uring_enter` (sent, partly sent, or `EAGAIN`); the probe checks that once per
+//!    process and always returns (a send it finds in flight is cancelled). A flush still waits
+//!    for every completion, for at most `ENTER_BUDGET`: a send not complete by then is
+//!    reported lost, its buffer and connection are left to the kernel (never freed, so never
+//!    reused), and the ring fails (3).
+//! 3. **A ring that fails is never entered again.** Failing is decided under the queue's lock
+//!    and drops the ring, so entries it still holds die with it; every write not taken by the
+//!    kernel goes back to its writer unsent, and a write that passed the process-wide check
+//!    just before is refused under the same lock. The process then writes the usual way and
+//!    says so once (a log line, and [`Report::batching`] for `keygate_write_batching_enabled`).
+//! 4. **No write waits on another's future.** There is no leader: after one yield, each write
+//!    flushes the queue itself if its entry is still there. A future leaked or never polled
+//!    again stalls nothing; its entry goes out with the next flush, to its own connection,
+//!    which then closes if its owner is gone.
+//! 5. **Bounded under the lock.** A flush submits what was queued when it began; `EINTR`,
+//!    `EAGAIN` and `EBUSY` are retried at most `ENTER_RETRIES` times within `ENTER_BUDGET`,
+//!    then the ring fails (3) and the writes come back unsent.
+//! 6. **Nothing is sent twice.** A write comes back with its buffer and how much went out,
+//!    or with an error; an outcome nobody knows comes back with an empty buffer, so that
+//!    nobody sends it again.
+//!
+//! # Why
+//!
+//! A sidecar's upstream usually shares a CPU with it. A write to an idle upstream wakes it,
+//! and the kernel lets the woken process run as soon as the writer returns to user space: on
+//! the benchmark machine after nearly every `send`. The upstream then finds one request per
+//! wake-up, and keygate is switched out and back in once per request. Writes submitted in one
+//! `io_uring_enter` all land before keygate returns to user space, so the upstream wakes once
+//! and finds them all. Responses to clients go the same way: one system call for the turn,
+//! and a client process that is woken once for several of its connections.
+//!
+//! # How
+//!
+//! Each runtime thread has its queue and ring. A write queues itself and yields once, so
+//! that every connection with something to write in this turn queues behind it; the first
+//! write back flushes them all, the others find theirs done. Whatever was not sent (no room,
+//! a failed ring) goes the usual way. Where the probe fails, or io_uring is missing (an old
+//! kernel, a seccomp profile that forbids it, `kernel.io_uring_disabled`), nothing is queued
+//! and every write goes the usual way.
+//!
+//! The submission is hand-rolled on the `io-uring` crate rather than an io_uring runtime
+//! (tokio-uring, monoio): keygate's connections stay on tokio's epoll loop, and only this
+//! one write per turn per connection goes through the ring.
+
+mod probe;
+mod queue;
+mod socket;
+#[cfg(test)]
+mod tests;
+
+use std::cell::OnceCell;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+
+use queue::Queue;
+pub use socket::Socket;
+
+const FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+
+/// The process's batching: probed once, off for good once a ring fails.
+static SWITCH: Switch = Switch::new();
+
+/// Sends `buf` on `socket` together with this turn's other writes, once the turn is over.
+/// Returns how many bytes went out (0 if none did, e.g. the socket had no room: the caller
+/// sends the rest), or `None` when batching is off, in which case nothing was sent.
+/// `buf` comes back as it went, except after an error whose outcome is unknown (the kernel
+/// may or may not have sent it): then it comes back empty, so that nobody sends it twice.
+pub async fn send(socket: &Socket, buf: &mut Vec<u8>) -> Option<io::Result<usize>> {
+    send_on(&current()?, socket, buf).await
+}
+
+/// [`send`] on a given queue (tests use queues of their own).
+async fn send_on(
+    queue: &Arc<Queue>,
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+) -> Option<io::Result<usize>> {
+    if !queue.switch().on() {
+        return None;
+    }
+    let ticket = Ticket::new(queue.clone(), socket, buf)?;
+    tokio::task::yield_now().await;
+    let (outcome, sent) = ticket.finish();
+    *buf = sent;
+    Some(outcome.into_result())
+}
+
+/// A transport whose writes can join a batch: plain TCP (TLS encrypts in user space first).
+pub trait Batchable {
+    fn socket(&self) -> Option<&Socket>;
+}
+
+impl Batchable for Socket {
+    fn socket(&self) -> Option<&Socket> {
+        Some(self)
+    }
+}
+
+impl<IO> Batchable for tokio_rustls::server::TlsStream<IO> {
+    fn socket(&self) -> Option<&Socket> {
+        None
+    }
+}
+
+/// Whether batched writes work in this process (probed on the first call).
+pub fn available() -> bool {
+    SWITCH.on()
+}
+
+/// What batching tells whoever watches it: the server points it at `/metrics`.
+pub trait Report: Send + Sync {
+    /// On after a successful probe; off when the probe failed or, for good, a ring did.
+    fn batching(&self, on: bool);
+    /// One submission carried `writes` writes.
+    fn submitted(&self, writes: usize);
+}
+
+/// Reports to `report` from now on (the last caller wins: one server per process), and tells
+/// it at once whether batching is on, probing if that was not done yet.
+pub fn report_to(report: Arc<dyn Report>) {
+    SWITCH.report_to(report);
+}
+
+/// This thread's queue, made on first use; `None` where batching is off.
+fn current() -> Option<Arc<Queue>> {
+    thread_local! {
+        static QUEUE: OnceCell<Option<Arc<Queue>>> = const { OnceCell::new() };
+    }
+    QUEUE.with(|q| {
+        q.get_or_init(|| {
+            if !SWITCH.on() {
+                return None;
+            }
+            let queue = Queue::new(&SWITCH);
+            if queue.is_none() {
+                tracing::info!("writes of this thread are not batched (no io_uring ring)");
+            }
+            queue
+        })
+        .clone()
+    })
+}
+
+/// Whether the process batches, and whom it tells.
+pub(crate) struct Switch {
+    probed: OnceLock<bool>,
+    failed: AtomicBool,
+    report: RwLock<Option<Arc<dyn Report>>>,
+}
+
+impl Switch {
+    const fn new() -> Self {
+        Self {
+            probed: OnceLock::new(),
+            failed: AtomicBool::new(false),
+            report: RwLock::new(None),
+        }
+    }
+
+    /// Batching is on: the probe passed (it runs on the first call) and no ring failed.
+    fn on(&self) -> bool {
+        self.probe_with(probe::run) && !self.failed.load(Ordering::Relaxed)
+    }
+
+    /// The probe's answer, from `probe` if it is the first to ask.
+    fn probe_with(&self, probe: impl FnOnce() -> Result<(), String>) -> bool {
+        *self.probed.get_or_init(|| match probe() {
+            Ok(()) => {
+                tracing::debug!("writes are batched through io_uring");
+                true
+            }
+            Err(why) => {
+                tracing::info!(why, "writes are not batched (io_uring unavailable)");
+                false
+            }
+        })
+    }
+
+    /// A ring failed: every write goes the usual way from now on. Said once.
+    fn fail(&self, why: &str) {
+        if self.failed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        tracing::warn!(
+            why,
+            "an io_uring submission failed; writes are no longer batched"
+        );
+        if let Some(report) = self.reporter() {
+            report.batching(false);
+        }
+    }
+
+    fn submitted(&self, writes: usize) {
+        if let Some(report) = self.reporter() {
+            report.submitted(writes);
+        }
+    }
+
+    fn report_to(&self, report: Arc<dyn Report>) {
+        // Told under the lock: a ring failing meanwhile waits for it in `fail`, then tells
+        // this report, so the last word is always the true one.
+        let mut slot = self.report.write().unwrap_or_else(PoisonError::into_inner);
+        report.batching(self.on());
+        *slot = Some(report);
+    }
+
+    fn reporter(&self) -> Option<Arc<dyn Report>> {
+        self.report
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// One queued write, from its writer's side.
+struct Ticket {
+    queue: Arc<Queue>,
+    slot: usize,
+    finished: bool,
+}
+
+impl Ticket {
+    /// Queues `buf` (taking it); `None` if this thread's ring failed, `buf` untouched.
+    fn new(queue: Arc<Queue>, socket: &Socket, buf: &mut Vec<u8>) -> Option<Self> {
+        let slot = queue.lock().enqueue(socket.share(), buf)?;
+        Some(Self {
+            queue,
+            slot,
+            finished: false,
+        })
+    }
+
+    /// Flushes the queue unless another write already did, and takes this write's outcome.
+    fn finish(mut self) -> (queue::Outcome, Vec<u8>) {
+        let mut released = Vec::new();
+        let done = {
+            let mut inner = self.queue.lock();
+            if inner.is_queued(self.slot) {
+                inner.flush(self.queue.switch(), &mut released);
+            }
+            inner.collect(self.slot)
+        };
+        self.finished = true;
+        // Connections of leaked writes, whose owners are gone: closed outside the lock.
+        drop(released);
+        done
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Dropped before it finished (its request was cancelled): out of the queue before its
+        // socket can close.
+        let socket = self.queue.lock().cancel(self.slot);
+        drop(socket);
+    }
+}

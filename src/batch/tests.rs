@@ -1,0 +1,500 @@
+//! Each test runs on real loopback sockets, with a queue and a process switch of its own
+//! (so that a test that fails a ring leaves the others batching), except where it says so.
+
+use std::os::fd::AsRawFd;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use futures_util::poll;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::queue::{ENTER_BUDGET, ENTER_RETRIES};
+use super::*;
+
+/// What a switch told its report.
+#[derive(Default)]
+struct Told {
+    batching: Mutex<Vec<bool>>,
+    submissions: AtomicUsize,
+    writes: AtomicUsize,
+}
+
+impl Report for Told {
+    fn batching(&self, on: bool) {
+        self.batching.lock().unwrap().push(on);
+    }
+
+    fn submitted(&self, writes: usize) {
+        self.submissions.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes, Ordering::Relaxed);
+    }
+}
+
+impl Told {
+    fn totals(&self) -> (usize, usize) {
+        (
+            self.submissions.load(Ordering::Relaxed),
+            self.writes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A queue with its own switch (probed true: the process probe passed) and what it told.
+/// `None` where io_uring does not work here: those tests have nothing to test.
+fn test_queue() -> Option<(Arc<Queue>, Arc<Told>)> {
+    if !available() {
+        eprintln!("io_uring unavailable here: nothing to test");
+        return None;
+    }
+    let switch: &'static Switch = Box::leak(Box::new(Switch::new()));
+    switch.probe_with(|| Ok(()));
+    let told = Arc::new(Told::default());
+    switch.report_to(told.clone());
+    Some((Queue::new(switch)?, told))
+}
+
+/// Loopback connections from one listener: keygate's end as a [`Socket`], and the peer.
+struct Net(TcpListener);
+
+impl Net {
+    async fn new() -> Self {
+        Self(TcpListener::bind("127.0.0.1:0").await.unwrap())
+    }
+
+    async fn pair(&self) -> (Socket, TcpStream) {
+        let addr = self.0.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), self.0.accept());
+        (Socket::new(client.unwrap()), server.unwrap().0)
+    }
+}
+
+/// Everything `peer` receives until `ours` closes (bounded: a test never hangs here).
+async fn all_of(ours: Socket, peer: &mut TcpStream) -> Vec<u8> {
+    drop(ours);
+    received(peer).await
+}
+
+async fn received(peer: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), peer.read_to_end(&mut got))
+        .await
+        .expect("the connection did not close")
+        .unwrap();
+    got
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn writes_of_one_turn_arrive_whole_and_in_one_submission() {
+    let Some((queue, told)) = test_queue() else {
+        return;
+    };
+    let net = Net::new().await;
+    let mut pairs = Vec::new();
+    for _ in 0..5 {
+        pairs.push(net.pair().await);
+    }
+    let sends = pairs.iter().enumerate().map(|(i, (ours, _))| {
+        let queue = queue.clone();
+        async move {
+            let mut buf = format!("request {i}").into_bytes();
+            let sent = send_on(&queue, ours, &mut buf).await.unwrap().unwrap();
+            (sent, buf)
+        }
+    });
+    let results = futures_util::future::join_all(sends).await;
+    assert_eq!(told.totals(), (1, 5), "one submission of five");
+    for (i, ((sent, buf), (ours, mut peer))) in results.into_iter().zip(pairs).enumerate() {
+        let want = format!("request {i}");
+        assert_eq!(sent, want.len());
+        assert_eq!(buf, want.as_bytes(), "the buffer comes back");
+        assert_eq!(all_of(ours, &mut peer).await, want.as_bytes());
+    }
+    assert!(queue.is_idle(), "every slot free again");
+}
+
+/// The process's own queue, as keygate's connections use it.
+#[tokio::test(flavor = "current_thread")]
+async fn the_threads_queue_sends_and_says_when_batching_is_off() {
+    let net = Net::new().await;
+    let (ours, mut peer) = net.pair().await;
+    let mut buf = b"hello".to_vec();
+    match send(&ours, &mut buf).await {
+        Some(sent) => {
+            assert!(available());
+            assert_eq!(sent.unwrap(), 5);
+            assert_eq!(all_of(ours, &mut peer).await, b"hello");
+        }
+        None => {
+            assert!(!available());
+            assert_eq!(buf, b"hello", "not taken");
+            assert!(all_of(ours, &mut peer).await.is_empty(), "nothing sent");
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_write_dropped_while_queued_is_never_sent_and_the_others_still_go() {
+    let Some((queue, _)) = test_queue() else {
+        return;
+    };
+    let net = Net::new().await;
+    // Either one dropped before the flush: the first queued or the second.
+    for drop_first in [true, false] {
+        let (a, a_peer) = net.pair().await;
+        let (b, b_peer) = net.pair().await;
+        let (mut first, mut second) = (b"first".to_vec(), b"second".to_vec());
+        let mut one = Box::pin(send_on(&queue, &a, &mut first));
+        let mut two = Box::pin(send_on(&queue, &b, &mut second));
+        assert!(poll!(&mut one).is_pending());
+        assert!(poll!(&mut two).is_pending());
+        let (kept, kept_ours, mut kept_peer, gone, mut gone_peer, want) = if drop_first {
+            drop(one);
+            (two.await, b, b_peer, a, a_peer, &b"second"[..])
+        } else {
+            drop(two);
+            (one.await, a, a_peer, b, b_peer, &b"first"[..])
+        };
+        assert_eq!(kept.unwrap().unwrap(), want.len());
+        assert_eq!(all_of(kept_ours, &mut kept_peer).await, want);
+        let rest = all_of(gone, &mut gone_peer).await;
+        assert!(rest.is_empty(), "the dropped write was sent: {rest:?}");
+        assert!(queue.is_idle());
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_slot_freed_and_queued_again_in_one_turn_is_sent_once() {
+    let Some((queue, _)) = test_queue() else {
+        return;
+    };
+    let net = Net::new().await;
+    let (a, mut a_peer) = net.pair().await;
+    let (b, _b_peer) = net.pair().await;
+    let (c, mut c_peer) = net.pair().await;
+    let (mut first, mut second, mut third) =
+        (b"first".to_vec(), b"second".to_vec(), b"third".to_vec());
+    let mut lead = Box::pin(send_on(&queue, &a, &mut first));
+    let mut cancelled = Box::pin(send_on(&queue, &b, &mut second));
+    assert!(poll!(&mut lead).is_pending());
+    assert!(poll!(&mut cancelled).is_pending());
+    drop(cancelled);
+    // Queued in the same turn, into the slot the cancelled write left.
+    let mut again = Box::pin(send_on(&queue, &c, &mut third));
+    assert!(poll!(&mut again).is_pending());
+    let (lead, again) = tokio::join!(lead, again);
+    assert_eq!(lead.unwrap().unwrap(), 5);
+    assert_eq!(again.unwrap().unwrap(), 5);
+    assert_eq!(all_of(c, &mut c_peer).await, b"third", "sent exactly once");
+    assert_eq!(all_of(a, &mut a_peer).await, b"first");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_full_socket_takes_what_fits_and_the_rest_is_the_callers() {
+    let Some((queue, _)) = test_queue() else {
+        return;
+    };
+    let net = Net::new().await;
+    let (a, _peer) = net.pair().await;
+    let mut big = vec![1u8; 64 << 20];
+    let sent = send_on(&queue, &a, &mut big).await.unwrap().unwrap();
+    assert!(sent < big.len(), "64 MiB fit a socket buffer?");
+    assert_eq!(big.len(), 64 << 20, "the buffer comes back whole");
+    let sent = send_on(&queue, &a, &mut big).await.unwrap().unwrap();
+    assert_eq!(sent, 0, "no room left: nothing sent, nothing lost");
+}
+
+/// Case 1 of issue 24: a write whose future is leaked while queued, and whose connection is
+/// then closed by its owner. Were the queue to hold only the descriptor number, the next
+/// connection would get that number and the next flush would send the leaked write there.
+#[tokio::test(flavor = "current_thread")]
+async fn a_forgotten_write_never_reaches_the_connection_that_takes_its_descriptor() {
+    let Some((queue, _)) = test_queue() else {
+        return;
+    };
+    let net = Net::new().await;
+    let (z, mut z_peer) = net.pair().await;
+    let (x, mut x_peer) = net.pair().await;
+    let x_fd = x.tcp().as_raw_fd();
+
+    let mut first = b"z's own".to_vec();
+    let mut lead = Box::pin(send_on(&queue, &z, &mut first));
+    assert!(poll!(&mut lead).is_pending());
+    let mut secret = b"x's secret".to_vec();
+    let mut forgotten = Box::pin(send_on(&queue, &x, &mut secret));
+    assert!(poll!(&mut forgotten).is_pending());
+    std::mem::forget(forgotten);
+    // The owner is done with x: its handle goes, as when a connection task ends.
+    drop(x);
+    // The lowest free descriptor number goes to the next socket: x's, had it been closed.
+    let y = Socket::new(
+        TcpStream::connect(net.0.local_addr().unwrap())
+            .await
+            .unwrap(),
+    );
+    let mut y_peer = net.0.accept().await.unwrap().0;
+    assert_ne!(
+        y.tcp().as_raw_fd(),
+        x_fd,
+        "x's descriptor was closed while queued"
+    );
+
+    let mut own = b"y's own".to_vec();
+    let (lead, mine) = tokio::join!(lead, send_on(&queue, &y, &mut own));
+    assert_eq!(lead.unwrap().unwrap(), 7);
+    assert_eq!(mine.unwrap().unwrap(), 7);
+    assert_eq!(
+        all_of(y, &mut y_peer).await,
+        b"y's own",
+        "only y's bytes on y"
+    );
+    assert_eq!(all_of(z, &mut z_peer).await, b"z's own");
+    // The leaked write went to its own connection, which closed once it was reaped.
+    assert_eq!(received(&mut x_peer).await, b"x's secret");
+}
+
+/// Case 1, the other half: a leaked write that was first in its turn (it would have led the
+/// turn before) holds up no later write.
+#[tokio::test(flavor = "current_thread")]
+async fn a_forgotten_first_write_stalls_no_later_write() {
+    let Some((queue, _)) = test_queue() else {
+        return;
+    };
+    let net = Net::new().await;
+    let (a, mut a_peer) = net.pair().await;
+    let mut buf = b"forgotten".to_vec();
+    let mut forgotten = Box::pin(send_on(&queue, &a, &mut buf));
+    assert!(poll!(&mut forgotten).is_pending());
+    std::mem::forget(forgotten);
+    for turn in 0..3 {
+        let (b, mut b_peer) = net.pair().await;
+        let want = format!("turn {turn}");
+        let mut msg = want.clone().into_bytes();
+        let sent = tokio::time::timeout(Duration::from_secs(10), send_on(&queue, &b, &mut msg))
+            .await
+            .expect("a later write stalled behind a forgotten one");
+        assert_eq!(sent.unwrap().unwrap(), want.len());
+        assert_eq!(all_of(b, &mut b_peer).await, want.as_bytes());
+    }
+    assert_eq!(all_of(a, &mut a_peer).await, b"forgotten");
+}
+
+/// Case 2: a kernel that leaves a non-blocking send in flight, simulated by leaving out
+/// `MSG_DONTWAIT` on a blocking socket whose buffer the probe fills. The probe must return
+/// (it runs inside a `OnceLock` every thread waits on) and say no.
+#[test]
+fn the_probe_returns_and_batching_is_off_when_a_send_stays_in_flight() {
+    if io_uring::IoUring::new(2).is_err() {
+        eprintln!("io_uring unavailable here: nothing to test");
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(probe::probe_with(libc::MSG_NOSIGNAL, false)));
+    let answer = rx
+        .recv_timeout(probe::CANCEL_WAIT + Duration::from_secs(30))
+        .expect("the probe did not return");
+    let why = answer.expect_err("a send left in flight passed the probe");
+    assert!(
+        why.contains("did not complete within its submission"),
+        "{why}"
+    );
+
+    let switch = Switch::new();
+    assert!(!switch.probe_with(|| probe::probe_with(libc::MSG_NOSIGNAL, false)));
+    assert!(!switch.on(), "batching is off");
+    let told = Arc::new(Told::default());
+    switch.report_to(told.clone());
+    assert_eq!(*told.batching.lock().unwrap(), [false]);
+    // The real probe, for contrast: it passes wherever io_uring honours MSG_DONTWAIT.
+    assert_eq!(probe::run().is_ok(), available());
+}
+
+/// Case 3: a submission fails (simulated: `io_uring_enter` returns `EINVAL`) on one worker
+/// while a write on another worker has passed the process-wide check and waits for the
+/// queue's lock. The failed ring is never entered again: the stale entry it holds is never
+/// submitted, the waiting write is refused, and the failed flush's write comes back unsent.
+#[test]
+fn a_failed_submission_with_two_workers_never_submits_a_stale_entry() {
+    let Some((queue, told)) = test_queue() else {
+        return;
+    };
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let net = first.block_on(Net::new());
+    let (x, mut x_peer) = first.block_on(net.pair());
+    let (w, mut w_peer) = first.block_on(net.pair());
+
+    let enters = Arc::new(AtomicUsize::new(0));
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    queue.lock().fault = Some(Box::new({
+        let enters = enters.clone();
+        move || {
+            // The first call fails, once the other worker is on its way to the lock; any
+            // later call would enter the ring for real and submit what is left in it.
+            if enters.fetch_add(1, Ordering::SeqCst) > 0 {
+                return None;
+            }
+            go.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+            Some(libc::EINVAL)
+        }
+    }));
+    let second = std::thread::spawn({
+        let queue = queue.clone();
+        move || {
+            wait.recv().unwrap();
+            runtime().block_on(async move {
+                let mut buf = b"w's write".to_vec();
+                let result = send_on(&queue, &w, &mut buf).await;
+                (result.map(|r| r.map_err(|e| e.to_string())), buf, w)
+            })
+        }
+    });
+    let mut buf = b"x's write".to_vec();
+    let result = first.block_on(send_on(&queue, &x, &mut buf));
+    assert_eq!(result.unwrap().unwrap(), 0, "handed back unsent");
+    assert_eq!(buf, b"x's write", "with its buffer");
+    let (refused, w_buf, w) = second.join().unwrap();
+    assert!(refused.is_none(), "queued on a failed ring: {refused:?}");
+    assert_eq!(w_buf, b"w's write", "not taken");
+
+    assert!(!queue.has_ring(), "the failed ring is dropped");
+    assert!(queue.is_idle());
+    assert_eq!(
+        enters.load(Ordering::SeqCst),
+        1,
+        "entered again after failing"
+    );
+    assert!(!queue.switch().on(), "the process writes the usual way");
+    assert_eq!(*told.batching.lock().unwrap(), [true, false], "said once");
+    let mut again = b"later".to_vec();
+    assert!(first.block_on(send_on(&queue, &x, &mut again)).is_none());
+
+    // Neither peer got a byte, and x's descriptor number, now free, can go to a new
+    // connection that nothing from the failed ring reaches.
+    first.block_on(async {
+        assert!(all_of(x, &mut x_peer).await.is_empty());
+        assert!(all_of(w, &mut w_peer).await.is_empty());
+        let (y, mut y_peer) = net.pair().await;
+        let Some((healthy, _)) = test_queue() else {
+            return;
+        };
+        let mut own = b"y's own".to_vec();
+        assert_eq!(send_on(&healthy, &y, &mut own).await.unwrap().unwrap(), 7);
+        assert_eq!(all_of(y, &mut y_peer).await, b"y's own");
+    });
+}
+
+/// Case 4: `EAGAIN` from every `io_uring_enter`. The write comes back unsent after exactly
+/// `ENTER_RETRIES` retries, the ring fails, and the process stops batching.
+#[tokio::test(flavor = "current_thread")]
+async fn a_persistent_eagain_ends_in_an_unsent_write_after_the_retries() {
+    let Some((queue, told)) = test_queue() else {
+        return;
+    };
+    let net = Net::new().await;
+    let (a, mut a_peer) = net.pair().await;
+    let enters = Arc::new(AtomicUsize::new(0));
+    queue.lock().fault = Some(Box::new({
+        let enters = enters.clone();
+        move || {
+            enters.fetch_add(1, Ordering::SeqCst);
+            Some(libc::EAGAIN)
+        }
+    }));
+    let mut buf = b"waits for room".to_vec();
+    let result = tokio::time::timeout(Duration::from_secs(10), send_on(&queue, &a, &mut buf))
+        .await
+        .expect("retried without end");
+    assert_eq!(result.unwrap().unwrap(), 0, "unsent");
+    assert_eq!(buf, b"waits for room");
+    assert_eq!(
+        enters.load(Ordering::SeqCst),
+        ENTER_RETRIES as usize + 1,
+        "the first try and the retries"
+    );
+    assert!(!queue.has_ring());
+    assert_eq!(*told.batching.lock().unwrap(), [true, false]);
+    assert!(all_of(a, &mut a_peer).await.is_empty());
+}
+
+/// Case 4, bounded in time too: retries that each take 5 ms stop at `ENTER_BUDGET`, before
+/// the count runs out.
+#[tokio::test(flavor = "current_thread")]
+async fn slow_retries_end_at_the_time_budget() {
+    let Some((queue, _)) = test_queue() else {
+        return;
+    };
+    let net = Net::new().await;
+    let (a, _a_peer) = net.pair().await;
+    let enters = Arc::new(AtomicUsize::new(0));
+    queue.lock().fault = Some(Box::new({
+        let enters = enters.clone();
+        move || {
+            enters.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+            Some(libc::EINTR)
+        }
+    }));
+    let mut buf = b"interrupted".to_vec();
+    let result = send_on(&queue, &a, &mut buf).await;
+    assert_eq!(result.unwrap().unwrap(), 0, "unsent");
+    assert_eq!(buf, b"interrupted");
+    let tries = enters.load(Ordering::SeqCst);
+    let most = (ENTER_BUDGET.as_millis() / 5) as usize + 1;
+    assert!(
+        tries <= most && tries < ENTER_RETRIES as usize + 1,
+        "{tries} tries: not ended by the time budget"
+    );
+}
+
+/// Invariant 2: a send the kernel still holds when the budget runs out (simulated: no
+/// `MSG_DONTWAIT`, a full socket) is reported lost with an empty buffer, never resent, and
+/// the flush returns; a send of the same submission that completed keeps its outcome.
+#[tokio::test(flavor = "current_thread")]
+async fn a_send_still_in_flight_at_the_budget_is_lost_not_resent() {
+    let Some((queue, told)) = test_queue() else {
+        return;
+    };
+    let net = Net::new().await;
+    let (a, _a_peer) = net.pair().await;
+    let (b, mut b_peer) = net.pair().await;
+    // Fill a's send buffer and the peer's receive buffer.
+    let chunk = vec![0u8; 1 << 16];
+    while a.tcp().try_write(&chunk).is_ok() {}
+    // Blocking, so that the kernel waits for room instead of answering EAGAIN.
+    socket2::SockRef::from(a.tcp())
+        .set_nonblocking(false)
+        .unwrap();
+    queue.let_sends_wait();
+    let (mut stuck, mut fine) = (b"stuck".to_vec(), b"fine".to_vec());
+    let both = async {
+        tokio::join!(
+            send_on(&queue, &a, &mut stuck),
+            send_on(&queue, &b, &mut fine)
+        )
+    };
+    let (stuck_result, fine_result) = tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("the flush did not return");
+    let e = stuck_result
+        .unwrap()
+        .expect_err("an in-flight send reported sent");
+    assert!(e.to_string().contains("not resent"), "{e}");
+    assert!(stuck.is_empty(), "handed back for a resend");
+    assert_eq!(
+        fine_result.unwrap().unwrap(),
+        4,
+        "the completed send keeps its outcome"
+    );
+    assert_eq!(fine, b"fine");
+    assert_eq!(all_of(b, &mut b_peer).await, b"fine");
+    assert!(!queue.has_ring());
+    assert_eq!(*told.batching.lock().unwrap(), [true, false]);
+}
