@@ -48,9 +48,12 @@ fn module_file(file: &Path, name: &str) -> Option<PathBuf> {
     } else {
         parent.join(stem)
     };
-    [dir.join(format!("{name}.rs")), dir.join(name).join("mod.rs")]
-        .into_iter()
-        .find(|p| p.exists())
+    [
+        dir.join(format!("{name}.rs")),
+        dir.join(name).join("mod.rs"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
 }
 
 #[test]
