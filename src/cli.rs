@@ -17,6 +17,7 @@ use crate::limits::QuotaStore;
 use crate::metrics::Metrics;
 use crate::server::{self, Server, ServerError};
 
+mod demo;
 mod health;
 
 #[derive(Debug, thiserror::Error)]
@@ -230,7 +231,7 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
                 signal.await;
                 trigger.cancel();
             });
-            crate::demo::run(shutdown, stdout).await
+            demo::run(shutdown, stdout).await
         }
         Command::Serve => {
             let config = Config::load(&cli.config)?;

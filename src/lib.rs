@@ -47,7 +47,7 @@
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener;
 //!   [`metrics`]: the Prometheus registry (and `[metrics]`, the usage labels).
 //! - [`cli`]: the `keygate` commands (`cli::health`: `keygate health`, the container health
-//!   check); [`demo`]: `keygate demo`; [`echo`]: the demo's built-in upstream, also
+//!   check; `cli::demo`: `keygate demo`); [`echo`]: the demo's built-in upstream, also
 //!   `keygate echo`.
 //!
 //! Outside `src/`: `build.rs` embeds the git commit; `deploy/` holds the image, the seccomp
@@ -59,7 +59,6 @@ pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod credential;
-pub mod demo;
 pub mod echo;
 pub mod forward;
 pub mod guard;

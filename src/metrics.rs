@@ -16,9 +16,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::forward::UpstreamFailure;
-use crate::keys::cached::CachedKey;
-
 /// `keygate_key_cache_lookups_total` by `result`.
 pub struct CacheLookups {
     pub hit: IntCounter,
@@ -76,6 +73,52 @@ pub struct Metrics {
     /// 1 while writes are batched, 0 where `batch_writes` is off, io_uring unavailable, or a
     /// ring failed.
     write_batching: IntGauge,
+}
+
+/// Why an upstream request ended in 502 `upstream_unavailable` or 504 `upstream_timeout`: the
+/// label of `keygate_upstream_failures_total{kind}`. A 502 alone does not say whether the
+/// service is down (refused), overloaded (timeouts), restarting under load (resets) or
+/// misconfigured (TLS, protocol); the kind does, and each points at a different fix. The
+/// engines classify their errors into it (`forward::failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection: refused, unreachable, or the host has no address.
+    Refused,
+    /// No connection within `[upstream] connect_timeout`.
+    ConnectTimeout,
+    /// No response head within `[upstream] timeout`.
+    Timeout,
+    /// The connection was reset or closed before a whole response head.
+    Reset,
+    /// The TLS handshake with an `https://` upstream failed (certificate, name, version).
+    Tls,
+    /// The upstream's response could not be read as HTTP (malformed head or framing).
+    Protocol,
+    Other,
+}
+
+impl UpstreamFailure {
+    pub const ALL: [Self; 7] = [
+        Self::Refused,
+        Self::ConnectTimeout,
+        Self::Timeout,
+        Self::Reset,
+        Self::Tls,
+        Self::Protocol,
+        Self::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::ConnectTimeout => "connect_timeout",
+            Self::Timeout => "timeout",
+            Self::Reset => "reset",
+            Self::Tls => "tls",
+            Self::Protocol => "protocol",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// Request latencies span a cache hit (tens of µs) to a slow upstream (seconds).
@@ -326,9 +369,9 @@ impl Metrics {
         self.upstream_failures[i].inc();
     }
 
-    /// Counts one admitted request of `key` by its plan and owner (as configured).
-    pub fn used(&self, key: &CachedKey) {
-        self.usage.count(key);
+    /// Counts one admitted request by its key's plan and owner (as configured).
+    pub fn used(&self, plan: Option<&str>, owner: &str) {
+        self.usage.count(plan, owner);
     }
 
     /// Counts one reload of `what` (`config` or `tls`).
@@ -491,16 +534,13 @@ impl Usage {
         }
     }
 
-    fn count(&self, key: &CachedKey) {
+    fn count(&self, plan: Option<&str>, owner: &str) {
         if let Some(by_plan) = &self.by_plan {
-            by_plan
-                .with_label_values(&[key.plan.as_deref().unwrap_or("none")])
-                .inc();
+            by_plan.with_label_values(&[plan.unwrap_or("none")]).inc();
         }
         let (Some(by_owner), Some(other)) = (&self.by_owner, &self.other) else {
             return;
         };
-        let owner = key.owner.as_str();
         if let Some(counter) = self
             .owners
             .read()

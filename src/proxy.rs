@@ -251,7 +251,7 @@ impl Proxy {
         let latency = ended.started.elapsed();
         self.metrics.request(ended.decision, ended.status, latency);
         if let (Some(key), "allowed") = (ended.audit.key.as_deref(), ended.decision) {
-            self.metrics.used(key);
+            self.metrics.used(key.plan.as_deref(), key.owner.as_str());
         }
         if config.log.access {
             let audit = ended.audit;

@@ -1,55 +1,13 @@
-//! Why an upstream request failed, as an operator reads it: the label of
-//! `keygate_upstream_failures_total{kind}`. A 502 alone does not say whether the service is
-//! down (refused), overloaded (timeouts), restarting under load (resets) or misconfigured
-//! (TLS, protocol); the kind does, and each points at a different fix.
-//!
-//! Both engines classify here: keygate's HTTP/1.1 from its own I/O errors, hyper's pool
-//! (HTTP/2) from the error chain hyper hands back.
+//! Why an upstream request failed, as an operator reads it ([`UpstreamFailure`], the label
+//! `metrics` defines): both engines classify here, keygate's HTTP/1.1 from its own I/O errors,
+//! hyper's pool (HTTP/2) from the error chain hyper hands back.
 
 use std::error::Error;
 use std::io;
 
-/// One upstream request that ended in 502 `upstream_unavailable` or 504 `upstream_timeout`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    /// No connection: refused, unreachable, or the host has no address.
-    Refused,
-    /// No connection within `[upstream] connect_timeout`.
-    ConnectTimeout,
-    /// No response head within `[upstream] timeout`.
-    Timeout,
-    /// The connection was reset or closed before a whole response head.
-    Reset,
-    /// The TLS handshake with an `https://` upstream failed (certificate, name, version).
-    Tls,
-    /// The upstream's response could not be read as HTTP (malformed head or framing).
-    Protocol,
-    Other,
-}
+pub use crate::metrics::UpstreamFailure;
 
 impl UpstreamFailure {
-    pub const ALL: [Self; 7] = [
-        Self::Refused,
-        Self::ConnectTimeout,
-        Self::Timeout,
-        Self::Reset,
-        Self::Tls,
-        Self::Protocol,
-        Self::Other,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Refused => "refused",
-            Self::ConnectTimeout => "connect_timeout",
-            Self::Timeout => "timeout",
-            Self::Reset => "reset",
-            Self::Tls => "tls",
-            Self::Protocol => "protocol",
-            Self::Other => "other",
-        }
-    }
-
     /// An I/O error on an upstream connection. `connecting`: while opening it (where a
     /// time-out is the connect timeout's).
     pub fn of_io(e: &io::Error, connecting: bool) -> Self {

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::CliError;
+use super::CliError;
 use crate::config::Config;
 use crate::echo;
 use crate::keys::file::FileStore;
