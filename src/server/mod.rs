@@ -89,6 +89,10 @@ impl Server {
             None => None,
         };
         let admin = bind("listen.admin", config.listen.admin).await?;
+        let readiness = Readiness::default();
+        if let crate::config::StoreConfig::Redis(redis) = &config.store {
+            readiness.require_current_cache(redis.ready_requires_current);
+        }
         let proxy = Proxy::new(Arc::new(config), cache.clone(), metrics.clone())?;
         Ok(Self {
             public,
@@ -98,7 +102,7 @@ impl Server {
             proxy: Arc::new(proxy),
             cache,
             metrics,
-            readiness: Readiness::default(),
+            readiness,
             config_file: None,
         })
     }

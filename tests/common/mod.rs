@@ -224,6 +224,14 @@ impl Keygate {
         self.logs.lock().unwrap().join("\n")
     }
 
+    /// Resident memory of the proxy process now, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+
     /// Peak resident memory of the proxy process so far, in bytes.
     pub fn peak_rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -381,6 +389,7 @@ impl Body for PatternBody {
         Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
     }
 }
+pub mod fault;
 pub mod redis;
 
 /// A throw-away CA and a server certificate for `localhost` / 127.0.0.1, as PEM files in
