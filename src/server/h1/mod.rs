@@ -3,8 +3,10 @@
 //! then forwarded over the connection's own upstream connection ([`crate::forward::upstream`])
 //! or refused, all in this task.
 //!
-//! Clocks: between requests the idle timeout (and, at half the header timeout, the upstream
-//! connection is lent to the parking); from a head's first byte the header timeout
+//! Clocks: until the first request's head, the header timeout from the connection's start
+//! (accept, or the end of the TLS handshake); between requests the idle timeout (and, at half
+//! the header timeout, the upstream connection is lent to the parking); from a head's first
+//! byte the header timeout
 //! (slow-loris clients are cut off silently); from a request's last byte sent upstream the
 //! upstream timeout for the response head (counted from the request body's latest progress
 //! while one streams). A response body from the upstream has no clock, as with hyper: a slow
@@ -181,9 +183,12 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         let idle_at = now + self.timing.idle;
         let mut lend_at = (self.link.is_some() && self.buf.is_empty())
             .then(|| now + (self.timing.header / 2).min(self.timing.idle / 2));
-        // Bytes already here (a pipelined request) start the header clock now; otherwise it
-        // starts once a read leaves a head incomplete.
-        let mut reading = !self.buf.is_empty();
+        // The first request's head is due within the header timeout of the connection's start
+        // (accept, or the end of the TLS handshake): a client that connects and says nothing
+        // must not hold a connection slot for an idle timeout. Later, bytes already here (a
+        // pipelined request) start the header clock now; otherwise it starts once a read
+        // leaves a head incomplete, and silence runs the idle clock.
+        let mut reading = self.first || !self.buf.is_empty();
         self.clock.set(match (reading, lend_at) {
             (true, _) => now + self.timing.header,
             (false, Some(at)) => at,

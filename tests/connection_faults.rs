@@ -1,0 +1,138 @@
+//! Quiet faults at the client side and in the logs: connections that never send a byte, and
+//! the log volume of an outage.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+const CAP: usize = 20;
+
+/// Holds `CAP` connections that never send a byte, then times a real client.
+async fn served_after_silent_clients(
+    kg: &Keygate,
+    silent: Vec<Box<dyn std::any::Any + Send>>,
+    request: impl Future<Output = StatusCode>,
+) -> Duration {
+    assert_eq!(silent.len(), CAP);
+    // Every slot is taken (the gauge counts accepted connections).
+    eventually(Duration::from_secs(5), || async {
+        kg.metric("keygate_open_connections").await == Some(CAP as f64)
+    })
+    .await
+    .expect("the silent connections were not all accepted");
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(20), request)
+        .await
+        .expect("a real client still waits behind silent connections after 20 s");
+    assert_eq!(status, StatusCode::OK);
+    drop(silent);
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn silent_connections_at_the_cap_free_their_slots_within_the_header_timeout() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new(
+        &up.url(),
+        &format!(
+            "[server]\nmax_connections = {CAP}\nheader_read_timeout = \"1s\"\nidle_timeout = \"75s\"\n"
+        ),
+    );
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let mut silent: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    for _ in 0..CAP {
+        silent.push(Box::new(TcpStream::connect(kg.public).await.unwrap()));
+    }
+    let url = kg.url("/");
+    let took = served_after_silent_clients(&kg, silent, async {
+        get(&url, &[("x-api-key", &key)]).await.status
+    })
+    .await;
+    eprintln!("plain HTTP/1.1: served after {took:?} behind {CAP} silent connections");
+    // The header timeout (1 s) plus a margin for a loaded machine; the idle timeout is 75 s.
+    assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake timed out")
+    .expect("TLS handshake failed")
+}
+
+#[tokio::test]
+async fn silent_connections_after_a_tls_handshake_free_their_slots_too() {
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    let up = Upstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key_pem) = test_certificates(certs.path());
+    let ws = Workspace::new(
+        &up.url(),
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n\n[server]\nmax_connections = {CAP}\n\
+             header_read_timeout = \"1s\"\nidle_timeout = \"75s\"\n",
+            cert.display().to_string(),
+            key_pem.display().to_string()
+        ),
+    );
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let config = client_config(&ca);
+    let mut silent: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    for _ in 0..CAP {
+        // The handshake completes; then nothing.
+        silent.push(Box::new(tls_connect(kg.public, config.clone()).await));
+    }
+    let public = kg.public;
+    let took = served_after_silent_clients(&kg, silent, async move {
+        let stream = tls_connect(public, config).await;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::get("/")
+            .header("host", "localhost")
+            .header("x-api-key", &key)
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        sender.send_request(request).await.unwrap().status()
+    })
+    .await;
+    eprintln!("TLS HTTP/1.1: served after {took:?} behind {CAP} silent connections");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+}
