@@ -38,7 +38,8 @@
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on the admin listener; [`metrics`]:
-//!   the Prometheus registry.
+//!   the Prometheus registry; [`ratelog`]: errors that repeat (a dead upstream, a dead key
+//!   store) logged once per period with a count, not once each.
 //! - [`cli`]: the `keygate` commands; [`demo`]: `keygate demo`; [`echo`]: the demo's
 //!   built-in upstream.
 
@@ -56,6 +57,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelog;
 pub mod reject;
 pub mod routes;
 pub mod server;

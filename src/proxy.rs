@@ -296,7 +296,9 @@ impl Proxy {
             .lookup(hash)
             .await
             .map_err(|e| {
-                tracing::error!(error = %e, "key store lookup failed");
+                if crate::ratelog::KEY_LOOKUP.allow() {
+                    tracing::error!(error = %e, "key store lookup failed");
+                }
                 Reject::KeyStoreUnavailable
             })?
             .ok_or(Reject::InvalidApiKey)?;

@@ -136,3 +136,107 @@ async fn silent_connections_after_a_tls_handshake_free_their_slots_too() {
     eprintln!("TLS HTTP/1.1: served after {took:?} behind {CAP} silent connections");
     assert!(took < Duration::from_secs(6), "{took:?}");
 }
+
+/// Redis and the upstream both down for 10 s under steady traffic: every failure is counted
+/// (metrics, and the log's summary lines), but the log itself stays a few dozen lines.
+#[tokio::test]
+async fn an_outage_logs_a_bounded_number_of_lines_with_counts() {
+    use common::redis::{RedisServer, free_port};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut redis = RedisServer::start();
+    // Nothing listens there: every request that reaches the upstream fails.
+    let dead_upstream = format!("http://127.0.0.1:{}", free_port());
+    let ws = Workspace::redis(&dead_upstream, &redis.url(), "[log]\naccess = false\n");
+    let (_, cached) = ws.create_key(&[]);
+    let (_, uncached) = ws.create_key(&[]);
+    let kg = ws.serve_with_env(&[("KEYGATE_LOG", "info")]);
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &cached)]).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    redis.kill();
+    let first_line = kg.logs.lock().unwrap().len();
+
+    let (bad_gateway, unavailable) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for i in 0..4 {
+        let key = if i % 2 == 0 { &cached } else { &uncached }.clone();
+        let (url, stop) = (kg.url("/"), stop.clone());
+        let (bad_gateway, unavailable) = (bad_gateway.clone(), unavailable.clone());
+        loops.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match get(&url, &[("x-api-key", &key)]).await.status {
+                    StatusCode::BAD_GATEWAY => bad_gateway.fetch_add(1, Ordering::Relaxed),
+                    StatusCode::SERVICE_UNAVAILABLE => unavailable.fetch_add(1, Ordering::Relaxed),
+                    other => panic!("unexpected {other}"),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.await.unwrap();
+    }
+    let (bad_gateway, unavailable) = (
+        bad_gateway.load(Ordering::Relaxed),
+        unavailable.load(Ordering::Relaxed),
+    );
+    let during = || kg.logs.lock().unwrap()[first_line..].to_vec();
+    let lines = during().len();
+
+    // Every failure is in a line: logged in full, or counted in a summary (the last one is
+    // written at the end of its period).
+    let accounted = |kind: &str| {
+        during()
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|json| {
+                if json["kind"] == kind {
+                    json["count"].as_u64().unwrap()
+                } else {
+                    u64::from(
+                        json["message"].as_str().unwrap().starts_with(kind)
+                            && json["count"].is_null(),
+                    )
+                }
+            })
+            .sum::<u64>()
+    };
+    eventually(Duration::from_secs(8), || async {
+        accounted("upstream request failed") == bad_gateway
+            && accounted("key store lookup failed") == unavailable
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "{bad_gateway} upstream failures, {} in the logs; {unavailable} lookups failed, {} \
+             in the logs:\n{}",
+            accounted("upstream request failed"),
+            accounted("key store lookup failed"),
+            during().join("\n")
+        )
+    });
+    eprintln!(
+        "10 s outage: {bad_gateway} requests got 502 and {unavailable} got 503; {lines} log \
+         lines during it:\n{}",
+        during()[..lines].join("\n")
+    );
+    assert!(
+        bad_gateway > 200 && unavailable > 200,
+        "too little traffic to tell"
+    );
+    assert!(lines <= 60, "{lines} log lines in a 10 s outage");
+    // Metrics count every failure.
+    assert_eq!(
+        kg.metric("keygate_requests_total{class=\"5xx\",decision=\"upstream_unavailable\"}")
+            .await,
+        Some(bad_gateway as f64 + 1.0)
+    );
+    assert_eq!(
+        kg.metric("keygate_requests_total{class=\"5xx\",decision=\"key_store_unavailable\"}")
+            .await,
+        Some(unavailable as f64)
+    );
+}

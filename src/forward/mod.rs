@@ -285,7 +285,9 @@ impl Forwarder {
                 if is_body_too_large(&*e) {
                     return Err(Reject::PayloadTooLarge);
                 }
-                tracing::warn!(error = %error_chain(&*e), "upstream request failed");
+                if crate::ratelog::UPSTREAM_FAILED.allow() {
+                    tracing::warn!(error = %error_chain(&*e), "upstream request failed");
+                }
                 return Err(if is_timeout(&*e) {
                     Reject::UpstreamTimeout
                 } else {

@@ -325,7 +325,14 @@ impl KeyCache {
                 self.metrics.store_up.set(1);
                 found
             }
-            Ok(Err(e)) => return Err(self.store_failed(e.to_string())),
+            Ok(Err(e)) => {
+                // Said once: the lookup's error wraps it in `Unavailable` again.
+                let message = match e {
+                    StoreError::Unavailable(message) => message,
+                    other => other.to_string(),
+                };
+                return Err(self.store_failed(message));
+            }
             Err(_) => return Err(self.store_failed("key store timed out".into())),
         };
         let (found, entry) = match found {
@@ -348,7 +355,9 @@ impl KeyCache {
     fn store_failed(&self, message: String) -> String {
         self.metrics.store_errors.inc();
         self.metrics.store_up.set(0);
-        tracing::warn!(error = %message, "key store read failed");
+        if crate::ratelog::KEY_STORE_READ.allow() {
+            tracing::warn!(error = %message, "key store read failed");
+        }
         message
     }
 

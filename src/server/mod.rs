@@ -136,6 +136,7 @@ impl Server {
             (self.public_addr(), self.admin_addr(), self.plain_addr());
         let background = CancellationToken::new();
         self.cache.start(background.clone());
+        tokio::spawn(crate::ratelog::run(background.clone()));
         tokio::spawn(
             reload::Reloader {
                 config_file: self.config_file.clone(),
@@ -324,7 +325,9 @@ impl Endpoint {
                     Ok(conn) => conn,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning on the error.
-                        tracing::warn!(error = %e, "accept failed");
+                        if crate::ratelog::ACCEPT.allow() {
+                            tracing::warn!(error = %e, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }

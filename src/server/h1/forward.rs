@@ -16,6 +16,7 @@ use crate::forward::upstream::{DialError, Link, Route, Stream};
 use crate::h1::write::{self, Limit, Parsed, Response, ResponseContext};
 use crate::h1::{self, BodyError, Buffer, Decoder, Encoding, Framing};
 use crate::proxy::Audit;
+use crate::ratelog::UPSTREAM_FAILED;
 use crate::reject::Reject;
 
 /// Why no usable response came from the upstream.
@@ -103,7 +104,9 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                     };
                     continue;
                 }
-                tracing::warn!(error = %e, "upstream request failed: writing the request");
+                if UPSTREAM_FAILED.allow() {
+                    tracing::warn!(error = %e, "upstream request failed: writing the request");
+                }
                 return self
                     .refuse(Reject::UpstreamUnavailable, audit, facts, body)
                     .await;
@@ -131,10 +134,15 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                     };
                 }
                 Err(failure) => {
-                    if let Failure::Broken(why) = &failure {
-                        tracing::warn!(error = %why, "upstream request failed");
-                    } else if matches!(failure, Failure::ClosedEarly) {
-                        tracing::warn!("upstream request failed: closed before responding");
+                    match &failure {
+                        Failure::Timeout => {}
+                        _ if !UPSTREAM_FAILED.allow() => {}
+                        Failure::Broken(why) => {
+                            tracing::warn!(error = %why, "upstream request failed");
+                        }
+                        Failure::ClosedEarly => {
+                            tracing::warn!("upstream request failed: closed before responding");
+                        }
                     }
                     let body = if decoder.is_done() {
                         Body::Consumed
@@ -157,7 +165,9 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
             && let Err(e) =
                 h1::body::take_buffered(&mut body, response.encoding, &mut link.buf, &mut self.down)
         {
-            tracing::warn!(error = %e, "upstream request failed: its response body");
+            if UPSTREAM_FAILED.allow() {
+                tracing::warn!(error = %e, "upstream request failed: its response body");
+            }
             self.down.clear();
             let body = if request_done {
                 Body::Consumed
@@ -398,7 +408,9 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         // Boxed: rare (once per upstream connection), and its state would otherwise make
         // every request's future larger.
         Box::pin(forwarder.dialer().dial(route)).await.map_err(|e| {
-            tracing::warn!(error = %e, "upstream request failed");
+            if UPSTREAM_FAILED.allow() {
+                tracing::warn!(error = %e, "upstream request failed");
+            }
             match e {
                 DialError::Timeout => Reject::UpstreamTimeout,
                 DialError::Io(_) => Reject::UpstreamUnavailable,
