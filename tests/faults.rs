@@ -1,5 +1,5 @@
-//! Quiet faults at the client side and in the logs: connections that never send a byte, and
-//! the log volume of an outage.
+//! Quiet faults outside Redis: connections that never send a byte, the log volume of an
+//! outage, a `keys create` killed while it writes.
 
 mod common;
 
@@ -239,4 +239,57 @@ async fn an_outage_logs_a_bounded_number_of_lines_with_counts() {
             .await,
         Some(unavailable as f64)
     );
+}
+
+/// `keys create --count N` killed while it writes: the keys file is untouched, and the
+/// temporary file it left is gone after the next write.
+#[test]
+fn a_killed_bulk_create_leaves_no_temporary_file_behind() {
+    let ws = Workspace::new("http://127.0.0.1:9", "");
+    let (_, before) = ws.create_key(&[]);
+    let kept = std::fs::read(ws.keys_file()).unwrap();
+    let temporary = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".keys.json.tmp-"))
+            .collect()
+    };
+    let mut child = std::process::Command::new(BIN)
+        .args(["keys", "create", "--name", "bulk", "--scopes", "*"])
+        .args(["--count", "200000", "-c"])
+        .arg(ws.config())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once its temporary file exists (it serializes 200,000 records into it).
+    let started = Instant::now();
+    while temporary(ws.dir.path()).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the write finished before it could be interrupted"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no temporary file"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(temporary(ws.dir.path()).len(), 1);
+    assert_eq!(
+        std::fs::read(ws.keys_file()).unwrap(),
+        kept,
+        "the keys file changed"
+    );
+    // The next write cleans up.
+    ws.create_key(&[]);
+    assert_eq!(temporary(ws.dir.path()), Vec::<String>::new());
+    let listed = ws.cli(&["keys", "list"]);
+    assert!(listed.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(!before.is_empty());
 }
