@@ -293,3 +293,43 @@ fn a_killed_bulk_create_leaves_no_temporary_file_behind() {
     assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
     assert!(!before.is_empty());
 }
+
+/// An idle connection gives its buffers back after a second and takes them again when its
+/// client sends: the next exchange, a large upload and its echo, is whole.
+#[tokio::test]
+async fn a_connection_that_shed_its_buffers_carries_the_next_exchange_whole() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    const SIZE: usize = 3 * 1024 * 1024;
+    let up = Upstream::start().await;
+    let ws = Workspace::new(&up.url(), "");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let first = http::Request::get("/first")
+        .header("host", "a")
+        .header("x-api-key", &key)
+        .body(PatternBody::new(0))
+        .unwrap();
+    let reply = sender.send_request(first).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    reply.into_body().collect().await.unwrap();
+    // Idle past the shedding (1 s) but not the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    let second = http::Request::post("/second")
+        .header("host", "a")
+        .header("x-api-key", &key)
+        .header("content-length", SIZE.to_string())
+        .body(PatternBody::new(SIZE))
+        .unwrap();
+    let reply = sender.send_request(second).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    let body = reply.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["body_len"], SIZE);
+    assert_eq!(json["body_sha256"], PatternBody::sha256_hex(SIZE));
+}
