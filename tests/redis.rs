@@ -707,3 +707,36 @@ async fn a_redis_that_comes_back_empty_is_noticed_and_its_phantoms_refused() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(errors(), 2);
 }
+
+/// The second signal: Redis restarted with its data (same instance token) is another process
+/// (another `run_id`), which may be a replica that lags after a failover: the cache is
+/// flushed with a WARN, and nothing is counted as a replaced store.
+#[tokio::test]
+async fn another_redis_process_with_the_same_data_flushes_the_cache_without_alarm() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let up = Upstream::start().await;
+    let ws = Workspace::redis(&up.url(), &redis.url(), "");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+    let flushes = metric(&kg, "keygate_key_cache_flushes_total").await;
+    let reads = metric(&kg, "keygate_key_store_reads_total").await;
+    redis.restart();
+    eventually(Duration::from_secs(10), || async {
+        kg.all_logs().contains("another Redis process")
+    })
+    .await
+    .expect("a new Redis process went unnoticed");
+    assert!(metric(&kg, "keygate_key_cache_flushes_total").await > flushes);
+    assert_eq!(metric(&kg, "keygate_key_store_replaced_total").await, 0.0);
+    assert!(!kg.all_logs().contains("instance token changed"));
+    // The key survived (persisted) and is read again from the new process.
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+    assert!(metric(&kg, "keygate_key_store_reads_total").await > reads);
+}
