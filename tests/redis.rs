@@ -740,3 +740,52 @@ async fn another_redis_process_with_the_same_data_flushes_the_cache_without_alar
     );
     assert!(metric(&kg, "keygate_key_store_reads_total").await > reads);
 }
+
+/// The other ways a connection goes bad: reset under keygate's feet, or a peer that stops
+/// reading (no acknowledgement, buffers fill), or one slower than `[store] timeout`. Each
+/// time the revocation made meanwhile arrives within the bound.
+#[tokio::test]
+async fn reset_stalled_or_slow_redis_connections_are_replaced_within_the_bound() {
+    use common::fault::{Fault, FaultProxy};
+    use std::time::Duration as D;
+    for fault in [
+        Fault::Reset,
+        Fault::Stall,
+        Fault::Delay(D::from_millis(400)),
+    ] {
+        let redis = RedisServer::start();
+        let proxy = FaultProxy::start(redis.port);
+        let up = Upstream::start().await;
+        let direct = Workspace::redis(&up.url(), &redis.url(), "");
+        let ws = Workspace::with_store(
+            &up.url(),
+            &format!(
+                "[store]\nkind = \"redis\"\nurl = \"{}\"\nepoch_poll = \"500ms\"\n",
+                proxy.url()
+            ),
+            "",
+        );
+        let (id, key) = direct.create_key(&[]);
+        let kg = ws.serve();
+        assert_eq!(
+            get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+            StatusCode::OK
+        );
+        let connections = proxy.accepted();
+        proxy.set_existing(fault);
+        let started = Instant::now();
+        assert!(direct.cli(&["keys", "revoke", &id]).status.success());
+        eventually(Duration::from_secs(10), || async {
+            get(&kg.url("/"), &[("x-api-key", &key)]).await.status == StatusCode::UNAUTHORIZED
+        })
+        .await
+        .unwrap_or_else(|| panic!("{fault:?}: the revocation never arrived"));
+        let took = started.elapsed();
+        eprintln!("{fault:?}: revocation seen after {took:?}");
+        assert!(took < Duration::from_secs(2), "{fault:?}: {took:?}");
+        assert!(
+            proxy.accepted() > connections,
+            "{fault:?}: no new connection"
+        );
+    }
+}
