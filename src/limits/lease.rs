@@ -20,7 +20,8 @@
 //!   reaches the sidecar with its next reply instead of being lost to the window.
 //! - [`fallback_budget`] and [`fallback_limit`]: while Redis does not answer, how many
 //!   requests this sidecar may admit on its own: half its share of what its last grant said
-//!   was left (never over the limit, however long the outage), or, with no grant yet in the
+//!   was left (under the limit however long the outage, unless the other sidecars were
+//!   granted more than the other half since), or, with no grant yet in the
 //!   window, a share of the limit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,7 +125,8 @@ impl WindowCounter {
 /// unanswered grant requests may still take): a share of it, halved, because the other
 /// sidecars may have been granted part of it since, or have requests of their own still
 /// queued in a paused Redis. Admitting less than is left keeps the total under the limit
-/// through an outage of any length; the rest is granted normally once the store answers.
+/// through an outage of any length, unless the others took more than the other half since;
+/// the rest is granted normally once the store answers.
 pub fn fallback_budget(left: u64, live: u64) -> u64 {
     left / (2 * live.max(1))
 }

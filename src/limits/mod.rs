@@ -44,8 +44,9 @@
 //!   being spent, and a sidecar whose lease is empty admits on its own, against a budget:
 //!   half its share of what its last grant in the window said was left (less what its own
 //!   unanswered requests may still take), [`lease::fallback_budget`]; the other half allows
-//!   for what other sidecars were granted since, so the total stays under the limit through
-//!   an outage of any length, and the rest is granted once Redis answers. With no grant yet
+//!   for what other sidecars were granted since (chunks are at most a `1/(4N)` share, so
+//!   more than half is rare), so the total stays under the limit through an outage of any
+//!   length, and the rest is granted once Redis answers. With no grant yet
 //!   in the window (a sidecar started during the outage), the budget is `limit ×
 //!   local_share` (or `limit / live sidecars last seen` with `local_share = 1`), counting
 //!   everything it admitted in the window, and the total can then exceed the limit by up to
