@@ -150,6 +150,7 @@ async fn an_outage_logs_a_bounded_number_of_lines_with_counts() {
     let (_, cached) = ws.create_key(&[]);
     let (_, uncached) = ws.create_key(&[]);
     let kg = ws.serve_with_env(&[("KEYGATE_LOG", "info")]);
+    kg.first_poll().await;
     assert_eq!(
         get(&kg.url("/"), &[("x-api-key", &cached)]).await.status,
         StatusCode::BAD_GATEWAY

@@ -417,6 +417,7 @@ mod shared {
         let ws = Workspace::redis(&up.url(), &redis.url(), &hourly(1000));
         let (id, key) = ws.create_key(&[]);
         let kg = ws.serve();
+        kg.first_poll().await;
         let hash = redis
             .cli(&["GET", &format!("{{keygate}}:id:{id}")])
             .trim()

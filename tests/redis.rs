@@ -74,6 +74,7 @@ async fn revocation_reaches_three_sidecars_within_a_second() {
     let (id, key) = ws.create_key(&[]);
     let sidecars: Vec<Keygate> = (0..3).map(|_| ws.serve()).collect();
     for kg in &sidecars {
+        kg.first_poll().await;
         assert_eq!(
             get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
             StatusCode::OK
@@ -168,6 +169,7 @@ async fn redis_dying_leaves_cached_keys_working_and_uncached_ones_503() {
     let (_, cached) = ws.create_key(&[]);
     let (_, uncached) = ws.create_key(&[]);
     let kg = ws.serve();
+    kg.first_poll().await;
     assert_eq!(
         get(&kg.url("/"), &[("x-api-key", &cached)]).await.status,
         StatusCode::OK
@@ -261,8 +263,8 @@ async fn a_thousand_concurrent_misses_cost_one_store_read() {
 async fn a_hot_key_is_read_once_while_the_change_feed_vouches_for_it() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    // ttl and max_stale far below their defaults, so that the test outlives both; max_stale
-    // is three epoch polls, so one poll delayed on a loaded machine does not fail the test.
+    // ttl and max_stale far below their defaults, so that the test outlives both; each is two
+    // or more epoch polls, so one poll delayed on a loaded machine does not fail the test.
     // A poll that times out withdraws the feed's vouching (and the entry is refreshed): the
     // timeout is generous so that a loaded machine does not look like a dead connection.
     let ws = Workspace::with_store(
@@ -271,10 +273,11 @@ async fn a_hot_key_is_read_once_while_the_change_feed_vouches_for_it() {
             "[store]\nkind = \"redis\"\nurl = \"{}\"\nepoch_poll = \"1s\"\ntimeout = \"2s\"\n",
             redis.url()
         ),
-        "[cache]\nttl = \"1s\"\nmax_stale = \"3s\"\n",
+        "[cache]\nttl = \"2s\"\nmax_stale = \"3s\"\n",
     );
     let (_, key) = ws.create_key(&[]);
     let kg = ws.serve();
+    kg.first_poll().await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(7) {
         let reply = get(&kg.url("/"), &[("x-api-key", &key)]).await;
@@ -519,7 +522,12 @@ async fn a_silently_dead_redis_connection_is_replaced_within_the_revocation_boun
     })
     .await
     .map(|_| started.elapsed())
-    .expect("the revocation never reached the sidecar");
+    .unwrap_or_else(|| {
+        for l in kg.all_logs().lines().filter(|l| !l.contains("\"GET\"")) {
+            eprintln!("DBG {l}");
+        }
+        panic!("the revocation never reached the sidecar")
+    });
     let works = eventually(Duration::from_secs(10), || async {
         get(&kg.url("/"), &[("x-api-key", &fresh)]).await.status == StatusCode::OK
     })
@@ -585,6 +593,7 @@ async fn a_sidecar_that_cannot_confirm_its_cache_says_so_and_catches_up() {
     );
     let (id, key) = direct.create_key(&[]);
     let kg = ws.serve();
+    kg.first_poll().await;
     assert_eq!(
         get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
         StatusCode::OK
@@ -724,16 +733,12 @@ async fn another_redis_process_with_the_same_data_flushes_the_cache_without_alar
     let ws = Workspace::redis(&up.url(), &redis.url(), "");
     let (_, key) = ws.create_key(&[]);
     let kg = ws.serve();
+    // The sidecar knows this Redis process, and has the key cached.
+    kg.first_poll().await;
     assert_eq!(
         get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
         StatusCode::OK
     );
-    // The sidecar knows this Redis process (its first poll is done).
-    eventually(Duration::from_secs(5), || async {
-        metric(&kg, "keygate_key_feed_last_confirmed_timestamp_seconds").await > 0.0
-    })
-    .await
-    .expect("the change feed never polled");
     let flushes = metric(&kg, "keygate_key_cache_flushes_total").await;
     let reads = metric(&kg, "keygate_key_store_reads_total").await;
     redis.restart();
@@ -791,7 +796,12 @@ async fn reset_stalled_or_slow_redis_connections_are_replaced_within_the_bound()
             get(&kg.url("/"), &[("x-api-key", &key)]).await.status == StatusCode::UNAUTHORIZED
         })
         .await
-        .unwrap_or_else(|| panic!("{fault:?}: the revocation never arrived"));
+        .unwrap_or_else(|| {
+            for l in kg.all_logs().lines().filter(|l| !l.contains("\"GET\"")) {
+                eprintln!("DBG {l}");
+            }
+            panic!("{fault:?}: the revocation never arrived")
+        });
         let took = started.elapsed();
         eprintln!("{fault:?}: revocation seen after {took:?}");
         assert!(took < Duration::from_secs(2), "{fault:?}: {took:?}");

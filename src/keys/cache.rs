@@ -263,7 +263,11 @@ impl KeyCache {
                 self.entries.remove(&hash);
             }
             Invalidation::All => {
-                self.metrics.cache_flushes.inc();
+                // Counted when it dropped something (the change feed's first poll flushes
+                // whatever was read before it, usually nothing).
+                if !self.entries.is_empty() {
+                    self.metrics.cache_flushes.inc();
+                }
                 self.entries.clear();
             }
             Invalidation::UpToDate | Invalidation::Doubt => {}

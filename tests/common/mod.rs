@@ -220,6 +220,19 @@ impl Keygate {
         })
     }
 
+    /// With a Redis store: waits for the change feed's first epoch poll, which flushes what
+    /// requests cached before it (a test that caches a key and then breaks Redis needs the
+    /// key cached after it).
+    pub async fn first_poll(&self) {
+        let polled = eventually(Duration::from_secs(10), || async {
+            self.metric("keygate_key_feed_last_confirmed_timestamp_seconds")
+                .await
+                .is_some_and(|at| at > 0.0)
+        })
+        .await;
+        assert!(polled.is_some(), "the change feed never polled");
+    }
+
     pub fn all_logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }

@@ -12,6 +12,9 @@
 //!   answered within `epoch_poll + DEAD_AFTER × timeout` plus one connect: with the defaults
 //!   (1 s, 250 ms) a revocation reaches a sidecar whose connections died silently within about
 //!   1.6 s, as soon as any path to Redis works.
+//! - The first poll sets the baseline epoch, and flushes what requests read before it: a
+//!   change made between such a read and the baseline is in no message this sidecar will
+//!   get and in no part of the log it will read.
 //! - Store identity. Redis that lost its data (restarted empty, replaced, flushed) could hand
 //!   out epochs that catch up with the one a sidecar last saw, and the sidecar would go on
 //!   serving keys that exist nowhere. So the poll also reads `{ns}:instance`, a random token
@@ -205,7 +208,11 @@ impl RedisStore {
         }
         match seen.epoch {
             None => {
+                // The first poll: keys read before it (a request can come first) are not
+                // known to be current, and a change they missed (pub/sub not yet
+                // subscribed, or dead) would never show in the log from here on.
                 seen.epoch = Some(epoch);
+                sink(Invalidation::All);
                 sink(Invalidation::UpToDate);
             }
             Some(known) if epoch == known => sink(Invalidation::UpToDate),
