@@ -1,9 +1,10 @@
 //! The admin listener's routes: `/healthz` (the process answers), `/readyz` (config loaded,
 //! listeners bound, not shutting down; a Redis outage does not make keygate unready — it
-//! still serves cached keys — it shows in `/metrics` as `keygate_key_store_up 0`),
-//! `/metrics` (Prometheus text) and `/last-used` (JSON, key id → when it was last used; the
-//! place to read them when a read-only keys file leaves them in memory). Never served on the
-//! public port, so a client cannot probe or scrape it.
+//! still serves cached keys — it shows in `/metrics` as `keygate_key_store_up 0`, unless
+//! `[store] ready_requires_current` asks readiness to fail while the key cache cannot be
+//! confirmed current), `/metrics` (Prometheus text) and `/last-used` (JSON, key id → when it
+//! was last used; the place to read them when a read-only keys file leaves them in memory).
+//! Never served on the public port, so a client cannot probe or scrape it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,15 +20,37 @@ use crate::metrics::Metrics;
 /// Shared readiness: flipped on once serving starts, off as soon as shutdown begins so load
 /// balancers stop sending before connections close.
 #[derive(Debug, Default, Clone)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    /// `[store] ready_requires_current`: also not ready while the key cache cannot be
+    /// confirmed current (`keygate_key_feed_current 0`).
+    requires_current: Arc<AtomicBool>,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+        self.ready.store(ready, Ordering::SeqCst);
     }
 
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub fn require_current_cache(&self, on: bool) {
+        self.requires_current.store(on, Ordering::SeqCst);
+    }
+
+    /// Ready, by the process's state and, if required, the key cache's.
+    fn check(&self, metrics: &Metrics) -> Result<(), &'static str> {
+        if !self.get() {
+            return Err(r#"{"status":"not_ready"}"#);
+        }
+        if self.requires_current.load(Ordering::SeqCst)
+            && metrics.store_health.feed_current.get() == 0
+        {
+            return Err(r#"{"status":"not_ready","reason":"key_cache_not_current"}"#);
+        }
+        Ok(())
     }
 }
 
@@ -46,12 +69,10 @@ pub fn route<B>(
     }
     let (status, body) = match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => (StatusCode::OK, r#"{"status":"ok"}"#),
-        (&Method::GET | &Method::HEAD, "/readyz") if readiness.get() => {
-            (StatusCode::OK, r#"{"status":"ready"}"#)
-        }
-        (&Method::GET | &Method::HEAD, "/readyz") => {
-            (StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not_ready"}"#)
-        }
+        (&Method::GET | &Method::HEAD, "/readyz") => match readiness.check(metrics) {
+            Ok(()) => (StatusCode::OK, r#"{"status":"ready"}"#),
+            Err(body) => (StatusCode::SERVICE_UNAVAILABLE, body),
+        },
         (_, "/healthz" | "/readyz" | "/metrics" | "/last-used") => (
             StatusCode::METHOD_NOT_ALLOWED,
             r#"{"error":{"code":"method_not_allowed","message":"Use GET","type":"invalid_request_error"}}"#,
@@ -119,5 +140,20 @@ mod tests {
         assert_eq!(route(&get("/nope"), &ready, &m).status(), 404);
         let post = Request::post("/healthz").body(()).unwrap();
         assert_eq!(route(&post, &ready, &m).status(), 405);
+    }
+
+    #[test]
+    fn readiness_may_require_a_current_key_cache() {
+        let ready = Readiness::default();
+        let m = Metrics::new();
+        let get = || Request::get("/readyz").body(()).unwrap();
+        ready.set(true);
+        m.store_health.feed_current.set(0);
+        assert_eq!(route(&get(), &ready, &m).status(), 200, "not by default");
+        ready.require_current_cache(true);
+        let refused = route(&get(), &ready, &m);
+        assert_eq!(refused.status(), 503);
+        m.store_health.feed_current.set(1);
+        assert_eq!(route(&get(), &ready, &m).status(), 200);
     }
 }

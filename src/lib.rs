@@ -7,7 +7,8 @@
 //! - [`server`]: listeners, the connection cap, drain and graceful shutdown; [`server::tls`]
 //!   TLS termination with certificate reload; in its private modules the HTTP/1.1 connection
 //!   loop (`server::h1`: read a head, admit, forward or refuse, keep-alive, timeouts), hyper's
-//!   connections for HTTP/2 clients (`server::conn`) and config reload.
+//!   connections for HTTP/2 clients (`server::conn`), config reload, and the heap handed
+//!   back after a flood of connections (`server::memory`).
 //! - [`h1`]: keygate's own HTTP/1.1 on the wire: request heads indexed in the read buffer and
 //!   the framing rules that refuse smuggling ([`h1::head`]), the header names it acts on
 //!   ([`h1::names`]), bodies by length, chunks or close ([`h1::body`]), the client's response
@@ -45,7 +46,9 @@
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener;
-//!   [`metrics`]: the Prometheus registry (and `[metrics]`, the usage labels).
+//!   [`metrics`]: the Prometheus registry (and `[metrics]`, the usage labels); [`ratelog`]:
+//!   errors that repeat (a dead upstream, a dead key store) logged once per period with a
+//!   count, not once each.
 //! - [`cli`]: the `keygate` commands (`cli::health`: `keygate health`, the container health
 //!   check; `cli::demo`: `keygate demo`); [`echo`]: the demo's built-in upstream, also
 //!   `keygate echo`.
@@ -70,6 +73,7 @@ pub mod limits;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod ratelog;
 pub mod reject;
 pub mod routes;
 pub mod server;

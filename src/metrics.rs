@@ -66,6 +66,8 @@ pub struct Metrics {
     /// Invalid keys the stuffing guard counted, and the sources it blocked.
     guard_failures: IntCounter,
     guard_blocks: IntCounter,
+    /// The Redis store's connections and the change feed's health.
+    pub store_health: StoreHealth,
     /// io_uring submissions of writes, and the writes they carried, as [`crate::batch`]
     /// reports them (for the whole process).
     write_batches: IntCounter,
@@ -295,6 +297,7 @@ impl Metrics {
             .expect("process metrics are registered once");
         let usage = Usage::register(&registry, config);
         let limits = LimitMetrics::register(&registry);
+        let store_health = StoreHealth::register(&registry);
         let allowed = ["1xx", "2xx", "3xx", "4xx", "5xx"]
             .map(|class| requests.with_label_values(&["allowed", class]));
         // Zero-valued series exist from the start, so dashboards and alerts see them.
@@ -331,6 +334,7 @@ impl Metrics {
             limits,
             guard_failures,
             guard_blocks,
+            store_health,
             write_batches,
             batched_writes,
             write_batching,
@@ -565,6 +569,69 @@ impl Usage {
                 );
             }
             other.inc();
+        }
+    }
+}
+
+/// The Redis store's connections and the change feed: what shows a quiet fault.
+pub struct StoreHealth {
+    /// Command connections given up as dead, by reason (`timeouts`: that many commands in a
+    /// row got no answer; `closed`: an I/O error or a closed connection).
+    pub reconnects: IntCounterVec,
+    /// Times the store was found emptied or replaced (its instance token changed); each
+    /// flushed the key cache.
+    pub replaced: IntCounter,
+    /// 1 while the change feed confirmed within `[store] confirm_within` that this sidecar's
+    /// cache is current, 0 while it cannot.
+    pub feed_current: IntGauge,
+    /// When the change feed last confirmed it (Unix seconds; 0: never).
+    pub feed_confirmed: Gauge,
+}
+
+impl StoreHealth {
+    fn register(registry: &Registry) -> Self {
+        let reconnects = IntCounterVec::new(
+            Opts::new(
+                "keygate_redis_reconnects_total",
+                "Redis command connections given up as dead, by reason",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let replaced = IntCounter::new(
+            "keygate_key_store_replaced_total",
+            "Times the key store was found emptied or replaced; each flushed the key cache",
+        )
+        .expect("valid metric");
+        let feed_current = IntGauge::new(
+            "keygate_key_feed_current",
+            "1 while the change feed confirms within [store] confirm_within that the key cache is current",
+        )
+        .expect("valid metric");
+        let feed_confirmed = Gauge::new(
+            "keygate_key_feed_last_confirmed_timestamp_seconds",
+            "When the change feed last confirmed that the key cache is current (Unix time)",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(reconnects.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(replaced.clone()),
+            Box::new(feed_current.clone()),
+            Box::new(feed_confirmed.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        for reason in ["timeouts", "closed"] {
+            reconnects.with_label_values(&[reason]);
+        }
+        // Current until shown otherwise: the file store's feed confirms on its own schedule
+        // and a Redis feed sets this from its first poll.
+        feed_current.set(1);
+        Self {
+            reconnects,
+            replaced,
+            feed_current,
+            feed_confirmed,
         }
     }
 }

@@ -353,7 +353,9 @@ impl Proxy {
 
         // 6. Do we know it? Only the hash is ever looked up or stored.
         let found = self.keys.lookup(hash).await.map_err(|e| {
-            tracing::error!(error = %e, "key store lookup failed");
+            if crate::ratelog::KEY_LOOKUP.allow() {
+                tracing::error!(error = %e, "key store lookup failed");
+            }
             Reject::KeyStoreUnavailable
         })?;
         let Some(record) = found else {

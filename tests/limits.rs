@@ -299,6 +299,114 @@ mod shared {
         assert!(admitted >= 980, "under-admitted: {admitted}");
     }
 
+    /// Three sidecars spend one hourly quota of 3000 while Redis freezes (SIGSTOP) for
+    /// `pause` once about a third of it is used. Grants whose replies are lost to the pause,
+    /// and reports retried across it, must neither lose quota nor count it twice.
+    async fn quota_across_a_redis_pause(pause: Duration) {
+        const LIMIT: u64 = 3_000;
+        clear_of_the_hour_boundary().await;
+        let redis = RedisServer::start();
+        let up = Upstream::start().await;
+        let ws = Workspace::redis(&up.url(), &redis.url(), &hourly(LIMIT));
+        let (id, key) = ws.create_key(&[]);
+        let sidecars: Arc<Vec<Keygate>> = Arc::new((0..3).map(|_| ws.serve()).collect());
+        let key = Arc::new(key);
+        // The key cached everywhere (its lookup is not what the pause tests).
+        for kg in sidecars.iter() {
+            let reply = get(&kg.url("/"), &[("x-api-key", key.as_str())]).await;
+            assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+        }
+        let admitted = Arc::new(AtomicU64::new(3));
+        let resumed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut workers = Vec::new();
+        for w in 0..12usize {
+            let (sidecars, key) = (sidecars.clone(), key.clone());
+            let (admitted, resumed) = (admitted.clone(), resumed.clone());
+            workers.push(tokio::spawn(async move {
+                let kg = &sidecars[w % 3];
+                // Until refused for a while once Redis is back: everything handed out is spent.
+                let mut refused_since: Option<std::time::Instant> = None;
+                loop {
+                    let reply = get(&kg.url("/"), &[("x-api-key", key.as_str())]).await;
+                    match reply.status {
+                        StatusCode::OK => {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                            refused_since = None;
+                        }
+                        StatusCode::TOO_MANY_REQUESTS => {
+                            if !resumed.load(Ordering::Relaxed) {
+                                refused_since = None;
+                            } else if refused_since
+                                .get_or_insert_with(std::time::Instant::now)
+                                .elapsed()
+                                > Duration::from_millis(1_500)
+                            {
+                                return;
+                            }
+                        }
+                        other => panic!("unexpected {other}: {}", text(&reply.body)),
+                    }
+                    // About 1,000 requests a second in all: the pause falls mid-traffic.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }));
+        }
+        eventually(Duration::from_secs(20), || async {
+            admitted.load(Ordering::Relaxed) >= LIMIT / 3
+        })
+        .await
+        .expect("traffic never reached a third of the quota");
+        redis.pause();
+        let at_pause = admitted.load(Ordering::Relaxed);
+        tokio::time::sleep(pause).await;
+        let during = admitted.load(Ordering::Relaxed) - at_pause;
+        redis.resume();
+        resumed.store(true, Ordering::Relaxed);
+        for w in workers {
+            tokio::time::timeout(Duration::from_secs(60), w)
+                .await
+                .expect("traffic never ran out of quota")
+                .unwrap();
+        }
+        let admitted = admitted.load(Ordering::Relaxed);
+        let hash = redis
+            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
+            .trim()
+            .to_owned();
+        let used = redis.cli(&["HGET", &format!("{{keygate}}:quota:{hash}:hour"), "used"]);
+        let mut lost_replies = 0.0;
+        for kg in sidecars.iter() {
+            lost_replies +=
+                metric(kg, "keygate_quota_lease_refills_total{outcome=\"error\"}").await;
+        }
+        eprintln!(
+            "per_hour = {LIMIT}, 3 sidecars, Redis paused {pause:?} after {at_pause}: \
+             {admitted} admitted ({during} during the pause), Redis counts {} used; \
+             {lost_replies} grant round trips failed",
+            used.trim()
+        );
+        assert!(admitted <= LIMIT, "over-admitted: {admitted}");
+        assert!(
+            admitted >= LIMIT * 98 / 100,
+            "under-admitted: {admitted} of {LIMIT}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_one_second_redis_pause_costs_no_quota() {
+        quota_across_a_redis_pause(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn a_three_second_redis_pause_costs_no_quota() {
+        quota_across_a_redis_pause(Duration::from_secs(3)).await;
+    }
+
+    #[tokio::test]
+    async fn a_five_second_redis_pause_costs_no_quota() {
+        quota_across_a_redis_pause(Duration::from_secs(5)).await;
+    }
+
     #[tokio::test]
     async fn redis_dying_mid_window_falls_back_to_the_local_share_and_recovers() {
         clear_of_the_hour_boundary().await;
@@ -309,6 +417,7 @@ mod shared {
         let ws = Workspace::redis(&up.url(), &redis.url(), &hourly(1000));
         let (id, key) = ws.create_key(&[]);
         let kg = ws.serve();
+        kg.first_poll().await;
         let hash = redis
             .cli(&["GET", &format!("{{keygate}}:id:{id}")])
             .trim()

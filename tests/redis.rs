@@ -74,6 +74,7 @@ async fn revocation_reaches_three_sidecars_within_a_second() {
     let (id, key) = ws.create_key(&[]);
     let sidecars: Vec<Keygate> = (0..3).map(|_| ws.serve()).collect();
     for kg in &sidecars {
+        kg.first_poll().await;
         assert_eq!(
             get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
             StatusCode::OK
@@ -168,6 +169,7 @@ async fn redis_dying_leaves_cached_keys_working_and_uncached_ones_503() {
     let (_, cached) = ws.create_key(&[]);
     let (_, uncached) = ws.create_key(&[]);
     let kg = ws.serve();
+    kg.first_poll().await;
     assert_eq!(
         get(&kg.url("/"), &[("x-api-key", &cached)]).await.status,
         StatusCode::OK
@@ -261,15 +263,21 @@ async fn a_thousand_concurrent_misses_cost_one_store_read() {
 async fn a_hot_key_is_read_once_while_the_change_feed_vouches_for_it() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;
-    // ttl and max_stale far below their defaults, so that the test outlives both; max_stale
-    // is three epoch polls, so one poll delayed on a loaded machine does not fail the test.
-    let ws = Workspace::redis(
+    // ttl and max_stale far below their defaults, so that the test outlives both; each is two
+    // or more epoch polls, so one poll delayed on a loaded machine does not fail the test.
+    // A poll that times out withdraws the feed's vouching (and the entry is refreshed): the
+    // timeout is generous so that a loaded machine does not look like a dead connection.
+    let ws = Workspace::with_store(
         &up.url(),
-        &redis.url(),
-        "[cache]\nttl = \"1s\"\nmax_stale = \"3s\"\n",
+        &format!(
+            "[store]\nkind = \"redis\"\nurl = \"{}\"\nepoch_poll = \"1s\"\ntimeout = \"2s\"\n",
+            redis.url()
+        ),
+        "[cache]\nttl = \"2s\"\nmax_stale = \"3s\"\n",
     );
     let (_, key) = ws.create_key(&[]);
     let kg = ws.serve();
+    kg.first_poll().await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(7) {
         let reply = get(&kg.url("/"), &[("x-api-key", &key)]).await;
@@ -435,4 +443,371 @@ async fn rediss_with_a_private_ca_and_a_password_from_a_file() {
     let kg2 = ws2.serve();
     let reply = get(&kg2.url("/"), &[("x-api-key", &api_key)]).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// Every key a `keys create --count N` printed, one JSON object per line.
+fn create_keys(ws: &Workspace, count: usize) -> Vec<String> {
+    let out = ws.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "bulk",
+        "--scopes",
+        "*",
+        "--count",
+        &count.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let json: serde_json::Value = serde_json::from_str(l).unwrap();
+            json["key"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// The connection keygate holds to Redis stops being answered, while Redis itself is healthy
+/// (a stuck NAT entry, a hung middlebox: the fault proxy swallows bytes and acknowledges
+/// them). The bound, documented in the README: `epoch_poll + 2 × timeout` plus a connect;
+/// 0.5 + 0.5 s here, asserted with a margin for a loaded machine.
+#[tokio::test]
+async fn a_silently_dead_redis_connection_is_replaced_within_the_revocation_bound() {
+    use common::fault::{Fault, FaultProxy};
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.port);
+    let up = Upstream::start().await;
+    // The CLI reaches Redis directly: the healthy path a revocation is made through.
+    let direct = Workspace::redis(&up.url(), &redis.url(), "");
+    let ws = Workspace::with_store(
+        &up.url(),
+        &format!(
+            "[store]\nkind = \"redis\"\nurl = \"{}\"\nepoch_poll = \"500ms\"\ntimeout = \"250ms\"\n",
+            proxy.url()
+        ),
+        "",
+    );
+    let (id, revoked) = direct.create_key(&[]);
+    let (_, fresh) = direct.create_key(&[]);
+    let flood = Arc::new(create_keys(&direct, 3_000));
+    let kg = ws.serve();
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &revoked)]).await.status,
+        StatusCode::OK
+    );
+    eventually(Duration::from_secs(5), || async {
+        kg.all_logs().contains("change feed subscribed")
+    })
+    .await
+    .expect("the change feed never subscribed");
+    let rss_before = kg.rss();
+
+    proxy.set_existing(Fault::Blackhole);
+    let started = Instant::now();
+    // Lookups of keys the sidecar never saw keep hitting the dead connection meanwhile.
+    let hammer = {
+        let (flood, url) = (flood.clone(), kg.url("/"));
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for key in flood.iter() {
+                statuses.push(get(&url, &[("x-api-key", key)]).await.status);
+            }
+            statuses
+        })
+    };
+    let out = direct.cli(&["keys", "revoke", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let seen = eventually(Duration::from_secs(10), || async {
+        get(&kg.url("/"), &[("x-api-key", &revoked)]).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await
+    .map(|_| started.elapsed())
+    .unwrap_or_else(|| {
+        for l in kg.all_logs().lines().filter(|l| !l.contains("\"GET\"")) {
+            eprintln!("DBG {l}");
+        }
+        panic!("the revocation never reached the sidecar")
+    });
+    let works = eventually(Duration::from_secs(10), || async {
+        get(&kg.url("/"), &[("x-api-key", &fresh)]).await.status == StatusCode::OK
+    })
+    .await
+    .map(|_| started.elapsed())
+    .expect("a key new to the sidecar never worked again");
+    eprintln!("blackholed: revocation seen after {seen:?}, a new key working after {works:?}");
+    assert!(seen < Duration::from_secs(2), "revocation after {seen:?}");
+    assert!(works < Duration::from_secs(2), "new key after {works:?}");
+
+    let statuses = hammer.await.unwrap();
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    eprintln!("{ok} of {} flood lookups answered 200", statuses.len());
+    assert!(
+        ok >= statuses.len() * 9 / 10,
+        "the flood mostly failed: {ok} of {}",
+        statuses.len()
+    );
+    assert!(
+        kg.metric("keygate_redis_reconnects_total{reason=\"timeouts\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+    let logs = kg.all_logs();
+    assert!(logs.contains("redis connection given up"), "{logs}");
+    // The subscriber's pings went unanswered too: it resubscribed on a new connection.
+    eventually(Duration::from_secs(5), || async {
+        kg.all_logs().contains("pub/sub connection given up")
+    })
+    .await
+    .expect("the dead subscriber was never replaced");
+    // Memory: the dead connection's queue went with it.
+    let rss_after = kg.rss();
+    eprintln!(
+        "RSS {:.1} MB before the blackhole, {:.1} MB after the flood",
+        rss_before as f64 / 1e6,
+        rss_after as f64 / 1e6
+    );
+    assert!(
+        rss_after < rss_before + 16_000_000,
+        "RSS grew from {rss_before} to {rss_after}"
+    );
+}
+
+/// Every path to Redis goes silent: the sidecar says so (ERROR, metric, readiness when asked),
+/// and once a path works again a revocation made meanwhile arrives within the bound.
+#[tokio::test]
+async fn a_sidecar_that_cannot_confirm_its_cache_says_so_and_catches_up() {
+    use common::fault::{Fault, FaultProxy};
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.port);
+    let up = Upstream::start().await;
+    let direct = Workspace::redis(&up.url(), &redis.url(), "");
+    let ws = Workspace::with_store(
+        &up.url(),
+        &format!(
+            "[store]\nkind = \"redis\"\nurl = \"{}\"\nepoch_poll = \"500ms\"\n\
+             confirm_within = \"1s\"\nready_requires_current = true\n",
+            proxy.url()
+        ),
+        "",
+    );
+    let (id, key) = direct.create_key(&[]);
+    let kg = ws.serve();
+    kg.first_poll().await;
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(kg.metric("keygate_key_feed_current").await, Some(1.0));
+
+    proxy.set_all(Fault::Blackhole);
+    let out = direct.cli(&["keys", "revoke", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    eventually(Duration::from_secs(10), || async {
+        kg.metric("keygate_key_feed_current").await == Some(0.0)
+    })
+    .await
+    .expect("keygate_key_feed_current never went to 0");
+    let ready = get(&kg.admin_url("/readyz"), &[]).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(text(&ready.body).contains("key_cache_not_current"));
+    assert!(kg.all_logs().contains("cannot be confirmed current"));
+    // Cached, and nothing can say otherwise: still served (until max_stale).
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+
+    proxy.set_all(Fault::Pass);
+    let healed = Instant::now();
+    let took = eventually(Duration::from_secs(10), || async {
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await
+    .expect("the revocation never arrived after the path healed");
+    eprintln!("revocation seen {took:?} after the path healed");
+    // Within the bound, plus what the outage left pending: a dial whose handshake was
+    // swallowed (its 1 s connect timeout) and the backoff of failed dials (at most 2 s).
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    eventually(Duration::from_secs(5), || async {
+        kg.metric("keygate_key_feed_current").await == Some(1.0)
+    })
+    .await
+    .expect("keygate_key_feed_current never returned to 1");
+    assert_eq!(
+        get(&kg.admin_url("/readyz"), &[]).await.status,
+        StatusCode::OK
+    );
+    eprintln!("healed after {:?}", healed.elapsed());
+}
+
+/// Redis comes back empty (restarted without persistence, or flushed) and its epoch catches
+/// up with the one the sidecar saw before its next poll: the epoch alone cannot tell, the
+/// instance token does. Keys the new store does not hold are refused within one poll.
+#[tokio::test]
+async fn a_redis_that_comes_back_empty_is_noticed_and_its_phantoms_refused() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let ws = Workspace::redis(&up.url(), &redis.url(), "");
+    let (_, mut key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let errors = || {
+        kg.all_logs()
+            .lines()
+            .filter(|l| l.contains("\"ERROR\"") && l.contains("instance token changed"))
+            .count()
+    };
+    for (round, restart) in [(1.0, true), (2.0, false)] {
+        // The sidecar has polled since the key was made: it knows this store (and the poll
+        // is done dropping the keys changed since the last one).
+        let confirmed = kg
+            .metric("keygate_key_feed_last_confirmed_timestamp_seconds")
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(5), || async {
+            kg.metric("keygate_key_feed_last_confirmed_timestamp_seconds")
+                .await
+                .unwrap()
+                > confirmed
+        })
+        .await
+        .expect("the change feed never polled");
+        // Cached: the second lookup reads nothing from the store.
+        for _ in 0..2 {
+            assert_eq!(
+                get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+                StatusCode::OK
+            );
+        }
+        let reads = metric(&kg, "keygate_key_store_reads_total").await;
+        assert_eq!(
+            get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+            StatusCode::OK
+        );
+        assert_eq!(metric(&kg, "keygate_key_store_reads_total").await, reads);
+        let epoch = redis.cli(&["GET", "{keygate}:epoch"]).trim().to_owned();
+        let flushes = metric(&kg, "keygate_key_cache_flushes_total").await;
+        if restart {
+            // A new, empty process on the same port (no persistence configured).
+            redis.restart();
+        } else {
+            // The same process, emptied.
+            redis.cli(&["FLUSHALL"]);
+        }
+        // Writes to the new store bring its epoch to exactly where the sidecar was.
+        redis.cli(&["SET", "{keygate}:epoch", &epoch]);
+        let started = Instant::now();
+        let took = eventually(Duration::from_secs(5), || async {
+            get(&kg.url("/"), &[("x-api-key", &key)]).await.status == StatusCode::UNAUTHORIZED
+        })
+        .await
+        .expect("a key the store no longer holds is still admitted");
+        eprintln!("round {round}: phantom refused after {took:?}");
+        // One epoch poll (1 s), and a reconnect after the restart.
+        assert!(started.elapsed() < Duration::from_secs(3), "{took:?}");
+        assert_eq!(metric(&kg, "keygate_key_store_replaced_total").await, round);
+        assert!(metric(&kg, "keygate_key_cache_flushes_total").await > flushes);
+        assert_eq!(errors(), round as usize, "one ERROR per replacement");
+        // The sidecar keeps working with the new store.
+        let (_, fresh) = ws.create_key(&[]);
+        eventually(Duration::from_secs(3), || async {
+            get(&kg.url("/"), &[("x-api-key", &fresh)]).await.status == StatusCode::OK
+        })
+        .await
+        .expect("a key of the new store never worked");
+        // The next round's phantom.
+        key = fresh;
+    }
+    // Polls after the replacements found nothing new: still one ERROR each.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(errors(), 2);
+}
+
+/// The second signal: Redis restarted with its data (same instance token) is another process
+/// (another `run_id`), which may be a replica that lags after a failover: the cache is
+/// flushed with a WARN, and nothing is counted as a replaced store.
+#[tokio::test]
+async fn another_redis_process_with_the_same_data_flushes_the_cache_without_alarm() {
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let up = Upstream::start().await;
+    let ws = Workspace::redis(&up.url(), &redis.url(), "");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    // The sidecar knows this Redis process, and has the key cached.
+    kg.first_poll().await;
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+    let flushes = metric(&kg, "keygate_key_cache_flushes_total").await;
+    let reads = metric(&kg, "keygate_key_store_reads_total").await;
+    redis.restart();
+    eventually(Duration::from_secs(10), || async {
+        kg.all_logs().contains("another Redis process")
+    })
+    .await
+    .expect("a new Redis process went unnoticed");
+    assert!(metric(&kg, "keygate_key_cache_flushes_total").await > flushes);
+    assert_eq!(metric(&kg, "keygate_key_store_replaced_total").await, 0.0);
+    assert!(!kg.all_logs().contains("instance token changed"));
+    // The key survived (persisted) and is read again from the new process.
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+        StatusCode::OK
+    );
+    assert!(metric(&kg, "keygate_key_store_reads_total").await > reads);
+}
+
+/// The other ways a connection goes bad: reset under keygate's feet, or a peer that stops
+/// reading (no acknowledgement, buffers fill), or one slower than `[store] timeout`. Each
+/// time the revocation made meanwhile arrives within the bound.
+#[tokio::test]
+async fn reset_stalled_or_slow_redis_connections_are_replaced_within_the_bound() {
+    use common::fault::{Fault, FaultProxy};
+    use std::time::Duration as D;
+    for fault in [
+        Fault::Reset,
+        Fault::Stall,
+        Fault::Delay(D::from_millis(400)),
+    ] {
+        let redis = RedisServer::start();
+        let proxy = FaultProxy::start(redis.port);
+        let up = Upstream::start().await;
+        let direct = Workspace::redis(&up.url(), &redis.url(), "");
+        let ws = Workspace::with_store(
+            &up.url(),
+            &format!(
+                "[store]\nkind = \"redis\"\nurl = \"{}\"\nepoch_poll = \"500ms\"\n",
+                proxy.url()
+            ),
+            "",
+        );
+        let (id, key) = direct.create_key(&[]);
+        let kg = ws.serve();
+        assert_eq!(
+            get(&kg.url("/"), &[("x-api-key", &key)]).await.status,
+            StatusCode::OK
+        );
+        let connections = proxy.accepted();
+        proxy.set_existing(fault);
+        let started = Instant::now();
+        assert!(direct.cli(&["keys", "revoke", &id]).status.success());
+        eventually(Duration::from_secs(10), || async {
+            get(&kg.url("/"), &[("x-api-key", &key)]).await.status == StatusCode::UNAUTHORIZED
+        })
+        .await
+        .unwrap_or_else(|| {
+            for l in kg.all_logs().lines().filter(|l| !l.contains("\"GET\"")) {
+                eprintln!("DBG {l}");
+            }
+            panic!("{fault:?}: the revocation never arrived")
+        });
+        let took = started.elapsed();
+        eprintln!("{fault:?}: revocation seen after {took:?}");
+        assert!(took < Duration::from_secs(2), "{fault:?}: {took:?}");
+        assert!(
+            proxy.accepted() > connections,
+            "{fault:?}: no new connection"
+        );
+    }
 }

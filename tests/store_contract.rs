@@ -50,6 +50,8 @@ fn redis_store(mode: RedisMode) -> Arc<dyn KeyStore> {
                 namespace: "contract".into(),
                 timeout: Duration::from_secs(2),
                 epoch_poll: Duration::from_millis(200),
+                confirm_within: Duration::from_secs(5),
+                ready_requires_current: false,
             },
             Arc::new(Metrics::new()),
         )

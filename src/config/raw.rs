@@ -136,6 +136,9 @@ pub(super) struct RawStore {
     pub(super) timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub(super) epoch_poll: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(super) confirm_within: Duration,
+    pub(super) ready_requires_current: bool,
 }
 
 impl Default for RawStore {
@@ -156,6 +159,8 @@ impl Default for RawStore {
             namespace: "keygate".into(),
             timeout: Duration::from_millis(250),
             epoch_poll: Duration::from_secs(1),
+            confirm_within: Duration::from_secs(5),
+            ready_requires_current: false,
         }
     }
 }

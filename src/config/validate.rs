@@ -392,6 +392,13 @@ fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
                     return Err(invalid(field, "must be between 1ms and 10s"));
                 }
             }
+            if raw.confirm_within < raw.epoch_poll || raw.confirm_within > Duration::from_secs(3600)
+            {
+                return Err(invalid(
+                    "store.confirm_within",
+                    "must be at least store.epoch_poll and at most 1h, e.g. \"5s\"",
+                ));
+            }
             Ok(StoreConfig::Redis(RedisConfig {
                 mode,
                 username: raw.username,
@@ -400,6 +407,8 @@ fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
                 namespace: raw.namespace,
                 timeout: raw.timeout,
                 epoch_poll: raw.epoch_poll,
+                confirm_within: raw.confirm_within,
+                ready_requires_current: raw.ready_requires_current,
             }))
         }
         other => Err(invalid(

@@ -277,7 +277,9 @@ impl Forwarder {
                         "the request body is malformed or cut short",
                     ));
                 }
-                tracing::warn!(error = %error_chain(&*e), "upstream request failed");
+                if crate::ratelog::UPSTREAM_FAILED.allow() {
+                    tracing::warn!(error = %error_chain(&*e), "upstream request failed");
+                }
                 metrics.upstream_failed(UpstreamFailure::of_error(&*e));
                 return Err(if is_timeout(&*e) {
                     Reject::UpstreamTimeout

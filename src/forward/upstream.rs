@@ -42,7 +42,7 @@ pub const PARK_FOR: Duration = Duration::from_secs(30);
 /// closing the extra upstream connections is cheaper than holding them.
 pub const PARK_MAX: usize = 256;
 /// The read buffer of an upstream connection: response heads and body pieces.
-const READ_BUFFER: usize = 16 * 1024;
+pub const READ_BUFFER: usize = 16 * 1024;
 
 /// Which upstream a connection leads to. A config reload makes a new forwarder, so a
 /// connection opened under an older config is never reused under the new one.

@@ -15,14 +15,16 @@
 //!   confirming that it is up to date, an entry it has not invalidated is still exact, so a
 //!   stale entry is only re-read when the feed has not confirmed within `ttl` since the entry
 //!   was read: `ttl` bounds how long a lost change could go unnoticed if the feed itself
-//!   failed, and a healthy sidecar reads a hot key from the store once, not every `ttl`.
+//!   failed, and a healthy sidecar reads a hot key from the store once, not every `ttl`. The
+//!   moment the feed cannot check ([`Invalidation::Doubt`]: its poll failed or timed out) it
+//!   vouches for nothing, and entries older than `ttl` are refreshed from then on.
 //! - A read that raced a change must not re-insert what the change removed: every read
 //!   remembers the invalidation generation it started in and only inserts if it is unchanged.
 //! - Concurrent misses for one key share one store read, run in its own task so that a
 //!   client hanging up cannot cancel it for everyone else.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -105,6 +107,8 @@ pub struct KeyCache {
     generation: AtomicU64,
     /// When the change feed last confirmed it was up to date, as ns since `born` (0: never).
     confirmed_ns: AtomicU64,
+    /// The feed could not check since its last confirmation: it vouches for nothing.
+    doubt: AtomicBool,
     born: Instant,
     config: CacheConfig,
     metrics: Arc<Metrics>,
@@ -129,6 +133,7 @@ impl KeyCache {
             inflight: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             confirmed_ns: AtomicU64::new(0),
+            doubt: AtomicBool::new(false),
             born: Instant::now(),
             config,
             metrics,
@@ -219,7 +224,10 @@ impl KeyCache {
     /// reported every change: then an entry read at `fetched` and not invalidated is exact.
     fn feed_vouches_for(&self, fetched: u64, now: u64) -> bool {
         let confirmed = self.confirmed_ns.load(Ordering::Acquire);
-        confirmed != 0 && confirmed > fetched && now.saturating_sub(confirmed) < ns(self.config.ttl)
+        confirmed != 0
+            && confirmed > fetched
+            && now.saturating_sub(confirmed) < ns(self.config.ttl)
+            && !self.doubt.load(Ordering::Acquire)
     }
 
     fn is_live(&self, entry: &Entry, now: u64) -> bool {
@@ -234,10 +242,20 @@ impl KeyCache {
 
     /// Drops what a change made stale.
     pub fn invalidate(&self, what: Invalidation) {
-        if what == Invalidation::UpToDate {
-            self.confirmed_ns
-                .store(self.clock().max(1), Ordering::Release);
-            return;
+        match what {
+            Invalidation::UpToDate => {
+                self.confirmed_ns
+                    .store(self.clock().max(1), Ordering::Release);
+                self.doubt.store(false, Ordering::Release);
+                return;
+            }
+            Invalidation::Doubt => {
+                // Entries keep ageing from the last confirmation (for `max_stale`); a stale
+                // one is refreshed from now on, not after `ttl` more.
+                self.doubt.store(true, Ordering::Release);
+                return;
+            }
+            _ => {}
         }
         self.generation.fetch_add(1, Ordering::SeqCst);
         match what {
@@ -245,10 +263,14 @@ impl KeyCache {
                 self.entries.remove(&hash);
             }
             Invalidation::All => {
-                self.metrics.cache_flushes.inc();
+                // Counted when it dropped something (the change feed's first poll flushes
+                // whatever was read before it, usually nothing).
+                if !self.entries.is_empty() {
+                    self.metrics.cache_flushes.inc();
+                }
                 self.entries.clear();
             }
-            Invalidation::UpToDate => {}
+            Invalidation::UpToDate | Invalidation::Doubt => {}
         }
     }
 
@@ -317,7 +339,14 @@ impl KeyCache {
                 self.metrics.store_up.set(1);
                 found
             }
-            Ok(Err(e)) => return Err(self.store_failed(e.to_string())),
+            Ok(Err(e)) => {
+                // Said once: the lookup's error wraps it in `Unavailable` again.
+                let message = match e {
+                    StoreError::Unavailable(message) => message,
+                    other => other.to_string(),
+                };
+                return Err(self.store_failed(message));
+            }
             Err(_) => return Err(self.store_failed("key store timed out".into())),
         };
         let (found, entry) = match found {
@@ -340,7 +369,9 @@ impl KeyCache {
     fn store_failed(&self, message: String) -> String {
         self.metrics.store_errors.inc();
         self.metrics.store_up.set(0);
-        tracing::warn!(error = %message, "key store read failed");
+        if crate::ratelog::KEY_STORE_READ.allow() {
+            tracing::warn!(error = %message, "key store read failed");
+        }
         message
     }
 
@@ -385,7 +416,6 @@ mod tests {
     //! The cache's rules against an in-memory store that counts reads and can fail or stall.
     use super::*;
     use crate::keys::{Batch, ChangeSink, KeyRecord, Status};
-    use std::sync::atomic::AtomicBool;
 
     #[derive(Default)]
     struct MemStore {
@@ -513,6 +543,26 @@ mod tests {
         assert_eq!(reads(&store), 1);
         // The feed falls silent for longer than ttl: the entry is re-read.
         tokio::time::sleep(Duration::from_millis(120)).await;
+        cache.lookup(hash).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(reads(&store), 2);
+    }
+
+    #[tokio::test]
+    async fn a_feed_in_doubt_stops_vouching_at_once() {
+        let (store, cache, hash) = setup(short());
+        cache.lookup(hash).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        cache.invalidate(Invalidation::UpToDate);
+        // Confirmed a moment ago, but the feed's next check failed: the stale entry is
+        // refreshed now, not a ttl after the confirmation.
+        cache.invalidate(Invalidation::Doubt);
+        cache.lookup(hash).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(reads(&store), 2);
+        // Confirmed again: vouching resumes.
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        cache.invalidate(Invalidation::UpToDate);
         cache.lookup(hash).await.unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(reads(&store), 2);

@@ -248,6 +248,9 @@ impl KeyRecord {
 pub enum StoreError {
     #[error("key store unavailable: {0}")]
     Unavailable(String),
+    /// The store did not answer within its budget (as opposed to refusing or failing).
+    #[error("key store timed out: {0}")]
+    TimedOut(String),
     #[error("keys file {path}: {message}")]
     Corrupt { path: String, message: String },
     #[error("no key with id {0:?}")]
@@ -303,6 +306,9 @@ pub enum Invalidation {
     All,
     /// The feed just checked the store: every change made until now has been reported.
     UpToDate,
+    /// The feed could not check just now (its connection may be dead): it vouches for
+    /// nothing until its next [`Invalidation::UpToDate`].
+    Doubt,
 }
 
 /// Where a store's change feed reports invalidations.

@@ -14,8 +14,15 @@
 //! - [`grant`]: what Redis hands out, `min(want, limit - used)`: the sum of all grants in a
 //!   window never exceeds the limit (the Lua script in `keys/redis/lease.lua` is the same
 //!   rule, run atomically).
-//! - [`fallback_limit`]: while Redis is unreachable, how much of the window this sidecar may
-//!   admit on its own.
+//! - [`WindowCounter`]: the store's side, with running totals per sidecar ([`Totals`]) that
+//!   make every grant request idempotent: a retried or late request is not counted twice,
+//!   and a grant whose reply was lost (Redis paused past the request's timeout, then ran it)
+//!   reaches the sidecar with its next reply instead of being lost to the window.
+//! - [`fallback_budget`] and [`fallback_limit`]: while Redis does not answer, how many
+//!   requests this sidecar may admit on its own: half its share of what its last grant said
+//!   was left (under the limit however long the outage, unless the other sidecars were
+//!   granted more than the other half since), or, with no grant yet in the
+//!   window, a share of the limit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -61,6 +68,69 @@ pub fn low_water(chunk: u64) -> u64 {
     chunk / 3
 }
 
+/// What the store hands one sidecar, as running totals for one window: everything it was
+/// granted, admitted on its own while the store did not answer, and handed back unspent.
+///
+/// Totals, not deltas, make every grant request idempotent: the store adds to `used` only
+/// what a total grew by since it last heard it, so a request retried after a lost reply (or
+/// one that ran late, after its sender gave up) counts once; and a grant whose reply was lost
+/// is not lost, since the next reply carries the sidecar's new granted total.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub granted: u64,
+    pub fell_back: u64,
+    pub returned: u64,
+}
+
+/// One window's shared counter as the store keeps it: the rule `keys/redis/lease.lua` runs
+/// atomically, in Rust for tests and in-memory stores.
+#[derive(Debug, Clone, Default)]
+pub struct WindowCounter {
+    /// Requests handed out (granted, or admitted by a sidecar on its own), less those handed
+    /// back.
+    pub used: u64,
+    pub sidecars: std::collections::HashMap<String, Totals>,
+}
+
+impl WindowCounter {
+    /// A grant request from `sidecar`, reporting its running totals of requests admitted on
+    /// its own (`fell_back`) and handed back (`returned`). Returns what is granted now and the
+    /// sidecar's granted total.
+    pub fn grant(
+        &mut self,
+        sidecar: &str,
+        limit: u64,
+        want: u64,
+        fell_back: u64,
+        returned: u64,
+    ) -> (u64, u64) {
+        let totals = self.sidecars.entry(sidecar.to_owned()).or_default();
+        if fell_back > totals.fell_back {
+            self.used += fell_back - totals.fell_back;
+            totals.fell_back = fell_back;
+        }
+        if returned > totals.returned {
+            self.used = self.used.saturating_sub(returned - totals.returned);
+            totals.returned = returned;
+        }
+        let (granted, used) = grant(limit, self.used, want);
+        self.used = used;
+        totals.granted += granted;
+        (granted, totals.granted)
+    }
+}
+
+/// While the store does not answer, how many requests a sidecar may admit on its own since
+/// its last grant, when that grant said `left` were not yet handed out (less what its own
+/// unanswered grant requests may still take): a share of it, halved, because the other
+/// sidecars may have been granted part of it since, or have requests of their own still
+/// queued in a paused Redis. Admitting less than is left keeps the total under the limit
+/// through an outage of any length, unless the others took more than the other half since;
+/// the rest is granted normally once the store answers.
+pub fn fallback_budget(left: u64, live: u64) -> u64 {
+    left / (2 * live.max(1))
+}
+
 const COUNT_BITS: u32 = 40;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
@@ -76,6 +146,23 @@ fn count_in(state: u64, window: u64) -> u64 {
     }
 }
 
+fn unpack(state: u64) -> (u64, u64) {
+    (state >> COUNT_BITS, state & COUNT_MASK)
+}
+
+/// A grant reply for one window, as [`Lease::settle`] takes it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled {
+    /// Granted by this reply.
+    pub granted: u64,
+    /// Granted to this sidecar in the window so far, by the store's count.
+    pub total: u64,
+    /// Not yet handed out to anyone.
+    pub left: u64,
+    /// The running total of requests admitted without a lease that the request reported.
+    pub reported: u64,
+}
+
 /// The outcome of [`Lease::take`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Take {
@@ -87,19 +174,32 @@ pub enum Take {
     Exhausted,
 }
 
-/// One key's lease for one long window.
+/// One key's lease for one long window. Counts are packed with their window number (top 24
+/// bits; 40 bits of count), so a new window starts every one of them at zero.
 #[derive(Debug, Default)]
 pub struct Lease {
-    /// Window number (top 24 bits) and requests still available (low 40).
+    /// Requests still available.
     available: AtomicU64,
     /// Window number + 1 whose shared quota is all handed out (0: none).
     exhausted: AtomicU64,
     /// The last chunk granted, for the low-water mark.
     chunk: AtomicU64,
-    /// `limit - used` in Redis after the last grant: the quota not yet handed out.
+    /// `limit - used` in Redis after the last grant: the quota not yet handed out (0 in the
+    /// packed count with no grant in the window: see `granted_in`).
     left: AtomicU64,
-    /// Window number and requests admitted while Redis was unreachable, not yet reported.
-    unreported: AtomicU64,
+    /// The window of the last grant + 1 (0: none).
+    granted_in: AtomicU64,
+    /// Running totals ([`Totals`]): granted as far as this sidecar has heard, admitted on its
+    /// own, handed back.
+    received: AtomicU64,
+    fell_back: AtomicU64,
+    returned: AtomicU64,
+    /// `fell_back` at the last grant: what was admitted alone since counts against
+    /// [`fallback_budget`].
+    fell_back_at_grant: AtomicU64,
+    /// Requests asked for by grant requests whose fate is unknown (they timed out, and Redis
+    /// may run them yet): no more is asked for until a reply, which counts them, settles it.
+    doubt: AtomicU64,
     /// Requests available right after the last grant, and when it came (Unix ms): the rate
     /// since then sizes the next chunk.
     level: AtomicU64,
@@ -140,25 +240,68 @@ impl Lease {
             });
     }
 
-    /// Adds a grant for `window`. A grant for a new window replaces the old window's
-    /// leftovers, which can no longer be spent.
-    pub fn add(&self, window: u64, granted: u64, left: u64, now_ms: u64) {
+    /// Takes in a grant reply for `window`. What the sidecar's granted total grew by beyond
+    /// what it had heard of is added to the lease, grants whose replies were lost included. A
+    /// grant for a new window replaces the old window's leftovers, which can no longer be
+    /// spent.
+    pub fn settle(&self, window: u64, reply: Settled, now_ms: u64) {
+        let Settled {
+            granted,
+            total,
+            left,
+            reported,
+        } = reply;
+        let heard = count_in(
+            self.received.swap(pack(window, total), Ordering::AcqRel),
+            window,
+        );
+        // A total below what we heard: the store lost its counters (emptied, replaced), and
+        // only this reply's grant is known to be ours.
+        let new = if total >= heard {
+            total - heard
+        } else {
+            granted
+        };
         let before = self
             .available
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
-                Some(pack(window, count_in(state, window) + granted))
+                Some(pack(window, count_in(state, window) + new))
             })
             .unwrap_or_else(|state| state);
         self.level
-            .store(count_in(before, window) + granted, Ordering::Release);
+            .store(count_in(before, window) + new, Ordering::Release);
         self.granted_at_ms.store(now_ms, Ordering::Release);
-        if granted > 0 {
-            self.chunk.store(granted, Ordering::Release);
+        if new > 0 {
+            self.chunk.store(new, Ordering::Release);
         }
-        self.left.store(left, Ordering::Release);
-        if left == 0 && granted == 0 {
+        self.left.store(pack(window, left), Ordering::Release);
+        self.granted_in.store(window + 1, Ordering::Release);
+        self.fell_back_at_grant
+            .store(pack(window, reported), Ordering::Release);
+        self.doubt.store(0, Ordering::Release);
+        if left == 0 && new == 0 {
             self.exhausted.store(window + 1, Ordering::Release);
         }
+    }
+
+    /// A grant request asking for `want` got no reply: Redis may still run it.
+    pub fn doubt(&self, window: u64, want: u64) {
+        let _ = self
+            .doubt
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                Some(pack(window, count_in(state, window) + want))
+            });
+    }
+
+    /// Requests that grant requests without a reply may yet take from what is left.
+    pub fn in_doubt(&self, window: u64) -> u64 {
+        count_in(self.doubt.load(Ordering::Acquire), window)
+    }
+
+    /// Whether requests admitted without a lease in `window` are not known to the store yet.
+    pub fn unreported(&self, window: u64) -> bool {
+        count_in(self.fell_back.load(Ordering::Acquire), window)
+            > count_in(self.fell_back_at_grant.load(Ordering::Acquire), window)
     }
 
     pub fn available(&self, window: u64) -> u64 {
@@ -191,40 +334,67 @@ impl Lease {
         self.available(window) == 0 && self.exhausted.load(Ordering::Acquire) != window + 1
     }
 
-    /// The quota not yet handed out at the last grant; `None` before any grant.
+    /// The quota not yet handed out at the last grant in `window`; `None` before any.
     pub fn left(&self, window: u64) -> Option<u64> {
-        let ever = self.chunk.load(Ordering::Acquire) > 0
-            || self.exhausted.load(Ordering::Acquire) == window + 1;
-        ever.then(|| self.left.load(Ordering::Acquire))
+        (self.granted_in.load(Ordering::Acquire) == window + 1)
+            .then(|| count_in(self.left.load(Ordering::Acquire), window))
     }
 
-    /// Counts a request admitted without a lease (Redis unreachable), to report later.
-    pub fn note_unreported(&self, window: u64, delta: i64) {
+    /// Admits one request on this sidecar's own authority (the store does not answer) if
+    /// fewer than `budget` were admitted so since the last grant; returns how many more may
+    /// be.
+    pub fn fall_back(&self, window: u64, budget: u64) -> Option<u64> {
+        let since = count_in(self.fell_back_at_grant.load(Ordering::Acquire), window);
+        let mut admitted = None;
         let _ = self
-            .unreported
+            .fell_back
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                let total = count_in(state, window);
+                let alone = total.saturating_sub(since);
+                (alone < budget).then(|| {
+                    admitted = Some(budget - alone - 1);
+                    pack(window, total + 1)
+                })
+            });
+        admitted
+    }
+
+    /// Counts a request admitted without a lease, or (`delta` -1) takes one back.
+    pub fn note_fallback(&self, window: u64, delta: i64) {
+        let _ = self
+            .fell_back
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
                 let count = count_in(state, window) as i64 + delta;
                 Some(pack(window, count.max(0) as u64))
             });
     }
 
-    /// Empties the lease, as (window, count): what is handed back when the sidecar stops.
-    pub fn surrender(&self) -> (u64, u64) {
-        let state = self.available.swap(0, Ordering::AcqRel);
-        (state >> COUNT_BITS, state & COUNT_MASK)
+    /// The running total of requests admitted without a lease, as (window, count).
+    pub fn fell_back(&self) -> (u64, u64) {
+        unpack(self.fell_back.load(Ordering::Acquire))
     }
 
-    /// Takes the unreported count, as (window, count), for the next grant to add to Redis.
-    pub fn take_unreported(&self) -> (u64, u64) {
-        let state = self.unreported.swap(0, Ordering::AcqRel);
-        (state >> COUNT_BITS, state & COUNT_MASK)
+    /// The running total of requests handed back, as (window, count).
+    pub fn returned(&self) -> (u64, u64) {
+        unpack(self.returned.load(Ordering::Acquire))
     }
 
-    /// Puts back what [`Lease::take_unreported`] took, when the report failed.
-    pub fn restore_unreported(&self, window: u64, count: u64) {
-        if count > 0 {
-            self.note_unreported(window, count as i64);
+    /// Empties the lease into the handed-back total (the sidecar is stopping); returns the
+    /// new total as (window, count), and whether anything was handed back now.
+    pub fn surrender(&self) -> ((u64, u64), bool) {
+        // The count goes, the window stays.
+        let (window, count) = unpack(self.available.fetch_and(!COUNT_MASK, Ordering::AcqRel));
+        if count == 0 {
+            return (self.returned(), false);
         }
+        let mut total = 0;
+        let _ = self
+            .returned
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |state| {
+                total = count_in(state, window) + count;
+                Some(pack(window, total))
+            });
+        ((window, total), count > 0)
     }
 }
 
@@ -311,14 +481,31 @@ mod tests {
         }
     }
 
+    /// A grant of `n` on top of what was heard before: the total grows by `n`.
+    fn grant_on(lease: &Lease, window: u64, n: u64, left: u64, now_ms: u64) {
+        let heard = count_in(lease.received.load(Ordering::Acquire), window);
+        let reported = count_in(lease.fell_back.load(Ordering::Acquire), window);
+        lease.settle(window, settled(n, heard + n, left, reported), now_ms);
+    }
+
+    fn settled(granted: u64, total: u64, left: u64, reported: u64) -> Settled {
+        Settled {
+            granted,
+            total,
+            left,
+            reported,
+        }
+    }
+
     #[test]
     fn a_lease_spends_what_it_was_granted_in_its_window_only() {
         let lease = Lease::default();
         assert_eq!(lease.take(7), Take::Empty);
         assert!(lease.needs_grant(7));
         assert_eq!(lease.left(7), None);
-        lease.add(7, 3, 900, 1);
+        grant_on(&lease, 7, 3, 900, 1);
         assert_eq!(lease.left(7), Some(900));
+        assert_eq!(lease.left(8), None, "what was left is per window");
         assert_eq!(lease.take(7), Take::Taken { left: 2 });
         assert!(!lease.is_low(7));
         assert_eq!(lease.take(7), Take::Taken { left: 1 });
@@ -329,7 +516,7 @@ mod tests {
         assert_eq!(lease.take(8), Take::Empty);
         lease.give_back(8);
         assert_eq!(lease.available(8), 0, "no give-back into another window");
-        lease.add(8, 2, 0, 1);
+        grant_on(&lease, 8, 2, 0, 1);
         assert_eq!(lease.available(8), 2);
         assert_eq!(lease.available(7), 0);
     }
@@ -338,7 +525,7 @@ mod tests {
     fn the_rate_since_the_last_grant() {
         let lease = Lease::default();
         assert_eq!(lease.rate(1, 5_000), 0.0, "unknown before the first grant");
-        lease.add(1, 100, 900, 10_000);
+        grant_on(&lease, 1, 100, 900, 10_000);
         for _ in 0..40 {
             lease.take(1);
         }
@@ -353,41 +540,139 @@ mod tests {
     #[test]
     fn an_exhausted_window_refuses_without_asking_again() {
         let lease = Lease::default();
-        lease.add(3, 1, 0, 1);
+        grant_on(&lease, 3, 1, 0, 1);
         assert_eq!(lease.take(3), Take::Taken { left: 0 });
         assert_eq!(
             lease.take(3),
             Take::Empty,
             "used up, but Redis may have more"
         );
-        lease.add(3, 0, 0, 1);
+        grant_on(&lease, 3, 0, 0, 1);
         assert_eq!(lease.take(3), Take::Exhausted);
-        assert!(!lease.needs_grant(3) && !lease.is_low(3));
+        assert!(!lease.is_low(3) && !lease.needs_grant(3));
         assert_eq!(lease.take(4), Take::Empty, "a new window asks again");
     }
 
     #[test]
-    fn unreported_admissions_are_reported_once() {
+    fn a_grant_whose_reply_was_lost_arrives_with_the_next_reply() {
+        let mut store = WindowCounter::default();
         let lease = Lease::default();
-        lease.note_unreported(5, 1);
-        lease.note_unreported(5, 1);
-        lease.note_unreported(5, -1);
-        lease.note_unreported(5, 1);
-        assert_eq!(lease.take_unreported(), (5, 2));
-        assert_eq!(lease.take_unreported(), (0, 0));
-        lease.restore_unreported(5, 2);
-        lease.note_unreported(6, 1);
+        let (g, total) = store.grant("a", 1_000, 10, 0, 0);
+        lease.settle(1, settled(g, total, 1_000 - store.used, 0), 1);
+        // Two requests time out on the sidecar's side, but Redis runs them later.
+        store.grant("a", 1_000, 10, 0, 0);
+        store.grant("a", 1_000, 10, 0, 0);
+        assert_eq!(store.used, 30);
+        let (g, total) = store.grant("a", 1_000, 10, 0, 0);
+        lease.settle(1, settled(g, total, 1_000 - store.used, 0), 2);
         assert_eq!(
-            lease.take_unreported(),
-            (6, 1),
-            "a new window drops the old count"
+            lease.available(1),
+            40,
+            "everything Redis counted is spendable"
         );
+        // The quota runs out: a reply that brings nothing new marks the window exhausted, and
+        // what the lease holds is still spent first.
+        let (g, total) = store.grant("a", 40, 10, 0, 0);
+        assert_eq!((g, total), (0, 40));
+        lease.settle(1, settled(g, total, 0, 0), 3);
+        assert_eq!(lease.available(1), 40);
+        for _ in 0..40 {
+            assert!(matches!(lease.take(1), Take::Taken { .. }));
+        }
+        assert_eq!(lease.take(1), Take::Exhausted);
+    }
+
+    #[test]
+    fn reports_and_hand_backs_count_once_however_often_they_are_sent() {
+        let mut store = WindowCounter::default();
+        // (fell back, returned) totals sent with each request, and `used` after it.
+        let table: &[(u64, u64, u64)] = &[
+            (5, 0, 5),
+            // Retried after a lost reply, or run late: nothing new.
+            (5, 0, 5),
+            (5, 0, 5),
+            (8, 0, 8),
+            // An older request arriving after a newer one changes nothing either.
+            (5, 0, 8),
+            (8, 3, 5),
+            (8, 3, 5),
+        ];
+        for &(fell_back, returned, used) in table {
+            store.grant("a", 1_000, 0, fell_back, returned);
+            assert_eq!(store.used, used, "{fell_back} {returned}");
+        }
+        // Another sidecar's totals are its own.
+        store.grant("b", 1_000, 0, 4, 0);
+        assert_eq!(store.used, 9);
+    }
+
+    #[test]
+    fn a_store_that_lost_its_counters_hands_over_only_this_grant() {
+        let lease = Lease::default();
+        grant_on(&lease, 1, 50, 900, 1);
+        // Redis came back empty: its total for us restarts at this grant.
+        lease.settle(1, settled(8, 8, 992, 0), 2);
+        assert_eq!(lease.available(1), 58);
+        grant_on(&lease, 1, 8, 984, 3);
+        assert_eq!(lease.available(1), 66);
+    }
+
+    #[test]
+    fn falling_back_is_bounded_by_what_the_last_grant_left() {
+        let lease = Lease::default();
+        // Before any grant in the window there is nothing to go by here.
+        assert_eq!(lease.left(5), None);
+        grant_on(&lease, 5, 10, 600, 1);
+        let budget = fallback_budget(600, 3);
+        assert_eq!(budget, 100);
+        let admitted = (0..150).filter_map(|_| lease.fall_back(5, budget)).count();
+        assert_eq!(admitted, 100);
+        assert_eq!(lease.fell_back(), (5, 100));
+        assert!(lease.unreported(5));
+        // The next grant reports them and starts a new budget.
+        grant_on(&lease, 5, 10, 300, 2);
+        assert!(!lease.unreported(5));
+        assert_eq!(lease.fall_back(5, fallback_budget(300, 3)), Some(49));
+        assert_eq!(lease.fell_back(), (5, 101));
+        lease.note_fallback(5, -1);
+        assert_eq!(lease.fell_back(), (5, 100));
+        // A new window counts from zero.
+        lease.note_fallback(6, 1);
+        assert_eq!(lease.fell_back(), (6, 1));
+    }
+
+    #[test]
+    fn an_unanswered_grant_request_is_in_doubt_until_the_next_reply() {
+        let lease = Lease::default();
+        grant_on(&lease, 4, 10, 900, 1);
+        lease.doubt(4, 75);
+        lease.doubt(4, 0);
+        assert_eq!(lease.in_doubt(4), 75);
+        assert_eq!(lease.in_doubt(5), 0, "per window");
+        grant_on(&lease, 4, 75, 825, 2);
+        assert_eq!(
+            lease.in_doubt(4),
+            0,
+            "the reply counted it, whatever became of it"
+        );
+    }
+
+    #[test]
+    fn handing_back_adds_to_a_running_total() {
+        let lease = Lease::default();
+        grant_on(&lease, 2, 10, 900, 1);
+        lease.take(2);
+        assert_eq!(lease.surrender(), ((2, 9), true));
+        assert_eq!(lease.surrender(), ((2, 9), false), "nothing more");
+        grant_on(&lease, 2, 4, 890, 2);
+        assert_eq!(lease.surrender(), ((2, 13), true));
+        assert_eq!(lease.returned(), (2, 13));
     }
 
     #[test]
     fn concurrent_takes_never_exceed_the_grant() {
         let lease = std::sync::Arc::new(Lease::default());
-        lease.add(1, 1_000, 0, 1);
+        lease.settle(1, settled(1_000, 1_000, 0, 0), 1);
         let taken: u64 = std::thread::scope(|s| {
             (0..8)
                 .map(|_| {

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use quick_cache::UnitWeighter;
 
 use super::gcra::{self, Gcra, Rate};
-use super::lease::{Take, fallback_limit};
+use super::lease::{Take, fallback_budget, fallback_limit};
 use super::quota::{self, Calendar, Counter};
 use super::shared::{KeyLeases, QuotaStore, Shared, SharedSettings};
 use super::suspend::Suspensions;
@@ -31,7 +31,7 @@ struct KeyState {
     hour: Counter,
     day: Counter,
     month: Counter,
-    /// Shared quotas only, made on first use: ~220 bytes that a key counted in this process
+    /// Shared quotas only, made on first use: ~340 bytes that a key counted in this process
     /// alone (file store, or a plan with only per-second / per-minute limits) never needs.
     leases: OnceLock<Box<KeyLeases>>,
     /// Rate-limit refusals, for `[limits.suspend]`.
@@ -347,14 +347,34 @@ impl Limiter {
             Take::Empty if mode == Mode::Leased => Err(None),
             Take::Empty => {
                 let live = self.shared.as_ref().map_or(1, |s| s.live());
-                let share = fallback_limit(limit, config.local_share, live);
-                match counter.try_acquire(share, calendar, now_secs) {
-                    // The key's own limit in the headers, this process's share in Remaining.
-                    Ok(u) => {
-                        lease.note_unreported(window, 1);
-                        Ok((as_state(limit, u), Taken::Fallback(calendar, window)))
+                // The key's own limit in the headers, what this sidecar may still admit alone
+                // in Remaining.
+                let Some(left) = lease.left(window) else {
+                    // No grant yet in this window: nothing known of what is left but the
+                    // limit; a share of it, counting all this process admitted.
+                    let share = fallback_limit(limit, config.local_share, live);
+                    return match counter.try_acquire(share, calendar, now_secs) {
+                        Ok(u) => {
+                            lease.note_fallback(window, 1);
+                            Ok((as_state(limit, u), Taken::Fallback(calendar, window)))
+                        }
+                        Err(u) => Err(Some(as_state(limit, u))),
+                    };
+                };
+                let usage = |remaining| quota::Usage {
+                    remaining,
+                    reset_secs,
+                };
+                let left = left.saturating_sub(lease.in_doubt(window));
+                match lease.fall_back(window, fallback_budget(left, live)) {
+                    Some(remaining) => {
+                        let _ = counter.try_acquire(UNLIMITED, calendar, now_secs);
+                        Ok((
+                            as_state(limit, usage(remaining)),
+                            Taken::Fallback(calendar, window),
+                        ))
                     }
-                    Err(u) => Err(Some(as_state(limit, u))),
+                    None => Err(Some(as_state(limit, usage(0)))),
                 }
             }
         }
@@ -504,7 +524,7 @@ fn give_back(state: &KeyState, took: Taken, now_secs: u64) {
         }
         Taken::Fallback(calendar, window) => {
             state.counter(calendar).release(calendar, now_secs);
-            state.leases().get(calendar).note_unreported(window, -1);
+            state.leases().get(calendar).note_fallback(window, -1);
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-use super::lease::{Lease, chunk_size};
+use super::lease::{Lease, Settled, chunk_size};
 use super::quota::Calendar;
 use super::suspend::Suspensions;
 use crate::keys::{KeyHash, StoreError};
@@ -28,13 +28,14 @@ use crate::metrics::Metrics;
 pub struct GrantAsk {
     pub calendar: Calendar,
     pub limit: u64,
-    /// Requests wanted (0: none, only report `unreported` and read the count).
+    /// Requests wanted (0: none, only report the totals and read the count).
     pub want: u64,
-    /// (window number, count) admitted without a lease while the store was unreachable; the
-    /// store adds the count only if the window is still the current one.
-    pub unreported: (u64, u64),
-    /// (window number, count) granted to this sidecar and handed back unspent (it is
-    /// stopping); the store takes the count off only if the window is still the current one.
+    /// (window number, running total) of requests this sidecar admitted without a lease
+    /// while the store did not answer; the store adds what the total grew by since it last
+    /// heard it, if the window is still the current one.
+    pub fell_back: (u64, u64),
+    /// (window number, running total) of requests granted to this sidecar and handed back
+    /// unspent (it is stopping); the store takes off what the total grew by, likewise.
     pub returned: (u64, u64),
 }
 
@@ -42,6 +43,9 @@ pub struct GrantAsk {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grant {
     pub granted: u64,
+    /// Everything granted to this sidecar in the window so far, this grant and any whose
+    /// reply was lost included (see [`super::lease::Totals`]).
+    pub total: u64,
     /// Requests handed out to all sidecars in this window, after this grant.
     pub used: u64,
     /// The window the grant is for, by the store's clock.
@@ -70,8 +74,14 @@ pub struct StoredWindow {
 /// Where shared quota counters live.
 #[async_trait::async_trait]
 pub trait QuotaStore: Send + Sync + 'static {
-    /// Grants leases for one key's long windows, in one atomic round trip.
-    async fn grant(&self, hash: KeyHash, asks: Vec<GrantAsk>) -> Result<Vec<Grant>, StoreError>;
+    /// Grants leases for one key's long windows to sidecar `instance`, in one atomic round
+    /// trip. Idempotent by running totals: see [`super::lease::Totals`].
+    async fn grant(
+        &self,
+        instance: &str,
+        hash: KeyHash,
+        asks: Vec<GrantAsk>,
+    ) -> Result<Vec<Grant>, StoreError>;
 
     /// Heartbeat (`instance` is alive for `alive_for`), records `suspend`, and reads the
     /// live sidecars and every current suspension.
@@ -116,13 +126,13 @@ impl Shared {
             .into_iter()
             .filter_map(|calendar| {
                 let lease = leases.get(calendar);
-                let returned = lease.surrender();
-                let unreported = lease.take_unreported();
-                (returned.1 > 0 || unreported.1 > 0).then_some(GrantAsk {
+                let (returned, now) = lease.surrender();
+                let fell_back = lease.fell_back();
+                (now || fell_back.1 > 0).then_some(GrantAsk {
                     calendar,
                     limit: 0,
                     want: 0,
-                    unreported,
+                    fell_back,
                     returned,
                 })
             })
@@ -130,7 +140,10 @@ impl Shared {
         if asks.is_empty() {
             return Ok(false);
         }
-        self.store.grant(hash, asks).await.map(|_| true)
+        self.store
+            .grant(&self.instance, hash, asks)
+            .await
+            .map(|_| true)
     }
 }
 
@@ -286,35 +299,50 @@ impl Shared {
         for &(calendar, limit) in windows {
             let lease = leases.get(calendar);
             let (window, _) = calendar.window(now_secs);
-            let want = if lease.is_low(window) {
+            // A request that got no reply may still be run: ask for nothing more until a
+            // reply (this one, then) tells what became of it.
+            let want = if lease.is_low(window) && lease.in_doubt(window) == 0 {
                 let left = lease.left(window).unwrap_or(limit);
                 chunk_size(left, self.live(), lease.rate(window, now_ms()))
             } else {
                 0
             };
-            let unreported = lease.take_unreported();
             asks.push(GrantAsk {
                 calendar,
                 limit,
                 want,
-                unreported,
-                returned: (0, 0),
+                fell_back: lease.fell_back(),
+                returned: lease.returned(),
             });
         }
-        if asks.iter().all(|a| a.want == 0 && a.unreported.1 == 0) {
+        let unsettled = asks.iter().any(|a| {
+            let (lease, window) = (leases.get(a.calendar), a.calendar.window(now_secs).0);
+            lease.unreported(window) || lease.in_doubt(window) > 0
+        });
+        if asks.iter().all(|a| a.want == 0) && !unsettled {
             // Someone else refilled while we queued.
             return true;
         }
         let left = budget.saturating_sub(started.elapsed());
-        let outcome = tokio::time::timeout(left, self.store.grant(hash, asks.clone())).await;
+        let outcome =
+            tokio::time::timeout(left, self.store.grant(&self.instance, hash, asks.clone())).await;
         let failed = match outcome {
             Ok(Ok(grants)) if grants.len() == asks.len() => {
                 let at = now_ms();
                 for (ask, grant) in asks.iter().zip(&grants) {
-                    leases.get(ask.calendar).add(
+                    let reported = if ask.fell_back.0 == grant.window {
+                        ask.fell_back.1
+                    } else {
+                        0
+                    };
+                    leases.get(ask.calendar).settle(
                         grant.window,
-                        grant.granted,
-                        ask.limit.saturating_sub(grant.used),
+                        Settled {
+                            granted: grant.granted,
+                            total: grant.total,
+                            left: ask.limit.saturating_sub(grant.used),
+                            reported,
+                        },
                         at,
                     );
                 }
@@ -329,9 +357,12 @@ impl Shared {
             Ok(Err(e)) => e.to_string(),
             Err(_) => "lease grant timed out".to_owned(),
         };
+        // Nothing to put back: the totals are sent again with the next request, and counted
+        // once whether or not this one ran. What it asked for, Redis may still grant.
         for ask in &asks {
-            let (window, count) = ask.unreported;
-            leases.get(ask.calendar).restore_unreported(window, count);
+            leases
+                .get(ask.calendar)
+                .doubt(ask.calendar.window(now_secs).0, ask.want);
         }
         self.metrics
             .limits

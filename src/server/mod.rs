@@ -1,10 +1,12 @@
 //! Listeners and the process lifecycle: bind, accept (with a connection cap), hand each
 //! connection to `h1` (keygate's own HTTP/1.1) or `conn` (hyper: HTTP/2 clients, the admin
-//! and plain ports), reload config and certificates (`reload`), and shut down in order: fail
+//! and plain ports), reload config and certificates (`reload`), give the heap back after
+//! floods of connections (`memory`), and shut down in order: fail
 //! readiness, drain, stop accepting, finish in-flight requests, exit before the deadline.
 
 mod conn;
 mod h1;
+mod memory;
 mod reload;
 pub mod tls;
 
@@ -12,6 +14,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -93,6 +96,10 @@ impl Server {
             None => None,
         };
         let admin = bind("listen.admin", config.listen.admin).await?;
+        let readiness = Readiness::default();
+        if let crate::config::StoreConfig::Redis(redis) = &config.store {
+            readiness.require_current_cache(redis.ready_requires_current);
+        }
         let proxy = Proxy::new(Arc::new(config), cache.clone(), metrics.clone())?;
         Ok(Self {
             public,
@@ -102,7 +109,7 @@ impl Server {
             proxy: Arc::new(proxy),
             cache,
             metrics,
-            readiness: Readiness::default(),
+            readiness,
             config_file: None,
         })
     }
@@ -136,6 +143,8 @@ impl Server {
             (self.public_addr(), self.admin_addr(), self.plain_addr());
         let background = CancellationToken::new();
         self.cache.start(background.clone());
+        tokio::spawn(crate::ratelog::run(background.clone()));
+        memory::trim_after_floods(self.metrics.clone(), background.clone());
         tokio::spawn(
             reload::Reloader {
                 config_file: self.config_file.clone(),
@@ -191,8 +200,13 @@ impl Server {
                 let tls_config = tls_config.clone();
                 async move {
                     match (acceptor, tls_config) {
+                        // Boxed, like the hyper paths: the handshake's state would otherwise
+                        // sit in every plain connection's task too.
                         (Some(acceptor), Some(tls)) => {
-                            serve_tls(stream, peer, &serving, metrics, acceptor, &tls, proxy).await;
+                            Box::pin(serve_tls(
+                                stream, peer, &serving, metrics, acceptor, &tls, proxy,
+                            ))
+                            .await;
                         }
                         _ => {
                             let conn = Connection::new(peer, false);
@@ -338,26 +352,60 @@ impl Endpoint {
                     Ok(conn) => conn,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning on the error.
-                        tracing::warn!(error = %e, "accept failed");
+                        if crate::ratelog::ACCEPT.allow() {
+                            tracing::warn!(error = %e, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },
             };
             let _ = stream.set_nodelay(true);
-            let metrics = self.metrics.clone();
             if counted {
-                metrics.open_connections.inc();
+                self.metrics.open_connections.inc();
             }
-            let task = handle(stream, peer, self.serving.clone(), metrics.clone());
-            self.connections.spawn(async move {
-                task.await;
-                if counted {
-                    metrics.open_connections.dec();
-                }
-                drop(permit);
-            });
+            let open = Open {
+                metrics: counted.then(|| self.metrics.clone()),
+                _permit: permit,
+            };
+            let task = handle(stream, peer, self.serving.clone(), self.metrics.clone());
+            // Not `async move { task.await; … }`: such a block holds the captured future and
+            // the one it awaits side by side, twice the memory for every open connection.
+            self.connections.spawn(Guarded { task, _open: open });
         }
+    }
+}
+
+/// What an accepted connection holds until its task ends: a slot of the connection cap, and
+/// its count in `keygate_open_connections` (public and plain listeners).
+struct Open {
+    metrics: Option<Arc<Metrics>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.open_connections.dec();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task with what it holds, let go when the task ends (fields drop in
+    /// order: the connection first, then its slot).
+    struct Guarded<F> {
+        #[pin]
+        task: F,
+        _open: Open,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for Guarded<F> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.project().task.poll(cx)
     }
 }
 
@@ -372,13 +420,15 @@ where
         + Send
         + 'static,
 {
+    // hyper's connection futures are boxed: inline, their HTTP/2 state would make every
+    // HTTP/1.1 connection's task several KiB larger.
     if h2 || proxy.current().forwarder.is_http2() {
-        serve_hyper(serving, io, proxy, conn).await;
+        Box::pin(serve_hyper(serving, io, proxy, conn)).await;
         return;
     }
     let served = h1::serve(io, &proxy, &conn, &serving.h1, &serving.closing).await;
     if let h1::Served::Handoff(io) = served {
-        serve_hyper(serving, io, proxy, conn).await;
+        Box::pin(serve_hyper(serving, io, proxy, conn)).await;
     }
 }
 

@@ -220,8 +220,29 @@ impl Keygate {
         })
     }
 
+    /// With a Redis store: waits for the change feed's first epoch poll, which flushes what
+    /// requests cached before it (a test that caches a key and then breaks Redis needs the
+    /// key cached after it).
+    pub async fn first_poll(&self) {
+        let polled = eventually(Duration::from_secs(10), || async {
+            self.metric("keygate_key_feed_last_confirmed_timestamp_seconds")
+                .await
+                .is_some_and(|at| at > 0.0)
+        })
+        .await;
+        assert!(polled.is_some(), "the change feed never polled");
+    }
+
     pub fn all_logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Resident memory of the proxy process now, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
     }
 
     /// Peak resident memory of the proxy process so far, in bytes.
@@ -400,6 +421,7 @@ impl Body for PatternBody {
         Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
     }
 }
+pub mod fault;
 pub mod redis;
 pub mod tools;
 

@@ -68,6 +68,26 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the process freezes, its sockets stay open and the kernel keeps accepting.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
     /// Starts again on the same port with the same arguments (and folder).
     pub fn restart(&mut self) {
         self.kill();

@@ -240,6 +240,8 @@ impl FileStore {
             .open(&lock_path)
             .map_err(|e| io_err(&lock_path, e))?;
         lock.lock().map_err(|e| io_err(&lock_path, e))?;
+        // Under the lock no other writer is midway: a temporary file is a dead writer's.
+        remove_dead_writes(&self.path);
 
         let (mut doc, _) = read_document(&self.path)?;
         let out = edit(&mut doc.keys)?;
@@ -504,8 +506,8 @@ fn write_atomically(path: &Path, doc: &impl Serialize) -> Result<(), StoreError>
     std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
     // tempfile creates the file with mode 0600, which the final file keeps after rename.
     let mut tmp = tempfile::Builder::new()
-        .prefix(".keys-")
-        .suffix(".tmp")
+        .prefix(&temp_prefix(path))
+        .suffix("")
         .tempfile_in(dir)
         .map_err(|e| io_err(dir, e))?;
     let json = serde_json::to_vec_pretty(doc).expect("keys and usage always serialize");
@@ -519,6 +521,44 @@ fn write_atomically(path: &Path, doc: &impl Serialize) -> Result<(), StoreError>
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_err(dir, e))
+}
+
+/// The start of the name of a temporary file that will replace `path`: `.keys.json.tmp-`, and
+/// `.keys.json.last-used.tmp-` for its last-used file (so cleaning up one never touches the
+/// other's).
+fn temp_prefix(path: &Path) -> String {
+    format!(
+        ".{}.tmp-",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    )
+}
+
+/// Removes what a writer killed midway left (`keys create --count 1000000` writes a 400 MB
+/// temporary file before renaming it over the keys file): only the keys file's own temporary
+/// files, called under the writer lock.
+fn remove_dead_writes(path: &Path) {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let prefix = temp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(
+                    file = %entry.path().display(),
+                    "removed a temporary keys file left by an interrupted write"
+                ),
+                Err(e) => tracing::warn!(
+                    file = %entry.path().display(), error = %e,
+                    "cannot remove a temporary keys file left by an interrupted write"
+                ),
+            }
+        }
+    }
 }
 
 fn sibling(path: &Path, suffix: &str) -> PathBuf {

@@ -1,17 +1,23 @@
--- Grants quota leases for one key's long windows, atomically. For each window the sidecar
--- gets min(want, limit - used), and used grows by what it got: the grants of a window never
--- sum past its limit, whatever the number of sidecars. Windows are numbered by Redis's clock
--- (TIME), so sidecars with skewed clocks count into the same window, and each counter
--- expires when its window ends.
+-- Grants quota leases for one key's long windows to one sidecar, atomically. For each window
+-- the sidecar gets min(want, limit - used), and used grows by what it got: the grants of a
+-- window never sum past its limit, whatever the number of sidecars. Windows are numbered by
+-- Redis's clock (TIME), so sidecars with skewed clocks count into the same window, and each
+-- counter expires when its window ends.
+--
+-- Idempotent: the sidecar reports running totals for the window (requests it admitted on its
+-- own while Redis did not answer, requests it handed back unspent), and only what a total grew
+-- by since the last report changes used; the reply carries the sidecar's granted total, so a
+-- grant whose reply was lost (the sidecar gave up waiting, Redis ran it later) reaches the
+-- sidecar with its next reply. A request retried, or run late, counts once.
 --
 -- KEYS: per window, {ns}:quota:<hash>:<hour|day|month>, a hash of w (window number), used,
---       limit (the limit of the last grant, for `keys usage`).
--- ARGV: per window: kind (h, d or m), limit (0: leave the stored one), want, then the window
---       number and count of requests the sidecar admitted on its own while Redis was
---       unreachable (added to used only if that window is still the current one), then the
---       window number and count of requests a stopping sidecar hands back: granted to it,
---       never admitted (taken off used, never below 0, only in the current window).
--- Returns per window: {granted, used, window}.
+--       limit (the limit of the last grant, for `keys usage`), and per sidecar g:<id>,
+--       f:<id>, b:<id> (its granted, fell-back and handed-back totals).
+-- ARGV: the sidecar's instance id, then per window: kind (h, d or m), limit (0: leave the
+--       stored one), want, the window number and running total of requests the sidecar
+--       admitted on its own, the window number and running total of requests it handed back
+--       (totals of another window than the current one are ignored).
+-- Returns per window: {granted, used, window, the sidecar's granted total}.
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local floor = math.floor
@@ -55,23 +61,40 @@ local function window(kind)
   return y * 12 + (m - 1), days_from_civil(ny, nm, 1) * 86400
 end
 
+local me = ARGV[1]
 local out = {}
 for i = 1, #KEYS do
-  local a = (i - 1) * 7
+  local a = 1 + (i - 1) * 7
   local kind, limit, want = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local late_window, late = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local fell_window, fell = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   local back_window, back = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
   local id, ends = window(kind)
-  local stored = redis.call('HMGET', KEYS[i], 'w', 'used')
-  local used = 0
-  if tonumber(stored[1]) == id then used = tonumber(stored[2]) or 0 end
-  if late_window == id then used = used + late end
-  if back_window == id then used = math.max(used - back, 0) end
+  local stored = redis.call('HMGET', KEYS[i], 'w', 'used', 'g:' .. me, 'f:' .. me, 'b:' .. me)
+  local used, mine, fell_seen, back_seen = 0, 0, 0, 0
+  if tonumber(stored[1]) == id then
+    used = tonumber(stored[2]) or 0
+    mine = tonumber(stored[3]) or 0
+    fell_seen = tonumber(stored[4]) or 0
+    back_seen = tonumber(stored[5]) or 0
+  else
+    -- A new window: every sidecar's totals start over.
+    redis.call('DEL', KEYS[i])
+  end
+  if fell_window == id and fell > fell_seen then
+    used = used + (fell - fell_seen)
+    fell_seen = fell
+  end
+  if back_window == id and back > back_seen then
+    used = math.max(used - (back - back_seen), 0)
+    back_seen = back
+  end
   local granted = math.min(want, math.max(limit - used, 0))
   used = used + granted
-  redis.call('HSET', KEYS[i], 'w', id, 'used', used)
+  mine = mine + granted
+  redis.call('HSET', KEYS[i], 'w', id, 'used', used,
+    'g:' .. me, mine, 'f:' .. me, fell_seen, 'b:' .. me, back_seen)
   if limit > 0 then redis.call('HSET', KEYS[i], 'limit', limit) end
   redis.call('EXPIREAT', KEYS[i], ends)
-  out[i] = {granted, used, id}
+  out[i] = {granted, used, id, mine}
 end
 return out

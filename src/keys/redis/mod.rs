@@ -2,12 +2,14 @@
 //!
 //! Client crate: `redis` (redis-rs) rather than `fred`. Both reconnect with backoff and speak
 //! Cluster and Sentinel; `fred` also re-subscribes pub/sub by itself. We chose redis-rs because
-//! it is the most widely used and most actively maintained Rust client, its
-//! `ConnectionManager` and cluster connection have per-request response timeouts we can set to
-//! our 250 ms budget, and its `Script` type handles EVALSHA/NOSCRIPT on Cluster. What it does
-//! not do for us — resubscribing, and noticing what was missed while unsubscribed — we need to
-//! control anyway: after any reconnect the change feed must catch up from the epoch log, which
-//! no client library knows about. That loop is [`RedisStore::feed`].
+//! it is the most widely used and most actively maintained Rust client, and its `Script` type
+//! handles EVALSHA/NOSCRIPT on Cluster. What it does not do for us we need to control anyway:
+//! noticing that a connection went silently dead (its `ConnectionManager` reconnects only on
+//! an I/O error, which a blackholed path never gives), so keygate keeps its own command
+//! connection ([`link`]); resubscribing, and noticing what was missed while unsubscribed: after
+//! any reconnect the change feed must catch up from the epoch log, which no client library
+//! knows about. That loop is [`RedisStore::feed`]; it also checks that the Redis it talks to
+//! is the one whose keys it cached (the instance token below).
 //!
 //! Layout in Redis (every name carries the hash tag `{<namespace>}`, so all of keygate's keys
 //! live in one Cluster slot and every multi-key change is one atomic Lua script; the key store
@@ -20,6 +22,7 @@
 //! | `{ns}:owner:<owner>` | set | ids of the owner's live (not revoked) keys, for the cap |
 //! | `{ns}:ids` | sorted set | every id, scored by creation time (ms) |
 //! | `{ns}:epoch` | integer | bumped by every change |
+//! | `{ns}:instance` | string | a random token written once, to tell this store from an emptied or replaced one |
 //! | `{ns}:changes` | sorted set | changed key hashes, scored by the epoch of their change |
 //! | `{ns}:last_used` | hash | id → unix seconds, written behind in batches |
 //! | `{ns}:quota:…`, `{ns}:sidecars`, `{ns}:suspended` | | shared quotas: see [`quota`] |
@@ -34,17 +37,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwapOption;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Client, IntoConnectionInfo, RedisFuture, Script, Value};
+use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+use redis::{Client, IntoConnectionInfo, Script};
 use tokio_util::sync::CancellationToken;
 
 mod feed;
 mod guard;
+mod link;
 mod quota;
+
+use link::{Conn, Dialer, Link};
 
 use super::manage::counts_against_cap;
 use super::{Batch, ChangeSink, KeyHash, KeyRecord, KeyStore, StoreError};
@@ -76,6 +78,12 @@ pub struct RedisConfig {
     /// How often the epoch is polled (bounds staleness when a pub/sub message is lost).
     #[serde(with = "humantime_serde")]
     pub epoch_poll: Duration,
+    /// A sidecar whose change feed cannot confirm the cache current for longer than this
+    /// says so (ERROR log, `keygate_key_feed_current 0`).
+    #[serde(with = "humantime_serde")]
+    pub confirm_within: Duration,
+    /// `/readyz` fails while the cache cannot be confirmed current.
+    pub ready_requires_current: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -100,66 +108,18 @@ fn masked<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Er
     }
 }
 
-/// A connection for one command: standalone/Sentinel (managed, reconnecting) or Cluster.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-enum Backend {
-    Standalone {
-        client: Client,
-        conn: ConnectionManager,
-    },
-    /// The master is looked up through the sentinels on first use and again after any
-    /// connection error, so a failover is followed.
-    Sentinel {
-        sentinel: tokio::sync::Mutex<SentinelClient>,
-        current: ArcSwapOption<(Client, ConnectionManager)>,
-    },
-    Cluster {
-        client: ClusterClient,
-        conn: ArcSwapOption<ClusterConnection>,
-        /// Plain clients for the seed nodes, for pub/sub (Cluster broadcasts PUBLISH).
-        seeds: Vec<Client>,
-    },
-}
-
 pub struct RedisStore {
-    backend: Backend,
+    /// The command connection.
+    link: Link,
+    /// Clients for pub/sub: the standalone server, or the Cluster seeds (rotated through on
+    /// failures). Empty with Sentinel: the link's current master is used.
+    pubsub: Vec<Client>,
     config: RedisConfig,
     commit: Script,
     metrics: Arc<Metrics>,
     describe: String,
+    /// How long a new connection may take (command link and pub/sub).
+    connect_timeout: Duration,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -173,12 +133,9 @@ impl RedisStore {
         // rustls (for rediss://) needs a process-wide crypto provider; a second install (or
         // one made elsewhere) is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let manager = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(config.timeout))
-            .set_connection_timeout(Some(config.timeout.max(Duration::from_millis(500))))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(2);
+        // A dial (Sentinel lookup included) gets more than a command: on a healthy network it
+        // takes a millisecond, and only a hung one waits this long.
+        let connect_timeout = (config.timeout * 2).max(Duration::from_secs(1));
         let ca = match &config.ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|source| StoreError::Io {
                 path: path.display().to_string(),
@@ -187,7 +144,10 @@ impl RedisStore {
             None => None,
         };
         let client_for = |url: &str| -> Result<Client, StoreError> {
-            let mut info = url.into_connection_info().map_err(unavailable)?;
+            let mut info = url
+                .into_connection_info()
+                .map_err(unavailable)?
+                .set_tcp_settings(link::tcp_settings());
             let mut settings = info.redis_settings().clone();
             if let Some(user) = &config.username {
                 settings = settings.set_username(user);
@@ -208,13 +168,12 @@ impl RedisStore {
             }
             .map_err(unavailable)
         };
-        let (backend, describe) = match &config.mode {
+        let (dialer, pubsub, describe) = match &config.mode {
             RedisMode::Standalone { url } => {
                 let client = client_for(url)?;
-                let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
-                    .map_err(unavailable)?;
                 (
-                    Backend::Standalone { client, conn },
+                    Dialer::Standalone(client.clone()),
+                    vec![client],
                     format!("redis {}", redact(url)),
                 )
             }
@@ -233,7 +192,9 @@ impl RedisStore {
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut builder =
                     SentinelClientBuilder::new(addrs, master_name, SentinelServerType::Master)
-                        .map_err(unavailable)?;
+                        .map_err(unavailable)?
+                        .set_client_to_redis_tcp_settings(link::tcp_settings())
+                        .set_client_to_sentinel_tcp_settings(link::tcp_settings());
                 if let Some(user) = &config.username {
                     builder = builder.set_client_to_redis_username(user);
                 }
@@ -242,10 +203,8 @@ impl RedisStore {
                 }
                 let sentinel = builder.build().map_err(unavailable)?;
                 (
-                    Backend::Sentinel {
-                        sentinel: tokio::sync::Mutex::new(sentinel),
-                        current: ArcSwapOption::empty(),
-                    },
+                    Dialer::Sentinel(tokio::sync::Mutex::new(sentinel)),
+                    Vec::new(),
                     format!("redis sentinel {master_name} via {}", sentinels.join(",")),
                 )
             }
@@ -258,7 +217,8 @@ impl RedisStore {
                         .map_err(unavailable)?,
                 )
                 .response_timeout(config.timeout)
-                .connection_timeout(config.timeout.max(Duration::from_millis(500)))
+                .connection_timeout(connect_timeout)
+                .tcp_settings(link::tcp_settings())
                 .retries(2);
                 if let Some(user) = &config.username {
                     builder = builder.username(user);
@@ -277,11 +237,8 @@ impl RedisStore {
                     .map(|n| client_for(n))
                     .collect::<Result<Vec<_>, _>>()?;
                 (
-                    Backend::Cluster {
-                        client: builder.build().map_err(unavailable)?,
-                        conn: ArcSwapOption::empty(),
-                        seeds,
-                    },
+                    Dialer::Cluster(builder.build().map_err(unavailable)?),
+                    seeds,
                     format!(
                         "redis cluster {}",
                         nodes
@@ -294,10 +251,12 @@ impl RedisStore {
             }
         };
         Ok(Self {
-            backend,
+            link: Link::new(dialer, connect_timeout, metrics.clone()),
+            pubsub,
             commit: Script::new(include_str!("commit.lua")),
             metrics,
             describe,
+            connect_timeout,
             config,
         })
     }
@@ -310,87 +269,29 @@ impl RedisStore {
         format!("{{{}}}:{suffix}", self.config.namespace)
     }
 
-    /// A connection, connecting (or finding the Sentinel master) first if needed.
-    async fn conn(&self) -> Result<Conn, StoreError> {
-        match &self.backend {
-            Backend::Standalone { conn, .. } => Ok(Conn::Single(conn.clone())),
-            Backend::Sentinel { .. } => Ok(Conn::Single(self.sentinel_master().await?.1.clone())),
-            Backend::Cluster { client, conn, .. } => {
-                if let Some(c) = conn.load_full() {
-                    return Ok(Conn::Cluster((*c).clone()));
-                }
-                let c = tokio::time::timeout(MANAGEMENT_TIMEOUT, client.get_async_connection())
-                    .await
-                    .map_err(|_| unavailable("cluster connect timed out"))?
-                    .map_err(unavailable)?;
-                conn.store(Some(Arc::new(c.clone())));
-                Ok(Conn::Cluster(c))
-            }
-        }
-    }
-
-    async fn sentinel_master(&self) -> Result<Arc<(Client, ConnectionManager)>, StoreError> {
-        let Backend::Sentinel { sentinel, current } = &self.backend else {
-            unreachable!("only called for Sentinel")
-        };
-        if let Some(c) = current.load_full() {
-            return Ok(c);
-        }
-        let mut sentinel = sentinel.lock().await;
-        if let Some(c) = current.load_full() {
-            return Ok(c);
-        }
-        let client = tokio::time::timeout(MANAGEMENT_TIMEOUT, sentinel.async_get_client())
-            .await
-            .map_err(|_| unavailable("sentinel lookup timed out"))?
-            .map_err(unavailable)?;
-        let manager = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(self.config.timeout))
-            .set_connection_timeout(Some(self.config.timeout.max(Duration::from_millis(500))))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager)
-            .map_err(unavailable)?;
-        let pair = Arc::new((client, conn));
-        current.store(Some(pair.clone()));
-        Ok(pair)
-    }
-
-    /// Runs `cmd` with `budget`, and after a failure forgets a Sentinel master (it may have
-    /// failed over) so the next call asks the sentinels again.
+    /// Runs `call` on the command connection within `budget` (see [`link`] for what a
+    /// timeout or a dropped connection leads to).
     async fn run<T: redis::FromRedisValue>(
         &self,
         budget: Duration,
         call: impl AsyncFnOnce(Conn) -> redis::RedisResult<T>,
     ) -> Result<T, StoreError> {
-        let conn = self.conn().await?;
-        let outcome = tokio::time::timeout(budget, call(conn)).await;
-        let result = match outcome {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".to_owned()),
-        };
-        result.map_err(|e| {
-            if let Backend::Sentinel { current, .. } = &self.backend {
-                current.store(None);
-            }
-            if let Backend::Cluster { conn, .. } = &self.backend
-                && e.contains("timed out")
-            {
-                // A wedged cluster handle is rebuilt on the next call.
-                conn.store(None);
-            }
-            unavailable(e)
-        })
+        self.link.run(budget, call).await
     }
 
     /// A plain client for pub/sub: the standalone server, the Sentinel master, or the
     /// `attempt`-th Cluster seed (rotating through seeds on failures).
     async fn pubsub_client(&self, attempt: usize) -> Result<Client, StoreError> {
-        match &self.backend {
-            Backend::Standalone { client, .. } => Ok(client.clone()),
-            Backend::Sentinel { .. } => Ok(self.sentinel_master().await?.0.clone()),
-            Backend::Cluster { seeds, .. } => Ok(seeds[attempt % seeds.len()].clone()),
+        if self.pubsub.is_empty() {
+            return self
+                .link
+                .get()
+                .await?
+                .master
+                .clone()
+                .ok_or_else(|| unavailable("no Sentinel master known"));
         }
+        Ok(self.pubsub[attempt % self.pubsub.len()].clone())
     }
 
     async fn commit_chunk(&self, batch: &Batch) -> Result<(), StoreError> {

@@ -4,7 +4,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{ns}:quota:<sha256 hex>:<hour\|day\|month>` | hash | `w` window number, `used` requests handed out, `limit`; expires when the window ends |
+//! | `{ns}:quota:<sha256 hex>:<hour\|day\|month>` | hash | `w` window number, `used` requests handed out, `limit`, and per sidecar `g:<id>` / `f:<id>` / `b:<id>` its granted, fell-back and handed-back totals (idempotent grants, see `lease.lua`); expires when the window ends |
 //! | `{ns}:sidecars` | sorted set | instance ids scored by last heartbeat (ms) |
 //! | `{ns}:suspended` | sorted set | key hashes scored by when their suspension lifts (ms) |
 
@@ -43,28 +43,35 @@ impl RedisStore {
 
 #[async_trait::async_trait]
 impl QuotaStore for RedisStore {
-    async fn grant(&self, hash: KeyHash, asks: Vec<GrantAsk>) -> Result<Vec<Grant>, StoreError> {
+    async fn grant(
+        &self,
+        instance: &str,
+        hash: KeyHash,
+        asks: Vec<GrantAsk>,
+    ) -> Result<Vec<Grant>, StoreError> {
         let mut invocation = LEASE.prepare_invoke();
+        invocation.arg(instance);
         for ask in &asks {
             invocation.key(self.quota_key(&hash, ask.calendar));
             invocation
                 .arg(&window_name(ask.calendar)[..1])
                 .arg(ask.limit)
                 .arg(ask.want)
-                .arg(ask.unreported.0)
-                .arg(ask.unreported.1)
+                .arg(ask.fell_back.0)
+                .arg(ask.fell_back.1)
                 .arg(ask.returned.0)
                 .arg(ask.returned.1);
         }
-        let grants: Vec<(u64, u64, u64)> = self
+        let grants: Vec<(u64, u64, u64, u64)> = self
             .run(self.config.timeout, async move |mut c| {
                 invocation.invoke_async(&mut c).await
             })
             .await?;
         Ok(grants
             .into_iter()
-            .map(|(granted, used, window)| Grant {
+            .map(|(granted, used, window, total)| Grant {
                 granted,
+                total,
                 used,
                 window,
             })

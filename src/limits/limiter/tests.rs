@@ -269,16 +269,24 @@ mod shared {
     /// the limiter. (The black-box tests run the real script.)
     #[derive(Default)]
     struct Memory {
-        used: Mutex<HashMap<(String, u64), u64>>,
+        counters: Mutex<HashMap<(String, u64), lease::WindowCounter>>,
         down: AtomicBool,
         grants: AtomicU64,
         live: AtomicU64,
+    }
+
+    impl Memory {
+        /// Requests handed out in every window of every key.
+        fn used(&self) -> u64 {
+            self.counters.lock().unwrap().values().map(|c| c.used).sum()
+        }
     }
 
     #[async_trait::async_trait]
     impl QuotaStore for Memory {
         async fn grant(
             &self,
+            instance: &str,
             hash: KeyHash,
             asks: Vec<GrantAsk>,
         ) -> Result<Vec<Grant>, StoreError> {
@@ -290,25 +298,26 @@ mod shared {
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
                 .as_secs();
-            let mut used = self.used.lock().unwrap();
+            let mut counters = self.counters.lock().unwrap();
             Ok(asks
                 .iter()
                 .map(|ask| {
                     let (window, _) = ask.calendar.window(now);
-                    let slot = used
+                    let counter = counters
                         .entry((format!("{hash:?}{:?}", ask.calendar), window))
                         .or_default();
-                    if ask.unreported.0 == window {
-                        *slot += ask.unreported.1;
-                    }
-                    if ask.returned.0 == window {
-                        *slot = slot.saturating_sub(ask.returned.1);
-                    }
-                    let (granted, after) = lease::grant(ask.limit, *slot, ask.want);
-                    *slot = after;
+                    let in_window = |(w, n): (u64, u64)| if w == window { n } else { 0 };
+                    let (granted, total) = counter.grant(
+                        instance,
+                        ask.limit,
+                        ask.want,
+                        in_window(ask.fell_back),
+                        in_window(ask.returned),
+                    );
                     Grant {
                         granted,
-                        used: after,
+                        total,
+                        used: counter.used,
                         window,
                     }
                 })
@@ -409,7 +418,7 @@ mod shared {
         store.down.store(false, Ordering::SeqCst);
         until(|| !shared.in_fallback()).await;
         assert!(l.admit(h, &r, SystemTime::now()).await.is_ok());
-        let used: u64 = store.used.lock().unwrap().values().sum();
+        let used = store.used();
         assert!(
             used >= 51,
             "the fallback's 50 were reported with the next grant: {used}"
@@ -431,7 +440,7 @@ mod shared {
                 );
             }
         }
-        let used = || store.used.lock().unwrap().values().sum::<u64>();
+        let used = || store.used();
         assert!(
             used() > 6,
             "the leases hold more than was spent: {}",

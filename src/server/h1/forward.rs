@@ -16,6 +16,7 @@ use crate::forward::{Forwarder, UpstreamFailure};
 use crate::h1::write::{self, Limit, Parsed, Response, ResponseContext};
 use crate::h1::{self, BodyError, Buffer, Decoder, Encoding, Framing};
 use crate::proxy::Audit;
+use crate::ratelog::UPSTREAM_FAILED;
 use crate::reject::Reject;
 
 /// Why no usable response came from the upstream.
@@ -115,7 +116,9 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                     };
                     continue;
                 }
-                tracing::warn!(error = %e, "upstream request failed: writing the request");
+                if UPSTREAM_FAILED.allow() {
+                    tracing::warn!(error = %e, "upstream request failed: writing the request");
+                }
                 self.proxy
                     .metrics()
                     .upstream_failed(UpstreamFailure::of_io(&e, false));
@@ -146,10 +149,15 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                     };
                 }
                 Err(failure) => {
-                    if let Failure::Broken(_, why) = &failure {
-                        tracing::warn!(error = %why, "upstream request failed");
-                    } else if matches!(failure, Failure::ClosedEarly) {
-                        tracing::warn!("upstream request failed: closed before responding");
+                    match &failure {
+                        Failure::Timeout | Failure::ClientLeft => {}
+                        _ if !UPSTREAM_FAILED.allow() => {}
+                        Failure::Broken(_, why) => {
+                            tracing::warn!(error = %why, "upstream request failed");
+                        }
+                        Failure::ClosedEarly => {
+                            tracing::warn!("upstream request failed: closed before responding");
+                        }
                     }
                     if let Some(kind) = failure.kind() {
                         self.proxy.metrics().upstream_failed(kind);
@@ -175,7 +183,9 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
             && let Err(e) =
                 h1::body::take_buffered(&mut body, response.encoding, &mut link.buf, &mut self.down)
         {
-            tracing::warn!(error = %e, "upstream request failed: its response body");
+            if UPSTREAM_FAILED.allow() {
+                tracing::warn!(error = %e, "upstream request failed: its response body");
+            }
             self.proxy
                 .metrics()
                 .upstream_failed(UpstreamFailure::Protocol);
@@ -419,7 +429,9 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         // Boxed: rare (once per upstream connection), and its state would otherwise make
         // every request's future larger.
         Box::pin(forwarder.dialer().dial(route)).await.map_err(|e| {
-            tracing::warn!(error = %e, "upstream request failed");
+            if UPSTREAM_FAILED.allow() {
+                tracing::warn!(error = %e, "upstream request failed");
+            }
             let (kind, reject) = match &e {
                 DialError::Timeout => (UpstreamFailure::ConnectTimeout, Reject::UpstreamTimeout),
                 DialError::Io(e) => (UpstreamFailure::of_io(e, true), Reject::UpstreamUnavailable),

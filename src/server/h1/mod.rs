@@ -3,13 +3,18 @@
 //! then forwarded over the connection's own upstream connection ([`crate::forward::upstream`])
 //! or refused, all in this task.
 //!
-//! Clocks: between requests the idle timeout (and, at half the header timeout, the upstream
-//! connection is lent to the parking); from a head's first byte the header timeout
+//! Clocks: until the first request's head, the header timeout from the connection's start
+//! (accept, or the end of the TLS handshake); between requests the idle timeout (and, at half
+//! the header timeout, the upstream connection is lent to the parking); from a head's first
+//! byte the header timeout
 //! (slow-loris clients are cut off silently); from a request's last byte sent upstream the
 //! upstream timeout for the response head (counted from the request body's latest progress
 //! while one streams). A response body from the upstream has no clock, as with hyper: a slow
 //! stream (server-sent events) is not a dead one; but a client that accepts no response bytes
 //! for an idle timeout is let go ([`clock::Patient`]). Each clock costs nothing per request.
+//! A plain-TCP connection idle for a second gives back its read buffer and scratch space,
+//! and takes them again when its client's next bytes are readable: an idle connection costs
+//! its task and socket, not 10 KiB of buffers.
 //!
 //! Retries: a request whose upstream connection was reused and that met a close before any
 //! response byte goes once more on a new connection, if it was sent whole and is idempotent
@@ -41,6 +46,8 @@ use crate::reject::Reject;
 
 /// The client connection's read buffer to start with; it grows for larger heads.
 const READ_BUFFER: usize = 8 * 1024;
+/// An idle plain-TCP connection gives its buffers back after this long.
+const SHED_AFTER: Duration = Duration::from_secs(1);
 /// A connection closed with input still coming keeps reading (and dropping) it this long, so
 /// that the client reads the response before a reset could destroy it.
 const LINGER: Duration = Duration::from_secs(1);
@@ -76,15 +83,19 @@ pub async fn serve<IO>(
 where
     IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send,
 {
+    // A plain-TCP connection takes its buffers when its first bytes arrive (see
+    // `Session::shed_buffers`); a TLS one reads through rustls, which needs them at once.
+    let tcp = io.socket().is_some();
     let mut session = Session {
         proxy,
         conn,
         timing,
         io,
-        buf: Buffer::with_capacity(READ_BUFFER),
+        buf: Buffer::with_capacity(if tcp { 0 } else { READ_BUFFER }),
         head: RequestHead::default(),
-        up: Vec::with_capacity(1024),
-        down: Vec::with_capacity(1024),
+        up: Vec::new(),
+        down: Vec::new(),
+        shed: tcp,
         link: None,
         clock: Deadline::new(),
         upstream_clock: Deadline::new(),
@@ -111,6 +122,9 @@ struct Session<'s, IO> {
     up: Vec<u8>,
     /// ... and for what goes to the client.
     down: Vec<u8>,
+    /// The buffers above were given back while the connection was idle (plain TCP only):
+    /// readability is awaited before they are taken again.
+    shed: bool,
     /// This connection's upstream connection, between requests.
     link: Option<Link>,
     /// The idle and header clocks.
@@ -133,6 +147,14 @@ enum Next {
     /// The connection is unusable (a write failed) or was handed to an upgrade.
     Gone,
     Handoff,
+}
+
+/// What woke a head wait.
+enum Event {
+    Read(std::io::Result<usize>),
+    /// A connection whose buffers were shed has bytes to read.
+    Readable,
+    Clock,
 }
 
 /// What a head wait ended with.
@@ -179,16 +201,16 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     async fn next_head(&mut self) -> Wait {
         let now = Instant::now();
         let idle_at = now + self.timing.idle;
-        let mut lend_at = (self.link.is_some() && self.buf.is_empty())
-            .then(|| now + (self.timing.header / 2).min(self.timing.idle / 2));
-        // Bytes already here (a pipelined request) start the header clock now; otherwise it
-        // starts once a read leaves a head incomplete.
-        let mut reading = !self.buf.is_empty();
-        self.clock.set(match (reading, lend_at) {
-            (true, _) => now + self.timing.header,
-            (false, Some(at)) => at,
-            (false, None) => idle_at,
-        });
+        let pause = (self.timing.header / 2).min(self.timing.idle / 2);
+        let mut lend_at = (self.link.is_some() && self.buf.is_empty()).then(|| now + pause);
+        let mut shed_at = (!self.shed && self.buf.is_empty() && self.io.socket().is_some())
+            .then(|| now + SHED_AFTER.min(pause));
+        // The first request's head is due within the header timeout of the connection's start
+        // (accept, or the end of the TLS handshake): a client that connects and says nothing
+        // must not hold a connection slot for an idle timeout. Later, bytes already here (a
+        // pipelined request) start the header clock now; otherwise it starts once a read
+        // leaves a head incomplete, and silence runs the idle clock.
+        let mut head_by = (self.first || !self.buf.is_empty()).then(|| now + self.timing.header);
         loop {
             if !self.buf.is_empty() {
                 if self.first && http2_preface(self.buf.filled()) {
@@ -199,36 +221,98 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                     .parse(self.buf.filled(), self.timing.max_header_bytes)
                 {
                     Ok(true) => return Wait::Head,
-                    Ok(false) if !reading => {
-                        reading = true;
-                        self.clock.set(Instant::now() + self.timing.header);
+                    Ok(false) => {
+                        head_by.get_or_insert_with(|| Instant::now() + self.timing.header);
+                        shed_at = None;
                     }
-                    Ok(false) => {}
                     Err(HeadError::TooLarge) => return Wait::Refuse(Reject::HeadersTooLarge),
                     Err(HeadError::Invalid(why)) => return Wait::Refuse(Reject::BadRequest(why)),
                 }
             }
+            let due = [lend_at, shed_at]
+                .into_iter()
+                .flatten()
+                .fold(head_by.unwrap_or(idle_at), Instant::min);
+            self.clock.set(due);
             let idle = self.buf.is_empty();
-            let event = tokio::select! {
-                biased;
-                read = self.io.read(self.buf.spare()) => Some(read),
-                () = self.clock.expired() => None,
-                () = self.closing.wait(), if idle => return Wait::Closed,
+            let mut probe = [0u8; 1];
+            let event = match self.io.socket().map(batch::Socket::tcp) {
+                // Buffers shed: wait for the client's bytes before taking memory to read them
+                // (a peek, so that a client that only closes costs no buffer either).
+                Some(tcp) if self.shed => tokio::select! {
+                    biased;
+                    peeked = tcp.peek(&mut probe) => match peeked {
+                        Ok(1..) => Event::Readable,
+                        Ok(0) | Err(_) => return Wait::Closed,
+                    },
+                    () = self.clock.expired() => Event::Clock,
+                    () = self.closing.wait(), if idle => return Wait::Closed,
+                },
+                _ => tokio::select! {
+                    biased;
+                    read = self.io.read(self.buf.spare()) => Event::Read(read),
+                    () = self.clock.expired() => Event::Clock,
+                    () = self.closing.wait(), if idle => return Wait::Closed,
+                },
             };
             match event {
-                Some(Ok(0) | Err(_)) => return Wait::Closed,
-                Some(Ok(n)) => self.buf.filled_by(n),
-                None if reading => {
-                    tracing::debug!("request head not received in time; closing");
-                    return Wait::Closed;
+                Event::Readable => self.regrow(),
+                Event::Read(Ok(0) | Err(_)) => return Wait::Closed,
+                Event::Read(Ok(n)) => self.buf.filled_by(n),
+                Event::Clock => {
+                    let now = Instant::now();
+                    let mut woke = false;
+                    if lend_at.is_some_and(|at| at <= now) {
+                        lend_at = None;
+                        woke = true;
+                        self.release_link();
+                    }
+                    if shed_at.is_some_and(|at| at <= now) {
+                        shed_at = None;
+                        woke = true;
+                        self.shed_buffers();
+                    }
+                    if !woke {
+                        if head_by.is_some() {
+                            tracing::debug!("request head not received in time; closing");
+                        }
+                        return Wait::Closed;
+                    }
                 }
-                None if lend_at.take().is_some() => {
-                    self.release_link();
-                    self.clock.set(idle_at);
-                }
-                None => return Wait::Closed,
             }
         }
+    }
+
+    /// An idle plain-TCP connection gives its buffers back (read buffer and scratch, about
+    /// 10 KiB, and its upstream connection's 16 KiB): a sidecar holding many keep-alive
+    /// connections from a pool or a load balancer then costs little more than their sockets
+    /// and tasks.
+    fn shed_buffers(&mut self) {
+        let mut bytes = READ_BUFFER + self.up.capacity() + self.down.capacity();
+        self.buf = Buffer::with_capacity(0);
+        self.up = Vec::new();
+        self.down = Vec::new();
+        // The upstream connection, kept for this client until it is lent to the parking,
+        // gives back its read buffer too (16 KiB; nothing is in it between exchanges).
+        if let Some(link) = &mut self.link
+            && link.buf.is_empty()
+        {
+            link.buf = Buffer::with_capacity(0);
+            bytes += crate::forward::upstream::READ_BUFFER;
+        }
+        super::memory::shed(bytes);
+        self.shed = true;
+    }
+
+    /// The client is sending again after [`Session::shed_buffers`].
+    fn regrow(&mut self) {
+        self.buf = Buffer::with_capacity(READ_BUFFER);
+        if let Some(link) = &mut self.link
+            && link.buf.is_empty()
+        {
+            link.buf = Buffer::with_capacity(crate::forward::upstream::READ_BUFFER);
+        }
+        self.shed = false;
     }
 
     /// One request: admitted and forwarded, or refused.
@@ -301,7 +385,11 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     /// The connection's upstream connection goes to the parking of the config it belongs to
     /// (or is closed, if a reload replaced that config).
     fn release_link(&mut self) {
-        if let Some(link) = self.link.take() {
+        if let Some(mut link) = self.link.take() {
+            if self.shed && link.buf.is_empty() {
+                // Whoever takes it next reads responses with a full buffer.
+                link.buf = Buffer::with_capacity(crate::forward::upstream::READ_BUFFER);
+            }
             let current = self.proxy.current();
             if link.route.forwarder == current.forwarder.route(false).forwarder {
                 current.forwarder.parking().park(link);

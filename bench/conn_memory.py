@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Resident memory per open client connection, and after the connections close.
+
+    bench/conn_memory.py [KEYGATE_BINARY] [--connections N] [--floods K] [--env K=V ...]
+
+Starts keygate (file store, one key, access log off; build it first, e.g. `cargo build
+--release`, or `--features mimalloc` to compare allocators) in front of a small asyncio upstream,
+then K times: opens N HTTP/1.1 keep-alive connections that each send one request, read the
+response and then sit idle; samples keygate's VmRSS while they are held (after 3 s, past the
+1 s after which an idle connection gives up its buffers), closes them all and samples again
+after 3 s. Prints one line per flood and a summary: KB per idle connection, and RSS after
+the last close against RSS before the first flood. A silent round follows: N connections that
+never send a byte (they hold a slot until the header timeout).
+
+No timed assertions: figures go to bench/RESULTS.md.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def upstream(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head:
+                break
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+async def one_request(port, key):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET /x HTTP/1.1\r\nhost: bench\r\nx-api-key: {key}\r\n\r\n".encode()
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    await reader.readexactly(length)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(head.decode(errors="replace"))
+    return writer
+
+
+async def open_many(count, make):
+    out = []
+    batch = 200
+    for start in range(0, count, batch):
+        out += await asyncio.gather(*(make() for _ in range(min(batch, count - start))))
+    return out
+
+
+async def close_all(writers):
+    for w in writers:
+        w.close()
+    await asyncio.sleep(0)
+
+
+async def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("binary", nargs="?", default="target/release/keygate")
+    parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument("--floods", type=int, default=3)
+    parser.add_argument("--env", action="append", default=[])
+    args = parser.parse_args()
+
+    up_server = await asyncio.start_server(upstream, "127.0.0.1", 0, backlog=4096)
+    up_port = up_server.sockets[0].getsockname()[1]
+    work = tempfile.mkdtemp(prefix="conn-memory-")
+    public, admin = free_port(), free_port()
+    config = os.path.join(work, "proxy.toml")
+    with open(config, "w") as f:
+        f.write(
+            f'[listen]\npublic = "127.0.0.1:{public}"\nadmin = "127.0.0.1:{admin}"\n\n'
+            f'[upstream]\nurl = "http://127.0.0.1:{up_port}"\n\n'
+            '[store]\nkind = "file"\npath = "keys.json"\n\n'
+            '[server]\nmax_connections = 20000\n\n'
+            '[auth]\nunmatched = "allow"\n\n[log]\naccess = false\n'
+        )
+    created = subprocess.run(
+        [args.binary, "keys", "create", "-c", config, "--name", "bench", "--scopes", "*"],
+        check=True, capture_output=True,
+    )
+    key = json.loads(created.stdout)["key"]
+    env = dict(os.environ)
+    for kv in args.env:
+        k, v = kv.split("=", 1)
+        env[k] = v
+    proc = subprocess.Popen(
+        [args.binary, "serve", "-c", config], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            try:
+                w = await one_request(public, key)
+                w.close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1)
+        start = rss_kb(proc.pid)
+        print(f"keygate {args.binary} {' '.join(args.env)}: RSS at start {start / 1024:.1f} MB")
+        per_conn = []
+        after = start
+        for flood in range(1, args.floods + 1):
+            before = rss_kb(proc.pid)
+            t0 = time.monotonic()
+            writers = await open_many(args.connections, lambda: one_request(public, key))
+            opened = time.monotonic() - t0
+            await asyncio.sleep(3)
+            held = rss_kb(proc.pid)
+            await close_all(writers)
+            await asyncio.sleep(3)
+            after = rss_kb(proc.pid)
+            kb = (held - before) / args.connections
+            per_conn.append(kb)
+            print(
+                f"flood {flood}: {args.connections} idle keep-alive connections (opened in "
+                f"{opened:.1f} s): RSS {before / 1024:.1f} -> {held / 1024:.1f} MB held "
+                f"({kb:.1f} KB each), {after / 1024:.1f} MB 3 s after closing"
+            )
+        print(
+            f"summary: {min(per_conn):.1f}-{max(per_conn):.1f} KB per idle connection; "
+            f"after the last close {after / 1024:.1f} MB against {start / 1024:.1f} MB at "
+            f"start ({100 * (after - start) / start:+.0f} %)"
+        )
+        # Parked upstream connections (at most 256) are closed after 30 s.
+        await asyncio.sleep(32)
+        settled = rss_kb(proc.pid)
+        print(
+            f"35 s after the last close (parked upstream connections gone): "
+            f"{settled / 1024:.1f} MB ({100 * (settled - start) / start:+.0f} % of the start)"
+        )
+
+        async def silent():
+            _, writer = await asyncio.open_connection("127.0.0.1", public)
+            return writer
+
+        before = rss_kb(proc.pid)
+        writers = await open_many(args.connections, silent)
+        await asyncio.sleep(2)
+        held = rss_kb(proc.pid)
+        await close_all(writers)
+        await asyncio.sleep(3)
+        print(
+            f"silent: {args.connections} connections that never send: RSS {before / 1024:.1f} "
+            f"-> {held / 1024:.1f} MB ({(held - before) / args.connections:.1f} KB each), "
+            f"{rss_kb(proc.pid) / 1024:.1f} MB 3 s after closing"
+        )
+    finally:
+        proc.terminate()
+        proc.wait()
+        up_server.close()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,336 @@
+//! Quiet faults outside Redis: connections that never send a byte, the log volume of an
+//! outage, a `keys create` killed while it writes.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+
+const CAP: usize = 20;
+
+/// Holds `CAP` connections that never send a byte, then times a real client.
+async fn served_after_silent_clients(
+    kg: &Keygate,
+    silent: Vec<Box<dyn std::any::Any + Send>>,
+    request: impl Future<Output = StatusCode>,
+) -> Duration {
+    assert_eq!(silent.len(), CAP);
+    // Every slot is taken (the gauge counts accepted connections).
+    eventually(Duration::from_secs(5), || async {
+        kg.metric("keygate_open_connections").await == Some(CAP as f64)
+    })
+    .await
+    .expect("the silent connections were not all accepted");
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(20), request)
+        .await
+        .expect("a real client still waits behind silent connections after 20 s");
+    assert_eq!(status, StatusCode::OK);
+    drop(silent);
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn silent_connections_at_the_cap_free_their_slots_within_the_header_timeout() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new(
+        &up.url(),
+        &format!(
+            "[server]\nmax_connections = {CAP}\nheader_read_timeout = \"1s\"\nidle_timeout = \"75s\"\n"
+        ),
+    );
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let mut silent: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    for _ in 0..CAP {
+        silent.push(Box::new(TcpStream::connect(kg.public).await.unwrap()));
+    }
+    let url = kg.url("/");
+    let took = served_after_silent_clients(&kg, silent, async {
+        get(&url, &[("x-api-key", &key)]).await.status
+    })
+    .await;
+    eprintln!("plain HTTP/1.1: served after {took:?} behind {CAP} silent connections");
+    // The header timeout (1 s) plus a margin for a loaded machine; the idle timeout is 75 s.
+    assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake timed out")
+    .expect("TLS handshake failed")
+}
+
+#[tokio::test]
+async fn silent_connections_after_a_tls_handshake_free_their_slots_too() {
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    let up = Upstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key_pem) = test_certificates(certs.path());
+    let ws = Workspace::new(
+        &up.url(),
+        &format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n\n[server]\nmax_connections = {CAP}\n\
+             header_read_timeout = \"1s\"\nidle_timeout = \"75s\"\n",
+            cert.display().to_string(),
+            key_pem.display().to_string()
+        ),
+    );
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let config = client_config(&ca);
+    let mut silent: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+    for _ in 0..CAP {
+        // The handshake completes; then nothing.
+        silent.push(Box::new(tls_connect(kg.public, config.clone()).await));
+    }
+    let public = kg.public;
+    let took = served_after_silent_clients(&kg, silent, async move {
+        let stream = tls_connect(public, config).await;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::get("/")
+            .header("host", "localhost")
+            .header("x-api-key", &key)
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        sender.send_request(request).await.unwrap().status()
+    })
+    .await;
+    eprintln!("TLS HTTP/1.1: served after {took:?} behind {CAP} silent connections");
+    assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+/// Redis and the upstream both down for 10 s under steady traffic: every failure is counted
+/// (metrics, and the log's summary lines), but the log itself stays a few dozen lines.
+#[tokio::test]
+async fn an_outage_logs_a_bounded_number_of_lines_with_counts() {
+    use common::redis::{RedisServer, free_port};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut redis = RedisServer::start();
+    // Nothing listens there: every request that reaches the upstream fails.
+    let dead_upstream = format!("http://127.0.0.1:{}", free_port());
+    let ws = Workspace::redis(&dead_upstream, &redis.url(), "[log]\naccess = false\n");
+    let (_, cached) = ws.create_key(&[]);
+    let (_, uncached) = ws.create_key(&[]);
+    let kg = ws.serve_with_env(&[("KEYGATE_LOG", "info")]);
+    kg.first_poll().await;
+    assert_eq!(
+        get(&kg.url("/"), &[("x-api-key", &cached)]).await.status,
+        StatusCode::BAD_GATEWAY
+    );
+    redis.kill();
+    let first_line = kg.logs.lock().unwrap().len();
+
+    let (bad_gateway, unavailable) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loops = Vec::new();
+    for i in 0..4 {
+        let key = if i % 2 == 0 { &cached } else { &uncached }.clone();
+        let (url, stop) = (kg.url("/"), stop.clone());
+        let (bad_gateway, unavailable) = (bad_gateway.clone(), unavailable.clone());
+        loops.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match get(&url, &[("x-api-key", &key)]).await.status {
+                    StatusCode::BAD_GATEWAY => bad_gateway.fetch_add(1, Ordering::Relaxed),
+                    StatusCode::SERVICE_UNAVAILABLE => unavailable.fetch_add(1, Ordering::Relaxed),
+                    other => panic!("unexpected {other}"),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.await.unwrap();
+    }
+    let (bad_gateway, unavailable) = (
+        bad_gateway.load(Ordering::Relaxed),
+        unavailable.load(Ordering::Relaxed),
+    );
+    let during = || kg.logs.lock().unwrap()[first_line..].to_vec();
+    let lines = during().len();
+
+    // Every failure is in a line: logged in full, or counted in a summary (the last one is
+    // written at the end of its period).
+    let accounted = |kind: &str| {
+        during()
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|json| {
+                if json["kind"] == kind {
+                    json["count"].as_u64().unwrap()
+                } else {
+                    u64::from(
+                        json["message"].as_str().unwrap().starts_with(kind)
+                            && json["count"].is_null(),
+                    )
+                }
+            })
+            .sum::<u64>()
+    };
+    eventually(Duration::from_secs(8), || async {
+        accounted("upstream request failed") == bad_gateway
+            && accounted("key store lookup failed") == unavailable
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "{bad_gateway} upstream failures, {} in the logs; {unavailable} lookups failed, {} \
+             in the logs:\n{}",
+            accounted("upstream request failed"),
+            accounted("key store lookup failed"),
+            during().join("\n")
+        )
+    });
+    eprintln!(
+        "10 s outage: {bad_gateway} requests got 502 and {unavailable} got 503; {lines} log \
+         lines during it:\n{}",
+        during()[..lines].join("\n")
+    );
+    assert!(
+        bad_gateway > 200 && unavailable > 200,
+        "too little traffic to tell"
+    );
+    assert!(lines <= 60, "{lines} log lines in a 10 s outage");
+    // Metrics count every failure.
+    assert_eq!(
+        kg.metric("keygate_requests_total{class=\"5xx\",decision=\"upstream_unavailable\"}")
+            .await,
+        Some(bad_gateway as f64 + 1.0)
+    );
+    assert_eq!(
+        kg.metric("keygate_requests_total{class=\"5xx\",decision=\"key_store_unavailable\"}")
+            .await,
+        Some(unavailable as f64)
+    );
+}
+
+/// `keys create --count N` killed while it writes: the keys file is untouched, and the
+/// temporary file it left is gone after the next write.
+#[test]
+fn a_killed_bulk_create_leaves_no_temporary_file_behind() {
+    let ws = Workspace::new("http://127.0.0.1:9", "");
+    let (_, before) = ws.create_key(&[]);
+    let kept = std::fs::read(ws.keys_file()).unwrap();
+    let temporary = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".keys.json.tmp-"))
+            .collect()
+    };
+    let mut child = std::process::Command::new(BIN)
+        .args(["keys", "create", "--name", "bulk", "--scopes", "*"])
+        .args(["--count", "200000", "-c"])
+        .arg(ws.config())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once its temporary file exists (it serializes 200,000 records into it).
+    let started = Instant::now();
+    while temporary(ws.dir.path()).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the write finished before it could be interrupted"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no temporary file"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(temporary(ws.dir.path()).len(), 1);
+    assert_eq!(
+        std::fs::read(ws.keys_file()).unwrap(),
+        kept,
+        "the keys file changed"
+    );
+    // The next write cleans up.
+    ws.create_key(&[]);
+    assert_eq!(temporary(ws.dir.path()), Vec::<String>::new());
+    let listed = ws.cli(&["keys", "list"]);
+    assert!(listed.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    assert!(!before.is_empty());
+}
+
+/// An idle connection gives its buffers back after a second and takes them again when its
+/// client sends: the next exchange, a large upload and its echo, is whole.
+#[tokio::test]
+async fn a_connection_that_shed_its_buffers_carries_the_next_exchange_whole() {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    const SIZE: usize = 3 * 1024 * 1024;
+    let up = Upstream::start().await;
+    let ws = Workspace::new(&up.url(), "");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let first = http::Request::get("/first")
+        .header("host", "a")
+        .header("x-api-key", &key)
+        .body(PatternBody::new(0))
+        .unwrap();
+    let reply = sender.send_request(first).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    reply.into_body().collect().await.unwrap();
+    // Idle past the shedding (1 s) but not the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    let second = http::Request::post("/second")
+        .header("host", "a")
+        .header("x-api-key", &key)
+        .header("content-length", SIZE.to_string())
+        .body(PatternBody::new(SIZE))
+        .unwrap();
+    let reply = sender.send_request(second).await.unwrap();
+    assert_eq!(reply.status(), StatusCode::OK);
+    let body = reply.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["body_len"], SIZE);
+    assert_eq!(json["body_sha256"], PatternBody::sha256_hex(SIZE));
+}
