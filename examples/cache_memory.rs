@@ -107,7 +107,7 @@ async fn main() {
         let key = cache.lookup(hash).await.expect("generated store");
         let key = key.expect("the generated store knows every key");
         if limited {
-            let admitted = limiter.admit(hash, &key, SystemTime::now()).await;
+            let admitted = limiter.admit(hash, &*key, SystemTime::now()).await;
             assert!(
                 matches!(admitted, Ok(Some(_))),
                 "the plan applies and admits"

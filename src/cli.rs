@@ -10,12 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LogFormat, parse_net};
-use crate::keys::{
-    self, Change, Environment, KeyPolicy, KeySpec, KeyStore, KeyType, StoreError, manage,
-};
+use crate::keys::{self, Change, KeyPolicy, KeySpec, KeyStore, manage};
 use crate::limits::QuotaStore;
 use crate::metrics::Metrics;
 use crate::server::{self, Server, ServerError};
+use crate::vocab::{Environment, KeyType, StoreError};
 
 mod demo;
 mod health;
@@ -366,7 +365,7 @@ async fn keys_command(
         }
         KeysCommand::Usage { id, json } => {
             let (hash, record) = store.by_id(&id).await?.ok_or(StoreError::NotFound(id))?;
-            let usage = crate::limits::usage::read(
+            let usage = crate::keys::usage::read(
                 &config.limits,
                 hash,
                 &record,

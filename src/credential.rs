@@ -13,8 +13,8 @@ use http::header::{AUTHORIZATION, HeaderName};
 use serde::Serialize;
 
 use crate::head::Head;
-use crate::keys::{Environment, KeyType};
 use crate::reject::Reject;
+use crate::vocab::{Environment, KeyType};
 
 pub const RANDOM_LEN: usize = 28;
 pub const CHECKSUM_LEN: usize = 6;

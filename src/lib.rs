@@ -45,6 +45,9 @@
 //! Around it:
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
+//! - [`vocab`]: the words every layer shares (`KeyHash`, `KeyType`, `Environment`, `Status`,
+//!   `StoreError`); it imports nothing, so the layers above never import each other in a
+//!   circle (`tests/layout.rs` fails on a cycle among top-level modules).
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener;
 //!   [`metrics`]: the Prometheus registry (and `[metrics]`, the usage labels); [`ratelog`]:
 //!   errors that repeat (a dead upstream, a dead key store) logged once per period with a
@@ -77,6 +80,7 @@ pub mod ratelog;
 pub mod reject;
 pub mod routes;
 pub mod server;
+pub mod vocab;
 
 use tokio_util::sync::CancellationToken;
 

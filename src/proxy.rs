@@ -27,7 +27,6 @@ use crate::guard::{Guard, Source, Verdict};
 use crate::h1::head::{FramingRules, HeadError};
 use crate::head::Head;
 use crate::header_rules;
-use crate::keys::KeyHash;
 use crate::keys::cache::KeyCache;
 use crate::keys::cached::CachedKey;
 use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
@@ -35,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::path;
 use crate::reject::Reject;
 use crate::routes::Found;
+use crate::vocab::KeyHash;
 
 /// A response body: the upstream's stream, or keygate's own small JSON.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -393,7 +393,7 @@ impl Proxy {
         //    refusal by any window counts in none. A key suspended for hammering its limit is
         //    refused here too, before anything is counted.
         audit.now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match self.limiter.admit(hash, &record, now).await {
+        match self.limiter.admit(hash, &*record, now).await {
             Ok(window) => audit.limit = window,
             Err(Limited::Rate(refused)) => {
                 audit.limit = Some(refused.window);

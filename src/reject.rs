@@ -13,7 +13,7 @@ use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHE
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use crate::keys::Environment;
+use crate::vocab::Environment;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reject {

@@ -18,7 +18,7 @@ use std::fmt;
 
 use http::Method;
 
-use crate::keys::Environment;
+use crate::vocab::Environment;
 
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,9 @@
 //! The source tree's shape, checked on every run: every file under `src/` is compiled (a file
-//! no `mod` reaches is dead code whose tests never run).
+//! no `mod` reaches is dead code whose tests never run), and the top-level modules form no
+//! import cycle (`use crate::…` and `crate::…` paths outside tests), so the dependency graph
+//! stays a layering a reader can follow from `src/lib.rs`'s `# Layout`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 fn src() -> PathBuf {
@@ -17,6 +19,22 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(path);
         }
     }
+}
+
+/// The code of a file without comments and without its `#[cfg(test)]` tail.
+fn code(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let text = match text.find("#[cfg(test)]") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    text.lines()
+        .map(|line| match line.find("//") {
+            Some(at) => &line[..at],
+            None => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// `mod name;` declarations (any visibility, test modules included).
@@ -76,5 +94,58 @@ fn every_source_file_is_compiled() {
     assert!(
         dead.is_empty(),
         "files under src/ that no `mod` declares (delete them or declare them): {dead:?}"
+    );
+}
+
+#[test]
+fn top_level_modules_form_no_import_cycle() {
+    let root = src();
+    let mut all = Vec::new();
+    rust_files(&root, &mut all);
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &all {
+        let rel = file.strip_prefix(&root).unwrap();
+        let mut parts = rel.iter().map(|p| p.to_str().unwrap().to_owned());
+        let first = parts.next().unwrap();
+        let me = first.strip_suffix(".rs").unwrap_or(&first).to_owned();
+        if me == "lib" || me == "main" || rel.ends_with("tests.rs") {
+            continue;
+        }
+        let text = code(file);
+        for (at, _) in text.match_indices("crate::") {
+            let name: String = text[at + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() && name != me {
+                edges.entry(me.clone()).or_default().insert(name);
+            }
+        }
+    }
+    // Any cycle shows as a path back to where it started.
+    let mut cycles = Vec::new();
+    for start in edges.keys() {
+        let mut stack = vec![(start.clone(), vec![start.clone()])];
+        let mut seen = BTreeSet::new();
+        while let Some((node, path)) = stack.pop() {
+            for next in edges.get(&node).into_iter().flatten() {
+                if next == start {
+                    let mut cycle = path.clone();
+                    cycle.push(start.clone());
+                    cycles.push(cycle.join(" -> "));
+                } else if seen.insert(next.clone()) {
+                    let mut longer = path.clone();
+                    longer.push(next.clone());
+                    stack.push((next.clone(), longer));
+                }
+            }
+        }
+    }
+    cycles.sort_by_key(String::len);
+    cycles.dedup();
+    assert!(
+        cycles.is_empty(),
+        "top-level modules import each other in a cycle; move the shared piece down a layer:\n{}",
+        cycles.join("\n")
     );
 }

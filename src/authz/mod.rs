@@ -9,9 +9,9 @@ use http::Method;
 
 use crate::credential::KeyClaims;
 use crate::keys::cached::CachedKey;
-use crate::keys::{Environment, KeyType, Status};
 use crate::reject::{Denial, Reject};
 use crate::routes::{Found, RouteTable, Unmatched, grants};
+use crate::vocab::{Environment, KeyType, Status};
 
 /// What the request tells us, besides its key.
 #[derive(Debug, Clone, Copy)]

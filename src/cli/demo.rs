@@ -13,8 +13,9 @@ use super::CliError;
 use crate::config::Config;
 use crate::echo;
 use crate::keys::file::FileStore;
-use crate::keys::{self, Environment, KeyPolicy, KeySpec, KeyType};
+use crate::keys::{self, KeyPolicy, KeySpec};
 use crate::server::{Server, ServerError};
+use crate::vocab::{Environment, KeyType};
 
 /// The port the demo tries first, so the printed curl lines look familiar; any free port
 /// is used when it is taken.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::credential::CredentialHeader;
 use crate::guard::GuardConfig;
 use crate::keys::cache::CacheConfig;
-use crate::keys::redis::RedisConfig;
+pub use crate::keys::{KeysConfig, StoreConfig};
 use crate::path::PathRules;
 use crate::routes::{PathPattern, RouteTable};
 
@@ -102,29 +102,6 @@ pub struct Upstream {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     pub http2: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum StoreConfig {
-    File {
-        path: PathBuf,
-        #[serde(with = "humantime_serde")]
-        reload_interval: Duration,
-        /// Where the proxy writes last-used times; `None`: beside the keys file if that
-        /// folder is writable, else in memory (a read-only Secret mount).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        last_used_path: Option<PathBuf>,
-    },
-    Redis(RedisConfig),
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct KeysConfig {
-    pub prefix: String,
-    /// Live (not revoked) keys one owner may hold; `None` for no cap.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_per_owner: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -10,11 +10,11 @@ use http::Uri;
 use super::raw::{RawAuth, RawCache, RawConfig, RawGuard, RawPaths, RawRoute, RawStore};
 use super::*;
 use crate::credential::CredentialHeader;
-use crate::keys::Environment;
 use crate::keys::cache::CacheConfig;
 use crate::keys::redis::{RedisConfig, RedisMode, redact};
 use crate::path::Parameters;
 use crate::routes::{PathPattern, Route, RouteTable, Unmatched, check_scope};
+use crate::vocab::Environment;
 
 impl TryFrom<RawConfig> for Config {
     type Error = ConfigError;

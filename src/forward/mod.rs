@@ -46,10 +46,10 @@ use upstream::{Dialer, Parking, Route};
 use crate::config::Upstream;
 use crate::credential::CredentialHeader;
 use crate::header_rules::RequestPolicy;
-use crate::keys::Environment;
 use crate::keys::cached::CachedKey;
 use crate::metrics::Metrics;
 use crate::reject::Reject;
+use crate::vocab::Environment;
 pub use failure::UpstreamFailure;
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

@@ -232,6 +232,34 @@ impl<T: Eq + Hash> Interner<T> {
     }
 }
 
+impl crate::limits::KeyPlan for CachedKey {
+    fn plan(&self) -> Option<&str> {
+        self.plan.as_deref()
+    }
+
+    fn env(&self) -> Environment {
+        self.env
+    }
+
+    fn overrides(&self) -> Option<&Limits> {
+        self.limits()
+    }
+}
+
+impl crate::limits::KeyPlan for KeyRecord {
+    fn plan(&self) -> Option<&str> {
+        self.plan.as_deref()
+    }
+
+    fn env(&self) -> Environment {
+        self.env
+    }
+
+    fn overrides(&self) -> Option<&Limits> {
+        (!self.limits.is_empty()).then_some(&self.limits)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

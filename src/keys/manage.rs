@@ -46,8 +46,8 @@ pub struct KeyPolicy {
     pub max_per_owner: Option<u32>,
 }
 
-impl From<&crate::config::KeysConfig> for KeyPolicy {
-    fn from(c: &crate::config::KeysConfig) -> Self {
+impl From<&super::KeysConfig> for KeyPolicy {
+    fn from(c: &super::KeysConfig) -> Self {
         Self {
             prefix: c.prefix.clone(),
             max_per_owner: c.max_per_owner,

@@ -1,6 +1,6 @@
 //! What a key is ([`KeyRecord`]), where records live ([`KeyStore`]: [`file`], [`redis`]), the
 //! cache in front of every store ([`cache`]), and the management operations every store shares
-//! ([`manage`]).
+//! ([`manage`], and [`usage`] for `keys usage`).
 //!
 //! Stores are indexed by [`KeyHash`], the SHA-256 of the full key: the secret itself is never
 //! stored, so a leaked keys file or Redis dump cannot be replayed.
@@ -11,17 +11,48 @@ pub mod file;
 pub mod manage;
 pub mod packed;
 pub mod redis;
+pub mod usage;
 
 pub use manage::{Change, CreatedKey, KeyPolicy, KeySpec};
+// The shared vocabulary lives below every layer (`crate::vocab`); re-exported where keys are
+// the subject.
+pub use crate::vocab::{
+    Environment, KeyHash, KeyHashHasher, KeyHashState, KeyType, Status, StoreError,
+};
+
+/// `[store]`, validated: which store holds the keys.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum StoreConfig {
+    File {
+        path: PathBuf,
+        #[serde(with = "humantime_serde")]
+        reload_interval: Duration,
+        /// Where the proxy writes last-used times; `None`: beside the keys file if that
+        /// folder is writable, else in memory (a read-only Secret mount).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_used_path: Option<PathBuf>,
+    },
+    Redis(redis::RedisConfig),
+}
+
+/// `[keys]`, validated.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeysConfig {
+    pub prefix: String,
+    /// Live (not revoked) keys one owner may hold; `None` for no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_per_owner: Option<u32>,
+}
 
 /// Opens the configured store. Nothing here waits on the network: a Redis store connects on
 /// first use, so a proxy can start while Redis is down.
 pub fn open(
-    config: &crate::config::StoreConfig,
+    config: &StoreConfig,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Arc<dyn KeyStore>, StoreError> {
     Ok(match config {
-        crate::config::StoreConfig::File {
+        StoreConfig::File {
             path,
             reload_interval,
             last_used_path,
@@ -30,156 +61,17 @@ pub fn open(
             *reload_interval,
             last_used_path.clone(),
         )?),
-        crate::config::StoreConfig::Redis(redis) => {
-            Arc::new(redis::RedisStore::new(redis.clone(), metrics)?)
-        }
+        StoreConfig::Redis(redis) => Arc::new(redis::RedisStore::new(redis.clone(), metrics)?),
     })
 }
 
 use std::collections::HashMap;
-use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-/// SHA-256 of a full key string.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct KeyHash(pub [u8; 32]);
-
-impl std::hash::Hash for KeyHash {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let mut prefix = [0u8; 8];
-        prefix.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(prefix));
-    }
-}
-
-/// A SHA-256 is already uniformly distributed: its first 8 bytes are a perfect table hash, and
-/// running SipHash over it again (the std default) is wasted work on every request. Keys are
-/// not attacker-chosen in a way that helps: finding SHA-256 inputs that collide in 64 bits of
-/// output is a 2^32-work search per bucket, and the maps it feeds are bounded.
-#[derive(Clone, Copy, Default)]
-pub struct KeyHashHasher(u64);
-
-impl std::hash::Hasher for KeyHashHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached for types other than KeyHash: fold the bytes in (FNV-1a).
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-pub type KeyHashState = std::hash::BuildHasherDefault<KeyHashHasher>;
-
-impl KeyHash {
-    pub fn of(key: &str) -> Self {
-        Self(Sha256::digest(key.as_bytes()).into())
-    }
-
-    pub fn to_hex(self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    pub fn from_hex(s: &str) -> Option<Self> {
-        if s.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
-        Some(Self(out))
-    }
-}
-
-impl fmt::Debug for KeyHash {
-    // Short on purpose: the hash is not secret, but full hashes in logs invite grepping for
-    // them elsewhere and add nothing.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyHash({}…)", &self.to_hex()[..12])
-    }
-}
-
-impl Serialize for KeyHash {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
-    }
-}
-
-impl<'de> Deserialize<'de> for KeyHash {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // A visitor rather than `String::deserialize`: loading a million-key file must not
-        // leave a million freed temporaries behind in the allocator (see `keys::file`).
-        struct Hex;
-        impl serde::de::Visitor<'_> for Hex {
-            type Value = KeyHash;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a SHA-256 hash as 64 hex digits")
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<KeyHash, E> {
-                KeyHash::from_hex(s).ok_or_else(|| E::custom("hash must be 64 hex digits"))
-            }
-        }
-        d.deserialize_str(Hex)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyType {
-    /// Full access to its scopes.
-    Secret,
-    /// Safe to embed in a browser or app: read-only whatever its scopes say.
-    Public,
-}
-
-impl KeyType {
-    /// The two letters inside the key string.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Secret => "sk",
-            Self::Public => "pk",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    /// Production.
-    Live,
-    /// Sandbox.
-    Test,
-}
-
-impl Environment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Test => "test",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Active,
-    Revoked,
-    Suspended,
-}
 
 /// Everything keygate knows about a key, except the key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -242,40 +134,6 @@ impl KeyRecord {
             last_used_at: None,
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("key store unavailable: {0}")]
-    Unavailable(String),
-    /// The store did not answer within its budget (as opposed to refusing or failing).
-    #[error("key store timed out: {0}")]
-    TimedOut(String),
-    #[error("keys file {path}: {message}")]
-    Corrupt { path: String, message: String },
-    #[error("no key with id {0:?}")]
-    NotFound(String),
-    #[error("invalid key spec: {0}")]
-    InvalidSpec(String),
-    #[error(
-        "owner {owner:?} already has {max} keys, the most [keys] max_per_owner allows; revoke one first"
-    )]
-    OwnerCap { owner: String, max: u32 },
-    #[error("key {id} is {status:?}: {message}")]
-    Conflict {
-        id: String,
-        status: Status,
-        message: &'static str,
-    },
-    #[error("a key with this id or hash already exists")]
-    Duplicate,
-    #[error("the key changed while it was being updated; try again")]
-    Changed,
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
 }
 
 /// A set of changes a store applies atomically: all or none.

@@ -8,15 +8,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use quick_cache::UnitWeighter;
 
+use super::KeyPlan;
 use super::gcra::{self, Gcra, Rate};
 use super::lease::{Take, fallback_budget, fallback_limit};
 use super::quota::{self, Calendar, Counter};
 use super::shared::{KeyLeases, QuotaStore, Shared, SharedSettings};
 use super::suspend::Suspensions;
 use super::{Limited, Limits, LimitsConfig, Refusal, ResetStyle, WindowState};
-use crate::keys::cached::CachedKey;
-use crate::keys::{Environment, KeyHash, KeyHashState};
 use crate::metrics::Metrics;
+use crate::vocab::{Environment, KeyHash, KeyHashState};
 
 const SECOND_NS: u64 = 1_000_000_000;
 /// A count without a limit: what this process admitted in a window, for the fallback.
@@ -155,7 +155,7 @@ impl Limiter {
 
     /// The limits that apply to `record`: its plan (or the sandbox / default plan), with the
     /// key's own overrides on top. Empty: the key is not limited.
-    pub fn limits_for(&self, key: &CachedKey) -> Limits {
+    pub fn limits_for(&self, key: &impl KeyPlan) -> Limits {
         limits_for(&self.config.load(), key)
     }
 
@@ -167,7 +167,7 @@ impl Limiter {
     pub async fn admit(
         &self,
         hash: KeyHash,
-        key: &CachedKey,
+        key: &impl KeyPlan,
         now: SystemTime,
     ) -> Result<Option<WindowState>, Limited> {
         // The clock is only read when some key is suspended at all.
@@ -438,11 +438,10 @@ impl Limiter {
     }
 }
 
-fn limits_for(config: &LimitsConfig, key: &CachedKey) -> Limits {
+fn limits_for(config: &LimitsConfig, key: &impl KeyPlan) -> Limits {
     let plan = key
-        .plan
-        .as_deref()
-        .or(match key.env {
+        .plan()
+        .or(match key.env() {
             Environment::Test => config
                 .sandbox_plan
                 .as_deref()
@@ -451,7 +450,7 @@ fn limits_for(config: &LimitsConfig, key: &CachedKey) -> Limits {
         })
         .and_then(|name| config.plans.get(name));
     let limits = plan.cloned().unwrap_or_default();
-    match key.limits() {
+    match key.overrides() {
         Some(own) => limits.overridden_by(own),
         None => limits,
     }

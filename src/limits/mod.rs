@@ -64,11 +64,19 @@ mod limiter;
 pub mod quota;
 pub mod shared;
 pub mod suspend;
-pub mod usage;
 
 use serde::{Deserialize, Serialize};
 
 pub use limiter::Limiter;
+
+/// What limiting reads of a key: its plan, its environment (sandbox keys may have a plan of
+/// their own) and its own overrides. The key cache's entries and stored records implement it;
+/// limits never needs to know what else a key is.
+pub trait KeyPlan {
+    fn plan(&self) -> Option<&str>;
+    fn env(&self) -> crate::vocab::Environment;
+    fn overrides(&self) -> Option<&Limits>;
+}
 pub use shared::{QuotaStore, SharedSettings};
 pub use suspend::SuspendConfig;
 

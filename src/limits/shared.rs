@@ -20,8 +20,8 @@ use tokio::sync::Notify;
 use super::lease::{Lease, Settled, chunk_size};
 use super::quota::Calendar;
 use super::suspend::Suspensions;
-use crate::keys::{KeyHash, StoreError};
 use crate::metrics::Metrics;
+use crate::vocab::{KeyHash, StoreError};
 
 /// One window's part of a grant request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::keys::{KeyHash, KeyHashState};
+use crate::vocab::{KeyHash, KeyHashState};
 
 /// `[limits.suspend]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -52,7 +52,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Store(#[from] crate::keys::StoreError),
+    Store(#[from] crate::vocab::StoreError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error(transparent)]

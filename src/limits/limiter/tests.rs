@@ -2,6 +2,7 @@
 //! in-memory store.
 
 use super::*;
+use crate::keys::cached::CachedKey;
 use crate::limits::SuspendConfig;
 use std::time::Duration;
 
@@ -258,9 +259,9 @@ fn reconfigure_keeps_the_counters() {
 
 mod shared {
     use super::*;
-    use crate::keys::StoreError;
     use crate::limits::lease;
     use crate::limits::shared::{Grant, GrantAsk, StoredWindow, SyncState};
+    use crate::vocab::StoreError;
     use std::collections::HashMap;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -8,10 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::quota::Calendar;
-use super::shared::QuotaStore;
-use super::{Limiter, LimitsConfig};
-use crate::keys::{KeyHash, KeyRecord, StoreError};
+use super::{KeyHash, KeyRecord, StoreError};
+use crate::limits::quota::Calendar;
+use crate::limits::{Limiter, LimitsConfig, QuotaStore};
 
 #[derive(Debug, Serialize)]
 pub struct KeyUsage {
@@ -52,7 +51,7 @@ pub async fn read(
     quotas: Option<&dyn QuotaStore>,
     now: SystemTime,
 ) -> Result<KeyUsage, StoreError> {
-    let limits = Limiter::new(config.clone(), 1).limits_for(&record.into());
+    let limits = Limiter::new(config.clone(), 1).limits_for(record);
     let stored = match quotas {
         Some(q) => Some(q.usage(hash).await?),
         None => None,

@@ -1,0 +1,180 @@
+//! The words every layer shares: what identifies a key ([`KeyHash`]), what kind it is
+//! ([`KeyType`], [`Environment`], [`Status`]), and how a store fails ([`StoreError`]).
+//!
+//! A leaf: it imports nothing from the rest of keygate, so the request path's stages, the
+//! stores, the limits and the config can all speak of keys without depending on each other.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// SHA-256 of a full key string.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl std::hash::Hash for KeyHash {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(prefix));
+    }
+}
+
+/// A SHA-256 is already uniformly distributed: its first 8 bytes are a perfect table hash, and
+/// running SipHash over it again (the std default) is wasted work on every request. Keys are
+/// not attacker-chosen in a way that helps: finding SHA-256 inputs that collide in 64 bits of
+/// output is a 2^32-work search per bucket, and the maps it feeds are bounded.
+#[derive(Clone, Copy, Default)]
+pub struct KeyHashHasher(u64);
+
+impl std::hash::Hasher for KeyHashHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for types other than KeyHash: fold the bytes in (FNV-1a).
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub type KeyHashState = std::hash::BuildHasherDefault<KeyHashHasher>;
+
+impl KeyHash {
+    pub fn of(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    pub fn to_hex(self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for KeyHash {
+    // Short on purpose: the hash is not secret, but full hashes in logs invite grepping for
+    // them elsewhere and add nothing.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyHash({}…)", &self.to_hex()[..12])
+    }
+}
+
+impl Serialize for KeyHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // A visitor rather than `String::deserialize`: loading a million-key file must not
+        // leave a million freed temporaries behind in the allocator (see `keys::file`).
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = KeyHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SHA-256 hash as 64 hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<KeyHash, E> {
+                KeyHash::from_hex(s).ok_or_else(|| E::custom("hash must be 64 hex digits"))
+            }
+        }
+        d.deserialize_str(Hex)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    /// Full access to its scopes.
+    Secret,
+    /// Safe to embed in a browser or app: read-only whatever its scopes say.
+    Public,
+}
+
+impl KeyType {
+    /// The two letters inside the key string.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Secret => "sk",
+            Self::Public => "pk",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Production.
+    Live,
+    /// Sandbox.
+    Test,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Test => "test",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Active,
+    Revoked,
+    Suspended,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("key store unavailable: {0}")]
+    Unavailable(String),
+    /// The store did not answer within its budget (as opposed to refusing or failing).
+    #[error("key store timed out: {0}")]
+    TimedOut(String),
+    #[error("keys file {path}: {message}")]
+    Corrupt { path: String, message: String },
+    #[error("no key with id {0:?}")]
+    NotFound(String),
+    #[error("invalid key spec: {0}")]
+    InvalidSpec(String),
+    #[error(
+        "owner {owner:?} already has {max} keys, the most [keys] max_per_owner allows; revoke one first"
+    )]
+    OwnerCap { owner: String, max: u32 },
+    #[error("key {id} is {status:?}: {message}")]
+    Conflict {
+        id: String,
+        status: Status,
+        message: &'static str,
+    },
+    #[error("a key with this id or hash already exists")]
+    Duplicate,
+    #[error("the key changed while it was being updated; try again")]
+    Changed,
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
