@@ -77,6 +77,39 @@ pub struct Metrics {
     write_batching: IntGauge,
 }
 
+/// What became of one request, as `keygate_requests_total{decision}` and the access log name
+/// it: one value per request, whichever engine served it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Forwarded to the upstream (whatever the upstream then answered).
+    Allowed,
+    /// Refused by keygate with this error code (the README's error table).
+    Refused(&'static str),
+    /// The plain listener redirected the client to HTTPS.
+    HttpsRedirect,
+    /// The client went away before its response could be written.
+    ClientClosed,
+}
+
+impl Decision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allowed",
+            Self::Refused(code) => code,
+            Self::HttpsRedirect => "https_redirect",
+            Self::ClientClosed => "client_closed",
+        }
+    }
+}
+
+/// A finished exchange: the status the client got (or, for [`Decision::ClientClosed`], the
+/// 499 logged for it) and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: u16,
+    pub decision: Decision,
+}
+
 /// Why an upstream request ended in 502 `upstream_unavailable` or 504 `upstream_timeout`: the
 /// label of `keygate_upstream_failures_total{kind}`. A 502 alone does not say whether the
 /// service is down (refused), overloaded (timeouts), restarting under load (resets) or
@@ -349,17 +382,17 @@ impl Metrics {
         }
     }
 
-    /// Counts one request: `decision` is `allowed` or the rejection code.
-    pub fn request(&self, decision: &str, status: u16, latency: std::time::Duration) {
-        let class = (usize::from(status / 100)).clamp(1, 5) - 1;
-        let allowed = decision == "allowed";
+    /// Counts one finished request.
+    pub fn request(&self, outcome: Outcome, latency: std::time::Duration) {
+        let class = (usize::from(outcome.status / 100)).clamp(1, 5) - 1;
+        let allowed = outcome.decision == Decision::Allowed;
         self.request_latency[usize::from(!allowed)].observe(latency.as_secs_f64());
         if allowed {
             self.allowed[class].inc();
         } else {
             const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
             self.requests
-                .with_label_values(&[decision, CLASSES[class]])
+                .with_label_values(&[outcome.decision.as_str(), CLASSES[class]])
                 .inc();
         }
     }

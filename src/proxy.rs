@@ -30,7 +30,7 @@ use crate::header_rules;
 use crate::keys::cache::KeyCache;
 use crate::keys::cached::CachedKey;
 use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
-use crate::metrics::Metrics;
+use crate::metrics::{Decision, Metrics, Outcome};
 use crate::path;
 use crate::reject::Reject;
 use crate::routes::Found;
@@ -103,9 +103,7 @@ pub(crate) struct Ended<'a> {
     /// The request's path (never its query), when access logs are on.
     pub path: Option<&'a str>,
     pub audit: &'a Audit<'a>,
-    /// `allowed`, or the refusal's code.
-    pub decision: &'static str,
-    pub status: u16,
+    pub outcome: Outcome,
 }
 
 impl Proxy {
@@ -213,10 +211,13 @@ impl Proxy {
         };
         let close = http1 && matches!(outcome, Err(Reject::BadRequest(_)));
         let (mut response, decision) = match outcome {
-            Ok(response) => (response.map(Either::Left), "allowed"),
+            Ok(response) => (response.map(Either::Left), Decision::Allowed),
             Err(reject) => {
                 let code = reject.code();
-                (reject.into_response().map(Either::Right), code)
+                (
+                    reject.into_response().map(Either::Right),
+                    Decision::Refused(code),
+                )
             }
         };
         if close {
@@ -239,8 +240,10 @@ impl Proxy {
                 method: Some(&method),
                 path: path.as_deref(),
                 audit: &audit,
-                decision,
-                status: response.status().as_u16(),
+                outcome: Outcome {
+                    status: response.status().as_u16(),
+                    decision,
+                },
             },
         );
         response
@@ -249,8 +252,9 @@ impl Proxy {
     /// Metrics and the access log line for one finished request, from either engine.
     pub(crate) fn finish(&self, config: &Config, ended: &Ended) {
         let latency = ended.started.elapsed();
-        self.metrics.request(ended.decision, ended.status, latency);
-        if let (Some(key), "allowed") = (ended.audit.key.as_deref(), ended.decision) {
+        self.metrics.request(ended.outcome, latency);
+        if let (Some(key), Decision::Allowed) = (ended.audit.key.as_deref(), ended.outcome.decision)
+        {
             self.metrics.used(key.plan.as_deref(), key.owner.as_str());
         }
         if config.log.access {
@@ -261,8 +265,8 @@ impl Proxy {
                 method = ended.method.map_or("-", http::Method::as_str),
                 path = ended.path.unwrap_or_default(),
                 route = audit.route,
-                status = ended.status,
-                decision = ended.decision,
+                status = ended.outcome.status,
+                decision = ended.outcome.decision.as_str(),
                 key_id = key.map(|k| &*k.id),
                 owner = key.map(|k| k.owner.as_str()),
                 env = key.map(|k| k.env.as_str()),

@@ -113,6 +113,10 @@ pub struct KeyCache {
     config: CacheConfig,
     metrics: Arc<Metrics>,
     used: Mutex<Vec<(String, SystemTime)>>,
+    /// Held for the whole of a flush: the shutdown's last flush waits for one the write-behind
+    /// task started a moment before, instead of finding nothing to take and letting the
+    /// process exit under it.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 impl KeyCache {
@@ -138,6 +142,7 @@ impl KeyCache {
             config,
             metrics,
             used: Mutex::new(Vec::new()),
+            flushing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -397,6 +402,7 @@ impl KeyCache {
 
     /// Writes queued last-used times to the store in one batch.
     pub async fn flush_usage(&self) {
+        let _flushing = self.flushing.lock().await;
         let batch = std::mem::take(&mut *self.used.lock().unwrap_or_else(|p| p.into_inner()));
         if batch.is_empty() {
             return;

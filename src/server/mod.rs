@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use crate::admin::{self, Readiness};
 use crate::config::{Config, Tls};
 use crate::keys::{self, cache::KeyCache};
-use crate::metrics::Metrics;
+use crate::metrics::{Decision, Metrics, Outcome};
 use crate::proxy::{Connection, Proxy};
 use crate::reject::Reject;
 use conn::{Activity, Serving};
@@ -496,11 +496,15 @@ async fn serve_plain(serving: &Serving, stream: TcpStream, tls: &Tls, metrics: A
         let started = Instant::now();
         let response = plain_response(&req, redirect.as_ref());
         let decision = if redirect.is_some() {
-            "https_redirect"
+            Decision::HttpsRedirect
         } else {
-            "https_required"
+            Decision::Refused(Reject::HttpsRequired.code())
         };
-        metrics.request(decision, response.status().as_u16(), started.elapsed());
+        let outcome = Outcome {
+            status: response.status().as_u16(),
+            decision,
+        };
+        metrics.request(outcome, started.elapsed());
         async move { Ok::<_, Infallible>(response) }
     });
     conn::serve(serving, stream, Activity::new(), service).await;

@@ -15,6 +15,7 @@ use crate::forward::upstream::{DialError, Link, Route, Stream};
 use crate::forward::{Forwarder, UpstreamFailure};
 use crate::h1::write::{self, Limit, Parsed, Response, ResponseContext};
 use crate::h1::{self, BodyError, Buffer, Decoder, Encoding, Framing};
+use crate::metrics::{Decision, Outcome};
 use crate::proxy::Audit;
 use crate::ratelog::UPSTREAM_FAILED;
 use crate::reject::Reject;
@@ -48,6 +49,12 @@ impl Failure {
     }
 }
 
+/// A client that left before its response could be written (499, as nginx logs it).
+const CLIENT_CLOSED: Outcome = Outcome {
+    status: 499,
+    decision: Decision::ClientClosed,
+};
+
 impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     /// Sends the request upstream and relays the response. Returns the status the client got
     /// with the decision logged for it.
@@ -57,7 +64,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         route: Route,
         audit: &Audit<'_>,
         facts: &Facts,
-    ) -> ((u16, &'static str), Next) {
+    ) -> (Outcome, Next) {
         // The body bytes that came with the head go with the upstream's head, in one write.
         let mut decoder = Decoder::new(facts.framing);
         let encoding = match facts.framing {
@@ -81,7 +88,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         let whole = decoder.is_done();
         let body = if whole { Body::Consumed } else { Body::Partial };
         if !whole && facts.expect_continue && self.send_down(write::CONTINUE).await.is_err() {
-            return ((499, "client_closed"), Next::Gone);
+            return (CLIENT_CLOSED, Next::Gone);
         }
 
         let mut link = match self.take_link(forwarder, route).await {
@@ -317,8 +324,11 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         mut response: Response,
         mut decoder: Decoder,
         request_done: bool,
-    ) -> ((u16, &'static str), Next) {
-        let status = (response.status, "allowed");
+    ) -> (Outcome, Next) {
+        let status = Outcome {
+            status: response.status,
+            decision: Decision::Allowed,
+        };
         if !request_done && response.client_keep_alive {
             // Answered before the body was through: the head was written for a connection
             // that stays open, and this one cannot.

@@ -41,6 +41,7 @@ use crate::forward::h1::{RequestContext, write_request_head};
 use crate::forward::upstream::Link;
 use crate::h1::{self, Buffer, Framing, HeadError, RequestHead};
 use crate::head::Head;
+use crate::metrics::Outcome;
 use crate::proxy::{Audit, Connection, Current, Ended, Proxy};
 use crate::reject::Reject;
 
@@ -345,8 +346,8 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 let len = head.len;
                 self.buf.consume(len);
                 let (status, next) = self.refuse(reject, &audit, &facts, Body::Untouched).await;
-                self.finish(&current, started, &facts, &audit, status.1, status.0);
-                tracing::trace!(status = status.0, ?next, "request refused");
+                self.finish(&current, started, &facts, &audit, status);
+                tracing::trace!(status = status.status, ?next, "request refused");
                 return next;
             }
         };
@@ -377,8 +378,8 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         let (status, next) = self
             .forward(forwarder, forwarder.route(sandbox), &audit, &facts)
             .await;
-        self.finish(&current, started, &facts, &audit, status.1, status.0);
-        tracing::trace!(status = status.0, ?next, "request forwarded");
+        self.finish(&current, started, &facts, &audit, status);
+        tracing::trace!(status = status.status, ?next, "request forwarded");
         next
     }
 
@@ -449,8 +450,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         started: std::time::Instant,
         facts: &Facts,
         audit: &Audit<'_>,
-        decision: &'static str,
-        status: u16,
+        outcome: Outcome,
     ) {
         self.proxy.finish(
             &current.config,
@@ -459,8 +459,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 method: Some(&facts.method),
                 path: facts.log_path.as_deref(),
                 audit,
-                decision,
-                status,
+                outcome,
             },
         );
     }

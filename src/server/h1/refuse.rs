@@ -8,6 +8,7 @@ use super::{Facts, Next, Session};
 use crate::batch::Batchable;
 use crate::h1::write::{self, Limit};
 use crate::h1::{self, Decoder, Encoding, Framing};
+use crate::metrics::{Decision, Outcome};
 use crate::proxy::{Audit, Ended};
 use crate::reject::Reject;
 
@@ -44,8 +45,8 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         audit: &Audit<'_>,
         facts: &Facts,
         body: Body,
-    ) -> ((u16, &'static str), Next) {
-        let status = (reject.status().as_u16(), reject.code());
+    ) -> (Outcome, Next) {
+        let status = refused(&reject);
         let leftover = match body {
             Body::Untouched => self.skip_body(facts),
             Body::Consumed => Leftover::None,
@@ -88,8 +89,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 method: None,
                 path: None,
                 audit: &Audit::default(),
-                decision: reject.code(),
-                status: reject.status().as_u16(),
+                outcome: refused(&reject),
             },
         );
         Next::Linger
@@ -145,5 +145,13 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
             }
         }
         Next::KeepAlive
+    }
+}
+
+/// The outcome of a refusal, as logged and counted.
+pub(super) fn refused(reject: &Reject) -> Outcome {
+    Outcome {
+        status: reject.status().as_u16(),
+        decision: Decision::Refused(reject.code()),
     }
 }
