@@ -144,7 +144,9 @@ pub enum ToUpstream {
     /// configured credentials, any value carrying a key, `x-keygate-*` and the `_` spellings
     /// of controlled headers, and what an untrusted client says of its own address.
     Drop,
-    /// `Host`: kept or replaced by the upstream's, as `[upstream] preserve_host` says.
+    /// `Host`: kept or replaced by the upstream's, as `[upstream] preserve_host` says. (A
+    /// `Host`, or the authority of an absolute-form target, that carries a key is `Drop`: the
+    /// upstream gets its own host and no `X-Forwarded-Host`.)
     Host,
     /// `X-Forwarded-For` from a trusted proxy: its hops go on, with the peer's address after
     /// them. (From anyone else it is dropped and replaced by the peer's address.)
@@ -194,7 +196,9 @@ pub fn to_upstream(class: Name, name: &[u8], value: &[u8], policy: &RequestPolic
         Name::Other if underscore_alias(name) => Drop,
         _ => Keep,
     };
-    if decided == Keep && credential::carries_key(value, policy.key_prefix) {
+    // Whatever would go on as it came (a kept value, `Host`, a trusted proxy's hops): never a
+    // key.
+    if decided != Drop && credential::carries_key(value, policy.key_prefix) {
         return Drop;
     }
     decided
@@ -329,6 +333,15 @@ mod tests {
             ("X_Keygate_Owner", "forged", &all, true, Drop),
             ("X-Forwarded-For", "1.2.3.4", &all, false, Drop),
             ("X-Forwarded-For", "1.2.3.4", &all, true, Chain),
+            // Found by the `request_head` fuzz target: these went upstream as they came.
+            ("Host", &format!("{key}.example"), &all, false, Drop),
+            (
+                "X-Forwarded-For",
+                &format!("1.2.3.4, {key}"),
+                &all,
+                true,
+                Drop,
+            ),
             ("X_Forwarded_For", "1.2.3.4", &all, true, Drop),
             ("X-Forwarded-Proto", "https", &all, false, Drop),
             ("X-Forwarded-Proto", "https", &all, true, Keep),
