@@ -186,12 +186,23 @@ fn basic_credentials(token: &[u8]) -> Option<Vec<u8>> {
     FORGIVING.decode(symbols).ok()
 }
 
+/// `<prefix>_sk_` or `<prefix>_pk_` anywhere in `haystack`. Every occurrence of the prefix is
+/// tried, overlapping ones included: with a prefix such as `abab`, `ababab_sk_…` holds a key
+/// that a search for non-overlapping matches steps over.
 fn marked(haystack: &[u8], prefix: &[u8]) -> bool {
-    memchr::memmem::find_iter(haystack, prefix).any(|at| {
-        let rest = &haystack[at + prefix.len()..];
-        rest.get(..4)
+    let finder = memchr::memmem::Finder::new(prefix);
+    let mut from = 0;
+    while let Some(found) = haystack.get(from..).and_then(|rest| finder.find(rest)) {
+        let after = from + found + prefix.len();
+        if haystack[after..]
+            .get(..4)
             .is_some_and(|tag| tag == b"_sk_" || tag == b"_pk_")
-    })
+        {
+            return true;
+        }
+        from += found + 1;
+    }
+    false
 }
 
 /// What the key string itself says, once its format and checksum are verified.
@@ -616,6 +627,29 @@ mod tests {
             format!("Basic {}", STANDARD.encode("client:kg_sx_live_x")),
         ] {
             assert!(!carries_key(value.as_bytes(), "kg"), "{value:?}");
+        }
+    }
+
+    /// Found by the `credential` fuzz target: a key right after part of its own prefix
+    /// (`k` + `kk_pk_…` for the prefix `kk`) was stepped over by a search for
+    /// non-overlapping matches.
+    #[test]
+    fn keys_behind_a_partial_prefix_are_seen() {
+        for (prefix, value, carries) in [
+            ("kk", "kkk_pk_test_x", true),
+            ("kk", "kkkkk_sk_live_x", true),
+            ("abab", "ababab_sk_live_x", true),
+            ("abab", "x=ab; y=abab_pk_live_x", true),
+            ("kg", "kgkg_sk_live_x", true),
+            ("kg", "", false),
+            ("kk", "kkk_xk_live_x", false),
+            ("abab", "abababab", false),
+        ] {
+            assert_eq!(
+                carries_key(value.as_bytes(), prefix),
+                carries,
+                "{prefix}: {value}"
+            );
         }
     }
 
