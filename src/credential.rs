@@ -143,24 +143,66 @@ pub fn carries_key(value: &[u8], prefix: &str) -> bool {
         return true;
     }
     // `Basic base64(id:secret)`: the one common scheme that hides a key from the scan above.
-    let trimmed = value.trim_ascii();
-    match trimmed.get(..6) {
-        Some(scheme) if scheme.eq_ignore_ascii_case(b"basic ") => {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .decode(trimmed[6..].trim_ascii())
-                .is_ok_and(|plain| marked(&plain, prefix.as_bytes()))
-        }
-        _ => false,
-    }
+    // Read as the most forgiving server would (scheme in any case, spaces or tabs after it,
+    // see `basic_credentials`), or a key could reach an upstream that decodes what keygate
+    // did not.
+    let value = value.trim_ascii();
+    let Some(split) = value.iter().position(|&b| b == b' ' || b == b'\t') else {
+        return false;
+    };
+    let (scheme, token) = value.split_at(split);
+    scheme.eq_ignore_ascii_case(b"basic")
+        && basic_credentials(token).is_some_and(|plain| marked(&plain, prefix.as_bytes()))
 }
 
+/// Base64 as forgiving decoders read it (Python's `b64decode` drops what is not in the
+/// alphabet, Node's `Buffer.from` takes the URL-safe alphabet and no padding, and either
+/// ignores the unused bits of the last character): only the alphabet's characters kept, `-`
+/// and `_` read as `+` and `/`, padding optional, trailing bits ignored. Everything a strict
+/// decoder accepts decodes the same way.
+fn basic_credentials(token: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const FORGIVING: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let mut symbols: Vec<u8> = token
+        .iter()
+        .filter_map(|&b| match b {
+            b'-' => Some(b'+'),
+            b'_' => Some(b'/'),
+            b'+' | b'/' => Some(b),
+            _ if b.is_ascii_alphanumeric() => Some(b),
+            _ => None,
+        })
+        .collect();
+    // A single symbol left over holds no whole byte.
+    if symbols.len() % 4 == 1 {
+        symbols.pop();
+    }
+    FORGIVING.decode(symbols).ok()
+}
+
+/// `<prefix>_sk_` or `<prefix>_pk_` anywhere in `haystack`. Every occurrence of the prefix is
+/// tried, overlapping ones included: with a prefix such as `abab`, `ababab_sk_…` holds a key
+/// that a search for non-overlapping matches steps over.
 fn marked(haystack: &[u8], prefix: &[u8]) -> bool {
-    memchr::memmem::find_iter(haystack, prefix).any(|at| {
-        let rest = &haystack[at + prefix.len()..];
-        rest.get(..4)
+    let finder = memchr::memmem::Finder::new(prefix);
+    let mut from = 0;
+    while let Some(found) = haystack.get(from..).and_then(|rest| finder.find(rest)) {
+        let after = from + found + prefix.len();
+        if haystack[after..]
+            .get(..4)
             .is_some_and(|tag| tag == b"_sk_" || tag == b"_pk_")
-    })
+        {
+            return true;
+        }
+        from += found + 1;
+    }
+    false
 }
 
 /// What the key string itself says, once its format and checksum are verified.
@@ -538,6 +580,81 @@ mod tests {
             );
         }
     }
+
+    /// Found by the `credential` fuzz target: `Basic<TAB>…` hid a key from `carries_key`,
+    /// though servers that split the scheme off at any whitespace (werkzeug) decode it; so
+    /// would unpadded, URL-safe or non-canonical base64 for a forgiving decoder (Node, Python).
+    #[test]
+    fn keys_inside_basic_credentials_are_seen_however_written() {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE};
+        let key = generate_key("kg", KeyType::Secret, Environment::Live).unwrap();
+        // Two bytes that encode to `+/` (`-_` URL-safe), and a length that needs `==`.
+        let mut plain = b"\xfb\xff:".to_vec();
+        plain.extend_from_slice(key.as_bytes());
+        while plain.len() % 3 != 1 {
+            plain.push(b'x');
+        }
+        let padded = STANDARD.encode(&plain);
+        assert!(padded.contains("+/") && padded.ends_with("=="), "{padded}");
+        // The last symbol's four unused bits set: still the same bytes to a forgiving decoder.
+        let mut loose = padded.clone().into_bytes();
+        let last = loose.len() - 3;
+        let at = BASE64_ALPHABET
+            .iter()
+            .position(|&c| c == loose[last])
+            .unwrap();
+        loose[last] = BASE64_ALPHABET[at | 1];
+        let loose = String::from_utf8(loose).unwrap();
+        let junk = format!("{}.{}", &padded[..8], &padded[8..]);
+        for value in [
+            format!("Basic {padded}"),
+            format!("basic\t{padded}"),
+            format!("BASIC \t {padded}  "),
+            format!("Basic {}", STANDARD_NO_PAD.encode(&plain)),
+            format!("Basic {}", URL_SAFE.encode(&plain)),
+            format!("Basic {loose}"),
+            format!("Basic {junk}"),
+            format!("Token {key}"),
+        ] {
+            assert!(carries_key(value.as_bytes(), "kg"), "{value:?}");
+        }
+        for value in [
+            "Basic dTpw".to_owned(),
+            "Basic".to_owned(),
+            format!("Basicx {padded}"),
+            format!("Bearer {padded}"),
+            format!("Basic {}", STANDARD.encode("client:kg_sx_live_x")),
+        ] {
+            assert!(!carries_key(value.as_bytes(), "kg"), "{value:?}");
+        }
+    }
+
+    /// Found by the `credential` fuzz target: a key right after part of its own prefix
+    /// (`k` + `kk_pk_…` for the prefix `kk`) was stepped over by a search for
+    /// non-overlapping matches.
+    #[test]
+    fn keys_behind_a_partial_prefix_are_seen() {
+        for (prefix, value, carries) in [
+            ("kk", "kkk_pk_test_x", true),
+            ("kk", "kkkkk_sk_live_x", true),
+            ("abab", "ababab_sk_live_x", true),
+            ("abab", "x=ab; y=abab_pk_live_x", true),
+            ("kg", "kgkg_sk_live_x", true),
+            ("kg", "", false),
+            ("kk", "kkk_xk_live_x", false),
+            ("abab", "abababab", false),
+        ] {
+            assert_eq!(
+                carries_key(value.as_bytes(), prefix),
+                carries,
+                "{prefix}: {value}"
+            );
+        }
+    }
+
+    const BASE64_ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     #[test]
     fn checksum_encoding_covers_u32() {

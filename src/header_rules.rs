@@ -78,12 +78,20 @@ pub fn name(name: &[u8]) -> Name {
 /// (`HTTP_X_KEYGATE_OWNER`) cannot tell `X_Keygate_Owner` from `X-Keygate-Owner`, so the
 /// underscore spelling is dropped too (nginx drops every header with `_` by default).
 pub fn underscore_alias(name: &[u8]) -> bool {
-    if !name.contains(&b'_') || name.len() > 64 {
+    if !name.contains(&b'_') {
         return false;
+    }
+    let dash = |b: u8| if b == b'_' { b'-' } else { b };
+    if name.len() > 64 {
+        // Every controlled name but `x-keygate-*` is shorter: a long one can only be that.
+        return name[..10]
+            .iter()
+            .zip(b"x-keygate-")
+            .all(|(&b, want)| dash(b).eq_ignore_ascii_case(want));
     }
     let mut dashed = [0u8; 64];
     for (d, &b) in dashed.iter_mut().zip(name) {
-        *d = if b == b'_' { b'-' } else { b };
+        *d = dash(b);
     }
     matches!(
         self::name(&dashed[..name.len()]),
@@ -144,7 +152,9 @@ pub enum ToUpstream {
     /// configured credentials, any value carrying a key, `x-keygate-*` and the `_` spellings
     /// of controlled headers, and what an untrusted client says of its own address.
     Drop,
-    /// `Host`: kept or replaced by the upstream's, as `[upstream] preserve_host` says.
+    /// `Host`: kept or replaced by the upstream's, as `[upstream] preserve_host` says. (A
+    /// `Host`, or the authority of an absolute-form target, that carries a key is `Drop`: the
+    /// upstream gets its own host and no `X-Forwarded-Host`.)
     Host,
     /// `X-Forwarded-For` from a trusted proxy: its hops go on, with the peer's address after
     /// them. (From anyone else it is dropped and replaced by the peer's address.)
@@ -194,7 +204,9 @@ pub fn to_upstream(class: Name, name: &[u8], value: &[u8], policy: &RequestPolic
         Name::Other if underscore_alias(name) => Drop,
         _ => Keep,
     };
-    if decided == Keep && credential::carries_key(value, policy.key_prefix) {
+    // Whatever would go on as it came (a kept value, `Host`, a trusted proxy's hops): never a
+    // key.
+    if decided != Drop && credential::carries_key(value, policy.key_prefix) {
         return Drop;
     }
     decided
@@ -246,6 +258,11 @@ mod tests {
 
     #[test]
     fn underscore_spellings_of_controlled_headers() {
+        // Found by the `request_head` fuzz target: past 64 bytes no spelling was an alias.
+        let long_identity = format!("X_Keygate_Owner{}", "r".repeat(60));
+        let long_other = format!("X_Custom_{}", "r".repeat(60));
+        assert!(underscore_alias(long_identity.as_bytes()));
+        assert!(!underscore_alias(long_other.as_bytes()));
         for (text, alias) in [
             ("X_Keygate_Owner", true),
             ("x_forwarded_for", true),
@@ -329,6 +346,15 @@ mod tests {
             ("X_Keygate_Owner", "forged", &all, true, Drop),
             ("X-Forwarded-For", "1.2.3.4", &all, false, Drop),
             ("X-Forwarded-For", "1.2.3.4", &all, true, Chain),
+            // Found by the `request_head` fuzz target: these went upstream as they came.
+            ("Host", &format!("{key}.example"), &all, false, Drop),
+            (
+                "X-Forwarded-For",
+                &format!("1.2.3.4, {key}"),
+                &all,
+                true,
+                Drop,
+            ),
             ("X_Forwarded_For", "1.2.3.4", &all, true, Drop),
             ("X-Forwarded-Proto", "https", &all, false, Drop),
             ("X-Forwarded-Proto", "https", &all, true, Keep),

@@ -133,6 +133,8 @@ impl PathPattern {
             .iter()
             .zip(&other.segments)
             .all(|(mine, theirs)| match (mine, theirs) {
+                // One segment, but not an empty one: `/a/*` does not take `/a/`.
+                (Segment::Any | Segment::Param(_), Segment::Literal(l)) => !l.is_empty(),
                 (Segment::Any | Segment::Param(_), _) => true,
                 (Segment::Literal(a), Segment::Literal(b)) => {
                     same(fold, a.as_bytes(), b.as_bytes())
@@ -544,6 +546,10 @@ mod tests {
             ("/content/**", &[Method::GET], "/content/x", &[Method::POST]),
             ("/a/*", &[], "/a/**", &[]),
             ("/files/*.json", &[], "/files/*.yaml", &[]),
+            // Found by the `routes` fuzz target: these were refused as never matching.
+            ("/content/*", &[], "/content/", &[]),
+            ("/a/{x}/**", &[], "/a//**", &[]),
+            ("/*", &[], "/", &[]),
         ];
         for (first, m1, second, m2) in fine {
             RouteTable::new(vec![route(first, m1), route(second, m2)], Unmatched::Deny)

@@ -80,6 +80,10 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &Request, cx: &RequestContext)
         out.extend_from_slice(b"\r\n");
     }
 
+    // The authority of an absolute-form target stands for `Host` (RFC 9112 §3.2.2), so it
+    // meets the same rule: one carrying a key is not passed on.
+    let host = host
+        .filter(|h| header_rules::to_upstream(Name::Host, b"host", h, &policy) == ToUpstream::Host);
     match (host, cx.preserve_host) {
         (Some(host), true) => line(out, b"host", host),
         _ => line(out, b"host", cx.upstream_host),
@@ -306,5 +310,24 @@ mod tests {
         assert!(got.starts_with("GET /v1/x?q HTTP/1.1\r\n"), "{got}");
         assert!(got.contains("host: api.example:8080\r\n"), "{got}");
         assert!(!got.contains("ignored"), "{got}");
+    }
+
+    /// Found by the `request_head` fuzz target: a key in `Host` went upstream in `Host` and
+    /// `X-Forwarded-Host`; so would one in an absolute-form target's authority.
+    #[test]
+    fn a_host_carrying_a_key_is_replaced_by_the_upstreams() {
+        for raw in [
+            "GET /v1/x HTTP/1.1\r\nHost: kg_sk_live_x.example\r\n\r\n",
+            "GET http://kg_sk_live_x@api.example/v1/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET http://kg_pk_test_x.example/v1/x HTTP/1.0\r\n\r\n",
+        ] {
+            let got = rewrite(raw, &context());
+            assert!(got.starts_with("GET /v1/x HTTP/1.1\r\n"), "{got}");
+            assert!(got.contains("host: up:3000\r\n"), "{got}");
+            assert!(
+                !got.contains("kg_") && !got.contains("x-forwarded-host"),
+                "{got}"
+            );
+        }
     }
 }

@@ -45,7 +45,7 @@ use upstream::{Dialer, Parking, Route};
 
 use crate::config::Upstream;
 use crate::credential::CredentialHeader;
-use crate::header_rules::RequestPolicy;
+use crate::header_rules::{self, Name, RequestPolicy, ToUpstream};
 use crate::keys::cached::CachedKey;
 use crate::metrics::Metrics;
 use crate::reject::Reject;
@@ -326,14 +326,16 @@ fn upstream_headers(
     origin: &Origin,
     original_host: Option<HeaderValue>,
 ) {
-    let forwarding = apply_request_rules(
-        headers,
-        &RequestPolicy {
-            credential_headers: cx.credential_headers,
-            key_prefix: cx.key_prefix,
-            peer_trusted: origin.peer_trusted,
-        },
-    );
+    let policy = RequestPolicy {
+        credential_headers: cx.credential_headers,
+        key_prefix: cx.key_prefix,
+        peer_trusted: origin.peer_trusted,
+    };
+    let forwarding = apply_request_rules(headers, &policy);
+    // `Host`, or the target's authority standing for it, meets the rulebook like any header.
+    let original_host = original_host.filter(|h| {
+        header_rules::to_upstream(Name::Host, b"host", h.as_bytes(), &policy) == ToUpstream::Host
+    });
     // What follows adds up to eight headers: one reservation instead of the map growing
     // (and rehashing) twice on the way.
     headers.reserve(8);
@@ -510,6 +512,8 @@ mod tests {
             )
         };
         let record = CachedKey::from(&KeyRecord::for_tests());
+        let host_with_key = format!("{KEY}.example");
+        let chain_with_key = format!("1.2.3.4, {KEY}");
         type Case<'a> = (
             &'a str,
             Vec<(&'a str, &'a str)>,
@@ -657,6 +661,20 @@ mod tests {
                     ("Forwarded", "for=1.2.3.4"),
                     ("X-Real-IP", "1.2.3.4"),
                 ],
+                &all,
+                true,
+            ),
+            // Found by the `request_head` fuzz target: a key in `Host` went upstream in `Host`
+            // and `X-Forwarded-Host`, one in a trusted proxy's chain in `X-Forwarded-For`.
+            (
+                "host carrying a key",
+                vec![("Host", &host_with_key), ("Accept", "*/*")],
+                &all,
+                false,
+            ),
+            (
+                "trusted chain carrying a key",
+                vec![("Host", "a"), ("X-Forwarded-For", &chain_with_key)],
                 &all,
                 true,
             ),
