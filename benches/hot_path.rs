@@ -13,9 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
 use keygate::authz::{Policy, RequestFacts, authorize};
 use keygate::credential::{self, CredentialHeader};
-use keygate::forward::h1::{RequestContext, write_request_head};
-use keygate::h1::write::{Limit, ResponseContext, response_head};
-use keygate::h1::{Framing, Request, RequestHead};
+use keygate::forward::upstream_head::{RequestContext, write_request_head};
 use keygate::keys::cache::{CacheConfig, KeyCache};
 use keygate::keys::file::FileStore;
 use keygate::keys::manage::{self, KeyPolicy, KeySpec};
@@ -23,6 +21,8 @@ use keygate::keys::{Environment, KeyHash, KeyType};
 use keygate::limits::{Limiter, Limits, LimitsConfig, ResetStyle};
 use keygate::metrics::Metrics;
 use keygate::routes::{PathPattern, Route, RouteTable, Unmatched};
+use keygate::wire::response::{Limit, ResponseContext, response_head};
+use keygate::wire::{Framing, ParsedRequest, RequestHead};
 
 fn spec() -> KeySpec {
     KeySpec {
@@ -62,7 +62,7 @@ fn stages(c: &mut Criterion) {
         ))
         .unwrap();
     let key = created[4242].key.clone();
-    let record = keygate::keys::cached::CachedKey::from(&created[4242].record);
+    let record = keygate::keys::cached_key::CachedKey::from(&created[4242].record);
 
     // What the load benchmark's wrk sends.
     let raw = format!("GET /v1/resource HTTP/1.1\r\nHost: 127.0.0.1\r\nx-api-key: {key}\r\n\r\n");
@@ -71,7 +71,7 @@ fn stages(c: &mut Criterion) {
         b.iter(|| head.parse(black_box(raw.as_bytes()), 32 * 1024).unwrap())
     });
     head.parse(raw.as_bytes(), 32 * 1024).unwrap();
-    let req = Request::new(&head, raw.as_bytes());
+    let req = ParsedRequest::new(&head, raw.as_bytes());
     let order = CredentialHeader::all();
 
     c.bench_function("extract + format/CRC check", |b| {

@@ -8,7 +8,7 @@
 //!   task (what keygate did with hyper for HTTP/1.1, until 2026-12-04);
 //! - `raw`: no hyper: `httparse` heads, one buffer per direction, an upstream connection per
 //!   client connection, one request at a time in the client connection's task (the shape of
-//!   keygate's own HTTP/1.1, `server::h1`). `Content-Length` bodies only.
+//!   keygate's own HTTP/1.1, `server::session`). `Content-Length` bodies only.
 //!
 //! Requests are forwarded as they came (no header rewriting, no timeouts): a floor, not a proxy.
 

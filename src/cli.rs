@@ -80,7 +80,7 @@ pub enum Command {
     #[command(subcommand)]
     Keys(KeysCommand),
     /// Exit 0 if a running keygate's admin listener answers 200 (the image's HEALTHCHECK:
-    /// distroless images have no curl). Asks the config's [listen] admin for /healthz.
+    /// distroless images have no curl). Asks the config's `[listen] admin` for /healthz.
     Health(HealthArgs),
     /// The demo's echo upstream on its own: answers every request with JSON describing it
     /// (method, path, headers). For trying a deployment before pointing keygate at a service.

@@ -1,5 +1,5 @@
 //! A request head as the request path's stages read it, whichever HTTP engine parsed it:
-//! keygate's own HTTP/1.1 connections ([`crate::h1`]) or hyper (HTTP/2 clients). The stages
+//! keygate's own HTTP/1.1 connections ([`crate::wire`]) or hyper (HTTP/2 clients). The stages
 //! only ever look things up in it; forwarding is each engine's own business.
 
 use http::Method;

@@ -1,8 +1,8 @@
 //! The header rulebook: every header name keygate acts on, classified in one place
 //! ([`name`]), and what the upstream ([`to_upstream`]) and the client ([`to_client`]) may see
 //! of each. Both HTTP engines render these decisions and decide nothing of their own:
-//! keygate's own HTTP/1.1 on header lines (`h1::head` for framing and connection options,
-//! `forward::h1` for the upstream's head, `h1::write` for the client's response head) and
+//! keygate's own HTTP/1.1 on header lines (`wire::request` for framing and connection options,
+//! `forward::upstream_head` for the upstream's head, `wire::response` for the client's response head) and
 //! hyper's side on a header map (`forward::headers`). Two copies of a rule drift apart, and in
 //! a proxy a drift is a bypass; `forward`'s tests run one table of header cases through both
 //! engines and require the same result.

@@ -2,45 +2,51 @@
 //!
 //! # Layout
 //!
-//! The request path, in the order a request meets it:
+//! The request path, in the order a request meets it (`proxy::admit` reads in the same
+//! order):
 //!
 //! - [`server`]: listeners, the connection cap, drain and graceful shutdown; [`server::tls`]
-//!   TLS termination with certificate reload; in its private modules the HTTP/1.1 connection
-//!   loop (`server::h1`: read a head, admit, forward or refuse, keep-alive, timeouts), hyper's
-//!   connections for HTTP/2 clients (`server::conn`), config reload, and the heap handed
-//!   back after a flood of connections (`server::memory`).
-//! - [`h1`]: keygate's own HTTP/1.1 on the wire: request heads indexed in the read buffer and
-//!   the framing rules that refuse smuggling ([`h1::head`]), the header names it acts on
-//!   ([`h1::names`]), bodies by length, chunks or close ([`h1::body`]), the client's response
-//!   heads and JSON refusals ([`h1::write`]).
-//! - [`proxy`]: `admit()` (the ordered stages below) and `finish()` (metrics and the access
-//!   log) for both engines; `handle()`, hyper's request path around them.
+//!   TLS termination with certificate reload. Its private modules: `server::session`, keygate's
+//!   HTTP/1.1 client session (read a head, admit, forward or refuse, keep-alive, the header and
+//!   idle clocks); `server::conn`, hyper's connections (HTTP/2 clients, and HTTP/1.1 ones when
+//!   the upstream speaks HTTP/2); config reload; `server::memory`, the heap handed back after a
+//!   flood of connections.
+//! - [`wire`]: keygate's own HTTP/1.1 on the wire: client request heads indexed in the read
+//!   buffer and the framing rules that refuse smuggling ([`wire::request`]), bodies by length,
+//!   chunks or close ([`wire::body`]), the client's response heads and JSON refusals
+//!   ([`wire::response`]).
+//! - [`header_rules`]: the header rulebook: every header name classified once, and what the
+//!   upstream and the client may see of each; both engines render its decisions.
 //! - [`head`]: the request head as the stages read it, whichever engine parsed it.
-//! - [`path`]: the request path normalized once (escapes, dot segments, `;` parameters), or
-//!   refused; the rules match it and the upstream receives it.
-//! - [`credential`]: which header carries the key; the key format and its checksum.
-//! - [`guard`]: the credential-stuffing guard: invalid keys counted per source, a source past
-//!   its threshold refused before its keys cost a lookup.
-//! - [`keys`]: key records and the [`keys::KeyStore`] trait; [`keys::cache`] is the
-//!   in-process cache in front of every store, holding each key in the request path's compact
-//!   form ([`keys::cached`]); [`keys::file`] the embedded file store,
-//!   [`keys::redis`] the shared Redis store, [`keys::manage`] create/revoke/rotate,
-//!   [`keys::packed`] the compact in-memory form the file store holds.
-//! - [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
-//!   environment, public-key methods, route scopes, workspace/project binding).
-//! - [`routes`]: route rules, path patterns, scope matching.
-//! - [`forward`]: what the upstream may see (hop-by-hop, credentials, `X-Forwarded-*`,
-//!   identity headers) for hyper's requests, and [`forward::h1`] the same as the upstream's
-//!   HTTP/1.1 request head; [`forward::upstream`] the upstream connections of HTTP/1.1 client
-//!   connections (dialing, reuse checks, parking); the shared pool for HTTP/2;
-//!   [`forward::failure`] why an upstream request failed, as the metrics name it.
+//! - [`proxy`]: `admit()`, the ordered stages below, and `finish()` (metrics and the access
+//!   log), for both engines; `handle()`, hyper's request path around them.
+//!   1. transport rules (HTTPS only, sizes, method);
+//!   2. [`path`]: the request path normalized once (escapes, dot segments, `;` parameters), or
+//!      refused; the rules match it and the upstream receives it;
+//!   3. public paths and the route table, [`routes`] (patterns, scope matching);
+//!   4. [`credential`]: which header carries the key; the key format and its checksum;
+//!   5. [`guard`]: the credential-stuffing guard, before a key costs a lookup;
+//!   6. [`keys`]: the lookup through [`keys::cache`] (each key held in the request path's
+//!      compact form, [`keys::cached_key`]) in front of [`keys::KeyStore`]: [`keys::file`], the
+//!      embedded file store, or [`keys::redis`], shared by every sidecar;
+//!   7. [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
+//!      environment, public-key methods, route scopes, workspace/project binding);
+//!   8. [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
+//!      process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
+//!      counters), temporary suspension (`suspend`), rate-limit headers.
+//! - [`reject`]: every refusal, and its status, headers + JSON body; the one place a refusal
+//!   becomes a response.
+//! - [`forward`]: the admitted request on its way upstream: the rulebook rendered on hyper's
+//!   header maps, [`forward::upstream_head`] the upstream's HTTP/1.1 request head written from
+//!   keygate's own, [`forward::upstream`] the upstream connections of HTTP/1.1 client sessions
+//!   (dialing, reuse checks, parking), the shared pool for HTTP/2, [`forward::failure`] why an
+//!   upstream request failed, as the metrics name it.
 //! - [`batch`]: the writes of one event-loop turn, both directions (request heads to
 //!   upstreams, response heads to HTTP/1.1 clients), sent in one io_uring submission; its
 //!   [`batch::Socket`] is every plain TCP connection that can join a batch.
-//! - [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
-//!   process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
-//!   counters), temporary suspension (`suspend`), rate-limit headers, `keys usage` (`usage`).
-//! - [`reject`]: every refusal, and its status, headers + JSON body.
+//! - [`metrics`]: the Prometheus registry, and [`metrics::Outcome`], what became of each
+//!   request; [`ratelog`]: errors that repeat (a dead upstream, a dead key store) logged once
+//!   per period with a count, not once each.
 //!
 //! Around it:
 //!
@@ -48,10 +54,8 @@
 //! - [`vocab`]: the words every layer shares (`KeyHash`, `KeyType`, `Environment`, `Status`,
 //!   `StoreError`); it imports nothing, so the layers above never import each other in a
 //!   circle (`tests/layout.rs` fails on a cycle among top-level modules).
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener;
-//!   [`metrics`]: the Prometheus registry (and `[metrics]`, the usage labels); [`ratelog`]:
-//!   errors that repeat (a dead upstream, a dead key store) logged once per period with a
-//!   count, not once each.
+//! - [`keys::manage`] create/revoke/rotate and [`keys::usage`] for the CLI.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener.
 //! - [`cli`]: the `keygate` commands (`cli::health`: `keygate health`, the container health
 //!   check; `cli::demo`: `keygate demo`); [`echo`]: the demo's built-in upstream, also
 //!   `keygate echo`.
@@ -68,7 +72,6 @@ pub mod credential;
 pub mod echo;
 pub mod forward;
 pub mod guard;
-pub mod h1;
 pub mod head;
 pub mod header_rules;
 pub mod keys;
@@ -81,6 +84,7 @@ pub mod reject;
 pub mod routes;
 pub mod server;
 pub mod vocab;
+pub mod wire;
 
 use tokio_util::sync::CancellationToken;
 

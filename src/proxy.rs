@@ -1,7 +1,7 @@
 //! The request path: `Proxy::admit` runs the ordered stages that decide whether a request
 //! goes upstream (reading it top to bottom is reading the product), `Proxy::finish` records
 //! every request (metrics, access log). Both HTTP engines use them: keygate's own HTTP/1.1
-//! (`server::h1`) and hyper for HTTP/2 clients, whose request path is [`Proxy::handle`].
+//! (`server::session`) and hyper for HTTP/2 clients, whose request path is [`Proxy::handle`].
 //!
 //! The reloadable part (config, upstream client) sits behind one `ArcSwap`: a request takes
 //! one snapshot when it starts and uses it to the end, so a reload never mixes two configs
@@ -24,17 +24,17 @@ use crate::config::Config;
 use crate::credential;
 use crate::forward::{self, ClientError, Forwarder, Origin, Prepared};
 use crate::guard::{Guard, Source, Verdict};
-use crate::h1::head::{FramingRules, HeadError};
 use crate::head::Head;
 use crate::header_rules;
 use crate::keys::cache::KeyCache;
-use crate::keys::cached::CachedKey;
+use crate::keys::cached_key::CachedKey;
 use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
 use crate::metrics::{Decision, Metrics, Outcome};
 use crate::path;
 use crate::reject::Reject;
 use crate::routes::Found;
 use crate::vocab::KeyHash;
+use crate::wire::request::{FramingRules, HeadError};
 
 /// A response body: the upstream's stream, or keygate's own small JSON.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -164,7 +164,7 @@ impl Proxy {
     }
 
     /// Runs one request from an HTTP/2 client (hyper's side of keygate; HTTP/1.1 clients are
-    /// served by [`crate::h1`]) and never fails: a refusal becomes its JSON response here.
+    /// served by [`crate::wire`]) and never fails: a refusal becomes its JSON response here.
     pub async fn handle(&self, mut req: Request<Incoming>, conn: &Connection) -> Response<Body> {
         let started = Instant::now();
         let current = self.current();

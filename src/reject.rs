@@ -28,7 +28,7 @@ pub enum Reject {
     /// Route rules match the path, but none for this method; what they allow, for `Allow`.
     MethodNotAllowed(Vec<http::Method>),
     /// A request keygate does not forward: a malformed head, ambiguous framing (see
-    /// `h1::head`), an unsupported method or target form. The text says which.
+    /// `wire::request`), an unsupported method or target form. The text says which.
     BadRequest(&'static str),
     InsufficientPermissions(Denial),
     IpNotAllowed(IpAddr),
@@ -279,7 +279,7 @@ impl Reject {
     }
 
     /// The response for this refusal, for hyper's side of keygate; keygate's own HTTP/1.1
-    /// writes the same status, headers and body (`h1::write`). Nowhere else does a `Reject`
+    /// writes the same status, headers and body (`wire::response`). Nowhere else does a `Reject`
     /// become HTTP.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(Bytes::from(self.body())));

@@ -675,3 +675,26 @@ async fn odd_requests_reach_the_upstream_as_authorized_and_nothing_more() {
     }
     assert_eq!(headers["x-keygate-owner"][0], "default");
 }
+
+/// An HTTP/2 client with prior knowledge whose preface arrives in pieces is still served as
+/// HTTP/2, not refused as a malformed HTTP/1.1 request.
+#[tokio::test]
+async fn an_http2_preface_in_pieces_is_waited_for() {
+    let (_up, _ws, kg, _key) = echo_setup("").await;
+    let mut tcp = TcpStream::connect(kg.public).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tcp.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut frame))
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(
+        frame[3], 4,
+        "the server's first frame is SETTINGS: {frame:?}"
+    );
+}

@@ -220,7 +220,13 @@ async fn a_thousand_concurrent_misses_cost_one_store_read() {
     // A long store timeout: Redis is paused below, and the read must outlast the pause.
     let ws = Workspace::redis(&up.url(), &redis.url(), "");
     let (_, key) = ws.create_key(&[]);
-    let kg = ws.serve_with_env(&[("KEYGATE_STORE__TIMEOUT", "5s")]);
+    // A long upstream connect timeout too: 500 requests reach the in-process upstream at
+    // once when Redis resumes, and a SYN dropped from its full accept queue is retried by the
+    // kernel after 1 s and then 3 s, past the 2 s default (a 504 this test is not about).
+    let kg = ws.serve_with_env(&[
+        ("KEYGATE_STORE__TIMEOUT", "5s"),
+        ("KEYGATE_UPSTREAM__CONNECT_TIMEOUT", "10s"),
+    ]);
     // Warm up connections (proxy → Redis, proxy → upstream) with another path.
     let _ = get(&kg.url("/"), &[("x-api-key", "kg_sk_live_x")]).await;
     let before = metric(&kg, "keygate_key_store_reads_total").await;

@@ -12,7 +12,7 @@
 
 #![no_main]
 
-use keygate::h1::{BodyError, Decoder, Encoding, Framing};
+use keygate::wire::{BodyError, Decoder, Encoding, Framing};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Clone, PartialEq, Eq)]

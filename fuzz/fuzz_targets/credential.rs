@@ -17,8 +17,8 @@
 
 use base64::Engine;
 use keygate::credential::{self, CredentialHeader, KeyClaims};
-use keygate::h1::{Request, RequestHead};
 use keygate::keys::{Environment, KeyType};
+use keygate::wire::{ParsedRequest, RequestHead};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_KEY_LEN: usize = 256;
@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     raw.extend_from_slice(lines);
     let mut head = RequestHead::default();
     if head.parse(&raw, 64 * 1024) == Ok(true) {
-        let req = Request::new(&head, &raw);
+        let req = ParsedRequest::new(&head, &raw);
         let got = credential::extract(&req, order, MAX_KEY_LEN);
         if let Ok(key) = got {
             assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN && key.is_ascii());

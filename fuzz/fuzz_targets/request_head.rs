@@ -16,13 +16,13 @@
 use std::time::SystemTime;
 
 use keygate::credential::{self, CredentialHeader};
-use keygate::forward::h1::{RequestContext, write_request_head};
-use keygate::h1::{Framing, Request, RequestHead};
+use keygate::forward::upstream_head::{RequestContext, write_request_head};
 use keygate::head::Head;
 use keygate::header_rules::{self, Name};
-use keygate::keys::cached::CachedKey;
+use keygate::keys::cached_key::CachedKey;
 use keygate::keys::{Environment, KeyRecord, KeyType, Status};
 use keygate::path::{self, Parameters, PathRules};
+use keygate::wire::{Framing, ParsedRequest, RequestHead};
 use libfuzzer_sys::fuzz_target;
 
 const PREFIX: &str = "kg";
@@ -166,7 +166,7 @@ fuzz_target!(|data: &[u8]| {
     if head.parse(raw, MAX_HEAD) != Ok(true) {
         return;
     }
-    let req = Request::new(&head, raw);
+    let req = ParsedRequest::new(&head, raw);
     let Ok(normal) = path::normalize(req.path(), &settings.rules) else {
         return;
     };
@@ -329,12 +329,12 @@ fuzz_target!(|data: &[u8]| {
 
     // keygate's own parser reads the same request back (while the head has as many lines as
     // it accepts from a client).
-    if up.headers.len() <= keygate::h1::MAX_HEADER_LINES {
+    if up.headers.len() <= keygate::wire::MAX_HEADER_LINES {
         let mut again = RequestHead::default();
         assert_eq!(again.parse(&out, usize::MAX), Ok(true), "{shown:?}");
         assert_eq!(again.len, out.len());
         assert_eq!(again.framing, head.framing, "{shown:?}");
-        let back = Request::new(&again, &out);
+        let back = ParsedRequest::new(&again, &out);
         assert_eq!(back.method(), req.method());
         assert_eq!(
             back.path(),

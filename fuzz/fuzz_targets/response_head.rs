@@ -12,10 +12,10 @@
 
 #![no_main]
 
-use keygate::h1::write::{Limit, Parsed, ResponseContext, response_head};
-use keygate::h1::{Encoding, Framing};
 use keygate::header_rules::{self, Name};
 use keygate::limits::{ResetStyle, WindowState};
+use keygate::wire::response::{Limit, Parsed, ResponseContext, response_head};
+use keygate::wire::{Encoding, Framing};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_LINES: usize = 512;

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use http::Method;
 
 use crate::credential::KeyClaims;
-use crate::keys::cached::CachedKey;
+use crate::keys::cached_key::CachedKey;
 use crate::reject::{Denial, Reject};
 use crate::routes::{Found, RouteTable, Unmatched, grants};
 use crate::vocab::{Environment, KeyType, Status};

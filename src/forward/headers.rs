@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use crate::authz::canonical;
 use crate::head::Head;
 use crate::header_rules::{self, Name, RequestPolicy, ToUpstream};
-use crate::keys::cached::CachedKey;
+use crate::keys::cached_key::CachedKey;
 
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");

@@ -12,9 +12,9 @@
 //!
 //! Which header falls under which step is [`crate::header_rules`]'s decision, one rulebook for
 //! both engines; `headers` renders it on hyper's header maps (HTTP/2 clients, and HTTP/1.1
-//! clients when the upstream speaks HTTP/2), [`h1`] on the header lines of keygate's own
+//! clients when the upstream speaks HTTP/2), [`upstream_head`] on the header lines of keygate's own
 //! HTTP/1.1, which writes the upstream's request head itself. An admitted WebSocket upgrade is
-//! the one hop-by-hop exchange passed on: [`h1`] writes its `Connection` and `Upgrade` again
+//! the one hop-by-hop exchange passed on: [`upstream_head`] writes its `Connection` and `Upgrade` again
 //! after step 1; from hyper's side an upgrade is stripped like any hop-by-hop header.
 //!
 //! Bodies are never buffered: they stream through. HTTP/1.1 requests
@@ -23,9 +23,9 @@
 
 mod client;
 pub mod failure;
-pub mod h1;
 mod headers;
 pub mod upstream;
+pub mod upstream_head;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -41,12 +41,12 @@ use client::BodyFailure;
 pub use client::{ClientError, UpstreamBody};
 pub use headers::client_ip;
 use headers::{X_FORWARDED_FOR, add_identity, apply_request_rules, strip_hop_by_hop};
-use upstream::{Dialer, Parking, Route};
+use upstream::{Destination, Dialer, Parking};
 
 use crate::config::Upstream;
 use crate::credential::CredentialHeader;
 use crate::header_rules::{self, Name, RequestPolicy, ToUpstream};
-use crate::keys::cached::CachedKey;
+use crate::keys::cached_key::CachedKey;
 use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::vocab::Environment;
@@ -206,8 +206,8 @@ impl Forwarder {
     }
 
     /// Where keygate's own HTTP/1.1 connections for `sandbox` go.
-    pub fn route(&self, sandbox: bool) -> Route {
-        Route {
+    pub fn route(&self, sandbox: bool) -> Destination {
+        Destination {
             forwarder: self.id,
             sandbox,
         }
@@ -399,13 +399,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     //! One table of header cases through both engines: keygate's own HTTP/1.1 writing the
-    //! upstream's head from header lines ([`h1::write_request_head`]) and hyper's side
+    //! upstream's head from header lines ([`upstream_head::write_request_head`]) and hyper's side
     //! rewriting a header map ([`upstream_headers`]). Whatever the case, the upstream must see
     //! the same headers from both.
 
     use super::*;
-    use crate::h1::{Framing, Request as H1Request, RequestHead};
     use crate::keys::KeyRecord;
+    use crate::wire::{Framing, ParsedRequest, RequestHead};
 
     const KEY: &str = "kg_sk_live_Hfo7DoI4rNoNONO6QNveL6yhlIWG4GlMPa";
 
@@ -423,12 +423,12 @@ mod tests {
         raw.push_str("\r\n");
         let mut head = RequestHead::default();
         assert!(head.parse(raw.as_bytes(), 64 * 1024).unwrap(), "{raw}");
-        let req = H1Request::new(&head, raw.as_bytes());
+        let req = ParsedRequest::new(&head, raw.as_bytes());
         let mut out = Vec::new();
-        h1::write_request_head(
+        upstream_head::write_request_head(
             &mut out,
             &req,
-            &h1::RequestContext {
+            &upstream_head::RequestContext {
                 base_path: "",
                 path: "/x",
                 upstream_host: b"upstream:3000",

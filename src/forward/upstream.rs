@@ -1,4 +1,4 @@
-//! Upstream connections for keygate's own HTTP/1.1 ([`crate::h1`]): opening them (TCP, then
+//! Upstream connections for keygate's own HTTP/1.1 ([`crate::wire`]): opening them (TCP, then
 //! TLS for an `https` upstream), telling whether an idle one can still carry a request, and
 //! parking idle ones between client connections.
 //!
@@ -14,7 +14,7 @@
 //! An idle connection is never waited on, so a close from the upstream is noticed when the
 //! connection is next taken: [`Link::usable`] looks, without blocking, for anything that
 //! arrived since the last response. A request that still meets a connection closed at that
-//! very moment is retried once on a new one when that is safe (see `h1::serve`).
+//! very moment is retried once on a new one when that is safe (see `server::session::serve`).
 
 use std::collections::VecDeque;
 use std::io;
@@ -32,7 +32,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::batch::Socket;
-use crate::h1::Buffer;
+use crate::wire::Buffer;
 
 /// A parked connection older than this is closed instead of reused. Shorter than the idle
 /// timeouts of common upstream servers (nginx 75 s, Go 90 s) so that most are ours to close;
@@ -47,7 +47,7 @@ pub const READ_BUFFER: usize = 16 * 1024;
 /// Which upstream a connection leads to. A config reload makes a new forwarder, so a
 /// connection opened under an older config is never reused under the new one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Route {
+pub struct Destination {
     pub forwarder: u64,
     pub sandbox: bool,
 }
@@ -63,7 +63,7 @@ pub enum Stream {
 pub struct Link {
     pub stream: Stream,
     pub buf: Buffer,
-    pub route: Route,
+    pub route: Destination,
     /// It carried a request before: a failure before any response byte may be a close that
     /// crossed the request on the wire, not a refusal.
     pub reused: bool,
@@ -155,7 +155,7 @@ impl Dialer {
     }
 
     /// A new connection for `route`, within the connect timeout (TLS handshake included).
-    pub async fn dial(&self, route: Route) -> Result<Link, DialError> {
+    pub async fn dial(&self, route: Destination) -> Result<Link, DialError> {
         let address = match (&self.sandbox, route.sandbox) {
             (Some(sandbox), true) => sandbox,
             _ => &self.production,
@@ -216,7 +216,7 @@ impl Parking {
     }
 
     /// The newest usable parked connection to `route`; closes the unusable ones it meets.
-    pub fn take(&self, route: Route) -> Option<Link> {
+    pub fn take(&self, route: Destination) -> Option<Link> {
         let mut idle = lock(&self.idle);
         expire(&mut idle);
         while let Some(at) = idle.iter().rposition(|(_, link)| link.route == route) {
@@ -295,7 +295,7 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
-    const ROUTE: Route = Route {
+    const ROUTE: Destination = Destination {
         forwarder: 0,
         sandbox: false,
     };
@@ -341,7 +341,7 @@ mod tests {
         }
         home.park(newest);
         assert_eq!(home.len(), 1);
-        let other = Route {
+        let other = Destination {
             sandbox: true,
             ..ROUTE
         };

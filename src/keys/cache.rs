@@ -32,7 +32,7 @@ use quick_cache::UnitWeighter;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::cached::{CachedKey, Pool};
+use super::cached_key::{CachedKey, Pool};
 use super::{Invalidation, KeyHash, KeyHashState, KeyStore, StoreError};
 use crate::metrics::Metrics;
 

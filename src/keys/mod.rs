@@ -1,15 +1,15 @@
 //! What a key is ([`KeyRecord`]), where records live ([`KeyStore`]: [`file`], [`redis`]), the
-//! cache in front of every store ([`cache`]), and the management operations every store shares
-//! ([`manage`], and [`usage`] for `keys usage`).
+//! cache in front of every store ([`cache`], holding each key in the request path's compact
+//! form, [`cached_key`]), and the management operations every store shares ([`manage`], and
+//! [`usage`] for `keys usage`).
 //!
 //! Stores are indexed by [`KeyHash`], the SHA-256 of the full key: the secret itself is never
 //! stored, so a leaked keys file or Redis dump cannot be replayed.
 
 pub mod cache;
-pub mod cached;
+pub mod cached_key;
 pub mod file;
 pub mod manage;
-pub mod packed;
 pub mod redis;
 pub mod usage;
 

@@ -243,7 +243,7 @@ pub struct Serving {
     /// Cancelled when keygate stops: finish what is in flight, then close.
     pub closing: CancellationToken,
     /// The same for keygate's own HTTP/1.1.
-    pub h1: super::h1::Timing,
+    pub http1: super::session::Timing,
 }
 
 /// Serves HTTP with hyper on `io` until the client closes, a timeout fires, or `closing` is

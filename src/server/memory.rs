@@ -7,7 +7,7 @@
 //! It costs a pass over the heap (milliseconds with a million cached keys), so it runs only
 //! once the open connections have fallen to half their peak since the last trim, by at least
 //! [`MIN_DROP`], or once idle connections have given back [`MIN_SHED`] of buffers (see
-//! `server::h1`: the buffers go, but the pages they sat on stay until a trim), looked at
+//! `server::session`: the buffers go, but the pages they sat on stay until a trim), looked at
 //! every [`CHECK`], on a blocking thread. Not with the `mimalloc` feature (mimalloc returns
 //! freed pages by itself), and only where glibc is the allocator.
 

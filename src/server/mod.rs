@@ -1,13 +1,13 @@
 //! Listeners and the process lifecycle: bind, accept (with a connection cap), hand each
-//! connection to `h1` (keygate's own HTTP/1.1) or `conn` (hyper: HTTP/2 clients, the admin
+//! connection to `session` (keygate's own HTTP/1.1) or `conn` (hyper: HTTP/2 clients, the admin
 //! and plain ports), reload config and certificates (`reload`), give the heap back after
 //! floods of connections (`memory`), and shut down in order: fail
 //! readiness, drain, stop accepting, finish in-flight requests, exit before the deadline.
 
 mod conn;
-mod h1;
 mod memory;
 mod reload;
+mod session;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -165,7 +165,7 @@ impl Server {
             header_timeout: config.server.header_read_timeout,
             idle_timeout: config.server.idle_timeout,
             closing: closing.clone(),
-            h1: h1::Timing {
+            http1: session::Timing {
                 header: config.server.header_read_timeout,
                 idle: config.server.idle_timeout,
                 max_header_bytes: config.server.max_header_bytes,
@@ -410,7 +410,7 @@ impl<F: Future<Output = ()>> Future for Guarded<F> {
 }
 
 /// A client connection: keygate's own HTTP/1.1 unless the client speaks HTTP/2 (ALPN `h2`,
-/// or the HTTP/2 preface, which `h1` notices and hands back) or the upstream does.
+/// or the HTTP/2 preface, which `session` notices and hands back) or the upstream does.
 async fn serve_proxy<IO>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Connection, h2: bool)
 where
     IO: tokio::io::AsyncRead
@@ -426,8 +426,8 @@ where
         Box::pin(serve_hyper(serving, io, proxy, conn)).await;
         return;
     }
-    let served = h1::serve(io, &proxy, &conn, &serving.h1, &serving.closing).await;
-    if let h1::Served::Handoff(io) = served {
+    let served = session::serve(io, &proxy, &conn, &serving.http1, &serving.closing).await;
+    if let session::Served::Handoff(io) = served {
         Box::pin(serve_hyper(serving, io, proxy, conn)).await;
     }
 }

@@ -14,8 +14,9 @@ use std::path::Path;
 use serde::Deserializer;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use super::packed;
 use super::{Entry, FORMAT_VERSION};
-use crate::keys::{KeyHash, KeyHashState, KeyRecord, StoreError, packed};
+use crate::keys::{KeyHash, KeyHashState, KeyRecord, StoreError};
 
 pub type Index = std::collections::HashMap<KeyHash, Box<[u8]>, KeyHashState>;
 

@@ -2,7 +2,7 @@
 //!
 //! - Reads on the request path never touch the disk: the parsed file lives in an [`ArcSwap`],
 //!   so a lookup is a lock-free pointer load and a hash-map probe. Records are held packed
-//!   ([`super::packed`], ~100 bytes instead of ~600) and unpacked when the cache asks.
+//!   (`packed`, ~100 bytes instead of ~600) and unpacked when the cache asks.
 //! - Writers (the CLI, possibly several at once) take an exclusive lock on `<file>.lock`,
 //!   re-read the file, apply their change, and replace the file atomically (temp file in the
 //!   same folder, fsync, rename, fsync the folder), mode 0600. Readers therefore see either the
@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 mod index;
+mod packed;
 
 use index::Index;
 
@@ -263,7 +264,7 @@ impl KeyStore for FileStore {
         let Some(packed) = index.get(hash) else {
             return Ok(None);
         };
-        super::packed::unpack(packed)
+        packed::unpack(packed)
             .map(|record| Some(Arc::new(record)))
             .ok_or_else(|| StoreError::Corrupt {
                 path: self.path.display().to_string(),

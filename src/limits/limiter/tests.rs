@@ -2,7 +2,7 @@
 //! in-memory store.
 
 use super::*;
-use crate::keys::cached::CachedKey;
+use crate::keys::cached_key::CachedKey;
 use crate::limits::SuspendConfig;
 use std::time::Duration;
 

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 
 use super::body::Encoding;
-use super::head::{Framing, digits};
+use super::request::{Framing, digits};
 use crate::header_rules::{self as names, Name, list};
 use crate::limits::{self, ResetStyle, WindowState};
 use crate::reject::Reject;
@@ -48,12 +48,12 @@ pub enum Parsed {
     Interim {
         len: usize,
     },
-    Final(Response),
+    Final(ResponseHead),
 }
 
 /// A final response head, written to `out`.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Response {
+pub struct ResponseHead {
     pub len: usize,
     pub status: u16,
     /// How the upstream delimits the body.
@@ -187,7 +187,7 @@ pub fn response_head(
                     out.extend_from_slice(b"\r\n");
                 }
                 out.extend_from_slice(b"\r\n");
-                Ok(Parsed::Final(Response {
+                Ok(Parsed::Final(ResponseHead {
                     len,
                     status,
                     framing: Framing::Empty,
@@ -261,7 +261,7 @@ pub fn response_head(
         client_keep_alive,
         cx.client_http11,
     );
-    Ok(Parsed::Final(Response {
+    Ok(Parsed::Final(ResponseHead {
         len,
         status,
         framing,
@@ -405,7 +405,7 @@ mod tests {
         (parsed, String::from_utf8(out).unwrap())
     }
 
-    fn fin(raw: &str, cx: &ResponseContext) -> (Response, String) {
+    fn fin(raw: &str, cx: &ResponseContext) -> (ResponseHead, String) {
         match rewrite(raw, cx) {
             (Ok(Parsed::Final(r)), text) => (r, text),
             other => panic!("{raw:?}: {other:?}"),

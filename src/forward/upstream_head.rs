@@ -3,10 +3,10 @@
 //! header lines instead of a header map. Header names keep the case the client sent.
 
 use crate::credential::CredentialHeader;
-use crate::h1::{Framing, Request};
 use crate::head::Head;
 use crate::header_rules::{self, Name, RequestPolicy, ToUpstream};
-use crate::keys::cached::CachedKey;
+use crate::keys::cached_key::CachedKey;
+use crate::wire::{Framing, ParsedRequest};
 
 /// What the head needs besides the client's request.
 pub struct RequestContext<'a> {
@@ -32,7 +32,7 @@ pub struct RequestContext<'a> {
 }
 
 /// Appends the head to `out`.
-pub fn write_request_head(out: &mut Vec<u8>, req: &Request, cx: &RequestContext) {
+pub fn write_request_head(out: &mut Vec<u8>, req: &ParsedRequest, cx: &RequestContext) {
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(cx.base_path.as_bytes());
@@ -157,12 +157,12 @@ fn identity(out: &mut Vec<u8>, key: &CachedKey) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::h1::RequestHead;
+    use crate::wire::RequestHead;
 
     fn rewrite(raw: &str, cx: &RequestContext) -> String {
         let mut head = RequestHead::default();
         assert!(head.parse(raw.as_bytes(), 64 * 1024).unwrap());
-        let req = Request::new(&head, raw.as_bytes());
+        let req = ParsedRequest::new(&head, raw.as_bytes());
         let mut out = Vec::new();
         write_request_head(&mut out, &req, cx);
         String::from_utf8(out).unwrap()

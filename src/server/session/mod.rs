@@ -1,4 +1,4 @@
-//! One HTTP/1.1 client connection, served by keygate's own HTTP/1.1 ([`crate::h1`]): request
+//! One HTTP/1.1 client connection, served by keygate's own HTTP/1.1 ([`crate::wire`]): request
 //! after request, each head read into the connection's buffer, admitted by [`Proxy::admit`],
 //! then forwarded over the connection's own upstream connection ([`crate::forward::upstream`])
 //! or refused, all in this task.
@@ -37,13 +37,13 @@ use refuse::Body;
 
 use super::conn::Rewind;
 use crate::batch::{self, Batchable};
-use crate::forward::h1::{RequestContext, write_request_head};
 use crate::forward::upstream::Link;
-use crate::h1::{self, Buffer, Framing, HeadError, RequestHead};
+use crate::forward::upstream_head::{RequestContext, write_request_head};
 use crate::head::Head;
 use crate::metrics::Outcome;
 use crate::proxy::{Audit, Connection, Current, Ended, Proxy};
 use crate::reject::Reject;
+use crate::wire::{self, Buffer, Framing, HeadError, RequestHead};
 
 /// The client connection's read buffer to start with; it grows for larger heads.
 const READ_BUFFER: usize = 8 * 1024;
@@ -214,21 +214,31 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         let mut head_by = (self.first || !self.buf.is_empty()).then(|| now + self.timing.header);
         loop {
             if !self.buf.is_empty() {
-                if self.first && http2_preface(self.buf.filled()) {
-                    return Wait::Http2;
+                let preface = if self.first {
+                    http2_preface(self.buf.filled())
+                } else {
+                    Preface::No
+                };
+                match preface {
+                    Preface::Whole => return Wait::Http2,
+                    // Could still become one: wait for the rest rather than parse it as
+                    // HTTP/1.1 (`PRI * HTTP/2.0` is no request keygate serves).
+                    Preface::Partial => {}
+                    Preface::No => match self
+                        .head
+                        .parse(self.buf.filled(), self.timing.max_header_bytes)
+                    {
+                        Ok(true) => return Wait::Head,
+                        Ok(false) => {}
+                        Err(HeadError::TooLarge) => return Wait::Refuse(Reject::HeadersTooLarge),
+                        Err(HeadError::Invalid(why)) => {
+                            return Wait::Refuse(Reject::BadRequest(why));
+                        }
+                    },
                 }
-                match self
-                    .head
-                    .parse(self.buf.filled(), self.timing.max_header_bytes)
-                {
-                    Ok(true) => return Wait::Head,
-                    Ok(false) => {
-                        head_by.get_or_insert_with(|| Instant::now() + self.timing.header);
-                        shed_at = None;
-                    }
-                    Err(HeadError::TooLarge) => return Wait::Refuse(Reject::HeadersTooLarge),
-                    Err(HeadError::Invalid(why)) => return Wait::Refuse(Reject::BadRequest(why)),
-                }
+                // An incomplete head: due within the header timeout.
+                head_by.get_or_insert_with(|| Instant::now() + self.timing.header);
+                shed_at = None;
             }
             let due = [lend_at, shed_at]
                 .into_iter()
@@ -324,7 +334,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
             return Next::Handoff;
         }
         let mut audit = Audit::default();
-        let req = h1::Request::new(&self.head, self.buf.filled());
+        let req = wire::ParsedRequest::new(&self.head, self.buf.filled());
         let admitted = self
             .proxy
             .admit(&current, &req, self.conn, &mut audit)
@@ -465,11 +475,22 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     }
 }
 
-/// The first bytes of an HTTP/2 connection with prior knowledge (or what could still become
-/// them).
-fn http2_preface(buf: &[u8]) -> bool {
+/// Whether a connection's first bytes are the HTTP/2 connection preface (prior knowledge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preface {
+    Whole,
+    /// A beginning of it, and nothing else yet.
+    Partial,
+    No,
+}
+
+fn http2_preface(buf: &[u8]) -> Preface {
     let n = buf.len().min(PREFACE.len());
-    buf[..n] == PREFACE[..n] && n == PREFACE.len()
+    match (buf[..n] == PREFACE[..n], n == PREFACE.len()) {
+        (true, true) => Preface::Whole,
+        (true, false) => Preface::Partial,
+        (false, _) => Preface::No,
+    }
 }
 
 async fn write_flush<W: AsyncWrite + Unpin + ?Sized>(

@@ -81,7 +81,7 @@ struct Absolute {
 
 /// A parsed head together with the buffer it indexes.
 #[derive(Clone, Copy)]
-pub struct Request<'a> {
+pub struct ParsedRequest<'a> {
     pub head: &'a RequestHead,
     pub buf: &'a [u8],
     path: &'a str,
@@ -295,7 +295,7 @@ impl FramingRules {
     }
 }
 
-impl<'a> Request<'a> {
+impl<'a> ParsedRequest<'a> {
     /// `head` as parsed from `buf`.
     pub fn new(head: &'a RequestHead, buf: &'a [u8]) -> Self {
         let path = match &head.absolute {
@@ -353,7 +353,7 @@ impl<'a> Request<'a> {
     }
 }
 
-impl Head for Request<'_> {
+impl Head for ParsedRequest<'_> {
     fn method(&self) -> &Method {
         &self.head.method
     }
@@ -567,7 +567,7 @@ mod tests {
             assert_eq!(ok(raw), *want, "{name}: {:?}", parse(raw));
         }
         let head = parse("GET http://h:1/a/b?q=1 HTTP/1.1\r\nHost: other\r\n\r\n").unwrap();
-        let req = Request::new(&head, b"");
+        let req = ParsedRequest::new(&head, b"");
         assert_eq!(req.path(), "/a/b");
         assert_eq!(req.query(), Some("q=1"));
         assert_eq!(req.target_authority(), Some("h:1"));
@@ -577,12 +577,15 @@ mod tests {
     fn fragments_are_cut_off_and_empty_values_keep_their_colon() {
         let raw = "GET /admin?x=1#frag HTTP/1.1\r\nHost: h\r\nX-Empty:\r\nX-Spaces:   \r\n\r\n";
         let head = parse(raw).unwrap();
-        let req = Request::new(&head, raw.as_bytes());
+        let req = ParsedRequest::new(&head, raw.as_bytes());
         assert_eq!(req.path(), "/admin");
         assert_eq!(req.query(), Some("x=1"));
         let fragment = "GET /admin#x HTTP/1.1\r\nHost: h\r\n\r\n";
         let head2 = parse(fragment).unwrap();
-        assert_eq!(Request::new(&head2, fragment.as_bytes()).path(), "/admin");
+        assert_eq!(
+            ParsedRequest::new(&head2, fragment.as_bytes()).path(),
+            "/admin"
+        );
         let lines: Vec<&[u8]> = req.lines().map(|(_, _, line)| line).collect();
         assert_eq!(lines, [&b"Host: h"[..], b"X-Empty:", b"X-Spaces:"]);
     }
@@ -644,14 +647,14 @@ mod tests {
         ];
         for (raw, keep_alive, upgrade, expect) in cases {
             let head = parse(raw).unwrap();
-            let req = Request::new(&head, raw.as_bytes());
+            let req = ParsedRequest::new(&head, raw.as_bytes());
             assert_eq!(head.keep_alive, *keep_alive, "{raw:?}");
             assert_eq!(req.upgrade(), upgrade.map(str::as_bytes), "{raw:?}");
             assert_eq!(head.expect_continue, *expect, "{raw:?}");
         }
         let raw = "GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\r\n";
         let head = parse(raw).unwrap();
-        let req = Request::new(&head, raw.as_bytes());
+        let req = ParsedRequest::new(&head, raw.as_bytes());
         assert!(req.connection_names(b"x-hop"));
         assert!(!req.connection_names(b"keep-alive"));
     }
@@ -694,7 +697,7 @@ mod tests {
             let mut head = RequestHead::default();
             if let Ok(true) = head.parse(&raw, 1024) {
                 proptest::prop_assert!(head.len <= raw.len());
-                let req = Request::new(&head, &raw);
+                let req = ParsedRequest::new(&head, &raw);
                 for (name, value) in req.fields() {
                     proptest::prop_assert!(!name.is_empty() && name.iter().all(|b| b.is_ascii_graphic()));
                     proptest::prop_assert!(!value.contains(&b'\n'));

@@ -6,11 +6,11 @@ use tokio::time::Instant;
 
 use super::{Facts, Next, Session};
 use crate::batch::Batchable;
-use crate::h1::write::{self, Limit};
-use crate::h1::{self, Decoder, Encoding, Framing};
 use crate::metrics::{Decision, Outcome};
 use crate::proxy::{Audit, Ended};
 use crate::reject::Reject;
+use crate::wire::response::{self, Limit};
+use crate::wire::{self, Decoder, Encoding, Framing};
 
 /// A refused request's body up to this size is read and dropped, so the connection stays
 /// open; a larger one closes it.
@@ -59,7 +59,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
             style: self.proxy.limiter().reset_style(),
         });
         self.down.clear();
-        write::refusal(&mut self.down, &reject, limit, keep_alive, facts.http11);
+        response::refusal(&mut self.down, &reject, limit, keep_alive, facts.http11);
         if self.send_down_scratch().await.is_err() {
             return (status, Next::Gone);
         }
@@ -76,7 +76,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     /// A head refused before it was parsed whole (too large, malformed).
     pub(super) async fn refuse_unread(&mut self, reject: Reject) -> Next {
         self.down.clear();
-        write::refusal(&mut self.down, &reject, None, false, true);
+        response::refusal(&mut self.down, &reject, None, false, true);
         let started = std::time::Instant::now();
         if self.send_down_scratch().await.is_err() {
             return Next::Gone;
@@ -114,7 +114,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 }
             }
             Framing::Chunked => {
-                let taken = h1::body::take_buffered(
+                let taken = wire::body::take_buffered(
                     &mut decoder,
                     Encoding::Raw,
                     &mut self.buf,

@@ -1,5 +1,5 @@
 //! Forwarding one admitted request: its head and body upstream, the response back, with the
-//! one retry a reused upstream connection may take (see the module doc of `server::h1`).
+//! one retry a reused upstream connection may take (see the module doc of `server::session`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,14 +11,14 @@ use tokio::time::Instant;
 use super::clock::{Deadline, Patient};
 use super::{Body, Facts, Next, Session, write_flush};
 use crate::batch::{self, Batchable};
-use crate::forward::upstream::{DialError, Link, Route, Stream};
+use crate::forward::upstream::{Destination, DialError, Link, Stream};
 use crate::forward::{Forwarder, UpstreamFailure};
-use crate::h1::write::{self, Limit, Parsed, Response, ResponseContext};
-use crate::h1::{self, BodyError, Buffer, Decoder, Encoding, Framing};
 use crate::metrics::{Decision, Outcome};
 use crate::proxy::Audit;
 use crate::ratelog::UPSTREAM_FAILED;
 use crate::reject::Reject;
+use crate::wire::response::{self, Limit, Parsed, ResponseContext, ResponseHead};
+use crate::wire::{self, BodyError, Buffer, Decoder, Encoding, Framing};
 
 /// Why no usable response came from the upstream.
 pub(super) enum Failure {
@@ -61,7 +61,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     pub(super) async fn forward(
         &mut self,
         forwarder: &Forwarder,
-        route: Route,
+        route: Destination,
         audit: &Audit<'_>,
         facts: &Facts,
     ) -> (Outcome, Next) {
@@ -72,7 +72,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
             _ => Encoding::Raw,
         };
         let mut sent =
-            match h1::body::take_buffered(&mut decoder, encoding, &mut self.buf, &mut self.up) {
+            match wire::body::take_buffered(&mut decoder, encoding, &mut self.buf, &mut self.up) {
                 Ok(n) => n,
                 Err(e) => {
                     return self
@@ -87,7 +87,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         }
         let whole = decoder.is_done();
         let body = if whole { Body::Consumed } else { Body::Partial };
-        if !whole && facts.expect_continue && self.send_down(write::CONTINUE).await.is_err() {
+        if !whole && facts.expect_continue && self.send_down(response::CONTINUE).await.is_err() {
             return (CLIENT_CLOSED, Next::Gone);
         }
 
@@ -187,8 +187,12 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         // Broken ones are still the upstream's failure to report: nothing was sent yet.
         let mut body = Decoder::new(response.framing);
         if !response.switching
-            && let Err(e) =
-                h1::body::take_buffered(&mut body, response.encoding, &mut link.buf, &mut self.down)
+            && let Err(e) = wire::body::take_buffered(
+                &mut body,
+                response.encoding,
+                &mut link.buf,
+                &mut self.down,
+            )
         {
             if UPSTREAM_FAILED.allow() {
                 tracing::warn!(error = %e, "upstream request failed: its response body");
@@ -236,7 +240,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         forwarder: &Forwarder,
         sent: &mut u64,
         cx: &ResponseContext<'_>,
-    ) -> Result<Result<Response, Failure>, Reject> {
+    ) -> Result<Result<ResponseHead, Failure>, Reject> {
         let base = Instant::now();
         let timeout = forwarder.timeout();
         // Milliseconds after `base` of the last body bytes sent upstream.
@@ -255,7 +259,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         let (mut client_read, mut client_write) = tokio::io::split(&mut *io);
         let mut client_write = Patient::new(&mut client_write, stall);
         let (mut up_read, mut up_write) = tokio::io::split(&mut link.stream);
-        let pump = h1::body::copy(
+        let pump = wire::body::copy(
             &mut client_read,
             buf,
             &mut up_write,
@@ -303,7 +307,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         link: &mut Link,
         cx: &ResponseContext<'_>,
         deadline: impl Fn() -> Instant + Sync,
-    ) -> Result<Response, Failure> {
+    ) -> Result<ResponseHead, Failure> {
         read_head(
             &mut link.stream,
             &mut link.buf,
@@ -321,7 +325,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     pub(super) async fn relay(
         &mut self,
         mut link: Link,
-        mut response: Response,
+        mut response: ResponseHead,
         mut decoder: Decoder,
         request_done: bool,
     ) -> (Outcome, Next) {
@@ -332,7 +336,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         if !request_done && response.client_keep_alive {
             // Answered before the body was through: the head was written for a connection
             // that stays open, and this one cannot.
-            write::close_instead(&mut self.down);
+            response::close_instead(&mut self.down);
             response.client_keep_alive = false;
         }
         if response.switching {
@@ -346,7 +350,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         }
         if !decoder.is_done() {
             let mut relayed = 0;
-            let copied = h1::body::copy(
+            let copied = wire::body::copy(
                 &mut link.stream,
                 &mut link.buf,
                 &mut Patient::new(&mut self.io, self.timing.idle),
@@ -394,7 +398,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
 
     /// The response head is written for a connection that stays open if the client wants it;
     /// an answer that comes before the request body is through is rewritten to close
-    /// ([`write::close_instead`]).
+    /// ([`response::close_instead`]).
     pub(super) fn response_context<'a>(
         &mut self,
         facts: &Facts,
@@ -418,7 +422,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     pub(super) async fn take_link(
         &mut self,
         forwarder: &Forwarder,
-        route: Route,
+        route: Destination,
     ) -> Result<Link, Reject> {
         if let Some(mut link) = self.link.take() {
             if link.route == route && link.usable() {
@@ -435,7 +439,11 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         }
     }
 
-    pub(super) async fn dial(&self, forwarder: &Forwarder, route: Route) -> Result<Link, Reject> {
+    pub(super) async fn dial(
+        &self,
+        forwarder: &Forwarder,
+        route: Destination,
+    ) -> Result<Link, Reject> {
         // Boxed: rare (once per upstream connection), and its state would otherwise make
         // every request's future larger.
         Box::pin(forwarder.dialer().dial(route)).await.map_err(|e| {
@@ -463,7 +471,7 @@ async fn read_head<R, W>(
     clock: &mut Deadline,
     cx: &ResponseContext<'_>,
     deadline: &(dyn Fn() -> Instant + Sync),
-) -> Result<Response, Failure>
+) -> Result<ResponseHead, Failure>
 where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
@@ -473,7 +481,7 @@ where
     loop {
         if !buf.is_empty() {
             down.clear();
-            match write::response_head(buf.filled(), down, cx) {
+            match response::response_head(buf.filled(), down, cx) {
                 Ok(Parsed::Partial) => {}
                 Ok(Parsed::Final(response)) => {
                     buf.consume(response.len);

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{Environment, KeyRecord, KeyType, Status};
+use crate::keys::{Environment, KeyRecord, KeyType, Status};
 use crate::limits::Limits;
 
 /// Field for field a `KeyRecord`, without the serde attributes that make the file format
