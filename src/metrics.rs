@@ -448,6 +448,9 @@ impl crate::batch::Report for Metrics {
 pub struct LimitMetrics {
     /// 1 while quotas are counted locally because the quota store does not answer.
     pub fallback: IntGauge,
+    /// Sidecars sharing the quotas as this one last counted them (sizes chunks and the
+    /// fallback budget).
+    pub live_sidecars: IntGauge,
     /// Lease grant round trips to the quota store, by outcome (`ok`, `error`).
     pub refills: IntCounterVec,
     /// Keys suspended by this sidecar for exceeding their rate limit repeatedly.
@@ -459,6 +462,11 @@ impl LimitMetrics {
         let fallback = IntGauge::new(
             "keygate_quota_fallback",
             "1 while shared quotas are counted locally because the quota store does not answer",
+        )
+        .expect("valid metric");
+        let live_sidecars = IntGauge::new(
+            "keygate_quota_live_sidecars",
+            "Sidecars sharing quotas through the store, as this one last counted them",
         )
         .expect("valid metric");
         let refills = IntCounterVec::new(
@@ -476,6 +484,7 @@ impl LimitMetrics {
         .expect("valid metric");
         for c in [
             Box::new(fallback.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(live_sidecars.clone()),
             Box::new(refills.clone()),
             Box::new(suspensions.clone()),
         ] {
@@ -486,6 +495,7 @@ impl LimitMetrics {
         }
         Self {
             fallback,
+            live_sidecars,
             refills,
             suspensions,
         }

@@ -224,6 +224,7 @@ mod shared {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::time::Duration;
 
+    use super::common::fault::{Fault, FaultProxy};
     use super::common::redis::{RedisCluster, RedisServer};
     use super::common::*;
     use super::now_secs;
@@ -405,6 +406,121 @@ mod shared {
     #[tokio::test]
     async fn a_five_second_redis_pause_costs_no_quota() {
         quota_across_a_redis_pause(Duration::from_secs(5)).await;
+    }
+
+    /// Redis pauses; two sidecars spend their fallback budgets on their own, then see no
+    /// more traffic and stay cut off for a while after Redis is back; the third gets traffic
+    /// only once Redis is back. What the two admitted is unknown to Redis until they report,
+    /// so the third must not be granted it meanwhile (the hold), and the two must report it
+    /// without waiting for traffic of their own.
+    #[tokio::test]
+    async fn the_first_sidecar_back_cannot_spend_what_the_others_admitted_alone() {
+        const LIMIT: u64 = 600;
+        clear_of_the_hour_boundary().await;
+        let redis = RedisServer::start();
+        let proxy = FaultProxy::start(redis.port);
+        let up = Upstream::start().await;
+        let ws = Workspace::redis(&up.url(), &redis.url(), &hourly(LIMIT));
+        let (id, key) = ws.create_key(&[]);
+        let through_proxy = [("KEYGATE_STORE__URL", proxy.url())];
+        let through_proxy: Vec<(&str, &str)> = through_proxy
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .collect();
+        let mut a = ws.serve();
+        let [mut b, mut c] = [(); 2].map(|_| ws.serve_with_env(&through_proxy));
+        for kg in [&a, &b, &c] {
+            // Each budget is sized by the sidecars it counts.
+            eventually(Duration::from_secs(10), || async {
+                metric(kg, "keygate_quota_live_sidecars").await == 3.0
+            })
+            .await
+            .expect("every sidecar counts three");
+        }
+        let headers = [("x-api-key", key.as_str())];
+        let mut admitted = 0;
+        for kg in [&a, &b, &c] {
+            for _ in 0..30 {
+                let reply = get(&kg.url("/"), &headers).await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+                admitted += 1;
+            }
+        }
+        redis.pause();
+        let mut alone = 0;
+        for kg in [&b, &c] {
+            // Until refused: the lease is spent, then the whole fallback budget.
+            for n in 0.. {
+                let reply = get(&kg.url("/"), &headers).await;
+                match reply.status {
+                    StatusCode::OK => alone += 1,
+                    StatusCode::TOO_MANY_REQUESTS => break,
+                    other => panic!("unexpected {other}: {}", text(&reply.body)),
+                }
+                assert!(n < LIMIT, "never refused while Redis was paused");
+            }
+        }
+        proxy.set_new(Fault::Stall);
+        proxy.set_existing(Fault::Stall);
+        // `a`'s own sync fails too meanwhile: it comes back knowing there was an outage.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        redis.resume();
+        let spend = async |kg: &Keygate, time| {
+            let until = std::time::Instant::now() + time;
+            let mut ok = 0;
+            while std::time::Instant::now() < until {
+                let reply = get(&kg.url("/"), &headers).await;
+                match reply.status {
+                    StatusCode::OK => ok += 1,
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => panic!("unexpected {other}: {}", text(&reply.body)),
+                }
+            }
+            ok
+        };
+        // Within the hold (five syncs from `a`'s first report), `b` and `c` still cut off.
+        let mut after = spend(&a, Duration::from_millis(1_500)).await;
+        proxy.set_new(Fault::Pass);
+        proxy.set_existing(Fault::Pass);
+        // `b` and `c` report at their next sync, with no traffic of their own; then `a` may
+        // have the rest.
+        after += spend(&a, Duration::from_secs(6)).await;
+        let total = admitted + alone + after;
+        let hash = redis
+            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
+            .trim()
+            .to_owned();
+        let used = || {
+            redis
+                .cli(&["HGET", &format!("{{keygate}}:quota:{hash}:hour"), "used"])
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        };
+        let handed_out = used();
+        // Stopping hands back what sits unspent in leases: then Redis counts exactly what
+        // was admitted, the admissions made alone included.
+        for kg in [&a, &b, &c] {
+            kg.signal("TERM");
+        }
+        for kg in [&mut a, &mut b, &mut c] {
+            assert!(kg.child.wait().unwrap().success());
+        }
+        eprintln!(
+            "per_hour = {LIMIT}: {admitted} before the pause, {alone} alone during it by two \
+             sidecars, {after} by the third after it; {total} in all; Redis counted \
+             {handed_out} handed out, {} once the sidecars stopped",
+            used()
+        );
+        assert!(total <= LIMIT, "over-admitted: {total} of {LIMIT}");
+        assert!(handed_out <= LIMIT, "handed out {handed_out} of {LIMIT}");
+        assert_eq!(
+            used(),
+            total,
+            "Redis heard of every admission, and nothing else"
+        );
     }
 
     #[tokio::test]

@@ -20,9 +20,9 @@
 //!   reaches the sidecar with its next reply instead of being lost to the window.
 //! - [`fallback_budget`] and [`fallback_limit`]: while Redis does not answer, how many
 //!   requests this sidecar may admit on its own: half its share of what its last grant said
-//!   was left (under the limit however long the outage, unless the other sidecars were
-//!   granted more than the other half since), or, with no grant yet in the
-//!   window, a share of the limit.
+//!   was left, or, with no grant yet in the window, a share of the limit. What the first
+//!   bounds, the store holds back from grants after an outage until it is reported
+//!   ([`WindowCounter::answer`], [`Outage`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -80,6 +80,80 @@ pub struct Totals {
     pub granted: u64,
     pub fell_back: u64,
     pub returned: u64,
+    /// Replies sent to the sidecar in the window; each request acknowledges the last one it
+    /// received.
+    pub replies: u64,
+    /// The most its running total of requests admitted on its own can reach before it next
+    /// reports, by the last reply: what it reported plus its [`fallback_budget`].
+    pub latest_cap: u64,
+    /// The same, by whichever reply the sidecar goes by: the largest over the replies since
+    /// the last one it acknowledged (a reply it never received does not change its budget).
+    pub cap: u64,
+    /// The outage epoch the sidecar had heard of when it sent its last request.
+    pub epoch: u64,
+}
+
+/// The store's record of the last outage, shared by every key: its epoch, and when it began
+/// (store ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outage {
+    pub epoch: u64,
+    pub began_ms: Option<u64>,
+}
+
+/// What a grant request says of its sender beyond its totals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender {
+    /// The live sidecars the sender counts: its fallback budget is sized by it, and so is
+    /// what the store holds back for it.
+    pub live: u64,
+    /// The sender was cut off from the store since its last reply for this key (or admitted
+    /// requests on its own): an outage the other sidecars may have spent quota through too.
+    pub recovering: bool,
+    /// For how long after an outage the store holds back what sidecars not heard from since
+    /// may have admitted on their own (ms).
+    pub hold_ms: u64,
+    /// The outage epoch the sender has heard of (from a sync or a grant): a request carrying
+    /// the current one was sent after the outage began, so its totals are a report.
+    pub outage_epoch: u64,
+}
+
+impl Sender {
+    /// A sidecar that was never cut off, alone: nothing is ever held back.
+    pub const STEADY: Sender = Sender {
+        live: 1,
+        recovering: false,
+        hold_ms: 0,
+        outage_epoch: 0,
+    };
+}
+
+/// One window's part of a grant request, as the store reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    pub limit: u64,
+    pub want: u64,
+    /// The last reply the sidecar received in this window (0: none).
+    pub ack: u64,
+    /// Running totals in this window (0 for another window's).
+    pub fell_back: u64,
+    pub returned: u64,
+}
+
+/// The store's answer for one window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub granted: u64,
+    /// The sidecar's granted total in the window.
+    pub total: u64,
+    /// Held back for sidecars not heard from since an outage (see [`WindowCounter::answer`]).
+    pub held: u64,
+    /// How long the hold still lasts (ms; 0: none).
+    pub hold_left_ms: u64,
+    /// The current outage epoch.
+    pub outage_epoch: u64,
+    /// This reply's number, for the sidecar to acknowledge.
+    pub reply: u64,
 }
 
 /// One window's shared counter as the store keeps it: the rule `keys/redis/lease.lua` runs
@@ -94,16 +168,42 @@ pub struct WindowCounter {
 
 impl WindowCounter {
     /// A grant request from `sidecar`, reporting its running totals of requests admitted on
-    /// its own (`fell_back`) and handed back (`returned`). Returns what is granted now and the
-    /// sidecar's granted total.
-    pub fn grant(
+    /// its own (`fell_back`) and handed back (`returned`).
+    ///
+    /// After an outage (the first report of a sidecar that was cut off starts a new epoch),
+    /// for `hold_ms`, what every sidecar that has not reported since hearing of it may have
+    /// admitted alone is held back (this one's too, unless this request is such a report):
+    /// otherwise the sidecar that reports first could be
+    /// granted quota the others already admitted without the store knowing, and the window
+    /// would end over its limit.
+    pub fn answer(
         &mut self,
+        outage: &mut Outage,
         sidecar: &str,
-        limit: u64,
-        want: u64,
-        fell_back: u64,
-        returned: u64,
-    ) -> (u64, u64) {
+        sender: Sender,
+        now_ms: u64,
+        report: Report,
+    ) -> Answer {
+        let Report {
+            limit,
+            want,
+            ack,
+            fell_back,
+            returned,
+        } = report;
+        if sender.recovering
+            && outage
+                .began_ms
+                .is_none_or(|at| now_ms.saturating_sub(at) >= sender.hold_ms)
+        {
+            *outage = Outage {
+                epoch: outage.epoch + 1,
+                began_ms: Some(now_ms),
+            };
+        }
+        let hold_left_ms = outage
+            .began_ms
+            .map_or(0, |at| (at + sender.hold_ms).saturating_sub(now_ms));
         let totals = self.sidecars.entry(sidecar.to_owned()).or_default();
         if fell_back > totals.fell_back {
             self.used += fell_back - totals.fell_back;
@@ -113,10 +213,61 @@ impl WindowCounter {
             self.used = self.used.saturating_sub(returned - totals.returned);
             totals.returned = returned;
         }
-        let (granted, used) = grant(limit, self.used, want);
+        // This request's own totals are a report only if it was sent after the outage began.
+        totals.epoch = sender.outage_epoch;
+        if ack == totals.replies {
+            // It goes by the last reply.
+            totals.cap = totals.latest_cap;
+        }
+        let held = if hold_left_ms > 0 {
+            self.sidecars
+                .values()
+                .filter(|t| t.epoch != outage.epoch)
+                .map(|t| t.cap.saturating_sub(t.fell_back))
+                .sum()
+        } else {
+            0
+        };
+        let (granted, used) = grant(limit.saturating_sub(held), self.used, want);
         self.used = used;
+        let totals = self.sidecars.entry(sidecar.to_owned()).or_default();
         totals.granted += granted;
-        (granted, totals.granted)
+        totals.replies += 1;
+        totals.latest_cap = if limit > 0 {
+            totals.fell_back + fallback_budget(limit.saturating_sub(used + held), sender.live)
+        } else {
+            totals.fell_back
+        };
+        totals.cap = totals.cap.max(totals.latest_cap);
+        Answer {
+            granted,
+            total: totals.granted,
+            held,
+            hold_left_ms,
+            outage_epoch: outage.epoch,
+            reply: totals.replies,
+        }
+    }
+
+    /// [`Self::answer`] for a sidecar that was never cut off: returns what is granted now and
+    /// the sidecar's granted total.
+    pub fn grant(
+        &mut self,
+        sidecar: &str,
+        limit: u64,
+        want: u64,
+        fell_back: u64,
+        returned: u64,
+    ) -> (u64, u64) {
+        let report = Report {
+            limit,
+            want,
+            ack: self.sidecars.get(sidecar).map_or(0, |t| t.replies),
+            fell_back,
+            returned,
+        };
+        let answer = self.answer(&mut Outage::default(), sidecar, Sender::STEADY, 0, report);
+        (answer.granted, answer.total)
     }
 }
 
@@ -124,9 +275,9 @@ impl WindowCounter {
 /// its last grant, when that grant said `left` were not yet handed out (less what its own
 /// unanswered grant requests may still take): a share of it, halved, because the other
 /// sidecars may have been granted part of it since, or have requests of their own still
-/// queued in a paused Redis. Admitting less than is left keeps the total under the limit
-/// through an outage of any length, unless the others took more than the other half since;
-/// the rest is granted normally once the store answers.
+/// queued in a paused Redis. The store records this bound with every grant and holds it back
+/// from the others after an outage until the sidecar reports; the rest is granted normally
+/// once the store answers.
 pub fn fallback_budget(left: u64, live: u64) -> u64 {
     left / (2 * live.max(1))
 }
@@ -161,6 +312,12 @@ pub struct Settled {
     pub left: u64,
     /// The running total of requests admitted without a lease that the request reported.
     pub reported: u64,
+    /// The reply's number, acknowledged with the next request.
+    pub reply: u64,
+    /// While the store holds back part of what is left after an outage, how long to wait
+    /// before asking again (ms; 0: nothing is held): a lease that got nothing because the rest
+    /// is held back is refused for that moment rather than counted exhausted.
+    pub ask_again_in_ms: u64,
 }
 
 /// The outcome of [`Lease::take`].
@@ -189,6 +346,11 @@ pub struct Lease {
     left: AtomicU64,
     /// The window of the last grant + 1 (0: none).
     granted_in: AtomicU64,
+    /// The last grant reply received, as (window, number).
+    reply_heard: AtomicU64,
+    /// Until when (Unix ms) not to ask again: the store holds back the rest of the quota
+    /// after an outage.
+    held_until_ms: AtomicU64,
     /// Running totals ([`Totals`]): granted as far as this sidecar has heard, admitted on its
     /// own, handed back.
     received: AtomicU64,
@@ -250,7 +412,11 @@ impl Lease {
             total,
             left,
             reported,
+            reply,
+            ask_again_in_ms,
         } = reply;
+        self.reply_heard
+            .store(pack(window, reply), Ordering::Release);
         let heard = count_in(
             self.received.swap(pack(window, total), Ordering::AcqRel),
             window,
@@ -279,9 +445,26 @@ impl Lease {
         self.fell_back_at_grant
             .store(pack(window, reported), Ordering::Release);
         self.doubt.store(0, Ordering::Release);
-        if left == 0 && new == 0 {
+        // Nothing left to hand out: for the window, or only while the store holds the rest
+        // back after an outage.
+        let nothing_left = left == 0 && new == 0;
+        let held_until = if nothing_left && ask_again_in_ms > 0 {
+            now_ms + ask_again_in_ms
+        } else {
+            0
+        };
+        self.held_until_ms.store(held_until, Ordering::Release);
+        if nothing_left && ask_again_in_ms == 0 {
             self.exhausted.store(window + 1, Ordering::Release);
         }
+    }
+
+    /// While the store holds back the rest of `window`'s quota after an outage, how long it
+    /// still does (ms).
+    pub fn held(&self, window: u64, now_ms: u64) -> Option<u64> {
+        let until = self.held_until_ms.load(Ordering::Acquire);
+        (self.granted_in.load(Ordering::Acquire) == window + 1 && until > now_ms)
+            .then(|| until - now_ms)
     }
 
     /// A grant request asking for `want` got no reply: Redis may still run it.
@@ -372,6 +555,11 @@ impl Lease {
     /// The running total of requests admitted without a lease, as (window, count).
     pub fn fell_back(&self) -> (u64, u64) {
         unpack(self.fell_back.load(Ordering::Acquire))
+    }
+
+    /// The last grant reply received, as (window, number).
+    pub fn reply_heard(&self) -> (u64, u64) {
+        unpack(self.reply_heard.load(Ordering::Acquire))
     }
 
     /// The running total of requests handed back, as (window, count).
@@ -494,6 +682,8 @@ mod tests {
             total,
             left,
             reported,
+            reply: 0,
+            ask_again_in_ms: 0,
         }
     }
 
@@ -604,6 +794,122 @@ mod tests {
         // Another sidecar's totals are its own.
         store.grant("b", 1_000, 0, 4, 0);
         assert_eq!(store.used, 9);
+    }
+
+    #[test]
+    fn after_an_outage_the_first_sidecar_back_cannot_spend_what_the_others_spent_alone() {
+        // (recovering, outage epoch heard of)
+        let sender = |recovering, outage_epoch| Sender {
+            live: 3,
+            recovering,
+            hold_ms: 3_000,
+            outage_epoch,
+        };
+        // (want, the last reply received, fell back)
+        let ask = |want, ack, fell_back| Report {
+            limit: 3_000,
+            want,
+            ack,
+            fell_back,
+            returned: 0,
+        };
+        let before_the_outage = || {
+            let (mut store, mut outage) = (WindowCounter::default(), Outage::default());
+            for who in ["a", "b", "c"] {
+                store.answer(&mut outage, who, sender(false, 0), 1_000, ask(500, 0, 0));
+            }
+            (store, outage)
+        };
+        let (mut store, mut outage) = before_the_outage();
+        assert_eq!(store.used, 1_500);
+        // Each may admit alone half its share of what its last grant left.
+        assert_eq!(
+            ["a", "b", "c"].map(|who| store.sidecars[who].cap),
+            [416, 333, 250]
+        );
+        // Redis pauses; each spends its lease, then its whole budget alone: 2,499 admitted.
+        // `a` reports first and starts outage 1: what `b` and `c` may have admitted is held
+        // back for 3 s.
+        let a = store.answer(&mut outage, "a", sender(true, 0), 5_000, ask(1_000, 1, 416));
+        assert_eq!((a.granted, a.held, a.hold_left_ms), (501, 583, 3_000));
+        assert_eq!(a.outage_epoch, 1);
+        // A request `b` sent before it heard of the outage (queued in the paused Redis) is no
+        // report: `b` stays held, itself included.
+        let stale = store.answer(&mut outage, "b", sender(false, 0), 5_200, ask(100, 1, 0));
+        assert_eq!((stale.granted, stale.held), (0, 583));
+        // `b` and `c` report after their sync told them of outage 1.
+        let b = store.answer(&mut outage, "b", sender(true, 1), 5_500, ask(1_000, 1, 333));
+        assert_eq!((b.granted, b.held, b.hold_left_ms), (0, 250, 2_500));
+        let c = store.answer(&mut outage, "c", sender(true, 1), 6_000, ask(1_000, 1, 250));
+        assert_eq!((c.granted, c.held), (0, 0));
+        assert_eq!(store.used, 3_000, "exactly the limit, never over");
+        assert_eq!(outage.epoch, 1, "one outage, however many report it");
+
+        // Without the hold, `a` would have been granted what the others had spent.
+        let (mut store, mut outage) = before_the_outage();
+        let a = store.answer(&mut outage, "a", Sender::STEADY, 5_000, ask(1_000, 1, 416));
+        assert_eq!(a.granted, 1_000);
+        store.answer(&mut outage, "b", Sender::STEADY, 5_500, ask(0, 1, 333));
+        store.answer(&mut outage, "c", Sender::STEADY, 6_000, ask(0, 1, 250));
+        assert_eq!(store.used, 3_499);
+
+        // Sidecars that never report hold nothing back once the hold ends.
+        let (mut store, mut outage) = before_the_outage();
+        store.answer(&mut outage, "a", sender(true, 0), 5_000, ask(0, 1, 416));
+        let a = store.answer(
+            &mut outage,
+            "a",
+            sender(false, 1),
+            8_000,
+            ask(1_000, 2, 416),
+        );
+        assert_eq!((a.granted, a.held, a.hold_left_ms), (1_000, 0, 0));
+    }
+
+    #[test]
+    fn a_sidecar_is_held_to_the_budget_of_the_reply_it_goes_by() {
+        let (mut store, mut outage) = (WindowCounter::default(), Outage::default());
+        let steady = Sender {
+            live: 2,
+            ..Sender::STEADY
+        };
+        let ask = |want, ack| Report {
+            limit: 1_000,
+            want,
+            ack,
+            fell_back: 0,
+            returned: 0,
+        };
+        // Reply 1 leaves 900: `a` may admit 225 alone.
+        store.answer(&mut outage, "a", steady, 0, ask(100, 0));
+        assert_eq!(store.sidecars["a"].cap, 225);
+        // Reply 2 (600 left, 150 alone) is lost: `a` still goes by reply 1.
+        store.answer(&mut outage, "a", steady, 1, ask(300, 1));
+        assert_eq!(store.sidecars["a"].latest_cap, 150);
+        assert_eq!(store.sidecars["a"].cap, 225);
+        // Reply 3 (500 left) arrives, but the request did not acknowledge reply 2 either.
+        store.answer(&mut outage, "a", steady, 2, ask(100, 1));
+        assert_eq!(store.sidecars["a"].cap, 225);
+        // Acknowledged: only reply 3's budget, or the next one's, can be in use.
+        store.answer(&mut outage, "a", steady, 3, ask(0, 3));
+        assert_eq!(store.sidecars["a"].cap, 125);
+    }
+
+    #[test]
+    fn a_held_lease_is_refused_for_a_moment_not_the_window() {
+        let lease = Lease::default();
+        let held = Settled {
+            ask_again_in_ms: 2_000,
+            ..settled(0, 0, 0, 0)
+        };
+        lease.settle(4, held, 10_000);
+        assert_eq!(lease.take(4), Take::Empty, "not exhausted while held");
+        assert_eq!(lease.held(4, 10_500), Some(1_500));
+        assert_eq!(lease.held(4, 12_000), None);
+        assert_eq!(lease.held(5, 10_500), None, "per window");
+        lease.settle(4, settled(0, 0, 0, 0), 12_000);
+        assert_eq!(lease.held(4, 12_001), None);
+        assert_eq!(lease.take(4), Take::Exhausted);
     }
 
     #[test]

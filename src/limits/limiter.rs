@@ -195,8 +195,12 @@ impl Limiter {
             };
             match self.decide(&config, &state, &windows, now, mode) {
                 Step::Admitted(tightest) => {
-                    if mode == Mode::Leased {
-                        self.refill_if_low(&state, hash, &windows, now);
+                    match (&self.shared, mode) {
+                        (Some(_), Mode::Leased) => self.refill_if_low(&state, hash, &windows, now),
+                        (Some(shared), Mode::Fallback) => {
+                            shared.report_when_back(state.clone(), hash, long_windows(&windows));
+                        }
+                        _ => {}
                     }
                     return Ok(tightest);
                 }
@@ -274,7 +278,7 @@ impl Limiter {
                     .map(|w| (short_state(name, rate, w), Taken::Short(i, rate)))
                     .map_err(|w| Some(short_state(name, rate, w))),
                 Window::Long(limit, calendar) => {
-                    self.take_long(config, state, name, limit, calendar, now_secs, mode)
+                    self.take_long(config, state, name, limit, calendar, now_ns, mode)
                 }
             };
             match outcome {
@@ -313,9 +317,10 @@ impl Limiter {
         name: &'static str,
         limit: u64,
         calendar: Calendar,
-        now_secs: u64,
+        now_ns: u64,
         mode: Mode,
     ) -> Result<(WindowState, Taken), Option<WindowState>> {
+        let now_secs = now_ns / SECOND_NS;
         let counter = state.counter(calendar);
         let as_state = |limit, u| long_state(name, limit, calendar, u);
         if mode == Mode::Local {
@@ -344,7 +349,20 @@ impl Limiter {
                     reset_secs,
                 },
             ))),
-            Take::Empty if mode == Mode::Leased => Err(None),
+            Take::Empty if mode == Mode::Leased => match lease.held(window, now_ns / 1_000_000) {
+                // Redis holds the rest back until every sidecar has reported what it admitted
+                // during an outage: refused for that moment, not for the window.
+                Some(ms) => Err(Some(long_state(
+                    name,
+                    limit,
+                    calendar,
+                    quota::Usage {
+                        remaining: 0,
+                        reset_secs: ms.div_ceil(1_000),
+                    },
+                ))),
+                None => Err(None),
+            },
             Take::Empty => {
                 let live = self.shared.as_ref().map_or(1, |s| s.live());
                 // The key's own limit in the headers, what this sidecar may still admit alone
@@ -389,8 +407,18 @@ impl Limiter {
     ) {
         let Some(shared) = &self.shared else { return };
         let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now_ms = now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // Low, or holding admissions made alone that the store has not heard of yet (report
+        // them now: another sidecar's grants are held back until then), unless the store is
+        // holding back the rest of the quota anyway.
         let low = windows.iter().any(|(_, w)| match w {
-            Some(Window::Long(_, c)) => state.leases().get(*c).is_low(c.window(now_secs).0),
+            Some(Window::Long(_, c)) => {
+                let (lease, window) = (state.leases().get(*c), c.window(now_secs).0);
+                (lease.is_low(window) || lease.unreported(window))
+                    && lease.held(window, now_ms).is_none()
+            }
             _ => false,
         });
         if low {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-use super::lease::{Lease, Settled, chunk_size};
+use super::lease::{Lease, Sender, Settled, chunk_size};
 use super::quota::Calendar;
 use super::suspend::Suspensions;
 use crate::metrics::Metrics;
@@ -30,6 +30,9 @@ pub struct GrantAsk {
     pub limit: u64,
     /// Requests wanted (0: none, only report the totals and read the count).
     pub want: u64,
+    /// (window number, number) of the last reply this sidecar received: the store then knows
+    /// which fallback budget it goes by.
+    pub ack: (u64, u64),
     /// (window number, running total) of requests this sidecar admitted without a lease
     /// while the store did not answer; the store adds what the total grew by since it last
     /// heard it, if the window is still the current one.
@@ -50,12 +53,22 @@ pub struct Grant {
     pub used: u64,
     /// The window the grant is for, by the store's clock.
     pub window: u64,
+    /// Held back for sidecars not heard from since an outage, and for how much longer: see
+    /// [`super::lease::WindowCounter::answer`].
+    pub held: u64,
+    pub hold_left: Duration,
+    /// The store's current outage epoch.
+    pub outage_epoch: u64,
+    /// This reply's number, acknowledged with the next request.
+    pub reply: u64,
 }
 
 /// What a sync learned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncState {
     pub live: u64,
+    /// The store's current outage epoch (see [`super::lease::Outage`]).
+    pub outage_epoch: u64,
     /// Suspended keys and how long until each lifts.
     pub suspended: Vec<(KeyHash, Duration)>,
 }
@@ -79,6 +92,7 @@ pub trait QuotaStore: Send + Sync + 'static {
     async fn grant(
         &self,
         instance: &str,
+        sender: Sender,
         hash: KeyHash,
         asks: Vec<GrantAsk>,
     ) -> Result<Vec<Grant>, StoreError>;
@@ -110,8 +124,14 @@ pub struct Shared {
     settings: SharedSettings,
     instance: String,
     fallback: AtomicBool,
+    /// Times the store stopped answering (fallback began).
+    outages: AtomicU64,
+    /// The store's outage epoch, as last heard.
+    outage_epoch: AtomicU64,
     live: AtomicU64,
     pending: Mutex<Vec<(KeyHash, Duration)>>,
+    /// Keys that admitted requests on their own since the store last answered.
+    admitted_alone: Mutex<std::collections::HashMap<KeyHash, (Leased, LongWindows)>>,
     wake: Notify,
     suspensions: Arc<Suspensions>,
     metrics: Arc<Metrics>,
@@ -132,6 +152,7 @@ impl Shared {
                     calendar,
                     limit: 0,
                     want: 0,
+                    ack: lease.reply_heard(),
                     fell_back,
                     returned,
                 })
@@ -140,12 +161,22 @@ impl Shared {
         if asks.is_empty() {
             return Ok(false);
         }
+        let sender = Sender {
+            recovering: false,
+            ..self.sender()
+        };
         self.store
-            .grant(&self.instance, hash, asks)
+            .grant(&self.instance, sender, hash, asks)
             .await
             .map(|_| true)
     }
 }
+
+/// A key's state as the limiter holds it, for refills in the background.
+pub type Leased = Arc<dyn AsRef<KeyLeases> + Send + Sync>;
+
+/// A key's long windows and their limits.
+pub type LongWindows = Vec<(Calendar, u64)>;
 
 /// The leases of one key, and what keeps its grants one at a time.
 #[derive(Default)]
@@ -158,6 +189,9 @@ pub struct KeyLeases {
     grant: tokio::sync::Mutex<()>,
     /// A background refill is queued or running.
     refilling: AtomicBool,
+    /// [`Shared`]'s outage count at the last reply for this key, plus one (0: no reply yet):
+    /// a grant request after another outage says so ([`Sender::recovering`]).
+    outages_seen: AtomicU64,
 }
 
 impl KeyLeases {
@@ -188,8 +222,11 @@ impl Shared {
             settings,
             instance: id.iter().map(|b| format!("{b:02x}")).collect(),
             fallback: AtomicBool::new(false),
+            outages: AtomicU64::new(0),
+            outage_epoch: AtomicU64::new(0),
             live: AtomicU64::new(1),
             pending: Mutex::new(Vec::new()),
+            admitted_alone: Mutex::default(),
             wake: Notify::new(),
             suspensions,
             metrics,
@@ -229,6 +266,19 @@ impl Shared {
         self.settings.timeout
     }
 
+    /// How this sidecar describes itself to the store; `recovering` is set per key.
+    fn sender(&self) -> Sender {
+        Sender {
+            live: self.live(),
+            recovering: false,
+            // Long enough for every sidecar to sync (and so to report) after an outage, its
+            // link to the store re-made if it has to be; it costs nothing unless the quota is
+            // nearly used up.
+            hold_ms: (self.settings.sync_every * 5).as_millis() as u64,
+            outage_epoch: self.outage_epoch.load(Ordering::Acquire),
+        }
+    }
+
     /// Queues a suspension for every sidecar and syncs now.
     pub fn publish_suspension(&self, hash: KeyHash, lasts: Duration) {
         self.pending
@@ -242,6 +292,7 @@ impl Shared {
         if self.fallback.swap(on, Ordering::AcqRel) != on {
             self.metrics.limits.fallback.set(i64::from(on));
             if on {
+                self.outages.fetch_add(1, Ordering::AcqRel);
                 tracing::warn!(error = %why, "quota store unreachable: counting quotas locally");
             } else {
                 tracing::info!("quota store reachable again: quotas shared");
@@ -249,7 +300,7 @@ impl Shared {
         }
     }
 
-    async fn sync_once(&self) {
+    async fn sync_once(self: &Arc<Self>) {
         let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
         let alive_for = self.settings.sync_every * 3;
         let call = self.store.sync(&self.instance, alive_for, pending.clone());
@@ -257,11 +308,18 @@ impl Shared {
         match outcome {
             Ok(Ok(state)) => {
                 self.live.store(state.live.max(1), Ordering::Release);
+                self.metrics
+                    .limits
+                    .live_sidecars
+                    .set(state.live.max(1) as i64);
+                self.outage_epoch
+                    .fetch_max(state.outage_epoch, Ordering::AcqRel);
                 let now = Instant::now();
                 for (hash, left) in state.suspended {
                     self.suspensions.insert(hash, now + left);
                 }
                 self.set_fallback(false, &"");
+                self.report_what_was_admitted_alone();
             }
             Ok(Err(e)) => self.sync_failed(pending, &e),
             Err(_) => self.sync_failed(pending, &"sync timed out"),
@@ -311,6 +369,7 @@ impl Shared {
                 calendar,
                 limit,
                 want,
+                ack: lease.reply_heard(),
                 fell_back: lease.fell_back(),
                 returned: lease.returned(),
             });
@@ -323,9 +382,15 @@ impl Shared {
             // Someone else refilled while we queued.
             return true;
         }
+        let outages = self.outages.load(Ordering::Acquire);
+        let seen = leases.outages_seen.load(Ordering::Acquire);
+        let sender = Sender {
+            recovering: unsettled || (seen != 0 && seen - 1 != outages),
+            ..self.sender()
+        };
         let left = budget.saturating_sub(started.elapsed());
-        let outcome =
-            tokio::time::timeout(left, self.store.grant(&self.instance, hash, asks.clone())).await;
+        let call = self.store.grant(&self.instance, sender, hash, asks.clone());
+        let outcome = tokio::time::timeout(left, call).await;
         let failed = match outcome {
             Ok(Ok(grants)) if grants.len() == asks.len() => {
                 let at = now_ms();
@@ -340,11 +405,22 @@ impl Shared {
                         Settled {
                             granted: grant.granted,
                             total: grant.total,
-                            left: ask.limit.saturating_sub(grant.used),
+                            left: ask.limit.saturating_sub(grant.used + grant.held),
                             reported,
+                            reply: grant.reply,
+                            // Soon: this reply told us of the outage, so our next request
+                            // is a report, and the others report at their next sync.
+                            ask_again_in_ms: grant
+                                .hold_left
+                                .min(self.settings.sync_every / 4)
+                                .as_millis() as u64,
                         },
                         at,
                     );
+                }
+                leases.outages_seen.store(outages + 1, Ordering::Release);
+                if let Some(epoch) = grants.iter().map(|g| g.outage_epoch).max() {
+                    self.outage_epoch.fetch_max(epoch, Ordering::AcqRel);
                 }
                 self.metrics.limits.refills.with_label_values(&["ok"]).inc();
                 self.set_fallback(false, &"");
@@ -373,15 +449,38 @@ impl Shared {
         false
     }
 
+    /// Remembers a key that admitted requests on its own while the store did not answer, to
+    /// be reported as soon as a sync succeeds: until a sidecar reports them, the store holds
+    /// back what it may have admitted from every other sidecar's grants (for a while; see
+    /// [`super::lease::WindowCounter::answer`]), and a key with no more traffic here would
+    /// otherwise report only with its next grant.
+    pub fn report_when_back(&self, key: Leased, hash: KeyHash, windows: LongWindows) {
+        self.admitted_alone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(hash)
+            .or_insert((key, windows));
+    }
+
+    fn report_what_was_admitted_alone(self: &Arc<Self>) {
+        let keys = std::mem::take(
+            &mut *self
+                .admitted_alone
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (hash, (key, windows)) in keys {
+            self.refill_soon(key, hash, windows);
+        }
+    }
+
     /// Refills in the background unless a refill is already queued for this key.
-    pub fn refill_soon<K>(
+    pub fn refill_soon(
         self: &Arc<Self>,
-        key: Arc<K>,
+        key: Leased,
         hash: KeyHash,
         windows: Vec<(Calendar, u64)>,
-    ) where
-        K: AsRef<KeyLeases> + Send + Sync + 'static,
-    {
+    ) {
         if (*key).as_ref().refilling.swap(true, Ordering::AcqRel) {
             return;
         }

@@ -1,7 +1,7 @@
 -- Grants quota leases for one key's long windows to one sidecar, atomically. For each window
--- the sidecar gets min(want, limit - used), and used grows by what it got: the grants of a
--- window never sum past its limit, whatever the number of sidecars. Windows are numbered by
--- Redis's clock (TIME), so sidecars with skewed clocks count into the same window, and each
+-- the sidecar gets min(want, limit - used - held), and used grows by what it got: the grants
+-- of a window never sum past its limit, whatever the number of sidecars. Windows are numbered
+-- by Redis's clock (TIME), so sidecars with skewed clocks count into the same window, and each
 -- counter expires when its window ends.
 --
 -- Idempotent: the sidecar reports running totals for the window (requests it admitted on its
@@ -10,16 +10,37 @@
 -- grant whose reply was lost (the sidecar gave up waiting, Redis ran it later) reaches the
 -- sidecar with its next reply. A request retried, or run late, counts once.
 --
--- KEYS: per window, {ns}:quota:<hash>:<hour|day|month>, a hash of w (window number), used,
+-- Held back after an outage: each reply is numbered (n:<id>), and each request acknowledges
+-- the last reply its sidecar received. Each grant records l:<id>, the most the sidecar's
+-- running total of requests admitted on its own can reach before it next reports by this
+-- reply (what it reported plus its fallback budget, half its share of what is left), and
+-- c:<id>, the largest such bound over the replies since the last one it acknowledged (a
+-- reply it never received does not change its budget); and e:<id>, the outage epoch the
+-- sidecar had heard of when it sent the request. The first report of a
+-- sidecar that was cut off starts a new outage epoch ({ns}:outage, shared by every key, so
+-- the sync hands it to every sidecar); for `hold` ms after it, what every other sidecar that
+-- has not reported since hearing of it may have admitted alone and not reported is held
+-- back from grants, the requesting sidecar's own included unless this request is such a
+-- report. A request sent before the outage and run after it (queued in a paused Redis)
+-- carries the old epoch, so it does not count as a report.
+--
+-- KEYS: {ns}:outage (a hash of n, the outage epoch, and at, when it began, ms), then per
+--       window {ns}:quota:<hash>:<hour|day|month>, a hash of w (window number), used,
 --       limit (the limit of the last grant, for `keys usage`), and per sidecar g:<id>,
---       f:<id>, b:<id> (its granted, fell-back and handed-back totals).
--- ARGV: the sidecar's instance id, then per window: kind (h, d or m), limit (0: leave the
---       stored one), want, the window number and running total of requests the sidecar
---       admitted on its own, the window number and running total of requests it handed back
---       (totals of another window than the current one are ignored).
--- Returns per window: {granted, used, window, the sidecar's granted total}.
+--       f:<id>, b:<id> (its granted, fell-back and handed-back totals), n:<id>, l:<id>,
+--       c:<id> and e:<id> (see above).
+-- ARGV: the sidecar's instance id, the live sidecars it counts, 1 if it was cut off from Redis
+--       since its last reply for this key (else 0), the hold (ms), the outage epoch it has
+--       heard of; then per window: kind (h, d or m), limit (0: leave the stored one), want,
+--       the window number and number of the last reply the sidecar received, the window
+--       number and running total of requests the sidecar admitted on its own,
+--       the window number and running total of requests it handed back (totals of another
+--       window than the current one are ignored).
+-- Returns per window: {granted, used, window, the sidecar's granted total, held, ms the hold
+-- still lasts, the outage epoch, the reply's number}.
 local t = redis.call('TIME')
 local now = tonumber(t[1])
+local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
 local floor = math.floor
 
 -- H. Hinnant's calendar algorithms, as in src/limits/quota.rs.
@@ -61,21 +82,35 @@ local function window(kind)
   return y * 12 + (m - 1), days_from_civil(ny, nm, 1) * 86400
 end
 
-local me = ARGV[1]
+local me, live = ARGV[1], math.max(tonumber(ARGV[2]), 1)
+local recovering, hold, heard_of = ARGV[3] == '1', tonumber(ARGV[4]), tonumber(ARGV[5])
+local outage = redis.call('HMGET', KEYS[1], 'n', 'at')
+local epoch, began = tonumber(outage[1]) or 0, tonumber(outage[2])
+if recovering and (began == nil or now_ms - began >= hold) then
+  epoch, began = epoch + 1, now_ms
+  redis.call('HSET', KEYS[1], 'n', epoch, 'at', began)
+end
+local holding = began ~= nil and now_ms - began < hold
+local hold_left = holding and (began + hold - now_ms) or 0
 local out = {}
-for i = 1, #KEYS do
-  local a = 1 + (i - 1) * 7
+for i = 2, #KEYS do
+  local a = 5 + (i - 2) * 9
   local kind, limit, want = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local fell_window, fell = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local back_window, back = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  local ack_window, ack = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local fell_window, fell = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  local back_window, back = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
   local id, ends = window(kind)
-  local stored = redis.call('HMGET', KEYS[i], 'w', 'used', 'g:' .. me, 'f:' .. me, 'b:' .. me)
-  local used, mine, fell_seen, back_seen = 0, 0, 0, 0
+  local stored = redis.call('HMGET', KEYS[i], 'w', 'used', 'g:' .. me, 'f:' .. me, 'b:' .. me,
+    'n:' .. me, 'l:' .. me, 'c:' .. me)
+  local used, mine, fell_seen, back_seen, replies, latest, cap = 0, 0, 0, 0, 0, 0, 0
   if tonumber(stored[1]) == id then
     used = tonumber(stored[2]) or 0
     mine = tonumber(stored[3]) or 0
     fell_seen = tonumber(stored[4]) or 0
     back_seen = tonumber(stored[5]) or 0
+    replies = tonumber(stored[6]) or 0
+    latest = tonumber(stored[7]) or 0
+    cap = tonumber(stored[8]) or 0
   else
     -- A new window: every sidecar's totals start over.
     redis.call('DEL', KEYS[i])
@@ -88,13 +123,36 @@ for i = 1, #KEYS do
     used = math.max(used - (back - back_seen), 0)
     back_seen = back
   end
-  local granted = math.min(want, math.max(limit - used, 0))
+  if ack_window == id and ack == replies then
+    -- It goes by the last reply.
+    cap = latest
+  end
+  local held = 0
+  if holding then
+    local fields = {}
+    local all = redis.call('HGETALL', KEYS[i])
+    for j = 1, #all, 2 do fields[all[j]] = tonumber(all[j + 1]) end
+    -- This request's own totals are a report only if it was sent after the outage began.
+    fields['c:' .. me], fields['f:' .. me], fields['e:' .. me] = cap, fell_seen, heard_of
+    for field, bound in pairs(fields) do
+      local who = string.sub(field, 3)
+      if string.sub(field, 1, 2) == 'c:' and fields['e:' .. who] ~= epoch then
+        held = held + math.max(bound - (fields['f:' .. who] or 0), 0)
+      end
+    end
+  end
+  local granted = math.min(want, math.max(limit - used - held, 0))
   used = used + granted
   mine = mine + granted
+  replies = replies + 1
+  latest = fell_seen
+  if limit > 0 then latest = fell_seen + floor(math.max(limit - used - held, 0) / (2 * live)) end
+  cap = math.max(cap, latest)
   redis.call('HSET', KEYS[i], 'w', id, 'used', used,
-    'g:' .. me, mine, 'f:' .. me, fell_seen, 'b:' .. me, back_seen)
+    'g:' .. me, mine, 'f:' .. me, fell_seen, 'b:' .. me, back_seen,
+    'n:' .. me, replies, 'l:' .. me, latest, 'c:' .. me, cap, 'e:' .. me, heard_of)
   if limit > 0 then redis.call('HSET', KEYS[i], 'limit', limit) end
   redis.call('EXPIREAT', KEYS[i], ends)
-  out[i] = {granted, used, id, mine}
+  out[#out + 1] = {granted, used, id, mine, held, hold_left, epoch, replies}
 end
 return out

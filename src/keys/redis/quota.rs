@@ -4,9 +4,10 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{ns}:quota:<sha256 hex>:<hour\|day\|month>` | hash | `w` window number, `used` requests handed out, `limit`, and per sidecar `g:<id>` / `f:<id>` / `b:<id>` its granted, fell-back and handed-back totals (idempotent grants, see `lease.lua`); expires when the window ends |
+//! | `{ns}:quota:<sha256 hex>:<hour\|day\|month>` | hash | `w` window number, `used` requests handed out, `limit`, and per sidecar `g:<id>` / `f:<id>` / `b:<id>` its granted, fell-back and handed-back totals (idempotent grants), `c:<id>` / `e:<id>` the most its fell-back total can reach before it reports and the outage epoch it last reported under (held back after an outage; see `lease.lua`); expires when the window ends |
 //! | `{ns}:sidecars` | sorted set | instance ids scored by last heartbeat (ms) |
 //! | `{ns}:suspended` | sorted set | key hashes scored by when their suspension lifts (ms) |
+//! | `{ns}:outage` | hash | `n` the outage epoch and `at` when the last outage began (ms): after one, grants hold back what sidecars that have not reported may have admitted alone (see `lease.lua`) |
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -15,6 +16,7 @@ use redis::Script;
 
 use super::{MANAGEMENT_TIMEOUT, RedisStore};
 use crate::keys::{KeyHash, StoreError};
+use crate::limits::lease::Sender;
 use crate::limits::quota::Calendar;
 use crate::limits::shared::{Grant, GrantAsk, QuotaStore, StoredWindow, SyncState};
 
@@ -46,35 +48,50 @@ impl QuotaStore for RedisStore {
     async fn grant(
         &self,
         instance: &str,
+        sender: Sender,
         hash: KeyHash,
         asks: Vec<GrantAsk>,
     ) -> Result<Vec<Grant>, StoreError> {
         let mut invocation = LEASE.prepare_invoke();
-        invocation.arg(instance);
+        invocation
+            .key(self.name("outage"))
+            .arg(instance)
+            .arg(sender.live)
+            .arg(u8::from(sender.recovering))
+            .arg(sender.hold_ms)
+            .arg(sender.outage_epoch);
         for ask in &asks {
             invocation.key(self.quota_key(&hash, ask.calendar));
             invocation
                 .arg(&window_name(ask.calendar)[..1])
                 .arg(ask.limit)
                 .arg(ask.want)
+                .arg(ask.ack.0)
+                .arg(ask.ack.1)
                 .arg(ask.fell_back.0)
                 .arg(ask.fell_back.1)
                 .arg(ask.returned.0)
                 .arg(ask.returned.1);
         }
-        let grants: Vec<(u64, u64, u64, u64)> = self
+        let grants: Vec<(u64, u64, u64, u64, u64, u64, u64, u64)> = self
             .run(self.config.timeout, async move |mut c| {
                 invocation.invoke_async(&mut c).await
             })
             .await?;
         Ok(grants
             .into_iter()
-            .map(|(granted, used, window, total)| Grant {
-                granted,
-                total,
-                used,
-                window,
-            })
+            .map(
+                |(granted, used, window, total, held, hold_left_ms, outage_epoch, reply)| Grant {
+                    granted,
+                    total,
+                    used,
+                    window,
+                    held,
+                    hold_left: Duration::from_millis(hold_left_ms),
+                    outage_epoch,
+                    reply,
+                },
+            )
             .collect())
     }
 
@@ -88,12 +105,13 @@ impl QuotaStore for RedisStore {
         invocation
             .key(self.name("sidecars"))
             .key(self.name("suspended"))
+            .key(self.name("outage"))
             .arg(instance)
             .arg(alive_for.as_millis() as u64);
         for (hash, lasts) in &suspend {
             invocation.arg(hash.to_hex()).arg(lasts.as_millis() as u64);
         }
-        let (live, hashes, left): (u64, Vec<String>, Vec<i64>) = self
+        let (live, hashes, left, outage_epoch): (u64, Vec<String>, Vec<i64>, u64) = self
             .run(self.config.timeout, async move |mut c| {
                 invocation.invoke_async(&mut c).await
             })
@@ -108,7 +126,11 @@ impl QuotaStore for RedisStore {
                 ))
             })
             .collect();
-        Ok(SyncState { live, suspended })
+        Ok(SyncState {
+            live,
+            outage_epoch,
+            suspended,
+        })
     }
 
     async fn usage(&self, hash: KeyHash) -> Result<Vec<StoredWindow>, StoreError> {

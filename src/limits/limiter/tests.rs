@@ -271,6 +271,7 @@ mod shared {
     #[derive(Default)]
     struct Memory {
         counters: Mutex<HashMap<(String, u64), lease::WindowCounter>>,
+        outage: Mutex<lease::Outage>,
         down: AtomicBool,
         grants: AtomicU64,
         live: AtomicU64,
@@ -288,6 +289,7 @@ mod shared {
         async fn grant(
             &self,
             instance: &str,
+            sender: lease::Sender,
             hash: KeyHash,
             asks: Vec<GrantAsk>,
         ) -> Result<Vec<Grant>, StoreError> {
@@ -295,11 +297,13 @@ mod shared {
                 return Err(StoreError::Unavailable("down".into()));
             }
             self.grants.fetch_add(1, Ordering::SeqCst);
-            let now = SystemTime::now()
+            let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
-                .as_secs();
+                .as_millis() as u64;
+            let now = now_ms / 1_000;
             let mut counters = self.counters.lock().unwrap();
+            let mut outage = self.outage.lock().unwrap();
             Ok(asks
                 .iter()
                 .map(|ask| {
@@ -308,18 +312,23 @@ mod shared {
                         .entry((format!("{hash:?}{:?}", ask.calendar), window))
                         .or_default();
                     let in_window = |(w, n): (u64, u64)| if w == window { n } else { 0 };
-                    let (granted, total) = counter.grant(
-                        instance,
-                        ask.limit,
-                        ask.want,
-                        in_window(ask.fell_back),
-                        in_window(ask.returned),
-                    );
+                    let report = lease::Report {
+                        limit: ask.limit,
+                        want: ask.want,
+                        ack: in_window(ask.ack),
+                        fell_back: in_window(ask.fell_back),
+                        returned: in_window(ask.returned),
+                    };
+                    let answer = counter.answer(&mut outage, instance, sender, now_ms, report);
                     Grant {
-                        granted,
-                        total,
+                        granted: answer.granted,
+                        total: answer.total,
                         used: counter.used,
                         window,
+                        held: answer.held,
+                        hold_left: Duration::from_millis(answer.hold_left_ms),
+                        outage_epoch: answer.outage_epoch,
+                        reply: answer.reply,
                     }
                 })
                 .collect())
@@ -336,6 +345,7 @@ mod shared {
             }
             Ok(SyncState {
                 live: self.live.load(Ordering::SeqCst),
+                outage_epoch: self.outage.lock().unwrap().epoch,
                 suspended: vec![],
             })
         }
@@ -418,7 +428,8 @@ mod shared {
 
         store.down.store(false, Ordering::SeqCst);
         until(|| !shared.in_fallback()).await;
-        assert!(l.admit(h, &r, SystemTime::now()).await.is_ok());
+        let after = l.admit(h, &r, SystemTime::now()).await;
+        assert!(after.is_ok(), "{after:?}");
         let used = store.used();
         assert!(
             used >= 51,
