@@ -1,6 +1,8 @@
-//! One client connection, from accept to close: the connection cap, the TLS handshake (or the
-//! refusal of plain HTTP on the TLS port), HTTP/1.1 + HTTP/2 serving, the header and idle
-//! timeouts, and a polite close on shutdown.
+//! Serving one connection with hyper (HTTP/2 clients, the admin port, the plain port's
+//! refusals): the builder from `[server]`, the header and idle clocks, and a polite close on
+//! shutdown. The connection cap, the TLS handshake and the choice between hyper and
+//! keygate's own HTTP/1.1 (`session`) are `server/mod.rs`'s; [`Rewind`] replays the bytes
+//! `session` read before it handed an HTTP/2 connection over.
 //!
 //! Why keygate times connections itself instead of using hyper's `header_read_timeout`: hyper
 //! runs that one timer from the moment it waits for a request head, so it also closes every

@@ -213,30 +213,23 @@ pub fn response_head(
         };
     }
 
-    // RFC 9112 §6.3, in its order.
-    let framing = if cx.head_request || status == 204 || status == 304 {
-        Framing::Empty
-    } else if coded {
-        if chunked_last {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        }
-    } else {
-        match length {
-            Some(n) => Framing::Length(n),
-            None => Framing::Close,
-        }
-    };
-    let upstream_keep_alive =
-        framing != Framing::Close && !options.close && (version == 1 || options.keep_alive);
-    let encoding = match framing {
-        Framing::Chunked | Framing::Close if cx.client_http11 => Encoding::Chunked,
-        _ => Encoding::Raw,
-    };
-    // An HTTP/1.0 client learns where an undelimited body ends from the close.
-    let delimited = !matches!(framing, Framing::Chunked | Framing::Close);
-    let client_keep_alive = cx.keep_alive && (cx.client_http11 || delimited);
+    let Plan {
+        framing,
+        encoding,
+        upstream_keep_alive,
+        client_keep_alive,
+    } = plan(
+        Signs {
+            status,
+            upstream_http11: version == 1,
+            length,
+            coded,
+            chunked_last,
+            close: options.close,
+            keep_alive: options.keep_alive,
+        },
+        cx,
+    );
 
     match framing {
         Framing::Length(n) => length_line(out, n),
@@ -270,6 +263,66 @@ pub fn response_head(
         upstream_keep_alive,
         switching: false,
     }))
+}
+
+/// What a final response head says about its body and its connection.
+#[derive(Debug, Clone, Copy)]
+struct Signs {
+    status: u16,
+    upstream_http11: bool,
+    /// `Content-Length` (all copies agreeing).
+    length: Option<u64>,
+    /// A `Transfer-Encoding` was sent; `chunked_last`: its last coding is `chunked`.
+    coded: bool,
+    chunked_last: bool,
+    /// `Connection: close` / `Connection: keep-alive`.
+    close: bool,
+    keep_alive: bool,
+}
+
+/// How a final response's body is delimited, how it goes to the client, and which
+/// connections stay open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Plan {
+    framing: Framing,
+    encoding: Encoding,
+    upstream_keep_alive: bool,
+    client_keep_alive: bool,
+}
+
+/// The framing decision, pure: RFC 9112 §6.3 in its order for the upstream's body (a
+/// `Transfer-Encoding` overrides any `Content-Length`, and one not ending in `chunked` runs to
+/// the close), re-chunked for an HTTP/1.1 client when the upstream's length is unknown, and
+/// each connection kept only when both ends know where the body ends.
+fn plan(signs: Signs, cx: &ResponseContext) -> Plan {
+    let framing = if cx.head_request || signs.status == 204 || signs.status == 304 {
+        Framing::Empty
+    } else if signs.coded {
+        if signs.chunked_last {
+            Framing::Chunked
+        } else {
+            Framing::Close
+        }
+    } else {
+        match signs.length {
+            Some(n) => Framing::Length(n),
+            None => Framing::Close,
+        }
+    };
+    let upstream_keep_alive =
+        framing != Framing::Close && !signs.close && (signs.upstream_http11 || signs.keep_alive);
+    let encoding = match framing {
+        Framing::Chunked | Framing::Close if cx.client_http11 => Encoding::Chunked,
+        _ => Encoding::Raw,
+    };
+    // An HTTP/1.0 client learns where an undelimited body ends from the close.
+    let delimited = !matches!(framing, Framing::Chunked | Framing::Close);
+    Plan {
+        framing,
+        encoding,
+        upstream_keep_alive,
+        client_keep_alive: cx.keep_alive && (cx.client_http11 || delimited),
+    }
 }
 
 /// A refusal, whole: head and JSON body.
@@ -409,6 +462,72 @@ mod tests {
         match rewrite(raw, cx) {
             (Ok(Parsed::Final(r)), text) => (r, text),
             other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_framing_decision() {
+        use Encoding::{Chunked as Rechunk, Raw};
+        use Framing::*;
+        let signs = Signs {
+            status: 200,
+            upstream_http11: true,
+            length: None,
+            coded: false,
+            chunked_last: false,
+            close: false,
+            keep_alive: false,
+        };
+        let cx = |head_request, client_http11, keep_alive| ResponseContext {
+            head_request,
+            client_http11,
+            keep_alive,
+            ..context()
+        };
+        let plan_of = |framing, encoding, upstream_keep_alive, client_keep_alive| Plan {
+            framing,
+            encoding,
+            upstream_keep_alive,
+            client_keep_alive,
+        };
+        // (what the upstream said, HEAD?, client HTTP/1.1?, client keep-alive?) ->
+        // (framing, to the client as, upstream stays open, client stays open)
+        #[rustfmt::skip]
+        let table: &[(Signs, (bool, bool, bool), Plan)] = &[
+            (Signs { length: Some(5), ..signs }, (false, true, true), plan_of(Length(5), Raw, true, true)),
+            // Transfer-Encoding wins over Content-Length.
+            (Signs { length: Some(5), coded: true, chunked_last: true, ..signs },
+                (false, true, true), plan_of(Chunked, Rechunk, true, true)),
+            // A coding that does not end in chunked runs to the close.
+            (Signs { coded: true, ..signs }, (false, true, true), plan_of(Close, Rechunk, false, true)),
+            // No length: to the close, re-chunked for an HTTP/1.1 client...
+            (signs, (false, true, true), plan_of(Close, Rechunk, false, true)),
+            // ...and the close tells an HTTP/1.0 client where it ends.
+            (signs, (false, false, true), plan_of(Close, Raw, false, false)),
+            (Signs { coded: true, chunked_last: true, ..signs },
+                (false, false, true), plan_of(Chunked, Raw, true, false)),
+            (Signs { length: Some(5), ..signs }, (false, false, true), plan_of(Length(5), Raw, true, true)),
+            // No body whatever the head declares: HEAD, 204, 304.
+            (Signs { length: Some(5), ..signs }, (true, true, true), plan_of(Empty, Raw, true, true)),
+            (Signs { status: 204, coded: true, chunked_last: true, ..signs },
+                (false, true, true), plan_of(Empty, Raw, true, true)),
+            (Signs { status: 304, ..signs }, (false, true, true), plan_of(Empty, Raw, true, true)),
+            // The upstream's connection options.
+            (Signs { length: Some(5), close: true, ..signs },
+                (false, true, true), plan_of(Length(5), Raw, false, true)),
+            (Signs { length: Some(5), upstream_http11: false, ..signs },
+                (false, true, true), plan_of(Length(5), Raw, false, true)),
+            (Signs { length: Some(5), upstream_http11: false, keep_alive: true, ..signs },
+                (false, true, true), plan_of(Length(5), Raw, true, true)),
+            // The client's connection closes when it has to, whatever the framing.
+            (Signs { length: Some(5), ..signs }, (false, true, false), plan_of(Length(5), Raw, true, false)),
+        ];
+        for &(signs, (head, http11, keep), expected) in table {
+            assert_eq!(
+                plan(signs, &cx(head, http11, keep)),
+                expected,
+                "{signs:?} {head} {http11} {keep}"
+            );
         }
     }
 

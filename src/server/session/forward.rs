@@ -333,9 +333,10 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
             status: response.status,
             decision: Decision::Allowed,
         };
-        if !request_done && response.client_keep_alive {
-            // Answered before the body was through: the head was written for a connection
-            // that stays open, and this one cannot.
+        if response.client_keep_alive && (!request_done || self.closing.check()) {
+            // The head was written for a connection that stays open, and this one cannot:
+            // answered before the body was through, or keygate began stopping while the
+            // upstream answered (the client must not send another request on it).
             response::close_instead(&mut self.down);
             response.client_keep_alive = false;
         }

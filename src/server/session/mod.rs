@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 mod clock;
 mod forward;
 mod refuse;
+#[cfg(test)]
+mod tests;
 
 use clock::{Closing, Deadline, Patient};
 use refuse::Body;

@@ -1,0 +1,432 @@
+//! The HTTP/1.1 session's transitions, pinned down by scripting both of its sockets: the
+//! client is one end of an in-memory pipe the test writes requests into and reads answers
+//! from; the upstream is a loopback listener the test accepts from and answers by hand; keys
+//! come from an in-memory store. Clocks run on tokio's paused time where a test is about
+//! them, so a 75-second idle timeout takes no time and its firing is exact.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::batch::Socket;
+use crate::config::Config;
+use crate::keys::cache::KeyCache;
+use crate::keys::{Batch, ChangeSink, KeyRecord, KeyStore};
+use crate::metrics::Metrics;
+use crate::vocab::{Environment, KeyHash, KeyType, StoreError};
+
+/// Keys in memory: one active key.
+struct Memory(HashMap<KeyHash, Arc<KeyRecord>>);
+
+#[async_trait::async_trait]
+impl KeyStore for Memory {
+    async fn get(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        Ok(self.0.get(hash).cloned())
+    }
+    async fn by_id(&self, _: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {
+        Ok(None)
+    }
+    async fn list(&self, _: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(self.0.values().map(|r| (**r).clone()).collect())
+    }
+    async fn commit(&self, _: Batch) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("read-only".into()))
+    }
+    async fn record_usage(&self, _: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn watch(self: Arc<Self>, _: ChangeSink, _: CancellationToken) {}
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+/// The client's end of the pipe is not a socket: no batched writes.
+impl Batchable for DuplexStream {
+    fn socket(&self) -> Option<&Socket> {
+        None
+    }
+}
+
+const HEADER: Duration = Duration::from_secs(10);
+const IDLE: Duration = Duration::from_secs(75);
+
+struct Setup {
+    proxy: Proxy,
+    conn: Connection,
+    timing: Timing,
+    closing: CancellationToken,
+    key: String,
+}
+
+/// A proxy in front of `upstream` with one valid key, every path open to it.
+fn setup(upstream: std::net::SocketAddr) -> Setup {
+    let toml = format!(
+        "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"http://{upstream}\"\n\
+         [store]\nkind = \"file\"\npath = \"keys.json\"\n\
+         [auth]\nunmatched = \"allow\"\n"
+    );
+    let config = Arc::new(Config::from_toml(&toml, Path::new("test.toml"), []).unwrap());
+    let key =
+        crate::credential::generate_key(&config.keys.prefix, KeyType::Secret, Environment::Live)
+            .unwrap();
+    let store = Memory(HashMap::from([(
+        KeyHash::of(&key),
+        Arc::new(KeyRecord::for_tests()),
+    )]));
+    let metrics = Arc::new(Metrics::new());
+    let keys = KeyCache::new(Arc::new(store), config.cache.clone(), metrics.clone());
+    Setup {
+        proxy: Proxy::new(config, keys, metrics).unwrap(),
+        conn: Connection::new("127.0.0.1:40000".parse().unwrap(), false),
+        timing: Timing {
+            header: HEADER,
+            idle: IDLE,
+            max_header_bytes: 16 * 1024,
+            batch_writes: false,
+        },
+        closing: CancellationToken::new(),
+        key,
+    }
+}
+
+/// An address nothing listens on: a test that must never reach the upstream would get a 502.
+async fn nowhere() -> std::net::SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// One response as the client reads it: status, lower-cased head, body (by Content-Length).
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+async fn read_answer(io: &mut (impl AsyncRead + Unpin), pending: &mut Vec<u8>) -> Answer {
+    let end = loop {
+        if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = io.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before a whole response head");
+        pending.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8(pending.drain(..end).collect())
+        .unwrap()
+        .to_ascii_lowercase();
+    let status = head[9..12].parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while pending.len() < length {
+        let mut chunk = [0u8; 4096];
+        let n = io.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the whole body");
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8(pending.drain(..length).collect()).unwrap();
+    Answer { status, head, body }
+}
+
+/// Reads until the peer closes; returns what came.
+async fn read_to_close(io: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
+    let mut rest = Vec::new();
+    io.read_to_end(&mut rest).await.unwrap();
+    rest
+}
+
+/// Accepts one upstream connection and reads one request head from it.
+async fn upstream_head(listener: &TcpListener) -> (tokio::net::TcpStream, String) {
+    let (mut up, _) = listener.accept().await.unwrap();
+    let head = next_head(&mut up).await;
+    (up, head)
+}
+
+async fn next_head(up: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            up.read(&mut byte).await.unwrap(),
+            1,
+            "upstream request cut short"
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap().to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn a_refusal_and_a_forwarded_request_share_one_connection() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = setup(upstream.local_addr().unwrap());
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let script = async {
+        let mut pending = Vec::new();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n")
+            .await
+            .unwrap();
+        let refused = read_answer(&mut client, &mut pending).await;
+        assert_eq!(refused.status, 401);
+        assert!(
+            refused.body.contains("\"missing_api_key\""),
+            "{}",
+            refused.body
+        );
+        assert!(
+            !refused.head.contains("connection: close"),
+            "{}",
+            refused.head
+        );
+
+        let request = format!(
+            "GET /b?q=1 HTTP/1.1\r\nHost: api\r\nx-api-key: {}\r\n\r\n",
+            s.key
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let (mut up, head) = upstream_head(&upstream).await;
+        assert!(head.starts_with("get /b?q=1 http/1.1\r\n"), "{head}");
+        assert!(
+            !head.contains(&s.key.to_ascii_lowercase()),
+            "the key went upstream: {head}"
+        );
+        up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let served = read_answer(&mut client, &mut pending).await;
+        assert_eq!((served.status, served.body.as_str()), (200, "ok"));
+        drop(client);
+    };
+    let (served, ()) = tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+    assert!(matches!(served, Served::Done));
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_over_one_upstream_connection() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = setup(upstream.local_addr().unwrap());
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let script = async {
+        let one = |path: &str| {
+            format!(
+                "GET /{path} HTTP/1.1\r\nHost: api\r\nx-api-key: {}\r\n\r\n",
+                s.key
+            )
+        };
+        // Both at once: the second is in the buffer before the first is answered.
+        client
+            .write_all(format!("{}{}", one("first"), one("second")).as_bytes())
+            .await
+            .unwrap();
+        let (mut up, head) = upstream_head(&upstream).await;
+        assert!(head.starts_with("get /first "), "{head}");
+        up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+            .await
+            .unwrap();
+        let head = next_head(&mut up).await;
+        assert!(head.starts_with("get /second "), "{head}");
+        up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+            .await
+            .unwrap();
+        let mut pending = Vec::new();
+        assert_eq!(read_answer(&mut client, &mut pending).await.body, "1");
+        assert_eq!(read_answer(&mut client, &mut pending).await.body, "2");
+        drop(client);
+    };
+    tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+}
+
+// Paused time: the linger after each refusal (reading what follows, so the client reads the
+// answer before a reset) takes none.
+#[tokio::test(start_paused = true)]
+async fn ambiguous_framing_is_refused_and_the_connection_closed_unread() {
+    let s = setup(nowhere().await);
+    // Each could be read two ways by some upstream: after the 400, nothing more is read.
+    let gadgets: &[&str] = &[
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\n Folded: value\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nX: a bare\rcarriage return\r\n\r\n",
+    ];
+    for gadget in gadgets {
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let script = async {
+            let smuggled = format!("{gadget}GET /admin HTTP/1.1\r\nHost: a\r\n\r\n");
+            client.write_all(smuggled.as_bytes()).await.unwrap();
+            let mut pending = Vec::new();
+            let answer = read_answer(&mut client, &mut pending).await;
+            assert_eq!(answer.status, 400, "{gadget:?}: {}", answer.head);
+            assert!(answer.head.contains("connection: close"), "{gadget:?}");
+            // No second answer: the smuggled request was never read as one.
+            pending.extend(read_to_close(&mut client).await);
+            assert!(
+                pending.is_empty(),
+                "{gadget:?}: {:?}",
+                String::from_utf8_lossy(&pending)
+            );
+        };
+        tokio::join!(
+            serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+            script
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_speaks_is_let_go_at_the_header_timeout() {
+    let s = setup(nowhere().await);
+    let (mut client, server) = tokio::io::duplex(1024);
+    let started = Instant::now();
+    let script = async {
+        assert!(
+            read_to_close(&mut client).await.is_empty(),
+            "closed without a word"
+        );
+        started.elapsed()
+    };
+    let (_, closed_after) = tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+    // Paused time: the clock that fired is exact. Not the idle timeout's 75 s.
+    assert!(
+        closed_after >= HEADER && closed_after < HEADER * 2,
+        "{closed_after:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_kept_alive_connection_outlives_the_header_timeout_until_the_idle_timeout() {
+    let s = setup(nowhere().await);
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let script = async {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let answered = read_answer(&mut client, &mut Vec::new()).await;
+        assert_eq!(answered.status, 401);
+        let idle_from = Instant::now();
+        assert!(read_to_close(&mut client).await.is_empty());
+        idle_from.elapsed()
+    };
+    let (_, idle) = tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+    assert!(idle >= IDLE && idle < IDLE + HEADER, "{idle:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_that_stops_midway_is_cut_off_at_the_header_timeout() {
+    let s = setup(nowhere().await);
+    let (mut client, server) = tokio::io::duplex(1024);
+    let script = async {
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let from = Instant::now();
+        // Silently: a slow-loris client gets no answer to read.
+        assert!(read_to_close(&mut client).await.is_empty());
+        from.elapsed()
+    };
+    let (_, after) = tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+    assert!(after >= HEADER && after < HEADER * 2, "{after:?}");
+}
+
+#[tokio::test]
+async fn an_http2_client_is_handed_over_with_every_byte_read_so_far() {
+    let s = setup(nowhere().await);
+    let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    // Whole, and split inside the preface's first line.
+    for split in [preface.len(), 8] {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let script = async {
+            client.write_all(&preface[..split]).await.unwrap();
+            tokio::task::yield_now().await;
+            client.write_all(&preface[split..]).await.unwrap();
+            client
+        };
+        let (served, _client) = tokio::join!(
+            serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+            script
+        );
+        let Served::Handoff(mut rewind) = served else {
+            panic!("split at {split}: not handed to hyper");
+        };
+        let mut replayed = vec![0u8; preface.len()];
+        rewind.read_exact(&mut replayed).await.unwrap();
+        assert_eq!(replayed, preface, "split at {split}");
+    }
+}
+
+#[tokio::test]
+async fn shutting_down_mid_request_finishes_it_and_says_the_connection_closes() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = setup(upstream.local_addr().unwrap());
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let script = async {
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: api\r\nx-api-key: {}\r\n\r\n",
+            s.key
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let (mut up, _) = upstream_head(&upstream).await;
+        // Shutdown begins while the request is in flight: it still gets its answer.
+        s.closing.cancel();
+        up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+            .await
+            .unwrap();
+        let mut pending = Vec::new();
+        let answer = read_answer(&mut client, &mut pending).await;
+        assert_eq!((answer.status, answer.body.as_str()), (200, "done"));
+        assert!(answer.head.contains("connection: close"), "{}", answer.head);
+        pending.extend(read_to_close(&mut client).await);
+        assert!(pending.is_empty());
+    };
+    tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+}
+
+#[tokio::test]
+async fn shutting_down_closes_an_idle_connection_between_requests() {
+    let s = setup(nowhere().await);
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let script = async {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut client, &mut Vec::new()).await.status, 401);
+        s.closing.cancel();
+        assert!(read_to_close(&mut client).await.is_empty());
+    };
+    let (served, ()) = tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+    assert!(matches!(served, Served::Done));
+}
