@@ -7,7 +7,8 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisCluster, RedisServer};
+use common::fault::Fault;
+use common::redis::{RedisCluster, RedisSentinel, RedisServer};
 use common::*;
 use http::StatusCode;
 
@@ -816,4 +817,62 @@ async fn reset_stalled_or_slow_redis_connections_are_replaced_within_the_bound()
             "{fault:?}: no new connection"
         );
     }
+}
+
+/// Sentinel fails over to a replica that lags: a key created on the old master after the
+/// replica stopped following it exists nowhere any more, and is refused once keygate follows
+/// the failover (the new server's `run_id` flushes the cache); a key the replica holds keeps
+/// working.
+#[tokio::test]
+async fn a_failover_to_a_lagging_replica_serves_no_phantom_key() {
+    let mut sentinel = RedisSentinel::with_replica();
+    let up = Upstream::start().await;
+    let ws = Workspace::with_store(&up.url(), &sentinel.store_toml(), "");
+    let (_, kept) = ws.create_key(&[]);
+    // On the replica before it falls behind: from here on, what the master sends it is
+    // acknowledged and dropped.
+    sentinel.master.cli(&["WAIT", "1", "5000"]);
+    let link = sentinel.replication.as_ref().unwrap();
+    link.set_existing(Fault::Blackhole);
+    link.set_new(Fault::Blackhole);
+    let (_, phantom) = ws.create_key(&[]);
+    let kg = ws.serve();
+    for key in [&kept, &phantom] {
+        let reply = get(&kg.url("/"), &[("x-api-key", key.as_str())]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+    }
+    let old = sentinel.master.port.to_string();
+    sentinel.master.kill();
+    let failed_over = eventually(Duration::from_secs(30), || async {
+        sentinel.master_port() != old
+    })
+    .await;
+    assert!(
+        failed_over.is_some(),
+        "the sentinel never promoted the replica"
+    );
+    let status = |key: String| {
+        let url = kg.url("/");
+        async move { get(&url, &[("x-api-key", key.as_str())]).await.status }
+    };
+    let followed = eventually(Duration::from_secs(20), || async {
+        status(phantom.clone()).await == StatusCode::UNAUTHORIZED
+            && status(kept.clone()).await == StatusCode::OK
+    })
+    .await;
+    eprintln!("failover seen by the sentinel after {failed_over:?}, by keygate {followed:?} later");
+    assert!(
+        followed.is_some(),
+        "after the failover: phantom {}, kept {}; logs:\n{}",
+        status(phantom.clone()).await,
+        status(kept.clone()).await,
+        kg.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.contains("\"DEBUG\""))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -205,9 +205,12 @@ impl RedisCluster {
     }
 }
 
-/// A master watched by one sentinel (quorum 1).
+/// A master watched by one sentinel (quorum 1), with a replica if asked for.
 pub struct RedisSentinel {
     pub master: RedisServer,
+    pub replica: Option<RedisServer>,
+    /// The replica's link to the master goes through this, so a test can make it lag.
+    pub replication: Option<super::fault::FaultProxy>,
     pub port: u16,
     child: Child,
     _dir: tempfile::TempDir,
@@ -217,7 +220,34 @@ impl RedisSentinel {
     pub const MASTER_NAME: &'static str = "mymaster";
 
     pub fn start() -> Self {
+        Self::start_inner(false)
+    }
+
+    /// With a replica the sentinel can promote (a failover takes a few seconds: the master is
+    /// judged down after 1 s), following the master through [`Self::replication`].
+    pub fn with_replica() -> Self {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(with_replica: bool) -> Self {
         let master = RedisServer::start();
+        let replication = with_replica.then(|| super::fault::FaultProxy::start(master.port));
+        let replica = replication.as_ref().map(|link| {
+            let replica =
+                RedisServer::start_with(&["--replicaof", "127.0.0.1", &link.port.to_string()]);
+            let start = Instant::now();
+            while !replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
+            {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "the replica never synced"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            replica
+        });
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("sentinel.conf");
@@ -226,10 +256,12 @@ impl RedisSentinel {
             format!(
                 "port {port}\nbind 127.0.0.1\ndir {}\n\
                  sentinel monitor {} 127.0.0.1 {} 1\n\
-                 sentinel down-after-milliseconds {} 1000\n",
+                 sentinel down-after-milliseconds {} 1000\n\
+                 sentinel failover-timeout {} 5000\n",
                 dir.path().display(),
                 Self::MASTER_NAME,
                 master.port,
+                Self::MASTER_NAME,
                 Self::MASTER_NAME,
             ),
         )
@@ -257,6 +289,8 @@ impl RedisSentinel {
         }
         Self {
             master,
+            replica,
+            replication,
             port,
             child,
             _dir: dir,
@@ -265,6 +299,29 @@ impl RedisSentinel {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The port the sentinel names as master now.
+    pub fn master_port(&self) -> String {
+        cli(
+            self.port,
+            &["SENTINEL", "get-master-addr-by-name", Self::MASTER_NAME],
+        )
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+    }
+
+    /// `[store]` for a keygate that finds its Redis through this sentinel.
+    pub fn store_toml(&self) -> String {
+        format!(
+            "[store]\nkind = \"redis\"\nsentinels = [\"{}\"]\nmaster_name = \"{}\"\n\
+             epoch_poll = \"1s\"\n",
+            self.url(),
+            Self::MASTER_NAME
+        )
     }
 }
 
