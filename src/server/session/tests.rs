@@ -430,3 +430,155 @@ async fn shutting_down_closes_an_idle_connection_between_requests() {
     );
     assert!(matches!(served, Served::Done));
 }
+
+#[tokio::test]
+async fn a_refused_request_s_body_is_drained_and_the_connection_kept() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = setup(upstream.local_addr().unwrap());
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let script = async {
+        // The body arrives after the refusal is written: it is read and dropped, not taken
+        // for the next request.
+        let body = b"GET /smuggled HTTP/1.1\r\n\r\n";
+        let head = format!(
+            "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        let mut pending = Vec::new();
+        assert_eq!(read_answer(&mut client, &mut pending).await.status, 401);
+        client.write_all(body).await.unwrap();
+        let request = format!(
+            "GET /next HTTP/1.1\r\nHost: a\r\nx-api-key: {}\r\n\r\n",
+            s.key
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let (mut up, head) = upstream_head(&upstream).await;
+        assert!(head.starts_with("get /next "), "{head}");
+        up.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut client, &mut pending).await.status, 204);
+        drop(client);
+    };
+    tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_by_keygate_once_the_request_is_admitted() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = setup(upstream.local_addr().unwrap());
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let script = async {
+        // Refused: a final answer and no 100, so the client never sends the body.
+        client
+            .write_all(
+                b"PUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut pending = Vec::new();
+        let refused = read_answer(&mut client, &mut pending).await;
+        assert_eq!(refused.status, 401);
+        assert!(
+            refused.head.contains("connection: close"),
+            "the body's fate is unknown"
+        );
+        assert!(read_to_close(&mut client).await.is_empty());
+    };
+    tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let script = async {
+        let request = format!(
+            "PUT /a HTTP/1.1\r\nHost: a\r\nx-api-key: {}\r\nContent-Length: 5\r\n\
+             Expect: 100-continue\r\n\r\n",
+            s.key
+        );
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut pending = Vec::new();
+        let interim = read_answer(&mut client, &mut pending).await;
+        assert_eq!(interim.status, 100);
+        client.write_all(b"hello").await.unwrap();
+        let (mut up, head) = upstream_head(&upstream).await;
+        assert!(
+            !head.contains("expect:"),
+            "answered here, not upstream: {head}"
+        );
+        let mut body = [0u8; 5];
+        up.read_exact(&mut body).await.unwrap();
+        assert_eq!(&body, b"hello");
+        up.write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut client, &mut pending).await.status, 201);
+        drop(client);
+    };
+    tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+}
+
+#[tokio::test]
+async fn a_reused_upstream_connection_closed_under_an_idempotent_request_is_retried_once() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = setup(upstream.local_addr().unwrap());
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let script = async {
+        let get = |path: &str| {
+            format!(
+                "GET /{path} HTTP/1.1\r\nHost: a\r\nx-api-key: {}\r\n\r\n",
+                s.key
+            )
+        };
+        let mut pending = Vec::new();
+        client.write_all(get("one").as_bytes()).await.unwrap();
+        let (mut up, _) = upstream_head(&upstream).await;
+        up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut client, &mut pending).await.body, "1");
+        // The next request goes on the same upstream connection, which closes under it
+        // (its idle timeout crossing the request): sent again on a new one.
+        client.write_all(get("two").as_bytes()).await.unwrap();
+        let head = next_head(&mut up).await;
+        assert!(head.starts_with("get /two "), "{head}");
+        drop(up);
+        let (mut again, head) = upstream_head(&upstream).await;
+        assert!(head.starts_with("get /two "), "{head}");
+        again
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n2")
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut client, &mut pending).await.body, "2");
+
+        // Not a POST: it may have been acted on, so the client hears of the failure.
+        client
+            .write_all(
+                format!(
+                    "POST /three HTTP/1.1\r\nHost: a\r\nx-api-key: {}\r\nContent-Length: 0\r\n\r\n",
+                    s.key
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let head = next_head(&mut again).await;
+        assert!(head.starts_with("post /three "), "{head}");
+        drop(again);
+        let failed = read_answer(&mut client, &mut pending).await;
+        assert_eq!(failed.status, 502, "{}", failed.body);
+        drop(client);
+    };
+    tokio::join!(
+        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
+        script
+    );
+}
