@@ -1,11 +1,12 @@
 //! What a key is ([`KeyRecord`]), where records live ([`KeyStore`]: [`file`], [`redis`]), the
 //! cache in front of every store ([`cache`], holding each key in the request path's compact
 //! form, [`cached_key`]), and the management operations every store shares ([`manage`], and
-//! [`usage`] for `keys usage`).
+//! [`usage`] for `keys usage`), and the audit trail of those operations ([`audit`]).
 //!
 //! Stores are indexed by [`KeyHash`], the SHA-256 of the full key: the secret itself is never
 //! stored, so a leaked keys file or Redis dump cannot be replayed.
 
+pub mod audit;
 pub mod cache;
 pub mod cached_key;
 pub mod file;
@@ -192,6 +193,15 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Applies `batch` atomically, and tells every watching proxy.
     async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Appends one management event to the store's audit trail (durable once this returns).
+    async fn append_audit(&self, event: &audit::AuditEvent) -> Result<(), StoreError>;
+
+    /// The audit trail's events matching `query`, oldest first.
+    async fn audit_events(
+        &self,
+        query: &audit::AuditQuery,
+    ) -> Result<Vec<audit::AuditEvent>, StoreError>;
 
     /// Records when keys were last used (a batch from the write-behind; never per request).
     async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError>;

@@ -11,6 +11,9 @@
 //!   file that fails to parse — edited by hand, half-copied, truncated — is reported once and
 //!   the last good keys keep serving. Polling rather than inotify also follows Kubernetes
 //!   Secret volumes, which swap a symlink instead of writing the file.
+//! - Management actions leave an audit trail in `<file>.audit.jsonl`: one JSON object per line,
+//!   appended under the writer lock (mode 0600, fsynced), rotated to `<file>.audit.jsonl.1`
+//!   once it passes [`AUDIT_ROTATE_BYTES`] (one older file is kept).
 //! - The proxy never writes the keys file. Last-used times go to a file of their own
 //!   (`[store] last_used_path`, default `<keys file>.last-used`); where that folder is not
 //!   writable (a keys file mounted from a Secret, which is always read-only) the proxy says so
@@ -33,10 +36,13 @@ mod packed;
 
 use index::Index;
 
+use super::audit::{AuditEvent, AuditQuery};
 use super::manage::counts_against_cap;
 use super::{Batch, ChangeSink, Invalidation, KeyHash, KeyRecord, KeyStore, StoreError};
 
 const FORMAT_VERSION: u32 = 1;
+/// Size at which the audit file is rotated (one older file is kept).
+pub const AUDIT_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -227,12 +233,8 @@ impl FileStore {
         });
     }
 
-    /// Runs `edit` on the current file contents under the writer lock and replaces the file
-    /// atomically. The in-memory index follows.
-    fn modify<T>(
-        &self,
-        edit: impl FnOnce(&mut Vec<Entry>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    /// Takes the writer lock (`<file>.lock`), held until the returned file is dropped.
+    fn lock(&self) -> Result<File, StoreError> {
         let lock_path = sibling(&self.path, ".lock");
         let lock = File::options()
             .create(true)
@@ -241,6 +243,21 @@ impl FileStore {
             .open(&lock_path)
             .map_err(|e| io_err(&lock_path, e))?;
         lock.lock().map_err(|e| io_err(&lock_path, e))?;
+        Ok(lock)
+    }
+
+    /// Where the audit trail is appended.
+    pub fn audit_path(&self) -> PathBuf {
+        sibling(&self.path, ".audit.jsonl")
+    }
+
+    /// Runs `edit` on the current file contents under the writer lock and replaces the file
+    /// atomically. The in-memory index follows.
+    fn modify<T>(
+        &self,
+        edit: impl FnOnce(&mut Vec<Entry>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let lock = self.lock()?;
         // Under the lock no other writer is midway: a temporary file is a dead writer's.
         remove_dead_writes(&self.path);
 
@@ -351,6 +368,45 @@ impl KeyStore for FileStore {
             }
             Ok(())
         })
+    }
+
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _lock = self.lock()?;
+        let path = self.audit_path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= AUDIT_ROTATE_BYTES) {
+            let older = sibling(&path, ".1");
+            std::fs::rename(&path, &older).map_err(|e| io_err(&path, e))?;
+        }
+        let mut line = serde_json::to_vec(event).expect("audit events serialize");
+        line.push(b'\n');
+        let mut file = File::options()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        file.write_all(&line).map_err(|e| io_err(&path, e))?;
+        file.sync_data().map_err(|e| io_err(&path, e))
+    }
+
+    async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let path = self.audit_path();
+        let mut events = Vec::new();
+        for file in [sibling(&path, ".1"), path] {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&file, e)),
+            };
+            // A line cut short by a crash mid-append is skipped, not fatal.
+            events.extend(
+                text.lines()
+                    .filter_map(|line| serde_json::from_str::<AuditEvent>(line).ok())
+                    .filter(|e| query.matches(e)),
+            );
+        }
+        Ok(query.apply(events))
     }
 
     async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
