@@ -83,6 +83,9 @@ pub struct FileStore {
     /// The version last looked at, good or bad, so a bad file is reported once, not per poll.
     seen: Mutex<Option<Fingerprint>>,
     last_used: LastUsed,
+    /// The running proxy's cache, told of the changes this process commits itself (the
+    /// management API): the poll sees its own writes as nothing new.
+    sink: Mutex<Option<ChangeSink>>,
 }
 
 /// Where last-used times are kept.
@@ -126,6 +129,7 @@ impl FileStore {
                 path: last_used_path.unwrap_or_else(|| sibling(&path, ".last-used")),
                 memory: Mutex::new(None),
             },
+            sink: Mutex::new(None),
             path,
         })
     }
@@ -322,6 +326,9 @@ impl KeyStore for FileStore {
         // Everything is checked under the writer lock before anything is written, so two
         // concurrent `keys create` cannot both take an owner's last slot, and an update made
         // from a stale read fails instead of undoing someone else's change.
+        let changed: Vec<KeyHash> = (batch.updates.iter().map(|u| u.hash))
+            .chain(batch.inserts.iter().map(|(h, _)| *h))
+            .collect();
         self.modify(|keys| {
             for update in &batch.updates {
                 let entry = keys
@@ -367,7 +374,14 @@ impl KeyStore for FileStore {
                 }
             }
             Ok(())
-        })
+        })?;
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(sink) = sink {
+            for hash in changed {
+                sink(Invalidation::Key(hash));
+            }
+        }
+        Ok(())
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
@@ -453,6 +467,7 @@ impl KeyStore for FileStore {
     fn watch(self: Arc<Self>, sink: ChangeSink, shutdown: CancellationToken) {
         // Only a running proxy watches: the one process that records usage.
         self.choose_last_used();
+        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink.clone());
         self.poll(sink, shutdown);
     }
 
