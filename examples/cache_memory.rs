@@ -54,6 +54,15 @@ impl KeyStore for Generated {
     async fn commit(&self, _: Batch) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn append_audit(&self, _: &keygate::keys::audit::AuditEvent) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn audit_events(
+        &self,
+        _: &keygate::keys::audit::AuditQuery,
+    ) -> Result<Vec<keygate::keys::audit::AuditEvent>, StoreError> {
+        Ok(vec![])
+    }
     async fn record_usage(&self, _: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
         Ok(())
     }

@@ -701,25 +701,30 @@ impl Cursor {
 }
 
 /// The route template `path` matches for `method`, with its `{id}`; 404 for a path no route
-/// has, 405 (with `Allow`) for a method none of its routes takes.
+/// has, 405 (with `Allow`) for a method none of its routes takes. A literal path
+/// (`/v1/keys/verify`) shadows the templates with a parameter (`/v1/keys/{id}`).
 fn find<'p>(method: &Method, path: &'p str) -> Result<(&'static str, Option<&'p str>), Reject> {
-    let mut allowed = Vec::new();
-    for (m, template) in ROUTES {
-        let Some(id) = matches(template, path) else {
-            continue;
-        };
-        if m.eq_ignore_ascii_case(method.as_str()) && *m == method.as_str() {
-            return Ok((template, id));
+    for literal in [true, false] {
+        let mut allowed = Vec::new();
+        for (m, template) in ROUTES {
+            if template.contains('{') == literal {
+                continue;
+            }
+            let Some(id) = matches(template, path) else {
+                continue;
+            };
+            if *m == method.as_str() {
+                return Ok((template, id));
+            }
+            if let Ok(m) = m.parse::<Method>() {
+                allowed.push(m);
+            }
         }
-        if let Ok(m) = m.parse::<Method>() {
-            allowed.push(m);
+        if !allowed.is_empty() {
+            return Err(Reject::MethodNotAllowed(allowed));
         }
     }
-    if allowed.is_empty() {
-        Err(Reject::NotFound("route; see /v1/openapi.json"))
-    } else {
-        Err(Reject::MethodNotAllowed(allowed))
-    }
+    Err(Reject::NotFound("route; see /v1/openapi.json"))
 }
 
 /// `Some(id)` (or `Some(None)` without a parameter) if `path` matches `template`.
@@ -843,7 +848,8 @@ mod tests {
 
     #[test]
     fn routes_match_their_templates() {
-        let cases: &[(&str, &str, Result<(&str, Option<&str>), u16>)] = &[
+        type Found<'a> = Result<(&'a str, Option<&'a str>), u16>;
+        let cases: &[(&str, &str, Found)] = &[
             ("GET", "/v1/keys", Ok(("/v1/keys", None))),
             ("POST", "/v1/keys", Ok(("/v1/keys", None))),
             ("POST", "/v1/keys/verify", Ok(("/v1/keys/verify", None))),
@@ -864,6 +870,7 @@ mod tests {
             ),
             ("DELETE", "/v1/keys/key_1", Err(405)),
             ("GET", "/v1/keys/key_1/revoke", Err(405)),
+            ("GET", "/v1/keys/verify", Err(405)),
             ("GET", "/v1/keys/", Err(404)),
             ("GET", "/v1/keys/a/b", Err(404)),
             ("GET", "/v2/keys", Err(404)),
@@ -873,6 +880,28 @@ mod tests {
             let got = find(&method.parse().unwrap(), path).map_err(|r| r.status().as_u16());
             assert_eq!(&got, want, "{method} {path}");
         }
+    }
+
+    #[test]
+    fn the_document_lists_exactly_the_routes_served() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("the document is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().expect("paths");
+        let mut documented = Vec::new();
+        for (path, item) in paths {
+            for method in item.as_object().unwrap().keys() {
+                if method != "parameters" {
+                    documented.push((method.to_uppercase(), path.clone()));
+                }
+            }
+        }
+        let mut served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        documented.sort();
+        served.sort();
+        assert_eq!(documented, served);
     }
 
     #[test]
