@@ -394,9 +394,7 @@ async fn keys_command(
             writeln!(out, "{}", pretty(&trail.change(&id, Change::Resume).await?))?;
         }
         KeysCommand::Rotate { id, grace } => {
-            let grace = humantime::parse_duration(&grace).map_err(|e| {
-                CliError::Usage(format!("--grace {grace:?}: {e}; use e.g. 1h, 7d or 0s"))
-            })?;
+            let grace = manage::grace(&grace)?;
             let created = trail.rotate(&id, grace, SystemTime::now()).await?;
             writeln!(out, "{}", pretty(&created))?;
         }
@@ -452,7 +450,34 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
         workspace: args.workspace,
         project: args.project,
     };
-    Ok(draft.into_spec(&config.limits, now)?)
+    draft.into_spec(&config.limits, now).map_err(|e| match e {
+        StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
+        e => e.into(),
+    })
+}
+
+/// A message naming a field of [`manage::Draft`] as the API does, naming its flag instead.
+fn as_flags(message: &str) -> String {
+    const FLAGS: &[(&str, &str)] = &[
+        ("allowed_cidrs", "--allow-ip"),
+        ("expires_in", "--expires-in"),
+        ("expires_at", "--expires-at"),
+        ("limits", "--limit"),
+        ("name", "--name"),
+        ("owner", "--owner"),
+        ("plan", "--plan"),
+        ("scopes", "--scopes"),
+        ("workspace", "--workspace"),
+        ("project", "--project"),
+    ];
+    for (field, flag) in FLAGS {
+        if let Some(rest) = message.strip_prefix(field)
+            && (rest.starts_with(' ') || rest.starts_with(':'))
+        {
+            return format!("{flag}{rest}");
+        }
+    }
+    message.to_owned()
 }
 
 /// `--since`: an RFC 3339 time, or a duration back from now (`1h`, `7d`).
@@ -474,6 +499,24 @@ fn pretty<T: serde::Serialize>(value: &T) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn field_names_become_flags() {
+        for (message, want) in [
+            (
+                "allowed_cidrs: \"x\" is not a CIDR",
+                "--allow-ip: \"x\" is not a CIDR",
+            ),
+            ("expires_in \"soon\": bad", "--expires-in \"soon\": bad"),
+            (
+                "the expiry must be in the future",
+                "the expiry must be in the future",
+            ),
+            ("names must", "names must"),
+        ] {
+            assert_eq!(as_flags(message), want);
+        }
+    }
 
     #[test]
     fn since_takes_a_time_or_a_duration() {

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use serde::{Deserialize, Serialize};
@@ -148,7 +147,7 @@ impl Api {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         match self.serve(req, conn).await {
-            Ok((status, body)) => json_response(status, body),
+            Ok((status, body)) => crate::admin::json(status, body),
             Err(reject) => reject.into_response(),
         }
     }
@@ -306,6 +305,13 @@ impl Api {
         }
     }
 
+    /// Refuses unless the caller may change the key `id`: within its reach, and holding no
+    /// scope the caller does not hold.
+    async fn may_change(&self, caller: &Caller, id: &str) -> Result<(), Reject> {
+        let (_, record) = self.target(caller, id, Need::Write).await?;
+        caller.may_hold(&record.scopes)
+    }
+
     async fn create(
         &self,
         config: &Config,
@@ -391,8 +397,7 @@ impl Api {
         body: &[u8],
     ) -> Result<Answer, Reject> {
         let draft: EditDraft = parse_json(body)?;
-        let (_, record) = self.target(caller, id, Need::Write).await?;
-        caller.may_hold(&record.scopes)?;
+        self.may_change(caller, id).await?;
         if let Some(scopes) = &draft.scopes {
             caller.may_hold(scopes)?;
         }
@@ -414,8 +419,7 @@ impl Api {
         id: &str,
         change: Change,
     ) -> Result<Answer, Reject> {
-        let (_, record) = self.target(caller, id, Need::Write).await?;
-        caller.may_hold(&record.scopes)?;
+        self.may_change(caller, id).await?;
         let policy = KeyPolicy::from(&config.keys);
         let record = self
             .trail(&policy, caller)
@@ -443,13 +447,10 @@ impl Api {
         } else {
             parse_json(body)?
         };
-        let (_, record) = self.target(caller, id, Need::Write).await?;
-        caller.may_hold(&record.scopes)?;
+        self.may_change(caller, id).await?;
         let grace = match rotation.grace.as_deref() {
             None => DEFAULT_GRACE,
-            Some(g) => humantime::parse_duration(g).map_err(|e| {
-                Reject::InvalidParameter(format!("grace {g:?}: {e}; use e.g. 1h, 7d or 0s"))
-            })?,
+            Some(g) => crate::keys::manage::grace(g).map_err(store_reject)?,
         };
         let policy = KeyPolicy::from(&config.keys);
         let created = self
@@ -831,15 +832,6 @@ fn answer(status: StatusCode, value: &impl Serialize) -> Result<Answer, Reject> 
 
 fn ok(value: &impl Serialize) -> Result<Answer, Reject> {
     answer(StatusCode::OK, value)
-}
-
-fn json_response(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
 }
 
 #[cfg(test)]

@@ -164,21 +164,15 @@ impl Trail<'_> {
             Change::Suspend => "suspend",
             Change::Resume => "resume",
         };
-        let owner = result.as_ref().ok().map(|r| r.owner.clone());
-        let changed = if result.is_ok() {
-            vec!["status".into()]
-        } else {
-            vec![]
-        };
-        let code = result_code(&result);
-        self.record(
+        let owner = result.as_ref().ok().map(|r| r.owner.as_str());
+        self.ended(
             SystemTime::now(),
             action,
-            Some(id),
-            owner.as_deref(),
-            changed,
+            id,
+            owner,
+            vec!["status".into()],
             None,
-            code,
+            &result,
         )
         .await;
         result
@@ -191,22 +185,17 @@ impl Trail<'_> {
         now: SystemTime,
     ) -> Result<CreatedKey, StoreError> {
         let result = manage::rotate(self.store, self.policy, id, grace, now).await;
-        let owner = result.as_ref().ok().map(|c| c.record.owner.clone());
-        let new_id = result.as_ref().ok().map(|c| c.record.id.as_str());
-        let changed = if result.is_ok() {
-            vec!["expires_at".into()]
-        } else {
-            vec![]
-        };
-        let code = result_code(&result);
-        self.record(
+        let new = result.as_ref().ok().map(|c| &c.record);
+        let owner = new.map(|r| r.owner.as_str());
+        let new_id = new.map(|r| r.id.as_str());
+        self.ended(
             now,
             "rotate",
-            Some(id),
-            owner.as_deref(),
-            changed,
+            id,
+            owner,
+            vec!["expires_at".into()],
             new_id,
-            code,
+            &result,
         )
         .await;
         result
@@ -219,21 +208,30 @@ impl Trail<'_> {
         now: SystemTime,
     ) -> Result<KeyRecord, StoreError> {
         let fields = edit.fields();
-        let result = manage::edit(self.store, id, edit, now).await;
-        let owner = result.as_ref().ok().map(|r| r.owner.clone());
-        let changed = if result.is_ok() { fields } else { vec![] };
-        let code = result_code(&result);
-        self.record(
-            now,
-            "update",
-            Some(id),
-            owner.as_deref(),
-            changed,
-            None,
-            code,
-        )
-        .await;
+        let result = manage::edit(self.store, id, edit).await;
+        let owner = result.as_ref().ok().map(|r| r.owner.as_str());
+        self.ended(now, "update", id, owner, fields, None, &result)
+            .await;
         result
+    }
+
+    /// Records how an action on an existing key ended: the fields it changed only if it
+    /// succeeded.
+    #[allow(clippy::too_many_arguments)]
+    async fn ended<T>(
+        &self,
+        at: SystemTime,
+        action: &str,
+        id: &str,
+        owner: Option<&str>,
+        changed: Vec<String>,
+        new_key_id: Option<&str>,
+        result: &Result<T, StoreError>,
+    ) {
+        let changed = if result.is_ok() { changed } else { Vec::new() };
+        let code = result_code(result);
+        self.record(at, action, Some(id), owner, changed, new_key_id, code)
+            .await;
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -35,6 +35,25 @@ pub struct KeySpec {
     pub project: Option<String>,
 }
 
+impl KeySpec {
+    /// The settings of an existing key.
+    pub fn of(record: &KeyRecord) -> Self {
+        Self {
+            name: record.name.clone(),
+            owner: record.owner.clone(),
+            key_type: record.key_type,
+            env: record.env,
+            scopes: record.scopes.clone(),
+            allowed_cidrs: record.allowed_cidrs.clone(),
+            expires_at: record.expires_at,
+            plan: record.plan.clone(),
+            limits: record.limits.clone(),
+            workspace: record.workspace.clone(),
+            project: record.project.clone(),
+        }
+    }
+}
+
 /// A key to create as a person or a program states it (CLI flags, an API body): text that
 /// [`Draft::into_spec`] validates into a [`KeySpec`]. Errors name the field as the API does;
 /// the CLI's flags have the same names.
@@ -108,6 +127,12 @@ pub fn parse_time(field: &str, at: &str) -> Result<SystemTime, StoreError> {
             "{field} {at:?}: {e}; use RFC 3339 like 2027-01-01T00:00:00Z"
         ))
     })
+}
+
+/// A rotation's grace period: `1h`, `7d`, `0s` (expire the old key now).
+pub fn grace(s: &str) -> Result<Duration, StoreError> {
+    humantime::parse_duration(s)
+        .or_else(|e| invalid(format!("grace {s:?}: {e}; use e.g. 1h, 7d or 0s")))
 }
 
 /// `30d`, `12h`, `1h 30m` or `never`.
@@ -273,43 +298,13 @@ impl Edit {
         if let Some(plan) = &self.plan {
             record.plan.clone_from(plan);
         }
-        validate_spec(&KeySpec {
-            name: record.name.clone(),
-            owner: record.owner.clone(),
-            key_type: record.key_type,
-            env: record.env,
-            scopes: record.scopes.clone(),
-            allowed_cidrs: record.allowed_cidrs.clone(),
-            expires_at: record.expires_at,
-            plan: record.plan.clone(),
-            limits: record.limits.clone(),
-            workspace: record.workspace.clone(),
-            project: record.project.clone(),
-        })
+        validate_spec(&KeySpec::of(record))
     }
 }
 
 /// Applies `edit` to the key with `id` and returns the updated record.
-pub async fn edit(
-    store: &dyn KeyStore,
-    id: &str,
-    edit: Edit,
-    _now: SystemTime,
-) -> Result<KeyRecord, StoreError> {
-    for _ in 0..CAS_ATTEMPTS {
-        let (hash, before) = current(store, id).await?;
-        let mut after = before.clone();
-        edit.apply(&mut after)?;
-        match store
-            .commit(single_update(hash, before, after.clone()))
-            .await
-        {
-            Err(StoreError::Changed) => continue,
-            Err(e) => return Err(e),
-            Ok(()) => return Ok(after),
-        }
-    }
-    Err(StoreError::Changed)
+pub async fn edit(store: &dyn KeyStore, id: &str, edit: Edit) -> Result<KeyRecord, StoreError> {
+    modify(store, id, |record| edit.apply(record)).await
 }
 
 /// A freshly created key: the only moment the secret exists outside the caller's hands.
@@ -416,10 +411,20 @@ pub async fn update(
     id: &str,
     change: Change,
 ) -> Result<KeyRecord, StoreError> {
+    modify(store, id, |record| change.apply(record)).await
+}
+
+/// Changes the record of `id` with `change` by compare-and-set, re-reading and retrying when
+/// a concurrent writer got there first.
+async fn modify(
+    store: &dyn KeyStore,
+    id: &str,
+    change: impl Fn(&mut KeyRecord) -> Result<(), StoreError>,
+) -> Result<KeyRecord, StoreError> {
     for _ in 0..CAS_ATTEMPTS {
         let (hash, before) = current(store, id).await?;
         let mut after = before.clone();
-        change.apply(&mut after)?;
+        change(&mut after)?;
         match store
             .commit(single_update(hash, before, after.clone()))
             .await
@@ -450,19 +455,8 @@ pub async fn rotate(
                 message: "a revoked key cannot be rotated; create a new one",
             });
         }
-        let spec = KeySpec {
-            name: before.name.clone(),
-            owner: before.owner.clone(),
-            key_type: before.key_type,
-            env: before.env,
-            scopes: before.scopes.clone(),
-            allowed_cidrs: before.allowed_cidrs.clone(),
-            expires_at: before.expires_at.filter(|at| *at > now),
-            plan: before.plan.clone(),
-            limits: before.limits.clone(),
-            workspace: before.workspace.clone(),
-            project: before.project.clone(),
-        };
+        let mut spec = KeySpec::of(&before);
+        spec.expires_at = before.expires_at.filter(|at| *at > now);
         let created = new_key(policy, &spec, now)?;
         let mut after = before.clone();
         let grace_end = now + grace;
