@@ -239,6 +239,60 @@ async fn every_endpoint_and_error_code() {
         "not_found",
     );
 
+    // Filters by plan and expiry.
+    let by_plan = ok(
+        &call(&kg, Method::GET, "/v1/keys?plan=small", a, None, &[]).await,
+        StatusCode::OK,
+    );
+    let ids: Vec<&str> = by_plan["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str()]);
+    let month = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + Duration::from_secs(31 * 86400),
+    );
+    let expiring = ok(
+        &call(
+            &kg,
+            Method::GET,
+            &format!("/v1/keys?expiring_before={month}"),
+            a,
+            None,
+            &[],
+        )
+        .await,
+        StatusCode::OK,
+    );
+    assert_eq!(expiring["data"].as_array().unwrap().len(), 1, "{expiring}");
+    ok(
+        &call(
+            &kg,
+            Method::GET,
+            "/v1/keys?unused_since=2000-01-01T00:00:00Z",
+            a,
+            None,
+            &[],
+        )
+        .await,
+        StatusCode::OK,
+    );
+    expect(
+        &call(
+            &kg,
+            Method::GET,
+            "/v1/keys?expiring_before=tomorrow",
+            a,
+            None,
+            &[],
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_parameter",
+    );
+
     // Update name, scopes, expiry; the changes are read back.
     let updated = ok(
         &call(
@@ -258,6 +312,20 @@ async fn every_endpoint_and_error_code() {
     assert_eq!(updated["name"], "billing v2");
     assert_eq!(updated["scopes"], json!(["content:read", "content:write"]));
     assert_eq!(updated["expires_at"], "2099-01-01T00:00:00Z");
+    let limited = ok(
+        &call(
+            &kg,
+            Method::PATCH,
+            &format!("/v1/keys/{id}"),
+            a,
+            Some(json!({"limits": {"per_hour": 50}, "allowed_cidrs": ["127.0.0.1/32"]})),
+            &[],
+        )
+        .await,
+        StatusCode::OK,
+    );
+    assert_eq!(limited["limits"]["per_hour"], 50);
+    assert_eq!(limited["allowed_cidrs"], json!(["127.0.0.1/32"]));
     let cleared = ok(
         &call(
             &kg,
@@ -515,8 +583,8 @@ async fn every_endpoint_and_error_code() {
     assert_eq!(
         actions,
         [
-            "create", "update", "update", "update", "suspend", "resume", "resume", "rotate",
-            "revoke", "rotate", "update"
+            "create", "update", "update", "update", "update", "suspend", "resume", "resume",
+            "rotate", "revoke", "rotate", "update"
         ],
         "{events}"
     );
@@ -525,7 +593,8 @@ async fn every_endpoint_and_error_code() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|e| e["actor"] == admin_id.as_str())
+            .all(|e| e["actor"] == admin_id.as_str() && e["owner"] == "acme"),
+        "every event names the actor and the key's owner, failed ones too: {events}"
     );
     let failed: Vec<&Value> = events["data"]
         .as_array()

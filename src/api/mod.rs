@@ -347,6 +347,11 @@ impl Api {
             owner: Option<String>,
             status: Option<Status>,
             env: Option<Environment>,
+            plan: Option<String>,
+            /// RFC 3339: keys that expire before then.
+            expiring_before: Option<String>,
+            /// RFC 3339: keys not used since then (or never).
+            unused_since: Option<String>,
             limit: Option<usize>,
             cursor: Option<String>,
         }
@@ -362,6 +367,14 @@ impl Api {
         };
         let limit = page_size(q.limit)?;
         let after = q.cursor.as_deref().map(Cursor::decode).transpose()?;
+        let time = |field, value: Option<&str>| {
+            value
+                .map(|v| crate::keys::manage::parse_time(field, v))
+                .transpose()
+                .map_err(store_reject)
+        };
+        let expiring_before = time("expiring_before", q.expiring_before.as_deref())?;
+        let unused_since = time("unused_since", q.unused_since.as_deref())?;
         let records = self
             .store()
             .list(owner.as_deref())
@@ -371,6 +384,9 @@ impl Api {
             .into_iter()
             .filter(|r| q.status.is_none_or(|s| r.status == s))
             .filter(|r| q.env.is_none_or(|e| r.env == e))
+            .filter(|r| q.plan.as_ref().is_none_or(|p| r.plan.as_ref() == Some(p)))
+            .filter(|r| expiring_before.is_none_or(|t| r.expires_at.is_some_and(|at| at < t)))
+            .filter(|r| unused_since.is_none_or(|t| r.last_used_at.is_none_or(|at| at < t)))
             .filter(|r| after.as_ref().is_none_or(|c| c.before(r)))
             .take(limit + 1)
             .collect();

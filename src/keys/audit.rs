@@ -230,6 +230,19 @@ impl Trail<'_> {
     ) {
         let changed = if result.is_ok() { changed } else { Vec::new() };
         let code = result_code(result);
+        // A refused action still names the key's owner (owner-bound callers list their
+        // owner's events): one more read, on failures only.
+        let looked_up = match (owner, result) {
+            (None, Err(_)) => self
+                .store
+                .by_id(id)
+                .await
+                .ok()
+                .flatten()
+                .map(|(_, r)| r.owner),
+            _ => None,
+        };
+        let owner = owner.or(looked_up.as_deref());
         self.record(at, action, Some(id), owner, changed, new_key_id, code)
             .await;
     }

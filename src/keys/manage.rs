@@ -155,6 +155,17 @@ fn cidrs(list: &[String]) -> Result<Vec<IpNet>, StoreError> {
         .collect()
 }
 
+/// Limit overrides by name (`per_hour` → 5000).
+fn limits_of(map: &BTreeMap<String, u64>) -> Result<crate::limits::Limits, StoreError> {
+    let mut limits = crate::limits::Limits::default();
+    for (name, value) in map {
+        limits
+            .set(name, *value)
+            .or_else(|e| invalid(format!("limits: {e}")))?;
+    }
+    Ok(limits)
+}
+
 impl Draft {
     /// The spec this draft asks for, or what is wrong with it ([`StoreError::InvalidSpec`]).
     pub fn into_spec(
@@ -165,12 +176,7 @@ impl Draft {
         if let Some(plan) = &self.plan {
             check_plan(plan, limits_config)?;
         }
-        let mut limits = crate::limits::Limits::default();
-        for (name, value) in &self.limits {
-            limits
-                .set(name, *value)
-                .or_else(|e| invalid(format!("limits: {e}")))?;
-        }
+        let limits = limits_of(&self.limits)?;
         let spec = KeySpec {
             expires_at: expiry(self.expires_in.as_deref(), self.expires_at.as_deref(), now)?,
             allowed_cidrs: cidrs(&self.allowed_cidrs)?,
@@ -199,6 +205,8 @@ pub struct Edit {
     pub allowed_cidrs: Option<Vec<IpNet>>,
     /// `Some(None)` removes the plan (the default plan applies).
     pub plan: Option<Option<String>>,
+    /// Replaces the key's own limit overrides (empty: the plan's limits).
+    pub limits: Option<crate::limits::Limits>,
 }
 
 /// An [`Edit`] as an API body states it.
@@ -217,6 +225,9 @@ pub struct EditDraft {
     /// A plan name, or `null` for the default plan.
     #[serde(default, deserialize_with = "present")]
     pub plan: Option<Option<String>>,
+    /// The key's own limit overrides, replacing the ones it has (`{}`: none).
+    #[serde(default)]
+    pub limits: Option<BTreeMap<String, u64>>,
 }
 
 /// A field that is present (even as `null`) is `Some`.
@@ -249,6 +260,7 @@ impl EditDraft {
             }
         };
         Ok(Edit {
+            limits: self.limits.as_ref().map(limits_of).transpose()?,
             name: self.name,
             scopes: self.scopes,
             expires_at,
@@ -267,6 +279,7 @@ impl Edit {
             ("expires_at", self.expires_at.is_some()),
             ("allowed_cidrs", self.allowed_cidrs.is_some()),
             ("plan", self.plan.is_some()),
+            ("limits", self.limits.is_some()),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -297,6 +310,9 @@ impl Edit {
         }
         if let Some(plan) = &self.plan {
             record.plan.clone_from(plan);
+        }
+        if let Some(limits) = &self.limits {
+            record.limits.clone_from(limits);
         }
         validate_spec(&KeySpec::of(record))
     }
