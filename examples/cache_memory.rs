@@ -54,7 +54,7 @@ impl KeyStore for Generated {
     async fn commit(&self, _: Batch) -> Result<(), StoreError> {
         Ok(())
     }
-    async fn append_audit(&self, _: &keygate::keys::audit::AuditEvent) -> Result<(), StoreError> {
+    async fn append_audit(&self, _: &[keygate::keys::audit::AuditEvent]) -> Result<(), StoreError> {
         Ok(())
     }
     async fn audit_events(

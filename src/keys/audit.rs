@@ -128,27 +128,17 @@ impl Trail<'_> {
     ) -> Result<Vec<CreatedKey>, StoreError> {
         let owner = spec.owner.clone();
         let result = manage::create_many(self.store, self.policy, spec, count, now).await;
-        match &result {
-            Ok(created) => {
-                for c in created {
-                    self.record(
-                        now,
-                        "create",
-                        Some(&c.record.id),
-                        Some(&owner),
-                        vec![],
-                        None,
-                        "ok".into(),
-                    )
-                    .await;
-                }
-            }
-            Err(_) => {
-                let code = result_code(&result);
-                self.record(now, "create", None, Some(&owner), vec![], None, code)
-                    .await;
-            }
-        }
+        let event = |key_id: Option<&str>, result: String| {
+            self.event(now, "create", key_id, Some(&owner), vec![], None, result)
+        };
+        let events: Vec<AuditEvent> = match &result {
+            Ok(created) => created
+                .iter()
+                .map(|c| event(Some(&c.record.id), "ok".into()))
+                .collect(),
+            Err(_) => vec![event(None, result_code(&result))],
+        };
+        record(self.store, &events).await;
         result
     }
 
@@ -243,12 +233,12 @@ impl Trail<'_> {
             _ => None,
         };
         let owner = owner.or(looked_up.as_deref());
-        self.record(at, action, Some(id), owner, changed, new_key_id, code)
-            .await;
+        let event = self.event(at, action, Some(id), owner, changed, new_key_id, code);
+        record(self.store, &[event]).await;
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn record(
+    fn event(
         &self,
         at: SystemTime,
         action: &str,
@@ -257,8 +247,8 @@ impl Trail<'_> {
         changed: Vec<String>,
         new_key_id: Option<&str>,
         result: String,
-    ) {
-        let event = AuditEvent {
+    ) -> AuditEvent {
+        AuditEvent {
             at,
             actor: self.actor.0.clone(),
             action: action.into(),
@@ -267,14 +257,14 @@ impl Trail<'_> {
             changed,
             new_key_id: new_key_id.map(Into::into),
             result,
-        };
-        record(self.store, &event).await;
+        }
     }
 }
 
-/// Logs `event` and appends it to the store's trail.
-pub async fn record(store: &dyn KeyStore, event: &AuditEvent) {
-    tracing::info!(
+/// Logs `events` and appends them to the store's trail.
+pub async fn record(store: &dyn KeyStore, events: &[AuditEvent]) {
+    for event in events {
+        tracing::info!(
         target: "keygate::audit",
         actor = %event.actor,
         action = %event.action,
@@ -284,9 +274,10 @@ pub async fn record(store: &dyn KeyStore, event: &AuditEvent) {
         new_key_id = event.new_key_id.as_deref(),
         result = %event.result,
         "management action"
-    );
-    if let Err(e) = store.append_audit(event).await {
-        tracing::error!(error = %e, action = %event.action, "audit event not stored");
+        );
+    }
+    if let Err(e) = store.append_audit(events).await {
+        tracing::error!(error = %e, events = events.len(), "audit events not stored");
     }
 }
 

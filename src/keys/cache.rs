@@ -456,7 +456,10 @@ mod tests {
         async fn commit(&self, _: Batch) -> Result<(), StoreError> {
             unimplemented!("not used by the cache")
         }
-        async fn append_audit(&self, _: &crate::keys::audit::AuditEvent) -> Result<(), StoreError> {
+        async fn append_audit(
+            &self,
+            _: &[crate::keys::audit::AuditEvent],
+        ) -> Result<(), StoreError> {
             unimplemented!("not used by the cache")
         }
         async fn audit_events(

@@ -194,8 +194,9 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Applies `batch` atomically, and tells every watching proxy.
     async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
 
-    /// Appends one management event to the store's audit trail (durable once this returns).
-    async fn append_audit(&self, event: &audit::AuditEvent) -> Result<(), StoreError>;
+    /// Appends management events to the store's audit trail, in order (durable once this
+    /// returns).
+    async fn append_audit(&self, events: &[audit::AuditEvent]) -> Result<(), StoreError>;
 
     /// The audit trail's events matching `query`, oldest first.
     async fn audit_events(

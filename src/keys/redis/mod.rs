@@ -475,23 +475,33 @@ impl KeyStore for RedisStore {
         self.commit_chunk(&batch).await
     }
 
-    async fn append_audit(&self, event: &crate::keys::audit::AuditEvent) -> Result<(), StoreError> {
+    async fn append_audit(
+        &self,
+        events: &[crate::keys::audit::AuditEvent],
+    ) -> Result<(), StoreError> {
+        /// `XADD`s per pipeline (`keys create --count` makes many events).
+        const AUDIT_CHUNK: usize = 1_000;
         let key = self.name("audit");
-        let json = serde_json::to_string(event).expect("audit events serialize");
-        self.run(MANAGEMENT_TIMEOUT, async move |mut c| {
-            redis::cmd("XADD")
-                .arg(&key)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(AUDIT_MAX_EVENTS)
-                .arg("*")
-                .arg("e")
-                .arg(&json)
-                .query_async::<String>(&mut c)
-                .await
-        })
-        .await
-        .map(|_| ())
+        for chunk in events.chunks(AUDIT_CHUNK) {
+            let mut pipe = redis::pipe();
+            for event in chunk {
+                let json = serde_json::to_string(event).expect("audit events serialize");
+                pipe.cmd("XADD")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(AUDIT_MAX_EVENTS)
+                    .arg("*")
+                    .arg("e")
+                    .arg(json)
+                    .ignore();
+            }
+            self.run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     async fn audit_events(
