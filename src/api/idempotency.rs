@@ -88,18 +88,54 @@ impl Idempotency {
         Claim::Fresh
     }
 
+    /// The claim of a [`Claim::Fresh`] request until it ends: kept with its answer by
+    /// [`Pending::finish`], given up when dropped unfinished (the request failed, or its client
+    /// went away and the request was dropped midway), so that a retry runs it again instead of
+    /// being refused as in progress.
+    pub fn pending<'a>(&'a self, caller: &str, key: &str) -> Pending<'a> {
+        Pending {
+            store: self,
+            caller: caller.to_owned(),
+            key: key.to_owned(),
+            settled: false,
+        }
+    }
+
     /// Keeps the answer of a claimed request for its retries.
-    pub fn finish(&self, caller: &str, key: &str, status: u16, body: Bytes) {
+    fn finish(&self, caller: &str, key: &str, status: u16, body: Bytes) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(entry) = entries.get_mut(&(caller.to_owned(), key.to_owned())) {
             entry.state = State::Done(status, body);
         }
     }
 
-    /// Forgets a claim whose request failed in a way a retry may fix (the store was down).
-    pub fn abandon(&self, caller: &str, key: &str) {
+    /// Forgets a claim whose request did not complete.
+    fn abandon(&self, caller: &str, key: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.remove(&(caller.to_owned(), key.to_owned()));
+    }
+}
+
+/// See [`Idempotency::pending`].
+pub struct Pending<'a> {
+    store: &'a Idempotency,
+    caller: String,
+    key: String,
+    settled: bool,
+}
+
+impl Pending<'_> {
+    pub fn finish(mut self, status: u16, body: Bytes) {
+        self.store.finish(&self.caller, &self.key, status, body);
+        self.settled = true;
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.store.abandon(&self.caller, &self.key);
+        }
     }
 }
 
@@ -118,13 +154,16 @@ mod tests {
         assert_eq!(store.claim("k1", "i1", b, now), Claim::Reused);
         // Another caller's key of the same name is its own.
         assert_eq!(store.claim("k2", "i1", b, now), Claim::Fresh);
-        store.finish("k1", "i1", 201, Bytes::from_static(b"first"));
+        store
+            .pending("k1", "i1")
+            .finish(201, Bytes::from_static(b"first"));
         assert_eq!(
             store.claim("k1", "i1", a, now),
             Claim::Replay(201, Bytes::from_static(b"first"))
         );
         assert_eq!(store.claim("k1", "i1", a, now + RETAIN), Claim::Fresh);
-        store.abandon("k1", "i1");
+        // A request that ends without an answer (failed, or dropped midway) frees its key.
+        drop(store.pending("k1", "i1"));
         assert_eq!(store.claim("k1", "i1", b, now), Claim::Fresh);
     }
 }

@@ -278,14 +278,12 @@ impl Api {
             Claim::Reused => return Err(Reject::IdempotencyKeyReused),
             Claim::InProgress => return Err(Reject::IdempotencyInProgress),
         }
+        // Given up unless finished: a refusal is answered again by running it again, and a
+        // request dropped midway must not leave its key "in progress".
+        let pending = self.idempotency.pending(&caller.id, &key);
         let result = run.await;
-        match &result {
-            Ok((status, body)) => {
-                self.idempotency
-                    .finish(&caller.id, &key, status.as_u16(), body.clone());
-            }
-            // A refusal is answered again by running it again.
-            Err(_) => self.idempotency.abandon(&caller.id, &key),
+        if let Ok((status, body)) = &result {
+            pending.finish(status.as_u16(), body.clone());
         }
         result
     }
