@@ -315,7 +315,8 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
             Ok(())
         }
         Command::Keys(command) => {
-            init_logging(LogFormat::Text, "warn");
+            // The audit trail's log line for each action, as the server logs the API's.
+            init_logging(LogFormat::Text, "warn,keygate::audit=info");
             let config = Config::load(&cli.config)?;
             let store = keys::open(&config.store, Arc::new(Metrics::new()))?;
             let quotas = store.clone().quotas();

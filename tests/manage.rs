@@ -626,6 +626,15 @@ async fn every_endpoint_and_error_code() {
         "{lines:?}"
     );
     assert_eq!(lines[1]["changed"], json!(["status"]));
+    // The CLI logs its actions too (stderr), never the key it printed.
+    let made = ws.cli(&["keys", "create", "--name", "cli", "--scopes", "x:y"]);
+    let printed: Value = serde_json::from_slice(&made.stdout).unwrap();
+    let logged = text(&made.stderr);
+    assert!(
+        logged.contains("management action") && logged.contains("cli:"),
+        "{logged}"
+    );
+    assert!(!logged.contains(printed["key"].as_str().unwrap()));
     let since = ws.cli(&["audit", "--since", "1h", "--limit", "3"]);
     assert_eq!(text(&since.stdout).lines().count(), 3);
 
@@ -1129,5 +1138,42 @@ async fn a_key_revoked_through_the_api_is_refused_by_three_sidecars_on_redis() {
             .map(|e| e["action"].as_str().unwrap())
             .collect::<Vec<_>>(),
         ["create", "suspend"]
+    );
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_answer_is_503() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let ws = Workspace::redis(&up.url(), &redis.url(), "");
+    let (_, admin) = bootstrap(&ws, "ops");
+    let kg = ws.serve_with_env(MANAGE_ENV);
+    let a = Some(admin.as_str());
+    ok(
+        &call(&kg, Method::GET, "/v1/keys", a, None, &[]).await,
+        StatusCode::OK,
+    );
+    redis.kill();
+    // The management key is cached, so the call is admitted; the store cannot list.
+    let reply = call(&kg, Method::GET, "/v1/keys", a, None, &[]).await;
+    expect(
+        &reply,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "key_store_unavailable",
+    );
+    assert!(reply.headers.contains_key("retry-after"));
+    let create = json!({"name": "x", "scopes": ["content:read"]});
+    expect(
+        &call(
+            &kg,
+            Method::POST,
+            "/v1/keys",
+            a,
+            Some(create),
+            &[("idempotency-key", "k")],
+        )
+        .await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "key_store_unavailable",
     );
 }

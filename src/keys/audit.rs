@@ -261,20 +261,36 @@ impl Trail<'_> {
     }
 }
 
+/// More events than this in one go (`keys create --count`) are logged as one summary line;
+/// the store still gets every event.
+const LOGGED_ONE_BY_ONE: usize = 100;
+
 /// Logs `events` and appends them to the store's trail.
 pub async fn record(store: &dyn KeyStore, events: &[AuditEvent]) {
-    for event in events {
+    if events.len() > LOGGED_ONE_BY_ONE {
+        let first = &events[0];
         tracing::info!(
-        target: "keygate::audit",
-        actor = %event.actor,
-        action = %event.action,
-        key_id = event.key_id.as_deref(),
-        owner = event.owner.as_deref(),
-        changed = %event.changed.join(","),
-        new_key_id = event.new_key_id.as_deref(),
-        result = %event.result,
-        "management action"
+            target: "keygate::audit",
+            actor = %first.actor,
+            action = %first.action,
+            owner = first.owner.as_deref(),
+            events = events.len(),
+            "management actions"
         );
+    } else {
+        for event in events {
+            tracing::info!(
+                target: "keygate::audit",
+                actor = %event.actor,
+                action = %event.action,
+                key_id = event.key_id.as_deref(),
+                owner = event.owner.as_deref(),
+                changed = %event.changed.join(","),
+                new_key_id = event.new_key_id.as_deref(),
+                result = %event.result,
+                "management action"
+            );
+        }
     }
     if let Err(e) = store.append_audit(events).await {
         tracing::error!(error = %e, events = events.len(), "audit events not stored");
