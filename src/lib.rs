@@ -57,7 +57,7 @@
 //! - [`keys::manage`] create/update/revoke/rotate for the CLI and the API, [`keys::audit`] the
 //!   audit trail every such action leaves, and [`keys::usage`].
 //! - [`api`]: the management API on `[listen] manage` (`/v1/keys`, `/v1/keys/verify`,
-//!   `/v1/audit`, `/v1/openapi.json`), its callers checked by `proxy::admit` and the
+//!   `/v1/audit`, `/v1/health`, `/v1/openapi.json`), its callers checked by `proxy::admit` and the
 //!   management scopes of [`api::auth`]; [`api::idempotency`] for `Idempotency-Key`.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener.
 //! - [`cli`]: the `keygate` commands (`cli::health`: `keygate health`, the container health

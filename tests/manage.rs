@@ -1095,6 +1095,17 @@ async fn a_key_revoked_through_the_api_is_refused_by_three_sidecars_on_redis() {
         "{delays:?}"
     );
 
+    // The store's health as the manager sees it.
+    let health = ok(
+        &call(&manager, Method::GET, "/v1/health", Some(&admin), None, &[]).await,
+        StatusCode::OK,
+    );
+    assert_eq!(health["up"], true, "{health}");
+    assert!(
+        health["store"].as_str().unwrap().starts_with("redis"),
+        "{health}"
+    );
+
     // The audit trail lives in Redis: the API's events and the CLI's, read by both.
     let (other, _) = ws.create_key(&["--scopes", "content:read"]);
     assert!(ws.cli(&["keys", "suspend", &other]).status.success());

@@ -61,6 +61,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/keys/{id}/rotate"),
     ("GET", "/v1/keys/{id}/usage"),
     ("GET", "/v1/audit"),
+    ("GET", "/v1/health"),
 ];
 
 /// Request bodies are small JSON documents.
@@ -227,6 +228,7 @@ impl Api {
             }
             ("GET", "/v1/keys/{id}/usage") => self.usage(config, &caller, id).await,
             ("GET", "/v1/audit") => self.audit(&caller, &query).await,
+            ("GET", "/v1/health") => self.health(&caller),
             _ => Err(Reject::NotFound("route")),
         }
     }
@@ -525,6 +527,34 @@ impl Api {
             data: Vec<crate::keys::audit::AuditEvent>,
         }
         ok(&Events { data: events })
+    }
+
+    /// `GET /v1/health`: the key store as this keygate sees it (what `/metrics` says of it).
+    fn health(&self, caller: &Caller) -> Result<Answer, Reject> {
+        caller.reach(Need::Read)?;
+        #[derive(Serialize)]
+        struct Health {
+            /// Kind and address, never credentials.
+            store: String,
+            /// The store answers (`keygate_key_store_up`).
+            up: bool,
+            /// The change feed confirmed recently that the cache is current
+            /// (`keygate_key_feed_current`).
+            cache_current: bool,
+            #[serde(with = "humantime_serde")]
+            confirmed_at: Option<SystemTime>,
+            cached_keys: u64,
+        }
+        let metrics = self.proxy.metrics();
+        let confirmed = metrics.store_health.feed_confirmed.get();
+        ok(&Health {
+            store: self.store().describe(),
+            up: metrics.store_up.get() == 1,
+            cache_current: metrics.store_health.feed_current.get() == 1,
+            confirmed_at: (confirmed > 0.0)
+                .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(confirmed)),
+            cached_keys: self.cache.len(),
+        })
     }
 
     /// `POST /v1/keys/verify`: the proxy's decision for a key, without a proxied request. The
