@@ -873,15 +873,19 @@ async fn management_keys_meet_the_proxy_checks() {
     assert!(out.status.success());
     let kg = ws.serve_with_env(MANAGE_ENV);
 
-    for _ in 0..2 {
-        ok(
-            &call(&kg, Method::GET, "/v1/keys", Some(&limited), None, &[]).await,
-            StatusCode::OK,
-        );
-    }
+    let first = call(&kg, Method::GET, "/v1/keys", Some(&limited), None, &[]).await;
+    ok(&first, StatusCode::OK);
+    assert_eq!(
+        first.headers["x-ratelimit-remaining"], "1",
+        "the proxy's headers"
+    );
+    let last = call(&kg, Method::GET, "/v1/keys", Some(&limited), None, &[]).await;
+    ok(&last, StatusCode::OK);
+    assert_eq!(last.headers["x-ratelimit-remaining"], "0");
     let over = call(&kg, Method::GET, "/v1/keys", Some(&limited), None, &[]).await;
     expect(&over, StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded");
     assert!(over.headers.contains_key("retry-after"));
+    assert!(over.headers.contains_key("x-ratelimit-limit"));
     expect(
         &call(&kg, Method::GET, "/v1/keys", Some(&fenced), None, &[]).await,
         StatusCode::FORBIDDEN,

@@ -35,7 +35,7 @@ use crate::keys::audit::{Actor, AuditQuery, Trail};
 use crate::keys::cache::KeyCache;
 use crate::keys::manage::{Draft, EditDraft, KeyPolicy};
 use crate::keys::{Change, KeyRecord, KeyStore};
-use crate::limits::Limited as LimitRefusal;
+use crate::limits::{Limited as LimitRefusal, WindowState};
 use crate::proxy::{Audit, Connection, Current, Proxy};
 use crate::reject::{Denial, Reject};
 use crate::routes::{RouteTable, Unmatched, grants};
@@ -147,10 +147,21 @@ impl Api {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        match self.serve(req, conn).await {
+        let mut window = None;
+        let mut response = match self.serve(req, conn, &mut window).await {
             Ok((status, body)) => crate::admin::json(status, body),
             Err(reject) => reject.into_response(),
+        };
+        // The management key's own rate-limit headers, as on a proxied request.
+        if let Some((window, now_secs)) = window {
+            crate::limits::headers::apply(
+                response.headers_mut(),
+                &window,
+                now_secs,
+                self.proxy.limiter().reset_style(),
+            );
         }
+        response
     }
 
     fn gate(&self) -> Arc<Gate> {
@@ -176,7 +187,13 @@ impl Api {
         self.cache.store()
     }
 
-    async fn serve<B>(&self, req: Request<B>, conn: &Connection) -> Result<Answer, Reject>
+    /// `window`: the management key's tightest rate-limit window, once it is known.
+    async fn serve<B>(
+        &self,
+        req: Request<B>,
+        conn: &Connection,
+        window: &mut Option<(WindowState, u64)>,
+    ) -> Result<Answer, Reject>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -188,7 +205,7 @@ impl Api {
             return Ok((StatusCode::OK, Bytes::from_static(OPENAPI.as_bytes())));
         }
         let gate = self.gate();
-        let caller = self.authenticate(&gate, &req, conn).await?;
+        let caller = self.authenticate(&gate, &req, conn, window).await?;
         let config = &gate.source;
         let query = req.uri().query().unwrap_or_default().to_owned();
         let path = req.uri().path().to_owned();
@@ -239,11 +256,12 @@ impl Api {
         gate: &Gate,
         req: &Request<B>,
         conn: &Connection,
+        window: &mut Option<(WindowState, u64)>,
     ) -> Result<Caller, Reject> {
         let mut audit = Audit::default();
-        self.proxy
-            .admit(&gate.current, req, conn, &mut audit)
-            .await?;
+        let admitted = self.proxy.admit(&gate.current, req, conn, &mut audit).await;
+        *window = audit.limit.map(|w| (w, audit.now_secs));
+        admitted?;
         let key = audit.key.ok_or(Reject::MissingApiKey)?;
         Ok(Caller {
             id: key.id.to_string(),
