@@ -43,6 +43,11 @@ impl KeyStore for Generated {
             status: Status::Active,
             created_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,
+            created_by: None,
+            revoked_at: None,
+            revoked_by: None,
+            rotated_from: None,
+            rotated_to: None,
         })))
     }
     async fn by_id(&self, _: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {

@@ -152,6 +152,7 @@ async fn every_endpoint_and_error_code() {
         StatusCode::CREATED,
     );
     let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(created["created_by"], admin_id.as_str(), "{created}");
     let secret = created["key"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("kg_sk_live_"));
     assert_eq!(
@@ -440,6 +441,8 @@ async fn every_endpoint_and_error_code() {
         "a retried rotation issues one key"
     );
     let new_secret = rotated["key"].as_str().unwrap().to_owned();
+    assert_eq!(rotated["rotated_from"], id.as_str());
+    assert_eq!(rotated["created_by"], admin_id.as_str());
     expect(
         &call(
             &kg,
@@ -468,6 +471,9 @@ async fn every_endpoint_and_error_code() {
         StatusCode::OK,
     );
     assert_eq!(revoked["status"], "revoked");
+    assert_eq!(revoked["revoked_by"], admin_id.as_str());
+    assert!(revoked["revoked_at"].is_string());
+    assert_eq!(revoked["rotated_to"], rotated["id"]);
     let refused = eventually(Duration::from_secs(5), || async {
         get(&kg.url("/x"), &[("x-api-key", &secret)]).await.status == StatusCode::UNAUTHORIZED
     })
@@ -635,6 +641,7 @@ async fn every_endpoint_and_error_code() {
         "{logged}"
     );
     assert!(!logged.contains(printed["key"].as_str().unwrap()));
+    assert!(printed["created_by"].as_str().unwrap().starts_with("cli:"));
     let since = ws.cli(&["audit", "--since", "1h", "--limit", "3"]);
     assert_eq!(text(&since.stdout).lines().count(), 3);
 

@@ -127,7 +127,8 @@ impl Trail<'_> {
         now: SystemTime,
     ) -> Result<Vec<CreatedKey>, StoreError> {
         let owner = spec.owner.clone();
-        let result = manage::create_many(self.store, self.policy, spec, count, now).await;
+        let by = Some(self.actor.0.as_str());
+        let result = manage::create_many_by(self.store, self.policy, spec, count, now, by).await;
         let event = |key_id: Option<&str>, result: String| {
             self.event(now, "create", key_id, Some(&owner), vec![], None, result)
         };
@@ -148,23 +149,17 @@ impl Trail<'_> {
     }
 
     pub async fn change(&self, id: &str, change: Change) -> Result<KeyRecord, StoreError> {
-        let result = manage::update(self.store, id, change).await;
+        let now = SystemTime::now();
+        let by = Some(self.actor.0.as_str());
+        let result = manage::update_by(self.store, id, change, by, now).await;
         let action = match change {
             Change::Revoke => "revoke",
             Change::Suspend => "suspend",
             Change::Resume => "resume",
         };
         let owner = result.as_ref().ok().map(|r| r.owner.as_str());
-        self.ended(
-            SystemTime::now(),
-            action,
-            id,
-            owner,
-            vec!["status".into()],
-            None,
-            &result,
-        )
-        .await;
+        self.ended(now, action, id, owner, vec!["status".into()], None, &result)
+            .await;
         result
     }
 
@@ -174,7 +169,8 @@ impl Trail<'_> {
         grace: Duration,
         now: SystemTime,
     ) -> Result<CreatedKey, StoreError> {
-        let result = manage::rotate(self.store, self.policy, id, grace, now).await;
+        let by = Some(self.actor.0.as_str());
+        let result = manage::rotate_by(self.store, self.policy, id, grace, now, by).await;
         let new = result.as_ref().ok().map(|c| &c.record);
         let owner = new.map(|r| r.owner.as_str());
         let new_id = new.map(|r| r.id.as_str());

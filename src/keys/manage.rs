@@ -402,10 +402,22 @@ pub async fn create_many(
     count: usize,
     now: SystemTime,
 ) -> Result<Vec<CreatedKey>, StoreError> {
+    create_many_by(store, policy, spec, count, now, None).await
+}
+
+/// [`create_many`], the keys' `created_by` naming the actor.
+pub async fn create_many_by(
+    store: &dyn KeyStore,
+    policy: &KeyPolicy,
+    spec: KeySpec,
+    count: usize,
+    now: SystemTime,
+    by: Option<&str>,
+) -> Result<Vec<CreatedKey>, StoreError> {
     validate_spec(&spec)?;
     let mut created = Vec::with_capacity(count);
     for _ in 0..count {
-        created.push(new_key(policy, &spec, now)?);
+        created.push(new_key(policy, &spec, now, by)?);
     }
     let inserts = created
         .iter()
@@ -427,7 +439,27 @@ pub async fn update(
     id: &str,
     change: Change,
 ) -> Result<KeyRecord, StoreError> {
-    modify(store, id, |record| change.apply(record)).await
+    update_by(store, id, change, None, SystemTime::now()).await
+}
+
+/// [`update`], a revocation recording when and by whom (`revoked_at`, `revoked_by`).
+pub async fn update_by(
+    store: &dyn KeyStore,
+    id: &str,
+    change: Change,
+    by: Option<&str>,
+    now: SystemTime,
+) -> Result<KeyRecord, StoreError> {
+    modify(store, id, |record| {
+        let was = record.status;
+        change.apply(record)?;
+        if change == Change::Revoke && was != Status::Revoked {
+            record.revoked_at = Some(now);
+            record.revoked_by = by.map(str::to_owned);
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Changes the record of `id` with `change` by compare-and-set, re-reading and retrying when
@@ -462,6 +494,18 @@ pub async fn rotate(
     grace: Duration,
     now: SystemTime,
 ) -> Result<CreatedKey, StoreError> {
+    rotate_by(store, policy, id, grace, now, None).await
+}
+
+/// [`rotate`], the new key's `created_by` naming the actor.
+pub async fn rotate_by(
+    store: &dyn KeyStore,
+    policy: &KeyPolicy,
+    id: &str,
+    grace: Duration,
+    now: SystemTime,
+    by: Option<&str>,
+) -> Result<CreatedKey, StoreError> {
     for _ in 0..CAS_ATTEMPTS {
         let (hash, before) = current(store, id).await?;
         if before.status == Status::Revoked {
@@ -473,8 +517,10 @@ pub async fn rotate(
         }
         let mut spec = KeySpec::of(&before);
         spec.expires_at = before.expires_at.filter(|at| *at > now);
-        let created = new_key(policy, &spec, now)?;
+        let mut created = new_key(policy, &spec, now, by)?;
+        created.record.rotated_from = Some(before.id.clone());
         let mut after = before.clone();
+        after.rotated_to = Some(created.record.id.clone());
         let grace_end = now + grace;
         after.expires_at = Some(after.expires_at.map_or(grace_end, |at| at.min(grace_end)));
         let mut batch = single_update(hash, before, after);
@@ -513,7 +559,12 @@ fn single_update(hash: KeyHash, before: KeyRecord, after: KeyRecord) -> Batch {
     }
 }
 
-fn new_key(policy: &KeyPolicy, spec: &KeySpec, now: SystemTime) -> Result<CreatedKey, StoreError> {
+fn new_key(
+    policy: &KeyPolicy,
+    spec: &KeySpec,
+    now: SystemTime,
+    by: Option<&str>,
+) -> Result<CreatedKey, StoreError> {
     let rng_err = |e: getrandom::Error| StoreError::Unavailable(format!("OS random source: {e}"));
     let key = credential::generate_key(&policy.prefix, spec.key_type, spec.env).map_err(rng_err)?;
     let id = format!("key_{}", credential::random_base62(20).map_err(rng_err)?);
@@ -533,6 +584,11 @@ fn new_key(policy: &KeyPolicy, spec: &KeySpec, now: SystemTime) -> Result<Create
         status: Status::Active,
         created_at: now,
         last_used_at: None,
+        created_by: by.map(str::to_owned),
+        revoked_at: None,
+        revoked_by: None,
+        rotated_from: None,
+        rotated_to: None,
     };
     Ok(CreatedKey { record, key })
 }

@@ -110,6 +110,25 @@ pub struct KeyRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub last_used_at: Option<SystemTime>,
+    /// Who created the key: a management key's id, or `cli:<user>@<host>` (the audit
+    /// trail's actor). The history fields are written by the management operations
+    /// ([`audit::Trail`]) and never read on the request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revoked_at: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+    /// The key this one replaced by a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_from: Option<String>,
+    /// The key that replaced this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_to: Option<String>,
 }
 
 #[cfg(test)]
@@ -133,6 +152,11 @@ impl KeyRecord {
             status: Status::Active,
             created_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,
+            created_by: None,
+            revoked_at: None,
+            revoked_by: None,
+            rotated_from: None,
+            rotated_to: None,
         }
     }
 }
