@@ -65,6 +65,14 @@ impl Actor {
     pub fn key(id: &str) -> Self {
         Self(id.to_owned())
     }
+
+    /// What a new key's `created_by` records: a management key's id. Keys made at the CLI
+    /// leave it out (the audit trail names the user and host): every byte of a record counts
+    /// against the 1 MiB of a keys file mounted from a Kubernetes Secret, and a `user@host`
+    /// on each of 2,000 keys would take 4 % of it.
+    pub fn creator(&self) -> Option<&str> {
+        (!self.0.starts_with("cli:")).then_some(self.0.as_str())
+    }
 }
 
 /// Which events to read.
@@ -127,7 +135,7 @@ impl Trail<'_> {
         now: SystemTime,
     ) -> Result<Vec<CreatedKey>, StoreError> {
         let owner = spec.owner.clone();
-        let by = Some(self.actor.0.as_str());
+        let by = self.actor.creator();
         let result = manage::create_many_by(self.store, self.policy, spec, count, now, by).await;
         let event = |key_id: Option<&str>, result: String| {
             self.event(now, "create", key_id, Some(&owner), vec![], None, result)
@@ -169,7 +177,7 @@ impl Trail<'_> {
         grace: Duration,
         now: SystemTime,
     ) -> Result<CreatedKey, StoreError> {
-        let by = Some(self.actor.0.as_str());
+        let by = self.actor.creator();
         let result = manage::rotate_by(self.store, self.policy, id, grace, now, by).await;
         let new = result.as_ref().ok().map(|c| &c.record);
         let owner = new.map(|r| r.owner.as_str());

@@ -110,8 +110,8 @@ pub struct KeyRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub last_used_at: Option<SystemTime>,
-    /// Who created the key: a management key's id, or `cli:<user>@<host>` (the audit
-    /// trail's actor). The history fields are written by the management operations
+    /// The management key that created this key through the API (`None` for keys made at
+    /// the CLI: see [`audit::Actor::creator`]). The history fields are written by the management operations
     /// ([`audit::Trail`]) and never read on the request path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
