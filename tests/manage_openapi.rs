@@ -32,8 +32,12 @@ async fn schemathesis_finds_the_live_server_as_documented() {
     let kg = ws.serve_with_env(&[("KEYGATE_LISTEN__MANAGE", "127.0.0.1:0")]);
     let url = kg.manage_url("");
     let doc = tools::repo().join("openapi/keygate.json");
+    // Its cache of found crashes goes in a scratch folder, not the repository.
+    let scratch = tempfile::tempdir().unwrap();
+    let cwd = scratch.path().to_owned();
     let run = tokio::task::spawn_blocking(move || {
         Command::new(schemathesis)
+            .current_dir(cwd)
             .arg("run")
             .arg(doc)
             .args(["--url", &url])
