@@ -43,6 +43,11 @@ impl KeyStore for Generated {
             status: Status::Active,
             created_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,
+            created_by: None,
+            revoked_at: None,
+            revoked_by: None,
+            rotated_from: None,
+            rotated_to: None,
         })))
     }
     async fn by_id(&self, _: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {
@@ -53,6 +58,15 @@ impl KeyStore for Generated {
     }
     async fn commit(&self, _: Batch) -> Result<(), StoreError> {
         Ok(())
+    }
+    async fn append_audit(&self, _: &[keygate::keys::audit::AuditEvent]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn audit_events(
+        &self,
+        _: &keygate::keys::audit::AuditQuery,
+    ) -> Result<Vec<keygate::keys::audit::AuditEvent>, StoreError> {
+        Ok(vec![])
     }
     async fn record_usage(&self, _: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
         Ok(())

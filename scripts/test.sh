@@ -47,4 +47,17 @@ if [ "$(cat "$tools/pins" 2>/dev/null)" != "$pins" ]; then
   echo "$pins" > "$tools/pins"
 fi
 
+# The management API's OpenAPI document (tests/manage_openapi.rs): openapi-spec-validator and
+# schemathesis from PyPI, pinned, in a virtualenv of their own (so that a change here does not
+# reinstall the deploy/ tools).
+api_tools=target/api-tools
+api_pins="openapi-spec-validator==0.9.0 schemathesis==4.32.5"
+if [ "$(cat "$api_tools/pins" 2>/dev/null)" != "$api_pins" ]; then
+  rm -rf "$api_tools"
+  python3 -m venv "$api_tools/venv" || { apt_install python3-venv && /usr/bin/python3 -m venv "$api_tools/venv"; }
+  # shellcheck disable=SC2086 # one argument per pin
+  "$api_tools/venv/bin/pip" install --quiet --disable-pip-version-check $api_pins
+  echo "$api_pins" > "$api_tools/pins"
+fi
+
 cargo nextest run --workspace --no-fail-fast "$@"

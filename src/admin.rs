@@ -114,7 +114,8 @@ pub async fn last_used(store: &dyn KeyStore) -> Response<Full<Bytes>> {
     }
 }
 
-fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+/// A JSON response (also the management API's).
+pub(crate) fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response

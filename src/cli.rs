@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError, LogFormat, parse_net};
+use crate::config::{Config, ConfigError, LogFormat};
+use crate::keys::audit::{Actor, AuditQuery, Trail};
 use crate::keys::{self, Change, KeyPolicy, KeySpec, KeyStore, manage};
 use crate::limits::QuotaStore;
 use crate::metrics::Metrics;
@@ -79,6 +80,19 @@ pub enum Command {
     /// Manage keys in the configured store.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// List management actions (CLI and API) from the store's audit trail, oldest first, one
+    /// JSON object per line.
+    Audit {
+        /// Only actions on this key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Only actions at or after this time (RFC 3339), or within this long (1h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many (the most recent).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Exit 0 if a running keygate's admin listener answers 200 (the image's HEALTHCHECK:
     /// distroless images have no curl). Asks the config's `[listen] admin` for /healthz.
     Health(HealthArgs),
@@ -301,11 +315,32 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
             Ok(())
         }
         Command::Keys(command) => {
-            init_logging(LogFormat::Text, "warn");
+            // The audit trail's log line for each action, as the server logs the API's.
+            init_logging(LogFormat::Text, "warn,keygate::audit=info");
             let config = Config::load(&cli.config)?;
             let store = keys::open(&config.store, Arc::new(Metrics::new()))?;
             let quotas = store.clone().quotas();
             keys_command(command, &config, store.as_ref(), quotas, &mut stdout).await
+        }
+        Command::Audit { key, since, limit } => {
+            init_logging(LogFormat::Text, "warn");
+            let config = Config::load(&cli.config)?;
+            let store = keys::open(&config.store, Arc::new(Metrics::new()))?;
+            let since = since.as_deref().map(parse_since).transpose()?;
+            let query = AuditQuery {
+                key_id: key,
+                owner: None,
+                since,
+                limit,
+            };
+            for event in store.audit_events(&query).await? {
+                writeln!(
+                    stdout,
+                    "{}",
+                    serde_json::to_string(&event).expect("events serialize")
+                )?;
+            }
+            Ok(())
         }
     }
 }
@@ -318,13 +353,18 @@ async fn keys_command(
     quotas: Option<Arc<dyn QuotaStore>>,
     out: &mut impl Write,
 ) -> Result<(), CliError> {
+    let policy = KeyPolicy::from(&config.keys);
+    let trail = Trail {
+        store,
+        policy: &policy,
+        actor: Actor::cli(),
+    };
     match command {
         KeysCommand::Create(args) => {
             let now = SystemTime::now();
             let count = args.count as usize;
             let spec = spec_from(*args, config, now)?;
-            let policy = KeyPolicy::from(&config.keys);
-            let created = manage::create_many(store, &policy, spec, count, now).await?;
+            let created = trail.create_many(spec, count, now).await?;
             if let [one] = created.as_slice() {
                 writeln!(out, "{}", pretty(one))?;
             } else {
@@ -342,25 +382,21 @@ async fn keys_command(
             writeln!(out, "{}", pretty(&record))?;
         }
         KeysCommand::Revoke { id } => {
-            writeln!(
-                out,
-                "{}",
-                pretty(&manage::update(store, &id, Change::Revoke).await?)
-            )?;
+            writeln!(out, "{}", pretty(&trail.change(&id, Change::Revoke).await?))?;
         }
         KeysCommand::Suspend { id } => {
             writeln!(
                 out,
                 "{}",
-                pretty(&manage::update(store, &id, Change::Suspend).await?)
+                pretty(&trail.change(&id, Change::Suspend).await?)
             )?;
         }
+        KeysCommand::Resume { id } => {
+            writeln!(out, "{}", pretty(&trail.change(&id, Change::Resume).await?))?;
+        }
         KeysCommand::Rotate { id, grace } => {
-            let grace = humantime::parse_duration(&grace).map_err(|e| {
-                CliError::Usage(format!("--grace {grace:?}: {e}; use e.g. 1h, 7d or 0s"))
-            })?;
-            let policy = KeyPolicy::from(&config.keys);
-            let created = manage::rotate(store, &policy, &id, grace, SystemTime::now()).await?;
+            let grace = manage::grace(&grace)?;
+            let created = trail.rotate(&id, grace, SystemTime::now()).await?;
             writeln!(out, "{}", pretty(&created))?;
         }
         KeysCommand::Usage { id, json } => {
@@ -379,27 +415,13 @@ async fn keys_command(
                 write!(out, "{}", usage.to_text())?;
             }
         }
-        KeysCommand::Resume { id } => {
-            writeln!(
-                out,
-                "{}",
-                pretty(&manage::update(store, &id, Change::Resume).await?)
-            )?;
-        }
     }
     Ok(())
 }
 
+/// The flags of `keys create` as a [`manage::Draft`], validated as the API's bodies are.
 fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySpec, CliError> {
-    if let Some(plan) = &args.plan
-        && !config.limits.plans.contains_key(plan)
-    {
-        let known: Vec<&String> = config.limits.plans.keys().collect();
-        return Err(CliError::Usage(format!(
-            "--plan {plan:?}: no [plans.{plan}] in the config (defined: {known:?})"
-        )));
-    }
-    let mut limits = crate::limits::Limits::default();
+    let mut limits = std::collections::BTreeMap::new();
     for item in &args.limit {
         let (name, value) = item.split_once('=').ok_or_else(|| {
             CliError::Usage(format!("--limit {item:?}: use NAME=N, e.g. per_hour=5000"))
@@ -407,60 +429,68 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
         let value: u64 = value
             .parse()
             .map_err(|_| CliError::Usage(format!("--limit {item:?}: {value:?} is not a number")))?;
-        limits
-            .set(name, value)
-            .map_err(|e| CliError::Usage(format!("--limit: {e}")))?;
+        limits.insert(name.to_owned(), value);
     }
-    let allowed_cidrs = args
-        .allow_ip
-        .iter()
-        .map(|s| parse_net(s).map_err(|e| CliError::Usage(format!("--allow-ip: {e}"))))
-        .collect::<Result<_, _>>()?;
-    let expires_at = match (args.expires_in.as_deref(), args.expires_at.as_deref()) {
-        (Some(lifetime), _) => parse_lifetime(lifetime)?.map(|d| now + d),
-        (None, Some(at)) => Some(humantime::parse_rfc3339_weak(at).map_err(|e| {
-            CliError::Usage(format!(
-                "--expires-at {at:?}: {e}; use RFC 3339 like 2027-01-01T00:00:00Z"
-            ))
-        })?),
-        (None, None) => None,
-    };
-    if expires_at.is_some_and(|at| at <= now) {
-        return Err(CliError::Usage("the expiry must be in the future".into()));
-    }
-    Ok(KeySpec {
+    let draft = manage::Draft {
         name: args.name,
-        owner: args.owner,
-        key_type: match args.key_type {
+        scopes: args.scopes,
+        key_type: Some(match args.key_type {
             TypeArg::Secret => KeyType::Secret,
             TypeArg::Public => KeyType::Public,
-        },
-        env: match args.env {
+        }),
+        env: Some(match args.env {
             EnvArg::Live => Environment::Live,
             EnvArg::Test => Environment::Test,
-        },
-        scopes: args.scopes,
-        allowed_cidrs,
-        expires_at,
+        }),
+        owner: Some(args.owner),
         plan: args.plan,
         limits,
+        expires_in: args.expires_in,
+        expires_at: args.expires_at,
+        allowed_cidrs: args.allow_ip,
         workspace: args.workspace,
         project: args.project,
+    };
+    draft.into_spec(&config.limits, now).map_err(|e| match e {
+        StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
+        e => e.into(),
     })
 }
 
-/// `30d`, `12h`, `1h 30m` or `never`.
-pub fn parse_lifetime(s: &str) -> Result<Option<Duration>, CliError> {
-    if s.eq_ignore_ascii_case("never") {
-        return Ok(None);
+/// A message naming a field of [`manage::Draft`] as the API does, naming its flag instead.
+fn as_flags(message: &str) -> String {
+    const FLAGS: &[(&str, &str)] = &[
+        ("allowed_cidrs", "--allow-ip"),
+        ("expires_in", "--expires-in"),
+        ("expires_at", "--expires-at"),
+        ("limits", "--limit"),
+        ("name", "--name"),
+        ("owner", "--owner"),
+        ("plan", "--plan"),
+        ("scopes", "--scopes"),
+        ("workspace", "--workspace"),
+        ("project", "--project"),
+    ];
+    for (field, flag) in FLAGS {
+        if let Some(rest) = message.strip_prefix(field)
+            && (rest.starts_with(' ') || rest.starts_with(':'))
+        {
+            return format!("{flag}{rest}");
+        }
     }
-    match humantime::parse_duration(s) {
-        Ok(d) if !d.is_zero() => Ok(Some(d)),
-        Ok(_) => Err(CliError::Usage("--expires-in must be longer than 0".into())),
-        Err(e) => Err(CliError::Usage(format!(
-            "--expires-in {s:?}: {e}; use e.g. 30d, 90d, 12h or never"
-        ))),
+    message.to_owned()
+}
+
+/// `--since`: an RFC 3339 time, or a duration back from now (`1h`, `7d`).
+fn parse_since(s: &str) -> Result<SystemTime, CliError> {
+    if let Ok(ago) = humantime::parse_duration(s) {
+        return Ok(SystemTime::now() - ago);
     }
+    humantime::parse_rfc3339_weak(s).map_err(|e| {
+        CliError::Usage(format!(
+            "--since {s:?}: {e}; use RFC 3339 (2027-01-01T00:00:00Z) or a duration (1h, 7d)"
+        ))
+    })
 }
 
 fn pretty<T: serde::Serialize>(value: &T) -> String {
@@ -472,18 +502,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lifetimes() {
-        assert_eq!(parse_lifetime("never").unwrap(), None);
-        assert_eq!(
-            parse_lifetime("30d").unwrap(),
-            Some(Duration::from_secs(30 * 86400))
-        );
-        assert_eq!(
-            parse_lifetime("12h").unwrap(),
-            Some(Duration::from_secs(12 * 3600))
-        );
-        assert!(parse_lifetime("0s").is_err());
-        assert!(parse_lifetime("soon").is_err());
+    fn field_names_become_flags() {
+        for (message, want) in [
+            (
+                "allowed_cidrs: \"x\" is not a CIDR",
+                "--allow-ip: \"x\" is not a CIDR",
+            ),
+            ("expires_in \"soon\": bad", "--expires-in \"soon\": bad"),
+            (
+                "the expiry must be in the future",
+                "the expiry must be in the future",
+            ),
+            ("names must", "names must"),
+        ] {
+            assert_eq!(as_flags(message), want);
+        }
+    }
+
+    #[test]
+    fn since_takes_a_time_or_a_duration() {
+        assert!(parse_since("2027-01-01T00:00:00Z").is_ok());
+        let hour_ago = parse_since("1h").unwrap();
+        assert!(hour_ago < SystemTime::now());
+        assert!(parse_since("yesterday").is_err());
     }
 
     #[test]

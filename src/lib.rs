@@ -54,7 +54,11 @@
 //! - [`vocab`]: the words every layer shares (`KeyHash`, `KeyType`, `Environment`, `Status`,
 //!   `StoreError`); it imports nothing, so the layers above never import each other in a
 //!   circle (`tests/layout.rs` fails on a cycle among top-level modules).
-//! - [`keys::manage`] create/revoke/rotate and [`keys::usage`] for the CLI.
+//! - [`keys::manage`] create/update/revoke/rotate for the CLI and the API, [`keys::audit`] the
+//!   audit trail every such action leaves, and [`keys::usage`].
+//! - [`api`]: the management API on `[listen] manage` (`/v1/keys`, `/v1/keys/verify`,
+//!   `/v1/audit`, `/v1/health`, `/v1/openapi.json`), its callers checked by `proxy::admit` and the
+//!   management scopes of [`api::auth`]; [`api::idempotency`] for `Idempotency-Key`.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener.
 //! - [`cli`]: the `keygate` commands (`cli::health`: `keygate health`, the container health
 //!   check; `cli::demo`: `keygate demo`); [`echo`]: the demo's built-in upstream, also
@@ -64,6 +68,7 @@
 //! profile, docker-compose, Kubernetes, Prometheus and Grafana files (deploy/README.md).
 
 pub mod admin;
+pub mod api;
 pub mod authz;
 pub mod batch;
 pub mod cli;

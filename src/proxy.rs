@@ -428,7 +428,7 @@ impl Proxy {
 }
 
 impl Current {
-    fn new(config: Arc<Config>) -> Result<Self, ClientError> {
+    pub(crate) fn new(config: Arc<Config>) -> Result<Self, ClientError> {
         let forwarder = Forwarder::new(
             &config.upstream,
             &config.auth.credential_headers,

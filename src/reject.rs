@@ -54,6 +54,26 @@ pub enum Reject {
     KeyStoreUnavailable,
     UpstreamUnavailable,
     UpstreamTimeout,
+    // The management API's own refusals (`crate::api`); the proxy path never makes them.
+    /// A management request whose body or query cannot be read (malformed JSON, an unknown
+    /// field, a bad cursor); the text says which.
+    InvalidBody(String),
+    /// A well-formed management request with a value that cannot be used (a scope's
+    /// syntax, an unknown plan, an expiry in the past); the text names the field.
+    InvalidParameter(String),
+    /// No such key (or not one the caller may see), or no such management route.
+    NotFound(&'static str),
+    /// The key's state forbids the change (a revoked key rotated, a key resumed that is not
+    /// suspended).
+    Conflict(String),
+    /// The owner already holds `[keys] max_per_owner` live keys.
+    OwnerKeyLimit {
+        max: u32,
+    },
+    /// An `Idempotency-Key` reused with a different request.
+    IdempotencyKeyReused,
+    /// An `Idempotency-Key` whose first request is still being processed.
+    IdempotencyInProgress,
 }
 
 /// Why a known, valid key may not make this request (403 `insufficient_permissions`).
@@ -71,6 +91,10 @@ pub enum Denial {
     NotBound { param: &'static str, value: String },
     /// No route matches and `[auth] unmatched = "deny"`.
     NoRoute,
+    /// A management key may not grant (or manage a key holding) scopes it does not hold.
+    ScopesNotHeld(Vec<String>),
+    /// An owner-bound management key acting for another owner.
+    OtherOwner,
 }
 
 impl Denial {
@@ -100,6 +124,11 @@ impl Denial {
                 format!("This API key is not bound to {param} {shown:?}")
             }
             Self::NoRoute => "This API key may not access this path".into(),
+            Self::ScopesNotHeld(scopes) => format!(
+                "This API key may not grant or manage scopes it does not hold: {}",
+                scopes.join(", ")
+            ),
+            Self::OtherOwner => "This API key may only manage keys of its own owner".into(),
         }
     }
 }
@@ -114,6 +143,14 @@ impl Reject {
                 StatusCode::BAD_REQUEST
             }
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidParameter(_) | Self::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) | Self::OwnerKeyLimit { .. } | Self::IdempotencyInProgress => {
+                StatusCode::CONFLICT
+            }
             Self::InsufficientPermissions(_)
             | Self::IpNotAllowed(_)
             | Self::KeySuspended
@@ -151,6 +188,13 @@ impl Reject {
             Self::KeyStoreUnavailable => "key_store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::InvalidParameter(_) => "invalid_parameter",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::OwnerKeyLimit { .. } => "owner_key_limit",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::IdempotencyInProgress => "idempotency_in_progress",
         }
     }
 
@@ -169,7 +213,14 @@ impl Reject {
             | Self::BadRequest(_)
             | Self::HttpsRequired
             | Self::HeadersTooLarge
-            | Self::PayloadTooLarge => "invalid_request_error",
+            | Self::PayloadTooLarge
+            | Self::InvalidBody(_)
+            | Self::InvalidParameter(_)
+            | Self::NotFound(_)
+            | Self::Conflict(_)
+            | Self::OwnerKeyLimit { .. }
+            | Self::IdempotencyKeyReused
+            | Self::IdempotencyInProgress => "invalid_request_error",
             Self::RateLimitExceeded(_) | Self::TooManyInvalidKeys { .. } => "rate_limit_error",
             Self::KeyStoreUnavailable | Self::UpstreamUnavailable | Self::UpstreamTimeout => {
                 "api_error"
@@ -226,13 +277,26 @@ impl Reject {
             }
             Self::UpstreamUnavailable => "The upstream service is unavailable".into(),
             Self::UpstreamTimeout => "The upstream service did not respond in time".into(),
+            Self::InvalidBody(why) => format!("The request cannot be read: {why}"),
+            Self::InvalidParameter(why) => format!("Invalid parameter: {why}"),
+            Self::NotFound(what) => format!("No such {what}"),
+            Self::Conflict(why) => format!("The key's state forbids this change: {why}"),
+            Self::OwnerKeyLimit { max } => {
+                format!("The owner already holds {max} keys, the most allowed; revoke one first")
+            }
+            Self::IdempotencyKeyReused => {
+                "This Idempotency-Key was used with a different request; use a new key".into()
+            }
+            Self::IdempotencyInProgress => {
+                "A request with this Idempotency-Key is still being processed; retry shortly".into()
+            }
         }
     }
 
     /// Seconds a client should wait before retrying, where waiting helps.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::KeyStoreUnavailable => Some(1),
+            Self::KeyStoreUnavailable | Self::IdempotencyInProgress => Some(1),
             Self::RateLimitExceeded(r) => Some(r.retry_after),
             Self::KeySuspendedFor { retry_after } | Self::TooManyInvalidKeys { retry_after } => {
                 Some(*retry_after)
@@ -417,6 +481,48 @@ mod tests {
                 504,
                 "upstream_timeout",
                 "api_error",
+            ),
+            (
+                Reject::InvalidBody("expected JSON".into()),
+                400,
+                "invalid_body",
+                "invalid_request_error",
+            ),
+            (
+                Reject::InvalidParameter("scopes: bad".into()),
+                422,
+                "invalid_parameter",
+                "invalid_request_error",
+            ),
+            (
+                Reject::NotFound("key"),
+                404,
+                "not_found",
+                "invalid_request_error",
+            ),
+            (
+                Reject::Conflict("the key is revoked".into()),
+                409,
+                "conflict",
+                "invalid_request_error",
+            ),
+            (
+                Reject::OwnerKeyLimit { max: 3 },
+                409,
+                "owner_key_limit",
+                "invalid_request_error",
+            ),
+            (
+                Reject::IdempotencyKeyReused,
+                422,
+                "idempotency_key_reused",
+                "invalid_request_error",
+            ),
+            (
+                Reject::IdempotencyInProgress,
+                409,
+                "idempotency_in_progress",
+                "invalid_request_error",
             ),
         ];
         for (reject, status, code, kind) in table {

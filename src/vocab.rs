@@ -178,3 +178,10 @@ pub enum StoreError {
         source: std::io::Error,
     },
 }
+
+/// A CIDR (`10.0.0.0/24`, `2001:db8::/32`) or a single address, as allowlists take them.
+pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/24 or 2001:db8::/32"))
+}

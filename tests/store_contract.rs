@@ -278,6 +278,54 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.cancel();
+
+    audit_contract(&a, &b).await;
+}
+
+/// The audit trail: what one handle appends (in batches, in order) the other reads, filtered
+/// by key, owner and time, the latest `limit` of them, oldest first.
+async fn audit_contract(a: &Arc<dyn KeyStore>, b: &Arc<dyn KeyStore>) {
+    use keygate::keys::audit::{AuditEvent, AuditQuery};
+    let start = SystemTime::now();
+    let event = |i: u64, key: &str, owner: &str| AuditEvent {
+        at: start + Duration::from_millis(i),
+        actor: "cli:test@host".into(),
+        action: "revoke".into(),
+        key_id: Some(key.into()),
+        owner: Some(owner.into()),
+        changed: vec!["status".into()],
+        new_key_id: None,
+        result: "ok".into(),
+    };
+    let first: Vec<AuditEvent> = (0..3).map(|i| event(i, "key_a", "acme")).collect();
+    a.append_audit(&first).await.unwrap();
+    b.append_audit(&[event(3, "key_b", "globex")])
+        .await
+        .unwrap();
+    let since = |q: AuditQuery| AuditQuery {
+        since: Some(start),
+        ..q
+    };
+    let all = b.audit_events(&since(AuditQuery::default())).await.unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[..3], first[..]);
+    let only_b = a
+        .audit_events(&since(AuditQuery {
+            key_id: Some("key_b".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(only_b.len(), 1);
+    let acme = a
+        .audit_events(&since(AuditQuery {
+            owner: Some("acme".into()),
+            limit: Some(2),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(acme, first[1..]);
 }
 
 /// Reads through `store` until the key has `status` (a cross-process change may take one

@@ -385,3 +385,36 @@ async fn the_upstream_can_be_reached_over_tls_and_http2() {
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
     assert_eq!(reply.error_code(), "upstream_unavailable");
 }
+
+#[tokio::test]
+async fn the_management_api_speaks_tls_with_the_public_certificate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tls_setup("").await;
+    let (_, admin) = s.ws.create_key(&["--scopes", "*,keygate:keys:read"]);
+    let kg =
+        s.ws.serve_with_env(&[("KEYGATE_LISTEN__MANAGE", "127.0.0.1:0")]);
+    let manage = kg.manage.expect("the manage listener is configured");
+
+    let stream = tls_connect(manage, client_config(&[&s.ca], &[b"http/1.1"])).await;
+    let mut sender = h1(stream).await;
+    let request = Request::get("/v1/keys")
+        .header("host", "localhost")
+        .header("authorization", format!("Bearer {admin}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        body_json(response).await["data"].as_array().unwrap().len(),
+        1
+    );
+
+    // Plain HTTP gets no answer: no key travels in the clear to this port.
+    let mut tcp = TcpStream::connect(manage).await.unwrap();
+    tcp.write_all(b"GET /v1/keys HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/"), "{}", text(&answer));
+}

@@ -115,6 +115,11 @@ fn record(
         status: Status::Active,
         created_at: SystemTime::UNIX_EPOCH,
         last_used_at: None,
+        created_by: None,
+        revoked_at: None,
+        revoked_by: None,
+        rotated_from: None,
+        rotated_to: None,
     }
 }
 

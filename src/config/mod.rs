@@ -82,6 +82,9 @@ pub struct Listen {
     /// redirects, and never forwards.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plain: Option<SocketAddr>,
+    /// The management API (`crate::api`), on a listener of its own; `None`: not served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manage: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -223,11 +226,7 @@ impl Config {
 }
 
 /// A CIDR, or a bare address meaning a single host.
-pub fn parse_net(s: &str) -> Result<IpNet, String> {
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("{s:?} is not a CIDR such as 10.0.0.0/24 or 2001:db8::/32"))
-}
+pub use crate::vocab::parse_net;
 
 /// Header names keygate owns; a client's copies are always removed.
 pub const IDENTITY_HEADER_PREFIX: &str = "x-keygate-";

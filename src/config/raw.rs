@@ -69,6 +69,8 @@ pub(super) struct RawListen {
     pub(super) admin: String,
     /// A plain-HTTP listener beside a TLS `public` one: it only refuses or redirects.
     pub(super) plain: Option<String>,
+    /// The management API (`/v1/…`); off unless set.
+    pub(super) manage: Option<String>,
 }
 
 impl Default for RawListen {
@@ -77,6 +79,7 @@ impl Default for RawListen {
             public: "0.0.0.0:8080".into(),
             admin: "127.0.0.1:9090".into(),
             plain: None,
+            manage: None,
         }
     }
 }

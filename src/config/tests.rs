@@ -71,6 +71,16 @@ fn errors_name_the_field() {
             &[("KEYGATE_NETWORK__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]")],
             "network.trusted_proxies",
         ),
+        (
+            MINIMAL,
+            &[("KEYGATE_LISTEN__MANAGE", "nope")],
+            "listen.manage",
+        ),
+        (
+            MINIMAL,
+            &[("KEYGATE_LISTEN__MANAGE", "127.0.0.1:9090")],
+            "listen.manage",
+        ),
         (MINIMAL, &[("KEYGATE_LOG__FORMAT", "xml")], "log.format"),
         (
             MINIMAL,

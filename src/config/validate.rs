@@ -29,12 +29,27 @@ impl TryFrom<RawConfig> for Config {
                 .as_deref()
                 .map(|p| parse_addr("listen.plain", p))
                 .transpose()?,
+            manage: raw
+                .listen
+                .manage
+                .as_deref()
+                .map(|p| parse_addr("listen.manage", p))
+                .transpose()?,
         };
         let tls = serving::validate_tls(raw.tls)?;
         if listen.plain.is_some() && tls.is_none() {
             return Err(invalid(
                 "listen.plain",
                 "only makes sense with [tls] on listen.public; remove it or add [tls] cert and key",
+            ));
+        }
+        if let Some(manage) = listen.manage
+            && manage.port() != 0
+            && (manage == listen.public || manage == listen.admin)
+        {
+            return Err(invalid(
+                "listen.manage",
+                "must differ from listen.public and listen.admin: the management API has a port of its own",
             ));
         }
         if listen.public == listen.admin && listen.public.port() != 0 {

@@ -456,6 +456,18 @@ mod tests {
         async fn commit(&self, _: Batch) -> Result<(), StoreError> {
             unimplemented!("not used by the cache")
         }
+        async fn append_audit(
+            &self,
+            _: &[crate::keys::audit::AuditEvent],
+        ) -> Result<(), StoreError> {
+            unimplemented!("not used by the cache")
+        }
+        async fn audit_events(
+            &self,
+            _: &crate::keys::audit::AuditQuery,
+        ) -> Result<Vec<crate::keys::audit::AuditEvent>, StoreError> {
+            unimplemented!("not used by the cache")
+        }
         async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
             let mut seen = self.used.lock().unwrap();
             seen.extend(used.into_iter().map(|(id, _)| id));

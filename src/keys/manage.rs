@@ -1,11 +1,15 @@
-//! Key management shared by every store: create, change status, rotate. Each operation reads,
-//! decides in Rust, and hands the store one atomic [`Batch`]; a concurrent writer makes the
-//! compare-and-set fail and the operation re-reads and retries.
+//! Key management shared by every store and by both front ends (the CLI and the HTTP API):
+//! what a caller asks for ([`Draft`], [`Edit`]) validated into changes, then create, change
+//! status, edit, rotate. Each operation reads, decides in Rust, and hands the store one atomic
+//! [`Batch`]; a concurrent writer makes the compare-and-set fail and the operation re-reads and
+//! retries. [`super::audit::Trail`] wraps these with the audit trail.
 
 use std::time::{Duration, SystemTime};
 
+use std::collections::BTreeMap;
+
 use ipnet::IpNet;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     Batch, Environment, KeyHash, KeyRecord, KeyStore, KeyType, Status, StoreError, Update,
@@ -29,6 +33,294 @@ pub struct KeySpec {
     pub limits: crate::limits::Limits,
     pub workspace: Option<String>,
     pub project: Option<String>,
+}
+
+impl KeySpec {
+    /// The settings of an existing key.
+    pub fn of(record: &KeyRecord) -> Self {
+        Self {
+            name: record.name.clone(),
+            owner: record.owner.clone(),
+            key_type: record.key_type,
+            env: record.env,
+            scopes: record.scopes.clone(),
+            allowed_cidrs: record.allowed_cidrs.clone(),
+            expires_at: record.expires_at,
+            plan: record.plan.clone(),
+            limits: record.limits.clone(),
+            workspace: record.workspace.clone(),
+            project: record.project.clone(),
+        }
+    }
+}
+
+/// A key to create as a person or a program states it (CLI flags, an API body): text that
+/// [`Draft::into_spec`] validates into a [`KeySpec`]. Errors name the field as the API does;
+/// the CLI's flags have the same names.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Draft {
+    pub name: String,
+    pub scopes: Vec<String>,
+    #[serde(rename = "type", default)]
+    pub key_type: Option<KeyType>,
+    #[serde(default)]
+    pub env: Option<Environment>,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub plan: Option<String>,
+    /// Overrides of the plan's limits: `per_second`, `per_hour`, …
+    #[serde(default)]
+    pub limits: BTreeMap<String, u64>,
+    /// `30d`, `12h`, `never`.
+    #[serde(default)]
+    pub expires_in: Option<String>,
+    /// RFC 3339.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+    #[serde(default)]
+    pub workspace: Option<String>,
+    #[serde(default)]
+    pub project: Option<String>,
+}
+
+fn invalid<T>(message: String) -> Result<T, StoreError> {
+    Err(StoreError::InvalidSpec(message))
+}
+
+/// `plan`, checked against the config's plans.
+fn check_plan(plan: &str, limits: &crate::limits::LimitsConfig) -> Result<(), StoreError> {
+    if limits.plans.contains_key(plan) {
+        return Ok(());
+    }
+    let known: Vec<&String> = limits.plans.keys().collect();
+    invalid(format!(
+        "plan {plan:?}: no [plans.{plan}] in the config (defined: {known:?})"
+    ))
+}
+
+/// `expires_in` (`30d`, `never`) or `expires_at` (RFC 3339), at most one, in the future.
+pub fn expiry(
+    expires_in: Option<&str>,
+    expires_at: Option<&str>,
+    now: SystemTime,
+) -> Result<Option<SystemTime>, StoreError> {
+    let at = match (expires_in, expires_at) {
+        (Some(_), Some(_)) => return invalid("give expires_in or expires_at, not both".into()),
+        (Some(lifetime), None) => lifetime_of(lifetime)?.map(|d| now + d),
+        (None, Some(at)) => Some(parse_time("expires_at", at)?),
+        (None, None) => None,
+    };
+    if at.is_some_and(|at| at <= now) {
+        return invalid("the expiry must be in the future".into());
+    }
+    Ok(at)
+}
+
+/// An RFC 3339 time (`2027-01-01T00:00:00Z`) for the field `field`.
+pub fn parse_time(field: &str, at: &str) -> Result<SystemTime, StoreError> {
+    humantime::parse_rfc3339_weak(at).or_else(|e| {
+        invalid(format!(
+            "{field} {at:?}: {e}; use RFC 3339 like 2027-01-01T00:00:00Z"
+        ))
+    })
+}
+
+/// A rotation's grace period: `1h`, `7d`, `0s` (expire the old key now).
+pub fn grace(s: &str) -> Result<Duration, StoreError> {
+    humantime::parse_duration(s)
+        .or_else(|e| invalid(format!("grace {s:?}: {e}; use e.g. 1h, 7d or 0s")))
+}
+
+/// `30d`, `12h`, `1h 30m` or `never`.
+pub fn lifetime_of(s: &str) -> Result<Option<Duration>, StoreError> {
+    if s.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        Ok(_) => invalid("expires_in must be longer than 0".into()),
+        Err(e) => invalid(format!(
+            "expires_in {s:?}: {e}; use e.g. 30d, 90d, 12h or never"
+        )),
+    }
+}
+
+fn cidrs(list: &[String]) -> Result<Vec<IpNet>, StoreError> {
+    list.iter()
+        .map(|s| crate::vocab::parse_net(s).or_else(|e| invalid(format!("allowed_cidrs: {e}"))))
+        .collect()
+}
+
+/// Limit overrides by name (`per_hour` → 5000).
+fn limits_of(map: &BTreeMap<String, u64>) -> Result<crate::limits::Limits, StoreError> {
+    let mut limits = crate::limits::Limits::default();
+    for (name, value) in map {
+        limits
+            .set(name, *value)
+            .or_else(|e| invalid(format!("limits: {e}")))?;
+    }
+    Ok(limits)
+}
+
+impl Draft {
+    /// The spec this draft asks for, or what is wrong with it ([`StoreError::InvalidSpec`]).
+    pub fn into_spec(
+        self,
+        limits_config: &crate::limits::LimitsConfig,
+        now: SystemTime,
+    ) -> Result<KeySpec, StoreError> {
+        if let Some(plan) = &self.plan {
+            check_plan(plan, limits_config)?;
+        }
+        let limits = limits_of(&self.limits)?;
+        let spec = KeySpec {
+            expires_at: expiry(self.expires_in.as_deref(), self.expires_at.as_deref(), now)?,
+            allowed_cidrs: cidrs(&self.allowed_cidrs)?,
+            name: self.name,
+            owner: self.owner.unwrap_or_else(|| "default".into()),
+            key_type: self.key_type.unwrap_or(KeyType::Secret),
+            env: self.env.unwrap_or(Environment::Live),
+            scopes: self.scopes,
+            plan: self.plan,
+            limits,
+            workspace: self.workspace,
+            project: self.project,
+        };
+        validate_spec(&spec)?;
+        Ok(spec)
+    }
+}
+
+/// Changes to an existing key's settings; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Edit {
+    pub name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    /// `Some(None)` removes the expiry.
+    pub expires_at: Option<Option<SystemTime>>,
+    pub allowed_cidrs: Option<Vec<IpNet>>,
+    /// `Some(None)` removes the plan (the default plan applies).
+    pub plan: Option<Option<String>>,
+    /// Replaces the key's own limit overrides (empty: the plan's limits).
+    pub limits: Option<crate::limits::Limits>,
+}
+
+/// An [`Edit`] as an API body states it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EditDraft {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    /// RFC 3339, or `null` for no expiry.
+    #[serde(default, deserialize_with = "present")]
+    pub expires_at: Option<Option<String>>,
+    #[serde(default)]
+    pub allowed_cidrs: Option<Vec<String>>,
+    /// A plan name, or `null` for the default plan.
+    #[serde(default, deserialize_with = "present")]
+    pub plan: Option<Option<String>>,
+    /// The key's own limit overrides, replacing the ones it has (`{}`: none).
+    #[serde(default)]
+    pub limits: Option<BTreeMap<String, u64>>,
+}
+
+/// A field that is present (even as `null`) is `Some`.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl EditDraft {
+    pub fn into_edit(
+        self,
+        limits_config: &crate::limits::LimitsConfig,
+        now: SystemTime,
+    ) -> Result<Edit, StoreError> {
+        if let Some(Some(plan)) = &self.plan {
+            check_plan(plan, limits_config)?;
+        }
+        let expires_at = match self.expires_at {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(at)) => {
+                let at = parse_time("expires_at", &at)?;
+                if at <= now {
+                    return invalid("the expiry must be in the future".into());
+                }
+                Some(Some(at))
+            }
+        };
+        Ok(Edit {
+            limits: self.limits.as_ref().map(limits_of).transpose()?,
+            name: self.name,
+            scopes: self.scopes,
+            expires_at,
+            allowed_cidrs: self.allowed_cidrs.as_deref().map(cidrs).transpose()?,
+            plan: self.plan,
+        })
+    }
+}
+
+impl Edit {
+    /// The names of the fields this edit sets (for the audit trail).
+    pub fn fields(&self) -> Vec<String> {
+        [
+            ("name", self.name.is_some()),
+            ("scopes", self.scopes.is_some()),
+            ("expires_at", self.expires_at.is_some()),
+            ("allowed_cidrs", self.allowed_cidrs.is_some()),
+            ("plan", self.plan.is_some()),
+            ("limits", self.limits.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| name.to_owned())
+        .collect()
+    }
+
+    /// Applies the edit to `record`, checking the result as a new key's spec is checked.
+    fn apply(&self, record: &mut KeyRecord) -> Result<(), StoreError> {
+        if record.status == Status::Revoked {
+            return Err(StoreError::Conflict {
+                id: record.id.clone(),
+                status: record.status,
+                message: "a revoked key cannot be changed",
+            });
+        }
+        if let Some(name) = &self.name {
+            record.name.clone_from(name);
+        }
+        if let Some(scopes) = &self.scopes {
+            record.scopes.clone_from(scopes);
+        }
+        if let Some(at) = self.expires_at {
+            record.expires_at = at;
+        }
+        if let Some(cidrs) = &self.allowed_cidrs {
+            record.allowed_cidrs.clone_from(cidrs);
+        }
+        if let Some(plan) = &self.plan {
+            record.plan.clone_from(plan);
+        }
+        if let Some(limits) = &self.limits {
+            record.limits.clone_from(limits);
+        }
+        validate_spec(&KeySpec::of(record))
+    }
+}
+
+/// Applies `edit` to the key with `id` and returns the updated record.
+pub async fn edit(store: &dyn KeyStore, id: &str, edit: Edit) -> Result<KeyRecord, StoreError> {
+    modify(store, id, |record| edit.apply(record)).await
 }
 
 /// A freshly created key: the only moment the secret exists outside the caller's hands.
@@ -110,10 +402,22 @@ pub async fn create_many(
     count: usize,
     now: SystemTime,
 ) -> Result<Vec<CreatedKey>, StoreError> {
+    create_many_by(store, policy, spec, count, now, None).await
+}
+
+/// [`create_many`], the keys' `created_by` naming the actor.
+pub async fn create_many_by(
+    store: &dyn KeyStore,
+    policy: &KeyPolicy,
+    spec: KeySpec,
+    count: usize,
+    now: SystemTime,
+    by: Option<&str>,
+) -> Result<Vec<CreatedKey>, StoreError> {
     validate_spec(&spec)?;
     let mut created = Vec::with_capacity(count);
     for _ in 0..count {
-        created.push(new_key(policy, &spec, now)?);
+        created.push(new_key(policy, &spec, now, by)?);
     }
     let inserts = created
         .iter()
@@ -135,10 +439,40 @@ pub async fn update(
     id: &str,
     change: Change,
 ) -> Result<KeyRecord, StoreError> {
+    update_by(store, id, change, None, SystemTime::now()).await
+}
+
+/// [`update`], a revocation recording when and by whom (`revoked_at`, `revoked_by`).
+pub async fn update_by(
+    store: &dyn KeyStore,
+    id: &str,
+    change: Change,
+    by: Option<&str>,
+    now: SystemTime,
+) -> Result<KeyRecord, StoreError> {
+    modify(store, id, |record| {
+        let was = record.status;
+        change.apply(record)?;
+        if change == Change::Revoke && was != Status::Revoked {
+            record.revoked_at = Some(now);
+            record.revoked_by = by.map(str::to_owned);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// Changes the record of `id` with `change` by compare-and-set, re-reading and retrying when
+/// a concurrent writer got there first.
+async fn modify(
+    store: &dyn KeyStore,
+    id: &str,
+    change: impl Fn(&mut KeyRecord) -> Result<(), StoreError>,
+) -> Result<KeyRecord, StoreError> {
     for _ in 0..CAS_ATTEMPTS {
         let (hash, before) = current(store, id).await?;
         let mut after = before.clone();
-        change.apply(&mut after)?;
+        change(&mut after)?;
         match store
             .commit(single_update(hash, before, after.clone()))
             .await
@@ -160,6 +494,18 @@ pub async fn rotate(
     grace: Duration,
     now: SystemTime,
 ) -> Result<CreatedKey, StoreError> {
+    rotate_by(store, policy, id, grace, now, None).await
+}
+
+/// [`rotate`], the new key's `created_by` naming the actor.
+pub async fn rotate_by(
+    store: &dyn KeyStore,
+    policy: &KeyPolicy,
+    id: &str,
+    grace: Duration,
+    now: SystemTime,
+    by: Option<&str>,
+) -> Result<CreatedKey, StoreError> {
     for _ in 0..CAS_ATTEMPTS {
         let (hash, before) = current(store, id).await?;
         if before.status == Status::Revoked {
@@ -169,21 +515,12 @@ pub async fn rotate(
                 message: "a revoked key cannot be rotated; create a new one",
             });
         }
-        let spec = KeySpec {
-            name: before.name.clone(),
-            owner: before.owner.clone(),
-            key_type: before.key_type,
-            env: before.env,
-            scopes: before.scopes.clone(),
-            allowed_cidrs: before.allowed_cidrs.clone(),
-            expires_at: before.expires_at.filter(|at| *at > now),
-            plan: before.plan.clone(),
-            limits: before.limits.clone(),
-            workspace: before.workspace.clone(),
-            project: before.project.clone(),
-        };
-        let created = new_key(policy, &spec, now)?;
+        let mut spec = KeySpec::of(&before);
+        spec.expires_at = before.expires_at.filter(|at| *at > now);
+        let mut created = new_key(policy, &spec, now, by)?;
+        created.record.rotated_from = Some(before.id.clone());
         let mut after = before.clone();
+        after.rotated_to = Some(created.record.id.clone());
         let grace_end = now + grace;
         after.expires_at = Some(after.expires_at.map_or(grace_end, |at| at.min(grace_end)));
         let mut batch = single_update(hash, before, after);
@@ -222,7 +559,12 @@ fn single_update(hash: KeyHash, before: KeyRecord, after: KeyRecord) -> Batch {
     }
 }
 
-fn new_key(policy: &KeyPolicy, spec: &KeySpec, now: SystemTime) -> Result<CreatedKey, StoreError> {
+fn new_key(
+    policy: &KeyPolicy,
+    spec: &KeySpec,
+    now: SystemTime,
+    by: Option<&str>,
+) -> Result<CreatedKey, StoreError> {
     let rng_err = |e: getrandom::Error| StoreError::Unavailable(format!("OS random source: {e}"));
     let key = credential::generate_key(&policy.prefix, spec.key_type, spec.env).map_err(rng_err)?;
     let id = format!("key_{}", credential::random_base62(20).map_err(rng_err)?);
@@ -242,6 +584,11 @@ fn new_key(policy: &KeyPolicy, spec: &KeySpec, now: SystemTime) -> Result<Create
         status: Status::Active,
         created_at: now,
         last_used_at: None,
+        created_by: by.map(str::to_owned),
+        revoked_at: None,
+        revoked_by: None,
+        rotated_from: None,
+        rotated_to: None,
     };
     Ok(CreatedKey { record, key })
 }
@@ -252,24 +599,21 @@ fn validate_spec(spec: &KeySpec) -> Result<(), StoreError> {
     let printable =
         |s: &str| !s.trim().is_empty() && s.len() <= 200 && !s.chars().any(char::is_control);
     if !printable(&spec.name) {
-        return bad("--name must be 1-200 printable characters".into());
+        return bad("name must be 1-200 printable characters".into());
     }
     if !printable(&spec.owner) {
-        return bad("--owner must be 1-200 printable characters".into());
+        return bad("owner must be 1-200 printable characters".into());
     }
     spec.limits
         .check()
-        .map_err(|e| StoreError::InvalidSpec(format!("--limit: {e}")))?;
+        .map_err(|e| StoreError::InvalidSpec(format!("limits: {e}")))?;
     if spec.scopes.is_empty() {
-        return bad("--scopes needs at least one scope (e.g. content:read, or * for all)".into());
+        return bad("scopes needs at least one scope (e.g. content:read, or * for all)".into());
     }
     for scope in &spec.scopes {
         crate::routes::check_scope(scope, true).map_err(StoreError::InvalidSpec)?;
     }
-    for (flag, value) in [
-        ("--workspace", &spec.workspace),
-        ("--project", &spec.project),
-    ] {
+    for (flag, value) in [("workspace", &spec.workspace), ("project", &spec.project)] {
         if let Some(v) = value {
             let ok = !v.is_empty()
                 && v.len() <= 100

@@ -1,11 +1,12 @@
 //! What a key is ([`KeyRecord`]), where records live ([`KeyStore`]: [`file`], [`redis`]), the
 //! cache in front of every store ([`cache`], holding each key in the request path's compact
 //! form, [`cached_key`]), and the management operations every store shares ([`manage`], and
-//! [`usage`] for `keys usage`).
+//! [`usage`] for `keys usage`), and the audit trail of those operations ([`audit`]).
 //!
 //! Stores are indexed by [`KeyHash`], the SHA-256 of the full key: the secret itself is never
 //! stored, so a leaked keys file or Redis dump cannot be replayed.
 
+pub mod audit;
 pub mod cache;
 pub mod cached_key;
 pub mod file;
@@ -109,6 +110,25 @@ pub struct KeyRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub last_used_at: Option<SystemTime>,
+    /// The management key that created this key through the API (`None` for keys made at
+    /// the CLI: see [`audit::Actor::creator`]). The history fields are written by the management operations
+    /// ([`audit::Trail`]) and never read on the request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub revoked_at: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+    /// The key this one replaced by a rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_from: Option<String>,
+    /// The key that replaced this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_to: Option<String>,
 }
 
 #[cfg(test)]
@@ -132,6 +152,11 @@ impl KeyRecord {
             status: Status::Active,
             created_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,
+            created_by: None,
+            revoked_at: None,
+            revoked_by: None,
+            rotated_from: None,
+            rotated_to: None,
         }
     }
 }
@@ -192,6 +217,16 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Applies `batch` atomically, and tells every watching proxy.
     async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
+
+    /// Appends management events to the store's audit trail, in order (durable once this
+    /// returns).
+    async fn append_audit(&self, events: &[audit::AuditEvent]) -> Result<(), StoreError>;
+
+    /// The audit trail's events matching `query`, oldest first.
+    async fn audit_events(
+        &self,
+        query: &audit::AuditQuery,
+    ) -> Result<Vec<audit::AuditEvent>, StoreError>;
 
     /// Records when keys were last used (a batch from the write-behind; never per request).
     async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError>;

@@ -40,6 +40,8 @@ use tls::Certificates;
 /// Admin connections are few (probes, one scraper); their own small cap keeps them reachable
 /// when the public listener is saturated.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// The management API's own cap: a busy portal cannot take the proxy's connections.
+const MANAGE_MAX_CONNECTIONS: usize = 256;
 /// How long a stopping sidecar spends handing unspent quota leases back to Redis.
 const LEASE_RETURN_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -64,6 +66,7 @@ pub struct Server {
     public: TcpListener,
     plain: Option<TcpListener>,
     admin: TcpListener,
+    manage: Option<TcpListener>,
     certificates: Option<Arc<Certificates>>,
     proxy: Arc<Proxy>,
     cache: Arc<KeyCache>,
@@ -96,6 +99,10 @@ impl Server {
             None => None,
         };
         let admin = bind("listen.admin", config.listen.admin).await?;
+        let manage = match config.listen.manage {
+            Some(addr) => Some(bind("listen.manage", addr).await?),
+            None => None,
+        };
         let readiness = Readiness::default();
         if let crate::config::StoreConfig::Redis(redis) = &config.store {
             readiness.require_current_cache(redis.ready_requires_current);
@@ -105,6 +112,7 @@ impl Server {
             public,
             plain,
             admin,
+            manage,
             certificates,
             proxy: Arc::new(proxy),
             cache,
@@ -132,6 +140,10 @@ impl Server {
             .expect("bound listener has an address")
     }
 
+    pub fn manage_addr(&self) -> Option<SocketAddr> {
+        self.manage.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     pub fn plain_addr(&self) -> Option<SocketAddr> {
         self.plain.as_ref().and_then(|l| l.local_addr().ok())
     }
@@ -139,8 +151,12 @@ impl Server {
     /// Serves until `shutdown` is cancelled, then drains (see the module doc).
     pub async fn run(self, shutdown: CancellationToken) {
         let config = self.proxy.config();
-        let (public_addr, admin_addr, plain_addr) =
-            (self.public_addr(), self.admin_addr(), self.plain_addr());
+        let (public_addr, admin_addr, plain_addr, manage_addr) = (
+            self.public_addr(),
+            self.admin_addr(),
+            self.plain_addr(),
+            self.manage_addr(),
+        );
         let background = CancellationToken::new();
         self.cache.start(background.clone());
         tokio::spawn(crate::ratelog::run(background.clone()));
@@ -231,7 +247,7 @@ impl Server {
         });
         let readiness = self.readiness.clone();
         let store = self.cache.store().clone();
-        let admin = endpoint.accept(
+        let admin = endpoint.clone().accept(
             self.admin,
             Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
             false,
@@ -254,12 +270,46 @@ impl Server {
                 }
             },
         );
+        let manage = match self.manage {
+            Some(listener) => {
+                let api = crate::api::Api::new(self.proxy.clone(), self.cache.clone())
+                    .map_err(|e| tracing::error!(error = %e, "management API not started"))
+                    .ok()
+                    .map(Arc::new);
+                let acceptor = match (&config.tls, &self.certificates) {
+                    (Some(tls), Some(certs)) => Some(tls::acceptor(tls, certs.clone())),
+                    _ => None,
+                };
+                api.map(|api| {
+                    endpoint.clone().accept(
+                        listener,
+                        Arc::new(Semaphore::new(MANAGE_MAX_CONNECTIONS)),
+                        false,
+                        move |stream, peer, serving, _metrics| {
+                            let api = api.clone();
+                            let acceptor = acceptor.clone();
+                            async move { serve_manage(&serving, stream, peer, api, acceptor).await }
+                        },
+                    )
+                })
+            }
+            None => None,
+        };
         let listeners = tokio::spawn(async move {
-            tokio::join!(public, admin, async {
-                if let Some(plain) = plain {
-                    plain.await;
+            tokio::join!(
+                public,
+                admin,
+                async {
+                    if let Some(plain) = plain {
+                        plain.await;
+                    }
+                },
+                async {
+                    if let Some(manage) = manage {
+                        manage.await;
+                    }
                 }
-            });
+            );
         });
         self.readiness.set(true);
         // Logged once ready: tests and scripts wait for this line.
@@ -267,6 +317,7 @@ impl Server {
             public = %public_addr,
             admin = %admin_addr,
             plain = plain_addr.map(tracing::field::display),
+            manage = manage_addr.map(tracing::field::display),
             tls = config.tls.is_some(),
             "keygate listening"
         );
@@ -486,6 +537,30 @@ async fn serve_tls(
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     serve_proxy(serving, stream, proxy, Connection::new(peer, true), h2).await;
+}
+
+/// A management API connection, over TLS when `[tls]` is configured.
+async fn serve_manage(
+    serving: &Serving,
+    stream: TcpStream,
+    peer: SocketAddr,
+    api: Arc<crate::api::Api>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let conn = Arc::new(Connection::new(peer, acceptor.is_some()));
+    let service = service_fn(move |req: Request<Incoming>| {
+        let (api, conn) = (api.clone(), conn.clone());
+        async move { Ok::<_, Infallible>(api.handle(req, &conn).await) }
+    });
+    match acceptor {
+        None => conn::serve(serving, stream, Activity::new(), service).await,
+        Some(acceptor) => {
+            match tokio::time::timeout(serving.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => conn::serve(serving, stream, Activity::new(), service).await,
+                _ => tracing::debug!(%peer, "management API: TLS handshake failed"),
+            }
+        }
+    }
 }
 
 /// Plain HTTP where only HTTPS is served: every request is refused (403 `https_required`) or

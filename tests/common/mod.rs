@@ -145,6 +145,8 @@ pub struct Keygate {
     pub admin: SocketAddr,
     /// `listen.plain`, when configured.
     pub plain: Option<SocketAddr>,
+    /// `listen.manage` (the management API), when configured.
+    pub manage: Option<SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -188,6 +190,7 @@ impl Keygate {
             public: addr("public"),
             admin: addr("admin"),
             plain: json["plain"].as_str().map(|a| a.parse().unwrap()),
+            manage: json["manage"].as_str().map(|a| a.parse().unwrap()),
             child,
             logs,
         }
@@ -195,6 +198,13 @@ impl Keygate {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.public)
+    }
+
+    pub fn manage_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.manage.expect("[listen] manage is configured")
+        )
     }
 
     pub fn admin_url(&self, path: &str) -> String {

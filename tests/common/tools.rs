@@ -1,6 +1,7 @@
 //! The external tools the deploy/ checks run: hadolint, kubectl (kustomize), kubernetes-validate,
 //! checkov, check-jsonschema (PyPI, installed by scripts/test.sh into
-//! `target/deploy-tools/venv`), promtool and prometheus (Debian), strace, python3-seccomp.
+//! `target/deploy-tools/venv`), openapi-spec-validator and schemathesis (PyPI, into
+//! `target/api-tools/venv`), promtool and prometheus (Debian), strace, python3-seccomp.
 //!
 //! A tool missing on a developer's machine skips its check with a note; under CI (`CI=true`)
 //! a missing tool fails the test, so CI cannot pass without having checked.
@@ -20,9 +21,11 @@ fn under_ci() -> bool {
 /// The path of `name`: scripts/test.sh's virtualenv first, then PATH. `None` (after saying
 /// so) when it is missing outside CI; a panic when it is missing under CI.
 pub fn tool(name: &str) -> Option<PathBuf> {
-    let venv = repo().join("target/deploy-tools/venv/bin").join(name);
-    if venv.is_file() {
-        return Some(venv);
+    for venv in ["target/deploy-tools/venv/bin", "target/api-tools/venv/bin"] {
+        let venv = repo().join(venv).join(name);
+        if venv.is_file() {
+            return Some(venv);
+        }
     }
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)

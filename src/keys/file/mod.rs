@@ -11,6 +11,9 @@
 //!   file that fails to parse — edited by hand, half-copied, truncated — is reported once and
 //!   the last good keys keep serving. Polling rather than inotify also follows Kubernetes
 //!   Secret volumes, which swap a symlink instead of writing the file.
+//! - Management actions leave an audit trail in `<file>.audit.jsonl`: one JSON object per line,
+//!   appended under the writer lock (mode 0600, fsynced), rotated to `<file>.audit.jsonl.1`
+//!   once it passes [`AUDIT_ROTATE_BYTES`] (one older file is kept).
 //! - The proxy never writes the keys file. Last-used times go to a file of their own
 //!   (`[store] last_used_path`, default `<keys file>.last-used`); where that folder is not
 //!   writable (a keys file mounted from a Secret, which is always read-only) the proxy says so
@@ -33,10 +36,13 @@ mod packed;
 
 use index::Index;
 
+use super::audit::{AuditEvent, AuditQuery};
 use super::manage::counts_against_cap;
 use super::{Batch, ChangeSink, Invalidation, KeyHash, KeyRecord, KeyStore, StoreError};
 
 const FORMAT_VERSION: u32 = 1;
+/// Size at which the audit file is rotated (one older file is kept).
+pub const AUDIT_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +83,9 @@ pub struct FileStore {
     /// The version last looked at, good or bad, so a bad file is reported once, not per poll.
     seen: Mutex<Option<Fingerprint>>,
     last_used: LastUsed,
+    /// The running proxy's cache, told of the changes this process commits itself (the
+    /// management API): the poll sees its own writes as nothing new.
+    sink: Mutex<Option<ChangeSink>>,
 }
 
 /// Where last-used times are kept.
@@ -120,6 +129,7 @@ impl FileStore {
                 path: last_used_path.unwrap_or_else(|| sibling(&path, ".last-used")),
                 memory: Mutex::new(None),
             },
+            sink: Mutex::new(None),
             path,
         })
     }
@@ -227,12 +237,8 @@ impl FileStore {
         });
     }
 
-    /// Runs `edit` on the current file contents under the writer lock and replaces the file
-    /// atomically. The in-memory index follows.
-    fn modify<T>(
-        &self,
-        edit: impl FnOnce(&mut Vec<Entry>) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    /// Takes the writer lock (`<file>.lock`), held until the returned file is dropped.
+    fn lock(&self) -> Result<File, StoreError> {
         let lock_path = sibling(&self.path, ".lock");
         let lock = File::options()
             .create(true)
@@ -241,6 +247,21 @@ impl FileStore {
             .open(&lock_path)
             .map_err(|e| io_err(&lock_path, e))?;
         lock.lock().map_err(|e| io_err(&lock_path, e))?;
+        Ok(lock)
+    }
+
+    /// Where the audit trail is appended.
+    pub fn audit_path(&self) -> PathBuf {
+        sibling(&self.path, ".audit.jsonl")
+    }
+
+    /// Runs `edit` on the current file contents under the writer lock and replaces the file
+    /// atomically. The in-memory index follows.
+    fn modify<T>(
+        &self,
+        edit: impl FnOnce(&mut Vec<Entry>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let lock = self.lock()?;
         // Under the lock no other writer is midway: a temporary file is a dead writer's.
         remove_dead_writes(&self.path);
 
@@ -305,6 +326,9 @@ impl KeyStore for FileStore {
         // Everything is checked under the writer lock before anything is written, so two
         // concurrent `keys create` cannot both take an owner's last slot, and an update made
         // from a stale read fails instead of undoing someone else's change.
+        let changed: Vec<KeyHash> = (batch.updates.iter().map(|u| u.hash))
+            .chain(batch.inserts.iter().map(|(h, _)| *h))
+            .collect();
         self.modify(|keys| {
             for update in &batch.updates {
                 let entry = keys
@@ -350,7 +374,57 @@ impl KeyStore for FileStore {
                 }
             }
             Ok(())
-        })
+        })?;
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(sink) = sink {
+            for hash in changed {
+                sink(Invalidation::Key(hash));
+            }
+        }
+        Ok(())
+    }
+
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _lock = self.lock()?;
+        let path = self.audit_path();
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= AUDIT_ROTATE_BYTES) {
+            let older = sibling(&path, ".1");
+            std::fs::rename(&path, &older).map_err(|e| io_err(&path, e))?;
+        }
+        // One write and one fsync for all of them (`keys create --count` makes many).
+        let mut lines = Vec::new();
+        for event in events {
+            serde_json::to_writer(&mut lines, event).expect("audit events serialize");
+            lines.push(b'\n');
+        }
+        let mut file = File::options()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
+        file.write_all(&lines).map_err(|e| io_err(&path, e))?;
+        file.sync_data().map_err(|e| io_err(&path, e))
+    }
+
+    async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        let path = self.audit_path();
+        let mut events = Vec::new();
+        for file in [sibling(&path, ".1"), path] {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&file, e)),
+            };
+            // A line cut short by a crash mid-append is skipped, not fatal.
+            events.extend(
+                text.lines()
+                    .filter_map(|line| serde_json::from_str::<AuditEvent>(line).ok())
+                    .filter(|e| query.matches(e)),
+            );
+        }
+        Ok(query.apply(events))
     }
 
     async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
@@ -397,6 +471,7 @@ impl KeyStore for FileStore {
     fn watch(self: Arc<Self>, sink: ChangeSink, shutdown: CancellationToken) {
         // Only a running proxy watches: the one process that records usage.
         self.choose_last_used();
+        *self.sink.lock().unwrap_or_else(|p| p.into_inner()) = Some(sink.clone());
         self.poll(sink, shutdown);
     }
 

@@ -25,6 +25,7 @@
 //! | `{ns}:instance` | string | a random token written once, to tell this store from an emptied or replaced one |
 //! | `{ns}:changes` | sorted set | changed key hashes, scored by the epoch of their change |
 //! | `{ns}:last_used` | hash | id → unix seconds, written behind in batches |
+//! | `{ns}:audit` | stream | management events (field `e`: the event as JSON), capped at [`AUDIT_MAX_EVENTS`] (approximately) |
 //! | `{ns}:quota:…`, `{ns}:sidecars`, `{ns}:suspended` | | shared quotas: see [`quota`] |
 //!
 //! Every change also publishes `"<epoch> <hash> <ms>"` on the channel `{ns}:changes`. A sidecar
@@ -56,6 +57,8 @@ use crate::metrics::Metrics;
 const CHANGE_LOG_EPOCHS: u64 = 100_000;
 /// Inserts per Lua call: a `keys create --count 1000000` is atomic per chunk, not as a whole.
 const INSERT_CHUNK: usize = 2_000;
+/// Events kept in the audit stream (trimmed approximately, as `XADD MAXLEN ~` does).
+pub const AUDIT_MAX_EVENTS: u64 = 100_000;
 /// Management commands (the CLI) may take longer than the hot path's budget.
 const MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -470,6 +473,63 @@ impl KeyStore for RedisStore {
             return Ok(());
         }
         self.commit_chunk(&batch).await
+    }
+
+    async fn append_audit(
+        &self,
+        events: &[crate::keys::audit::AuditEvent],
+    ) -> Result<(), StoreError> {
+        /// `XADD`s per pipeline (`keys create --count` makes many events).
+        const AUDIT_CHUNK: usize = 1_000;
+        let key = self.name("audit");
+        for chunk in events.chunks(AUDIT_CHUNK) {
+            let mut pipe = redis::pipe();
+            for event in chunk {
+                let json = serde_json::to_string(event).expect("audit events serialize");
+                pipe.cmd("XADD")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(AUDIT_MAX_EVENTS)
+                    .arg("*")
+                    .arg("e")
+                    .arg(json)
+                    .ignore();
+            }
+            self.run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                pipe.query_async::<()>(&mut c).await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn audit_events(
+        &self,
+        query: &crate::keys::audit::AuditQuery,
+    ) -> Result<Vec<crate::keys::audit::AuditEvent>, StoreError> {
+        let key = self.name("audit");
+        // Stream ids are milliseconds since the epoch: `since` starts the range there.
+        let start = query.since.map_or("-".to_owned(), |since| {
+            since
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis())
+                .to_string()
+        });
+        let entries: Vec<(String, std::collections::HashMap<String, String>)> = self
+            .run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&start)
+                    .arg("+")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let events = entries
+            .into_iter()
+            .filter_map(|(_, fields)| serde_json::from_str(fields.get("e")?).ok());
+        Ok(query.apply(events))
     }
 
     async fn record_usage(&self, used: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
