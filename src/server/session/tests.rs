@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use super::*;
 use crate::batch::Socket;
 use crate::config::Config;
+use crate::keys::audit::{AuditEvent, AuditQuery};
 use crate::keys::cache::KeyCache;
 use crate::keys::{Batch, ChangeSink, KeyRecord, KeyStore};
 use crate::metrics::Metrics;
@@ -36,6 +37,12 @@ impl KeyStore for Memory {
     }
     async fn commit(&self, _: Batch) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("read-only".into()))
+    }
+    async fn append_audit(&self, _: &[AuditEvent]) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("read-only".into()))
+    }
+    async fn audit_events(&self, _: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        Ok(Vec::new())
     }
     async fn record_usage(&self, _: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
         Ok(())
