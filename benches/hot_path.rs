@@ -37,6 +37,7 @@ fn spec() -> KeySpec {
         limits: Default::default(),
         workspace: Some("ws_1".into()),
         project: None,
+        headers: Vec::new(),
     }
 }
 
@@ -119,6 +120,7 @@ fn stages(c: &mut Criterion) {
         path: "/api/v2/w/ws_1/projects/7",
         client_ip: "10.1.2.3".parse().unwrap(),
         now: SystemTime::now(),
+        via: credential::HeaderSet::EMPTY,
     };
     let policy = Policy {
         routes: &routes,

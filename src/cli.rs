@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LogFormat, parse_net};
+use crate::credential::CredentialHeader;
 use crate::keys::{self, Change, KeyPolicy, KeySpec, KeyStore, manage};
 use crate::limits::QuotaStore;
 use crate::metrics::Metrics;
@@ -187,6 +188,10 @@ pub struct CreateArgs {
     /// Bind the key to one project: routes with a {project} parameter admit only it.
     #[arg(long)]
     pub project: Option<String>,
+    /// Accept the key only in this header (repeatable): authorization (as Bearer), x-api-key
+    /// or project-access-token. Default: any of `[auth] credential_headers`.
+    #[arg(long = "header", value_name = "HEADER")]
+    pub header: Vec<String>,
     /// Create this many keys with the same settings, printed one JSON object per line.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub count: u32,
@@ -428,6 +433,7 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
     if expires_at.is_some_and(|at| at <= now) {
         return Err(CliError::Usage("the expiry must be in the future".into()));
     }
+    let headers = header_binding(&args.header, &config.auth.credential_headers)?;
     Ok(KeySpec {
         name: args.name,
         owner: args.owner,
@@ -446,7 +452,33 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
         limits,
         workspace: args.workspace,
         project: args.project,
+        headers,
     })
+}
+
+/// `--header` values: known credential headers, each once, each one the proxy reads keys
+/// from (a key bound to a header keygate ignores could never be used).
+fn header_binding(
+    names: &[String],
+    configured: &[CredentialHeader],
+) -> Result<Vec<CredentialHeader>, CliError> {
+    let mut headers = Vec::new();
+    for name in names {
+        let header = CredentialHeader::from_name(name).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--header {name:?}: use authorization, x-api-key or project-access-token"
+            ))
+        })?;
+        if !configured.contains(&header) {
+            return Err(CliError::Usage(format!(
+                "--header {name:?}: not in [auth] credential_headers, so the key could never \
+                 be used; add it there first"
+            )));
+        }
+        headers.push(header);
+    }
+    // One order for every record (and the file store's packed form).
+    Ok(crate::credential::HeaderSet::of(&headers).iter().collect())
 }
 
 /// `30d`, `12h`, `1h 30m` or `never`.
@@ -484,6 +516,30 @@ mod tests {
         );
         assert!(parse_lifetime("0s").is_err());
         assert!(parse_lifetime("soon").is_err());
+    }
+
+    #[test]
+    fn header_binding_table() {
+        use CredentialHeader::*;
+        let all = CredentialHeader::all();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(header_binding(&[], &all).unwrap(), []);
+        assert_eq!(
+            header_binding(&s(&["Project-Access-Token"]), &all).unwrap(),
+            [ProjectAccessToken]
+        );
+        assert_eq!(
+            header_binding(&s(&["authorization", "x-api-key", "authorization"]), &all).unwrap(),
+            [Authorization, XApiKey]
+        );
+        let err = header_binding(&s(&["cookie"]), &all)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--header \"cookie\""), "{err}");
+        let err = header_binding(&s(&["project-access-token"]), &[XApiKey])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credential_headers"), "{err}");
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! not a security boundary — the 166 random bits are.
 
 use http::header::{AUTHORIZATION, HeaderName};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::head::Head;
 use crate::reject::Reject;
@@ -20,9 +20,10 @@ pub const RANDOM_LEN: usize = 28;
 pub const CHECKSUM_LEN: usize = 6;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// The headers a key may arrive in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(into = "&'static str")]
+/// The headers a key may arrive in. Written by name (`"project-access-token"`) in key records
+/// and the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum CredentialHeader {
     /// `Authorization: Bearer <key>`; other schemes (Basic, Digest) are not API keys.
     Authorization,
@@ -56,6 +57,85 @@ impl CredentialHeader {
     pub fn all() -> [Self; 3] {
         [Self::Authorization, Self::XApiKey, Self::ProjectAccessToken]
     }
+
+    /// How a client is told to send a key in it (error messages).
+    pub fn usage(self) -> &'static str {
+        match self {
+            Self::Authorization => "Authorization: Bearer",
+            Self::XApiKey => "X-Api-Key",
+            Self::ProjectAccessToken => "Project-Access-Token",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl TryFrom<String> for CredentialHeader {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Self::from_name(&name).ok_or_else(|| {
+            format!(
+                "{name:?} is not a credential header; use authorization, x-api-key or \
+                 project-access-token"
+            )
+        })
+    }
+}
+
+/// A set of [`CredentialHeader`]s in one byte: the headers one request's key arrived in, or
+/// the headers a key may arrive in (a header-bound key, `keys create --header`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct HeaderSet(u8);
+
+impl HeaderSet {
+    pub const EMPTY: Self = Self(0);
+
+    pub fn of(headers: &[CredentialHeader]) -> Self {
+        headers.iter().fold(Self::EMPTY, |set, &h| set.with(h))
+    }
+
+    #[must_use]
+    pub fn with(self, header: CredentialHeader) -> Self {
+        Self(self.0 | header.bit())
+    }
+
+    pub fn contains(self, header: CredentialHeader) -> bool {
+        self.0 & header.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Every header in `self` is in `other`.
+    pub fn is_subset(self, other: Self) -> bool {
+        self.0 & !other.0 == 0
+    }
+
+    /// One bit per header, for compact storage; [`HeaderSet::from_bits`] reads it back.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u8) -> Self {
+        Self(bits & 0b111)
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = CredentialHeader> {
+        CredentialHeader::all()
+            .into_iter()
+            .filter(move |&h| self.contains(h))
+    }
+}
+
+/// The one key a request presents, and every header it arrived in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presented<'a> {
+    pub key: &'a str,
+    pub via: HeaderSet,
 }
 
 impl From<CredentialHeader> for &'static str {
@@ -79,7 +159,17 @@ pub fn extract<'a>(
     order: &[CredentialHeader],
     max_len: usize,
 ) -> Result<&'a str, Reject> {
+    present(head, order, max_len).map(|p| p.key)
+}
+
+/// [`extract`], and which headers the key arrived in (for header-bound keys).
+pub fn present<'a>(
+    head: &'a impl Head,
+    order: &[CredentialHeader],
+    max_len: usize,
+) -> Result<Presented<'a>, Reject> {
     let mut found: Option<&'a str> = None;
+    let mut via = HeaderSet::EMPTY;
     for &which in order {
         for value in head.values(which.as_str()) {
             if value.len() > max_len {
@@ -98,9 +188,12 @@ pub fn extract<'a>(
                 Some(prev) if prev != key => return Err(Reject::ConflictingCredentials),
                 _ => found = Some(key),
             }
+            via = via.with(which);
         }
     }
-    found.ok_or(Reject::MissingApiKey)
+    found
+        .map(|key| Presented { key, via })
+        .ok_or(Reject::MissingApiKey)
 }
 
 /// The key carried by one header value, `None` if this value carries no API key at all.
@@ -469,6 +562,62 @@ mod tests {
             let h = headers(&pairs);
             assert_eq!(extract(&h, &ORDER, 256), want, "case {name}");
         }
+    }
+
+    #[test]
+    fn presented_names_every_header_the_key_came_in() {
+        use CredentialHeader::*;
+        type Lines<'a> = &'a [(&'a str, &'a [u8])];
+        let cases: &[(Lines, HeaderSet)] = &[
+            (
+                &[("authorization", b"Bearer k")],
+                HeaderSet::of(&[Authorization]),
+            ),
+            (&[("x-api-key", b"k")], HeaderSet::of(&[XApiKey])),
+            (
+                &[("project-access-token", b"k")],
+                HeaderSet::of(&[ProjectAccessToken]),
+            ),
+            (
+                &[("project-access-token", b"k"), ("x-api-key", b"k")],
+                HeaderSet::of(&[ProjectAccessToken, XApiKey]),
+            ),
+            // A Basic credential is no key: it does not count as the key's header.
+            (
+                &[("authorization", b"Basic dTpw"), ("x-api-key", b"k")],
+                HeaderSet::of(&[XApiKey]),
+            ),
+            (
+                &[
+                    ("authorization", b"Bearer k"),
+                    ("authorization", b"Bearer k"),
+                ],
+                HeaderSet::of(&[Authorization]),
+            ),
+        ];
+        for (pairs, want) in cases {
+            let req = headers(pairs);
+            let got = present(&req, &ORDER, 256).unwrap();
+            assert_eq!((got.key, got.via), ("k", *want), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn header_sets() {
+        use CredentialHeader::*;
+        let pat = HeaderSet::of(&[ProjectAccessToken]);
+        let both = HeaderSet::of(&[ProjectAccessToken, XApiKey]);
+        assert!(pat.is_subset(both) && !both.is_subset(pat));
+        assert!(HeaderSet::EMPTY.is_subset(pat) && HeaderSet::EMPTY.is_empty());
+        assert_eq!(
+            both.iter().collect::<Vec<_>>(),
+            [XApiKey, ProjectAccessToken]
+        );
+        for h in CredentialHeader::all() {
+            let json = serde_json::to_string(&h).unwrap();
+            assert_eq!(serde_json::from_str::<CredentialHeader>(&json).unwrap(), h);
+        }
+        assert!(serde_json::from_str::<CredentialHeader>("\"cookie\"").is_err());
     }
 
     #[test]

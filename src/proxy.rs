@@ -333,7 +333,8 @@ impl Proxy {
 
         // 3. Which key? Exactly one, from the configured headers, length-capped.
         let auth = &config.auth;
-        let key = credential::extract(head, &auth.credential_headers, auth.max_key_length)?;
+        let presented = credential::present(head, &auth.credential_headers, auth.max_key_length)?;
+        let key = presented.key;
 
         // 4. Has its source been sending junk? One past `[guard] max_invalid` failures is
         //    refused before its key costs anything, unless this sidecar knows the key.
@@ -372,14 +373,15 @@ impl Proxy {
         };
         audit.key = Some(record.clone());
 
-        // 7. May it make this request? Status, expiry, IP allowlist, environment, key type,
-        //    route scopes, workspace/project binding.
+        // 7. May it make this request? Status, expiry, the headers it may arrive in, IP
+        //    allowlist, environment, key type, route scopes, workspace/project binding.
         let now = SystemTime::now();
         let facts = RequestFacts {
             method: head.method(),
             path,
             client_ip,
             now,
+            via: presented.via,
         };
         let policy = Policy {
             routes: &config.routes,

@@ -22,6 +22,9 @@ pub enum Reject {
     ExpiredApiKey,
     /// Two different keys in one request.
     ConflictingCredentials,
+    /// A header-bound key (`keys create --header`) sent in another header; the headers it
+    /// is accepted in.
+    CredentialHeaderNotAllowed(crate::credential::HeaderSet),
     /// A path that could mean something else to the upstream (`%2f`, `%00`, `;`, `\`, …);
     /// [`crate::path`] says which.
     InvalidPath(crate::path::PathError),
@@ -107,9 +110,10 @@ impl Denial {
 impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ExpiredApiKey
+            | Self::CredentialHeaderNotAllowed(_) => StatusCode::UNAUTHORIZED,
             Self::ConflictingCredentials | Self::InvalidPath(_) | Self::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -137,6 +141,7 @@ impl Reject {
             Self::InvalidApiKey => "invalid_api_key",
             Self::ExpiredApiKey => "expired_api_key",
             Self::ConflictingCredentials => "conflicting_api_keys",
+            Self::CredentialHeaderNotAllowed(_) => "credential_header_not_allowed",
             Self::InvalidPath(_) => "invalid_path",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::BadRequest(_) => "invalid_request",
@@ -156,9 +161,10 @@ impl Reject {
 
     pub fn error_type(&self) -> &'static str {
         match self {
-            Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
-                "authentication_error"
-            }
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ExpiredApiKey
+            | Self::CredentialHeaderNotAllowed(_) => "authentication_error",
             Self::InsufficientPermissions(_)
             | Self::IpNotAllowed(_)
             | Self::KeySuspended
@@ -186,6 +192,19 @@ impl Reject {
             Self::ExpiredApiKey => "The API key provided has expired".into(),
             Self::ConflictingCredentials => {
                 "The request carries more than one different API key; send exactly one".into()
+            }
+            Self::CredentialHeaderNotAllowed(allowed) => {
+                let names: Vec<&str> = allowed
+                    .iter()
+                    .map(crate::credential::CredentialHeader::usage)
+                    .collect();
+                match names.as_slice() {
+                    [one] => format!("This API key is only accepted in the '{one}' header"),
+                    many => format!(
+                        "This API key is only accepted in these headers: {}",
+                        many.join(", ")
+                    ),
+                }
             }
             Self::InvalidPath(why) => why.to_string(),
             Self::MethodNotAllowed(allowed) if allowed.is_empty() => {
@@ -326,6 +345,14 @@ mod tests {
                 "invalid_request_error",
             ),
             (
+                Reject::CredentialHeaderNotAllowed(crate::credential::HeaderSet::of(&[
+                    crate::credential::CredentialHeader::ProjectAccessToken,
+                ])),
+                401,
+                "credential_header_not_allowed",
+                "authentication_error",
+            ),
+            (
                 Reject::RateLimitExceeded(crate::limits::Refusal {
                     window: crate::limits::WindowState {
                         name: "per_hour",
@@ -461,6 +488,23 @@ mod tests {
                 .headers()
                 .contains_key(RETRY_AFTER),
             "a manual suspension has no end to announce"
+        );
+    }
+
+    #[test]
+    fn a_header_bound_key_is_told_where_to_go() {
+        use crate::credential::{CredentialHeader::*, HeaderSet};
+        let one = Reject::CredentialHeaderNotAllowed(HeaderSet::of(&[ProjectAccessToken]));
+        assert!(
+            one.message().contains("'Project-Access-Token'"),
+            "{}",
+            one.message()
+        );
+        let two = Reject::CredentialHeaderNotAllowed(HeaderSet::of(&[Authorization, XApiKey]));
+        assert!(
+            two.message().contains("Authorization: Bearer, X-Api-Key"),
+            "{}",
+            two.message()
         );
     }
 

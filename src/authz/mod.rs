@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use http::Method;
 
-use crate::credential::KeyClaims;
+use crate::credential::{HeaderSet, KeyClaims};
 use crate::keys::cached_key::CachedKey;
 use crate::reject::{Denial, Reject};
 use crate::routes::{Found, RouteTable, Unmatched, grants};
@@ -21,6 +21,8 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub client_ip: IpAddr,
     pub now: SystemTime,
+    /// The headers the key arrived in.
+    pub via: HeaderSet,
 }
 
 /// The configured rules a key is held to.
@@ -53,6 +55,7 @@ pub fn authorize(
     if record.expires_at().is_some_and(|at| at <= facts.now) {
         return Err(Reject::ExpiredApiKey);
     }
+    arrival(record.headers(), facts.via)?;
     let allowed = record.allowed_cidrs();
     if !allowed.is_empty() {
         let ip = canonical(facts.client_ip);
@@ -109,6 +112,17 @@ pub fn authorize(
         }
     }
     Ok(())
+}
+
+/// A header-bound key (`keys create --header`, Railway's project tokens) arrives only in its
+/// headers: in any other it is refused, even beside an allowed one, so a client learns where
+/// to send it instead of having it work by accident. `allowed` empty: any header.
+pub fn arrival(allowed: HeaderSet, via: HeaderSet) -> Result<(), Reject> {
+    if allowed.is_empty() || via.is_subset(allowed) {
+        Ok(())
+    } else {
+        Err(Reject::CredentialHeaderNotAllowed(allowed))
+    }
 }
 
 fn holds(record: &CachedKey, required: &str) -> bool {

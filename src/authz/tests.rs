@@ -1,6 +1,7 @@
 //! `authorize()` as a table of cases, and two properties over random route tables.
 
 use super::*;
+use crate::credential::CredentialHeader;
 use crate::keys::KeyRecord;
 use crate::routes::{PathPattern, Route};
 use std::time::Duration;
@@ -654,6 +655,7 @@ fn table_of_rules() {
             path: c.path,
             client_ip: ip(c.ip),
             now,
+            via: HeaderSet::of(&[CredentialHeader::XApiKey]),
         };
         let policy = Policy {
             routes: &routes,
@@ -666,6 +668,93 @@ fn table_of_rules() {
             c.name
         );
     }
+}
+
+#[test]
+fn header_binding_table() {
+    use CredentialHeader::*;
+    let set = HeaderSet::of;
+    let refused = |allowed: &[CredentialHeader]| {
+        Err(Reject::CredentialHeaderNotAllowed(HeaderSet::of(allowed)))
+    };
+    type Row<'a> = (
+        &'a [CredentialHeader],
+        &'a [CredentialHeader],
+        Result<(), Reject>,
+    );
+    let cases: &[Row] = &[
+        // An unbound key: any header.
+        (&[], &[Authorization], Ok(())),
+        (&[], &[XApiKey, ProjectAccessToken], Ok(())),
+        // Railway's project token: Project-Access-Token only.
+        (&[ProjectAccessToken], &[ProjectAccessToken], Ok(())),
+        (
+            &[ProjectAccessToken],
+            &[Authorization],
+            refused(&[ProjectAccessToken]),
+        ),
+        (
+            &[ProjectAccessToken],
+            &[XApiKey],
+            refused(&[ProjectAccessToken]),
+        ),
+        // Beside the allowed header is still elsewhere.
+        (
+            &[ProjectAccessToken],
+            &[ProjectAccessToken, Authorization],
+            refused(&[ProjectAccessToken]),
+        ),
+        // Railway's account token: Bearer only.
+        (&[Authorization], &[Authorization], Ok(())),
+        (
+            &[Authorization],
+            &[ProjectAccessToken],
+            refused(&[Authorization]),
+        ),
+        (&[Authorization, XApiKey], &[XApiKey], Ok(())),
+        (&[Authorization, XApiKey], &[Authorization, XApiKey], Ok(())),
+    ];
+    for (allowed, via, want) in cases {
+        assert_eq!(
+            &arrival(set(allowed), set(via)),
+            want,
+            "allowed {allowed:?}, via {via:?}"
+        );
+    }
+}
+
+#[test]
+fn a_dead_key_in_the_wrong_header_is_reported_dead() {
+    let routes = table(Unmatched::Allow);
+    let policy = Policy {
+        routes: &routes,
+        sandbox_upstream: true,
+    };
+    let facts = RequestFacts {
+        method: &Method::GET,
+        path: "/open/x",
+        client_ip: "1.2.3.4".parse().unwrap(),
+        now: SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS),
+        via: HeaderSet::of(&[CredentialHeader::Authorization]),
+    };
+    let mut rec = record();
+    rec.headers = vec![CredentialHeader::ProjectAccessToken];
+    let claims = KeyClaims {
+        key_type: rec.key_type,
+        env: rec.env,
+    };
+    let check = |rec: &KeyRecord| authorize(&CachedKey::from(rec), claims, &facts, &policy);
+    assert_eq!(
+        check(&rec),
+        Err(Reject::CredentialHeaderNotAllowed(HeaderSet::of(&[
+            CredentialHeader::ProjectAccessToken
+        ])))
+    );
+    rec.status = Status::Revoked;
+    assert_eq!(check(&rec), Err(Reject::InvalidApiKey));
+    rec.status = Status::Active;
+    rec.expires_at = Some(SystemTime::UNIX_EPOCH);
+    assert_eq!(check(&rec), Err(Reject::ExpiredApiKey));
 }
 
 mod properties {
@@ -755,6 +844,7 @@ mod properties {
             path: p,
             client_ip: "1.2.3.4".parse().unwrap(),
             now: SystemTime::UNIX_EPOCH,
+            via: HeaderSet::EMPTY,
         };
         let policy = Policy {
             routes: &routes,

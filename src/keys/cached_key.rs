@@ -18,6 +18,7 @@ use http::HeaderValue;
 use ipnet::IpNet;
 
 use super::{Environment, KeyRecord, KeyType, Status};
+use crate::credential::HeaderSet;
 use crate::limits::Limits;
 
 /// A known key as the request path reads it: 80 bytes, plus what it shares.
@@ -50,6 +51,8 @@ struct Restrictions {
     limits: Option<Limits>,
     workspace: Option<Box<str>>,
     project: Option<Box<str>>,
+    /// The only headers the key is accepted in; empty: any.
+    headers: HeaderSet,
 }
 
 /// A key's owner, and the same as the `X-Keygate-Owner` header value. (The header is made
@@ -117,7 +120,8 @@ impl CachedKey {
             || record.expires_at.is_some()
             || !record.limits.is_empty()
             || record.workspace.is_some()
-            || record.project.is_some();
+            || record.project.is_some()
+            || !record.headers.is_empty();
         Self {
             id: record.id.as_str().into(),
             owner,
@@ -133,6 +137,7 @@ impl CachedKey {
                     limits: (!record.limits.is_empty()).then(|| record.limits.clone()),
                     workspace: record.workspace.as_deref().map(Into::into),
                     project: record.project.as_deref().map(Into::into),
+                    headers: HeaderSet::of(&record.headers),
                 })
             }),
             fetched,
@@ -162,6 +167,13 @@ impl CachedKey {
     /// The project the key is bound to (`{project}` route parameters), if any.
     pub fn project(&self) -> Option<&str> {
         self.restrictions.as_ref()?.project.as_deref()
+    }
+
+    /// The only headers the key is accepted in; empty: any configured one.
+    pub fn headers(&self) -> HeaderSet {
+        self.restrictions
+            .as_ref()
+            .map_or(HeaderSet::EMPTY, |r| r.headers)
     }
 }
 
@@ -314,6 +326,13 @@ mod tests {
         assert_eq!((k.workspace(), k.project()), (Some("ws_1"), None));
         assert_eq!(k.expires_at(), r.expires_at);
         assert_eq!(k.limits(), None);
+        assert!(k.headers().is_empty());
+        r.headers = vec![crate::credential::CredentialHeader::ProjectAccessToken];
+        assert_eq!(
+            CachedKey::from(&r).headers(),
+            HeaderSet::of(&r.headers),
+            "a header-bound key keeps its headers"
+        );
         r.limits.per_second = Some(5);
         assert_eq!(CachedKey::from(&r).limits().unwrap().per_second, Some(5));
         let plain = CachedKey::from(&record("acme", &[]));

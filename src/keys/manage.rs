@@ -29,6 +29,8 @@ pub struct KeySpec {
     pub limits: crate::limits::Limits,
     pub workspace: Option<String>,
     pub project: Option<String>,
+    /// The only headers the key will be accepted in; empty: any.
+    pub headers: Vec<credential::CredentialHeader>,
 }
 
 /// A freshly created key: the only moment the secret exists outside the caller's hands.
@@ -181,6 +183,7 @@ pub async fn rotate(
             limits: before.limits.clone(),
             workspace: before.workspace.clone(),
             project: before.project.clone(),
+            headers: before.headers.clone(),
         };
         let created = new_key(policy, &spec, now)?;
         let mut after = before.clone();
@@ -239,6 +242,7 @@ fn new_key(policy: &KeyPolicy, spec: &KeySpec, now: SystemTime) -> Result<Create
         limits: spec.limits.clone(),
         workspace: spec.workspace.clone(),
         project: spec.project.clone(),
+        headers: spec.headers.clone(),
         status: Status::Active,
         created_at: now,
         last_used_at: None,

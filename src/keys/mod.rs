@@ -100,6 +100,10 @@ pub struct KeyRecord {
     /// Binding: the key only works on `{project}` routes for this project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// Header binding: the only headers the key is accepted in (`keys create --header`);
+    /// empty: any configured credential header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<crate::credential::CredentialHeader>,
     pub status: Status,
     #[serde(with = "humantime_serde")]
     pub created_at: SystemTime,
@@ -129,6 +133,7 @@ impl KeyRecord {
             limits: Default::default(),
             workspace: None,
             project: None,
+            headers: vec![],
             status: Status::Active,
             created_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,
