@@ -125,6 +125,10 @@ pub enum KeysCommand {
         /// Only this owner's keys.
         #[arg(long)]
         owner: Option<String>,
+        /// Only keys due for rotation: past `[keys] max_age`, or within `[keys] warn_before`
+        /// of it or of their expiry (revoked keys never are).
+        #[arg(long)]
+        rotation_due: bool,
     },
     /// Show one key as JSON (never the secret).
     Show { id: String },
@@ -338,8 +342,22 @@ async fn keys_command(
                 }
             }
         }
-        KeysCommand::List { owner } => {
-            let list = store.list(owner.as_deref()).await?;
+        KeysCommand::List {
+            owner,
+            rotation_due,
+        } => {
+            let mut list = store.list(owner.as_deref()).await?;
+            if rotation_due {
+                let policy = config.keys.rotation();
+                if policy.is_off() {
+                    return Err(CliError::Usage(
+                        "--rotation-due: set [keys] max_age and/or warn_before in the config first"
+                            .into(),
+                    ));
+                }
+                let now = SystemTime::now();
+                list.retain(|r| policy.record_due(r, now).is_some());
+            }
             writeln!(out, "{}", pretty(&list))?;
         }
         KeysCommand::Show { id } => {

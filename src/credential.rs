@@ -9,8 +9,7 @@
 //! secret scanners) tell a typo or a made-up string from a real key without any lookup; it is
 //! not a security boundary — the 166 random bits are.
 
-use http::header::{AUTHORIZATION, HeaderName};
-use serde::{Deserialize, Serialize};
+pub use crate::vocab::{CredentialHeader, HeaderSet};
 
 use crate::head::Head;
 use crate::reject::Reject;
@@ -19,117 +18,6 @@ use crate::vocab::{Environment, KeyType};
 pub const RANDOM_LEN: usize = 28;
 pub const CHECKSUM_LEN: usize = 6;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-/// The headers a key may arrive in. Written by name (`"project-access-token"`) in key records
-/// and the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(into = "&'static str", try_from = "String")]
-pub enum CredentialHeader {
-    /// `Authorization: Bearer <key>`; other schemes (Basic, Digest) are not API keys.
-    Authorization,
-    XApiKey,
-    ProjectAccessToken,
-}
-
-impl CredentialHeader {
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "authorization" => Some(Self::Authorization),
-            "x-api-key" => Some(Self::XApiKey),
-            "project-access-token" => Some(Self::ProjectAccessToken),
-            _ => None,
-        }
-    }
-
-    pub fn header_name(self) -> HeaderName {
-        match self {
-            Self::Authorization => AUTHORIZATION,
-            Self::XApiKey => HeaderName::from_static("x-api-key"),
-            Self::ProjectAccessToken => HeaderName::from_static("project-access-token"),
-        }
-    }
-
-    /// The header's name in lowercase.
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-
-    pub fn all() -> [Self; 3] {
-        [Self::Authorization, Self::XApiKey, Self::ProjectAccessToken]
-    }
-
-    /// How a client is told to send a key in it (error messages).
-    pub fn usage(self) -> &'static str {
-        match self {
-            Self::Authorization => "Authorization: Bearer",
-            Self::XApiKey => "X-Api-Key",
-            Self::ProjectAccessToken => "Project-Access-Token",
-        }
-    }
-
-    fn bit(self) -> u8 {
-        1 << self as u8
-    }
-}
-
-impl TryFrom<String> for CredentialHeader {
-    type Error = String;
-
-    fn try_from(name: String) -> Result<Self, String> {
-        Self::from_name(&name).ok_or_else(|| {
-            format!(
-                "{name:?} is not a credential header; use authorization, x-api-key or \
-                 project-access-token"
-            )
-        })
-    }
-}
-
-/// A set of [`CredentialHeader`]s in one byte: the headers one request's key arrived in, or
-/// the headers a key may arrive in (a header-bound key, `keys create --header`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub struct HeaderSet(u8);
-
-impl HeaderSet {
-    pub const EMPTY: Self = Self(0);
-
-    pub fn of(headers: &[CredentialHeader]) -> Self {
-        headers.iter().fold(Self::EMPTY, |set, &h| set.with(h))
-    }
-
-    #[must_use]
-    pub fn with(self, header: CredentialHeader) -> Self {
-        Self(self.0 | header.bit())
-    }
-
-    pub fn contains(self, header: CredentialHeader) -> bool {
-        self.0 & header.bit() != 0
-    }
-
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
-    /// Every header in `self` is in `other`.
-    pub fn is_subset(self, other: Self) -> bool {
-        self.0 & !other.0 == 0
-    }
-
-    /// One bit per header, for compact storage; [`HeaderSet::from_bits`] reads it back.
-    pub fn bits(self) -> u8 {
-        self.0
-    }
-
-    pub fn from_bits(bits: u8) -> Self {
-        Self(bits & 0b111)
-    }
-
-    pub fn iter(self) -> impl Iterator<Item = CredentialHeader> {
-        CredentialHeader::all()
-            .into_iter()
-            .filter(move |&h| self.contains(h))
-    }
-}
 
 /// The one key a request presents, and every header it arrived in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -376,7 +264,7 @@ fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderMap, HeaderValue, Request};
+    use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
     const ORDER: [CredentialHeader; 3] = [
         CredentialHeader::Authorization,

@@ -29,8 +29,9 @@
 //!   6. [`keys`]: the lookup through [`keys::cache`] (each key held in the request path's
 //!      compact form, [`keys::cached_key`]) in front of [`keys::KeyStore`]: [`keys::file`], the
 //!      embedded file store, or [`keys::redis`], shared by every sidecar;
-//!   7. [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
-//!      environment, public-key methods, route scopes, workspace/project binding);
+//!   7. [`authz`]: pure authorization of a known key (status, expiry, the headers it may
+//!      arrive in, IP allowlist, environment, public-key methods, route scopes,
+//!      workspace/project binding); then whether it is due for rotation;
 //!   8. [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
 //!      process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
 //!      counters), temporary suspension (`suspend`), rate-limit headers.
@@ -52,9 +53,12 @@
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
 //! - [`vocab`]: the words every layer shares (`KeyHash`, `KeyType`, `Environment`, `Status`,
-//!   `StoreError`); it imports nothing, so the layers above never import each other in a
+//!   `CredentialHeader`, `HeaderSet`, `StoreError`); it imports nothing, so the layers above never import each other in a
 //!   circle (`tests/layout.rs` fails on a cycle among top-level modules).
-//! - [`keys::manage`] create/revoke/rotate and [`keys::usage`] for the CLI.
+//! - [`keys::manage`] create/revoke/rotate and [`keys::usage`] for the CLI;
+//!   [`keys::rotation`]: when a key is due for rotation (`[keys] max_age`, `warn_before`),
+//!   the `Deprecation`/`Sunset` headers its responses carry, the store scan behind
+//!   `keygate_keys_due_for_rotation`.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener.
 //! - [`cli`]: the `keygate` commands (`cli::health`: `keygate health`, the container health
 //!   check; `cli::demo`: `keygate demo`); [`echo`]: the demo's built-in upstream, also

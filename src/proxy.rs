@@ -28,6 +28,7 @@ use crate::head::Head;
 use crate::header_rules;
 use crate::keys::cache::KeyCache;
 use crate::keys::cached_key::CachedKey;
+use crate::keys::rotation::Due;
 use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
 use crate::metrics::{Decision, Metrics, Outcome};
 use crate::path;
@@ -86,6 +87,9 @@ pub(crate) struct Audit<'a> {
     pub peer_trusted: bool,
     /// The most constraining rate-limit window, for the response headers.
     pub limit: Option<WindowState>,
+    /// The key is due for rotation (`[keys] max_age` / `warn_before`): `Deprecation` and
+    /// `Sunset` for the response.
+    pub rotation: Option<Due>,
     pub now_secs: u64,
 }
 
@@ -232,6 +236,14 @@ impl Proxy {
                 audit.now_secs,
                 self.limiter.reset_style(),
             );
+        }
+        if let Some(due) = &audit.rotation {
+            // The upstream's own deprecation of an endpoint wins over the key's.
+            for (name, value) in due.headers() {
+                if let http::header::Entry::Vacant(slot) = response.headers_mut().entry(name) {
+                    slot.insert(value);
+                }
+            }
         }
         self.finish(
             &current.config,
@@ -394,6 +406,12 @@ impl Proxy {
             });
         }
         authz::authorize(&record, claims, &facts, &policy)?;
+
+        // 7b. Due for rotation? It still works; its responses say by when to replace it.
+        audit.rotation = config
+            .keys
+            .rotation()
+            .due(record.created_at(), record.expires_at(), now);
 
         // 8. Within its plan? Only a request that may be served counts against a quota; a
         //    refusal by any window counts in none. A key suspended for hammering its limit is

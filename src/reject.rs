@@ -24,7 +24,7 @@ pub enum Reject {
     ConflictingCredentials,
     /// A header-bound key (`keys create --header`) sent in another header; the headers it
     /// is accepted in.
-    CredentialHeaderNotAllowed(crate::credential::HeaderSet),
+    CredentialHeaderNotAllowed(crate::vocab::HeaderSet),
     /// A path that could mean something else to the upstream (`%2f`, `%00`, `;`, `\`, …);
     /// [`crate::path`] says which.
     InvalidPath(crate::path::PathError),
@@ -196,7 +196,7 @@ impl Reject {
             Self::CredentialHeaderNotAllowed(allowed) => {
                 let names: Vec<&str> = allowed
                     .iter()
-                    .map(crate::credential::CredentialHeader::usage)
+                    .map(crate::vocab::CredentialHeader::usage)
                     .collect();
                 match names.as_slice() {
                     [one] => format!("This API key is only accepted in the '{one}' header"),
@@ -345,8 +345,8 @@ mod tests {
                 "invalid_request_error",
             ),
             (
-                Reject::CredentialHeaderNotAllowed(crate::credential::HeaderSet::of(&[
-                    crate::credential::CredentialHeader::ProjectAccessToken,
+                Reject::CredentialHeaderNotAllowed(crate::vocab::HeaderSet::of(&[
+                    crate::vocab::CredentialHeader::ProjectAccessToken,
                 ])),
                 401,
                 "credential_header_not_allowed",
@@ -493,7 +493,7 @@ mod tests {
 
     #[test]
     fn a_header_bound_key_is_told_where_to_go() {
-        use crate::credential::{CredentialHeader::*, HeaderSet};
+        use crate::vocab::{CredentialHeader::*, HeaderSet};
         let one = Reject::CredentialHeaderNotAllowed(HeaderSet::of(&[ProjectAccessToken]));
         assert!(
             one.message().contains("'Project-Access-Token'"),

@@ -227,6 +227,10 @@ impl Default for RawCache {
 pub(super) struct RawKeys {
     pub(super) prefix: String,
     pub(super) max_per_owner: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    pub(super) max_age: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub(super) warn_before: Option<Duration>,
 }
 
 impl Default for RawKeys {
@@ -234,6 +238,8 @@ impl Default for RawKeys {
         Self {
             prefix: "kg".into(),
             max_per_owner: None,
+            max_age: None,
+            warn_before: None,
         }
     }
 }

@@ -91,6 +91,18 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
 
+        for (field, value, example) in [
+            ("keys.max_age", raw.keys.max_age, "\"90d\""),
+            ("keys.warn_before", raw.keys.warn_before, "\"14d\""),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(
+                    field,
+                    format!("must be longer than 0, e.g. {example}; leave it out to turn it off"),
+                ));
+            }
+        }
+
         let limits = validate_limits(raw.plans, raw.limits)?;
         let paths = validate_paths(&raw.paths)?;
         let guard = validate_guard(&raw.guard)?;
@@ -159,6 +171,8 @@ impl TryFrom<RawConfig> for Config {
             keys: KeysConfig {
                 prefix,
                 max_per_owner: raw.keys.max_per_owner,
+                max_age: raw.keys.max_age,
+                warn_before: raw.keys.warn_before,
             },
             auth,
             paths,

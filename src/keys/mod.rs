@@ -1,7 +1,7 @@
 //! What a key is ([`KeyRecord`]), where records live ([`KeyStore`]: [`file`], [`redis`]), the
 //! cache in front of every store ([`cache`], holding each key in the request path's compact
-//! form, [`cached_key`]), and the management operations every store shares ([`manage`], and
-//! [`usage`] for `keys usage`).
+//! form, [`cached_key`]), the management operations every store shares ([`manage`], and
+//! [`usage`] for `keys usage`), and when a key is due for rotation ([`rotation`]).
 //!
 //! Stores are indexed by [`KeyHash`], the SHA-256 of the full key: the secret itself is never
 //! stored, so a leaked keys file or Redis dump cannot be replayed.
@@ -11,6 +11,7 @@ pub mod cached_key;
 pub mod file;
 pub mod manage;
 pub mod redis;
+pub mod rotation;
 pub mod usage;
 
 pub use manage::{Change, CreatedKey, KeyPolicy, KeySpec};
@@ -43,6 +44,21 @@ pub struct KeysConfig {
     /// Live (not revoked) keys one owner may hold; `None` for no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_per_owner: Option<u32>,
+    /// Keys older than this are due for rotation (`rotation`).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    /// How long before its replace-by date a key is reported due.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub warn_before: Option<Duration>,
+}
+
+impl KeysConfig {
+    pub fn rotation(&self) -> rotation::RotationPolicy {
+        rotation::RotationPolicy {
+            max_age: self.max_age,
+            warn_before: self.warn_before,
+        }
+    }
 }
 
 /// Opens the configured store. Nothing here waits on the network: a Redis store connects on
