@@ -121,6 +121,7 @@ fn stages(c: &mut Criterion) {
         client_ip: "10.1.2.3".parse().unwrap(),
         now: SystemTime::now(),
         via: credential::HeaderSet::EMPTY,
+        narrowed: &[],
     };
     let policy = Policy {
         routes: &routes,

@@ -167,7 +167,7 @@ fn basic_credentials(token: &[u8]) -> Option<Vec<u8>> {
     FORGIVING.decode(symbols).ok()
 }
 
-/// `<prefix>_sk_` or `<prefix>_pk_` anywhere in `haystack`. Every occurrence of the prefix is
+/// `<prefix>_sk_`, `<prefix>_pk_` or `<prefix>_at_` (an access token) anywhere in `haystack`. Every occurrence of the prefix is
 /// tried, overlapping ones included: with a prefix such as `abab`, `ababab_sk_…` holds a key
 /// that a search for non-overlapping matches steps over.
 fn marked(haystack: &[u8], prefix: &[u8]) -> bool {
@@ -177,7 +177,7 @@ fn marked(haystack: &[u8], prefix: &[u8]) -> bool {
         let after = from + found + prefix.len();
         if haystack[after..]
             .get(..4)
-            .is_some_and(|tag| tag == b"_sk_" || tag == b"_pk_")
+            .is_some_and(|tag| tag == b"_sk_" || tag == b"_pk_" || tag == b"_at_")
         {
             return true;
         }
@@ -249,6 +249,11 @@ pub fn random_base62(n: usize) -> Result<String, getrandom::Error> {
         }
     }
     Ok(out)
+}
+
+/// The six base62 characters of CRC32 over `signed` that end a key or a token.
+pub fn checksum(signed: &str) -> [u8; CHECKSUM_LEN] {
+    encode_checksum(crc32fast::hash(signed.as_bytes()))
 }
 
 fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_LEN] {

@@ -25,7 +25,9 @@
 //!      refused; the rules match it and the upstream receives it;
 //!   3. public paths and the route table, [`routes`] (patterns, scope matching);
 //!   4. [`credential`]: which header carries the key; the key format and its checksum;
-//!   5. [`guard`]: the credential-stuffing guard, before a key costs a lookup;
+//!   5. [`guard`]: the credential-stuffing guard, before a key costs a lookup; an access
+//!      token instead of a key is opened by [`token`] (format, checksum, sealed box, expiry)
+//!      and stands for its key from here on;
 //!   6. [`keys`]: the lookup through [`keys::cache`] (each key held in the request path's
 //!      compact form, [`keys::cached_key`]) in front of [`keys::KeyStore`]: [`keys::file`], the
 //!      embedded file store, or [`keys::redis`], shared by every sidecar;
@@ -59,6 +61,8 @@
 //!   [`keys::rotation`]: when a key is due for rotation (`[keys] max_age`, `warn_before`),
 //!   the `Deprecation`/`Sunset` headers its responses carry, the store scan behind
 //!   `keygate_keys_due_for_rotation`.
+//! - [`token`] also issues access tokens: `POST /oauth/token` (RFC 6749 §4.4), answered by
+//!   [`proxy`] itself on hyper's engine.
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics` and `/last-used` on the admin listener.
 //! - [`cli`]: the `keygate` commands (`cli::health`: `keygate health`, the container health
 //!   check; `cli::demo`: `keygate demo`); [`echo`]: the demo's built-in upstream, also
@@ -87,6 +91,7 @@ pub mod ratelog;
 pub mod reject;
 pub mod routes;
 pub mod server;
+pub mod token;
 pub mod vocab;
 pub mod wire;
 

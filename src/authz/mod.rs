@@ -23,6 +23,8 @@ pub struct RequestFacts<'a> {
     pub now: SystemTime,
     /// The headers the key arrived in.
     pub via: HeaderSet,
+    /// An access token's scopes (a subset of its key's); empty: all the key's.
+    pub narrowed: &'a [String],
 }
 
 /// The configured rules a key is held to.
@@ -84,7 +86,7 @@ pub fn authorize(
             return match &policy.routes.unmatched {
                 Unmatched::Allow => Ok(()),
                 Unmatched::Deny => deny(Denial::NoRoute),
-                Unmatched::Scope(scope) if holds(record, scope) => Ok(()),
+                Unmatched::Scope(scope) if holds(record, facts.narrowed, scope) => Ok(()),
                 Unmatched::Scope(scope) => deny(Denial::MissingScope(vec![scope.clone()])),
             };
         }
@@ -92,10 +94,19 @@ pub fn authorize(
     if !route.environments.contains(&record.env) {
         return deny(Denial::Environment(record.env));
     }
-    if !route.scopes.is_empty() && !route.scopes.iter().any(|s| holds(record, s)) {
+    if !route.scopes.is_empty()
+        && !route
+            .scopes
+            .iter()
+            .any(|s| holds(record, facts.narrowed, s))
+    {
         return deny(Denial::MissingScope(route.scopes.clone()));
     }
-    if let Some(missing) = route.scopes_all.iter().find(|s| !holds(record, s)) {
+    if let Some(missing) = route
+        .scopes_all
+        .iter()
+        .find(|s| !holds(record, facts.narrowed, s))
+    {
         return deny(Denial::MissingScope(vec![missing.clone()]));
     }
     for (param, value) in captures {
@@ -125,8 +136,10 @@ pub fn arrival(allowed: HeaderSet, via: HeaderSet) -> Result<(), Reject> {
     }
 }
 
-fn holds(record: &CachedKey, required: &str) -> bool {
+/// The key holds `required`, and so does the token it came as, if any.
+fn holds(record: &CachedKey, narrowed: &[String], required: &str) -> bool {
     record.scopes.iter().any(|held| grants(held, required))
+        && (narrowed.is_empty() || narrowed.iter().any(|held| grants(held, required)))
 }
 
 /// Methods that only read (RFC 9110 §9.2.1, less TRACE which we do not want keys to use).

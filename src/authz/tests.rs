@@ -656,6 +656,7 @@ fn table_of_rules() {
             client_ip: ip(c.ip),
             now,
             via: HeaderSet::of(&[CredentialHeader::XApiKey]),
+            narrowed: &[],
         };
         let policy = Policy {
             routes: &routes,
@@ -736,6 +737,7 @@ fn a_dead_key_in_the_wrong_header_is_reported_dead() {
         client_ip: "1.2.3.4".parse().unwrap(),
         now: SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS),
         via: HeaderSet::of(&[CredentialHeader::Authorization]),
+        narrowed: &[],
     };
     let mut rec = record();
     rec.headers = vec![CredentialHeader::ProjectAccessToken];
@@ -755,6 +757,71 @@ fn a_dead_key_in_the_wrong_header_is_reported_dead() {
     rec.status = Status::Active;
     rec.expires_at = Some(SystemTime::UNIX_EPOCH);
     assert_eq!(check(&rec), Err(Reject::ExpiredApiKey));
+}
+
+#[test]
+fn a_token_narrowed_to_some_scopes_holds_only_those() {
+    let routes = table(Unmatched::Deny);
+    let policy = Policy {
+        routes: &routes,
+        sandbox_upstream: true,
+    };
+    let mut rec = record();
+    scopes(
+        &mut rec,
+        &["content:*", "analytics:read", "analytics:export"],
+    );
+    let key = CachedKey::from(&rec);
+    let claims = KeyClaims {
+        key_type: rec.key_type,
+        env: rec.env,
+    };
+    let narrowed = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // (token scopes, method, path, want)
+    type Row = (Vec<String>, Method, &'static str, Result<(), Reject>);
+    let rows: Vec<Row> = vec![
+        (narrowed(&[]), Method::POST, "/content/x", Ok(())),
+        (
+            narrowed(&["content:read"]),
+            Method::GET,
+            "/content/x",
+            Ok(()),
+        ),
+        (
+            narrowed(&["content:read"]),
+            Method::POST,
+            "/content/x",
+            missing(&["content:write"]),
+        ),
+        (narrowed(&["content:*"]), Method::POST, "/content/x", Ok(())),
+        (
+            narrowed(&["analytics:read"]),
+            Method::GET,
+            "/analytics/q",
+            missing(&["analytics:export"]),
+        ),
+        (
+            narrowed(&["analytics:read", "analytics:export"]),
+            Method::GET,
+            "/analytics/q",
+            Ok(()),
+        ),
+    ];
+    for (scopes, method, path, want) in rows {
+        let facts = RequestFacts {
+            method: &method,
+            path,
+            client_ip: "1.2.3.4".parse().unwrap(),
+            now: SystemTime::UNIX_EPOCH,
+            via: HeaderSet::EMPTY,
+            narrowed: &scopes,
+        };
+        assert_eq!(
+            authorize(&key, claims, &facts, &policy),
+            want,
+            "{scopes:?} {method} {path}"
+        );
+    }
 }
 
 mod properties {
@@ -845,6 +912,7 @@ mod properties {
             client_ip: "1.2.3.4".parse().unwrap(),
             now: SystemTime::UNIX_EPOCH,
             via: HeaderSet::EMPTY,
+            narrowed: &[],
         };
         let policy = Policy {
             routes: &routes,

@@ -42,6 +42,26 @@ pub struct RawConfig {
     /// `[[route]]` rules, in order.
     #[serde(default)]
     pub(super) route: Vec<RawRoute>,
+    pub(super) tokens: Option<RawTokens>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokens {
+    #[serde(default = "default_token_path")]
+    pub(super) path: String,
+    #[serde(default = "default_token_lifetime", with = "humantime_serde")]
+    pub(super) lifetime: Duration,
+    #[serde(default)]
+    pub(super) secret_files: Vec<PathBuf>,
+}
+
+fn default_token_path() -> String {
+    "/oauth/token".into()
+}
+
+fn default_token_lifetime() -> Duration {
+    Duration::from_secs(3600)
 }
 
 #[derive(Debug, Deserialize)]

@@ -103,6 +103,7 @@ impl TryFrom<RawConfig> for Config {
             }
         }
 
+        let tokens = raw.tokens.map(validate_tokens).transpose()?;
         let limits = validate_limits(raw.plans, raw.limits)?;
         let paths = validate_paths(&raw.paths)?;
         let guard = validate_guard(&raw.guard)?;
@@ -175,6 +176,7 @@ impl TryFrom<RawConfig> for Config {
                 warn_before: raw.keys.warn_before,
             },
             auth,
+            tokens,
             paths,
             guard,
             network: Network {
@@ -223,6 +225,37 @@ fn validate_paths(raw: &RawPaths) -> Result<PathRules, ConfigError> {
     Ok(PathRules {
         parameters,
         case_insensitive: raw.case_insensitive,
+    })
+}
+
+fn validate_tokens(raw: super::raw::RawTokens) -> Result<crate::token::TokensConfig, ConfigError> {
+    if !raw.path.starts_with('/') || raw.path.contains(['?', '#', '%', '*', '{']) {
+        return Err(invalid(
+            "tokens.path",
+            format!(
+                "{:?}: use a plain absolute path such as \"/oauth/token\"",
+                raw.path
+            ),
+        ));
+    }
+    if raw.lifetime < Duration::from_secs(1) || raw.lifetime > Duration::from_secs(86_400) {
+        return Err(invalid(
+            "tokens.lifetime",
+            "must be between 1s and 24h, e.g. \"1h\" (the default)",
+        ));
+    }
+    if raw.secret_files.is_empty() {
+        return Err(invalid(
+            "tokens.secret_files",
+            "list at least one file holding 32+ random bytes (`openssl rand -base64 48`); the \
+             first seals new tokens, every one opens them",
+        ));
+    }
+    Ok(crate::token::TokensConfig {
+        path: raw.path,
+        lifetime: raw.lifetime,
+        secret_files: raw.secret_files,
+        secrets: Default::default(),
     })
 }
 
