@@ -92,6 +92,23 @@ async fn client_credentials_give_a_bearer_token_that_acts_as_its_key() {
     let basic_token = json["access_token"].as_str().unwrap().to_owned();
     assert!(basic_token.starts_with("kg_at_"), "{basic_token}");
 
+    // The same with curl itself, as Railz documents it (`curl -u id:secret -d …`).
+    if let Some(curl) = common::tools::tool("curl") {
+        let out = std::process::Command::new(curl)
+            .args(["-s", "--max-time", "10", "--http2-prior-knowledge", "-u"])
+            .arg(format!("{id}:{key}"))
+            .args(["-d", "grant_type=client_credentials"])
+            .arg(kg.url("/oauth/token"))
+            .output()
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)));
+        assert!(
+            json["access_token"].as_str().unwrap().starts_with("kg_at_"),
+            "{json}"
+        );
+    }
+
     // Form credentials.
     let reply = ask(
         &kg,
