@@ -604,15 +604,8 @@ impl Proxy {
             return Err(Reject::OAuth(OAuthError::InvalidClient));
         };
         audit.key = Some(record.clone());
-        let scopes = grant.scope.unwrap_or_default();
-        if !scopes.iter().all(|s| {
-            record
-                .scopes
-                .iter()
-                .any(|held| crate::routes::grants(held, s))
-        }) {
-            return Err(Reject::OAuth(OAuthError::InvalidScope));
-        }
+        let held: Vec<&str> = record.scopes.iter().collect();
+        let scopes = token::narrow(&held, grant.scope).map_err(Reject::OAuth)?;
         let claims = token::Claims {
             key: KeyHash::of(&grant.secret),
             expires_at: now + tokens.lifetime,

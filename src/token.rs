@@ -308,6 +308,21 @@ pub fn grant(authorization: Option<&[u8]>, body: &[u8]) -> Result<Grant, OAuthEr
     })
 }
 
+/// The scopes a token is issued with: `asked`, each held by one of the key's `held` scopes
+/// (`*` and `resource:*` cover what they cover); nothing asked: none narrowed (all the
+/// key's).
+pub fn narrow(held: &[&str], asked: Option<Vec<String>>) -> Result<Vec<String>, OAuthError> {
+    let asked = asked.unwrap_or_default();
+    if asked
+        .iter()
+        .all(|s| held.iter().any(|h| crate::routes::grants(h, s)))
+    {
+        Ok(asked)
+    } else {
+        Err(OAuthError::InvalidScope)
+    }
+}
+
 /// `Basic base64(id:secret)` (RFC 7617; RFC 6749 §2.3.1 form-encodes both before base64).
 fn basic(value: &[u8]) -> Option<(String, String)> {
     let text = std::str::from_utf8(value).ok()?.trim();
@@ -553,6 +568,47 @@ mod tests {
                 want,
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn scope_narrowing() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        type Row<'a> = (
+            &'a [&'a str],
+            Option<Vec<String>>,
+            Result<Vec<String>, OAuthError>,
+        );
+        let rows: Vec<Row> = vec![
+            (&["a:read", "b:read"], None, Ok(vec![])),
+            (
+                &["a:read", "b:read"],
+                Some(v(&["a:read"])),
+                Ok(v(&["a:read"])),
+            ),
+            (
+                &["a:read"],
+                Some(v(&["a:read", "b:read"])),
+                Err(OAuthError::InvalidScope),
+            ),
+            (
+                &["a:*"],
+                Some(v(&["a:read", "a:write"])),
+                Ok(v(&["a:read", "a:write"])),
+            ),
+            (
+                &["*"],
+                Some(v(&["anything:at_all"])),
+                Ok(v(&["anything:at_all"])),
+            ),
+            (
+                &["a:read"],
+                Some(v(&["a:*"])),
+                Err(OAuthError::InvalidScope),
+            ),
+        ];
+        for (held, asked, want) in rows {
+            assert_eq!(narrow(held, asked.clone()), want, "{held:?} {asked:?}");
         }
     }
 
