@@ -37,6 +37,7 @@ fn spec() -> KeySpec {
         limits: Default::default(),
         workspace: Some("ws_1".into()),
         project: None,
+        headers: Vec::new(),
     }
 }
 
@@ -85,6 +86,22 @@ fn stages(c: &mut Criterion) {
         b.iter(|| KeyHash::of(black_box(&key)))
     });
 
+    // What an access token costs instead of the two stages above: checksum, AEAD open, expiry.
+    let secrets =
+        keygate::token::Secrets::new(&[b"a-token-secret-of-at-least-thirty-two-bytes".to_vec()])
+            .unwrap();
+    let claims = keygate::token::Claims {
+        key: KeyHash::of(&key),
+        expires_at: SystemTime::now() + Duration::from_secs(3600),
+        scopes: vec!["content:read".into()],
+    };
+    let token = keygate::token::issue(&claims, &secrets, "kg").unwrap();
+    c.bench_function("open an access token", |b| {
+        b.iter(|| {
+            keygate::token::open(black_box(&token), &secrets, "kg", SystemTime::now()).unwrap()
+        })
+    });
+
     let cache = KeyCache::new(
         store.clone(),
         CacheConfig::default(),
@@ -119,6 +136,8 @@ fn stages(c: &mut Criterion) {
         path: "/api/v2/w/ws_1/projects/7",
         client_ip: "10.1.2.3".parse().unwrap(),
         now: SystemTime::now(),
+        via: credential::HeaderSet::EMPTY,
+        narrowed: &[],
     };
     let policy = Policy {
         routes: &routes,

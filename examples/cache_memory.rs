@@ -40,6 +40,7 @@ impl KeyStore for Generated {
             limits: Default::default(),
             workspace: None,
             project: None,
+            headers: Vec::new(),
             status: Status::Active,
             created_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,

@@ -28,6 +28,10 @@ if ! command -v nginx >/dev/null 2>&1; then
   (systemctl stop nginx || service nginx stop || pkill -x nginx) >/dev/null 2>&1 || true
 fi
 command -v node >/dev/null 2>&1 || apt_install nodejs
+# tests/tokens.rs asks for an access token with curl, as Railz's documentation does; the
+# README's seed sections make a token secret with openssl.
+command -v curl >/dev/null 2>&1 || apt_install curl
+command -v openssl >/dev/null 2>&1 || apt_install openssl
 python3 -c 'import aiohttp, flask, starlette, uvicorn' >/dev/null 2>&1 ||
   python3 -m pip install --quiet --disable-pip-version-check aiohttp flask starlette uvicorn
 command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LogFormat};
+use crate::credential::CredentialHeader;
 use crate::keys::audit::{Actor, AuditQuery, Trail};
 use crate::keys::{self, Change, KeyPolicy, KeySpec, KeyStore, manage};
 use crate::limits::QuotaStore;
@@ -138,6 +139,10 @@ pub enum KeysCommand {
         /// Only this owner's keys.
         #[arg(long)]
         owner: Option<String>,
+        /// Only keys due for rotation: past `[keys] max_age`, or within `[keys] warn_before`
+        /// of it or of their expiry (revoked keys never are).
+        #[arg(long)]
+        rotation_due: bool,
     },
     /// Show one key as JSON (never the secret).
     Show { id: String },
@@ -201,6 +206,10 @@ pub struct CreateArgs {
     /// Bind the key to one project: routes with a {project} parameter admit only it.
     #[arg(long)]
     pub project: Option<String>,
+    /// Accept the key only in this header (repeatable): authorization (as Bearer), x-api-key
+    /// or project-access-token. Default: any of `[auth] credential_headers`.
+    #[arg(long = "header", value_name = "HEADER")]
+    pub header: Vec<String>,
     /// Create this many keys with the same settings, printed one JSON object per line.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub count: u32,
@@ -373,8 +382,22 @@ async fn keys_command(
                 }
             }
         }
-        KeysCommand::List { owner } => {
-            let list = store.list(owner.as_deref()).await?;
+        KeysCommand::List {
+            owner,
+            rotation_due,
+        } => {
+            let mut list = store.list(owner.as_deref()).await?;
+            if rotation_due {
+                let policy = config.keys.rotation();
+                if policy.is_off() {
+                    return Err(CliError::Usage(
+                        "--rotation-due: set [keys] max_age and/or warn_before in the config first"
+                            .into(),
+                    ));
+                }
+                let now = SystemTime::now();
+                list.retain(|r| policy.record_due(r, now).is_some());
+            }
             writeln!(out, "{}", pretty(&list))?;
         }
         KeysCommand::Show { id } => {
@@ -431,6 +454,7 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
             .map_err(|_| CliError::Usage(format!("--limit {item:?}: {value:?} is not a number")))?;
         limits.insert(name.to_owned(), value);
     }
+    let headers = header_binding(&args.header, &config.auth.credential_headers)?;
     let draft = manage::Draft {
         name: args.name,
         scopes: args.scopes,
@@ -451,10 +475,36 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
         workspace: args.workspace,
         project: args.project,
     };
-    draft.into_spec(&config.limits, now).map_err(|e| match e {
+    let spec = draft.into_spec(&config.limits, now).map_err(|e| match e {
         StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
         e => e.into(),
-    })
+    })?;
+    Ok(KeySpec { headers, ..spec })
+}
+
+/// `--header` values: known credential headers, each once, each one the proxy reads keys
+/// from (a key bound to a header keygate ignores could never be used).
+fn header_binding(
+    names: &[String],
+    configured: &[CredentialHeader],
+) -> Result<Vec<CredentialHeader>, CliError> {
+    let mut headers = Vec::new();
+    for name in names {
+        let header = CredentialHeader::from_name(name).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--header {name:?}: use authorization, x-api-key or project-access-token"
+            ))
+        })?;
+        if !configured.contains(&header) {
+            return Err(CliError::Usage(format!(
+                "--header {name:?}: not in [auth] credential_headers, so the key could never \
+                 be used; add it there first"
+            )));
+        }
+        headers.push(header);
+    }
+    // One order for every record (and the file store's packed form).
+    Ok(crate::credential::HeaderSet::of(&headers).iter().collect())
 }
 
 /// A message naming a field of [`manage::Draft`] as the API does, naming its flag instead.
@@ -525,6 +575,30 @@ mod tests {
         let hour_ago = parse_since("1h").unwrap();
         assert!(hour_ago < SystemTime::now());
         assert!(parse_since("yesterday").is_err());
+    }
+
+    #[test]
+    fn header_binding_table() {
+        use CredentialHeader::*;
+        let all = CredentialHeader::all();
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(header_binding(&[], &all).unwrap(), []);
+        assert_eq!(
+            header_binding(&s(&["Project-Access-Token"]), &all).unwrap(),
+            [ProjectAccessToken]
+        );
+        assert_eq!(
+            header_binding(&s(&["authorization", "x-api-key", "authorization"]), &all).unwrap(),
+            [Authorization, XApiKey]
+        );
+        let err = header_binding(&s(&["cookie"]), &all)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--header \"cookie\""), "{err}");
+        let err = header_binding(&s(&["project-access-token"]), &[XApiKey])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credential_headers"), "{err}");
     }
 
     #[test]

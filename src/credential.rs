@@ -9,8 +9,7 @@
 //! secret scanners) tell a typo or a made-up string from a real key without any lookup; it is
 //! not a security boundary — the 166 random bits are.
 
-use http::header::{AUTHORIZATION, HeaderName};
-use serde::Serialize;
+pub use crate::vocab::{CredentialHeader, HeaderSet};
 
 use crate::head::Head;
 use crate::reject::Reject;
@@ -20,42 +19,11 @@ pub const RANDOM_LEN: usize = 28;
 pub const CHECKSUM_LEN: usize = 6;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-/// The headers a key may arrive in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(into = "&'static str")]
-pub enum CredentialHeader {
-    /// `Authorization: Bearer <key>`; other schemes (Basic, Digest) are not API keys.
-    Authorization,
-    XApiKey,
-    ProjectAccessToken,
-}
-
-impl CredentialHeader {
-    pub fn from_name(name: &str) -> Option<Self> {
-        match name.to_ascii_lowercase().as_str() {
-            "authorization" => Some(Self::Authorization),
-            "x-api-key" => Some(Self::XApiKey),
-            "project-access-token" => Some(Self::ProjectAccessToken),
-            _ => None,
-        }
-    }
-
-    pub fn header_name(self) -> HeaderName {
-        match self {
-            Self::Authorization => AUTHORIZATION,
-            Self::XApiKey => HeaderName::from_static("x-api-key"),
-            Self::ProjectAccessToken => HeaderName::from_static("project-access-token"),
-        }
-    }
-
-    /// The header's name in lowercase.
-    pub fn as_str(self) -> &'static str {
-        self.into()
-    }
-
-    pub fn all() -> [Self; 3] {
-        [Self::Authorization, Self::XApiKey, Self::ProjectAccessToken]
-    }
+/// The one key a request presents, and every header it arrived in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presented<'a> {
+    pub key: &'a str,
+    pub via: HeaderSet,
 }
 
 impl From<CredentialHeader> for &'static str {
@@ -79,7 +47,17 @@ pub fn extract<'a>(
     order: &[CredentialHeader],
     max_len: usize,
 ) -> Result<&'a str, Reject> {
+    present(head, order, max_len).map(|p| p.key)
+}
+
+/// [`extract`], and which headers the key arrived in (for header-bound keys).
+pub fn present<'a>(
+    head: &'a impl Head,
+    order: &[CredentialHeader],
+    max_len: usize,
+) -> Result<Presented<'a>, Reject> {
     let mut found: Option<&'a str> = None;
+    let mut via = HeaderSet::EMPTY;
     for &which in order {
         for value in head.values(which.as_str()) {
             if value.len() > max_len {
@@ -98,9 +76,12 @@ pub fn extract<'a>(
                 Some(prev) if prev != key => return Err(Reject::ConflictingCredentials),
                 _ => found = Some(key),
             }
+            via = via.with(which);
         }
     }
-    found.ok_or(Reject::MissingApiKey)
+    found
+        .map(|key| Presented { key, via })
+        .ok_or(Reject::MissingApiKey)
 }
 
 /// The key carried by one header value, `None` if this value carries no API key at all.
@@ -186,7 +167,7 @@ fn basic_credentials(token: &[u8]) -> Option<Vec<u8>> {
     FORGIVING.decode(symbols).ok()
 }
 
-/// `<prefix>_sk_` or `<prefix>_pk_` anywhere in `haystack`. Every occurrence of the prefix is
+/// `<prefix>_sk_`, `<prefix>_pk_` or `<prefix>_at_` (an access token) anywhere in `haystack`. Every occurrence of the prefix is
 /// tried, overlapping ones included: with a prefix such as `abab`, `ababab_sk_…` holds a key
 /// that a search for non-overlapping matches steps over.
 fn marked(haystack: &[u8], prefix: &[u8]) -> bool {
@@ -196,7 +177,7 @@ fn marked(haystack: &[u8], prefix: &[u8]) -> bool {
         let after = from + found + prefix.len();
         if haystack[after..]
             .get(..4)
-            .is_some_and(|tag| tag == b"_sk_" || tag == b"_pk_")
+            .is_some_and(|tag| tag == b"_sk_" || tag == b"_pk_" || tag == b"_at_")
         {
             return true;
         }
@@ -270,6 +251,11 @@ pub fn random_base62(n: usize) -> Result<String, getrandom::Error> {
     Ok(out)
 }
 
+/// The six base62 characters of CRC32 over `signed` that end a key or a token.
+pub fn checksum(signed: &str) -> [u8; CHECKSUM_LEN] {
+    encode_checksum(crc32fast::hash(signed.as_bytes()))
+}
+
 fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_LEN] {
     // 62^6 ≈ 5.7e10 > 2^32, so six digits hold any CRC32.
     let mut out = [b'0'; CHECKSUM_LEN];
@@ -283,7 +269,7 @@ fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_LEN] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderMap, HeaderValue, Request};
+    use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
     const ORDER: [CredentialHeader; 3] = [
         CredentialHeader::Authorization,
@@ -469,6 +455,62 @@ mod tests {
             let h = headers(&pairs);
             assert_eq!(extract(&h, &ORDER, 256), want, "case {name}");
         }
+    }
+
+    #[test]
+    fn presented_names_every_header_the_key_came_in() {
+        use CredentialHeader::*;
+        type Lines<'a> = &'a [(&'a str, &'a [u8])];
+        let cases: &[(Lines, HeaderSet)] = &[
+            (
+                &[("authorization", b"Bearer k")],
+                HeaderSet::of(&[Authorization]),
+            ),
+            (&[("x-api-key", b"k")], HeaderSet::of(&[XApiKey])),
+            (
+                &[("project-access-token", b"k")],
+                HeaderSet::of(&[ProjectAccessToken]),
+            ),
+            (
+                &[("project-access-token", b"k"), ("x-api-key", b"k")],
+                HeaderSet::of(&[ProjectAccessToken, XApiKey]),
+            ),
+            // A Basic credential is no key: it does not count as the key's header.
+            (
+                &[("authorization", b"Basic dTpw"), ("x-api-key", b"k")],
+                HeaderSet::of(&[XApiKey]),
+            ),
+            (
+                &[
+                    ("authorization", b"Bearer k"),
+                    ("authorization", b"Bearer k"),
+                ],
+                HeaderSet::of(&[Authorization]),
+            ),
+        ];
+        for (pairs, want) in cases {
+            let req = headers(pairs);
+            let got = present(&req, &ORDER, 256).unwrap();
+            assert_eq!((got.key, got.via), ("k", *want), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn header_sets() {
+        use CredentialHeader::*;
+        let pat = HeaderSet::of(&[ProjectAccessToken]);
+        let both = HeaderSet::of(&[ProjectAccessToken, XApiKey]);
+        assert!(pat.is_subset(both) && !both.is_subset(pat));
+        assert!(HeaderSet::EMPTY.is_subset(pat) && HeaderSet::EMPTY.is_empty());
+        assert_eq!(
+            both.iter().collect::<Vec<_>>(),
+            [XApiKey, ProjectAccessToken]
+        );
+        for h in CredentialHeader::all() {
+            let json = serde_json::to_string(&h).unwrap();
+            assert_eq!(serde_json::from_str::<CredentialHeader>(&json).unwrap(), h);
+        }
+        assert!(serde_json::from_str::<CredentialHeader>("\"cookie\"").is_err());
     }
 
     #[test]

@@ -25,12 +25,15 @@
 //!      refused; the rules match it and the upstream receives it;
 //!   3. public paths and the route table, [`routes`] (patterns, scope matching);
 //!   4. [`credential`]: which header carries the key; the key format and its checksum;
-//!   5. [`guard`]: the credential-stuffing guard, before a key costs a lookup;
+//!   5. [`guard`]: the credential-stuffing guard, before a key costs a lookup; an access
+//!      token instead of a key is opened by [`token`] (format, checksum, sealed box, expiry)
+//!      and stands for its key from here on;
 //!   6. [`keys`]: the lookup through [`keys::cache`] (each key held in the request path's
 //!      compact form, [`keys::cached_key`]) in front of [`keys::KeyStore`]: [`keys::file`], the
 //!      embedded file store, or [`keys::redis`], shared by every sidecar;
-//!   7. [`authz`]: pure authorization of a known key (status, expiry, IP allowlist,
-//!      environment, public-key methods, route scopes, workspace/project binding);
+//!   7. [`authz`]: pure authorization of a known key (status, expiry, the headers it may
+//!      arrive in, IP allowlist, environment, public-key methods, route scopes,
+//!      workspace/project binding); then whether it is due for rotation;
 //!   8. [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
 //!      process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
 //!      counters), temporary suspension (`suspend`), rate-limit headers.
@@ -52,10 +55,14 @@
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
 //! - [`vocab`]: the words every layer shares (`KeyHash`, `KeyType`, `Environment`, `Status`,
-//!   `StoreError`); it imports nothing, so the layers above never import each other in a
+//!   `CredentialHeader`, `HeaderSet`, `StoreError`); it imports nothing, so the layers above never import each other in a
 //!   circle (`tests/layout.rs` fails on a cycle among top-level modules).
 //! - [`keys::manage`] create/update/revoke/rotate for the CLI and the API, [`keys::audit`] the
-//!   audit trail every such action leaves, and [`keys::usage`].
+//!   audit trail every such action leaves, and [`keys::usage`]; [`keys::rotation`]: when a
+//!   key is due for rotation (`[keys] max_age`, `warn_before`), the `Deprecation`/`Sunset`
+//!   headers its responses carry, the store scan behind `keygate_keys_due_for_rotation`.
+//! - [`token`] also issues access tokens: `POST /oauth/token` (RFC 6749 §4.4), answered by
+//!   [`proxy`] itself on hyper's engine.
 //! - [`api`]: the management API on `[listen] manage` (`/v1/keys`, `/v1/keys/verify`,
 //!   `/v1/audit`, `/v1/health`, `/v1/openapi.json`), its callers checked by `proxy::admit` and the
 //!   management scopes of [`api::auth`]; [`api::idempotency`] for `Idempotency-Key`.
@@ -88,6 +95,7 @@ pub mod ratelog;
 pub mod reject;
 pub mod routes;
 pub mod server;
+pub mod token;
 pub mod vocab;
 pub mod wire;
 

@@ -57,6 +57,8 @@ pub struct Metrics {
     usage: Usage,
     /// Client connections open now (public and plain listeners).
     pub open_connections: IntGauge,
+    /// Keys due for rotation (`[keys] max_age` / `warn_before`), as of the last store scan.
+    pub keys_due_for_rotation: IntGauge,
     /// TLS handshakes that failed (bad client, plain HTTP on the TLS port, timeout).
     pub tls_handshake_failures: IntCounter,
     /// Config and certificate reloads by what was reloaded and result.
@@ -241,6 +243,12 @@ impl Metrics {
         let open_connections =
             IntGauge::new("keygate_open_connections", "Client connections open now")
                 .expect("valid metric");
+        let keys_due_for_rotation = IntGauge::new(
+            "keygate_keys_due_for_rotation",
+            "Keys past [keys] max_age or within [keys] warn_before of their replace-by date, \
+             as of the last scan of the store",
+        )
+        .expect("valid metric");
         let tls_handshake_failures = IntCounter::new(
             "keygate_tls_handshake_failures_total",
             "TLS handshakes with clients that failed or timed out",
@@ -302,6 +310,7 @@ impl Metrics {
             Box::new(request_latency.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_latency.clone()),
             Box::new(open_connections.clone()),
+            Box::new(keys_due_for_rotation.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(reloads.clone()),
             Box::new(requests.clone()),
@@ -347,6 +356,7 @@ impl Metrics {
                 .map(|kind| upstream_failures.with_label_values(&[kind.as_str()])),
             usage,
             open_connections,
+            keys_due_for_rotation,
             tls_handshake_failures,
             reloads,
             registry,

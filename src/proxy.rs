@@ -21,18 +21,20 @@ use hyper::body::Incoming;
 
 use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
-use crate::credential;
+use crate::credential::{self, HeaderSet, KeyClaims};
 use crate::forward::{self, ClientError, Forwarder, Origin, Prepared};
 use crate::guard::{Guard, Source, Verdict};
 use crate::head::Head;
 use crate::header_rules;
 use crate::keys::cache::KeyCache;
 use crate::keys::cached_key::CachedKey;
+use crate::keys::rotation::Due;
 use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
 use crate::metrics::{Decision, Metrics, Outcome};
 use crate::path;
 use crate::reject::Reject;
 use crate::routes::Found;
+use crate::token;
 use crate::vocab::KeyHash;
 use crate::wire::request::{FramingRules, HeadError};
 
@@ -86,7 +88,16 @@ pub(crate) struct Audit<'a> {
     pub peer_trusted: bool,
     /// The most constraining rate-limit window, for the response headers.
     pub limit: Option<WindowState>,
+    /// The key is due for rotation (`[keys] max_age` / `warn_before`): `Deprecation` and
+    /// `Sunset` for the response.
+    pub rotation: Option<Due>,
     pub now_secs: u64,
+}
+
+/// What the request presented, once its shape is checked.
+enum Credential {
+    Key(KeyClaims),
+    Token(token::Claims),
 }
 
 /// An admitted request: what forwarding needs besides the request and `Audit`.
@@ -180,6 +191,39 @@ impl Proxy {
         // rules of keygate's own parser, and, as there, a request refused as malformed closes
         // its connection after the answer: what follows it could be read two ways.
         let http1 = req.version() < http::Version::HTTP_2;
+        if let Some(tokens) = &current.config.tokens
+            && req.uri().path() == tokens.path
+        {
+            let outcome = match http1_framing(&req) {
+                Ok(()) => {
+                    self.issue_token(&current.config, tokens, req, conn, &mut audit)
+                        .await
+                }
+                Err(reject) => Err(reject),
+            };
+            audit.route = Some("token");
+            let (response, decision) = match outcome {
+                Ok(response) => (response, Decision::Allowed),
+                Err(reject) => {
+                    let code = reject.code();
+                    (reject.into_response(), Decision::Refused(code))
+                }
+            };
+            self.finish(
+                &current.config,
+                &Ended {
+                    started,
+                    method: Some(&method),
+                    path: path.as_deref(),
+                    audit: &audit,
+                    outcome: Outcome {
+                        status: response.status().as_u16(),
+                        decision,
+                    },
+                },
+            );
+            return response.map(Either::Right);
+        }
         let admitted = match http1_framing(&req) {
             Ok(()) => self.admit(&current, &req, conn, &mut audit).await,
             Err(reject) => Err(reject),
@@ -232,6 +276,14 @@ impl Proxy {
                 audit.now_secs,
                 self.limiter.reset_style(),
             );
+        }
+        if let Some(due) = &audit.rotation {
+            // The upstream's own deprecation of an endpoint wins over the key's.
+            for (name, value) in due.headers() {
+                if let http::header::Entry::Vacant(slot) = response.headers_mut().entry(name) {
+                    slot.insert(value);
+                }
+            }
         }
         self.finish(
             &current.config,
@@ -320,6 +372,15 @@ impl Proxy {
             })
         };
 
+        // The token endpoint is answered by hyper's engine (`Proxy::handle`); keygate's own
+        // HTTP/1.1 engine has no way yet to answer with anything but a refusal.
+        if config.tokens.as_ref().is_some_and(|t| t.path == path) {
+            return Err(Reject::OAuth(crate::reject::OAuthError::InvalidRequest(
+                "the token endpoint is served over HTTP/2 only (curl --http2-prior-knowledge, \
+                 or https with ALPN h2)",
+            )));
+        }
+
         // 2. Public paths (an upstream's own health check, docs) need no key at all.
         if config
             .auth
@@ -333,26 +394,41 @@ impl Proxy {
 
         // 3. Which key? Exactly one, from the configured headers, length-capped.
         let auth = &config.auth;
-        let key = credential::extract(head, &auth.credential_headers, auth.max_key_length)?;
+        let presented = credential::present(head, &auth.credential_headers, auth.max_key_length)?;
+        let key = presented.key;
 
         // 4. Has its source been sending junk? One past `[guard] max_invalid` failures is
         //    refused before its key costs anything, unless this sidecar knows the key.
-        let hash = KeyHash::of(key);
         let source = Source::of(client_ip);
         if let Verdict::Blocked { retry_after } = self.guard.check(source, Instant::now())
-            && (config.guard.block_known_keys || !self.keys.knows(&hash))
+            && (config.guard.block_known_keys || !self.keys.knows(&KeyHash::of(key)))
         {
             return Err(Reject::TooManyInvalidKeys { retry_after });
         }
 
-        // 5. Is it shaped like one of ours? Prefix, type, environment, checksum: no I/O.
-        let claims = match credential::parse_key(key, &config.keys.prefix) {
-            Ok(claims) => claims,
+        // 5. Is it shaped like one of ours? A key: prefix, type, environment, checksum. An
+        //    access token: checksum, sealed box, expiry; from here on it stands for its key,
+        //    narrowed to the scopes it was issued with. No I/O.
+        let shape = match &config.tokens {
+            Some(tokens) if token::is_token(key, &config.keys.prefix) => {
+                token::open(key, &tokens.secrets, &config.keys.prefix, SystemTime::now())
+                    .map(Credential::Token)
+            }
+            _ => credential::parse_key(key, &config.keys.prefix).map(Credential::Key),
+        };
+        let credential = match shape {
+            Ok(credential) => credential,
             Err(reject) => {
-                let counted = self.guard.malformed(&config.guard, source, Instant::now());
-                self.metrics.guard(counted);
+                if reject != Reject::ExpiredToken {
+                    let counted = self.guard.malformed(&config.guard, source, Instant::now());
+                    self.metrics.guard(counted);
+                }
                 return Err(reject);
             }
+        };
+        let hash = match &credential {
+            Credential::Key(_) => KeyHash::of(key),
+            Credential::Token(token) => token.key,
         };
 
         // 6. Do we know it? Only the hash is ever looked up or stored.
@@ -363,6 +439,10 @@ impl Proxy {
             Reject::KeyStoreUnavailable
         })?;
         let Some(record) = found else {
+            if let Credential::Token(_) = credential {
+                // Sealed by us for a key that is gone: as dead as the key.
+                return Err(Reject::InvalidToken);
+            }
             let counted = self
                 .guard
                 .unknown(&config.guard, source, Instant::now())
@@ -371,15 +451,30 @@ impl Proxy {
             return Err(Reject::InvalidApiKey);
         };
         audit.key = Some(record.clone());
+        let (claims, narrowed, via) = match &credential {
+            Credential::Key(claims) => (*claims, &[][..], presented.via),
+            // The box vouches for the key; a token is a Bearer credential of its own kind, so
+            // its key's header binding does not apply to it.
+            Credential::Token(token) => (
+                KeyClaims {
+                    key_type: record.key_type,
+                    env: record.env,
+                },
+                token.scopes.as_slice(),
+                HeaderSet::EMPTY,
+            ),
+        };
 
-        // 7. May it make this request? Status, expiry, IP allowlist, environment, key type,
-        //    route scopes, workspace/project binding.
+        // 7. May it make this request? Status, expiry, the headers it may arrive in, IP
+        //    allowlist, environment, key type, route scopes, workspace/project binding.
         let now = SystemTime::now();
         let facts = RequestFacts {
             method: head.method(),
             path,
             client_ip,
             now,
+            via,
+            narrowed,
         };
         let policy = Policy {
             routes: &config.routes,
@@ -392,6 +487,12 @@ impl Proxy {
             });
         }
         authz::authorize(&record, claims, &facts, &policy)?;
+
+        // 7b. Due for rotation? It still works; its responses say by when to replace it.
+        audit.rotation = config
+            .keys
+            .rotation()
+            .due(record.created_at(), record.expires_at(), now);
 
         // 8. Within its plan? Only a request that may be served counts against a quota; a
         //    refusal by any window counts in none. A key suspended for hammering its limit is
@@ -411,6 +512,127 @@ impl Proxy {
         // 9. Admitted: the engine forwards it, without the key and with the verified
         //    identity (`audit.key`).
         admission(normal)
+    }
+
+    /// `POST [tokens] path`: a client-credentials grant (RFC 6749 §4.4) answered by keygate
+    /// itself. The client id is the key's id, the secret the key; the key must be alive now,
+    /// and a `scope` must be a subset of its scopes. Failed client authentication counts with
+    /// the stuffing guard like an unknown key.
+    async fn issue_token(
+        &self,
+        config: &Config,
+        tokens: &token::TokensConfig,
+        req: Request<Incoming>,
+        conn: &Connection,
+        audit: &mut Audit<'_>,
+    ) -> Result<Response<Full<Bytes>>, Reject> {
+        use crate::reject::OAuthError;
+        use http_body_util::{BodyExt, Limited};
+        let peer = conn.peer.ip();
+        let trusted = &config.network.trusted_proxies;
+        audit.peer_trusted = trusted
+            .iter()
+            .any(|net| net.contains(&authz::canonical(peer)));
+        let client_ip = forward::client_ip(peer, &req, trusted);
+        audit.client_ip = Some(client_ip);
+        if config.network.require_https
+            && !conn.tls
+            && !(audit.peer_trusted && forwarded_https(&req))
+        {
+            return Err(Reject::HttpsRequired);
+        }
+        if req.method() != http::Method::POST {
+            return Err(Reject::MethodNotAllowed(vec![http::Method::POST]));
+        }
+        let source = Source::of(client_ip);
+        if let Verdict::Blocked { retry_after } = self.guard.check(source, Instant::now()) {
+            return Err(Reject::TooManyInvalidKeys { retry_after });
+        }
+        let form = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|v| {
+                v.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        if !form {
+            return Err(Reject::OAuth(OAuthError::InvalidRequest(
+                "send the parameters as application/x-www-form-urlencoded",
+            )));
+        }
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let body = Limited::new(req.into_body(), 4096)
+            .collect()
+            .await
+            .map_err(|_| {
+                Reject::OAuth(OAuthError::InvalidRequest(
+                    "the body is broken or over 4 KiB",
+                ))
+            })?
+            .to_bytes();
+        let grant = token::grant(authorization.as_deref(), &body).map_err(Reject::OAuth)?;
+
+        let now = SystemTime::now();
+        let record = match credential::parse_key(&grant.secret, &config.keys.prefix) {
+            Ok(_) => {
+                let hash = KeyHash::of(&grant.secret);
+                let found = self.keys.lookup(hash).await.map_err(|e| {
+                    if crate::ratelog::KEY_LOOKUP.allow() {
+                        tracing::error!(error = %e, "key store lookup failed");
+                    }
+                    Reject::KeyStoreUnavailable
+                })?;
+                found.filter(|r| {
+                    *r.id == *grant.client_id
+                        && r.status == crate::vocab::Status::Active
+                        && r.expires_at().is_none_or(|at| at > now)
+                })
+            }
+            Err(_) => None,
+        };
+        let Some(record) = record else {
+            let counted = self
+                .guard
+                .unknown(&config.guard, source, Instant::now())
+                .await;
+            self.metrics.guard(counted);
+            return Err(Reject::OAuth(OAuthError::InvalidClient));
+        };
+        audit.key = Some(record.clone());
+        let held: Vec<&str> = record.scopes.iter().collect();
+        let scopes = token::narrow(&held, grant.scope).map_err(Reject::OAuth)?;
+        let claims = token::Claims {
+            key: KeyHash::of(&grant.secret),
+            expires_at: now + tokens.lifetime,
+            scopes,
+        };
+        let access_token = token::issue(&claims, &tokens.secrets, &config.keys.prefix)?;
+        let mut body = serde_json::json!({
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": tokens.lifetime.as_secs(),
+        });
+        if !claims.scopes.is_empty() {
+            body["scope"] = claims.scopes.join(" ").into();
+        }
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        // RFC 6749 §5.1.
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        headers.insert(http::header::PRAGMA, HeaderValue::from_static("no-cache"));
+        Ok(response)
     }
 
     async fn send(&self, current: &Current, req: Prepared) -> Result<Response<Incoming>, Reject> {

@@ -22,6 +22,16 @@ pub enum Reject {
     ExpiredApiKey,
     /// Two different keys in one request.
     ConflictingCredentials,
+    /// An access token ([`crate::token`]) that is malformed, forged, or sealed with a
+    /// secret no longer listed.
+    InvalidToken,
+    /// An access token past its lifetime: ask `/oauth/token` for a new one.
+    ExpiredToken,
+    /// The token endpoint's own refusals, in RFC 6749 §5.2 form.
+    OAuth(OAuthError),
+    /// A header-bound key (`keys create --header`) sent in another header; the headers it
+    /// is accepted in.
+    CredentialHeaderNotAllowed(crate::vocab::HeaderSet),
     /// A path that could mean something else to the upstream (`%2f`, `%00`, `;`, `\`, …);
     /// [`crate::path`] says which.
     InvalidPath(crate::path::PathError),
@@ -74,6 +84,18 @@ pub enum Reject {
     IdempotencyKeyReused,
     /// An `Idempotency-Key` whose first request is still being processed.
     IdempotencyInProgress,
+}
+
+/// RFC 6749 §5.2 errors of `POST /oauth/token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OAuthError {
+    /// Malformed body, missing `grant_type`, credentials sent twice; the text says which.
+    InvalidRequest(&'static str),
+    /// Unknown, revoked, suspended or expired key, or a secret that is not the id's key.
+    InvalidClient,
+    UnsupportedGrantType,
+    /// `scope` asks for more than the key holds, or is too long.
+    InvalidScope,
 }
 
 /// Why a known, valid key may not make this request (403 `insufficient_permissions`).
@@ -136,9 +158,14 @@ impl Denial {
 impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ExpiredApiKey
+            | Self::InvalidToken
+            | Self::ExpiredToken
+            | Self::OAuth(OAuthError::InvalidClient)
+            | Self::CredentialHeaderNotAllowed(_) => StatusCode::UNAUTHORIZED,
+            Self::OAuth(_) => StatusCode::BAD_REQUEST,
             Self::ConflictingCredentials | Self::InvalidPath(_) | Self::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -174,6 +201,13 @@ impl Reject {
             Self::InvalidApiKey => "invalid_api_key",
             Self::ExpiredApiKey => "expired_api_key",
             Self::ConflictingCredentials => "conflicting_api_keys",
+            Self::CredentialHeaderNotAllowed(_) => "credential_header_not_allowed",
+            Self::InvalidToken => "invalid_token",
+            Self::ExpiredToken => "expired_token",
+            Self::OAuth(OAuthError::InvalidRequest(_)) => "invalid_request",
+            Self::OAuth(OAuthError::InvalidClient) => "invalid_client",
+            Self::OAuth(OAuthError::UnsupportedGrantType) => "unsupported_grant_type",
+            Self::OAuth(OAuthError::InvalidScope) => "invalid_scope",
             Self::InvalidPath(_) => "invalid_path",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::BadRequest(_) => "invalid_request",
@@ -200,9 +234,14 @@ impl Reject {
 
     pub fn error_type(&self) -> &'static str {
         match self {
-            Self::MissingApiKey | Self::InvalidApiKey | Self::ExpiredApiKey => {
-                "authentication_error"
-            }
+            Self::MissingApiKey
+            | Self::InvalidApiKey
+            | Self::ExpiredApiKey
+            | Self::InvalidToken
+            | Self::ExpiredToken
+            | Self::OAuth(OAuthError::InvalidClient)
+            | Self::CredentialHeaderNotAllowed(_) => "authentication_error",
+            Self::OAuth(_) => "invalid_request_error",
             Self::InsufficientPermissions(_)
             | Self::IpNotAllowed(_)
             | Self::KeySuspended
@@ -237,6 +276,33 @@ impl Reject {
             Self::ExpiredApiKey => "The API key provided has expired".into(),
             Self::ConflictingCredentials => {
                 "The request carries more than one different API key; send exactly one".into()
+            }
+            Self::InvalidToken => "The access token provided is invalid; request a new one".into(),
+            Self::ExpiredToken => "The access token provided has expired; request a new one".into(),
+            Self::OAuth(OAuthError::InvalidRequest(why)) => format!("Invalid token request: {why}"),
+            Self::OAuth(OAuthError::InvalidClient) => {
+                "Client authentication failed: unknown client id, wrong secret, or a key that \
+                 is revoked, suspended or expired"
+                    .into()
+            }
+            Self::OAuth(OAuthError::UnsupportedGrantType) => {
+                "Only grant_type=client_credentials is supported".into()
+            }
+            Self::OAuth(OAuthError::InvalidScope) => {
+                "The requested scope is not among the key's scopes".into()
+            }
+            Self::CredentialHeaderNotAllowed(allowed) => {
+                let names: Vec<&str> = allowed
+                    .iter()
+                    .map(crate::vocab::CredentialHeader::usage)
+                    .collect();
+                match names.as_slice() {
+                    [one] => format!("This API key is only accepted in the '{one}' header"),
+                    many => format!(
+                        "This API key is only accepted in these headers: {}",
+                        many.join(", ")
+                    ),
+                }
             }
             Self::InvalidPath(why) => why.to_string(),
             Self::MethodNotAllowed(allowed) if allowed.is_empty() => {
@@ -305,8 +371,16 @@ impl Reject {
         }
     }
 
-    /// The JSON body: `{"error": {"code", "message", "type"}}`.
+    /// The JSON body: `{"error": {"code", "message", "type"}}`; for the token endpoint's
+    /// refusals RFC 6749 §5.2's `{"error", "error_description"}`, which OAuth clients parse.
     pub fn body(&self) -> String {
+        if let Self::OAuth(_) = self {
+            return serde_json::json!({
+                "error": self.code(),
+                "error_description": self.message(),
+            })
+            .to_string();
+        }
         serde_json::json!({
             "error": {
                 "code": self.code(),
@@ -322,11 +396,23 @@ impl Reject {
         let retry = self
             .retry_after()
             .map(|secs| (RETRY_AFTER, HeaderValue::from(secs)));
-        // RFC 6750 §3: tell the client which scheme to use.
+        // RFC 6750 §3: tell the client which scheme to use; RFC 6749 §5.2: the token
+        // endpoint's client authentication is Basic.
         let challenge = (self.status() == StatusCode::UNAUTHORIZED).then(|| {
+            let value = match self {
+                Self::OAuth(_) => "Basic realm=\"keygate\"",
+                Self::InvalidToken | Self::ExpiredToken => {
+                    "Bearer realm=\"keygate\", error=\"invalid_token\""
+                }
+                _ => "Bearer realm=\"keygate\"",
+            };
+            (WWW_AUTHENTICATE, HeaderValue::from_static(value))
+        });
+        // RFC 6749 §5.1: token responses are never cached; nor are its refusals.
+        let no_store = matches!(self, Self::OAuth(_)).then(|| {
             (
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"keygate\""),
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
             )
         });
         // RFC 9110 §15.5.6: a 405 says what is allowed.
@@ -339,7 +425,11 @@ impl Reject {
             }
             _ => None,
         };
-        retry.into_iter().chain(challenge).chain(allow)
+        retry
+            .into_iter()
+            .chain(challenge)
+            .chain(allow)
+            .chain(no_store)
     }
 
     /// The response for this refusal, for hyper's side of keygate; keygate's own HTTP/1.1
@@ -388,6 +478,26 @@ mod tests {
                 400,
                 "conflicting_api_keys",
                 "invalid_request_error",
+            ),
+            (
+                Reject::CredentialHeaderNotAllowed(crate::vocab::HeaderSet::of(&[
+                    crate::vocab::CredentialHeader::ProjectAccessToken,
+                ])),
+                401,
+                "credential_header_not_allowed",
+                "authentication_error",
+            ),
+            (
+                Reject::InvalidToken,
+                401,
+                "invalid_token",
+                "authentication_error",
+            ),
+            (
+                Reject::ExpiredToken,
+                401,
+                "expired_token",
+                "authentication_error",
             ),
             (
                 Reject::RateLimitExceeded(crate::limits::Refusal {
@@ -568,6 +678,64 @@ mod tests {
                 .contains_key(RETRY_AFTER),
             "a manual suspension has no end to announce"
         );
+    }
+
+    #[test]
+    fn a_header_bound_key_is_told_where_to_go() {
+        use crate::vocab::{CredentialHeader::*, HeaderSet};
+        let one = Reject::CredentialHeaderNotAllowed(HeaderSet::of(&[ProjectAccessToken]));
+        assert!(
+            one.message().contains("'Project-Access-Token'"),
+            "{}",
+            one.message()
+        );
+        let two = Reject::CredentialHeaderNotAllowed(HeaderSet::of(&[Authorization, XApiKey]));
+        assert!(
+            two.message().contains("Authorization: Bearer, X-Api-Key"),
+            "{}",
+            two.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn token_endpoint_errors_take_the_rfc_6749_form() {
+        let table = [
+            (
+                OAuthError::InvalidRequest("no grant_type"),
+                400,
+                "invalid_request",
+                None,
+            ),
+            (
+                OAuthError::InvalidClient,
+                401,
+                "invalid_client",
+                Some("Basic realm=\"keygate\""),
+            ),
+            (
+                OAuthError::UnsupportedGrantType,
+                400,
+                "unsupported_grant_type",
+                None,
+            ),
+            (OAuthError::InvalidScope, 400, "invalid_scope", None),
+        ];
+        for (error, status, code, challenge) in table {
+            let response = Reject::OAuth(error).into_response();
+            assert_eq!(response.status().as_u16(), status, "{code}");
+            assert_eq!(response.headers()["cache-control"], "no-store");
+            assert_eq!(
+                response
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .map(|v| v.to_str().unwrap()),
+                challenge
+            );
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(json["error"], code);
+            assert!(json["error_description"].as_str().unwrap().len() > 10);
+        }
     }
 
     #[test]

@@ -1,13 +1,126 @@
 //! The words every layer shares: what identifies a key ([`KeyHash`]), what kind it is
-//! ([`KeyType`], [`Environment`], [`Status`]), and how a store fails ([`StoreError`]).
+//! ([`KeyType`], [`Environment`], [`Status`]), the headers it may arrive in
+//! ([`CredentialHeader`], [`HeaderSet`]), and how a store fails ([`StoreError`]).
 //!
 //! A leaf: it imports nothing from the rest of keygate, so the request path's stages, the
 //! stores, the limits and the config can all speak of keys without depending on each other.
 
 use std::fmt;
 
+use http::header::{AUTHORIZATION, HeaderName};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// The headers a key may arrive in. Written by name (`"project-access-token"`) in key records
+/// and the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "&'static str", try_from = "String")]
+pub enum CredentialHeader {
+    /// `Authorization: Bearer <key>`; other schemes (Basic, Digest) are not API keys.
+    Authorization,
+    XApiKey,
+    ProjectAccessToken,
+}
+
+impl CredentialHeader {
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "authorization" => Some(Self::Authorization),
+            "x-api-key" => Some(Self::XApiKey),
+            "project-access-token" => Some(Self::ProjectAccessToken),
+            _ => None,
+        }
+    }
+
+    pub fn header_name(self) -> HeaderName {
+        match self {
+            Self::Authorization => AUTHORIZATION,
+            Self::XApiKey => HeaderName::from_static("x-api-key"),
+            Self::ProjectAccessToken => HeaderName::from_static("project-access-token"),
+        }
+    }
+
+    /// The header's name in lowercase.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    pub fn all() -> [Self; 3] {
+        [Self::Authorization, Self::XApiKey, Self::ProjectAccessToken]
+    }
+
+    /// How a client is told to send a key in it (error messages).
+    pub fn usage(self) -> &'static str {
+        match self {
+            Self::Authorization => "Authorization: Bearer",
+            Self::XApiKey => "X-Api-Key",
+            Self::ProjectAccessToken => "Project-Access-Token",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl TryFrom<String> for CredentialHeader {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, String> {
+        Self::from_name(&name).ok_or_else(|| {
+            format!(
+                "{name:?} is not a credential header; use authorization, x-api-key or \
+                 project-access-token"
+            )
+        })
+    }
+}
+
+/// A set of [`CredentialHeader`]s in one byte: the headers one request's key arrived in, or
+/// the headers a key may arrive in (a header-bound key, `keys create --header`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct HeaderSet(u8);
+
+impl HeaderSet {
+    pub const EMPTY: Self = Self(0);
+
+    pub fn of(headers: &[CredentialHeader]) -> Self {
+        headers.iter().fold(Self::EMPTY, |set, &h| set.with(h))
+    }
+
+    #[must_use]
+    pub fn with(self, header: CredentialHeader) -> Self {
+        Self(self.0 | header.bit())
+    }
+
+    pub fn contains(self, header: CredentialHeader) -> bool {
+        self.0 & header.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Every header in `self` is in `other`.
+    pub fn is_subset(self, other: Self) -> bool {
+        self.0 & !other.0 == 0
+    }
+
+    /// One bit per header, for compact storage; [`HeaderSet::from_bits`] reads it back.
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    pub fn from_bits(bits: u8) -> Self {
+        Self(bits & 0b111)
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = CredentialHeader> {
+        CredentialHeader::all()
+            .into_iter()
+            .filter(move |&h| self.contains(h))
+    }
+}
 
 /// SHA-256 of a full key string.
 #[derive(Clone, Copy, PartialEq, Eq)]

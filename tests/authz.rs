@@ -398,3 +398,148 @@ fn check_config_refuses_bad_rules_and_names_them() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("/api/v2/w/{workspace}/**"));
 }
+
+/// Railway's scheme: project tokens only in `Project-Access-Token`, account tokens only as
+/// Bearer; an unbound key anywhere. One row per (key, headers sent).
+#[tokio::test]
+async fn header_bound_keys_are_refused_in_any_other_header() {
+    let (_p, _s, ws) = setup("").await;
+    let (project_id, project) = ws.create_key(&["--header", "project-access-token"]);
+    let (_, account) = ws.create_key(&["--header", "Authorization"]);
+    let (_, either) = ws.create_key(&["--header", "authorization", "--header", "x-api-key"]);
+    let (_, unbound) = ws.create_key(&[]);
+    let shown = ws.cli(&["keys", "show", &project_id]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        shown["headers"],
+        serde_json::json!(["project-access-token"])
+    );
+    let kg = ws.serve();
+
+    let bearer = |k: &str| format!("Bearer {k}");
+    let ok = Ok(());
+    let refused = |only: &'static str| Err(only);
+    type Row<'a> = (&'a str, Vec<(&'a str, String)>, Result<(), &'static str>);
+    let rows: Vec<Row> = vec![
+        (
+            "project token in its header",
+            vec![("project-access-token", project.clone())],
+            ok,
+        ),
+        (
+            "project token as Bearer",
+            vec![("authorization", bearer(&project))],
+            refused("'Project-Access-Token'"),
+        ),
+        (
+            "project token in x-api-key",
+            vec![("x-api-key", project.clone())],
+            refused("'Project-Access-Token'"),
+        ),
+        (
+            "project token in its header and as Bearer",
+            vec![
+                ("project-access-token", project.clone()),
+                ("authorization", bearer(&project)),
+            ],
+            refused("'Project-Access-Token'"),
+        ),
+        (
+            "account token as Bearer",
+            vec![("authorization", bearer(&account))],
+            ok,
+        ),
+        (
+            "account token in Project-Access-Token",
+            vec![("project-access-token", account.clone())],
+            refused("'Authorization: Bearer'"),
+        ),
+        (
+            "account token in x-api-key",
+            vec![("x-api-key", account.clone())],
+            refused("'Authorization: Bearer'"),
+        ),
+        (
+            "two-header key as Bearer",
+            vec![("authorization", bearer(&either))],
+            ok,
+        ),
+        (
+            "two-header key in x-api-key",
+            vec![("x-api-key", either.clone())],
+            ok,
+        ),
+        (
+            "two-header key in Project-Access-Token",
+            vec![("project-access-token", either.clone())],
+            refused("Authorization: Bearer, X-Api-Key"),
+        ),
+        (
+            "unbound key as Bearer",
+            vec![("authorization", bearer(&unbound))],
+            ok,
+        ),
+        (
+            "unbound key in Project-Access-Token",
+            vec![("project-access-token", unbound.clone())],
+            ok,
+        ),
+    ];
+    for (name, headers, want) in rows {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let reply = get(&kg.url("/v1/things"), &headers).await;
+        match want {
+            Ok(()) => assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "{name}: {}",
+                text(&reply.body)
+            ),
+            Err(named) => {
+                assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{name}");
+                assert_eq!(
+                    reply.error_code(),
+                    "credential_header_not_allowed",
+                    "{name}"
+                );
+                let message = reply.json()["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                assert!(message.contains(named), "{name}: {message}");
+            }
+        }
+    }
+
+    // The CLI refuses a header keygate does not read keys from.
+    let out = ws.cli(&[
+        "keys", "create", "--name", "x", "--scopes", "*", "--header", "cookie",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--header \"cookie\""),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(kg);
+    let narrow = Workspace::new(
+        "http://127.0.0.1:9",
+        "[auth]\nunmatched = \"allow\"\ncredential_headers = [\"x-api-key\"]\n",
+    );
+    let out = narrow.cli(&[
+        "keys",
+        "create",
+        "--name",
+        "x",
+        "--scopes",
+        "*",
+        "--header",
+        "project-access-token",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("credential_headers"),
+        "{}",
+        text(&out.stderr)
+    );
+}

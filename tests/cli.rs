@@ -299,3 +299,58 @@ fn the_shipped_example_config_is_valid() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("kind = \"file\""));
 }
+
+/// Each "…-style" section of the README (one per seed API) holds a proxy.toml snippet and the
+/// commands that reproduce that API's key scheme: the snippet passes `check-config` and every
+/// `keygate` command runs against it.
+#[test]
+fn readme_seed_api_sections_work_as_written() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let mut sections = 0;
+    for section in readme.split("\n### ").skip(1) {
+        let (title, body) = section.split_once('\n').unwrap();
+        if !title.contains("-style") {
+            continue;
+        }
+        let section = body.split("\n## ").next().unwrap();
+        let block = |lang: &str| -> Option<String> {
+            let start = section.find(&format!("```{lang}\n"))? + lang.len() + 4;
+            let len = section[start..].find("```")?;
+            Some(section[start..start + len].to_owned())
+        };
+        let toml = block("toml").unwrap_or_else(|| panic!("{title}: no toml block"));
+        let ws = Workspace::new("http://127.0.0.1:9", &toml);
+        let commands = block("sh").unwrap_or_default();
+        // Files the commands make (a token secret) before the config that names them loads.
+        for line in commands.lines().filter(|l| l.starts_with("openssl ")) {
+            let out = Command::new("sh")
+                .args(["-c", line])
+                .current_dir(ws.dir.path())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{title}: {line}: {}",
+                text(&out.stderr)
+            );
+        }
+        let out = ws.cli(&["check-config"]);
+        assert!(out.status.success(), "{title}: {}", text(&out.stderr));
+        for line in commands.lines() {
+            let words = shlex::split(line).unwrap();
+            let Some(("keygate", args)) = words.split_first().map(|(a, b)| (a.as_str(), b)) else {
+                continue;
+            };
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = ws.cli(&args);
+            assert!(
+                out.status.success(),
+                "{title}: {line}: {}",
+                text(&out.stderr)
+            );
+        }
+        sections += 1;
+    }
+    assert!(sections >= 3, "{sections} seed API sections found");
+}

@@ -29,6 +29,7 @@ fn spec(owner: &str) -> KeySpec {
         limits: Default::default(),
         workspace: Some("ws_1".into()),
         project: None,
+        headers: Vec::new(),
     }
 }
 

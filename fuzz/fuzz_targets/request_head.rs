@@ -112,6 +112,7 @@ fn record(
         limits: Default::default(),
         workspace: workspace.map(str::to_owned),
         project: Some("proj_1".into()),
+        headers: Vec::new(),
         status: Status::Active,
         created_at: SystemTime::UNIX_EPOCH,
         last_used_at: None,

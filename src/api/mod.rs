@@ -39,6 +39,7 @@ use crate::limits::{Limited as LimitRefusal, WindowState};
 use crate::proxy::{Audit, Connection, Current, Proxy};
 use crate::reject::{Denial, Reject};
 use crate::routes::{RouteTable, Unmatched, grants};
+use crate::vocab::HeaderSet;
 use crate::vocab::{Environment, KeyHash, Status, StoreError};
 use auth::{Need, Reach};
 use idempotency::{Claim, Idempotency};
@@ -653,6 +654,9 @@ impl Api {
             path: "/",
             client_ip,
             now,
+            // The key came in the body: a binding to credential headers does not apply.
+            via: HeaderSet::EMPTY,
+            narrowed: &[],
         };
         let policy = Policy {
             routes: &routes,

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use http::Method;
 
-use crate::credential::KeyClaims;
+use crate::credential::{HeaderSet, KeyClaims};
 use crate::keys::cached_key::CachedKey;
 use crate::reject::{Denial, Reject};
 use crate::routes::{Found, RouteTable, Unmatched, grants};
@@ -21,6 +21,10 @@ pub struct RequestFacts<'a> {
     pub path: &'a str,
     pub client_ip: IpAddr,
     pub now: SystemTime,
+    /// The headers the key arrived in.
+    pub via: HeaderSet,
+    /// An access token's scopes (a subset of its key's); empty: all the key's.
+    pub narrowed: &'a [String],
 }
 
 /// The configured rules a key is held to.
@@ -53,6 +57,7 @@ pub fn authorize(
     if record.expires_at().is_some_and(|at| at <= facts.now) {
         return Err(Reject::ExpiredApiKey);
     }
+    arrival(record.headers(), facts.via)?;
     let allowed = record.allowed_cidrs();
     if !allowed.is_empty() {
         let ip = canonical(facts.client_ip);
@@ -81,7 +86,7 @@ pub fn authorize(
             return match &policy.routes.unmatched {
                 Unmatched::Allow => Ok(()),
                 Unmatched::Deny => deny(Denial::NoRoute),
-                Unmatched::Scope(scope) if holds(record, scope) => Ok(()),
+                Unmatched::Scope(scope) if holds(record, facts.narrowed, scope) => Ok(()),
                 Unmatched::Scope(scope) => deny(Denial::MissingScope(vec![scope.clone()])),
             };
         }
@@ -89,10 +94,19 @@ pub fn authorize(
     if !route.environments.contains(&record.env) {
         return deny(Denial::Environment(record.env));
     }
-    if !route.scopes.is_empty() && !route.scopes.iter().any(|s| holds(record, s)) {
+    if !route.scopes.is_empty()
+        && !route
+            .scopes
+            .iter()
+            .any(|s| holds(record, facts.narrowed, s))
+    {
         return deny(Denial::MissingScope(route.scopes.clone()));
     }
-    if let Some(missing) = route.scopes_all.iter().find(|s| !holds(record, s)) {
+    if let Some(missing) = route
+        .scopes_all
+        .iter()
+        .find(|s| !holds(record, facts.narrowed, s))
+    {
         return deny(Denial::MissingScope(vec![missing.clone()]));
     }
     for (param, value) in captures {
@@ -111,8 +125,21 @@ pub fn authorize(
     Ok(())
 }
 
-fn holds(record: &CachedKey, required: &str) -> bool {
+/// A header-bound key (`keys create --header`, Railway's project tokens) arrives only in its
+/// headers: in any other it is refused, even beside an allowed one, so a client learns where
+/// to send it instead of having it work by accident. `allowed` empty: any header.
+pub fn arrival(allowed: HeaderSet, via: HeaderSet) -> Result<(), Reject> {
+    if allowed.is_empty() || via.is_subset(allowed) {
+        Ok(())
+    } else {
+        Err(Reject::CredentialHeaderNotAllowed(allowed))
+    }
+}
+
+/// The key holds `required`, and so does the token it came as, if any.
+fn holds(record: &CachedKey, narrowed: &[String], required: &str) -> bool {
     record.scopes.iter().any(|held| grants(held, required))
+        && (narrowed.is_empty() || narrowed.iter().any(|held| grants(held, required)))
 }
 
 /// Methods that only read (RFC 9110 §9.2.1, less TRACE which we do not want keys to use).

@@ -1,6 +1,7 @@
 //! `authorize()` as a table of cases, and two properties over random route tables.
 
 use super::*;
+use crate::credential::CredentialHeader;
 use crate::keys::KeyRecord;
 use crate::routes::{PathPattern, Route};
 use std::time::Duration;
@@ -654,6 +655,8 @@ fn table_of_rules() {
             path: c.path,
             client_ip: ip(c.ip),
             now,
+            via: HeaderSet::of(&[CredentialHeader::XApiKey]),
+            narrowed: &[],
         };
         let policy = Policy {
             routes: &routes,
@@ -664,6 +667,159 @@ fn table_of_rules() {
             c.want,
             "case {}",
             c.name
+        );
+    }
+}
+
+#[test]
+fn header_binding_table() {
+    use CredentialHeader::*;
+    let set = HeaderSet::of;
+    let refused = |allowed: &[CredentialHeader]| {
+        Err(Reject::CredentialHeaderNotAllowed(HeaderSet::of(allowed)))
+    };
+    type Row<'a> = (
+        &'a [CredentialHeader],
+        &'a [CredentialHeader],
+        Result<(), Reject>,
+    );
+    let cases: &[Row] = &[
+        // An unbound key: any header.
+        (&[], &[Authorization], Ok(())),
+        (&[], &[XApiKey, ProjectAccessToken], Ok(())),
+        // Railway's project token: Project-Access-Token only.
+        (&[ProjectAccessToken], &[ProjectAccessToken], Ok(())),
+        (
+            &[ProjectAccessToken],
+            &[Authorization],
+            refused(&[ProjectAccessToken]),
+        ),
+        (
+            &[ProjectAccessToken],
+            &[XApiKey],
+            refused(&[ProjectAccessToken]),
+        ),
+        // Beside the allowed header is still elsewhere.
+        (
+            &[ProjectAccessToken],
+            &[ProjectAccessToken, Authorization],
+            refused(&[ProjectAccessToken]),
+        ),
+        // Railway's account token: Bearer only.
+        (&[Authorization], &[Authorization], Ok(())),
+        (
+            &[Authorization],
+            &[ProjectAccessToken],
+            refused(&[Authorization]),
+        ),
+        (&[Authorization, XApiKey], &[XApiKey], Ok(())),
+        (&[Authorization, XApiKey], &[Authorization, XApiKey], Ok(())),
+    ];
+    for (allowed, via, want) in cases {
+        assert_eq!(
+            &arrival(set(allowed), set(via)),
+            want,
+            "allowed {allowed:?}, via {via:?}"
+        );
+    }
+}
+
+#[test]
+fn a_dead_key_in_the_wrong_header_is_reported_dead() {
+    let routes = table(Unmatched::Allow);
+    let policy = Policy {
+        routes: &routes,
+        sandbox_upstream: true,
+    };
+    let facts = RequestFacts {
+        method: &Method::GET,
+        path: "/open/x",
+        client_ip: "1.2.3.4".parse().unwrap(),
+        now: SystemTime::UNIX_EPOCH + Duration::from_secs(NOW_SECS),
+        via: HeaderSet::of(&[CredentialHeader::Authorization]),
+        narrowed: &[],
+    };
+    let mut rec = record();
+    rec.headers = vec![CredentialHeader::ProjectAccessToken];
+    let claims = KeyClaims {
+        key_type: rec.key_type,
+        env: rec.env,
+    };
+    let check = |rec: &KeyRecord| authorize(&CachedKey::from(rec), claims, &facts, &policy);
+    assert_eq!(
+        check(&rec),
+        Err(Reject::CredentialHeaderNotAllowed(HeaderSet::of(&[
+            CredentialHeader::ProjectAccessToken
+        ])))
+    );
+    rec.status = Status::Revoked;
+    assert_eq!(check(&rec), Err(Reject::InvalidApiKey));
+    rec.status = Status::Active;
+    rec.expires_at = Some(SystemTime::UNIX_EPOCH);
+    assert_eq!(check(&rec), Err(Reject::ExpiredApiKey));
+}
+
+#[test]
+fn a_token_narrowed_to_some_scopes_holds_only_those() {
+    let routes = table(Unmatched::Deny);
+    let policy = Policy {
+        routes: &routes,
+        sandbox_upstream: true,
+    };
+    let mut rec = record();
+    scopes(
+        &mut rec,
+        &["content:*", "analytics:read", "analytics:export"],
+    );
+    let key = CachedKey::from(&rec);
+    let claims = KeyClaims {
+        key_type: rec.key_type,
+        env: rec.env,
+    };
+    let narrowed = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // (token scopes, method, path, want)
+    type Row = (Vec<String>, Method, &'static str, Result<(), Reject>);
+    let rows: Vec<Row> = vec![
+        (narrowed(&[]), Method::POST, "/content/x", Ok(())),
+        (
+            narrowed(&["content:read"]),
+            Method::GET,
+            "/content/x",
+            Ok(()),
+        ),
+        (
+            narrowed(&["content:read"]),
+            Method::POST,
+            "/content/x",
+            missing(&["content:write"]),
+        ),
+        (narrowed(&["content:*"]), Method::POST, "/content/x", Ok(())),
+        (
+            narrowed(&["analytics:read"]),
+            Method::GET,
+            "/analytics/q",
+            missing(&["analytics:export"]),
+        ),
+        (
+            narrowed(&["analytics:read", "analytics:export"]),
+            Method::GET,
+            "/analytics/q",
+            Ok(()),
+        ),
+    ];
+    for (scopes, method, path, want) in rows {
+        let facts = RequestFacts {
+            method: &method,
+            path,
+            client_ip: "1.2.3.4".parse().unwrap(),
+            now: SystemTime::UNIX_EPOCH,
+            via: HeaderSet::EMPTY,
+            narrowed: &scopes,
+        };
+        assert_eq!(
+            authorize(&key, claims, &facts, &policy),
+            want,
+            "{scopes:?} {method} {path}"
         );
     }
 }
@@ -755,6 +911,8 @@ mod properties {
             path: p,
             client_ip: "1.2.3.4".parse().unwrap(),
             now: SystemTime::UNIX_EPOCH,
+            via: HeaderSet::EMPTY,
+            narrowed: &[],
         };
         let policy = Policy {
             routes: &routes,

@@ -43,6 +43,7 @@ pub async fn run(shutdown: CancellationToken, mut out: impl Write) -> Result<(),
         limits: Default::default(),
         workspace: None,
         project: None,
+        headers: Vec::new(),
     };
     let policy = KeyPolicy {
         prefix: "kg".into(),

@@ -66,6 +66,9 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     pub keys: KeysConfig,
     pub auth: AuthConfig,
+    /// `[tokens]`: access tokens (`POST /oauth/token`); `None`: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<crate::token::TokensConfig>,
     pub paths: PathRules,
     pub guard: GuardConfig,
     pub network: Network,
@@ -187,6 +190,12 @@ impl Config {
         }
         if let Some(ca) = &mut config.upstream.ca_file {
             resolve(ca);
+        }
+        if let Some(tokens) = &mut config.tokens {
+            tokens.secret_files.iter_mut().for_each(resolve);
+            let secrets = crate::token::Secrets::read(&tokens.secret_files)
+                .map_err(|e| invalid("tokens.secret_files", e))?;
+            tokens.secrets = std::sync::Arc::new(secrets);
         }
         Ok(config)
     }

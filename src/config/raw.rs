@@ -42,6 +42,26 @@ pub struct RawConfig {
     /// `[[route]]` rules, in order.
     #[serde(default)]
     pub(super) route: Vec<RawRoute>,
+    pub(super) tokens: Option<RawTokens>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokens {
+    #[serde(default = "default_token_path")]
+    pub(super) path: String,
+    #[serde(default = "default_token_lifetime", with = "humantime_serde")]
+    pub(super) lifetime: Duration,
+    #[serde(default)]
+    pub(super) secret_files: Vec<PathBuf>,
+}
+
+fn default_token_path() -> String {
+    "/oauth/token".into()
+}
+
+fn default_token_lifetime() -> Duration {
+    Duration::from_secs(3600)
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +250,10 @@ impl Default for RawCache {
 pub(super) struct RawKeys {
     pub(super) prefix: String,
     pub(super) max_per_owner: Option<u32>,
+    #[serde(with = "humantime_serde")]
+    pub(super) max_age: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub(super) warn_before: Option<Duration>,
 }
 
 impl Default for RawKeys {
@@ -237,6 +261,8 @@ impl Default for RawKeys {
         Self {
             prefix: "kg".into(),
             max_per_owner: None,
+            max_age: None,
+            warn_before: None,
         }
     }
 }

@@ -56,6 +56,17 @@ fn errors_name_the_field() {
             "keys.prefix",
         ),
         (MINIMAL, &[("KEYGATE_STORE__KIND", "etcd")], "store.kind"),
+        (MINIMAL, &[("KEYGATE_KEYS__MAX_AGE", "0s")], "keys.max_age"),
+        (
+            MINIMAL,
+            &[("KEYGATE_KEYS__WARN_BEFORE", "0d")],
+            "keys.warn_before",
+        ),
+        (
+            MINIMAL,
+            &[("KEYGATE_KEYS__MAX_AGE", "soon")],
+            "keys.max_age",
+        ),
         (
             MINIMAL,
             &[("KEYGATE_AUTH__CREDENTIAL_HEADERS", "[\"cookie\"]")],

@@ -106,6 +106,19 @@ impl TryFrom<RawConfig> for Config {
             ));
         }
 
+        for (field, value, example) in [
+            ("keys.max_age", raw.keys.max_age, "\"90d\""),
+            ("keys.warn_before", raw.keys.warn_before, "\"14d\""),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(
+                    field,
+                    format!("must be longer than 0, e.g. {example}; leave it out to turn it off"),
+                ));
+            }
+        }
+
+        let tokens = raw.tokens.map(validate_tokens).transpose()?;
         let limits = validate_limits(raw.plans, raw.limits)?;
         let paths = validate_paths(&raw.paths)?;
         let guard = validate_guard(&raw.guard)?;
@@ -174,8 +187,11 @@ impl TryFrom<RawConfig> for Config {
             keys: KeysConfig {
                 prefix,
                 max_per_owner: raw.keys.max_per_owner,
+                max_age: raw.keys.max_age,
+                warn_before: raw.keys.warn_before,
             },
             auth,
+            tokens,
             paths,
             guard,
             network: Network {
@@ -224,6 +240,37 @@ fn validate_paths(raw: &RawPaths) -> Result<PathRules, ConfigError> {
     Ok(PathRules {
         parameters,
         case_insensitive: raw.case_insensitive,
+    })
+}
+
+fn validate_tokens(raw: super::raw::RawTokens) -> Result<crate::token::TokensConfig, ConfigError> {
+    if !raw.path.starts_with('/') || raw.path.contains(['?', '#', '%', '*', '{']) {
+        return Err(invalid(
+            "tokens.path",
+            format!(
+                "{:?}: use a plain absolute path such as \"/oauth/token\"",
+                raw.path
+            ),
+        ));
+    }
+    if raw.lifetime < Duration::from_secs(1) || raw.lifetime > Duration::from_secs(86_400) {
+        return Err(invalid(
+            "tokens.lifetime",
+            "must be between 1s and 24h, e.g. \"1h\" (the default)",
+        ));
+    }
+    if raw.secret_files.is_empty() {
+        return Err(invalid(
+            "tokens.secret_files",
+            "list at least one file holding 32+ random bytes (`openssl rand -base64 48`); the \
+             first seals new tokens, every one opens them",
+        ));
+    }
+    Ok(crate::token::TokensConfig {
+        path: raw.path,
+        lifetime: raw.lifetime,
+        secret_files: raw.secret_files,
+        secrets: Default::default(),
     })
 }
 

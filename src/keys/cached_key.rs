@@ -5,22 +5,24 @@
 //! every string owned): about 600 bytes with its allocations. A [`CachedKey`] keeps only what
 //! admission, limits and forwarding read, and shares what many keys have in common (owner,
 //! plan, scope set) through a [`Pool`]: with the cache's own bookkeeping, about 220 bytes per
-//! key (measured by `examples/cache_memory.rs`; figures in bench/RESULTS.md).
+//! key (measured by `examples/cache_memory.rs` at 80 bytes a `CachedKey`, before `created`
+//! added 8; figures in bench/RESULTS.md).
 
 use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use compact_str::CompactString;
 use http::HeaderValue;
 use ipnet::IpNet;
 
 use super::{Environment, KeyRecord, KeyType, Status};
+use crate::credential::HeaderSet;
 use crate::limits::Limits;
 
-/// A known key as the request path reads it: 80 bytes, plus what it shares.
+/// A known key as the request path reads it: 88 bytes, plus what it shares.
 #[derive(Debug)]
 pub struct CachedKey {
     /// Public identifier (`key_…`), safe for logs and headers; held inline (ids the CLI
@@ -34,6 +36,8 @@ pub struct CachedKey {
     pub plan: Option<Arc<str>>,
     /// Out of line: most keys have none of these, and then they cost 8 bytes.
     restrictions: Option<Box<Restrictions>>,
+    /// When the key was created, in seconds since the Unix epoch (rotation reminders).
+    created: u32,
     /// When the cache read it from the store, as nanoseconds since the cache started.
     pub(super) fetched: u64,
     /// When the last use was queued for the last-used write-behind: seconds on the cache's
@@ -50,6 +54,8 @@ struct Restrictions {
     limits: Option<Limits>,
     workspace: Option<Box<str>>,
     project: Option<Box<str>>,
+    /// The only headers the key is accepted in; empty: any.
+    headers: HeaderSet,
 }
 
 /// A key's owner, and the same as the `X-Keygate-Owner` header value. (The header is made
@@ -117,7 +123,8 @@ impl CachedKey {
             || record.expires_at.is_some()
             || !record.limits.is_empty()
             || record.workspace.is_some()
-            || record.project.is_some();
+            || record.project.is_some()
+            || !record.headers.is_empty();
         Self {
             id: record.id.as_str().into(),
             owner,
@@ -133,11 +140,21 @@ impl CachedKey {
                     limits: (!record.limits.is_empty()).then(|| record.limits.clone()),
                     workspace: record.workspace.as_deref().map(Into::into),
                     project: record.project.as_deref().map(Into::into),
+                    headers: HeaderSet::of(&record.headers),
                 })
             }),
+            created: record
+                .created_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX)),
             fetched,
             reported: AtomicU32::new(0),
         }
+    }
+
+    /// When the key was created (to the second).
+    pub fn created_at(&self) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_secs(self.created.into())
     }
 
     /// The networks the key may be used from; empty: any.
@@ -162,6 +179,13 @@ impl CachedKey {
     /// The project the key is bound to (`{project}` route parameters), if any.
     pub fn project(&self) -> Option<&str> {
         self.restrictions.as_ref()?.project.as_deref()
+    }
+
+    /// The only headers the key is accepted in; empty: any configured one.
+    pub fn headers(&self) -> HeaderSet {
+        self.restrictions
+            .as_ref()
+            .map_or(HeaderSet::EMPTY, |r| r.headers)
     }
 }
 
@@ -276,7 +300,8 @@ mod tests {
     #[test]
     fn a_cached_key_stays_small() {
         // The per-key memory figure in bench/RESULTS.md rests on this; grow it knowingly.
-        assert!(std::mem::size_of::<CachedKey>() <= 80);
+        // (80 -> 88 for `created`, which rotation reminders read on every request.)
+        assert!(std::mem::size_of::<CachedKey>() <= 88);
     }
 
     #[test]
@@ -313,7 +338,15 @@ mod tests {
         assert_eq!(k.allowed_cidrs(), r.allowed_cidrs.as_slice());
         assert_eq!((k.workspace(), k.project()), (Some("ws_1"), None));
         assert_eq!(k.expires_at(), r.expires_at);
+        assert_eq!(k.created_at(), r.created_at);
         assert_eq!(k.limits(), None);
+        assert!(k.headers().is_empty());
+        r.headers = vec![crate::credential::CredentialHeader::ProjectAccessToken];
+        assert_eq!(
+            CachedKey::from(&r).headers(),
+            HeaderSet::of(&r.headers),
+            "a header-bound key keeps its headers"
+        );
         r.limits.per_second = Some(5);
         assert_eq!(CachedKey::from(&r).limits().unwrap().per_second, Some(5));
         let plain = CachedKey::from(&record("acme", &[]));

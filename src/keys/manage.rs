@@ -33,6 +33,8 @@ pub struct KeySpec {
     pub limits: crate::limits::Limits,
     pub workspace: Option<String>,
     pub project: Option<String>,
+    /// The only headers the key will be accepted in; empty: any.
+    pub headers: Vec<credential::CredentialHeader>,
 }
 
 impl KeySpec {
@@ -50,6 +52,7 @@ impl KeySpec {
             limits: record.limits.clone(),
             workspace: record.workspace.clone(),
             project: record.project.clone(),
+            headers: record.headers.clone(),
         }
     }
 }
@@ -189,6 +192,8 @@ impl Draft {
             limits,
             workspace: self.workspace,
             project: self.project,
+            // Header binding is the CLI's only (`keys create --header`).
+            headers: Vec::new(),
         };
         validate_spec(&spec)?;
         Ok(spec)
@@ -581,6 +586,7 @@ fn new_key(
         limits: spec.limits.clone(),
         workspace: spec.workspace.clone(),
         project: spec.project.clone(),
+        headers: spec.headers.clone(),
         status: Status::Active,
         created_at: now,
         last_used_at: None,

@@ -1,7 +1,8 @@
 //! What a key is ([`KeyRecord`]), where records live ([`KeyStore`]: [`file`], [`redis`]), the
 //! cache in front of every store ([`cache`], holding each key in the request path's compact
-//! form, [`cached_key`]), and the management operations every store shares ([`manage`], and
-//! [`usage`] for `keys usage`), and the audit trail of those operations ([`audit`]).
+//! form, [`cached_key`]), the management operations every store shares ([`manage`], and
+//! [`usage`] for `keys usage`), the audit trail of those operations ([`audit`]), and when a
+//! key is due for rotation ([`rotation`]).
 //!
 //! Stores are indexed by [`KeyHash`], the SHA-256 of the full key: the secret itself is never
 //! stored, so a leaked keys file or Redis dump cannot be replayed.
@@ -12,6 +13,7 @@ pub mod cached_key;
 pub mod file;
 pub mod manage;
 pub mod redis;
+pub mod rotation;
 pub mod usage;
 
 pub use manage::{Change, CreatedKey, KeyPolicy, KeySpec};
@@ -44,6 +46,21 @@ pub struct KeysConfig {
     /// Live (not revoked) keys one owner may hold; `None` for no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_per_owner: Option<u32>,
+    /// Keys older than this are due for rotation (`rotation`).
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
+    /// How long before its replace-by date a key is reported due.
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub warn_before: Option<Duration>,
+}
+
+impl KeysConfig {
+    pub fn rotation(&self) -> rotation::RotationPolicy {
+        rotation::RotationPolicy {
+            max_age: self.max_age,
+            warn_before: self.warn_before,
+        }
+    }
 }
 
 /// Opens the configured store. Nothing here waits on the network: a Redis store connects on
@@ -101,6 +118,10 @@ pub struct KeyRecord {
     /// Binding: the key only works on `{project}` routes for this project.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// Header binding: the only headers the key is accepted in (`keys create --header`);
+    /// empty: any configured credential header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<crate::credential::CredentialHeader>,
     pub status: Status,
     #[serde(with = "humantime_serde")]
     pub created_at: SystemTime,
@@ -149,6 +170,7 @@ impl KeyRecord {
             limits: Default::default(),
             workspace: None,
             project: None,
+            headers: vec![],
             status: Status::Active,
             created_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,

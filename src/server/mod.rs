@@ -160,6 +160,13 @@ impl Server {
         let background = CancellationToken::new();
         self.cache.start(background.clone());
         tokio::spawn(crate::ratelog::run(background.clone()));
+        let proxy = self.proxy.clone();
+        tokio::spawn(crate::keys::rotation::watch(
+            self.cache.store().clone(),
+            move || proxy.config().keys.rotation(),
+            self.metrics.keys_due_for_rotation.clone(),
+            background.clone(),
+        ));
         memory::trim_after_floods(self.metrics.clone(), background.clone());
         tokio::spawn(
             reload::Reloader {

@@ -671,6 +671,7 @@ mod tests {
             limits: Default::default(),
             workspace: None,
             project: None,
+            headers: Vec::new(),
         }
     }
 

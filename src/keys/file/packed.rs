@@ -16,6 +16,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+use crate::credential::CredentialHeader;
+use crate::credential::HeaderSet;
 use crate::keys::{Environment, KeyRecord, KeyType, Status};
 use crate::limits::Limits;
 
@@ -36,6 +39,8 @@ struct Packed<'a> {
     limits: [Option<u64>; 6],
     workspace: Option<Cow<'a, str>>,
     project: Option<Cow<'a, str>>,
+    /// `HeaderSet` bits (the CLI writes the list in the set's order).
+    headers: u8,
     status: Status,
     created_at: i128,
     last_used_at: Option<i128>,
@@ -63,6 +68,7 @@ pub fn pack(record: &KeyRecord) -> Box<[u8]> {
         ],
         workspace: record.workspace.as_deref().map(Cow::Borrowed),
         project: record.project.as_deref().map(Cow::Borrowed),
+        headers: HeaderSet::of(&record.headers).bits(),
         status: record.status,
         created_at: nanos(record.created_at),
         last_used_at: record.last_used_at.map(nanos),
@@ -96,6 +102,7 @@ pub fn unpack(bytes: &[u8]) -> Option<KeyRecord> {
         },
         workspace: p.workspace.map(Cow::into_owned),
         project: p.project.map(Cow::into_owned),
+        headers: HeaderSet::from_bits(p.headers).iter().collect(),
         status: p.status,
         created_at: time(p.created_at),
         last_used_at: p.last_used_at.map(time),
@@ -145,6 +152,7 @@ mod tests {
         full.limits.burst = Some(20);
         full.workspace = Some("ws_1".into());
         full.project = Some("proj_9".into());
+        full.headers = vec![CredentialHeader::ProjectAccessToken];
         full.status = Status::Suspended;
         full.key_type = KeyType::Public;
         full.env = Environment::Test;

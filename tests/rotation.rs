@@ -1,0 +1,152 @@
+//! Rotation reminders (`[keys] max_age`, `[keys] warn_before`): due keys keep working, their
+//! responses carry `Deprecation` and `Sunset`, the gauge counts them, `keys list
+//! --rotation-due` lists them.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use serde_json::Value;
+
+const DAY: u64 = 86_400;
+
+/// Sets a key's `created_at` in the keys file to `days` ago (the CLI only makes new keys).
+fn age(ws: &Workspace, id: &str, days: u64) -> SystemTime {
+    let created = SystemTime::now() - Duration::from_secs(days * DAY);
+    let mut file: Value = serde_json::from_slice(&std::fs::read(ws.keys_file()).unwrap()).unwrap();
+    let entry = file["keys"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|k| k["record"]["id"] == id)
+        .unwrap();
+    entry["record"]["created_at"] = humantime::format_rfc3339(created).to_string().into();
+    std::fs::write(ws.keys_file(), serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    created
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn listed(ws: &Workspace, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["keys", "list"];
+    all.extend_from_slice(args);
+    let out = ws.cli(&all);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn due_keys_still_work_and_say_when_to_rotate() {
+    let upstream = Upstream::start().await;
+    let ws = Workspace::new(
+        &upstream.url(),
+        "[keys]\nmax_age = \"90d\"\nwarn_before = \"14d\"\n",
+    );
+    let (fresh_id, fresh) = ws.create_key(&[]);
+    let (old_id, old) = ws.create_key(&[]);
+    let (nearly_id, nearly) = ws.create_key(&[]);
+    let (expiring_id, expiring) = ws.create_key(&["--expires-in", "7d"]);
+    let (later_id, later) = ws.create_key(&["--expires-in", "60d"]);
+    let (revoked_id, _) = ws.create_key(&[]);
+    let old_created = age(&ws, &old_id, 100);
+    let nearly_created = age(&ws, &nearly_id, 80);
+    age(&ws, &revoked_id, 100);
+    assert!(ws.cli(&["keys", "revoke", &revoked_id]).status.success());
+    let shown: Value =
+        serde_json::from_slice(&ws.cli(&["keys", "show", &expiring_id]).stdout).unwrap();
+    let expiry = humantime::parse_rfc3339(shown["expires_at"].as_str().unwrap()).unwrap();
+
+    // The CLI lists exactly the due keys, never a revoked one.
+    let mut want = vec![old_id.clone(), nearly_id.clone(), expiring_id.clone()];
+    want.sort();
+    assert_eq!(listed(&ws, &["--rotation-due"]), want);
+    assert_eq!(
+        listed(&ws, &["--rotation-due", "--owner", "nobody"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(listed(&ws, &[]).len(), 6);
+
+    let kg = ws.serve();
+    // (key, due: (Deprecation date, Sunset date)); each over HTTP/2, which hyper serves.
+    let day = |t: SystemTime| secs(t) / DAY;
+    let old_by = old_created + Duration::from_secs(90 * DAY);
+    let nearly_by = nearly_created + Duration::from_secs(90 * DAY);
+    type Row<'a> = (&'a str, &'a str, Option<(SystemTime, SystemTime)>);
+    let rows: Vec<Row> = vec![
+        ("fresh", &fresh, None),
+        ("60 days from expiry", &later, None),
+        ("100 days old", &old, Some((old_by, old_by))),
+        (
+            "80 days old, due in 10",
+            &nearly,
+            Some((nearly_by, nearly_by)),
+        ),
+        ("expiring in 7 days", &expiring, Some((expiry, expiry))),
+    ];
+    for (name, key, due) in rows {
+        let req = Request::get(kg.url("/v1/x"))
+            .header("x-api-key", key)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let reply = request_h2(req).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{name}: a due key still works"
+        );
+        let header = |n: &str| reply.headers.get(n).map(|v| v.to_str().unwrap().to_owned());
+        match due {
+            None => {
+                assert_eq!(header("sunset"), None, "{name}");
+                assert_eq!(header("deprecation"), None, "{name}");
+            }
+            Some((replace_by, sunset)) => {
+                let deprecation = header("deprecation").unwrap_or_else(|| panic!("{name}"));
+                let at: u64 = deprecation.strip_prefix('@').unwrap().parse().unwrap();
+                assert_eq!(at / DAY, day(replace_by), "{name}: {deprecation}");
+                let sunset_header = header("sunset").unwrap();
+                let parsed = httpdate::parse_http_date(&sunset_header).unwrap();
+                assert_eq!(day(parsed), day(sunset), "{name}: {sunset_header}");
+            }
+        }
+    }
+
+    // The gauge counts the same three (the first scan runs at start).
+    let counted = eventually(Duration::from_secs(10), || async {
+        kg.metric("keygate_keys_due_for_rotation").await == Some(3.0)
+    })
+    .await;
+    assert!(
+        counted.is_some(),
+        "gauge: {:?}",
+        kg.metric("keygate_keys_due_for_rotation").await
+    );
+    let _ = (fresh_id, later_id);
+}
+
+#[test]
+fn without_a_policy_nothing_is_due_and_the_cli_says_what_to_set() {
+    let ws = Workspace::new("http://127.0.0.1:9", "");
+    ws.create_key(&["--expires-in", "1d"]);
+    let out = ws.cli(&["keys", "list", "--rotation-due"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("max_age"),
+        "{}",
+        text(&out.stderr)
+    );
+}
