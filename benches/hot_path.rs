@@ -208,6 +208,7 @@ fn stages(c: &mut Criterion) {
             now_secs: 1_780_000_000,
             style: ResetStyle::Epoch,
         }),
+        added: &[],
     };
     c.bench_function("rewrite the response head (+ rate-limit headers)", |b| {
         b.iter(|| {

@@ -81,7 +81,7 @@ async fn due_keys_still_work_and_say_when_to_rotate() {
     assert_eq!(listed(&ws, &[]).len(), 6);
 
     let kg = ws.serve();
-    // (key, due: (Deprecation date, Sunset date)); each over HTTP/2, which hyper serves.
+    // (key, due: (Deprecation date, Sunset date)).
     let day = |t: SystemTime| secs(t) / DAY;
     let old_by = old_created + Duration::from_secs(90 * DAY);
     let nearly_by = nearly_created + Duration::from_secs(90 * DAY);
@@ -97,12 +97,22 @@ async fn due_keys_still_work_and_say_when_to_rotate() {
         ),
         ("expiring in 7 days", &expiring, Some((expiry, expiry))),
     ];
-    for (name, key, due) in rows {
-        let req = Request::get(kg.url("/v1/x"))
-            .header("x-api-key", key)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let reply = request_h2(req).await;
+    // Each over HTTP/2 (hyper's engine) and HTTP/1.1 (keygate's own).
+    let rows: Vec<(Row, bool)> = rows
+        .into_iter()
+        .flat_map(|row| [(row, true), (row, false)])
+        .collect();
+    for ((name, key, due), h2) in rows {
+        let reply = if h2 {
+            let req = Request::get(kg.url("/v1/x"))
+                .header("x-api-key", key)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            request_h2(req).await
+        } else {
+            get(&kg.url("/v1/x"), &[("x-api-key", key)]).await
+        };
+        let name = format!("{name} over {}", if h2 { "HTTP/2" } else { "HTTP/1.1" });
         assert_eq!(
             reply.status,
             StatusCode::OK,

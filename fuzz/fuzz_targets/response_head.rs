@@ -70,6 +70,7 @@ fuzz_target!(|data: &[u8]| {
                 ResetStyle::Delta
             },
         }),
+        added: &[],
     };
     // Whatever was already in the output buffer stays as it was.
     let mut out = b"earlier".to_vec();

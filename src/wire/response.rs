@@ -37,6 +37,9 @@ pub struct ResponseContext<'a> {
     /// The request was an upgrade and went upstream as one.
     pub upgrade: bool,
     pub limit: Option<Limit<'a>>,
+    /// Headers keygate adds to a final response unless the upstream sent its own of the same
+    /// name (a key due for rotation: `Deprecation`, `Sunset`).
+    pub added: &'a [(http::HeaderName, http::HeaderValue)],
 }
 
 /// A response head from the upstream, as far as it has arrived.
@@ -246,6 +249,14 @@ pub fn response_head(
             }
         }
     }
+    for (name, value) in cx.added {
+        if !headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case(name.as_str()))
+        {
+            line(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
     finish(
         out,
         cx.limit,
@@ -449,6 +460,7 @@ mod tests {
             keep_alive: true,
             upgrade: false,
             limit: None,
+            added: &[],
         }
     }
 
@@ -793,6 +805,38 @@ mod tests {
             text.contains("ratelimit: \"per_hour\";r=9;t=60\r\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn added_headers_go_out_unless_the_upstream_sent_its_own() {
+        let added = [
+            (
+                http::HeaderName::from_static("deprecation"),
+                http::HeaderValue::from_static("@1700000000"),
+            ),
+            (
+                http::HeaderName::from_static("sunset"),
+                http::HeaderValue::from_static("Wed, 01 Jan 2031 00:00:00 GMT"),
+            ),
+        ];
+        let cx = ResponseContext {
+            added: &added,
+            ..context()
+        };
+        let (_, text) = fin("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", &cx);
+        assert!(text.contains("\r\ndeprecation: @1700000000\r\n"), "{text}");
+        assert!(
+            text.contains("\r\nsunset: Wed, 01 Jan 2031 00:00:00 GMT\r\n"),
+            "{text}"
+        );
+        // The upstream deprecating an endpoint itself wins.
+        let (_, text) = fin(
+            "HTTP/1.1 200 OK\r\nSunset: Thu, 01 Jan 2026 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
+            &cx,
+        );
+        assert_eq!(text.matches("unset:").count(), 1, "{text}");
+        assert!(text.contains("Sunset: Thu, 01 Jan 2026"), "{text}");
+        assert!(text.contains("deprecation: @1700000000"), "{text}");
     }
 
     #[test]

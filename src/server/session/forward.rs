@@ -13,6 +13,7 @@ use super::{Body, Facts, Next, Session, write_flush};
 use crate::batch::{self, Batchable};
 use crate::forward::upstream::{Destination, DialError, Link, Stream};
 use crate::forward::{Forwarder, UpstreamFailure};
+use crate::keys::rotation::Due;
 use crate::metrics::{Decision, Outcome};
 use crate::proxy::Audit;
 use crate::ratelog::UPSTREAM_FAILED;
@@ -133,7 +134,8 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                     .refuse(Reject::UpstreamUnavailable, audit, facts, body)
                     .await;
             }
-            let cx = self.response_context(facts, audit);
+            let rotation = audit.rotation.as_ref().map(Due::headers);
+            let cx = self.response_context(facts, audit, rotation.as_ref().map_or(&[], |h| &h[..]));
             let outcome = if whole {
                 let deadline = sent_at + forwarder.timeout();
                 self.await_head(&mut link, &cx, || deadline).await
@@ -404,6 +406,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         &mut self,
         facts: &Facts,
         audit: &'a Audit<'_>,
+        added: &'a [(http::HeaderName, http::HeaderValue)],
     ) -> ResponseContext<'a> {
         ResponseContext {
             head_request: facts.method == Method::HEAD,
@@ -415,6 +418,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 now_secs: audit.now_secs,
                 style: self.proxy.limiter().reset_style(),
             }),
+            added,
         }
     }
 
