@@ -62,7 +62,8 @@
 //!   key is due for rotation (`[keys] max_age`, `warn_before`), the `Deprecation`/`Sunset`
 //!   headers its responses carry, the store scan behind `keygate_keys_due_for_rotation`.
 //! - [`token`] also issues access tokens: `POST /oauth/token` (RFC 6749 §4.4), answered by
-//!   [`proxy`] itself on hyper's engine.
+//!   [`proxy`] itself on hyper's engine (keygate's own HTTP/1.1 engine hands it such a
+//!   connection).
 //! - [`api`]: the management API on `[listen] manage` (`/v1/keys`, `/v1/keys/verify`,
 //!   `/v1/audit`, `/v1/health`, `/v1/openapi.json`), its callers checked by `proxy::admit` and the
 //!   management scopes of [`api::auth`]; [`api::idempotency`] for `Idempotency-Key`.

@@ -372,12 +372,12 @@ impl Proxy {
             })
         };
 
-        // The token endpoint is answered by hyper's engine (`Proxy::handle`); keygate's own
-        // HTTP/1.1 engine has no way yet to answer with anything but a refusal.
+        // The token endpoint is answered by hyper's engine (`Proxy::handle`), to which
+        // keygate's own HTTP/1.1 engine hands a connection whose request names it exactly; a
+        // spelling that only normalizes to it is refused, never forwarded.
         if config.tokens.as_ref().is_some_and(|t| t.path == path) {
             return Err(Reject::OAuth(crate::reject::OAuthError::InvalidRequest(
-                "the token endpoint is served over HTTP/2 only (curl --http2-prior-knowledge, \
-                 or https with ALPN h2)",
+                "request the token endpoint at its exact path",
             )));
         }
 

@@ -337,6 +337,16 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         }
         let mut audit = Audit::default();
         let req = wire::ParsedRequest::new(&self.head, self.buf.filled());
+        // The token endpoint is answered by keygate itself, which hyper's side does: the
+        // connection goes there with this request unread, and stays there.
+        if current
+            .config
+            .tokens
+            .as_ref()
+            .is_some_and(|tokens| req.path() == tokens.path)
+        {
+            return Next::Handoff;
+        }
         let admitted = self
             .proxy
             .admit(&current, &req, self.conn, &mut audit)
