@@ -71,6 +71,13 @@ struct Setup {
     key: String,
 }
 
+impl Setup {
+    /// Serves the session's end of the pipe until the session ends.
+    async fn serve(&self, io: DuplexStream) -> Served<DuplexStream> {
+        serve(io, &self.proxy, &self.conn, &self.timing, &self.closing).await
+    }
+}
+
 /// A proxy in front of `upstream` with one valid key, every path open to it.
 fn setup(upstream: std::net::SocketAddr) -> Setup {
     let toml = format!(
@@ -101,6 +108,13 @@ fn setup(upstream: std::net::SocketAddr) -> Setup {
         closing: CancellationToken::new(),
         key,
     }
+}
+
+/// A loopback upstream the test answers by hand, and a proxy in front of it.
+async fn with_upstream() -> (TcpListener, Setup) {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let s = setup(upstream.local_addr().unwrap());
+    (upstream, s)
 }
 
 /// An address nothing listens on: a test that must never reach the upstream would get a 502.
@@ -177,8 +191,7 @@ async fn next_head(up: &mut tokio::net::TcpStream) -> String {
 
 #[tokio::test]
 async fn a_refusal_and_a_forwarded_request_share_one_connection() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let s = setup(upstream.local_addr().unwrap());
+    let (upstream, s) = with_upstream().await;
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let script = async {
         let mut pending = Vec::new();
@@ -217,17 +230,13 @@ async fn a_refusal_and_a_forwarded_request_share_one_connection() {
         assert_eq!((served.status, served.body.as_str()), (200, "ok"));
         drop(client);
     };
-    let (served, ()) = tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    let (served, ()) = tokio::join!(s.serve(server), script);
     assert!(matches!(served, Served::Done));
 }
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order_over_one_upstream_connection() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let s = setup(upstream.local_addr().unwrap());
+    let (upstream, s) = with_upstream().await;
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let script = async {
         let one = |path: &str| {
@@ -256,10 +265,7 @@ async fn pipelined_requests_are_answered_in_order_over_one_upstream_connection()
         assert_eq!(read_answer(&mut client, &mut pending).await.body, "2");
         drop(client);
     };
-    tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    tokio::join!(s.serve(server), script);
 }
 
 // Paused time: the linger after each refusal (reading what follows, so the client reads the
@@ -292,10 +298,7 @@ async fn ambiguous_framing_is_refused_and_the_connection_closed_unread() {
                 String::from_utf8_lossy(&pending)
             );
         };
-        tokio::join!(
-            serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-            script
-        );
+        tokio::join!(s.serve(server), script);
     }
 }
 
@@ -311,10 +314,7 @@ async fn a_client_that_never_speaks_is_let_go_at_the_header_timeout() {
         );
         started.elapsed()
     };
-    let (_, closed_after) = tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    let (_, closed_after) = tokio::join!(s.serve(server), script);
     // Paused time: the clock that fired is exact. Not the idle timeout's 75 s.
     assert!(
         closed_after >= HEADER && closed_after < HEADER * 2,
@@ -337,10 +337,7 @@ async fn a_kept_alive_connection_outlives_the_header_timeout_until_the_idle_time
         assert!(read_to_close(&mut client).await.is_empty());
         idle_from.elapsed()
     };
-    let (_, idle) = tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    let (_, idle) = tokio::join!(s.serve(server), script);
     assert!(idle >= IDLE && idle < IDLE + HEADER, "{idle:?}");
 }
 
@@ -355,10 +352,7 @@ async fn a_head_that_stops_midway_is_cut_off_at_the_header_timeout() {
         assert!(read_to_close(&mut client).await.is_empty());
         from.elapsed()
     };
-    let (_, after) = tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    let (_, after) = tokio::join!(s.serve(server), script);
     assert!(after >= HEADER && after < HEADER * 2, "{after:?}");
 }
 
@@ -375,10 +369,7 @@ async fn an_http2_client_is_handed_over_with_every_byte_read_so_far() {
             client.write_all(&preface[split..]).await.unwrap();
             client
         };
-        let (served, _client) = tokio::join!(
-            serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-            script
-        );
+        let (served, _client) = tokio::join!(s.serve(server), script);
         let Served::Handoff(mut rewind) = served else {
             panic!("split at {split}: not handed to hyper");
         };
@@ -390,8 +381,7 @@ async fn an_http2_client_is_handed_over_with_every_byte_read_so_far() {
 
 #[tokio::test]
 async fn shutting_down_mid_request_finishes_it_and_says_the_connection_closes() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let s = setup(upstream.local_addr().unwrap());
+    let (upstream, s) = with_upstream().await;
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let script = async {
         let request = format!(
@@ -412,10 +402,7 @@ async fn shutting_down_mid_request_finishes_it_and_says_the_connection_closes() 
         pending.extend(read_to_close(&mut client).await);
         assert!(pending.is_empty());
     };
-    tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    tokio::join!(s.serve(server), script);
 }
 
 #[tokio::test]
@@ -431,17 +418,13 @@ async fn shutting_down_closes_an_idle_connection_between_requests() {
         s.closing.cancel();
         assert!(read_to_close(&mut client).await.is_empty());
     };
-    let (served, ()) = tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    let (served, ()) = tokio::join!(s.serve(server), script);
     assert!(matches!(served, Served::Done));
 }
 
 #[tokio::test]
 async fn a_refused_request_s_body_is_drained_and_the_connection_kept() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let s = setup(upstream.local_addr().unwrap());
+    let (upstream, s) = with_upstream().await;
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let script = async {
         // The body arrives after the refusal is written: it is read and dropped, not taken
@@ -468,16 +451,12 @@ async fn a_refused_request_s_body_is_drained_and_the_connection_kept() {
         assert_eq!(read_answer(&mut client, &mut pending).await.status, 204);
         drop(client);
     };
-    tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    tokio::join!(s.serve(server), script);
 }
 
 #[tokio::test]
 async fn expect_100_continue_is_answered_by_keygate_once_the_request_is_admitted() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let s = setup(upstream.local_addr().unwrap());
+    let (upstream, s) = with_upstream().await;
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let script = async {
         // Refused: a final answer and no 100, so the client never sends the body.
@@ -496,10 +475,7 @@ async fn expect_100_continue_is_answered_by_keygate_once_the_request_is_admitted
         );
         assert!(read_to_close(&mut client).await.is_empty());
     };
-    tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    tokio::join!(s.serve(server), script);
 
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let script = async {
@@ -527,16 +503,12 @@ async fn expect_100_continue_is_answered_by_keygate_once_the_request_is_admitted
         assert_eq!(read_answer(&mut client, &mut pending).await.status, 201);
         drop(client);
     };
-    tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    tokio::join!(s.serve(server), script);
 }
 
 #[tokio::test]
 async fn a_reused_upstream_connection_closed_under_an_idempotent_request_is_retried_once() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let s = setup(upstream.local_addr().unwrap());
+    let (upstream, s) = with_upstream().await;
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let script = async {
         let get = |path: &str| {
@@ -584,8 +556,5 @@ async fn a_reused_upstream_connection_closed_under_an_idempotent_request_is_retr
         assert_eq!(failed.status, 502, "{}", failed.body);
         drop(client);
     };
-    tokio::join!(
-        serve(server, &s.proxy, &s.conn, &s.timing, &s.closing),
-        script
-    );
+    tokio::join!(s.serve(server), script);
 }
