@@ -201,8 +201,16 @@ async fn a_full_socket_takes_what_fits_and_the_rest_is_the_callers() {
     let sent = send_on(&queue, &a, &mut big).await.unwrap().unwrap();
     assert!(sent < big.len(), "64 MiB fit a socket buffer?");
     assert_eq!(big.len(), 64 << 20, "the buffer comes back whole");
-    let sent = send_on(&queue, &a, &mut big).await.unwrap().unwrap();
-    assert_eq!(sent, 0, "no room left: nothing sent, nothing lost");
+    // The kernel may still move bytes on to the peer's receive buffer (and grow it) between
+    // two sends: send until nothing fits, which must come, and then lose nothing.
+    for round in 0.. {
+        let sent = send_on(&queue, &a, &mut big).await.unwrap().unwrap();
+        assert_eq!(big.len(), 64 << 20, "the buffer comes back whole");
+        if sent == 0 {
+            break;
+        }
+        assert!(round < 1_000, "the socket never filled up");
+    }
 }
 
 /// Case 1 of issue 24: a write whose future is leaked while queued, and whose connection is
