@@ -408,11 +408,8 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     /// The connection's upstream connection goes to the parking of the config it belongs to
     /// (or is closed, if a reload replaced that config).
     fn release_link(&mut self) {
-        if let Some(mut link) = self.link.take() {
-            if self.shed && link.buf.is_empty() {
-                // Whoever takes it next reads responses with a full buffer.
-                link.buf = Buffer::with_capacity(crate::forward::upstream::READ_BUFFER);
-            }
+        if let Some(link) = self.link.take() {
+            // The parking keeps it without a read buffer, and gives it one when it is taken.
             let current = self.proxy.current();
             if link.route.forwarder == current.forwarder.route(false).forwarder {
                 current.forwarder.parking().park(link);
