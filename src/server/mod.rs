@@ -167,6 +167,7 @@ impl Server {
             self.metrics.keys_due_for_rotation.clone(),
             background.clone(),
         ));
+        memory::fix_thresholds();
         memory::trim_after_floods(self.metrics.clone(), background.clone());
         tokio::spawn(sweep_parking(self.proxy.clone(), background.clone()));
         tokio::spawn(
