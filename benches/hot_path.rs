@@ -26,6 +26,7 @@ use keygate::wire::{Framing, ParsedRequest, RequestHead};
 
 fn spec() -> KeySpec {
     KeySpec {
+        allowed_origins: Vec::new(),
         name: "bench".into(),
         owner: "acme".into(),
         key_type: KeyType::Secret,
@@ -209,6 +210,7 @@ fn stages(c: &mut Criterion) {
             style: ResetStyle::Epoch,
         }),
         added: &[],
+        cors: &[],
     };
     c.bench_function("rewrite the response head (+ rate-limit headers)", |b| {
         b.iter(|| {

@@ -28,6 +28,7 @@ impl KeyStore for Generated {
     async fn get(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let n = u64::from_le_bytes(hash.0[..8].try_into().expect("8 bytes"));
         Ok(Some(Arc::new(KeyRecord {
+            allowed_origins: Vec::new(),
             id: format!("key_{:020}", n),
             name: format!("service {}", n % 10_000),
             owner: format!("owner-{}", n % 100),

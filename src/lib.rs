@@ -37,6 +37,8 @@
 //!   8. [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
 //!      process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
 //!      counters), temporary suspension (`suspend`), rate-limit headers.
+//! - [`cors`]: browser origins for public keys, the preflights keygate answers itself, the
+//!   `Access-Control-*` headers both engines render on every response to a browser.
 //! - [`reject`]: every refusal, and its status, headers + JSON body; the one place a refusal
 //!   becomes a response.
 //! - [`forward`]: the admitted request on its way upstream: the rulebook rendered on hyper's
@@ -81,6 +83,7 @@ pub mod authz;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod credential;
 pub mod echo;
 pub mod forward;

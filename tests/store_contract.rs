@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 fn spec(owner: &str) -> KeySpec {
     KeySpec {
+        allowed_origins: Vec::new(),
         name: "contract".into(),
         owner: owner.into(),
         key_type: KeyType::Secret,

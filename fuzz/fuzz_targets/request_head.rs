@@ -113,6 +113,7 @@ fn record(
         workspace: workspace.map(str::to_owned),
         project: Some("proj_1".into()),
         headers: Vec::new(),
+        allowed_origins: Vec::new(),
         status: Status::Active,
         created_at: SystemTime::UNIX_EPOCH,
         last_used_at: None,

@@ -44,6 +44,7 @@ pub async fn run(shutdown: CancellationToken, mut out: impl Write) -> Result<(),
         workspace: None,
         project: None,
         headers: Vec::new(),
+        allowed_origins: Vec::new(),
     };
     let policy = KeyPolicy {
         prefix: "kg".into(),

@@ -69,6 +69,8 @@ pub struct Config {
     /// `[tokens]`: access tokens (`POST /oauth/token`); `None`: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<crate::token::TokensConfig>,
+    /// `[cors]`: browser origins for public keys ([`crate::cors`]).
+    pub cors: crate::cors::CorsConfig,
     pub paths: PathRules,
     pub guard: GuardConfig,
     pub network: Network,

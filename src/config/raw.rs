@@ -43,6 +43,30 @@ pub struct RawConfig {
     #[serde(default)]
     pub(super) route: Vec<RawRoute>,
     pub(super) tokens: Option<RawTokens>,
+    #[serde(default)]
+    pub(super) cors: RawCors,
+}
+
+/// `[cors]`: browser origins for public keys (`crate::cors`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCors {
+    pub(super) allow_origins: Vec<String>,
+    pub(super) preflight: String,
+    pub(super) allow_headers: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub(super) max_age: Duration,
+}
+
+impl Default for RawCors {
+    fn default() -> Self {
+        Self {
+            allow_origins: Vec::new(),
+            preflight: "any".into(),
+            allow_headers: Vec::new(),
+            max_age: crate::cors::CorsConfig::default().max_age,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

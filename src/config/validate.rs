@@ -119,6 +119,7 @@ impl TryFrom<RawConfig> for Config {
         }
 
         let tokens = raw.tokens.map(validate_tokens).transpose()?;
+        let cors = validate_cors(raw.cors)?;
         let limits = validate_limits(raw.plans, raw.limits)?;
         let paths = validate_paths(&raw.paths)?;
         let guard = validate_guard(&raw.guard)?;
@@ -192,6 +193,7 @@ impl TryFrom<RawConfig> for Config {
             },
             auth,
             tokens,
+            cors,
             paths,
             guard,
             network: Network {
@@ -240,6 +242,58 @@ fn validate_paths(raw: &RawPaths) -> Result<PathRules, ConfigError> {
     Ok(PathRules {
         parameters,
         case_insensitive: raw.case_insensitive,
+    })
+}
+
+fn validate_cors(raw: super::raw::RawCors) -> Result<crate::cors::CorsConfig, ConfigError> {
+    use crate::cors::{OriginPattern, PreflightPolicy};
+    let allow_origins = raw
+        .allow_origins
+        .iter()
+        .map(|o| OriginPattern::parse(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("cors.allow_origins", e))?;
+    let preflight = match raw.preflight.as_str() {
+        "any" => PreflightPolicy::Any,
+        "listed" => PreflightPolicy::Listed,
+        other => {
+            return Err(invalid(
+                "cors.preflight",
+                format!(
+                    "{other:?}: use \"any\" (answer every well-formed origin; the key decides \
+                     on the actual request) or \"listed\" (only cors.allow_origins)"
+                ),
+            ));
+        }
+    };
+    if preflight == PreflightPolicy::Listed && allow_origins.is_empty() {
+        return Err(invalid(
+            "cors.preflight",
+            "\"listed\" with an empty cors.allow_origins would refuse every preflight; list \
+             the origins, or use \"any\"",
+        ));
+    }
+    let mut allow_headers = Vec::new();
+    for name in &raw.allow_headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid(
+                "cors.allow_headers",
+                format!("{name:?} is not a header name; e.g. \"x-request-id\""),
+            ));
+        }
+        allow_headers.push(name.to_ascii_lowercase());
+    }
+    if raw.max_age > Duration::from_secs(86_400) {
+        return Err(invalid(
+            "cors.max_age",
+            "at most 24h (browsers cap it lower anyway), e.g. \"10m\" (the default)",
+        ));
+    }
+    Ok(crate::cors::CorsConfig {
+        allow_origins,
+        preflight,
+        allow_headers,
+        max_age: raw.max_age,
     })
 }
 

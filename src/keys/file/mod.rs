@@ -660,6 +660,7 @@ mod tests {
 
     fn spec() -> KeySpec {
         KeySpec {
+            allowed_origins: Vec::new(),
             name: "test".into(),
             owner: "acme".into(),
             key_type: KeyType::Secret,

@@ -373,6 +373,13 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 return next;
             }
         };
+        if admission.preflight {
+            let len = head.len;
+            self.buf.consume(len);
+            let (status, next) = self.preflight(&audit, &facts).await;
+            self.finish(&current, started, &facts, &audit, status);
+            return next;
+        }
         let forwarder = &current.forwarder;
         let sandbox = forwarder.sandboxed(audit.key.as_deref());
         let target = forwarder.target(sandbox);
