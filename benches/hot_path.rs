@@ -115,6 +115,7 @@ fn stages(c: &mut Criterion) {
     });
 
     let route = |path: &str, scopes: &[&str]| Route {
+        limits: None,
         path: PathPattern::parse(path, false).unwrap(),
         methods: vec![],
         scopes: scopes.iter().map(|s| s.to_string()).collect(),

@@ -546,8 +546,20 @@ impl Proxy {
         // 8. Within its plan? Only a request that may be served counts against a quota; a
         //    refusal by any window counts in none. A key suspended for hammering its limit is
         //    refused here too, before anything is counted.
+        //    A route with limits of its own counts the key there too (`[[route]] limits`).
         audit.now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match self.limiter.admit(hash, &*record, now).await {
+        let route_limit = match config.routes.has_limits() {
+            true => match config.routes.find(facts.method, facts.path) {
+                Found::Rule(route, _) => route.limits.as_ref().map(|l| l.as_limit()),
+                Found::OtherMethods | Found::Unmatched => None,
+            },
+            false => None,
+        };
+        match self
+            .limiter
+            .admit_with_route(hash, &*record, route_limit, now)
+            .await
+        {
             Ok(window) => audit.limit = window,
             Err(Limited::Rate(refused)) => {
                 audit.limit = Some(refused.window);

@@ -165,6 +165,16 @@ impl KeyHash {
         Self(Sha256::digest(key.as_bytes()).into())
     }
 
+    /// Another hash, of this one and `salt`: counters of this key kept apart from its own
+    /// (per-route limits), never equal to any key's hash short of a SHA-256 collision.
+    pub fn derive(self, salt: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(self.0);
+        h.update([0]);
+        h.update(salt.as_bytes());
+        Self(h.finalize().into())
+    }
+
     pub fn to_hex(self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }

@@ -94,6 +94,7 @@ fn route(path: PathPattern, methods: Vec<Method>) -> Route {
         scopes: vec![],
         scopes_all: vec![],
         environments: vec![Environment::Live],
+        limits: None,
     }
 }
 

@@ -18,6 +18,7 @@ fn route(
     envs: &[Environment],
 ) -> Route {
     Route {
+        limits: None,
         path: PathPattern::parse(path, false).unwrap(),
         methods: methods.to_vec(),
         scopes: any.iter().map(|s| s.to_string()).collect(),
@@ -871,6 +872,7 @@ mod properties {
             prop::collection::vec(scope(), 0..2),
         )
             .prop_map(|(p, methods, any, all)| Route {
+                limits: None,
                 path: PathPattern::parse(&p, false).unwrap(),
                 methods,
                 scopes: any,

@@ -100,6 +100,9 @@ pub(super) struct RawRoute {
     pub(super) scopes_all: Vec<String>,
     #[serde(default = "both_environments")]
     pub(super) environments: Vec<String>,
+    /// This route's own limits, per key, on top of the key's plan.
+    #[serde(default)]
+    pub(super) limits: Option<crate::limits::Limits>,
 }
 
 fn both_environments() -> Vec<String> {

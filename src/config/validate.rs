@@ -13,7 +13,7 @@ use crate::credential::CredentialHeader;
 use crate::keys::cache::CacheConfig;
 use crate::keys::redis::{RedisConfig, RedisMode, redact};
 use crate::path::Parameters;
-use crate::routes::{PathPattern, Route, RouteTable, Unmatched, check_scope};
+use crate::routes::{PathPattern, Route, RouteLimits, RouteTable, Unmatched, check_scope};
 use crate::vocab::Environment;
 
 impl TryFrom<RawConfig> for Config {
@@ -689,12 +689,31 @@ fn validate_routes(
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let limits = match r.limits {
+            Some(limits) if limits.is_empty() => {
+                return Err(bad(
+                    "limits: set at least one of per_second, per_minute, per_hour, per_day, \
+                     per_month, or leave it out"
+                        .into(),
+                ));
+            }
+            Some(limits) => {
+                limits.check().map_err(|e| bad(format!("limits: {e}")))?;
+                let names: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
+                Some(RouteLimits {
+                    id: format!("route {} {}", names.join(","), path.as_str()).into(),
+                    limits,
+                })
+            }
+            None => None,
+        };
         routes.push(Route {
             path,
             methods,
             scopes: r.scopes,
             scopes_all: r.scopes_all,
             environments,
+            limits,
         });
     }
     RouteTable::new(routes, unmatched).map_err(|m| invalid("route", m))

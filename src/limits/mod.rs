@@ -77,7 +77,7 @@ pub mod suspend;
 
 use serde::{Deserialize, Serialize};
 
-pub use limiter::Limiter;
+pub use limiter::{Limiter, RouteLimit, tighter};
 
 /// What limiting reads of a key: its plan, its environment (sandbox keys may have a plan of
 /// their own) and its own overrides. The key cache's entries and stored records implement it;
