@@ -30,7 +30,7 @@ fn spec() -> KeySpec {
         name: "bench".into(),
         owner: "acme".into(),
         key_type: KeyType::Secret,
-        env: Environment::Live,
+        env: Environment::LIVE,
         scopes: vec!["content:read".into(), "analytics:*".into()],
         allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         expires_at: None,
@@ -120,7 +120,7 @@ fn stages(c: &mut Criterion) {
         methods: vec![],
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         scopes_all: vec![],
-        environments: vec![Environment::Live, Environment::Test],
+        environments: vec![Environment::LIVE, Environment::TEST],
     };
     let routes = RouteTable::new(
         vec![
@@ -142,6 +142,7 @@ fn stages(c: &mut Criterion) {
         narrowed: &[],
     };
     let policy = Policy {
+        environments: &[Environment::LIVE, Environment::TEST],
         routes: &routes,
         sandbox_upstream: false,
     };

@@ -33,7 +33,7 @@ impl KeyStore for Generated {
             name: format!("service {}", n % 10_000),
             owner: format!("owner-{}", n % 100),
             key_type: KeyType::Secret,
-            env: Environment::Live,
+            env: Environment::LIVE,
             scopes: vec!["orders:read".into(), "orders:write".into()],
             allowed_cidrs: vec![],
             expires_at: None,

@@ -179,8 +179,9 @@ pub struct CreateArgs {
     pub scopes: Vec<String>,
     #[arg(long = "type", value_enum, default_value = "secret")]
     pub key_type: TypeArg,
-    #[arg(long, value_enum, default_value = "live")]
-    pub env: EnvArg,
+    /// The key's environment: live, test, or one of `[environments.<tag>]`.
+    #[arg(long, default_value = "live")]
+    pub env: String,
     /// The team or workspace that owns the key.
     #[arg(long, default_value = "default")]
     pub owner: String,
@@ -224,12 +225,6 @@ pub struct CreateArgs {
 pub enum TypeArg {
     Secret,
     Public,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum EnvArg {
-    Live,
-    Test,
 }
 
 /// How many request threads the command wants: `[server] workers` for `serve`, else tokio's
@@ -468,10 +463,18 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
             TypeArg::Secret => KeyType::Secret,
             TypeArg::Public => KeyType::Public,
         }),
-        env: Some(match args.env {
-            EnvArg::Live => Environment::Live,
-            EnvArg::Test => Environment::Test,
-        }),
+        env: Some(
+            Environment::parse(&args.env)
+                .filter(|e| config.environments.contains(e))
+                .ok_or_else(|| {
+                    let known: Vec<&str> = config.environments.iter().map(|e| e.as_str()).collect();
+                    CliError::Usage(format!(
+                        "--env {:?}: use one of {} (more with [environments.<tag>])",
+                        args.env,
+                        known.join(", ")
+                    ))
+                })?,
+        ),
         owner: Some(args.owner),
         plan: args.plan,
         limits,

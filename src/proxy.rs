@@ -528,6 +528,7 @@ impl Proxy {
         let policy = Policy {
             routes: &config.routes,
             sandbox_upstream: config.upstream.sandbox_url.is_some(),
+            environments: &config.environments,
         };
         if config.log.access {
             audit.route = Some(match config.routes.find(facts.method, facts.path) {

@@ -110,6 +110,8 @@ pub enum Denial {
     PublicKeyReadOnly,
     /// Sandbox keys are not accepted (no `[upstream] sandbox_url`).
     SandboxRefused,
+    /// The key's environment is not one this keygate serves (`[environments]`).
+    NotServed(Environment),
     /// The matched route is not open to this key's environment.
     Environment(Environment),
     /// The route is for one workspace/project and the key is not bound to it.
@@ -136,11 +138,13 @@ impl Denial {
                 "Public API keys may only read (GET, HEAD, OPTIONS); use a secret key".into()
             }
             Self::SandboxRefused => "Sandbox (test) API keys are not accepted here".into(),
+            Self::NotServed(env) => format!("{env} API keys are not accepted here"),
             Self::Environment(env) => format!(
                 "This route is not available to {} API keys",
-                match env {
-                    Environment::Live => "production (live)",
-                    Environment::Test => "sandbox (test)",
+                match *env {
+                    Environment::LIVE => "production (live)".to_owned(),
+                    Environment::TEST => "sandbox (test)".to_owned(),
+                    other => other.to_string(),
                 }
             ),
             Self::NotBound { param, value } => {

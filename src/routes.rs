@@ -538,7 +538,7 @@ mod tests {
             methods: methods.to_vec(),
             scopes: vec![],
             scopes_all: vec![],
-            environments: vec![Environment::Live, Environment::Test],
+            environments: vec![Environment::LIVE, Environment::TEST],
         }
     }
 

@@ -22,7 +22,7 @@ fn spec(owner: &str) -> KeySpec {
         name: "contract".into(),
         owner: owner.into(),
         key_type: KeyType::Secret,
-        env: Environment::Live,
+        env: Environment::LIVE,
         scopes: vec!["content:read".into()],
         allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         expires_at: None,

@@ -52,8 +52,8 @@ impl Settings {
             _ => &[XApiKey, ProjectAccessToken],
         };
         let env = match b & 4 {
-            0 => Environment::Live,
-            _ => Environment::Test,
+            0 => Environment::LIVE,
+            _ => Environment::TEST,
         };
         let key = match b & 3 {
             0 => None,

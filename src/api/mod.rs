@@ -661,6 +661,7 @@ impl Api {
         let policy = Policy {
             routes: &routes,
             sandbox_upstream: true,
+            environments: &config.environments,
         };
         authz::authorize(&record, claims, &facts, &policy)?;
         if let Some(scope) = scope

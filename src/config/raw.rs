@@ -45,6 +45,18 @@ pub struct RawConfig {
     pub(super) tokens: Option<RawTokens>,
     #[serde(default)]
     pub(super) cors: RawCors,
+    /// `[environments.<tag>]`: environments beyond `live` and `test`, or their plans.
+    #[serde(default)]
+    pub(super) environments: std::collections::BTreeMap<String, RawEnvironment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnvironment {
+    /// Where this environment's keys go (required beyond `live` and `test`).
+    pub(super) upstream: Option<String>,
+    /// The default plan of this environment's keys.
+    pub(super) plan: Option<String>,
 }
 
 /// `[cors]`: browser origins for public keys (`crate::cors`).
@@ -98,15 +110,12 @@ pub(super) struct RawRoute {
     pub(super) scopes: Vec<String>,
     #[serde(default)]
     pub(super) scopes_all: Vec<String>,
-    #[serde(default = "both_environments")]
-    pub(super) environments: Vec<String>,
+    /// `None`: every environment.
+    #[serde(default)]
+    pub(super) environments: Option<Vec<String>>,
     /// This route's own limits, per key, on top of the key's plan.
     #[serde(default)]
     pub(super) limits: Option<crate::limits::Limits>,
-}
-
-fn both_environments() -> Vec<String> {
-    vec!["live".into(), "test".into()]
 }
 
 #[derive(Debug, Deserialize)]

@@ -120,12 +120,19 @@ impl TryFrom<RawConfig> for Config {
 
         let tokens = raw.tokens.map(validate_tokens).transpose()?;
         let cors = validate_cors(raw.cors)?;
-        let limits = validate_limits(raw.plans, raw.limits)?;
+        let mut limits = validate_limits(raw.plans, raw.limits)?;
+        let (extra_upstreams, environment_plans) =
+            validate_environments(raw.environments, &limits)?;
+        limits.environment_plans = environment_plans;
+        let environments: Vec<Environment> = [Environment::LIVE, Environment::TEST]
+            .into_iter()
+            .chain(extra_upstreams.iter().map(|(e, _)| *e))
+            .collect();
         let paths = validate_paths(&raw.paths)?;
         let guard = validate_guard(&raw.guard)?;
         let unmatched = raw.auth.unmatched.clone();
         let auth = validate_auth(raw.auth, &paths)?;
-        let routes = validate_routes(raw.route, unmatched, &paths)?;
+        let routes = validate_routes(raw.route, unmatched, &paths, &environments)?;
 
         let trusted_proxies = raw
             .network
@@ -176,6 +183,7 @@ impl TryFrom<RawConfig> for Config {
             upstream: Upstream {
                 url,
                 sandbox_url,
+                environments: extra_upstreams,
                 connect_timeout: up.connect_timeout,
                 timeout: up.timeout,
                 preserve_host: up.preserve_host,
@@ -193,6 +201,7 @@ impl TryFrom<RawConfig> for Config {
             },
             auth,
             tokens,
+            environments,
             cors,
             paths,
             guard,
@@ -588,10 +597,64 @@ fn validate_limits(
         plans,
         default_plan: raw.default_plan,
         sandbox_plan: raw.sandbox_plan,
+        environment_plans: Vec::new(),
         reset,
         local_share: raw.local_share,
         suspend,
     })
+}
+
+/// `[environments.<tag>]`: each tag's upstream (beyond `live` and `test`, which keep
+/// `[upstream] url` and `sandbox_url`) and default plan.
+#[allow(clippy::type_complexity)]
+fn validate_environments(
+    raw: std::collections::BTreeMap<String, super::raw::RawEnvironment>,
+    limits: &crate::limits::LimitsConfig,
+) -> Result<(Vec<(Environment, Uri)>, Vec<(Environment, String)>), ConfigError> {
+    let (mut upstreams, mut plans) = (Vec::new(), Vec::new());
+    for (tag, env) in raw {
+        let bad = |m: String| invalid("environments", format!("[environments.{tag}]: {m}"));
+        let parsed = Environment::parse(&tag).ok_or_else(|| {
+            bad(
+                "a tag is 1 to 15 lowercase letters and digits (it goes in keys: \
+                 kg_sk_<tag>_…), e.g. \"staging\""
+                    .into(),
+            )
+        })?;
+        let builtin = parsed == Environment::LIVE || parsed == Environment::TEST;
+        match (&env.upstream, builtin) {
+            (Some(_), true) => {
+                return Err(bad(
+                    "live and test keep [upstream] url and sandbox_url; set those instead".into(),
+                ));
+            }
+            (None, false) => {
+                return Err(bad(
+                    "upstream is required: where this environment's keys go, e.g. \
+                     \"http://127.0.0.1:3001\""
+                        .into(),
+                ));
+            }
+            (Some(url), false) => {
+                let url = parse_upstream("environments", url)
+                    .map_err(|e| bad(format!("upstream: {e}")))?;
+                upstreams.push((parsed, url));
+            }
+            (None, true) => {}
+        }
+        if let Some(plan) = env.plan {
+            if !limits.plans.contains_key(&plan) {
+                return Err(bad(format!("plan: no [plans.{plan}] is defined")));
+            }
+            if parsed == Environment::TEST && limits.sandbox_plan.is_some() {
+                return Err(bad(
+                    "plan: limits.sandbox_plan already names test's plan; keep one".into(),
+                ));
+            }
+            plans.push((parsed, plan));
+        }
+    }
+    Ok((upstreams, plans))
 }
 
 fn validate_suspend(
@@ -648,6 +711,7 @@ fn validate_routes(
     raw: Vec<RawRoute>,
     unmatched: Option<String>,
     paths: &PathRules,
+    known: &[Environment],
 ) -> Result<RouteTable, ConfigError> {
     let unmatched = unmatched.ok_or_else(|| {
         invalid(
@@ -678,17 +742,24 @@ fn validate_routes(
         for scope in r.scopes.iter().chain(&r.scopes_all) {
             check_scope(scope, false).map_err(bad)?;
         }
-        let environments = r
-            .environments
-            .iter()
-            .map(|e| match e.as_str() {
-                "live" => Ok(Environment::Live),
-                "test" => Ok(Environment::Test),
-                other => Err(bad(format!(
-                    "environment {other:?}: use \"live\" or \"test\""
-                ))),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        // Default: every environment.
+        let environments = match r.environments {
+            None => known.to_vec(),
+            Some(listed) => listed
+                .iter()
+                .map(|e| {
+                    Environment::parse(e)
+                        .filter(|e| known.contains(e))
+                        .ok_or_else(|| {
+                            let names: Vec<&str> = known.iter().map(|e| e.as_str()).collect();
+                            bad(format!(
+                                "environment {e:?}: use one of {} (more with [environments.<tag>])",
+                                names.join(", ")
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
         let limits = match r.limits {
             Some(limits) if limits.is_empty() => {
                 return Err(bad(

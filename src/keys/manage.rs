@@ -189,7 +189,7 @@ impl Draft {
             name: self.name,
             owner: self.owner.unwrap_or_else(|| "default".into()),
             key_type: self.key_type.unwrap_or(KeyType::Secret),
-            env: self.env.unwrap_or(Environment::Live),
+            env: self.env.unwrap_or(Environment::LIVE),
             scopes: self.scopes,
             plan: self.plan,
             limits,

@@ -167,7 +167,7 @@ impl KeyRecord {
             name: "n".into(),
             owner: "acme".into(),
             key_type: KeyType::Secret,
-            env: Environment::Live,
+            env: Environment::LIVE,
             scopes: vec!["*".into()],
             allowed_cidrs: vec![],
             expires_at: None,

@@ -553,12 +553,20 @@ pub fn tighter(a: Option<WindowState>, b: Option<WindowState>) -> Option<WindowS
 fn limits_for(config: &LimitsConfig, key: &impl KeyPlan) -> Limits {
     let plan = key
         .plan()
-        .or(match key.env() {
-            Environment::Test => config
-                .sandbox_plan
-                .as_deref()
-                .or(config.default_plan.as_deref()),
-            Environment::Live => config.default_plan.as_deref(),
+        .or_else(|| {
+            let env = key.env();
+            // An environment's own plan (`[environments.<tag>] plan`), else the sandbox plan
+            // for `test`, else the default.
+            config
+                .environment_plans
+                .iter()
+                .find(|(e, _)| *e == env)
+                .map(|(_, plan)| plan.as_str())
+                .or(match env {
+                    Environment::TEST => config.sandbox_plan.as_deref(),
+                    _ => None,
+                })
+                .or(config.default_plan.as_deref())
         })
         .and_then(|name| config.plans.get(name));
     let limits = plan.cloned().unwrap_or_default();

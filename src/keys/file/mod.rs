@@ -664,7 +664,7 @@ mod tests {
             name: "test".into(),
             owner: "acme".into(),
             key_type: KeyType::Secret,
-            env: Environment::Test,
+            env: Environment::TEST,
             scopes: vec!["content:read".into()],
             allowed_cidrs: vec![],
             expires_at: None,

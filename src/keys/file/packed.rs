@@ -158,7 +158,7 @@ mod tests {
         full.headers = vec![CredentialHeader::ProjectAccessToken];
         full.status = Status::Suspended;
         full.key_type = KeyType::Public;
-        full.env = Environment::Test;
+        full.env = Environment::TEST;
         full.last_used_at = Some(SystemTime::now());
         let mut ancient = KeyRecord::for_tests();
         ancient.created_at = UNIX_EPOCH - Duration::from_secs(86_400);

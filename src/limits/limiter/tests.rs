@@ -69,15 +69,15 @@ fn t(secs: u64) -> SystemTime {
 fn plans_resolve_by_key_environment_and_override() {
     let l = limiter();
     assert_eq!(
-        l.limits_for(&record(None, Environment::Live)).per_hour,
+        l.limits_for(&record(None, Environment::LIVE)).per_hour,
         Some(5)
     );
     assert_eq!(
-        l.limits_for(&record(None, Environment::Test)).per_minute,
+        l.limits_for(&record(None, Environment::TEST)).per_minute,
         Some(3)
     );
     assert_eq!(
-        l.limits_for(&record(Some("free"), Environment::Test))
+        l.limits_for(&record(Some("free"), Environment::TEST))
             .per_hour,
         Some(5)
     );
@@ -96,7 +96,7 @@ fn plans_resolve_by_key_environment_and_override() {
         admit(
             &none,
             KeyHash::of("x"),
-            &record(None, Environment::Live),
+            &record(None, Environment::LIVE),
             t(0)
         ),
         Ok(None)
@@ -106,7 +106,7 @@ fn plans_resolve_by_key_environment_and_override() {
 #[test]
 fn the_tightest_window_is_reported_and_a_refusal_counts_nowhere() {
     let l = limiter();
-    let r = record(None, Environment::Live);
+    let r = record(None, Environment::LIVE);
     let h = KeyHash::of("k");
     let first = admit(&l, h, &r, t(0)).unwrap().unwrap();
     assert_eq!((first.name, first.remaining), ("per_second", 1));
@@ -143,7 +143,7 @@ fn local_share_scales_the_short_windows_only() {
     config.default_plan = Some("p".into());
     config.local_share = 0.5;
     let l = Limiter::new(config, 10);
-    let r = record(None, Environment::Live);
+    let r = record(None, Environment::LIVE);
     let h = KeyHash::of("share");
     let admitted = (0..10).filter(|_| admit(&l, h, &r, t(0)).is_ok()).count();
     assert_eq!(admitted, 5, "half of 10/s");
@@ -166,7 +166,7 @@ proptest::proptest! {
         });
         config.default_plan = Some("p".into());
         let l = Limiter::new(config, 10);
-        let r = record(None, Environment::Live);
+        let r = record(None, Environment::LIVE);
         let h = KeyHash::of("prop");
         let mut ms = 0u64;
         let mut last_hour_remaining = u64::MAX;
@@ -209,7 +209,7 @@ fn a_key_that_keeps_sending_is_suspended() {
         lasts: Duration::from_secs(600),
     });
     let l = Limiter::new(config, 10);
-    let r = record(None, Environment::Live);
+    let r = record(None, Environment::LIVE);
     let (h, other) = (KeyHash::of("abuser"), KeyHash::of("other"));
     let poll = |h| {
         use std::future::Future;
@@ -236,7 +236,7 @@ fn a_key_that_keeps_sending_is_suspended() {
 #[test]
 fn reconfigure_keeps_the_counters() {
     let l = limiter();
-    let r = record(None, Environment::Live);
+    let r = record(None, Environment::LIVE);
     let h = KeyHash::of("reload");
     admit(&l, h, &r, t(0)).unwrap();
     let mut config = LimitsConfig::default();
@@ -392,7 +392,7 @@ mod shared {
         let store = Arc::new(Memory::default());
         store.live.store(3, Ordering::SeqCst);
         let sidecars: Vec<Limiter> = (0..3).map(|_| sidecar(&store, 500)).collect();
-        let r = record(None, Environment::Live);
+        let r = record(None, Environment::LIVE);
         let h = KeyHash::of("shared");
         let mut admitted = 0;
         for i in 0..1_500 {
@@ -411,7 +411,7 @@ mod shared {
         let store = Arc::new(Memory::default());
         store.live.store(2, Ordering::SeqCst);
         let l = sidecar(&store, 100);
-        let r = record(None, Environment::Live);
+        let r = record(None, Environment::LIVE);
         let h = KeyHash::of("fallback");
         // Let the first sync see two sidecars.
         let shared = l.shared.clone().unwrap();
@@ -442,7 +442,7 @@ mod shared {
         let store = Arc::new(Memory::default());
         store.live.store(1, Ordering::SeqCst);
         let l = sidecar(&store, 1_000);
-        let r = record(None, Environment::Live);
+        let r = record(None, Environment::LIVE);
         for key in ["a", "b"] {
             for _ in 0..3 {
                 assert!(
@@ -546,7 +546,7 @@ fn the_tighter_of_key_and_route_is_reported() {
 #[test]
 fn a_route_limit_counts_per_key_on_top_of_the_plan_and_a_refusal_counts_nowhere() {
     let l = limiter(); // free: per_second 2, per_hour 5
-    let r = record(None, Environment::Live);
+    let r = record(None, Environment::LIVE);
     let (a, b) = (KeyHash::of("a"), KeyHash::of("b"));
     let exports = Limits {
         per_hour: Some(2),
