@@ -168,3 +168,42 @@ fn check_config_names_a_bad_environment() {
         assert!(err.contains(needle), "{toml}: {err}");
     }
 }
+
+/// The management API makes keys in configured environments only.
+#[tokio::test]
+async fn the_api_creates_keys_in_configured_environments() {
+    let up = Upstream::start().await;
+    let staging = named("staging").await;
+    let ws = Workspace::new(
+        &up.url(),
+        &format!("[environments.staging]\nupstream = \"{staging}\"\n"),
+    );
+    let (_, admin) = ws.create_key(&["--scopes", "*,keygate:keys:write"]);
+    let kg = ws.serve_with_env(&[("KEYGATE_LISTEN__MANAGE", "127.0.0.1:0")]);
+    let create = |env: &'static str| {
+        let (url, admin) = (kg.manage_url("/v1/keys"), admin.clone());
+        async move {
+            let body = serde_json::json!({"name": "k", "scopes": ["*"], "env": env});
+            send(
+                http::Method::POST,
+                &url,
+                &[
+                    ("authorization", &format!("Bearer {admin}")),
+                    ("content-type", "application/json"),
+                ],
+                Bytes::from(body.to_string()),
+            )
+            .await
+        }
+    };
+    let made = create("staging").await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", text(&made.body));
+    let key = made.json()["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("kg_sk_staging_"), "{key}");
+    let reply = get(&kg.url("/v1/things"), &[("x-api-key", &key)]).await;
+    assert_eq!(text(&reply.body), "staging");
+
+    let refused = create("qa").await;
+    assert_eq!(refused.error_code(), "invalid_parameter");
+    assert!(text(&refused.body).contains("use one of live, test, staging"));
+}
