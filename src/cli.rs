@@ -179,8 +179,9 @@ pub struct CreateArgs {
     pub scopes: Vec<String>,
     #[arg(long = "type", value_enum, default_value = "secret")]
     pub key_type: TypeArg,
-    #[arg(long, value_enum, default_value = "live")]
-    pub env: EnvArg,
+    /// The key's environment: live, test, or one of `[environments.<tag>]`.
+    #[arg(long, default_value = "live")]
+    pub env: String,
     /// The team or workspace that owns the key.
     #[arg(long, default_value = "default")]
     pub owner: String,
@@ -210,6 +211,11 @@ pub struct CreateArgs {
     /// or project-access-token. Default: any of `[auth] credential_headers`.
     #[arg(long = "header", value_name = "HEADER")]
     pub header: Vec<String>,
+    /// Public keys: a browser origin the key may be called from (repeatable), e.g.
+    /// https://app.example.com, or https://*.example.com for its subdomains. Default:
+    /// `[cors] allow_origins`.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
     /// Create this many keys with the same settings, printed one JSON object per line.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub count: u32,
@@ -219,12 +225,6 @@ pub struct CreateArgs {
 pub enum TypeArg {
     Secret,
     Public,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum EnvArg {
-    Live,
-    Test,
 }
 
 /// How many request threads the command wants: `[server] workers` for `serve`, else tokio's
@@ -455,6 +455,7 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
         limits.insert(name.to_owned(), value);
     }
     let headers = header_binding(&args.header, &config.auth.credential_headers)?;
+    let allowed_origins = origins(&args.allow_origin, &args.key_type)?;
     let draft = manage::Draft {
         name: args.name,
         scopes: args.scopes,
@@ -462,10 +463,18 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
             TypeArg::Secret => KeyType::Secret,
             TypeArg::Public => KeyType::Public,
         }),
-        env: Some(match args.env {
-            EnvArg::Live => Environment::Live,
-            EnvArg::Test => Environment::Test,
-        }),
+        env: Some(
+            Environment::parse(&args.env)
+                .filter(|e| config.environments.contains(e))
+                .ok_or_else(|| {
+                    let known: Vec<&str> = config.environments.iter().map(|e| e.as_str()).collect();
+                    CliError::Usage(format!(
+                        "--env {:?}: use one of {} (more with [environments.<tag>])",
+                        args.env,
+                        known.join(", ")
+                    ))
+                })?,
+        ),
         owner: Some(args.owner),
         plan: args.plan,
         limits,
@@ -479,7 +488,32 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
         StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
         e => e.into(),
     })?;
-    Ok(KeySpec { headers, ..spec })
+    Ok(KeySpec {
+        headers,
+        allowed_origins,
+        ..spec
+    })
+}
+
+/// `--allow-origin` values: origin patterns (`crate::cors`), on a public key only (a secret
+/// key in a web page is a leaked secret).
+fn origins(values: &[String], key_type: &TypeArg) -> Result<Vec<String>, CliError> {
+    if !values.is_empty() && !matches!(key_type, TypeArg::Public) {
+        return Err(CliError::Usage(
+            "--allow-origin: only public keys (--type public) are for browsers; a secret key \
+             in a web page is a leaked secret"
+                .into(),
+        ));
+    }
+    let mut list: Vec<String> = Vec::new();
+    for value in values {
+        crate::cors::OriginPattern::parse(value)
+            .map_err(|e| CliError::Usage(format!("--allow-origin {e}")))?;
+        if !list.contains(value) {
+            list.push(value.clone());
+        }
+    }
+    Ok(list)
 }
 
 /// `--header` values: known credential headers, each once, each one the proxy reads keys

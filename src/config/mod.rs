@@ -69,6 +69,10 @@ pub struct Config {
     /// `[tokens]`: access tokens (`POST /oauth/token`); `None`: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<crate::token::TokensConfig>,
+    /// Every environment served: `live`, `test`, then `[environments.<tag>]`'s.
+    pub environments: Vec<crate::vocab::Environment>,
+    /// `[cors]`: browser origins for public keys ([`crate::cors`]).
+    pub cors: crate::cors::CorsConfig,
     pub paths: PathRules,
     pub guard: GuardConfig,
     pub network: Network,
@@ -99,6 +103,13 @@ pub struct Upstream {
         skip_serializing_if = "Option::is_none"
     )]
     pub sandbox_url: Option<Uri>,
+    /// `[environments.<tag>] upstream`: where the keys of environments beyond live and test
+    /// go.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "display_environments"
+    )]
+    pub environments: Vec<(crate::vocab::Environment, Uri)>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Time allowed for the upstream to send its response headers.
@@ -152,6 +163,13 @@ fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
         Some(v) => s.collect_str(v),
         None => s.serialize_none(),
     }
+}
+
+fn display_environments<S: serde::Serializer>(
+    v: &[(crate::vocab::Environment, Uri)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(e, u)| (e.as_str(), u.to_string())))
 }
 
 // ---------------------------------------------------------------------------------------------

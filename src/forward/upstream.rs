@@ -57,7 +57,9 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Destination {
     pub forwarder: u64,
-    pub sandbox: bool,
+    /// 0: production, 1: sandbox, then `[environments.<tag>]` in order
+    /// ([`super::Forwarder::upstream_for`]).
+    pub upstream: u8,
 }
 
 /// The transport to the upstream.
@@ -139,10 +141,11 @@ pub enum DialError {
     Io(#[from] io::Error),
 }
 
-/// Opens connections to the production or the sandbox upstream.
+/// Opens connections to the production, the sandbox or an environment's upstream.
 pub struct Dialer {
     production: Address,
     sandbox: Option<Address>,
+    environments: Vec<Address>,
     tls: TlsConnector,
     connect_timeout: Duration,
 }
@@ -151,12 +154,17 @@ impl Dialer {
     pub fn new(
         production: &Uri,
         sandbox: Option<&Uri>,
+        environments: &[&Uri],
         tls: Arc<rustls::ClientConfig>,
         connect_timeout: Duration,
     ) -> Result<Self, String> {
         Ok(Self {
             production: Address::new(production)?,
             sandbox: sandbox.map(Address::new).transpose()?,
+            environments: environments
+                .iter()
+                .map(|u| Address::new(u))
+                .collect::<Result<_, _>>()?,
             tls: TlsConnector::from(tls),
             connect_timeout,
         })
@@ -164,8 +172,12 @@ impl Dialer {
 
     /// A new connection for `route`, within the connect timeout (TLS handshake included).
     pub async fn dial(&self, route: Destination) -> Result<Link, DialError> {
-        let address = match (&self.sandbox, route.sandbox) {
-            (Some(sandbox), true) => sandbox,
+        let address = match (&self.sandbox, route.upstream) {
+            (Some(sandbox), 1) => sandbox,
+            (_, n @ 2..) => self
+                .environments
+                .get(usize::from(n - 2))
+                .unwrap_or(&self.production),
             _ => &self.production,
         };
         let stream = tokio::time::timeout(self.connect_timeout, self.open(address))
@@ -319,7 +331,7 @@ mod tests {
 
     const ROUTE: Destination = Destination {
         forwarder: 0,
-        sandbox: false,
+        upstream: 0,
     };
 
     /// `n` connections to a real loopback listener, and the server ends of them.
@@ -337,7 +349,7 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth(),
         );
-        let dialer = Dialer::new(&url, None, tls, Duration::from_secs(2)).unwrap();
+        let dialer = Dialer::new(&url, None, &[], tls, Duration::from_secs(2)).unwrap();
         let (mut out, mut servers) = (Vec::new(), Vec::new());
         for _ in 0..n {
             out.push(dialer.dial(ROUTE).await.unwrap());
@@ -364,7 +376,7 @@ mod tests {
         home.park(newest);
         assert_eq!(home.len(), 1);
         let other = Destination {
-            sandbox: true,
+            upstream: 1,
             ..ROUTE
         };
         assert!(home.take(other).is_none(), "no connection to the sandbox");
