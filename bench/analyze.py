@@ -7,8 +7,8 @@
     analyze.py h2load-result H2LOAD_OUTPUT                  h2load's report as a RESULT line
 
 The h2 and tls modes of run.sh use `throughput` on their own results-h2.tsv / results-tls.tsv
-(chart data to $CHART_DAT instead of WORKDIR/chart.dat). h2load reports no percentiles: its
-rows carry the mean and max only, and p50/p99 print as nan.
+(chart data to $CHART_DAT instead of WORKDIR/chart.dat). h2load's report has no percentiles:
+they come from its --log-file when run.sh passes one (else they print as nan).
 
 results.tsv rows: round, scenario, steal %, CPU-0 busy %, then the k=v fields of bench.lua's
 RESULT line (rps, requests, p50_us, p90_us, p99_us, p999_us, max_us, mean_us, non2xx3xx,
@@ -249,8 +249,17 @@ def latency(path, steal_max, work, other_max):
             r["busy"], r["servers"], r["other"], r["steal"]))
 
 
-def h2load_result(path):
-    """h2load's text report -> "RESULT k=v ..." with bench.lua's keys (no percentiles)."""
+def percentile(sorted_xs, q):
+    """Nearest-rank percentile of an ascending list (q in 0..100)."""
+    if not sorted_xs:
+        return float("nan")
+    k = max(0, min(len(sorted_xs) - 1, int(round(q / 100.0 * len(sorted_xs) + 0.5)) - 1))
+    return sorted_xs[k]
+
+
+def h2load_result(path, reqlog=None):
+    """h2load's text report -> "RESULT k=v ..." with bench.lua's keys. Percentiles come from
+    h2load's --log-file (start µs, status, µs to the end of the response), when given."""
     text = open(path).read()
     m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
     r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
@@ -267,10 +276,23 @@ def h2load_result(path):
         return float(n.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[n.group(2)] if n else float("nan")
 
     mean, mx = (us(t.group(3)), us(t.group(2))) if t else (float("nan"), float("nan"))
+    lat = []
+    if reqlog:
+        try:
+            with open(reqlog) as f:
+                for line in f:
+                    cols = line.split("\t")
+                    if len(cols) >= 3 and cols[1] != "-1":
+                        lat.append(float(cols[2]))
+        except OSError:
+            pass
+    lat.sort()
+    p = {q: percentile(lat, q) for q in (50, 90, 99, 99.9)}
     non2xx3xx = int(c.group(3)) + int(c.group(4))
-    print("RESULT rps=%s requests=%d p50_us=nan p90_us=nan p99_us=nan p999_us=nan max_us=%.0f "
+    print("RESULT rps=%s requests=%d p50_us=%.0f p90_us=%.0f p99_us=%.0f p999_us=%.0f max_us=%.0f "
           "mean_us=%.1f non2xx3xx=%d err_connect=0 err_read=%d err_write=0 err_timeout=%d" % (
-              m.group(3), done, mx, mean, non2xx3xx, max(failed - timeout - non2xx3xx, 0), timeout))
+              m.group(3), done, p[50], p[90], p[99], p[99.9], mx, mean, non2xx3xx,
+              max(failed - timeout - non2xx3xx, 0), timeout))
 
 
 def main(argv):
@@ -280,7 +302,7 @@ def main(argv):
     elif mode == "latency":
         latency(argv[2], float(argv[3]), argv[4], float(argv[5]) if len(argv) > 5 else float("inf"))
     elif mode == "h2load-result":
-        h2load_result(argv[2])
+        h2load_result(argv[2], argv[3] if len(argv) > 3 else None)
     elif mode == "oha-line":
         oha_line(*argv[2:8])
     else:

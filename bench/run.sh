@@ -825,6 +825,7 @@ KG_ONE_ADMIN=127.0.0.1:9193
 KG_TLS_PUBLIC=127.0.0.1:8493     # the same keygate config plus [tls]
 KG_TLS_ADMIN=127.0.0.1:9493
 H2_CONNS="${H2_CONNS:-50}"       # h2load -c
+H2_LATENCY="${H2_LATENCY:-1}"    # 1: h2load --log-file, for p50/p99 (0: mean and max only)
 declare -A PROTO_PORT=(
     [h2c_nginx]=8184 [h2c_haproxy]=8185 [h2c_kg]="${KG_ONE_PUBLIC##*:}"
     [tls_nginx]=8484 [tls_haproxy]=8485 [tls_kg]="${KG_TLS_PUBLIC##*:}"
@@ -937,13 +938,19 @@ h2load_run() {
     # h2load -D never returns once the server has closed connections under it (1.52: it
     # stops its clients, then waits): runs that end every connection count requests instead.
     case $dur in n:*) amount=(-n "${dur#n:}") ;; esac
-    out=$(timeout 120 taskset -c "$LOAD_CPU" h2load -t1 "${amount[@]}" "$@" "$url" 2>&1) \
+    # Per-request times (h2load buffers them; H2_LATENCY=0 leaves them out): the percentiles
+    # its report lacks.
+    local reqlog="$WORK/tmp/h2load-requests.tsv" logopt=()
+    rm -f "$reqlog"
+    [ "$H2_LATENCY" = 0 ] || logopt=(--log-file="$reqlog")
+    out=$(timeout 120 taskset -c "$LOAD_CPU" h2load -t1 "${amount[@]}" "${logopt[@]}" "$@" "$url" 2>&1) \
         || log "h2load exited non-zero for $id"
     measure_end
     [ "$round" = 0 ] && return 0
     LAST_CLEAN=$CLEAN
     printf '%s\n' "$out" >"$WORK/logs/h2load-r$round-$id.txt"
-    line=$(python3 "$BENCH/analyze.py" h2load-result "$WORK/logs/h2load-r$round-$id.txt" || true)
+    line=$(python3 "$BENCH/analyze.py" h2load-result "$WORK/logs/h2load-r$round-$id.txt" "$reqlog" || true)
+    rm -f "$reqlog"
     [ -n "$line" ] || { log "no result from h2load for $id (see logs/h2load-r$round-$id.txt)"; return 0; }
     record_row "$id" "$round" "$line"
 }
