@@ -1225,6 +1225,11 @@ mode_serve() {
     select_scenarios
     start_all
     functional_checks
+    # The h2 and tls modes' keygates too (the peers' HTTP/2 and TLS listeners are already up).
+    write_one_key_confs
+    KG_CONF="$WORK/conf/keygate-one.toml" start_keygate keygate-one "$KG_ONE_PUBLIC" "$KG_ONE_ADMIN"
+    KG_CONF="$WORK/conf/keygate-tls.toml" start_keygate keygate-tls "$KG_TLS_PUBLIC" "$KG_TLS_ADMIN"
+    log "h2c: keygate $KG_ONE_PUBLIC, nginx :8184, HAProxy :8185; TLS (h2, http/1.1): keygate $KG_TLS_PUBLIC, nginx :8484, HAProxy :8485"
     log "serving; stop with Ctrl-C or kill $$. Load: wrk -s $WORK/bench.lua http://$KG_PLANS_PUBLIC/v1/resource"
     local e
     for e in "${STARTED[@]}"; do log "  ${e% *}: pid ${e##* }"; done
