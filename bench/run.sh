@@ -889,6 +889,16 @@ proto_checks() {
         expect_h2 "$name TLS h2, unknown key" 401 "https://127.0.0.1:$p/v1/resource" "$bad" --http2
         expect_h2 "$name TLS http/1.1, valid key" 200 "https://127.0.0.1:$p/v1/resource" "$good" --http1.1
     done
+    # keygate's side of the job: its plan is evaluated (X-RateLimit-* on the answer).
+    local limit
+    limit=$(curl -s -o /dev/null -D - --max-time 5 --cacert "$WORK/conf/tls/cert.pem" --http2 \
+        -H "x-api-key: $good" "https://127.0.0.1:${PROTO_PORT[tls_kg]}/v1/resource" \
+        | tr -d '\r' | grep -i '^x-ratelimit-limit:' || true)
+    if [ -n "$limit" ]; then
+        log "check ok: keygate (TLS h2) applies its plan: $limit"
+    else
+        log "keygate (TLS h2) answers without X-RateLimit-Limit: no rate limit in this run (see logs/check-one.txt)"
+    fi
 }
 
 # expect_h2 what status url key curl-protocol-flag: checks the status and that the protocol
