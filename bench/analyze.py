@@ -4,6 +4,11 @@
     analyze.py throughput RESULTS_TSV STEAL_MAX WORKDIR   markdown tables on stdout, WORKDIR/chart.dat
     analyze.py latency    LATENCY_TSV STEAL_MAX WORKDIR   markdown table on stdout
     analyze.py oha-line   OHA_JSON ID STEAL BUSY          one progress line
+    analyze.py h2load-result H2LOAD_OUTPUT                  h2load's report as a RESULT line
+
+The h2 and tls modes of run.sh use `throughput` on their own results-h2.tsv / results-tls.tsv
+(chart data to $CHART_DAT instead of WORKDIR/chart.dat). h2load's report has no percentiles:
+they come from its --log-file when run.sh passes one (else they print as nan).
 
 results.tsv rows: round, scenario, steal %, CPU-0 busy %, then the k=v fields of bench.lua's
 RESULT line (rps, requests, p50_us, p90_us, p99_us, p999_us, max_us, mean_us, non2xx3xx,
@@ -12,6 +17,8 @@ processes other than the servers and wrk). Standard library only.
 """
 
 import json
+import os
+import re
 import statistics
 import sys
 
@@ -31,6 +38,21 @@ LABEL = {
     "kg_d": "keygate (d) Redis store",
     "kg_e": "keygate (e) unknown keys",
 }
+# HTTP/2 and TLS scenarios (run.sh h2 / tls): the three proxies doing the same job.
+PROXIES = (("nginx", "nginx key+limit"), ("haproxy", "HAProxy key+limit"), ("kg", "keygate key+limit"))
+PROTO_GROUPS = [
+    ("h2_h2c_m10", "h2c, 10 streams/conn"),
+    ("h2_h2c_m1", "h2c, 1 stream/conn"),
+    ("h2_tls_m10", "TLS h2, 10 streams/conn"),
+    ("h2_tls_m1", "TLS h2, 1 stream/conn"),
+    ("tls_ka", "TLS HTTP/1.1 keep-alive"),
+    ("tls_hs", "TLS HTTP/1.1, handshake per request"),
+]
+for group, what in PROTO_GROUPS:
+    for proxy, name in PROXIES:
+        ORDER.append("%s_%s" % (group, proxy))
+        LABEL["%s_%s" % (group, proxy)] = "%s: %s" % (what, name)
+
 # (numerator, denominator, what it answers)
 RATIOS = [
     ("kg_b", "haproxy_auth", "keygate(b) / HAProxy key+limit"),
@@ -45,6 +67,9 @@ RATIOS = [
     ("haproxy_auth", "haproxy_plain", "HAProxy key+limit / HAProxy plain"),
     ("nginx_auth", "haproxy_plain", "nginx key+limit / HAProxy plain"),
 ]
+for group, what in PROTO_GROUPS:
+    RATIOS.append((group + "_kg", group + "_haproxy", "%s: keygate / HAProxy key+limit" % what))
+    RATIOS.append((group + "_kg", group + "_nginx", "%s: keygate / nginx key+limit" % what))
 
 
 def med(xs):
@@ -109,7 +134,7 @@ def throughput(path, steal_max, work, other_max):
             LABEL[i], len(ok), len(rounds), m["rps"], m["p50_us"], m["p99_us"], m["p999_us"],
             m["busy"], non2xx, reqs, errs))
         chart.append((LABEL[i], m["rps"], m["p99_us"]))
-    with open(work + "/chart.dat", "w") as f:
+    with open(os.environ.get("CHART_DAT") or work + "/chart.dat", "w") as f:
         for label, rps, p99 in chart:
             f.write("%s\t%.1f\t%.1f\n" % (label, rps, p99))
 
@@ -134,7 +159,9 @@ def throughput(path, steal_max, work, other_max):
     print("\n### Status checks\n")
     print("- %d timed runs for %d rounds x %d scenarios (runs that were not clean are re-run in "
           "their round, up to RETRIES times)" % (len(runs), len(rounds), len(ids)))
-    for i, want in (("kg_b", "all 2xx"), ("kg_c", "all 2xx"), ("kg_d", "all 2xx"), ("kg_e", "all refused")):
+    wants = [("kg_b", "all 2xx"), ("kg_c", "all 2xx"), ("kg_d", "all 2xx"), ("kg_e", "all refused")]
+    wants += [(i, "all 2xx") for i in ORDER if i.startswith(("h2_", "tls_"))]
+    for i, want in wants:
         rs = [r for r in runs if r["id"] == i and "rps" in r]
         if not rs:
             continue
@@ -222,12 +249,60 @@ def latency(path, steal_max, work, other_max):
             r["busy"], r["servers"], r["other"], r["steal"]))
 
 
+def percentile(sorted_xs, q):
+    """Nearest-rank percentile of an ascending list (q in 0..100)."""
+    if not sorted_xs:
+        return float("nan")
+    k = max(0, min(len(sorted_xs) - 1, int(round(q / 100.0 * len(sorted_xs) + 0.5)) - 1))
+    return sorted_xs[k]
+
+
+def h2load_result(path, reqlog=None):
+    """h2load's text report -> "RESULT k=v ..." with bench.lua's keys. Percentiles come from
+    h2load's --log-file (start µs, status, µs to the end of the response), when given."""
+    text = open(path).read()
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    r = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
+    c = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    t = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", text)
+    if not (m and r and c):
+        return
+    done = int(r.group(3))
+    failed, errored, timeout = int(r.group(5)), int(r.group(6)), int(r.group(7))
+
+    def us(v):
+        n = re.match(r"([\d.]+)(us|ms|s)$", v)
+        return float(n.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6}[n.group(2)] if n else float("nan")
+
+    mean, mx = (us(t.group(3)), us(t.group(2))) if t else (float("nan"), float("nan"))
+    lat = []
+    if reqlog:
+        try:
+            with open(reqlog) as f:
+                for line in f:
+                    cols = line.split("\t")
+                    if len(cols) >= 3 and cols[1] != "-1":
+                        lat.append(float(cols[2]))
+        except OSError:
+            pass
+    lat.sort()
+    p = {q: percentile(lat, q) for q in (50, 90, 99, 99.9)}
+    non2xx3xx = int(c.group(3)) + int(c.group(4))
+    print("RESULT rps=%s requests=%d p50_us=%.0f p90_us=%.0f p99_us=%.0f p999_us=%.0f max_us=%.0f "
+          "mean_us=%.1f non2xx3xx=%d err_connect=0 err_read=%d err_write=0 err_timeout=%d" % (
+              m.group(3), done, p[50], p[90], p[99], p[99.9], mx, mean, non2xx3xx,
+              max(failed - timeout - non2xx3xx, 0), timeout))
+
+
 def main(argv):
     mode = argv[1]
     if mode == "throughput":
         throughput(argv[2], float(argv[3]), argv[4], float(argv[5]) if len(argv) > 5 else float("inf"))
     elif mode == "latency":
         latency(argv[2], float(argv[3]), argv[4], float(argv[5]) if len(argv) > 5 else float("inf"))
+    elif mode == "h2load-result":
+        h2load_result(argv[2], argv[3] if len(argv) > 3 else None)
     elif mode == "oha-line":
         oha_line(*argv[2:8])
     else:

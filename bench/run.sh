@@ -6,6 +6,8 @@
 #   bench/run.sh memory          keygate RSS with 10,000 and 1,000,000 keys; `keys create` timing
 #   bench/run.sh chart           redraw bench/results.png from the last throughput run
 #   bench/run.sh serve           start every server of the throughput run and wait (profiling)
+#   bench/run.sh h2              HTTP/2 clients (h2load): h2c and TLS+ALPN h2, 10 and 1 streams
+#   bench/run.sh tls             HTTP/1.1 over TLS: wrk keep-alive, and a full handshake per request
 #
 # Servers run on CPU 0 (one worker each), the load generator on CPU 1. Everything the script
 # starts is stopped by PID on exit; it never kills anything by name.
@@ -37,8 +39,8 @@ NLOAD=1000           # of which the load uses this many (wrk_keys.txt)
 NINVALID=1000        # well-formed keys from a throw-away store, unknown to the benchmarked one
 
 ROOT="$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
-SHARED="$(cd "$ROOT/../shared/bench" && pwd)"
 BENCH="$ROOT/bench"
+PEERS="$BENCH/peers"                   # nginx and HAProxy configs, the project's own
 WORK="$BENCH/work"
 KG="$ROOT/target/release/keygate"
 RESULTS_TSV="$WORK/results.tsv"
@@ -151,6 +153,8 @@ ensure_tools() {
     command -v taskset >/dev/null || need+=(util-linux)
     command -v ss >/dev/null || need+=(iproute2)
     command -v redis-server >/dev/null || need+=(redis-server)   # scenario d
+    command -v openssl >/dev/null || need+=(openssl)             # the TLS certificate
+    command -v h2load >/dev/null || need+=(nghttp2-client)       # h2 and tls modes
     [ "$MODE" != memory ] || [ -x /usr/bin/time ] || need+=(time)
     apt_install "${need[@]}"
 }
@@ -204,16 +208,16 @@ build_keygate() {
 # Scratch folder, configs, keys
 # --------------------------------------------------------------------------------------------
 prepare_workdir() {
-    mkdir -p "$WORK"/{conf,run,logs,tmp,data}
+    mkdir -p "$WORK"/{conf,conf/tls,run,logs,tmp,data}
     rm -f "$WORK"/run/*.pid
     local f
-    for f in upstream-nginx.conf peer-nginx.conf peer-haproxy.cfg bench.lua; do
-        [ -f "$SHARED/$f" ] || die "$SHARED/$f missing"
+    for f in "$PEERS/upstream-nginx.conf" "$PEERS/nginx.conf" "$PEERS/haproxy.cfg" "$BENCH/bench.lua"; do
+        [ -f "$f" ] || die "$f missing"
     done
-    for f in upstream-nginx.conf peer-nginx.conf peer-haproxy.cfg; do
-        sed "s|@WORKDIR@|$WORK|g" "$SHARED/$f" >"$WORK/conf/$f"
+    for f in upstream-nginx.conf nginx.conf haproxy.cfg; do
+        sed "s|@WORKDIR@|$WORK|g" "$PEERS/$f" >"$WORK/conf/$f"
     done
-    sed "s|@WORKDIR@|$WORK|g" "$SHARED/bench.lua" >"$WORK/bench.lua"
+    sed "s|@WORKDIR@|$WORK|g" "$BENCH/bench.lua" >"$WORK/bench.lua"
     # (a) public path: same stream, path /public/resource (the lua script sets the path, the
     # URL's path is ignored by wrk.format).
     sed 's|"/v1/resource"|"/public/resource"|' "$WORK/bench.lua" >"$WORK/bench-public.lua"
@@ -221,6 +225,26 @@ prepare_workdir() {
     # (e) invalid keys: same stream, keys read from wrk_keys_invalid.txt.
     sed 's|/wrk_keys.txt"|/wrk_keys_invalid.txt"|' "$WORK/bench.lua" >"$WORK/bench-invalid.lua"
     grep -q 'wrk_keys_invalid.txt' "$WORK/bench-invalid.lua" || die "bench-invalid.lua: keys file not substituted"
+    generate_certificate
+}
+
+# One self-signed certificate for 127.0.0.1 that nginx, HAProxy and keygate all serve, made
+# fresh each run: TLS_KEY=ec (default, ECDSA P-256) or rsa (RSA 2048). HAProxy wants the
+# certificate and key in one file.
+TLS_KEY="${TLS_KEY:-ec}"
+generate_certificate() {
+    local dir="$WORK/conf/tls" keyopt
+    case $TLS_KEY in
+        ec) keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+        rsa) keyopt=(-newkey rsa:2048) ;;
+        *) die "TLS_KEY=$TLS_KEY: ec or rsa" ;;
+    esac
+    openssl req -x509 "${keyopt[@]}" -nodes -days 30 -subj "/CN=127.0.0.1" \
+        -addext "subjectAltName=IP:127.0.0.1" -keyout "$dir/key.pem" -out "$dir/cert.pem" \
+        >"$WORK/logs/openssl.log" 2>&1 || die "openssl req failed; see $WORK/logs/openssl.log"
+    chmod 600 "$dir/key.pem"
+    cat "$dir/cert.pem" "$dir/key.pem" >"$dir/haproxy.pem"
+    chmod 600 "$dir/haproxy.pem"
 }
 
 write_keygate_conf() { # file public admin store_path
@@ -244,6 +268,12 @@ unmatched = "allow"      # no [[route]] rules: any valid key may call any path
 [log]
 access = false
 level = "warn"
+
+# Scenario e sends 1,000 unknown keys from one address, which the credential-stuffing guard
+# answers with 429 too_many_invalid_keys after 20 (the default). The guard stays on (its
+# counting is part of every refusal's cost) but never blocks: e measures the 401 path.
+[guard]
+max_invalid = 4000000000
 EOF
 }
 
@@ -333,8 +363,9 @@ start_upstream() {
 
 start_peers() {
     check_ports 8082 8083 8084 8085
-    start_nginx nginx-proxy "$WORK/conf/peer-nginx.conf" "$WORK/run/proxy-nginx.pid"
-    taskset -c "$SERVER_CPU" haproxy -q -D -f "$WORK/conf/peer-haproxy.cfg" \
+    check_ports 8184 8484 8185 8485      # the same peers' HTTP/2 and TLS listeners
+    start_nginx nginx-proxy "$WORK/conf/nginx.conf" "$WORK/run/proxy-nginx.pid"
+    taskset -c "$SERVER_CPU" haproxy -q -D -f "$WORK/conf/haproxy.cfg" \
         >"$WORK/logs/haproxy.out" 2>&1 || die "haproxy failed to start; see $WORK/logs/haproxy.out"
     wait_pidfile haproxy "$WORK/run/haproxy.pid"
 }
@@ -531,6 +562,7 @@ measure_end() {
     sj=$(servers_jiffies); children_jiffies cj; ab=$(all_busy); el=$(one_cpu_elapsed)
     STEAL=$(steal_pct "$M_ALL" "$(cpu_sample cpu)")
     BUSY0=$(busy_pct "$M_C0" "$(cpu_sample "cpu$SERVER_CPU")")
+    # shellcheck disable=SC2153  # M_CJ is set by children_jiffies (printf -v)
     read -r SERVERS OTHER < <(awk -v b="$((ab - M_AB))" -v s="$((sj - M_SJ))" -v c="$((cj - M_CJ))" \
         -v e="$((el - M_EL))" 'BEGIN { if (e <= 0) e = 1; printf "%.1f %.1f\n", 100 * s / e, 100 * (b - s - c) / e }')
     CLEAN=$(awk -v s="$STEAL" -v o="$OTHER" -v sm="$STEAL_MAX" -v om="$OTHER_MAX" 'BEGIN { print (s <= sm && o <= om) ? 1 : 0 }')
@@ -538,18 +570,29 @@ measure_end() {
 
 # wrk_run id round port lua duration: appends one row to results.tsv (round 0 = warm-up,
 # not written) and sets LAST_CLEAN.
+# port may also be a whole URL (https://...).
 wrk_run() {
-    local id=$1 round=$2 port=$3 lua=$4 dur=$5 out line
+    local id=$1 round=$2 port=$3 lua=$4 dur=$5 out line url
+    case $port in
+        *://*) url=$port ;;
+        *) url="http://127.0.0.1:$port/v1/resource" ;;
+    esac
     [ "$round" = 0 ] || wait_quiet
     measure_start
     out=$(timeout 120 taskset -c "$LOAD_CPU" wrk -t2 -c50 -d"$dur" --timeout 2s -s "$lua" \
-        "http://127.0.0.1:$port/v1/resource" 2>&1) || log "wrk exited non-zero for $id"
+        "$url" 2>&1) || log "wrk exited non-zero for $id"
     measure_end
     [ "$round" = 0 ] && return 0
     LAST_CLEAN=$CLEAN
     printf '%s\n' "$out" >"$WORK/logs/wrk-r$round-$id.txt"
     line=$(printf '%s\n' "$out" | grep '^RESULT ' | tail -1 || true)
     [ -n "$line" ] || { log "no RESULT line from wrk for $id (see logs/wrk-r$round-$id.txt)"; return 0; }
+    record_row "$id" "$round" "$line"
+}
+
+# record_row id round "RESULT k=v ...": one results.tsv row and a progress line.
+record_row() {
+    local id=$1 round=$2 line=$3
     # RESULT k=v ... -> tab-separated values in a fixed column order (see analyze.py)
     printf '%s\t%s\t%s\t%s\t%s\tother=%s\tservers=%s\n' "$round" "$id" "$STEAL" "$BUSY0" \
         "$(printf '%s\n' "$line" | tr ' ' '\n' | grep '=' | paste -sd '\t')" "$OTHER" "$SERVERS" >>"$RESULTS_TSV"
@@ -687,16 +730,9 @@ save_metrics() { # name admin
     grep -v '^#' "$WORK/logs/$1.metrics" | grep -Ei 'cache|store|request' | head -30 | sed "s/^/  $1 metrics: /" >&2 || true
 }
 
-mode_throughput() {
-    ensure_tools
-    build_keygate
-    prepare_workdir
-    generate_keys
-    select_scenarios
-    start_all
-    functional_checks
-    : >"$RESULTS_TSV"
-    : >"$WORK/tmp/redis-deltas"
+# One unrecorded warm-up run of every scenario in SCENARIOS, then ROUNDS rounds of all of
+# them in turn (A B C A B C ...), a run that was not clean re-run in its round.
+run_rounds() {
     local id r attempt
     log "warm-up: $WARMUP per scenario (not recorded)"
     for id in "${SCENARIOS[@]}"; do "scenario_$id" 0 "$WARMUP"; done
@@ -711,6 +747,20 @@ mode_throughput() {
             done
         done
     done
+    return 0    # the loop's status is its last test's, not a failure
+}
+
+mode_throughput() {
+    ensure_tools
+    build_keygate
+    prepare_workdir
+    generate_keys
+    select_scenarios
+    start_all
+    functional_checks
+    : >"$RESULTS_TSV"
+    : >"$WORK/tmp/redis-deltas"
+    run_rounds
     log "keygate after the runs: VmRSS $(rss_kib "$KG_PID" VmRSS) kB, VmHWM $(rss_kib "$KG_PID" VmHWM) kB; CPU per thread: $(thread_cpu "$KG_PID")"
     save_metrics keygate "$KG_ADMIN"
     if [ -n "$KG_PLANS_PID" ]; then
@@ -762,6 +812,235 @@ plot "$WORK/chart.dat" using (\$3/1000.0):xtic(1) linecolor rgb "#cc6677", \
 unset multiplot
 EOF
     log "chart: $png"
+}
+
+# --------------------------------------------------------------------------------------------
+# HTTP/2 (h2load) and TLS (wrk over https, h2load one handshake per request)
+# --------------------------------------------------------------------------------------------
+# The peers serve these from the same nginx and HAProxy as the throughput mode (other ports,
+# same rules; see bench/peers/). keygate serves h2c on its plain listener (it notices the
+# HTTP/2 preface) and TLS on a second instance, so the TLS one can stay TLS-only.
+KG_ONE_PUBLIC=127.0.0.1:8093     # keygate, plan with a one-key-proof limit, plain (h1 + h2c)
+KG_ONE_ADMIN=127.0.0.1:9193
+KG_TLS_PUBLIC=127.0.0.1:8493     # the same keygate config plus [tls]
+KG_TLS_ADMIN=127.0.0.1:9493
+H2_CONNS="${H2_CONNS:-50}"       # h2load -c
+H2_LATENCY="${H2_LATENCY:-1}"    # 1: h2load --log-file, for p50/p99 (0: mean and max only)
+declare -A PROTO_PORT=(
+    [h2c_nginx]=8184 [h2c_haproxy]=8185 [h2c_kg]="${KG_ONE_PUBLIC##*:}"
+    [tls_nginx]=8484 [tls_haproxy]=8485 [tls_kg]="${KG_TLS_PUBLIC##*:}"
+)
+
+# keygate's side of the peers' job for one-key load: every key on a plan whose limits are
+# evaluated on every request and sit far above what one core serves (h2load sends one key).
+# Without plans in this build: the plain key check, said so in the log.
+write_one_key_confs() {
+    sed -e "s|^public = .*|public = \"$KG_ONE_PUBLIC\"|" -e "s|^admin = .*|admin = \"$KG_ONE_ADMIN\"|" \
+        "$WORK/conf/keygate.toml" >"$WORK/conf/keygate-one.toml"
+    cp "$WORK/conf/keygate-one.toml" "$WORK/tmp/keygate-one-noplans.toml"
+    cat >>"$WORK/conf/keygate-one.toml" <<'EOF2'
+
+[plans.one_key]
+per_second = 1000000
+burst = 1000000
+per_hour = 1000000000
+
+[limits]
+default_plan = "one_key"
+EOF2
+    if ! "$KG" check-config -c "$WORK/conf/keygate-one.toml" >"$WORK/logs/check-one.txt" 2>&1; then
+        log "this keygate does not take the one-key plan (see logs/check-one.txt): its scenarios run without rate limits"
+        cp "$WORK/tmp/keygate-one-noplans.toml" "$WORK/conf/keygate-one.toml"
+    fi
+    sed -e "s|^public = .*|public = \"$KG_TLS_PUBLIC\"|" -e "s|^admin = .*|admin = \"$KG_TLS_ADMIN\"|" \
+        "$WORK/conf/keygate-one.toml" >"$WORK/conf/keygate-tls.toml"
+    cat >>"$WORK/conf/keygate-tls.toml" <<EOF2
+
+[tls]
+cert = "$WORK/conf/tls/cert.pem"
+key = "$WORK/conf/tls/key.pem"
+EOF2
+    "$KG" check-config -c "$WORK/conf/keygate-tls.toml" >"$WORK/logs/check-tls.txt" 2>&1 \
+        || die "keygate does not accept the TLS config; see $WORK/logs/check-tls.txt"
+}
+
+start_proto_servers() {
+    start_upstream
+    start_peers
+    write_one_key_confs
+    KG_CONF="$WORK/conf/keygate-one.toml" start_keygate keygate-one "$KG_ONE_PUBLIC" "$KG_ONE_ADMIN"
+    KG_ONE_PID=$KG_PID
+    KG_CONF="$WORK/conf/keygate-tls.toml" start_keygate keygate-tls "$KG_TLS_PUBLIC" "$KG_TLS_ADMIN"
+    KG_TLS_PID=$KG_PID
+}
+
+# Every HTTP/2 and TLS listener answers a valid key 200 and an unknown one 401, over the
+# protocol it is benchmarked with, before anything is timed.
+proto_checks() {
+    local good bad p name
+    good=$(head -1 "$WORK/wrk_keys.txt")
+    bad=$(head -1 "$WORK/wrk_keys_invalid.txt")
+    for name in nginx haproxy kg; do
+        p=${PROTO_PORT[h2c_$name]}
+        expect_h2 "$name h2c, valid key" 200 "http://127.0.0.1:$p/v1/resource" "$good" --http2-prior-knowledge
+        expect_h2 "$name h2c, unknown key" 401 "http://127.0.0.1:$p/v1/resource" "$bad" --http2-prior-knowledge
+        p=${PROTO_PORT[tls_$name]}
+        expect_h2 "$name TLS h2, valid key" 200 "https://127.0.0.1:$p/v1/resource" "$good" --http2
+        expect_h2 "$name TLS h2, unknown key" 401 "https://127.0.0.1:$p/v1/resource" "$bad" --http2
+        expect_h2 "$name TLS http/1.1, valid key" 200 "https://127.0.0.1:$p/v1/resource" "$good" --http1.1
+    done
+    # keygate's side of the job: its plan is evaluated (X-RateLimit-* on the answer).
+    local limit
+    limit=$(curl -s -o /dev/null -D - --max-time 5 --cacert "$WORK/conf/tls/cert.pem" --http2 \
+        -H "x-api-key: $good" "https://127.0.0.1:${PROTO_PORT[tls_kg]}/v1/resource" \
+        | tr -d '\r' | grep -i '^x-ratelimit-limit:' || true)
+    if [ -n "$limit" ]; then
+        log "check ok: keygate (TLS h2) applies its plan: $limit"
+    else
+        log "keygate (TLS h2) answers without X-RateLimit-Limit: no rate limit in this run (see logs/check-one.txt)"
+    fi
+}
+
+# expect_h2 what status url key curl-protocol-flag: checks the status and that the protocol
+# spoken is the one asked for (curl would fall back to HTTP/1.1 silently).
+expect_h2() {
+    local got want_version
+    got=$(curl -s -o /dev/null -w '%{http_code} %{http_version}' --max-time 5 --cacert "$WORK/conf/tls/cert.pem" \
+        "$5" -H "x-api-key: $4" "$3")
+    case $5 in --http1.1) want_version=1.1 ;; *) want_version=2 ;; esac
+    if [ "$got" = "$2 $want_version" ]; then
+        log "check ok: $1 -> $got"
+    else
+        die "check failed: $1 -> '$got', expected '$2 HTTP $want_version'"
+    fi
+}
+
+# Whether a server resumes TLS sessions: a first connection saves its session (with TLS 1.3,
+# after reading the response, so the tickets have arrived), a second offers it.
+resumption_check() { # name port
+    local v out s="$WORK/tmp/tls-session" req
+    req=$'GET /v1/resource HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n'
+    for v in -tls1_3 -tls1_2; do
+        rm -f "$s"
+        printf '%s' "$req" | timeout 10 openssl s_client -connect "127.0.0.1:$2" "$v" -ign_eof \
+            -sess_out "$s" >/dev/null 2>&1 || true
+        if [ ! -s "$s" ]; then
+            out="no session saved"
+        else
+            out=$(printf '%s' "$req" | timeout 10 openssl s_client -connect "127.0.0.1:$2" "$v" -ign_eof \
+                -sess_in "$s" 2>/dev/null | grep -E '^(New|Reused),' | head -1 | cut -d, -f1)
+        fi
+        printf 'resumption\t%s\t%s\t%s\n' "$1" "${v#-}" "${out:-no answer}" >>"$WORK/tls-checks.tsv"
+        log "TLS session resumption, $1 ${v#-}: ${out:-no answer} (Reused = resumed)"
+    done
+    rm -f "$s"
+}
+
+# h2load_run id round url duration h2load-args...: one results.tsv row from h2load's report
+# (analyze.py h2load-result turns it into a RESULT line; h2load gives no percentiles).
+# duration: an h2load -D value, or n:COUNT for a run of COUNT requests.
+h2load_run() {
+    local id=$1 round=$2 url=$3 dur=$4 out line
+    shift 4
+    [ "$round" = 0 ] || wait_quiet
+    measure_start
+    local amount=(-D "$dur")
+    # h2load -D never returns once the server has closed connections under it (1.52: it
+    # stops its clients, then waits): runs that end every connection count requests instead.
+    case $dur in n:*) amount=(-n "${dur#n:}") ;; esac
+    # Per-request times (h2load buffers them; H2_LATENCY=0 leaves them out): the percentiles
+    # its report lacks.
+    local reqlog="$WORK/tmp/h2load-requests.tsv" logopt=()
+    rm -f "$reqlog"
+    [ "$H2_LATENCY" = 0 ] || logopt=(--log-file="$reqlog")
+    out=$(timeout 120 taskset -c "$LOAD_CPU" h2load -t1 "${amount[@]}" "${logopt[@]}" "$@" "$url" 2>&1) \
+        || log "h2load exited non-zero for $id"
+    measure_end
+    [ "$round" = 0 ] && return 0
+    LAST_CLEAN=$CLEAN
+    printf '%s\n' "$out" >"$WORK/logs/h2load-r$round-$id.txt"
+    line=$(python3 "$BENCH/analyze.py" h2load-result "$WORK/logs/h2load-r$round-$id.txt" "$reqlog" || true)
+    rm -f "$reqlog"
+    [ -n "$line" ] || { log "no result from h2load for $id (see logs/h2load-r$round-$id.txt)"; return 0; }
+    record_row "$id" "$round" "$line"
+}
+
+# h2 scenarios: h2_<transport>_m<streams>_<proxy>, one key, H2_CONNS connections.
+h2_scenario() { # transport streams proxy round duration
+    local url scheme=http flags=()
+    [ "$1" = tls ] && { scheme=https; flags=(--npn-list=h2); }
+    url="$scheme://127.0.0.1:${PROTO_PORT[${1}_$3]}/v1/resource"
+    h2load_run "h2_${1}_m${2}_$3" "$4" "$url" "$5" -c "$H2_CONNS" -m "$2" "${flags[@]}" \
+        -H "x-api-key: $ONE_KEY"
+}
+
+define_h2_scenarios() {
+    local t m p
+    for t in h2c tls; do
+        for m in 10 1; do
+            for p in nginx haproxy kg; do
+                eval "scenario_h2_${t}_m${m}_$p() { h2_scenario $t $m $p \"\$1\" \"\$2\"; }"
+                SCENARIOS+=("h2_${t}_m${m}_$p")
+            done
+        done
+    done
+}
+
+# tls scenarios: wrk over https with keep-alive (the throughput mode's stream of 1,000 keys),
+# and one full handshake per request: h2load --h1 with `Connection: close`, so every
+# response ends its connection and h2load opens a new one. h2load never offers a saved
+# session (it does not call SSL_set_session), so each of those handshakes is a full one;
+# wrk's OpenSSL client keeps its session across reconnects and is not used for that.
+define_tls_scenarios() {
+    local p
+    for p in nginx haproxy kg; do
+        eval "scenario_tls_ka_$p() { wrk_run tls_ka_$p \"\$1\" https://127.0.0.1:${PROTO_PORT[tls_$p]}/v1/resource \"\$WORK/bench.lua\" \"\$2\"; }"
+        SCENARIOS+=("tls_ka_$p")
+    done
+    for p in nginx haproxy kg; do
+        eval "scenario_tls_hs_$p() { h2load_run tls_hs_$p \"\$1\" https://127.0.0.1:${PROTO_PORT[tls_$p]}/v1/resource \"\$(hs_count \"\$2\")\" --h1 -c \"\$H2_CONNS\" -m 1 -H 'Connection: close' -H \"x-api-key: \$ONE_KEY\"; }"
+        SCENARIOS+=("tls_hs_$p")
+    done
+}
+
+# A handshake run's request count for a duration: HS_RATE (3,000) handshakes a second, the
+# order of what one core serves with P-256, so a run lasts about as long as the others.
+HS_RATE="${HS_RATE:-3000}"
+hs_count() { # duration like 5s or 2s
+    local secs=${1%s}
+    [[ $secs =~ ^[0-9]+$ ]] || secs=5
+    printf 'n:%d' $((secs * HS_RATE))
+}
+
+mode_proto() { # h2 | tls
+    ensure_tools
+    build_keygate
+    prepare_workdir
+    generate_keys
+    RESULTS_TSV="$WORK/results-$1.tsv"
+    : >"$RESULTS_TSV"
+    : >"$WORK/tls-checks.tsv"
+    ONE_KEY=$(head -1 "$WORK/wrk_keys.txt")
+    start_proto_servers
+    proto_checks
+    log "TLS certificate: $(openssl x509 -in "$WORK/conf/tls/cert.pem" -noout -text | grep -m1 'Public Key Algorithm' | sed 's/^ *//'), $TLS_KEY"
+    local p
+    for p in nginx haproxy kg; do resumption_check "$p" "${PROTO_PORT[tls_$p]}"; done
+    SCENARIOS=()
+    case $1 in
+        h2) define_h2_scenarios ;;
+        tls) define_tls_scenarios ;;
+    esac
+    run_rounds
+    log "keygate (plain/h2c) after the runs: VmRSS $(rss_kib "$KG_ONE_PID" VmRSS) kB; CPU per thread: $(thread_cpu "$KG_ONE_PID")"
+    log "keygate (TLS) after the runs: VmRSS $(rss_kib "$KG_TLS_PID" VmRSS) kB; CPU per thread: $(thread_cpu "$KG_TLS_PID")"
+    save_metrics keygate-one "$KG_ONE_ADMIN"
+    save_metrics keygate-tls "$KG_TLS_ADMIN"
+    grep -h -v '^#' "$WORK/logs/keygate-one.err" "$WORK/logs/keygate-tls.err" | head -5 | sed 's/^/  keygate stderr: /' >&2 || true
+    CHART_DAT="$WORK/chart-$1.dat" python3 "$BENCH/analyze.py" throughput "$RESULTS_TSV" "$STEAL_MAX" "$WORK" "$OTHER_MAX" \
+        | tee "$WORK/summary-$1.txt"
+    awk -F'\t' '$1 == "resumption" { printf "- TLS session resumption, %s %s: %s\n", $2, $3, $4 }' "$WORK/tls-checks.tsv" \
+        | tee -a "$WORK/summary-$1.txt"
 }
 
 # --------------------------------------------------------------------------------------------
@@ -956,6 +1235,11 @@ mode_serve() {
     select_scenarios
     start_all
     functional_checks
+    # The h2 and tls modes' keygates too (the peers' HTTP/2 and TLS listeners are already up).
+    write_one_key_confs
+    KG_CONF="$WORK/conf/keygate-one.toml" start_keygate keygate-one "$KG_ONE_PUBLIC" "$KG_ONE_ADMIN"
+    KG_CONF="$WORK/conf/keygate-tls.toml" start_keygate keygate-tls "$KG_TLS_PUBLIC" "$KG_TLS_ADMIN"
+    log "h2c: keygate $KG_ONE_PUBLIC, nginx :8184, HAProxy :8185; TLS (h2, http/1.1): keygate $KG_TLS_PUBLIC, nginx :8484, HAProxy :8485"
     log "serving; stop with Ctrl-C or kill $$. Load: wrk -s $WORK/bench.lua http://$KG_PLANS_PUBLIC/v1/resource"
     local e
     for e in "${STARTED[@]}"; do log "  ${e% *}: pid ${e##* }"; done
@@ -970,7 +1254,8 @@ case $MODE in
     serve) mode_serve ;;
     latency) mode_latency ;;
     memory) RESULTS_TSV="$WORK/results.tsv.mem"; mkdir -p "$WORK"; : >"$RESULTS_TSV"; mode_memory ;;
+    h2 | tls) mode_proto "$MODE" ;;
     chart) chart ;;   # redraw bench/results.png from work/chart.dat
-    -h | --help | help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) die "unknown mode '$MODE' (throughput | latency | memory | serve | chart)" ;;
+    -h | --help | help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) die "unknown mode '$MODE' (throughput | h2 | tls | latency | memory | serve | chart)" ;;
 esac
