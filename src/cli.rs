@@ -164,7 +164,7 @@ pub enum KeysCommand {
     Rotate {
         id: String,
         /// How long the old key keeps working: 1h, 7d, 0s (expire now).
-        #[arg(long, default_value = "1h")]
+        #[arg(long, default_value = "1h", allow_hyphen_values = true)]
         grace: String,
     },
 }
@@ -192,7 +192,9 @@ pub struct CreateArgs {
     #[arg(long = "limit", value_name = "NAME=N")]
     pub limit: Vec<String>,
     /// Lifetime: 30d, 90d, 12h, … or never.
-    #[arg(long, conflicts_with = "expires_at")]
+    // Hyphen values reach our own check, which names the flag and the fix: otherwise clap
+    // reads `-5d` as an unknown flag `-5`.
+    #[arg(long, conflicts_with = "expires_at", allow_hyphen_values = true)]
     pub expires_in: Option<String>,
     /// Absolute expiry, RFC 3339 (2027-01-01T00:00:00Z).
     #[arg(long)]
@@ -398,27 +400,31 @@ async fn keys_command(
                 let now = SystemTime::now();
                 list.retain(|r| policy.record_due(r, now).is_some());
             }
+            let now = SystemTime::now();
+            let list: Vec<serde_json::Value> = list.iter().map(|r| shown(r, now)).collect();
             writeln!(out, "{}", pretty(&list))?;
         }
         KeysCommand::Show { id } => {
             let (_, record) = store.by_id(&id).await?.ok_or(StoreError::NotFound(id))?;
-            writeln!(out, "{}", pretty(&record))?;
+            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
         }
         KeysCommand::Revoke { id } => {
-            writeln!(out, "{}", pretty(&trail.change(&id, Change::Revoke).await?))?;
+            let record = trail.change(&id, Change::Revoke).await?;
+            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
         }
         KeysCommand::Suspend { id } => {
-            writeln!(
-                out,
-                "{}",
-                pretty(&trail.change(&id, Change::Suspend).await?)
-            )?;
+            let record = trail.change(&id, Change::Suspend).await?;
+            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
         }
         KeysCommand::Resume { id } => {
-            writeln!(out, "{}", pretty(&trail.change(&id, Change::Resume).await?))?;
+            let record = trail.change(&id, Change::Resume).await?;
+            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
         }
         KeysCommand::Rotate { id, grace } => {
-            let grace = manage::grace(&grace)?;
+            let grace = manage::grace(&grace).map_err(|e| match e {
+                StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
+                e => e.into(),
+            })?;
             let created = trail.rotate(&id, grace, SystemTime::now()).await?;
             writeln!(out, "{}", pretty(&created))?;
         }
@@ -513,6 +519,7 @@ fn as_flags(message: &str) -> String {
         ("allowed_cidrs", "--allow-ip"),
         ("expires_in", "--expires-in"),
         ("expires_at", "--expires-at"),
+        ("grace", "--grace"),
         ("limits", "--limit"),
         ("name", "--name"),
         ("owner", "--owner"),
@@ -541,6 +548,32 @@ fn parse_since(s: &str) -> Result<SystemTime, CliError> {
             "--since {s:?}: {e}; use RFC 3339 (2027-01-01T00:00:00Z) or a duration (1h, 7d)"
         ))
     })
+}
+
+/// A record as the CLI prints it: `status` is what the proxy would make of the key now
+/// ([`manage::effective_status`]), so an expired key reads `expired`, not `active`.
+fn shown(record: &keys::KeyRecord, now: SystemTime) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).expect("key records always serialize");
+    value["status"] = manage::effective_status(record, now).into();
+    value
+}
+
+/// The error as the CLI prints it: the message, then each cause in the chain that the text so
+/// far does not already say. keygate's errors name their cause in their own message (log
+/// lines print only that) and also return it as `source()` (for programs walking the chain),
+/// so printing the chain as is (`{:#}`) would say every OS error twice.
+pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 fn pretty<T: serde::Serialize>(value: &T) -> String {

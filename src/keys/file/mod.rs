@@ -355,7 +355,8 @@ impl KeyStore for FileStore {
             }
             if let Some(max) = batch.max_per_owner {
                 let mut held: HashMap<&str, u32> = HashMap::new();
-                for e in keys.iter().filter(|e| counts_against_cap(&e.record)) {
+                let now = SystemTime::now();
+                for e in keys.iter().filter(|e| counts_against_cap(&e.record, now)) {
                     *held.entry(e.record.owner.as_str()).or_default() += 1;
                 }
                 let new_owners: Vec<&str> = batch

@@ -19,7 +19,7 @@
 //! |---|---|---|
 //! | `{ns}:key:<sha256 hex>` | string | the record as JSON (never the secret) |
 //! | `{ns}:id:<id>` | string | the sha256 hex of that id's key |
-//! | `{ns}:owner:<owner>` | set | ids of the owner's live (not revoked) keys, for the cap |
+//! | `{ns}:owner:<owner>` | set | ids of the owner's keys that counted for the cap when last written (`manage::counts_against_cap`; a key that expires by time alone stays until its next write) |
 //! | `{ns}:ids` | sorted set | every id, scored by creation time (ms) |
 //! | `{ns}:epoch` | integer | bumped by every change |
 //! | `{ns}:instance` | string | a random token written once, to tell this store from an emptied or replaced one |
@@ -298,6 +298,7 @@ impl RedisStore {
     }
 
     async fn commit_chunk(&self, batch: &Batch) -> Result<(), StoreError> {
+        let now = SystemTime::now();
         let mut invocation = self.commit.prepare_invoke();
         invocation
             .key(self.name("epoch"))
@@ -322,7 +323,7 @@ impl RedisStore {
                 .arg(&record.id)
                 .arg(record_json(record))
                 .arg(created_ms)
-                .arg(u8::from(counts_against_cap(record)));
+                .arg(u8::from(counts_against_cap(record, now)));
         }
         for update in &batch.updates {
             invocation
@@ -333,7 +334,7 @@ impl RedisStore {
                 .arg(&update.after.id)
                 .arg(record_json(&update.before))
                 .arg(record_json(&update.after))
-                .arg(u8::from(counts_against_cap(&update.after)));
+                .arg(u8::from(counts_against_cap(&update.after, now)));
         }
         let result: Result<u64, StoreError> = self
             .run(MANAGEMENT_TIMEOUT, async move |mut c| {
