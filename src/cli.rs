@@ -134,16 +134,8 @@ pub struct HealthArgs {
 pub enum KeysCommand {
     /// Create a key; prints JSON with its "id" and the full "key" (shown this once only).
     Create(Box<CreateArgs>),
-    /// List keys as JSON (never the secret).
-    List {
-        /// Only this owner's keys.
-        #[arg(long)]
-        owner: Option<String>,
-        /// Only keys due for rotation: past `[keys] max_age`, or within `[keys] warn_before`
-        /// of it or of their expiry (revoked keys never are).
-        #[arg(long)]
-        rotation_due: bool,
-    },
+    /// List keys, oldest first (never the secret): a table on a terminal, else a JSON array.
+    List(ListArgs),
     /// Show one key as JSON (never the secret).
     Show { id: String },
     /// Revoke a key: requests with it get 401 invalid_api_key from then on. Final.
@@ -167,6 +159,52 @@ pub enum KeysCommand {
         #[arg(long, default_value = "1h", allow_hyphen_values = true)]
         grace: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this owner's keys.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only keys due for rotation: past `[keys] max_age`, or within `[keys] warn_before`
+    /// of it or of their expiry (revoked keys never are).
+    #[arg(long)]
+    pub rotation_due: bool,
+    /// Only keys with this effective status (an active key past its expiry is `expired`).
+    #[arg(long, value_enum)]
+    pub status: Option<StatusArg>,
+    /// Only keys of this environment.
+    #[arg(long, value_enum)]
+    pub env: Option<EnvArg>,
+    /// Only keys not used for this long (30d, 12h): last used before then, or never used and
+    /// created before then.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub unused_for: Option<Duration>,
+    /// At most this many keys (a page; the next starts with --after the last id printed).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Start after the key with this id (the last of the previous page).
+    #[arg(long, value_name = "KEY_ID")]
+    pub after: Option<String>,
+    /// table (default on a terminal), json (a pretty array: the default otherwise, as
+    /// scripts read it) or jsonl (one object per line).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    Active,
+    Expired,
+    Suspended,
+    Revoked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Table,
+    Json,
+    Jsonl,
 }
 
 #[derive(Debug, Args)]
@@ -384,12 +422,9 @@ async fn keys_command(
                 }
             }
         }
-        KeysCommand::List {
-            owner,
-            rotation_due,
-        } => {
-            let mut list = store.list(owner.as_deref()).await?;
-            if rotation_due {
+        KeysCommand::List(args) => {
+            let mut list = store.list(args.owner.as_deref()).await?;
+            if args.rotation_due {
                 let policy = config.keys.rotation();
                 if policy.is_off() {
                     return Err(CliError::Usage(
@@ -401,8 +436,16 @@ async fn keys_command(
                 list.retain(|r| policy.record_due(r, now).is_some());
             }
             let now = SystemTime::now();
-            let list: Vec<serde_json::Value> = list.iter().map(|r| shown(r, now)).collect();
-            writeln!(out, "{}", pretty(&list))?;
+            let page = select(list, &args, now)?;
+            let format = args.format.unwrap_or_else(|| {
+                use std::io::IsTerminal;
+                if std::io::stdout().is_terminal() {
+                    FormatArg::Table
+                } else {
+                    FormatArg::Json
+                }
+            });
+            write_list(out, &page, format, now)?;
         }
         KeysCommand::Show { id } => {
             let (_, record) = store.by_id(&id).await?.ok_or(StoreError::NotFound(id))?;
@@ -548,6 +591,125 @@ fn parse_since(s: &str) -> Result<SystemTime, CliError> {
             "--since {s:?}: {e}; use RFC 3339 (2027-01-01T00:00:00Z) or a duration (1h, 7d)"
         ))
     })
+}
+
+/// The page of `list` (ordered by creation) that `keys list`'s filters and cursor select.
+fn select(
+    list: Vec<keys::KeyRecord>,
+    args: &ListArgs,
+    now: SystemTime,
+) -> Result<Vec<keys::KeyRecord>, CliError> {
+    let mut list = list;
+    if let Some(after) = &args.after {
+        // The cursor is a position in the full order, so a filter cannot hide it.
+        let at = list.iter().position(|r| &r.id == after).ok_or_else(|| {
+            CliError::Usage(format!(
+                "--after {after:?}: no such key{}; give the last id of the previous page",
+                args.owner
+                    .as_deref()
+                    .map(|o| format!(" of owner {o:?}"))
+                    .unwrap_or_default()
+            ))
+        })?;
+        list.drain(..=at);
+    }
+    let status = args.status.map(|s| match s {
+        StatusArg::Active => "active",
+        StatusArg::Expired => "expired",
+        StatusArg::Suspended => "suspended",
+        StatusArg::Revoked => "revoked",
+    });
+    let env = args.env.map(|e| match e {
+        EnvArg::Live => Environment::Live,
+        EnvArg::Test => Environment::Test,
+    });
+    let idle_since = args
+        .unused_for
+        .map(|d| now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
+    let wanted = |r: &keys::KeyRecord| {
+        status.is_none_or(|s| manage::effective_status(r, now) == s)
+            && env.is_none_or(|e| r.env == e)
+            && idle_since.is_none_or(|since| r.last_used_at.unwrap_or(r.created_at) < since)
+    };
+    Ok(list
+        .into_iter()
+        .filter(wanted)
+        .take(args.limit.unwrap_or(usize::MAX))
+        .collect())
+}
+
+/// Prints `keys list`'s page as `format` says.
+fn write_list(
+    out: &mut impl Write,
+    page: &[keys::KeyRecord],
+    format: FormatArg,
+    now: SystemTime,
+) -> Result<(), CliError> {
+    match format {
+        FormatArg::Json => {
+            let list: Vec<serde_json::Value> = page.iter().map(|r| shown(r, now)).collect();
+            writeln!(out, "{}", pretty(&list))?;
+        }
+        FormatArg::Jsonl => {
+            for r in page {
+                writeln!(out, "{}", shown(r, now))?;
+            }
+        }
+        FormatArg::Table => {
+            let time = |t: Option<SystemTime>| {
+                t.map_or("-".to_owned(), |t| {
+                    humantime::format_rfc3339_seconds(t).to_string()
+                })
+            };
+            let rows: Vec<[String; 8]> = page
+                .iter()
+                .map(|r| {
+                    [
+                        r.id.clone(),
+                        r.name.clone(),
+                        r.owner.clone(),
+                        r.env.as_str().to_owned(),
+                        manage::effective_status(r, now).to_owned(),
+                        r.scopes.join(","),
+                        time(r.expires_at),
+                        time(r.last_used_at),
+                    ]
+                })
+                .collect();
+            let header = [
+                "ID",
+                "NAME",
+                "OWNER",
+                "ENV",
+                "STATUS",
+                "SCOPES",
+                "EXPIRES",
+                "LAST USED",
+            ];
+            let mut widths = header.map(str::len);
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            let line = |cells: Vec<&str>| {
+                let mut text = String::new();
+                for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                    if i + 1 == cells.len() {
+                        text.push_str(cell);
+                    } else {
+                        text.push_str(&format!("{cell:<w$}  "));
+                    }
+                }
+                text
+            };
+            writeln!(out, "{}", line(header.to_vec()))?;
+            for row in &rows {
+                writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A record as the CLI prints it: `status` is what the proxy would make of the key now

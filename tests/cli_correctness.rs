@@ -279,3 +279,96 @@ fn an_os_error_is_said_once() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.matches("(os error 2)").count(), 1, "{stderr}");
 }
+
+#[test]
+fn keys_list_filters_pages_and_formats() {
+    let ws = Workspace::new("http://127.0.0.1:9", "");
+    let (a, _) = ws.create_key(&[]);
+    let (b, _) = ws.create_key(&["--env", "test"]);
+    let (c, _) = ws.create_key(&[]);
+    let (d, _) = ws.create_key(&[]);
+    let (f, _) = ws.create_key(&[]);
+    json(&ws.cli(&["keys", "suspend", &c]));
+    json(&ws.cli(&["keys", "revoke", &f]));
+    let e = json(&rotate(&ws, &d, "0s"))["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let ids = |args: &[&str]| -> Vec<&str> {
+        let mut all = vec!["keys", "list"];
+        all.extend(args);
+        json(&ws.cli(&all))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                let id = k["id"].as_str().unwrap();
+                [&a, &b, &c, &d, &e, &f]
+                    .into_iter()
+                    .find(|known| known.as_str() == id)
+                    .unwrap()
+                    .as_str()
+            })
+            .collect()
+    };
+    // Not a terminal: the JSON array, as before.
+    assert_eq!(
+        ids(&[]),
+        [
+            a.as_str(),
+            b.as_str(),
+            c.as_str(),
+            d.as_str(),
+            f.as_str(),
+            e.as_str()
+        ]
+    );
+    assert_eq!(ids(&["--status", "expired"]), [d.as_str()]);
+    assert_eq!(ids(&["--status", "suspended"]), [c.as_str()]);
+    assert_eq!(ids(&["--status", "revoked"]), [f.as_str()]);
+    assert_eq!(
+        ids(&["--status", "active"]),
+        [a.as_str(), b.as_str(), e.as_str()]
+    );
+    assert_eq!(ids(&["--env", "test"]), [b.as_str()]);
+    assert_eq!(
+        ids(&["--env", "live", "--status", "active"]),
+        [a.as_str(), e.as_str()]
+    );
+    assert_eq!(ids(&["--limit", "2"]), [a.as_str(), b.as_str()]);
+    assert_eq!(
+        ids(&["--limit", "2", "--after", &b]),
+        [c.as_str(), d.as_str()]
+    );
+    assert_eq!(ids(&["--after", &e]), Vec::<&str>::new());
+    // Nothing was used, and everything was made just now.
+    assert_eq!(ids(&["--unused-for", "1h"]), Vec::<&str>::new());
+    assert_eq!(ids(&["--unused-for", "0s"]).len(), 6);
+    refused(
+        &ws.cli(&["keys", "list", "--after", "key_nope"]),
+        1,
+        &["--after", "key_nope"],
+    );
+
+    let out = ws.cli(&["keys", "list", "--format", "jsonl", "--status", "active"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["id"], a.as_str());
+
+    let out = ws.cli(&["keys", "list", "--format", "table"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 7, "{table}");
+    assert!(
+        rows[0].starts_with("ID") && rows[0].contains("STATUS"),
+        "{table}"
+    );
+    let row_d = rows.iter().find(|r| r.starts_with(d.as_str())).unwrap();
+    assert!(row_d.contains("expired"), "{table}");
+}
