@@ -367,14 +367,14 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
             // The audit trail's log line for each action, as the server logs the API's.
             init_logging(LogFormat::Text, "warn,keygate::audit=info");
             let config = Config::load(&cli.config)?;
-            let store = keys::open(&config.store, Arc::new(Metrics::new()))?;
+            let store = keys::open_for_management(&config.store, Arc::new(Metrics::new()))?;
             let quotas = store.clone().quotas();
             keys_command(command, &config, store.as_ref(), quotas, &mut stdout).await
         }
         Command::Audit { key, since, limit } => {
             init_logging(LogFormat::Text, "warn");
             let config = Config::load(&cli.config)?;
-            let store = keys::open(&config.store, Arc::new(Metrics::new()))?;
+            let store = keys::open_for_management(&config.store, Arc::new(Metrics::new()))?;
             let since = since.as_deref().map(parse_since).transpose()?;
             let query = AuditQuery {
                 key_id: key,
@@ -423,20 +423,15 @@ async fn keys_command(
             }
         }
         KeysCommand::List(args) => {
-            let mut list = store.list(args.owner.as_deref()).await?;
-            if args.rotation_due {
-                let policy = config.keys.rotation();
-                if policy.is_off() {
-                    return Err(CliError::Usage(
-                        "--rotation-due: set [keys] max_age and/or warn_before in the config first"
-                            .into(),
-                    ));
-                }
-                let now = SystemTime::now();
-                list.retain(|r| policy.record_due(r, now).is_some());
+            let rotation = config.keys.rotation();
+            if args.rotation_due && rotation.is_off() {
+                return Err(CliError::Usage(
+                    "--rotation-due: set [keys] max_age and/or warn_before in the config first"
+                        .into(),
+                ));
             }
             let now = SystemTime::now();
-            let page = select(list, &args, now)?;
+            let page = select(store, &args, &rotation, now).await?;
             let format = args.format.unwrap_or_else(|| {
                 use std::io::IsTerminal;
                 if std::io::stdout().is_terminal() {
@@ -593,26 +588,14 @@ fn parse_since(s: &str) -> Result<SystemTime, CliError> {
     })
 }
 
-/// The page of `list` (ordered by creation) that `keys list`'s filters and cursor select.
-fn select(
-    list: Vec<keys::KeyRecord>,
+/// The page (ordered by creation) that `keys list`'s filters and cursor select, asked of the
+/// store as one query so that a file store never holds more than the page.
+async fn select(
+    store: &dyn KeyStore,
     args: &ListArgs,
+    rotation: &crate::keys::rotation::RotationPolicy,
     now: SystemTime,
 ) -> Result<Vec<keys::KeyRecord>, CliError> {
-    let mut list = list;
-    if let Some(after) = &args.after {
-        // The cursor is a position in the full order, so a filter cannot hide it.
-        let at = list.iter().position(|r| &r.id == after).ok_or_else(|| {
-            CliError::Usage(format!(
-                "--after {after:?}: no such key{}; give the last id of the previous page",
-                args.owner
-                    .as_deref()
-                    .map(|o| format!(" of owner {o:?}"))
-                    .unwrap_or_default()
-            ))
-        })?;
-        list.drain(..=at);
-    }
     let status = args.status.map(|s| match s {
         StatusArg::Active => "active",
         StatusArg::Expired => "expired",
@@ -626,16 +609,29 @@ fn select(
     let idle_since = args
         .unused_for
         .map(|d| now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
-    let wanted = |r: &keys::KeyRecord| {
+    let rotation_due = args.rotation_due;
+    let wanted = move |r: &keys::KeyRecord| {
         status.is_none_or(|s| manage::effective_status(r, now) == s)
             && env.is_none_or(|e| r.env == e)
             && idle_since.is_none_or(|since| r.last_used_at.unwrap_or(r.created_at) < since)
+            && (!rotation_due || rotation.record_due(r, now).is_some())
     };
-    Ok(list
-        .into_iter()
-        .filter(wanted)
-        .take(args.limit.unwrap_or(usize::MAX))
-        .collect())
+    let after = args.after.as_deref();
+    match store
+        .list_page(args.owner.as_deref(), &wanted, after, args.limit)
+        .await
+    {
+        Err(StoreError::NotFound(id)) if after == Some(id.as_str()) => {
+            Err(CliError::Usage(format!(
+                "--after {id:?}: no such key{}; give the last id of the previous page",
+                args.owner
+                    .as_deref()
+                    .map(|o| format!(" of owner {o:?}"))
+                    .unwrap_or_default()
+            )))
+        }
+        page => Ok(page?),
+    }
 }
 
 /// Prints `keys list`'s page as `format` says.
