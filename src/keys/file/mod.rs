@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -313,6 +313,47 @@ impl FileStore {
         Ok(out)
     }
 
+    /// Refuses inserts that would give an owner more than `max` keys that count
+    /// ([`counts_against_cap`]), with `spans`' updates applied: one streamed pass over the
+    /// file, holding one record at a time.
+    fn check_cap(
+        &self,
+        file: &File,
+        max: u32,
+        spans: &[(u64, u64, Entry)],
+        inserts: &[(KeyHash, KeyRecord)],
+    ) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        let owners: HashSet<&str> = inserts.iter().map(|(_, r)| r.owner.as_str()).collect();
+        let replaced: HashMap<KeyHash, &KeyRecord> =
+            spans.iter().map(|(_, _, e)| (e.hash, &e.record)).collect();
+        let mut held: HashMap<String, u32> = HashMap::new();
+        let mut count = |entry: Entry| {
+            let record = replaced.get(&entry.hash).copied().unwrap_or(&entry.record);
+            if owners.contains(record.owner.as_str()) && counts_against_cap(record, now) {
+                *held.entry(record.owner.clone()).or_default() += 1;
+            }
+        };
+        let mut reader = file;
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| io_err(&self.path, e))?;
+        let reader = std::io::BufReader::with_capacity(256 * 1024, reader);
+        scan::each_entry(reader, &mut count).map_err(|e| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        for (_, record) in inserts {
+            if counts_against_cap(record, now) {
+                *held.entry(record.owner.clone()).or_default() += 1;
+            }
+        }
+        match held.into_iter().find(|(_, n)| *n > max) {
+            Some((owner, _)) => Err(StoreError::OwnerCap { owner, max }),
+            None => Ok(()),
+        }
+    }
+
     /// Applies `batch` to the whole document: the slow path, for what [`FileStore::splice`]
     /// does not take.
     fn commit_whole(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -404,9 +445,7 @@ impl FileStore {
     /// another layout, a cap to count, many changes): the caller takes the slow path.
     fn splice(&self, batch: &Batch) -> Result<bool, StoreError> {
         const MOST: usize = 16;
-        if batch.inserts.len() + batch.updates.len() > MOST
-            || (batch.max_per_owner.is_some() && !batch.inserts.is_empty())
-        {
+        if batch.inserts.len() + batch.updates.len() > MOST {
             return Ok(false);
         }
         let lock = self.lock()?;
@@ -453,6 +492,11 @@ impl FileStore {
             {
                 return Err(StoreError::Duplicate);
             }
+        }
+        if let Some(max) = batch.max_per_owner
+            && !batch.inserts.is_empty()
+        {
+            self.check_cap(&file, max, &spans, &batch.inserts)?;
         }
         let len = file.metadata().map_err(io)?.len();
         let (insert_at, empty) = if batch.inserts.is_empty() {
