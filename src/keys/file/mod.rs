@@ -89,6 +89,9 @@ pub struct FileStore {
     sink: Mutex<Option<ChangeSink>>,
     /// Opened for one management command ([`FileStore::open_unloaded`]): no in-memory index.
     unloaded: bool,
+    /// The last entry `by_id` found in place: the file's version, the key, the entry's
+    /// offset. A write that follows (the read half of compare-and-set) starts there.
+    last_found: Mutex<Option<(Fingerprint, KeyHash, u64)>>,
 }
 
 /// Where last-used times are kept.
@@ -134,6 +137,7 @@ impl FileStore {
             },
             sink: Mutex::new(None),
             unloaded: false,
+            last_found: Mutex::new(None),
             path,
         })
     }
@@ -158,6 +162,7 @@ impl FileStore {
             },
             sink: Mutex::new(None),
             unloaded: true,
+            last_found: Mutex::new(None),
             path,
         }
     }
@@ -460,10 +465,25 @@ impl FileStore {
             return Ok(false);
         }
         let mut spans = Vec::with_capacity(batch.updates.len());
+        let fingerprint = file.metadata().map(|m| Fingerprint::of(&m)).ok();
+        let last_found = *self.last_found.lock().unwrap_or_else(|p| p.into_inner());
         for update in &batch.updates {
-            let found = scan::by_hash(&mut file, &update.hash)
-                .map_err(io)?
-                .ok_or_else(|| StoreError::NotFound(update.before.id.clone()))?;
+            // Where `by_id` just found the entry, if the file is still that one (a rename by
+            // another writer changes its inode): one parse instead of a search.
+            let known = match last_found {
+                Some((seen, hash, start)) if Some(seen) == fingerprint && hash == update.hash => {
+                    scan::entry_from(&mut file, start)
+                        .map_err(io)?
+                        .filter(|l| l.entry.hash == update.hash)
+                }
+                _ => None,
+            };
+            let found = match known {
+                Some(found) => found,
+                None => scan::by_hash(&mut file, &update.hash)
+                    .map_err(io)?
+                    .ok_or_else(|| StoreError::NotFound(update.before.id.clone()))?,
+            };
             if found.entry.record != update.before {
                 return Err(StoreError::Changed);
             }
@@ -480,15 +500,16 @@ impl FileStore {
         let mut hashes = HashSet::new();
         let mut ids = HashSet::new();
         for (hash, record) in &batch.inserts {
-            let id_field = format!(
-                "\"id\": {}",
-                serde_json::to_string(&record.id).expect("str")
-            );
+            let needles = [
+                format!("\"hash\": \"{}\"", hash.to_hex()),
+                format!(
+                    "\"id\": {}",
+                    serde_json::to_string(&record.id).expect("str")
+                ),
+            ];
             if !hashes.insert(*hash)
                 || !ids.insert(record.id.as_str())
-                || scan::contains(&mut file, &format!("\"hash\": \"{}\"", hash.to_hex()))
-                    .map_err(io)?
-                || scan::contains(&mut file, &id_field).map_err(io)?
+                || scan::contains_any(&mut file, &needles).map_err(io)?
             {
                 return Err(StoreError::Duplicate);
             }
@@ -589,7 +610,14 @@ impl KeyStore for FileStore {
         // Management reads the file, not the in-memory copy: the CLI is a separate process
         // and must see what other writers just did. Found in place when the file is in
         // keygate's own layout; else the whole document is read.
-        if let Some(found) = self.in_layout(|file| scan::by_id(file, id))? {
+        let found = self.in_layout(|file| {
+            let found = scan::by_id(file, id)?;
+            let fingerprint = file.metadata().map(|m| Fingerprint::of(&m))?;
+            Ok((found, fingerprint))
+        })?;
+        if let Some((found, fingerprint)) = found {
+            *self.last_found.lock().unwrap_or_else(|p| p.into_inner()) =
+                found.as_ref().map(|l| (fingerprint, l.entry.hash, l.start));
             return Ok(found.map(|located| {
                 let mut record = located.entry.record;
                 record.last_used_at = self.used_at(&record.id);

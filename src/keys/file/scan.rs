@@ -45,9 +45,15 @@ pub fn canonical(file: &mut File) -> std::io::Result<bool> {
 
 /// Offsets of every occurrence of `needle` in the file.
 fn find_all(file: &mut File, needle: &[u8]) -> std::io::Result<Vec<u64>> {
-    let finder = memchr::memmem::Finder::new(needle);
+    find_any(file, &[needle])
+}
+
+/// Offsets of every occurrence of any of `needles` in the file, in one pass.
+fn find_any(file: &mut File, needles: &[&[u8]]) -> std::io::Result<Vec<u64>> {
+    let finders: Vec<_> = needles.iter().map(memchr::memmem::Finder::new).collect();
+    let longest = needles.iter().map(|n| n.len()).max().unwrap_or(1).max(1);
     let mut found = Vec::new();
-    let mut buf = vec![0u8; CHUNK + needle.len()];
+    let mut buf = vec![0u8; CHUNK + longest];
     // `keep` bytes from the end of the last chunk stay in front, so a needle across two
     // chunks is seen.
     let mut keep = 0usize;
@@ -56,16 +62,18 @@ fn find_all(file: &mut File, needle: &[u8]) -> std::io::Result<Vec<u64>> {
     loop {
         let n = read_full(file, &mut buf[keep..])?;
         let len = keep + n;
-        for at in finder.find_iter(&buf[..len]) {
-            // A hit entirely within the kept bytes was found last round.
-            if at + needle.len() > keep {
-                found.push(base + at as u64);
+        for finder in &finders {
+            for at in finder.find_iter(&buf[..len]) {
+                // A hit entirely within the kept bytes was found last round.
+                if at + finder.needle().len() > keep {
+                    found.push(base + at as u64);
+                }
             }
         }
         if n == 0 {
             return Ok(found);
         }
-        let next_keep = (needle.len() - 1).min(len);
+        let next_keep = (longest - 1).min(len);
         buf.copy_within(len - next_keep..len, 0);
         base += (len - next_keep) as u64;
         keep = next_keep;
@@ -160,9 +168,20 @@ pub fn by_id(file: &mut File, id: &str) -> std::io::Result<Option<Located>> {
     Ok(None)
 }
 
-/// Whether `needle` occurs in the file at all (a quick "certainly absent" for inserts).
-pub fn contains(file: &mut File, needle: &str) -> std::io::Result<bool> {
-    Ok(!find_all(file, needle.as_bytes())?.is_empty())
+/// Whether any of `needles` occurs in the file (a quick "certainly absent" for inserts).
+pub fn contains_any(file: &mut File, needles: &[String]) -> std::io::Result<bool> {
+    let needles: Vec<&[u8]> = needles.iter().map(String::as_bytes).collect();
+    Ok(!find_any(file, &needles)?.is_empty())
+}
+
+/// The entry that starts (its `{`) exactly at `start`, if one does.
+pub fn entry_from(file: &mut File, start: u64) -> std::io::Result<Option<Located>> {
+    file.seek(SeekFrom::Start(start))?;
+    let mut first = [0u8; 1];
+    if file.read(&mut first)? != 1 || first[0] != b'{' {
+        return Ok(None);
+    }
+    parse_from_brace(file, start + 1)
 }
 
 /// Where an insert goes: the offset of the newline before the closing `]` of `keys`, and
