@@ -418,3 +418,29 @@ fn single_key_commands_work_on_keygates_layout_and_on_any_other() {
     pretty.push(b'\n');
     assert_eq!(text(&bytes).len(), text(&pretty).len());
 }
+
+/// On Redis too, a key that expired by time alone (no write to say so) frees its owner's cap
+/// slot, and a rotated-out key shares its slot with its successor.
+#[test]
+fn on_redis_expired_keys_free_their_cap_slot() {
+    let redis = common::redis::RedisServer::start();
+    let ws = Workspace::redis(
+        "http://127.0.0.1:9",
+        &redis.url(),
+        "[keys]\nmax_per_owner = 2\n",
+    );
+    let owner = ["--owner", "acme"];
+    let (a, _) = ws.create_key(&["--owner", "acme", "--expires-in", "1s"]);
+    let (b, _) = ws.create_key(&owner);
+    let mut args = vec!["keys", "create", "--name", "n", "--scopes", "*"];
+    args.extend(owner);
+    refused(&ws.cli(&args), 3, &["max_per_owner"]);
+    // Rotating B at the cap fits: B shares its slot with its successor.
+    json(&rotate(&ws, &b, "1h"));
+    // Past A's expiry (no write tells the store), its slot is free again.
+    while json(&ws.cli(&["keys", "show", &a]))["status"] != "expired" {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    json(&ws.cli(&args));
+    refused(&ws.cli(&args), 3, &["max_per_owner"]);
+}
