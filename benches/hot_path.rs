@@ -26,10 +26,11 @@ use keygate::wire::{Framing, ParsedRequest, RequestHead};
 
 fn spec() -> KeySpec {
     KeySpec {
+        allowed_origins: Vec::new(),
         name: "bench".into(),
         owner: "acme".into(),
         key_type: KeyType::Secret,
-        env: Environment::Live,
+        env: Environment::LIVE,
         scopes: vec!["content:read".into(), "analytics:*".into()],
         allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         expires_at: None,
@@ -114,11 +115,12 @@ fn stages(c: &mut Criterion) {
     });
 
     let route = |path: &str, scopes: &[&str]| Route {
+        limits: None,
         path: PathPattern::parse(path, false).unwrap(),
         methods: vec![],
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         scopes_all: vec![],
-        environments: vec![Environment::Live, Environment::Test],
+        environments: vec![Environment::LIVE, Environment::TEST],
     };
     let routes = RouteTable::new(
         vec![
@@ -140,6 +142,7 @@ fn stages(c: &mut Criterion) {
         narrowed: &[],
     };
     let policy = Policy {
+        environments: &[Environment::LIVE, Environment::TEST],
         routes: &routes,
         sandbox_upstream: false,
     };
@@ -209,6 +212,7 @@ fn stages(c: &mut Criterion) {
             style: ResetStyle::Epoch,
         }),
         added: &[],
+        cors: &[],
     };
     c.bench_function("rewrite the response head (+ rate-limit headers)", |b| {
         b.iter(|| {

@@ -28,11 +28,12 @@ impl KeyStore for Generated {
     async fn get(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let n = u64::from_le_bytes(hash.0[..8].try_into().expect("8 bytes"));
         Ok(Some(Arc::new(KeyRecord {
+            allowed_origins: Vec::new(),
             id: format!("key_{:020}", n),
             name: format!("service {}", n % 10_000),
             owner: format!("owner-{}", n % 100),
             key_type: KeyType::Secret,
-            env: Environment::Live,
+            env: Environment::LIVE,
             scopes: vec!["orders:read".into(), "orders:write".into()],
             allowed_cidrs: vec![],
             expires_at: None,

@@ -31,6 +31,9 @@ command -v node >/dev/null 2>&1 || apt_install nodejs
 # tests/tokens.rs asks for an access token with curl, as Railz's documentation does; the
 # README's seed sections make a token secret with openssl.
 command -v curl >/dev/null 2>&1 || apt_install curl
+# tests/cors.rs drives a real browser: headless Chromium loads pages that call keygate with
+# fetch().
+command -v chromium >/dev/null 2>&1 || apt_install chromium
 command -v openssl >/dev/null 2>&1 || apt_install openssl
 python3 -c 'import aiohttp, flask, starlette, uvicorn' >/dev/null 2>&1 ||
   python3 -m pip install --quiet --disable-pip-version-check aiohttp flask starlette uvicorn

@@ -173,9 +173,9 @@ pub struct ListArgs {
     /// Only keys with this effective status (an active key past its expiry is `expired`).
     #[arg(long, value_enum)]
     pub status: Option<StatusArg>,
-    /// Only keys of this environment.
-    #[arg(long, value_enum)]
-    pub env: Option<EnvArg>,
+    /// Only keys of this environment: live, test, or one of `[environments.<tag>]`.
+    #[arg(long)]
+    pub env: Option<String>,
     /// Only keys not used for this long (30d, 12h): last used before then, or never used and
     /// created before then.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -217,8 +217,9 @@ pub struct CreateArgs {
     pub scopes: Vec<String>,
     #[arg(long = "type", value_enum, default_value = "secret")]
     pub key_type: TypeArg,
-    #[arg(long, value_enum, default_value = "live")]
-    pub env: EnvArg,
+    /// The key's environment: live, test, or one of `[environments.<tag>]`.
+    #[arg(long, default_value = "live")]
+    pub env: String,
     /// The team or workspace that owns the key.
     #[arg(long, default_value = "default")]
     pub owner: String,
@@ -250,6 +251,11 @@ pub struct CreateArgs {
     /// or project-access-token. Default: any of `[auth] credential_headers`.
     #[arg(long = "header", value_name = "HEADER")]
     pub header: Vec<String>,
+    /// Public keys: a browser origin the key may be called from (repeatable), e.g.
+    /// https://app.example.com, or https://*.example.com for its subdomains. Default:
+    /// `[cors] allow_origins`.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
     /// Create this many keys with the same settings, printed one JSON object per line.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub count: u32,
@@ -259,12 +265,6 @@ pub struct CreateArgs {
 pub enum TypeArg {
     Secret,
     Public,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum EnvArg {
-    Live,
-    Test,
 }
 
 /// How many request threads the command wants: `[server] workers` for `serve`, else tokio's
@@ -430,8 +430,23 @@ async fn keys_command(
                         .into(),
                 ));
             }
+            let env = match args.env.as_deref() {
+                None => None,
+                Some(tag) => Some(
+                    Environment::parse(tag)
+                        .filter(|e| config.environments.contains(e))
+                        .ok_or_else(|| {
+                            let known: Vec<&str> =
+                                config.environments.iter().map(|e| e.as_str()).collect();
+                            CliError::Usage(format!(
+                                "--env {tag:?}: use one of {} (more with [environments.<tag>])",
+                                known.join(", ")
+                            ))
+                        })?,
+                ),
+            };
             let now = SystemTime::now();
-            let page = select(store, &args, &rotation, now).await?;
+            let page = select(store, &args, env, &rotation, now).await?;
             let format = args.format.unwrap_or_else(|| {
                 use std::io::IsTerminal;
                 if std::io::stdout().is_terminal() {
@@ -499,6 +514,7 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
         limits.insert(name.to_owned(), value);
     }
     let headers = header_binding(&args.header, &config.auth.credential_headers)?;
+    let allowed_origins = origins(&args.allow_origin, &args.key_type)?;
     let draft = manage::Draft {
         name: args.name,
         scopes: args.scopes,
@@ -506,10 +522,18 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
             TypeArg::Secret => KeyType::Secret,
             TypeArg::Public => KeyType::Public,
         }),
-        env: Some(match args.env {
-            EnvArg::Live => Environment::Live,
-            EnvArg::Test => Environment::Test,
-        }),
+        env: Some(
+            Environment::parse(&args.env)
+                .filter(|e| config.environments.contains(e))
+                .ok_or_else(|| {
+                    let known: Vec<&str> = config.environments.iter().map(|e| e.as_str()).collect();
+                    CliError::Usage(format!(
+                        "--env {:?}: use one of {} (more with [environments.<tag>])",
+                        args.env,
+                        known.join(", ")
+                    ))
+                })?,
+        ),
         owner: Some(args.owner),
         plan: args.plan,
         limits,
@@ -523,7 +547,32 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
         StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
         e => e.into(),
     })?;
-    Ok(KeySpec { headers, ..spec })
+    Ok(KeySpec {
+        headers,
+        allowed_origins,
+        ..spec
+    })
+}
+
+/// `--allow-origin` values: origin patterns (`crate::cors`), on a public key only (a secret
+/// key in a web page is a leaked secret).
+fn origins(values: &[String], key_type: &TypeArg) -> Result<Vec<String>, CliError> {
+    if !values.is_empty() && !matches!(key_type, TypeArg::Public) {
+        return Err(CliError::Usage(
+            "--allow-origin: only public keys (--type public) are for browsers; a secret key \
+             in a web page is a leaked secret"
+                .into(),
+        ));
+    }
+    let mut list: Vec<String> = Vec::new();
+    for value in values {
+        crate::cors::OriginPattern::parse(value)
+            .map_err(|e| CliError::Usage(format!("--allow-origin {e}")))?;
+        if !list.contains(value) {
+            list.push(value.clone());
+        }
+    }
+    Ok(list)
 }
 
 /// `--header` values: known credential headers, each once, each one the proxy reads keys
@@ -593,6 +642,7 @@ fn parse_since(s: &str) -> Result<SystemTime, CliError> {
 async fn select(
     store: &dyn KeyStore,
     args: &ListArgs,
+    env: Option<Environment>,
     rotation: &crate::keys::rotation::RotationPolicy,
     now: SystemTime,
 ) -> Result<Vec<keys::KeyRecord>, CliError> {
@@ -601,10 +651,6 @@ async fn select(
         StatusArg::Expired => "expired",
         StatusArg::Suspended => "suspended",
         StatusArg::Revoked => "revoked",
-    });
-    let env = args.env.map(|e| match e {
-        EnvArg::Live => Environment::Live,
-        EnvArg::Test => Environment::Test,
     });
     let idle_since = args
         .unused_for

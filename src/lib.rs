@@ -36,7 +36,10 @@
 //!      workspace/project binding); then whether it is due for rotation;
 //!   8. [`limits`]: plans, GCRA for short windows, calendar quotas (`quota`, counted in the
 //!      process; `lease` + `shared`, shared through Redis with `keys::redis` holding the
-//!      counters), temporary suspension (`suspend`), rate-limit headers.
+//!      counters), temporary suspension (`suspend`), rate-limit headers; a route's own
+//!      limits (`[[route]] limits`) counted per key and route the same way.
+//! - [`cors`]: browser origins for public keys, the preflights keygate answers itself, the
+//!   `Access-Control-*` headers both engines render on every response to a browser.
 //! - [`reject`]: every refusal, and its status, headers + JSON body; the one place a refusal
 //!   becomes a response.
 //! - [`forward`]: the admitted request on its way upstream: the rulebook rendered on hyper's
@@ -54,7 +57,8 @@
 //! Around it:
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
-//! - [`vocab`]: the words every layer shares (`KeyHash`, `KeyType`, `Environment`, `Status`,
+//! - [`vocab`]: the words every layer shares (`KeyHash`, `KeyType`, `Environment` (live, test
+//!   and `[environments.<tag>]`, one byte each), `Status`,
 //!   `CredentialHeader`, `HeaderSet`, `StoreError`); it imports nothing, so the layers above never import each other in a
 //!   circle (`tests/layout.rs` fails on a cycle among top-level modules).
 //! - [`keys::manage`] create/update/revoke/rotate for the CLI and the API, [`keys::audit`] the
@@ -81,6 +85,7 @@ pub mod authz;
 pub mod batch;
 pub mod cli;
 pub mod config;
+pub mod cors;
 pub mod credential;
 pub mod echo;
 pub mod forward;

@@ -91,6 +91,9 @@ pub(crate) struct Audit<'a> {
     /// The key is due for rotation (`[keys] max_age` / `warn_before`): `Deprecation` and
     /// `Sunset` for the response.
     pub rotation: Option<Due>,
+    /// The `Access-Control-*` headers for a browser's request ([`crate::cors`]), refusals
+    /// included; each engine renders them in place of the upstream's own.
+    pub cors: Option<crate::cors::Headers>,
     pub now_secs: u64,
 }
 
@@ -104,6 +107,8 @@ enum Credential {
 pub(crate) struct Admission {
     /// The normalized path, when it differs from the request's (forwarded instead of it).
     pub path: Option<String>,
+    /// A CORS preflight, answered `204` by keygate itself with `Audit::cors`; never forwarded.
+    pub preflight: bool,
 }
 
 /// One finished request, for [`Proxy::finish`].
@@ -240,6 +245,10 @@ impl Proxy {
                     "the normalized path is not a valid target",
                 ))
             }
+            Ok(admission) if admission.preflight => Ok(Response::builder()
+                .status(http::StatusCode::NO_CONTENT)
+                .body(Either::Right(Full::new(Bytes::new())))
+                .expect("a static response is valid")),
             Ok(_) => {
                 let origin = Origin {
                     peer: conn.peer.ip(),
@@ -249,13 +258,15 @@ impl Proxy {
                     key: audit.key.as_deref(),
                 };
                 let prepared = current.forwarder.prepare(req, &origin);
-                self.send(&current, prepared).await
+                self.send(&current, prepared)
+                    .await
+                    .map(|r| r.map(Either::Left))
             }
             Err(reject) => Err(reject),
         };
         let close = http1 && matches!(outcome, Err(Reject::BadRequest(_)));
         let (mut response, decision) = match outcome {
-            Ok(response) => (response.map(Either::Left), Decision::Allowed),
+            Ok(response) => (response, Decision::Allowed),
             Err(reject) => {
                 let code = reject.code();
                 (
@@ -276,6 +287,9 @@ impl Proxy {
                 audit.now_secs,
                 self.limiter.reset_style(),
             );
+        }
+        if let Some(cors) = audit.cors.take() {
+            cors_headers(response.headers_mut(), cors);
         }
         if let Some(due) = &audit.rotation {
             // The upstream's own deprecation of an endpoint wins over the key's.
@@ -370,6 +384,7 @@ impl Proxy {
                     Cow::Owned(changed) => Some(changed),
                     Cow::Borrowed(_) => None,
                 },
+                preflight: false,
             })
         };
 
@@ -392,6 +407,31 @@ impl Proxy {
             audit.route = Some("public");
             return admission(normal);
         }
+
+        // 2b. A browser's CORS preflight carries no key: answered here, never forwarded
+        //     (`crate::cors` says for which origins). Other requests from a browser: refusals
+        //     until the key is known carry the preflight's CORS headers, so the page can read
+        //     why; the key's own origins decide from step 6 on.
+        let origin = origin(head);
+        if head.method() == http::Method::OPTIONS
+            && let Some(origin) = origin
+            && head
+                .values("access-control-request-method")
+                .next()
+                .is_some()
+        {
+            audit.route = Some("preflight");
+            let headers = config
+                .cors
+                .preflight(origin, &config.auth.credential_headers)
+                .map_err(Reject::OriginNotAllowed)?;
+            audit.cors = Some(headers);
+            return Ok(Admission {
+                path: None,
+                preflight: true,
+            });
+        }
+        audit.cors = config.cors.before_key(origin);
 
         // 3. Which key? Exactly one, from the configured headers, length-capped.
         let auth = &config.auth;
@@ -465,6 +505,15 @@ impl Proxy {
                 HeaderSet::EMPTY,
             ),
         };
+        // 6b. A browser's request: from an origin this key allows? Before anything else is
+        //     said about the key, so a page on another origin learns nothing (no
+        //     `Access-Control-Allow-Origin` on the refusal).
+        // (Cleared first: a refused origin gets none of the preflight's headers either.)
+        audit.cors = None;
+        audit.cors = config
+            .cors
+            .for_key(origin, record.key_type, record.allowed_origins())
+            .map_err(Reject::OriginNotAllowed)?;
 
         // 7. May it make this request? Status, expiry, the headers it may arrive in, IP
         //    allowlist, environment, key type, route scopes, workspace/project binding.
@@ -480,6 +529,7 @@ impl Proxy {
         let policy = Policy {
             routes: &config.routes,
             sandbox_upstream: config.upstream.sandbox_url.is_some(),
+            environments: &config.environments,
         };
         if config.log.access {
             audit.route = Some(match config.routes.find(facts.method, facts.path) {
@@ -498,8 +548,20 @@ impl Proxy {
         // 8. Within its plan? Only a request that may be served counts against a quota; a
         //    refusal by any window counts in none. A key suspended for hammering its limit is
         //    refused here too, before anything is counted.
+        //    A route with limits of its own counts the key there too (`[[route]] limits`).
         audit.now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        match self.limiter.admit(hash, &*record, now).await {
+        let route_limit = match config.routes.has_limits() {
+            true => match config.routes.find(facts.method, facts.path) {
+                Found::Rule(route, _) => route.limits.as_ref().map(|l| l.as_limit()),
+                Found::OtherMethods | Found::Unmatched => None,
+            },
+            false => None,
+        };
+        match self
+            .limiter
+            .admit_with_route(hash, &*record, route_limit, now)
+            .await
+        {
             Ok(window) => audit.limit = window,
             Err(Limited::Rate(refused)) => {
                 audit.limit = Some(refused.window);
@@ -660,6 +722,32 @@ impl Current {
         )?;
         Ok(Self { config, forwarder })
     }
+}
+
+/// Renders [`crate::cors`]'s decision on hyper's header map: the upstream's own
+/// `Access-Control-*` give way, `Vary: Origin` joins whatever the upstream varies on.
+fn cors_headers(headers: &mut http::HeaderMap, cors: crate::cors::Headers) {
+    let theirs: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| crate::cors::is_cors_header(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in theirs {
+        headers.remove(name);
+    }
+    for (name, value) in cors {
+        headers.append(name, value);
+    }
+}
+
+/// The request's `Origin` (a browser's); more than one is no origin a pattern matches.
+fn origin(head: &impl Head) -> Option<&[u8]> {
+    let mut values = head.values("origin");
+    let first = values.next()?;
+    Some(match values.next() {
+        None => first,
+        Some(_) => b"",
+    })
 }
 
 /// `X-Forwarded-Proto: https`, as a TLS terminator in front of keygate sets it. Only believed

@@ -42,6 +42,9 @@ pub enum Reject {
     BadRequest(&'static str),
     InsufficientPermissions(Denial),
     IpNotAllowed(IpAddr),
+    /// A browser request (its `Origin`) from an origin the public key does not allow
+    /// ([`crate::cors`]).
+    OriginNotAllowed(crate::cors::OriginDenial),
     /// Suspended by an operator (`keys suspend`) until resumed.
     KeySuspended,
     /// Suspended by `[limits.suspend]` for repeatedly exceeding its rate limit; lifts by
@@ -107,6 +110,8 @@ pub enum Denial {
     PublicKeyReadOnly,
     /// Sandbox keys are not accepted (no `[upstream] sandbox_url`).
     SandboxRefused,
+    /// The key's environment is not one this keygate serves (`[environments]`).
+    NotServed(Environment),
     /// The matched route is not open to this key's environment.
     Environment(Environment),
     /// The route is for one workspace/project and the key is not bound to it.
@@ -133,11 +138,13 @@ impl Denial {
                 "Public API keys may only read (GET, HEAD, OPTIONS); use a secret key".into()
             }
             Self::SandboxRefused => "Sandbox (test) API keys are not accepted here".into(),
+            Self::NotServed(env) => format!("{env} API keys are not accepted here"),
             Self::Environment(env) => format!(
                 "This route is not available to {} API keys",
-                match env {
-                    Environment::Live => "production (live)",
-                    Environment::Test => "sandbox (test)",
+                match *env {
+                    Environment::LIVE => "production (live)".to_owned(),
+                    Environment::TEST => "sandbox (test)".to_owned(),
+                    other => other.to_string(),
                 }
             ),
             Self::NotBound { param, value } => {
@@ -180,6 +187,7 @@ impl Reject {
             }
             Self::InsufficientPermissions(_)
             | Self::IpNotAllowed(_)
+            | Self::OriginNotAllowed(_)
             | Self::KeySuspended
             | Self::KeySuspendedFor { .. }
             | Self::HttpsRequired => StatusCode::FORBIDDEN,
@@ -213,6 +221,7 @@ impl Reject {
             Self::BadRequest(_) => "invalid_request",
             Self::InsufficientPermissions(_) => "insufficient_permissions",
             Self::IpNotAllowed(_) => "ip_not_allowed",
+            Self::OriginNotAllowed(_) => "origin_not_allowed",
             Self::KeySuspended | Self::KeySuspendedFor { .. } => "key_suspended",
             Self::HttpsRequired => "https_required",
             Self::HeadersTooLarge => "request_header_fields_too_large",
@@ -244,6 +253,7 @@ impl Reject {
             Self::OAuth(_) => "invalid_request_error",
             Self::InsufficientPermissions(_)
             | Self::IpNotAllowed(_)
+            | Self::OriginNotAllowed(_)
             | Self::KeySuspended
             | Self::KeySuspendedFor { .. } => "authorization_error",
             Self::ConflictingCredentials
@@ -320,6 +330,14 @@ impl Reject {
             Self::InsufficientPermissions(denial) => denial.message(),
             Self::IpNotAllowed(ip) => {
                 format!("Requests from IP address {ip} are not allowed for this API key")
+            }
+            Self::OriginNotAllowed(crate::cors::OriginDenial::NotListed) => {
+                "Browser requests from this origin are not allowed for this API key".into()
+            }
+            Self::OriginNotAllowed(crate::cors::OriginDenial::NoneAllowed) => {
+                "This API key allows no browser origins (keys create --allow-origin, or [cors] \
+                 allow_origins)"
+                    .into()
             }
             Self::KeySuspended => "The API key provided has been suspended".into(),
             Self::KeySuspendedFor { retry_after } => format!(
@@ -518,6 +536,12 @@ mod tests {
                 Reject::IpNotAllowed("10.1.2.3".parse().unwrap()),
                 403,
                 "ip_not_allowed",
+                "authorization_error",
+            ),
+            (
+                Reject::OriginNotAllowed(crate::cors::OriginDenial::NotListed),
+                403,
+                "origin_not_allowed",
                 "authorization_error",
             ),
             (

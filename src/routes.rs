@@ -269,6 +269,29 @@ pub struct Route {
     pub scopes_all: Vec<String>,
     /// Which key environments may use the route.
     pub environments: Vec<Environment>,
+    /// The route's own limits, per key, on top of the key's plan (`crate::limits`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<RouteLimits>,
+}
+
+/// `[[route]] limits`: what one key may send to this route, counted apart from its plan.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteLimits {
+    #[serde(flatten)]
+    pub limits: crate::limits::Limits,
+    /// The route's name in the counters: its methods and pattern, so a reload that reorders
+    /// the table keeps them.
+    #[serde(skip)]
+    pub id: std::sync::Arc<str>,
+}
+
+impl RouteLimits {
+    pub fn as_limit(&self) -> crate::limits::RouteLimit<'_> {
+        crate::limits::RouteLimit {
+            limits: &self.limits,
+            id: &self.id,
+        }
+    }
 }
 
 fn methods<S: serde::Serializer>(m: &[Method], s: S) -> Result<S::Ok, S::Error> {
@@ -369,6 +392,11 @@ impl RouteTable {
     }
 
     /// The rule for `method` on the normalized `path` (see [`Found`]).
+    /// Some rule carries limits of its own (else the request path need not look).
+    pub fn has_limits(&self) -> bool {
+        self.routes.iter().any(|r| r.limits.is_some())
+    }
+
     pub fn find<'a, 'p>(&'a self, method: &Method, path: &'p str) -> Found<'a, 'p> {
         let mut path_matched = false;
         for route in &self.routes {
@@ -505,11 +533,12 @@ mod tests {
 
     fn route(path: &str, methods: &[Method]) -> Route {
         Route {
+            limits: None,
             path: PathPattern::parse(path, false).unwrap(),
             methods: methods.to_vec(),
             scopes: vec![],
             scopes_all: vec![],
-            environments: vec![Environment::Live, Environment::Test],
+            environments: vec![Environment::LIVE, Environment::TEST],
         }
     }
 

@@ -165,6 +165,16 @@ impl KeyHash {
         Self(Sha256::digest(key.as_bytes()).into())
     }
 
+    /// Another hash, of this one and `salt`: counters of this key kept apart from its own
+    /// (per-route limits), never equal to any key's hash short of a SHA-256 collision.
+    pub fn derive(self, salt: &str) -> Self {
+        let mut h = Sha256::new();
+        h.update(self.0);
+        h.update([0]);
+        h.update(salt.as_bytes());
+        Self(h.finalize().into())
+    }
+
     pub fn to_hex(self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -232,21 +242,112 @@ impl KeyType {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Environment {
-    /// Production.
-    Live,
-    /// Sandbox.
-    Test,
-}
+/// A key's environment: the tag in the key (`kg_sk_<env>_…`). `live` (production) and `test`
+/// (sandbox) always exist; `[environments.<tag>]` adds others (Raily's `dev`, `staging`).
+///
+/// One byte, like the enum it was (a cached key's size rests on it): an index into a table
+/// of the tags this process has seen from trusted sources (the config, stored records, the
+/// CLI and the management API), at most 256. A key presented in a request only looks its tag
+/// up ([`Environment::known`]), so made-up tags cannot fill the table.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Environment(u8);
+
+static TAGS: std::sync::RwLock<Vec<&'static str>> = std::sync::RwLock::new(Vec::new());
 
 impl Environment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Test => "test",
+    /// Production.
+    pub const LIVE: Self = Self(0);
+    /// Sandbox.
+    pub const TEST: Self = Self(1);
+
+    fn valid(tag: &str) -> bool {
+        (1..=15).contains(&tag.len())
+            && tag
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    }
+
+    fn find(tags: &[&'static str], tag: &str) -> Option<Self> {
+        match tag {
+            "live" => Some(Self::LIVE),
+            "test" => Some(Self::TEST),
+            _ => tags
+                .iter()
+                .position(|t| *t == tag)
+                .and_then(|i| u8::try_from(i + 2).ok())
+                .map(Self),
         }
+    }
+
+    /// An environment tag from a trusted source: 1 to 15 lowercase ASCII letters and digits
+    /// (it sits between two `_` in a key, so it can never hold one); `None` if malformed or
+    /// if 256 tags are already known.
+    pub fn parse(tag: &str) -> Option<Self> {
+        if !Self::valid(tag) {
+            return None;
+        }
+        if let Some(env) = Self::known(tag) {
+            return Some(env);
+        }
+        let mut tags = TAGS.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(env) = Self::find(&tags, tag) {
+            return Some(env);
+        }
+        let index = u8::try_from(tags.len() + 2).ok()?;
+        tags.push(Box::leak(tag.to_owned().into_boxed_str()));
+        Some(Self(index))
+    }
+
+    /// A tag this process already knows (a key presented in a request).
+    pub fn known(tag: &str) -> Option<Self> {
+        match tag {
+            // The request path's common case, without the lock.
+            "live" => Some(Self::LIVE),
+            "test" => Some(Self::TEST),
+            _ => Self::find(&TAGS.read().unwrap_or_else(|p| p.into_inner()), tag),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self.0 {
+            0 => "live",
+            1 => "test",
+            n => TAGS.read().unwrap_or_else(|p| p.into_inner())[usize::from(n - 2)],
+        }
+    }
+
+    /// The tag as a header value (`X-Keygate-Env`), without allocating.
+    pub fn header_value(&self) -> http::HeaderValue {
+        http::HeaderValue::from_static(self.as_str())
+    }
+}
+
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Environment {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Environment {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let tag = std::borrow::Cow::<str>::deserialize(d)?;
+        Self::parse(&tag).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "environment {tag:?}: 1 to 15 lowercase letters and digits, e.g. \"live\""
+            ))
+        })
     }
 }
 

@@ -308,11 +308,13 @@ fn readme_seed_api_sections_work_as_written() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let mut sections = 0;
+    let mut titles = Vec::new();
     for section in readme.split("\n### ").skip(1) {
         let (title, body) = section.split_once('\n').unwrap();
         if !title.contains("-style") {
             continue;
         }
+        titles.push(title.to_owned());
         let section = body.split("\n## ").next().unwrap();
         let block = |lang: &str| -> Option<String> {
             let start = section.find(&format!("```{lang}\n"))? + lang.len() + 4;
@@ -353,4 +355,10 @@ fn readme_seed_api_sections_work_as_written() {
         sections += 1;
     }
     assert!(sections >= 3, "{sections} seed API sections found");
+    for seed in ["Railz-style", "Raily-style", "Railway-style"] {
+        assert!(
+            titles.iter().any(|t| t.starts_with(seed)),
+            "no {seed} section: {titles:?}"
+        );
+    }
 }

@@ -178,6 +178,11 @@ default_plan = \"free\"
 after = 10
 within = \"1m\"
 for = \"5m\"
+[environments.staging]
+upstream = \"http://127.0.0.1:7\"
+plan = \"free\"
+[cors]
+allow_origins = [\"https://app.example.com\"]
 [[route]]
 path = \"/v1/things/{workspace}/**\"
 methods = [\"GET\"]

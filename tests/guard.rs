@@ -43,7 +43,7 @@ async fn get_from(kg: SocketAddr, from: &str, key: &str) -> (u16, String) {
 }
 
 fn made_up_key() -> String {
-    generate_key("kg", KeyType::Secret, Environment::Live).unwrap()
+    generate_key("kg", KeyType::Secret, Environment::LIVE).unwrap()
 }
 
 const GUARD: &str = "[guard]\nmax_invalid = 10\nwindow = \"1m\"\nblock_for = \"1m\"\n";

@@ -171,7 +171,7 @@ async fn rejections_use_the_json_error_table() {
     let unknown = keygate::credential::generate_key(
         "kg",
         keygate::keys::KeyType::Secret,
-        keygate::keys::Environment::Live,
+        keygate::keys::Environment::LIVE,
     )
     .unwrap();
     let reply = get(&url, &[("x-api-key", &unknown)]).await;

@@ -592,7 +592,7 @@ async fn no_secret_reaches_any_log_line_even_at_trace_level() {
     let unknown = keygate::credential::generate_key(
         "kg",
         keygate::keys::KeyType::Secret,
-        keygate::keys::Environment::Live,
+        keygate::keys::Environment::LIVE,
     )
     .unwrap();
     let attempts: Vec<Vec<(&str, &str)>> = vec![

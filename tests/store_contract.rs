@@ -18,10 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 fn spec(owner: &str) -> KeySpec {
     KeySpec {
+        allowed_origins: Vec::new(),
         name: "contract".into(),
         owner: owner.into(),
         key_type: KeyType::Secret,
-        env: Environment::Live,
+        env: Environment::LIVE,
         scopes: vec!["content:read".into()],
         allowed_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         expires_at: None,

@@ -155,6 +155,56 @@ async fn tls_serves_http1_and_http2_and_refuses_plain_http() {
 }
 
 #[tokio::test]
+async fn a_client_that_comes_back_resumes_its_session_by_ticket_or_by_id() {
+    use rustls::HandshakeKind;
+    use rustls::client::{Resumption, Tls12Resumption};
+
+    let s = tls_setup("[server]\nwatch_interval = \"0s\"\n").await;
+    let (_, key) = s.ws.create_key(&[]);
+    let kg = s.ws.serve();
+
+    // (TLS version, how a TLS 1.2 client resumes)
+    let cases = [
+        (&rustls::version::TLS13, Tls12Resumption::SessionIdOrTickets),
+        (&rustls::version::TLS12, Tls12Resumption::SessionIdOrTickets),
+        (&rustls::version::TLS12, Tls12Resumption::SessionIdOnly),
+    ];
+    for (version, tls12) in cases {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&s.ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.resumption = Resumption::in_memory_sessions(16).tls12_resumption(tls12);
+        let config = Arc::new(config);
+
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let stream = tls_connect(kg.public, config.clone()).await;
+            kinds.push(stream.get_ref().1.handshake_kind());
+            // A request and its whole response: a TLS 1.3 ticket arrives after the handshake
+            // and is taken in while the response is read.
+            let mut sender = h1(stream).await;
+            let response = sender.send_request(keyed("/v1/again", &key)).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(body_json(response).await["path"], "/v1/again");
+        }
+        assert_eq!(
+            kinds,
+            [Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)],
+            "{version:?} {tls12:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn the_plain_listener_refuses_or_redirects_and_never_forwards() {
     let s = tls_setup(
         "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nplain = \"127.0.0.1:0\"\n",

@@ -108,9 +108,9 @@ fuzz_target!(|data: &[u8]| {
         KeyType::Public
     };
     let env = if settings & 2 == 0 {
-        Environment::Live
+        Environment::LIVE
     } else {
-        Environment::Test
+        Environment::TEST
     };
     let key = credential::generate_key(&prefix, key_type, env).expect("the OS CSPRNG");
     assert_eq!(

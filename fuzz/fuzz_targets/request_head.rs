@@ -52,8 +52,8 @@ impl Settings {
             _ => &[XApiKey, ProjectAccessToken],
         };
         let env = match b & 4 {
-            0 => Environment::Live,
-            _ => Environment::Test,
+            0 => Environment::LIVE,
+            _ => Environment::TEST,
         };
         let key = match b & 3 {
             0 => None,
@@ -113,6 +113,7 @@ fn record(
         workspace: workspace.map(str::to_owned),
         project: Some("proj_1".into()),
         headers: Vec::new(),
+        allowed_origins: Vec::new(),
         status: Status::Active,
         created_at: SystemTime::UNIX_EPOCH,
         last_used_at: None,

@@ -71,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
             },
         }),
         added: &[],
+        cors: &[],
     };
     // Whatever was already in the output buffer stays as it was.
     let mut out = b"earlier".to_vec();

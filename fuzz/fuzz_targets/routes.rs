@@ -93,7 +93,8 @@ fn route(path: PathPattern, methods: Vec<Method>) -> Route {
         methods,
         scopes: vec![],
         scopes_all: vec![],
-        environments: vec![Environment::Live],
+        environments: vec![Environment::LIVE],
+        limits: None,
     }
 }
 

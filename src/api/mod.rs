@@ -350,6 +350,15 @@ impl Api {
         caller.may_hold(&draft.scopes)?;
         let now = SystemTime::now();
         let spec = draft.into_spec(&config.limits, now).map_err(store_reject)?;
+        // A key of an environment this keygate does not serve could never be used.
+        if !config.environments.contains(&spec.env) {
+            let known: Vec<&str> = config.environments.iter().map(|e| e.as_str()).collect();
+            return Err(Reject::InvalidParameter(format!(
+                "env: {:?} is not configured; use one of {}",
+                spec.env.as_str(),
+                known.join(", ")
+            )));
+        }
         let policy = KeyPolicy::from(&config.keys);
         let created = self
             .trail(&policy, caller)
@@ -661,6 +670,7 @@ impl Api {
         let policy = Policy {
             routes: &routes,
             sandbox_upstream: true,
+            environments: &config.environments,
         };
         authz::authorize(&record, claims, &facts, &policy)?;
         if let Some(scope) = scope

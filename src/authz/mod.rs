@@ -33,6 +33,9 @@ pub struct Policy<'a> {
     pub routes: &'a RouteTable,
     /// Whether sandbox keys have an upstream of their own; without one they are refused.
     pub sandbox_upstream: bool,
+    /// The environments served (`live`, `test` and `[environments.<tag>]`); keys of any
+    /// other are refused.
+    pub environments: &'a [Environment],
 }
 
 /// Runs the checks from "is this key alive at all" to "may it do this here", so a revoked
@@ -66,8 +69,11 @@ pub fn authorize(
         }
     }
     let deny = |d| Err(Reject::InsufficientPermissions(d));
-    if record.env == Environment::Test && !policy.sandbox_upstream {
+    if record.env == Environment::TEST && !policy.sandbox_upstream {
         return deny(Denial::SandboxRefused);
+    }
+    if !policy.environments.contains(&record.env) {
+        return deny(Denial::NotServed(record.env));
     }
     if record.key_type == KeyType::Public && !is_safe(facts.method) {
         return deny(Denial::PublicKeyReadOnly);

@@ -18,6 +18,7 @@ fn route(
     envs: &[Environment],
 ) -> Route {
     Route {
+        limits: None,
         path: PathPattern::parse(path, false).unwrap(),
         methods: methods.to_vec(),
         scopes: any.iter().map(|s| s.to_string()).collect(),
@@ -26,7 +27,7 @@ fn route(
     }
 }
 
-const BOTH: &[Environment] = &[Environment::Live, Environment::Test];
+const BOTH: &[Environment] = &[Environment::LIVE, Environment::TEST];
 
 /// The route table every case runs against.
 fn table(unmatched: Unmatched) -> RouteTable {
@@ -60,7 +61,7 @@ fn table(unmatched: Unmatched) -> RouteTable {
                 &[],
                 &["billing:read"],
                 &[],
-                &[Environment::Live],
+                &[Environment::LIVE],
             ),
             route("/api/v2/w/{workspace}/p/{project}/**", &[], &[], &[], BOTH),
             route("/api/v2/w/{workspace}/**", &[], &[], &[], BOTH),
@@ -189,7 +190,7 @@ fn table_of_rules() {
         Case {
             claims: Some(KeyClaims {
                 key_type: KeyType::Public,
-                env: Environment::Live,
+                env: Environment::LIVE,
             }),
             ..case(
                 "type mismatch",
@@ -202,7 +203,7 @@ fn table_of_rules() {
         Case {
             claims: Some(KeyClaims {
                 key_type: KeyType::Secret,
-                env: Environment::Test,
+                env: Environment::TEST,
             }),
             ..case(
                 "env mismatch",
@@ -494,7 +495,7 @@ fn table_of_rules() {
         // Environments.
         case(
             "sandbox key with sandbox upstream",
-            |r| r.env = Environment::Test,
+            |r| r.env = Environment::TEST,
             M::GET,
             "/content/a",
             Ok(()),
@@ -503,7 +504,7 @@ fn table_of_rules() {
             sandbox: false,
             ..case(
                 "sandbox key, no sandbox upstream",
-                |r| r.env = Environment::Test,
+                |r| r.env = Environment::TEST,
                 M::GET,
                 "/content/a",
                 deny(Denial::SandboxRefused),
@@ -528,10 +529,10 @@ fn table_of_rules() {
         ),
         case(
             "live-only route, sandbox key",
-            |r| r.env = Environment::Test,
+            |r| r.env = Environment::TEST,
             M::GET,
             "/billing/x",
-            deny(Denial::Environment(Environment::Test)),
+            deny(Denial::Environment(Environment::TEST)),
         ),
         // Workspace / project binding.
         case(
@@ -659,6 +660,7 @@ fn table_of_rules() {
             narrowed: &[],
         };
         let policy = Policy {
+            environments: &[Environment::LIVE, Environment::TEST],
             routes: &routes,
             sandbox_upstream: c.sandbox,
         };
@@ -728,6 +730,7 @@ fn header_binding_table() {
 fn a_dead_key_in_the_wrong_header_is_reported_dead() {
     let routes = table(Unmatched::Allow);
     let policy = Policy {
+        environments: &[Environment::LIVE, Environment::TEST],
         routes: &routes,
         sandbox_upstream: true,
     };
@@ -763,6 +766,7 @@ fn a_dead_key_in_the_wrong_header_is_reported_dead() {
 fn a_token_narrowed_to_some_scopes_holds_only_those() {
     let routes = table(Unmatched::Deny);
     let policy = Policy {
+        environments: &[Environment::LIVE, Environment::TEST],
         routes: &routes,
         sandbox_upstream: true,
     };
@@ -871,6 +875,7 @@ mod properties {
             prop::collection::vec(scope(), 0..2),
         )
             .prop_map(|(p, methods, any, all)| Route {
+                limits: None,
                 path: PathPattern::parse(&p, false).unwrap(),
                 methods,
                 scopes: any,
@@ -915,6 +920,7 @@ mod properties {
             narrowed: &[],
         };
         let policy = Policy {
+            environments: &[Environment::LIVE, Environment::TEST],
             routes: &routes,
             sandbox_upstream: true,
         };

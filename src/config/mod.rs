@@ -69,6 +69,10 @@ pub struct Config {
     /// `[tokens]`: access tokens (`POST /oauth/token`); `None`: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens: Option<crate::token::TokensConfig>,
+    /// Every environment served: `live`, `test`, then `[environments.<tag>]`'s.
+    pub environments: Vec<crate::vocab::Environment>,
+    /// `[cors]`: browser origins for public keys ([`crate::cors`]).
+    pub cors: crate::cors::CorsConfig,
     pub paths: PathRules,
     pub guard: GuardConfig,
     pub network: Network,
@@ -99,6 +103,13 @@ pub struct Upstream {
         skip_serializing_if = "Option::is_none"
     )]
     pub sandbox_url: Option<Uri>,
+    /// `[environments.<tag>] upstream`: where the keys of environments beyond live and test
+    /// go.
+    #[serde(
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "display_environments"
+    )]
+    pub environments: Vec<(crate::vocab::Environment, Uri)>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Time allowed for the upstream to send its response headers.
@@ -152,6 +163,13 @@ fn display_opt<T: std::fmt::Display, S: serde::Serializer>(
         Some(v) => s.collect_str(v),
         None => s.serialize_none(),
     }
+}
+
+fn display_environments<S: serde::Serializer>(
+    v: &[(crate::vocab::Environment, Uri)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(v.iter().map(|(e, u)| (e.as_str(), u.to_string())))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -240,10 +258,38 @@ impl Config {
                 // Section by section, in the order of the shipped proxy.toml (a table alone
                 // would print them alphabetically); anything new goes last.
                 const ORDER: &[&str] = &[
-                    "listen", "server", "tls", "upstream", "store", "cache", "keys", "auth",
-                    "tokens", "paths", "guard", "network", "metrics", "log", "limits", "plans",
+                    "listen",
+                    "server",
+                    "tls",
+                    "upstream",
+                    "store",
+                    "cache",
+                    "keys",
+                    "auth",
+                    "tokens",
+                    "cors",
+                    "paths",
+                    "guard",
+                    "network",
+                    "metrics",
+                    "log",
+                    "limits",
+                    "plans",
+                    "environments",
                     "route",
                 ];
+                // A top-level value that is not a table must come before every table (after
+                // one, TOML reads it as that table's).
+                let loose: toml::Table = table
+                    .iter()
+                    .filter(|(_, v)| !is_table(v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if !loose.is_empty() {
+                    text.push_str(&toml::to_string_pretty(&loose).map_err(|e| e.to_string())?);
+                    text.push('\n');
+                    table.retain(|_, v| is_table(v));
+                }
                 let mut names: Vec<String> = ORDER.iter().map(|s| s.to_string()).collect();
                 names.extend(
                     table
@@ -262,6 +308,17 @@ impl Config {
                 Ok(text)
             });
         rendered.unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+/// A table, or an array of tables (`[[route]]`): what TOML writes under a header.
+fn is_table(value: &toml::Value) -> bool {
+    match value {
+        toml::Value::Table(_) => true,
+        toml::Value::Array(items) => {
+            !items.is_empty() && items.iter().all(|i| matches!(i, toml::Value::Table(_)))
+        }
+        _ => false,
     }
 }
 
@@ -284,6 +341,38 @@ fn as_written(mut table: toml::Table) -> (toml::Table, String) {
     let mut limits = section(&mut table, "limits");
     if let Some(plans) = limits.remove("plans") {
         table.insert("plans".into(), plans);
+    }
+    // `[environments.<tag>]` is written as upstream + plan per tag; the validated config
+    // keeps the upstreams in `[upstream]`, the plans in `[limits]` and the list of every
+    // environment (derived) at the top.
+    table.remove("environments");
+    let mut environments = toml::Table::new();
+    let mut env = |tag: &str, field: &str, value: Value| {
+        let entry = environments
+            .entry(tag.to_owned())
+            .or_insert_with(|| Value::Table(toml::Table::new()));
+        if let Value::Table(t) = entry {
+            t.insert(field.into(), value);
+        }
+    };
+    if let Some(Value::Array(pairs)) = limits.remove("environment_plans") {
+        for pair in pairs {
+            if let Value::Array(pair) = pair
+                && let [Value::String(tag), plan] = pair.as_slice()
+            {
+                env(tag, "plan", plan.clone());
+            }
+        }
+    }
+    let mut upstream = section(&mut table, "upstream");
+    if let Some(Value::Table(urls)) = upstream.remove("environments") {
+        for (tag, url) in urls {
+            env(&tag, "upstream", url);
+        }
+    }
+    table.insert("upstream".into(), Value::Table(upstream));
+    if !environments.is_empty() {
+        table.insert("environments".into(), Value::Table(environments));
     }
     table.insert("limits".into(), Value::Table(limits));
 

@@ -43,6 +43,42 @@ pub struct RawConfig {
     #[serde(default)]
     pub(super) route: Vec<RawRoute>,
     pub(super) tokens: Option<RawTokens>,
+    #[serde(default)]
+    pub(super) cors: RawCors,
+    /// `[environments.<tag>]`: environments beyond `live` and `test`, or their plans.
+    #[serde(default)]
+    pub(super) environments: std::collections::BTreeMap<String, RawEnvironment>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnvironment {
+    /// Where this environment's keys go (required beyond `live` and `test`).
+    pub(super) upstream: Option<String>,
+    /// The default plan of this environment's keys.
+    pub(super) plan: Option<String>,
+}
+
+/// `[cors]`: browser origins for public keys (`crate::cors`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawCors {
+    pub(super) allow_origins: Vec<String>,
+    pub(super) preflight: String,
+    pub(super) allow_headers: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub(super) max_age: Duration,
+}
+
+impl Default for RawCors {
+    fn default() -> Self {
+        Self {
+            allow_origins: Vec::new(),
+            preflight: "any".into(),
+            allow_headers: Vec::new(),
+            max_age: crate::cors::CorsConfig::default().max_age,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,12 +110,12 @@ pub(super) struct RawRoute {
     pub(super) scopes: Vec<String>,
     #[serde(default)]
     pub(super) scopes_all: Vec<String>,
-    #[serde(default = "both_environments")]
-    pub(super) environments: Vec<String>,
-}
-
-fn both_environments() -> Vec<String> {
-    vec!["live".into(), "test".into()]
+    /// `None`: every environment.
+    #[serde(default)]
+    pub(super) environments: Option<Vec<String>>,
+    /// This route's own limits, per key, on top of the key's plan.
+    #[serde(default)]
+    pub(super) limits: Option<crate::limits::Limits>,
 }
 
 #[derive(Debug, Deserialize)]

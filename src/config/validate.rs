@@ -13,7 +13,7 @@ use crate::credential::CredentialHeader;
 use crate::keys::cache::CacheConfig;
 use crate::keys::redis::{RedisConfig, RedisMode, redact};
 use crate::path::Parameters;
-use crate::routes::{PathPattern, Route, RouteTable, Unmatched, check_scope};
+use crate::routes::{PathPattern, Route, RouteLimits, RouteTable, Unmatched, check_scope};
 use crate::vocab::Environment;
 
 impl TryFrom<RawConfig> for Config {
@@ -119,12 +119,20 @@ impl TryFrom<RawConfig> for Config {
         }
 
         let tokens = raw.tokens.map(validate_tokens).transpose()?;
-        let limits = validate_limits(raw.plans, raw.limits)?;
+        let cors = validate_cors(raw.cors)?;
+        let mut limits = validate_limits(raw.plans, raw.limits)?;
+        let (extra_upstreams, environment_plans) =
+            validate_environments(raw.environments, &limits)?;
+        limits.environment_plans = environment_plans;
+        let environments: Vec<Environment> = [Environment::LIVE, Environment::TEST]
+            .into_iter()
+            .chain(extra_upstreams.iter().map(|(e, _)| *e))
+            .collect();
         let paths = validate_paths(&raw.paths)?;
         let guard = validate_guard(&raw.guard)?;
         let unmatched = raw.auth.unmatched.clone();
         let auth = validate_auth(raw.auth, &paths)?;
-        let routes = validate_routes(raw.route, unmatched, &paths)?;
+        let routes = validate_routes(raw.route, unmatched, &paths, &environments)?;
 
         let trusted_proxies = raw
             .network
@@ -175,6 +183,7 @@ impl TryFrom<RawConfig> for Config {
             upstream: Upstream {
                 url,
                 sandbox_url,
+                environments: extra_upstreams,
                 connect_timeout: up.connect_timeout,
                 timeout: up.timeout,
                 preserve_host: up.preserve_host,
@@ -192,6 +201,8 @@ impl TryFrom<RawConfig> for Config {
             },
             auth,
             tokens,
+            environments,
+            cors,
             paths,
             guard,
             network: Network {
@@ -240,6 +251,58 @@ fn validate_paths(raw: &RawPaths) -> Result<PathRules, ConfigError> {
     Ok(PathRules {
         parameters,
         case_insensitive: raw.case_insensitive,
+    })
+}
+
+fn validate_cors(raw: super::raw::RawCors) -> Result<crate::cors::CorsConfig, ConfigError> {
+    use crate::cors::{OriginPattern, PreflightPolicy};
+    let allow_origins = raw
+        .allow_origins
+        .iter()
+        .map(|o| OriginPattern::parse(o))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("cors.allow_origins", e))?;
+    let preflight = match raw.preflight.as_str() {
+        "any" => PreflightPolicy::Any,
+        "listed" => PreflightPolicy::Listed,
+        other => {
+            return Err(invalid(
+                "cors.preflight",
+                format!(
+                    "{other:?}: use \"any\" (answer every well-formed origin; the key decides \
+                     on the actual request) or \"listed\" (only cors.allow_origins)"
+                ),
+            ));
+        }
+    };
+    if preflight == PreflightPolicy::Listed && allow_origins.is_empty() {
+        return Err(invalid(
+            "cors.preflight",
+            "\"listed\" with an empty cors.allow_origins would refuse every preflight; list \
+             the origins, or use \"any\"",
+        ));
+    }
+    let mut allow_headers = Vec::new();
+    for name in &raw.allow_headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(invalid(
+                "cors.allow_headers",
+                format!("{name:?} is not a header name; e.g. \"x-request-id\""),
+            ));
+        }
+        allow_headers.push(name.to_ascii_lowercase());
+    }
+    if raw.max_age > Duration::from_secs(86_400) {
+        return Err(invalid(
+            "cors.max_age",
+            "at most 24h (browsers cap it lower anyway), e.g. \"10m\" (the default)",
+        ));
+    }
+    Ok(crate::cors::CorsConfig {
+        allow_origins,
+        preflight,
+        allow_headers,
+        max_age: raw.max_age,
     })
 }
 
@@ -534,10 +597,64 @@ fn validate_limits(
         plans,
         default_plan: raw.default_plan,
         sandbox_plan: raw.sandbox_plan,
+        environment_plans: Vec::new(),
         reset,
         local_share: raw.local_share,
         suspend,
     })
+}
+
+/// `[environments.<tag>]`: each tag's upstream (beyond `live` and `test`, which keep
+/// `[upstream] url` and `sandbox_url`) and default plan.
+#[allow(clippy::type_complexity)]
+fn validate_environments(
+    raw: std::collections::BTreeMap<String, super::raw::RawEnvironment>,
+    limits: &crate::limits::LimitsConfig,
+) -> Result<(Vec<(Environment, Uri)>, Vec<(Environment, String)>), ConfigError> {
+    let (mut upstreams, mut plans) = (Vec::new(), Vec::new());
+    for (tag, env) in raw {
+        let bad = |m: String| invalid("environments", format!("[environments.{tag}]: {m}"));
+        let parsed = Environment::parse(&tag).ok_or_else(|| {
+            bad(
+                "a tag is 1 to 15 lowercase letters and digits (it goes in keys: \
+                 kg_sk_<tag>_…), e.g. \"staging\""
+                    .into(),
+            )
+        })?;
+        let builtin = parsed == Environment::LIVE || parsed == Environment::TEST;
+        match (&env.upstream, builtin) {
+            (Some(_), true) => {
+                return Err(bad(
+                    "live and test keep [upstream] url and sandbox_url; set those instead".into(),
+                ));
+            }
+            (None, false) => {
+                return Err(bad(
+                    "upstream is required: where this environment's keys go, e.g. \
+                     \"http://127.0.0.1:3001\""
+                        .into(),
+                ));
+            }
+            (Some(url), false) => {
+                let url = parse_upstream("environments", url)
+                    .map_err(|e| bad(format!("upstream: {e}")))?;
+                upstreams.push((parsed, url));
+            }
+            (None, true) => {}
+        }
+        if let Some(plan) = env.plan {
+            if !limits.plans.contains_key(&plan) {
+                return Err(bad(format!("plan: no [plans.{plan}] is defined")));
+            }
+            if parsed == Environment::TEST && limits.sandbox_plan.is_some() {
+                return Err(bad(
+                    "plan: limits.sandbox_plan already names test's plan; keep one".into(),
+                ));
+            }
+            plans.push((parsed, plan));
+        }
+    }
+    Ok((upstreams, plans))
 }
 
 fn validate_suspend(
@@ -594,6 +711,7 @@ fn validate_routes(
     raw: Vec<RawRoute>,
     unmatched: Option<String>,
     paths: &PathRules,
+    known: &[Environment],
 ) -> Result<RouteTable, ConfigError> {
     let unmatched = unmatched.ok_or_else(|| {
         invalid(
@@ -624,23 +742,49 @@ fn validate_routes(
         for scope in r.scopes.iter().chain(&r.scopes_all) {
             check_scope(scope, false).map_err(bad)?;
         }
-        let environments = r
-            .environments
-            .iter()
-            .map(|e| match e.as_str() {
-                "live" => Ok(Environment::Live),
-                "test" => Ok(Environment::Test),
-                other => Err(bad(format!(
-                    "environment {other:?}: use \"live\" or \"test\""
-                ))),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        // Default: every environment.
+        let environments = match r.environments {
+            None => known.to_vec(),
+            Some(listed) => listed
+                .iter()
+                .map(|e| {
+                    Environment::parse(e)
+                        .filter(|e| known.contains(e))
+                        .ok_or_else(|| {
+                            let names: Vec<&str> = known.iter().map(|e| e.as_str()).collect();
+                            bad(format!(
+                                "environment {e:?}: use one of {} (more with [environments.<tag>])",
+                                names.join(", ")
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let limits = match r.limits {
+            Some(limits) if limits.is_empty() => {
+                return Err(bad(
+                    "limits: set at least one of per_second, per_minute, per_hour, per_day, \
+                     per_month, or leave it out"
+                        .into(),
+                ));
+            }
+            Some(limits) => {
+                limits.check().map_err(|e| bad(format!("limits: {e}")))?;
+                let names: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
+                Some(RouteLimits {
+                    id: format!("route {} {}", names.join(","), path.as_str()).into(),
+                    limits,
+                })
+            }
+            None => None,
+        };
         routes.push(Route {
             path,
             methods,
             scopes: r.scopes,
             scopes_all: r.scopes_all,
             environments,
+            limits,
         });
     }
     RouteTable::new(routes, unmatched).map_err(|m| invalid("route", m))

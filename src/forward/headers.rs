@@ -159,7 +159,7 @@ pub(super) fn add_identity(headers: &mut HeaderMap, record: &CachedKey) {
     if let Some(v) = record.scopes.header() {
         headers.insert(&SCOPES, v.clone());
     }
-    headers.insert(&ENV, HeaderValue::from_static(record.env.as_str()));
+    headers.insert(&ENV, record.env.header_value());
     for (name, bound) in [
         (&WORKSPACE, record.workspace()),
         (&PROJECT, record.project()),

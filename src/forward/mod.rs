@@ -104,6 +104,8 @@ pub struct Forwarder {
     production: Target,
     /// Where sandbox keys go; `None` refuses them (enforced by authorization).
     sandbox: Option<Target>,
+    /// `[environments.<tag>] upstream`: where those keys go.
+    environments: Vec<(Environment, Target)>,
     timeout: Duration,
     preserve_host: bool,
     credential_headers: Vec<CredentialHeader>,
@@ -115,7 +117,7 @@ pub struct Forwarder {
 /// A request rewritten for the upstream, and where it goes.
 pub struct Prepared {
     request: Request<UpstreamBody>,
-    sandbox: bool,
+    upstream: u8,
     body: Arc<BodyFailure>,
 }
 
@@ -135,6 +137,11 @@ impl Forwarder {
         let dialer = Dialer::new(
             &upstream.url,
             upstream.sandbox_url.as_ref(),
+            &upstream
+                .environments
+                .iter()
+                .map(|(_, u)| u)
+                .collect::<Vec<_>>(),
             Arc::new(h1_tls),
             upstream.connect_timeout,
         )
@@ -147,6 +154,11 @@ impl Forwarder {
             http2: upstream.http2,
             production: Target::new(&upstream.url),
             sandbox: upstream.sandbox_url.as_ref().map(Target::new),
+            environments: upstream
+                .environments
+                .iter()
+                .map(|(e, u)| (*e, Target::new(u)))
+                .collect(),
             timeout: upstream.timeout,
             preserve_host: upstream.preserve_host,
             credential_headers: credential_headers.to_vec(),
@@ -158,8 +170,8 @@ impl Forwarder {
     /// Rewrites a client request into the upstream request (see the module doc). Sandbox
     /// keys go to the sandbox upstream, everything else to production.
     pub fn prepare(&self, mut req: Request<Incoming>, origin: &Origin) -> Prepared {
-        let sandbox = self.sandboxed(origin.key);
-        let target = self.target(sandbox);
+        let upstream = self.upstream_for(origin.key);
+        let target = self.target(upstream);
         let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
             req.uri()
                 .authority()
@@ -188,28 +200,43 @@ impl Forwarder {
         let (body, failure) = UpstreamBody::new(body, self.max_body);
         Prepared {
             request: Request::from_parts(parts, body),
-            sandbox,
+            upstream,
             body: failure,
         }
     }
 
-    /// A sandbox key goes to the sandbox upstream (authorization refused it if there is none).
-    pub fn sandboxed(&self, key: Option<&CachedKey>) -> bool {
-        key.is_some_and(|k| k.env == Environment::Test) && self.sandbox.is_some()
+    /// Which upstream a key's request goes to: 1, the sandbox, for a sandbox key
+    /// (authorization refused it if there is none); `2 + i` for a key of the `i`th
+    /// `[environments.<tag>]`; 0, production, for everything else.
+    pub fn upstream_for(&self, key: Option<&CachedKey>) -> u8 {
+        let Some(key) = key else { return 0 };
+        match key.env {
+            Environment::LIVE => 0,
+            Environment::TEST if self.sandbox.is_some() => 1,
+            env => self
+                .environments
+                .iter()
+                .position(|(e, _)| *e == env)
+                .map_or(0, |i| u8::try_from(i + 2).unwrap_or(0)),
+        }
     }
 
-    pub fn target(&self, sandbox: bool) -> &Target {
-        match (sandbox, &self.sandbox) {
-            (true, Some(sandbox)) => sandbox,
+    pub fn target(&self, upstream: u8) -> &Target {
+        match (upstream, &self.sandbox) {
+            (1, Some(sandbox)) => sandbox,
+            (n @ 2.., _) => self
+                .environments
+                .get(usize::from(n - 2))
+                .map_or(&self.production, |(_, t)| t),
             _ => &self.production,
         }
     }
 
-    /// Where keygate's own HTTP/1.1 connections for `sandbox` go.
-    pub fn route(&self, sandbox: bool) -> Destination {
+    /// Where keygate's own HTTP/1.1 connections for `upstream` go.
+    pub fn route(&self, upstream: u8) -> Destination {
         Destination {
             forwarder: self.id,
-            sandbox,
+            upstream,
         }
     }
 
@@ -258,10 +285,10 @@ impl Forwarder {
     ) -> Result<Response<Incoming>, Reject> {
         let Prepared {
             request,
-            sandbox,
+            upstream,
             body,
         } = prepared;
-        let outcome = tokio::time::timeout(self.timeout, self.via_pool(sandbox, request)).await;
+        let outcome = tokio::time::timeout(self.timeout, self.via_pool(upstream, request)).await;
         let mut response = match outcome {
             Err(_) => {
                 metrics.upstream_failed(UpstreamFailure::Timeout);
@@ -299,10 +326,10 @@ impl Forwarder {
 
     async fn via_pool(
         &self,
-        sandbox: bool,
+        upstream: u8,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<Incoming>, BoxError> {
-        let mut parts = self.target(sandbox).base.clone().into_parts();
+        let mut parts = self.target(upstream).base.clone().into_parts();
         parts.path_and_query = req.uri().path_and_query().cloned();
         *req.uri_mut() = Uri::from_parts(parts)?;
         Ok(self.client.request(req).await?)

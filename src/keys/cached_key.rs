@@ -19,6 +19,7 @@ use http::HeaderValue;
 use ipnet::IpNet;
 
 use super::{Environment, KeyRecord, KeyType, Status};
+use crate::cors::OriginPattern;
 use crate::credential::HeaderSet;
 use crate::limits::Limits;
 
@@ -56,6 +57,8 @@ struct Restrictions {
     project: Option<Box<str>>,
     /// The only headers the key is accepted in; empty: any.
     headers: HeaderSet,
+    /// Browser origins (a public key); empty: `[cors] allow_origins`.
+    origins: Box<[OriginPattern]>,
 }
 
 /// A key's owner, and the same as the `X-Keygate-Owner` header value. (The header is made
@@ -124,7 +127,8 @@ impl CachedKey {
             || !record.limits.is_empty()
             || record.workspace.is_some()
             || record.project.is_some()
-            || !record.headers.is_empty();
+            || !record.headers.is_empty()
+            || !record.allowed_origins.is_empty();
         Self {
             id: record.id.as_str().into(),
             owner,
@@ -141,6 +145,12 @@ impl CachedKey {
                     workspace: record.workspace.as_deref().map(Into::into),
                     project: record.project.as_deref().map(Into::into),
                     headers: HeaderSet::of(&record.headers),
+                    // Checked when the key was made; one that no longer parses allows nothing.
+                    origins: record
+                        .allowed_origins
+                        .iter()
+                        .filter_map(|o| OriginPattern::parse(o).ok())
+                        .collect(),
                 })
             }),
             created: record
@@ -179,6 +189,11 @@ impl CachedKey {
     /// The project the key is bound to (`{project}` route parameters), if any.
     pub fn project(&self) -> Option<&str> {
         self.restrictions.as_ref()?.project.as_deref()
+    }
+
+    /// Browser origins the key may be called from; empty: `[cors] allow_origins`.
+    pub fn allowed_origins(&self) -> &[OriginPattern] {
+        self.restrictions.as_ref().map_or(&[], |r| &r.origins)
     }
 
     /// The only headers the key is accepted in; empty: any configured one.

@@ -35,6 +35,8 @@ pub struct KeySpec {
     pub project: Option<String>,
     /// The only headers the key will be accepted in; empty: any.
     pub headers: Vec<credential::CredentialHeader>,
+    /// Browser origins a public key may be called from (`crate::cors`); empty: the default.
+    pub allowed_origins: Vec<String>,
 }
 
 impl KeySpec {
@@ -53,6 +55,7 @@ impl KeySpec {
             workspace: record.workspace.clone(),
             project: record.project.clone(),
             headers: record.headers.clone(),
+            allowed_origins: record.allowed_origins.clone(),
         }
     }
 }
@@ -200,14 +203,16 @@ impl Draft {
             name: self.name,
             owner: self.owner.unwrap_or_else(|| "default".into()),
             key_type: self.key_type.unwrap_or(KeyType::Secret),
-            env: self.env.unwrap_or(Environment::Live),
+            env: self.env.unwrap_or(Environment::LIVE),
             scopes: self.scopes,
             plan: self.plan,
             limits,
             workspace: self.workspace,
             project: self.project,
-            // Header binding is the CLI's only (`keys create --header`).
+            // Header binding and browser origins are the CLI's only (`keys create --header`,
+            // `--allow-origin`).
             headers: Vec::new(),
+            allowed_origins: Vec::new(),
         };
         validate_spec(&spec)?;
         Ok(spec)
@@ -650,6 +655,7 @@ fn new_key(
         workspace: spec.workspace.clone(),
         project: spec.project.clone(),
         headers: spec.headers.clone(),
+        allowed_origins: spec.allowed_origins.clone(),
         status: Status::Active,
         created_at: now,
         last_used_at: None,

@@ -143,6 +143,10 @@ pub struct KeyRecord {
     /// empty: any configured credential header.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<crate::credential::CredentialHeader>,
+    /// Browser origins a public key may be called from (`keys create --allow-origin`,
+    /// [`crate::cors`]); empty: `[cors] allow_origins`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
     pub status: Status,
     #[serde(with = "humantime_serde")]
     pub created_at: SystemTime,
@@ -179,11 +183,12 @@ impl KeyRecord {
     /// tests adjust.
     pub(crate) fn for_tests() -> Self {
         KeyRecord {
+            allowed_origins: Vec::new(),
             id: "key_1".into(),
             name: "n".into(),
             owner: "acme".into(),
             key_type: KeyType::Secret,
-            env: Environment::Live,
+            env: Environment::LIVE,
             scopes: vec!["*".into()],
             allowed_cidrs: vec![],
             expires_at: None,

@@ -94,7 +94,7 @@ enum Taken {
 }
 
 enum Step {
-    Admitted(Option<WindowState>),
+    Admitted(Option<WindowState>, [Option<Taken>; 5]),
     Refused(Refusal),
     NeedGrant,
 }
@@ -170,6 +170,21 @@ impl Limiter {
         key: &impl KeyPlan,
         now: SystemTime,
     ) -> Result<Option<WindowState>, Limited> {
+        self.admit_with_route(hash, key, None, now).await
+    }
+
+    /// [`Limiter::admit`], and then the matched route's own limits (`[[route]] limits`),
+    /// counted per key and route ([`RouteLimit::subject`]) like a key's, shared through the
+    /// same leases. Both must admit; a request the route refuses is given back to the key's
+    /// windows, so it counts in none. The headers report the tighter of the two
+    /// ([`tighter`]).
+    pub async fn admit_with_route(
+        &self,
+        hash: KeyHash,
+        key: &impl KeyPlan,
+        route: Option<RouteLimit<'_>>,
+        now: SystemTime,
+    ) -> Result<Option<WindowState>, Limited> {
         // The clock is only read when some key is suspended at all.
         if !self.suspensions.is_empty()
             && let Some(retry_after) = self.suspensions.check(&hash, Instant::now())
@@ -178,10 +193,39 @@ impl Limiter {
         }
         let config = self.config.load();
         let limits = limits_for(&config, key);
-        if limits.is_empty() {
-            return Ok(None);
+        let (key_window, ticket) = self.count(&config, hash, &limits, true, now).await?;
+        let Some(route) = route else {
+            return Ok(key_window);
+        };
+        let subject = route.subject(hash);
+        match self.count(&config, subject, route.limits, false, now).await {
+            Ok((route_window, _)) => Ok(tighter(key_window, route_window)),
+            Err(refused) => {
+                if let Some(ticket) = ticket {
+                    let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                    for took in ticket.taken.iter().flatten() {
+                        give_back(&ticket.state, *took, now_secs);
+                    }
+                }
+                Err(refused)
+            }
         }
-        let windows = windows(&config, &limits);
+    }
+
+    /// One subject's (a key's, or a key's on one route) windows for one request.
+    /// `suspend`: repeated refusals may suspend the subject (keys only).
+    async fn count(
+        &self,
+        config: &LimitsConfig,
+        hash: KeyHash,
+        limits: &Limits,
+        suspend: bool,
+        now: SystemTime,
+    ) -> Result<(Option<WindowState>, Option<Ticket>), Limited> {
+        if limits.is_empty() {
+            return Ok((None, None));
+        }
+        let windows = windows(config, limits);
         let Ok(state) = self
             .state
             .get_or_insert_with(&hash, || Ok::<_, Infallible>(Arc::default()));
@@ -193,8 +237,8 @@ impl Limiter {
                 Some(shared) if local_only || shared.in_fallback() => Mode::Fallback,
                 Some(_) => Mode::Leased,
             };
-            match self.decide(&config, &state, &windows, now, mode) {
-                Step::Admitted(tightest) => {
+            match self.decide(config, &state, &windows, now, mode) {
+                Step::Admitted(tightest, taken) => {
                     match (&self.shared, mode) {
                         (Some(_), Mode::Leased) => self.refill_if_low(&state, hash, &windows, now),
                         (Some(shared), Mode::Fallback) => {
@@ -202,10 +246,12 @@ impl Limiter {
                         }
                         _ => {}
                     }
-                    return Ok(tightest);
+                    let ticket = Ticket { state, taken };
+                    return Ok((tightest, Some(ticket)));
                 }
+                Step::Refused(refusal) if !suspend => return Err(Limited::Rate(refusal)),
                 Step::Refused(refusal) => {
-                    return Err(self.refused(&config, &state, hash, refusal));
+                    return Err(self.refused(config, &state, hash, refusal));
                 }
                 Step::NeedGrant => {
                     let shared = self.shared.as_ref().expect("only leased decisions ask");
@@ -305,7 +351,7 @@ impl Limiter {
                 }
             }
         }
-        Step::Admitted(tightest)
+        Step::Admitted(tightest, taken)
     }
 
     /// One long window. `Err(None)`: the lease is empty, ask for a grant.
@@ -466,15 +512,61 @@ impl Limiter {
     }
 }
 
+/// What one admitted request took from a subject's windows, to give back.
+struct Ticket {
+    state: Arc<KeyState>,
+    taken: [Option<Taken>; 5],
+}
+
+/// A route's own limits for one request: the limits, and the route's name in the counters
+/// (its methods and pattern, so a reload that reorders routes keeps them).
+#[derive(Clone, Copy)]
+pub struct RouteLimit<'a> {
+    pub limits: &'a Limits,
+    pub id: &'a str,
+}
+
+impl RouteLimit<'_> {
+    /// The key's counters on this route: a hash of the key's hash and the route's name, so
+    /// they live beside the key's own (in this process and in Redis) and never collide with
+    /// them.
+    pub fn subject(&self, key: KeyHash) -> KeyHash {
+        key.derive(self.id)
+    }
+}
+
+/// The window the headers report, of two subjects' (the key's, the route's): the one with
+/// fewer requests remaining, the one resetting sooner on a tie, as among one key's windows;
+/// the key's on a full tie.
+pub fn tighter(a: Option<WindowState>, b: Option<WindowState>) -> Option<WindowState> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(
+            match (b.remaining, b.reset_secs) < (a.remaining, a.reset_secs) {
+                true => b,
+                false => a,
+            },
+        ),
+        (a, b) => a.or(b),
+    }
+}
+
 fn limits_for(config: &LimitsConfig, key: &impl KeyPlan) -> Limits {
     let plan = key
         .plan()
-        .or(match key.env() {
-            Environment::Test => config
-                .sandbox_plan
-                .as_deref()
-                .or(config.default_plan.as_deref()),
-            Environment::Live => config.default_plan.as_deref(),
+        .or_else(|| {
+            let env = key.env();
+            // An environment's own plan (`[environments.<tag>] plan`), else the sandbox plan
+            // for `test`, else the default.
+            config
+                .environment_plans
+                .iter()
+                .find(|(e, _)| *e == env)
+                .map(|(_, plan)| plan.as_str())
+                .or(match env {
+                    Environment::TEST => config.sandbox_plan.as_deref(),
+                    _ => None,
+                })
+                .or(config.default_plan.as_deref())
         })
         .and_then(|name| config.plans.get(name));
     let limits = plan.cloned().unwrap_or_default();

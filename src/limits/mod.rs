@@ -77,7 +77,7 @@ pub mod suspend;
 
 use serde::{Deserialize, Serialize};
 
-pub use limiter::Limiter;
+pub use limiter::{Limiter, RouteLimit, tighter};
 
 /// What limiting reads of a key: its plan, its environment (sandbox keys may have a plan of
 /// their own) and its own overrides. The key cache's entries and stored records implement it;
@@ -185,6 +185,9 @@ pub struct LimitsConfig {
     pub default_plan: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sandbox_plan: Option<String>,
+    /// `[environments.<tag>] plan`: the default plan of keys in that environment.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub environment_plans: Vec<(crate::vocab::Environment, String)>,
     pub reset: ResetStyle,
     /// Fraction of the short-window limits this process enforces (1/N with N sidecars).
     pub local_share: f64,
@@ -199,6 +202,7 @@ impl Default for LimitsConfig {
             plans: Default::default(),
             default_plan: None,
             sandbox_plan: None,
+            environment_plans: Vec::new(),
             reset: ResetStyle::Epoch,
             local_share: 1.0,
             suspend: None,

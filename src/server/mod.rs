@@ -167,7 +167,9 @@ impl Server {
             self.metrics.keys_due_for_rotation.clone(),
             background.clone(),
         ));
+        memory::fix_thresholds();
         memory::trim_after_floods(self.metrics.clone(), background.clone());
+        tokio::spawn(sweep_parking(self.proxy.clone(), background.clone()));
         tokio::spawn(
             reload::Reloader {
                 config_file: self.config_file.clone(),
@@ -626,5 +628,19 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(not(unix))]
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Closes parked upstream connections when they are due even if no client comes to take or
+/// park one (see `forward::upstream`); a reload's new forwarder brings its own parking, and
+/// the replaced one's goes with it.
+async fn sweep_parking(proxy: Arc<Proxy>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(crate::forward::upstream::SWEEP_EVERY) => {
+                memory::closed_parked(proxy.current().forwarder.parking().sweep());
+            }
+        }
     }
 }

@@ -27,6 +27,11 @@ impl Buffer {
         self.start == self.end
     }
 
+    /// Bytes it can hold before it has to grow.
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len());
         self.start += n;

@@ -40,6 +40,9 @@ pub struct ResponseContext<'a> {
     /// Headers keygate adds to a final response unless the upstream sent its own of the same
     /// name (a key due for rotation: `Deprecation`, `Sunset`).
     pub added: &'a [(http::HeaderName, http::HeaderValue)],
+    /// [`crate::cors`]'s headers for a browser's request, in place of the upstream's own
+    /// `Access-Control-*`; empty: the upstream's go through as sent.
+    pub cors: &'a [(http::HeaderName, http::HeaderValue)],
 }
 
 /// A response head from the upstream, as far as it has arrived.
@@ -155,6 +158,11 @@ pub fn response_head(
             Name::HopByHop | Name::Upgrade => continue,
             Name::Date => has_date = true,
             Name::RateLimit(i) => present |= 1 << i,
+            Name::Other
+                if !cx.cors.is_empty() && crate::cors::is_cors_header(h.name.as_bytes()) =>
+            {
+                continue;
+            }
             _ => {}
         }
         out.extend_from_slice(raw(buf, h));
@@ -172,7 +180,8 @@ pub fn response_head(
                     | Name::Connection
                     | Name::HopByHop
                     | Name::Upgrade
-            ) || named.iter().any(|n| n.eq_ignore_ascii_case(name));
+            ) || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+                || (!cx.cors.is_empty() && crate::cors::is_cors_header(name));
             if !dropped {
                 out.extend_from_slice(raw(buf, h));
                 out.extend_from_slice(b"\r\n");
@@ -248,6 +257,9 @@ pub fn response_head(
                 line(out, b"transfer-encoding", b"chunked");
             }
         }
+    }
+    for (name, value) in cx.cors {
+        line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in cx.added {
         if !headers
@@ -336,11 +348,13 @@ fn plan(signs: Signs, cx: &ResponseContext) -> Plan {
     }
 }
 
-/// A refusal, whole: head and JSON body.
+/// A refusal, whole: head and JSON body; `cors`: [`crate::cors`]'s headers, so a browser
+/// page can read it.
 pub fn refusal(
     out: &mut Vec<u8>,
     reject: &Reject,
     limit: Option<Limit>,
+    cors: &[(http::HeaderName, http::HeaderValue)],
     keep_alive: bool,
     client_http11: bool,
 ) {
@@ -348,11 +362,25 @@ pub fn refusal(
     status_line(out, reject.status().as_u16(), None);
     line(out, b"content-type", b"application/json");
     length_line(out, body.len() as u64);
-    for (name, value) in reject.headers() {
+    for (name, value) in reject.headers().chain(cors.iter().cloned()) {
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     finish(out, limit, 0, false, keep_alive, client_http11);
     out.extend_from_slice(body.as_bytes());
+}
+
+/// keygate's own answer to a CORS preflight: `204 No Content` with [`crate::cors`]'s headers.
+pub fn preflight(
+    out: &mut Vec<u8>,
+    cors: &[(http::HeaderName, http::HeaderValue)],
+    keep_alive: bool,
+    client_http11: bool,
+) {
+    status_line(out, 204, None);
+    for (name, value) in cors {
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    finish(out, None, 0, false, keep_alive, client_http11);
 }
 
 /// Turns a head written by [`response_head`] for a connection that stays open into one that
@@ -461,6 +489,7 @@ mod tests {
             upgrade: false,
             limit: None,
             added: &[],
+            cors: &[],
         }
     }
 
@@ -862,7 +891,7 @@ mod tests {
     #[test]
     fn refusals_are_whole_json_responses() {
         let mut out = Vec::new();
-        refusal(&mut out, &Reject::InvalidApiKey, None, true, true);
+        refusal(&mut out, &Reject::InvalidApiKey, None, &[], true, true);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
@@ -879,7 +908,14 @@ mod tests {
         assert_eq!(json["error"]["code"], "invalid_api_key");
 
         let mut out = Vec::new();
-        refusal(&mut out, &Reject::KeyStoreUnavailable, None, false, false);
+        refusal(
+            &mut out,
+            &Reject::KeyStoreUnavailable,
+            None,
+            &[],
+            false,
+            false,
+        );
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("retry-after: 1\r\n"), "{text}");
         assert!(text.contains("connection: close\r\n"), "{text}");

@@ -1013,10 +1013,11 @@ mod tests {
 
     fn spec() -> KeySpec {
         KeySpec {
+            allowed_origins: Vec::new(),
             name: "test".into(),
             owner: "acme".into(),
             key_type: KeyType::Secret,
-            env: Environment::Test,
+            env: Environment::TEST,
             scopes: vec!["content:read".into()],
             allowed_cidrs: vec![],
             expires_at: None,

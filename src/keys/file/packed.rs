@@ -41,6 +41,7 @@ struct Packed<'a> {
     project: Option<Cow<'a, str>>,
     /// `HeaderSet` bits (the CLI writes the list in the set's order).
     headers: u8,
+    allowed_origins: Cow<'a, [String]>,
     status: Status,
     created_at: i128,
     last_used_at: Option<i128>,
@@ -69,6 +70,7 @@ pub fn pack(record: &KeyRecord) -> Box<[u8]> {
         workspace: record.workspace.as_deref().map(Cow::Borrowed),
         project: record.project.as_deref().map(Cow::Borrowed),
         headers: HeaderSet::of(&record.headers).bits(),
+        allowed_origins: Cow::Borrowed(&record.allowed_origins),
         status: record.status,
         created_at: nanos(record.created_at),
         last_used_at: record.last_used_at.map(nanos),
@@ -103,6 +105,7 @@ pub fn unpack(bytes: &[u8]) -> Option<KeyRecord> {
         workspace: p.workspace.map(Cow::into_owned),
         project: p.project.map(Cow::into_owned),
         headers: HeaderSet::from_bits(p.headers).iter().collect(),
+        allowed_origins: p.allowed_origins.into_owned(),
         status: p.status,
         created_at: time(p.created_at),
         last_used_at: p.last_used_at.map(time),
@@ -155,7 +158,7 @@ mod tests {
         full.headers = vec![CredentialHeader::ProjectAccessToken];
         full.status = Status::Suspended;
         full.key_type = KeyType::Public;
-        full.env = Environment::Test;
+        full.env = Environment::TEST;
         full.last_used_at = Some(SystemTime::now());
         let mut ancient = KeyRecord::for_tests();
         ancient.created_at = UNIX_EPOCH - Duration::from_secs(86_400);

@@ -69,15 +69,15 @@ fn t(secs: u64) -> SystemTime {
 fn plans_resolve_by_key_environment_and_override() {
     let l = limiter();
     assert_eq!(
-        l.limits_for(&record(None, Environment::Live)).per_hour,
+        l.limits_for(&record(None, Environment::LIVE)).per_hour,
         Some(5)
     );
     assert_eq!(
-        l.limits_for(&record(None, Environment::Test)).per_minute,
+        l.limits_for(&record(None, Environment::TEST)).per_minute,
         Some(3)
     );
     assert_eq!(
-        l.limits_for(&record(Some("free"), Environment::Test))
+        l.limits_for(&record(Some("free"), Environment::TEST))
             .per_hour,
         Some(5)
     );
@@ -96,7 +96,7 @@ fn plans_resolve_by_key_environment_and_override() {
         admit(
             &none,
             KeyHash::of("x"),
-            &record(None, Environment::Live),
+            &record(None, Environment::LIVE),
             t(0)
         ),
         Ok(None)
@@ -106,7 +106,7 @@ fn plans_resolve_by_key_environment_and_override() {
 #[test]
 fn the_tightest_window_is_reported_and_a_refusal_counts_nowhere() {
     let l = limiter();
-    let r = record(None, Environment::Live);
+    let r = record(None, Environment::LIVE);
     let h = KeyHash::of("k");
     let first = admit(&l, h, &r, t(0)).unwrap().unwrap();
     assert_eq!((first.name, first.remaining), ("per_second", 1));
@@ -143,7 +143,7 @@ fn local_share_scales_the_short_windows_only() {
     config.default_plan = Some("p".into());
     config.local_share = 0.5;
     let l = Limiter::new(config, 10);
-    let r = record(None, Environment::Live);
+    let r = record(None, Environment::LIVE);
     let h = KeyHash::of("share");
     let admitted = (0..10).filter(|_| admit(&l, h, &r, t(0)).is_ok()).count();
     assert_eq!(admitted, 5, "half of 10/s");
@@ -166,7 +166,7 @@ proptest::proptest! {
         });
         config.default_plan = Some("p".into());
         let l = Limiter::new(config, 10);
-        let r = record(None, Environment::Live);
+        let r = record(None, Environment::LIVE);
         let h = KeyHash::of("prop");
         let mut ms = 0u64;
         let mut last_hour_remaining = u64::MAX;
@@ -209,7 +209,7 @@ fn a_key_that_keeps_sending_is_suspended() {
         lasts: Duration::from_secs(600),
     });
     let l = Limiter::new(config, 10);
-    let r = record(None, Environment::Live);
+    let r = record(None, Environment::LIVE);
     let (h, other) = (KeyHash::of("abuser"), KeyHash::of("other"));
     let poll = |h| {
         use std::future::Future;
@@ -236,7 +236,7 @@ fn a_key_that_keeps_sending_is_suspended() {
 #[test]
 fn reconfigure_keeps_the_counters() {
     let l = limiter();
-    let r = record(None, Environment::Live);
+    let r = record(None, Environment::LIVE);
     let h = KeyHash::of("reload");
     admit(&l, h, &r, t(0)).unwrap();
     let mut config = LimitsConfig::default();
@@ -392,7 +392,7 @@ mod shared {
         let store = Arc::new(Memory::default());
         store.live.store(3, Ordering::SeqCst);
         let sidecars: Vec<Limiter> = (0..3).map(|_| sidecar(&store, 500)).collect();
-        let r = record(None, Environment::Live);
+        let r = record(None, Environment::LIVE);
         let h = KeyHash::of("shared");
         let mut admitted = 0;
         for i in 0..1_500 {
@@ -411,7 +411,7 @@ mod shared {
         let store = Arc::new(Memory::default());
         store.live.store(2, Ordering::SeqCst);
         let l = sidecar(&store, 100);
-        let r = record(None, Environment::Live);
+        let r = record(None, Environment::LIVE);
         let h = KeyHash::of("fallback");
         // Let the first sync see two sidecars.
         let shared = l.shared.clone().unwrap();
@@ -442,7 +442,7 @@ mod shared {
         let store = Arc::new(Memory::default());
         store.live.store(1, Ordering::SeqCst);
         let l = sidecar(&store, 1_000);
-        let r = record(None, Environment::Live);
+        let r = record(None, Environment::LIVE);
         for key in ["a", "b"] {
             for _ in 0..3 {
                 assert!(
@@ -474,4 +474,116 @@ fn a_key_counted_in_this_process_alone_stays_small() {
     assert!(state.leases.get().is_none());
     let _ = state.leases().get(Calendar::Hour);
     assert!(state.leases.get().is_some());
+}
+
+/// Decides a request with a route's limits on top, without a runtime.
+fn admit_route(
+    l: &Limiter,
+    h: KeyHash,
+    r: &CachedKey,
+    route: RouteLimit<'_>,
+    now: SystemTime,
+) -> Result<Option<WindowState>, Refusal> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut fut = std::pin::pin!(l.admit_with_route(h, r, Some(route), now));
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(w)) => Ok(w),
+        Poll::Ready(Err(Limited::Rate(refusal))) => Err(refusal),
+        Poll::Ready(Err(other)) => panic!("{other:?}"),
+        Poll::Pending => panic!("a local limiter waited"),
+    }
+}
+
+#[test]
+fn the_tighter_of_key_and_route_is_reported() {
+    let w = |name, remaining, reset_secs| WindowState {
+        name,
+        limit: 10,
+        remaining,
+        reset_secs,
+        window_secs: 3600,
+    };
+    // (key's window, route's window) -> reported
+    let table = [
+        (None, None, None),
+        (Some(w("per_hour", 5, 10)), None, Some(w("per_hour", 5, 10))),
+        (None, Some(w("per_hour", 5, 10)), Some(w("per_hour", 5, 10))),
+        // Fewer remaining wins...
+        (
+            Some(w("per_second", 1, 1)),
+            Some(w("per_hour", 3, 900)),
+            Some(w("per_second", 1, 1)),
+        ),
+        (
+            Some(w("per_day", 90, 1)),
+            Some(w("per_hour", 3, 900)),
+            Some(w("per_hour", 3, 900)),
+        ),
+        // ...and on a tie, the earlier reset (as among one key's windows); the key's on a
+        // full tie.
+        (
+            Some(w("per_minute", 3, 10)),
+            Some(w("per_hour", 3, 900)),
+            Some(w("per_minute", 3, 10)),
+        ),
+        (
+            Some(w("per_hour", 3, 900)),
+            Some(w("per_minute", 3, 10)),
+            Some(w("per_minute", 3, 10)),
+        ),
+        (
+            Some(w("per_hour", 3, 900)),
+            Some(w("route", 3, 900)),
+            Some(w("per_hour", 3, 900)),
+        ),
+    ];
+    for (i, (key, route, want)) in table.into_iter().enumerate() {
+        assert_eq!(tighter(key, route), want, "row {i}");
+    }
+}
+
+#[test]
+fn a_route_limit_counts_per_key_on_top_of_the_plan_and_a_refusal_counts_nowhere() {
+    let l = limiter(); // free: per_second 2, per_hour 5
+    let r = record(None, Environment::LIVE);
+    let (a, b) = (KeyHash::of("a"), KeyHash::of("b"));
+    let exports = Limits {
+        per_hour: Some(2),
+        ..Limits::default()
+    };
+    let route = RouteLimit {
+        limits: &exports,
+        id: "route POST /v1/exports",
+    };
+    // Two exports an hour for key a; the route's window is the tighter one once it is down
+    // to none.
+    assert_eq!(
+        admit_route(&l, a, &r, route, t(0))
+            .unwrap()
+            .unwrap()
+            .remaining,
+        1
+    );
+    let second = admit_route(&l, a, &r, route, t(1)).unwrap().unwrap();
+    assert_eq!((second.remaining, second.window_secs), (0, 3600));
+    let refused = admit_route(&l, a, &r, route, t(2)).unwrap_err();
+    assert_eq!(refused.window.limit, 2);
+    // The refused export was given back to the plan: 2 of its 5 an hour spent.
+    assert_eq!(l.used(&a, t(3)).unwrap()[0], 2);
+    // Another key has exports of its own.
+    assert!(admit_route(&l, b, &r, route, t(3)).is_ok());
+    // And the plan still binds on the route: key b spends its hour elsewhere.
+    for s in 4..8 {
+        admit(&l, b, &r, t(s)).unwrap();
+    }
+    let plan = admit_route(&l, b, &r, route, t(9)).unwrap_err();
+    assert_eq!(plan.window.limit, 5, "the plan refused it");
+    // Another route's counters are apart.
+    let other = RouteLimit {
+        limits: &exports,
+        id: "route POST /v1/imports",
+    };
+    assert_ne!(route.subject(a), other.subject(a));
+    assert_ne!(route.subject(a), a);
 }

@@ -419,6 +419,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 style: self.proxy.limiter().reset_style(),
             }),
             added,
+            cors: audit.cors.as_deref().unwrap_or_default(),
         }
     }
 

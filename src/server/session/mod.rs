@@ -373,9 +373,16 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 return next;
             }
         };
+        if admission.preflight {
+            let len = head.len;
+            self.buf.consume(len);
+            let (status, next) = self.preflight(&audit, &facts).await;
+            self.finish(&current, started, &facts, &audit, status);
+            return next;
+        }
         let forwarder = &current.forwarder;
-        let sandbox = forwarder.sandboxed(audit.key.as_deref());
-        let target = forwarder.target(sandbox);
+        let upstream = forwarder.upstream_for(audit.key.as_deref());
+        let target = forwarder.target(upstream);
         self.up.clear();
         write_request_head(
             &mut self.up,
@@ -398,7 +405,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         let len = head.len;
         self.buf.consume(len);
         let (status, next) = self
-            .forward(forwarder, forwarder.route(sandbox), &audit, &facts)
+            .forward(forwarder, forwarder.route(upstream), &audit, &facts)
             .await;
         self.finish(&current, started, &facts, &audit, status);
         tracing::trace!(status = status.status, ?next, "request forwarded");
@@ -408,13 +415,10 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     /// The connection's upstream connection goes to the parking of the config it belongs to
     /// (or is closed, if a reload replaced that config).
     fn release_link(&mut self) {
-        if let Some(mut link) = self.link.take() {
-            if self.shed && link.buf.is_empty() {
-                // Whoever takes it next reads responses with a full buffer.
-                link.buf = Buffer::with_capacity(crate::forward::upstream::READ_BUFFER);
-            }
+        if let Some(link) = self.link.take() {
+            // The parking keeps it without a read buffer, and gives it one when it is taken.
             let current = self.proxy.current();
-            if link.route.forwarder == current.forwarder.route(false).forwarder {
+            if link.route.forwarder == current.forwarder.route(0).forwarder {
                 current.forwarder.parking().park(link);
             }
         }

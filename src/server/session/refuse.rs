@@ -59,7 +59,15 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
             style: self.proxy.limiter().reset_style(),
         });
         self.down.clear();
-        response::refusal(&mut self.down, &reject, limit, keep_alive, facts.http11);
+        let cors = audit.cors.as_deref().unwrap_or_default();
+        response::refusal(
+            &mut self.down,
+            &reject,
+            limit,
+            cors,
+            keep_alive,
+            facts.http11,
+        );
         if self.send_down_scratch().await.is_err() {
             return (status, Next::Gone);
         }
@@ -73,10 +81,34 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         (status, next)
     }
 
+    /// keygate's own answer to a CORS preflight (`crate::cors`): never forwarded; what is
+    /// left of its body (a preflight has none, as a rule) is skipped as after a refusal.
+    pub(super) async fn preflight(&mut self, audit: &Audit<'_>, facts: &Facts) -> (Outcome, Next) {
+        let outcome = Outcome {
+            status: 204,
+            decision: Decision::Allowed,
+        };
+        let leftover = self.skip_body(facts);
+        let keep_alive = facts.keep_alive && leftover != Leftover::Unknown && !self.closing.check();
+        self.down.clear();
+        let cors = audit.cors.as_deref().unwrap_or_default();
+        response::preflight(&mut self.down, cors, keep_alive, facts.http11);
+        if self.send_down_scratch().await.is_err() {
+            return (outcome, Next::Gone);
+        }
+        let next = match leftover {
+            Leftover::Unknown | Leftover::Drain(_) if !keep_alive => Next::Linger,
+            Leftover::Drain(n) => self.drain(n).await,
+            _ if keep_alive => Next::KeepAlive,
+            _ => Next::Close,
+        };
+        (outcome, next)
+    }
+
     /// A head refused before it was parsed whole (too large, malformed).
     pub(super) async fn refuse_unread(&mut self, reject: Reject) -> Next {
         self.down.clear();
-        response::refusal(&mut self.down, &reject, None, false, true);
+        response::refusal(&mut self.down, &reject, None, &[], false, true);
         let started = std::time::Instant::now();
         if self.send_down_scratch().await.is_err() {
             return Next::Gone;

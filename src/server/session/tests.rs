@@ -88,7 +88,7 @@ fn setup(upstream: std::net::SocketAddr) -> Setup {
     );
     let config = Arc::new(Config::from_toml(&toml, Path::new("test.toml"), []).unwrap());
     let key =
-        crate::credential::generate_key(&config.keys.prefix, KeyType::Secret, Environment::Live)
+        crate::credential::generate_key(&config.keys.prefix, KeyType::Secret, Environment::LIVE)
             .unwrap();
     let store = Memory(HashMap::from([(
         KeyHash::of(&key),
