@@ -134,16 +134,8 @@ pub struct HealthArgs {
 pub enum KeysCommand {
     /// Create a key; prints JSON with its "id" and the full "key" (shown this once only).
     Create(Box<CreateArgs>),
-    /// List keys as JSON (never the secret).
-    List {
-        /// Only this owner's keys.
-        #[arg(long)]
-        owner: Option<String>,
-        /// Only keys due for rotation: past `[keys] max_age`, or within `[keys] warn_before`
-        /// of it or of their expiry (revoked keys never are).
-        #[arg(long)]
-        rotation_due: bool,
-    },
+    /// List keys, oldest first (never the secret): a table on a terminal, else a JSON array.
+    List(ListArgs),
     /// Show one key as JSON (never the secret).
     Show { id: String },
     /// Revoke a key: requests with it get 401 invalid_api_key from then on. Final.
@@ -164,9 +156,55 @@ pub enum KeysCommand {
     Rotate {
         id: String,
         /// How long the old key keeps working: 1h, 7d, 0s (expire now).
-        #[arg(long, default_value = "1h")]
+        #[arg(long, default_value = "1h", allow_hyphen_values = true)]
         grace: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only this owner's keys.
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Only keys due for rotation: past `[keys] max_age`, or within `[keys] warn_before`
+    /// of it or of their expiry (revoked keys never are).
+    #[arg(long)]
+    pub rotation_due: bool,
+    /// Only keys with this effective status (an active key past its expiry is `expired`).
+    #[arg(long, value_enum)]
+    pub status: Option<StatusArg>,
+    /// Only keys of this environment: live, test, or one of `[environments.<tag>]`.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Only keys not used for this long (30d, 12h): last used before then, or never used and
+    /// created before then.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub unused_for: Option<Duration>,
+    /// At most this many keys (a page; the next starts with --after the last id printed).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Start after the key with this id (the last of the previous page).
+    #[arg(long, value_name = "KEY_ID")]
+    pub after: Option<String>,
+    /// table (default on a terminal), json (a pretty array: the default otherwise, as
+    /// scripts read it) or jsonl (one object per line).
+    #[arg(long, value_enum)]
+    pub format: Option<FormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    Active,
+    Expired,
+    Suspended,
+    Revoked,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Table,
+    Json,
+    Jsonl,
 }
 
 #[derive(Debug, Args)]
@@ -193,7 +231,9 @@ pub struct CreateArgs {
     #[arg(long = "limit", value_name = "NAME=N")]
     pub limit: Vec<String>,
     /// Lifetime: 30d, 90d, 12h, … or never.
-    #[arg(long, conflicts_with = "expires_at")]
+    // Hyphen values reach our own check, which names the flag and the fix: otherwise clap
+    // reads `-5d` as an unknown flag `-5`.
+    #[arg(long, conflicts_with = "expires_at", allow_hyphen_values = true)]
     pub expires_in: Option<String>,
     /// Absolute expiry, RFC 3339 (2027-01-01T00:00:00Z).
     #[arg(long)]
@@ -327,14 +367,14 @@ pub async fn execute(cli: Cli, init_logging: impl FnOnce(LogFormat, &str)) -> Re
             // The audit trail's log line for each action, as the server logs the API's.
             init_logging(LogFormat::Text, "warn,keygate::audit=info");
             let config = Config::load(&cli.config)?;
-            let store = keys::open(&config.store, Arc::new(Metrics::new()))?;
+            let store = keys::open_for_management(&config.store, Arc::new(Metrics::new()))?;
             let quotas = store.clone().quotas();
             keys_command(command, &config, store.as_ref(), quotas, &mut stdout).await
         }
         Command::Audit { key, since, limit } => {
             init_logging(LogFormat::Text, "warn");
             let config = Config::load(&cli.config)?;
-            let store = keys::open(&config.store, Arc::new(Metrics::new()))?;
+            let store = keys::open_for_management(&config.store, Arc::new(Metrics::new()))?;
             let since = since.as_deref().map(parse_since).transpose()?;
             let query = AuditQuery {
                 key_id: key,
@@ -382,43 +422,62 @@ async fn keys_command(
                 }
             }
         }
-        KeysCommand::List {
-            owner,
-            rotation_due,
-        } => {
-            let mut list = store.list(owner.as_deref()).await?;
-            if rotation_due {
-                let policy = config.keys.rotation();
-                if policy.is_off() {
-                    return Err(CliError::Usage(
-                        "--rotation-due: set [keys] max_age and/or warn_before in the config first"
-                            .into(),
-                    ));
-                }
-                let now = SystemTime::now();
-                list.retain(|r| policy.record_due(r, now).is_some());
+        KeysCommand::List(args) => {
+            let rotation = config.keys.rotation();
+            if args.rotation_due && rotation.is_off() {
+                return Err(CliError::Usage(
+                    "--rotation-due: set [keys] max_age and/or warn_before in the config first"
+                        .into(),
+                ));
             }
-            writeln!(out, "{}", pretty(&list))?;
+            let env = match args.env.as_deref() {
+                None => None,
+                Some(tag) => Some(
+                    Environment::parse(tag)
+                        .filter(|e| config.environments.contains(e))
+                        .ok_or_else(|| {
+                            let known: Vec<&str> =
+                                config.environments.iter().map(|e| e.as_str()).collect();
+                            CliError::Usage(format!(
+                                "--env {tag:?}: use one of {} (more with [environments.<tag>])",
+                                known.join(", ")
+                            ))
+                        })?,
+                ),
+            };
+            let now = SystemTime::now();
+            let page = select(store, &args, env, &rotation, now).await?;
+            let format = args.format.unwrap_or_else(|| {
+                use std::io::IsTerminal;
+                if std::io::stdout().is_terminal() {
+                    FormatArg::Table
+                } else {
+                    FormatArg::Json
+                }
+            });
+            write_list(out, &page, format, now)?;
         }
         KeysCommand::Show { id } => {
             let (_, record) = store.by_id(&id).await?.ok_or(StoreError::NotFound(id))?;
-            writeln!(out, "{}", pretty(&record))?;
+            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
         }
         KeysCommand::Revoke { id } => {
-            writeln!(out, "{}", pretty(&trail.change(&id, Change::Revoke).await?))?;
+            let record = trail.change(&id, Change::Revoke).await?;
+            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
         }
         KeysCommand::Suspend { id } => {
-            writeln!(
-                out,
-                "{}",
-                pretty(&trail.change(&id, Change::Suspend).await?)
-            )?;
+            let record = trail.change(&id, Change::Suspend).await?;
+            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
         }
         KeysCommand::Resume { id } => {
-            writeln!(out, "{}", pretty(&trail.change(&id, Change::Resume).await?))?;
+            let record = trail.change(&id, Change::Resume).await?;
+            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
         }
         KeysCommand::Rotate { id, grace } => {
-            let grace = manage::grace(&grace)?;
+            let grace = manage::grace(&grace).map_err(|e| match e {
+                StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
+                e => e.into(),
+            })?;
             let created = trail.rotate(&id, grace, SystemTime::now()).await?;
             writeln!(out, "{}", pretty(&created))?;
         }
@@ -547,6 +606,7 @@ fn as_flags(message: &str) -> String {
         ("allowed_cidrs", "--allow-ip"),
         ("expires_in", "--expires-in"),
         ("expires_at", "--expires-at"),
+        ("grace", "--grace"),
         ("limits", "--limit"),
         ("name", "--name"),
         ("owner", "--owner"),
@@ -575,6 +635,149 @@ fn parse_since(s: &str) -> Result<SystemTime, CliError> {
             "--since {s:?}: {e}; use RFC 3339 (2027-01-01T00:00:00Z) or a duration (1h, 7d)"
         ))
     })
+}
+
+/// The page (ordered by creation) that `keys list`'s filters and cursor select, asked of the
+/// store as one query so that a file store never holds more than the page.
+async fn select(
+    store: &dyn KeyStore,
+    args: &ListArgs,
+    env: Option<Environment>,
+    rotation: &crate::keys::rotation::RotationPolicy,
+    now: SystemTime,
+) -> Result<Vec<keys::KeyRecord>, CliError> {
+    let status = args.status.map(|s| match s {
+        StatusArg::Active => "active",
+        StatusArg::Expired => "expired",
+        StatusArg::Suspended => "suspended",
+        StatusArg::Revoked => "revoked",
+    });
+    let idle_since = args
+        .unused_for
+        .map(|d| now.checked_sub(d).unwrap_or(SystemTime::UNIX_EPOCH));
+    let rotation_due = args.rotation_due;
+    let wanted = move |r: &keys::KeyRecord| {
+        status.is_none_or(|s| manage::effective_status(r, now) == s)
+            && env.is_none_or(|e| r.env == e)
+            && idle_since.is_none_or(|since| r.last_used_at.unwrap_or(r.created_at) < since)
+            && (!rotation_due || rotation.record_due(r, now).is_some())
+    };
+    let after = args.after.as_deref();
+    match store
+        .list_page(args.owner.as_deref(), &wanted, after, args.limit)
+        .await
+    {
+        Err(StoreError::NotFound(id)) if after == Some(id.as_str()) => {
+            Err(CliError::Usage(format!(
+                "--after {id:?}: no such key{}; give the last id of the previous page",
+                args.owner
+                    .as_deref()
+                    .map(|o| format!(" of owner {o:?}"))
+                    .unwrap_or_default()
+            )))
+        }
+        page => Ok(page?),
+    }
+}
+
+/// Prints `keys list`'s page as `format` says.
+fn write_list(
+    out: &mut impl Write,
+    page: &[keys::KeyRecord],
+    format: FormatArg,
+    now: SystemTime,
+) -> Result<(), CliError> {
+    match format {
+        FormatArg::Json => {
+            let list: Vec<serde_json::Value> = page.iter().map(|r| shown(r, now)).collect();
+            writeln!(out, "{}", pretty(&list))?;
+        }
+        FormatArg::Jsonl => {
+            for r in page {
+                writeln!(out, "{}", shown(r, now))?;
+            }
+        }
+        FormatArg::Table => {
+            let time = |t: Option<SystemTime>| {
+                t.map_or("-".to_owned(), |t| {
+                    humantime::format_rfc3339_seconds(t).to_string()
+                })
+            };
+            let rows: Vec<[String; 8]> = page
+                .iter()
+                .map(|r| {
+                    [
+                        r.id.clone(),
+                        r.name.clone(),
+                        r.owner.clone(),
+                        r.env.as_str().to_owned(),
+                        manage::effective_status(r, now).to_owned(),
+                        r.scopes.join(","),
+                        time(r.expires_at),
+                        time(r.last_used_at),
+                    ]
+                })
+                .collect();
+            let header = [
+                "ID",
+                "NAME",
+                "OWNER",
+                "ENV",
+                "STATUS",
+                "SCOPES",
+                "EXPIRES",
+                "LAST USED",
+            ];
+            let mut widths = header.map(str::len);
+            for row in &rows {
+                for (w, cell) in widths.iter_mut().zip(row) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            let line = |cells: Vec<&str>| {
+                let mut text = String::new();
+                for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+                    if i + 1 == cells.len() {
+                        text.push_str(cell);
+                    } else {
+                        text.push_str(&format!("{cell:<w$}  "));
+                    }
+                }
+                text
+            };
+            writeln!(out, "{}", line(header.to_vec()))?;
+            for row in &rows {
+                writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A record as the CLI prints it: `status` is what the proxy would make of the key now
+/// ([`manage::effective_status`]), so an expired key reads `expired`, not `active`.
+fn shown(record: &keys::KeyRecord, now: SystemTime) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).expect("key records always serialize");
+    value["status"] = manage::effective_status(record, now).into();
+    value
+}
+
+/// The error as the CLI prints it: the message, then each cause in the chain that the text so
+/// far does not already say. keygate's errors name their cause in their own message (log
+/// lines print only that) and also return it as `source()` (for programs walking the chain),
+/// so printing the chain as is (`{:#}`) would say every OS error twice.
+pub fn report(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let said = e.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = e.source();
+    }
+    text
 }
 
 fn pretty<T: serde::Serialize>(value: &T) -> String {

@@ -322,6 +322,7 @@ impl Proxy {
         if let (Some(key), Decision::Allowed) = (ended.audit.key.as_deref(), ended.outcome.decision)
         {
             self.metrics.used(key.plan.as_deref(), key.owner.as_str());
+            self.keys.used(key);
         }
         if config.log.access {
             let audit = ended.audit;

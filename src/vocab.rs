@@ -376,7 +376,9 @@ pub enum StoreError {
         "owner {owner:?} already has {max} keys, the most [keys] max_per_owner allows; revoke one first"
     )]
     OwnerCap { owner: String, max: u32 },
-    #[error("key {id} is {status:?}: {message}")]
+    // The message says what is wrong (revoked, expired, not suspended): the stored status alone
+    // would call an expired key "Active".
+    #[error("key {id}: {message}")]
     Conflict {
         id: String,
         status: Status,

@@ -692,6 +692,8 @@ impl Api {
                 }
             }
         }
+        // A valid verify is a use of the key (the caller serves the request it came with).
+        self.cache.used(&record);
         Ok(())
     }
 }

@@ -247,9 +247,163 @@ impl Config {
 
     /// The effective configuration as TOML, for `check-config`. Secrets (the Redis password)
     /// are masked by their types' serializers.
+    /// The text is a config file itself, in the shape `RawConfig` reads (`check-config`'s
+    /// output fed back to `check-config` passes and prints the same), not the shape of the
+    /// validated types: see [`as_written`].
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+        let rendered = toml::Table::try_from(self)
+            .map_err(|e| e.to_string())
+            .and_then(|table| {
+                let (mut table, mut text) = as_written(table);
+                // Section by section, in the order of the shipped proxy.toml (a table alone
+                // would print them alphabetically); anything new goes last.
+                const ORDER: &[&str] = &[
+                    "listen",
+                    "server",
+                    "tls",
+                    "upstream",
+                    "store",
+                    "cache",
+                    "keys",
+                    "auth",
+                    "tokens",
+                    "cors",
+                    "paths",
+                    "guard",
+                    "network",
+                    "metrics",
+                    "log",
+                    "limits",
+                    "plans",
+                    "environments",
+                    "route",
+                ];
+                // A top-level value that is not a table must come before every table (after
+                // one, TOML reads it as that table's).
+                let loose: toml::Table = table
+                    .iter()
+                    .filter(|(_, v)| !is_table(v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                if !loose.is_empty() {
+                    text.push_str(&toml::to_string_pretty(&loose).map_err(|e| e.to_string())?);
+                    text.push('\n');
+                    table.retain(|_, v| is_table(v));
+                }
+                let mut names: Vec<String> = ORDER.iter().map(|s| s.to_string()).collect();
+                names.extend(
+                    table
+                        .keys()
+                        .filter(|k| !ORDER.contains(&k.as_str()))
+                        .cloned(),
+                );
+                for name in names {
+                    let Some(value) = table.remove(&name) else {
+                        continue;
+                    };
+                    let one = toml::Table::from_iter([(name, value)]);
+                    text.push_str(&toml::to_string_pretty(&one).map_err(|e| e.to_string())?);
+                    text.push('\n');
+                }
+                Ok(text)
+            });
+        rendered.unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
     }
+}
+
+/// A table, or an array of tables (`[[route]]`): what TOML writes under a header.
+fn is_table(value: &toml::Value) -> bool {
+    match value {
+        toml::Value::Table(_) => true,
+        toml::Value::Array(items) => {
+            !items.is_empty() && items.iter().all(|i| matches!(i, toml::Value::Table(_)))
+        }
+        _ => false,
+    }
+}
+
+/// The validated config's serialized form moved back into the places the file takes them:
+/// `[limits.plans.*]` → `[plans.*]`, `[routes]` → `[[route]]` + `[auth] unmatched`, the Redis
+/// mode's fields back into `[store]`; `[cache] store_timeout` (derived from the Redis
+/// timeout) and a masked password (never written in the file) dropped. Returns the table
+/// and comment lines for what was left out.
+fn as_written(mut table: toml::Table) -> (toml::Table, String) {
+    use toml::Value;
+    let mut notes = String::new();
+    let section = |table: &mut toml::Table, name: &str| match table.remove(name) {
+        Some(Value::Table(t)) => t,
+        _ => toml::Table::new(),
+    };
+    let mut cache = section(&mut table, "cache");
+    cache.remove("store_timeout");
+    table.insert("cache".into(), Value::Table(cache));
+
+    let mut limits = section(&mut table, "limits");
+    if let Some(plans) = limits.remove("plans") {
+        table.insert("plans".into(), plans);
+    }
+    // `[environments.<tag>]` is written as upstream + plan per tag; the validated config
+    // keeps the upstreams in `[upstream]`, the plans in `[limits]` and the list of every
+    // environment (derived) at the top.
+    table.remove("environments");
+    let mut environments = toml::Table::new();
+    let mut env = |tag: &str, field: &str, value: Value| {
+        let entry = environments
+            .entry(tag.to_owned())
+            .or_insert_with(|| Value::Table(toml::Table::new()));
+        if let Value::Table(t) = entry {
+            t.insert(field.into(), value);
+        }
+    };
+    if let Some(Value::Array(pairs)) = limits.remove("environment_plans") {
+        for pair in pairs {
+            if let Value::Array(pair) = pair
+                && let [Value::String(tag), plan] = pair.as_slice()
+            {
+                env(tag, "plan", plan.clone());
+            }
+        }
+    }
+    let mut upstream = section(&mut table, "upstream");
+    if let Some(Value::Table(urls)) = upstream.remove("environments") {
+        for (tag, url) in urls {
+            env(&tag, "upstream", url);
+        }
+    }
+    table.insert("upstream".into(), Value::Table(upstream));
+    if !environments.is_empty() {
+        table.insert("environments".into(), Value::Table(environments));
+    }
+    table.insert("limits".into(), Value::Table(limits));
+
+    let mut routes = section(&mut table, "routes");
+    let mut auth = section(&mut table, "auth");
+    if let Some(unmatched) = routes.remove("unmatched") {
+        auth.insert("unmatched".into(), unmatched);
+    }
+    table.insert("auth".into(), Value::Table(auth));
+    if let Some(Value::Array(rules)) = routes.remove("routes")
+        && !rules.is_empty()
+    {
+        table.insert("route".into(), Value::Array(rules));
+    }
+
+    let mut store = section(&mut table, "store");
+    if let Some(Value::Table(mode)) = store.remove("mode") {
+        // `mode` names the variant; its fields (url | nodes | sentinels + master_name) sit
+        // in `[store]` in the file.
+        store.extend(mode.into_iter().filter(|(k, _)| k != "mode"));
+    }
+    if store.remove("password").is_some() {
+        // Commented out: a password in the file is refused (it comes from the environment
+        // or password_file), and the value is masked anyway.
+        notes.push_str(
+            "# [store] password = \"********\" (set from KEYGATE_STORE__PASSWORD or \
+             password_file; never written here)\n",
+        );
+    }
+    table.insert("store".into(), Value::Table(store));
+    (table, notes)
 }
 
 /// A CIDR, or a bare address meaning a single host.

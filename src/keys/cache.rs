@@ -200,7 +200,6 @@ impl KeyCache {
                 } else {
                     self.metrics.cache.hit.inc();
                 }
-                self.note_use(&key, now);
                 return Ok(Some(key));
             }
             Some(Entry::Unknown { .. }) => {
@@ -213,12 +212,7 @@ impl KeyCache {
         let mut rx = self.fetch(hash, true);
         let outcome = rx.wait_for(Option::is_some).await.map(|v| v.clone());
         match outcome {
-            Ok(Some(Ok(found))) => {
-                if let Some(key) = &found {
-                    self.note_use(key, self.clock());
-                }
-                Ok(found)
-            }
+            Ok(Some(Ok(found))) => Ok(found),
             Ok(Some(Err(message))) => Err(StoreError::Unavailable(message)),
             // The fetch task ended without answering (it panicked): never hang the request.
             Ok(None) | Err(_) => Err(StoreError::Unavailable("key lookup failed".into())),
@@ -380,9 +374,15 @@ impl KeyCache {
         message
     }
 
+    /// Records that `key` was used: called for admitted requests only (`proxy::finish`, a
+    /// valid verify), never by [`KeyCache::lookup`], so a request refused for its address,
+    /// its scopes or its rate does not move `last_used_at`.
+    pub fn used(&self, key: &CachedKey) {
+        self.note_use(key, self.clock());
+    }
+
     /// Queues `key` for the last-used write-behind, at most once per key per flush period.
-    /// `now` is the cache's clock, already read by the lookup: the wall clock is only read
-    /// when a use is queued.
+    /// The wall clock is only read when a use is queued.
     fn note_use(&self, key: &CachedKey, now: u64) {
         let reported = &key.reported;
         // Seconds on the cache's clock, plus one: 0 stays "never reported".
@@ -738,12 +738,16 @@ mod tests {
     #[tokio::test]
     async fn uses_are_written_behind_once_per_key_per_period() {
         let (store, cache, hash) = setup(CacheConfig::default());
+        // A lookup alone is no use: the request may yet be refused.
+        let key = cache.lookup(hash).await.unwrap().unwrap();
+        cache.flush_usage().await;
+        assert!(store.used.lock().unwrap().is_empty());
         for _ in 0..5 {
-            cache.lookup(hash).await.unwrap();
+            cache.used(&key);
         }
         cache.flush_usage().await;
         assert_eq!(*store.used.lock().unwrap(), ["key_1"]);
-        cache.lookup(hash).await.unwrap();
+        cache.used(&key);
         cache.flush_usage().await;
         assert_eq!(
             store.used.lock().unwrap().len(),

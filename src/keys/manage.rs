@@ -137,6 +137,12 @@ pub fn parse_time(field: &str, at: &str) -> Result<SystemTime, StoreError> {
 
 /// A rotation's grace period: `1h`, `7d`, `0s` (expire the old key now).
 pub fn grace(s: &str) -> Result<Duration, StoreError> {
+    if s.trim_start().starts_with('-') {
+        return invalid(format!(
+            "grace {s:?}: a grace period cannot be negative; use e.g. 1h, 7d, or 0s to end \
+             the old key now"
+        ));
+    }
     humantime::parse_duration(s)
         .or_else(|e| invalid(format!("grace {s:?}: {e}; use e.g. 1h, 7d or 0s")))
 }
@@ -146,9 +152,17 @@ pub fn lifetime_of(s: &str) -> Result<Option<Duration>, StoreError> {
     if s.eq_ignore_ascii_case("never") {
         return Ok(None);
     }
+    if s.trim_start().starts_with('-') {
+        return invalid(format!(
+            "expires_in {s:?}: a lifetime counts forward from now and cannot be negative; \
+             use e.g. 30d, 90d, 12h or never (or expires_at for a fixed time)"
+        ));
+    }
     match humantime::parse_duration(s) {
         Ok(d) if !d.is_zero() => Ok(Some(d)),
-        Ok(_) => invalid("expires_in must be longer than 0".into()),
+        Ok(_) => invalid(format!(
+            "expires_in {s:?}: a key must live longer than 0; use e.g. 30d, 90d, 12h or never"
+        )),
         Err(e) => invalid(format!(
             "expires_in {s:?}: {e}; use e.g. 30d, 90d, 12h or never"
         )),
@@ -313,6 +327,19 @@ impl Edit {
             record.scopes.clone_from(scopes);
         }
         if let Some(at) = self.expires_at {
+            // A rotated-out key holds no cap slot of its own only because its grace ends.
+            let extends = match (record.expires_at, at) {
+                (Some(old), Some(new)) => new > old,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if record.rotated_to.is_some() && extends {
+                return Err(StoreError::Conflict {
+                    id: record.id.clone(),
+                    status: record.status,
+                    message: "the key was rotated out; its grace period cannot be extended",
+                });
+            }
             record.expires_at = at;
         }
         if let Some(cidrs) = &self.allowed_cidrs {
@@ -388,9 +415,30 @@ impl Change {
     }
 }
 
-/// Keys that count against `[keys] max_per_owner`: every key not revoked.
-pub fn counts_against_cap(record: &KeyRecord) -> bool {
-    record.status != Status::Revoked
+/// Keys that count against `[keys] max_per_owner` at `now`: every key that can still be used
+/// (not revoked, not expired) and has not been rotated out. A key in its rotation grace shares
+/// its slot with the key that replaced it, so a rotation never needs a free slot, and rotating
+/// the same key twice during its grace (two successors) does.
+pub fn counts_against_cap(record: &KeyRecord, now: SystemTime) -> bool {
+    record.status != Status::Revoked && !is_expired(record, now) && record.rotated_to.is_none()
+}
+
+/// Whether the key's expiry has passed at `now` (as the proxy decides: expired at the instant).
+pub fn is_expired(record: &KeyRecord, now: SystemTime) -> bool {
+    record.expires_at.is_some_and(|at| at <= now)
+}
+
+/// What the proxy would make of the key at `now`, as `keys list`/`show` print it: `revoked`
+/// and `suspended` as stored (the proxy checks those first), then `expired` for an active key
+/// past its expiry, else `active`. The stored status of an expired key stays `active`: expiry
+/// is a time, not a write.
+pub fn effective_status(record: &KeyRecord, now: SystemTime) -> &'static str {
+    match record.status {
+        Status::Revoked => "revoked",
+        Status::Suspended => "suspended",
+        Status::Active if is_expired(record, now) => "expired",
+        Status::Active => "active",
+    }
 }
 
 /// Generates a key for `spec`, stores only its hash, and returns the key once.
@@ -525,8 +573,21 @@ pub async fn rotate_by(
                 message: "a revoked key cannot be rotated; create a new one",
             });
         }
-        let mut spec = KeySpec::of(&before);
-        spec.expires_at = before.expires_at.filter(|at| *at > now);
+        // An expired key is refused rather than rotated. Its successor would either inherit
+        // the expiry (a key dead on arrival) or lose it (a key that never expires, which is
+        // how an expiry used to be lifted by accident). Rotation hands working clients over to
+        // a new key during a grace period; an expired key has no working clients to hand
+        // over, so the honest command is `keys create` with a lifetime chosen anew.
+        if is_expired(&before, now) {
+            return Err(StoreError::Conflict {
+                id: id.to_owned(),
+                status: before.status,
+                message: "the key has expired and cannot be rotated; create a new key with \
+                          `keys create --expires-in …` instead",
+            });
+        }
+        // The successor keeps the same expiry: rotating must not extend a key's life.
+        let spec = KeySpec::of(&before);
         let mut created = new_key(policy, &spec, now, by)?;
         created.record.rotated_from = Some(before.id.clone());
         let mut after = before.clone();
@@ -535,8 +596,10 @@ pub async fn rotate_by(
         after.expires_at = Some(after.expires_at.map_or(grace_end, |at| at.min(grace_end)));
         let mut batch = single_update(hash, before, after);
         batch.inserts = vec![(KeyHash::of(&created.key), created.record.clone())];
-        // The old key still counts until it expires, so the cap cannot block a rotation.
-        batch.max_per_owner = None;
+        // The old key, rotated out, shares its slot with the new one (`counts_against_cap`):
+        // a rotation fits under the cap unless the key was already rotated once and that
+        // successor still holds a slot.
+        batch.max_per_owner = policy.max_per_owner;
         match store.commit(batch).await {
             Err(StoreError::Changed) => continue,
             Err(e) => return Err(e),

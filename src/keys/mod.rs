@@ -63,6 +63,27 @@ impl KeysConfig {
     }
 }
 
+/// Opens the configured store for a management command (the CLI): like [`open`], except that
+/// the file store does not load its in-memory index (the proxy's; a single-key command finds
+/// its key in the file instead).
+pub fn open_for_management(
+    config: &StoreConfig,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<Arc<dyn KeyStore>, StoreError> {
+    Ok(match config {
+        StoreConfig::File {
+            path,
+            reload_interval,
+            last_used_path,
+        } => Arc::new(file::FileStore::open_unloaded(
+            path,
+            *reload_interval,
+            last_used_path.clone(),
+        )),
+        StoreConfig::Redis(_) => open(config, metrics)?,
+    })
+}
+
 /// Opens the configured store. Nothing here waits on the network: a Redis store connects on
 /// first use, so a proxy can start while Redis is down.
 pub fn open(
@@ -241,6 +262,31 @@ pub trait KeyStore: Send + Sync + 'static {
     /// All records, optionally only one owner's, ordered by creation time, with
     /// `last_used_at` filled in.
     async fn list(&self, owner: Option<&str>) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// One page of [`KeyStore::list`]: the records `wanted` keeps, in `list`'s order, after
+    /// the record with id `after` ([`StoreError::NotFound`] if there is none), at most
+    /// `limit`. Stores that can avoid holding every record at once (the file store) do.
+    async fn list_page(
+        &self,
+        owner: Option<&str>,
+        wanted: &(dyn for<'r> Fn(&'r KeyRecord) -> bool + Send + Sync),
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut list = self.list(owner).await?;
+        if let Some(after) = after {
+            let at = list
+                .iter()
+                .position(|r| r.id == after)
+                .ok_or_else(|| StoreError::NotFound(after.to_owned()))?;
+            list.drain(..=at);
+        }
+        Ok(list
+            .into_iter()
+            .filter(|r| wanted(r))
+            .take(limit.unwrap_or(usize::MAX))
+            .collect())
+    }
 
     /// Applies `batch` atomically, and tells every watching proxy.
     async fn commit(&self, batch: Batch) -> Result<(), StoreError>;

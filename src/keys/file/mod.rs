@@ -21,7 +21,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 mod index;
 mod packed;
+mod scan;
 
 use index::Index;
 
@@ -86,6 +87,11 @@ pub struct FileStore {
     /// The running proxy's cache, told of the changes this process commits itself (the
     /// management API): the poll sees its own writes as nothing new.
     sink: Mutex<Option<ChangeSink>>,
+    /// Opened for one management command ([`FileStore::open_unloaded`]): no in-memory index.
+    unloaded: bool,
+    /// The last entry `by_id` found in place: the file's version, the key, the entry's
+    /// offset. A write that follows (the read half of compare-and-set) starts there.
+    last_found: Mutex<Option<(Fingerprint, KeyHash, u64)>>,
 }
 
 /// Where last-used times are kept.
@@ -130,8 +136,35 @@ impl FileStore {
                 memory: Mutex::new(None),
             },
             sink: Mutex::new(None),
+            unloaded: false,
+            last_found: Mutex::new(None),
             path,
         })
+    }
+
+    /// Opens the store for one management command (the CLI): without the proxy's in-memory
+    /// index, which would read every record of the file at every command. Only the
+    /// management methods work ([`KeyStore::get`] knows no key).
+    pub fn open_unloaded(
+        path: impl Into<PathBuf>,
+        reload_interval: Duration,
+        last_used_path: Option<PathBuf>,
+    ) -> Self {
+        let path = path.into();
+        Self {
+            reload_interval,
+            index: ArcSwap::from_pointee(Index::default()),
+            seen: Mutex::new(None),
+            last_used: LastUsed {
+                configured: last_used_path.is_some(),
+                path: last_used_path.unwrap_or_else(|| sibling(&path, ".last-used")),
+                memory: Mutex::new(None),
+            },
+            sink: Mutex::new(None),
+            unloaded: true,
+            last_found: Mutex::new(None),
+            path,
+        }
     }
 
     /// Whether last-used times are kept in memory (their file's folder was not writable).
@@ -268,67 +301,70 @@ impl FileStore {
         let (mut doc, _) = read_document(&self.path)?;
         let out = edit(&mut doc.keys)?;
         doc.version = FORMAT_VERSION;
-        let index = index::of_entries(&self.path, doc.keys.iter())?;
+        let index = if self.unloaded {
+            // Still checked: a duplicate hash or id never reaches the file.
+            index::of_entries(&self.path, doc.keys.iter())?;
+            None
+        } else {
+            Some(index::of_entries(&self.path, doc.keys.iter())?)
+        };
         write_atomically(&self.path, &doc)?;
         let meta = std::fs::metadata(&self.path).map_err(|e| io_err(&self.path, e))?;
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Fingerprint::of(&meta));
-        self.index.store(Arc::new(index));
+        if let Some(index) = index {
+            self.index.store(Arc::new(index));
+        }
         drop(lock);
         Ok(out)
     }
-}
 
-#[async_trait::async_trait]
-impl KeyStore for FileStore {
-    async fn get(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        let index = self.index.load();
-        let Some(packed) = index.get(hash) else {
-            return Ok(None);
+    /// Refuses inserts that would give an owner more than `max` keys that count
+    /// ([`counts_against_cap`]), with `spans`' updates applied: one streamed pass over the
+    /// file, holding one record at a time.
+    fn check_cap(
+        &self,
+        file: &File,
+        max: u32,
+        spans: &[(u64, u64, Entry)],
+        inserts: &[(KeyHash, KeyRecord)],
+    ) -> Result<(), StoreError> {
+        let now = SystemTime::now();
+        let owners: HashSet<&str> = inserts.iter().map(|(_, r)| r.owner.as_str()).collect();
+        let replaced: HashMap<KeyHash, &KeyRecord> =
+            spans.iter().map(|(_, _, e)| (e.hash, &e.record)).collect();
+        let mut held: HashMap<String, u32> = HashMap::new();
+        let mut count = |entry: Entry| {
+            let record = replaced.get(&entry.hash).copied().unwrap_or(&entry.record);
+            if owners.contains(record.owner.as_str()) && counts_against_cap(record, now) {
+                *held.entry(record.owner.clone()).or_default() += 1;
+            }
         };
-        packed::unpack(packed)
-            .map(|record| Some(Arc::new(record)))
-            .ok_or_else(|| StoreError::Corrupt {
-                path: self.path.display().to_string(),
-                message: "an in-memory record did not unpack".into(),
-            })
+        let mut reader = file;
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|e| io_err(&self.path, e))?;
+        let reader = std::io::BufReader::with_capacity(256 * 1024, reader);
+        scan::each_entry(reader, &mut count).map_err(|e| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        for (_, record) in inserts {
+            if counts_against_cap(record, now) {
+                *held.entry(record.owner.clone()).or_default() += 1;
+            }
+        }
+        match held.into_iter().find(|(_, n)| *n > max) {
+            Some((owner, _)) => Err(StoreError::OwnerCap { owner, max }),
+            None => Ok(()),
+        }
     }
 
-    async fn by_id(&self, id: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {
-        // Management reads the file, not the in-memory copy: the CLI is a separate process
-        // and must see what other writers just did.
-        let (doc, _) = read_document(&self.path)?;
-        let usage = self.usage()?;
-        Ok(doc.keys.into_iter().find(|e| e.record.id == id).map(|e| {
-            let mut record = e.record;
-            record.last_used_at = usage.get(&record.id).copied();
-            (e.hash, record)
-        }))
-    }
-
-    async fn list(&self, owner: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        let (doc, _) = read_document(&self.path)?;
-        let usage = self.usage()?;
-        let mut out: Vec<KeyRecord> = doc
-            .keys
-            .into_iter()
-            .map(|e| e.record)
-            .filter(|r| owner.is_none_or(|o| r.owner == o))
-            .map(|mut r| {
-                r.last_used_at = usage.get(&r.id).copied();
-                r
-            })
-            .collect();
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
-        Ok(out)
-    }
-
-    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+    /// Applies `batch` to the whole document: the slow path, for what [`FileStore::splice`]
+    /// does not take.
+    fn commit_whole(&self, batch: &Batch) -> Result<(), StoreError> {
         // Everything is checked under the writer lock before anything is written, so two
         // concurrent `keys create` cannot both take an owner's last slot, and an update made
         // from a stale read fails instead of undoing someone else's change.
-        let changed: Vec<KeyHash> = (batch.updates.iter().map(|u| u.hash))
-            .chain(batch.inserts.iter().map(|(h, _)| *h))
-            .collect();
         self.modify(|keys| {
             for update in &batch.updates {
                 let entry = keys
@@ -355,7 +391,8 @@ impl KeyStore for FileStore {
             }
             if let Some(max) = batch.max_per_owner {
                 let mut held: HashMap<&str, u32> = HashMap::new();
-                for e in keys.iter().filter(|e| counts_against_cap(&e.record)) {
+                let now = SystemTime::now();
+                for e in keys.iter().filter(|e| counts_against_cap(&e.record, now)) {
                     *held.entry(e.record.owner.as_str()).or_default() += 1;
                 }
                 let new_owners: Vec<&str> = batch
@@ -374,7 +411,323 @@ impl KeyStore for FileStore {
                 }
             }
             Ok(())
+        })
+    }
+
+    /// Runs `find` on the keys file if it is in keygate's own layout; `Ok(None)` if it is not
+    /// (or missing): take the slow path, the whole document.
+    fn in_layout<T>(
+        &self,
+        find: impl FnOnce(&mut File) -> std::io::Result<T>,
+    ) -> Result<Option<T>, StoreError> {
+        let io = |e| io_err(&self.path, e);
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        if !scan::canonical(&mut file).map_err(io)? {
+            return Ok(None);
+        }
+        find(&mut file).map(Some).map_err(io)
+    }
+
+    /// When the key with `id` was last used, read from the last-used file without parsing
+    /// all of it (`"<id>": "<time>"`, as [`KeyStore::record_usage`] writes it).
+    fn used_at(&self, id: &str) -> Option<SystemTime> {
+        if let Some(memory) = self.last_used.memory().as_ref() {
+            return memory.get(id).copied();
+        }
+        let bytes = std::fs::read(&self.last_used.path).ok()?;
+        let needle = format!("{}: \"", serde_json::to_string(id).ok()?);
+        let at = memchr::memmem::find(&bytes, needle.as_bytes())? + needle.len();
+        let end = at + memchr::memchr(b'"', &bytes[at..])?;
+        humantime::parse_rfc3339_weak(std::str::from_utf8(&bytes[at..end]).ok()?).ok()
+    }
+
+    /// Applies a small batch by splicing the changed entries into a copy of the file
+    /// ([`scan`]) rather than rewriting every record. `Ok(false)`: not applicable (a file in
+    /// another layout, a cap to count, many changes): the caller takes the slow path.
+    fn splice(&self, batch: &Batch) -> Result<bool, StoreError> {
+        const MOST: usize = 16;
+        if batch.inserts.len() + batch.updates.len() > MOST {
+            return Ok(false);
+        }
+        let lock = self.lock()?;
+        remove_dead_writes(&self.path);
+        let io = |e| io_err(&self.path, e);
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(e)),
+        };
+        if !scan::canonical(&mut file).map_err(io)? {
+            return Ok(false);
+        }
+        let mut spans = Vec::with_capacity(batch.updates.len());
+        let fingerprint = file.metadata().map(|m| Fingerprint::of(&m)).ok();
+        let last_found = *self.last_found.lock().unwrap_or_else(|p| p.into_inner());
+        for update in &batch.updates {
+            // Where `by_id` just found the entry, if the file is still that one (a rename by
+            // another writer changes its inode): one parse instead of a search.
+            let known = match last_found {
+                Some((seen, hash, start)) if Some(seen) == fingerprint && hash == update.hash => {
+                    scan::entry_from(&mut file, start)
+                        .map_err(io)?
+                        .filter(|l| l.entry.hash == update.hash)
+                }
+                _ => None,
+            };
+            let found = match known {
+                Some(found) => found,
+                None => scan::by_hash(&mut file, &update.hash)
+                    .map_err(io)?
+                    .ok_or_else(|| StoreError::NotFound(update.before.id.clone()))?,
+            };
+            if found.entry.record != update.before {
+                return Err(StoreError::Changed);
+            }
+            let after = Entry {
+                hash: update.hash,
+                record: update.after.clone(),
+            };
+            spans.push((found.start, found.end, after));
+        }
+        spans.sort_by_key(|s| s.0);
+        if spans.windows(2).any(|w| w[0].1 > w[1].0) {
+            return Ok(false);
+        }
+        let mut hashes = HashSet::new();
+        let mut ids = HashSet::new();
+        for (hash, record) in &batch.inserts {
+            let needles = [
+                format!("\"hash\": \"{}\"", hash.to_hex()),
+                format!(
+                    "\"id\": {}",
+                    serde_json::to_string(&record.id).expect("str")
+                ),
+            ];
+            if !hashes.insert(*hash)
+                || !ids.insert(record.id.as_str())
+                || scan::contains_any(&mut file, &needles).map_err(io)?
+            {
+                return Err(StoreError::Duplicate);
+            }
+        }
+        if let Some(max) = batch.max_per_owner
+            && !batch.inserts.is_empty()
+        {
+            self.check_cap(&file, max, &spans, &batch.inserts)?;
+        }
+        let len = file.metadata().map_err(io)?.len();
+        let (insert_at, empty) = if batch.inserts.is_empty() {
+            (len, false)
+        } else {
+            match scan::insert_point(&mut file).map_err(io)? {
+                Some(point) => point,
+                None => return Ok(false),
+            }
+        };
+        if spans.last().is_some_and(|s| s.1 > insert_at) {
+            return Ok(false);
+        }
+
+        let dir = folder(&self.path);
+        let tmp = tempfile::Builder::new()
+            .prefix(&temp_prefix(&self.path))
+            .suffix("")
+            .tempfile_in(dir)
+            .map_err(|e| io_err(dir, e))?;
+        let out = tmp.as_file();
+        let tmp_err = |e| io_err(tmp.path(), e);
+        let mut pos = 0;
+        for (start, end, entry) in &spans {
+            scan::copy_range(&file, out, pos, *start).map_err(tmp_err)?;
+            (&*out).write_all(&scan::render(entry)).map_err(tmp_err)?;
+            pos = *end;
+        }
+        if !batch.inserts.is_empty() {
+            scan::copy_range(&file, out, pos, insert_at).map_err(tmp_err)?;
+            for (i, (hash, record)) in batch.inserts.iter().enumerate() {
+                let sep: &[u8] = if empty && i == 0 {
+                    b"\n    "
+                } else {
+                    b",\n    "
+                };
+                let entry = Entry {
+                    hash: *hash,
+                    record: record.clone(),
+                };
+                (&*out).write_all(sep).map_err(tmp_err)?;
+                (&*out).write_all(&scan::render(&entry)).map_err(tmp_err)?;
+            }
+            if empty {
+                (&*out).write_all(b"\n  ").map_err(tmp_err)?;
+            }
+            pos = insert_at;
+        }
+        scan::copy_range(&file, out, pos, len).map_err(tmp_err)?;
+        out.sync_all().map_err(tmp_err)?;
+        tmp.persist(&self.path)
+            .map_err(|e| io_err(&self.path, e.error))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(dir, e))?;
+        let meta = std::fs::metadata(&self.path).map_err(io)?;
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Fingerprint::of(&meta));
+        if !self.unloaded {
+            // The running proxy's own write (the management API): its index follows.
+            let mut index = Index::clone(&self.index.load());
+            for (_, _, entry) in &spans {
+                index.insert(entry.hash, packed::pack(&entry.record));
+            }
+            for (hash, record) in &batch.inserts {
+                index.insert(*hash, packed::pack(record));
+            }
+            self.index.store(Arc::new(index));
+        }
+        drop(lock);
+        Ok(true)
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for FileStore {
+    async fn get(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let index = self.index.load();
+        let Some(packed) = index.get(hash) else {
+            return Ok(None);
+        };
+        packed::unpack(packed)
+            .map(|record| Some(Arc::new(record)))
+            .ok_or_else(|| StoreError::Corrupt {
+                path: self.path.display().to_string(),
+                message: "an in-memory record did not unpack".into(),
+            })
+    }
+
+    async fn by_id(&self, id: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {
+        // Management reads the file, not the in-memory copy: the CLI is a separate process
+        // and must see what other writers just did. Found in place when the file is in
+        // keygate's own layout; else the whole document is read.
+        let found = self.in_layout(|file| {
+            let found = scan::by_id(file, id)?;
+            let fingerprint = file.metadata().map(|m| Fingerprint::of(&m))?;
+            Ok((found, fingerprint))
         })?;
+        if let Some((found, fingerprint)) = found {
+            *self.last_found.lock().unwrap_or_else(|p| p.into_inner()) =
+                found.as_ref().map(|l| (fingerprint, l.entry.hash, l.start));
+            return Ok(found.map(|located| {
+                let mut record = located.entry.record;
+                record.last_used_at = self.used_at(&record.id);
+                (located.entry.hash, record)
+            }));
+        }
+        let (doc, _) = read_document(&self.path)?;
+        let usage = self.usage()?;
+        Ok(doc.keys.into_iter().find(|e| e.record.id == id).map(|e| {
+            let mut record = e.record;
+            record.last_used_at = usage.get(&record.id).copied();
+            (e.hash, record)
+        }))
+    }
+
+    async fn list(&self, owner: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
+        self.list_page(owner, &|_| true, None, None).await
+    }
+
+    async fn list_page(
+        &self,
+        owner: Option<&str>,
+        wanted: &(dyn for<'r> Fn(&'r KeyRecord) -> bool + Send + Sync),
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        use std::collections::BinaryHeap;
+        /// A record ordered as `list` orders them: by creation, then id.
+        struct Ranked(KeyRecord);
+        impl Ranked {
+            fn key(&self) -> (SystemTime, &str) {
+                (self.0.created_at, &self.0.id)
+            }
+        }
+        impl PartialEq for Ranked {
+            fn eq(&self, other: &Self) -> bool {
+                self.key() == other.key()
+            }
+        }
+        impl Eq for Ranked {}
+        impl PartialOrd for Ranked {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for Ranked {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.key().cmp(&other.key())
+            }
+        }
+
+        let cursor = match after {
+            None => None,
+            Some(id) => {
+                let (_, record) = self
+                    .by_id(id)
+                    .await?
+                    .ok_or_else(|| StoreError::NotFound(id.to_owned()))?;
+                if owner.is_some_and(|o| record.owner != o) {
+                    return Err(StoreError::NotFound(id.to_owned()));
+                }
+                Some((record.created_at, record.id))
+            }
+        };
+        let file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err(&self.path, e)),
+        };
+        let usage = self.usage()?;
+        let limit = limit.unwrap_or(usize::MAX);
+        // The page, as a max-heap: a new record pushes the latest one out once it is full, so
+        // a page of 100 holds 101 records at most, whatever the file's size.
+        let mut page = BinaryHeap::new();
+        let mut keep = |entry: Entry| {
+            let mut record = entry.record;
+            if owner.is_some_and(|o| record.owner != o)
+                || cursor
+                    .as_ref()
+                    .is_some_and(|(at, id)| (record.created_at, &record.id) <= (*at, id))
+            {
+                return;
+            }
+            record.last_used_at = usage.get(&record.id).copied();
+            if limit == 0 || !wanted(&record) {
+                return;
+            }
+            page.push(Ranked(record));
+            if page.len() > limit {
+                page.pop();
+            }
+        };
+        let reader = std::io::BufReader::with_capacity(256 * 1024, file);
+        scan::each_entry(reader, &mut keep).map_err(|e| StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(page.into_sorted_vec().into_iter().map(|r| r.0).collect())
+    }
+
+    async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        // Everything is checked under the writer lock before anything is written, so two
+        // concurrent `keys create` cannot both take an owner's last slot, and an update made
+        // from a stale read fails instead of undoing someone else's change.
+        let changed: Vec<KeyHash> = (batch.updates.iter().map(|u| u.hash))
+            .chain(batch.inserts.iter().map(|(h, _)| *h))
+            .collect();
+        if !self.splice(&batch)? {
+            self.commit_whole(&batch)?;
+        }
         let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(sink) = sink {
             for hash in changed {

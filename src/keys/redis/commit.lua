@@ -11,6 +11,21 @@ local channel, max = ARGV[1], tonumber(ARGV[2])
 local ni, nu = tonumber(ARGV[3]), tonumber(ARGV[4])
 local k, a = 4, 5
 local held = {}
+-- Updates first: a rotation takes the old key out of its owner's count (it shares its slot
+-- with the new key) in the same batch that inserts the new one.
+if max > 0 then
+  local ku, au = 4 + 3 * ni, 5 + 5 * ni
+  for i = 1, nu do
+    local owner, id = KEYS[ku + 1], ARGV[au + 1]
+    local member = redis.call('SISMEMBER', owner, id) == 1
+    if ARGV[au + 4] == '1' and not member then
+      held[owner] = (held[owner] or redis.call('SCARD', owner)) + 1
+    elseif ARGV[au + 4] ~= '1' and member then
+      held[owner] = (held[owner] or redis.call('SCARD', owner)) - 1
+    end
+    ku, au = ku + 2, au + 5
+  end
+end
 for i = 1, ni do
   if redis.call('EXISTS', KEYS[k]) == 1 or redis.call('EXISTS', KEYS[k + 1]) == 1 then
     return redis.error_reply('KG_DUPLICATE')

@@ -19,7 +19,7 @@
 //! |---|---|---|
 //! | `{ns}:key:<sha256 hex>` | string | the record as JSON (never the secret) |
 //! | `{ns}:id:<id>` | string | the sha256 hex of that id's key |
-//! | `{ns}:owner:<owner>` | set | ids of the owner's live (not revoked) keys, for the cap |
+//! | `{ns}:owner:<owner>` | set | ids of the owner's keys that count for the cap (`manage::counts_against_cap`): each write sets its key's membership; keys expired by time alone are taken out before a capped insert counts (`prune.lua`) |
 //! | `{ns}:ids` | sorted set | every id, scored by creation time (ms) |
 //! | `{ns}:epoch` | integer | bumped by every change |
 //! | `{ns}:instance` | string | a random token written once, to tell this store from an emptied or replaced one |
@@ -119,6 +119,7 @@ pub struct RedisStore {
     pubsub: Vec<Client>,
     config: RedisConfig,
     commit: Script,
+    prune: Script,
     metrics: Arc<Metrics>,
     describe: String,
     /// How long a new connection may take (command link and pub/sub).
@@ -257,6 +258,7 @@ impl RedisStore {
             link: Link::new(dialer, connect_timeout, metrics.clone()),
             pubsub,
             commit: Script::new(include_str!("commit.lua")),
+            prune: Script::new(include_str!("prune.lua")),
             metrics,
             describe,
             connect_timeout,
@@ -298,6 +300,7 @@ impl RedisStore {
     }
 
     async fn commit_chunk(&self, batch: &Batch) -> Result<(), StoreError> {
+        let now = SystemTime::now();
         let mut invocation = self.commit.prepare_invoke();
         invocation
             .key(self.name("epoch"))
@@ -322,7 +325,7 @@ impl RedisStore {
                 .arg(&record.id)
                 .arg(record_json(record))
                 .arg(created_ms)
-                .arg(u8::from(counts_against_cap(record)));
+                .arg(u8::from(counts_against_cap(record, now)));
         }
         for update in &batch.updates {
             invocation
@@ -333,7 +336,7 @@ impl RedisStore {
                 .arg(&update.after.id)
                 .arg(record_json(&update.before))
                 .arg(record_json(&update.after))
-                .arg(u8::from(counts_against_cap(&update.after)));
+                .arg(u8::from(counts_against_cap(&update.after, now)));
         }
         let result: Result<u64, StoreError> = self
             .run(MANAGEMENT_TIMEOUT, async move |mut c| {
@@ -376,6 +379,68 @@ impl RedisStore {
                 .await
         })
         .await
+    }
+
+    /// Takes the owner's keys that stopped counting against the cap by time alone (expired:
+    /// no write says so) out of its set before a capped insert counts it (`prune.lua`).
+    async fn prune_owner(&self, owner: &str) -> Result<(), StoreError> {
+        let set = self.name(&format!("owner:{owner}"));
+        let members = set.clone();
+        let ids: Vec<String> = self
+            .run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                redis::cmd("SMEMBERS")
+                    .arg(&members)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let id_keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.name(&format!("id:{id}")))
+            .collect();
+        let hashes: Vec<Option<String>> = self
+            .run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                redis::cmd("MGET").arg(&id_keys).query_async(&mut c).await
+            })
+            .await?;
+        let found: Vec<(String, KeyHash)> = ids
+            .into_iter()
+            .zip(hashes)
+            .filter_map(|(id, h)| Some((id, KeyHash::from_hex(&h?)?)))
+            .collect();
+        if found.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = found.iter().map(|(_, h)| self.key(h)).collect();
+        let docs: Vec<Option<String>> = self
+            .run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                redis::cmd("MGET").arg(&keys).query_async(&mut c).await
+            })
+            .await?;
+        let now = SystemTime::now();
+        let mut invocation = self.prune.prepare_invoke();
+        invocation.key(&set);
+        let mut any = false;
+        for ((id, hash), doc) in found.iter().zip(docs) {
+            let Some(doc) = doc else { continue };
+            if counts_against_cap(&parse_record(&doc)?, now) {
+                continue;
+            }
+            invocation.key(self.key(hash)).arg(id).arg(doc);
+            any = true;
+        }
+        if !any {
+            return Ok(());
+        }
+        let _: u64 = self
+            .run(MANAGEMENT_TIMEOUT, async move |mut c| {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(())
     }
 
     async fn records(&self, ids: Vec<String>) -> Result<Vec<(KeyHash, KeyRecord)>, StoreError> {
@@ -461,6 +526,16 @@ impl KeyStore for RedisStore {
     }
 
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        if batch.max_per_owner.is_some() {
+            let owners: std::collections::BTreeSet<&str> = batch
+                .inserts
+                .iter()
+                .map(|(_, r)| r.owner.as_str())
+                .collect();
+            for owner in owners {
+                self.prune_owner(owner).await?;
+            }
+        }
         if batch.updates.is_empty() && batch.inserts.len() > INSERT_CHUNK {
             for chunk in batch.inserts.chunks(INSERT_CHUNK) {
                 self.commit_chunk(&Batch {
