@@ -43,6 +43,7 @@ impl KeyStore for Generated {
             project: None,
             headers: Vec::new(),
             status: Status::Active,
+            hint: None,
             created_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,
             created_by: None,

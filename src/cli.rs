@@ -459,19 +459,19 @@ async fn keys_command(
         }
         KeysCommand::Show { id } => {
             let (_, record) = store.by_id(&id).await?.ok_or(StoreError::NotFound(id))?;
-            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
+            writeln!(out, "{}", pretty(&manage::view(&record, SystemTime::now())))?;
         }
         KeysCommand::Revoke { id } => {
             let record = trail.change(&id, Change::Revoke).await?;
-            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
+            writeln!(out, "{}", pretty(&manage::view(&record, SystemTime::now())))?;
         }
         KeysCommand::Suspend { id } => {
             let record = trail.change(&id, Change::Suspend).await?;
-            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
+            writeln!(out, "{}", pretty(&manage::view(&record, SystemTime::now())))?;
         }
         KeysCommand::Resume { id } => {
             let record = trail.change(&id, Change::Resume).await?;
-            writeln!(out, "{}", pretty(&shown(&record, SystemTime::now())))?;
+            writeln!(out, "{}", pretty(&manage::view(&record, SystemTime::now())))?;
         }
         KeysCommand::Rotate { id, grace } => {
             let grace = manage::grace(&grace).map_err(|e| match e {
@@ -689,12 +689,12 @@ fn write_list(
 ) -> Result<(), CliError> {
     match format {
         FormatArg::Json => {
-            let list: Vec<serde_json::Value> = page.iter().map(|r| shown(r, now)).collect();
+            let list: Vec<serde_json::Value> = page.iter().map(|r| manage::view(r, now)).collect();
             writeln!(out, "{}", pretty(&list))?;
         }
         FormatArg::Jsonl => {
             for r in page {
-                writeln!(out, "{}", shown(r, now))?;
+                writeln!(out, "{}", manage::view(r, now))?;
             }
         }
         FormatArg::Table => {
@@ -703,11 +703,12 @@ fn write_list(
                     humantime::format_rfc3339_seconds(t).to_string()
                 })
             };
-            let rows: Vec<[String; 8]> = page
+            let rows: Vec<[String; 9]> = page
                 .iter()
                 .map(|r| {
                     [
                         r.id.clone(),
+                        r.hint.clone().unwrap_or_else(|| "-".to_owned()),
                         r.name.clone(),
                         r.owner.clone(),
                         r.env.as_str().to_owned(),
@@ -720,6 +721,7 @@ fn write_list(
                 .collect();
             let header = [
                 "ID",
+                "HINT",
                 "NAME",
                 "OWNER",
                 "ENV",
@@ -752,14 +754,6 @@ fn write_list(
         }
     }
     Ok(())
-}
-
-/// A record as the CLI prints it: `status` is what the proxy would make of the key now
-/// ([`manage::effective_status`]), so an expired key reads `expired`, not `active`.
-fn shown(record: &keys::KeyRecord, now: SystemTime) -> serde_json::Value {
-    let mut value = serde_json::to_value(record).expect("key records always serialize");
-    value["status"] = manage::effective_status(record, now).into();
-    value
 }
 
 /// The error as the CLI prints it: the message, then each cause in the chain that the text so

@@ -232,6 +232,16 @@ pub fn generate_key(
     Ok(key)
 }
 
+/// A key's non-secret hint: its prefix up to the random part, and its last 4 characters
+/// (`kg_sk_live_...a1B2`). The last 4 are checksum characters (the last six carry a CRC32
+/// of the rest): they tell at most 24 of the random part's 166 bits, which leaves 2^142
+/// keys to try.
+pub fn hint(key: &str) -> String {
+    let head = key.rfind('_').map_or("", |at| &key[..=at]);
+    let tail = &key[key.len().saturating_sub(4)..];
+    format!("{head}...{tail}")
+}
+
 /// `n` uniformly random base62 characters (rejection sampling, so no modulo bias).
 pub fn random_base62(n: usize) -> Result<String, getrandom::Error> {
     let mut out = String::with_capacity(n);
@@ -267,6 +277,16 @@ fn encode_checksum(mut crc: u32) -> [u8; CHECKSUM_LEN] {
 mod tests {
     use super::*;
     use http::{HeaderMap, HeaderName, HeaderValue, Request};
+
+    #[test]
+    fn a_hint_shows_the_prefix_and_the_last_four_characters_only() {
+        let key = generate_key("kg", KeyType::Secret, Environment::LIVE).unwrap();
+        let h = hint(&key);
+        assert!(h.starts_with("kg_sk_live_..."), "{h}");
+        assert!(h.ends_with(&key[key.len() - 4..]), "{h}");
+        assert_eq!(h.len(), "kg_sk_live_...".len() + 4);
+        assert!(!h.contains(&key[11..key.len() - 4]), "no random characters");
+    }
 
     const ORDER: [CredentialHeader; 3] = [
         CredentialHeader::Authorization,

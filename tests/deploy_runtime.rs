@@ -816,7 +816,7 @@ async fn keygate_serves_and_batches_under_the_seccomp_profile() {
 
 #[test]
 fn a_secret_holds_the_number_of_keys_deploy_readme_says() {
-    // deploy/README.md: about 2,200 keys with a name, an owner and two scopes; about 1,690
+    // deploy/README.md: about 2,050 keys with a name, an owner and two scopes; about 1,580
     // with an expiry, an IP allowlist and three scopes. A Secret holds 1 MiB.
     const SECRET_LIMIT: u64 = 1024 * 1024;
     let cases: &[(&[&str], u32)] = &[
@@ -829,7 +829,7 @@ fn a_secret_holds_the_number_of_keys_deploy_readme_says() {
                 "--owner",
                 "acme-corp",
             ],
-            2200,
+            2050,
         ),
         (
             &[
@@ -844,7 +844,7 @@ fn a_secret_holds_the_number_of_keys_deploy_readme_says() {
                 "--allow-ip",
                 "10.0.0.0/8",
             ],
-            1690,
+            1580,
         ),
     ];
     for (args, count) in cases {

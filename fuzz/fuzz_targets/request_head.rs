@@ -115,6 +115,7 @@ fn record(
         headers: Vec::new(),
         allowed_origins: Vec::new(),
         status: Status::Active,
+        hint: None,
         created_at: SystemTime::UNIX_EPOCH,
         last_used_at: None,
         created_by: None,

@@ -33,14 +33,16 @@ use crate::config::Config;
 use crate::credential;
 use crate::keys::audit::{Actor, AuditQuery, Trail};
 use crate::keys::cache::KeyCache;
-use crate::keys::manage::{Draft, EditDraft, KeyPolicy};
+use crate::keys::manage::{
+    Draft, EFFECTIVE_STATUSES, EditDraft, KeyPolicy, effective_status, view,
+};
 use crate::keys::{Change, KeyRecord, KeyStore};
 use crate::limits::{Limited as LimitRefusal, WindowState};
 use crate::proxy::{Audit, Connection, Current, Proxy};
 use crate::reject::{Denial, Reject};
 use crate::routes::{RouteTable, Unmatched, grants};
 use crate::vocab::HeaderSet;
-use crate::vocab::{Environment, KeyHash, Status, StoreError};
+use crate::vocab::{Environment, KeyHash, StoreError};
 use auth::{Need, Reach};
 use idempotency::{Claim, Idempotency};
 
@@ -225,7 +227,7 @@ impl Api {
             ("POST", "/v1/keys/verify") => self.verify(config, &caller, conn, &body).await,
             ("GET", "/v1/keys/{id}") => {
                 let (_, record) = self.target(&caller, id, Need::Read).await?;
-                ok(&record)
+                ok(&view(&record, SystemTime::now()))
             }
             ("PATCH", "/v1/keys/{id}") => self.update(config, &caller, id, &body).await,
             ("POST", "/v1/keys/{id}/revoke") => {
@@ -373,7 +375,8 @@ impl Api {
         #[serde(deny_unknown_fields)]
         struct ListQuery {
             owner: Option<String>,
-            status: Option<Status>,
+            /// As the key reads now: `expired` is an active key past its expiry.
+            status: Option<String>,
             env: Option<Environment>,
             plan: Option<String>,
             /// RFC 3339: keys that expire before then.
@@ -393,6 +396,14 @@ impl Api {
                 _ => Some(mine),
             },
         };
+        if let Some(status) = &q.status
+            && !EFFECTIVE_STATUSES.contains(&status.as_str())
+        {
+            return Err(Reject::InvalidBody(format!(
+                "query: status {status:?}: use one of {}",
+                EFFECTIVE_STATUSES.join(", ")
+            )));
+        }
         let limit = page_size(q.limit)?;
         let after = q.cursor.as_deref().map(Cursor::decode).transpose()?;
         let time = |field, value: Option<&str>| {
@@ -408,9 +419,14 @@ impl Api {
             .list(owner.as_deref())
             .await
             .map_err(store_reject)?;
+        let now = SystemTime::now();
         let mut page: Vec<KeyRecord> = records
             .into_iter()
-            .filter(|r| q.status.is_none_or(|s| r.status == s))
+            .filter(|r| {
+                q.status
+                    .as_ref()
+                    .is_none_or(|s| effective_status(r, now) == s)
+            })
             .filter(|r| q.env.is_none_or(|e| r.env == e))
             .filter(|r| q.plan.as_ref().is_none_or(|p| r.plan.as_ref() == Some(p)))
             .filter(|r| expiring_before.is_none_or(|t| r.expires_at.is_some_and(|at| at < t)))
@@ -424,11 +440,11 @@ impl Api {
         });
         #[derive(Serialize)]
         struct Page {
-            data: Vec<KeyRecord>,
+            data: Vec<serde_json::Value>,
             next_cursor: Option<String>,
         }
         ok(&Page {
-            data: page,
+            data: page.iter().map(|r| view(r, now)).collect(),
             next_cursor,
         })
     }
@@ -453,7 +469,7 @@ impl Api {
             .edit(id, edit, now)
             .await
             .map_err(store_reject)?;
-        ok(&record)
+        ok(&view(&record, now))
     }
 
     async fn change(
@@ -470,7 +486,7 @@ impl Api {
             .change(id, change)
             .await
             .map_err(store_reject)?;
-        ok(&record)
+        ok(&view(&record, SystemTime::now()))
     }
 
     async fn rotate(

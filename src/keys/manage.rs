@@ -441,6 +441,17 @@ pub fn effective_status(record: &KeyRecord, now: SystemTime) -> &'static str {
     }
 }
 
+/// A record as the CLI and the API show it: `status` is [`effective_status`], so an expired
+/// key reads `expired`, not `active`.
+pub fn view(record: &KeyRecord, now: SystemTime) -> serde_json::Value {
+    let mut value = serde_json::to_value(record).expect("key records always serialize");
+    value["status"] = effective_status(record, now).into();
+    value
+}
+
+/// The words [`effective_status`] says, for filters that take one.
+pub const EFFECTIVE_STATUSES: [&str; 4] = ["active", "suspended", "revoked", "expired"];
+
 /// Generates a key for `spec`, stores only its hash, and returns the key once.
 pub async fn create(
     store: &dyn KeyStore,
@@ -657,6 +668,7 @@ fn new_key(
         headers: spec.headers.clone(),
         allowed_origins: spec.allowed_origins.clone(),
         status: Status::Active,
+        hint: Some(credential::hint(&key)),
         created_at: now,
         last_used_at: None,
         created_by: by.map(str::to_owned),

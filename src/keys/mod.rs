@@ -148,6 +148,11 @@ pub struct KeyRecord {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
     pub status: Status,
+    /// The key's non-secret hint (`kg_sk_live_...a1B2`: its prefix and last 4 characters), so
+    /// a person can match a key in their config to its record. Keys made before hints existed
+    /// have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
     #[serde(with = "humantime_serde")]
     pub created_at: SystemTime,
     #[serde(
@@ -198,6 +203,7 @@ impl KeyRecord {
             project: None,
             headers: vec![],
             status: Status::Active,
+            hint: None,
             created_at: SystemTime::UNIX_EPOCH,
             last_used_at: None,
             created_by: None,

@@ -209,6 +209,7 @@ mod tests {
             warn_before: None,
         };
         let mut record = KeyRecord {
+            hint: None,
             created_at: at(0),
             ..KeyRecord::for_tests()
         };

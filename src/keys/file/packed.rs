@@ -109,7 +109,8 @@ pub fn unpack(bytes: &[u8]) -> Option<KeyRecord> {
         status: p.status,
         created_at: time(p.created_at),
         last_used_at: p.last_used_at.map(time),
-        // Not packed: the request path never reads a key's history.
+        // Not packed: the request path never reads a key's hint or history.
+        hint: None,
         created_by: None,
         revoked_at: None,
         revoked_by: None,
