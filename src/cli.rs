@@ -10,7 +10,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, LogFormat};
-use crate::credential::CredentialHeader;
 use crate::keys::audit::{Actor, AuditQuery, Trail};
 use crate::keys::{self, Change, KeyPolicy, KeySpec, KeyStore, manage};
 use crate::limits::QuotaStore;
@@ -513,8 +512,6 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
             .map_err(|_| CliError::Usage(format!("--limit {item:?}: {value:?} is not a number")))?;
         limits.insert(name.to_owned(), value);
     }
-    let headers = header_binding(&args.header, &config.auth.credential_headers)?;
-    let allowed_origins = origins(&args.allow_origin, &args.key_type)?;
     let draft = manage::Draft {
         name: args.name,
         scopes: args.scopes,
@@ -542,62 +539,16 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
         allowed_cidrs: args.allow_ip,
         workspace: args.workspace,
         project: args.project,
+        headers: args.header,
+        allowed_origins: args.allow_origin,
     };
-    let spec = draft.into_spec(&config.limits, now).map_err(|e| match e {
-        StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
-        e => e.into(),
-    })?;
-    Ok(KeySpec {
-        headers,
-        allowed_origins,
-        ..spec
-    })
-}
-
-/// `--allow-origin` values: origin patterns (`crate::cors`), on a public key only (a secret
-/// key in a web page is a leaked secret).
-fn origins(values: &[String], key_type: &TypeArg) -> Result<Vec<String>, CliError> {
-    if !values.is_empty() && !matches!(key_type, TypeArg::Public) {
-        return Err(CliError::Usage(
-            "--allow-origin: only public keys (--type public) are for browsers; a secret key \
-             in a web page is a leaked secret"
-                .into(),
-        ));
-    }
-    let mut list: Vec<String> = Vec::new();
-    for value in values {
-        crate::cors::OriginPattern::parse(value)
-            .map_err(|e| CliError::Usage(format!("--allow-origin {e}")))?;
-        if !list.contains(value) {
-            list.push(value.clone());
-        }
-    }
-    Ok(list)
-}
-
-/// `--header` values: known credential headers, each once, each one the proxy reads keys
-/// from (a key bound to a header keygate ignores could never be used).
-fn header_binding(
-    names: &[String],
-    configured: &[CredentialHeader],
-) -> Result<Vec<CredentialHeader>, CliError> {
-    let mut headers = Vec::new();
-    for name in names {
-        let header = CredentialHeader::from_name(name).ok_or_else(|| {
-            CliError::Usage(format!(
-                "--header {name:?}: use authorization, x-api-key or project-access-token"
-            ))
+    let spec = draft
+        .into_spec(&config.limits, &config.auth.credential_headers, now)
+        .map_err(|e| match e {
+            StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
+            e => e.into(),
         })?;
-        if !configured.contains(&header) {
-            return Err(CliError::Usage(format!(
-                "--header {name:?}: not in [auth] credential_headers, so the key could never \
-                 be used; add it there first"
-            )));
-        }
-        headers.push(header);
-    }
-    // One order for every record (and the file store's packed form).
-    Ok(crate::credential::HeaderSet::of(&headers).iter().collect())
+    Ok(spec)
 }
 
 /// A message naming a field of [`manage::Draft`] as the API does, naming its flag instead.
@@ -614,6 +565,8 @@ fn as_flags(message: &str) -> String {
         ("scopes", "--scopes"),
         ("workspace", "--workspace"),
         ("project", "--project"),
+        ("headers", "--header"),
+        ("allowed_origins", "--allow-origin"),
     ];
     for (field, flag) in FLAGS {
         if let Some(rest) = message.strip_prefix(field)
@@ -806,30 +759,6 @@ mod tests {
         let hour_ago = parse_since("1h").unwrap();
         assert!(hour_ago < SystemTime::now());
         assert!(parse_since("yesterday").is_err());
-    }
-
-    #[test]
-    fn header_binding_table() {
-        use CredentialHeader::*;
-        let all = CredentialHeader::all();
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(header_binding(&[], &all).unwrap(), []);
-        assert_eq!(
-            header_binding(&s(&["Project-Access-Token"]), &all).unwrap(),
-            [ProjectAccessToken]
-        );
-        assert_eq!(
-            header_binding(&s(&["authorization", "x-api-key", "authorization"]), &all).unwrap(),
-            [Authorization, XApiKey]
-        );
-        let err = header_binding(&s(&["cookie"]), &all)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("--header \"cookie\""), "{err}");
-        let err = header_binding(&s(&["project-access-token"]), &[XApiKey])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("credential_headers"), "{err}");
     }
 
     #[test]

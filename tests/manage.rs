@@ -1026,6 +1026,75 @@ async fn keys_carry_a_hint_and_read_as_expired_once_past_their_expiry() {
 }
 
 #[tokio::test]
+async fn the_api_makes_header_bound_keys_and_browser_keys_as_the_cli_does() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new(&up.url(), "");
+    let (_, admin) = bootstrap(&ws, "ops");
+    let kg = ws.serve_with_env(MANAGE_ENV);
+    let create = |body: Value| {
+        let kg = &kg;
+        let admin = &admin;
+        async move { call(kg, Method::POST, "/v1/keys", Some(admin), Some(body), &[]).await }
+    };
+    let url = format!("http://{}/v1/hello", kg.public);
+
+    // A project token: accepted in Project-Access-Token only.
+    let made = ok(
+        &create(json!({"name": "project", "scopes": ["*"], "headers": ["project-access-token"]}))
+            .await,
+        StatusCode::CREATED,
+    );
+    assert_eq!(made["headers"], json!(["project-access-token"]));
+    let token = made["key"].as_str().unwrap();
+    let fine = get(&url, &[("project-access-token", token)]).await;
+    assert_eq!(fine.status, StatusCode::OK);
+    let bearer = format!("Bearer {token}");
+    let refused = get(&url, &[("authorization", &bearer)]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.error_code(), "credential_header_not_allowed");
+
+    // A browser key: its own origin reads the answer, another origin is refused.
+    let made = ok(
+        &create(json!({"name": "web", "scopes": ["*"], "type": "public",
+                       "allowed_origins": ["https://app.example.com"]}))
+        .await,
+        StatusCode::CREATED,
+    );
+    assert_eq!(made["allowed_origins"], json!(["https://app.example.com"]));
+    let pk = made["key"].as_str().unwrap();
+    let mine = get(
+        &url,
+        &[("x-api-key", pk), ("origin", "https://app.example.com")],
+    )
+    .await;
+    assert_eq!(mine.status, StatusCode::OK);
+    assert_eq!(
+        mine.headers["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let other = get(
+        &url,
+        &[("x-api-key", pk), ("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    assert_eq!(other.error_code(), "origin_not_allowed");
+
+    // What cannot be used is refused before a key is made.
+    for body in [
+        json!({"name": "x", "scopes": ["*"], "headers": ["cookie"]}),
+        json!({"name": "x", "scopes": ["*"], "allowed_origins": ["https://app.example.com"]}),
+        json!({"name": "x", "scopes": ["*"], "type": "public", "allowed_origins": ["not an origin"]}),
+    ] {
+        expect(
+            &create(body).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_parameter",
+        );
+    }
+}
+
+#[tokio::test]
 async fn verify_answers_with_the_proxy_decision() {
     let up = Upstream::start().await;
     let ws = Workspace::new(&up.url(), "[plans.tiny]\nper_minute = 2\n");

@@ -351,7 +351,9 @@ impl Api {
         }
         caller.may_hold(&draft.scopes)?;
         let now = SystemTime::now();
-        let spec = draft.into_spec(&config.limits, now).map_err(store_reject)?;
+        let spec = draft
+            .into_spec(&config.limits, &config.auth.credential_headers, now)
+            .map_err(store_reject)?;
         // A key of an environment this keygate does not serve could never be used.
         if !config.environments.contains(&spec.env) {
             let known: Vec<&str> = config.environments.iter().map(|e| e.as_str()).collect();

@@ -91,10 +91,65 @@ pub struct Draft {
     pub workspace: Option<String>,
     #[serde(default)]
     pub project: Option<String>,
+    /// The only credential headers the key is accepted in (`authorization`, `x-api-key`,
+    /// `project-access-token`); empty: any configured one.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Browser origins a public key may be called from (`https://app.example.com`,
+    /// `https://*.example.com`); empty: `[cors] allow_origins`.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 fn invalid<T>(message: String) -> Result<T, StoreError> {
     Err(StoreError::InvalidSpec(message))
+}
+
+/// `headers`: known credential headers, each once, each one the proxy reads keys from (a key
+/// bound to a header keygate ignores could never be used).
+fn header_binding(
+    names: &[String],
+    configured: &[credential::CredentialHeader],
+) -> Result<Vec<credential::CredentialHeader>, StoreError> {
+    let mut headers = Vec::new();
+    for name in names {
+        let Some(header) = credential::CredentialHeader::from_name(name) else {
+            return invalid(format!(
+                "headers {name:?}: use authorization, x-api-key or project-access-token"
+            ));
+        };
+        if !configured.contains(&header) {
+            return invalid(format!(
+                "headers {name:?}: not in [auth] credential_headers, so the key could never be \
+                 used; add it there first"
+            ));
+        }
+        headers.push(header);
+    }
+    // One order for every record (and the file store's packed form).
+    Ok(credential::HeaderSet::of(&headers).iter().collect())
+}
+
+/// `allowed_origins`: origin patterns (`crate::cors`), on a public key only (a secret key in
+/// a web page is a leaked secret).
+fn origins(values: &[String], key_type: KeyType) -> Result<Vec<String>, StoreError> {
+    if !values.is_empty() && key_type != KeyType::Public {
+        return invalid(
+            "allowed_origins: only public keys (type public) are for browsers; a secret key in \
+             a web page is a leaked secret"
+                .into(),
+        );
+    }
+    let mut list: Vec<String> = Vec::new();
+    for value in values {
+        if let Err(e) = crate::cors::OriginPattern::parse(value) {
+            return invalid(format!("allowed_origins {e}"));
+        }
+        if !list.contains(value) {
+            list.push(value.clone());
+        }
+    }
+    Ok(list)
 }
 
 /// `plan`, checked against the config's plans.
@@ -191,28 +246,28 @@ impl Draft {
     pub fn into_spec(
         self,
         limits_config: &crate::limits::LimitsConfig,
+        credential_headers: &[credential::CredentialHeader],
         now: SystemTime,
     ) -> Result<KeySpec, StoreError> {
         if let Some(plan) = &self.plan {
             check_plan(plan, limits_config)?;
         }
         let limits = limits_of(&self.limits)?;
+        let key_type = self.key_type.unwrap_or(KeyType::Secret);
         let spec = KeySpec {
+            headers: header_binding(&self.headers, credential_headers)?,
+            allowed_origins: origins(&self.allowed_origins, key_type)?,
             expires_at: expiry(self.expires_in.as_deref(), self.expires_at.as_deref(), now)?,
             allowed_cidrs: cidrs(&self.allowed_cidrs)?,
             name: self.name,
             owner: self.owner.unwrap_or_else(|| "default".into()),
-            key_type: self.key_type.unwrap_or(KeyType::Secret),
+            key_type,
             env: self.env.unwrap_or(Environment::LIVE),
             scopes: self.scopes,
             plan: self.plan,
             limits,
             workspace: self.workspace,
             project: self.project,
-            // Header binding and browser origins are the CLI's only (`keys create --header`,
-            // `--allow-origin`).
-            headers: Vec::new(),
-            allowed_origins: Vec::new(),
         };
         validate_spec(&spec)?;
         Ok(spec)
@@ -714,4 +769,55 @@ fn validate_spec(spec: &KeySpec) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use credential::CredentialHeader::{self, *};
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn header_binding_table() {
+        let all = CredentialHeader::all();
+        assert_eq!(header_binding(&[], &all).unwrap(), []);
+        assert_eq!(
+            header_binding(&strings(&["Project-Access-Token"]), &all).unwrap(),
+            [ProjectAccessToken]
+        );
+        assert_eq!(
+            header_binding(
+                &strings(&["authorization", "x-api-key", "authorization"]),
+                &all
+            )
+            .unwrap(),
+            [Authorization, XApiKey]
+        );
+        let err = header_binding(&strings(&["cookie"]), &all)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("headers \"cookie\""), "{err}");
+        let err = header_binding(&strings(&["project-access-token"]), &[XApiKey])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credential_headers"), "{err}");
+    }
+
+    #[test]
+    fn origins_are_for_public_keys_and_well_formed() {
+        let ok = strings(&["https://app.example.com", "https://*.example.com"]);
+        assert_eq!(origins(&ok, KeyType::Public).unwrap(), ok);
+        let twice = strings(&["https://a.example", "https://a.example"]);
+        assert_eq!(origins(&twice, KeyType::Public).unwrap().len(), 1);
+        assert_eq!(origins(&[], KeyType::Secret).unwrap(), Vec::<String>::new());
+        let err = origins(&ok, KeyType::Secret).unwrap_err().to_string();
+        assert!(err.contains("only public keys"), "{err}");
+        let err = origins(&strings(&["app.example.com/path"]), KeyType::Public)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("allowed_origins \"app.example.com/path\""), "{err}");
+    }
 }
