@@ -947,18 +947,14 @@ async fn keys_carry_a_hint_and_read_as_expired_once_past_their_expiry() {
     assert!(!record.to_string().contains(middle));
 
     // Made at the CLI: the same hint, in the API's answers and the CLI's table.
-    let shown = ok(
-        &call(
-            &kg,
-            Method::GET,
-            &format!("/v1/keys/{short_id}"),
-            Some(&admin),
-            None,
-            &[],
+    let show = || async {
+        let path = format!("/v1/keys/{short_id}");
+        ok(
+            &call(&kg, Method::GET, &path, Some(&admin), None, &[]).await,
+            StatusCode::OK,
         )
-        .await,
-        StatusCode::OK,
-    );
+    };
+    let shown = show().await;
     assert_eq!(shown["hint"], hint_of(&short));
     let table = ws.cli(&["keys", "list", "--format", "table"]);
     let table = String::from_utf8_lossy(&table.stdout).into_owned();
@@ -997,18 +993,7 @@ async fn keys_carry_a_hint_and_read_as_expired_once_past_their_expiry() {
     .await;
     assert!(seen.is_some(), "the 1 s key reads expired");
     assert!(!listed("active").await.contains(&short_id));
-    let shown = ok(
-        &call(
-            &kg,
-            Method::GET,
-            &format!("/v1/keys/{short_id}"),
-            Some(&admin),
-            None,
-            &[],
-        )
-        .await,
-        StatusCode::OK,
-    );
+    let shown = show().await;
     assert_eq!(shown["status"], "expired");
     expect(
         &call(

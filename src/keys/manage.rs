@@ -818,6 +818,9 @@ mod tests {
         let err = origins(&strings(&["app.example.com/path"]), KeyType::Public)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("allowed_origins \"app.example.com/path\""), "{err}");
+        assert!(
+            err.contains("allowed_origins \"app.example.com/path\""),
+            "{err}"
+        );
     }
 }
