@@ -139,6 +139,9 @@ pub enum KeysCommand {
     Show { id: String },
     /// Revoke a key: requests with it get 401 invalid_api_key from then on. Final.
     Revoke { id: String },
+    /// Delete a revoked key's record for good (its id is then unknown; the audit trail keeps
+    /// its history). Only revoked keys: revoke first.
+    Delete { id: String },
     /// Suspend a key: requests get 403 key_suspended until it is resumed.
     Suspend { id: String },
     /// Resume a suspended key.
@@ -463,6 +466,11 @@ async fn keys_command(
         KeysCommand::Revoke { id } => {
             let record = trail.change(&id, Change::Revoke).await?;
             writeln!(out, "{}", pretty(&manage::view(&record, SystemTime::now())))?;
+        }
+        KeysCommand::Delete { id } => {
+            let record = trail.delete(&id).await?;
+            let deleted = serde_json::json!({"id": record.id, "deleted": true});
+            writeln!(out, "{}", pretty(&deleted))?;
         }
         KeysCommand::Suspend { id } => {
             let record = trail.change(&id, Change::Suspend).await?;

@@ -127,13 +127,17 @@ async fn every_endpoint_and_error_code() {
         StatusCode::NOT_FOUND,
         "not_found",
     );
-    let delete = call(&kg, Method::DELETE, "/v1/keys/key_x", a, None, &[]).await;
+    let put = call(&kg, Method::PUT, "/v1/keys/key_x", a, None, &[]).await;
+    expect(&put, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    let allow = put.headers["allow"].to_str().unwrap().to_owned();
+    for method in ["GET", "PATCH", "DELETE"] {
+        assert!(allow.contains(method), "{allow}");
+    }
     expect(
-        &delete,
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        &call(&kg, Method::DELETE, "/v1/keys/key_x", a, None, &[]).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
     );
-    assert!(delete.headers.contains_key("allow"));
 
     // Create: 201 with the secret once; 400 for bodies that cannot be read, 422 for values.
     let created = ok(
@@ -1077,6 +1081,83 @@ async fn the_api_makes_header_bound_keys_and_browser_keys_as_the_cli_does() {
             "invalid_parameter",
         );
     }
+}
+
+#[tokio::test]
+async fn a_revoked_key_can_be_deleted_and_is_then_unknown() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new(&up.url(), "");
+    let (_, admin) = bootstrap(&ws, "ops");
+    let (id, key) = ws.create_key(&["--scopes", "*"]);
+    let (cli_id, _) = ws.create_key(&["--scopes", "*"]);
+    let kg = ws.serve_with_env(MANAGE_ENV);
+    let path = format!("/v1/keys/{id}");
+    let url = format!("http://{}/v1/hello", kg.public);
+
+    // Not while it can still be used: revoke first.
+    expect(
+        &call(&kg, Method::DELETE, &path, Some(&admin), None, &[]).await,
+        StatusCode::CONFLICT,
+        "conflict",
+    );
+    ok(
+        &call(
+            &kg,
+            Method::POST,
+            &format!("{path}/revoke"),
+            Some(&admin),
+            None,
+            &[],
+        )
+        .await,
+        StatusCode::OK,
+    );
+    let gone = ok(
+        &call(&kg, Method::DELETE, &path, Some(&admin), None, &[]).await,
+        StatusCode::OK,
+    );
+    assert_eq!(gone, json!({"id": id, "deleted": true}));
+
+    // Its id is unknown, and the key is refused as any unknown key is.
+    expect(
+        &call(&kg, Method::GET, &path, Some(&admin), None, &[]).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    expect(
+        &call(&kg, Method::DELETE, &path, Some(&admin), None, &[]).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let refused = get(&url, &[("x-api-key", &key)]).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.error_code(), "invalid_api_key");
+
+    // The CLI deletes too; the audit trail keeps both deletions, each once.
+    assert!(ws.cli(&["keys", "revoke", &cli_id]).status.success());
+    let out = ws.cli(&["keys", "delete", &cli_id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed, json!({"id": cli_id, "deleted": true}));
+    let events = ok(
+        &call(&kg, Method::GET, "/v1/audit", Some(&admin), None, &[]).await,
+        StatusCode::OK,
+    );
+    let deletes: Vec<(&str, &str)> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "delete" && e["result"] == "ok")
+        .map(|e| (e["key_id"].as_str().unwrap(), e["actor"].as_str().unwrap()))
+        .collect();
+    assert_eq!(deletes.len(), 2, "{events}");
+    assert_eq!(deletes[0].0, id);
+    assert!(
+        deletes[0].1.starts_with("key_"),
+        "the management key: {deletes:?}"
+    );
+    assert_eq!(deletes[1].0, cli_id);
+    assert!(deletes[1].1.starts_with("cli:"), "{deletes:?}");
 }
 
 #[tokio::test]

@@ -131,6 +131,30 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
         Err(StoreError::NotFound(_))
     ));
 
+    // Deletion: a revoked key's record only; afterwards it is unknown by hash and by id
+    // through both handles, and a second delete finds nothing.
+    let gone = manage::create(a.as_ref(), &policy(None), spec("gone"), now)
+        .await
+        .unwrap();
+    let gone_hash = KeyHash::of(&gone.key);
+    assert!(matches!(
+        manage::delete(b.as_ref(), &gone.record.id).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    manage::update(a.as_ref(), &gone.record.id, Change::Revoke)
+        .await
+        .unwrap();
+    let deleted = manage::delete(b.as_ref(), &gone.record.id).await.unwrap();
+    assert_eq!(deleted.status, Status::Revoked);
+    assert!(b.by_id(&gone.record.id).await.unwrap().is_none());
+    eventually_status_of(&a, gone_hash, None).await;
+    assert!(a.by_id(&gone.record.id).await.unwrap().is_none());
+    assert!(b.list(Some("gone")).await.unwrap().is_empty());
+    assert!(matches!(
+        manage::delete(a.as_ref(), &gone.record.id).await,
+        Err(StoreError::NotFound(_))
+    ));
+
     // Compare-and-set: an update from a stale read fails and changes nothing.
     let k2 = manage::create(a.as_ref(), &policy(None), spec("cas"), now)
         .await
@@ -333,10 +357,15 @@ async fn audit_contract(a: &Arc<dyn KeyStore>, b: &Arc<dyn KeyStore>) {
 /// Reads through `store` until the key has `status` (a cross-process change may take one
 /// reload or poll interval to arrive).
 async fn eventually_status(store: &Arc<dyn KeyStore>, hash: KeyHash, status: Status) {
+    eventually_status_of(store, hash, Some(status)).await;
+}
+
+/// `None`: the key is gone.
+async fn eventually_status_of(store: &Arc<dyn KeyStore>, hash: KeyHash, status: Option<Status>) {
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     loop {
         let got = store.get(&hash).await.unwrap().map(|r| r.status);
-        if got == Some(status) {
+        if got == status {
             return;
         }
         assert!(

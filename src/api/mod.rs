@@ -58,6 +58,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/keys/verify"),
     ("GET", "/v1/keys/{id}"),
     ("PATCH", "/v1/keys/{id}"),
+    ("DELETE", "/v1/keys/{id}"),
     ("POST", "/v1/keys/{id}/revoke"),
     ("POST", "/v1/keys/{id}/suspend"),
     ("POST", "/v1/keys/{id}/resume"),
@@ -230,6 +231,7 @@ impl Api {
                 ok(&view(&record, SystemTime::now()))
             }
             ("PATCH", "/v1/keys/{id}") => self.update(config, &caller, id, &body).await,
+            ("DELETE", "/v1/keys/{id}") => self.delete(config, &caller, id).await,
             ("POST", "/v1/keys/{id}/revoke") => {
                 self.change(config, &caller, id, Change::Revoke).await
             }
@@ -489,6 +491,18 @@ impl Api {
             .await
             .map_err(store_reject)?;
         ok(&view(&record, SystemTime::now()))
+    }
+
+    /// `DELETE /v1/keys/{id}`: a revoked key's record removed (409 for any other key).
+    async fn delete(&self, config: &Config, caller: &Caller, id: &str) -> Result<Answer, Reject> {
+        self.may_change(caller, id).await?;
+        let policy = KeyPolicy::from(&config.keys);
+        let record = self
+            .trail(&policy, caller)
+            .delete(id)
+            .await
+            .map_err(store_reject)?;
+        ok(&serde_json::json!({"id": record.id, "deleted": true}))
     }
 
     async fn rotate(

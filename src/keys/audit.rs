@@ -209,6 +209,16 @@ impl Trail<'_> {
         result
     }
 
+    /// Removes a revoked key's record ([`manage::delete`]); returns the record as it was.
+    pub async fn delete(&self, id: &str) -> Result<KeyRecord, StoreError> {
+        let now = SystemTime::now();
+        let result = manage::delete(self.store, id).await;
+        let owner = result.as_ref().ok().map(|r| r.owner.as_str());
+        self.ended(now, "delete", id, owner, vec![], None, &result)
+            .await;
+        result
+    }
+
     /// Records how an action on an existing key ended: the fields it changed only if it
     /// succeeded.
     #[allow(clippy::too_many_arguments)]

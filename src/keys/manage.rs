@@ -550,8 +550,8 @@ pub async fn create_many_by(
     store
         .commit(Batch {
             inserts,
-            updates: Vec::new(),
             max_per_owner: policy.max_per_owner,
+            ..Batch::default()
         })
         .await?;
     Ok(created)
@@ -688,14 +688,40 @@ async fn current(store: &dyn KeyStore, id: &str) -> Result<(KeyHash, KeyRecord),
 
 fn single_update(hash: KeyHash, before: KeyRecord, after: KeyRecord) -> Batch {
     Batch {
-        inserts: Vec::new(),
         updates: vec![Update {
             hash,
             before,
             after,
         }],
-        max_per_owner: None,
+        ..Batch::default()
     }
+}
+
+/// Removes a revoked key's record for good (its id then answers 404, the key itself
+/// `invalid_api_key` like any unknown key). Only a revoked key: revocation is final, so
+/// nothing it could still do is lost; an active, suspended or expired key is revoked first
+/// (409 otherwise), which leaves the revocation in the audit trail.
+pub async fn delete(store: &dyn KeyStore, id: &str) -> Result<KeyRecord, StoreError> {
+    for _ in 0..CAS_ATTEMPTS {
+        let (hash, record) = current(store, id).await?;
+        if record.status != Status::Revoked {
+            return Err(StoreError::Conflict {
+                id: id.to_owned(),
+                status: record.status,
+                message: "only a revoked key can be deleted; revoke it first",
+            });
+        }
+        let batch = Batch {
+            deletes: vec![(hash, record.clone())],
+            ..Batch::default()
+        };
+        match store.commit(batch).await {
+            Err(StoreError::Changed) => continue,
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(record),
+        }
+    }
+    Err(StoreError::Changed)
 }
 
 fn new_key(

@@ -224,6 +224,9 @@ pub struct Batch {
     /// otherwise the whole batch fails with [`StoreError::Changed`] (the caller re-reads and
     /// retries).
     pub updates: Vec<Update>,
+    /// Records removed, compare-and-delete: only if the stored record still equals the one
+    /// given, as for `updates` (a revoked key's record, `keys delete`).
+    pub deletes: Vec<(KeyHash, KeyRecord)>,
     /// Fail with [`StoreError::OwnerCap`] if an owner would hold more live keys than this.
     pub max_per_owner: Option<u32>,
 }

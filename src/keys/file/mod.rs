@@ -376,6 +376,16 @@ impl FileStore {
                 }
                 entry.record = update.after.clone();
             }
+            for (hash, before) in &batch.deletes {
+                let at = keys
+                    .iter()
+                    .position(|e| e.hash == *hash)
+                    .ok_or_else(|| StoreError::NotFound(before.id.clone()))?;
+                if keys[at].record != *before {
+                    return Err(StoreError::Changed);
+                }
+                keys.remove(at);
+            }
             if !batch.inserts.is_empty() {
                 let mut hashes: HashSet<KeyHash> = keys.iter().map(|e| e.hash).collect();
                 let mut ids: HashSet<String> = keys.iter().map(|e| e.record.id.clone()).collect();
@@ -450,7 +460,8 @@ impl FileStore {
     /// another layout, a cap to count, many changes): the caller takes the slow path.
     fn splice(&self, batch: &Batch) -> Result<bool, StoreError> {
         const MOST: usize = 16;
-        if batch.inserts.len() + batch.updates.len() > MOST {
+        // A delete is rare (a revoked key cleared away): the whole file is written for it.
+        if batch.inserts.len() + batch.updates.len() > MOST || !batch.deletes.is_empty() {
             return Ok(false);
         }
         let lock = self.lock()?;
@@ -724,6 +735,7 @@ impl KeyStore for FileStore {
         // from a stale read fails instead of undoing someone else's change.
         let changed: Vec<KeyHash> = (batch.updates.iter().map(|u| u.hash))
             .chain(batch.inserts.iter().map(|(h, _)| *h))
+            .chain(batch.deletes.iter().map(|(h, _)| *h))
             .collect();
         if !self.splice(&batch)? {
             self.commit_whole(&batch)?;

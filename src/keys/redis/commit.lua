@@ -3,18 +3,19 @@
 -- hash in the change log and publishes it. A failed check writes nothing.
 --
 -- KEYS: epoch, changes (sorted set), ids (sorted set), then per insert: key:<hash>, id:<id>,
---       owner:<owner>; then per update: key:<hash>, owner:<owner>.
--- ARGV: channel, max_per_owner (0: none), #inserts, #updates, then per insert: hash, id,
---       record JSON, created_ms, live (1/0); then per update: hash, id, expected JSON,
---       new JSON, live (1/0).
+--       owner:<owner>; then per update: key:<hash>, owner:<owner>; then per delete:
+--       key:<hash>, id:<id>, owner:<owner>.
+-- ARGV: channel, max_per_owner (0: none), #inserts, #updates, #deletes, then per insert: hash,
+--       id, record JSON, created_ms, live (1/0); then per update: hash, id, expected JSON,
+--       new JSON, live (1/0); then per delete: hash, id, expected JSON.
 local channel, max = ARGV[1], tonumber(ARGV[2])
-local ni, nu = tonumber(ARGV[3]), tonumber(ARGV[4])
-local k, a = 4, 5
+local ni, nu, nd = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local k, a = 4, 6
 local held = {}
 -- Updates first: a rotation takes the old key out of its owner's count (it shares its slot
 -- with the new key) in the same batch that inserts the new one.
 if max > 0 then
-  local ku, au = 4 + 3 * ni, 5 + 5 * ni
+  local ku, au = 4 + 3 * ni, 6 + 5 * ni
   for i = 1, nu do
     local owner, id = KEYS[ku + 1], ARGV[au + 1]
     local member = redis.call('SISMEMBER', owner, id) == 1
@@ -41,11 +42,15 @@ for i = 1, nu do
   if redis.call('GET', KEYS[k]) ~= ARGV[a + 2] then return redis.error_reply('KG_CHANGED') end
   k, a = k + 2, a + 5
 end
+for i = 1, nd do
+  if redis.call('GET', KEYS[k]) ~= ARGV[a + 2] then return redis.error_reply('KG_CHANGED') end
+  k, a = k + 3, a + 3
+end
 local t = redis.call('TIME')
 local now_ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local epoch = redis.call('INCR', KEYS[1])
 local changed = {}
-k, a = 4, 5
+k, a = 4, 6
 for i = 1, ni do
   redis.call('SET', KEYS[k], ARGV[a + 2])
   redis.call('SET', KEYS[k + 1], ARGV[a])
@@ -63,6 +68,13 @@ for i = 1, nu do
   end
   changed[#changed + 1] = ARGV[a]
   k, a = k + 2, a + 5
+end
+for i = 1, nd do
+  redis.call('DEL', KEYS[k], KEYS[k + 1])
+  redis.call('ZREM', KEYS[3], ARGV[a + 1])
+  redis.call('SREM', KEYS[k + 2], ARGV[a + 1])
+  changed[#changed + 1] = ARGV[a]
+  k, a = k + 3, a + 3
 end
 for _, h in ipairs(changed) do
   redis.call('ZADD', KEYS[2], epoch, h)

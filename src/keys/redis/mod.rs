@@ -310,7 +310,8 @@ impl RedisStore {
             .arg(self.name("changes"))
             .arg(batch.max_per_owner.unwrap_or(0))
             .arg(batch.inserts.len())
-            .arg(batch.updates.len());
+            .arg(batch.updates.len())
+            .arg(batch.deletes.len());
         for (hash, record) in &batch.inserts {
             invocation
                 .key(self.key(hash))
@@ -337,6 +338,16 @@ impl RedisStore {
                 .arg(record_json(&update.before))
                 .arg(record_json(&update.after))
                 .arg(u8::from(counts_against_cap(&update.after, now)));
+        }
+        for (hash, before) in &batch.deletes {
+            invocation
+                .key(self.key(hash))
+                .key(self.name(&format!("id:{}", before.id)))
+                .key(self.name(&format!("owner:{}", before.owner)));
+            invocation
+                .arg(hash.to_hex())
+                .arg(&before.id)
+                .arg(record_json(before));
         }
         let result: Result<u64, StoreError> = self
             .run(MANAGEMENT_TIMEOUT, async move |mut c| {
@@ -536,12 +547,15 @@ impl KeyStore for RedisStore {
                 self.prune_owner(owner).await?;
             }
         }
-        if batch.updates.is_empty() && batch.inserts.len() > INSERT_CHUNK {
+        if batch.updates.is_empty()
+            && batch.deletes.is_empty()
+            && batch.inserts.len() > INSERT_CHUNK
+        {
             for chunk in batch.inserts.chunks(INSERT_CHUNK) {
                 self.commit_chunk(&Batch {
                     inserts: chunk.to_vec(),
-                    updates: Vec::new(),
                     max_per_owner: batch.max_per_owner,
+                    ..Batch::default()
                 })
                 .await?;
             }
