@@ -50,6 +50,55 @@ fn listed(ws: &Workspace, args: &[&str]) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn a_due_key_refused_by_its_limit_still_hears_when_to_rotate() {
+    let upstream = Upstream::start().await;
+    let ws = Workspace::new(
+        &upstream.url(),
+        "[keys]\nmax_age = \"90d\"\n[plans.tiny]\nper_minute = 1\n",
+    );
+    let (id, key) = ws.create_key(&["--plan", "tiny"]);
+    let created = age(&ws, &id, 100);
+    let kg = ws.serve();
+    let replace_by = secs(created + Duration::from_secs(90 * DAY));
+    // Over HTTP/1.1 (keygate's own engine), then HTTP/2 (hyper's): the first request is
+    // served, every later one refused by the limit, each carrying the reminder.
+    let mut replies = Vec::new();
+    for h2 in [false, false, true] {
+        replies.push(if h2 {
+            let req = Request::get(kg.url("/v1/x"))
+                .header("x-api-key", &key)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            request_h2(req).await
+        } else {
+            get(&kg.url("/v1/x"), &[("x-api-key", &key)]).await
+        });
+    }
+    let statuses: Vec<StatusCode> = replies.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    for (i, reply) in replies.iter().enumerate() {
+        let deprecation = reply
+            .headers
+            .get("deprecation")
+            .map(|v| v.to_str().unwrap());
+        let at: u64 = deprecation
+            .and_then(|d| d.strip_prefix('@'))
+            .unwrap_or_else(|| panic!("reply {i}: {:?}", reply.headers))
+            .parse()
+            .unwrap();
+        assert_eq!(at / DAY, replace_by / DAY, "reply {i}");
+        assert!(reply.headers.contains_key("sunset"), "reply {i}");
+    }
+}
+
+#[tokio::test]
 async fn due_keys_still_work_and_say_when_to_rotate() {
     let upstream = Upstream::start().await;
     let ws = Workspace::new(

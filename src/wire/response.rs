@@ -348,13 +348,13 @@ fn plan(signs: Signs, cx: &ResponseContext) -> Plan {
     }
 }
 
-/// A refusal, whole: head and JSON body; `cors`: [`crate::cors`]'s headers, so a browser
-/// page can read it.
+/// A refusal, whole: head and JSON body; `extra`: headers keygate adds ([`crate::cors`]'s,
+/// so a browser page can read it; a due key's rotation reminder).
 pub fn refusal(
     out: &mut Vec<u8>,
     reject: &Reject,
     limit: Option<Limit>,
-    cors: &[(http::HeaderName, http::HeaderValue)],
+    extra: &[(http::HeaderName, http::HeaderValue)],
     keep_alive: bool,
     client_http11: bool,
 ) {
@@ -362,7 +362,7 @@ pub fn refusal(
     status_line(out, reject.status().as_u16(), None);
     line(out, b"content-type", b"application/json");
     length_line(out, body.len() as u64);
-    for (name, value) in reject.headers().chain(cors.iter().cloned()) {
+    for (name, value) in reject.headers().chain(extra.iter().cloned()) {
         line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     finish(out, limit, 0, false, keep_alive, client_http11);

@@ -6,6 +6,7 @@ use tokio::time::Instant;
 
 use super::{Facts, Next, Session};
 use crate::batch::Batchable;
+use crate::keys::rotation::Due;
 use crate::metrics::{Decision, Outcome};
 use crate::proxy::{Audit, Ended};
 use crate::reject::Reject;
@@ -59,12 +60,19 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
             style: self.proxy.limiter().reset_style(),
         });
         self.down.clear();
+        // CORS's headers, so a page can read why; a due key's rotation reminder, as on its
+        // forwarded responses (a refusal after authorization is a rate limit's). Neither: no
+        // allocation.
         let cors = audit.cors.as_deref().unwrap_or_default();
+        let rotation = audit.rotation.as_ref().map(Due::headers);
+        let extra: Vec<_> = (cors.iter().cloned())
+            .chain(rotation.into_iter().flatten())
+            .collect();
         response::refusal(
             &mut self.down,
             &reject,
             limit,
-            cors,
+            &extra,
             keep_alive,
             facts.http11,
         );
