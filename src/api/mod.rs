@@ -970,7 +970,12 @@ mod tests {
                 "/v1/keys/key_1/rotate",
                 Ok(("/v1/keys/{id}/rotate", Some("key_1"))),
             ),
-            ("DELETE", "/v1/keys/key_1", Err(405)),
+            (
+                "DELETE",
+                "/v1/keys/key_1",
+                Ok(("/v1/keys/{id}", Some("key_1"))),
+            ),
+            ("PUT", "/v1/keys/key_1", Err(405)),
             ("GET", "/v1/keys/key_1/revoke", Err(405)),
             ("GET", "/v1/keys/verify", Err(405)),
             ("GET", "/v1/keys/", Err(404)),
