@@ -140,7 +140,8 @@ async fn a_real_prometheus_scrapes_keygate_alerts_load_and_dashboard_queries_ans
     let (doomed_id, doomed) = ws.create_key(&["--owner", "acme"]);
     let (_, tiny) = ws.create_key(&["--owner", "gamma", "--plan", "tiny"]);
     // Sandbox keys go to a port nothing listens on: 502, counted as kind="refused".
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed_port = common::redis::ClosedPort::new();
+    let closed = closed_port.url();
     let kg = ws.serve_with_env(&[("KEYGATE_UPSTREAM__SANDBOX_URL", &closed)]);
     let config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\

@@ -141,11 +141,12 @@ async fn silent_connections_after_a_tls_handshake_free_their_slots_too() {
 /// (metrics, and the log's summary lines), but the log itself stays a few dozen lines.
 #[tokio::test]
 async fn an_outage_logs_a_bounded_number_of_lines_with_counts() {
-    use common::redis::{RedisServer, free_port};
+    use common::redis::{ClosedPort, RedisServer};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let mut redis = RedisServer::start();
     // Nothing listens there: every request that reaches the upstream fails.
-    let dead_upstream = format!("http://127.0.0.1:{}", free_port());
+    let dead_upstream_port = ClosedPort::new();
+    let dead_upstream = dead_upstream_port.url();
     let ws = Workspace::redis(&dead_upstream, &redis.url(), "[log]\naccess = false\n");
     let (_, cached) = ws.create_key(&[]);
     let (_, uncached) = ws.create_key(&[]);

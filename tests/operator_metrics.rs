@@ -109,7 +109,8 @@ async fn get_h2(url: &str, key: &str) -> u16 {
 #[tokio::test]
 async fn upstream_failures_are_counted_by_kind_on_both_engines() {
     let upstream = misbehaving_upstream().await;
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed_port = common::redis::ClosedPort::new();
+    let closed = closed_port.url();
     let ws = Workspace::new(&format!("http://{upstream}"), "");
     let (_, live) = ws.create_key(&[]);
     let (_, sandbox) = ws.create_key(&["--env", "test"]);

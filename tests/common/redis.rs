@@ -14,6 +14,38 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback port that refuses every connection for as long as this value lives: the socket
+/// is bound but never listens, so a connect gets RST and no other test can take the port
+/// (a port from `free_port()` that nothing listens on can be taken by a parallel test's
+/// server between the lookup and the connect, turning an expected 502 into its 404).
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a TCP socket");
+        let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        socket.bind(&any.into()).expect("bind a loopback port");
+        let port = socket
+            .local_addr()
+            .unwrap()
+            .as_socket()
+            .expect("an IP address")
+            .port();
+        Self {
+            _socket: socket,
+            port,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
