@@ -523,6 +523,232 @@ mod shared {
         );
     }
 
+    /// The README's bound for a sidecar cut off past the hold: Redis pauses, one sidecar
+    /// (`c`) spends its fallback budget alone and stays cut off after Redis is back, for
+    /// longer than the hold; the other two report, wait out the hold and spend the rest. The
+    /// window then ends over its limit by what `c` admitted alone, at most its budget
+    /// (`left / (2 × sidecars)` at its last grant), and nothing admitted is unknown to Redis
+    /// once `c` is back.
+    #[tokio::test]
+    async fn a_sidecar_cut_off_past_the_hold_overshoots_by_at_most_its_own_budget() {
+        const LIMIT: u64 = 600;
+        clear_of_the_hour_boundary().await;
+        let redis = RedisServer::start();
+        let proxy = FaultProxy::start(redis.port);
+        let up = Upstream::start().await;
+        let ws = Workspace::redis(&up.url(), &redis.url(), &hourly(LIMIT));
+        let (id, key) = ws.create_key(&[]);
+        let through_proxy = proxy.url();
+        let [mut a, mut b] = [(); 2].map(|_| ws.serve());
+        let mut c = ws.serve_with_env(&[("KEYGATE_STORE__URL", &through_proxy)]);
+        for kg in [&a, &b, &c] {
+            eventually(Duration::from_secs(10), || async {
+                metric(kg, "keygate_quota_live_sidecars").await == 3.0
+            })
+            .await
+            .expect("every sidecar counts three");
+        }
+        let headers = [("x-api-key", key.as_str())];
+        let mut before = 0;
+        for kg in [&a, &b, &c] {
+            for _ in 0..30 {
+                let reply = get(&kg.url("/"), &headers).await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+                before += 1;
+            }
+        }
+        redis.pause();
+        // `c` spends what is left of its lease, then its whole fallback budget.
+        let mut alone = 0;
+        for n in 0.. {
+            let reply = get(&c.url("/"), &headers).await;
+            match reply.status {
+                StatusCode::OK => alone += 1,
+                StatusCode::TOO_MANY_REQUESTS => break,
+                other => panic!("unexpected {other}: {}", text(&reply.body)),
+            }
+            assert!(n < LIMIT, "never refused while Redis was paused");
+        }
+        assert_eq!(metric(&c, "keygate_quota_fallback").await, 1.0);
+        proxy.set_all(Fault::Stall);
+        // `a`'s and `b`'s syncs fail meanwhile: they come back knowing there was an outage.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        redis.resume();
+        // For longer than the hold (five syncs, 5 s, from the first report), with `c` cut off
+        // throughout, then until refused for a while: the rest of the quota is spent.
+        let spend_out = async |kg: &Keygate, at_least| {
+            let start = std::time::Instant::now();
+            let mut refused_since: Option<std::time::Instant> = None;
+            let mut ok = 0;
+            loop {
+                let reply = get(&kg.url("/"), &headers).await;
+                match reply.status {
+                    StatusCode::OK => {
+                        ok += 1;
+                        refused_since = None;
+                    }
+                    StatusCode::TOO_MANY_REQUESTS => {
+                        let since = *refused_since.get_or_insert_with(std::time::Instant::now);
+                        if start.elapsed() > at_least
+                            && since.elapsed() > Duration::from_millis(1_500)
+                        {
+                            return ok;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    other => panic!("unexpected {other}: {}", text(&reply.body)),
+                }
+                assert!(ok <= LIMIT, "never refused");
+            }
+        };
+        let (by_a, by_b) = tokio::join!(
+            spend_out(&a, Duration::from_secs(9)),
+            spend_out(&b, Duration::from_secs(9))
+        );
+        assert_eq!(
+            metric(&c, "keygate_quota_fallback").await,
+            1.0,
+            "c was still cut off"
+        );
+        proxy.set_all(Fault::Pass);
+        eventually(Duration::from_secs(15), || async {
+            metric(&c, "keygate_quota_fallback").await == 0.0
+        })
+        .await
+        .expect("c never reached Redis again");
+        // A grant `c` asked for as Redis paused may have run late: it reaches `c` now.
+        let by_c = spend_out(&c, Duration::ZERO).await;
+        let total = before + alone + by_a + by_b + by_c;
+        let hash = redis
+            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
+            .trim()
+            .to_owned();
+        let used = || {
+            redis
+                .cli(&["HGET", &format!("{{keygate}}:quota:{hash}:hour"), "used"])
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        };
+        // `c` has reported what it admitted alone.
+        let reported = eventually(Duration::from_secs(15), || async { used() == total }).await;
+        for kg in [&a, &b, &c] {
+            kg.signal("TERM");
+        }
+        for kg in [&mut a, &mut b, &mut c] {
+            assert!(kg.child.wait().unwrap().success());
+        }
+        let budget = (LIMIT - before) / 6;
+        eprintln!(
+            "per_hour = {LIMIT}: {before} before the pause, {alone} by the cut-off sidecar \
+             (lease + fallback), {} by the other two after the hold, {by_c} by it once back; \
+             {total} in all; Redis counts {}; the cut-off sidecar's budget was at most {budget}",
+            by_a + by_b,
+            used()
+        );
+        assert!(
+            reported.is_some(),
+            "c never reported: Redis counts {}",
+            used()
+        );
+        assert_eq!(
+            used(),
+            total,
+            "Redis heard of every admission, and nothing else"
+        );
+        assert!(
+            total >= LIMIT,
+            "the other two were kept from the rest past the hold: {total} of {LIMIT}"
+        );
+        assert!(
+            total - LIMIT <= budget,
+            "over by {} with a budget of at most {budget}",
+            total - LIMIT
+        );
+    }
+
+    /// The README's bound for a sidecar with no grant yet in the window: it admits up to
+    /// `limit × local_share` on its own, the window can end over its limit by that share,
+    /// and it reports every one of them once Redis answers.
+    #[tokio::test]
+    async fn a_sidecar_with_no_grant_in_the_window_admits_its_local_share_and_reports_it() {
+        const LIMIT: u64 = 400;
+        const SHARE: u64 = 100; // LIMIT × 0.25
+        clear_of_the_hour_boundary().await;
+        let redis = RedisServer::start();
+        let proxy = FaultProxy::start(redis.port);
+        let up = Upstream::start().await;
+        let extra = format!(
+            "{}local_share = 0.25\n\n[[route]]\npath = \"/admin/**\"\nscopes = [\"admin\"]\n",
+            hourly(LIMIT)
+        );
+        let ws = Workspace::redis(&up.url(), &redis.url(), &extra);
+        let (id, key) = ws.create_key(&["--scopes", "items:read"]);
+        let headers = [("x-api-key", key.as_str())];
+        let mut a = ws.serve();
+        let mut d = ws.serve_with_env(&[("KEYGATE_STORE__URL", &proxy.url())]);
+        d.first_poll().await;
+        // `d` knows the key (refused by its route, before any limit), but has no lease.
+        let reply = get(&d.url("/admin/x"), &headers).await;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", text(&reply.body));
+        proxy.set_all(Fault::Stall);
+        let mut alone = 0;
+        for n in 0.. {
+            let reply = get(&d.url("/"), &headers).await;
+            match reply.status {
+                StatusCode::OK => alone += 1,
+                StatusCode::TOO_MANY_REQUESTS => break,
+                other => panic!("unexpected {other}: {}", text(&reply.body)),
+            }
+            assert!(n < LIMIT, "never refused while cut off");
+        }
+        assert_eq!(metric(&d, "keygate_quota_fallback").await, 1.0);
+        // `a` hears nothing of them meanwhile and spends the whole limit.
+        let mut by_a = 0;
+        loop {
+            let reply = get(&a.url("/"), &headers).await;
+            match reply.status {
+                StatusCode::OK => by_a += 1,
+                StatusCode::TOO_MANY_REQUESTS => break,
+                other => panic!("unexpected {other}: {}", text(&reply.body)),
+            }
+            assert!(by_a <= LIMIT, "a was never refused");
+        }
+        proxy.set_all(Fault::Pass);
+        let hash = redis
+            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
+            .trim()
+            .to_owned();
+        let used = || {
+            redis
+                .cli(&["HGET", &format!("{{keygate}}:quota:{hash}:hour"), "used"])
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        };
+        let total = alone + by_a;
+        let reported = eventually(Duration::from_secs(15), || async { used() == total }).await;
+        for kg in [&a, &d] {
+            kg.signal("TERM");
+        }
+        for kg in [&mut a, &mut d] {
+            assert!(kg.child.wait().unwrap().success());
+        }
+        eprintln!(
+            "per_hour = {LIMIT}, local_share = 0.25: {alone} admitted alone with no grant, \
+             {by_a} by the sidecar Redis answered; Redis counts {}",
+            used()
+        );
+        assert_eq!(alone, SHARE, "exactly its local share");
+        assert_eq!(by_a, LIMIT, "the other sidecar could not know of them");
+        assert!(
+            reported.is_some(),
+            "d never reported: Redis counts {}",
+            used()
+        );
+        assert_eq!(used(), total, "Redis heard of every admission");
+    }
+
     #[tokio::test]
     async fn redis_dying_mid_window_falls_back_to_the_local_share_and_recovers() {
         clear_of_the_hour_boundary().await;
