@@ -75,6 +75,8 @@
 //! - [`cli`]: the `keygate` commands (`cli::health`: `keygate health`, the container health
 //!   check; `cli::demo`: `keygate demo`); [`echo`]: the demo's built-in upstream, also
 //!   `keygate echo`.
+//! - `testing` (unit tests only): keys in memory and a [`proxy::Proxy`] built from a real
+//!   `proxy.toml`, for the unit tests of the sessions and stages.
 //!
 //! Outside `src/`: `build.rs` embeds the git commit; `deploy/` holds the image, the seccomp
 //! profile, docker-compose, Kubernetes, Prometheus and Grafana files (deploy/README.md).
@@ -101,6 +103,8 @@ pub mod ratelog;
 pub mod reject;
 pub mod routes;
 pub mod server;
+#[cfg(test)]
+mod testing;
 pub mod token;
 pub mod vocab;
 pub mod wire;

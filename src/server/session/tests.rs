@@ -1,57 +1,14 @@
 //! The HTTP/1.1 session's transitions, pinned down by scripting both of its sockets: the
 //! client is one end of an in-memory pipe the test writes requests into and reads answers
 //! from; the upstream is a loopback listener the test accepts from and answers by hand; keys
-//! come from an in-memory store. Clocks run on tokio's paused time where a test is about
+//! come from an in-memory store (`crate::testing`). Clocks run on tokio's paused time where a test is about
 //! them, so a 75-second idle timeout takes no time and its firing is exact.
-
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::net::TcpListener;
 
 use super::*;
 use crate::batch::Socket;
-use crate::config::Config;
-use crate::keys::audit::{AuditEvent, AuditQuery};
-use crate::keys::cache::KeyCache;
-use crate::keys::{Batch, ChangeSink, KeyRecord, KeyStore};
-use crate::metrics::Metrics;
-use crate::vocab::{Environment, KeyHash, KeyType, StoreError};
-
-/// Keys in memory: one active key.
-struct Memory(HashMap<KeyHash, Arc<KeyRecord>>);
-
-#[async_trait::async_trait]
-impl KeyStore for Memory {
-    async fn get(&self, hash: &KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        Ok(self.0.get(hash).cloned())
-    }
-    async fn by_id(&self, _: &str) -> Result<Option<(KeyHash, KeyRecord)>, StoreError> {
-        Ok(None)
-    }
-    async fn list(&self, _: Option<&str>) -> Result<Vec<KeyRecord>, StoreError> {
-        Ok(self.0.values().map(|r| (**r).clone()).collect())
-    }
-    async fn commit(&self, _: Batch) -> Result<(), StoreError> {
-        Err(StoreError::Unavailable("read-only".into()))
-    }
-    async fn append_audit(&self, _: &[AuditEvent]) -> Result<(), StoreError> {
-        Err(StoreError::Unavailable("read-only".into()))
-    }
-    async fn audit_events(&self, _: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
-        Ok(Vec::new())
-    }
-    async fn record_usage(&self, _: Vec<(String, SystemTime)>) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn watch(self: Arc<Self>, _: ChangeSink, _: CancellationToken) {}
-    fn describe(&self) -> String {
-        "memory".into()
-    }
-}
 
 /// The client's end of the pipe is not a socket: no batched writes.
 impl Batchable for DuplexStream {
@@ -80,24 +37,9 @@ impl Setup {
 
 /// A proxy in front of `upstream` with one valid key, every path open to it.
 fn setup(upstream: std::net::SocketAddr) -> Setup {
-    let toml = format!(
-        "[listen]\npublic = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
-         [upstream]\nurl = \"http://{upstream}\"\n\
-         [store]\nkind = \"file\"\npath = \"keys.json\"\n\
-         [auth]\nunmatched = \"allow\"\n"
-    );
-    let config = Arc::new(Config::from_toml(&toml, Path::new("test.toml"), []).unwrap());
-    let key =
-        crate::credential::generate_key(&config.keys.prefix, KeyType::Secret, Environment::LIVE)
-            .unwrap();
-    let store = Memory(HashMap::from([(
-        KeyHash::of(&key),
-        Arc::new(KeyRecord::for_tests()),
-    )]));
-    let metrics = Arc::new(Metrics::new());
-    let keys = KeyCache::new(Arc::new(store), config.cache.clone(), metrics.clone());
+    let (proxy, key) = crate::testing::proxy(upstream, "");
     Setup {
-        proxy: Proxy::new(config, keys, metrics).unwrap(),
+        proxy,
         conn: Connection::new("127.0.0.1:40000".parse().unwrap(), false),
         timing: Timing {
             header: HEADER,
