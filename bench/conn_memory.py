@@ -32,6 +32,33 @@ def free_port():
         return s.getsockname()[1]
 
 
+def rss_by_mapping(pid):
+    """Resident KB by what backs it: the binary's own pages, shared libraries, the heap and
+    anonymous mappings (glibc's thread arenas, stacks, tokio's structures)."""
+    kinds = {}
+    kind = None
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            first = line.split(maxsplit=6)
+            if "-" in first[0] and len(first) >= 5 and ":" in first[3]:
+                path = first[5].strip() if len(first) > 5 else ""
+                if not path:
+                    kind = "anonymous"
+                elif path.startswith("/"):
+                    kind = "binary" if os.path.basename(path).startswith("keygate") else "libraries"
+                else:
+                    kind = path
+            elif line.startswith("Rss:"):
+                kinds[kind] = kinds.get(kind, 0) + int(line.split()[1])
+    return kinds
+
+
+def show_mappings(label, pid):
+    kinds = rss_by_mapping(pid)
+    parts = ", ".join(f"{k} {v / 1024:.2f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]) if v)
+    print(f"  resident by mapping {label} (MB): {parts}")
+
+
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -130,6 +157,7 @@ async def main():
         await asyncio.sleep(1)
         start = rss_kb(proc.pid)
         print(f"keygate {args.binary} {' '.join(args.env)}: RSS at start {start / 1024:.1f} MB")
+        show_mappings("at start", proc.pid)
         per_conn = []
         after = start
         for flood in range(1, args.floods + 1):
@@ -162,6 +190,7 @@ async def main():
             f"40 s after the last close (parked upstream connections gone): "
             f"{settled / 1024:.1f} MB ({100 * (settled - start) / start:+.0f} % of the start)"
         )
+        show_mappings("40 s after the last close", proc.pid)
 
         async def silent():
             _, writer = await asyncio.open_connection("127.0.0.1", public)

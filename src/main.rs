@@ -16,6 +16,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, cli::Command::Serve | cli::Command::Demo) {
+        keygate::server::restart_without_tcache();
+    }
     let mut builder = match cli::workers(&cli) {
         // One worker: a current-thread runtime, no work-stealing machinery at all.
         Some(1) => tokio::runtime::Builder::new_current_thread(),

@@ -720,3 +720,56 @@ async fn a_reload_changes_plans_without_losing_the_running_count() {
         "{admitted} admitted: the running count was lost"
     );
 }
+
+/// `keygate serve` restarts itself once with glibc's thread cache off (`server::memory`): same
+/// PID, same command line, one more variable; an operator's own `GLIBC_TUNABLES`, even an
+/// empty one, is left exactly as it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test]
+async fn serve_runs_with_glibcs_thread_cache_off_unless_the_operator_says_otherwise() {
+    let (_up, ws, key) = setup("").await;
+    let environ = |pid: u32| -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap()
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    };
+    let tunables = |env: &[String]| -> Vec<String> {
+        env.iter()
+            .filter(|v| v.starts_with("GLIBC_TUNABLES="))
+            .cloned()
+            .collect()
+    };
+    for (given, expected) in [
+        (None, "GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+        (Some(""), "GLIBC_TUNABLES="),
+        (
+            Some("glibc.malloc.tcache_count=7"),
+            "GLIBC_TUNABLES=glibc.malloc.tcache_count=7",
+        ),
+    ] {
+        let env: Vec<(&str, &str)> = given.map(|v| ("GLIBC_TUNABLES", v)).into_iter().collect();
+        let kg = ws.serve_with_env(&env);
+        // Serving, under the PID it was started with.
+        let reply = get(&kg.url("/"), &[("x-api-key", &key)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+        let pid = kg.child.id();
+        assert_eq!(
+            tunables(&environ(pid)),
+            vec![expected.to_owned()],
+            "{given:?}"
+        );
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<&[u8]> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .collect();
+        assert!(
+            args[0].ends_with(b"keygate"),
+            "{:?}",
+            String::from_utf8_lossy(&cmdline)
+        );
+        assert_eq!(args[1], b"serve", "{:?}", String::from_utf8_lossy(&cmdline));
+    }
+}

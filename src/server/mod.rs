@@ -10,6 +10,8 @@ mod reload;
 mod session;
 pub mod tls;
 
+pub use memory::restart_without_tcache;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
