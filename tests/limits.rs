@@ -250,6 +250,58 @@ mod shared {
         format!("[plans.metered]\nper_hour = {limit}\n[limits]\ndefault_plan = \"metered\"\n")
     }
 
+    /// The key's hourly counter in Redis: requests handed out (granted, or admitted alone
+    /// and reported), less those handed back.
+    fn hourly_used(redis: &RedisServer, id: &str) -> impl Fn() -> u64 {
+        let hash = redis
+            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
+            .trim()
+            .to_owned();
+        move || {
+            redis
+                .cli(&["HGET", &format!("{{keygate}}:quota:{hash}:hour"), "used"])
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0)
+        }
+    }
+
+    /// Waits until each of `sidecars` sizes its budgets by `n` live sidecars.
+    async fn all_count(sidecars: &[&Keygate], n: f64) {
+        for kg in sidecars {
+            eventually(Duration::from_secs(10), || async {
+                metric(kg, "keygate_quota_live_sidecars").await == n
+            })
+            .await
+            .expect("every sidecar counts them all");
+        }
+    }
+
+    /// Sends `n` requests with `key` to each of `sidecars`, each admitted; returns how many.
+    async fn admit_each(sidecars: &[&Keygate], key: &str, n: u64) -> u64 {
+        for kg in sidecars {
+            for _ in 0..n {
+                let reply = get(&kg.url("/"), &[("x-api-key", key)]).await;
+                assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
+            }
+        }
+        n * sidecars.len() as u64
+    }
+
+    /// Sends requests with `key` until one is refused (429); returns how many were admitted.
+    async fn admitted_until_refused(kg: &Keygate, key: &str, at_most: u64) -> u64 {
+        let mut admitted = 0;
+        loop {
+            let reply = get(&kg.url("/"), &[("x-api-key", key)]).await;
+            match reply.status {
+                StatusCode::OK => admitted += 1,
+                StatusCode::TOO_MANY_REQUESTS => return admitted,
+                other => panic!("unexpected {other}: {}", text(&reply.body)),
+            }
+            assert!(admitted <= at_most, "never refused after {at_most}");
+        }
+    }
+
     #[tokio::test]
     async fn three_sidecars_share_one_hourly_quota() {
         clear_of_the_hour_boundary().await;
@@ -429,36 +481,15 @@ mod shared {
             .collect();
         let mut a = ws.serve();
         let [mut b, mut c] = [(); 2].map(|_| ws.serve_with_env(&through_proxy));
-        for kg in [&a, &b, &c] {
-            // Each budget is sized by the sidecars it counts.
-            eventually(Duration::from_secs(10), || async {
-                metric(kg, "keygate_quota_live_sidecars").await == 3.0
-            })
-            .await
-            .expect("every sidecar counts three");
-        }
+        // Each budget is sized by the sidecars it counts.
+        all_count(&[&a, &b, &c], 3.0).await;
         let headers = [("x-api-key", key.as_str())];
-        let mut admitted = 0;
-        for kg in [&a, &b, &c] {
-            for _ in 0..30 {
-                let reply = get(&kg.url("/"), &headers).await;
-                assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
-                admitted += 1;
-            }
-        }
+        let admitted = admit_each(&[&a, &b, &c], &key, 30).await;
         redis.pause();
         let mut alone = 0;
         for kg in [&b, &c] {
             // Until refused: the lease is spent, then the whole fallback budget.
-            for n in 0.. {
-                let reply = get(&kg.url("/"), &headers).await;
-                match reply.status {
-                    StatusCode::OK => alone += 1,
-                    StatusCode::TOO_MANY_REQUESTS => break,
-                    other => panic!("unexpected {other}: {}", text(&reply.body)),
-                }
-                assert!(n < LIMIT, "never refused while Redis was paused");
-            }
+            alone += admitted_until_refused(kg, &key, LIMIT).await;
         }
         proxy.set_new(Fault::Stall);
         proxy.set_existing(Fault::Stall);
@@ -488,17 +519,7 @@ mod shared {
         // have the rest.
         after += spend(&a, Duration::from_secs(6)).await;
         let total = admitted + alone + after;
-        let hash = redis
-            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
-            .trim()
-            .to_owned();
-        let used = || {
-            redis
-                .cli(&["HGET", &format!("{{keygate}}:quota:{hash}:hour"), "used"])
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
-        };
+        let used = hourly_used(&redis, &id);
         let handed_out = used();
         // Stopping hands back what sits unspent in leases: then Redis counts exactly what
         // was admitted, the admissions made alone included.
@@ -541,34 +562,13 @@ mod shared {
         let through_proxy = proxy.url();
         let [mut a, mut b] = [(); 2].map(|_| ws.serve());
         let mut c = ws.serve_with_env(&[("KEYGATE_STORE__URL", &through_proxy)]);
-        for kg in [&a, &b, &c] {
-            eventually(Duration::from_secs(10), || async {
-                metric(kg, "keygate_quota_live_sidecars").await == 3.0
-            })
-            .await
-            .expect("every sidecar counts three");
-        }
+        // Each budget is sized by the sidecars it counts.
+        all_count(&[&a, &b, &c], 3.0).await;
         let headers = [("x-api-key", key.as_str())];
-        let mut before = 0;
-        for kg in [&a, &b, &c] {
-            for _ in 0..30 {
-                let reply = get(&kg.url("/"), &headers).await;
-                assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
-                before += 1;
-            }
-        }
+        let before = admit_each(&[&a, &b, &c], &key, 30).await;
         redis.pause();
         // `c` spends what is left of its lease, then its whole fallback budget.
-        let mut alone = 0;
-        for n in 0.. {
-            let reply = get(&c.url("/"), &headers).await;
-            match reply.status {
-                StatusCode::OK => alone += 1,
-                StatusCode::TOO_MANY_REQUESTS => break,
-                other => panic!("unexpected {other}: {}", text(&reply.body)),
-            }
-            assert!(n < LIMIT, "never refused while Redis was paused");
-        }
+        let alone = admitted_until_refused(&c, &key, LIMIT).await;
         assert_eq!(metric(&c, "keygate_quota_fallback").await, 1.0);
         proxy.set_all(Fault::Stall);
         // `a`'s and `b`'s syncs fail meanwhile: they come back knowing there was an outage.
@@ -619,17 +619,7 @@ mod shared {
         // A grant `c` asked for as Redis paused may have run late: it reaches `c` now.
         let by_c = spend_out(&c, Duration::ZERO).await;
         let total = before + alone + by_a + by_b + by_c;
-        let hash = redis
-            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
-            .trim()
-            .to_owned();
-        let used = || {
-            redis
-                .cli(&["HGET", &format!("{{keygate}}:quota:{hash}:hour"), "used"])
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
-        };
+        let used = hourly_used(&redis, &id);
         // `c` has reported what it admitted alone.
         let reported = eventually(Duration::from_secs(15), || async { used() == total }).await;
         for kg in [&a, &b, &c] {
@@ -692,40 +682,12 @@ mod shared {
         let reply = get(&d.url("/admin/x"), &headers).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", text(&reply.body));
         proxy.set_all(Fault::Stall);
-        let mut alone = 0;
-        for n in 0.. {
-            let reply = get(&d.url("/"), &headers).await;
-            match reply.status {
-                StatusCode::OK => alone += 1,
-                StatusCode::TOO_MANY_REQUESTS => break,
-                other => panic!("unexpected {other}: {}", text(&reply.body)),
-            }
-            assert!(n < LIMIT, "never refused while cut off");
-        }
+        let alone = admitted_until_refused(&d, &key, LIMIT).await;
         assert_eq!(metric(&d, "keygate_quota_fallback").await, 1.0);
         // `a` hears nothing of them meanwhile and spends the whole limit.
-        let mut by_a = 0;
-        loop {
-            let reply = get(&a.url("/"), &headers).await;
-            match reply.status {
-                StatusCode::OK => by_a += 1,
-                StatusCode::TOO_MANY_REQUESTS => break,
-                other => panic!("unexpected {other}: {}", text(&reply.body)),
-            }
-            assert!(by_a <= LIMIT, "a was never refused");
-        }
+        let by_a = admitted_until_refused(&a, &key, LIMIT).await;
         proxy.set_all(Fault::Pass);
-        let hash = redis
-            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
-            .trim()
-            .to_owned();
-        let used = || {
-            redis
-                .cli(&["HGET", &format!("{{keygate}}:quota:{hash}:hour"), "used"])
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0)
-        };
+        let used = hourly_used(&redis, &id);
         let total = alone + by_a;
         let reported = eventually(Duration::from_secs(15), || async { used() == total }).await;
         for kg in [&a, &d] {
