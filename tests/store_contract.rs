@@ -138,20 +138,22 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
         .unwrap();
     let gone_hash = KeyHash::of(&gone.key);
     assert!(matches!(
-        manage::delete(b.as_ref(), &gone.record.id).await,
+        manage::delete(b.as_ref(), &gone.record.id, manage::UNSTAMPED).await,
         Err(StoreError::Conflict { .. })
     ));
     manage::update(a.as_ref(), &gone.record.id, Change::Revoke)
         .await
         .unwrap();
-    let deleted = manage::delete(b.as_ref(), &gone.record.id).await.unwrap();
+    let deleted = manage::delete(b.as_ref(), &gone.record.id, manage::UNSTAMPED)
+        .await
+        .unwrap();
     assert_eq!(deleted.status, Status::Revoked);
     assert!(b.by_id(&gone.record.id).await.unwrap().is_none());
     eventually_status_of(&a, gone_hash, None).await;
     assert!(a.by_id(&gone.record.id).await.unwrap().is_none());
     assert!(b.list(Some("gone")).await.unwrap().is_empty());
     assert!(matches!(
-        manage::delete(a.as_ref(), &gone.record.id).await,
+        manage::delete(a.as_ref(), &gone.record.id, manage::UNSTAMPED).await,
         Err(StoreError::NotFound(_))
     ));
 

@@ -49,6 +49,10 @@ pub const AUDIT_ROTATE_BYTES: u64 = 16 * 1024 * 1024;
 #[serde(deny_unknown_fields)]
 struct Document {
     version: u32,
+    /// The audit sequence committed with this version of the file (see `# Audit events and
+    /// crashes`); files written before it existed have none (0).
+    #[serde(default)]
+    audit_seq: u64,
     keys: Vec<Entry>,
 }
 
@@ -126,7 +130,7 @@ impl FileStore {
     ) -> Result<Self, StoreError> {
         let path = path.into();
         let (index, fingerprint) = load_index(&path)?;
-        Ok(Self {
+        let store = Self {
             reload_interval,
             index: ArcSwap::from_pointee(index),
             seen: Mutex::new(fingerprint),
@@ -139,7 +143,9 @@ impl FileStore {
             unloaded: false,
             last_found: Mutex::new(None),
             path,
-        })
+        };
+        store.recover_at_open();
+        Ok(store)
     }
 
     /// Opens the store for one management command (the CLI): without the proxy's in-memory
@@ -151,7 +157,7 @@ impl FileStore {
         last_used_path: Option<PathBuf>,
     ) -> Self {
         let path = path.into();
-        Self {
+        let store = Self {
             reload_interval,
             index: ArcSwap::from_pointee(Index::default()),
             seen: Mutex::new(None),
@@ -164,6 +170,16 @@ impl FileStore {
             unloaded: true,
             last_found: Mutex::new(None),
             path,
+        };
+        store.recover_at_open();
+        store
+    }
+
+    /// Settles a killed writer's staged audit events as the store opens (every write and
+    /// every read of the trail does too; this one is best effort and only logs).
+    fn recover_at_open(&self) {
+        if let Err(e) = self.recover_audit() {
+            tracing::warn!(error = %e, "staged audit events not settled at open");
         }
     }
 
@@ -288,19 +304,210 @@ impl FileStore {
         sibling(&self.path, ".audit.jsonl")
     }
 
+    /// Where the events of a change wait for its commit (see `# Audit events and crashes`).
+    pub fn pending_path(&self) -> PathBuf {
+        sibling(&self.path, ".audit.pending")
+    }
+
+    /// Replaces the keys file with what `fill` writes, committing `events` with it: staged
+    /// durably first, then the rename commits both, then the events join the trail. Called
+    /// under the writer lock, after [`FileStore::recover_audit_locked`].
+    fn replace(
+        &self,
+        audit_seq: u64,
+        events: &[AuditEvent],
+        fill: impl FnOnce(&File) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let dir = folder(&self.path);
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        // tempfile creates the file with mode 0600, which the final file keeps after rename.
+        let tmp = tempfile::Builder::new()
+            .prefix(&temp_prefix(&self.path))
+            .suffix("")
+            .tempfile_in(dir)
+            .map_err(|e| io_err(dir, e))?;
+        fill(tmp.as_file()).map_err(|e| io_err(tmp.path(), e))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| io_err(tmp.path(), e))?;
+        let staged = if events.is_empty() {
+            None
+        } else {
+            Some(self.stage(audit_seq, events)?)
+        };
+        // The commit point: the keys file and, through its audit_seq, the staged events.
+        tmp.persist(&self.path)
+            .map_err(|e| io_err(&self.path, e.error))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(dir, e))?;
+        if let Some(staged) = staged
+            && let Err(e) = self.publish(&staged)
+        {
+            // Committed all the same: the events stay staged, and the next command that
+            // opens the store, writes or reads the trail adds them.
+            tracing::error!(
+                error = %e, events = events.len(),
+                "audit events committed but not yet in the trail; the next keygate command \
+                 adds them"
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes `events` to the pending file, durably, as the change numbered `audit_seq`:
+    /// `{"seq": N, "audit_len": L}` then the lines to append at offset `L` of the trail.
+    fn stage(&self, audit_seq: u64, events: &[AuditEvent]) -> Result<Staged, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.audit_path();
+        // Rotated now, not once committed: the offset staged is the one the lines go to.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() >= AUDIT_ROTATE_BYTES) {
+            let older = sibling(&path, ".1");
+            std::fs::rename(&path, &older).map_err(|e| io_err(&path, e))?;
+        }
+        let audit_len = match std::fs::metadata(&path) {
+            Ok(meta) => meta.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        let staged = Staged {
+            seq: audit_seq,
+            audit_len,
+            lines: lines(events),
+        };
+        let pending = self.pending_path();
+        let mut file = File::options()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&pending)
+            .map_err(|e| io_err(&pending, e))?;
+        let head = serde_json::json!({"seq": staged.seq, "audit_len": staged.audit_len});
+        let mut bytes = serde_json::to_vec(&head).expect("numbers serialize");
+        bytes.push(b'\n');
+        bytes.extend_from_slice(&staged.lines);
+        file.write_all(&bytes).map_err(|e| io_err(&pending, e))?;
+        file.sync_all().map_err(|e| io_err(&pending, e))?;
+        // The pending file must be on disk before the rename that commits it is.
+        let dir = folder(&self.path);
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err(dir, e))?;
+        Ok(staged)
+    }
+
+    /// Puts committed, staged events into the trail at their offset (once: lines already
+    /// there are not written twice), then drops the pending file.
+    fn publish(&self, staged: &Staged) -> Result<(), StoreError> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.audit_path();
+        let io = |e| io_err(&path, e);
+        let mut file = File::options()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let end = staged.audit_len + staged.lines.len() as u64;
+        let there = len >= end && {
+            let mut have = vec![0u8; staged.lines.len()];
+            file.seek(std::io::SeekFrom::Start(staged.audit_len))
+                .map_err(io)?;
+            file.read_exact(&mut have).map_err(io)?;
+            have == staged.lines
+        };
+        if !there {
+            if len > staged.audit_len {
+                // A part of these very lines, cut short by a kill: nothing else is ever
+                // appended while committed events wait (every append recovers them first).
+                file.set_len(staged.audit_len).map_err(io)?;
+            }
+            file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+            file.write_all(&staged.lines).map_err(io)?;
+            file.sync_data().map_err(io)?;
+        }
+        let pending = self.pending_path();
+        std::fs::remove_file(&pending).map_err(|e| io_err(&pending, e))
+    }
+
+    /// Settles what a killed writer left in the pending file: events the keys file committed
+    /// are put in the trail, events it did not are dropped. Under the writer lock.
+    fn recover_audit_locked(&self) -> Result<(), StoreError> {
+        let pending = self.pending_path();
+        let bytes = match std::fs::read(&pending) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&pending, e)),
+        };
+        let committed = self.committed_seq()?;
+        match Staged::parse(&bytes) {
+            Some(staged) if staged.seq == committed => {
+                tracing::info!(
+                    seq = staged.seq,
+                    "adding audit events of a change committed by a writer that was stopped \
+                     before it could add them"
+                );
+                self.publish(&staged)
+            }
+            // Cut short (the writer died staging: before its rename), past the keys file's
+            // sequence (died before its rename), or older (already published by the change
+            // that came after it, whose writer recovered it first).
+            other => {
+                if other.as_ref().is_some_and(|s| s.seq > committed) || other.is_none() {
+                    tracing::info!(
+                        "dropping audit events staged by a writer that was stopped before its \
+                         change was committed"
+                    );
+                }
+                std::fs::remove_file(&pending).map_err(|e| io_err(&pending, e))
+            }
+        }
+    }
+
+    /// [`FileStore::recover_audit_locked`] if there is anything to recover and the folder
+    /// can be written (a read-only mount had no writer to kill).
+    fn recover_audit(&self) -> Result<(), StoreError> {
+        if !self.pending_path().exists() {
+            return Ok(());
+        }
+        let Ok(lock) = self.lock() else {
+            return Ok(());
+        };
+        let recovered = self.recover_audit_locked();
+        drop(lock);
+        recovered
+    }
+
+    /// The audit sequence the keys file on disk committed (0: no file, or none yet).
+    fn committed_seq(&self) -> Result<u64, StoreError> {
+        let head = self.in_layout(|file| scan::head(file))?;
+        match head.flatten() {
+            Some(head) => Ok(head.audit_seq),
+            None => Ok(read_document(&self.path)?.0.audit_seq),
+        }
+    }
+
     /// Runs `edit` on the current file contents under the writer lock and replaces the file
     /// atomically. The in-memory index follows.
     fn modify<T>(
         &self,
+        events: &[AuditEvent],
         edit: impl FnOnce(&mut Vec<Entry>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let lock = self.lock()?;
         // Under the lock no other writer is midway: a temporary file is a dead writer's.
         remove_dead_writes(&self.path);
+        self.recover_audit_locked()?;
 
         let (mut doc, _) = read_document(&self.path)?;
         let out = edit(&mut doc.keys)?;
         doc.version = FORMAT_VERSION;
+        doc.audit_seq += u64::from(!events.is_empty());
         let index = if self.unloaded {
             // Still checked: a duplicate hash or id never reaches the file.
             index::of_entries(&self.path, doc.keys.iter())?;
@@ -308,7 +515,11 @@ impl FileStore {
         } else {
             Some(index::of_entries(&self.path, doc.keys.iter())?)
         };
-        write_atomically(&self.path, &doc)?;
+        let json = serde_json::to_vec_pretty(&doc).expect("keys always serialize");
+        self.replace(doc.audit_seq, events, |mut out| {
+            out.write_all(&json)?;
+            out.write_all(b"\n")
+        })?;
         let meta = std::fs::metadata(&self.path).map_err(|e| io_err(&self.path, e))?;
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Fingerprint::of(&meta));
         if let Some(index) = index {
@@ -318,7 +529,7 @@ impl FileStore {
         Ok(out)
     }
 
-    /// Refuses inserts that would give an owner more than `max` keys that count
+    /// Refuses a batch that would give an owner more than `max` keys that count
     /// ([`counts_against_cap`]), with `spans`' updates applied: one streamed pass over the
     /// file, holding one record at a time.
     fn check_cap(
@@ -326,10 +537,11 @@ impl FileStore {
         file: &File,
         max: u32,
         spans: &[(u64, u64, Entry)],
-        inserts: &[(KeyHash, KeyRecord)],
+        batch: &Batch,
+        now: SystemTime,
     ) -> Result<(), StoreError> {
-        let now = SystemTime::now();
-        let owners: HashSet<&str> = inserts.iter().map(|(_, r)| r.owner.as_str()).collect();
+        let inserts = &batch.inserts;
+        let owners = gaining(batch, now);
         let replaced: HashMap<KeyHash, &KeyRecord> =
             spans.iter().map(|(_, _, e)| (e.hash, &e.record)).collect();
         let mut held: HashMap<String, u32> = HashMap::new();
@@ -365,7 +577,7 @@ impl FileStore {
         // Everything is checked under the writer lock before anything is written, so two
         // concurrent `keys create` cannot both take an owner's last slot, and an update made
         // from a stale read fails instead of undoing someone else's change.
-        self.modify(|keys| {
+        self.modify(&batch.events, |keys| {
             for update in &batch.updates {
                 let entry = keys
                     .iter_mut()
@@ -405,11 +617,7 @@ impl FileStore {
                 for e in keys.iter().filter(|e| counts_against_cap(&e.record, now)) {
                     *held.entry(e.record.owner.as_str()).or_default() += 1;
                 }
-                let new_owners: Vec<&str> = batch
-                    .inserts
-                    .iter()
-                    .map(|(_, r)| r.owner.as_str())
-                    .collect();
+                let new_owners = gaining(batch, now);
                 if let Some((owner, _)) = held
                     .into_iter()
                     .find(|(o, n)| *n > max && new_owners.contains(o))
@@ -466,15 +674,16 @@ impl FileStore {
         }
         let lock = self.lock()?;
         remove_dead_writes(&self.path);
+        self.recover_audit_locked()?;
         let io = |e| io_err(&self.path, e);
         let mut file = match File::open(&self.path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io(e)),
         };
-        if !scan::canonical(&mut file).map_err(io)? {
+        let Some(head) = scan::head(&mut file).map_err(io)? else {
             return Ok(false);
-        }
+        };
         let mut spans = Vec::with_capacity(batch.updates.len());
         let fingerprint = file.metadata().map(|m| Fingerprint::of(&m)).ok();
         let last_found = *self.last_found.lock().unwrap_or_else(|p| p.into_inner());
@@ -525,10 +734,11 @@ impl FileStore {
                 return Err(StoreError::Duplicate);
             }
         }
+        let now = SystemTime::now();
         if let Some(max) = batch.max_per_owner
-            && !batch.inserts.is_empty()
+            && !gaining(batch, now).is_empty()
         {
-            self.check_cap(&file, max, &spans, &batch.inserts)?;
+            self.check_cap(&file, max, &spans, batch, now)?;
         }
         let len = file.metadata().map_err(io)?.len();
         let (insert_at, empty) = if batch.inserts.is_empty() {
@@ -543,47 +753,38 @@ impl FileStore {
             return Ok(false);
         }
 
-        let dir = folder(&self.path);
-        let tmp = tempfile::Builder::new()
-            .prefix(&temp_prefix(&self.path))
-            .suffix("")
-            .tempfile_in(dir)
-            .map_err(|e| io_err(dir, e))?;
-        let out = tmp.as_file();
-        let tmp_err = |e| io_err(tmp.path(), e);
-        let mut pos = 0;
-        for (start, end, entry) in &spans {
-            scan::copy_range(&file, out, pos, *start).map_err(tmp_err)?;
-            (&*out).write_all(&scan::render(entry)).map_err(tmp_err)?;
-            pos = *end;
-        }
-        if !batch.inserts.is_empty() {
-            scan::copy_range(&file, out, pos, insert_at).map_err(tmp_err)?;
-            for (i, (hash, record)) in batch.inserts.iter().enumerate() {
-                let sep: &[u8] = if empty && i == 0 {
-                    b"\n    "
-                } else {
-                    b",\n    "
-                };
-                let entry = Entry {
-                    hash: *hash,
-                    record: record.clone(),
-                };
-                (&*out).write_all(sep).map_err(tmp_err)?;
-                (&*out).write_all(&scan::render(&entry)).map_err(tmp_err)?;
+        let audit_seq = head.audit_seq + u64::from(!batch.events.is_empty());
+        self.replace(audit_seq, &batch.events, |out| {
+            // The head carries the audit sequence: written anew, the rest copied.
+            (&*out).write_all(&scan::render_head(audit_seq))?;
+            let mut pos = head.len;
+            for (start, end, entry) in &spans {
+                scan::copy_range(&file, out, pos, *start)?;
+                (&*out).write_all(&scan::render(entry))?;
+                pos = *end;
             }
-            if empty {
-                (&*out).write_all(b"\n  ").map_err(tmp_err)?;
+            if !batch.inserts.is_empty() {
+                scan::copy_range(&file, out, pos, insert_at)?;
+                for (i, (hash, record)) in batch.inserts.iter().enumerate() {
+                    let sep: &[u8] = if empty && i == 0 {
+                        b"\n    "
+                    } else {
+                        b",\n    "
+                    };
+                    let entry = Entry {
+                        hash: *hash,
+                        record: record.clone(),
+                    };
+                    (&*out).write_all(sep)?;
+                    (&*out).write_all(&scan::render(&entry))?;
+                }
+                if empty {
+                    (&*out).write_all(b"\n  ")?;
+                }
+                pos = insert_at;
             }
-            pos = insert_at;
-        }
-        scan::copy_range(&file, out, pos, len).map_err(tmp_err)?;
-        out.sync_all().map_err(tmp_err)?;
-        tmp.persist(&self.path)
-            .map_err(|e| io_err(&self.path, e.error))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err(dir, e))?;
+            scan::copy_range(&file, out, pos, len)
+        })?;
         let meta = std::fs::metadata(&self.path).map_err(io)?;
         *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Fingerprint::of(&meta));
         if !self.unloaded {
@@ -752,28 +953,28 @@ impl KeyStore for FileStore {
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
         let _lock = self.lock()?;
+        // Committed events a killed writer left staged go first, in the order of their
+        // changes.
+        self.recover_audit_locked()?;
         let path = self.audit_path();
         if std::fs::metadata(&path).is_ok_and(|m| m.len() >= AUDIT_ROTATE_BYTES) {
             let older = sibling(&path, ".1");
             std::fs::rename(&path, &older).map_err(|e| io_err(&path, e))?;
         }
-        // One write and one fsync for all of them (`keys create --count` makes many).
-        let mut lines = Vec::new();
-        for event in events {
-            serde_json::to_writer(&mut lines, event).expect("audit events serialize");
-            lines.push(b'\n');
-        }
+        // One write and one fsync for all of them.
         let mut file = File::options()
             .create(true)
             .append(true)
             .mode(0o600)
             .open(&path)
             .map_err(|e| io_err(&path, e))?;
-        file.write_all(&lines).map_err(|e| io_err(&path, e))?;
+        file.write_all(&lines(events))
+            .map_err(|e| io_err(&path, e))?;
         file.sync_data().map_err(|e| io_err(&path, e))
     }
 
     async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+        self.recover_audit()?;
         let path = self.audit_path();
         let mut events = Vec::new();
         for file in [sibling(&path, ".1"), path] {
@@ -854,6 +1055,60 @@ impl FileStore {
     }
 }
 
+/// Owners that `batch` gives one more key that counts against the cap: its inserts' owners,
+/// and the owners of keys an update makes count again (an expired key given a new expiry).
+fn gaining(batch: &Batch, now: SystemTime) -> HashSet<&str> {
+    let rising = (batch.updates.iter())
+        .filter(|u| counts_against_cap(&u.after, now) && !counts_against_cap(&u.before, now))
+        .map(|u| u.after.owner.as_str());
+    (batch.inserts.iter().map(|(_, r)| r.owner.as_str()))
+        .chain(rising)
+        .collect()
+}
+
+/// Events staged for a change (see `# Audit events and crashes`).
+struct Staged {
+    /// The audit sequence of the change; committed once the keys file carries it.
+    seq: u64,
+    /// The trail's length when staged: where the lines go.
+    audit_len: u64,
+    /// The events as the trail holds them, one JSON object a line.
+    lines: Vec<u8>,
+}
+
+impl Staged {
+    /// The pending file's contents; `None` if cut short.
+    fn parse(bytes: &[u8]) -> Option<Self> {
+        #[derive(Deserialize)]
+        struct Head {
+            seq: u64,
+            audit_len: u64,
+        }
+        let newline = memchr::memchr(b'\n', bytes)?;
+        let head: Head = serde_json::from_slice(&bytes[..newline]).ok()?;
+        let lines = bytes[newline + 1..].to_vec();
+        // Every event line ends with a newline: anything else was cut short.
+        if lines.is_empty() || !lines.ends_with(b"\n") {
+            return None;
+        }
+        Some(Self {
+            seq: head.seq,
+            audit_len: head.audit_len,
+            lines,
+        })
+    }
+}
+
+/// Events as the trail holds them: one JSON object a line.
+fn lines(events: &[AuditEvent]) -> Vec<u8> {
+    let mut lines = Vec::new();
+    for event in events {
+        serde_json::to_writer(&mut lines, event).expect("audit events serialize");
+        lines.push(b'\n');
+    }
+    lines
+}
+
 /// Keeps the later of two times per key.
 fn merge(usage: &mut HashMap<String, SystemTime>, used: Vec<(String, SystemTime)>) {
     for (id, at) in used {
@@ -880,6 +1135,7 @@ fn read_document(path: &Path) -> Result<(Document, Option<Fingerprint>), StoreEr
             return Ok((
                 Document {
                     version: FORMAT_VERSION,
+                    audit_seq: 0,
                     keys: Vec::new(),
                 },
                 None,

@@ -25,22 +25,63 @@ use std::io::{Read, Seek, SeekFrom};
 use super::Entry;
 use crate::keys::KeyHash;
 
-/// How the file keygate writes begins.
-const HEAD: &[u8] = b"{\n  \"version\": 1,\n  \"keys\": [";
+/// How the file keygate writes begins: the version, the audit sequence (files written before
+/// it existed have none: 0), then the list of entries.
+const HEAD_START: &[u8] = b"{\n  \"version\": 1,\n  ";
+const HEAD_SEQ: &[u8] = b"\"audit_seq\": ";
+const HEAD_KEYS: &[u8] = b"\"keys\": [";
 /// Bytes read per step while searching.
 const CHUNK: usize = 1 << 20;
 /// The largest entry the fast path parses (larger: the slow path).
 const MAX_ENTRY: usize = 1 << 20;
 
-/// Whether the file at `path` is in keygate's own layout (and exists).
-pub fn canonical(file: &mut File) -> std::io::Result<bool> {
-    let mut head = [0u8; HEAD.len()];
+/// The head of a keys file in keygate's own layout: where its entries begin, and the audit
+/// sequence committed with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Bytes up to and including the `[` of `keys`.
+    pub len: u64,
+    pub audit_seq: u64,
+}
+
+/// The file's head, if the file is in keygate's own layout.
+pub fn head(file: &mut File) -> std::io::Result<Option<Head>> {
+    let mut bytes = [0u8; 96];
     file.seek(SeekFrom::Start(0))?;
-    match file.read_exact(&mut head) {
-        Ok(()) => Ok(head == HEAD),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
+    let n = read_full(file, &mut bytes)?;
+    Ok(parse_head(&bytes[..n]))
+}
+
+fn parse_head(bytes: &[u8]) -> Option<Head> {
+    let mut rest = bytes.strip_prefix(HEAD_START)?;
+    let mut audit_seq = 0;
+    if let Some(after) = rest.strip_prefix(HEAD_SEQ) {
+        let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+        audit_seq = std::str::from_utf8(&after[..digits]).ok()?.parse().ok()?;
+        rest = after[digits..].strip_prefix(b",\n  ")?;
     }
+    rest.strip_prefix(HEAD_KEYS)?;
+    let len = bytes.len() - rest.len() + HEAD_KEYS.len();
+    Some(Head {
+        len: len as u64,
+        audit_seq,
+    })
+}
+
+/// The head keygate writes for `audit_seq` (what `serde_json`'s pretty printer writes for
+/// the document's first fields).
+pub fn render_head(audit_seq: u64) -> Vec<u8> {
+    let mut out = HEAD_START.to_vec();
+    out.extend_from_slice(HEAD_SEQ);
+    out.extend_from_slice(audit_seq.to_string().as_bytes());
+    out.extend_from_slice(b",\n  ");
+    out.extend_from_slice(HEAD_KEYS);
+    out
+}
+
+/// Whether the file is in keygate's own layout (and exists).
+pub fn canonical(file: &mut File) -> std::io::Result<bool> {
+    Ok(head(file)?.is_some())
 }
 
 /// Offsets of every occurrence of `needle` in the file.
@@ -304,11 +345,19 @@ impl<'de> serde::de::Visitor<'de> for Document<'_> {
                     }
                     version = Some(v);
                 }
+                "audit_seq" => {
+                    map.next_value::<u64>()?;
+                }
                 "keys" => {
                     map.next_value_seed(Keys { each: self.each })?;
                     keys = true;
                 }
-                other => return Err(A::Error::unknown_field(other, &["version", "keys"])),
+                other => {
+                    return Err(A::Error::unknown_field(
+                        other,
+                        &["version", "audit_seq", "keys"],
+                    ));
+                }
             }
         }
         if version.is_none() {
@@ -357,6 +406,7 @@ mod tests {
     fn doc(entries: &[Entry]) -> Vec<u8> {
         let doc = super::super::Document {
             version: super::super::FORMAT_VERSION,
+            audit_seq: 7,
             keys: entries.to_vec(),
         };
         let mut bytes = serde_json::to_vec_pretty(&doc).unwrap();
