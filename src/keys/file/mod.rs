@@ -485,7 +485,7 @@ impl FileStore {
 
     /// The audit sequence the keys file on disk committed (0: no file, or none yet).
     fn committed_seq(&self) -> Result<u64, StoreError> {
-        let head = self.in_layout(|file| scan::head(file))?;
+        let head = self.in_layout(scan::head)?;
         match head.flatten() {
             Some(head) => Ok(head.audit_seq),
             None => Ok(read_document(&self.path)?.0.audit_seq),
