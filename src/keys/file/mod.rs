@@ -96,6 +96,25 @@ pub struct FileStore {
     /// The last entry `by_id` found in place: the file's version, the key, the entry's
     /// offset. A write that follows (the read half of compare-and-set) starts there.
     last_found: Mutex<Option<(Fingerprint, KeyHash, u64)>>,
+    /// Where the next write stops as a SIGKILL would stop it (the crash tests).
+    #[cfg(test)]
+    kill_at: Mutex<Option<KillPoint>>,
+}
+
+/// The moments a writer can be killed at, in the order a write passes them.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum KillPoint {
+    /// Half the pending file written.
+    Staging,
+    /// The pending file complete, the keys file not yet renamed.
+    Staged,
+    /// Renamed: the change and its events committed, nothing in the trail yet.
+    Committed,
+    /// Half the events appended to the trail.
+    Publishing,
+    /// Every event in the trail, the pending file not yet removed.
+    Published,
 }
 
 /// Where last-used times are kept.
@@ -142,6 +161,8 @@ impl FileStore {
             sink: Mutex::new(None),
             unloaded: false,
             last_found: Mutex::new(None),
+            #[cfg(test)]
+            kill_at: Mutex::new(None),
             path,
         };
         store.recover_at_open();
@@ -169,6 +190,8 @@ impl FileStore {
             sink: Mutex::new(None),
             unloaded: true,
             last_found: Mutex::new(None),
+            #[cfg(test)]
+            kill_at: Mutex::new(None),
             path,
         };
         store.recover_at_open();
@@ -335,12 +358,22 @@ impl FileStore {
         } else {
             Some(self.stage(audit_seq, events)?)
         };
+        #[cfg(test)]
+        if self.killed(KillPoint::Staged) {
+            // A kill leaves the temporary file behind.
+            let _ = tmp.into_temp_path().keep();
+            return Err(killed());
+        }
         // The commit point: the keys file and, through its audit_seq, the staged events.
         tmp.persist(&self.path)
             .map_err(|e| io_err(&self.path, e.error))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io_err(dir, e))?;
+        #[cfg(test)]
+        if self.killed(KillPoint::Committed) {
+            return Err(killed());
+        }
         if let Some(staged) = staged
             && let Err(e) = self.publish(&staged)
         {
@@ -387,6 +420,12 @@ impl FileStore {
         let mut bytes = serde_json::to_vec(&head).expect("numbers serialize");
         bytes.push(b'\n');
         bytes.extend_from_slice(&staged.lines);
+        #[cfg(test)]
+        if self.killed(KillPoint::Staging) {
+            file.write_all(&bytes[..bytes.len() / 2])
+                .map_err(|e| io_err(&pending, e))?;
+            return Err(killed());
+        }
         file.write_all(&bytes).map_err(|e| io_err(&pending, e))?;
         file.sync_all().map_err(|e| io_err(&pending, e))?;
         // The pending file must be on disk before the rename that commits it is.
@@ -428,8 +467,18 @@ impl FileStore {
                 file.set_len(staged.audit_len).map_err(io)?;
             }
             file.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+            #[cfg(test)]
+            if self.killed(KillPoint::Publishing) {
+                let half = &staged.lines[..staged.lines.len() / 2];
+                file.write_all(half).map_err(io)?;
+                return Err(killed());
+            }
             file.write_all(&staged.lines).map_err(io)?;
             file.sync_data().map_err(io)?;
+        }
+        #[cfg(test)]
+        if self.killed(KillPoint::Published) {
+            return Err(killed());
         }
         let pending = self.pending_path();
         std::fs::remove_file(&pending).map_err(|e| io_err(&pending, e))
@@ -481,6 +530,17 @@ impl FileStore {
         let recovered = self.recover_audit_locked();
         drop(lock);
         recovered
+    }
+
+    /// Whether the write under way is to stop at `point` (once).
+    #[cfg(test)]
+    fn killed(&self, point: KillPoint) -> bool {
+        let mut at = self.kill_at.lock().unwrap_or_else(|p| p.into_inner());
+        if *at == Some(point) {
+            *at = None;
+            return true;
+        }
+        false
     }
 
     /// The audit sequence the keys file on disk committed (0: no file, or none yet).
@@ -1264,6 +1324,11 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
+#[cfg(test)]
+fn killed() -> StoreError {
+    StoreError::Unavailable("killed (a crash test)".into())
+}
+
 fn io_err(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.display().to_string(),
@@ -1276,7 +1341,7 @@ mod tests {
     //! File-specific behaviour; what every store must do is in `tests/store_contract.rs`.
     use super::*;
     use crate::keys::manage::{KeyPolicy, KeySpec, create};
-    use crate::keys::{Environment, KeyType};
+    use crate::keys::{Environment, KeyType, Status};
     use std::os::unix::fs::PermissionsExt;
 
     fn spec() -> KeySpec {
@@ -1392,6 +1457,184 @@ mod tests {
             .unwrap();
         assert!(store.last_used_in_memory());
         assert_eq!(store.last_used().await.unwrap()[&a.record.id], later);
+    }
+
+    /// A revocation's event, as `audit::Trail` stamps it.
+    fn revoke_event(id: &str) -> AuditEvent {
+        AuditEvent {
+            at: SystemTime::now(),
+            actor: "cli:test@host".into(),
+            action: "revoke".into(),
+            key_id: Some(id.into()),
+            owner: Some("acme".into()),
+            changed: vec!["status".into()],
+            new_key_id: None,
+            result: "ok".into(),
+        }
+    }
+
+    async fn revoke_with_event(store: &FileStore, id: &str) -> Result<KeyRecord, StoreError> {
+        let stamp = |batch: &mut Batch| batch.events = vec![revoke_event(id)];
+        crate::keys::manage::update_by(
+            store,
+            id,
+            crate::keys::Change::Revoke,
+            None,
+            SystemTime::now(),
+            &stamp,
+        )
+        .await
+    }
+
+    /// The trail's events naming `id` with `action`.
+    async fn events_of(store: &FileStore, id: &str, action: &str) -> usize {
+        let events = store.audit_events(&AuditQuery::default()).await.unwrap();
+        events
+            .iter()
+            .filter(|e| e.key_id.as_deref() == Some(id) && e.action == action)
+            .count()
+    }
+
+    /// Rewrites the keys file as one compact line: not keygate's layout, so writes take the
+    /// whole-document path.
+    fn compact(path: &Path) {
+        let doc: Document = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_change_and_its_audit_event_outlive_a_kill_at_any_point_together() {
+        use KillPoint::*;
+        for point in [Staging, Staged, Committed, Publishing, Published] {
+            for splice in [true, false] {
+                let case = format!("{point:?}, splice {splice}");
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("keys.json");
+                let store = open(&path);
+                let a = create(&store, &POLICY(), spec(), SystemTime::now())
+                    .await
+                    .unwrap();
+                let b = create(&store, &POLICY(), spec(), SystemTime::now())
+                    .await
+                    .unwrap();
+                revoke_with_event(&store, &b.record.id).await.unwrap();
+                if !splice {
+                    compact(&path);
+                }
+
+                *store.kill_at.lock().unwrap() = Some(point);
+                // What the killed process would have answered is never seen.
+                let _ = revoke_with_event(&store, &a.record.id).await;
+                assert!(
+                    store.kill_at.lock().unwrap().is_none(),
+                    "{case}: not reached"
+                );
+                let committed = point >= Committed;
+                drop(store);
+
+                // Reopened, as the next command does: the keys and the trail agree.
+                let store = open(&path);
+                let (_, record) = store.by_id(&a.record.id).await.unwrap().unwrap();
+                assert_eq!(record.status == Status::Revoked, committed, "{case}");
+                let want = usize::from(committed);
+                assert_eq!(
+                    events_of(&store, &a.record.id, "revoke").await,
+                    want,
+                    "{case}"
+                );
+                assert_eq!(events_of(&store, &b.record.id, "revoke").await, 1, "{case}");
+                assert!(!store.pending_path().exists(), "{case}: settled at open");
+
+                // The next change and its event follow the recovered ones, once each.
+                revoke_with_event(&store, &a.record.id).await.unwrap();
+                assert_eq!(
+                    events_of(&store, &a.record.id, "revoke").await,
+                    1 + want,
+                    "{case}"
+                );
+                let events = store.audit_events(&AuditQuery::default()).await.unwrap();
+                assert_eq!(events.len(), 2 + want, "{case}: {events:?}");
+                let (_, record) = store.by_id(&a.record.id).await.unwrap().unwrap();
+                assert_eq!(record.status, Status::Revoked, "{case}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kill_is_settled_by_the_next_write_or_read_as_well_as_by_an_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let store = open(&path);
+        let a = create(&store, &POLICY(), spec(), SystemTime::now())
+            .await
+            .unwrap();
+        let b = create(&store, &POLICY(), spec(), SystemTime::now())
+            .await
+            .unwrap();
+        // Committed, not published: a reader through the same handle (the API) sees it.
+        *store.kill_at.lock().unwrap() = Some(KillPoint::Committed);
+        revoke_with_event(&store, &a.record.id).await.unwrap_err();
+        assert!(store.pending_path().exists());
+        assert_eq!(events_of(&store, &a.record.id, "revoke").await, 1);
+        // Staged, not committed: the next write drops it before staging its own.
+        *store.kill_at.lock().unwrap() = Some(KillPoint::Staged);
+        revoke_with_event(&store, &b.record.id).await.unwrap_err();
+        assert!(store.pending_path().exists());
+        store
+            .append_audit(&[revoke_event("key_refused")])
+            .await
+            .unwrap();
+        assert!(!store.pending_path().exists());
+        assert_eq!(events_of(&store, &b.record.id, "revoke").await, 0);
+        assert_eq!(events_of(&store, "key_refused", "revoke").await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_keys_file_written_before_the_audit_sequence_opens_and_takes_changes() {
+        for splice in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keys.json");
+            let created = create(&open(&path), &POLICY(), spec(), SystemTime::now())
+                .await
+                .unwrap();
+            // The file as keygate wrote it before `audit_seq`: no such field.
+            #[derive(Serialize)]
+            struct Old<'a> {
+                version: u32,
+                keys: &'a [Entry],
+            }
+            let doc: Document = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let old = Old {
+                version: 1,
+                keys: &doc.keys,
+            };
+            let mut bytes = if splice {
+                serde_json::to_vec_pretty(&old).unwrap()
+            } else {
+                serde_json::to_vec(&old).unwrap()
+            };
+            bytes.push(b'\n');
+            assert!(!String::from_utf8_lossy(&bytes).contains("audit_seq"));
+            std::fs::write(&path, &bytes).unwrap();
+            {
+                let mut file = File::open(&path).unwrap();
+                let head = scan::head(&mut file).unwrap();
+                assert_eq!(head.map(|h| h.audit_seq), splice.then_some(0));
+            }
+
+            let store = open(&path);
+            assert_eq!(store.len(), 1, "the proxy's index loads it");
+            let id = &created.record.id;
+            assert!(store.by_id(id).await.unwrap().is_some());
+            revoke_with_event(&store, id).await.unwrap();
+            assert_eq!(events_of(&store, id, "revoke").await, 1);
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.starts_with("{\n  \"version\": 1,\n  \"audit_seq\": 1,\n"),
+                "{text}"
+            );
+            assert_eq!(open(&path).len(), 1);
+        }
     }
 
     #[test]
