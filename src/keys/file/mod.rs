@@ -13,11 +13,47 @@
 //!   Secret volumes, which swap a symlink instead of writing the file.
 //! - Management actions leave an audit trail in `<file>.audit.jsonl`: one JSON object per line,
 //!   appended under the writer lock (mode 0600, fsynced), rotated to `<file>.audit.jsonl.1`
-//!   once it passes [`AUDIT_ROTATE_BYTES`] (one older file is kept).
+//!   once it passes [`AUDIT_ROTATE_BYTES`] (one older file is kept). A change's events are
+//!   committed with it (below).
 //! - The proxy never writes the keys file. Last-used times go to a file of their own
 //!   (`[store] last_used_path`, default `<keys file>.last-used`); where that folder is not
 //!   writable (a keys file mounted from a Secret, which is always read-only) the proxy says so
 //!   once at start and keeps them in memory, served on the admin listener (`/last-used`).
+//!
+//! # Audit events and crashes
+//!
+//! A change and its audit events are two files, and no filesystem renames two files at once,
+//! so one of them has to commit the other: the rename of the keys file is the one commit
+//! point. The keys file's head carries `audit_seq`, the number of the last change committed
+//! with events (files written before it have none: 0, and still open). Under the writer lock,
+//! a write of change N = `audit_seq + 1`:
+//!
+//! 1. writes the new keys file (`audit_seq: N`) to a temporary file and fsyncs it;
+//! 2. stages the events: `<file>.audit.pending` holds `{"seq": N, "audit_len": L}` (`L`: the
+//!    trail's length now) and the event lines, fsynced with its folder;
+//! 3. renames the temporary file over the keys file and fsyncs the folder: **the commit**;
+//! 4. appends the staged lines to the trail at offset `L`, fsyncs, removes the pending file.
+//!
+//! What a kill (SIGKILL, out of memory, power loss) at each point leaves, and what the next
+//! command that opens the store, writes, or reads the trail makes of it (under the lock):
+//!
+//! | killed | keys file | pending file | settled as |
+//! |---|---|---|---|
+//! | in 1 | as it was (a temporary file beside it, removed by the next write) | none | nothing happened |
+//! | in 2, or between 2 and 3 | as it was (`audit_seq` < N) | staged, maybe cut short | dropped: no event for a change that never happened |
+//! | between 3 and 4, or in 4 | changed (`audit_seq` = N) | staged in full | added to the trail at `L` (lines a cut-short append left there are cut first; lines already there whole are not written twice); the change keeps its event |
+//! | after 4 | changed | none | nothing to do |
+//!
+//! The trail itself never holds an event of an uncommitted change: lines are appended only
+//! after the rename, so a program tailing the file never sees one. Recovery is safe because
+//! the trail only ever grows under the writer lock, and every append (a change's, or the
+//! event of a refused action, which changes nothing and is appended alone) settles the pending
+//! file first: while committed events wait, nothing is written after `L`. A pending file
+//! older than the keys file (`seq` < `audit_seq`, possible only if its removal did not reach
+//! the disk before a power loss) was already added by the change after it, and is dropped.
+//!
+//! The price, measured at 100,000 keys on this machine's ext4 (bench/cli.sh): one more small
+//! file and two more fsyncs (the pending file and its folder) per change.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
