@@ -25,7 +25,7 @@
 //! | `{ns}:instance` | string | a random token written once, to tell this store from an emptied or replaced one |
 //! | `{ns}:changes` | sorted set | changed key hashes, scored by the epoch of their change |
 //! | `{ns}:last_used` | hash | id → unix seconds, written behind in batches |
-//! | `{ns}:audit` | stream | management events (field `e`: the event as JSON), capped at [`AUDIT_MAX_EVENTS`] (approximately) |
+//! | `{ns}:audit` | stream | management events (field `e`: the event as JSON), capped at [`AUDIT_MAX_EVENTS`] (approximately); a change's events are added by the script that makes the change (`commit.lua`), so both or neither exist; a refused action's event, which changes nothing, by `XADD` alone |
 //! | `{ns}:quota:…`, `{ns}:sidecars`, `{ns}:suspended` | | shared quotas: see [`quota`] |
 //!
 //! Every change also publishes `"<epoch> <hash> <ms>"` on the channel `{ns}:changes`. A sidecar
