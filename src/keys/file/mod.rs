@@ -746,6 +746,74 @@ impl FileStore {
         find(&mut file).map(Some).map_err(io)
     }
 
+    /// One page of `list` without parsing the entries before it or after it ([`scan::briefs`]):
+    /// the file's bytes give every entry's place, creation time, id and owner; only entries
+    /// from the cursor on are parsed, until the page is full. `Ok(None)`: the file is not in
+    /// keygate's layout (the caller parses it whole).
+    fn page_in_layout(
+        &self,
+        owner: Option<&str>,
+        wanted: &(dyn for<'r> Fn(&'r KeyRecord) -> bool + Send + Sync),
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Option<Vec<KeyRecord>>, StoreError> {
+        let io = |e| io_err(&self.path, e);
+        // One handle for the briefs and the entries: a file renamed over meanwhile is not read.
+        let mut file = match File::open(&self.path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        let Some(head) = scan::head(&mut file).map_err(io)? else {
+            return Ok(None);
+        };
+        let Some(mut briefs) = scan::briefs(&mut file, &head).map_err(io)? else {
+            return Ok(None);
+        };
+        let cursor = match after {
+            None => None,
+            Some(id) => {
+                let at = briefs.iter().position(|b| b.id == id);
+                let owned = owner.map(|o| serde_json::to_vec(o).expect("a string"));
+                match at.map(|at| &briefs[at]) {
+                    Some(b) if owned.as_ref().is_none_or(|o| *o == b.owner) => {
+                        Some((b.created_at, b.id.clone()))
+                    }
+                    _ => return Err(StoreError::NotFound(id.to_owned())),
+                }
+            }
+        };
+        if let Some(owner) = owner {
+            let owner = serde_json::to_vec(owner).expect("a string");
+            briefs.retain(|b| b.owner == owner);
+        }
+        if let Some((at, id)) = &cursor {
+            briefs.retain(|b| (b.created_at, &b.id) > (*at, id));
+        }
+        briefs.sort_unstable_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let limit = limit.unwrap_or(usize::MAX);
+        let usage = self.usage()?;
+        let mut page = Vec::new();
+        for brief in &briefs {
+            if page.len() >= limit {
+                break;
+            }
+            // Bytes that are not what they seemed: the slow path decides.
+            let Some(entry) = scan::entry_of(&file, brief).map_err(io)? else {
+                return Ok(None);
+            };
+            let mut record = entry.record;
+            if record.created_at != brief.created_at {
+                return Ok(None);
+            }
+            record.last_used_at = usage.get(&record.id).copied();
+            if wanted(&record) {
+                page.push(record);
+            }
+        }
+        Ok(Some(page))
+    }
+
     /// When the key with `id` was last used, read from the last-used file without parsing
     /// all of it (`"<id>": "<time>"`, as [`KeyStore::record_usage`] writes it).
     fn used_at(&self, id: &str) -> Option<SystemTime> {
@@ -977,6 +1045,11 @@ impl KeyStore for FileStore {
             }
         }
 
+        if limit.is_some()
+            && let Some(page) = self.page_in_layout(owner, wanted, after, limit)?
+        {
+            return Ok(page);
+        }
         let cursor = match after {
             None => None,
             Some(id) => {
@@ -1670,6 +1743,51 @@ mod tests {
                 "{text}"
             );
             assert_eq!(open(&path).len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_page_read_from_the_bytes_is_the_page_the_whole_document_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let store = open(&path);
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let owners = ["acme", "ac\"me \u{e9}\\", "globex"];
+        for i in 0..40u64 {
+            let mut s = spec();
+            s.owner = owners[i as usize % 3].into();
+            s.env = if i % 4 == 0 { Environment::LIVE } else { Environment::TEST };
+            // Out of file order, and some at the same instant (ordered by id then).
+            let at = t0 + Duration::from_secs((i * 7) % 13);
+            create(&store, &POLICY(), s, at).await.unwrap();
+        }
+        // The same keys in another layout: only the whole-document path reads it.
+        let other = dir.path().join("other.json");
+        std::fs::copy(&path, &other).unwrap();
+        compact(&other);
+        let slow = open(&other);
+        assert!(slow.page_in_layout(None, &|_| true, None, Some(1)).unwrap().is_none());
+        assert!(store.page_in_layout(None, &|_| true, None, Some(1)).unwrap().is_some());
+
+        let all = slow.list(None).await.unwrap();
+        let live = |r: &KeyRecord| r.env == Environment::LIVE;
+        let any = |_: &KeyRecord| true;
+        let filters: [&(dyn for<'r> Fn(&'r KeyRecord) -> bool + Send + Sync); 2] = [&any, &live];
+        for owner in [None, Some(owners[0]), Some(owners[1])] {
+            for filter in filters {
+                for after in [None, Some(all[5].id.as_str()), Some(all[30].id.as_str())] {
+                    for limit in [1, 3, 100] {
+                        let case = format!("{owner:?} {after:?} {limit}");
+                        let want = slow.list_page(owner, filter, after, Some(limit)).await;
+                        let got = store.list_page(owner, filter, after, Some(limit)).await;
+                        match (want, got) {
+                            (Ok(want), Ok(got)) => assert_eq!(got, want, "{case}"),
+                            (Err(StoreError::NotFound(_)), Err(StoreError::NotFound(_))) => {}
+                            (want, got) => panic!("{case}: {want:?} vs {got:?}"),
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -209,6 +209,109 @@ pub fn by_id(file: &mut File, id: &str) -> std::io::Result<Option<Located>> {
     Ok(None)
 }
 
+/// What a page of `keys list` needs of an entry before parsing it: where its bytes are, and
+/// the fields the list is ordered (`created_at`, `id`) and filtered by owner on, read from the
+/// bytes as keygate writes them.
+#[derive(Debug)]
+pub struct Brief {
+    /// From its `{` to the next entry's (or the end of the list).
+    pub start: u64,
+    pub end: u64,
+    pub created_at: std::time::SystemTime,
+    pub id: String,
+    /// The owner as it is written: a JSON string, quotes included.
+    pub owner: Vec<u8>,
+}
+
+/// Where each entry begins: its `{` on a line of its own at the list's indent, then its first
+/// field. JSON strings hold no raw newline, so nothing inside a value looks like this.
+const ENTRY: &[u8] = b"\n    {\n      \"hash\": \"";
+
+/// The [`Brief`] of every entry of a file in keygate's own layout, in file order, found by
+/// searching its bytes 1 MiB at a time (no entry is parsed). `None`: an entry did not read
+/// as keygate writes one (the caller parses the whole document instead).
+pub fn briefs(file: &mut File, head: &Head) -> std::io::Result<Option<Vec<Brief>>> {
+    let finder = memchr::memmem::Finder::new(ENTRY);
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + MAX_ENTRY);
+    // File offset of buf[0]; entries begin after the head (its `[` is the anchor's `\n`'s
+    // predecessor).
+    let mut base = head.len;
+    file.seek(SeekFrom::Start(head.len))?;
+    let mut chunk = vec![0u8; CHUNK];
+    loop {
+        let n = read_full(file, &mut chunk)?;
+        buf.extend_from_slice(&chunk[..n]);
+        let starts: Vec<usize> = finder.find_iter(&buf).collect();
+        // Every entry but the last found is whole; at the end, the last one is too.
+        let whole = if n == 0 {
+            starts.len()
+        } else {
+            starts.len().saturating_sub(1)
+        };
+        for i in 0..whole {
+            let from = starts[i] + 1;
+            let to = starts.get(i + 1).map_or(buf.len(), |&next| next + 1);
+            let Some(brief) = brief(&buf[from..to], base + from as u64) else {
+                return Ok(None);
+            };
+            out.push(brief);
+        }
+        if n == 0 {
+            return Ok(Some(out));
+        }
+        // Keep the last entry (not yet whole) for the next round.
+        let keep = starts
+            .get(whole)
+            .copied()
+            .unwrap_or(buf.len().saturating_sub(ENTRY.len()));
+        buf.drain(..keep);
+        base += keep as u64;
+        if buf.len() > MAX_ENTRY + CHUNK {
+            return Ok(None);
+        }
+    }
+}
+
+/// An entry's brief from its bytes (`{` first).
+fn brief(bytes: &[u8], start: u64) -> Option<Brief> {
+    let field = |name: &str| -> Option<&[u8]> {
+        let needle = format!("\n        \"{name}\": ");
+        let at = memchr::memmem::find(bytes, needle.as_bytes())? + needle.len();
+        let len = memchr::memchr(b'\n', &bytes[at..])?;
+        let value = &bytes[at..at + len];
+        Some(value.strip_suffix(b",").unwrap_or(value))
+    };
+    let string = |raw: &[u8]| -> Option<String> {
+        let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+        if inner.contains(&b'\\') {
+            serde_json::from_slice(raw).ok()
+        } else {
+            String::from_utf8(inner.to_vec()).ok()
+        }
+    };
+    let created_at = string(field("created_at")?)?;
+    Some(Brief {
+        start,
+        end: start + bytes.len() as u64,
+        created_at: humantime::parse_rfc3339_weak(&created_at).ok()?,
+        id: string(field("id")?)?,
+        owner: field("owner")?.to_vec(),
+    })
+}
+
+/// The entry whose bytes `brief` found, parsed; `None` if they do not hold it.
+pub fn entry_of(file: &File, brief: &Brief) -> std::io::Result<Option<Entry>> {
+    use std::os::unix::fs::FileExt;
+    let mut bytes = vec![0u8; (brief.end - brief.start) as usize];
+    file.read_exact_at(&mut bytes, brief.start)?;
+    let mut stream = serde_json::Deserializer::from_slice(&bytes).into_iter::<Entry>();
+    Ok(match stream.next() {
+        Some(Ok(entry)) if entry.record.id == brief.id => Some(entry),
+        _ => None,
+    })
+}
+
 /// Whether any of `needles` occurs in the file (a quick "certainly absent" for inserts).
 pub fn contains_any(file: &mut File, needles: &[String]) -> std::io::Result<bool> {
     let needles: Vec<&[u8]> = needles.iter().map(String::as_bytes).collect();
