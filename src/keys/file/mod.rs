@@ -1756,7 +1756,11 @@ mod tests {
         for i in 0..40u64 {
             let mut s = spec();
             s.owner = owners[i as usize % 3].into();
-            s.env = if i % 4 == 0 { Environment::LIVE } else { Environment::TEST };
+            s.env = if i % 4 == 0 {
+                Environment::LIVE
+            } else {
+                Environment::TEST
+            };
             // Out of file order, and some at the same instant (ordered by id then).
             let at = t0 + Duration::from_secs((i * 7) % 13);
             create(&store, &POLICY(), s, at).await.unwrap();
@@ -1766,8 +1770,17 @@ mod tests {
         std::fs::copy(&path, &other).unwrap();
         compact(&other);
         let slow = open(&other);
-        assert!(slow.page_in_layout(None, &|_| true, None, Some(1)).unwrap().is_none());
-        assert!(store.page_in_layout(None, &|_| true, None, Some(1)).unwrap().is_some());
+        assert!(
+            slow.page_in_layout(None, &|_| true, None, Some(1))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .page_in_layout(None, &|_| true, None, Some(1))
+                .unwrap()
+                .is_some()
+        );
 
         let all = slow.list(None).await.unwrap();
         let live = |r: &KeyRecord| r.env == Environment::LIVE;
