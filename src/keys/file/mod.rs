@@ -767,37 +767,34 @@ impl FileStore {
         let Some(head) = scan::head(&mut file).map_err(io)? else {
             return Ok(None);
         };
-        let Some(mut briefs) = scan::briefs(&mut file, &head).map_err(io)? else {
+        let owned = owner.map(|o| serde_json::to_vec(o).expect("a string"));
+        let Some(briefs) = scan::briefs(&mut file, &head, owned.as_deref()).map_err(io)? else {
             return Ok(None);
         };
         let cursor = match after {
             None => None,
-            Some(id) => {
-                let at = briefs.iter().position(|b| b.id == id);
-                let owned = owner.map(|o| serde_json::to_vec(o).expect("a string"));
-                match at.map(|at| &briefs[at]) {
-                    Some(b) if owned.as_ref().is_none_or(|o| *o == b.owner) => {
-                        Some((b.created_at, b.id.clone()))
-                    }
-                    _ => return Err(StoreError::NotFound(id.to_owned())),
-                }
-            }
+            // Not found among the owner's keys: no such key, for this caller.
+            Some(id) => match briefs.iter().find(|b| b.id == id) {
+                Some(b) => Some((b.created_at, b.id.clone())),
+                None => return Err(StoreError::NotFound(id.to_owned())),
+            },
         };
-        if let Some(owner) = owner {
-            let owner = serde_json::to_vec(owner).expect("a string");
-            briefs.retain(|b| b.owner == owner);
-        }
-        if let Some((at, id)) = &cursor {
-            briefs.retain(|b| (b.created_at, &b.id) > (*at, id));
-        }
-        briefs.sort_unstable_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        // In list order, lazily: a heap built in one pass, popped only as far as the page
+        // needs (sorting all 100,000 was a tenth of the time).
+        let mut order: std::collections::BinaryHeap<_> = (briefs.iter().enumerate())
+            .filter(|(_, b)| {
+                (cursor.as_ref()).is_none_or(|(at, id)| (b.created_at, &b.id) > (*at, id))
+            })
+            .map(|(i, b)| std::cmp::Reverse((b.created_at, &b.id, i)))
+            .collect();
         let limit = limit.unwrap_or(usize::MAX);
         let usage = self.usage()?;
         let mut page = Vec::new();
-        for brief in &briefs {
-            if page.len() >= limit {
+        while page.len() < limit {
+            let Some(std::cmp::Reverse((_, _, i))) = order.pop() else {
                 break;
-            }
+            };
+            let brief = &briefs[i];
             // Bytes that are not what they seemed: the slow path decides.
             let Some(entry) = scan::entry_of(&file, brief).map_err(io)? else {
                 return Ok(None);

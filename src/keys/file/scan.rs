@@ -210,39 +210,49 @@ pub fn by_id(file: &mut File, id: &str) -> std::io::Result<Option<Located>> {
 }
 
 /// What a page of `keys list` needs of an entry before parsing it: where its bytes are, and
-/// the fields the list is ordered (`created_at`, `id`) and filtered by owner on, read from the
-/// bytes as keygate writes them.
+/// the fields the list is ordered by (`created_at`, then `id`), read from the bytes as keygate
+/// writes them.
 #[derive(Debug)]
 pub struct Brief {
     /// From its `{` to the next entry's (or the end of the list).
     pub start: u64,
     pub end: u64,
     pub created_at: std::time::SystemTime,
-    pub id: String,
-    /// The owner as it is written: a JSON string, quotes included.
-    pub owner: Vec<u8>,
+    /// Inline (ids are 24 bytes): no allocation per entry.
+    pub id: compact_str::CompactString,
 }
 
 /// Where each entry begins: its `{` on a line of its own at the list's indent, then its first
 /// field. JSON strings hold no raw newline, so nothing inside a value looks like this.
 const ENTRY: &[u8] = b"\n    {\n      \"hash\": \"";
 
-/// The [`Brief`] of every entry of a file in keygate's own layout, in file order, found by
-/// searching its bytes 1 MiB at a time (no entry is parsed). `None`: an entry did not read
-/// as keygate writes one (the caller parses the whole document instead).
-pub fn briefs(file: &mut File, head: &Head) -> std::io::Result<Option<Vec<Brief>>> {
+/// The [`Brief`] of every entry of a file in keygate's own layout whose owner is `owner` (as
+/// JSON, quotes included; `None`: every entry), in file order, found by searching its bytes
+/// 1 MiB at a time (no entry is parsed). `None`: an entry did not read as keygate writes one
+/// (the caller parses the whole document instead).
+pub fn briefs(
+    file: &mut File,
+    head: &Head,
+    owner: Option<&[u8]>,
+) -> std::io::Result<Option<Vec<Brief>>> {
     let finder = memchr::memmem::Finder::new(ENTRY);
+    let fields = Fields {
+        id: memchr::memmem::Finder::new(b"\n        \"id\": "),
+        owner: memchr::memmem::Finder::new(b"\n        \"owner\": "),
+        created_at: memchr::memmem::Finder::new(b"\n        \"created_at\": "),
+    };
     let mut out = Vec::new();
     let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + MAX_ENTRY);
-    // File offset of buf[0]; entries begin after the head (its `[` is the anchor's `\n`'s
-    // predecessor).
+    // File offset of buf[0].
     let mut base = head.len;
     file.seek(SeekFrom::Start(head.len))?;
     let mut chunk = vec![0u8; CHUNK];
+    let mut starts = Vec::new();
     loop {
         let n = read_full(file, &mut chunk)?;
         buf.extend_from_slice(&chunk[..n]);
-        let starts: Vec<usize> = finder.find_iter(&buf).collect();
+        starts.clear();
+        starts.extend(finder.find_iter(&buf));
         // Every entry but the last found is whole; at the end, the last one is too.
         let whole = if n == 0 {
             starts.len()
@@ -252,10 +262,11 @@ pub fn briefs(file: &mut File, head: &Head) -> std::io::Result<Option<Vec<Brief>
         for i in 0..whole {
             let from = starts[i] + 1;
             let to = starts.get(i + 1).map_or(buf.len(), |&next| next + 1);
-            let Some(brief) = brief(&buf[from..to], base + from as u64) else {
-                return Ok(None);
-            };
-            out.push(brief);
+            match fields.brief(&buf[from..to], base + from as u64, owner) {
+                Some(Some(brief)) => out.push(brief),
+                Some(None) => {}
+                None => return Ok(None),
+            }
         }
         if n == 0 {
             return Ok(Some(out));
@@ -273,31 +284,50 @@ pub fn briefs(file: &mut File, head: &Head) -> std::io::Result<Option<Vec<Brief>
     }
 }
 
-/// An entry's brief from its bytes (`{` first).
-fn brief(bytes: &[u8], start: u64) -> Option<Brief> {
-    let field = |name: &str| -> Option<&[u8]> {
-        let needle = format!("\n        \"{name}\": ");
-        let at = memchr::memmem::find(bytes, needle.as_bytes())? + needle.len();
-        let len = memchr::memchr(b'\n', &bytes[at..])?;
-        let value = &bytes[at..at + len];
-        Some(value.strip_suffix(b",").unwrap_or(value))
-    };
-    let string = |raw: &[u8]| -> Option<String> {
-        let inner = raw.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-        if inner.contains(&b'\\') {
-            serde_json::from_slice(raw).ok()
-        } else {
-            String::from_utf8(inner.to_vec()).ok()
+/// The record fields a [`Brief`] reads, each on a line of its own at the record's indent, in
+/// the order [`crate::keys::KeyRecord`] declares them (`id`, …, `owner`, …, `created_at`).
+struct Fields {
+    id: memchr::memmem::Finder<'static>,
+    owner: memchr::memmem::Finder<'static>,
+    created_at: memchr::memmem::Finder<'static>,
+}
+
+impl Fields {
+    /// An entry's brief from its bytes (`{` first); `Some(None)`: another owner's entry;
+    /// `None`: not as keygate writes an entry.
+    fn brief(&self, bytes: &[u8], start: u64, owner: Option<&[u8]>) -> Option<Option<Brief>> {
+        // The value after `finder`'s field, searched from `from`: (value, where it ends).
+        let value = |finder: &memchr::memmem::Finder<'_>, from: usize| -> Option<(&[u8], usize)> {
+            let at = from + finder.find(&bytes[from..])? + finder.needle().len();
+            let len = memchr::memchr(b'\n', &bytes[at..])?;
+            let value = &bytes[at..at + len];
+            Some((value.strip_suffix(b",").unwrap_or(value), at + len))
+        };
+        let (id, at) = value(&self.id, 0)?;
+        let (owned, at) = value(&self.owner, at)?;
+        if owner.is_some_and(|o| o != owned) {
+            return Some(None);
         }
-    };
-    let created_at = string(field("created_at")?)?;
-    Some(Brief {
-        start,
-        end: start + bytes.len() as u64,
-        created_at: humantime::parse_rfc3339_weak(&created_at).ok()?,
-        id: string(field("id")?)?,
-        owner: field("owner")?.to_vec(),
-    })
+        let (created_at, _) = value(&self.created_at, at)?;
+        let created_at = std::str::from_utf8(string(created_at)?).ok()?;
+        let id = match string(id) {
+            Some(inner) if !inner.contains(&b'\\') => {
+                compact_str::CompactString::from(std::str::from_utf8(inner).ok()?)
+            }
+            _ => serde_json::from_slice::<String>(id).ok()?.into(),
+        };
+        Some(Some(Brief {
+            start,
+            end: start + bytes.len() as u64,
+            created_at: humantime::parse_rfc3339_weak(created_at).ok()?,
+            id,
+        }))
+    }
+}
+
+/// The inside of a JSON string as written (escapes left as they are).
+fn string(raw: &[u8]) -> Option<&[u8]> {
+    raw.strip_prefix(b"\"")?.strip_suffix(b"\"")
 }
 
 /// The entry whose bytes `brief` found, parsed; `None` if they do not hold it.
