@@ -330,16 +330,58 @@ fn string(raw: &[u8]) -> Option<&[u8]> {
     raw.strip_prefix(b"\"")?.strip_suffix(b"\"")
 }
 
-/// The entry whose bytes `brief` found, parsed; `None` if they do not hold it.
-pub fn entry_of(file: &File, brief: &Brief) -> std::io::Result<Option<Entry>> {
-    use std::os::unix::fs::FileExt;
-    let mut bytes = vec![0u8; (brief.end - brief.start) as usize];
-    file.read_exact_at(&mut bytes, brief.start)?;
-    let mut stream = serde_json::Deserializer::from_slice(&bytes).into_iter::<Entry>();
-    Ok(match stream.next() {
-        Some(Ok(entry)) if entry.record.id == brief.id => Some(entry),
-        _ => None,
-    })
+/// Reads the entries [`briefs`] found, through a window of the file: entries are nearly in
+/// list order in the file (appended as they are created), so a page's entries, and a filter's
+/// scan of all of them, are read 1 MiB at a time rather than with a read per entry (at
+/// 100,000 keys, reading each entry alone made a scan 4 times slower than parsing the file).
+pub struct Entries<'f> {
+    file: &'f File,
+    window: Vec<u8>,
+    /// File offset of `window[0]`.
+    at: u64,
+}
+
+impl<'f> Entries<'f> {
+    pub fn new(file: &'f File) -> Self {
+        Self {
+            file,
+            window: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// The entry whose bytes `brief` found, parsed; `None` if they do not hold it.
+    pub fn get(&mut self, brief: &Brief) -> std::io::Result<Option<Entry>> {
+        use std::os::unix::fs::FileExt;
+        let inside = brief.start >= self.at && brief.end <= self.at + self.window.len() as u64;
+        if !inside {
+            let len = ((brief.end - brief.start) as usize).max(CHUNK);
+            self.window.resize(len, 0);
+            let mut n = 0;
+            while n < len {
+                match self
+                    .file
+                    .read_at(&mut self.window[n..], brief.start + n as u64)?
+                {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            self.window.truncate(n);
+            self.at = brief.start;
+            if brief.end > self.at + n as u64 {
+                return Ok(None);
+            }
+        }
+        let from = (brief.start - self.at) as usize;
+        let to = (brief.end - self.at) as usize;
+        let mut stream =
+            serde_json::Deserializer::from_slice(&self.window[from..to]).into_iter::<Entry>();
+        Ok(match stream.next() {
+            Some(Ok(entry)) if entry.record.id == brief.id => Some(entry),
+            _ => None,
+        })
+    }
 }
 
 /// Whether any of `needles` occurs in the file (a quick "certainly absent" for inserts).
