@@ -330,10 +330,9 @@ fn string(raw: &[u8]) -> Option<&[u8]> {
     raw.strip_prefix(b"\"")?.strip_suffix(b"\"")
 }
 
-/// Reads the entries [`briefs`] found, through a window of the file: entries are nearly in
-/// list order in the file (appended as they are created), so a page's entries, and a filter's
-/// scan of all of them, are read 1 MiB at a time rather than with a read per entry (at
-/// 100,000 keys, reading each entry alone made a scan 4 times slower than parsing the file).
+/// Reads the entries [`briefs`] found, through a window of the file, so that entries next to
+/// each other cost one read (at 100,000 keys, a read per entry made a scan of every entry 4
+/// times slower than parsing the file whole).
 pub struct Entries<'f> {
     file: &'f File,
     window: Vec<u8>,
@@ -350,12 +349,13 @@ impl<'f> Entries<'f> {
         }
     }
 
-    /// The entry whose bytes `brief` found, parsed; `None` if they do not hold it.
-    pub fn get(&mut self, brief: &Brief) -> std::io::Result<Option<Entry>> {
+    /// The entry whose bytes `brief` found, parsed; `None` if they do not hold it. A miss
+    /// reads `window` bytes from the entry on.
+    pub fn get(&mut self, brief: &Brief, window: usize) -> std::io::Result<Option<Entry>> {
         use std::os::unix::fs::FileExt;
         let inside = brief.start >= self.at && brief.end <= self.at + self.window.len() as u64;
         if !inside {
-            let len = ((brief.end - brief.start) as usize).max(CHUNK);
+            let len = ((brief.end - brief.start) as usize).max(window);
             self.window.resize(len, 0);
             let mut n = 0;
             while n < len {
