@@ -137,6 +137,9 @@ pub enum KeysCommand {
     List(ListArgs),
     /// Show one key as JSON (never the secret).
     Show { id: String },
+    /// Change a key's settings (only the flags given); prints the key as JSON. A new expiry
+    /// for an expired key takes a slot under `[keys] max_per_owner`, as `create` does.
+    Update(UpdateArgs),
     /// Revoke a key: requests with it get 401 invalid_api_key from then on. Final.
     Revoke { id: String },
     /// Delete a revoked key's record for good (its id is then unknown; the audit trail keeps
@@ -161,6 +164,25 @@ pub enum KeysCommand {
         #[arg(long, default_value = "1h", allow_hyphen_values = true)]
         grace: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    pub id: String,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Replaces the key's scopes (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub scopes: Option<Vec<String>>,
+    /// A plan of the config's `[plans]`.
+    #[arg(long)]
+    pub plan: Option<String>,
+    /// A new lifetime from now (30d, 12h), or `never` to remove the expiry.
+    #[arg(long, conflicts_with = "expires_at", allow_hyphen_values = true)]
+    pub expires_in: Option<String>,
+    /// A new expiry (RFC 3339).
+    #[arg(long)]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -463,6 +485,13 @@ async fn keys_command(
             let (_, record) = store.by_id(&id).await?.ok_or(StoreError::NotFound(id))?;
             writeln!(out, "{}", pretty(&manage::view(&record, SystemTime::now())))?;
         }
+        KeysCommand::Update(args) => {
+            let now = SystemTime::now();
+            let id = args.id.clone();
+            let edit = edit_from(args, config, now)?;
+            let record = trail.edit(&id, edit, now).await?;
+            writeln!(out, "{}", pretty(&manage::view(&record, now)))?;
+        }
         KeysCommand::Revoke { id } => {
             let record = trail.change(&id, Change::Revoke).await?;
             writeln!(out, "{}", pretty(&manage::view(&record, SystemTime::now())))?;
@@ -557,6 +586,42 @@ fn spec_from(args: CreateArgs, config: &Config, now: SystemTime) -> Result<KeySp
             e => e.into(),
         })?;
     Ok(spec)
+}
+
+/// The flags of `keys update` as a [`manage::EditDraft`], validated as `PATCH /v1/keys/{id}`'s
+/// body is.
+fn edit_from(args: UpdateArgs, config: &Config, now: SystemTime) -> Result<manage::Edit, CliError> {
+    let usage = |e: StoreError| match e {
+        StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
+        e => e.into(),
+    };
+    let expires_at = match (args.expires_in.as_deref(), args.expires_at) {
+        (Some(lifetime), _) => Some(
+            manage::lifetime_of(lifetime)
+                .map_err(usage)?
+                .map(|d| humantime::format_rfc3339(now + d).to_string()),
+        ),
+        (None, Some(at)) => Some(Some(at)),
+        (None, None) => None,
+    };
+    let draft = manage::EditDraft {
+        name: args.name,
+        scopes: args.scopes,
+        expires_at,
+        allowed_cidrs: None,
+        plan: args.plan.map(Some),
+        limits: None,
+    };
+    if draft.name.is_none()
+        && draft.scopes.is_none()
+        && draft.expires_at.is_none()
+        && draft.plan.is_none()
+    {
+        return Err(CliError::Usage(
+            "nothing to change: give --name, --scopes, --plan, --expires-in or --expires-at".into(),
+        ));
+    }
+    draft.into_edit(&config.limits, now).map_err(usage)
 }
 
 /// A message naming a field of [`manage::Draft`] as the API does, naming its flag instead.

@@ -449,3 +449,115 @@ fn on_redis_expired_keys_free_their_cap_slot() {
     json(&ws.cli(&args));
     refused(&ws.cli(&args), 3, &["max_per_owner"]);
 }
+
+/// Waits (without asserting on time) until `keys show` reads the key as expired.
+fn until_expired(ws: &Workspace, id: &str) {
+    while json(&ws.cli(&["keys", "show", id]))["status"] != "expired" {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// An expired key holds no slot under `max_per_owner`, so `keys update` giving it a new
+/// expiry (or none) takes one, as `keys create` does: refused at the cap (exit 3, the same
+/// message), allowed once a slot is free. Other edits of it take no slot.
+fn an_expired_keys_new_expiry_takes_a_cap_slot(ws: &Workspace) {
+    let (expired, _) = ws.create_key(&["--owner", "acme", "--expires-in", "1s"]);
+    let (live, _) = ws.create_key(&["--owner", "acme"]);
+    until_expired(ws, &expired);
+    let mut create = vec!["keys", "create", "--name", "n", "--scopes", "*"];
+    create.extend(["--owner", "acme"]);
+    // The expired key's slot was free: acme is now at its cap of 2.
+    json(&ws.cli(&create));
+    refused(&ws.cli(&create), 3, &["max_per_owner", "acme"]);
+    for lift in [["--expires-in", "30d"], ["--expires-in", "never"]] {
+        let mut args = vec!["keys", "update", &expired];
+        args.extend(lift);
+        refused(&ws.cli(&args), 3, &["max_per_owner", "acme"]);
+    }
+    let at = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(86_400),
+    )
+    .to_string();
+    refused(
+        &ws.cli(&["keys", "update", &expired, "--expires-at", &at]),
+        3,
+        &["max_per_owner"],
+    );
+    let still = json(&ws.cli(&["keys", "show", &expired]));
+    assert_eq!(still["status"], "expired", "nothing written: {still}");
+    // A rename leaves it expired: no slot needed.
+    let renamed = json(&ws.cli(&["keys", "update", &expired, "--name", "renamed"]));
+    assert_eq!(renamed["name"], "renamed");
+    assert_eq!(renamed["status"], "expired");
+
+    // A slot freed, the new expiry goes through, and the key holds the slot from then on.
+    json(&ws.cli(&["keys", "revoke", &live]));
+    let lifted = json(&ws.cli(&["keys", "update", &expired, "--expires-in", "30d"]));
+    assert_eq!(lifted["status"], "active");
+    refused(&ws.cli(&create), 3, &["max_per_owner"]);
+
+    // The audit trail has each attempt, with how it ended.
+    let out = ws.cli(&["audit", "--key", &expired]);
+    let results: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["action"] == "update")
+        .map(|e| e["result"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        results,
+        [
+            "owner_key_limit",
+            "owner_key_limit",
+            "owner_key_limit",
+            "ok",
+            "ok"
+        ]
+    );
+}
+
+#[test]
+fn an_expired_keys_new_expiry_takes_a_cap_slot_on_the_file_store() {
+    let ws = Workspace::new("http://127.0.0.1:9", "[keys]\nmax_per_owner = 2\n");
+    an_expired_keys_new_expiry_takes_a_cap_slot(&ws);
+}
+
+#[test]
+fn an_expired_keys_new_expiry_takes_a_cap_slot_on_redis() {
+    let redis = common::redis::RedisServer::start();
+    let ws = Workspace::redis(
+        "http://127.0.0.1:9",
+        &redis.url(),
+        "[keys]\nmax_per_owner = 2\n",
+    );
+    an_expired_keys_new_expiry_takes_a_cap_slot(&ws);
+}
+
+#[test]
+fn keys_update_changes_only_what_is_given_and_says_what_is_wrong() {
+    let ws = Workspace::new("http://127.0.0.1:9", "");
+    let (id, _) = ws.create_key(&["--expires-in", "30d"]);
+    let before = json(&ws.cli(&["keys", "show", &id]));
+    let after = json(&ws.cli(&["keys", "update", &id, "--scopes", "a:read,b:read"]));
+    assert_eq!(after["scopes"], serde_json::json!(["a:read", "b:read"]));
+    assert_eq!(after["expires_at"], before["expires_at"]);
+    assert_eq!(after["name"], before["name"]);
+    let never = json(&ws.cli(&["keys", "update", &id, "--expires-in", "never"]));
+    assert!(never["expires_at"].is_null(), "{never}");
+    refused(&ws.cli(&["keys", "update", &id]), 1, &["nothing to change"]);
+    refused(
+        &ws.cli(&["keys", "update", &id, "--expires-in", "-5d"]),
+        1,
+        &["--expires-in", "negative"],
+    );
+    refused(
+        &ws.cli(&["keys", "update", &id, "--plan", "nope"]),
+        1,
+        &["--plan", "nope"],
+    );
+    refused(
+        &ws.cli(&["keys", "update", "key_missing", "--name", "x"]),
+        1,
+        &["key_missing"],
+    );
+}

@@ -1410,3 +1410,66 @@ async fn a_store_that_cannot_answer_is_503() {
         "key_store_unavailable",
     );
 }
+
+/// `PATCH /v1/keys/{id}` giving an expired key a new expiry (or none) takes a slot under
+/// `max_per_owner`, as a create does: 409 `owner_key_limit` at the cap, on the file store and
+/// on Redis; an edit that leaves it expired needs no slot.
+#[tokio::test]
+async fn a_patch_lifting_an_expired_keys_expiry_respects_the_owner_cap() {
+    let up = Upstream::start().await;
+    let redis = common::redis::RedisServer::start();
+    let cap = "[keys]\nmax_per_owner = 1\n";
+    for ws in [
+        Workspace::new(&up.url(), cap),
+        Workspace::redis(&up.url(), &redis.url(), cap),
+    ] {
+        let (_, admin) = bootstrap(&ws, "ops");
+        let admin = Some(admin.as_str());
+        let (expired, _) = ws.create_key(&["--owner", "acme", "--expires-in", "1s"]);
+        while ws
+            .cli(&["keys", "show", &expired])
+            .stdout
+            .windows(9)
+            .all(|w| w != b"\"expired\"")
+        {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let (live, _) = ws.create_key(&["--owner", "acme"]);
+        let kg = ws.serve_with_env(MANAGE_ENV);
+        let path = format!("/v1/keys/{expired}");
+        for lift in [
+            json!({"expires_at": "2099-01-01T00:00:00Z"}),
+            json!({"expires_at": null}),
+        ] {
+            let reply = call(&kg, Method::PATCH, &path, admin, Some(lift), &[]).await;
+            expect(&reply, StatusCode::CONFLICT, "owner_key_limit");
+        }
+        let renamed = ok(
+            &call(
+                &kg,
+                Method::PATCH,
+                &path,
+                admin,
+                Some(json!({"name": "old"})),
+                &[],
+            )
+            .await,
+            StatusCode::OK,
+        );
+        assert_eq!(renamed["status"], "expired");
+        let revoke = format!("/v1/keys/{live}/revoke");
+        ok(
+            &call(&kg, Method::POST, &revoke, admin, None, &[]).await,
+            StatusCode::OK,
+        );
+        let lift = json!({"expires_at": "2099-01-01T00:00:00Z"});
+        let lifted = ok(
+            &call(&kg, Method::PATCH, &path, admin, Some(lift), &[]).await,
+            StatusCode::OK,
+        );
+        assert_eq!(lifted["status"], "active");
+        let body = json!({"name": "more", "scopes": ["read"], "owner": "acme"});
+        let reply = call(&kg, Method::POST, "/v1/keys", admin, Some(body), &[]).await;
+        expect(&reply, StatusCode::CONFLICT, "owner_key_limit");
+    }
+}

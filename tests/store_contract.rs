@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use common::redis::{RedisCluster, RedisSentinel, RedisServer};
 use keygate::keys::file::FileStore;
-use keygate::keys::manage::{self, Change, KeyPolicy, KeySpec};
+use keygate::keys::manage::{self, Change, Edit, KeyPolicy, KeySpec, UNSTAMPED};
 use keygate::keys::redis::{RedisConfig, RedisMode, RedisStore};
 use keygate::keys::{
     Batch, Environment, Invalidation, KeyHash, KeyStore, KeyType, Status, StoreError, Update,
@@ -138,20 +138,22 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
         .unwrap();
     let gone_hash = KeyHash::of(&gone.key);
     assert!(matches!(
-        manage::delete(b.as_ref(), &gone.record.id).await,
+        manage::delete(b.as_ref(), &gone.record.id, manage::UNSTAMPED).await,
         Err(StoreError::Conflict { .. })
     ));
     manage::update(a.as_ref(), &gone.record.id, Change::Revoke)
         .await
         .unwrap();
-    let deleted = manage::delete(b.as_ref(), &gone.record.id).await.unwrap();
+    let deleted = manage::delete(b.as_ref(), &gone.record.id, manage::UNSTAMPED)
+        .await
+        .unwrap();
     assert_eq!(deleted.status, Status::Revoked);
     assert!(b.by_id(&gone.record.id).await.unwrap().is_none());
     eventually_status_of(&a, gone_hash, None).await;
     assert!(a.by_id(&gone.record.id).await.unwrap().is_none());
     assert!(b.list(Some("gone")).await.unwrap().is_empty());
     assert!(matches!(
-        manage::delete(a.as_ref(), &gone.record.id).await,
+        manage::delete(a.as_ref(), &gone.record.id, manage::UNSTAMPED).await,
         Err(StoreError::NotFound(_))
     ));
 
@@ -220,6 +222,87 @@ async fn contract(a: Arc<dyn KeyStore>, b: Arc<dyn KeyStore>) {
     manage::create(a.as_ref(), &capped, spec("railz"), now)
         .await
         .unwrap();
+
+    // An expired key holds no slot, so giving it a new expiry (or none) takes one, as a
+    // create does: refused at the cap, whatever else the edit changes.
+    let one = policy(Some(1));
+    let expired_spec = KeySpec {
+        expires_at: Some(now - Duration::from_secs(3600)),
+        ..spec("lift")
+    };
+    let expired = manage::create(a.as_ref(), &one, expired_spec, now)
+        .await
+        .unwrap();
+    let live = manage::create(b.as_ref(), &one, spec("lift"), now)
+        .await
+        .unwrap();
+    let later = now + Duration::from_secs(86_400);
+    let lifts = [Some(later), None].map(|at| Edit {
+        expires_at: Some(at),
+        ..Edit::default()
+    });
+    for lift in &lifts {
+        let err = manage::edit(
+            b.as_ref(),
+            &one,
+            &expired.record.id,
+            lift.clone(),
+            UNSTAMPED,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(err, StoreError::OwnerCap { max: 1, ref owner } if owner == "lift"),
+            "{err}"
+        );
+    }
+    let (_, still) = a.by_id(&expired.record.id).await.unwrap().unwrap();
+    assert_eq!(
+        still.expires_at, expired.record.expires_at,
+        "nothing written"
+    );
+    // An edit that leaves it expired takes no slot; nor does one of a key that counts.
+    let rename = Edit {
+        name: Some("renamed".into()),
+        ..Edit::default()
+    };
+    manage::edit(
+        a.as_ref(),
+        &one,
+        &expired.record.id,
+        rename.clone(),
+        UNSTAMPED,
+    )
+    .await
+    .unwrap();
+    let extend = Edit {
+        expires_at: Some(Some(later)),
+        ..Edit::default()
+    };
+    manage::edit(a.as_ref(), &one, &live.record.id, extend, UNSTAMPED)
+        .await
+        .unwrap();
+    // With the slot free again, the lift goes through.
+    manage::update(a.as_ref(), &live.record.id, Change::Revoke)
+        .await
+        .unwrap();
+    let lifted = manage::edit(
+        b.as_ref(),
+        &one,
+        &expired.record.id,
+        lifts[0].clone(),
+        UNSTAMPED,
+    )
+    .await
+    .unwrap();
+    assert_eq!(lifted.expires_at, Some(later));
+    let err = manage::create(a.as_ref(), &one, spec("lift"), now)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::OwnerCap { .. }),
+        "the lifted key holds the slot: {err}"
+    );
 
     // Rotation: a new key with the same settings; the old one expires after the grace.
     let old = manage::create(a.as_ref(), &policy(None), spec("rot"), now)
@@ -352,6 +435,60 @@ async fn audit_contract(a: &Arc<dyn KeyStore>, b: &Arc<dyn KeyStore>) {
         .await
         .unwrap();
     assert_eq!(acme, first[1..]);
+
+    // A change's events are committed with it (`Batch::events`): both or neither. A refused
+    // change (a stale compare-and-set, the owner cap) leaves no event.
+    let key = manage::create(a.as_ref(), &policy(None), spec("audited"), start)
+        .await
+        .unwrap();
+    let id = key.record.id.clone();
+    let stamped = |n: u64| {
+        let event = event(10 + n, &id, "audited");
+        move |batch: &mut Batch| batch.events = vec![event.clone()]
+    };
+    manage::update_by(b.as_ref(), &id, Change::Suspend, None, start, &stamped(0))
+        .await
+        .unwrap();
+    let (hash, current) = a.by_id(&id).await.unwrap().unwrap();
+    let mut stale = current.clone();
+    stale.name = "not what is stored".into();
+    let refused = Batch {
+        updates: vec![Update {
+            hash,
+            before: stale,
+            after: current.clone(),
+        }],
+        events: vec![event(11, &id, "audited")],
+        ..Batch::default()
+    };
+    assert!(matches!(a.commit(refused).await, Err(StoreError::Changed)));
+    let mut over = manage::create(a.as_ref(), &policy(None), spec("audited"), start)
+        .await
+        .unwrap()
+        .record;
+    over.id = "key_over_the_cap".into();
+    let capped = Batch {
+        inserts: vec![(KeyHash::of("kg_over_the_cap"), over)],
+        max_per_owner: Some(1),
+        events: vec![event(12, "key_over_the_cap", "audited")],
+        ..Batch::default()
+    };
+    assert!(matches!(
+        b.commit(capped).await,
+        Err(StoreError::OwnerCap { .. })
+    ));
+    let trail = a
+        .audit_events(&since(AuditQuery {
+            owner: Some("audited".into()),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        trail,
+        [event(10, &id, "audited")],
+        "only the committed change's event"
+    );
 }
 
 /// Reads through `store` until the key has `status` (a cross-process change may take one

@@ -7,15 +7,17 @@
 //! An event carries ids, owners and the names of the fields that changed, never their values:
 //! no secret and no hash can reach it, whatever an operation returns.
 //!
-//! The event is written after the store committed the change (a crash in between loses the
-//! event, never the change); a failure to write it is logged and does not undo the change.
+//! The event of a change is committed with the change, in one write of the store
+//! ([`super::Batch::events`]): the file store stages it beside the keys file and lets the
+//! keys file's rename commit both (see [`super::file`]'s `# Audit events and crashes`), Redis
+//! adds it to the stream in the script that makes the change. A crash leaves both or neither.
 
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
 use super::manage::{self, Change, CreatedKey, Edit, KeyPolicy, KeySpec};
-use super::{KeyRecord, KeyStore, StoreError};
+use super::{Batch, KeyRecord, KeyStore, StoreError};
 
 /// One management action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -121,11 +123,19 @@ pub fn result_code(result: &Result<impl Sized, StoreError>) -> String {
 }
 
 /// Management operations that leave an audit event each: what the CLI and the API call.
+///
+/// An action that changes the store hands its events to the store with the change
+/// ([`super::Batch::events`], set by a [`manage::Stamp`]): the store commits both at once, so a
+/// crash leaves the change and its event, or neither. An action refused before any write (not
+/// found, a conflict, the owner cap) changes nothing; its event is appended on its own.
 pub struct Trail<'a> {
     pub store: &'a dyn KeyStore,
     pub policy: &'a KeyPolicy,
     pub actor: Actor,
 }
+
+/// The events a stamp put on the batch last committed, kept to be logged once it is.
+type Stamped = std::sync::Mutex<Vec<AuditEvent>>;
 
 impl Trail<'_> {
     pub async fn create_many(
@@ -136,18 +146,30 @@ impl Trail<'_> {
     ) -> Result<Vec<CreatedKey>, StoreError> {
         let owner = spec.owner.clone();
         let by = self.actor.creator();
-        let result = manage::create_many_by(self.store, self.policy, spec, count, now, by).await;
-        let event = |key_id: Option<&str>, result: String| {
-            self.event(now, "create", key_id, Some(&owner), vec![], None, result)
+        let stamped = Stamped::default();
+        let stamp = |batch: &mut Batch| {
+            batch.events = (batch.inserts.iter())
+                .map(|(_, r)| {
+                    let (id, owner) = (Some(r.id.as_str()), Some(r.owner.as_str()));
+                    self.event(now, "create", id, owner, vec![], None, "ok".into())
+                })
+                .collect();
+            keep(&stamped, &batch.events);
         };
-        let events: Vec<AuditEvent> = match &result {
-            Ok(created) => created
-                .iter()
-                .map(|c| event(Some(&c.record.id), "ok".into()))
-                .collect(),
-            Err(_) => vec![event(None, result_code(&result))],
-        };
-        record(self.store, &events).await;
+        let result =
+            manage::create_many_by(self.store, self.policy, spec, count, now, by, &stamp).await;
+        self.finish(&result, &stamped, || {
+            self.event(
+                now,
+                "create",
+                None,
+                Some(&owner),
+                vec![],
+                None,
+                result_code(&result),
+            )
+        })
+        .await;
         result
     }
 
@@ -159,15 +181,16 @@ impl Trail<'_> {
     pub async fn change(&self, id: &str, change: Change) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
         let by = Some(self.actor.0.as_str());
-        let result = manage::update_by(self.store, id, change, by, now).await;
         let action = match change {
             Change::Revoke => "revoke",
             Change::Suspend => "suspend",
             Change::Resume => "resume",
         };
-        let owner = result.as_ref().ok().map(|r| r.owner.as_str());
-        self.ended(now, action, id, owner, vec!["status".into()], None, &result)
-            .await;
+        let changed = vec!["status".to_owned()];
+        let stamped = Stamped::default();
+        let stamp = self.stamp_one(now, action, id, &changed, &stamped);
+        let result = manage::update_by(self.store, id, change, by, now, &stamp).await;
+        self.ended(now, action, id, &stamped, &result).await;
         result
     }
 
@@ -178,20 +201,11 @@ impl Trail<'_> {
         now: SystemTime,
     ) -> Result<CreatedKey, StoreError> {
         let by = self.actor.creator();
-        let result = manage::rotate_by(self.store, self.policy, id, grace, now, by).await;
-        let new = result.as_ref().ok().map(|c| &c.record);
-        let owner = new.map(|r| r.owner.as_str());
-        let new_id = new.map(|r| r.id.as_str());
-        self.ended(
-            now,
-            "rotate",
-            id,
-            owner,
-            vec!["expires_at".into()],
-            new_id,
-            &result,
-        )
-        .await;
+        let changed = vec!["expires_at".to_owned()];
+        let stamped = Stamped::default();
+        let stamp = self.stamp_one(now, "rotate", id, &changed, &stamped);
+        let result = manage::rotate_by(self.store, self.policy, id, grace, now, by, &stamp).await;
+        self.ended(now, "rotate", id, &stamped, &result).await;
         result
     }
 
@@ -201,54 +215,88 @@ impl Trail<'_> {
         edit: Edit,
         now: SystemTime,
     ) -> Result<KeyRecord, StoreError> {
-        let fields = edit.fields();
-        let result = manage::edit(self.store, id, edit).await;
-        let owner = result.as_ref().ok().map(|r| r.owner.as_str());
-        self.ended(now, "update", id, owner, fields, None, &result)
-            .await;
+        let changed = edit.fields();
+        let stamped = Stamped::default();
+        let stamp = self.stamp_one(now, "update", id, &changed, &stamped);
+        let result = manage::edit(self.store, self.policy, id, edit, &stamp).await;
+        self.ended(now, "update", id, &stamped, &result).await;
         result
     }
 
     /// Removes a revoked key's record ([`manage::delete`]); returns the record as it was.
     pub async fn delete(&self, id: &str) -> Result<KeyRecord, StoreError> {
         let now = SystemTime::now();
-        let result = manage::delete(self.store, id).await;
-        let owner = result.as_ref().ok().map(|r| r.owner.as_str());
-        self.ended(now, "delete", id, owner, vec![], None, &result)
-            .await;
+        let stamped = Stamped::default();
+        let stamp = self.stamp_one(now, "delete", id, &[], &stamped);
+        let result = manage::delete(self.store, id, &stamp).await;
+        self.ended(now, "delete", id, &stamped, &result).await;
         result
     }
 
-    /// Records how an action on an existing key ended: the fields it changed only if it
-    /// succeeded.
-    #[allow(clippy::too_many_arguments)]
+    /// A stamp for an action on one existing key: the event names the key's owner and, for a
+    /// rotation, the key issued in its place (the batch's insert).
+    fn stamp_one<'s>(
+        &'s self,
+        at: SystemTime,
+        action: &'s str,
+        id: &'s str,
+        changed: &'s [String],
+        stamped: &'s Stamped,
+    ) -> impl Fn(&mut Batch) + Send + Sync + 's {
+        move |batch: &mut Batch| {
+            let owner = (batch.updates.first().map(|u| u.after.owner.as_str()))
+                .or_else(|| batch.deletes.first().map(|(_, r)| r.owner.as_str()));
+            let new_id = batch.inserts.first().map(|(_, r)| r.id.as_str());
+            let event = self.event(
+                at,
+                action,
+                Some(id),
+                owner,
+                changed.to_vec(),
+                new_id,
+                "ok".into(),
+            );
+            batch.events = vec![event];
+            keep(stamped, &batch.events);
+        }
+    }
+
+    /// Records how an action on an existing key ended when it was refused (its event, alone;
+    /// a committed action's event went with its change).
     async fn ended<T>(
         &self,
         at: SystemTime,
         action: &str,
         id: &str,
-        owner: Option<&str>,
-        changed: Vec<String>,
-        new_key_id: Option<&str>,
+        stamped: &Stamped,
         result: &Result<T, StoreError>,
     ) {
-        let changed = if result.is_ok() { changed } else { Vec::new() };
-        let code = result_code(result);
         // A refused action still names the key's owner (owner-bound callers list their
         // owner's events): one more read, on failures only.
-        let looked_up = match (owner, result) {
-            (None, Err(_)) => self
-                .store
-                .by_id(id)
-                .await
-                .ok()
-                .flatten()
-                .map(|(_, r)| r.owner),
-            _ => None,
+        let owner = match result {
+            Ok(_) => None,
+            Err(_) => (self.store.by_id(id).await.ok().flatten()).map(|(_, r)| r.owner),
         };
-        let owner = owner.or(looked_up.as_deref());
-        let event = self.event(at, action, Some(id), owner, changed, new_key_id, code);
-        record(self.store, &[event]).await;
+        self.finish(result, stamped, || {
+            let code = result_code(result);
+            self.event(at, action, Some(id), owner.as_deref(), vec![], None, code)
+        })
+        .await;
+    }
+
+    /// Logs the events committed with a change; or, for a refusal, stores and logs its event.
+    async fn finish<T>(
+        &self,
+        result: &Result<T, StoreError>,
+        stamped: &Stamped,
+        refused: impl FnOnce() -> AuditEvent,
+    ) {
+        match result {
+            Ok(_) => log(&std::mem::take(
+                &mut *stamped.lock().unwrap_or_else(|p| p.into_inner()),
+            )),
+            Err(_) => record(self.store, &[refused()]).await,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -275,12 +323,27 @@ impl Trail<'_> {
     }
 }
 
+fn keep(stamped: &Stamped, events: &[AuditEvent]) {
+    *stamped.lock().unwrap_or_else(|p| p.into_inner()) = events.to_vec();
+}
+
 /// More events than this in one go (`keys create --count`) are logged as one summary line;
 /// the store still gets every event.
 const LOGGED_ONE_BY_ONE: usize = 100;
 
-/// Logs `events` and appends them to the store's trail.
+/// Logs `events` and appends them to the store's trail (events of no change: a refusal).
 pub async fn record(store: &dyn KeyStore, events: &[AuditEvent]) {
+    log(events);
+    if let Err(e) = store.append_audit(events).await {
+        tracing::error!(error = %e, events = events.len(), "audit events not stored");
+    }
+}
+
+/// Logs `events` as structured lines (`target: keygate::audit`).
+fn log(events: &[AuditEvent]) {
+    if events.is_empty() {
+        return;
+    }
     if events.len() > LOGGED_ONE_BY_ONE {
         let first = &events[0];
         tracing::info!(
@@ -305,9 +368,6 @@ pub async fn record(store: &dyn KeyStore, events: &[AuditEvent]) {
                 "management action"
             );
         }
-    }
-    if let Err(e) = store.append_audit(events).await {
-        tracing::error!(error = %e, events = events.len(), "audit events not stored");
     }
 }
 

@@ -19,6 +19,15 @@ use crate::credential;
 /// How often a compare-and-set update is retried against concurrent writers.
 const CAS_ATTEMPTS: usize = 5;
 
+/// Sets the audit events a batch commits with its change ([`Batch::events`]): how
+/// [`super::audit::Trail`] makes an action and its event one write. Called on the batch as it
+/// is about to be committed, before every attempt (a retry after a concurrent write commits a
+/// different batch).
+pub type Stamp<'a> = &'a (dyn Fn(&mut Batch) + Send + Sync);
+
+/// No audit events (tests, the demo).
+pub const UNSTAMPED: Stamp<'static> = &|_| {};
+
 /// What a caller asks for when creating a key.
 #[derive(Debug, Clone)]
 pub struct KeySpec {
@@ -410,9 +419,20 @@ impl Edit {
     }
 }
 
-/// Applies `edit` to the key with `id` and returns the updated record.
-pub async fn edit(store: &dyn KeyStore, id: &str, edit: Edit) -> Result<KeyRecord, StoreError> {
-    modify(store, id, |record| edit.apply(record)).await
+/// Applies `edit` to the key with `id` and returns the updated record. An edit that makes a
+/// key count against `[keys] max_per_owner` again (a new expiry for an expired key) needs a
+/// free slot, as a create does: the store checks the cap for it.
+pub async fn edit(
+    store: &dyn KeyStore,
+    policy: &KeyPolicy,
+    id: &str,
+    edit: Edit,
+    stamp: Stamp<'_>,
+) -> Result<KeyRecord, StoreError> {
+    modify(store, id, policy.max_per_owner, stamp, |record| {
+        edit.apply(record)
+    })
+    .await
 }
 
 /// A freshly created key: the only moment the secret exists outside the caller's hands.
@@ -526,7 +546,7 @@ pub async fn create_many(
     count: usize,
     now: SystemTime,
 ) -> Result<Vec<CreatedKey>, StoreError> {
-    create_many_by(store, policy, spec, count, now, None).await
+    create_many_by(store, policy, spec, count, now, None, UNSTAMPED).await
 }
 
 /// [`create_many`], the keys' `created_by` naming the actor.
@@ -537,6 +557,7 @@ pub async fn create_many_by(
     count: usize,
     now: SystemTime,
     by: Option<&str>,
+    stamp: Stamp<'_>,
 ) -> Result<Vec<CreatedKey>, StoreError> {
     validate_spec(&spec)?;
     let mut created = Vec::with_capacity(count);
@@ -547,13 +568,13 @@ pub async fn create_many_by(
         .iter()
         .map(|c| (KeyHash::of(&c.key), c.record.clone()))
         .collect();
-    store
-        .commit(Batch {
-            inserts,
-            max_per_owner: policy.max_per_owner,
-            ..Batch::default()
-        })
-        .await?;
+    let mut batch = Batch {
+        inserts,
+        max_per_owner: policy.max_per_owner,
+        ..Batch::default()
+    };
+    stamp(&mut batch);
+    store.commit(batch).await?;
     Ok(created)
 }
 
@@ -563,7 +584,7 @@ pub async fn update(
     id: &str,
     change: Change,
 ) -> Result<KeyRecord, StoreError> {
-    update_by(store, id, change, None, SystemTime::now()).await
+    update_by(store, id, change, None, SystemTime::now(), UNSTAMPED).await
 }
 
 /// [`update`], a revocation recording when and by whom (`revoked_at`, `revoked_by`).
@@ -573,8 +594,11 @@ pub async fn update_by(
     change: Change,
     by: Option<&str>,
     now: SystemTime,
+    stamp: Stamp<'_>,
 ) -> Result<KeyRecord, StoreError> {
-    modify(store, id, |record| {
+    // A status change never makes a key count against the cap again (a suspended key
+    // counts; a revoked one never returns): no cap to check.
+    modify(store, id, None, stamp, |record| {
         let was = record.status;
         change.apply(record)?;
         if change == Change::Revoke && was != Status::Revoked {
@@ -591,16 +615,18 @@ pub async fn update_by(
 async fn modify(
     store: &dyn KeyStore,
     id: &str,
+    max_per_owner: Option<u32>,
+    stamp: Stamp<'_>,
     change: impl Fn(&mut KeyRecord) -> Result<(), StoreError>,
 ) -> Result<KeyRecord, StoreError> {
     for _ in 0..CAS_ATTEMPTS {
         let (hash, before) = current(store, id).await?;
         let mut after = before.clone();
         change(&mut after)?;
-        match store
-            .commit(single_update(hash, before, after.clone()))
-            .await
-        {
+        let mut batch = single_update(hash, before, after.clone());
+        batch.max_per_owner = max_per_owner;
+        stamp(&mut batch);
+        match store.commit(batch).await {
             Err(StoreError::Changed) => continue,
             Err(e) => return Err(e),
             Ok(()) => return Ok(after),
@@ -618,7 +644,7 @@ pub async fn rotate(
     grace: Duration,
     now: SystemTime,
 ) -> Result<CreatedKey, StoreError> {
-    rotate_by(store, policy, id, grace, now, None).await
+    rotate_by(store, policy, id, grace, now, None, UNSTAMPED).await
 }
 
 /// [`rotate`], the new key's `created_by` naming the actor.
@@ -629,6 +655,7 @@ pub async fn rotate_by(
     grace: Duration,
     now: SystemTime,
     by: Option<&str>,
+    stamp: Stamp<'_>,
 ) -> Result<CreatedKey, StoreError> {
     for _ in 0..CAS_ATTEMPTS {
         let (hash, before) = current(store, id).await?;
@@ -666,6 +693,7 @@ pub async fn rotate_by(
         // a rotation fits under the cap unless the key was already rotated once and that
         // successor still holds a slot.
         batch.max_per_owner = policy.max_per_owner;
+        stamp(&mut batch);
         match store.commit(batch).await {
             Err(StoreError::Changed) => continue,
             Err(e) => return Err(e),
@@ -701,7 +729,11 @@ fn single_update(hash: KeyHash, before: KeyRecord, after: KeyRecord) -> Batch {
 /// `invalid_api_key` like any unknown key). Only a revoked key: revocation is final, so
 /// nothing it could still do is lost; an active, suspended or expired key is revoked first
 /// (409 otherwise), which leaves the revocation in the audit trail.
-pub async fn delete(store: &dyn KeyStore, id: &str) -> Result<KeyRecord, StoreError> {
+pub async fn delete(
+    store: &dyn KeyStore,
+    id: &str,
+    stamp: Stamp<'_>,
+) -> Result<KeyRecord, StoreError> {
     for _ in 0..CAS_ATTEMPTS {
         let (hash, record) = current(store, id).await?;
         if record.status != Status::Revoked {
@@ -711,10 +743,11 @@ pub async fn delete(store: &dyn KeyStore, id: &str) -> Result<KeyRecord, StoreEr
                 message: "only a revoked key can be deleted; revoke it first",
             });
         }
-        let batch = Batch {
+        let mut batch = Batch {
             deletes: vec![(hash, record.clone())],
             ..Batch::default()
         };
+        stamp(&mut batch);
         match store.commit(batch).await {
             Err(StoreError::Changed) => continue,
             Err(e) => return Err(e),

@@ -227,8 +227,13 @@ pub struct Batch {
     /// Records removed, compare-and-delete: only if the stored record still equals the one
     /// given, as for `updates` (a revoked key's record, `keys delete`).
     pub deletes: Vec<(KeyHash, KeyRecord)>,
-    /// Fail with [`StoreError::OwnerCap`] if an owner would hold more live keys than this.
+    /// Fail with [`StoreError::OwnerCap`] if an owner would hold more keys that count
+    /// ([`manage::counts_against_cap`]) than this, counting the inserts and the updates that
+    /// make a key count again.
     pub max_per_owner: Option<u32>,
+    /// The audit events of this change ([`audit::Trail`]), committed with it: both or neither,
+    /// whatever the moment the process is killed.
+    pub events: Vec<audit::AuditEvent>,
 }
 
 #[derive(Debug, Clone)]
@@ -300,8 +305,9 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Applies `batch` atomically, and tells every watching proxy.
     async fn commit(&self, batch: Batch) -> Result<(), StoreError>;
 
-    /// Appends management events to the store's audit trail, in order (durable once this
-    /// returns).
+    /// Appends management events that change nothing (refused actions) to the store's audit
+    /// trail, in order (durable once this returns). The events of a change go with the change
+    /// ([`Batch::events`]).
     async fn append_audit(&self, events: &[audit::AuditEvent]) -> Result<(), StoreError>;
 
     /// The audit trail's events matching `query`, oldest first.

@@ -111,10 +111,16 @@ impl<'de> Visitor<'de> for DocumentVisitor {
         while let Some(field) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match field.as_ref() {
                 "version" => version = Some(map.next_value::<u32>()?),
+                "audit_seq" => {
+                    map.next_value::<u64>()?;
+                }
                 "keys" => index = Some(map.next_value_seed(KeysSeed)?),
                 other => {
                     let _: IgnoredAny = map.next_value()?;
-                    return Err(de::Error::unknown_field(other, &["version", "keys"]));
+                    return Err(de::Error::unknown_field(
+                        other,
+                        &["version", "audit_seq", "keys"],
+                    ));
                 }
             }
         }

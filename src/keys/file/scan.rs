@@ -25,22 +25,63 @@ use std::io::{Read, Seek, SeekFrom};
 use super::Entry;
 use crate::keys::KeyHash;
 
-/// How the file keygate writes begins.
-const HEAD: &[u8] = b"{\n  \"version\": 1,\n  \"keys\": [";
+/// How the file keygate writes begins: the version, the audit sequence (files written before
+/// it existed have none: 0), then the list of entries.
+const HEAD_START: &[u8] = b"{\n  \"version\": 1,\n  ";
+const HEAD_SEQ: &[u8] = b"\"audit_seq\": ";
+const HEAD_KEYS: &[u8] = b"\"keys\": [";
 /// Bytes read per step while searching.
 const CHUNK: usize = 1 << 20;
 /// The largest entry the fast path parses (larger: the slow path).
 const MAX_ENTRY: usize = 1 << 20;
 
-/// Whether the file at `path` is in keygate's own layout (and exists).
-pub fn canonical(file: &mut File) -> std::io::Result<bool> {
-    let mut head = [0u8; HEAD.len()];
+/// The head of a keys file in keygate's own layout: where its entries begin, and the audit
+/// sequence committed with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Bytes up to and including the `[` of `keys`.
+    pub len: u64,
+    pub audit_seq: u64,
+}
+
+/// The file's head, if the file is in keygate's own layout.
+pub fn head(file: &mut File) -> std::io::Result<Option<Head>> {
+    let mut bytes = [0u8; 96];
     file.seek(SeekFrom::Start(0))?;
-    match file.read_exact(&mut head) {
-        Ok(()) => Ok(head == HEAD),
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(e),
+    let n = read_full(file, &mut bytes)?;
+    Ok(parse_head(&bytes[..n]))
+}
+
+fn parse_head(bytes: &[u8]) -> Option<Head> {
+    let mut rest = bytes.strip_prefix(HEAD_START)?;
+    let mut audit_seq = 0;
+    if let Some(after) = rest.strip_prefix(HEAD_SEQ) {
+        let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+        audit_seq = std::str::from_utf8(&after[..digits]).ok()?.parse().ok()?;
+        rest = after[digits..].strip_prefix(b",\n  ")?;
     }
+    rest.strip_prefix(HEAD_KEYS)?;
+    let len = bytes.len() - rest.len() + HEAD_KEYS.len();
+    Some(Head {
+        len: len as u64,
+        audit_seq,
+    })
+}
+
+/// The head keygate writes for `audit_seq` (what `serde_json`'s pretty printer writes for
+/// the document's first fields).
+pub fn render_head(audit_seq: u64) -> Vec<u8> {
+    let mut out = HEAD_START.to_vec();
+    out.extend_from_slice(HEAD_SEQ);
+    out.extend_from_slice(audit_seq.to_string().as_bytes());
+    out.extend_from_slice(b",\n  ");
+    out.extend_from_slice(HEAD_KEYS);
+    out
+}
+
+/// Whether the file is in keygate's own layout (and exists).
+pub fn canonical(file: &mut File) -> std::io::Result<bool> {
+    Ok(head(file)?.is_some())
 }
 
 /// Offsets of every occurrence of `needle` in the file.
@@ -166,6 +207,181 @@ pub fn by_id(file: &mut File, id: &str) -> std::io::Result<Option<Located>> {
         }
     }
     Ok(None)
+}
+
+/// What a page of `keys list` needs of an entry before parsing it: where its bytes are, and
+/// the fields the list is ordered by (`created_at`, then `id`), read from the bytes as keygate
+/// writes them.
+#[derive(Debug)]
+pub struct Brief {
+    /// From its `{` to the next entry's (or the end of the list).
+    pub start: u64,
+    pub end: u64,
+    pub created_at: std::time::SystemTime,
+    /// Inline (ids are 24 bytes): no allocation per entry.
+    pub id: compact_str::CompactString,
+}
+
+/// Where each entry begins: its `{` on a line of its own at the list's indent, then its first
+/// field. JSON strings hold no raw newline, so nothing inside a value looks like this.
+const ENTRY: &[u8] = b"\n    {\n      \"hash\": \"";
+
+/// The [`Brief`] of every entry of a file in keygate's own layout whose owner is `owner` (as
+/// JSON, quotes included; `None`: every entry), in file order, found by searching its bytes
+/// 1 MiB at a time (no entry is parsed). `None`: an entry did not read as keygate writes one
+/// (the caller parses the whole document instead).
+pub fn briefs(
+    file: &mut File,
+    head: &Head,
+    owner: Option<&[u8]>,
+) -> std::io::Result<Option<Vec<Brief>>> {
+    let finder = memchr::memmem::Finder::new(ENTRY);
+    let fields = Fields {
+        id: memchr::memmem::Finder::new(b"\n        \"id\": "),
+        owner: memchr::memmem::Finder::new(b"\n        \"owner\": "),
+        created_at: memchr::memmem::Finder::new(b"\n        \"created_at\": "),
+    };
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK + MAX_ENTRY);
+    // File offset of buf[0].
+    let mut base = head.len;
+    file.seek(SeekFrom::Start(head.len))?;
+    let mut chunk = vec![0u8; CHUNK];
+    let mut starts = Vec::new();
+    loop {
+        let n = read_full(file, &mut chunk)?;
+        buf.extend_from_slice(&chunk[..n]);
+        starts.clear();
+        starts.extend(finder.find_iter(&buf));
+        // Every entry but the last found is whole; at the end, the last one is too.
+        let whole = if n == 0 {
+            starts.len()
+        } else {
+            starts.len().saturating_sub(1)
+        };
+        for i in 0..whole {
+            let from = starts[i] + 1;
+            let to = starts.get(i + 1).map_or(buf.len(), |&next| next + 1);
+            match fields.brief(&buf[from..to], base + from as u64, owner) {
+                Some(Some(brief)) => out.push(brief),
+                Some(None) => {}
+                None => return Ok(None),
+            }
+        }
+        if n == 0 {
+            return Ok(Some(out));
+        }
+        // Keep the last entry (not yet whole) for the next round.
+        let keep = starts
+            .get(whole)
+            .copied()
+            .unwrap_or(buf.len().saturating_sub(ENTRY.len()));
+        buf.drain(..keep);
+        base += keep as u64;
+        if buf.len() > MAX_ENTRY + CHUNK {
+            return Ok(None);
+        }
+    }
+}
+
+/// The record fields a [`Brief`] reads, each on a line of its own at the record's indent, in
+/// the order [`crate::keys::KeyRecord`] declares them (`id`, …, `owner`, …, `created_at`).
+struct Fields {
+    id: memchr::memmem::Finder<'static>,
+    owner: memchr::memmem::Finder<'static>,
+    created_at: memchr::memmem::Finder<'static>,
+}
+
+impl Fields {
+    /// An entry's brief from its bytes (`{` first); `Some(None)`: another owner's entry;
+    /// `None`: not as keygate writes an entry.
+    fn brief(&self, bytes: &[u8], start: u64, owner: Option<&[u8]>) -> Option<Option<Brief>> {
+        // The value after `finder`'s field, searched from `from`: (value, where it ends).
+        let value = |finder: &memchr::memmem::Finder<'_>, from: usize| -> Option<(&[u8], usize)> {
+            let at = from + finder.find(&bytes[from..])? + finder.needle().len();
+            let len = memchr::memchr(b'\n', &bytes[at..])?;
+            let value = &bytes[at..at + len];
+            Some((value.strip_suffix(b",").unwrap_or(value), at + len))
+        };
+        let (id, at) = value(&self.id, 0)?;
+        let (owned, at) = value(&self.owner, at)?;
+        if owner.is_some_and(|o| o != owned) {
+            return Some(None);
+        }
+        let (created_at, _) = value(&self.created_at, at)?;
+        let created_at = std::str::from_utf8(string(created_at)?).ok()?;
+        let id = match string(id) {
+            Some(inner) if !inner.contains(&b'\\') => {
+                compact_str::CompactString::from(std::str::from_utf8(inner).ok()?)
+            }
+            _ => serde_json::from_slice::<String>(id).ok()?.into(),
+        };
+        Some(Some(Brief {
+            start,
+            end: start + bytes.len() as u64,
+            created_at: humantime::parse_rfc3339_weak(created_at).ok()?,
+            id,
+        }))
+    }
+}
+
+/// The inside of a JSON string as written (escapes left as they are).
+fn string(raw: &[u8]) -> Option<&[u8]> {
+    raw.strip_prefix(b"\"")?.strip_suffix(b"\"")
+}
+
+/// Reads the entries [`briefs`] found, through a window of the file, so that entries next to
+/// each other cost one read (at 100,000 keys, a read per entry made a scan of every entry 4
+/// times slower than parsing the file whole).
+pub struct Entries<'f> {
+    file: &'f File,
+    window: Vec<u8>,
+    /// File offset of `window[0]`.
+    at: u64,
+}
+
+impl<'f> Entries<'f> {
+    pub fn new(file: &'f File) -> Self {
+        Self {
+            file,
+            window: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// The entry whose bytes `brief` found, parsed; `None` if they do not hold it. A miss
+    /// reads `window` bytes from the entry on.
+    pub fn get(&mut self, brief: &Brief, window: usize) -> std::io::Result<Option<Entry>> {
+        use std::os::unix::fs::FileExt;
+        let inside = brief.start >= self.at && brief.end <= self.at + self.window.len() as u64;
+        if !inside {
+            let len = ((brief.end - brief.start) as usize).max(window);
+            self.window.resize(len, 0);
+            let mut n = 0;
+            while n < len {
+                match self
+                    .file
+                    .read_at(&mut self.window[n..], brief.start + n as u64)?
+                {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            self.window.truncate(n);
+            self.at = brief.start;
+            if brief.end > self.at + n as u64 {
+                return Ok(None);
+            }
+        }
+        let from = (brief.start - self.at) as usize;
+        let to = (brief.end - self.at) as usize;
+        let mut stream =
+            serde_json::Deserializer::from_slice(&self.window[from..to]).into_iter::<Entry>();
+        Ok(match stream.next() {
+            Some(Ok(entry)) if entry.record.id == brief.id => Some(entry),
+            _ => None,
+        })
+    }
 }
 
 /// Whether any of `needles` occurs in the file (a quick "certainly absent" for inserts).
@@ -304,11 +520,19 @@ impl<'de> serde::de::Visitor<'de> for Document<'_> {
                     }
                     version = Some(v);
                 }
+                "audit_seq" => {
+                    map.next_value::<u64>()?;
+                }
                 "keys" => {
                     map.next_value_seed(Keys { each: self.each })?;
                     keys = true;
                 }
-                other => return Err(A::Error::unknown_field(other, &["version", "keys"])),
+                other => {
+                    return Err(A::Error::unknown_field(
+                        other,
+                        &["version", "audit_seq", "keys"],
+                    ));
+                }
             }
         }
         if version.is_none() {
@@ -357,6 +581,7 @@ mod tests {
     fn doc(entries: &[Entry]) -> Vec<u8> {
         let doc = super::super::Document {
             version: super::super::FORMAT_VERSION,
+            audit_seq: 7,
             keys: entries.to_vec(),
         };
         let mut bytes = serde_json::to_vec_pretty(&doc).unwrap();

@@ -25,7 +25,7 @@
 //! | `{ns}:instance` | string | a random token written once, to tell this store from an emptied or replaced one |
 //! | `{ns}:changes` | sorted set | changed key hashes, scored by the epoch of their change |
 //! | `{ns}:last_used` | hash | id → unix seconds, written behind in batches |
-//! | `{ns}:audit` | stream | management events (field `e`: the event as JSON), capped at [`AUDIT_MAX_EVENTS`] (approximately) |
+//! | `{ns}:audit` | stream | management events (field `e`: the event as JSON), capped at [`AUDIT_MAX_EVENTS`] (approximately); a change's events are added by the script that makes the change (`commit.lua`), so both or neither exist; a refused action's event, which changes nothing, by `XADD` alone |
 //! | `{ns}:quota:…`, `{ns}:sidecars`, `{ns}:suspended` | | shared quotas: see [`quota`] |
 //!
 //! Every change also publishes `"<epoch> <hash> <ms>"` on the channel `{ns}:changes`. A sidecar
@@ -349,6 +349,14 @@ impl RedisStore {
                 .arg(&before.id)
                 .arg(record_json(before));
         }
+        // The change's audit events, added to the stream by the same script.
+        invocation
+            .key(self.name("audit"))
+            .arg(AUDIT_MAX_EVENTS)
+            .arg(batch.events.len());
+        for event in &batch.events {
+            invocation.arg(serde_json::to_string(event).expect("audit events serialize"));
+        }
         let result: Result<u64, StoreError> = self
             .run(MANAGEMENT_TIMEOUT, async move |mut c| {
                 invocation.invoke_async(&mut c).await
@@ -364,10 +372,8 @@ impl RedisStore {
             }
             Err(StoreError::Unavailable(msg)) if msg.contains("KG_OWNER_CAP") => {
                 Err(StoreError::OwnerCap {
-                    owner: batch
-                        .inserts
-                        .first()
-                        .map(|(_, r)| r.owner.clone())
+                    owner: (batch.inserts.first().map(|(_, r)| r.owner.clone()))
+                        .or_else(|| batch.updates.first().map(|u| u.after.owner.clone()))
                         .unwrap_or_default(),
                     max: batch.max_per_owner.unwrap_or(0),
                 })
@@ -538,10 +544,11 @@ impl KeyStore for RedisStore {
 
     async fn commit(&self, batch: Batch) -> Result<(), StoreError> {
         if batch.max_per_owner.is_some() {
-            let owners: std::collections::BTreeSet<&str> = batch
-                .inserts
-                .iter()
+            // Keys expired by time alone leave their owner's set first, so that neither they
+            // nor (an edit lifting an expiry) the key being changed count twice.
+            let owners: std::collections::BTreeSet<&str> = (batch.inserts.iter())
                 .map(|(_, r)| r.owner.as_str())
+                .chain(batch.updates.iter().map(|u| u.after.owner.as_str()))
                 .collect();
             for owner in owners {
                 self.prune_owner(owner).await?;
@@ -551,10 +558,22 @@ impl KeyStore for RedisStore {
             && batch.deletes.is_empty()
             && batch.inserts.len() > INSERT_CHUNK
         {
+            // Each chunk carries the events of its own keys: atomic per chunk, as the keys are.
+            let mut events: std::collections::HashMap<&str, Vec<&crate::keys::audit::AuditEvent>> =
+                std::collections::HashMap::new();
+            for event in &batch.events {
+                let id = event.key_id.as_deref().unwrap_or_default();
+                events.entry(id).or_default().push(event);
+            }
             for chunk in batch.inserts.chunks(INSERT_CHUNK) {
+                let events = (chunk.iter())
+                    .flat_map(|(_, r)| events.remove(r.id.as_str()).unwrap_or_default())
+                    .cloned()
+                    .collect();
                 self.commit_chunk(&Batch {
                     inserts: chunk.to_vec(),
                     max_per_owner: batch.max_per_owner,
+                    events,
                     ..Batch::default()
                 })
                 .await?;
