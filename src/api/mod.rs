@@ -14,7 +14,7 @@
 //! headers, stuffing guard, cache, status, expiry, IP allowlist and rate limits as a proxied
 //! request; only the route rules differ (none: the management scopes decide). Every refusal
 //! is a [`Reject`], rendered as the proxy's JSON errors. Every change goes through
-//! [`keys::audit::Trail`], as the CLI's do, and so leaves an audit event.
+//! [`crate::keys::audit::Trail`], as the CLI's do, and so leaves an audit event.
 
 pub mod auth;
 pub mod idempotency;

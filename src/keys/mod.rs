@@ -1,4 +1,4 @@
-//! What a key is ([`KeyRecord`]), where records live ([`KeyStore`]: [`file`], [`redis`]), the
+//! What a key is ([`KeyRecord`]), where records live ([`KeyStore`]: [`file`](mod@file), [`redis`]), the
 //! cache in front of every store ([`cache`], holding each key in the request path's compact
 //! form, [`cached_key`]), the management operations every store shares ([`manage`], and
 //! [`usage`] for `keys usage`), the audit trail of those operations ([`audit`]), and when a
