@@ -24,6 +24,8 @@
 mod client;
 pub mod failure;
 mod headers;
+pub mod links;
+pub mod response_head;
 pub mod upstream;
 pub mod upstream_head;
 
@@ -51,6 +53,7 @@ use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::vocab::Environment;
 pub use failure::UpstreamFailure;
+pub use links::{LinkBody, ResponseBody};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -96,7 +99,8 @@ pub struct Forwarder {
     client: client::UpstreamClient,
     /// Connections of keygate's own HTTP/1.1, and where they wait between client connections.
     dialer: Dialer,
-    parking: Parking,
+    /// Shared with the response bodies of HTTP/2 streams, which park their link when through.
+    parking: Arc<Parking>,
     /// Tells this forwarder's upstream connections from those of the one a reload replaced.
     id: u64,
     /// The upstream speaks HTTP/2: one shared connection multiplexes every request.
@@ -149,7 +153,7 @@ impl Forwarder {
         Ok(Self {
             client: client::build(upstream, tls)?,
             dialer,
-            parking: Parking::default(),
+            parking: Arc::default(),
             id: FORWARDERS.fetch_add(1, Ordering::Relaxed),
             http2: upstream.http2,
             production: Target::new(&upstream.url),
@@ -425,10 +429,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
-    //! One table of header cases through both engines: keygate's own HTTP/1.1 writing the
-    //! upstream's head from header lines ([`upstream_head::write_request_head`]) and hyper's side
+    //! One table of header cases through every rendering: keygate's own HTTP/1.1 writing the
+    //! upstream's head from header lines ([`upstream_head::write_request_head`]), the same
+    //! function writing it from an HTTP/2 stream's header map ([`links`]), and hyper's pool
     //! rewriting a header map ([`upstream_headers`]). Whatever the case, the upstream must see
-    //! the same headers from both.
+    //! the same headers from all three.
 
     use super::*;
     use crate::keys::KeyRecord;
@@ -473,6 +478,59 @@ mod tests {
         let mut lines = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut lines);
         assert!(parsed.parse(&out).unwrap().is_complete());
+        let mut seen: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        seen.sort();
+        seen
+    }
+
+    /// The same as an HTTP/2 stream over keygate's own upstream connection writes it
+    /// ([`links`]: the rulebook rendered from a header map by `write_request_head`).
+    fn fields(
+        lines: &[(&str, &str)],
+        reads: &[CredentialHeader],
+        trusted: bool,
+        key: Option<&CachedKey>,
+    ) -> Vec<(String, String)> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let (method, uri) = (http::Method::GET, Uri::from_static("/x"));
+        let mut out = Vec::new();
+        upstream_head::write_request_head(
+            &mut out,
+            &upstream_head::Fields::new(&method, &uri, &headers),
+            &upstream_head::RequestContext {
+                base_path: "",
+                path: uri.path(),
+                upstream_host: b"upstream:3000",
+                preserve_host: true,
+                credential_headers: reads,
+                key_prefix: "kg",
+                key,
+                peer: b"10.0.0.7",
+                peer_trusted: trusted,
+                tls: false,
+                framing: Framing::Empty,
+                upgrade: false,
+            },
+        );
+        let mut lines = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut lines);
+        assert!(parsed.parse(&out).unwrap().is_complete());
+        assert_eq!(parsed.path, Some("/x"));
         let mut seen: Vec<(String, String)> = parsed
             .headers
             .iter()
@@ -717,6 +775,8 @@ mod tests {
                 let own = own_engine(lines, reads, *trusted, key);
                 let map = header_map(lines, reads, *trusted, key);
                 assert_eq!(own, map, "case {name:?} (key: {})", key.is_some());
+                let h2 = fields(lines, reads, *trusted, key);
+                assert_eq!(own, h2, "case {name:?} (key: {}, HTTP/2)", key.is_some());
                 for (n, v) in &own {
                     assert!(
                         !v.contains("kg_sk_") && !v.contains("kg_pk_"),
