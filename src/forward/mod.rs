@@ -11,15 +11,23 @@
 //!    removed too (CGI-style servers read `X_Keygate_Owner` as `X-Keygate-Owner`).
 //!
 //! Which header falls under which step is [`crate::header_rules`]'s decision, one rulebook for
-//! both engines; `headers` renders it on hyper's header maps (HTTP/2 clients, and HTTP/1.1
-//! clients when the upstream speaks HTTP/2), [`upstream_head`] on the header lines of keygate's own
-//! HTTP/1.1, which writes the upstream's request head itself. An admitted WebSocket upgrade is
-//! the one hop-by-hop exchange passed on: [`upstream_head`] writes its `Connection` and `Upgrade` again
+//! both engines. [`upstream_head`] renders it into the upstream's HTTP/1.1 request head, for
+//! keygate's own HTTP/1.1 (from header lines) and for HTTP/2 clients' streams (from hyper's
+//! header map); `headers` renders it on a header map for hyper's pooled client (an HTTP/2
+//! upstream, and HTTP/1.1 clients hyper serves). An admitted WebSocket upgrade is the one
+//! hop-by-hop exchange passed on: [`upstream_head`] writes its `Connection` and `Upgrade` again
 //! after step 1; from hyper's side an upgrade is stripped like any hop-by-hop header.
 //!
-//! Bodies are never buffered: they stream through. HTTP/1.1 requests
-//! go over a client connection's own upstream connection ([`upstream`]); hyper's go through
-//! the shared pool (`client`).
+//! Bodies are never buffered: they stream through. Upstream connections, by who is served:
+//! - HTTP/1.1 clients (keygate's own engine): each client connection's own upstream connection
+//!   ([`upstream`]), parked between client connections.
+//! - HTTP/2 clients, HTTP/1.1 upstream: each stream takes a parked upstream connection or dials
+//!   one, in the stream's own task, and parks it when the response body is through
+//!   ([`links`]; [`response_head`] reads the upstream's response head for it). This replaced
+//!   hyper's pooled client, whose connection tasks took ~37 % of keygate's CPU under h2load
+//!   (bench/RESULTS.md, 2026-12-06).
+//! - An HTTP/2 upstream (`[upstream] http2`), and HTTP/1.1 clients hyper serves in front of
+//!   it: the shared pool (`client`), one multiplexed connection.
 
 mod client;
 pub mod failure;
@@ -274,7 +282,8 @@ impl Forwarder {
         self.max_body as u64
     }
 
-    /// The upstream speaks HTTP/2: everything goes through the shared pool.
+    /// The upstream speaks HTTP/2: everything hyper serves goes through the shared pool
+    /// (HTTP/2 clients of an HTTP/1.1 upstream go over [`links`] instead).
     pub fn is_http2(&self) -> bool {
         self.http2
     }

@@ -70,17 +70,6 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
     if !(100..=599).contains(&code) {
         return Err(ResponseError::Malformed("a status code outside 100-599"));
     }
-    match code {
-        // No upgrade goes upstream from an HTTP/2 client.
-        101 => {
-            return Err(ResponseError::Malformed(
-                "101 to a request that was no upgrade",
-            ));
-        }
-        100..=199 => return Ok(Parsed::Interim { len }),
-        _ => {}
-    }
-    let status = StatusCode::from_u16(code).map_err(|_| ResponseError::Malformed("status"))?;
     let headers = &*resp.headers;
 
     let mut length: Option<u64> = None;
@@ -110,6 +99,18 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
             _ => {}
         }
     }
+    // After the lines are checked, as the HTTP/1.1 engine does: both refuse the same heads.
+    match code {
+        // No upgrade goes upstream from an HTTP/2 client.
+        101 => {
+            return Err(ResponseError::Malformed(
+                "101 to a request that was no upgrade",
+            ));
+        }
+        100..=199 => return Ok(Parsed::Interim { len }),
+        _ => {}
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| ResponseError::Malformed("status"))?;
     let (framing, keep_alive) = upstream_framing(
         Signs {
             status: code,
