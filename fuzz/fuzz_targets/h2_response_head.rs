@@ -74,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
         (Ok(Parsed::Partial), Ok(response::Parsed::Partial)) => {}
         (Err(_), Err(_)) => {}
         (Err(ResponseError::Malformed(why)), Ok(_)) => {
-            assert!(why.contains("HTTP/2 cannot carry"), "refused only here: {why}");
+            assert!(
+                why.contains("HTTP/2 cannot carry"),
+                "refused only here: {why}"
+            );
         }
         (ours, theirs) => panic!("read two ways: {ours:?} / {theirs:?}"),
     }
