@@ -175,7 +175,7 @@ pub fn write_request_head<'a>(
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
     let mut host: Option<&[u8]> = req.target_authority();
-    let (mut has_proto, mut has_forwarded_host) = (false, false);
+    let (mut has_proto, mut has_forwarded_host, mut has_host) = (false, false, false);
     let mut chain: Option<Vec<&[u8]>> = None;
     out.reserve(req.head_len() + 512);
     let policy = RequestPolicy {
@@ -190,6 +190,7 @@ pub fn write_request_head<'a>(
             return;
         }
         let class = header_rules::name(name);
+        has_host |= class == Name::Host;
         match header_rules::to_upstream(class, name, value, &policy) {
             ToUpstream::Drop => return,
             ToUpstream::Host => {
@@ -218,7 +219,9 @@ pub fn write_request_head<'a>(
         }
         out.extend_from_slice(b"\r\n");
     });
-    if host.is_none() {
+    // Only without any `Host` line: one dropped for carrying a key is not replaced by the
+    // authority (the upstream's own host goes instead, as from hyper's pool).
+    if !has_host && host.is_none() {
         host = req.fallback_authority();
     }
 
@@ -452,6 +455,36 @@ mod tests {
         assert!(got.starts_with("GET /v1/x?q HTTP/1.1\r\n"), "{got}");
         assert!(got.contains("host: api.example:8080\r\n"), "{got}");
         assert!(!got.contains("ignored"), "{got}");
+    }
+
+    #[test]
+    fn an_http2_authority_stands_for_host_only_without_one() {
+        let render = |lines: &[(&'static str, &'static str)]| {
+            let mut headers = http::HeaderMap::new();
+            for (n, v) in lines {
+                headers.append(*n, http::HeaderValue::from_static(v));
+            }
+            let (method, uri) = (
+                http::Method::GET,
+                http::Uri::from_static("https://api.example/v1/x?q"),
+            );
+            let mut out = Vec::new();
+            write_request_head(&mut out, &Fields::new(&method, &uri, &headers), &context());
+            String::from_utf8(out).unwrap()
+        };
+        let got = render(&[]);
+        assert!(got.starts_with("GET /v1/x?q HTTP/1.1\r\n"), "{got}");
+        assert!(got.contains("host: api.example\r\n"), "{got}");
+        assert!(got.contains("x-forwarded-host: api.example\r\n"), "{got}");
+        let got = render(&[("host", "other.example")]);
+        assert!(got.contains("host: other.example\r\n"), "{got}");
+        assert!(!got.contains("api.example"), "{got}");
+        let got = render(&[("host", "kg_sk_live_x.example")]);
+        assert!(got.contains("host: up:3000\r\n"), "{got}");
+        assert!(
+            !got.contains("kg_") && !got.contains("api.example"),
+            "{got}"
+        );
     }
 
     /// Found by the `request_head` fuzz target: a key in `Host` went upstream in `Host` and
