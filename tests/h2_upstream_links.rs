@@ -441,12 +441,20 @@ async fn upstream_connections_are_reused_and_never_after_a_cut() {
             _ => assert_eq!(status, StatusCode::OK, "{method} {path}"),
         }
     }
+    let upstream_log = || {
+        kg.all_logs()
+            .lines()
+            .filter(|l| l.contains("upstream"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     assert_eq!(
         rec.accepted.load(Ordering::SeqCst),
         1,
-        "one connection reused"
+        "one connection reused; keygate said: {}",
+        upstream_log()
     );
-    assert_eq!(rec.ended.load(Ordering::SeqCst), 0);
+    assert_eq!(rec.ended.load(Ordering::SeqCst), 0, "{}", upstream_log());
 
     // The upstream cuts a body short: the client's stream fails (never a short 200 taken for
     // whole), and the next request gets a new connection.
