@@ -42,11 +42,14 @@
 //!   `Access-Control-*` headers both engines render on every response to a browser.
 //! - [`reject`]: every refusal, and its status, headers + JSON body; the one place a refusal
 //!   becomes a response.
-//! - [`forward`]: the admitted request on its way upstream: the rulebook rendered on hyper's
-//!   header maps, [`forward::upstream_head`] the upstream's HTTP/1.1 request head written from
-//!   keygate's own, [`forward::upstream`] the upstream connections of HTTP/1.1 client sessions
-//!   (dialing, reuse checks, parking), the shared pool for HTTP/2, [`forward::failure`] why an
-//!   upstream request failed, as the metrics name it.
+//! - [`forward`]: the admitted request on its way upstream: [`forward::upstream_head`] the
+//!   upstream's HTTP/1.1 request head, written from keygate's own head or an HTTP/2 stream's
+//!   header map; [`forward::upstream`] keygate's own upstream connections (dialing, reuse
+//!   checks, parking), used by HTTP/1.1 client sessions and, through [`forward::links`], by
+//!   each HTTP/2 stream in its own task ([`forward::response_head`] reads the upstream's
+//!   response head for it); the rulebook rendered on hyper's header maps and the shared pool
+//!   for an HTTP/2 upstream; [`forward::failure`] why an upstream request failed, as the
+//!   metrics name it.
 //! - [`batch`]: the writes of one event-loop turn, both directions (request heads to
 //!   upstreams, response heads to HTTP/1.1 clients), sent in one io_uring submission; its
 //!   [`batch::Socket`] is every plain TCP connection that can join a batch.

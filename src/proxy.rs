@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential::{self, HeaderSet, KeyClaims};
-use crate::forward::{self, ClientError, Forwarder, Origin, Prepared};
+use crate::forward::{self, ClientError, Forwarder, Origin, Prepared, ResponseBody};
 use crate::guard::{Guard, Source, Verdict};
 use crate::head::Head;
 use crate::header_rules;
@@ -38,8 +38,9 @@ use crate::token;
 use crate::vocab::KeyHash;
 use crate::wire::request::{FramingRules, HeadError};
 
-/// A response body: the upstream's stream, or keygate's own small JSON.
-pub type Body = Either<Incoming, Full<Bytes>>;
+/// A response body: the upstream's stream (the pool's, or read from keygate's own upstream
+/// connection), or keygate's own small JSON.
+pub type Body = Either<ResponseBody, Full<Bytes>>;
 
 pub struct Proxy {
     current: ArcSwap<Current>,
@@ -181,6 +182,8 @@ impl Proxy {
 
     /// Runs one request from an HTTP/2 client (hyper's side of keygate; HTTP/1.1 clients are
     /// served by [`crate::wire`]) and never fails: a refusal becomes its JSON response here.
+    /// An admitted HTTP/2 request to an HTTP/1.1 upstream goes over keygate's own upstream
+    /// connections ([`forward::links`]), anything else through hyper's pool.
     pub async fn handle(&self, mut req: Request<Incoming>, conn: &Connection) -> Response<Body> {
         let started = Instant::now();
         let current = self.current();
@@ -257,10 +260,28 @@ impl Proxy {
                     peer_header: &conn.peer_header,
                     key: audit.key.as_deref(),
                 };
-                let prepared = current.forwarder.prepare(req, &origin);
-                self.send(&current, prepared)
-                    .await
-                    .map(|r| r.map(Either::Left))
+                if req.version() == http::Version::HTTP_2 && !current.forwarder.is_http2() {
+                    // keygate's own upstream connections, in this stream's task.
+                    let started = Instant::now();
+                    let response = current
+                        .forwarder
+                        .over_link(
+                            req,
+                            &origin,
+                            &self.metrics,
+                            current.config.server.batch_writes,
+                        )
+                        .await;
+                    self.metrics
+                        .upstream_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    response.map(|r| r.map(|b| Either::Left(ResponseBody::Link(b))))
+                } else {
+                    let prepared = current.forwarder.prepare(req, &origin);
+                    self.send(&current, prepared)
+                        .await
+                        .map(|r| r.map(|b| Either::Left(ResponseBody::Pool(b))))
+                }
             }
             Err(reject) => Err(reject),
         };

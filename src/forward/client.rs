@@ -1,6 +1,6 @@
 //! The TLS client settings for the upstream (system roots, or the PEM roots in
-//! `upstream.ca_file`), and the shared pool's client (HTTP/1.1 or HTTP/2) that HTTP/2 clients
-//! and an HTTP/2 upstream use.
+//! `upstream.ca_file`), and the shared pool's client (HTTP/1.1 or HTTP/2) for what hyper
+//! serves and [`super::links`] does not: an HTTP/2 upstream, and HTTP/1.1 clients hyper serves.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -11,19 +11,29 @@
 //!    removed too (CGI-style servers read `X_Keygate_Owner` as `X-Keygate-Owner`).
 //!
 //! Which header falls under which step is [`crate::header_rules`]'s decision, one rulebook for
-//! both engines; `headers` renders it on hyper's header maps (HTTP/2 clients, and HTTP/1.1
-//! clients when the upstream speaks HTTP/2), [`upstream_head`] on the header lines of keygate's own
-//! HTTP/1.1, which writes the upstream's request head itself. An admitted WebSocket upgrade is
-//! the one hop-by-hop exchange passed on: [`upstream_head`] writes its `Connection` and `Upgrade` again
+//! both engines. [`upstream_head`] renders it into the upstream's HTTP/1.1 request head, for
+//! keygate's own HTTP/1.1 (from header lines) and for HTTP/2 clients' streams (from hyper's
+//! header map); `headers` renders it on a header map for hyper's pooled client (an HTTP/2
+//! upstream, and HTTP/1.1 clients hyper serves). An admitted WebSocket upgrade is the one
+//! hop-by-hop exchange passed on: [`upstream_head`] writes its `Connection` and `Upgrade` again
 //! after step 1; from hyper's side an upgrade is stripped like any hop-by-hop header.
 //!
-//! Bodies are never buffered: they stream through. HTTP/1.1 requests
-//! go over a client connection's own upstream connection ([`upstream`]); hyper's go through
-//! the shared pool (`client`).
+//! Bodies are never buffered: they stream through. Upstream connections, by who is served:
+//! - HTTP/1.1 clients (keygate's own engine): each client connection's own upstream connection
+//!   ([`upstream`]), parked between client connections.
+//! - HTTP/2 clients, HTTP/1.1 upstream: each stream takes a parked upstream connection or dials
+//!   one, in the stream's own task, and parks it when the response body is through
+//!   ([`links`]; [`response_head`] reads the upstream's response head for it). This replaced
+//!   hyper's pooled client, whose connection tasks took ~37 % of keygate's CPU under h2load
+//!   (bench/RESULTS.md, 2026-12-06).
+//! - An HTTP/2 upstream (`[upstream] http2`), and HTTP/1.1 clients hyper serves in front of
+//!   it: the shared pool (`client`), one multiplexed connection.
 
 mod client;
 pub mod failure;
 mod headers;
+pub mod links;
+pub mod response_head;
 pub mod upstream;
 pub mod upstream_head;
 
@@ -51,6 +61,7 @@ use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::vocab::Environment;
 pub use failure::UpstreamFailure;
+pub use links::{LinkBody, ResponseBody};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -96,7 +107,8 @@ pub struct Forwarder {
     client: client::UpstreamClient,
     /// Connections of keygate's own HTTP/1.1, and where they wait between client connections.
     dialer: Dialer,
-    parking: Parking,
+    /// Shared with the response bodies of HTTP/2 streams, which park their link when through.
+    parking: Arc<Parking>,
     /// Tells this forwarder's upstream connections from those of the one a reload replaced.
     id: u64,
     /// The upstream speaks HTTP/2: one shared connection multiplexes every request.
@@ -149,7 +161,7 @@ impl Forwarder {
         Ok(Self {
             client: client::build(upstream, tls)?,
             dialer,
-            parking: Parking::default(),
+            parking: Arc::default(),
             id: FORWARDERS.fetch_add(1, Ordering::Relaxed),
             http2: upstream.http2,
             production: Target::new(&upstream.url),
@@ -270,7 +282,8 @@ impl Forwarder {
         self.max_body as u64
     }
 
-    /// The upstream speaks HTTP/2: everything goes through the shared pool.
+    /// The upstream speaks HTTP/2: everything hyper serves goes through the shared pool
+    /// (HTTP/2 clients of an HTTP/1.1 upstream go over [`links`] instead).
     pub fn is_http2(&self) -> bool {
         self.http2
     }
@@ -425,10 +438,11 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
-    //! One table of header cases through both engines: keygate's own HTTP/1.1 writing the
-    //! upstream's head from header lines ([`upstream_head::write_request_head`]) and hyper's side
+    //! One table of header cases through every rendering: keygate's own HTTP/1.1 writing the
+    //! upstream's head from header lines ([`upstream_head::write_request_head`]), the same
+    //! function writing it from an HTTP/2 stream's header map ([`links`]), and hyper's pool
     //! rewriting a header map ([`upstream_headers`]). Whatever the case, the upstream must see
-    //! the same headers from both.
+    //! the same headers from all three.
 
     use super::*;
     use crate::keys::KeyRecord;
@@ -473,6 +487,59 @@ mod tests {
         let mut lines = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut lines);
         assert!(parsed.parse(&out).unwrap().is_complete());
+        let mut seen: Vec<(String, String)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect();
+        seen.sort();
+        seen
+    }
+
+    /// The same as an HTTP/2 stream over keygate's own upstream connection writes it
+    /// ([`links`]: the rulebook rendered from a header map by `write_request_head`).
+    fn fields(
+        lines: &[(&str, &str)],
+        reads: &[CredentialHeader],
+        trusted: bool,
+        key: Option<&CachedKey>,
+    ) -> Vec<(String, String)> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let (method, uri) = (http::Method::GET, Uri::from_static("/x"));
+        let mut out = Vec::new();
+        upstream_head::write_request_head(
+            &mut out,
+            &upstream_head::Fields::new(&method, &uri, &headers),
+            &upstream_head::RequestContext {
+                base_path: "",
+                path: uri.path(),
+                upstream_host: b"upstream:3000",
+                preserve_host: true,
+                credential_headers: reads,
+                key_prefix: "kg",
+                key,
+                peer: b"10.0.0.7",
+                peer_trusted: trusted,
+                tls: false,
+                framing: Framing::Empty,
+                upgrade: false,
+            },
+        );
+        let mut lines = [httparse::EMPTY_HEADER; 64];
+        let mut parsed = httparse::Request::new(&mut lines);
+        assert!(parsed.parse(&out).unwrap().is_complete());
+        assert_eq!(parsed.path, Some("/x"));
         let mut seen: Vec<(String, String)> = parsed
             .headers
             .iter()
@@ -717,6 +784,8 @@ mod tests {
                 let own = own_engine(lines, reads, *trusted, key);
                 let map = header_map(lines, reads, *trusted, key);
                 assert_eq!(own, map, "case {name:?} (key: {})", key.is_some());
+                let h2 = fields(lines, reads, *trusted, key);
+                assert_eq!(own, h2, "case {name:?} (key: {}, HTTP/2)", key.is_some());
                 for (n, v) in &own {
                     assert!(
                         !v.contains("kg_sk_") && !v.contains("kg_pk_"),

@@ -1,6 +1,12 @@
-//! The upstream's request head for keygate's own HTTP/1.1, written from the client's head in
-//! one pass: the same hygiene as for hyper's requests (module doc of [`crate::forward`]), on
-//! header lines instead of a header map. Header names keep the case the client sent.
+//! The upstream's HTTP/1.1 request head, written in one pass from a client's head: keygate's
+//! own HTTP/1.1 ([`ParsedRequest`], header lines as received) and hyper's HTTP/2 streams sent
+//! over keygate's own upstream connections ([`Fields`], a header map) render the rulebook
+//! through this one function, so an HTTP/2 client's request reaches the upstream as the same
+//! request an HTTP/1.1 client would have sent. Header names keep the case the client sent
+//! (HTTP/2's are lowercase).
+
+use http::HeaderMap;
+use http::header::{CONNECTION, HeaderValue};
 
 use crate::credential::CredentialHeader;
 use crate::head::Head;
@@ -31,9 +37,134 @@ pub struct RequestContext<'a> {
     pub upgrade: bool,
 }
 
+/// A client's request head as [`write_request_head`] reads it, whichever engine parsed it.
+pub trait RequestSource<'a> {
+    fn method_name(&self) -> &str;
+    fn query(&self) -> Option<&'a str>;
+    /// An authority that stands for `Host` ahead of any `Host` line (an absolute-form target's).
+    fn target_authority(&self) -> Option<&'a [u8]>;
+    /// An authority that stands for `Host` when there is no `Host` line (HTTP/2's
+    /// `:authority`, RFC 9113 §8.3.1).
+    fn fallback_authority(&self) -> Option<&'a [u8]>;
+    /// About how many bytes the header lines take.
+    fn head_len(&self) -> usize;
+    /// Whether `Connection` lists `name` (other than its own options): a hop-by-hop header.
+    fn connection_names(&self, name: &[u8]) -> bool;
+    /// The protocol an admitted upgrade asks for.
+    fn upgrade(&self) -> Option<&'a [u8]>;
+    /// Every header line as (name, value, the line as received from the name to the end of
+    /// the value, if there is one), in the order received.
+    fn each_line(&self, line: impl FnMut(&'a [u8], &'a [u8], Option<&'a [u8]>));
+}
+
+impl<'a> RequestSource<'a> for ParsedRequest<'a> {
+    fn method_name(&self) -> &str {
+        self.method().as_str()
+    }
+
+    fn query(&self) -> Option<&'a str> {
+        ParsedRequest::query(self)
+    }
+
+    fn target_authority(&self) -> Option<&'a [u8]> {
+        ParsedRequest::target_authority(self).map(str::as_bytes)
+    }
+
+    fn fallback_authority(&self) -> Option<&'a [u8]> {
+        None
+    }
+
+    fn head_len(&self) -> usize {
+        self.head.len
+    }
+
+    fn connection_names(&self, name: &[u8]) -> bool {
+        ParsedRequest::connection_names(self, name)
+    }
+
+    fn upgrade(&self) -> Option<&'a [u8]> {
+        ParsedRequest::upgrade(self)
+    }
+
+    fn each_line(&self, mut line: impl FnMut(&'a [u8], &'a [u8], Option<&'a [u8]>)) {
+        for (name, value, raw) in self.lines() {
+            line(name, value, Some(raw));
+        }
+    }
+}
+
+/// A request hyper parsed (an HTTP/2 client's): its method, target and header map.
+pub struct Fields<'a> {
+    pub method: &'a http::Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+    /// What `Connection` names, lowercased (HTTP/2 has no `Connection`: empty, no allocation).
+    named: Vec<Vec<u8>>,
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(method: &'a http::Method, uri: &'a http::Uri, headers: &'a HeaderMap) -> Self {
+        let mut named = Vec::new();
+        for value in headers.get_all(CONNECTION) {
+            header_rules::Options::default().add(value.as_bytes(), |token| {
+                named.push(token.to_ascii_lowercase())
+            });
+        }
+        Self {
+            method,
+            uri,
+            headers,
+            named,
+        }
+    }
+}
+
+impl<'a> RequestSource<'a> for Fields<'a> {
+    fn method_name(&self) -> &str {
+        self.method.as_str()
+    }
+
+    fn query(&self) -> Option<&'a str> {
+        self.uri.query()
+    }
+
+    fn target_authority(&self) -> Option<&'a [u8]> {
+        None
+    }
+
+    fn fallback_authority(&self) -> Option<&'a [u8]> {
+        self.uri.authority().map(|a| a.as_str().as_bytes())
+    }
+
+    fn head_len(&self) -> usize {
+        self.headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum()
+    }
+
+    fn connection_names(&self, name: &[u8]) -> bool {
+        self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    fn upgrade(&self) -> Option<&'a [u8]> {
+        None
+    }
+
+    fn each_line(&self, mut line: impl FnMut(&'a [u8], &'a [u8], Option<&'a [u8]>)) {
+        for (name, value) in self.headers {
+            line(name.as_str().as_bytes(), HeaderValue::as_bytes(value), None);
+        }
+    }
+}
+
 /// Appends the head to `out`.
-pub fn write_request_head(out: &mut Vec<u8>, req: &ParsedRequest, cx: &RequestContext) {
-    out.extend_from_slice(req.method().as_str().as_bytes());
+pub fn write_request_head<'a>(
+    out: &mut Vec<u8>,
+    req: &impl RequestSource<'a>,
+    cx: &RequestContext,
+) {
+    out.extend_from_slice(req.method_name().as_bytes());
     out.push(b' ');
     out.extend_from_slice(cx.base_path.as_bytes());
     out.extend_from_slice(cx.path.as_bytes());
@@ -43,31 +174,32 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &ParsedRequest, cx: &RequestCo
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
-    let mut host: Option<&[u8]> = req.target_authority().map(str::as_bytes);
-    let (mut has_proto, mut has_forwarded_host) = (false, false);
+    let mut host: Option<&[u8]> = req.target_authority();
+    let (mut has_proto, mut has_forwarded_host, mut has_host) = (false, false, false);
     let mut chain: Option<Vec<&[u8]>> = None;
-    out.reserve(req.head.len + 512);
+    out.reserve(req.head_len() + 512);
     let policy = RequestPolicy {
         credential_headers: cx.credential_headers,
         key_prefix: cx.key_prefix,
         peer_trusted: cx.peer_trusted,
     };
-    for (name, value, raw) in req.lines() {
+    req.each_line(|name, value, raw| {
         // The rulebook decides; this only renders it (an upgrade's own headers are written
         // again below).
         if req.connection_names(name) {
-            continue;
+            return;
         }
         let class = header_rules::name(name);
+        has_host |= class == Name::Host;
         match header_rules::to_upstream(class, name, value, &policy) {
-            ToUpstream::Drop => continue,
+            ToUpstream::Drop => return,
             ToUpstream::Host => {
                 host.get_or_insert(value);
-                continue;
+                return;
             }
             ToUpstream::Chain => {
                 chain.get_or_insert_with(Vec::new).push(value);
-                continue;
+                return;
             }
             ToUpstream::Keep => match class {
                 Name::ForwardedProto => has_proto = true,
@@ -75,9 +207,22 @@ pub fn write_request_head(out: &mut Vec<u8>, req: &ParsedRequest, cx: &RequestCo
                 _ => {}
             },
         }
-        // The line as the client sent it (name, separator, value), already validated.
-        out.extend_from_slice(raw);
+        match raw {
+            // The line as the client sent it (name, separator, value), already validated.
+            Some(raw) => out.extend_from_slice(raw),
+            // A header map's: hyper validated name and value (no CR, LF or NUL).
+            None => {
+                out.extend_from_slice(name);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+            }
+        }
         out.extend_from_slice(b"\r\n");
+    });
+    // Only without any `Host` line: one dropped for carrying a key is not replaced by the
+    // authority (the upstream's own host goes instead, as from hyper's pool).
+    if !has_host && host.is_none() {
+        host = req.fallback_authority();
     }
 
     // The authority of an absolute-form target stands for `Host` (RFC 9112 §3.2.2), so it
@@ -310,6 +455,36 @@ mod tests {
         assert!(got.starts_with("GET /v1/x?q HTTP/1.1\r\n"), "{got}");
         assert!(got.contains("host: api.example:8080\r\n"), "{got}");
         assert!(!got.contains("ignored"), "{got}");
+    }
+
+    #[test]
+    fn an_http2_authority_stands_for_host_only_without_one() {
+        let render = |lines: &[(&'static str, &'static str)]| {
+            let mut headers = http::HeaderMap::new();
+            for (n, v) in lines {
+                headers.append(*n, http::HeaderValue::from_static(v));
+            }
+            let (method, uri) = (
+                http::Method::GET,
+                http::Uri::from_static("https://api.example/v1/x?q"),
+            );
+            let mut out = Vec::new();
+            write_request_head(&mut out, &Fields::new(&method, &uri, &headers), &context());
+            String::from_utf8(out).unwrap()
+        };
+        let got = render(&[]);
+        assert!(got.starts_with("GET /v1/x?q HTTP/1.1\r\n"), "{got}");
+        assert!(got.contains("host: api.example\r\n"), "{got}");
+        assert!(got.contains("x-forwarded-host: api.example\r\n"), "{got}");
+        let got = render(&[("host", "other.example")]);
+        assert!(got.contains("host: other.example\r\n"), "{got}");
+        assert!(!got.contains("api.example"), "{got}");
+        let got = render(&[("host", "kg_sk_live_x.example")]);
+        assert!(got.contains("host: up:3000\r\n"), "{got}");
+        assert!(
+            !got.contains("kg_") && !got.contains("api.example"),
+            "{got}"
+        );
     }
 
     /// Found by the `request_head` fuzz target: a key in `Host` went upstream in `Host` and

@@ -290,17 +290,17 @@ pub fn response_head(
 
 /// What a final response head says about its body and its connection.
 #[derive(Debug, Clone, Copy)]
-struct Signs {
-    status: u16,
-    upstream_http11: bool,
+pub struct Signs {
+    pub status: u16,
+    pub upstream_http11: bool,
     /// `Content-Length` (all copies agreeing).
-    length: Option<u64>,
+    pub length: Option<u64>,
     /// A `Transfer-Encoding` was sent; `chunked_last`: its last coding is `chunked`.
-    coded: bool,
-    chunked_last: bool,
+    pub coded: bool,
+    pub chunked_last: bool,
     /// `Connection: close` / `Connection: keep-alive`.
-    close: bool,
-    keep_alive: bool,
+    pub close: bool,
+    pub keep_alive: bool,
 }
 
 /// How a final response's body is delimited, how it goes to the client, and which
@@ -318,7 +318,26 @@ struct Plan {
 /// the close), re-chunked for an HTTP/1.1 client when the upstream's length is unknown, and
 /// each connection kept only when both ends know where the body ends.
 fn plan(signs: Signs, cx: &ResponseContext) -> Plan {
-    let framing = if cx.head_request || signs.status == 204 || signs.status == 304 {
+    let (framing, upstream_keep_alive) = upstream_framing(signs, cx.head_request);
+    let encoding = match framing {
+        Framing::Chunked | Framing::Close if cx.client_http11 => Encoding::Chunked,
+        _ => Encoding::Raw,
+    };
+    // An HTTP/1.0 client learns where an undelimited body ends from the close.
+    let delimited = !matches!(framing, Framing::Chunked | Framing::Close);
+    Plan {
+        framing,
+        encoding,
+        upstream_keep_alive,
+        client_keep_alive: cx.keep_alive && (cx.client_http11 || delimited),
+    }
+}
+
+/// The upstream's side of [`plan`], for every engine that reads an upstream's HTTP/1.1
+/// response (`forward::response_head` too): how the body is delimited, and whether the
+/// upstream connection can carry another request once it is read.
+pub fn upstream_framing(signs: Signs, head_request: bool) -> (Framing, bool) {
+    let framing = if head_request || signs.status == 204 || signs.status == 304 {
         Framing::Empty
     } else if signs.coded {
         if signs.chunked_last {
@@ -334,18 +353,7 @@ fn plan(signs: Signs, cx: &ResponseContext) -> Plan {
     };
     let upstream_keep_alive =
         framing != Framing::Close && !signs.close && (signs.upstream_http11 || signs.keep_alive);
-    let encoding = match framing {
-        Framing::Chunked | Framing::Close if cx.client_http11 => Encoding::Chunked,
-        _ => Encoding::Raw,
-    };
-    // An HTTP/1.0 client learns where an undelimited body ends from the close.
-    let delimited = !matches!(framing, Framing::Chunked | Framing::Close);
-    Plan {
-        framing,
-        encoding,
-        upstream_keep_alive,
-        client_keep_alive: cx.keep_alive && (cx.client_http11 || delimited),
-    }
+    (framing, upstream_keep_alive)
 }
 
 /// A refusal, whole: head and JSON body; `extra`: headers keygate adds ([`crate::cors`]'s,
