@@ -2,7 +2,7 @@
 //! status, the header map the client may see, and how the body that follows is delimited.
 //!
 //! The framing decision is `wire::response`'s ([`crate::wire::response::upstream_framing`])
-//! and which header reaches the client is the rulebook's ([`header_rules::to_client`]), so
+//! and which header reaches the client is the rulebook's ([`crate::header_rules::to_client`]), so
 //! both engines read an upstream's response the same way; only the rendering differs (a header
 //! map for hyper's HTTP/2 instead of header lines). Connection-specific headers never reach
 //! an HTTP/2 client (RFC 9113 §8.2.2 makes them malformed there): `Connection`, whatever it
