@@ -51,8 +51,8 @@ KG_PLANS_PUBLIC=127.0.0.1:8092      # scenario c: a keygate with a rate-limit pl
 KG_PLANS_ADMIN=127.0.0.1:9192
 KG_REDIS_PUBLIC=127.0.0.1:8091      # scenario d: a second keygate on the Redis store
 KG_REDIS_ADMIN=127.0.0.1:9191
-KG_PLAIN_WRITES_PUBLIC=127.0.0.1:8093   # scenario f: (b) with batched writes off (no io_uring)
-KG_PLAIN_WRITES_ADMIN=127.0.0.1:9193
+KG_PLAIN_WRITES_PUBLIC=127.0.0.1:8094   # scenario f: (b) with batched writes off (no io_uring)
+KG_PLAIN_WRITES_ADMIN=127.0.0.1:9194
 REDIS=127.0.0.1:6390
 UPSTREAM=127.0.0.1:8081
 
@@ -550,7 +550,7 @@ declare -A DESC=(
     [kg_c]="keygate (c) file store + plan with per-second/per-hour limits (:8092)"
     [kg_d]="keygate (d) Redis store + in-process cache, valid keys (:8091)"
     [kg_e]="keygate (e) unknown well-formed keys -> 401 (:8090)"
-    [kg_f]="keygate (f) as (b), batched writes off: no io_uring, as under Docker's default seccomp (:8093)"
+    [kg_f]="keygate (f) as (b), batched writes off: no io_uring, as under Docker's default seccomp (:8094)"
 )
 
 # Around one load run: steal % (whole machine), CPU-0 busy %, the servers' CPU (% of one core,
