@@ -466,27 +466,38 @@ mod tests {
         assert!(head.parse(raw.as_bytes(), 64 * 1024).unwrap(), "{raw}");
         let req = ParsedRequest::new(&head, raw.as_bytes());
         let mut out = Vec::new();
-        upstream_head::write_request_head(
-            &mut out,
-            &req,
-            &upstream_head::RequestContext {
-                base_path: "",
-                path: "/x",
-                upstream_host: b"upstream:3000",
-                preserve_host: true,
-                credential_headers: reads,
-                key_prefix: "kg",
-                key,
-                peer: b"10.0.0.7",
-                peer_trusted: trusted,
-                tls: false,
-                framing: Framing::Empty,
-                upgrade: false,
-            },
-        );
+        upstream_head::write_request_head(&mut out, &req, &context(reads, trusted, key));
+        written_headers(&out)
+    }
+
+    /// What both of keygate's renderings of an upstream head are given besides the headers.
+    fn context<'a>(
+        reads: &'a [CredentialHeader],
+        trusted: bool,
+        key: Option<&'a CachedKey>,
+    ) -> upstream_head::RequestContext<'a> {
+        upstream_head::RequestContext {
+            base_path: "",
+            path: "/x",
+            upstream_host: b"upstream:3000",
+            preserve_host: true,
+            credential_headers: reads,
+            key_prefix: "kg",
+            key,
+            peer: b"10.0.0.7",
+            peer_trusted: trusted,
+            tls: false,
+            framing: Framing::Empty,
+            upgrade: false,
+        }
+    }
+
+    /// The header lines of a written upstream head for `/x`, lowercased and sorted.
+    fn written_headers(out: &[u8]) -> Vec<(String, String)> {
         let mut lines = [httparse::EMPTY_HEADER; 64];
         let mut parsed = httparse::Request::new(&mut lines);
-        assert!(parsed.parse(&out).unwrap().is_complete());
+        assert!(parsed.parse(out).unwrap().is_complete());
+        assert_eq!(parsed.path, Some("/x"));
         let mut seen: Vec<(String, String)> = parsed
             .headers
             .iter()
@@ -521,37 +532,9 @@ mod tests {
         upstream_head::write_request_head(
             &mut out,
             &upstream_head::Fields::new(&method, &uri, &headers),
-            &upstream_head::RequestContext {
-                base_path: "",
-                path: uri.path(),
-                upstream_host: b"upstream:3000",
-                preserve_host: true,
-                credential_headers: reads,
-                key_prefix: "kg",
-                key,
-                peer: b"10.0.0.7",
-                peer_trusted: trusted,
-                tls: false,
-                framing: Framing::Empty,
-                upgrade: false,
-            },
+            &context(reads, trusted, key),
         );
-        let mut lines = [httparse::EMPTY_HEADER; 64];
-        let mut parsed = httparse::Request::new(&mut lines);
-        assert!(parsed.parse(&out).unwrap().is_complete());
-        assert_eq!(parsed.path, Some("/x"));
-        let mut seen: Vec<(String, String)> = parsed
-            .headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_ascii_lowercase(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect();
-        seen.sort();
-        seen
+        written_headers(&out)
     }
 
     /// The same through hyper's side.
