@@ -1,11 +1,124 @@
-//! Why an upstream request failed, as an operator reads it ([`UpstreamFailure`], the label
-//! `metrics` defines): both engines classify here, keygate's HTTP/1.1 from its own I/O errors,
-//! hyper's pool (HTTP/2) from the error chain hyper hands back.
+//! Why an upstream request failed, decided once for both engines: [`Failure`] is what went
+//! wrong on keygate's own upstream connections (the HTTP/1.1 session's and the HTTP/2 links'),
+//! with what may be retried, what is logged and counted, and the refusal the client gets;
+//! [`UpstreamFailure`] (the label `metrics` defines) is how an operator reads it, classified
+//! from keygate's own I/O errors or from the error chain hyper's pool hands back (HTTP/2
+//! upstreams).
 
 use std::error::Error;
+use std::fmt::Display;
 use std::io;
 
+use super::upstream::DialError;
+use crate::metrics::Metrics;
 pub use crate::metrics::UpstreamFailure;
+use crate::ratelog::UPSTREAM_FAILED;
+use crate::reject::Reject;
+
+/// Why no usable response came from the upstream.
+#[derive(Debug)]
+pub enum Failure {
+    /// No connection: refused, unreachable, or the connect timeout.
+    Dial(DialError),
+    /// Writing the request failed.
+    Write(io::Error),
+    /// No response head within the upstream timeout.
+    Timeout,
+    /// Closed or reset before any byte of a response.
+    ClosedEarly,
+    /// The response broke: malformed, cut within its head, or an I/O error after part of it.
+    Broken(UpstreamFailure, String),
+    /// The client's body was bad (400 or 413): its fault, not the upstream's.
+    Client(Reject),
+    /// The client went away while an interim response was relayed to it: nobody to answer,
+    /// and nothing the upstream did wrong.
+    ClientLeft,
+}
+
+impl Failure {
+    /// A read while waiting for a response head: the bytes it gave, or why none will come.
+    /// `heard`: part of the head came already, so a close is a response cut short, not one
+    /// never begun (which, on a reused connection, may be retried).
+    pub fn of_head_read(read: io::Result<usize>, heard: bool) -> Result<usize, Self> {
+        match read {
+            Ok(0) if !heard => Err(Self::ClosedEarly),
+            Err(e) if !heard && is_reset(&e) => Err(Self::ClosedEarly),
+            Ok(0) => Err(Self::Broken(
+                UpstreamFailure::Reset,
+                "closed within the response head".into(),
+            )),
+            Err(e) => Err(Self::Broken(
+                UpstreamFailure::of_io(&e, false),
+                e.to_string(),
+            )),
+            Ok(n) => Ok(n),
+        }
+    }
+
+    /// A response head or body that does not parse.
+    pub fn malformed(e: impl Display) -> Self {
+        Self::Broken(UpstreamFailure::Protocol, e.to_string())
+    }
+
+    /// Whether a request that went out whole on a reused connection may go again on a new
+    /// one: when writing it failed (the upstream had closed the idle connection), or when
+    /// the connection closed before any response and the request is idempotent (the
+    /// upstream may have acted on it).
+    pub fn may_retry(&self, idempotent: bool) -> bool {
+        match self {
+            Self::Write(_) => true,
+            Self::ClosedEarly => idempotent,
+            _ => false,
+        }
+    }
+
+    /// Logs it (throttled) and counts it in `keygate_upstream_failures_total`; the refusal
+    /// the client gets.
+    pub fn report(self, metrics: &Metrics) -> Reject {
+        let (kind, reject) = match &self {
+            Self::Client(reject) => return reject.clone(),
+            Self::ClientLeft => return Reject::UpstreamUnavailable,
+            Self::Dial(DialError::Timeout) => {
+                (UpstreamFailure::ConnectTimeout, Reject::UpstreamTimeout)
+            }
+            Self::Dial(DialError::Io(e)) => {
+                (UpstreamFailure::of_io(e, true), Reject::UpstreamUnavailable)
+            }
+            Self::Write(e) => (
+                UpstreamFailure::of_io(e, false),
+                Reject::UpstreamUnavailable,
+            ),
+            Self::Timeout => (UpstreamFailure::Timeout, Reject::UpstreamTimeout),
+            Self::ClosedEarly => (UpstreamFailure::Reset, Reject::UpstreamUnavailable),
+            Self::Broken(kind, _) => (*kind, Reject::UpstreamUnavailable),
+        };
+        // A time-out says all there is to say in the metric; the rest is worth a line.
+        if !matches!(self, Self::Timeout) && UPSTREAM_FAILED.allow() {
+            match &self {
+                Self::Dial(e) => tracing::warn!(error = %e, "upstream request failed"),
+                Self::Write(e) => {
+                    tracing::warn!(error = %e, "upstream request failed: writing the request");
+                }
+                Self::ClosedEarly => {
+                    tracing::warn!("upstream request failed: closed before responding");
+                }
+                Self::Broken(_, why) => tracing::warn!(error = %why, "upstream request failed"),
+                _ => {}
+            }
+        }
+        metrics.upstream_failed(kind);
+        reject
+    }
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
 
 impl UpstreamFailure {
     /// An I/O error on an upstream connection. `connecting`: while opening it (where a
@@ -102,6 +215,122 @@ mod tests {
         ];
         for (e, connecting, want) in cases {
             assert_eq!(UpstreamFailure::of_io(&e, connecting), want, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn head_reads() {
+        let reset = || Err(io::Error::from(io::ErrorKind::ConnectionReset));
+        let cut = |r: Result<usize, Failure>| match r {
+            Err(Failure::Broken(kind, _)) => Some(kind),
+            _ => None,
+        };
+        assert_eq!(Failure::of_head_read(Ok(17), false).ok(), Some(17));
+        assert_eq!(Failure::of_head_read(Ok(17), true).ok(), Some(17));
+        // Nothing heard yet: the connection died idle (retryable where the caller may).
+        assert!(matches!(
+            Failure::of_head_read(Ok(0), false),
+            Err(Failure::ClosedEarly)
+        ));
+        assert!(matches!(
+            Failure::of_head_read(reset(), false),
+            Err(Failure::ClosedEarly)
+        ));
+        // Part of a head heard: a response cut short, never retried.
+        assert_eq!(cut(Failure::of_head_read(Ok(0), true)), Some(Reset));
+        assert_eq!(cut(Failure::of_head_read(reset(), true)), Some(Reset));
+        let timed_out = Err(io::Error::from(io::ErrorKind::TimedOut));
+        assert_eq!(cut(Failure::of_head_read(timed_out, false)), Some(Timeout));
+        let odd = Err(io::Error::other("odd"));
+        assert_eq!(cut(Failure::of_head_read(odd, false)), Some(Other));
+    }
+
+    #[test]
+    fn retries_and_refusals() {
+        let write = || Failure::Write(io::Error::from(io::ErrorKind::BrokenPipe));
+        let cases: [(Failure, bool, bool, Reject, Option<UpstreamFailure>); 9] = [
+            (
+                write(),
+                false,
+                true,
+                Reject::UpstreamUnavailable,
+                Some(Reset),
+            ),
+            (
+                Failure::ClosedEarly,
+                true,
+                true,
+                Reject::UpstreamUnavailable,
+                Some(Reset),
+            ),
+            (
+                Failure::ClosedEarly,
+                false,
+                false,
+                Reject::UpstreamUnavailable,
+                Some(Reset),
+            ),
+            (
+                Failure::Timeout,
+                true,
+                false,
+                Reject::UpstreamTimeout,
+                Some(Timeout),
+            ),
+            (
+                Failure::Dial(DialError::Timeout),
+                true,
+                false,
+                Reject::UpstreamTimeout,
+                Some(ConnectTimeout),
+            ),
+            (
+                Failure::Dial(DialError::Io(io::ErrorKind::ConnectionRefused.into())),
+                true,
+                false,
+                Reject::UpstreamUnavailable,
+                Some(Refused),
+            ),
+            (
+                Failure::malformed("a bad head"),
+                true,
+                false,
+                Reject::UpstreamUnavailable,
+                Some(Protocol),
+            ),
+            (
+                Failure::Client(Reject::PayloadTooLarge),
+                true,
+                false,
+                Reject::PayloadTooLarge,
+                None,
+            ),
+            (
+                Failure::ClientLeft,
+                true,
+                false,
+                Reject::UpstreamUnavailable,
+                None,
+            ),
+        ];
+        for (failure, idempotent, retry, reject, counted) in cases {
+            let what = format!("{failure:?}");
+            assert_eq!(failure.may_retry(idempotent), retry, "{what}");
+            let metrics = Metrics::new();
+            assert_eq!(failure.report(&metrics), reject, "{what}");
+            let text = metrics.render();
+            for kind in UpstreamFailure::ALL {
+                let line = format!(
+                    "keygate_upstream_failures_total{{kind=\"{}\"}} ",
+                    kind.as_str()
+                );
+                let n = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&line))
+                    .unwrap_or_else(|| panic!("{line} in {text}"));
+                let want = if counted == Some(kind) { "1" } else { "0" };
+                assert_eq!(n, want, "{what}: {line}");
+            }
         }
     }
 

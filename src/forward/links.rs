@@ -33,28 +33,16 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
+use super::failure::Failure;
 use super::response_head::{self, Parsed, UpstreamResponse};
-use super::upstream::{Destination, DialError, Link, Parking, Stream};
+use super::upstream::{Destination, Link, Parking, Stream};
 use super::upstream_head::{self, Fields, RequestContext};
 use super::{Forwarder, Origin, UpstreamFailure};
 use crate::header_rules;
 use crate::metrics::Metrics;
-use crate::ratelog::UPSTREAM_FAILED;
 use crate::reject::Reject;
 use crate::wire::request::{FramingRules, HeadError};
 use crate::wire::{self, BodyError, Buffer, Decoder, Encoding, Framing};
-
-/// Why no usable response came from the upstream.
-enum Failure {
-    Timeout,
-    /// Writing the request failed.
-    Write(io::Error),
-    /// Closed or reset before any response byte.
-    ClosedEarly,
-    Broken(UpstreamFailure, String),
-    /// The client's body failed: its fault (400 or 413), not the upstream's.
-    Client(Reject),
-}
 
 /// How an HTTP/2 request's body goes upstream: the length it declares, or chunked when it
 /// declares none and has one; refused where the framing rules of keygate's own HTTP/1.1
@@ -144,20 +132,12 @@ impl Forwarder {
                 Ok(done) => break done,
                 Err(failure) => failure,
             };
-            let again = link.reused
-                && !retried
-                && whole
-                && match &failure {
-                    Failure::Write(_) => true,
-                    Failure::ClosedEarly => idempotent,
-                    _ => false,
-                };
-            if again {
+            if link.reused && !retried && whole && failure.may_retry(idempotent) {
                 retried = true;
                 link = self.dial(route, metrics).await?;
                 continue;
             }
-            return Err(self.failed(failure, metrics));
+            return Err(failure.report(metrics));
         };
         let UpstreamResponse {
             status,
@@ -171,10 +151,7 @@ impl Forwarder {
         if let Err(e) =
             wire::body::take_buffered(&mut decoder, Encoding::Raw, &mut link.buf, &mut first)
         {
-            return Err(self.failed(
-                Failure::Broken(UpstreamFailure::Protocol, e.to_string()),
-                metrics,
-            ));
+            return Err(Failure::malformed(e).report(metrics));
         }
         let mut body = LinkBody {
             link: Some(link),
@@ -203,48 +180,9 @@ impl Forwarder {
 
     async fn dial(&self, route: Destination, metrics: &Metrics) -> Result<Link, Reject> {
         // Boxed: rare, and its state would otherwise make every request's future larger.
-        Box::pin(self.dialer.dial(route)).await.map_err(|e| {
-            if UPSTREAM_FAILED.allow() {
-                tracing::warn!(error = %e, "upstream request failed");
-            }
-            let (kind, reject) = match &e {
-                DialError::Timeout => (UpstreamFailure::ConnectTimeout, Reject::UpstreamTimeout),
-                DialError::Io(e) => (UpstreamFailure::of_io(e, true), Reject::UpstreamUnavailable),
-            };
-            metrics.upstream_failed(kind);
-            reject
-        })
-    }
-
-    /// Logs and counts a failure; the refusal the client gets.
-    fn failed(&self, failure: Failure, metrics: &Metrics) -> Reject {
-        let (kind, reject) = match failure {
-            Failure::Client(reject) => return reject,
-            Failure::Timeout => (UpstreamFailure::Timeout, Reject::UpstreamTimeout),
-            Failure::Write(e) => {
-                if UPSTREAM_FAILED.allow() {
-                    tracing::warn!(error = %e, "upstream request failed: writing the request");
-                }
-                (
-                    UpstreamFailure::of_io(&e, false),
-                    Reject::UpstreamUnavailable,
-                )
-            }
-            Failure::ClosedEarly => {
-                if UPSTREAM_FAILED.allow() {
-                    tracing::warn!("upstream request failed: closed before responding");
-                }
-                (UpstreamFailure::Reset, Reject::UpstreamUnavailable)
-            }
-            Failure::Broken(kind, why) => {
-                if UPSTREAM_FAILED.allow() {
-                    tracing::warn!(error = %why, "upstream request failed");
-                }
-                (kind, Reject::UpstreamUnavailable)
-            }
-        };
-        metrics.upstream_failed(kind);
-        reject
+        Box::pin(self.dialer.dial(route))
+            .await
+            .map_err(|e| Failure::Dial(e).report(metrics))
     }
 
     /// A request without a body: its head out, the response head in.
@@ -426,7 +364,7 @@ async fn read_head<R: AsyncRead + Unpin + ?Sized>(
                     buf.consume(len);
                     continue;
                 }
-                Err(e) => return Err(Failure::Broken(UpstreamFailure::Protocol, e.to_string())),
+                Err(e) => return Err(Failure::malformed(e)),
             }
         }
         let read = loop {
@@ -441,36 +379,9 @@ async fn read_head<R: AsyncRead + Unpin + ?Sized>(
                 }
             }
         };
-        match read {
-            Ok(0) if !heard => return Err(Failure::ClosedEarly),
-            Err(e) if !heard && is_reset(&e) => return Err(Failure::ClosedEarly),
-            Ok(0) => {
-                return Err(Failure::Broken(
-                    UpstreamFailure::Reset,
-                    "closed within the response head".into(),
-                ));
-            }
-            Err(e) => {
-                return Err(Failure::Broken(
-                    UpstreamFailure::of_io(&e, false),
-                    e.to_string(),
-                ));
-            }
-            Ok(n) => {
-                buf.filled_by(n);
-                heard = true;
-            }
-        }
+        buf.filled_by(Failure::of_head_read(read, heard)?);
+        heard = true;
     }
-}
-
-fn is_reset(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-    )
 }
 
 /// The upstream's response body for hyper to send to an HTTP/2 client, read from the link as

@@ -1,26 +1,25 @@
 //! The upstream's HTTP/1.1 response head read for an HTTP/2 client ([`super::links`]): the
 //! status, the header map the client may see, and how the body that follows is delimited.
 //!
-//! The framing decision is `wire::response`'s ([`crate::wire::response::upstream_framing`])
-//! and which header reaches the client is the rulebook's ([`crate::header_rules::to_client`]), so
-//! both engines read an upstream's response the same way; only the rendering differs (a header
-//! map for hyper's HTTP/2 instead of header lines). Connection-specific headers never reach
+//! Reading the head and its framing lines is `wire::response`'s
+//! ([`crate::wire::response::upstream_head`], [`crate::wire::response::FramingLines`]), so is
+//! the framing decision ([`crate::wire::response::upstream_framing`]), and which header reaches
+//! the client is the rulebook's ([`crate::header_rules::to_client`]): both engines read an
+//! upstream's response the same way; only the rendering differs (a header map for hyper's
+//! HTTP/2 instead of header lines). Connection-specific headers never reach
 //! an HTTP/2 client (RFC 9113 §8.2.2 makes them malformed there): `Connection`, whatever it
 //! names, `Transfer-Encoding`, `Upgrade`, `Keep-Alive` and the other hop-by-hop headers are
 //! dropped. `Content-Length` is written once, from the agreed value, and only where the
 //! HTTP/1.1 engine would write one.
 
-use std::mem::MaybeUninit;
-
 use http::StatusCode;
 use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 
-use crate::header_rules::{self as names, Name, list};
+use crate::header_rules::{self as names, Name};
 use crate::wire::Framing;
-use crate::wire::request::digits;
-use crate::wire::response::{MAX_RESPONSE_HEAD, ResponseError, Signs, upstream_framing};
-
-const MAX_RESPONSE_LINES: usize = 256;
+use crate::wire::response::{
+    FramingLines, ResponseError, head_lines, upstream_framing, upstream_head,
+};
 
 /// A response head from the upstream, as far as it has arrived.
 #[derive(Debug)]
@@ -50,53 +49,17 @@ pub struct UpstreamResponse {
 /// Parses the response head at the start of `buf`. `head_request`: the response to a `HEAD`
 /// has no body, whatever it declares.
 pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
-    // Uninitialized: filling 256 empty headers first would cost more than parsing.
-    let mut lines = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_LINES];
-    let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, &mut lines);
-    let len = match parsed {
-        Ok(httparse::Status::Complete(len)) if len <= MAX_RESPONSE_HEAD => len,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => {
-            return Ok(Parsed::Partial);
-        }
-        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooLarge),
-        Err(_) => return Err(ResponseError::Malformed("the head does not parse")),
+    let mut lines = head_lines();
+    let Some(head) = upstream_head(buf, &mut lines)? else {
+        return Ok(Parsed::Partial);
     };
-    let (Some(version), Some(code)) = (resp.version, resp.code) else {
-        return Err(ResponseError::Malformed("no status line"));
-    };
-    // httparse reads any three digits; a client must only ever see a valid status.
-    if !(100..=599).contains(&code) {
-        return Err(ResponseError::Malformed("a status code outside 100-599"));
-    }
-    let headers = &*resp.headers;
-
-    let mut length: Option<u64> = None;
-    let (mut coded, mut chunked_last) = (false, false);
-    let mut options = names::Options::default();
-    let mut named: Vec<&[u8]> = Vec::new();
+    let (len, code, headers) = (head.len, head.status, head.headers);
+    let mut framing_lines = FramingLines::new(&head);
     let mut kept = 0;
     for h in headers {
-        match names::name(h.name.as_bytes()) {
-            Name::ContentLength => {
-                for part in list(h.value) {
-                    let n = digits(part).ok_or(ResponseError::Malformed("Content-Length"))?;
-                    if length.is_some_and(|seen| seen != n) {
-                        return Err(ResponseError::Malformed("conflicting Content-Length"));
-                    }
-                    length = Some(n);
-                }
-            }
-            Name::TransferEncoding => {
-                for coding in list(h.value) {
-                    coded = true;
-                    chunked_last = coding.eq_ignore_ascii_case(b"chunked");
-                }
-            }
-            Name::Connection => options.add(h.value, |token| named.push(token)),
-            class if names::to_client(class) => kept += 1,
-            _ => {}
+        let class = names::name(h.name.as_bytes());
+        if !framing_lines.note(class, h.value)? && names::to_client(class) {
+            kept += 1;
         }
     }
     // After the lines are checked, as the HTTP/1.1 engine does: both refuse the same heads.
@@ -111,27 +74,14 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
         _ => {}
     }
     let status = StatusCode::from_u16(code).map_err(|_| ResponseError::Malformed("status"))?;
-    let (framing, keep_alive) = upstream_framing(
-        Signs {
-            status: code,
-            upstream_http11: version == 1,
-            length,
-            coded,
-            chunked_last,
-            close: options.close,
-            keep_alive: options.keep_alive,
-        },
-        head_request,
-    );
+    let signs = framing_lines.signs();
+    let (framing, keep_alive) = upstream_framing(signs, head_request);
 
     let mut map = HeaderMap::with_capacity(kept + 1);
     for h in headers {
         let name = h.name.as_bytes();
         let class = names::name(name);
-        if class == Name::ContentLength
-            || !names::to_client(class)
-            || named.iter().any(|n| n.eq_ignore_ascii_case(name))
-        {
+        if class == Name::ContentLength || !names::to_client(class) || framing_lines.names(name) {
             continue;
         }
         let name = HeaderName::from_bytes(name)
@@ -144,7 +94,7 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
     // would be; a 204 has none to speak of.
     let declared = match framing {
         Framing::Length(n) => Some(n),
-        Framing::Empty if code != 204 && !coded => length,
+        Framing::Empty if code != 204 && !signs.coded => signs.length,
         _ => None,
     };
     if let Some(n) = declared {
@@ -162,6 +112,7 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::response::MAX_RESPONSE_HEAD;
 
     fn fin(raw: &str, head_request: bool) -> UpstreamResponse {
         match parse(raw.as_bytes(), head_request) {

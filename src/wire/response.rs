@@ -81,6 +81,132 @@ pub enum ResponseError {
     Malformed(&'static str),
 }
 
+/// Room for an upstream head's lines, on the stack and uninitialized: filling 256 empty
+/// headers first would cost more than parsing.
+pub type HeadLines<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_RESPONSE_LINES];
+
+pub const fn head_lines<'b>() -> HeadLines<'b> {
+    [const { MaybeUninit::uninit() }; MAX_RESPONSE_LINES]
+}
+
+/// An upstream's response head as it came, checked to be whole, within bounds and with a
+/// status a client may see. Both engines start from it.
+pub struct UpstreamHead<'h, 'b> {
+    pub len: usize,
+    pub http11: bool,
+    pub status: u16,
+    pub reason: Option<&'b str>,
+    pub headers: &'h [httparse::Header<'b>],
+}
+
+/// Reads the response head at the start of `buf` into `lines`; `None` while it is partial.
+pub fn upstream_head<'h, 'b>(
+    buf: &'b [u8],
+    lines: &'h mut HeadLines<'b>,
+) -> Result<Option<UpstreamHead<'h, 'b>>, ResponseError> {
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed =
+        httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, lines);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_RESPONSE_HEAD => len,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => return Ok(None),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooLarge),
+        Err(_) => return Err(ResponseError::Malformed("the head does not parse")),
+    };
+    let httparse::Response {
+        version,
+        code,
+        reason,
+        headers,
+    } = resp;
+    let (Some(version), Some(status)) = (version, code) else {
+        return Err(ResponseError::Malformed("no status line"));
+    };
+    // httparse reads any three digits; a client must only ever see a valid status line.
+    if !(100..=599).contains(&status) {
+        return Err(ResponseError::Malformed("a status code outside 100-599"));
+    }
+    Ok(Some(UpstreamHead {
+        len,
+        http11: version == 1,
+        status,
+        reason,
+        headers,
+    }))
+}
+
+/// What an upstream head's framing lines (`Content-Length`, `Transfer-Encoding`,
+/// `Connection`) say, taken in line by line. Both engines read them here, so they agree on
+/// where every body ends and which headers are the connection's own.
+pub struct FramingLines<'b> {
+    signs: Signs,
+    options: names::Options,
+    /// Headers a `Connection` line names: hop-by-hop, never passed on.
+    named: Vec<&'b [u8]>,
+}
+
+impl<'b> FramingLines<'b> {
+    pub fn new(head: &UpstreamHead<'_, 'b>) -> Self {
+        Self {
+            signs: Signs {
+                status: head.status,
+                upstream_http11: head.http11,
+                length: None,
+                coded: false,
+                chunked_last: false,
+                close: false,
+                keep_alive: false,
+            },
+            options: names::Options::default(),
+            named: Vec::new(),
+        }
+    }
+
+    /// Takes in one line whose name is of `class`: `false` when it is no framing line.
+    /// Copies of `Content-Length` that disagree are refused.
+    pub fn note(&mut self, class: Name, value: &'b [u8]) -> Result<bool, ResponseError> {
+        match class {
+            Name::ContentLength => {
+                for part in list(value) {
+                    let n = digits(part).ok_or(ResponseError::Malformed("Content-Length"))?;
+                    if self.signs.length.is_some_and(|seen| seen != n) {
+                        return Err(ResponseError::Malformed("conflicting Content-Length"));
+                    }
+                    self.signs.length = Some(n);
+                }
+            }
+            Name::TransferEncoding => {
+                for coding in list(value) {
+                    self.signs.coded = true;
+                    self.signs.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                }
+            }
+            Name::Connection => self.options.add(value, |token| self.named.push(token)),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// A `Connection` line named some header.
+    pub fn names_any(&self) -> bool {
+        !self.named.is_empty()
+    }
+
+    /// A `Connection` line named this header.
+    pub fn names(&self, name: &[u8]) -> bool {
+        self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// Everything the lines said.
+    pub fn signs(&self) -> Signs {
+        Signs {
+            close: self.options.close,
+            keep_alive: self.options.keep_alive,
+            ..self.signs
+        }
+    }
+}
+
 /// Parses the response head at the start of `buf` and writes the client's version of it to
 /// `out`.
 pub fn response_head(
@@ -88,27 +214,17 @@ pub fn response_head(
     out: &mut Vec<u8>,
     cx: &ResponseContext,
 ) -> Result<Parsed, ResponseError> {
-    // Uninitialized: filling 256 empty headers first would cost more than parsing.
-    let mut lines = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_RESPONSE_LINES];
-    let mut resp = httparse::Response::new(&mut []);
-    let parsed = httparse::ParserConfig::default()
-        .parse_response_with_uninit_headers(&mut resp, buf, &mut lines);
-    let len = match parsed {
-        Ok(httparse::Status::Complete(len)) if len <= MAX_RESPONSE_HEAD => len,
-        Ok(httparse::Status::Partial) if buf.len() <= MAX_RESPONSE_HEAD => {
-            return Ok(Parsed::Partial);
-        }
-        Ok(_) | Err(httparse::Error::TooManyHeaders) => return Err(ResponseError::TooLarge),
-        Err(_) => return Err(ResponseError::Malformed("the head does not parse")),
+    let mut lines = head_lines();
+    let Some(head) = upstream_head(buf, &mut lines)? else {
+        return Ok(Parsed::Partial);
     };
-    let (Some(version), Some(status)) = (resp.version, resp.code) else {
-        return Err(ResponseError::Malformed("no status line"));
-    };
-    // httparse reads any three digits; a client must only ever see a valid status line.
-    if !(100..=599).contains(&status) {
-        return Err(ResponseError::Malformed("a status code outside 100-599"));
-    }
-    let headers = &*resp.headers;
+    let UpstreamHead {
+        len,
+        status,
+        reason,
+        headers,
+        ..
+    } = head;
     // The line as received, from its name to the end of its value.
     fn raw<'b>(buf: &'b [u8], h: &httparse::Header<'b>) -> &'b [u8] {
         let at = |s: &[u8]| s.as_ptr() as usize - buf.as_ptr() as usize;
@@ -121,40 +237,20 @@ pub fn response_head(
     }
     out.reserve(len + 256);
     let start = out.len();
-    status_line(out, status, resp.reason);
+    status_line(out, status, reason);
     let fields = out.len();
 
     // One pass: framing and connection options noted, the rest written as it came.
-    let mut length: Option<u64> = None;
-    let (mut coded, mut chunked_last) = (false, false);
-    let mut options = names::Options::default();
-    let mut named: Vec<&[u8]> = Vec::new();
+    let mut framing_lines = FramingLines::new(&head);
     let mut present = 0u8;
     let mut has_date = false;
     for h in headers {
         let value = h.value;
-        match names::name(h.name.as_bytes()) {
-            Name::ContentLength => {
-                for part in list(value) {
-                    let n = digits(part).ok_or(ResponseError::Malformed("Content-Length"))?;
-                    if length.is_some_and(|seen| seen != n) {
-                        return Err(ResponseError::Malformed("conflicting Content-Length"));
-                    }
-                    length = Some(n);
-                }
-                continue;
-            }
-            Name::TransferEncoding => {
-                for coding in list(value) {
-                    coded = true;
-                    chunked_last = coding.eq_ignore_ascii_case(b"chunked");
-                }
-                continue;
-            }
-            Name::Connection => {
-                options.add(value, |token| named.push(token));
-                continue;
-            }
+        let class = names::name(h.name.as_bytes());
+        if framing_lines.note(class, value)? {
+            continue;
+        }
+        match class {
             Name::HopByHop | Name::Upgrade => continue,
             Name::Date => has_date = true,
             Name::RateLimit(i) => present |= 1 << i,
@@ -168,7 +264,7 @@ pub fn response_head(
         out.extend_from_slice(raw(buf, h));
         out.extend_from_slice(b"\r\n");
     }
-    if !named.is_empty() {
+    if framing_lines.names_any() {
         // Rare: `Connection` names more headers, which may have come before it.
         out.truncate(fields);
         for h in headers {
@@ -180,7 +276,7 @@ pub fn response_head(
                     | Name::Connection
                     | Name::HopByHop
                     | Name::Upgrade
-            ) || named.iter().any(|n| n.eq_ignore_ascii_case(name))
+            ) || framing_lines.names(name)
                 || (!cx.cors.is_empty() && crate::cors::is_cors_header(name));
             if !dropped {
                 out.extend_from_slice(raw(buf, h));
@@ -225,29 +321,19 @@ pub fn response_head(
         };
     }
 
+    let signs = framing_lines.signs();
     let Plan {
         framing,
         encoding,
         upstream_keep_alive,
         client_keep_alive,
-    } = plan(
-        Signs {
-            status,
-            upstream_http11: version == 1,
-            length,
-            coded,
-            chunked_last,
-            close: options.close,
-            keep_alive: options.keep_alive,
-        },
-        cx,
-    );
+    } = plan(signs, cx);
 
     match framing {
         Framing::Length(n) => length_line(out, n),
         // A HEAD or 304 says what the body would be; a 204 has none to speak of.
         Framing::Empty if status != 204 => {
-            if let (Some(n), false) = (length, coded) {
+            if let (Some(n), false) = (signs.length, signs.coded) {
                 length_line(out, n);
             }
         }

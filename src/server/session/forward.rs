@@ -11,44 +11,15 @@ use tokio::time::Instant;
 use super::clock::{Deadline, Patient};
 use super::{Body, Facts, Next, Session, write_flush};
 use crate::batch::{self, Batchable};
-use crate::forward::upstream::{Destination, DialError, Link, Stream};
-use crate::forward::{Forwarder, UpstreamFailure};
+use crate::forward::Forwarder;
+use crate::forward::failure::Failure;
+use crate::forward::upstream::{Destination, Link, Stream};
 use crate::keys::rotation::Due;
 use crate::metrics::{Decision, Outcome};
 use crate::proxy::Audit;
-use crate::ratelog::UPSTREAM_FAILED;
 use crate::reject::Reject;
 use crate::wire::response::{self, Limit, Parsed, ResponseContext, ResponseHead};
 use crate::wire::{self, BodyError, Buffer, Decoder, Encoding, Framing};
-
-/// Why no usable response came from the upstream.
-pub(super) enum Failure {
-    Timeout,
-    /// Closed or reset before any response byte.
-    ClosedEarly,
-    Broken(UpstreamFailure, String),
-    /// The client went away while an interim response was relayed: not the upstream's fault.
-    ClientLeft,
-}
-
-impl Failure {
-    pub(super) fn reject(&self) -> Reject {
-        match self {
-            Self::Timeout => Reject::UpstreamTimeout,
-            Self::ClosedEarly | Self::Broken(..) | Self::ClientLeft => Reject::UpstreamUnavailable,
-        }
-    }
-
-    /// What `keygate_upstream_failures_total` counts it as, if anything.
-    fn kind(&self) -> Option<UpstreamFailure> {
-        match self {
-            Self::Timeout => Some(UpstreamFailure::Timeout),
-            Self::ClosedEarly => Some(UpstreamFailure::Reset),
-            Self::Broken(kind, _) => Some(*kind),
-            Self::ClientLeft => None,
-        }
-    }
-}
 
 /// A client that left before its response could be written (499, as nginx logs it).
 const CLIENT_CLOSED: Outcome = Outcome {
@@ -115,8 +86,14 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 Err(e) => Err(e),
             };
             if let Err(e) = written {
+                let failure = Failure::Write(e);
                 // `up` comes back empty only from a batch whose fate is unknown: not resent.
-                if link.reused && !retried && whole && !self.up.is_empty() {
+                if link.reused
+                    && !retried
+                    && whole
+                    && !self.up.is_empty()
+                    && failure.may_retry(idempotent)
+                {
                     retried = true;
                     link = match self.dial(forwarder, route).await {
                         Ok(link) => link,
@@ -124,15 +101,8 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                     };
                     continue;
                 }
-                if UPSTREAM_FAILED.allow() {
-                    tracing::warn!(error = %e, "upstream request failed: writing the request");
-                }
-                self.proxy
-                    .metrics()
-                    .upstream_failed(UpstreamFailure::of_io(&e, false));
-                return self
-                    .refuse(Reject::UpstreamUnavailable, audit, facts, body)
-                    .await;
+                let reject = failure.report(self.proxy.metrics());
+                return self.refuse(reject, audit, facts, body).await;
             }
             let rotation = audit.rotation.as_ref().map(Due::headers);
             let cx = self.response_context(facts, audit, rotation.as_ref().map_or(&[], |h| &h[..]));
@@ -148,37 +118,25 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                     Err(reject) => return self.refuse(reject, audit, facts, Body::Partial).await,
                 }
             };
-            match outcome {
+            let failure = match outcome {
                 Ok(response) => break response,
-                Err(Failure::ClosedEarly) if link.reused && !retried && whole && idempotent => {
-                    retried = true;
-                    link = match self.dial(forwarder, route).await {
-                        Ok(link) => link,
-                        Err(reject) => return self.refuse(reject, audit, facts, body).await,
-                    };
-                }
-                Err(failure) => {
-                    match &failure {
-                        Failure::Timeout | Failure::ClientLeft => {}
-                        _ if !UPSTREAM_FAILED.allow() => {}
-                        Failure::Broken(_, why) => {
-                            tracing::warn!(error = %why, "upstream request failed");
-                        }
-                        Failure::ClosedEarly => {
-                            tracing::warn!("upstream request failed: closed before responding");
-                        }
-                    }
-                    if let Some(kind) = failure.kind() {
-                        self.proxy.metrics().upstream_failed(kind);
-                    }
-                    let body = if decoder.is_done() {
-                        Body::Consumed
-                    } else {
-                        Body::Partial
-                    };
-                    return self.refuse(failure.reject(), audit, facts, body).await;
-                }
+                Err(failure) => failure,
+            };
+            if link.reused && !retried && whole && failure.may_retry(idempotent) {
+                retried = true;
+                link = match self.dial(forwarder, route).await {
+                    Ok(link) => link,
+                    Err(reject) => return self.refuse(reject, audit, facts, body).await,
+                };
+                continue;
             }
+            let reject = failure.report(self.proxy.metrics());
+            let body = if decoder.is_done() {
+                Body::Consumed
+            } else {
+                Body::Partial
+            };
+            return self.refuse(reject, audit, facts, body).await;
         };
         self.proxy
             .metrics()
@@ -196,21 +154,14 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 &mut self.down,
             )
         {
-            if UPSTREAM_FAILED.allow() {
-                tracing::warn!(error = %e, "upstream request failed: its response body");
-            }
-            self.proxy
-                .metrics()
-                .upstream_failed(UpstreamFailure::Protocol);
+            let reject = Failure::malformed(e).report(self.proxy.metrics());
             self.down.clear();
             let body = if request_done {
                 Body::Consumed
             } else {
                 Body::Partial
             };
-            return self
-                .refuse(Reject::UpstreamUnavailable, audit, facts, body)
-                .await;
+            return self.refuse(reject, audit, facts, body).await;
         }
         self.relay(link, response, body, request_done).await
     }
@@ -452,17 +403,9 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
     ) -> Result<Link, Reject> {
         // Boxed: rare (once per upstream connection), and its state would otherwise make
         // every request's future larger.
-        Box::pin(forwarder.dialer().dial(route)).await.map_err(|e| {
-            if UPSTREAM_FAILED.allow() {
-                tracing::warn!(error = %e, "upstream request failed");
-            }
-            let (kind, reject) = match &e {
-                DialError::Timeout => (UpstreamFailure::ConnectTimeout, Reject::UpstreamTimeout),
-                DialError::Io(e) => (UpstreamFailure::of_io(e, true), Reject::UpstreamUnavailable),
-            };
-            self.proxy.metrics().upstream_failed(kind);
-            reject
-        })
+        Box::pin(forwarder.dialer().dial(route))
+            .await
+            .map_err(|e| Failure::Dial(e).report(self.proxy.metrics()))
     }
 }
 
@@ -501,7 +444,7 @@ where
                     down.clear();
                     continue;
                 }
-                Err(e) => return Err(Failure::Broken(UpstreamFailure::Protocol, e.to_string())),
+                Err(e) => return Err(Failure::malformed(e)),
             }
         }
         let read = tokio::select! {
@@ -516,36 +459,9 @@ where
                 continue;
             }
         };
-        match read {
-            Ok(0) if !heard => return Err(Failure::ClosedEarly),
-            Err(e) if !heard && is_reset(&e) => return Err(Failure::ClosedEarly),
-            Ok(0) => {
-                return Err(Failure::Broken(
-                    UpstreamFailure::Reset,
-                    "closed within the response head".into(),
-                ));
-            }
-            Err(e) => {
-                return Err(Failure::Broken(
-                    UpstreamFailure::of_io(&e, false),
-                    e.to_string(),
-                ));
-            }
-            Ok(n) => {
-                buf.filled_by(n);
-                heard = true;
-            }
-        }
+        buf.filled_by(Failure::of_head_read(read, heard)?);
+        heard = true;
     }
-}
-
-fn is_reset(e: &std::io::Error) -> bool {
-    matches!(
-        e.kind(),
-        std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::BrokenPipe
-    )
 }
 
 fn body_reject(e: &BodyError) -> Reject {
