@@ -85,44 +85,46 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
                 Ok(n) => write_flush(&mut link.stream, &self.up[n..]).await,
                 Err(e) => Err(e),
             };
-            if let Err(e) = written {
-                let failure = Failure::Write(e);
-                // `up` comes back empty only from a batch whose fate is unknown: not resent.
-                if link.reused
-                    && !retried
-                    && whole
-                    && !self.up.is_empty()
-                    && failure.may_retry(idempotent)
-                {
-                    retried = true;
-                    link = match self.dial(forwarder, route).await {
-                        Ok(link) => link,
-                        Err(reject) => return self.refuse(reject, audit, facts, body).await,
-                    };
-                    continue;
-                }
-                let reject = failure.report(self.proxy.metrics());
-                return self.refuse(reject, audit, facts, body).await;
-            }
-            let rotation = audit.rotation.as_ref().map(Due::headers);
-            let cx = self.response_context(facts, audit, rotation.as_ref().map_or(&[], |h| &h[..]));
-            let outcome = if whole {
-                let deadline = sent_at + forwarder.timeout();
-                self.await_head(&mut link, &cx, || deadline).await
-            } else {
-                match self
-                    .stream_body(&mut link, &mut decoder, encoding, forwarder, &mut sent, &cx)
-                    .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(reject) => return self.refuse(reject, audit, facts, Body::Partial).await,
+            let outcome = match written {
+                Err(e) => Err(Failure::Write(e)),
+                Ok(()) => {
+                    let rotation = audit.rotation.as_ref().map(Due::headers);
+                    let added = rotation.as_ref().map_or(&[][..], |h| &h[..]);
+                    let cx = self.response_context(facts, audit, added);
+                    if whole {
+                        let deadline = sent_at + forwarder.timeout();
+                        self.await_head(&mut link, &cx, || deadline).await
+                    } else {
+                        match self
+                            .stream_body(
+                                &mut link,
+                                &mut decoder,
+                                encoding,
+                                forwarder,
+                                &mut sent,
+                                &cx,
+                            )
+                            .await
+                        {
+                            Ok(outcome) => outcome,
+                            Err(reject) => {
+                                return self.refuse(reject, audit, facts, Body::Partial).await;
+                            }
+                        }
+                    }
                 }
             };
             let failure = match outcome {
                 Ok(response) => break response,
                 Err(failure) => failure,
             };
-            if link.reused && !retried && whole && failure.may_retry(idempotent) {
+            // `up` comes back empty only from a batch whose fate is unknown: never resent.
+            if link.reused
+                && !retried
+                && whole
+                && !self.up.is_empty()
+                && failure.may_retry(idempotent)
+            {
                 retried = true;
                 link = match self.dial(forwarder, route).await {
                     Ok(link) => link,
