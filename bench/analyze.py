@@ -5,6 +5,7 @@
     analyze.py latency    LATENCY_TSV STEAL_MAX WORKDIR   markdown table on stdout
     analyze.py oha-line   OHA_JSON ID STEAL BUSY          one progress line
     analyze.py h2load-result H2LOAD_OUTPUT                  h2load's report as a RESULT line
+    analyze.py scaling    SCALING_TSV                       one worker on one core vs two on two
 
 The h2 and tls modes of run.sh use `throughput` on their own results-h2.tsv / results-tls.tsv
 (chart data to $CHART_DAT instead of WORKDIR/chart.dat). h2load's report has no percentiles:
@@ -300,6 +301,52 @@ def h2load_result(path, reqlog=None):
               max(failed - timeout - non2xx3xx, 0), timeout))
 
 
+def scaling(path):
+    """Medians per layout of bench/run.sh scaling's rows (round, layout, k=v...), and what
+    they say: keygate's per-core efficiency at two workers and the machine's split."""
+    rows = {}
+    with open(path) as f:
+        for line in f:
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) < 3:
+                continue
+            kv = dict(c.split("=", 1) for c in cols[2:] if "=" in c)
+            rows.setdefault(cols[1], []).append({k: float(v) for k, v in kv.items()})
+    fields = ["rps", "p99_us", "keygate_us", "upstream_us", "wrk_us",
+              "keygate_cores", "upstream_cores", "wrk_cores"]
+    med = {}
+    print("| layout | runs | " + " | ".join(fields) + " | non-2xx/3xx |")
+    print("|---|---:|" + "---:|" * len(fields) + "---:|")
+    for layout in ("one_core", "two_cores"):
+        runs = rows.get(layout, [])
+        if not runs:
+            continue
+        med[layout] = {k: statistics.median(r[k] for r in runs) for k in fields}
+        print("| %s | %d | %s | %d |" % (
+            layout, len(runs), " | ".join("%.2f" % med[layout][k] if k.endswith(("_us", "_cores"))
+                                          and k != "p99_us" else "%.0f" % med[layout][k]
+                                          for k in fields),
+            sum(r.get("non2xx3xx", 0) for r in runs)))
+    if "one_core" in med and "two_cores" in med:
+        one, two = med["one_core"], med["two_cores"]
+        eff = one["keygate_us"] / two["keygate_us"]
+        served = two["keygate_cores"] + two["upstream_cores"]
+        print()
+        print("- req/s two cores / one core: %.2f" % (two["rps"] / one["rps"]))
+        print("- keygate CPU per request: %.2f µs at one worker, %.2f µs at two: per-core "
+              "efficiency at two workers %.2f" % (one["keygate_us"], two["keygate_us"], eff))
+        print("- keygate alone, per core it fully uses: %.0f req/s at one worker, %.0f at two"
+              % (1e6 / one["keygate_us"], 1e6 / two["keygate_us"]))
+        print("- two-core layout: keygate %.2f cores, upstream %.2f, wrk %.2f (the generator "
+              "took %.0f %% of what was used)" % (
+                  two["keygate_cores"], two["upstream_cores"], two["wrk_cores"],
+                  100 * two["wrk_cores"] / (served + two["wrk_cores"])))
+        print("- had the generator's CPU gone to keygate and its upstream in the same "
+              "proportion: %.0f req/s (%.2f× one core)" % (
+                  two["rps"] * (served + two["wrk_cores"]) / served,
+                  two["rps"] * (served + two["wrk_cores"]) / served / one["rps"]))
+
+
 def main(argv):
     mode = argv[1]
     if mode == "throughput":
@@ -308,6 +355,8 @@ def main(argv):
         latency(argv[2], float(argv[3]), argv[4], float(argv[5]) if len(argv) > 5 else float("inf"))
     elif mode == "h2load-result":
         h2load_result(argv[2], argv[3] if len(argv) > 3 else None)
+    elif mode == "scaling":
+        scaling(argv[2])
     elif mode == "oha-line":
         oha_line(*argv[2:8])
     else:

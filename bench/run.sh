@@ -8,6 +8,7 @@
 #   bench/run.sh serve           start every server of the throughput run and wait (profiling)
 #   bench/run.sh h2              HTTP/2 clients (h2load): h2c and TLS+ALPN h2, 10 and 1 streams
 #   bench/run.sh tls             HTTP/1.1 over TLS: wrk keep-alive, and a full handshake per request
+#   bench/run.sh scaling         keygate (b): one worker on one core against two workers on two
 #
 # Servers run on CPU 0 (one worker each), the load generator on CPU 1. Everything the script
 # starts is stopped by PID on exit; it never kills anything by name.
@@ -32,6 +33,7 @@ MEM_SYNTH="${MEM_SYNTH:-1}"            # memory: if the CLI cannot make MEM_KEYS
 READY_TIMEOUT="${READY_TIMEOUT:-120}"  # seconds to wait for keygate /readyz
 BUILD="${BUILD:-1}"                    # 0: skip `cargo build --release`, use the binary there
 REV="${REV:-}"                         # e.g. HEAD: benchmark this commit, built in bench/work/
+ONLY="${ONLY:-}"                       # throughput: only these scenario ids, e.g. "haproxy_auth kg_b"
 SERVER_CPU=0
 LOAD_CPU=1
 NKEYS=10000          # keys in the benchmarked store (and in the nginx/HAProxy maps)
@@ -380,7 +382,7 @@ start_keygate() {
     check_ports "${public##*:}" "${admin##*:}"
     t0=$(date +%s%N)
     env TOKIO_WORKER_THREADS=1 KEYGATE_LISTEN__PUBLIC="$public" KEYGATE_LISTEN__ADMIN="$admin" "$@" \
-        taskset -c "$SERVER_CPU" "$KG" serve -c "${KG_CONF:-$WORK/conf/keygate.toml}" \
+        taskset -c "${KG_CPUS:-$SERVER_CPU}" "$KG" serve -c "${KG_CONF:-$WORK/conf/keygate.toml}" \
         >"$WORK/logs/$name.out" 2>"$WORK/logs/$name.err" &
     KG_PID=$!
     remember "$name" "$KG_PID"
@@ -707,6 +709,7 @@ SKIPPED=()
 select_scenarios() {
     local id
     for id in direct nginx_plain nginx_auth haproxy_plain haproxy_auth kg_a kg_b kg_c kg_d kg_e kg_f; do
+        [ -z "$ONLY" ] || [[ " $ONLY " == *" $id "* ]] || continue
         if declare -F "scenario_${id}_available" >/dev/null && ! "scenario_${id}_available"; then
             echo "scenario ${id#kg_}: not available in this build (${DESC[$id]})" >&2
             SKIPPED+=("${id#kg_}")
@@ -1242,6 +1245,91 @@ LUA
     rm -f "$WORK/wrk_keys_all.txt"
 }
 
+# --------------------------------------------------------------------------------------------
+# Scaling (issue 23): keygate (b) with one worker on one core, as every other mode runs it,
+# against two workers on both cores, rounds interleaved. Layout 1: keygate and its upstream on
+# CPU 0, wrk on CPU 1. Layout 2: keygate (two workers), an upstream with two workers and wrk
+# all on CPUs 0-1, sharing them as the scheduler likes. req/s alone would mostly say how the
+# two cores were split, so every run also records the CPU each of the three used per request
+# (from /proc, the processes' own counters): keygate's µs per request at one and at two
+# workers is its per-core efficiency, and the generator's share says how much of layout 2's
+# machine went to making the load rather than serving it.
+# --------------------------------------------------------------------------------------------
+KG_TWO_PUBLIC=127.0.0.1:8096
+KG_TWO_ADMIN=127.0.0.1:9196
+UPSTREAM_TWO_PORT=8087
+
+# CPU jiffies (user+system) of the given PIDs and of their child processes (nginx workers).
+pids_jiffies() {
+    local list=" $* "
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v list="$list" '{
+        pid = $1; sub(/.*\) /, "")
+        if (index(list, " " pid " ") || index(list, " " $2 " ")) s += $12 + $13
+    } END { print s + 0 }'
+}
+
+# scale_run id round port wrk_cpus kg_pid upstream_pid: one timed wrk run (two threads, 50
+# connections) and a row of CPU µs per request for keygate, its upstream and wrk.
+scale_run() {
+    local id=$1 round=$2 port=$3 cpus=$4 kg=$5 up=$6 out line k0 k1 u0 u1 c0 c1 t0 t1 hz
+    wait_quiet
+    hz=$(getconf CLK_TCK)
+    k0=$(pids_jiffies "$kg"); u0=$(pids_jiffies "$up"); children_jiffies c0; t0=$(date +%s%N)
+    out=$(timeout 120 taskset -c "$cpus" wrk -t2 -c50 -d"$DURATION" --timeout 2s -s "$WORK/bench.lua" \
+        "http://127.0.0.1:$port/v1/resource" 2>&1) || log "wrk exited non-zero for $id"
+    t1=$(date +%s%N); k1=$(pids_jiffies "$kg"); u1=$(pids_jiffies "$up"); children_jiffies c1
+    printf '%s\n' "$out" >"$WORK/logs/wrk-scaling-r$round-$id.txt"
+    line=$(printf '%s\n' "$out" | grep '^RESULT ' | tail -1 || true)
+    [ -n "$line" ] || { log "no RESULT line from wrk for $id"; return 0; }
+    awk -v id="$id" -v r="$round" -v line="$line" -v hz="$hz" -v k="$((k1 - k0))" -v u="$((u1 - u0))" \
+        -v w="$((c1 - c0))" -v ns="$((t1 - t0))" 'BEGIN {
+        n = split(line, f, " ")
+        for (i = 2; i <= n; i++) { split(f[i], kv, "="); v[kv[1]] = kv[2] }
+        q = v["requests"]; if (q < 1) q = 1
+        us = 1e6 / hz / q; secs = ns / 1e9
+        printf "%s\t%s\trps=%.0f\tp99_us=%d\tnon2xx3xx=%d\tkeygate_us=%.2f\tupstream_us=%.2f\twrk_us=%.2f\tkeygate_cores=%.2f\tupstream_cores=%.2f\twrk_cores=%.2f\n",
+            r, id, v["rps"], v["p99_us"], v["non2xx3xx"], k * us, u * us, w * us,
+            k / hz / secs, u / hz / secs, w / hz / secs
+    }' | tee -a "$WORK/scaling.tsv" | sed 's/^/  /' >&2
+}
+
+mode_scaling() {
+    ensure_tools
+    build_keygate
+    prepare_workdir
+    generate_keys
+    SCENARIOS=(kg_b)
+    start_upstream
+    local up1 up2 kg1 kg2 r
+    up1=$(cat "$WORK/run/upstream.pid")
+    check_ports "$UPSTREAM_TWO_PORT"
+    sed -e 's/^worker_processes 1;/worker_processes 2;/' -e "s|/run/upstream.pid|/run/upstream-two.pid|" \
+        -e "s|127.0.0.1:8081|127.0.0.1:$UPSTREAM_TWO_PORT|" "$WORK/conf/upstream-nginx.conf" \
+        >"$WORK/conf/upstream-nginx-two.conf"
+    SERVER_CPU=0,1 start_nginx nginx-upstream-two "$WORK/conf/upstream-nginx-two.conf" "$WORK/run/upstream-two.pid"
+    up2=$(cat "$WORK/run/upstream-two.pid")
+    start_keygate keygate "$KG_PUBLIC" "$KG_ADMIN"
+    kg1=$KG_PID
+    KG_CPUS=0,1 start_keygate keygate-two "$KG_TWO_PUBLIC" "$KG_TWO_ADMIN" \
+        KEYGATE_SERVER__WORKERS=2 KEYGATE_UPSTREAM__URL="http://127.0.0.1:$UPSTREAM_TWO_PORT"
+    kg2=$KG_PID
+    expect_status "keygate, one worker, valid key" 200 "http://$KG_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys.txt")"
+    expect_status "keygate, two workers, valid key" 200 "http://$KG_TWO_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys.txt")"
+    log "keygate-two threads: $(thread_summary "$kg2")"
+    : >"$WORK/scaling.tsv"
+    log "warm-up: $WARMUP per layout (not recorded)"
+    DURATION=$WARMUP scale_run one_core 0 "${KG_PUBLIC##*:}" "$LOAD_CPU" "$kg1" "$up1" 2>/dev/null
+    DURATION=$WARMUP scale_run two_cores 0 "${KG_TWO_PUBLIC##*:}" 0,1 "$kg2" "$up2" 2>/dev/null
+    : >"$WORK/scaling.tsv"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        log "round $r/$ROUNDS"
+        scale_run one_core "$r" "${KG_PUBLIC##*:}" "$LOAD_CPU" "$kg1" "$up1"
+        scale_run two_cores "$r" "${KG_TWO_PUBLIC##*:}" 0,1 "$kg2" "$up2"
+    done
+    log "keygate-two CPU per thread: $(thread_cpu "$kg2")"
+    python3 "$BENCH/analyze.py" scaling "$WORK/scaling.tsv" | tee "$WORK/summary-scaling.txt"
+}
+
 # Everything the throughput run starts, left running until this script is stopped: to point
 # strace, valgrind or wrk at one scenario by hand (bench/README.md, "Other tools").
 mode_serve() {
@@ -1272,7 +1360,8 @@ case $MODE in
     latency) mode_latency ;;
     memory) RESULTS_TSV="$WORK/results.tsv.mem"; mkdir -p "$WORK"; : >"$RESULTS_TSV"; mode_memory ;;
     h2 | tls) mode_proto "$MODE" ;;
+    scaling) mode_scaling ;;
     chart) chart ;;   # redraw bench/results.png from work/chart.dat
-    -h | --help | help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) die "unknown mode '$MODE' (throughput | h2 | tls | latency | memory | serve | chart)" ;;
+    -h | --help | help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) die "unknown mode '$MODE' (throughput | h2 | tls | scaling | latency | memory | serve | chart)" ;;
 esac
