@@ -457,14 +457,26 @@ async fn upstream_connections_are_reused_and_never_after_a_cut() {
     assert_eq!(rec.ended.load(Ordering::SeqCst), 0, "{}", upstream_log());
 
     // The upstream cuts a body short: the client's stream fails (never a short 200 taken for
-    // whole), and the next request gets a new connection.
-    let (status, _, body) = call(
-        &client,
-        req(Method::GET, &kg.url("/cut/200000"), &key, empty()),
+    // whole), and the next request gets a new connection. The stream is reset either after
+    // the head reached the client or before: a reset drops the frames hyper had queued but
+    // not yet written, the head among them when the cut was already read with it.
+    let cut = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(req(Method::GET, &kg.url("/cut/200000"), &key, empty())),
     )
-    .await;
-    assert_eq!(status, StatusCode::OK, "the head was out before the cut");
-    assert!(body.is_err(), "a cut body must not end cleanly");
+    .await
+    .expect("request timed out");
+    match cut {
+        Ok(response) => {
+            assert_eq!(response.status(), StatusCode::OK);
+            let body =
+                tokio::time::timeout(Duration::from_secs(60), response.into_body().collect())
+                    .await
+                    .expect("body timed out");
+            assert!(body.is_err(), "a cut body must not end cleanly");
+        }
+        Err(e) => assert!(format!("{e:?}").contains("INTERNAL_ERROR"), "{e:?}"),
+    }
     let (status, _, body) = call(
         &client,
         req(Method::GET, &kg.url("/sized/5"), &key, empty()),
