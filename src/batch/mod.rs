@@ -57,6 +57,7 @@
 //! (tokio-uring, monoio): keygate's connections stay on tokio's epoll loop, and only this
 //! one write per turn per connection goes through the ring.
 
+mod aio;
 mod probe;
 mod queue;
 mod socket;
@@ -123,10 +124,51 @@ pub fn available() -> bool {
     SWITCH.on()
 }
 
+/// Which kernel interface submits the batches, as `[server] batch_backend` chooses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Choice {
+    /// io_uring where it works, else AIO where that works, else no batching.
+    #[default]
+    Auto,
+    /// io_uring or no batching.
+    IoUring,
+    /// AIO or no batching, even where io_uring works (to compare, or to test).
+    Aio,
+}
+
+/// The interface that submits this process's batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    IoUring,
+    /// Linux AIO, with the `aio_rw_flags` its probe settled on.
+    Aio {
+        rw_flags: i32,
+    },
+}
+
+impl Backend {
+    /// As logs and the `backend` label of `keygate_write_batching_backend` say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::IoUring => "io_uring",
+            Self::Aio { .. } => "aio",
+        }
+    }
+}
+
+/// Sets which backend the probe may pick. Takes effect only before the first probe (the
+/// server calls it before anything is written); a later, different choice is logged and
+/// ignored.
+pub fn choose(choice: Choice) {
+    SWITCH.choose(choice);
+}
+
 /// What batching tells whoever watches it: the server points it at `/metrics`.
 pub trait Report: Send + Sync {
-    /// On after a successful probe; off when the probe failed or, for good, a ring did.
-    fn batching(&self, on: bool);
+    /// The backend after a successful probe; `None` when the probe failed or, for good, a
+    /// submission did.
+    fn batching(&self, backend: Option<Backend>);
     /// One submission carried `writes` writes.
     fn submitted(&self, writes: usize);
 }
@@ -149,7 +191,9 @@ fn current() -> Option<Arc<Queue>> {
             }
             let queue = Queue::new(&SWITCH);
             if queue.is_none() {
-                tracing::info!("writes of this thread are not batched (no io_uring ring)");
+                tracing::info!(
+                    "writes of this thread are not batched (no io_uring ring or AIO context)"
+                );
             }
             queue
         })
@@ -157,9 +201,10 @@ fn current() -> Option<Arc<Queue>> {
     })
 }
 
-/// Whether the process batches, and whom it tells.
+/// Whether the process batches, through what, and whom it tells.
 pub(crate) struct Switch {
-    probed: OnceLock<bool>,
+    choice: OnceLock<Choice>,
+    probed: OnceLock<Option<Backend>>,
     failed: AtomicBool,
     report: RwLock<Option<Arc<dyn Report>>>,
 }
@@ -167,42 +212,64 @@ pub(crate) struct Switch {
 impl Switch {
     const fn new() -> Self {
         Self {
+            choice: OnceLock::new(),
             probed: OnceLock::new(),
             failed: AtomicBool::new(false),
             report: RwLock::new(None),
         }
     }
 
-    /// Batching is on: the probe passed (it runs on the first call) and no ring failed.
+    fn choose(&self, choice: Choice) {
+        let chosen = *self.choice.get_or_init(|| choice);
+        // The first probe fixes the choice too (to `Auto` if none was made).
+        if chosen != choice {
+            tracing::warn!(
+                ?chosen,
+                ?choice,
+                "the batch backend was chosen or probed before: restart keygate to change it"
+            );
+        }
+    }
+
+    /// Batching is on: the probe passed (it runs on the first call) and no submission failed.
     fn on(&self) -> bool {
-        self.probe_with(probe::run) && !self.failed.load(Ordering::Relaxed)
+        self.backend().is_some()
+    }
+
+    /// The backend in use, if batching is on.
+    fn backend(&self) -> Option<Backend> {
+        let choice = *self.choice.get_or_init(Choice::default);
+        self.probe_with(|| probe(choice))
+            .filter(|_| !self.failed.load(Ordering::Relaxed))
     }
 
     /// The probe's answer, from `probe` if it is the first to ask.
-    fn probe_with(&self, probe: impl FnOnce() -> Result<(), String>) -> bool {
+    fn probe_with(&self, probe: impl FnOnce() -> Result<Backend, String>) -> Option<Backend> {
         *self.probed.get_or_init(|| match probe() {
-            Ok(()) => {
-                tracing::debug!("writes are batched through io_uring");
-                true
+            Ok(backend) => {
+                tracing::info!(backend = backend.name(), "writes are batched");
+                Some(backend)
             }
             Err(why) => {
                 tracing::info!(why, "writes are not batched (io_uring unavailable)");
-                false
+                None
             }
         })
     }
 
-    /// A ring failed: every write goes the usual way from now on. Said once.
+    /// A submission failed: every write goes the usual way from now on. Said once.
     fn fail(&self, why: &str) {
         if self.failed.swap(true, Ordering::Relaxed) {
             return;
         }
+        let backend = self.probed.get().copied().flatten().map(Backend::name);
         tracing::warn!(
             why,
-            "an io_uring submission failed; writes are no longer batched"
+            backend,
+            "a batched submission failed; writes are no longer batched"
         );
         if let Some(report) = self.reporter() {
-            report.batching(false);
+            report.batching(None);
         }
     }
 
@@ -216,7 +283,7 @@ impl Switch {
         // Told under the lock: a ring failing meanwhile waits for it in `fail`, then tells
         // this report, so the last word is always the true one.
         let mut slot = self.report.write().unwrap_or_else(PoisonError::into_inner);
-        report.batching(self.on());
+        report.batching(self.backend());
         *slot = Some(report);
     }
 
@@ -225,6 +292,28 @@ impl Switch {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+}
+
+/// The backend `choice` allows that works here, io_uring first; `Err` says why none does.
+fn probe(choice: Choice) -> Result<Backend, String> {
+    let uring = match choice {
+        Choice::Aio => Err("not chosen ([server] batch_backend = \"aio\")".to_owned()),
+        _ => probe::run(),
+    };
+    let why_not_uring = match uring {
+        Ok(()) => return Ok(Backend::IoUring),
+        Err(why) => why,
+    };
+    if choice == Choice::IoUring {
+        return Err(format!("io_uring: {why_not_uring}; AIO: not chosen"));
+    }
+    match aio::probe() {
+        Ok(rw_flags) => {
+            tracing::info!(why_not_uring, "io_uring unavailable: writes go through AIO");
+            Ok(Backend::Aio { rw_flags })
+        }
+        Err(why) => Err(format!("io_uring: {why_not_uring}; AIO: {why}")),
     }
 }
 
