@@ -1,7 +1,7 @@
 //! The writes of one event-loop turn, handed to the kernel together in one system call, in
 //! both directions: request heads to upstreams and response heads to HTTP/1.1 clients, over
 //! plain TCP. Two backends do the submitting: io_uring where it works, else Linux native AIO
-//! ([`aio`]), which container runtimes' default seccomp profiles allow where they refuse
+//! (`aio.rs`), which container runtimes' default seccomp profiles allow where they refuse
 //! io_uring.
 //!
 //! # Invariants
