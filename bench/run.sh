@@ -725,7 +725,9 @@ select_scenarios() {
 start_aio_scenario() {
     start_keygate keygate-aio "$KG_AIO_PUBLIC" "$KG_AIO_ADMIN" KEYGATE_SERVER__BATCH_BACKEND=aio
     expect_status "keygate, writes batched through AIO, valid key" 200 "http://$KG_AIO_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys.txt")"
-    if curl -fsS --max-time 5 "http://$KG_AIO_ADMIN/metrics" | grep -q '^keygate_write_batching_backend{backend="aio"} 1'; then
+    local metrics
+    metrics=$(curl -fsS --max-time 5 "http://$KG_AIO_ADMIN/metrics") || die "scenario f: no /metrics"
+    if grep -q '^keygate_write_batching_backend{backend="aio"} 1' <<<"$metrics"; then
         log "check ok: scenario f batches through AIO (keygate_write_batching_backend{backend=\"aio\"} 1)"
     else
         die "scenario f: keygate_write_batching_backend{backend=\"aio\"} is not 1"
