@@ -61,6 +61,10 @@ pub(super) struct Inner {
     /// without entering.
     #[cfg(test)]
     pub(super) fault: Option<Box<dyn FnMut() -> Option<i32> + Send>>,
+    /// AIO in tests: hands `io_submit` at most this many iocbs a call, as a kernel that takes
+    /// fewer than it was given.
+    #[cfg(test)]
+    pub(super) take_at_most: Option<usize>,
 }
 
 enum Slot {
@@ -137,6 +141,8 @@ impl Queue {
                 events: Vec::new(),
                 #[cfg(test)]
                 fault: None,
+                #[cfg(test)]
+                take_at_most: None,
             }),
             switch,
         }))
@@ -372,7 +378,14 @@ impl Inner {
             Ok(())
         };
         while self.in_kernel < self.pushed.len() {
+            #[cfg(not(test))]
             let rest = &mut iocbs[self.in_kernel..];
+            #[cfg(test)]
+            let rest = {
+                let most = self.take_at_most.unwrap_or(usize::MAX);
+                let end = self.in_kernel.saturating_add(most).min(iocbs.len());
+                &mut iocbs[self.in_kernel..end]
+            };
             #[cfg(test)]
             let submitted = match self.fault.as_mut().and_then(|fault| fault()) {
                 Some(errno) => Err(io::Error::from_raw_os_error(errno)),

@@ -668,3 +668,52 @@ fn the_aio_structs_have_the_kernels_layout() {
     assert_eq!(at(32, 8), 3u64.to_ne_bytes(), "aio_nbytes");
     assert_eq!(offset_of!(aio::IoEvent, res), 16);
 }
+
+/// Invariant 3 for AIO: `io_submit` takes the first of two writes, and the next call fails
+/// (simulated: one iocb a call, then `EINVAL`). The write the kernel took keeps its outcome
+/// (sent, never sent again), the other comes back unsent with its buffer, and the context is
+/// dropped for good.
+#[tokio::test(flavor = "current_thread")]
+async fn an_aio_submission_taken_in_part_settles_each_write_by_what_the_kernel_took() {
+    let Some((queue, told)) = test_queue(Kind::Aio) else {
+        return;
+    };
+    let net = Net::new().await;
+    let (a, mut a_peer) = net.pair().await;
+    let (b, mut b_peer) = net.pair().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    {
+        let mut inner = queue.lock();
+        inner.take_at_most = Some(1);
+        inner.fault = Some(Box::new({
+            let calls = calls.clone();
+            move || (calls.fetch_add(1, Ordering::SeqCst) > 0).then_some(libc::EINVAL)
+        }));
+    }
+    let (mut taken, mut left) = (b"taken".to_vec(), b"left".to_vec());
+    let (first, second) = tokio::join!(
+        send_on(&queue, &a, &mut taken),
+        send_on(&queue, &b, &mut left)
+    );
+    assert_eq!(
+        first.unwrap().unwrap(),
+        5,
+        "the write the kernel took went out"
+    );
+    assert_eq!(taken, b"taken");
+    assert_eq!(second.unwrap().unwrap(), 0, "the other comes back unsent");
+    assert_eq!(left, b"left", "with its buffer");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one call took one, the next failed"
+    );
+    assert!(!queue.has_ring(), "the context is dropped");
+    assert!(queue.is_idle());
+    assert_eq!(*told.batching.lock().unwrap(), [true, false]);
+    assert_eq!(all_of(a, &mut a_peer).await, b"taken", "sent once");
+    assert!(
+        all_of(b, &mut b_peer).await.is_empty(),
+        "nothing of the untaken write"
+    );
+}
