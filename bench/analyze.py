@@ -25,7 +25,7 @@ import sys
 
 ORDER = [
     "direct", "nginx_plain", "nginx_auth", "haproxy_plain", "haproxy_auth",
-    "kg_a", "kg_b", "kg_c", "kg_d", "kg_e", "kg_f",
+    "kg_a", "kg_b", "kg_c", "kg_d", "kg_e", "kg_f", "kg_g",
 ]
 LABEL = {
     "direct": "direct upstream",
@@ -38,7 +38,8 @@ LABEL = {
     "kg_c": "keygate (c) + rate limits",
     "kg_d": "keygate (d) Redis store",
     "kg_e": "keygate (e) unknown keys",
-    "kg_f": "keygate (f) (b) without io_uring",
+    "kg_f": "keygate (f) (b) without io_uring: AIO",
+    "kg_g": "keygate (g) (b) batched writes off",
 }
 # HTTP/2 and TLS scenarios (run.sh h2 / tls): the three proxies doing the same job.
 PROXIES = (("nginx", "nginx key+limit"), ("haproxy", "HAProxy key+limit"), ("kg", "keygate key+limit"))
@@ -65,9 +66,11 @@ RATIOS = [
     ("kg_c", "kg_b", "keygate(c) / keygate(b): cost of the rate limit"),
     ("kg_e", "kg_b", "keygate(e) / keygate(b): refusing vs forwarding"),
     ("kg_d", "kg_b", "keygate(d) / keygate(b): Redis store vs file store"),
-    ("kg_f", "haproxy_auth", "keygate(f) / HAProxy key+limit: without io_uring"),
-    ("kg_f", "nginx_auth", "keygate(f) / nginx key+limit: without io_uring"),
-    ("kg_f", "kg_b", "keygate(f) / keygate(b): cost of writing without io_uring"),
+    ("kg_f", "haproxy_auth", "keygate(f) / HAProxy key+limit: without io_uring (AIO)"),
+    ("kg_f", "nginx_auth", "keygate(f) / nginx key+limit: without io_uring (AIO)"),
+    ("kg_f", "kg_b", "keygate(f) / keygate(b): AIO vs io_uring"),
+    ("kg_g", "haproxy_auth", "keygate(g) / HAProxy key+limit: batched writes off"),
+    ("kg_f", "kg_g", "keygate(f) / keygate(g): AIO batching vs none"),
     ("kg_a", "haproxy_plain", "keygate(a) / HAProxy plain: bare proxying"),
     ("haproxy_auth", "haproxy_plain", "HAProxy key+limit / HAProxy plain"),
     ("nginx_auth", "haproxy_plain", "nginx key+limit / HAProxy plain"),
@@ -165,7 +168,7 @@ def throughput(path, steal_max, work, other_max):
     print("- %d timed runs for %d rounds x %d scenarios (runs that were not clean are re-run in "
           "their round, up to RETRIES times)" % (len(runs), len(rounds), len(ids)))
     wants = [("kg_b", "all 2xx"), ("kg_c", "all 2xx"), ("kg_d", "all 2xx"), ("kg_e", "all refused"),
-             ("kg_f", "all 2xx")]
+             ("kg_f", "all 2xx"), ("kg_g", "all 2xx")]
     wants += [(i, "all 2xx") for i in ORDER if i.startswith(("h2_", "tls_"))]
     for i, want in wants:
         rs = [r for r in runs if r["id"] == i and "rps" in r]

@@ -53,8 +53,10 @@ KG_PLANS_PUBLIC=127.0.0.1:8092      # scenario c: a keygate with a rate-limit pl
 KG_PLANS_ADMIN=127.0.0.1:9192
 KG_REDIS_PUBLIC=127.0.0.1:8091      # scenario d: a second keygate on the Redis store
 KG_REDIS_ADMIN=127.0.0.1:9191
-KG_PLAIN_WRITES_PUBLIC=127.0.0.1:8094   # scenario f: (b) with batched writes off (no io_uring)
-KG_PLAIN_WRITES_ADMIN=127.0.0.1:9194
+KG_AIO_PUBLIC=127.0.0.1:8094          # scenario f: (b) without io_uring: writes batched through AIO
+KG_AIO_ADMIN=127.0.0.1:9194
+KG_PLAIN_WRITES_PUBLIC=127.0.0.1:8095   # scenario g: (b) with batched writes off (one call each)
+KG_PLAIN_WRITES_ADMIN=127.0.0.1:9195
 REDIS=127.0.0.1:6390
 UPSTREAM=127.0.0.1:8081
 
@@ -552,7 +554,8 @@ declare -A DESC=(
     [kg_c]="keygate (c) file store + plan with per-second/per-hour limits (:8092)"
     [kg_d]="keygate (d) Redis store + in-process cache, valid keys (:8091)"
     [kg_e]="keygate (e) unknown well-formed keys -> 401 (:8090)"
-    [kg_f]="keygate (f) as (b), batched writes off: no io_uring, as under Docker's default seccomp (:8094)"
+    [kg_f]="keygate (f) as (b) without io_uring, as under Docker's default seccomp: writes batched through Linux AIO (:8094)"
+    [kg_g]="keygate (g) as (b), batched writes off: one system call per write (:8095)"
 )
 
 # Around one load run: steal % (whole machine), CPU-0 busy %, the servers' CPU (% of one core,
@@ -612,7 +615,8 @@ scenario_haproxy_auth()  { wrk_run haproxy_auth "$1" 8085 "$WORK/bench.lua" "$2"
 scenario_kg_a()          { wrk_run kg_a "$1" "${KG_PUBLIC##*:}" "$WORK/bench-public.lua" "$2"; }
 scenario_kg_b()          { wrk_run kg_b "$1" "${KG_PUBLIC##*:}" "$WORK/bench.lua" "$2"; }
 scenario_kg_e()          { wrk_run kg_e "$1" "${KG_PUBLIC##*:}" "$WORK/bench-invalid.lua" "$2"; }
-scenario_kg_f()          { wrk_run kg_f "$1" "${KG_PLAIN_WRITES_PUBLIC##*:}" "$WORK/bench.lua" "$2"; }
+scenario_kg_f()          { wrk_run kg_f "$1" "${KG_AIO_PUBLIC##*:}" "$WORK/bench.lua" "$2"; }
+scenario_kg_g()          { wrk_run kg_g "$1" "${KG_PLAIN_WRITES_PUBLIC##*:}" "$WORK/bench.lua" "$2"; }
 
 # (c) needs plans and rate limits (issue 5), (d) the Redis store (issue 3). When they exist:
 # make *_available succeed, start what they need in start_all (a second keygate with plans
@@ -708,7 +712,7 @@ SCENARIOS=()
 SKIPPED=()
 select_scenarios() {
     local id
-    for id in direct nginx_plain nginx_auth haproxy_plain haproxy_auth kg_a kg_b kg_c kg_d kg_e kg_f; do
+    for id in direct nginx_plain nginx_auth haproxy_plain haproxy_auth kg_a kg_b kg_c kg_d kg_e kg_f kg_g; do
         [ -z "$ONLY" ] || [[ " $ONLY " == *" $id "* ]] || continue
         if declare -F "scenario_${id}_available" >/dev/null && ! "scenario_${id}_available"; then
             echo "scenario ${id#kg_}: not available in this build (${DESC[$id]})" >&2
@@ -719,15 +723,29 @@ select_scenarios() {
     done
 }
 
-# Scenario f: the same keys and config as (b), every write its own system call.
+# Scenario f: the same keys and config as (b), writes batched through Linux AIO, as where a
+# seccomp profile refuses io_uring (`batch_backend = "aio"` skips io_uring the same way).
+start_aio_scenario() {
+    start_keygate keygate-aio "$KG_AIO_PUBLIC" "$KG_AIO_ADMIN" KEYGATE_SERVER__BATCH_BACKEND=aio
+    expect_status "keygate, writes batched through AIO, valid key" 200 "http://$KG_AIO_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys.txt")"
+    local metrics
+    metrics=$(curl -fsS --max-time 5 "http://$KG_AIO_ADMIN/metrics") || die "scenario f: no /metrics"
+    if grep -q '^keygate_write_batching_backend{backend="aio"} 1' <<<"$metrics"; then
+        log "check ok: scenario f batches through AIO (keygate_write_batching_backend{backend=\"aio\"} 1)"
+    else
+        die "scenario f: keygate_write_batching_backend{backend=\"aio\"} is not 1"
+    fi
+}
+
+# Scenario g: the same keys and config as (b), every write its own system call.
 start_plain_writes_scenario() {
     start_keygate keygate-plain-writes "$KG_PLAIN_WRITES_PUBLIC" "$KG_PLAIN_WRITES_ADMIN" \
         KEYGATE_SERVER__BATCH_WRITES=false
     expect_status "keygate, batched writes off, valid key" 200 "http://$KG_PLAIN_WRITES_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys.txt")"
     if curl -fsS --max-time 5 "http://$KG_PLAIN_WRITES_ADMIN/metrics" | grep -q '^keygate_write_batching_enabled 0'; then
-        log "check ok: scenario f writes without io_uring (keygate_write_batching_enabled 0)"
+        log "check ok: scenario g writes one by one (keygate_write_batching_enabled 0)"
     else
-        die "scenario f: keygate_write_batching_enabled is not 0"
+        die "scenario g: keygate_write_batching_enabled is not 0"
     fi
 }
 
@@ -740,7 +758,8 @@ start_all() {
     KG_FILE_PID=$KG_PID
     if [[ " ${SCENARIOS[*]} " == *" kg_c "* ]]; then start_plans_scenario; fi
     if [[ " ${SCENARIOS[*]} " == *" kg_d "* ]]; then start_redis_scenario; fi
-    if [[ " ${SCENARIOS[*]} " == *" kg_f "* ]]; then start_plain_writes_scenario; fi
+    if [[ " ${SCENARIOS[*]} " == *" kg_f "* ]]; then start_aio_scenario; fi
+    if [[ " ${SCENARIOS[*]} " == *" kg_g "* ]]; then start_plain_writes_scenario; fi
     KG_PID=$KG_FILE_PID
 }
 

@@ -70,13 +70,15 @@ pub struct Metrics {
     guard_blocks: IntCounter,
     /// The Redis store's connections and the change feed's health.
     pub store_health: StoreHealth,
-    /// io_uring submissions of writes, and the writes they carried, as [`crate::batch`]
-    /// reports them (for the whole process).
+    /// Submissions of batched writes (io_uring or AIO), and the writes they carried, as
+    /// [`crate::batch`] reports them (for the whole process).
     write_batches: IntCounter,
     batched_writes: IntCounter,
-    /// 1 while writes are batched, 0 where `batch_writes` is off, io_uring unavailable, or a
-    /// ring failed.
+    /// 1 while writes are batched, 0 where `batch_writes` is off, neither io_uring nor AIO
+    /// is available, or a submission failed.
     write_batching: IntGauge,
+    /// Which backend batches (`backend` = `io_uring` | `aio`): 1 for it, 0 for the other.
+    write_batching_backend: IntGaugeVec,
 }
 
 /// What became of one request, as `keygate_requests_total{decision}` and the access log name
@@ -256,7 +258,7 @@ impl Metrics {
         .expect("valid metric");
         let write_batches = IntCounter::new(
             "keygate_write_batches_total",
-            "io_uring submissions of writes (to upstreams and HTTP/1.1 clients; one per event-loop turn with writes)",
+            "Submissions of batched writes, io_uring_enter or io_submit (to upstreams and HTTP/1.1 clients; one per event-loop turn with writes)",
         )
         .expect("valid metric");
         let batched_writes = IntCounter::new(
@@ -276,9 +278,20 @@ impl Metrics {
         .expect("valid metric");
         let write_batching = IntGauge::new(
             "keygate_write_batching_enabled",
-            "1 while writes are batched through io_uring, 0 while they go one by one",
+            "1 while writes are batched (through io_uring or AIO), 0 while they go one by one",
         )
         .expect("valid metric");
+        let write_batching_backend = IntGaugeVec::new(
+            Opts::new(
+                "keygate_write_batching_backend",
+                "1 for the kernel interface that batches writes (io_uring, or aio where io_uring is refused), 0 for the other",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        for backend in ["io_uring", "aio"] {
+            write_batching_backend.with_label_values(&[backend]).set(0);
+        }
         let reloads = IntCounterVec::new(
             Opts::new(
                 "keygate_reloads_total",
@@ -328,6 +341,7 @@ impl Metrics {
             Box::new(upstream_failures.clone()),
             Box::new(build_info),
             Box::new(write_batching.clone()),
+            Box::new(write_batching_backend.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -381,6 +395,7 @@ impl Metrics {
             write_batches,
             batched_writes,
             write_batching,
+            write_batching_backend,
         }
     }
 
@@ -444,8 +459,14 @@ impl Metrics {
 }
 
 impl crate::batch::Report for Metrics {
-    fn batching(&self, on: bool) {
-        self.write_batching.set(i64::from(on));
+    fn batching(&self, backend: Option<crate::batch::Backend>) {
+        self.write_batching.set(i64::from(backend.is_some()));
+        let name = backend.map(crate::batch::Backend::name);
+        for label in ["io_uring", "aio"] {
+            self.write_batching_backend
+                .with_label_values(&[label])
+                .set(i64::from(name == Some(label)));
+        }
     }
 
     fn submitted(&self, writes: usize) {

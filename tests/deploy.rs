@@ -715,7 +715,15 @@ fn seccomp_profile_is_the_format_runtimes_read() {
             }
         }
     }
-    for needed in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+    for needed in [
+        "io_uring_setup",
+        "io_uring_enter",
+        "io_uring_register",
+        "io_setup",
+        "io_submit",
+        "io_getevents",
+        "io_destroy",
+    ] {
         assert!(allowed.contains(needed), "{needed}");
     }
     // What a container must never do, whatever keygate needs.

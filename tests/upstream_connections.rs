@@ -291,7 +291,8 @@ async fn an_idle_client_connection_lends_its_upstream_connection_to_others() {
 }
 
 /// Many client connections at once, through keygate's HTTP/1.1, with writes batched through
-/// io_uring and not, on one worker thread and two: every response must reach the client that
+/// io_uring, through Linux AIO (`batch_backend = "aio"`, as where io_uring is refused), and
+/// not, on one worker thread and two: every response must reach the client that
 /// asked for it, whole, and every request the upstream sees must be one client's, whole.
 ///
 /// Two phases per configuration. First, 64 keep-alive clients send 5 rounds of requests in
@@ -303,16 +304,26 @@ async fn an_idle_client_connection_lends_its_upstream_connection_to_others() {
 /// carries its own SHA-256, so a byte from anyone else's exchange fails a check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_each_reach_the_upstream_whole_with_or_without_batched_writes() {
-    for (config, (batched, workers)) in [(true, 1), (true, 2), (false, 1), (false, 2)]
-        .into_iter()
-        .enumerate()
+    for (config, (batched, backend, workers)) in [
+        (true, "io_uring", 1),
+        (true, "io_uring", 2),
+        (true, "aio", 1),
+        (true, "aio", 2),
+        (false, "auto", 1),
+        (false, "auto", 2),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let (url, ledger) = checking_upstream().await;
-        let extra = format!("[server]\nbatch_writes = {batched}\nworkers = {workers}\n");
+        let extra = format!(
+            "[server]\nbatch_writes = {batched}\nbatch_backend = \"{backend}\"\nworkers = {workers}\n"
+        );
         let ws = Workspace::new(&url, &extra);
         let (_, key) = ws.create_key(&[]);
         let kg = ws.serve();
-        let what = format!("batch_writes = {batched}, workers = {workers}");
+        let what =
+            format!("batch_writes = {batched}, batch_backend = {backend}, workers = {workers}");
 
         // Phase 1: in step.
         let clients: Vec<_> = (0..64).map(|_| keep_alive_client()).collect();
@@ -353,9 +364,26 @@ async fn concurrent_requests_each_reach_the_upstream_whole_with_or_without_batch
         let batches = kg.metric("keygate_write_batches_total").await.unwrap();
         let writes = kg.metric("keygate_batched_writes_total").await.unwrap();
         let enabled = kg.metric("keygate_write_batching_enabled").await.unwrap();
+        let backend_on = |name: &str| {
+            let sample = format!("keygate_write_batching_backend{{backend=\"{name}\"}}");
+            let kg = &kg;
+            async move { kg.metric(&sample).await.unwrap() }
+        };
+        let (uring_on, aio_on) = (backend_on("io_uring").await, backend_on("aio").await);
         if !batched {
             assert_eq!((batches, writes, enabled), (0.0, 0.0, 0.0), "{what}");
+            assert_eq!((uring_on, aio_on), (0.0, 0.0), "{what}");
         } else if enabled == 1.0 {
+            let want = if backend == "aio" {
+                (0.0, 1.0)
+            } else {
+                (1.0, 0.0)
+            };
+            assert_eq!(
+                (uring_on, aio_on),
+                want,
+                "{what}: the backend chosen is the one at work"
+            );
             // 320 requests, 64 at a time: most turns carry several writes.
             assert_eq!(
                 writes, 640.0,
@@ -367,7 +395,7 @@ async fn concurrent_requests_each_reach_the_upstream_whole_with_or_without_batch
             );
         } else {
             assert_eq!((batches, writes), (0.0, 0.0), "{what}");
-            eprintln!("io_uring is not available here: writes went one by one");
+            eprintln!("{backend} is not available here: writes went one by one");
         }
 
         // Phase 2: misuse.

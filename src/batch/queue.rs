@@ -1,5 +1,5 @@
-//! One thread's queue of writes and the ring that submits them (the module doc's invariants
-//! are kept here).
+//! One thread's queue of writes and the io_uring ring or AIO context that submits them (the
+//! module doc's invariants are kept here, for both).
 
 use std::io;
 use std::mem;
@@ -10,17 +10,20 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, opcode, types};
 use tokio::net::TcpStream;
 
+use super::aio::{Aio, IoEvent, Iocb};
 use super::probe::len32;
-use super::{FLAGS, Switch};
+use super::{Backend, FLAGS, Switch};
 
-/// Writes submitted per system call; a longer queue takes more than one.
+/// Writes submitted per system call (the ring's entries, the AIO context's events); a longer
+/// queue takes more than one.
 const RING_ENTRIES: u32 = 256;
 /// How long one submission may take, retries and the wait for its completions included.
 /// Sends complete within the submission (invariant 2), so a healthy one takes microseconds;
-/// past this the ring fails.
+/// past this the ring (or AIO context) fails.
 pub const ENTER_BUDGET: Duration = Duration::from_millis(20);
-/// How many `EINTR` / `EAGAIN` / `EBUSY` from `io_uring_enter` one submission tries again
-/// after, within [`ENTER_BUDGET`]; the next one fails the ring.
+/// How many `EINTR` / `EAGAIN` / `EBUSY` from `io_uring_enter` (or `io_submit`,
+/// `io_getevents`) one submission tries again after, within [`ENTER_BUDGET`]; the next one
+/// fails the ring.
 pub const ENTER_RETRIES: u32 = 8;
 
 /// One thread's queue of writes waiting for the end of the turn.
@@ -29,10 +32,18 @@ pub struct Queue {
     switch: &'static Switch,
 }
 
+/// What submits a queue's writes: the process's [`Backend`]. One per thread, so the ring's
+/// size next to the context's does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Engine {
+    Uring(IoUring),
+    Aio(Aio),
+}
+
 pub(super) struct Inner {
     /// `None` once it failed: never entered again (invariant 3).
-    ring: Option<IoUring>,
-    /// The send flags: [`FLAGS`], but a test may leave out `MSG_DONTWAIT`.
+    engine: Option<Engine>,
+    /// io_uring's send flags: [`FLAGS`], but a test may leave out `MSG_DONTWAIT`.
     flags: i32,
     slots: Vec<Slot>,
     /// Slots no write holds, to be reused.
@@ -41,9 +52,19 @@ pub(super) struct Inner {
     queued: Vec<usize>,
     /// The slots of the submission being made, in the order they went into the ring.
     pushed: Vec<usize>,
-    /// Stands in for `io_uring_enter` in tests: `Some(errno)` fails the call without entering.
+    /// AIO: the iocbs of the submission being made (in `pushed`'s order), how many of them
+    /// the kernel took, and room for their completions.
+    iocbs: Vec<Iocb>,
+    in_kernel: usize,
+    events: Vec<IoEvent>,
+    /// Stands in for `io_uring_enter` (or `io_submit`) in tests: `Some(errno)` fails the call
+    /// without entering.
     #[cfg(test)]
     pub(super) fault: Option<Box<dyn FnMut() -> Option<i32> + Send>>,
+    /// AIO in tests: hands `io_submit` at most this many iocbs a call, as a kernel that takes
+    /// fewer than it was given.
+    #[cfg(test)]
+    pub(super) take_at_most: Option<usize>,
 }
 
 enum Slot {
@@ -100,19 +121,28 @@ impl Outcome {
 struct Failure(String);
 
 impl Queue {
-    /// A queue of its own ring, reporting to `switch`; `None` where no ring can be made.
+    /// A queue of its own ring or AIO context (as `switch` probed), reporting to `switch`;
+    /// `None` where batching is off or none can be made.
     pub fn new(switch: &'static Switch) -> Option<Arc<Self>> {
-        let ring = IoUring::new(RING_ENTRIES).ok()?;
+        let engine = match switch.backend()? {
+            Backend::IoUring => Engine::Uring(IoUring::new(RING_ENTRIES).ok()?),
+            Backend::Aio { rw_flags } => Engine::Aio(Aio::new(RING_ENTRIES, rw_flags).ok()?),
+        };
         Some(Arc::new(Self {
             inner: Mutex::new(Inner {
-                ring: Some(ring),
+                engine: Some(engine),
                 flags: FLAGS,
                 slots: Vec::new(),
                 free: Vec::new(),
                 queued: Vec::new(),
                 pushed: Vec::new(),
+                iocbs: Vec::new(),
+                in_kernel: 0,
+                events: Vec::new(),
                 #[cfg(test)]
                 fault: None,
+                #[cfg(test)]
+                take_at_most: None,
             }),
             switch,
         }))
@@ -133,7 +163,7 @@ impl Inner {
     /// Queues `buf` for `socket` and takes it; `None` (and `buf` untouched) once the ring
     /// failed.
     pub(super) fn enqueue(&mut self, socket: Arc<TcpStream>, buf: &mut Vec<u8>) -> Option<usize> {
-        self.ring.as_ref()?;
+        self.engine.as_ref()?;
         let queued = Slot::Queued {
             socket,
             buf: mem::take(buf),
@@ -202,7 +232,7 @@ impl Inner {
         self.queued = queued;
     }
 
-    /// Puts as many of the writes `ids` into the ring as fit, submits them and reaps every
+    /// Submits as many of the writes `ids` as one system call takes and reaps every
     /// completion. Returns how many of `ids` were dealt with.
     fn submit(
         &mut self,
@@ -210,7 +240,21 @@ impl Inner {
         switch: &Switch,
         released: &mut Vec<Arc<TcpStream>>,
     ) -> Result<usize, Failure> {
-        let Some(ring) = &mut self.ring else {
+        match self.engine {
+            Some(Engine::Uring(_)) => self.submit_uring(ids, switch, released),
+            Some(Engine::Aio(_)) => self.submit_aio(ids, switch, released),
+            None => Err(Failure("the ring failed before".into())),
+        }
+    }
+
+    /// [`Inner::submit`] through io_uring: as many of `ids` as fit the ring.
+    fn submit_uring(
+        &mut self,
+        ids: &[usize],
+        switch: &Switch,
+        released: &mut Vec<Arc<TcpStream>>,
+    ) -> Result<usize, Failure> {
+        let Some(Engine::Uring(ring)) = &mut self.engine else {
             return Err(Failure("the ring failed before".into()));
         };
         self.pushed.clear();
@@ -286,28 +330,159 @@ impl Inner {
         Ok(taken)
     }
 
-    /// The ring failed during a submission of `self.pushed`, with `rest` the writes of this
-    /// flush not yet done: what completed is settled, what the kernel never took goes back
-    /// unsent, what it took without completing is left to it, and the ring is dropped so that
+    /// [`Inner::submit`] through AIO: up to [`RING_ENTRIES`] of `ids` in one `io_submit`
+    /// (more calls only if the kernel takes fewer), whose writes all complete inside it.
+    fn submit_aio(
+        &mut self,
+        ids: &[usize],
+        switch: &Switch,
+        released: &mut Vec<Arc<TcpStream>>,
+    ) -> Result<usize, Failure> {
+        let Some(Engine::Aio(aio)) = &mut self.engine else {
+            return Err(Failure("the AIO context failed before".into()));
+        };
+        self.pushed.clear();
+        self.iocbs.clear();
+        self.in_kernel = 0;
+        let mut taken = 0;
+        for &at in ids {
+            if self.pushed.len() == RING_ENTRIES as usize {
+                break;
+            }
+            if let Slot::Queued { socket, buf } = &self.slots[at] {
+                self.iocbs.push(Iocb::write(
+                    socket.as_raw_fd(),
+                    buf,
+                    at as u64,
+                    aio.rw_flags,
+                ));
+                self.pushed.push(at);
+            }
+            taken += 1;
+        }
+        if self.pushed.is_empty() {
+            return Ok(taken);
+        }
+        let mut iocbs: Vec<*mut Iocb> = self.iocbs.iter_mut().map(|c| c as *mut Iocb).collect();
+        let deadline = Instant::now() + ENTER_BUDGET;
+        let mut retries = 0;
+        let again = |e: &io::Error, retries: &mut u32, call: &str| {
+            let again = matches!(
+                e.raw_os_error(),
+                Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+            );
+            if !again || *retries == ENTER_RETRIES || Instant::now() >= deadline {
+                return Err(Failure(format!("{call}: {e} (after {retries} retries)")));
+            }
+            *retries += 1;
+            Ok(())
+        };
+        while self.in_kernel < self.pushed.len() {
+            #[cfg(not(test))]
+            let rest = &mut iocbs[self.in_kernel..];
+            #[cfg(test)]
+            let rest = {
+                let most = self.take_at_most.unwrap_or(usize::MAX);
+                let end = self.in_kernel.saturating_add(most).min(iocbs.len());
+                &mut iocbs[self.in_kernel..end]
+            };
+            #[cfg(test)]
+            let submitted = match self.fault.as_mut().and_then(|fault| fault()) {
+                Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+                // SAFETY: as for the io_uring entries in `submit_uring`: each iocb's slot owns
+                // its buffer and a reference that keeps its descriptor open, and lets go of
+                // neither before its completion is reaped below, or before `fail` has left an
+                // unreaped one to the kernel for good. The iocbs themselves are read during
+                // the call only.
+                None => unsafe { aio.submit(rest) },
+            };
+            #[cfg(not(test))]
+            // SAFETY: see the same call above.
+            let submitted = unsafe { aio.submit(rest) };
+            match submitted {
+                Ok(n) if n > 0 => self.in_kernel += n.min(rest.len()),
+                Ok(_) => again(
+                    &io::Error::from_raw_os_error(libc::EAGAIN),
+                    &mut retries,
+                    "io_submit",
+                )?,
+                Err(e) => again(&e, &mut retries, "io_submit")?,
+            }
+        }
+        // Every write completed inside `io_submit` (invariant 2): all are reaped at once, and
+        // waiting (bounded) is for a kernel that breaks that.
+        let want = self.pushed.len();
+        self.events.resize(want, IoEvent::default());
+        let mut done = 0;
+        let mut wait = Duration::ZERO;
+        while done < want {
+            let left = want - done;
+            match aio.reap(&mut self.events[..left], left, wait) {
+                Ok(n) => {
+                    for event in &self.events[..n] {
+                        done += 1;
+                        if let Some(slot) = self.slots.get_mut(event.data as usize) {
+                            let res = event.res.clamp(i32::MIN.into(), i32::MAX.into()) as i32;
+                            settle(slot, Outcome::of(res), released);
+                        }
+                    }
+                }
+                Err(e) => again(&e, &mut retries, "io_getevents")?,
+            }
+            if done < want {
+                wait = deadline.saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    return Err(Failure(format!(
+                        "io_getevents: {} of {want} writes not complete after {ENTER_BUDGET:?}",
+                        want - done
+                    )));
+                }
+            }
+        }
+        switch.submitted(want);
+        Ok(taken)
+    }
+
+    /// A submission of `self.pushed` failed, with `rest` the writes of this flush not yet
+    /// done: what completed is settled, what the kernel never took goes back unsent, what it
+    /// took without completing is left to it, and the ring (or AIO context) is dropped so that
     /// nothing left in it is ever submitted.
     fn fail(&mut self, rest: &[usize], released: &mut Vec<Arc<TcpStream>>) {
-        let Some(mut ring) = self.ring.take() else {
+        let Some(mut engine) = self.engine.take() else {
             for &at in rest {
                 settle(&mut self.slots[at], Outcome::Unsent, released);
             }
             return;
         };
-        for cqe in ring.completion() {
-            settle(
-                &mut self.slots[cqe.user_data() as usize],
-                Outcome::of(cqe.result()),
-                released,
-            );
-        }
-        // The kernel takes entries from the head of the ring: the last `untaken` pushed are
-        // still there.
-        let untaken = ring.submission().len().min(self.pushed.len());
-        let taken = self.pushed.len() - untaken;
+        let taken = match &mut engine {
+            Engine::Uring(ring) => {
+                for cqe in ring.completion() {
+                    settle(
+                        &mut self.slots[cqe.user_data() as usize],
+                        Outcome::of(cqe.result()),
+                        released,
+                    );
+                }
+                // The kernel takes entries from the head of the ring: the last `untaken`
+                // pushed are still there.
+                let untaken = ring.submission().len().min(self.pushed.len());
+                self.pushed.len() - untaken
+            }
+            Engine::Aio(aio) => {
+                let mut events = [IoEvent::default(); 16];
+                while let Ok(n @ 1..) = aio.reap(&mut events, 0, Duration::ZERO) {
+                    for event in &events[..n] {
+                        if let Some(slot) = self.slots.get_mut(event.data as usize) {
+                            let res = event.res.clamp(i32::MIN.into(), i32::MAX.into()) as i32;
+                            settle(slot, Outcome::of(res), released);
+                        }
+                    }
+                }
+                // `io_submit` takes iocbs in order and says how many.
+                self.in_kernel.min(self.pushed.len())
+            }
+        };
+        let mut lost = false;
         for &at in &self.pushed[..taken] {
             let slot = &mut self.slots[at];
             if let Slot::Queued { socket, buf } = slot {
@@ -319,6 +494,7 @@ impl Inner {
                     buf: Vec::new(),
                     outcome: Outcome::Unknown,
                 };
+                lost = true;
             }
         }
         for &at in &self.pushed[taken..] {
@@ -327,7 +503,11 @@ impl Inner {
         for &at in rest {
             settle(&mut self.slots[at], Outcome::Unsent, released);
         }
-        drop(ring);
+        if lost && let Engine::Aio(aio) = &mut engine {
+            // Destroying the context would wait for the lost write.
+            aio.leak();
+        }
+        drop(engine);
     }
 }
 
@@ -359,7 +539,7 @@ impl Queue {
     }
 
     pub(super) fn has_ring(&self) -> bool {
-        self.lock().ring.is_some()
+        self.lock().engine.is_some()
     }
 
     /// Every slot free and nothing queued: no write holds anything any more.

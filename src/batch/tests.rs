@@ -1,5 +1,6 @@
 //! Each test runs on real loopback sockets, with a queue and a process switch of its own
 //! (so that a test that fails a ring leaves the others batching), except where it says so.
+//! Those in `on_both!` run once per backend: `<name>::io_uring` and `<name>::aio`.
 
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
@@ -17,13 +18,15 @@ use super::*;
 #[derive(Default)]
 struct Told {
     batching: Mutex<Vec<bool>>,
+    backend: Mutex<Option<Backend>>,
     submissions: AtomicUsize,
     writes: AtomicUsize,
 }
 
 impl Report for Told {
-    fn batching(&self, on: bool) {
-        self.batching.lock().unwrap().push(on);
+    fn batching(&self, backend: Option<Backend>) {
+        self.batching.lock().unwrap().push(backend.is_some());
+        *self.backend.lock().unwrap() = backend;
     }
 
     fn submitted(&self, writes: usize) {
@@ -41,17 +44,72 @@ impl Told {
     }
 }
 
-/// A queue with its own switch (probed true: the process probe passed) and what it told.
-/// `None` where io_uring does not work here: those tests have nothing to test.
-fn test_queue() -> Option<(Arc<Queue>, Arc<Told>)> {
-    if !available() {
-        eprintln!("io_uring unavailable here: nothing to test");
-        return None;
-    }
+/// The backend a test runs on.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    IoUring,
+    Aio,
+}
+
+/// The test as a module of two: `io_uring` and `aio`, each calling it with its [`Kind`].
+macro_rules! on_both {
+    ($(#[$doc:meta])* async fn $name:ident($kind:ident: Kind) $body:block) => {
+        $(#[$doc])*
+        mod $name {
+            use super::*;
+
+            async fn run($kind: Kind) $body
+
+            #[tokio::test(flavor = "current_thread")]
+            async fn io_uring() {
+                run(Kind::IoUring).await
+            }
+
+            #[tokio::test(flavor = "current_thread")]
+            async fn aio() {
+                run(Kind::Aio).await
+            }
+        }
+    };
+    ($(#[$doc:meta])* fn $name:ident($kind:ident: Kind) $body:block) => {
+        $(#[$doc])*
+        mod $name {
+            use super::*;
+
+            fn run($kind: Kind) $body
+
+            #[test]
+            fn io_uring() {
+                run(Kind::IoUring)
+            }
+
+            #[test]
+            fn aio() {
+                run(Kind::Aio)
+            }
+        }
+    };
+}
+
+/// A queue of `kind` with its own switch (probed: the process probe passed) and what it
+/// told. `None` where that backend does not work here: such a test has nothing to test.
+fn test_queue(kind: Kind) -> Option<(Arc<Queue>, Arc<Told>)> {
+    let backend = match kind {
+        Kind::IoUring => probe::run().map(|()| Backend::IoUring),
+        Kind::Aio => aio::probe().map(|rw_flags| Backend::Aio { rw_flags }),
+    };
+    let backend = match backend {
+        Ok(backend) => backend,
+        Err(why) => {
+            eprintln!("{kind:?} unavailable here ({why}): nothing to test");
+            return None;
+        }
+    };
     let switch: &'static Switch = Box::leak(Box::new(Switch::new()));
-    switch.probe_with(|| Ok(()));
+    switch.probe_with(|| Ok(backend));
     let told = Arc::new(Told::default());
     switch.report_to(told.clone());
+    assert_eq!(*told.backend.lock().unwrap(), Some(backend));
     Some((Queue::new(switch)?, told))
 }
 
@@ -85,9 +143,9 @@ async fn received(peer: &mut TcpStream) -> Vec<u8> {
     got
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn writes_of_one_turn_arrive_whole_and_in_one_submission() {
-    let Some((queue, told)) = test_queue() else {
+on_both! {
+async fn writes_of_one_turn_arrive_whole_and_in_one_submission(kind: Kind) {
+    let Some((queue, told)) = test_queue(kind) else {
         return;
     };
     let net = Net::new().await;
@@ -113,6 +171,7 @@ async fn writes_of_one_turn_arrive_whole_and_in_one_submission() {
     }
     assert!(queue.is_idle(), "every slot free again");
 }
+}
 
 /// The process's own queue, as keygate's connections use it.
 #[tokio::test(flavor = "current_thread")]
@@ -134,9 +193,9 @@ async fn the_threads_queue_sends_and_says_when_batching_is_off() {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_write_dropped_while_queued_is_never_sent_and_the_others_still_go() {
-    let Some((queue, _)) = test_queue() else {
+on_both! {
+async fn a_write_dropped_while_queued_is_never_sent_and_the_others_still_go(kind: Kind) {
+    let Some((queue, _)) = test_queue(kind) else {
         return;
     };
     let net = Net::new().await;
@@ -163,10 +222,11 @@ async fn a_write_dropped_while_queued_is_never_sent_and_the_others_still_go() {
         assert!(queue.is_idle());
     }
 }
+}
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_slot_freed_and_queued_again_in_one_turn_is_sent_once() {
-    let Some((queue, _)) = test_queue() else {
+on_both! {
+async fn a_slot_freed_and_queued_again_in_one_turn_is_sent_once(kind: Kind) {
+    let Some((queue, _)) = test_queue(kind) else {
         return;
     };
     let net = Net::new().await;
@@ -189,10 +249,11 @@ async fn a_slot_freed_and_queued_again_in_one_turn_is_sent_once() {
     assert_eq!(all_of(c, &mut c_peer).await, b"third", "sent exactly once");
     assert_eq!(all_of(a, &mut a_peer).await, b"first");
 }
+}
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_full_socket_takes_what_fits_and_the_rest_is_the_callers() {
-    let Some((queue, _)) = test_queue() else {
+on_both! {
+async fn a_full_socket_takes_what_fits_and_the_rest_is_the_callers(kind: Kind) {
+    let Some((queue, _)) = test_queue(kind) else {
         return;
     };
     let net = Net::new().await;
@@ -212,13 +273,14 @@ async fn a_full_socket_takes_what_fits_and_the_rest_is_the_callers() {
         assert!(round < 1_000, "the socket never filled up");
     }
 }
+}
 
+on_both! {
 /// Case 1 of issue 24: a write whose future is leaked while queued, and whose connection is
 /// then closed by its owner. Were the queue to hold only the descriptor number, the next
 /// connection would get that number and the next flush would send the leaked write there.
-#[tokio::test(flavor = "current_thread")]
-async fn a_forgotten_write_never_reaches_the_connection_that_takes_its_descriptor() {
-    let Some((queue, _)) = test_queue() else {
+async fn a_forgotten_write_never_reaches_the_connection_that_takes_its_descriptor(kind: Kind) {
+    let Some((queue, _)) = test_queue(kind) else {
         return;
     };
     let net = Net::new().await;
@@ -261,12 +323,13 @@ async fn a_forgotten_write_never_reaches_the_connection_that_takes_its_descripto
     // The leaked write went to its own connection, which closed once it was reaped.
     assert_eq!(received(&mut x_peer).await, b"x's secret");
 }
+}
 
+on_both! {
 /// Case 1, the other half: a leaked write that was first in its turn (it would have led the
 /// turn before) holds up no later write.
-#[tokio::test(flavor = "current_thread")]
-async fn a_forgotten_first_write_stalls_no_later_write() {
-    let Some((queue, _)) = test_queue() else {
+async fn a_forgotten_first_write_stalls_no_later_write(kind: Kind) {
+    let Some((queue, _)) = test_queue(kind) else {
         return;
     };
     let net = Net::new().await;
@@ -286,6 +349,7 @@ async fn a_forgotten_first_write_stalls_no_later_write() {
         assert_eq!(all_of(b, &mut b_peer).await, want.as_bytes());
     }
     assert_eq!(all_of(a, &mut a_peer).await, b"forgotten");
+}
 }
 
 /// Case 2: a kernel that leaves a non-blocking send in flight, simulated by leaving out
@@ -309,7 +373,9 @@ fn the_probe_returns_and_batching_is_off_when_a_send_stays_in_flight() {
     );
 
     let switch = Switch::new();
-    assert!(!switch.probe_with(|| probe::probe_with(libc::MSG_NOSIGNAL, false)));
+    let probed = switch
+        .probe_with(|| probe::probe_with(libc::MSG_NOSIGNAL, false).map(|()| Backend::IoUring));
+    assert!(probed.is_none());
     assert!(!switch.on(), "batching is off");
     let told = Arc::new(Told::default());
     switch.report_to(told.clone());
@@ -318,13 +384,13 @@ fn the_probe_returns_and_batching_is_off_when_a_send_stays_in_flight() {
     assert_eq!(probe::run().is_ok(), available());
 }
 
+on_both! {
 /// Case 3: a submission fails (simulated: `io_uring_enter` returns `EINVAL`) on one worker
 /// while a write on another worker has passed the process-wide check and waits for the
 /// queue's lock. The failed ring is never entered again: the stale entry it holds is never
 /// submitted, the waiting write is refused, and the failed flush's write comes back unsent.
-#[test]
-fn a_failed_submission_with_two_workers_never_submits_a_stale_entry() {
-    let Some((queue, told)) = test_queue() else {
+fn a_failed_submission_with_two_workers_never_submits_a_stale_entry(kind: Kind) {
+    let Some((queue, told)) = test_queue(kind) else {
         return;
     };
     let runtime = || {
@@ -390,7 +456,7 @@ fn a_failed_submission_with_two_workers_never_submits_a_stale_entry() {
         assert!(all_of(x, &mut x_peer).await.is_empty());
         assert!(all_of(w, &mut w_peer).await.is_empty());
         let (y, mut y_peer) = net.pair().await;
-        let Some((healthy, _)) = test_queue() else {
+        let Some((healthy, _)) = test_queue(kind) else {
             return;
         };
         let mut own = b"y's own".to_vec();
@@ -398,12 +464,13 @@ fn a_failed_submission_with_two_workers_never_submits_a_stale_entry() {
         assert_eq!(all_of(y, &mut y_peer).await, b"y's own");
     });
 }
+}
 
+on_both! {
 /// Case 4: `EAGAIN` from every `io_uring_enter`. The write comes back unsent after exactly
 /// `ENTER_RETRIES` retries, the ring fails, and the process stops batching.
-#[tokio::test(flavor = "current_thread")]
-async fn a_persistent_eagain_ends_in_an_unsent_write_after_the_retries() {
-    let Some((queue, told)) = test_queue() else {
+async fn a_persistent_eagain_ends_in_an_unsent_write_after_the_retries(kind: Kind) {
+    let Some((queue, told)) = test_queue(kind) else {
         return;
     };
     let net = Net::new().await;
@@ -431,12 +498,13 @@ async fn a_persistent_eagain_ends_in_an_unsent_write_after_the_retries() {
     assert_eq!(*told.batching.lock().unwrap(), [true, false]);
     assert!(all_of(a, &mut a_peer).await.is_empty());
 }
+}
 
+on_both! {
 /// Case 4, bounded in time too: retries that each take 5 ms stop at `ENTER_BUDGET`, before
 /// the count runs out.
-#[tokio::test(flavor = "current_thread")]
-async fn slow_retries_end_at_the_time_budget() {
-    let Some((queue, _)) = test_queue() else {
+async fn slow_retries_end_at_the_time_budget(kind: Kind) {
+    let Some((queue, _)) = test_queue(kind) else {
         return;
     };
     let net = Net::new().await;
@@ -461,13 +529,14 @@ async fn slow_retries_end_at_the_time_budget() {
         "{tries} tries: not ended by the time budget"
     );
 }
+}
 
 /// Invariant 2: a send the kernel still holds when the budget runs out (simulated: no
 /// `MSG_DONTWAIT`, a full socket) is reported lost with an empty buffer, never resent, and
 /// the flush returns; a send of the same submission that completed keeps its outcome.
 #[tokio::test(flavor = "current_thread")]
 async fn a_send_still_in_flight_at_the_budget_is_lost_not_resent() {
-    let Some((queue, told)) = test_queue() else {
+    let Some((queue, told)) = test_queue(Kind::IoUring) else {
         return;
     };
     let net = Net::new().await;
@@ -505,4 +574,146 @@ async fn a_send_still_in_flight_at_the_budget_is_lost_not_resent() {
     assert_eq!(all_of(b, &mut b_peer).await, b"fine");
     assert!(!queue.has_ring());
     assert_eq!(*told.batching.lock().unwrap(), [true, false]);
+}
+
+/// The AIO backend's second guard against a blocking write: with `RWF_NOWAIT`, a write to a
+/// full socket left in blocking mode answers `EAGAIN` inside `io_submit` instead of waiting
+/// for room (which would stall the whole event loop). Skipped where the kernel does not take
+/// `RWF_NOWAIT` for sockets (the socket's `O_NONBLOCK` is then the only guard).
+#[test]
+fn an_aio_write_to_a_full_blocking_socket_returns_at_once() {
+    let Some((queue, told)) = test_queue(Kind::Aio) else {
+        return;
+    };
+    if !matches!(*told.backend.lock().unwrap(), Some(Backend::Aio { rw_flags }) if rw_flags != 0) {
+        eprintln!("no RWF_NOWAIT for sockets here: nothing to test");
+        return;
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let net = Net::new().await;
+            let (a, _peer) = net.pair().await;
+            let chunk = vec![0u8; 1 << 16];
+            while a.tcp().try_write(&chunk).is_ok() {}
+            socket2::SockRef::from(a.tcp())
+                .set_nonblocking(false)
+                .unwrap();
+            let mut buf = b"no room".to_vec();
+            let sent = send_on(&queue, &a, &mut buf).await;
+            tx.send((sent.map(|r| r.map_err(|e| e.to_string())), buf))
+                .unwrap();
+        });
+    });
+    let (sent, buf) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("io_submit blocked on a full socket");
+    assert_eq!(sent, Some(Ok(0)), "nothing fits");
+    assert_eq!(buf, b"no room", "the buffer comes back for the usual write");
+    assert_eq!(told.totals(), (1, 1));
+}
+
+/// `[server] batch_backend`: `aio` never picks io_uring, `io_uring` never picks AIO, and
+/// `auto` picks io_uring first; each probes what it picks for real.
+#[test]
+fn the_choice_decides_which_backend_is_probed() {
+    let uring = probe::run().is_ok();
+    let aio = aio::probe().ok();
+    let picked = |choice| super::probe(choice).ok();
+    assert_eq!(
+        picked(Choice::Aio),
+        aio.map(|rw_flags| Backend::Aio { rw_flags })
+    );
+    assert_eq!(picked(Choice::IoUring), uring.then_some(Backend::IoUring));
+    let auto = if uring {
+        Some(Backend::IoUring)
+    } else {
+        aio.map(|rw_flags| Backend::Aio { rw_flags })
+    };
+    assert_eq!(picked(Choice::Auto), auto);
+    if let Err(why) = super::probe(Choice::IoUring) {
+        assert!(why.contains("AIO: not chosen"), "{why}");
+    }
+    eprintln!("io_uring works here: {uring}; AIO: {aio:?}");
+}
+
+/// The kernel reads `struct iocb` and writes `struct io_event` by these offsets
+/// (linux/aio_abi.h).
+#[test]
+fn the_aio_structs_have_the_kernels_layout() {
+    use std::mem::{offset_of, size_of};
+    assert_eq!(size_of::<aio::Iocb>(), 64);
+    assert_eq!(size_of::<aio::IoEvent>(), 32);
+    let iocb = aio::Iocb::write(7, b"abc", 42, 0x8);
+    // SAFETY: reads the plain-old-data iocb as its 64 bytes.
+    let bytes: [u8; 64] = unsafe { std::mem::transmute(iocb) };
+    let at = |offset: usize, len: usize| &bytes[offset..offset + len];
+    assert_eq!(at(0, 8), 42u64.to_ne_bytes(), "aio_data");
+    let rw_flags = if cfg!(target_endian = "little") {
+        12
+    } else {
+        8
+    };
+    assert_eq!(at(rw_flags, 4), 0x8i32.to_ne_bytes(), "aio_rw_flags");
+    assert_eq!(
+        at(16, 2),
+        1u16.to_ne_bytes(),
+        "aio_lio_opcode: IOCB_CMD_PWRITE"
+    );
+    assert_eq!(at(20, 4), 7u32.to_ne_bytes(), "aio_fildes");
+    assert_eq!(at(32, 8), 3u64.to_ne_bytes(), "aio_nbytes");
+    assert_eq!(offset_of!(aio::IoEvent, res), 16);
+}
+
+/// Invariant 3 for AIO: `io_submit` takes the first of two writes, and the next call fails
+/// (simulated: one iocb a call, then `EINVAL`). The write the kernel took keeps its outcome
+/// (sent, never sent again), the other comes back unsent with its buffer, and the context is
+/// dropped for good.
+#[tokio::test(flavor = "current_thread")]
+async fn an_aio_submission_taken_in_part_settles_each_write_by_what_the_kernel_took() {
+    let Some((queue, told)) = test_queue(Kind::Aio) else {
+        return;
+    };
+    let net = Net::new().await;
+    let (a, mut a_peer) = net.pair().await;
+    let (b, mut b_peer) = net.pair().await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    {
+        let mut inner = queue.lock();
+        inner.take_at_most = Some(1);
+        inner.fault = Some(Box::new({
+            let calls = calls.clone();
+            move || (calls.fetch_add(1, Ordering::SeqCst) > 0).then_some(libc::EINVAL)
+        }));
+    }
+    let (mut taken, mut left) = (b"taken".to_vec(), b"left".to_vec());
+    let (first, second) = tokio::join!(
+        send_on(&queue, &a, &mut taken),
+        send_on(&queue, &b, &mut left)
+    );
+    assert_eq!(
+        first.unwrap().unwrap(),
+        5,
+        "the write the kernel took went out"
+    );
+    assert_eq!(taken, b"taken");
+    assert_eq!(second.unwrap().unwrap(), 0, "the other comes back unsent");
+    assert_eq!(left, b"left", "with its buffer");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one call took one, the next failed"
+    );
+    assert!(!queue.has_ring(), "the context is dropped");
+    assert!(queue.is_idle());
+    assert_eq!(*told.batching.lock().unwrap(), [true, false]);
+    assert_eq!(all_of(a, &mut a_peer).await, b"taken", "sent once");
+    assert!(
+        all_of(b, &mut b_peer).await.is_empty(),
+        "nothing of the untaken write"
+    );
 }

@@ -29,6 +29,7 @@ pub(super) struct RawServer {
     #[serde(with = "humantime_serde")]
     watch_interval: Duration,
     batch_writes: bool,
+    batch_backend: String,
 }
 
 impl Default for RawServer {
@@ -45,6 +46,7 @@ impl Default for RawServer {
             shutdown_timeout: Duration::from_secs(20),
             watch_interval: Duration::from_secs(2),
             batch_writes: true,
+            batch_backend: "auto".into(),
         }
     }
 }
@@ -87,6 +89,9 @@ pub struct Server {
     /// HTTP/1.1 clients) go to the kernel in one io_uring submission, where the kernel allows
     /// it ([`crate::batch`]); false: one `send` each.
     pub batch_writes: bool,
+    /// Which kernel interface submits those batches: `auto` (io_uring, else Linux AIO where
+    /// io_uring is refused), `io_uring` or `aio`. Read at start; a reload does not change it.
+    pub batch_backend: crate::batch::Choice,
 }
 
 impl TryFrom<RawServer> for Server {
@@ -132,6 +137,17 @@ impl TryFrom<RawServer> for Server {
                 "must be at least 1, e.g. 128",
             ));
         }
+        let batch_backend = match raw.batch_backend.as_str() {
+            "auto" => crate::batch::Choice::Auto,
+            "io_uring" => crate::batch::Choice::IoUring,
+            "aio" => crate::batch::Choice::Aio,
+            _ => {
+                return Err(invalid(
+                    "server.batch_backend",
+                    "must be \"auto\" (io_uring, else AIO), \"io_uring\" or \"aio\"",
+                ));
+            }
+        };
         Ok(Server {
             workers: raw.workers,
             header_read_timeout: raw.header_read_timeout,
@@ -144,6 +160,7 @@ impl TryFrom<RawServer> for Server {
             shutdown_timeout: raw.shutdown_timeout,
             watch_interval: raw.watch_interval,
             batch_writes: raw.batch_writes,
+            batch_backend,
         })
     }
 }

@@ -39,6 +39,34 @@ fn env_overrides_win_and_are_typed() {
     assert_eq!(c.keys.prefix, "acme");
 }
 
+/// `[server] batch_backend`: the three choices, from the file or the environment; anything
+/// else is refused with the choices named.
+#[test]
+fn the_batch_backend_is_one_of_three() {
+    use crate::batch::Choice;
+    assert_eq!(
+        load(MINIMAL, &[]).unwrap().server.batch_backend,
+        Choice::Auto
+    );
+    for (value, want) in [
+        ("auto", Choice::Auto),
+        ("io_uring", Choice::IoUring),
+        ("aio", Choice::Aio),
+    ] {
+        let text = format!("{MINIMAL}[server]\nbatch_backend = \"{value}\"\n");
+        assert_eq!(load(&text, &[]).unwrap().server.batch_backend, want);
+        let env = load(MINIMAL, &[("KEYGATE_SERVER__BATCH_BACKEND", value)]).unwrap();
+        assert_eq!(env.server.batch_backend, want);
+    }
+    let err = load(MINIMAL, &[("KEYGATE_SERVER__BATCH_BACKEND", "epoll")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.batch_backend") && err.contains("\"aio\""),
+        "{err}"
+    );
+}
+
 #[test]
 fn errors_name_the_field() {
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
@@ -93,6 +121,11 @@ fn errors_name_the_field() {
             "listen.manage",
         ),
         (MINIMAL, &[("KEYGATE_LOG__FORMAT", "xml")], "log.format"),
+        (
+            MINIMAL,
+            &[("KEYGATE_SERVER__BATCH_BACKEND", "uring")],
+            "server.batch_backend",
+        ),
         (
             MINIMAL,
             &[("KEYGATE_UPSTREAM__TIMEOUT", "0s")],

@@ -200,7 +200,8 @@ impl Server {
             },
         });
         if config.server.batch_writes {
-            // Probes io_uring now (not at the first request) and sets the gauge.
+            // Probes io_uring or AIO now (not at the first request) and sets the gauges.
+            crate::batch::choose(config.server.batch_backend);
             crate::batch::report_to(self.metrics.clone());
         }
         let client_cap = Arc::new(Semaphore::new(config.server.max_connections));
