@@ -4,7 +4,7 @@
 #   bench/run.sh                 saturation throughput, scenarios interleaved round by round
 #   bench/run.sh latency         fixed-rate latency with oha (MODE=latency works too)
 #   bench/run.sh memory          keygate RSS with 10,000 and 1,000,000 keys; `keys create` timing
-#   bench/run.sh chart           redraw bench/results.png from the last throughput run
+#   bench/run.sh chart           redraw bench/results.png and results-protocols.png from the last runs
 #   bench/run.sh serve           start every server of the throughput run and wait (profiling)
 #   bench/run.sh h2              HTTP/2 clients (h2load): h2c and TLS+ALPN h2, 10 and 1 streams
 #   bench/run.sh tls             HTTP/1.1 over TLS: wrk keep-alive, and a full handshake per request
@@ -853,6 +853,53 @@ EOF
     log "chart: $png"
 }
 
+# bench/results-protocols.png: req/s of every HTTP/2 and TLS scenario, one panel per mode, from
+# the last h2 and tls runs (work/chart-h2.dat, work/chart-tls.dat; a mode not run is left out).
+chart_protocols() {
+    local png="$BENCH/results-protocols.png" term mode title n=0 panels=""
+    for mode in h2 tls; do
+        [ -s "$WORK/chart-$mode.dat" ] || continue
+        n=$((n + 1))
+        case $mode in
+            h2) title="HTTP/2 clients (h2load -c $H2_CONNS, one key): req/s" ;;
+            tls) title="HTTP/1.1 over TLS 1.3: req/s with keep-alive, and with a full handshake per request" ;;
+        esac
+        title+=", $(date -r "$WORK/chart-$mode.dat" +%F)"
+        # stats skips points outside the last panel's yrange: reset it first.
+        panels+="set title \"$title\"
+set autoscale y
+stats \"$WORK/chart-$mode.dat\" using 2 nooutput
+set yrange [0:STATS_max * 1.2]
+plot \"$WORK/chart-$mode.dat\" using 2:xtic(1) linecolor rgb \"#4477aa\", \"\" using 0:2:(sprintf(\"%.0f\", \$2)) with labels offset 0,0.7 notitle
+"
+    done
+    [ "$n" -gt 0 ] || { log "no h2 or tls run to chart"; return 0; }
+    if gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1; then
+        term="pngcairo size 1100,$((430 * n)) font \",9\""
+    else
+        term="png size 1100,$((430 * n))"
+    fi
+    gnuplot >"$WORK/logs/gnuplot-protocols.log" 2>&1 <<EOF || { log "gnuplot failed; see $WORK/logs/gnuplot-protocols.log"; return 0; }
+set terminal $term
+set output "$png"
+set datafile separator "\t"
+set datafile missing "nan"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.8 border -1
+set boxwidth 0.8
+set grid ytics
+set xtics rotate by -25 left noenhanced
+set key off
+set rmargin 24
+set bmargin 9
+set multiplot layout $n,1 title "keygate vs nginx / HAProxy, key map + per-key limit (medians of clean runs; servers on CPU 0, load on CPU 1)"
+$panels
+unset multiplot
+EOF
+    log "chart: $png"
+}
+
 # --------------------------------------------------------------------------------------------
 # HTTP/2 (h2load) and TLS (wrk over https, h2load one handshake per request)
 # --------------------------------------------------------------------------------------------
@@ -1080,6 +1127,7 @@ mode_proto() { # h2 | tls
         | tee "$WORK/summary-$1.txt"
     awk -F'\t' '$1 == "resumption" { printf "- TLS session resumption, %s %s: %s\n", $2, $3, $4 }' "$WORK/tls-checks.tsv" \
         | tee -a "$WORK/summary-$1.txt"
+    chart_protocols
 }
 
 # --------------------------------------------------------------------------------------------
@@ -1380,7 +1428,7 @@ case $MODE in
     memory) RESULTS_TSV="$WORK/results.tsv.mem"; mkdir -p "$WORK"; : >"$RESULTS_TSV"; mode_memory ;;
     h2 | tls) mode_proto "$MODE" ;;
     scaling) mode_scaling ;;
-    chart) chart ;;   # redraw bench/results.png from work/chart.dat
+    chart) chart; chart_protocols ;;   # redraw the charts from work/chart*.dat
     -h | --help | help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown mode '$MODE' (throughput | h2 | tls | scaling | latency | memory | serve | chart)" ;;
 esac
