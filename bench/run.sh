@@ -816,25 +816,32 @@ mode_throughput() {
     chart
 }
 
-chart() {
-    local png="$BENCH/results.png" term n
-    n=$(cut -f1 "$RESULTS_TSV" 2>/dev/null | sort -u | wc -l)
+# The gnuplot terminal for a png of width x height: cairo where this gnuplot has it.
+png_terminal() { # width height font-size
     if gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1; then
-        term='pngcairo size 1000,700 font ",10"'
+        echo "pngcairo size $1,$2 font \",$3\""
     else
-        term='png size 1000,700'
+        echo "png size $1,$2"
     fi
-    gnuplot >"$WORK/logs/gnuplot.log" 2>&1 <<EOF || { log "gnuplot failed; see $WORK/logs/gnuplot.log"; return 0; }
-set terminal $term
-set output "$png"
-set datafile separator "\t"
+}
+
+# What every bar panel of both charts shares.
+BAR_STYLE='set datafile separator "\t"
 set style data histograms
 set style histogram clustered gap 1
 set style fill solid 0.8 border -1
 set boxwidth 0.8
 set grid ytics
 set xtics rotate by -25 left noenhanced
-set key off
+set key off'
+
+chart() {
+    local png="$BENCH/results.png" n
+    n=$(cut -f1 "$RESULTS_TSV" 2>/dev/null | sort -u | wc -l)
+    gnuplot >"$WORK/logs/gnuplot.log" 2>&1 <<EOF || { log "gnuplot failed; see $WORK/logs/gnuplot.log"; return 0; }
+set terminal $(png_terminal 1000 700 10)
+set output "$png"
+$BAR_STYLE
 set rmargin 14
 set bmargin 6
 set multiplot layout 2,1 title "keygate vs nginx / HAProxy ($(date -r "$RESULTS_TSV" +%F), $n rounds, medians of clean runs; servers on CPU 0, wrk on CPU 1)"
@@ -856,7 +863,7 @@ EOF
 # bench/results-protocols.png: req/s of every HTTP/2 and TLS scenario, one panel per mode, from
 # the last h2 and tls runs (work/chart-h2.dat, work/chart-tls.dat; a mode not run is left out).
 chart_protocols() {
-    local png="$BENCH/results-protocols.png" term mode title n=0 panels=""
+    local png="$BENCH/results-protocols.png" mode title n=0 panels=""
     for mode in h2 tls; do
         [ -s "$WORK/chart-$mode.dat" ] || continue
         n=$((n + 1))
@@ -874,23 +881,11 @@ plot \"$WORK/chart-$mode.dat\" using 2:xtic(1) linecolor rgb \"#4477aa\", \"\" u
 "
     done
     [ "$n" -gt 0 ] || { log "no h2 or tls run to chart"; return 0; }
-    if gnuplot -e 'set terminal pngcairo' >/dev/null 2>&1; then
-        term="pngcairo size 1100,$((430 * n)) font \",9\""
-    else
-        term="png size 1100,$((430 * n))"
-    fi
     gnuplot >"$WORK/logs/gnuplot-protocols.log" 2>&1 <<EOF || { log "gnuplot failed; see $WORK/logs/gnuplot-protocols.log"; return 0; }
-set terminal $term
+set terminal $(png_terminal 1100 $((430 * n)) 9)
 set output "$png"
-set datafile separator "\t"
+$BAR_STYLE
 set datafile missing "nan"
-set style data histograms
-set style histogram clustered gap 1
-set style fill solid 0.8 border -1
-set boxwidth 0.8
-set grid ytics
-set xtics rotate by -25 left noenhanced
-set key off
 set rmargin 24
 set bmargin 9
 set multiplot layout $n,1 title "keygate vs nginx / HAProxy, key map + per-key limit (medians of clean runs; servers on CPU 0, load on CPU 1)"
