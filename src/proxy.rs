@@ -688,6 +688,12 @@ impl Proxy {
             return Err(Reject::OAuth(OAuthError::InvalidClient));
         };
         audit.key = Some(record.clone());
+        // RFC 6749 §5.2 `unauthorized_client`: a Railway-style project key may only arrive in
+        // `Project-Access-Token`, and a token would carry it as Bearer.
+        let bound = record.headers();
+        if !bound.is_empty() && !bound.contains(crate::vocab::CredentialHeader::Authorization) {
+            return Err(Reject::OAuth(OAuthError::UnauthorizedClient));
+        }
         let held: Vec<&str> = record.scopes.iter().collect();
         let scopes = token::narrow(&held, grant.scope).map_err(Reject::OAuth)?;
         let claims = token::Claims {

@@ -99,6 +99,9 @@ pub enum OAuthError {
     UnsupportedGrantType,
     /// `scope` asks for more than the key holds, or is too long.
     InvalidScope,
+    /// A key bound to headers other than `Authorization` (`keys create --header`): a token is
+    /// a Bearer credential, so issuing one would let the key arrive where it may not.
+    UnauthorizedClient,
 }
 
 /// Why a known, valid key may not make this request (403 `insufficient_permissions`).
@@ -216,6 +219,7 @@ impl Reject {
             Self::OAuth(OAuthError::InvalidClient) => "invalid_client",
             Self::OAuth(OAuthError::UnsupportedGrantType) => "unsupported_grant_type",
             Self::OAuth(OAuthError::InvalidScope) => "invalid_scope",
+            Self::OAuth(OAuthError::UnauthorizedClient) => "unauthorized_client",
             Self::InvalidPath(_) => "invalid_path",
             Self::MethodNotAllowed(_) => "method_not_allowed",
             Self::BadRequest(_) => "invalid_request",
@@ -300,6 +304,11 @@ impl Reject {
             }
             Self::OAuth(OAuthError::InvalidScope) => {
                 "The requested scope is not among the key's scopes".into()
+            }
+            Self::OAuth(OAuthError::UnauthorizedClient) => {
+                "This key is bound to headers other than Authorization and cannot be traded \
+                 for a Bearer token"
+                    .into()
             }
             Self::CredentialHeaderNotAllowed(allowed) => {
                 let names: Vec<&str> = allowed
@@ -743,6 +752,12 @@ mod tests {
                 None,
             ),
             (OAuthError::InvalidScope, 400, "invalid_scope", None),
+            (
+                OAuthError::UnauthorizedClient,
+                400,
+                "unauthorized_client",
+                None,
+            ),
         ];
         for (error, status, code, challenge) in table {
             let response = Reject::OAuth(error).into_response();

@@ -84,7 +84,7 @@ impl Counting {
     }
 }
 
-const CONFIG: &str = "[plans.web]\nper_minute = 100\n\n[limits]\ndefault_plan = \"web\"\n";
+const CONFIG: &str = "[plans.web]\nper_minute = 100\n\n[plans.one]\nper_minute = 1\n\n[limits]\ndefault_plan = \"web\"\n";
 
 /// A workspace in front of `upstream` (`http2`: the upstream speaks HTTP/2, so requests go
 /// through hyper's engine), with a public key allowed from `origin`.
@@ -128,6 +128,7 @@ async fn preflights_and_responses_on_both_engines() {
     ] {
         let upstream = Counting::start().await;
         let (ws, key) = setup(&upstream, upstream_h2, "https://*.example.com", "");
+        let (_, one) = ws.create_key(&["--type", "public", "--allow-origin", APP, "--plan", "one"]);
         let kg = ws.serve();
         let url = kg.url("/v1/things");
 
@@ -219,6 +220,36 @@ async fn preflights_and_responses_on_both_engines() {
         assert_eq!(write.error_code(), "insufficient_permissions", "{engine}");
         assert_eq!(header(&write, "access-control-allow-origin"), Some(APP));
 
+        // Refused by its rate limit: the page can read the refusal and its rate-limit headers.
+        let mut limited = Vec::new();
+        for _ in 0..2 {
+            limited.push(
+                call(
+                    client_h2,
+                    Method::GET,
+                    &url,
+                    &[("origin", APP), ("x-api-key", &one)],
+                )
+                .await,
+            );
+        }
+        assert_eq!(limited[0].status, 200, "{engine}");
+        let over = &limited[1];
+        assert_eq!(over.error_code(), "rate_limit_exceeded", "{engine}");
+        assert_eq!(
+            header(over, "access-control-allow-origin"),
+            Some(APP),
+            "{engine}"
+        );
+        assert!(
+            header(over, "access-control-expose-headers")
+                .unwrap()
+                .contains("x-ratelimit-remaining"),
+            "{engine}"
+        );
+        assert_eq!(header(over, "x-ratelimit-remaining"), Some("0"), "{engine}");
+        assert_eq!(upstream.requests(), 2, "{engine}");
+
         // A disallowed origin: refused with JSON, and nothing a browser would hand the page.
         for evil in ["https://evil.io", "https://example.com", "null"] {
             let no = call(
@@ -245,7 +276,7 @@ async fn preflights_and_responses_on_both_engines() {
             Some("*"),
             "{engine}"
         );
-        assert_eq!(upstream.requests(), 2, "{engine}");
+        assert_eq!(upstream.requests(), 3, "{engine}");
         assert_eq!(upstream.options(), 0, "{engine}");
     }
 }

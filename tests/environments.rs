@@ -111,6 +111,25 @@ async fn three_environments_route_to_three_upstreams_and_old_keys_keep_working()
             .map_or("-".to_owned(), |v| v.to_str().unwrap().to_owned());
         assert_eq!(shown, *limit, "{upstream}");
     }
+    // The same routing for HTTP/2 clients (hyper's engine).
+    for (upstream, key, _) in &keys {
+        let req = Request::get(kg.url("/v1/things"))
+            .header("x-api-key", key)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let reply = request_h2(req).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{upstream} over HTTP/2: {}",
+            text(&reply.body)
+        );
+        assert_eq!(
+            text(&reply.body),
+            *upstream,
+            "a {upstream} key's request over HTTP/2"
+        );
+    }
     drop(kg);
 
     // An environment taken out of the config: its keys are refused, naming it.

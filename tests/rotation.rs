@@ -14,9 +14,8 @@ use serde_json::Value;
 
 const DAY: u64 = 86_400;
 
-/// Sets a key's `created_at` in the keys file to `days` ago (the CLI only makes new keys).
-fn age(ws: &Workspace, id: &str, days: u64) -> SystemTime {
-    let created = SystemTime::now() - Duration::from_secs(days * DAY);
+/// Sets a date of a key's record in the keys file (the CLI only makes keys dated now).
+fn set_date(ws: &Workspace, id: &str, field: &str, at: SystemTime) {
     let mut file: Value = serde_json::from_slice(&std::fs::read(ws.keys_file()).unwrap()).unwrap();
     let entry = file["keys"]
         .as_array_mut()
@@ -24,9 +23,20 @@ fn age(ws: &Workspace, id: &str, days: u64) -> SystemTime {
         .iter_mut()
         .find(|k| k["record"]["id"] == id)
         .unwrap();
-    entry["record"]["created_at"] = humantime::format_rfc3339(created).to_string().into();
+    entry["record"][field] = humantime::format_rfc3339(at).to_string().into();
     std::fs::write(ws.keys_file(), serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+}
+
+/// Makes a key `days` old.
+fn age(ws: &Workspace, id: &str, days: u64) -> SystemTime {
+    let created = SystemTime::now() - Duration::from_secs(days * DAY);
+    set_date(ws, id, "created_at", created);
     created
+}
+
+fn expiry(ws: &Workspace, id: &str) -> SystemTime {
+    let shown: Value = serde_json::from_slice(&ws.cli(&["keys", "show", id]).stdout).unwrap();
+    humantime::parse_rfc3339(shown["expires_at"].as_str().unwrap()).unwrap()
 }
 
 fn secs(t: SystemTime) -> u64 {
@@ -111,15 +121,29 @@ async fn due_keys_still_work_and_say_when_to_rotate() {
     let (expiring_id, expiring) = ws.create_key(&["--expires-in", "7d"]);
     let (later_id, later) = ws.create_key(&["--expires-in", "60d"]);
     let (revoked_id, _) = ws.create_key(&[]);
+    let (expired_id, _) = ws.create_key(&[]);
+    let (rotated_id, rotated) = ws.create_key(&[]);
     let old_created = age(&ws, &old_id, 100);
     let nearly_created = age(&ws, &nearly_id, 80);
     age(&ws, &revoked_id, 100);
     assert!(ws.cli(&["keys", "revoke", &revoked_id]).status.success());
-    let shown: Value =
-        serde_json::from_slice(&ws.cli(&["keys", "show", &expiring_id]).stdout).unwrap();
-    let expiry = humantime::parse_rfc3339(shown["expires_at"].as_str().unwrap()).unwrap();
+    age(&ws, &expired_id, 100);
+    set_date(
+        &ws,
+        &expired_id,
+        "expires_at",
+        SystemTime::now() - Duration::from_secs(DAY),
+    );
+    // Rotated when due: the old key works through its grace, still saying when it stops,
+    // but nobody has to rotate it again.
+    let rotated_created = age(&ws, &rotated_id, 100);
+    let out = ws.cli(&["keys", "rotate", &rotated_id, "--grace", "2d"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expiring_at = expiry(&ws, &expiring_id);
+    let grace_ends = expiry(&ws, &rotated_id);
 
-    // The CLI lists exactly the due keys, never a revoked one.
+    // The CLI lists exactly the keys still to rotate: never a revoked, expired or rotated one
+    // (nor the rotated key's fresh successor).
     let mut want = vec![old_id.clone(), nearly_id.clone(), expiring_id.clone()];
     want.sort();
     assert_eq!(listed(&ws, &["--rotation-due"]), want);
@@ -127,7 +151,7 @@ async fn due_keys_still_work_and_say_when_to_rotate() {
         listed(&ws, &["--rotation-due", "--owner", "nobody"]),
         Vec::<String>::new()
     );
-    assert_eq!(listed(&ws, &[]).len(), 6);
+    assert_eq!(listed(&ws, &[]).len(), 9);
 
     let kg = ws.serve();
     // (key, due: (Deprecation date, Sunset date)).
@@ -144,7 +168,16 @@ async fn due_keys_still_work_and_say_when_to_rotate() {
             &nearly,
             Some((nearly_by, nearly_by)),
         ),
-        ("expiring in 7 days", &expiring, Some((expiry, expiry))),
+        (
+            "expiring in 7 days",
+            &expiring,
+            Some((expiring_at, expiring_at)),
+        ),
+        (
+            "rotated, in its grace",
+            &rotated,
+            Some((rotated_created + Duration::from_secs(90 * DAY), grace_ends)),
+        ),
     ];
     // Each over HTTP/2 (hyper's engine) and HTTP/1.1 (keygate's own).
     let rows: Vec<(Row, bool)> = rows
@@ -184,7 +217,8 @@ async fn due_keys_still_work_and_say_when_to_rotate() {
         }
     }
 
-    // The gauge counts the same three (the first scan runs at start).
+    // The gauge counts the same three (the first scan runs at start): what operators still
+    // have to rotate.
     let counted = eventually(Duration::from_secs(10), || async {
         kg.metric("keygate_keys_due_for_rotation").await == Some(3.0)
     })

@@ -15,6 +15,9 @@ const CONFIG: &str = r#"
 [plans.web]
 per_hour = 1000
 
+[plans.trial]
+per_hour = 3
+
 [limits]
 default_plan = "web"
 
@@ -60,6 +63,7 @@ async fn one_sidecar_counts_a_route_exactly_per_key() {
     let ws = Workspace::new(&up.url(), CONFIG);
     let (_, a) = ws.create_key(&[]);
     let (_, b) = ws.create_key(&[]);
+    let (_, trial) = ws.create_key(&["--plan", "trial"]);
     let kg = ws.serve();
 
     let mut admitted = 0;
@@ -100,6 +104,29 @@ async fn one_sidecar_counts_a_route_exactly_per_key() {
         assert_eq!(export(&kg, &b).await.status, StatusCode::OK);
     }
     assert_eq!(export(&kg, &b).await.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // A key whose plan is tighter than the route (3 an hour against 10): the plan is what
+    // binds and what the headers report.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let reply = export(&kg, &trial).await;
+        seen.push((
+            reply.status.as_u16(),
+            header(&reply, "x-ratelimit-limit").to_owned(),
+            header(&reply, "x-ratelimit-remaining").to_owned(),
+        ));
+    }
+    let want: Vec<(u16, String, String)> = [
+        (200, "3", "2"),
+        (200, "3", "1"),
+        (200, "3", "0"),
+        (429, "3", "0"),
+        (429, "3", "0"),
+    ]
+    .iter()
+    .map(|(s, l, r)| (*s, (*l).to_owned(), (*r).to_owned()))
+    .collect();
+    assert_eq!(seen, want);
 }
 
 #[tokio::test]

@@ -80,6 +80,14 @@ async fn client_credentials_give_a_bearer_token_that_acts_as_its_key() {
     let ws = workspace(&up.url(), &format!("{RULES}\n{}", tokens_toml("1h")));
     let (id, key) = ws.create_key(&["--scopes", "content:read,content:write", "--plan", "small"]);
     let (other_id, _) = ws.create_key(&[]);
+    // Railway-style project keys may only arrive in Project-Access-Token: no Bearer token.
+    let (project_id, project) = ws.create_key(&["--header", "project-access-token"]);
+    let (either_id, either) = ws.create_key(&[
+        "--header",
+        "project-access-token",
+        "--header",
+        "authorization",
+    ]);
     let kg = ws.serve();
 
     // Basic credentials, as curl -u sends them.
@@ -215,6 +223,13 @@ async fn client_credentials_give_a_bearer_token_that_acts_as_its_key() {
             400,
             "invalid_scope",
         ),
+        (
+            "a key bound to Project-Access-Token",
+            Some((&project_id, &project)),
+            "grant_type=client_credentials".into(),
+            400,
+            "unauthorized_client",
+        ),
     ];
     for (name, basic, body, status, code) in rows {
         let reply = ask(&kg, basic, &body).await;
@@ -232,6 +247,15 @@ async fn client_credentials_give_a_bearer_token_that_acts_as_its_key() {
             );
         }
     }
+
+    // A key that may also arrive as Bearer may trade itself for a token.
+    let reply = ask(
+        &kg,
+        Some((&either_id, &either)),
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
 
     // Scope narrowing: a content:read token reads but cannot write, though its key can.
     let reader = token(&kg, &id, &key, Some("content:read")).await;
@@ -291,22 +315,33 @@ async fn client_credentials_give_a_bearer_token_that_acts_as_its_key() {
 #[tokio::test]
 async fn a_token_dies_with_its_lifetime_and_with_its_key() {
     let up = Upstream::start().await;
-    let ws = workspace(&up.url(), &tokens_toml("1s"));
+    let ws = workspace(&up.url(), &tokens_toml("3s"));
     let (id, key) = ws.create_key(&[]);
     let (suspended_id, suspended) = ws.create_key(&[]);
     let kg = ws.serve();
     let short = token(&kg, &id, &key, None).await;
+    // Alive for its lifetime (3 s: room for a slow machine), then refused as expired.
+    assert_eq!(
+        get(&kg.url("/x"), &[("authorization", &bearer(&short))])
+            .await
+            .status,
+        StatusCode::OK,
+        "a fresh token is refused"
+    );
     let expired = eventually(Duration::from_secs(10), || async {
         let reply = get(&kg.url("/x"), &[("authorization", &bearer(&short))]).await;
         reply.status == StatusCode::UNAUTHORIZED && reply.error_code() == "expired_token"
     })
     .await;
-    assert!(expired.is_some(), "the 1 s token never expired");
+    assert!(expired.is_some(), "the 3 s token never expired");
 
     // Suspended key: its live token is refused, and no new one is issued.
     drop(kg);
     let ws2 = workspace(&up.url(), &tokens_toml("1h"));
     std::fs::copy(ws.keys_file(), ws2.keys_file()).unwrap();
+    // (8 s: long enough to outlive the suspension's steps below on a slow machine.)
+    let (expiring_id, expiring) = ws2.create_key(&["--expires-in", "8s"]);
+    let (rotated_id, rotated) = ws2.create_key(&[]);
     let kg = ws2.serve();
     let live = token(&kg, &suspended_id, &suspended, None).await;
     assert_eq!(
@@ -335,6 +370,31 @@ async fn a_token_dies_with_its_lifetime_and_with_its_key() {
     )
     .await;
     assert_eq!(reply.json()["error"], "invalid_client");
+
+    // A key that expires, and one rotated with no grace: their live tokens die with them.
+    let of_expiring = token(&kg, &expiring_id, &expiring, None).await;
+    let of_rotated = token(&kg, &rotated_id, &rotated, None).await;
+    for t in [&of_expiring, &of_rotated] {
+        assert_eq!(
+            get(&kg.url("/x"), &[("authorization", &bearer(t))])
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    let out = ws2.cli(&["keys", "rotate", &rotated_id, "--grace", "0s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (name, t) in [
+        ("an expired key's token", &of_expiring),
+        ("a rotated-out key's token", &of_rotated),
+    ] {
+        let refused = eventually(Duration::from_secs(15), || async {
+            let reply = get(&kg.url("/x"), &[("authorization", &bearer(t))]).await;
+            reply.status == StatusCode::UNAUTHORIZED && reply.error_code() == "expired_api_key"
+        })
+        .await;
+        assert!(refused.is_some(), "{name} still works");
+    }
 }
 
 /// Three sidecars sharing Redis and one token secret: a token issued by one works on all, and

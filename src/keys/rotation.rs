@@ -65,9 +65,16 @@ impl RotationPolicy {
         })
     }
 
-    /// [`RotationPolicy::due`] for a stored record; a revoked key is never due.
+    /// [`RotationPolicy::due`] for a stored record, as operators count it
+    /// (`keygate_keys_due_for_rotation`, `keys list --rotation-due`): only a key someone still
+    /// has to rotate. A revoked or expired key no longer works, and a rotated one
+    /// (`rotated_to`) already has its successor: counting them would keep the count up after
+    /// the operator did what it asks. (The old key of a rotation still carries the headers
+    /// while its grace runs: the request path asks [`RotationPolicy::due`] of the cached
+    /// key's dates, so its clients hear when it stops.)
     pub fn record_due(&self, record: &KeyRecord, now: SystemTime) -> Option<Due> {
-        if record.status == super::Status::Revoked {
+        let expired = record.expires_at.is_some_and(|at| at <= now);
+        if record.status == super::Status::Revoked || expired || record.rotated_to.is_some() {
             return None;
         }
         self.due(record.created_at, record.expires_at, now)
@@ -203,19 +210,68 @@ mod tests {
     }
 
     #[test]
-    fn a_revoked_key_is_never_due() {
+    fn only_a_key_still_to_rotate_is_counted() {
         let policy = RotationPolicy {
             max_age: days(1),
-            warn_before: None,
+            warn_before: days(1),
         };
-        let mut record = KeyRecord {
+        let aged = KeyRecord {
             hint: None,
             created_at: at(0),
             ..KeyRecord::for_tests()
         };
-        assert!(policy.record_due(&record, at(5)).is_some());
-        record.status = super::super::Status::Revoked;
-        assert_eq!(policy.record_due(&record, at(5)), None);
+        // (name, the record, counted at day 5).
+        let rows: Vec<(&str, KeyRecord, bool)> = vec![
+            ("past its age", aged.clone(), true),
+            (
+                "revoked",
+                KeyRecord {
+                    status: super::super::Status::Revoked,
+                    ..aged.clone()
+                },
+                false,
+            ),
+            (
+                "suspended: still to rotate once resumed",
+                KeyRecord {
+                    status: super::super::Status::Suspended,
+                    ..aged.clone()
+                },
+                true,
+            ),
+            (
+                "expired",
+                KeyRecord {
+                    expires_at: Some(at(4)),
+                    ..aged.clone()
+                },
+                false,
+            ),
+            (
+                "expiring tomorrow",
+                KeyRecord {
+                    expires_at: Some(at(6)),
+                    ..aged.clone()
+                },
+                true,
+            ),
+            (
+                "rotated, its grace running",
+                KeyRecord {
+                    rotated_to: Some("key_new".into()),
+                    expires_at: Some(at(6)),
+                    ..aged.clone()
+                },
+                false,
+            ),
+        ];
+        for (name, record, counted) in rows {
+            assert_eq!(
+                policy.record_due(&record, at(5)).is_some(),
+                counted,
+                "{name}"
+            );
+        }
     }
 
     #[test]
