@@ -2,7 +2,8 @@
 """Summaries for bench/run.sh: medians of clean runs, per-round ratios, chart data.
 
     analyze.py throughput RESULTS_TSV STEAL_MAX WORKDIR   markdown tables on stdout, WORKDIR/chart.dat
-    analyze.py latency    LATENCY_TSV STEAL_MAX WORKDIR   markdown table on stdout
+    analyze.py latency    LATENCY_TSV STEAL_MAX WORKDIR   markdown table on stdout (latency and
+                                                            latency-proto modes)
     analyze.py oha-line   OHA_JSON ID STEAL BUSY          one progress line
     analyze.py h2load-result H2LOAD_OUTPUT                  h2load's report as a RESULT line
     analyze.py scaling    SCALING_TSV                       one worker on one core vs two on two
@@ -250,6 +251,20 @@ def latency(path, steal_max, work, other_max):
         print("| %s | %d/%d | %.0f | %.0f | %.0f | %.0f | %.1f | %.1f | %s | %d | %d |" % (
             LABEL[i], len(ok), n_rounds, m["rps"], m["p50_us"], m["p99_us"], m["p999_us"], m["busy"],
             m["servers"], per_req, sum(r["non2xx"] for r in allr), sum(r["errors"] for r in allr)))
+    # latency-proto: keygate's p99 against each peer's, per protocol (below 1: keygate lower).
+    groups = [(g, what) for g, what in PROTO_GROUPS if any(r["id"].startswith(g + "_") for r in rows)]
+    if groups:
+        print("\nkeygate's p99 / the peer's p99, per round (clean runs; below 1: keygate's is lower):\n")
+    for g, what in groups:
+        for peer, name in (("haproxy", "HAProxy key+limit"), ("nginx", "nginx key+limit")):
+            per_round = []
+            for rnd in sorted({r["round"] for r in rows}, key=int):
+                kg = [r["p99_us"] for r in rows if r["id"] == g + "_kg" and r["round"] == rnd and r["clean"]]
+                other = [r["p99_us"] for r in rows if r["id"] == "%s_%s" % (g, peer) and r["round"] == rnd and r["clean"]]
+                if kg and other and other[-1] > 0:
+                    per_round.append(kg[-1] / other[-1])
+            print("- %s, keygate / %s: %s (median %.2f)" % (
+                what, name, ", ".join("%.2f" % x for x in per_round) or "no clean pair", med(per_round)))
     print("\nEvery run (p50 / p99 µs; CPU-0 busy, servers CPU, other processes, steal in %; "
           "`*` = not clean, re-run):\n")
     for r in rows:

@@ -9,6 +9,8 @@
 #   bench/run.sh h2              HTTP/2 clients (h2load): h2c and TLS+ALPN h2, 10 and 1 streams
 #   bench/run.sh tls             HTTP/1.1 over TLS: wrk keep-alive, and a full handshake per request
 #   bench/run.sh scaling         keygate (b): one worker on one core against two workers on two
+#   bench/run.sh latency-proto   fixed-rate latency of HTTP/2 and TLS clients (oha): h2c, TLS
+#                                HTTP/1.1 keep-alive, TLS h2
 #
 # Servers run on CPU 0 (one worker each), the load generator on CPU 1. Everything the script
 # starts is stopped by PID on exit; it never kills anything by name.
@@ -1128,6 +1130,57 @@ mode_proto() { # h2 | tls
 # --------------------------------------------------------------------------------------------
 # Fixed-rate latency (oha)
 # --------------------------------------------------------------------------------------------
+# Fixed-rate latency of HTTP/2 and TLS clients: the h2 and tls modes' servers, each proxy at
+# LAT_RATE with oha (the same client, rate and coordinated-omission correction as `latency`):
+# h2c with 10 streams per connection, HTTP/1.1 over TLS with keep-alive, h2 over TLS with 10
+# streams per connection; the direct upstream (HTTP/1.1) once a round, whose CPU the proxies'
+# CPU per request is net of (every proxy's upstream traffic is that same HTTP/1.1).
+mode_latency_proto() {
+    ensure_tools
+    build_keygate
+    prepare_workdir
+    ensure_oha
+    generate_keys
+    ONE_KEY=$(head -1 "$WORK/wrk_keys.txt")
+    start_proto_servers
+    proto_checks
+    local tsv="$WORK/latency-proto.tsv" r id p g out attempt url
+    local -a ids=(direct) args
+    for g in h2_h2c_m10 tls_ka h2_tls_m10; do
+        for p in nginx haproxy kg; do ids+=("${g}_$p"); done
+    done
+    : >"$tsv"
+    for ((r = 1; r <= LAT_ROUNDS; r++)); do
+        log "latency-proto round $r/$LAT_ROUNDS: oha -z $LAT_DURATION -q $LAT_RATE --latency-correction"
+        for id in "${ids[@]}"; do
+            p=${id##*_}
+            case $id in
+                direct) url="http://127.0.0.1:8081/v1/resource"; args=(-c 50) ;;
+                h2_h2c_m10_*) url="http://127.0.0.1:${PROTO_PORT[h2c_$p]}/v1/resource"; args=(--http2 -c 50 -p 10) ;;
+                tls_ka_*) url="https://127.0.0.1:${PROTO_PORT[tls_$p]}/v1/resource"; args=(--insecure -c 50) ;;
+                h2_tls_m10_*) url="https://127.0.0.1:${PROTO_PORT[tls_$p]}/v1/resource"; args=(--http2 --insecure -c 50 -p 10) ;;
+            esac
+            for ((attempt = 0; attempt <= RETRIES; attempt++)); do
+                wait_quiet
+                out="$WORK/logs/oha-proto-r$r-$id-$attempt.json"
+                measure_start
+                # -w: the requests in flight at the deadline (c x p of them) are waited for,
+                # not counted as errors.
+                timeout 120 taskset -c "$LOAD_CPU" "$OHA" --no-tui -z "$LAT_DURATION" -q "$LAT_RATE" -w \
+                    --latency-correction --output-format json "${args[@]}" -H "x-api-key: $ONE_KEY" \
+                    "$url" >"$out" 2>"${out%.json}.err" \
+                    || log "oha exited non-zero for $id (see $out)"
+                measure_end
+                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" "$out" >>"$tsv"
+                python3 "$BENCH/analyze.py" oha-line "$out" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" >&2
+                [ "$CLEAN" = 1 ] && break
+                [ "$attempt" -lt "$RETRIES" ] && log "  $id not clean (steal or other processes); again"
+            done
+        done
+    done
+    python3 "$BENCH/analyze.py" latency "$tsv" "$STEAL_MAX" "$WORK" "$OTHER_MAX" | tee "$WORK/latency-proto-summary.txt"
+}
+
 mode_latency() {
     ensure_tools
     build_keygate
@@ -1420,10 +1473,11 @@ case $MODE in
     throughput | "") mode_throughput ;;
     serve) mode_serve ;;
     latency) mode_latency ;;
+    latency-proto) mode_latency_proto ;;
     memory) RESULTS_TSV="$WORK/results.tsv.mem"; mkdir -p "$WORK"; : >"$RESULTS_TSV"; mode_memory ;;
     h2 | tls) mode_proto "$MODE" ;;
     scaling) mode_scaling ;;
     chart) chart; chart_protocols ;;   # redraw the charts from work/chart*.dat
-    -h | --help | help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' ;;
-    *) die "unknown mode '$MODE' (throughput | h2 | tls | scaling | latency | memory | serve | chart)" ;;
+    -h | --help | help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' ;;
+    *) die "unknown mode '$MODE' (throughput | h2 | tls | scaling | latency | latency-proto | memory | serve | chart)" ;;
 esac
