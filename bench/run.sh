@@ -1130,6 +1130,28 @@ mode_proto() { # h2 | tls
 # --------------------------------------------------------------------------------------------
 # Fixed-rate latency (oha)
 # --------------------------------------------------------------------------------------------
+# oha_run tsv round id tag key url oha-args...: one fixed-rate run (re-run up to RETRIES times
+# while not clean), one row in tsv, raw JSON in logs/oha-<tag->r<round>-<id>-<attempt>.json.
+# -w: requests in flight at the deadline are waited for, not counted as errors.
+oha_run() {
+    local tsv=$1 r=$2 id=$3 tag=${4:+$4-} key=$5 url=$6 attempt out
+    shift 6
+    for ((attempt = 0; attempt <= RETRIES; attempt++)); do
+        wait_quiet
+        out="$WORK/logs/oha-${tag}r$r-$id-$attempt.json"
+        measure_start
+        timeout 120 taskset -c "$LOAD_CPU" "$OHA" --no-tui -z "$LAT_DURATION" -q "$LAT_RATE" -w \
+            --latency-correction --output-format json "$@" -H "x-api-key: $key" \
+            "$url" >"$out" 2>"${out%.json}.err" \
+            || log "oha exited non-zero for $id (see $out)"
+        measure_end
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" "$out" >>"$tsv"
+        python3 "$BENCH/analyze.py" oha-line "$out" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" >&2
+        [ "$CLEAN" = 1 ] && break
+        [ "$attempt" -lt "$RETRIES" ] && log "  $id not clean (steal or other processes); again"
+    done
+}
+
 # Fixed-rate latency of HTTP/2 and TLS clients: the h2 and tls modes' servers, each proxy at
 # LAT_RATE with oha (the same client, rate and coordinated-omission correction as `latency`):
 # h2c with 10 streams per connection, HTTP/1.1 over TLS with keep-alive, h2 over TLS with 10
@@ -1144,7 +1166,7 @@ mode_latency_proto() {
     ONE_KEY=$(head -1 "$WORK/wrk_keys.txt")
     start_proto_servers
     proto_checks
-    local tsv="$WORK/latency-proto.tsv" r id p g out attempt url
+    local tsv="$WORK/latency-proto.tsv" r id p g url
     local -a ids=(direct) args
     for g in h2_h2c_m10 tls_ka h2_tls_m10; do
         for p in nginx haproxy kg; do ids+=("${g}_$p"); done
@@ -1160,22 +1182,7 @@ mode_latency_proto() {
                 tls_ka_*) url="https://127.0.0.1:${PROTO_PORT[tls_$p]}/v1/resource"; args=(--insecure -c 50) ;;
                 h2_tls_m10_*) url="https://127.0.0.1:${PROTO_PORT[tls_$p]}/v1/resource"; args=(--http2 --insecure -c 50 -p 10) ;;
             esac
-            for ((attempt = 0; attempt <= RETRIES; attempt++)); do
-                wait_quiet
-                out="$WORK/logs/oha-proto-r$r-$id-$attempt.json"
-                measure_start
-                # -w: the requests in flight at the deadline (c x p of them) are waited for,
-                # not counted as errors.
-                timeout 120 taskset -c "$LOAD_CPU" "$OHA" --no-tui -z "$LAT_DURATION" -q "$LAT_RATE" -w \
-                    --latency-correction --output-format json "${args[@]}" -H "x-api-key: $ONE_KEY" \
-                    "$url" >"$out" 2>"${out%.json}.err" \
-                    || log "oha exited non-zero for $id (see $out)"
-                measure_end
-                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" "$out" >>"$tsv"
-                python3 "$BENCH/analyze.py" oha-line "$out" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" >&2
-                [ "$CLEAN" = 1 ] && break
-                [ "$attempt" -lt "$RETRIES" ] && log "  $id not clean (steal or other processes); again"
-            done
+            oha_run "$tsv" "$r" "$id" proto "$ONE_KEY" "$url" "${args[@]}"
         done
     done
     python3 "$BENCH/analyze.py" latency "$tsv" "$STEAL_MAX" "$WORK" "$OTHER_MAX" | tee "$WORK/latency-proto-summary.txt"
@@ -1193,7 +1200,7 @@ mode_latency() {
     lat_ids+=(direct)
     start_all
     functional_checks
-    local key tsv="$WORK/latency.tsv" r id port out attempt
+    local key tsv="$WORK/latency.tsv" r id
     key=$(head -1 "$WORK/wrk_keys.txt")
     : >"$tsv"
     declare -A LPORT=([nginx_auth]=8084 [haproxy_auth]=8085 [kg_b]="${KG_PUBLIC##*:}"
@@ -1201,21 +1208,7 @@ mode_latency() {
     for ((r = 1; r <= LAT_ROUNDS; r++)); do
         log "latency round $r/$LAT_ROUNDS: oha -z $LAT_DURATION -c 50 -q $LAT_RATE --latency-correction"
         for id in "${lat_ids[@]}"; do
-            port=${LPORT[$id]}
-            for ((attempt = 0; attempt <= RETRIES; attempt++)); do
-                wait_quiet
-                out="$WORK/logs/oha-r$r-$id-$attempt.json"
-                measure_start
-                timeout 120 taskset -c "$LOAD_CPU" "$OHA" --no-tui -z "$LAT_DURATION" -c 50 -q "$LAT_RATE" \
-                    --latency-correction --output-format json -H "x-api-key: $key" \
-                    "http://127.0.0.1:$port/v1/resource" >"$out" 2>"${out%.json}.err" \
-                    || log "oha exited non-zero for $id (see $out)"
-                measure_end
-                printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" "$out" >>"$tsv"
-                python3 "$BENCH/analyze.py" oha-line "$out" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" >&2
-                [ "$CLEAN" = 1 ] && break
-                [ "$attempt" -lt "$RETRIES" ] && log "  $id not clean (steal or other processes); again"
-            done
+            oha_run "$tsv" "$r" "$id" "" "$key" "http://127.0.0.1:${LPORT[$id]}/v1/resource" -c 50
         done
     done
     python3 "$BENCH/analyze.py" latency "$tsv" "$STEAL_MAX" "$WORK" "$OTHER_MAX" | tee "$WORK/latency-summary.txt"
