@@ -1,6 +1,6 @@
 //! Each test runs on real loopback sockets, with a queue and a process switch of its own
 //! (so that a test that fails a ring leaves the others batching), except where it says so.
-//! Those in `on_both!` run once per backend: `<name>::io_uring` and `<name>::aio`.
+//! Those in `on_every_backend!` run once per backend: `<name>::io_uring` and `<name>::aio`.
 
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
@@ -48,11 +48,16 @@ impl Told {
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     IoUring,
+    /// AIO as the probe finds it here (`RWF_NOWAIT` where the kernel takes it for sockets).
     Aio,
+    /// AIO as a kernel that refuses `RWF_NOWAIT` for sockets gets it (the probe's fallback):
+    /// no flags, the sockets' `O_NONBLOCK` the only guard against a blocking write.
+    AioWithoutNowait,
 }
 
-/// The test as a module of two: `io_uring` and `aio`, each calling it with its [`Kind`].
-macro_rules! on_both {
+/// The test as a module of three: `io_uring`, `aio` and `aio_without_nowait`, each calling it
+/// with its [`Kind`].
+macro_rules! on_every_backend {
     ($(#[$doc:meta])* async fn $name:ident($kind:ident: Kind) $body:block) => {
         $(#[$doc])*
         mod $name {
@@ -68,6 +73,11 @@ macro_rules! on_both {
             #[tokio::test(flavor = "current_thread")]
             async fn aio() {
                 run(Kind::Aio).await
+            }
+
+            #[tokio::test(flavor = "current_thread")]
+            async fn aio_without_nowait() {
+                run(Kind::AioWithoutNowait).await
             }
         }
     };
@@ -87,6 +97,11 @@ macro_rules! on_both {
             fn aio() {
                 run(Kind::Aio)
             }
+
+            #[test]
+            fn aio_without_nowait() {
+                run(Kind::AioWithoutNowait)
+            }
         }
     };
 }
@@ -97,6 +112,9 @@ fn test_queue(kind: Kind) -> Option<(Arc<Queue>, Arc<Told>)> {
     let backend = match kind {
         Kind::IoUring => probe::run().map(|()| Backend::IoUring),
         Kind::Aio => aio::probe().map(|rw_flags| Backend::Aio { rw_flags }),
+        Kind::AioWithoutNowait => aio::probe_with(0, true)
+            .map(|()| Backend::Aio { rw_flags: 0 })
+            .map_err(|e| e.to_string()),
     };
     let backend = match backend {
         Ok(backend) => backend,
@@ -143,7 +161,7 @@ async fn received(peer: &mut TcpStream) -> Vec<u8> {
     got
 }
 
-on_both! {
+on_every_backend! {
 async fn writes_of_one_turn_arrive_whole_and_in_one_submission(kind: Kind) {
     let Some((queue, told)) = test_queue(kind) else {
         return;
@@ -193,7 +211,7 @@ async fn the_threads_queue_sends_and_says_when_batching_is_off() {
     }
 }
 
-on_both! {
+on_every_backend! {
 async fn a_write_dropped_while_queued_is_never_sent_and_the_others_still_go(kind: Kind) {
     let Some((queue, _)) = test_queue(kind) else {
         return;
@@ -224,7 +242,7 @@ async fn a_write_dropped_while_queued_is_never_sent_and_the_others_still_go(kind
 }
 }
 
-on_both! {
+on_every_backend! {
 async fn a_slot_freed_and_queued_again_in_one_turn_is_sent_once(kind: Kind) {
     let Some((queue, _)) = test_queue(kind) else {
         return;
@@ -251,7 +269,7 @@ async fn a_slot_freed_and_queued_again_in_one_turn_is_sent_once(kind: Kind) {
 }
 }
 
-on_both! {
+on_every_backend! {
 async fn a_full_socket_takes_what_fits_and_the_rest_is_the_callers(kind: Kind) {
     let Some((queue, _)) = test_queue(kind) else {
         return;
@@ -275,7 +293,7 @@ async fn a_full_socket_takes_what_fits_and_the_rest_is_the_callers(kind: Kind) {
 }
 }
 
-on_both! {
+on_every_backend! {
 /// Case 1 of issue 24: a write whose future is leaked while queued, and whose connection is
 /// then closed by its owner. Were the queue to hold only the descriptor number, the next
 /// connection would get that number and the next flush would send the leaked write there.
@@ -325,7 +343,7 @@ async fn a_forgotten_write_never_reaches_the_connection_that_takes_its_descripto
 }
 }
 
-on_both! {
+on_every_backend! {
 /// Case 1, the other half: a leaked write that was first in its turn (it would have led the
 /// turn before) holds up no later write.
 async fn a_forgotten_first_write_stalls_no_later_write(kind: Kind) {
@@ -384,7 +402,7 @@ fn the_probe_returns_and_batching_is_off_when_a_send_stays_in_flight() {
     assert_eq!(probe::run().is_ok(), available());
 }
 
-on_both! {
+on_every_backend! {
 /// Case 3: a submission fails (simulated: `io_uring_enter` returns `EINVAL`) on one worker
 /// while a write on another worker has passed the process-wide check and waits for the
 /// queue's lock. The failed ring is never entered again: the stale entry it holds is never
@@ -466,7 +484,7 @@ fn a_failed_submission_with_two_workers_never_submits_a_stale_entry(kind: Kind) 
 }
 }
 
-on_both! {
+on_every_backend! {
 /// Case 4: `EAGAIN` from every `io_uring_enter`. The write comes back unsent after exactly
 /// `ENTER_RETRIES` retries, the ring fails, and the process stops batching.
 async fn a_persistent_eagain_ends_in_an_unsent_write_after_the_retries(kind: Kind) {
@@ -500,7 +518,7 @@ async fn a_persistent_eagain_ends_in_an_unsent_write_after_the_retries(kind: Kin
 }
 }
 
-on_both! {
+on_every_backend! {
 /// Case 4, bounded in time too: retries that each take 5 ms stop at `ENTER_BUDGET`, before
 /// the count runs out.
 async fn slow_retries_end_at_the_time_budget(kind: Kind) {
