@@ -1148,7 +1148,7 @@ oha_run() {
         printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" "$out" >>"$tsv"
         python3 "$BENCH/analyze.py" oha-line "$out" "$id" "$STEAL" "$BUSY0" "$OTHER" "$SERVERS" >&2
         [ "$CLEAN" = 1 ] && break
-        [ "$attempt" -lt "$RETRIES" ] && log "  $id not clean (steal or other processes); again"
+        if [ "$attempt" -lt "$RETRIES" ]; then log "  $id not clean (steal or other processes); again"; fi
     done
 }
 
