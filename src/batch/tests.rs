@@ -1,6 +1,7 @@
 //! Each test runs on real loopback sockets, with a queue and a process switch of its own
 //! (so that a test that fails a ring leaves the others batching), except where it says so.
-//! Those in `on_every_backend!` run once per backend: `<name>::io_uring` and `<name>::aio`.
+//! Those in `on_every_backend!` run once per backend: `<name>::io_uring`, `<name>::aio` and
+//! `<name>::aio_without_nowait`.
 
 use std::os::fd::AsRawFd;
 use std::sync::Mutex;
