@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential::{self, HeaderSet, KeyClaims};
-use crate::forward::{self, ClientBody, ClientError, Forwarder, Origin, Prepared, ResponseBody};
+use crate::forward::{self, ClientError, Forwarder, Origin, Prepared, ResponseBody};
 use crate::guard::{Guard, Source, Verdict};
 use crate::head::Head;
 use crate::header_rules;
@@ -184,7 +184,7 @@ impl Proxy {
     /// served by [`crate::wire`]) and never fails: a refusal becomes its JSON response here.
     /// An admitted HTTP/2 request to an HTTP/1.1 upstream goes over keygate's own upstream
     /// connections ([`forward::links`]), anything else through hyper's pool.
-    pub async fn handle(&self, mut req: Request<ClientBody>, conn: &Connection) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: &Connection) -> Response<Body> {
         let started = Instant::now();
         let current = self.current();
         let method = req.method().clone();
@@ -606,7 +606,7 @@ impl Proxy {
         &self,
         config: &Config,
         tokens: &token::TokensConfig,
-        req: Request<ClientBody>,
+        req: Request<Incoming>,
         conn: &Connection,
         audit: &mut Audit<'_>,
     ) -> Result<Response<Full<Bytes>>, Reject> {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use http_body_util::Limited;
+use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -25,7 +26,7 @@ pin_project_lite::pin_project! {
     /// cause gone), and a client that sent a broken body must hear 400, not a 502.
     pub struct UpstreamBody {
         #[pin]
-        inner: Limited<super::links::ClientBody>,
+        inner: Limited<Incoming>,
         failed: Arc<BodyFailure>,
     }
 }
@@ -50,7 +51,7 @@ impl BodyFailure {
 }
 
 impl UpstreamBody {
-    pub fn new(body: super::links::ClientBody, max: usize) -> (Self, Arc<BodyFailure>) {
+    pub fn new(body: Incoming, max: usize) -> (Self, Arc<BodyFailure>) {
         let failed = Arc::new(BodyFailure::default());
         let body = Self {
             inner: Limited::new(body, max),

@@ -75,7 +75,7 @@ impl Forwarder {
     /// doc); the caller has normalized its path. A failure is counted in `metrics` by its kind.
     pub async fn over_link(
         &self,
-        req: Request<ClientBody>,
+        req: Request<Incoming>,
         origin: &Origin<'_>,
         metrics: &Metrics,
         batch_writes: bool,
@@ -207,7 +207,7 @@ impl Forwarder {
         &self,
         link: &mut Link,
         head: &[u8],
-        body: &mut ClientBody,
+        body: &mut Incoming,
         framing: Framing,
         head_request: bool,
     ) -> Result<(UpstreamResponse, bool), Failure> {
@@ -290,7 +290,7 @@ async fn write_flush<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, bytes: &[u8]) -
 /// Streams the client's body to the upstream, framed as the head said: its declared length
 /// (which HTTP/2 holds the client to, and this checks again) or chunks. At most `max` bytes.
 async fn pump<W: AsyncWrite + Unpin>(
-    body: &mut ClientBody,
+    body: &mut Incoming,
     dst: &mut W,
     framing: Framing,
     max: u64,
@@ -381,65 +381,6 @@ async fn read_head<R: AsyncRead + Unpin + ?Sized>(
         };
         buf.filled_by(Failure::of_head_read(read, heard)?);
         heard = true;
-    }
-}
-
-/// A client's request body, whichever server read it: hyper's (an HTTP/1.1 client hyper
-/// serves), or an HTTP/2 stream keygate serves itself (`server::http2`), whose flow-control
-/// window is handed back as its data is read, as hyper does.
-pub enum ClientBody {
-    Hyper(Incoming),
-    H2(h2::RecvStream),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let stream = match self.get_mut() {
-            Self::Hyper(body) => return Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::H2(stream) => stream,
-        };
-        if !stream.is_end_stream() {
-            match std::task::ready!(stream.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    // Consumed: the client may send as much again.
-                    let _ = stream.flow_control().release_capacity(data.len());
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                // RST_STREAM(NO_ERROR): the client needs no more of the response's wait for
-                // its body (RFC 9113 §8.1); the body ends here.
-                Some(Err(e)) if e.reason() == Some(h2::Reason::NO_ERROR) => {
-                    return Poll::Ready(None);
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
-                None => {}
-            }
-        }
-        match std::task::ready!(stream.poll_trailers(cx)) {
-            Ok(trailers) => Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t)))),
-            Err(e) if e.reason() == Some(h2::Reason::NO_ERROR) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Hyper(body) => body.is_end_stream(),
-            Self::H2(stream) => stream.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Hyper(body) => body.size_hint(),
-            Self::H2(stream) if stream.is_end_stream() => SizeHint::with_exact(0),
-            Self::H2(_) => SizeHint::new(),
-        }
     }
 }
 

@@ -61,7 +61,7 @@ use crate::metrics::Metrics;
 use crate::reject::Reject;
 use crate::vocab::Environment;
 pub use failure::UpstreamFailure;
-pub use links::{ClientBody, LinkBody, ResponseBody};
+pub use links::{LinkBody, ResponseBody};
 
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -181,7 +181,7 @@ impl Forwarder {
 
     /// Rewrites a client request into the upstream request (see the module doc). Sandbox
     /// keys go to the sandbox upstream, everything else to production.
-    pub fn prepare(&self, mut req: Request<ClientBody>, origin: &Origin) -> Prepared {
+    pub fn prepare(&self, mut req: Request<Incoming>, origin: &Origin) -> Prepared {
         let upstream = self.upstream_for(origin.key);
         let target = self.target(upstream);
         let original_host = req.headers().get(header::HOST).cloned().or_else(|| {

@@ -107,7 +107,7 @@ impl Activity {
         self.last_io.store(self.now(), Ordering::Relaxed);
     }
 
-    pub(super) fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
+    fn request_started(self: &Arc<Self>, version: Version) -> InFlight {
         if version == Version::HTTP_2 {
             self.http2.store(true, Ordering::Relaxed);
         }
@@ -117,7 +117,7 @@ impl Activity {
     }
 
     /// What the watchdog should do now, and when to look again.
-    pub(super) fn check(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+    fn check(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
         let now = self.now();
         let head = self.head_started.load(Ordering::Relaxed);
         if head != 0 {
@@ -136,7 +136,7 @@ impl Activity {
     }
 }
 
-pub(super) enum Verdict {
+enum Verdict {
     Fine,
     HeaderTimeout,
     Idle,
@@ -156,12 +156,6 @@ impl Drop for InFlight {
 pub struct Watched<IO> {
     io: IO,
     activity: Arc<Activity>,
-}
-
-impl<IO> Watched<IO> {
-    pub fn new(io: IO, activity: Arc<Activity>) -> Self {
-        Self { io, activity }
-    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
@@ -246,8 +240,6 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 /// What a listener needs to serve one connection.
 pub struct Serving {
     pub builder: Arc<auto::Builder<TokioExecutor>>,
-    /// HTTP/2 clients of an HTTP/1.1 upstream (`server::http2`).
-    pub h2: h2::server::Builder,
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     /// Cancelled when keygate stops: finish what is in flight, then close.
@@ -319,7 +311,7 @@ where
     }
 }
 
-pub(super) enum Alarm {
+enum Alarm {
     Closing,
     Tick,
 }
@@ -394,11 +386,6 @@ pub struct Rewind<IO> {
 impl<IO> Rewind<IO> {
     pub fn new(prefix: Vec<u8>, io: IO) -> Self {
         Self { prefix, at: 0, io }
-    }
-
-    /// The client started with the HTTP/2 preface (prior knowledge), not an HTTP/1.1 request.
-    pub fn is_http2(&self) -> bool {
-        self.prefix.starts_with(b"PRI * HTTP/2.0")
     }
 }
 

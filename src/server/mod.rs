@@ -5,7 +5,6 @@
 //! readiness, drain, stop accepting, finish in-flight requests, exit before the deadline.
 
 mod conn;
-mod http2;
 mod memory;
 mod reload;
 mod session;
@@ -190,7 +189,6 @@ impl Server {
         let connections = TaskTracker::new();
         let serving = Arc::new(Serving {
             builder: Arc::new(conn::builder(&config.server)),
-            h2: http2::builder(&config.server),
             header_timeout: config.server.header_read_timeout,
             idle_timeout: config.server.idle_timeout,
             closing: closing.clone(),
@@ -487,22 +485,13 @@ where
 {
     // hyper's connection futures are boxed: inline, their HTTP/2 state would make every
     // HTTP/1.1 connection's task several KiB larger.
-    let http2_upstream = proxy.current().forwarder.is_http2();
-    if h2 && !http2_upstream {
-        Box::pin(http2::serve(serving, io, proxy, conn)).await;
-        return;
-    }
-    if h2 || http2_upstream {
+    if h2 || proxy.current().forwarder.is_http2() {
         Box::pin(serve_hyper(serving, io, proxy, conn)).await;
         return;
     }
     let served = session::serve(io, &proxy, &conn, &serving.http1, &serving.closing).await;
     if let session::Served::Handoff(io) = served {
-        if io.is_http2() && !proxy.current().forwarder.is_http2() {
-            Box::pin(http2::serve(serving, io, proxy, conn)).await;
-        } else {
-            Box::pin(serve_hyper(serving, io, proxy, conn)).await;
-        }
+        Box::pin(serve_hyper(serving, io, proxy, conn)).await;
     }
 }
 
@@ -513,10 +502,7 @@ where
     let conn = Arc::new(conn);
     let service = service_fn(move |req: Request<Incoming>| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
-        async move {
-            let req = req.map(crate::forward::ClientBody::Hyper);
-            Ok::<_, Infallible>(proxy.handle(req, &conn).await)
-        }
+        async move { Ok::<_, Infallible>(proxy.handle(req, &conn).await) }
     });
     conn::serve(serving, io, Activity::new(), service).await;
 }
