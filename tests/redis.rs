@@ -831,7 +831,13 @@ async fn a_failover_to_a_lagging_replica_serves_no_phantom_key() {
     let (_, kept) = ws.create_key(&[]);
     // On the replica before it falls behind: from here on, what the master sends it is
     // acknowledged and dropped.
-    sentinel.master.cli(&["WAIT", "1", "5000"]);
+    // (WAIT answers how many replicas acknowledged: on a loaded machine 5 s may not be
+    // enough, and a `kept` that never reached the replica would be a phantom too.)
+    let acked = eventually(Duration::from_secs(30), || async {
+        sentinel.master.cli(&["WAIT", "1", "5000"]).trim() == "1"
+    })
+    .await;
+    assert!(acked.is_some(), "the replica never acknowledged `kept`");
     let link = sentinel.replication.as_ref().unwrap();
     link.set_existing(Fault::Blackhole);
     link.set_new(Fault::Blackhole);
