@@ -338,7 +338,7 @@ def scaling(path):
     med = {}
     print("| layout | runs | " + " | ".join(fields) + " | non-2xx/3xx |")
     print("|---|---:|" + "---:|" * len(fields) + "---:|")
-    for layout in ("one_core", "two_cores"):
+    for layout in ("one_core", "two_cores", "two_procs"):
         runs = rows.get(layout, [])
         if not runs:
             continue
@@ -366,6 +366,17 @@ def scaling(path):
               "proportion: %.0f req/s (%.2f× one core)" % (
                   two["rps"] * (served + two["wrk_cores"]) / served,
                   two["rps"] * (served + two["wrk_cores"]) / served / one["rps"]))
+    if "one_core" in med and "two_procs" in med:
+        one, procs = med["one_core"], med["two_procs"]
+        eff_procs = one["keygate_us"] / procs["keygate_us"]
+        print("- two one-worker processes, one per core: %.2f µs per request, per-core "
+              "efficiency %.2f; req/s %.2f× one core (wrk %.2f cores)" % (
+                  procs["keygate_us"], eff_procs, procs["rps"] / one["rps"], procs["wrk_cores"]))
+        if "two_cores" in med:
+            eff_two = one["keygate_us"] / med["two_cores"]["keygate_us"]
+            print("- of the two-worker runtime's loss (1 - %.2f), the machine's share (what two "
+                  "separate processes lose too) is %.2f and the shared runtime's %.2f" % (
+                      eff_two, 1 - eff_procs, eff_procs - eff_two))
 
 
 def main(argv):

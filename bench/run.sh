@@ -1361,11 +1361,20 @@ LUA
 # two cores were split, so every run also records the CPU each of the three used per request
 # (from /proc, the processes' own counters): keygate's µs per request at one and at two
 # workers is its per-core efficiency, and the generator's share says how much of layout 2's
-# machine went to making the load rather than serving it.
+# machine went to making the load rather than serving it. Layout 3 (`two_procs`): what one
+# process per core (sharding, e.g. behind SO_REUSEPORT) would give: two one-worker keygates,
+# one pinned to each CPU, the two-worker upstream, and two wrk (one thread, 25 connections
+# each) side by side on CPUs 0-1, one per keygate. Its keygate µs per request against layout
+# 1's says how much of layout 2's loss is the shared runtime and how much the machine (two
+# cores that share caches and memory bandwidth, under a hypervisor).
 # --------------------------------------------------------------------------------------------
 KG_TWO_PUBLIC=127.0.0.1:8096
 KG_TWO_ADMIN=127.0.0.1:9196
 UPSTREAM_TWO_PORT=8087
+KG_PROC_A_PUBLIC=127.0.0.1:8097
+KG_PROC_A_ADMIN=127.0.0.1:9197
+KG_PROC_B_PUBLIC=127.0.0.1:8098
+KG_PROC_B_ADMIN=127.0.0.1:9198
 
 # CPU jiffies (user+system) of the given PIDs and of their child processes (nginx workers).
 pids_jiffies() {
@@ -1376,18 +1385,34 @@ pids_jiffies() {
     } END { print s + 0 }'
 }
 
-# scale_run id round port wrk_cpus kg_pid upstream_pid: one timed wrk run (two threads, 50
-# connections) and a row of CPU µs per request for keygate, its upstream and wrk.
+# scale_run id round ports wrk_cpus "kg_pids" upstream_pid: one timed run and a row of CPU µs
+# per request for keygate, its upstream and wrk. One port: one wrk (two threads, 50
+# connections); two ports ("8097 8098"): one wrk per port (one thread, 25 connections each),
+# side by side, their requests added up and the worse p99 kept.
 scale_run() {
-    local id=$1 round=$2 port=$3 cpus=$4 kg=$5 up=$6 out line k0 k1 u0 u1 c0 c1 t0 t1 hz
+    local id=$1 round=$2 ports=$3 cpus=$4 kg=$5 up=$6 line k0 k1 u0 u1 c0 c1 t0 t1 hz port i=0
+    local -a wrk_args=(-t2 -c50) outs=() pids=()
+    [ "${ports// /}" = "$ports" ] || wrk_args=(-t1 -c25)
     wait_quiet
     hz=$(getconf CLK_TCK)
-    k0=$(pids_jiffies "$kg"); u0=$(pids_jiffies "$up"); children_jiffies c0; t0=$(date +%s%N)
-    out=$(timeout 120 taskset -c "$cpus" wrk -t2 -c50 -d"$DURATION" --timeout 2s -s "$WORK/bench.lua" \
-        "http://127.0.0.1:$port/v1/resource" 2>&1) || log "wrk exited non-zero for $id"
-    t1=$(date +%s%N); k1=$(pids_jiffies "$kg"); u1=$(pids_jiffies "$up"); children_jiffies c1
-    printf '%s\n' "$out" >"$WORK/logs/wrk-scaling-r$round-$id.txt"
-    line=$(printf '%s\n' "$out" | grep '^RESULT ' | tail -1 || true)
+    # shellcheck disable=SC2086 # kg: one PID or several
+    k0=$(pids_jiffies $kg); u0=$(pids_jiffies "$up"); children_jiffies c0; t0=$(date +%s%N)
+    for port in $ports; do
+        outs+=("$WORK/logs/wrk-scaling-r$round-$id-$i.txt")
+        timeout 120 taskset -c "$cpus" wrk "${wrk_args[@]}" -d"$DURATION" --timeout 2s -s "$WORK/bench.lua" \
+            "http://127.0.0.1:$port/v1/resource" >"${outs[-1]}" 2>&1 &
+        pids+=($!)
+        i=$((i + 1))
+    done
+    # Only the wrk runs: the servers are this shell's children too.
+    for i in "${pids[@]}"; do wait "$i" || log "wrk exited non-zero for $id"; done
+    # shellcheck disable=SC2086
+    t1=$(date +%s%N); k1=$(pids_jiffies $kg); u1=$(pids_jiffies "$up"); children_jiffies c1
+    line=$(grep -h '^RESULT ' "${outs[@]}" | awk '{
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] += (kv[1] == "p99_us" ? 0 : kv[2])
+            if (kv[1] == "p99_us" && kv[2] > p99) p99 = kv[2] }
+        n++ } END { if (n) printf "RESULT rps=%s requests=%s p99_us=%s non2xx3xx=%s\n",
+            v["rps"], v["requests"], p99 + 0, v["non2xx3xx"] + 0 }')
     [ -n "$line" ] || { log "no RESULT line from wrk for $id"; return 0; }
     awk -v id="$id" -v r="$round" -v line="$line" -v hz="$hz" -v k="$((k1 - k0))" -v u="$((u1 - u0))" \
         -v w="$((c1 - c0))" -v ns="$((t1 - t0))" 'BEGIN {
@@ -1424,15 +1449,25 @@ mode_scaling() {
     expect_status "keygate, one worker, valid key" 200 "http://$KG_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys.txt")"
     expect_status "keygate, two workers, valid key" 200 "http://$KG_TWO_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys.txt")"
     log "keygate-two threads: $(thread_summary "$kg2")"
+    local kga kgb procs
+    KG_CPUS=0 start_keygate keygate-proc-a "$KG_PROC_A_PUBLIC" "$KG_PROC_A_ADMIN" \
+        KEYGATE_UPSTREAM__URL="http://127.0.0.1:$UPSTREAM_TWO_PORT"
+    kga=$KG_PID
+    KG_CPUS=1 start_keygate keygate-proc-b "$KG_PROC_B_PUBLIC" "$KG_PROC_B_ADMIN" \
+        KEYGATE_UPSTREAM__URL="http://127.0.0.1:$UPSTREAM_TWO_PORT"
+    kgb=$KG_PID
+    procs="${KG_PROC_A_PUBLIC##*:} ${KG_PROC_B_PUBLIC##*:}"
     : >"$WORK/scaling.tsv"
     log "warm-up: $WARMUP per layout (not recorded)"
     DURATION=$WARMUP scale_run one_core 0 "${KG_PUBLIC##*:}" "$LOAD_CPU" "$kg1" "$up1" 2>/dev/null
     DURATION=$WARMUP scale_run two_cores 0 "${KG_TWO_PUBLIC##*:}" 0,1 "$kg2" "$up2" 2>/dev/null
+    DURATION=$WARMUP scale_run two_procs 0 "$procs" 0,1 "$kga $kgb" "$up2" 2>/dev/null
     : >"$WORK/scaling.tsv"
     for ((r = 1; r <= ROUNDS; r++)); do
         log "round $r/$ROUNDS"
         scale_run one_core "$r" "${KG_PUBLIC##*:}" "$LOAD_CPU" "$kg1" "$up1"
         scale_run two_cores "$r" "${KG_TWO_PUBLIC##*:}" 0,1 "$kg2" "$up2"
+        scale_run two_procs "$r" "$procs" 0,1 "$kga $kgb" "$up2"
     done
     log "keygate-two CPU per thread: $(thread_cpu "$kg2")"
     python3 "$BENCH/analyze.py" scaling "$WORK/scaling.tsv" | tee "$WORK/summary-scaling.txt"
