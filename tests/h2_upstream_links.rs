@@ -649,3 +649,81 @@ async fn broken_upstream_heads_and_oversized_bodies_are_refused_with_json() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body.unwrap())["len"], 4096);
 }
+
+/// The rate-limit headers arrive whole on every response of a long HTTP/2 connection, one
+/// after another and many streams at once: the values that change every response
+/// (`Remaining`, `Reset`, `RateLimit`) churn HPACK's dynamic table, the fixed ones
+/// (`X-RateLimit-Limit`, `RateLimit-Policy`) are shared values formatted once per window.
+#[tokio::test]
+async fn rate_limit_headers_arrive_intact_over_a_long_http2_connection() {
+    let (upstream, _rec) = recording_upstream().await;
+    let ws = Workspace::new(
+        &upstream,
+        "[plans.web]\nper_hour = 1000000\n\n[limits]\ndefault_plan = \"web\"\n",
+    );
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let client = h2_client();
+    let url = kg.url("/sized/10");
+
+    let check = |headers: &http::HeaderMap| -> u64 {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .unwrap_or_else(|| panic!("no {name} in {headers:?}"))
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(get("x-ratelimit-limit"), "1000000");
+        assert_eq!(get("ratelimit-policy"), "\"per_hour\";q=1000000;w=3600");
+        let remaining: u64 = get("x-ratelimit-remaining").parse().unwrap();
+        let reset: u64 = get("x-ratelimit-reset").parse().unwrap();
+        assert!(reset > 0);
+        let combined = get("ratelimit");
+        let prefix = format!("\"per_hour\";r={remaining};t=");
+        let t: u64 = combined
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{combined} does not start with {prefix}"))
+            .parse()
+            .unwrap();
+        assert!(t <= 3600, "{combined}");
+        for name in [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+            "ratelimit-policy",
+            "ratelimit",
+        ] {
+            assert_eq!(headers.get_all(name).iter().count(), 1, "{name}");
+        }
+        remaining
+    };
+
+    // One after another on one connection: each count one less than the last.
+    let mut last = 1_000_000;
+    for i in 0..150 {
+        let (status, headers, body) = call(&client, req(Method::GET, &url, &key, empty())).await;
+        assert_eq!(status, StatusCode::OK, "request {i}");
+        assert_eq!(body.unwrap().len(), 10);
+        let remaining = check(&headers);
+        assert_eq!(remaining, last - 1, "request {i}");
+        last = remaining;
+    }
+    // Then many streams at once on the same connection: every count different.
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (client, url, key) = (client.clone(), url.clone(), key.clone());
+            tokio::spawn(async move { call(&client, req(Method::GET, &url, &key, empty())).await })
+        })
+        .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    for task in tasks {
+        let (status, headers, _) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert!(seen.insert(check(&headers)));
+    }
+    assert_eq!(seen.len(), 100);
+    assert_eq!(*seen.last().unwrap(), last - 1);
+    assert_eq!(*seen.first().unwrap(), last - 100);
+}
