@@ -195,8 +195,6 @@ impl Proxy {
             .access
             .then(|| req.uri().path().to_owned());
         let mut audit = Audit::default();
-        // When the response head was ready, if already read off the clock.
-        let mut ended_at = None;
         // An HTTP/1.1 client hyper serves (the upstream speaks HTTP/2) is held to the framing
         // rules of keygate's own parser, and, as there, a request refused as malformed closes
         // its connection after the answer: what follows it could be read two ways.
@@ -235,7 +233,7 @@ impl Proxy {
             return response.map(Either::Right);
         }
         let admitted = match http1_framing(&req) {
-            Ok(()) => self.admit(&current, &req, conn, started, &mut audit).await,
+            Ok(()) => self.admit(&current, &req, conn, &mut audit).await,
             Err(reject) => Err(reject),
         };
         let outcome = match admitted {
@@ -264,7 +262,7 @@ impl Proxy {
                 };
                 if req.version() == http::Version::HTTP_2 && !current.forwarder.is_http2() {
                     // keygate's own upstream connections, in this stream's task.
-                    let up = Instant::now();
+                    let started = Instant::now();
                     let response = current
                         .forwarder
                         .over_link(
@@ -272,16 +270,11 @@ impl Proxy {
                             &origin,
                             &self.metrics,
                             current.config.server.batch_writes,
-                            up,
                         )
                         .await;
-                    // One clock read ends both the upstream's time and the request's: what
-                    // follows (the limit headers) takes nanoseconds.
-                    let now = Instant::now();
                     self.metrics
                         .upstream_latency
-                        .observe(now.saturating_duration_since(up).as_secs_f64());
-                    ended_at = Some(now);
+                        .observe(started.elapsed().as_secs_f64());
                     response.map(|r| r.map(|b| Either::Left(ResponseBody::Link(b))))
                 } else {
                     let prepared = current.forwarder.prepare(req, &origin);
@@ -327,31 +320,25 @@ impl Proxy {
                 }
             }
         }
-        let ended = Ended {
-            started,
-            method: Some(&method),
-            path: path.as_deref(),
-            audit: &audit,
-            outcome: Outcome {
-                status: response.status().as_u16(),
-                decision,
+        self.finish(
+            &current.config,
+            &Ended {
+                started,
+                method: Some(&method),
+                path: path.as_deref(),
+                audit: &audit,
+                outcome: Outcome {
+                    status: response.status().as_u16(),
+                    decision,
+                },
             },
-        };
-        let latency = match ended_at {
-            Some(at) => at.saturating_duration_since(started),
-            None => started.elapsed(),
-        };
-        self.finish_after(&current.config, &ended, latency);
+        );
         response
     }
 
     /// Metrics and the access log line for one finished request, from either engine.
     pub(crate) fn finish(&self, config: &Config, ended: &Ended) {
-        self.finish_after(config, ended, ended.started.elapsed());
-    }
-
-    /// [`Proxy::finish`] with the request's latency already taken off the clock.
-    fn finish_after(&self, config: &Config, ended: &Ended, latency: std::time::Duration) {
+        let latency = ended.started.elapsed();
         self.metrics.request(ended.outcome, latency);
         if let (Some(key), Decision::Allowed) = (ended.audit.key.as_deref(), ended.outcome.decision)
         {
@@ -386,7 +373,6 @@ impl Proxy {
         current: &'a Current,
         head: &impl Head,
         conn: &Connection,
-        started: Instant,
         audit: &mut Audit<'a>,
     ) -> Result<Admission, Reject> {
         let config = &*current.config;
@@ -476,8 +462,7 @@ impl Proxy {
         // 4. Has its source been sending junk? One past `[guard] max_invalid` failures is
         //    refused before its key costs anything, unless this sidecar knows the key.
         let source = Source::of(client_ip);
-        // The request's start is recent enough for a block counted in seconds.
-        if let Verdict::Blocked { retry_after } = self.guard.check(source, started)
+        if let Verdict::Blocked { retry_after } = self.guard.check(source, Instant::now())
             && (config.guard.block_known_keys || !self.keys.knows(&KeyHash::of(key)))
         {
             return Err(Reject::TooManyInvalidKeys { retry_after });

@@ -264,10 +264,7 @@ impl Api {
         window: &mut Option<(WindowState, u64)>,
     ) -> Result<Caller, Reject> {
         let mut audit = Audit::default();
-        let admitted = self
-            .proxy
-            .admit(&gate.current, req, conn, Instant::now(), &mut audit)
-            .await;
+        let admitted = self.proxy.admit(&gate.current, req, conn, &mut audit).await;
         *window = audit.limit.map(|w| (w, audit.now_secs));
         admitted?;
         let key = audit.key.ok_or(Reject::MissingApiKey)?;

@@ -73,15 +73,12 @@ pub fn request_framing(headers: &HeaderMap, end_stream: bool) -> Result<Framing,
 impl Forwarder {
     /// Forwards an admitted HTTP/2 request over keygate's own upstream connections (module
     /// doc); the caller has normalized its path. A failure is counted in `metrics` by its kind.
-    /// `started`: the clock read the caller times the upstream's latency from, read once for
-    /// that, the parking's expiry and the first attempt's deadline.
     pub async fn over_link(
         &self,
         req: Request<Incoming>,
         origin: &Origin<'_>,
         metrics: &Metrics,
         batch_writes: bool,
-        started: std::time::Instant,
     ) -> Result<Response<LinkBody>, Reject> {
         let (parts, mut body) = req.into_parts();
         let framing =
@@ -120,31 +117,16 @@ impl Forwarder {
         // Nothing but the head to send: it can be sent again.
         let whole = matches!(framing, Framing::Empty | Framing::Length(0));
         let route = self.route(upstream);
-        let mut link = match self.parking.take_at(route, started) {
-            Some(link) => link,
-            None => self.dial(route, metrics).await?,
-        };
+        let mut link = self.link(route, metrics).await?;
         let mut retried = false;
-        // The first attempt's clock starts with the request's upstream time; a retry's anew.
-        let mut begun = Some(Instant::from_std(started));
         let (response, request_done) = loop {
             let outcome = if whole {
-                let now = begun.take().unwrap_or_else(Instant::now);
-                self.exchange(&mut link, &mut head, head_request, batch_writes, now)
+                self.exchange(&mut link, &mut head, head_request, batch_writes)
                     .await
                     .map(|r| (r, true))
             } else {
-                // Boxed: its state (the body pump beside the response head's read) would
-                // otherwise make every stream's future larger, and so dearer to move, bodiless
-                // requests included.
-                Box::pin(self.exchange_streaming(
-                    &mut link,
-                    &head,
-                    &mut body,
-                    framing,
-                    head_request,
-                ))
-                .await
+                self.exchange_streaming(&mut link, &head, &mut body, framing, head_request)
+                    .await
             };
             let failure = match outcome {
                 Ok(done) => break done,
@@ -188,6 +170,14 @@ impl Forwarder {
         Ok(response)
     }
 
+    /// A parked connection to `route`, or a new one.
+    async fn link(&self, route: Destination, metrics: &Metrics) -> Result<Link, Reject> {
+        match self.parking.take(route) {
+            Some(link) => Ok(link),
+            None => self.dial(route, metrics).await,
+        }
+    }
+
     async fn dial(&self, route: Destination, metrics: &Metrics) -> Result<Link, Reject> {
         // Boxed: rare, and its state would otherwise make every request's future larger.
         Box::pin(self.dialer.dial(route))
@@ -195,17 +185,15 @@ impl Forwarder {
             .map_err(|e| Failure::Dial(e).report(metrics))
     }
 
-    /// A request without a body: its head out, the response head in, within the upstream
-    /// timeout from `now`.
+    /// A request without a body: its head out, the response head in.
     async fn exchange(
         &self,
         link: &mut Link,
         head: &mut Vec<u8>,
         head_request: bool,
         batch_writes: bool,
-        now: Instant,
     ) -> Result<UpstreamResponse, Failure> {
-        let deadline = now + self.timeout;
+        let deadline = Instant::now() + self.timeout;
         tokio::time::timeout_at(deadline, write_head(link, head, batch_writes))
             .await
             .map_err(|_| Failure::Timeout)??;

@@ -77,9 +77,7 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
     let signs = framing_lines.signs();
     let (framing, keep_alive) = upstream_framing(signs, head_request);
 
-    // Room for `Content-Length` and the five rate-limit headers keygate adds to most
-    // responses, so the map is not grown again on the way out.
-    let mut map = HeaderMap::with_capacity(kept + 6);
+    let mut map = HeaderMap::with_capacity(kept + 1);
     for h in headers {
         let name = h.name.as_bytes();
         let class = names::name(name);

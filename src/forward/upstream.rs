@@ -260,24 +260,17 @@ impl Parking {
             }
         }
         let mut idle = lock(&self.idle);
-        // One clock read for both: what expired, and when this one was parked.
-        let now = Instant::now();
-        expire(&mut idle, now);
+        expire(&mut idle);
         if idle.len() >= self.max {
             idle.pop_front();
         }
-        idle.push_back((now, link));
+        idle.push_back((Instant::now(), link));
     }
 
     /// The newest usable parked connection to `route`; closes the unusable ones it meets.
     pub fn take(&self, route: Destination) -> Option<Link> {
-        self.take_at(route, Instant::now())
-    }
-
-    /// [`Parking::take`] with the clock already read (`now`: the request's upstream start).
-    pub fn take_at(&self, route: Destination, now: Instant) -> Option<Link> {
         let mut idle = lock(&self.idle);
-        expire(&mut idle, now);
+        expire(&mut idle);
         while let Some(at) = idle.iter().rposition(|(_, link)| link.route == route) {
             let (_, mut link) = idle.remove(at).expect("position is in range");
             if link.usable() {
@@ -296,7 +289,7 @@ impl Parking {
     pub fn sweep(&self) -> usize {
         let mut idle = lock(&self.idle);
         let before = idle.len();
-        expire(&mut idle, Instant::now());
+        expire(&mut idle);
         idle.retain_mut(|(_, link)| link.usable());
         before - idle.len()
     }
@@ -310,11 +303,8 @@ impl Parking {
     }
 }
 
-fn expire(idle: &mut VecDeque<(Instant, Link)>, now: Instant) {
-    while idle
-        .front()
-        .is_some_and(|(at, _)| now.saturating_duration_since(*at) >= PARK_FOR)
-    {
+fn expire(idle: &mut VecDeque<(Instant, Link)>) {
+    while idle.front().is_some_and(|(at, _)| at.elapsed() >= PARK_FOR) {
         idle.pop_front();
     }
 }

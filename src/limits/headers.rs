@@ -60,56 +60,20 @@ fn reset(w: &WindowState, now_secs: u64, style: ResetStyle) -> u64 {
     }
 }
 
-/// Which window the cached fixed values were formatted for: its name's address, its limit
-/// and its length in seconds (as [`fn@write`] keys its cached lines).
-type WindowId = (usize, u64, u64);
-
 /// Adds the headers to a response (hyper's side), each unless the upstream set it.
 pub fn apply(headers: &mut HeaderMap, w: &WindowState, now_secs: u64, style: ResetStyle) {
     let reset = reset(w, now_secs, style);
-    // `X-RateLimit-Limit` and `RateLimit-Policy` depend on the window alone: formatted once
-    // per window and thread, then shared (a reference count, no copy).
-    thread_local! {
-        static FIXED: RefCell<Option<(WindowId, [Option<HeaderValue>; 2])>> = const { RefCell::new(None) };
-    }
-    let fixed = FIXED.with_borrow_mut(|cached| {
-        let window = (w.name.as_ptr() as usize, w.limit, w.window_secs);
-        match cached {
-            Some((of, values)) if *of == window => values.clone(),
-            _ => {
-                let values = [0, 3].map(|i| {
-                    let mut out = Vec::with_capacity(32 + w.name.len());
-                    value(i, w, reset, &mut out);
-                    // A policy name no header can carry: left out, as before.
-                    HeaderValue::from_maybe_shared(Bytes::from(out)).ok()
-                });
-                *cached = Some((window, values.clone()));
-                values
-            }
-        }
-    });
-    let [limit, policy] = fixed;
-    // One buffer for the three changing values; each header value is a slice of it.
-    let mut buf = Vec::with_capacity(64 + w.name.len());
-    let ranges: [_; 3] = [1, 2, 4].map(|i| {
+    // One buffer for the five values; each header value is a slice of it.
+    let mut buf = Vec::with_capacity(96 + 2 * w.name.len());
+    let ranges: [_; 5] = std::array::from_fn(|i| {
         let start = buf.len();
         value(i, w, reset, &mut buf);
         start..buf.len()
     });
     let buf = Bytes::from(buf);
-    let mut changing = ranges
-        .into_iter()
-        .map(|range| HeaderValue::from_maybe_shared(buf.slice(range)).ok());
-    let values = [
-        limit,
-        changing.next().expect("three"),
-        changing.next().expect("three"),
-        policy,
-        changing.next().expect("three"),
-    ];
-    for (name, value) in NAMES.iter().zip(values) {
+    for (name, range) in NAMES.iter().zip(ranges) {
         if let Entry::Vacant(slot) = headers.entry(HeaderName::from_static(name))
-            && let Some(value) = value
+            && let Ok(value) = HeaderValue::from_maybe_shared(buf.slice(range))
         {
             slot.insert(value);
         }
@@ -181,18 +145,6 @@ mod tests {
         let mut h = HeaderMap::new();
         apply(&mut h, &window(), 1_000_000, ResetStyle::Delta);
         assert_eq!(h["x-ratelimit-reset"], "42");
-        // Another window on the same thread: the fixed values are its own, not the last one's.
-        let other = WindowState {
-            name: "per_second",
-            limit: 7,
-            window_secs: 1,
-            ..window()
-        };
-        let mut h = HeaderMap::new();
-        apply(&mut h, &other, 0, ResetStyle::Delta);
-        assert_eq!(h["x-ratelimit-limit"], "7");
-        assert_eq!(h["ratelimit-policy"], "\"per_second\";q=7;w=1");
-        assert_eq!(h["ratelimit"], "\"per_second\";r=998;t=42");
     }
 
     #[test]

@@ -258,10 +258,8 @@ impl Limiter {
                     let started = *started.get_or_insert_with(Instant::now);
                     let budget = shared.timeout().saturating_sub(started.elapsed());
                     let longs = long_windows(&windows);
-                    // Boxed: a store round trip, rare next to the requests decided locally,
-                    // whose futures its state would otherwise make larger.
                     if budget.is_zero()
-                        || !Box::pin(shared.refill(state.leases(), hash, &longs, budget)).await
+                        || !shared.refill(state.leases(), hash, &longs, budget).await
                     {
                         // No grant in time: decide this request as the fallback would.
                         local_only = true;

@@ -349,7 +349,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         }
         let admitted = self
             .proxy
-            .admit(&current, &req, self.conn, started, &mut audit)
+            .admit(&current, &req, self.conn, &mut audit)
             .await;
         let head = &self.head;
         let facts = Facts {
