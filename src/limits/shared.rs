@@ -490,6 +490,17 @@ impl Shared {
             this.refill(leases, hash, &windows, this.settings.timeout)
                 .await;
             leases.refilling.store(false, Ordering::Release);
+            // Admissions made alone that this refill did not carry (it failed, or they came
+            // after it asked, while another refill_soon found this one running and gave up)
+            // stay queued for the next sync: the key may see no more traffic, or an
+            // exhausted lease, and then nothing else would ever report them.
+            let now_secs = now_ms() / 1_000;
+            if windows
+                .iter()
+                .any(|&(calendar, _)| leases.get(calendar).unreported(calendar.window(now_secs).0))
+            {
+                this.report_when_back(key.clone(), hash, windows);
+            }
         });
     }
 }

@@ -275,6 +275,8 @@ mod shared {
         down: AtomicBool,
         grants: AtomicU64,
         live: AtomicU64,
+        /// How long each grant takes (ms): a store that answers, but late.
+        slow_ms: AtomicU64,
     }
 
     impl Memory {
@@ -297,6 +299,10 @@ mod shared {
                 return Err(StoreError::Unavailable("down".into()));
             }
             self.grants.fetch_add(1, Ordering::SeqCst);
+            let slow = self.slow_ms.load(Ordering::SeqCst);
+            if slow > 0 {
+                tokio::time::sleep(Duration::from_millis(slow)).await;
+            }
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
@@ -367,6 +373,10 @@ mod shared {
     }
 
     fn sidecar(store: &Arc<Memory>, per_hour: u64) -> Limiter {
+        sidecar_waiting(store, per_hour, Duration::from_secs(5))
+    }
+
+    fn sidecar_waiting(store: &Arc<Memory>, per_hour: u64, timeout: Duration) -> Limiter {
         let mut config = LimitsConfig::default();
         config.plans.insert(
             "p".into(),
@@ -377,7 +387,7 @@ mod shared {
         );
         config.default_plan = Some("p".into());
         let settings = SharedSettings {
-            timeout: Duration::from_secs(5),
+            timeout,
             sync_every: Duration::from_millis(20),
         };
         Limiter::new(config, 10).with_shared_quotas(
@@ -435,6 +445,97 @@ mod shared {
             used >= 51,
             "the fallback's 50 were reported with the next grant: {used}"
         );
+    }
+
+    /// Redis answers every grant, but one sidecar's answer comes later than `[store]
+    /// timeout` (a busy machine): that sidecar decides its next requests by the fallback
+    /// budget while the other goes on being granted the rest of the quota. Nothing holds
+    /// those admissions back from the other's grants (no outage epoch began: the store was
+    /// never down), so the two together admit more than the limit.
+    #[tokio::test]
+    #[ignore = "known over-admission (branch pausefix): alone admissions while the store answers late are not held back"]
+    async fn a_grant_that_answers_late_does_not_let_two_sidecars_spend_the_same_quota() {
+        const LIMIT: u64 = 100;
+        let store = Arc::new(Memory::default());
+        store.live.store(2, Ordering::SeqCst);
+        let timeout = Duration::from_millis(50);
+        let (a, b) = (
+            sidecar_waiting(&store, LIMIT, timeout),
+            sidecar_waiting(&store, LIMIT, timeout),
+        );
+        for l in [&a, &b] {
+            let shared = l.shared.clone().unwrap();
+            until(|| shared.live() == 2).await;
+        }
+        let r = record(None, Environment::LIVE);
+        let h = KeyHash::of("late");
+        let mut admitted = 0;
+        // A few through leases on each.
+        for l in [&a, &b, &a, &b] {
+            admitted += u64::from(l.admit(h, &r, SystemTime::now()).await.is_ok());
+        }
+        // `a`'s grants now answer late; it goes on admitting on its own.
+        store.slow_ms.store(200, Ordering::SeqCst);
+        for _ in 0..40 {
+            admitted += u64::from(a.admit(h, &r, SystemTime::now()).await.is_ok());
+        }
+        store.slow_ms.store(0, Ordering::SeqCst);
+        // `b` spends the rest; then both until refused.
+        for l in [&b, &a] {
+            for _ in 0..200 {
+                admitted += u64::from(l.admit(h, &r, SystemTime::now()).await.is_ok());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            admitted <= LIMIT,
+            "{admitted} admitted against a limit of {LIMIT} (the store counts {})",
+            store.used()
+        );
+    }
+
+    /// What a sidecar admitted on its own while its grants answered late reaches the store
+    /// once they answer in time again, even with no more traffic: the sync that queues the
+    /// report may come while the grant that would carry it still fails.
+    #[tokio::test]
+    async fn admissions_made_alone_while_grants_are_late_are_reported_without_more_traffic() {
+        let store = Arc::new(Memory::default());
+        store.live.store(2, Ordering::SeqCst);
+        let a = Arc::new(sidecar_waiting(&store, 1_000, Duration::from_millis(50)));
+        let shared = a.shared.clone().unwrap();
+        until(|| shared.live() == 2).await;
+        let r = Arc::new(record(None, Environment::LIVE));
+        let h = KeyHash::of("late");
+        assert!(a.admit(h, &*r, SystemTime::now()).await.is_ok());
+        // Grants answer after the sidecar gave up on them; syncs still answer in time.
+        store.slow_ms.store(120, Ordering::SeqCst);
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let (a, r) = (a.clone(), r.clone());
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        let _ = a.admit(h, &*r, SystemTime::now()).await;
+                        tokio::time::sleep(Duration::from_millis(7)).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        store.slow_ms.store(0, Ordering::SeqCst);
+        let state = a.state.get(&h).unwrap();
+        let alone = state.leases().hour.fell_back().1;
+        assert!(alone > 0, "nothing was admitted alone");
+        let heard = || {
+            let counters = store.counters.lock().unwrap();
+            counters
+                .values()
+                .flat_map(|c| c.sidecars.values().map(|t| t.fell_back))
+                .max()
+                .unwrap_or(0)
+        };
+        until(|| heard() == alone).await;
     }
 
     #[tokio::test]
