@@ -453,7 +453,7 @@ mod shared {
     /// those admissions back from the other's grants (no outage epoch began: the store was
     /// never down), so the two together admit more than the limit.
     #[tokio::test]
-    #[ignore = "known over-admission (branch pausefix): alone admissions while the store answers late are not held back"]
+    #[ignore = "known over-admission, README \"Known gap\": what a sidecar admits alone while Redis answers late is not held back"]
     async fn a_grant_that_answers_late_does_not_let_two_sidecars_spend_the_same_quota() {
         const LIMIT: u64 = 100;
         let store = Arc::new(Memory::default());
