@@ -484,6 +484,9 @@ pub struct LimitMetrics {
     pub live_sidecars: IntGauge,
     /// Lease grant round trips to the quota store, by outcome (`ok`, `error`).
     pub refills: IntCounterVec,
+    /// Requests whose lease was spent while the quota store did not answer, by outcome:
+    /// `admitted` on the fallback budget, or `refused` (`[store] quota_fallback = "refuse"`).
+    pub decided_alone: IntCounterVec,
     /// Keys suspended by this sidecar for exceeding their rate limit repeatedly.
     pub suspensions: IntCounter,
 }
@@ -508,6 +511,15 @@ impl LimitMetrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let decided_alone = IntCounterVec::new(
+            Opts::new(
+                "keygate_quota_decided_alone_total",
+                "Requests whose quota lease was spent while the quota store did not answer: \
+                 admitted on this sidecar's fallback budget, or refused (quota_fallback = refuse)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         let suspensions = IntCounter::new(
             "keygate_key_suspensions_total",
             "Keys this sidecar suspended for exceeding their rate limit repeatedly",
@@ -517,6 +529,7 @@ impl LimitMetrics {
             Box::new(fallback.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(live_sidecars.clone()),
             Box::new(refills.clone()),
+            Box::new(decided_alone.clone()),
             Box::new(suspensions.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -524,10 +537,14 @@ impl LimitMetrics {
         for outcome in ["ok", "error"] {
             refills.with_label_values(&[outcome]);
         }
+        for outcome in ["admitted", "refused"] {
+            decided_alone.with_label_values(&[outcome]);
+        }
         Self {
             fallback,
             live_sidecars,
             refills,
+            decided_alone,
             suspensions,
         }
     }

@@ -138,6 +138,7 @@ impl Proxy {
             let settings = SharedSettings {
                 timeout: redis.timeout,
                 sync_every: redis.epoch_poll,
+                fallback: redis.quota_fallback,
             };
             limiter = limiter.with_shared_quotas(quotas, settings, metrics.clone());
         }
@@ -584,12 +585,11 @@ impl Proxy {
             .await
         {
             Ok(window) => audit.limit = window,
-            Err(Limited::Rate(refused)) => {
-                audit.limit = Some(refused.window);
-                return Err(Reject::RateLimitExceeded(refused));
-            }
-            Err(Limited::Suspended { retry_after }) => {
-                return Err(Reject::KeySuspendedFor { retry_after });
+            Err(refused) => {
+                if let Limited::Rate(over) = refused {
+                    audit.limit = Some(over.window);
+                }
+                return Err(refused.into());
             }
         }
 

@@ -65,6 +65,11 @@ pub enum Reject {
         retry_after: u64,
     },
     KeyStoreUnavailable,
+    /// A long-window quota's lease is spent and the quota store does not answer, with
+    /// `[store] quota_fallback = "refuse"` ([`crate::limits::QuotaFallback`]).
+    QuotaStoreUnavailable {
+        retry_after: u64,
+    },
     UpstreamUnavailable,
     UpstreamTimeout,
     // The management API's own refusals (`crate::api`); the proxy path never makes them.
@@ -87,6 +92,19 @@ pub enum Reject {
     IdempotencyKeyReused,
     /// An `Idempotency-Key` whose first request is still being processed.
     IdempotencyInProgress,
+}
+
+impl From<crate::limits::Limited> for Reject {
+    fn from(limited: crate::limits::Limited) -> Self {
+        use crate::limits::Limited;
+        match limited {
+            Limited::Rate(refusal) => Self::RateLimitExceeded(refusal),
+            Limited::Suspended { retry_after } => Self::KeySuspendedFor { retry_after },
+            Limited::StoreUnreachable { retry_after } => {
+                Self::QuotaStoreUnavailable { retry_after }
+            }
+        }
+    }
 }
 
 /// RFC 6749 §5.2 errors of `POST /oauth/token`.
@@ -199,7 +217,9 @@ impl Reject {
             Self::RateLimitExceeded(_) | Self::TooManyInvalidKeys { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Self::KeyStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::KeyStoreUnavailable | Self::QuotaStoreUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -233,6 +253,7 @@ impl Reject {
             Self::RateLimitExceeded(_) => "rate_limit_exceeded",
             Self::TooManyInvalidKeys { .. } => "too_many_invalid_keys",
             Self::KeyStoreUnavailable => "key_store_unavailable",
+            Self::QuotaStoreUnavailable { .. } => "quota_store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::InvalidBody(_) => "invalid_body",
@@ -275,9 +296,10 @@ impl Reject {
             | Self::IdempotencyKeyReused
             | Self::IdempotencyInProgress => "invalid_request_error",
             Self::RateLimitExceeded(_) | Self::TooManyInvalidKeys { .. } => "rate_limit_error",
-            Self::KeyStoreUnavailable | Self::UpstreamUnavailable | Self::UpstreamTimeout => {
-                "api_error"
-            }
+            Self::KeyStoreUnavailable
+            | Self::QuotaStoreUnavailable { .. }
+            | Self::UpstreamUnavailable
+            | Self::UpstreamTimeout => "api_error",
         }
     }
 
@@ -368,6 +390,10 @@ impl Reject {
             Self::KeyStoreUnavailable => {
                 "The API key could not be verified right now; retry shortly".into()
             }
+            Self::QuotaStoreUnavailable { retry_after } => format!(
+                "The API key's usage quota could not be checked right now; retry after \
+                 {retry_after} s"
+            ),
             Self::UpstreamUnavailable => "The upstream service is unavailable".into(),
             Self::UpstreamTimeout => "The upstream service did not respond in time".into(),
             Self::InvalidBody(why) => format!("The request cannot be read: {why}"),
@@ -391,9 +417,9 @@ impl Reject {
         match self {
             Self::KeyStoreUnavailable | Self::IdempotencyInProgress => Some(1),
             Self::RateLimitExceeded(r) => Some(r.retry_after),
-            Self::KeySuspendedFor { retry_after } | Self::TooManyInvalidKeys { retry_after } => {
-                Some(*retry_after)
-            }
+            Self::KeySuspendedFor { retry_after }
+            | Self::TooManyInvalidKeys { retry_after }
+            | Self::QuotaStoreUnavailable { retry_after } => Some(*retry_after),
             _ => None,
         }
     }
@@ -611,6 +637,12 @@ mod tests {
                 Reject::KeyStoreUnavailable,
                 503,
                 "key_store_unavailable",
+                "api_error",
+            ),
+            (
+                Reject::QuotaStoreUnavailable { retry_after: 1 },
+                503,
+                "quota_store_unavailable",
                 "api_error",
             ),
             (

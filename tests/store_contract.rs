@@ -54,6 +54,7 @@ fn redis_store(mode: RedisMode) -> Arc<dyn KeyStore> {
                 epoch_poll: Duration::from_millis(200),
                 confirm_within: Duration::from_secs(5),
                 ready_requires_current: false,
+                quota_fallback: Default::default(),
             },
             Arc::new(Metrics::new()),
         )

@@ -715,12 +715,11 @@ impl Api {
         if count {
             match self.proxy.limiter().admit(hash, &*record, now).await {
                 Ok(window) => verdict.ratelimit = window.map(RateState::of),
-                Err(LimitRefusal::Rate(refused)) => {
-                    verdict.ratelimit = Some(RateState::of(refused.window));
-                    return Err(Reject::RateLimitExceeded(refused));
-                }
-                Err(LimitRefusal::Suspended { retry_after }) => {
-                    return Err(Reject::KeySuspendedFor { retry_after });
+                Err(refused) => {
+                    if let LimitRefusal::Rate(over) = refused {
+                        verdict.ratelimit = Some(RateState::of(over.window));
+                    }
+                    return Err(refused.into());
                 }
             }
         }

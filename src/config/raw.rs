@@ -198,6 +198,8 @@ pub(super) struct RawStore {
     #[serde(with = "humantime_serde")]
     pub(super) confirm_within: Duration,
     pub(super) ready_requires_current: bool,
+    /// Redis only; `None` (unset) is `"budget"`.
+    pub(super) quota_fallback: Option<String>,
 }
 
 impl Default for RawStore {
@@ -220,6 +222,7 @@ impl Default for RawStore {
             epoch_poll: Duration::from_secs(1),
             confirm_within: Duration::from_secs(5),
             ready_requires_current: false,
+            quota_fallback: None,
         }
     }
 }

@@ -67,6 +67,41 @@ fn the_batch_backend_is_one_of_three() {
     );
 }
 
+/// `[store] quota_fallback`: "budget" unless set, "refuse" on request, only with Redis, and
+/// anything else refused with the choices named.
+#[test]
+fn the_quota_fallback_is_budget_or_refuse_with_redis_only() {
+    use crate::limits::QuotaFallback;
+    let redis = format!("{MINIMAL}[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n");
+    let fallback = |env: &[(&str, &str)]| match load(&redis, env).map(|c| c.store) {
+        Ok(StoreConfig::Redis(r)) => Ok(r.quota_fallback),
+        Ok(other) => panic!("{other:?}"),
+        Err(e) => Err(e.to_string()),
+    };
+    assert_eq!(fallback(&[]), Ok(QuotaFallback::Budget));
+    for (value, want) in [
+        ("budget", QuotaFallback::Budget),
+        ("refuse", QuotaFallback::Refuse),
+    ] {
+        assert_eq!(
+            fallback(&[("KEYGATE_STORE__QUOTA_FALLBACK", value)]),
+            Ok(want)
+        );
+    }
+    let err = fallback(&[("KEYGATE_STORE__QUOTA_FALLBACK", "deny")]).unwrap_err();
+    assert!(
+        err.contains("store.quota_fallback") && err.contains("\"refuse\""),
+        "{err}"
+    );
+    let err = load(MINIMAL, &[("KEYGATE_STORE__QUOTA_FALLBACK", "refuse")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("store.quota_fallback") && err.contains("redis store only"),
+        "{err}"
+    );
+}
+
 #[test]
 fn errors_name_the_field() {
     type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);

@@ -12,6 +12,7 @@ use super::*;
 use crate::credential::CredentialHeader;
 use crate::keys::cache::CacheConfig;
 use crate::keys::redis::{RedisConfig, RedisMode, redact};
+use crate::limits::QuotaFallback;
 use crate::path::Parameters;
 use crate::routes::{PathPattern, Route, RouteLimits, RouteTable, Unmatched, check_scope};
 use crate::vocab::Environment;
@@ -416,6 +417,13 @@ fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
                     "must be between 1ms and 1s so CLI changes reach the proxy within 1 s",
                 ));
             }
+            if raw.quota_fallback.is_some() {
+                return Err(invalid(
+                    "store.quota_fallback",
+                    "applies to the redis store only: the file store counts quotas exactly in \
+                     this process and never falls back; remove it",
+                ));
+            }
             if raw
                 .last_used_path
                 .as_ref()
@@ -524,6 +532,20 @@ fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
                     "must be at least store.epoch_poll and at most 1h, e.g. \"5s\"",
                 ));
             }
+            let quota_fallback = match raw.quota_fallback.as_deref() {
+                None | Some("budget") => QuotaFallback::Budget,
+                Some("refuse") => QuotaFallback::Refuse,
+                Some(other) => {
+                    return Err(invalid(
+                        "store.quota_fallback",
+                        format!(
+                            "{other:?}: use \"budget\" (while Redis does not answer, admit a \
+                             bounded share of what is left alone) or \"refuse\" (503 \
+                             quota_store_unavailable once the lease is spent: never over a limit)"
+                        ),
+                    ));
+                }
+            };
             Ok(StoreConfig::Redis(RedisConfig {
                 mode,
                 username: raw.username,
@@ -534,6 +556,7 @@ fn validate_store(raw: RawStore) -> Result<StoreConfig, ConfigError> {
                 epoch_poll: raw.epoch_poll,
                 confirm_within: raw.confirm_within,
                 ready_requires_current: raw.ready_requires_current,
+                quota_fallback,
             }))
         }
         other => Err(invalid(

@@ -116,6 +116,10 @@ pub struct Sender {
     /// The outage epoch the sender has heard of (from a sync or a grant): a request carrying
     /// the current one was sent after the outage began, so its totals are a report.
     pub outage_epoch: u64,
+    /// The sender admits requests on its own, up to its [`fallback_budget`], while the store
+    /// does not answer (`[store] quota_fallback = "budget"`). Otherwise it never does, so the
+    /// store records no budget for it and has nothing of its to hold back.
+    pub falls_back: bool,
 }
 
 impl Sender {
@@ -125,6 +129,7 @@ impl Sender {
         recovering: false,
         hold_ms: 0,
         outage_epoch: 0,
+        falls_back: true,
     };
 }
 
@@ -233,7 +238,7 @@ impl WindowCounter {
         let totals = self.sidecars.entry(sidecar.to_owned()).or_default();
         totals.granted += granted;
         totals.replies += 1;
-        totals.latest_cap = if limit > 0 {
+        totals.latest_cap = if limit > 0 && sender.falls_back {
             totals.fell_back + fallback_budget(limit.saturating_sub(used + held), sender.live)
         } else {
             totals.fell_back
@@ -804,6 +809,7 @@ mod tests {
             recovering,
             hold_ms: 3_000,
             outage_epoch,
+            falls_back: true,
         };
         // (want, the last reply received, fell back)
         let ask = |want, ack, fell_back| Report {
@@ -893,6 +899,49 @@ mod tests {
         // Acknowledged: only reply 3's budget, or the next one's, can be in use.
         store.answer(&mut outage, "a", steady, 3, ask(0, 3));
         assert_eq!(store.sidecars["a"].cap, 125);
+    }
+
+    /// A sidecar that refuses instead of falling back (`quota_fallback = "refuse"`) has no
+    /// budget recorded, so an outage it went through holds nothing of its back from others.
+    #[test]
+    fn a_sidecar_that_never_falls_back_has_nothing_held_back_for_it() {
+        let (mut store, mut outage) = (WindowCounter::default(), Outage::default());
+        let sender = |falls_back, recovering, outage_epoch| Sender {
+            live: 2,
+            recovering,
+            hold_ms: 3_000,
+            outage_epoch,
+            falls_back,
+        };
+        let ask = |want, ack| Report {
+            limit: 1_000,
+            want,
+            ack,
+            fell_back: 0,
+            returned: 0,
+        };
+        // (falls back, the budget recorded for it after 100 of 1,000 granted)
+        for (who, falls_back, cap) in [("a", true, 225), ("b", false, 0)] {
+            store.answer(
+                &mut outage,
+                who,
+                sender(falls_back, false, 0),
+                0,
+                ask(100, 0),
+            );
+            assert_eq!(store.sidecars[who].cap, cap, "{who}");
+        }
+        // An outage: `b` reports first. What `a` may have admitted alone is held back; `b`
+        // itself could have admitted nothing alone.
+        let b = store.answer(&mut outage, "b", sender(false, true, 0), 10, ask(900, 1));
+        assert_eq!((b.granted, b.held), (575, 225));
+        // Refusing sidecars only: nothing is held.
+        let (mut store, mut outage) = (WindowCounter::default(), Outage::default());
+        for who in ["a", "b"] {
+            store.answer(&mut outage, who, sender(false, false, 0), 0, ask(100, 0));
+        }
+        let b = store.answer(&mut outage, "b", sender(false, true, 0), 10, ask(900, 1));
+        assert_eq!((b.granted, b.held), (800, 0));
     }
 
     #[test]

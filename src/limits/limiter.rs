@@ -12,7 +12,7 @@ use super::KeyPlan;
 use super::gcra::{self, Gcra, Rate};
 use super::lease::{Take, fallback_budget, fallback_limit};
 use super::quota::{self, Calendar, Counter};
-use super::shared::{KeyLeases, QuotaStore, Shared, SharedSettings};
+use super::shared::{KeyLeases, QuotaFallback, QuotaStore, Shared, SharedSettings};
 use super::suspend::Suspensions;
 use super::{Limited, Limits, LimitsConfig, Refusal, ResetStyle, WindowState};
 use crate::metrics::Metrics;
@@ -97,6 +97,17 @@ enum Step {
     Admitted(Option<WindowState>, [Option<Taken>; 5]),
     Refused(Refusal),
     NeedGrant,
+    StoreUnreachable,
+}
+
+/// Why one window did not take the request.
+enum NotTaken {
+    /// Over its limit, or held back for a moment: refused, reporting this window.
+    Full(WindowState),
+    /// The lease is empty: ask the store for a grant.
+    NeedGrant,
+    /// The lease is empty, the store does not answer, and `quota_fallback = "refuse"`.
+    StoreUnreachable,
 }
 
 pub struct Limiter {
@@ -242,6 +253,13 @@ impl Limiter {
                     match (&self.shared, mode) {
                         (Some(_), Mode::Leased) => self.refill_if_low(&state, hash, &windows, now),
                         (Some(shared), Mode::Fallback) => {
+                            if taken
+                                .iter()
+                                .flatten()
+                                .any(|t| matches!(t, Taken::Fallback(..)))
+                            {
+                                self.count_alone("admitted");
+                            }
                             shared.report_when_back(state.clone(), hash, long_windows(&windows));
                         }
                         _ => {}
@@ -252,6 +270,13 @@ impl Limiter {
                 Step::Refused(refusal) if !suspend => return Err(Limited::Rate(refusal)),
                 Step::Refused(refusal) => {
                     return Err(self.refused(config, &state, hash, refusal));
+                }
+                Step::StoreUnreachable => {
+                    self.count_alone("refused");
+                    let shared = self.shared.as_ref().expect("only shared quotas fall back");
+                    return Err(Limited::StoreUnreachable {
+                        retry_after: shared.retry_after_secs(),
+                    });
                 }
                 Step::NeedGrant => {
                     let shared = self.shared.as_ref().expect("only leased decisions ask");
@@ -322,7 +347,7 @@ impl Limiter {
                     .gcra(i)
                     .try_acquire(rate, now_ns)
                     .map(|w| (short_state(name, rate, w), Taken::Short(i, rate)))
-                    .map_err(|w| Some(short_state(name, rate, w))),
+                    .map_err(|w| NotTaken::Full(short_state(name, rate, w))),
                 Window::Long(limit, calendar) => {
                     self.take_long(config, state, name, limit, calendar, now_ns, mode)
                 }
@@ -342,11 +367,12 @@ impl Limiter {
                         give_back(state, *took, now_secs);
                     }
                     return match refused {
-                        Some(window) => Step::Refused(Refusal {
+                        NotTaken::Full(window) => Step::Refused(Refusal {
                             window,
                             retry_after: window.reset_secs.max(1),
                         }),
-                        None => Step::NeedGrant,
+                        NotTaken::NeedGrant => Step::NeedGrant,
+                        NotTaken::StoreUnreachable => Step::StoreUnreachable,
                     };
                 }
             }
@@ -354,7 +380,7 @@ impl Limiter {
         Step::Admitted(tightest, taken)
     }
 
-    /// One long window. `Err(None)`: the lease is empty, ask for a grant.
+    /// One long window.
     #[allow(clippy::too_many_arguments)]
     fn take_long(
         &self,
@@ -365,7 +391,7 @@ impl Limiter {
         calendar: Calendar,
         now_ns: u64,
         mode: Mode,
-    ) -> Result<(WindowState, Taken), Option<WindowState>> {
+    ) -> Result<(WindowState, Taken), NotTaken> {
         let now_secs = now_ns / SECOND_NS;
         let counter = state.counter(calendar);
         let as_state = |limit, u| long_state(name, limit, calendar, u);
@@ -373,7 +399,7 @@ impl Limiter {
             return counter
                 .try_acquire(limit, calendar, now_secs)
                 .map(|u| (as_state(limit, u), Taken::Counted(calendar)))
-                .map_err(|u| Some(as_state(limit, u)));
+                .map_err(|u| NotTaken::Full(as_state(limit, u)));
         }
         let (window, end) = calendar.window(now_secs);
         let reset_secs = end - now_secs;
@@ -388,7 +414,7 @@ impl Limiter {
                 };
                 Ok((as_state(limit, usage), Taken::Leased(calendar, window)))
             }
-            Take::Exhausted => Err(Some(as_state(
+            Take::Exhausted => Err(NotTaken::Full(as_state(
                 limit,
                 quota::Usage {
                     remaining: 0,
@@ -398,7 +424,7 @@ impl Limiter {
             Take::Empty if mode == Mode::Leased => match lease.held(window, now_ns / 1_000_000) {
                 // Redis holds the rest back until every sidecar has reported what it admitted
                 // during an outage: refused for that moment, not for the window.
-                Some(ms) => Err(Some(long_state(
+                Some(ms) => Err(NotTaken::Full(long_state(
                     name,
                     limit,
                     calendar,
@@ -407,8 +433,16 @@ impl Limiter {
                         reset_secs: ms.div_ceil(1_000),
                     },
                 ))),
-                None => Err(None),
+                None => Err(NotTaken::NeedGrant),
             },
+            Take::Empty
+                if self
+                    .shared
+                    .as_ref()
+                    .is_some_and(|s| s.fallback() == QuotaFallback::Refuse) =>
+            {
+                Err(NotTaken::StoreUnreachable)
+            }
             Take::Empty => {
                 let live = self.shared.as_ref().map_or(1, |s| s.live());
                 // The key's own limit in the headers, what this sidecar may still admit alone
@@ -422,7 +456,7 @@ impl Limiter {
                             lease.note_fallback(window, 1);
                             Ok((as_state(limit, u), Taken::Fallback(calendar, window)))
                         }
-                        Err(u) => Err(Some(as_state(limit, u))),
+                        Err(u) => Err(NotTaken::Full(as_state(limit, u))),
                     };
                 };
                 let usage = |remaining| quota::Usage {
@@ -438,7 +472,7 @@ impl Limiter {
                             Taken::Fallback(calendar, window),
                         ))
                     }
-                    None => Err(Some(as_state(limit, usage(0)))),
+                    None => Err(NotTaken::Full(as_state(limit, usage(0)))),
                 }
             }
         }
@@ -469,6 +503,18 @@ impl Limiter {
         });
         if low {
             shared.refill_soon(state.clone(), hash, long_windows(windows));
+        }
+    }
+
+    /// A request decided without the quota store: admitted on the fallback budget, or
+    /// refused because of `quota_fallback = "refuse"`.
+    fn count_alone(&self, outcome: &str) {
+        if let Some(metrics) = &self.metrics {
+            metrics
+                .limits
+                .decided_alone
+                .with_label_values(&[outcome])
+                .inc();
         }
     }
 

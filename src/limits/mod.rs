@@ -24,8 +24,8 @@
 //!     `[store] timeout`: exactness over latency, paid once per key and window in the common
 //!     case. If the grant fails, the request is decided by the fallback below.
 //!   - Never over: every admitted request was granted by the script, and grants in a window
-//!     sum to at most the limit, so while Redis answers the total admitted by all sidecars
-//!     never exceeds the limit.
+//!     sum to at most the limit, so while Redis answers every sidecar within `[store]
+//!     timeout` the total admitted by all sidecars never exceeds the limit.
 //!   - Under: what sits unused in leases when a window ends is lost. Each sidecar holds at
 //!     most one chunk, and a chunk is at most `max(8, 10 s of its rate)` and at most a
 //!     `1/(4N)` share of what was left, so the loss is bounded by N chunks, and by about
@@ -60,9 +60,17 @@
 //!   sidecar with no grant yet in the window (a sidecar started during the outage), whose
 //!   budget is `limit × local_share` (or `limit / live sidecars last seen` with
 //!   `local_share = 1`), counting everything it admitted in the window; the total can then
-//!   exceed the limit by up to one share per such sidecar. `keygate_quota_fallback` is 1
-//!   while a sidecar counts alone; `keygate_quota_live_sidecars` is the N its budgets are
-//!   sized by.
+//!   exceed the limit by up to one share per such sidecar. Nor a sidecar cut off while the
+//!   others are not (a partition, or its grants answering later than `[store] timeout`):
+//!   no sidecar can tell that from an outage they all share, the others are granted the rest
+//!   meanwhile, and the window can end over by what it admitted alone, at most its budget.
+//!   Exactness under every such fault would need each sidecar's budget held back from the
+//!   others' grants all the time, which strands it with sidecars that have gone idle on the
+//!   key; instead `[store] quota_fallback = "refuse"` ([`shared::QuotaFallback`]) lets an
+//!   operator choose never to admit alone (503 `quota_store_unavailable` once the lease is
+//!   spent). `keygate_quota_fallback` is 1 while a sidecar counts alone;
+//!   `keygate_quota_decided_alone_total` counts what it admitted alone or refused for want
+//!   of the store; `keygate_quota_live_sidecars` is the N its budgets are sized by.
 //! - A request refused by any window consumes nothing in any window; requests refused before
 //!   the limiter (401, 403) never reach it.
 //! - A key refused again and again is suspended for a while on every sidecar ([`suspend`]).
@@ -78,6 +86,7 @@ pub mod suspend;
 use serde::{Deserialize, Serialize};
 
 pub use limiter::{Limiter, RouteLimit, tighter};
+pub use shared::QuotaFallback;
 
 /// What limiting reads of a key: its plan, its environment (sandbox keys may have a plan of
 /// their own) and its own overrides. The key cache's entries and stored records implement it;
@@ -237,4 +246,7 @@ pub enum Limited {
     Rate(Refusal),
     /// Suspended for repeatedly exceeding its limits: 403 until it lifts.
     Suspended { retry_after: u64 },
+    /// A long window's lease is spent and the quota store did not answer, with
+    /// `[store] quota_fallback = "refuse"`: 503, retry after `retry_after` seconds.
+    StoreUnreachable { retry_after: u64 },
 }

@@ -6,7 +6,8 @@
 //! is store-agnostic. One [`Shared`] per [`super::Limiter`] holds:
 //! - whether we are in fallback (the store did not answer the last grant or sync): then
 //!   requests whose lease is empty are counted locally against a share of the limit
-//!   ([`super::lease::fallback_limit`]) and reported to the store once it answers again;
+//!   ([`super::lease::fallback_limit`]) and reported to the store once it answers again, or
+//!   refused ([`QuotaFallback`]);
 //! - the number of live sidecars (a sorted set of instance ids scored by heartbeat time,
 //!   pruned after three missed ticks), used to size chunks and the fallback share;
 //! - suspensions this sidecar decided, queued for the next sync (which runs at once).
@@ -110,13 +111,36 @@ pub trait QuotaStore: Send + Sync + 'static {
     async fn usage(&self, hash: KeyHash) -> Result<Vec<StoredWindow>, StoreError>;
 }
 
-/// Timing for shared quotas, from `[store]`.
+/// Timing for shared quotas, and what to do without the store, from `[store]`.
 #[derive(Debug, Clone, Copy)]
 pub struct SharedSettings {
     /// The longest a request waits for a grant.
     pub timeout: Duration,
     /// How often the sync runs (heartbeat, suspensions, recovery from fallback).
     pub sync_every: Duration,
+    pub fallback: QuotaFallback,
+}
+
+/// What a sidecar does with a request whose lease is empty when the store does not answer
+/// within `[store] timeout` (`[store] quota_fallback`).
+///
+/// No sidecar can tell an outage every sidecar shares from one only it has (a partition, or
+/// grants that answer later than the timeout for it alone): in the second, the others go on
+/// being granted the rest of the quota while it admits alone. So a sidecar that admits
+/// alone can push a window over its limit by what it admits (its
+/// [`super::lease::fallback_budget`]) unless it reports before the others spend the rest;
+/// only refusing keeps every window within its limit under every fault.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaFallback {
+    /// Admit alone, up to the fallback budget (a share of what the last grant said was
+    /// left): available through an outage, within the limit through one every sidecar
+    /// shares, over it by at most the budget of each sidecar cut off alone.
+    #[default]
+    Budget,
+    /// Refuse (503 `quota_store_unavailable`) once the lease is spent: never over the limit,
+    /// but keys with a long-window quota fail while their sidecar cannot reach the store.
+    Refuse,
 }
 
 pub struct Shared {
@@ -266,6 +290,16 @@ impl Shared {
         self.settings.timeout
     }
 
+    pub fn fallback(&self) -> QuotaFallback {
+        self.settings.fallback
+    }
+
+    /// Seconds a request refused because the store did not answer should wait: by the next
+    /// sync, the sidecar knows whether it answers again.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.settings.sync_every.as_secs_f64().ceil().max(1.0) as u64
+    }
+
     /// How this sidecar describes itself to the store; `recovering` is set per key.
     fn sender(&self) -> Sender {
         Sender {
@@ -276,6 +310,7 @@ impl Shared {
             // nearly used up.
             hold_ms: (self.settings.sync_every * 5).as_millis() as u64,
             outage_epoch: self.outage_epoch.load(Ordering::Acquire),
+            falls_back: self.settings.fallback == QuotaFallback::Budget,
         }
     }
 

@@ -31,7 +31,8 @@
 --       c:<id> and e:<id> (see above).
 -- ARGV: the sidecar's instance id, the live sidecars it counts, 1 if it was cut off from Redis
 --       since its last reply for this key (else 0), the hold (ms), the outage epoch it has
---       heard of; then per window: kind (h, d or m), limit (0: leave the stored one), want,
+--       heard of, 1 if it admits on its own while Redis does not answer (else 0: it refuses
+--       instead, and has no budget to record); then per window: kind (h, d or m), limit (0: leave the stored one), want,
 --       the window number and number of the last reply the sidecar received, the window
 --       number and running total of requests the sidecar admitted on its own,
 --       the window number and running total of requests it handed back (totals of another
@@ -84,6 +85,7 @@ end
 
 local me, live = ARGV[1], math.max(tonumber(ARGV[2]), 1)
 local recovering, hold, heard_of = ARGV[3] == '1', tonumber(ARGV[4]), tonumber(ARGV[5])
+local falls_back = ARGV[6] == '1'
 local outage = redis.call('HMGET', KEYS[1], 'n', 'at')
 local epoch, began = tonumber(outage[1]) or 0, tonumber(outage[2])
 if recovering and (began == nil or now_ms - began >= hold) then
@@ -94,7 +96,7 @@ local holding = began ~= nil and now_ms - began < hold
 local hold_left = holding and (began + hold - now_ms) or 0
 local out = {}
 for i = 2, #KEYS do
-  local a = 5 + (i - 2) * 9
+  local a = 6 + (i - 2) * 9
   local kind, limit, want = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local ack_window, ack = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   local fell_window, fell = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
@@ -146,7 +148,7 @@ for i = 2, #KEYS do
   mine = mine + granted
   replies = replies + 1
   latest = fell_seen
-  if limit > 0 then latest = fell_seen + floor(math.max(limit - used - held, 0) / (2 * live)) end
+  if limit > 0 and falls_back then latest = fell_seen + floor(math.max(limit - used - held, 0) / (2 * live)) end
   cap = math.max(cap, latest)
   redis.call('HSET', KEYS[i], 'w', id, 'used', used,
     'g:' .. me, mine, 'f:' .. me, fell_seen, 'b:' .. me, back_seen,

@@ -87,6 +87,8 @@ pub struct RedisConfig {
     pub confirm_within: Duration,
     /// `/readyz` fails while the cache cannot be confirmed current.
     pub ready_requires_current: bool,
+    /// What a request whose quota lease is spent gets while Redis does not answer.
+    pub quota_fallback: crate::limits::QuotaFallback,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -59,7 +59,8 @@ impl QuotaStore for RedisStore {
             .arg(sender.live)
             .arg(u8::from(sender.recovering))
             .arg(sender.hold_ms)
-            .arg(sender.outage_epoch);
+            .arg(sender.outage_epoch)
+            .arg(u8::from(sender.falls_back));
         for ask in &asks {
             invocation.key(self.quota_key(&hash, ask.calendar));
             invocation
