@@ -656,7 +656,12 @@ impl Api {
             .await;
         match decided {
             Ok(()) => verdict.valid = true,
-            Err(Reject::KeyStoreUnavailable) => return Err(Reject::KeyStoreUnavailable),
+            // No decision could be made: the caller's request fails as the proxy's would.
+            Err(
+                unavailable @ (Reject::KeyStoreUnavailable | Reject::QuotaStoreUnavailable { .. }),
+            ) => {
+                return Err(unavailable);
+            }
             Err(reject) => verdict.code = Some(reject.code()),
         }
         ok(&verdict)
