@@ -26,8 +26,12 @@ TICK=$(getconf CLK_TCK)
 
 pids=()
 cleanup() {
-    local p
+    local p i
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Gone before we return, so a run right after this one finds its ports free.
+    for p in "${pids[@]}"; do
+        for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    done
 }
 trap cleanup EXIT
 
@@ -38,13 +42,15 @@ pidfile_pid() { # file
     exit 1
 }
 
-# CPU ticks of a process and its children (nginx's workers).
+# CPU ticks of a process and its children (nginx's workers), as "user system".
 ticks() {
-    local total=0 p
+    local user=0 system=0 p u s
     for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
-        total=$((total + $(awk '{print $14 + $15}' /proc/"$p"/stat)))
+        read -r u s < <(awk '{print $14, $15}' /proc/"$p"/stat)
+        user=$((user + u))
+        system=$((system + s))
     done
-    echo "$total"
+    echo "$user $system"
 }
 
 rm -f "$WORK"/run/{upstream,proxy-nginx,haproxy}.pid
@@ -75,7 +81,8 @@ for bin in "$@"; do
     i=$((i + 1))
 done
 
-# one name pid port: µs of CPU per request, and req/s, for one h2load run.
+# one name pid port: µs of CPU per request (and of it, in the kernel), and req/s, for one
+# h2load run.
 one() {
     local before after out rps
     before=$(ticks "$2")
@@ -85,8 +92,10 @@ one() {
     grep -q "succeeded, 0 failed" <<<"$(grep '^requests:' <<<"$out" | sed 's/[0-9]* errored, //')" ||
         { echo "$1: not every request succeeded:" >&2; grep -E '^(requests|status codes):' <<<"$out" >&2; }
     rps=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' <<<"$out")
-    awk -v n="$N" -v d=$((after - before)) -v tick="$TICK" -v name="$1" -v rps="$rps" \
-        'BEGIN { printf "%-40s %7.2f us CPU/request  %9s req/s\n", name, d * 1e6 / tick / n, rps }'
+    awk -v n="$N" -v before="$before" -v after="$after" -v tick="$TICK" -v name="$1" -v rps="$rps" \
+        'BEGIN { split(before, b, " "); split(after, a, " ");
+                 u = (a[1] - b[1]) * 1e6 / tick / n; s = (a[2] - b[2]) * 1e6 / tick / n;
+                 printf "%-40s %7.2f us CPU/request (%5.2f in the kernel)  %9s req/s\n", name, u + s, s, rps }'
 }
 
 echo "h2c, $C connections x $M streams, $N requests per run, $ROUNDS rounds"
