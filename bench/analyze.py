@@ -338,7 +338,7 @@ def scaling(path):
     med = {}
     print("| layout | runs | " + " | ".join(fields) + " | non-2xx/3xx |")
     print("|---|---:|" + "---:|" * len(fields) + "---:|")
-    for layout in ("one_core", "two_cores", "two_procs"):
+    for layout in ("one_core", "two_cores", "two_procs", "two_pinned"):
         runs = rows.get(layout, [])
         if not runs:
             continue
@@ -377,6 +377,12 @@ def scaling(path):
             print("- of the two-worker runtime's loss (1 - %.2f), the machine's share (what two "
                   "separate processes lose too) is %.2f and the shared runtime's %.2f" % (
                       eff_two, 1 - eff_procs, eff_procs - eff_two))
+    if "one_core" in med and "two_pinned" in med:
+        one, pinned = med["one_core"], med["two_pinned"]
+        eff_pinned = one["keygate_us"] / pinned["keygate_us"]
+        print("- one process, its two workers pinned one per core: %.2f µs per request, per-core "
+              "efficiency %.2f; req/s %.2f× one core" % (
+                  pinned["keygate_us"], eff_pinned, pinned["rps"] / one["rps"]))
 
 
 def main(argv):

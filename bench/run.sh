@@ -1366,7 +1366,11 @@ LUA
 # one pinned to each CPU, the two-worker upstream, and two wrk (one thread, 25 connections
 # each) side by side on CPUs 0-1, one per keygate. Its keygate µs per request against layout
 # 1's says how much of layout 2's loss is the shared runtime and how much the machine (two
-# cores that share caches and memory bandwidth, under a hypervisor).
+# cores that share caches and memory bandwidth, under a hypervisor). Layout 4 (`two_pinned`):
+# layout 2 with each of the two workers' threads pinned to its own CPU (the two busiest
+# threads after the warm-up, by `taskset -p`), since layout 3 pins its processes and layout 2
+# lets its threads float: the difference between 2 and 4 is the OS moving threads, between 4
+# and 3 what sharing one process costs.
 # --------------------------------------------------------------------------------------------
 KG_TWO_PUBLIC=127.0.0.1:8096
 KG_TWO_ADMIN=127.0.0.1:9196
@@ -1375,6 +1379,20 @@ KG_PROC_A_PUBLIC=127.0.0.1:8097
 KG_PROC_A_ADMIN=127.0.0.1:9197
 KG_PROC_B_PUBLIC=127.0.0.1:8098
 KG_PROC_B_ADMIN=127.0.0.1:9198
+KG_PINNED_PUBLIC=127.0.0.1:8099
+KG_PINNED_ADMIN=127.0.0.1:9199
+
+# Pins the two busiest threads of a process (a two-worker keygate's workers, after some load)
+# to CPU 0 and CPU 1, one each.
+pin_busiest_two() { # pid
+    local tid cpu=0
+    for tid in $(for t in /proc/"$1"/task/*; do
+        awk '{ print $14 + $15, $1 }' "$t/stat"
+    done | sort -rn | head -2 | awk '{ print $2 }'); do
+        taskset -p -c "$cpu" "$tid" >/dev/null
+        cpu=$((cpu + 1))
+    done
+}
 
 # CPU jiffies (user+system) of the given PIDs and of their child processes (nginx workers).
 pids_jiffies() {
@@ -1457,17 +1475,26 @@ mode_scaling() {
         KEYGATE_UPSTREAM__URL="http://127.0.0.1:$UPSTREAM_TWO_PORT"
     kgb=$KG_PID
     procs="${KG_PROC_A_PUBLIC##*:} ${KG_PROC_B_PUBLIC##*:}"
+    local kgp
+    KG_CPUS=0,1 start_keygate keygate-two-pinned "$KG_PINNED_PUBLIC" "$KG_PINNED_ADMIN" \
+        KEYGATE_SERVER__WORKERS=2 KEYGATE_UPSTREAM__URL="http://127.0.0.1:$UPSTREAM_TWO_PORT"
+    kgp=$KG_PID
     : >"$WORK/scaling.tsv"
     log "warm-up: $WARMUP per layout (not recorded)"
     DURATION=$WARMUP scale_run one_core 0 "${KG_PUBLIC##*:}" "$LOAD_CPU" "$kg1" "$up1" 2>/dev/null
     DURATION=$WARMUP scale_run two_cores 0 "${KG_TWO_PUBLIC##*:}" 0,1 "$kg2" "$up2" 2>/dev/null
     DURATION=$WARMUP scale_run two_procs 0 "$procs" 0,1 "$kga $kgb" "$up2" 2>/dev/null
+    DURATION=$WARMUP scale_run two_pinned 0 "${KG_PINNED_PUBLIC##*:}" 0,1 "$kgp" "$up2" 2>/dev/null
+    pin_busiest_two "$kgp"
+    log "keygate-two-pinned threads, CPU list: $(for t in /proc/"$kgp"/task/*; do
+        printf '%s:%s ' "$(cat "$t/comm")" "$(taskset -p -c "${t##*/}" | awk '{ print $NF }')"; done)"
     : >"$WORK/scaling.tsv"
     for ((r = 1; r <= ROUNDS; r++)); do
         log "round $r/$ROUNDS"
         scale_run one_core "$r" "${KG_PUBLIC##*:}" "$LOAD_CPU" "$kg1" "$up1"
         scale_run two_cores "$r" "${KG_TWO_PUBLIC##*:}" 0,1 "$kg2" "$up2"
         scale_run two_procs "$r" "$procs" 0,1 "$kga $kgb" "$up2"
+        scale_run two_pinned "$r" "${KG_PINNED_PUBLIC##*:}" 0,1 "$kgp" "$up2"
     done
     log "keygate-two CPU per thread: $(thread_cpu "$kg2")"
     python3 "$BENCH/analyze.py" scaling "$WORK/scaling.tsv" | tee "$WORK/summary-scaling.txt"

@@ -495,7 +495,8 @@ impl LimitMetrics {
     fn register(registry: &Registry) -> Self {
         let fallback = IntGauge::new(
             "keygate_quota_fallback",
-            "1 while shared quotas are counted locally because the quota store does not answer",
+            "1 while the quota store does not answer: shared quotas are counted locally \
+             (or refused, with quota_fallback = refuse)",
         )
         .expect("valid metric");
         let live_sidecars = IntGauge::new(

@@ -681,6 +681,23 @@ mod shared {
         last_refusal: Reply,
         /// Redis's count once the cut-off sidecar is back and has reported.
         used: u64,
+        /// The most the cut-off sidecar could admit alone by the reply it went by, as Redis
+        /// recorded it when the link went silent (`c:<id>` of the quota's hash).
+        budget_recorded: u64,
+    }
+
+    /// The key's hourly quota hash in Redis, field by field.
+    fn hourly_fields(redis: &RedisServer, id: &str) -> std::collections::HashMap<String, u64> {
+        let hash = redis
+            .cli(&["GET", &format!("{{keygate}}:id:{id}")])
+            .trim()
+            .to_owned();
+        let all = redis.cli(&["HGETALL", &format!("{{keygate}}:quota:{hash}:hour")]);
+        let lines: Vec<&str> = all.lines().map(str::trim).collect();
+        lines
+            .chunks(2)
+            .filter_map(|kv| Some((kv[0].to_owned(), kv.get(1)?.parse().ok()?)))
+            .collect()
     }
 
     /// A sidecar cut off from Redis while the others are not: a partition, or, to the
@@ -708,6 +725,7 @@ mod shared {
         let headers = [("x-api-key", key.as_str())];
         let before = admit_each(&[&a, &b, &c], &key, 30).await;
         proxy.set_all(Fault::Stall);
+        let at_cut_off = hourly_fields(&redis, &id);
         let mut by_c_cut_off = 0;
         let last_refusal = loop {
             let reply = get(&c.url("/"), &headers).await;
@@ -746,6 +764,16 @@ mod shared {
         let total = before + by_c_cut_off + by_a + by_b + by_c;
         let used = hourly_used(&redis, &id);
         eventually(Duration::from_secs(15), || async { used() == total }).await;
+        // `c` is the sidecar whose fell-back total is what it admitted alone (in refuse mode,
+        // every sidecar's is 0: then any recorded budget will do, and all are 0).
+        let fields = hourly_fields(&redis, &id);
+        let budget_recorded = fields
+            .iter()
+            .filter(|(field, _)| field.starts_with("f:"))
+            .find(|&(_, &fell_back)| fell_back == alone as u64)
+            .and_then(|(field, _)| at_cut_off.get(&format!("c:{}", &field[2..])))
+            .copied()
+            .unwrap_or(0);
         for kg in [&a, &b, &c] {
             kg.signal("TERM");
         }
@@ -755,8 +783,8 @@ mod shared {
         eprintln!(
             "per_hour = {LIMIT}, quota_fallback = {quota_fallback}: {before} before, \
              {by_c_cut_off} by the cut-off sidecar ({alone} alone, {refused_alone} refused for \
-             want of Redis), {} by the other two, {by_c} by it once back; {total} in all; \
-             Redis counts {}",
+             want of Redis; its budget as Redis recorded it: {budget_recorded}), {} by the \
+             other two, {by_c} by it once back; {total} in all; Redis counts {}",
             by_a + by_b,
             used()
         );
@@ -767,20 +795,28 @@ mod shared {
             refused_alone: refused_alone as u64,
             last_refusal,
             used: used(),
+            budget_recorded,
         }
     }
 
     /// README's bound for `quota_fallback = "budget"`: the window ends over its limit by at
     /// most what the cut-off sidecar admitted alone, and that is at most its budget, half
-    /// its share of what its last grant said was left (at most `limit / 6` with three
-    /// sidecars). Redis hears of every one once the sidecar is back.
+    /// its share of what its last grant said was left, as Redis recorded it with that grant
+    /// (at most `limit / 6` with three sidecars). Redis hears of every one once the sidecar
+    /// is back.
     #[tokio::test]
     async fn a_sidecar_cut_off_alone_overshoots_by_at_most_its_budget() {
         let run = one_sidecar_cut_off_alone("budget").await;
         assert_eq!(run.last_refusal.status, StatusCode::TOO_MANY_REQUESTS);
         assert!(run.alone > 0, "the cut-off sidecar never admitted alone");
         assert_eq!(run.refused_alone, 0);
-        assert!(run.alone <= run.limit / 6, "{} alone", run.alone);
+        assert!(
+            run.alone <= run.budget_recorded && run.budget_recorded <= run.limit / 6,
+            "{} alone, against a budget of {} recorded by Redis",
+            run.alone,
+            run.budget_recorded
+        );
+        // Everything else was granted: the excess is what was admitted alone, no more.
         assert!(
             run.total <= run.limit + run.alone,
             "{} admitted against {}, {} of them alone",

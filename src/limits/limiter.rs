@@ -12,13 +12,16 @@ use super::KeyPlan;
 use super::gcra::{self, Gcra, Rate};
 use super::lease::{Take, fallback_budget, fallback_limit};
 use super::quota::{self, Calendar, Counter};
-use super::shared::{KeyLeases, QuotaFallback, QuotaStore, Shared, SharedSettings};
+use super::shared::{KeyLeases, QuotaFallback, QuotaStore, Refill, Shared, SharedSettings};
 use super::suspend::Suspensions;
 use super::{Limited, Limits, LimitsConfig, Refusal, ResetStyle, WindowState};
 use crate::metrics::Metrics;
 use crate::vocab::{Environment, KeyHash, KeyHashState};
 
 const SECOND_NS: u64 = 1_000_000_000;
+/// With `quota_fallback = "refuse"`, how long to wait before asking again when the store
+/// granted for the window its clock is in and ours is not yet (or no longer) in.
+const WINDOW_EDGE_RETRY: Duration = Duration::from_millis(10);
 /// A count without a limit: what this process admitted in a window, for the fallback.
 const UNLIMITED: u64 = (1 << 39) + 1;
 
@@ -204,13 +207,20 @@ impl Limiter {
         }
         let config = self.config.load();
         let limits = limits_for(&config, key);
-        let (key_window, ticket) = self.count(&config, hash, &limits, true, now).await?;
+        let (key_window, ticket) = match self.count(&config, hash, &limits, true, now).await {
+            Ok(counted) => counted,
+            Err(refused) => return Err(self.note_refusal(refused)),
+        };
         let Some(route) = route else {
+            self.note_admission([&ticket]);
             return Ok(key_window);
         };
         let subject = route.subject(hash);
         match self.count(&config, subject, route.limits, false, now).await {
-            Ok((route_window, _)) => Ok(tighter(key_window, route_window)),
+            Ok((route_window, route_ticket)) => {
+                self.note_admission([&ticket, &route_ticket]);
+                Ok(tighter(key_window, route_window))
+            }
             Err(refused) => {
                 if let Some(ticket) = ticket {
                     let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -218,9 +228,33 @@ impl Limiter {
                         give_back(&ticket.state, *took, now_secs);
                     }
                 }
-                Err(refused)
+                Err(self.note_refusal(refused))
             }
         }
+    }
+
+    /// Counts an admitted request decided without the store, once however many subjects
+    /// (the key, its route) it took a fallback budget from.
+    fn note_admission<const N: usize>(&self, tickets: [&Option<Ticket>; N]) {
+        let alone = tickets.iter().any(|ticket| {
+            ticket.as_ref().is_some_and(|t| {
+                t.taken
+                    .iter()
+                    .flatten()
+                    .any(|took| matches!(took, Taken::Fallback(..)))
+            })
+        });
+        if alone {
+            self.count_alone("admitted");
+        }
+    }
+
+    /// Counts a request refused for want of the store, and hands the refusal on.
+    fn note_refusal(&self, refused: Limited) -> Limited {
+        if let Limited::StoreUnreachable { .. } = refused {
+            self.count_alone("refused");
+        }
+        refused
     }
 
     /// One subject's (a key's, or a key's on one route) windows for one request.
@@ -242,10 +276,19 @@ impl Limiter {
             .get_or_insert_with(&hash, || Ok::<_, Infallible>(Arc::default()));
         let mut started = None;
         let mut local_only = false;
+        let mut now = now;
         loop {
             let mode = match &self.shared {
                 None => Mode::Local,
-                Some(shared) if local_only || shared.in_fallback() => Mode::Fallback,
+                Some(_) if local_only => Mode::Fallback,
+                // While the store is known to be down, the budget is spent without asking it
+                // again; a sidecar that refuses asks first (its refusal must mean that this
+                // request's grant went unanswered).
+                Some(shared)
+                    if shared.in_fallback() && shared.fallback() == QuotaFallback::Budget =>
+                {
+                    Mode::Fallback
+                }
                 Some(_) => Mode::Leased,
             };
             match self.decide(config, &state, &windows, now, mode) {
@@ -253,13 +296,6 @@ impl Limiter {
                     match (&self.shared, mode) {
                         (Some(_), Mode::Leased) => self.refill_if_low(&state, hash, &windows, now),
                         (Some(shared), Mode::Fallback) => {
-                            if taken
-                                .iter()
-                                .flatten()
-                                .any(|t| matches!(t, Taken::Fallback(..)))
-                            {
-                                self.count_alone("admitted");
-                            }
                             shared.report_when_back(state.clone(), hash, long_windows(&windows));
                         }
                         _ => {}
@@ -272,7 +308,6 @@ impl Limiter {
                     return Err(self.refused(config, &state, hash, refusal));
                 }
                 Step::StoreUnreachable => {
-                    self.count_alone("refused");
                     let shared = self.shared.as_ref().expect("only shared quotas fall back");
                     return Err(Limited::StoreUnreachable {
                         retry_after: shared.retry_after_secs(),
@@ -283,11 +318,22 @@ impl Limiter {
                     let started = *started.get_or_insert_with(Instant::now);
                     let budget = shared.timeout().saturating_sub(started.elapsed());
                     let longs = long_windows(&windows);
-                    if budget.is_zero()
-                        || !shared.refill(state.leases(), hash, &longs, budget).await
-                    {
+                    let refill = if budget.is_zero() {
+                        Refill::NoAnswer
+                    } else {
+                        shared.refill(state.leases(), hash, &longs, budget).await
+                    };
+                    match refill {
+                        Refill::Granted => {}
+                        // The store answered, for the window its clock is in: a refusal now
+                        // would say it did not. Wait for ours to follow (clocks a moment
+                        // apart at a window's edge), within the budget.
+                        Refill::OtherWindow if shared.fallback() == QuotaFallback::Refuse => {
+                            tokio::time::sleep(WINDOW_EDGE_RETRY.min(budget)).await;
+                            now = now.max(SystemTime::now());
+                        }
                         // No grant in time: decide this request as the fallback would.
-                        local_only = true;
+                        Refill::OtherWindow | Refill::NoAnswer => local_only = true,
                     }
                 }
             }
@@ -340,6 +386,9 @@ impl Limiter {
         let now_secs = now_ns / SECOND_NS;
         let mut taken: [Option<Taken>; 5] = [None; 5];
         let mut tightest: Option<WindowState> = None;
+        // A window the store could not be asked about is refused only if no other window
+        // refuses for good: a client over its daily quota is told so, not to retry in 1 s.
+        let mut store_unreachable = false;
         for (i, (name, window)) in windows.iter().enumerate() {
             let Some(window) = window else { continue };
             let outcome = match *window {
@@ -361,6 +410,7 @@ impl Limiter {
                         tightest = Some(w);
                     }
                 }
+                Err(NotTaken::StoreUnreachable) => store_unreachable = true,
                 Err(refused) => {
                     // Nothing counts when anything refuses: give back what we took.
                     for took in taken.iter().flatten() {
@@ -372,10 +422,16 @@ impl Limiter {
                             retry_after: window.reset_secs.max(1),
                         }),
                         NotTaken::NeedGrant => Step::NeedGrant,
-                        NotTaken::StoreUnreachable => Step::StoreUnreachable,
+                        NotTaken::StoreUnreachable => unreachable!("handled above"),
                     };
                 }
             }
+        }
+        if store_unreachable {
+            for took in taken.iter().flatten() {
+                give_back(state, *took, now_secs);
+            }
+            return Step::StoreUnreachable;
         }
         Step::Admitted(tightest, taken)
     }

@@ -68,7 +68,7 @@
 //!   others' grants all the time, which strands it with sidecars that have gone idle on the
 //!   key; instead `[store] quota_fallback = "refuse"` ([`shared::QuotaFallback`]) lets an
 //!   operator choose never to admit alone (503 `quota_store_unavailable` once the lease is
-//!   spent). `keygate_quota_fallback` is 1 while a sidecar counts alone;
+//!   spent). `keygate_quota_fallback` is 1 while a sidecar cannot reach the store;
 //!   `keygate_quota_decided_alone_total` counts what it admitted alone or refused for want
 //!   of the store; `keygate_quota_live_sidecars` is the N its budgets are sized by.
 //! - A request refused by any window consumes nothing in any window; requests refused before

@@ -64,6 +64,19 @@ pub struct Grant {
     pub reply: u64,
 }
 
+/// How a [`Shared::refill`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refill {
+    /// The store answered for our windows (or another request's grant already had).
+    Granted,
+    /// The store answered, but for another window than this sidecar's clock is in: around a
+    /// window's edge, for as long as the two clocks disagree. Asking again at once would get
+    /// the same answer.
+    OtherWindow,
+    /// No answer within the budget (or a malformed one): the store counts as unreachable.
+    NoAnswer,
+}
+
 /// What a sync learned.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncState {
@@ -129,7 +142,9 @@ pub struct SharedSettings {
 /// being granted the rest of the quota while it admits alone. So a sidecar that admits
 /// alone can push a window over its limit by what it admits (its
 /// [`super::lease::fallback_budget`]) unless it reports before the others spend the rest;
-/// only refusing keeps every window within its limit under every fault.
+/// only refusing keeps every window within its limit whatever happens to the link or to
+/// Redis's availability (not if Redis loses its counters: a restart without persistence,
+/// a failover to a lagging replica).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum QuotaFallback {
@@ -328,7 +343,16 @@ impl Shared {
             self.metrics.limits.fallback.set(i64::from(on));
             if on {
                 self.outages.fetch_add(1, Ordering::AcqRel);
-                tracing::warn!(error = %why, "quota store unreachable: counting quotas locally");
+                match self.settings.fallback {
+                    QuotaFallback::Budget => tracing::warn!(
+                        error = %why,
+                        "quota store unreachable: counting quotas locally"
+                    ),
+                    QuotaFallback::Refuse => tracing::warn!(
+                        error = %why,
+                        "quota store unreachable: requests whose lease is spent are refused"
+                    ),
+                }
             } else {
                 tracing::info!("quota store reachable again: quotas shared");
             }
@@ -372,20 +396,17 @@ impl Shared {
 
     /// Tops up the key's leases for `windows` (calendar, limit): those that are empty or low
     /// get a chunk, all report what they admitted in fallback. One round trip, at most one
-    /// per key at a time. False if the store did not answer within `budget`, or if it granted
-    /// for another window than ours: around a window boundary, for as long as this sidecar's
-    /// clock and Redis's disagree, requests are decided by the fallback share instead of
-    /// asking again and again for a window the sidecar cannot spend.
+    /// per key at a time, bounded by `budget`.
     pub async fn refill(
         &self,
         leases: &KeyLeases,
         hash: KeyHash,
         windows: &[(Calendar, u64)],
         budget: Duration,
-    ) -> bool {
+    ) -> Refill {
         let started = Instant::now();
         let Ok(_one_at_a_time) = tokio::time::timeout(budget, leases.grant.lock()).await else {
-            return false;
+            return Refill::NoAnswer;
         };
         let now_secs = now_ms() / 1_000;
         let mut asks = Vec::with_capacity(windows.len());
@@ -415,7 +436,7 @@ impl Shared {
         });
         if asks.iter().all(|a| a.want == 0) && !unsettled {
             // Someone else refilled while we queued.
-            return true;
+            return Refill::Granted;
         }
         let outages = self.outages.load(Ordering::Acquire);
         let seen = leases.outages_seen.load(Ordering::Acquire);
@@ -459,10 +480,15 @@ impl Shared {
                 }
                 self.metrics.limits.refills.with_label_values(&["ok"]).inc();
                 self.set_fallback(false, &"");
-                return asks
+                let ours = asks
                     .iter()
                     .zip(&grants)
                     .all(|(ask, grant)| grant.window == ask.calendar.window(now_secs).0);
+                return if ours {
+                    Refill::Granted
+                } else {
+                    Refill::OtherWindow
+                };
             }
             Ok(Ok(grants)) => format!("{} grants for {} windows", grants.len(), asks.len()),
             Ok(Err(e)) => e.to_string(),
@@ -481,7 +507,7 @@ impl Shared {
             .with_label_values(&["error"])
             .inc();
         self.set_fallback(true, &failed);
-        false
+        Refill::NoAnswer
     }
 
     /// Remembers a key that admitted requests on its own while the store did not answer, to

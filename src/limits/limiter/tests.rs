@@ -277,6 +277,8 @@ mod shared {
         live: AtomicU64,
         /// How long each grant takes (ms): a store that answers, but late.
         slow_ms: AtomicU64,
+        /// Seconds the store's clock is ahead of the sidecars'.
+        ahead_secs: AtomicU64,
     }
 
     impl Memory {
@@ -306,7 +308,8 @@ mod shared {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
-                .as_millis() as u64;
+                .as_millis() as u64
+                + self.ahead_secs.load(Ordering::SeqCst) * 1_000;
             let now = now_ms / 1_000;
             let mut counters = self.counters.lock().unwrap();
             let mut outage = self.outage.lock().unwrap();
@@ -386,6 +389,22 @@ mod shared {
         timeout: Duration,
         fallback: QuotaFallback,
     ) -> Limiter {
+        sidecar_syncing(
+            store,
+            per_hour,
+            timeout,
+            fallback,
+            Duration::from_millis(20),
+        )
+    }
+
+    fn sidecar_syncing(
+        store: &Arc<Memory>,
+        per_hour: u64,
+        timeout: Duration,
+        fallback: QuotaFallback,
+        sync_every: Duration,
+    ) -> Limiter {
         let mut config = LimitsConfig::default();
         config.plans.insert(
             "p".into(),
@@ -397,7 +416,7 @@ mod shared {
         config.default_plan = Some("p".into());
         let settings = SharedSettings {
             timeout,
-            sync_every: Duration::from_millis(20),
+            sync_every,
             fallback,
         };
         Limiter::new(config, 10).with_shared_quotas(
@@ -457,12 +476,13 @@ mod shared {
         );
     }
 
-    /// Redis answers every grant, but one sidecar's answer comes later than `[store]
-    /// timeout` (a busy machine, or a partition between it and Redis): that sidecar cannot
-    /// tell this from an outage, while the other goes on being granted the rest of the
-    /// quota. `a` admits on its own, `b` spends the rest, then both spend until refused.
-    /// Returns what was admitted, what `a` admitted alone, and the refusals while `a`'s
-    /// grants were late.
+    /// One sidecar's grants answer later than `[store] timeout` (a busy machine, or a
+    /// partition between it and Redis) while the other's answer in time: that sidecar cannot
+    /// tell this from an outage, and the other goes on being granted the rest of the quota.
+    /// `a` admits on its own, `b` spends the rest, then both spend until refused. (The
+    /// in-memory store drops a grant its caller gave up on; Redis runs it late, which the
+    /// black-box tests in `tests/limits.rs` cover.) Returns what was admitted, what `a`
+    /// admitted alone, and the refusals while `a`'s grants were late.
     async fn one_sidecar_answered_late(
         limit: u64,
         fallback: QuotaFallback,
@@ -522,6 +542,10 @@ mod shared {
             one_sidecar_answered_late(LIMIT, QuotaFallback::Budget).await;
         assert!(alone > 0, "the late sidecar never admitted alone");
         assert!(
+            !refused.is_empty(),
+            "the late sidecar's budget never ran out"
+        );
+        assert!(
             refused
                 .iter()
                 .all(|r| matches!(r, Limited::Rate(r) if r.window.name == "per_hour")),
@@ -555,6 +579,108 @@ mod shared {
         );
         assert_eq!(admitted, LIMIT);
         assert_eq!(store.used(), LIMIT);
+    }
+
+    /// With `quota_fallback = "refuse"`, a refusal means this request's grant went
+    /// unanswered: after one failed grant the sidecar still asks (no sidecar-wide refusals
+    /// until the next sync), and at a window's edge, where the store answers for the window
+    /// its clock is already in, it waits for its own clock instead of refusing.
+    #[tokio::test]
+    async fn a_sidecar_that_refuses_does_so_only_for_an_unanswered_grant() {
+        let store = Arc::new(Memory::default());
+        store.live.store(1, Ordering::SeqCst);
+        let l = sidecar_syncing(
+            &store,
+            1_000,
+            Duration::from_millis(200),
+            QuotaFallback::Refuse,
+            Duration::from_secs(3_600),
+        );
+        let shared = l.shared.clone().unwrap();
+        let r = record(None, Environment::LIVE);
+        // The store is down: the first request for a key is refused, and the sidecar knows
+        // the store is down (the next sync is an hour away).
+        store.down.store(true, Ordering::SeqCst);
+        let first = l.admit(KeyHash::of("a"), &r, SystemTime::now()).await;
+        assert_eq!(first, Err(Limited::StoreUnreachable { retry_after: 3_600 }));
+        assert!(shared.in_fallback());
+        // Back: the next key's request asks, and is granted, before any sync.
+        store.down.store(false, Ordering::SeqCst);
+        let next = l.admit(KeyHash::of("b"), &r, SystemTime::now()).await;
+        assert!(next.is_ok(), "{next:?}");
+
+        // The store's clock is in the next hour, for a moment.
+        store.ahead_secs.store(3_600, Ordering::SeqCst);
+        let catch_up = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                store.ahead_secs.store(0, Ordering::SeqCst);
+            })
+        };
+        let at_the_edge = l.admit(KeyHash::of("c"), &r, SystemTime::now()).await;
+        catch_up.await.unwrap();
+        assert!(at_the_edge.is_ok(), "{at_the_edge:?}");
+        let alone = l
+            .metrics
+            .as_ref()
+            .unwrap()
+            .limits
+            .decided_alone
+            .with_label_values(&["refused"])
+            .get();
+        assert_eq!(
+            alone, 1,
+            "only the first request was refused for want of the store"
+        );
+    }
+
+    /// A request that two subjects (the key, and the key on its route) both admitted on
+    /// their own counts once as admitted alone, and one whose route then refuses counts not
+    /// at all.
+    #[tokio::test]
+    async fn what_is_decided_alone_is_counted_once_per_request() {
+        let store = Arc::new(Memory::default());
+        store.live.store(1, Ordering::SeqCst);
+        let l = sidecar_syncing(
+            &store,
+            1_000,
+            Duration::from_millis(50),
+            QuotaFallback::Budget,
+            Duration::from_secs(3_600),
+        );
+        let r = record(None, Environment::LIVE);
+        let h = KeyHash::of("routed");
+        let route_limits = Limits {
+            per_hour: Some(2),
+            ..Limits::default()
+        };
+        let route = || {
+            Some(RouteLimit {
+                limits: &route_limits,
+                id: "GET /report",
+            })
+        };
+        let alone = |outcome| {
+            l.metrics
+                .as_ref()
+                .unwrap()
+                .limits
+                .decided_alone
+                .with_label_values(&[outcome])
+                .get()
+        };
+        store.down.store(true, Ordering::SeqCst);
+        for _ in 0..2 {
+            let admitted = l.admit_with_route(h, &r, route(), SystemTime::now()).await;
+            assert!(admitted.is_ok(), "{admitted:?}");
+        }
+        assert_eq!(alone("admitted"), 2, "one per request, not one per subject");
+        // The route's share (2 of 2) is spent: refused, and not counted as admitted.
+        let third = l.admit_with_route(h, &r, route(), SystemTime::now()).await;
+        assert!(matches!(third, Err(Limited::Rate(_))), "{third:?}");
+        assert_eq!(alone("admitted"), 2);
+        assert_eq!(alone("refused"), 0);
     }
 
     /// What a sidecar admitted on its own while its grants answered late reaches the store
