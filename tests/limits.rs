@@ -684,6 +684,9 @@ mod shared {
         /// The most the cut-off sidecar could admit alone by the reply it went by, as Redis
         /// recorded it when the link went silent (`c:<id>` of the quota's hash).
         budget_recorded: u64,
+        /// `POST /v1/keys/verify` with `count` on the cut-off sidecar, once it admitted no
+        /// more.
+        verify_counted: Reply,
     }
 
     /// The key's hourly quota hash in Redis, field by field.
@@ -718,12 +721,35 @@ mod shared {
         );
         let ws = Workspace::with_store(&up.url(), &store, &hourly(LIMIT));
         let (id, key) = ws.create_key(&[]);
+        let (_, verifier) = ws.create_key(&["--scopes", "keygate:keys:verify"]);
         let through_proxy = proxy.url();
         let [mut a, mut b] = [(); 2].map(|_| ws.serve());
-        let mut c = ws.serve_with_env(&[("KEYGATE_STORE__URL", &through_proxy)]);
+        let mut c = ws.serve_with_env(&[
+            ("KEYGATE_STORE__URL", &through_proxy),
+            ("KEYGATE_LISTEN__MANAGE", "127.0.0.1:0"),
+        ]);
         all_count(&[&a, &b, &c], 3.0).await;
         let headers = [("x-api-key", key.as_str())];
         let before = admit_each(&[&a, &b, &c], &key, 30).await;
+        let verify = |count: bool| {
+            let body = serde_json::json!({ "key": key, "count": count }).to_string();
+            let bearer = format!("Bearer {verifier}");
+            let url = c.manage_url("/v1/keys/verify");
+            async move {
+                send(
+                    http::Method::POST,
+                    &url,
+                    &[
+                        ("authorization", bearer.as_str()),
+                        ("content-type", "application/json"),
+                    ],
+                    body.into(),
+                )
+                .await
+            }
+        };
+        // The management key cached on `c` too, before its link goes silent.
+        assert_eq!(verify(false).await.status, StatusCode::OK);
         proxy.set_all(Fault::Stall);
         let at_cut_off = hourly_fields(&redis, &id);
         let mut by_c_cut_off = 0;
@@ -748,6 +774,7 @@ mod shared {
         .await;
         let refused_alone =
             metric(&c, "keygate_quota_decided_alone_total{outcome=\"refused\"}").await;
+        let verify_counted = verify(true).await;
         assert_eq!(
             metric(&c, "keygate_quota_fallback").await,
             1.0,
@@ -796,6 +823,7 @@ mod shared {
             last_refusal,
             used: used(),
             budget_recorded,
+            verify_counted,
         }
     }
 
@@ -825,6 +853,10 @@ mod shared {
             run.alone
         );
         assert_eq!(run.used, run.total, "Redis heard of every admission");
+        // The management API's verdict is the proxy's: over the limit, budget spent.
+        assert_eq!(run.verify_counted.status, StatusCode::OK);
+        let verdict: serde_json::Value = serde_json::from_slice(&run.verify_counted.body).unwrap();
+        assert_eq!(verdict["code"], "rate_limit_exceeded", "{verdict}");
     }
 
     /// `quota_fallback = "refuse"`: the cut-off sidecar admits what its lease holds, then
@@ -843,6 +875,12 @@ mod shared {
         assert!(run.refused_alone >= 1);
         assert_eq!(run.total, run.limit, "exactly the limit");
         assert_eq!(run.used, run.total);
+        // `POST /v1/keys/verify` with `count` cannot decide either: it fails as the proxy
+        // does, rather than answering "not valid".
+        let verify = &run.verify_counted;
+        assert_eq!(verify.status, StatusCode::SERVICE_UNAVAILABLE);
+        let body: serde_json::Value = serde_json::from_slice(&verify.body).unwrap();
+        assert_eq!(body["error"]["code"], "quota_store_unavailable");
     }
 
     /// The README's bound for a sidecar with no grant yet in the window: it admits up to
