@@ -266,6 +266,21 @@ mod shared {
         }
     }
 
+    /// `c`, cut off from Redis by `proxy` until now, reaches it again.
+    async fn bring_back(c: &Keygate, proxy: &FaultProxy) {
+        assert_eq!(
+            metric(c, "keygate_quota_fallback").await,
+            1.0,
+            "c was still cut off"
+        );
+        proxy.set_all(Fault::Pass);
+        eventually(Duration::from_secs(15), || async {
+            metric(c, "keygate_quota_fallback").await == 0.0
+        })
+        .await
+        .expect("c never reached Redis again");
+    }
+
     /// Waits until each of `sidecars` sizes its budgets by `n` live sidecars.
     async fn all_count(sidecars: &[&Keygate], n: f64) {
         for kg in sidecars {
@@ -616,17 +631,7 @@ mod shared {
             spend_out(&a, Duration::from_secs(9)),
             spend_out(&b, Duration::from_secs(9))
         );
-        assert_eq!(
-            metric(&c, "keygate_quota_fallback").await,
-            1.0,
-            "c was still cut off"
-        );
-        proxy.set_all(Fault::Pass);
-        eventually(Duration::from_secs(15), || async {
-            metric(&c, "keygate_quota_fallback").await == 0.0
-        })
-        .await
-        .expect("c never reached Redis again");
+        bring_back(&c, &proxy).await;
         // A grant `c` asked for as Redis paused may have run late: it reaches `c` now.
         let by_c = spend_out(&c, Duration::ZERO).await;
         let total = before + alone + by_a + by_b + by_c;
@@ -775,17 +780,7 @@ mod shared {
         let refused_alone =
             metric(&c, "keygate_quota_decided_alone_total{outcome=\"refused\"}").await;
         let verify_counted = verify(true).await;
-        assert_eq!(
-            metric(&c, "keygate_quota_fallback").await,
-            1.0,
-            "c was still cut off"
-        );
-        proxy.set_all(Fault::Pass);
-        eventually(Duration::from_secs(15), || async {
-            metric(&c, "keygate_quota_fallback").await == 0.0
-        })
-        .await
-        .expect("c never reached Redis again");
+        bring_back(&c, &proxy).await;
         // A grant `c` asked for as its link went silent may run now: it reaches `c`.
         let by_c = admitted_until_refused(&c, &key, LIMIT).await;
         let total = before + by_c_cut_off + by_a + by_b + by_c;
