@@ -332,7 +332,9 @@ impl Limiter {
                             tokio::time::sleep(WINDOW_EDGE_RETRY.min(budget)).await;
                             now = now.max(SystemTime::now());
                         }
-                        // No grant in time: decide this request as the fallback would.
+                        // No grant in time, or with budgets one for the other window (until
+                        // the clocks agree, asking again would get the same): decide this
+                        // request as the fallback would.
                         Refill::OtherWindow | Refill::NoAnswer => local_only = true,
                     }
                 }
