@@ -377,15 +377,20 @@ mod shared {
     /// limit by that sidecar's budget (README; `a_sidecar_cut_off_alone_*`). With 250 ms
     /// that happened twice in about 360 runs (3,001 admitted); every pause still outlasts
     /// the timeout.
-    async fn quota_across_a_redis_pause(pause: Duration) {
+    ///
+    /// `quota_fallback`: with `"refuse"`, requests whose lease is spent during the pause get
+    /// 503 `quota_store_unavailable` (and there must be some); none is admitted alone.
+    async fn quota_across_a_redis_pause(pause: Duration, quota_fallback: &str) {
         const LIMIT: u64 = 3_000;
         clear_of_the_hour_boundary().await;
         let redis = RedisServer::start();
         let up = Upstream::start().await;
         let store = format!(
-            "[store]\nkind = \"redis\"\nurl = \"{}\"\nepoch_poll = \"1s\"\ntimeout = \"750ms\"\n",
+            "[store]\nkind = \"redis\"\nurl = \"{}\"\nepoch_poll = \"1s\"\ntimeout = \"750ms\"\n\
+             quota_fallback = \"{quota_fallback}\"\n",
             redis.url()
         );
+        let refusing = quota_fallback == "refuse";
         let ws = Workspace::with_store(&up.url(), &store, &hourly(LIMIT));
         let (id, key) = ws.create_key(&[]);
         let sidecars: Arc<Vec<Keygate>> = Arc::new((0..3).map(|_| ws.serve()).collect());
@@ -396,11 +401,13 @@ mod shared {
             assert_eq!(reply.status, StatusCode::OK, "{}", text(&reply.body));
         }
         let admitted = Arc::new(AtomicU64::new(3));
+        let unavailable = Arc::new(AtomicU64::new(0));
         let resumed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut workers = Vec::new();
         for w in 0..12usize {
             let (sidecars, key) = (sidecars.clone(), key.clone());
             let (admitted, resumed) = (admitted.clone(), resumed.clone());
+            let unavailable = unavailable.clone();
             workers.push(tokio::spawn(async move {
                 let kg = &sidecars[w % 3];
                 // Until refused for a while once Redis is back: everything handed out is spent.
@@ -422,6 +429,15 @@ mod shared {
                             {
                                 return;
                             }
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE if refusing => {
+                            assert!(
+                                text(&reply.body).contains("quota_store_unavailable"),
+                                "{}",
+                                text(&reply.body)
+                            );
+                            unavailable.fetch_add(1, Ordering::Relaxed);
+                            refused_since = None;
                         }
                         other => panic!("unexpected {other}: {}", text(&reply.body)),
                     }
@@ -453,15 +469,22 @@ mod shared {
             .trim()
             .to_owned();
         let used = redis.cli(&["HGET", &format!("{{keygate}}:quota:{hash}:hour"), "used"]);
-        let mut lost_replies = 0.0;
+        let (mut lost_replies, mut alone) = (0.0, 0.0);
         for kg in sidecars.iter() {
             lost_replies +=
                 metric(kg, "keygate_quota_lease_refills_total{outcome=\"error\"}").await;
+            alone += metric(
+                kg,
+                "keygate_quota_decided_alone_total{outcome=\"admitted\"}",
+            )
+            .await;
         }
+        let unavailable = unavailable.load(Ordering::Relaxed);
         eprintln!(
-            "per_hour = {LIMIT}, 3 sidecars, Redis paused {pause:?} after {at_pause}: \
-             {admitted} admitted ({during} during the pause), Redis counts {} used; \
-             {lost_replies} grant round trips failed",
+            "per_hour = {LIMIT}, quota_fallback = {quota_fallback}, 3 sidecars, Redis paused \
+             {pause:?} after {at_pause}: {admitted} admitted ({during} during the pause, {alone} \
+             alone), {unavailable} refused with 503, Redis counts {} used; {lost_replies} grant \
+             round trips failed",
             used.trim()
         );
         assert!(admitted <= LIMIT, "over-admitted: {admitted}");
@@ -469,21 +492,31 @@ mod shared {
             admitted >= LIMIT * 98 / 100,
             "under-admitted: {admitted} of {LIMIT}"
         );
+        if refusing {
+            assert!(unavailable > 0, "the pause refused nothing");
+            assert_eq!(alone, 0.0, "admitted alone while refusing");
+        }
     }
 
     #[tokio::test]
     async fn a_one_second_redis_pause_costs_no_quota() {
-        quota_across_a_redis_pause(Duration::from_secs(1)).await;
+        quota_across_a_redis_pause(Duration::from_secs(1), "budget").await;
     }
 
     #[tokio::test]
     async fn a_three_second_redis_pause_costs_no_quota() {
-        quota_across_a_redis_pause(Duration::from_secs(3)).await;
+        quota_across_a_redis_pause(Duration::from_secs(3), "budget").await;
+    }
+
+    /// With `quota_fallback = "refuse"`: the pause costs refusals, never quota.
+    #[tokio::test]
+    async fn a_three_second_redis_pause_with_refusals_costs_no_quota() {
+        quota_across_a_redis_pause(Duration::from_secs(3), "refuse").await;
     }
 
     #[tokio::test]
     async fn a_five_second_redis_pause_costs_no_quota() {
-        quota_across_a_redis_pause(Duration::from_secs(5)).await;
+        quota_across_a_redis_pause(Duration::from_secs(5), "budget").await;
     }
 
     /// Redis pauses; two sidecars spend their fallback budgets on their own, then see no
