@@ -561,3 +561,143 @@ async fn redis_sentinel_keeps_the_contract() {
     contract(redis_store(mode()), redis_store(mode())).await;
     assert!(sentinel.master.calls("evalsha") + sentinel.master.calls("eval") > 0);
 }
+
+/// The grant script (`lease.lua`, run by real Redis) and its Rust mirror
+/// (`WindowCounter::answer`, which the limiter's unit tests and in-memory stores run) answer
+/// every request alike: random sequences of grant requests from three sidecars (some falling
+/// back, some refusing; replies lost, reports of admissions made alone and of leases handed
+/// back, outages reported), each sent to both, every answer compared.
+#[tokio::test]
+async fn the_grant_script_and_its_rust_mirror_agree() {
+    use keygate::limits::lease::{Outage, Report, Sender, WindowCounter};
+    use keygate::limits::quota::Calendar;
+    use keygate::limits::shared::GrantAsk;
+
+    let redis = RedisServer::start();
+    let store = Arc::new(
+        RedisStore::new(
+            RedisConfig {
+                mode: RedisMode::Standalone { url: redis.url() },
+                username: None,
+                password: None,
+                ca_file: None,
+                namespace: "mirror".into(),
+                timeout: Duration::from_secs(2),
+                epoch_poll: Duration::from_millis(200),
+                confirm_within: Duration::from_secs(5),
+                ready_requires_current: false,
+                quota_fallback: Default::default(),
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap(),
+    );
+    let quotas = store.quotas().expect("Redis shares quotas");
+    let now_ms = || {
+        SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    // Both sides number windows by their own clock: stay clear of the top of the hour.
+    let into = now_ms() / 1_000 % 3_600;
+    if into > 3_600 - 30 {
+        tokio::time::sleep(Duration::from_secs(3_600 - into + 1)).await;
+    }
+    // xorshift64*: the same sequences every run.
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move |n: u64| {
+        seed ^= seed >> 12;
+        seed ^= seed << 25;
+        seed ^= seed >> 27;
+        seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    };
+    const LIMIT: u64 = 500;
+    // One outage record for every key, as in Redis.
+    let mut outage = Outage::default();
+    // What the sequences reached, so that they are known to test more than plain grants:
+    // (answers with something held back, grants cut short by the limit or a hold, requests
+    // acknowledging an older reply than the last).
+    let (mut held, mut cut_short, mut stale_acks) = (0, 0, 0);
+    for round in 0..8 {
+        let hash = KeyHash::of(&format!("mirror-{round}"));
+        let mut counter = WindowCounter::default();
+        // Per sidecar: fell-back and handed-back totals, the last reply received, the
+        // outage epoch heard of, whether it falls back.
+        let mut sidecars: Vec<(String, u64, u64, u64, u64, bool)> = (0..3)
+            .map(|i| (format!("s{round}{i}"), 0, 0, 0, 0, next(3) != 0))
+            .collect();
+        for step in 0..40 {
+            let window = Calendar::Hour.window(now_ms() / 1_000).0;
+            let s = &mut sidecars[next(3) as usize];
+            if s.5 {
+                s.1 += next(6);
+            }
+            if next(5) == 0 {
+                s.2 += next(4);
+            }
+            let sender = Sender {
+                live: 1 + next(3),
+                recovering: next(6) == 0,
+                // Long enough that an outage's hold lasts the whole sequence: both sides
+                // read time, and the hold must not end between the two calls.
+                hold_ms: 3_600_000,
+                outage_epoch: s.4,
+                falls_back: s.5,
+            };
+            let want = next(40);
+            let answer = counter.answer(
+                &mut outage,
+                &s.0,
+                sender,
+                now_ms(),
+                Report {
+                    limit: LIMIT,
+                    want,
+                    ack: s.3,
+                    fell_back: s.1,
+                    returned: s.2,
+                },
+            );
+            let ask = GrantAsk {
+                calendar: Calendar::Hour,
+                limit: LIMIT,
+                want,
+                ack: (window, s.3),
+                fell_back: (window, s.1),
+                returned: (window, s.2),
+            };
+            let grant = quotas.grant(&s.0, sender, hash, vec![ask]).await.unwrap()[0];
+            let case = format!("round {round}, step {step}, {sender:?}, {ask:?}");
+            held += u32::from(answer.held > 0);
+            cut_short += u32::from(answer.granted < want);
+            stale_acks += u32::from(s.3 + 1 < answer.reply);
+            assert_eq!(grant.window, window, "{case}");
+            assert_eq!(
+                (grant.granted, grant.total, grant.used, grant.held),
+                (answer.granted, answer.total, counter.used, answer.held),
+                "{case}"
+            );
+            assert_eq!(
+                (grant.reply, grant.outage_epoch),
+                (answer.reply, answer.outage_epoch),
+                "{case}"
+            );
+            assert_eq!(
+                grant.hold_left.is_zero(),
+                answer.hold_left_ms == 0,
+                "{case}"
+            );
+            // One reply in five is lost: the sidecar goes on acknowledging the one before.
+            if next(5) != 0 {
+                s.3 = answer.reply;
+                s.4 = answer.outage_epoch;
+            }
+        }
+    }
+    eprintln!(
+        "320 answers alike: {held} with something held back, {cut_short} grants cut short, \
+         {stale_acks} requests acknowledging an older reply"
+    );
+    assert!(held > 0 && cut_short > 0 && stale_acks > 0);
+}
