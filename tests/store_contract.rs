@@ -574,24 +574,7 @@ async fn the_grant_script_and_its_rust_mirror_agree() {
     use keygate::limits::shared::GrantAsk;
 
     let redis = RedisServer::start();
-    let store = Arc::new(
-        RedisStore::new(
-            RedisConfig {
-                mode: RedisMode::Standalone { url: redis.url() },
-                username: None,
-                password: None,
-                ca_file: None,
-                namespace: "mirror".into(),
-                timeout: Duration::from_secs(2),
-                epoch_poll: Duration::from_millis(200),
-                confirm_within: Duration::from_secs(5),
-                ready_requires_current: false,
-                quota_fallback: Default::default(),
-            },
-            Arc::new(Metrics::new()),
-        )
-        .unwrap(),
-    );
+    let store = redis_store(RedisMode::Standalone { url: redis.url() });
     let quotas = store.quotas().expect("Redis shares quotas");
     let now_ms = || {
         SystemTime::now()
