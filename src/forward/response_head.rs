@@ -21,6 +21,11 @@ use crate::wire::response::{
     FramingLines, ResponseError, head_lines, upstream_framing, upstream_head,
 };
 
+/// Room in the header map, beyond the upstream's lines and `Content-Length`, for what keygate
+/// adds before hyper sends it: the five rate-limit headers (`limits::headers`). A map grown
+/// on the way out allocates anew and moves every entry, on every response.
+const ADDED_ON_THE_WAY_OUT: usize = 5;
+
 /// A response head from the upstream, as far as it has arrived.
 #[derive(Debug)]
 pub enum Parsed {
@@ -77,7 +82,7 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
     let signs = framing_lines.signs();
     let (framing, keep_alive) = upstream_framing(signs, head_request);
 
-    let mut map = HeaderMap::with_capacity(kept + 1);
+    let mut map = HeaderMap::with_capacity(kept + 1 + ADDED_ON_THE_WAY_OUT);
     for h in headers {
         let name = h.name.as_bytes();
         let class = names::name(name);

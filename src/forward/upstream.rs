@@ -12,10 +12,11 @@
 //! (`forward::links`). Parked connections expire after [`PARK_FOR`]; at most
 //! [`PARK_MAX`] are kept. A parked connection holds no read buffer (it gets one back when
 //! taken): 256 parked connections with their 16 KiB buffers were 4.3 MB of a sidecar's
-//! resident memory after a flood of clients had gone. [`Parking::sweep`], run every [`SWEEP_EVERY`] by the server, closes expired and
-//! upstream-closed ones even when no client comes to take or park one,
-//! so a flood's upstream connections (and their sockets on the upstream) do not outlive it
-//! until the next request.
+//! resident memory after a flood of clients had gone. [`Parking::sweep`], run every
+//! [`SWEEP_EVERY`] by the server, closes expired and upstream-closed ones even when no client
+//! comes to take or park one, so a flood's upstream connections (and their sockets on the
+//! upstream) do not outlive it until the next request; it also frees the spare read buffers
+//! that went unused since the sweep before ([`Spare`]).
 //!
 //! An idle connection is never waited on, so a close from the upstream is noticed when the
 //! connection is next taken: [`Link::usable`] looks, without blocking, for anything that
@@ -220,17 +221,69 @@ impl Dialer {
     }
 }
 
-/// Read buffers of parked connections kept for the next ones taken: at most this many
-/// (512 KiB). An HTTP/2 stream takes and parks a connection per request, and a fresh 16 KiB
-/// buffer each time cost a zeroed allocation per request (malloc and memset were ~7 % of
-/// keygate's CPU under h2load).
-const SPARE_BUFFERS: usize = 32;
+/// Spare read buffers always kept (512 KiB), however long they go unused.
+const SPARE_KEPT: usize = 32;
+
+/// The read buffers of parked connections, kept for the connections taken next.
+///
+/// An HTTP/2 stream takes and parks a connection per request. A fresh 16 KiB buffer each time
+/// cost a zeroed allocation and its free per request: with a fixed 32 spares and h2load's 50
+/// connections x 10 streams (500 in flight), `memset` alone was 3 % of keygate's CPU and the
+/// allocator's 16 KiB blocks much of the 12 % malloc and free took. So as many are kept as
+/// the connections in use have handed back, and each [`Parking::sweep`] frees those no
+/// connection needed since the one before, down to [`SPARE_KEPT`]: a burst's buffers are
+/// gone two sweeps after it ended. At most [`PARK_MAX`] (16 MiB), and never more than the
+/// connections that were in use at once, whose buffers were live anyway.
+#[derive(Default)]
+struct Spare {
+    buffers: Vec<Buffer>,
+    /// The fewest buffers held since the last trim: that many went unused all along.
+    fewest: usize,
+}
+
+impl Spare {
+    fn take(&mut self) -> Buffer {
+        let buf = self.buffers.pop();
+        self.fewest = self.fewest.min(self.buffers.len());
+        buf.unwrap_or_else(|| Buffer::with_capacity(READ_BUFFER))
+    }
+
+    fn give(&mut self, buf: Buffer) {
+        // A buffer a large head grew is not kept: the next connection would hold it too.
+        if buf.capacity() == READ_BUFFER && self.buffers.len() < PARK_MAX {
+            self.buffers.push(buf);
+        }
+    }
+
+    /// Frees the buffers that went unused since the last trim, down to [`SPARE_KEPT`];
+    /// returns the bytes freed.
+    fn trim(&mut self) -> usize {
+        let unused = self
+            .fewest
+            .min(self.buffers.len().saturating_sub(SPARE_KEPT));
+        self.buffers.truncate(self.buffers.len() - unused);
+        if unused > 0 {
+            self.buffers.shrink_to(SPARE_KEPT);
+        }
+        self.fewest = self.buffers.len();
+        unused * READ_BUFFER
+    }
+}
+
+/// What a [`Parking::sweep`] closed and freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    /// Parked connections closed: expired, or closed by the upstream.
+    pub closed: usize,
+    /// Bytes of spare read buffers freed.
+    pub freed: usize,
+}
 
 /// Idle upstream connections between client connections, newest at the back.
 pub struct Parking {
     idle: Mutex<VecDeque<(Instant, Link)>>,
     /// Empty read buffers for the connections taken next.
-    spare: Mutex<Vec<Buffer>>,
+    spare: Mutex<Spare>,
     /// [`PARK_MAX`], but in tests.
     max: usize,
 }
@@ -253,12 +306,7 @@ impl Parking {
         }
         // Empty (`usable` says so): whoever takes a connection next gets it back.
         let buf = std::mem::replace(&mut link.buf, Buffer::with_capacity(0));
-        if buf.capacity() == READ_BUFFER {
-            let mut spare = lock(&self.spare);
-            if spare.len() < SPARE_BUFFERS {
-                spare.push(buf);
-            }
-        }
+        lock(&self.spare).give(buf);
         let mut idle = lock(&self.idle);
         expire(&mut idle);
         if idle.len() >= self.max {
@@ -275,9 +323,7 @@ impl Parking {
             let (_, mut link) = idle.remove(at).expect("position is in range");
             if link.usable() {
                 drop(idle);
-                link.buf = lock(&self.spare)
-                    .pop()
-                    .unwrap_or_else(|| Buffer::with_capacity(READ_BUFFER));
+                link.buf = lock(&self.spare).take();
                 return Some(link);
             }
         }
@@ -285,13 +331,17 @@ impl Parking {
     }
 
     /// Closes the expired connections, and those the upstream closed (or wrote to) while they
-    /// waited; returns how many it closed.
-    pub fn sweep(&self) -> usize {
-        let mut idle = lock(&self.idle);
-        let before = idle.len();
-        expire(&mut idle);
-        idle.retain_mut(|(_, link)| link.usable());
-        before - idle.len()
+    /// waited, and frees the spare buffers unused since the last sweep.
+    pub fn sweep(&self) -> Swept {
+        let closed = {
+            let mut idle = lock(&self.idle);
+            let before = idle.len();
+            expire(&mut idle);
+            idle.retain_mut(|(_, link)| link.usable());
+            before - idle.len()
+        };
+        let freed = lock(&self.spare).trim();
+        Swept { closed, freed }
     }
 
     pub fn len(&self) -> usize {
@@ -454,7 +504,7 @@ mod tests {
         drop(servers.remove(2));
         lock(&home.idle).front_mut().unwrap().0 -= PARK_FOR;
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(home.sweep(), 2);
+        assert_eq!(home.sweep().closed, 2);
         assert_eq!(home.len(), 1, "the closed and the expired are gone");
         let mut rest = [0u8; 1];
         assert_eq!(
@@ -469,5 +519,48 @@ mod tests {
             READ_BUFFER,
             "a full buffer to read a response"
         );
+    }
+
+    #[test]
+    fn spare_buffers_last_while_they_are_used_and_go_two_sweeps_after() {
+        let mut spare = Spare::default();
+        // A burst: 500 connections in use at once hand their buffers back.
+        let taken: Vec<Buffer> = (0..500).map(|_| spare.take()).collect();
+        assert!(taken.iter().all(|b| b.capacity() == READ_BUFFER));
+        for buf in taken {
+            spare.give(buf);
+        }
+        assert_eq!(
+            spare.trim(),
+            0,
+            "none of them went unused for a whole sweep"
+        );
+
+        // Busy between sweeps: every buffer is taken and given back again, none allocated.
+        for _ in 0..3 {
+            let taken: Vec<Buffer> = (0..500).map(|_| spare.take()).collect();
+            assert_eq!(spare.buffers.len(), 0);
+            taken.into_iter().for_each(|b| spare.give(b));
+            assert_eq!(spare.trim(), 0, "all were needed");
+        }
+
+        // Only 100 in use at once: the 400 never touched go at the next sweep.
+        let taken: Vec<Buffer> = (0..100).map(|_| spare.take()).collect();
+        taken.into_iter().for_each(|b| spare.give(b));
+        assert_eq!(spare.trim(), 400 * READ_BUFFER);
+        assert_eq!(spare.buffers.len(), 100);
+
+        // Idle: down to what is always kept, and no further.
+        assert_eq!(spare.trim(), (100 - SPARE_KEPT) * READ_BUFFER);
+        assert_eq!(spare.trim(), 0);
+        assert_eq!(spare.buffers.len(), SPARE_KEPT);
+
+        // A buffer a large head grew is not kept; nor more than PARK_MAX.
+        spare.give(Buffer::with_capacity(2 * READ_BUFFER));
+        assert_eq!(spare.buffers.len(), SPARE_KEPT);
+        for _ in 0..PARK_MAX + 10 {
+            spare.give(Buffer::with_capacity(READ_BUFFER));
+        }
+        assert_eq!(spare.buffers.len(), PARK_MAX);
     }
 }

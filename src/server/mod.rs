@@ -642,7 +642,9 @@ async fn sweep_parking(proxy: Arc<Proxy>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(crate::forward::upstream::SWEEP_EVERY) => {
-                memory::closed_parked(proxy.current().forwarder.parking().sweep());
+                let swept = proxy.current().forwarder.parking().sweep();
+                memory::closed_parked(swept.closed);
+                memory::shed(swept.freed);
             }
         }
     }
