@@ -6,8 +6,9 @@
 //! three floods was measured). `malloc_trim(0)` walks the arenas and returns every free page.
 //! It costs a pass over the heap (milliseconds with a million cached keys), so it runs only
 //! once the open connections have fallen to half their peak since the last trim, by at least
-//! [`MIN_DROP`], once idle connections have given back [`MIN_SHED`] of buffers (see
-//! `server::session`: the buffers go, but the pages they sat on stay until a trim), or once
+//! [`MIN_DROP`], once idle connections and the parking's sweep have given back [`MIN_SHED`] of
+//! buffers (see `server::session` and `forward::upstream`: the buffers go, but the pages they
+//! sat on stay until a trim), or once
 //! [`MIN_PARKED`] parked upstream connections have been closed (`forward::upstream`: a flood
 //! leaves up to 256 parked, closed 30 s later, when the first trim is long past; measured, a
 //! trim then gives back about 4 KB each, the pages their few small allocations pinned),
@@ -64,7 +65,7 @@ static SHED: AtomicU64 = AtomicU64::new(0);
 /// Parked upstream connections closed since the last trim.
 static PARKED: AtomicU64 = AtomicU64::new(0);
 
-/// An idle connection gave `bytes` of buffers back.
+/// An idle connection, or the parking's sweep, gave `bytes` of buffers back.
 pub fn shed(bytes: usize) {
     SHED.fetch_add(bytes as u64, Ordering::Relaxed);
 }
