@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# CPU time per request over HTTP/2 (h2c, prior knowledge): keygate and HAProxy key+limit (and
-# nginx key+limit) each serve a fixed number of h2load requests, and the CPU time the proxy
-# process used for them (utime + stime from /proc, its children's for nginx) is divided by the
-# count. Unlike a req/s figure, this holds up on a machine others are using: it counts what
-# the proxy spent, not how much of the CPU it got.
+# CPU time per request over HTTP/2 (h2c, prior knowledge): keygate and HAProxy key+limit (also
+# with the five rate-limit headers keygate sends, which HAProxy's key+limit frontend does not
+# send; and nginx key+limit) each serve a fixed number of h2load requests, and the CPU time
+# the proxy process used for them (utime + stime from /proc, its children's for nginx) is
+# divided by the count. Unlike a req/s figure, this holds up on a machine others are using: it
+# counts what the proxy spent, not how much of the CPU it got.
 #
 #   bench/run.sh h2                      first: writes the configs and keys in bench/work/
 #   bench/h2_cpu.sh [keygate-binary...]  default target/release/keygate
@@ -101,6 +102,7 @@ one() {
 echo "h2c, $C connections x $M streams, $N requests per run, $ROUNDS rounds"
 for ((r = 1; r <= ROUNDS; r++)); do
     one "haproxy key+limit" "$HA" 8185
+    one "haproxy key+limit, limit headers" "$HA" 8186
     one "nginx key+limit" "$NG" 8184
     for bin in "$@"; do
         one "keygate $bin" "${KG_PID[$bin]}" "${KG_PORT[$bin]}"
