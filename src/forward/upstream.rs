@@ -16,7 +16,7 @@
 //! [`SWEEP_EVERY`] by the server, closes expired and upstream-closed ones even when no client
 //! comes to take or park one, so a flood's upstream connections (and their sockets on the
 //! upstream) do not outlive it until the next request; it also frees the spare read buffers
-//! that went unused since the sweep before ([`Spare`]).
+//! that went unused since the sweep before (`Spare`).
 //!
 //! An idle connection is never waited on, so a close from the upstream is noticed when the
 //! connection is next taken: [`Link::usable`] looks, without blocking, for anything that
