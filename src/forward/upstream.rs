@@ -228,12 +228,12 @@ const SPARE_KEPT: usize = 32;
 ///
 /// An HTTP/2 stream takes and parks a connection per request. A fresh 16 KiB buffer each time
 /// cost a zeroed allocation and its free per request: with a fixed 32 spares and h2load's 50
-/// connections x 10 streams (500 in flight), `memset` alone was 3 % of keygate's CPU and the
-/// allocator's 16 KiB blocks much of the 12 % malloc and free took. So as many are kept as
-/// the connections in use have handed back, and each [`Parking::sweep`] frees those no
-/// connection needed since the one before, down to [`SPARE_KEPT`]: a burst's buffers are
-/// gone two sweeps after it ended. At most [`PARK_MAX`] (16 MiB), and never more than the
-/// connections that were in use at once, whose buffers were live anyway.
+/// connections x 10 streams (500 in flight), `memset` alone was 3 % of keygate's CPU, and
+/// keeping them all took 1.7 µs off each request (bench/RESULTS.md, 2026-12-06 18:16). So as
+/// many are kept as the connections in use have handed back, and each [`Parking::sweep`]
+/// frees those no connection needed since the one before, down to [`SPARE_KEPT`]: a burst's
+/// buffers are gone two sweeps after it ended. At most [`PARK_MAX`] (16 MiB); in practice
+/// about as many as were in use at once, whose buffers were live then anyway.
 #[derive(Default)]
 struct Spare {
     buffers: Vec<Buffer>,
