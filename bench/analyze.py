@@ -52,8 +52,16 @@ PROTO_GROUPS = [
     ("tls_ka", "TLS HTTP/1.1 keep-alive"),
     ("tls_hs", "TLS HTTP/1.1, handshake per request"),
 ]
+# HTTP/2 only: HAProxy's job with the five rate-limit headers keygate sends (bench/peers/haproxy.cfg).
+WITH_HEADERS = ("haproxyh", "HAProxy key+limit+headers")
+
+
+def proxies(group):
+    return PROXIES[:2] + (WITH_HEADERS,) + PROXIES[2:] if group.startswith("h2_") else PROXIES
+
+
 for group, what in PROTO_GROUPS:
-    for proxy, name in PROXIES:
+    for proxy, name in proxies(group):
         ORDER.append("%s_%s" % (group, proxy))
         LABEL["%s_%s" % (group, proxy)] = "%s: %s" % (what, name)
 
@@ -78,6 +86,9 @@ RATIOS = [
 ]
 for group, what in PROTO_GROUPS:
     RATIOS.append((group + "_kg", group + "_haproxy", "%s: keygate / HAProxy key+limit" % what))
+    if group.startswith("h2_"):
+        RATIOS.append((group + "_kg", group + "_haproxyh",
+                       "%s: keygate / HAProxy key+limit+headers: same headers" % what))
     RATIOS.append((group + "_kg", group + "_nginx", "%s: keygate / nginx key+limit" % what))
 
 

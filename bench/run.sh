@@ -909,9 +909,11 @@ KG_TLS_PUBLIC=127.0.0.1:8493     # the same keygate config plus [tls]
 KG_TLS_ADMIN=127.0.0.1:9493
 H2_CONNS="${H2_CONNS:-50}"       # h2load -c
 H2_LATENCY="${H2_LATENCY:-1}"    # 1: h2load --log-file, for p50/p99 (0: mean and max only)
+# haproxyh: HAProxy's key+limit job and the five rate-limit headers keygate sends, which the
+# HTTP/2 header encoding pays for (bench/peers/haproxy.cfg); HTTP/2 scenarios only.
 declare -A PROTO_PORT=(
-    [h2c_nginx]=8184 [h2c_haproxy]=8185 [h2c_kg]="${KG_ONE_PUBLIC##*:}"
-    [tls_nginx]=8484 [tls_haproxy]=8485 [tls_kg]="${KG_TLS_PUBLIC##*:}"
+    [h2c_nginx]=8184 [h2c_haproxy]=8185 [h2c_haproxyh]=8186 [h2c_kg]="${KG_ONE_PUBLIC##*:}"
+    [tls_nginx]=8484 [tls_haproxy]=8485 [tls_haproxyh]=8486 [tls_kg]="${KG_TLS_PUBLIC##*:}"
 )
 
 # keygate's side of the peers' job for one-key load: every key on a plan whose limits are
@@ -963,7 +965,7 @@ proto_checks() {
     local good bad p name
     good=$(head -1 "$WORK/wrk_keys.txt")
     bad=$(head -1 "$WORK/wrk_keys_invalid.txt")
-    for name in nginx haproxy kg; do
+    for name in nginx haproxy haproxyh kg; do
         p=${PROTO_PORT[h2c_$name]}
         expect_h2 "$name h2c, valid key" 200 "http://127.0.0.1:$p/v1/resource" "$good" --http2-prior-knowledge
         expect_h2 "$name h2c, unknown key" 401 "http://127.0.0.1:$p/v1/resource" "$bad" --http2-prior-knowledge
@@ -982,6 +984,11 @@ proto_checks() {
     else
         log "keygate (TLS h2) answers without X-RateLimit-Limit: no rate limit in this run (see logs/check-one.txt)"
     fi
+    local sent
+    sent=$(curl -s -o /dev/null -D - --max-time 5 --http2-prior-knowledge -H "x-api-key: $good" \
+        "http://127.0.0.1:${PROTO_PORT[h2c_haproxyh]}/v1/resource" | tr -d '\r' | grep -ci '^\(x-\)\?ratelimit' || true)
+    [ "$sent" = 5 ] || die "HAProxy key+limit+headers (h2c) sent $sent rate-limit headers, not 5"
+    log "check ok: HAProxy key+limit+headers sends the five rate-limit headers"
 }
 
 # expect_h2 what status url key curl-protocol-flag: checks the status and that the protocol
@@ -1061,7 +1068,7 @@ define_h2_scenarios() {
     local t m p
     for t in h2c tls; do
         for m in 10 1; do
-            for p in nginx haproxy kg; do
+            for p in nginx haproxy haproxyh kg; do
                 eval "scenario_h2_${t}_m${m}_$p() { h2_scenario $t $m $p \"\$1\" \"\$2\"; }"
                 SCENARIOS+=("h2_${t}_m${m}_$p")
             done
