@@ -238,6 +238,19 @@ mod shared {
             .map_or(0.0, |v| v.trim().parse().unwrap())
     }
 
+    /// Requests the sidecars admitted without the store (`keygate_quota_decided_alone_total`).
+    async fn decided_alone(sidecars: &[Keygate]) -> f64 {
+        let mut alone = 0.0;
+        for kg in sidecars {
+            alone += metric(
+                kg,
+                "keygate_quota_decided_alone_total{outcome=\"admitted\"}",
+            )
+            .await;
+        }
+        alone
+    }
+
     /// An hourly quota test must not straddle the top of the hour: wait it out if close.
     async fn clear_of_the_hour_boundary() {
         let into = now_secs() % 3600;
@@ -374,14 +387,17 @@ mod shared {
     /// `[store] timeout` is 750 ms, not the default 250 ms: a grant that answers later than
     /// the timeout outside the pause (this machine, loaded by the rest of the suite, near the
     /// end of the quota) cuts one sidecar off alone, and then the window may end over its
-    /// limit by that sidecar's budget (README; `a_sidecar_cut_off_alone_*`). With 250 ms
-    /// that happened twice in about 360 runs (3,001 admitted); every pause still outlasts
-    /// the timeout.
+    /// limit by what that sidecar admits alone (README; `a_sidecar_cut_off_alone_*`). With
+    /// 250 ms that happened twice in about 360 runs (3,001 admitted), and once since with
+    /// 750 ms in CI; every pause still outlasts the timeout. So the window may end over its
+    /// limit by no more than the requests decided alone after the pause (keygate's own
+    /// count), and by nothing when there were none.
     ///
     /// `quota_fallback`: with `"refuse"`, requests whose lease is spent during the pause get
     /// 503 `quota_store_unavailable` (and there must be some); none is admitted alone.
     async fn quota_across_a_redis_pause(pause: Duration, quota_fallback: &str) {
         const LIMIT: u64 = 3_000;
+        const STORE_TIMEOUT: Duration = Duration::from_millis(750);
         clear_of_the_hour_boundary().await;
         let redis = RedisServer::start();
         let up = Upstream::start().await;
@@ -457,6 +473,10 @@ mod shared {
         let during = admitted.load(Ordering::Relaxed) - at_pause;
         redis.resume();
         resumed.store(true, Ordering::Relaxed);
+        // Once every grant begun during the pause has had its timeout, a request decided alone
+        // is one whose grant, begun after the pause, answered late.
+        tokio::time::sleep(STORE_TIMEOUT).await;
+        let mut alone_after_pause = -decided_alone(&sidecars).await;
         for w in workers {
             tokio::time::timeout(Duration::from_secs(60), w)
                 .await
@@ -469,25 +489,27 @@ mod shared {
             .trim()
             .to_owned();
         let used = redis.cli(&["HGET", &format!("{{keygate}}:quota:{hash}:hour"), "used"]);
-        let (mut lost_replies, mut alone) = (0.0, 0.0);
+        let mut lost_replies = 0.0;
         for kg in sidecars.iter() {
             lost_replies +=
                 metric(kg, "keygate_quota_lease_refills_total{outcome=\"error\"}").await;
-            alone += metric(
-                kg,
-                "keygate_quota_decided_alone_total{outcome=\"admitted\"}",
-            )
-            .await;
         }
+        let alone = decided_alone(&sidecars).await;
+        alone_after_pause += alone;
         let unavailable = unavailable.load(Ordering::Relaxed);
         eprintln!(
             "per_hour = {LIMIT}, quota_fallback = {quota_fallback}, 3 sidecars, Redis paused \
              {pause:?} after {at_pause}: {admitted} admitted ({during} during the pause, {alone} \
-             alone), {unavailable} refused with 503, Redis counts {} used; {lost_replies} grant \
-             round trips failed",
+             alone, {alone_after_pause} of them after the pause), {unavailable} refused with 503, \
+             Redis counts {} used; {lost_replies} grant round trips failed",
             used.trim()
         );
-        assert!(admitted <= LIMIT, "over-admitted: {admitted}");
+        // The pause itself costs nothing. A grant that answers late after it cuts one sidecar
+        // off alone, and that bound (README) is all the window may end over its limit by.
+        assert!(
+            admitted <= LIMIT + alone_after_pause as u64,
+            "over-admitted: {admitted}, {alone_after_pause} decided alone after the pause"
+        );
         assert!(
             admitted >= LIMIT * 98 / 100,
             "under-admitted: {admitted} of {LIMIT}"
