@@ -349,7 +349,8 @@ def scaling(path):
     med = {}
     print("| layout | runs | " + " | ".join(fields) + " | non-2xx/3xx |")
     print("|---|---:|" + "---:|" * len(fields) + "---:|")
-    for layout in ("one_core", "two_cores", "two_procs", "two_pinned"):
+    for layout in ("one_core", "two_cores", "two_procs", "two_pinned", "two_sharded",
+                   "two_sharded_pinned"):
         runs = rows.get(layout, [])
         if not runs:
             continue
@@ -394,6 +395,19 @@ def scaling(path):
         print("- one process, its two workers pinned one per core: %.2f µs per request, per-core "
               "efficiency %.2f; req/s %.2f× one core" % (
                   pinned["keygate_us"], eff_pinned, pinned["rps"] / one["rps"]))
+    for layout, what in (("two_sharded", "threads floating"),
+                         ("two_sharded_pinned", "one pinned per core")):
+        if "one_core" in med and layout in med:
+            one, sharded = med["one_core"], med[layout]
+            line = ("- one process, `sharded = true`, two shards (%s): %.2f µs per request, "
+                    "per-core efficiency %.2f; req/s %.2f× one core" % (
+                        what, sharded["keygate_us"], one["keygate_us"] / sharded["keygate_us"],
+                        sharded["rps"] / one["rps"]))
+            if "two_cores" in med:
+                line += ", %.2f× two shared workers" % (sharded["rps"] / med["two_cores"]["rps"])
+            if "two_procs" in med:
+                line += ", %.2f× two processes" % (sharded["rps"] / med["two_procs"]["rps"])
+            print(line)
 
 
 def main(argv):

@@ -1377,7 +1377,10 @@ LUA
 # layout 2 with each of the two workers' threads pinned to its own CPU (the two busiest
 # threads after the warm-up, by `taskset -p`), since layout 3 pins its processes and layout 2
 # lets its threads float: the difference between 2 and 4 is the OS moving threads, between 4
-# and 3 what sharing one process costs.
+# and 3 what sharing one process costs. Layouts 5 and 6 (`two_sharded`, `two_sharded_pinned`):
+# one keygate with `[server] sharded = true` and two workers (each its own event loop and
+# SO_REUSEPORT listener), its threads floating and then pinned one per CPU like layout 4,
+# with one wrk (two threads, 50 connections) as in layout 2: the built-in form of layout 3.
 # --------------------------------------------------------------------------------------------
 KG_TWO_PUBLIC=127.0.0.1:8096
 KG_TWO_ADMIN=127.0.0.1:9196
@@ -1388,6 +1391,10 @@ KG_PROC_B_PUBLIC=127.0.0.1:8098
 KG_PROC_B_ADMIN=127.0.0.1:9198
 KG_PINNED_PUBLIC=127.0.0.1:8099
 KG_PINNED_ADMIN=127.0.0.1:9199
+KG_SHARDED_PUBLIC=127.0.0.1:8100
+KG_SHARDED_ADMIN=127.0.0.1:9200
+KG_SHARDED_PINNED_PUBLIC=127.0.0.1:8101
+KG_SHARDED_PINNED_ADMIN=127.0.0.1:9201
 
 # Pins the two busiest threads of a process (a two-worker keygate's workers, after some load)
 # to CPU 0 and CPU 1, one each.
@@ -1486,15 +1493,31 @@ mode_scaling() {
     KG_CPUS=0,1 start_keygate keygate-two-pinned "$KG_PINNED_PUBLIC" "$KG_PINNED_ADMIN" \
         KEYGATE_SERVER__WORKERS=2 KEYGATE_UPSTREAM__URL="http://127.0.0.1:$UPSTREAM_TWO_PORT"
     kgp=$KG_PID
+    local kgs kgsp
+    KG_CPUS=0,1 start_keygate keygate-sharded "$KG_SHARDED_PUBLIC" "$KG_SHARDED_ADMIN" \
+        KEYGATE_SERVER__WORKERS=2 KEYGATE_SERVER__SHARDED=true \
+        KEYGATE_UPSTREAM__URL="http://127.0.0.1:$UPSTREAM_TWO_PORT"
+    kgs=$KG_PID
+    KG_CPUS=0,1 start_keygate keygate-sharded-pinned "$KG_SHARDED_PINNED_PUBLIC" "$KG_SHARDED_PINNED_ADMIN" \
+        KEYGATE_SERVER__WORKERS=2 KEYGATE_SERVER__SHARDED=true \
+        KEYGATE_UPSTREAM__URL="http://127.0.0.1:$UPSTREAM_TWO_PORT"
+    kgsp=$KG_PID
+    expect_status "keygate, two shards, valid key" 200 "http://$KG_SHARDED_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys.txt")"
     : >"$WORK/scaling.tsv"
     log "warm-up: $WARMUP per layout (not recorded)"
     DURATION=$WARMUP scale_run one_core 0 "${KG_PUBLIC##*:}" "$LOAD_CPU" "$kg1" "$up1" 2>/dev/null
     DURATION=$WARMUP scale_run two_cores 0 "${KG_TWO_PUBLIC##*:}" 0,1 "$kg2" "$up2" 2>/dev/null
     DURATION=$WARMUP scale_run two_procs 0 "$procs" 0,1 "$kga $kgb" "$up2" 2>/dev/null
     DURATION=$WARMUP scale_run two_pinned 0 "${KG_PINNED_PUBLIC##*:}" 0,1 "$kgp" "$up2" 2>/dev/null
+    DURATION=$WARMUP scale_run two_sharded 0 "${KG_SHARDED_PUBLIC##*:}" 0,1 "$kgs" "$up2" 2>/dev/null
+    DURATION=$WARMUP scale_run two_sharded_pinned 0 "${KG_SHARDED_PINNED_PUBLIC##*:}" 0,1 "$kgsp" "$up2" 2>/dev/null
     pin_busiest_two "$kgp"
-    log "keygate-two-pinned threads, CPU list: $(for t in /proc/"$kgp"/task/*; do
-        printf '%s:%s ' "$(cat "$t/comm")" "$(taskset -p -c "${t##*/}" | awk '{ print $NF }')"; done)"
+    pin_busiest_two "$kgsp"
+    local pinned
+    for pinned in "$kgp" "$kgsp"; do
+        log "pid $pinned threads, CPU list: $(for t in /proc/"$pinned"/task/*; do
+            printf '%s:%s ' "$(cat "$t/comm")" "$(taskset -p -c "${t##*/}" | awk '{ print $NF }')"; done)"
+    done
     : >"$WORK/scaling.tsv"
     for ((r = 1; r <= ROUNDS; r++)); do
         log "round $r/$ROUNDS"
@@ -1502,7 +1525,11 @@ mode_scaling() {
         scale_run two_cores "$r" "${KG_TWO_PUBLIC##*:}" 0,1 "$kg2" "$up2"
         scale_run two_procs "$r" "$procs" 0,1 "$kga $kgb" "$up2"
         scale_run two_pinned "$r" "${KG_PINNED_PUBLIC##*:}" 0,1 "$kgp" "$up2"
+        scale_run two_sharded "$r" "${KG_SHARDED_PUBLIC##*:}" 0,1 "$kgs" "$up2"
+        scale_run two_sharded_pinned "$r" "${KG_SHARDED_PINNED_PUBLIC##*:}" 0,1 "$kgsp" "$up2"
     done
+    log "keygate-sharded connections per shard: $(curl -fsS "http://$KG_SHARDED_ADMIN/metrics" |
+        awk '/^keygate_connections_accepted_total/ { printf "%s ", $0 }')"
     log "keygate-two CPU per thread: $(thread_cpu "$kg2")"
     python3 "$BENCH/analyze.py" scaling "$WORK/scaling.tsv" | tee "$WORK/summary-scaling.txt"
 }

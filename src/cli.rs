@@ -291,14 +291,15 @@ pub enum TypeArg {
     Public,
 }
 
-/// How many request threads the command wants: `[server] workers` for `serve`, else tokio's
-/// own `TOKIO_WORKER_THREADS`, else the runtime's default (one per CPU). An unreadable config
-/// is reported later by [`execute`].
+/// How many threads the command's main runtime wants: `[server] workers` for `serve` (one
+/// when `[server] sharded`: the other shards bring their own), else tokio's own
+/// `TOKIO_WORKER_THREADS`, else the runtime's default (one per CPU). An unreadable config is
+/// reported later by [`execute`].
 pub fn workers(cli: &Cli) -> Option<usize> {
     match cli.command {
         Command::Serve => Config::load(&cli.config)
             .ok()
-            .and_then(|c| c.server.workers)
+            .and_then(|c| c.server.main_workers())
             .or_else(|| std::env::var("TOKIO_WORKER_THREADS").ok()?.parse().ok()),
         _ => None,
     }

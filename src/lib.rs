@@ -10,7 +10,8 @@
 //!   HTTP/1.1 client session (read a head, admit, forward or refuse, keep-alive, the header and
 //!   idle clocks); `server::conn`, hyper's connections (HTTP/2 clients, and HTTP/1.1 ones when
 //!   the upstream speaks HTTP/2); config reload; `server::memory`, the heap handed back after a
-//!   flood of connections.
+//!   flood of connections; `server::shard`, an event loop and listening socket per worker
+//!   (`[server] sharded`).
 //! - [`wire`]: keygate's own HTTP/1.1 on the wire: client request heads indexed in the read
 //!   buffer and the framing rules that refuse smuggling ([`wire::request`]), bodies by length,
 //!   chunks or close ([`wire::body`]), the client's response heads and JSON refusals

@@ -57,6 +57,9 @@ pub struct Metrics {
     usage: Usage,
     /// Client connections open now (public and plain listeners).
     pub open_connections: IntGauge,
+    /// Client connections accepted on the public and plain listeners, by the shard that
+    /// accepted them (`[server] sharded`; always "0" otherwise).
+    accepted: IntCounterVec,
     /// Keys due for rotation (`[keys] max_age` / `warn_before`), as of the last store scan.
     pub keys_due_for_rotation: IntGauge,
     /// TLS handshakes that failed (bad client, plain HTTP on the TLS port, timeout).
@@ -245,6 +248,16 @@ impl Metrics {
         let open_connections =
             IntGauge::new("keygate_open_connections", "Client connections open now")
                 .expect("valid metric");
+        let accepted = IntCounterVec::new(
+            Opts::new(
+                "keygate_connections_accepted_total",
+                "Client connections accepted on the public and plain listeners, by the shard \
+                 (event loop) that accepted them: \"0\" unless [server] sharded",
+            ),
+            &["shard"],
+        )
+        .expect("valid metric");
+        accepted.with_label_values(&["0"]);
         let keys_due_for_rotation = IntGauge::new(
             "keygate_keys_due_for_rotation",
             "Keys past [keys] max_age or within [keys] warn_before of their replace-by date, \
@@ -323,6 +336,7 @@ impl Metrics {
             Box::new(request_latency.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_latency.clone()),
             Box::new(open_connections.clone()),
+            Box::new(accepted.clone()),
             Box::new(keys_due_for_rotation.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(reloads.clone()),
@@ -370,6 +384,7 @@ impl Metrics {
                 .map(|kind| upstream_failures.with_label_values(&[kind.as_str()])),
             usage,
             open_connections,
+            accepted,
             keys_due_for_rotation,
             tls_handshake_failures,
             reloads,
@@ -400,6 +415,11 @@ impl Metrics {
     }
 
     /// Counts one invalid key the stuffing guard saw, and the block it started, if any.
+    /// The counter of connections accepted by shard `index`, resolved once per accept loop.
+    pub fn accepted_by(&self, index: usize) -> IntCounter {
+        self.accepted.with_label_values(&[&index.to_string()])
+    }
+
     pub fn guard(&self, counted: crate::guard::Counted) {
         self.guard_failures.inc();
         if counted == crate::guard::Counted::Blocked {

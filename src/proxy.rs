@@ -746,6 +746,7 @@ impl Current {
             &config.auth.credential_headers,
             &config.keys.prefix,
             config.server.max_body_bytes,
+            config.server.shards(),
         )?;
         Ok(Self { config, forwarder })
     }

@@ -14,6 +14,7 @@ use super::{ConfigError, invalid};
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawServer {
     workers: Option<usize>,
+    sharded: bool,
     #[serde(with = "humantime_serde")]
     header_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -36,6 +37,7 @@ impl Default for RawServer {
     fn default() -> Self {
         Self {
             workers: None,
+            sharded: false,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(75),
             max_connections: 10_000,
@@ -57,6 +59,11 @@ pub struct Server {
     /// (the sidecar setting: no cross-thread hand-offs at all).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// Each worker runs its own event loop and accepts its own clients on the public
+    /// listener (`SO_REUSEPORT`; the kernel spreads new connections over the workers), instead
+    /// of all workers sharing one work-stealing runtime. A connection stays on the worker that
+    /// accepted it. See [`Server::shards`].
+    pub sharded: bool,
     /// Slow-loris guard: a client gets this long to send a request's headers, counted from
     /// its first byte (and from the connection's start for the first request).
     #[serde(with = "humantime_serde")]
@@ -92,6 +99,25 @@ pub struct Server {
     /// Which kernel interface submits those batches: `auto` (io_uring, else Linux AIO where
     /// io_uring is refused), `io_uring` or `aio`. Read at start; a reload does not change it.
     pub batch_backend: crate::batch::Choice,
+}
+
+impl Server {
+    /// How many event loops accept on the public listener: one per worker when
+    /// [`Server::sharded`], else one (the main runtime, however many workers it has).
+    pub fn shards(&self) -> usize {
+        if !self.sharded {
+            return 1;
+        }
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
+    /// Worker threads of the main runtime, `None` for one per CPU. Sharded, the main thread
+    /// is the first shard and runs on a runtime of its own thread alone.
+    pub fn main_workers(&self) -> Option<usize> {
+        if self.sharded { Some(1) } else { self.workers }
+    }
 }
 
 impl TryFrom<RawServer> for Server {
@@ -150,6 +176,7 @@ impl TryFrom<RawServer> for Server {
         };
         Ok(Server {
             workers: raw.workers,
+            sharded: raw.sharded,
             header_read_timeout: raw.header_read_timeout,
             idle_timeout: raw.idle_timeout,
             max_connections: raw.max_connections,

@@ -67,6 +67,34 @@ fn the_batch_backend_is_one_of_three() {
     );
 }
 
+/// `[server] sharded`: off unless set; on, one shard per worker and a main runtime of one
+/// thread (the other shards bring their own); off, one shard whatever the workers.
+#[test]
+fn sharding_gives_each_worker_its_own_loop_and_the_main_runtime_one_thread() {
+    let off = load(&format!("{MINIMAL}[server]\nworkers = 4\n"), &[]).unwrap();
+    assert!(!off.server.sharded);
+    assert_eq!(off.server.shards(), 1);
+    assert_eq!(off.server.main_workers(), Some(4));
+
+    let on = load(
+        &format!("{MINIMAL}[server]\nworkers = 4\n"),
+        &[("KEYGATE_SERVER__SHARDED", "true")],
+    )
+    .unwrap();
+    assert_eq!(on.server.shards(), 4);
+    assert_eq!(on.server.main_workers(), Some(1));
+
+    let per_cpu = load(&format!("{MINIMAL}[server]\nsharded = true\n"), &[]).unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(per_cpu.server.shards(), cpus);
+    assert_eq!(per_cpu.server.main_workers(), Some(1));
+
+    let err = load(&format!("{MINIMAL}[server]\nsharded = \"yes\"\n"), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sharded"), "{err}");
+}
+
 /// `[store] quota_fallback`: "budget" unless set, "refuse" on request, only with Redis, and
 /// anything else refused with the choices named.
 #[test]

@@ -141,6 +141,7 @@ impl Forwarder {
         credential_headers: &[CredentialHeader],
         key_prefix: &str,
         max_body: Option<u64>,
+        shards: usize,
     ) -> Result<Self, ClientError> {
         static FORWARDERS: AtomicU64 = AtomicU64::new(0);
         let tls = client::tls_config(upstream)?;
@@ -161,7 +162,7 @@ impl Forwarder {
         Ok(Self {
             client: client::build(upstream, tls)?,
             dialer,
-            parking: Arc::default(),
+            parking: Arc::new(Parking::new(shards)),
             id: FORWARDERS.fetch_add(1, Ordering::Relaxed),
             http2: upstream.http2,
             production: Target::new(&upstream.url),

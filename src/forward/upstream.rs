@@ -23,6 +23,7 @@
 //! arrived since the last response. A request that still meets a connection closed at that
 //! very moment is retried once on a new one when that is safe (see `server::session::serve`).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -232,8 +233,9 @@ const SPARE_KEPT: usize = 32;
 /// keeping them all took 1.7 µs off each request (bench/RESULTS.md, 2026-12-06 18:16). So as
 /// many are kept as the connections in use have handed back, and each [`Parking::sweep`]
 /// frees those no connection needed since the one before, down to [`SPARE_KEPT`]: a burst's
-/// buffers are gone two sweeps after it ended. At most [`PARK_MAX`] (16 MiB); in practice
-/// about as many as were in use at once, whose buffers were live then anyway.
+/// buffers are gone two sweeps after it ended. At most [`PARK_MAX`] (16 MiB) in all, shared
+/// out over the shelves; in practice about as many as were in use at once, whose buffers were
+/// live then anyway.
 #[derive(Default)]
 struct Spare {
     buffers: Vec<Buffer>,
@@ -248,9 +250,9 @@ impl Spare {
         buf.unwrap_or_else(|| Buffer::with_capacity(READ_BUFFER))
     }
 
-    fn give(&mut self, buf: Buffer) {
+    fn give(&mut self, buf: Buffer, max: usize) {
         // A buffer a large head grew is not kept: the next connection would hold it too.
-        if buf.capacity() == READ_BUFFER && self.buffers.len() < PARK_MAX {
+        if buf.capacity() == READ_BUFFER && self.buffers.len() < max {
             self.buffers.push(buf);
         }
     }
@@ -279,35 +281,66 @@ pub struct Swept {
     pub freed: usize,
 }
 
-/// Idle upstream connections between client connections, newest at the back.
+/// Idle upstream connections between client connections, on one shelf per shard (see
+/// [`enter_shard`]), newest at the back.
 pub struct Parking {
+    shelves: Box<[Shelf]>,
+    /// Connections, and spare buffers, kept per shelf at most: [`PARK_MAX`] shared out, but in
+    /// tests.
+    max: usize,
+}
+
+#[derive(Default)]
+struct Shelf {
     idle: Mutex<VecDeque<(Instant, Link)>>,
     /// Empty read buffers for the connections taken next.
     spare: Mutex<Spare>,
-    /// [`PARK_MAX`], but in tests.
-    max: usize,
+}
+
+thread_local! {
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as the event loop of shard `index` (`[server] sharded`): the
+/// connections it parks, and those it takes, are that shard's own. An upstream socket is
+/// registered with the event loop that opened it, and a shard that used another's would have
+/// every readiness of it cross threads, delayed until that other loop next polls the kernel.
+/// Threads of a shared runtime stay shard 0 and share one shelf.
+pub fn enter_shard(index: usize) {
+    SHARD.set(index);
 }
 
 impl Default for Parking {
     fn default() -> Self {
-        Self {
-            idle: Mutex::default(),
-            spare: Mutex::default(),
-            max: PARK_MAX,
-        }
+        Self::new(1)
     }
 }
 
 impl Parking {
+    /// A parking with a shelf for each of `shards` event loops.
+    pub fn new(shards: usize) -> Self {
+        let shards = shards.max(1);
+        Self {
+            shelves: (0..shards).map(|_| Shelf::default()).collect(),
+            max: PARK_MAX.div_ceil(shards).max(SPARE_KEPT),
+        }
+    }
+
+    /// The calling shard's shelf.
+    fn shelf(&self) -> &Shelf {
+        &self.shelves[SHARD.get() % self.shelves.len()]
+    }
+
     /// Keeps `link` for the next client connection that needs its route, if it is usable.
     pub fn park(&self, mut link: Link) {
         if !link.usable() {
             return;
         }
+        let shelf = self.shelf();
         // Empty (`usable` says so): whoever takes a connection next gets it back.
         let buf = std::mem::replace(&mut link.buf, Buffer::with_capacity(0));
-        lock(&self.spare).give(buf);
-        let mut idle = lock(&self.idle);
+        lock(&shelf.spare).give(buf, self.max);
+        let mut idle = lock(&shelf.idle);
         expire(&mut idle);
         if idle.len() >= self.max {
             idle.pop_front();
@@ -317,13 +350,14 @@ impl Parking {
 
     /// The newest usable parked connection to `route`; closes the unusable ones it meets.
     pub fn take(&self, route: Destination) -> Option<Link> {
-        let mut idle = lock(&self.idle);
+        let shelf = self.shelf();
+        let mut idle = lock(&shelf.idle);
         expire(&mut idle);
         while let Some(at) = idle.iter().rposition(|(_, link)| link.route == route) {
             let (_, mut link) = idle.remove(at).expect("position is in range");
             if link.usable() {
                 drop(idle);
-                link.buf = lock(&self.spare).take();
+                link.buf = lock(&shelf.spare).take();
                 return Some(link);
             }
         }
@@ -331,21 +365,26 @@ impl Parking {
     }
 
     /// Closes the expired connections, and those the upstream closed (or wrote to) while they
-    /// waited, and frees the spare buffers unused since the last sweep.
+    /// waited, and frees the spare buffers unused since the last sweep, on every shelf.
     pub fn sweep(&self) -> Swept {
-        let closed = {
-            let mut idle = lock(&self.idle);
+        let mut swept = Swept {
+            closed: 0,
+            freed: 0,
+        };
+        for shelf in &self.shelves {
+            let mut idle = lock(&shelf.idle);
             let before = idle.len();
             expire(&mut idle);
             idle.retain_mut(|(_, link)| link.usable());
-            before - idle.len()
-        };
-        let freed = lock(&self.spare).trim();
-        Swept { closed, freed }
+            swept.closed += before - idle.len();
+            drop(idle);
+            swept.freed += lock(&shelf.spare).trim();
+        }
+        swept
     }
 
     pub fn len(&self) -> usize {
-        lock(&self.idle).len()
+        self.shelves.iter().map(|s| lock(&s.idle).len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -455,7 +494,7 @@ mod tests {
 
         // Everything parked longer than PARK_FOR ago is closed on the next park; a fresh one
         // is handed out.
-        for (at, _) in lock(&home.idle).iter_mut() {
+        for (at, _) in lock(&home.shelves[0].idle).iter_mut() {
             *at -= PARK_FOR;
         }
         home.park(newest);
@@ -495,14 +534,14 @@ mod tests {
             home.park(link);
         }
         assert!(
-            lock(&home.idle)
+            lock(&home.shelves[0].idle)
                 .iter()
                 .all(|(_, link)| link.buf.capacity() == 0)
         );
 
         // The upstream closes the newest; the oldest has waited past PARK_FOR.
         drop(servers.remove(2));
-        lock(&home.idle).front_mut().unwrap().0 -= PARK_FOR;
+        lock(&home.shelves[0].idle).front_mut().unwrap().0 -= PARK_FOR;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(home.sweep().closed, 2);
         assert_eq!(home.len(), 1, "the closed and the expired are gone");
@@ -528,7 +567,7 @@ mod tests {
         let taken: Vec<Buffer> = (0..500).map(|_| spare.take()).collect();
         assert!(taken.iter().all(|b| b.capacity() == READ_BUFFER));
         for buf in taken {
-            spare.give(buf);
+            spare.give(buf, PARK_MAX);
         }
         assert_eq!(
             spare.trim(),
@@ -540,13 +579,13 @@ mod tests {
         for _ in 0..3 {
             let taken: Vec<Buffer> = (0..500).map(|_| spare.take()).collect();
             assert_eq!(spare.buffers.len(), 0);
-            taken.into_iter().for_each(|b| spare.give(b));
+            taken.into_iter().for_each(|b| spare.give(b, PARK_MAX));
             assert_eq!(spare.trim(), 0, "all were needed");
         }
 
         // Only 100 in use at once: the 400 never touched go at the next sweep.
         let taken: Vec<Buffer> = (0..100).map(|_| spare.take()).collect();
-        taken.into_iter().for_each(|b| spare.give(b));
+        taken.into_iter().for_each(|b| spare.give(b, PARK_MAX));
         assert_eq!(spare.trim(), 400 * READ_BUFFER);
         assert_eq!(spare.buffers.len(), 100);
 
@@ -556,11 +595,39 @@ mod tests {
         assert_eq!(spare.buffers.len(), SPARE_KEPT);
 
         // A buffer a large head grew is not kept; nor more than PARK_MAX.
-        spare.give(Buffer::with_capacity(2 * READ_BUFFER));
+        spare.give(Buffer::with_capacity(2 * READ_BUFFER), PARK_MAX);
         assert_eq!(spare.buffers.len(), SPARE_KEPT);
         for _ in 0..PARK_MAX + 10 {
-            spare.give(Buffer::with_capacity(READ_BUFFER));
+            spare.give(Buffer::with_capacity(READ_BUFFER), PARK_MAX);
         }
         assert_eq!(spare.buffers.len(), PARK_MAX);
+    }
+
+    #[tokio::test]
+    async fn each_shard_takes_back_only_the_connections_it_parked_and_the_sweep_sees_them_all() {
+        let home = Parking::new(2);
+        assert_eq!(home.max, PARK_MAX / 2, "the cap is shared out");
+        let (mut made, mut servers) = links(3).await;
+        enter_shard(1);
+        home.park(made.pop().unwrap());
+        home.park(made.pop().unwrap());
+        enter_shard(0);
+        assert!(
+            home.take(ROUTE).is_none(),
+            "shard 0 does not use shard 1's connections"
+        );
+        home.park(made.pop().unwrap());
+        assert_eq!(home.len(), 3);
+
+        // The upstream closes one of shard 1's; a sweep from any thread finds it.
+        drop(servers.remove(2));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(home.sweep().closed, 1);
+        assert!(home.take(ROUTE).is_some(), "shard 0's own");
+        assert!(home.take(ROUTE).is_none());
+        enter_shard(1);
+        assert!(home.take(ROUTE).is_some(), "shard 1's usable one");
+        assert!(home.take(ROUTE).is_none());
+        enter_shard(0);
     }
 }

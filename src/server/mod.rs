@@ -1,13 +1,15 @@
 //! Listeners and the process lifecycle: bind, accept (with a connection cap), hand each
 //! connection to `session` (keygate's own HTTP/1.1) or `conn` (hyper: HTTP/2 clients, the admin
 //! and plain ports), reload config and certificates (`reload`), give the heap back after
-//! floods of connections (`memory`), and shut down in order: fail
-//! readiness, drain, stop accepting, finish in-flight requests, exit before the deadline.
+//! floods of connections (`memory`), accept on one event loop per worker when sharded
+//! (`shard`), and shut down in order: fail readiness, drain, stop accepting, finish in-flight
+//! requests, exit before the deadline.
 
 mod conn;
 mod memory;
 mod reload;
 mod session;
+mod shard;
 pub mod tls;
 
 pub use memory::restart_without_tcache;
@@ -61,11 +63,16 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Upstream(#[from] crate::forward::ClientError),
+    #[error(transparent)]
+    Shard(#[from] shard::ShardError),
 }
 
 /// A proxy with its listeners bound and its key store loaded, ready to [`Server::run`].
 pub struct Server {
     public: TcpListener,
+    /// `[server] sharded`: the other shards' threads, each with its own listener on the public
+    /// address (the main thread is shard 0).
+    shards: Vec<shard::Shard>,
     plain: Option<TcpListener>,
     admin: TcpListener,
     manage: Option<TcpListener>,
@@ -88,21 +95,34 @@ impl Server {
         }
         tracing::info!(store = %store.describe(), "key store opened");
         let cache = KeyCache::new(store, config.cache.clone(), metrics.clone());
-        let bind = |which, addr| async move {
-            listen(addr).map_err(|source| ServerError::Bind {
+        let bind = |which, addr, reuse_port| {
+            listen(addr, reuse_port).map_err(|source| ServerError::Bind {
                 which,
                 addr,
                 source,
             })
         };
-        let public = bind("listen.public", config.listen.public).await?;
+        let sharded = config.server.shards() > 1;
+        let public = bind("listen.public", config.listen.public, sharded)?;
+        let mut shards = Vec::new();
+        if sharded {
+            // The same port for every shard, also when the config asked for port 0.
+            let addr = public.local_addr().map_err(|source| ServerError::Bind {
+                which: "listen.public",
+                addr: config.listen.public,
+                source,
+            })?;
+            for index in 1..config.server.shards() {
+                shards.push(shard::Shard::spawn(index, addr).await?);
+            }
+        }
         let plain = match config.listen.plain {
-            Some(addr) => Some(bind("listen.plain", addr).await?),
+            Some(addr) => Some(bind("listen.plain", addr, false)?),
             None => None,
         };
-        let admin = bind("listen.admin", config.listen.admin).await?;
+        let admin = bind("listen.admin", config.listen.admin, false)?;
         let manage = match config.listen.manage {
-            Some(addr) => Some(bind("listen.manage", addr).await?),
+            Some(addr) => Some(bind("listen.manage", addr, false)?),
             None => None,
         };
         let readiness = Readiness::default();
@@ -112,6 +132,7 @@ impl Server {
         let proxy = Proxy::new(Arc::new(config), cache.clone(), metrics.clone())?;
         Ok(Self {
             public,
+            shards,
             plain,
             admin,
             manage,
@@ -214,15 +235,13 @@ impl Server {
             connections: connections.clone(),
             metrics: self.metrics.clone(),
             stop: stop_accepting.clone(),
+            accepted: self.metrics.accepted_by(0),
         };
 
         let proxy = self.proxy.clone();
         let tls_config = config.tls.clone();
-        let public = endpoint.clone().accept(
-            self.public,
-            client_cap.clone(),
-            true,
-            move |stream, peer, serving, metrics| {
+        let serve_public =
+            move |stream: TcpStream, peer: SocketAddr, serving: Arc<Serving>, metrics| {
                 let proxy = proxy.clone();
                 let acceptor = acceptor.clone();
                 let tls_config = tls_config.clone();
@@ -243,8 +262,26 @@ impl Server {
                         }
                     }
                 }
-            },
-        );
+            };
+        // Every shard's loop turns until the main thread is through (see `shard`).
+        let shards_done = CancellationToken::new();
+        let shards: Vec<_> = self
+            .shards
+            .into_iter()
+            .map(|shard| {
+                let endpoint = endpoint.on_shard(shard.index());
+                let cap = client_cap.clone();
+                let serve = serve_public.clone();
+                let done = shards_done.clone();
+                shard.run(move |listener| async move {
+                    endpoint.accept(listener, cap, true, serve).await;
+                    done.cancelled().await;
+                })
+            })
+            .collect();
+        let public = endpoint
+            .clone()
+            .accept(self.public, client_cap.clone(), true, serve_public);
         let plain = self.plain.map(|listener| {
             let tls = config.tls.clone().expect("listen.plain requires [tls]");
             endpoint.clone().accept(
@@ -331,6 +368,7 @@ impl Server {
             plain = plain_addr.map(tracing::field::display),
             manage = manage_addr.map(tracing::field::display),
             tls = config.tls.is_some(),
+            shards = shards.len() + 1,
             "keygate listening"
         );
 
@@ -364,19 +402,27 @@ impl Server {
         }
         background.cancel();
         self.cache.flush_usage().await;
+        shards_done.cancel();
+        for shard in shards {
+            shard.join().await;
+        }
         tracing::info!("keygate stopped");
     }
 }
 
 /// A listening socket with a deep accept queue: clients beyond `max_connections` wait there,
-/// and the kernel caps it at `net.core.somaxconn`.
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// and the kernel caps it at `net.core.somaxconn`. `reuse_port`: one of a shard group, whose
+/// sockets the kernel spreads new connections over (only sockets of the same user can join).
+fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     // A restarted keygate can bind while the old one's connections sit in TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(4096)
 }
@@ -388,6 +434,18 @@ struct Endpoint {
     connections: TaskTracker,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
+    /// `keygate_connections_accepted_total` of the shard this loop runs on.
+    accepted: prometheus::IntCounter,
+}
+
+impl Endpoint {
+    /// The same, for the accept loop of shard `index`.
+    fn on_shard(&self, index: usize) -> Self {
+        Self {
+            accepted: self.metrics.accepted_by(index),
+            ..self.clone()
+        }
+    }
 }
 
 impl Endpoint {
@@ -426,6 +484,7 @@ impl Endpoint {
             let _ = stream.set_nodelay(true);
             if counted {
                 self.metrics.open_connections.inc();
+                self.accepted.inc();
             }
             let open = Open {
                 metrics: counted.then(|| self.metrics.clone()),
