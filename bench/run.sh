@@ -1380,7 +1380,8 @@ LUA
 # and 3 what sharing one process costs. Layouts 5 and 6 (`two_sharded`, `two_sharded_pinned`):
 # one keygate with `[server] sharded = true` and two workers (each its own event loop and
 # SO_REUSEPORT listener), its threads floating and then pinned one per CPU like layout 4,
-# with one wrk (two threads, 50 connections) as in layout 2: the built-in form of layout 3.
+# loaded as layout 3 is (two wrk of one thread and 25 connections each, here both to its one
+# port), so that against layout 3 only the process boundary differs: the built-in form of it.
 # --------------------------------------------------------------------------------------------
 KG_TWO_PUBLIC=127.0.0.1:8096
 KG_TWO_ADMIN=127.0.0.1:9196
@@ -1502,6 +1503,8 @@ mode_scaling() {
         KEYGATE_SERVER__WORKERS=2 KEYGATE_SERVER__SHARDED=true \
         KEYGATE_UPSTREAM__URL="http://127.0.0.1:$UPSTREAM_TWO_PORT"
     kgsp=$KG_PID
+    local sharded="${KG_SHARDED_PUBLIC##*:} ${KG_SHARDED_PUBLIC##*:}"
+    local sharded_pinned="${KG_SHARDED_PINNED_PUBLIC##*:} ${KG_SHARDED_PINNED_PUBLIC##*:}"
     expect_status "keygate, two shards, valid key" 200 "http://$KG_SHARDED_PUBLIC/v1/resource" "$(head -1 "$WORK/wrk_keys.txt")"
     : >"$WORK/scaling.tsv"
     log "warm-up: $WARMUP per layout (not recorded)"
@@ -1509,8 +1512,8 @@ mode_scaling() {
     DURATION=$WARMUP scale_run two_cores 0 "${KG_TWO_PUBLIC##*:}" 0,1 "$kg2" "$up2" 2>/dev/null
     DURATION=$WARMUP scale_run two_procs 0 "$procs" 0,1 "$kga $kgb" "$up2" 2>/dev/null
     DURATION=$WARMUP scale_run two_pinned 0 "${KG_PINNED_PUBLIC##*:}" 0,1 "$kgp" "$up2" 2>/dev/null
-    DURATION=$WARMUP scale_run two_sharded 0 "${KG_SHARDED_PUBLIC##*:}" 0,1 "$kgs" "$up2" 2>/dev/null
-    DURATION=$WARMUP scale_run two_sharded_pinned 0 "${KG_SHARDED_PINNED_PUBLIC##*:}" 0,1 "$kgsp" "$up2" 2>/dev/null
+    DURATION=$WARMUP scale_run two_sharded 0 "$sharded" 0,1 "$kgs" "$up2" 2>/dev/null
+    DURATION=$WARMUP scale_run two_sharded_pinned 0 "$sharded_pinned" 0,1 "$kgsp" "$up2" 2>/dev/null
     pin_busiest_two "$kgp"
     pin_busiest_two "$kgsp"
     local pinned
@@ -1525,8 +1528,8 @@ mode_scaling() {
         scale_run two_cores "$r" "${KG_TWO_PUBLIC##*:}" 0,1 "$kg2" "$up2"
         scale_run two_procs "$r" "$procs" 0,1 "$kga $kgb" "$up2"
         scale_run two_pinned "$r" "${KG_PINNED_PUBLIC##*:}" 0,1 "$kgp" "$up2"
-        scale_run two_sharded "$r" "${KG_SHARDED_PUBLIC##*:}" 0,1 "$kgs" "$up2"
-        scale_run two_sharded_pinned "$r" "${KG_SHARDED_PINNED_PUBLIC##*:}" 0,1 "$kgsp" "$up2"
+        scale_run two_sharded "$r" "$sharded" 0,1 "$kgs" "$up2"
+        scale_run two_sharded_pinned "$r" "$sharded_pinned" 0,1 "$kgsp" "$up2"
     done
     log "keygate-sharded connections per shard: $(curl -fsS "http://$KG_SHARDED_ADMIN/metrics" |
         awk '/^keygate_connections_accepted_total/ { printf "%s ", $0 }')"
