@@ -204,6 +204,43 @@ async fn a_client_that_comes_back_resumes_its_session_by_ticket_or_by_id() {
     }
 }
 
+/// `[server] sharded`: every shard terminates TLS with the same session state, so a client
+/// that comes back resumes whichever shard the kernel hands its new connection to.
+#[tokio::test]
+async fn sharded_every_shard_resumes_the_sessions_any_shard_began() {
+    use rustls::HandshakeKind;
+
+    let s = tls_setup(
+        "[server]
+watch_interval = \"0s\"\nworkers = 2\nsharded = true\n",
+    )
+    .await;
+    let (_, key) = s.ws.create_key(&[]);
+    let kg = s.ws.serve();
+    let config = client_config(&[&s.ca], &[b"http/1.1"]);
+    let mut kinds = Vec::new();
+    for _ in 0..16 {
+        let stream = tls_connect(kg.public, config.clone()).await;
+        kinds.push(stream.get_ref().1.handshake_kind());
+        let mut sender = h1(stream).await;
+        let response = sender.send_request(keyed("/v1/shard", &key)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body_json(response).await["path"], "/v1/shard");
+    }
+    assert_eq!(kinds[0], Some(HandshakeKind::Full));
+    assert!(
+        kinds[1..]
+            .iter()
+            .all(|k| *k == Some(HandshakeKind::Resumed)),
+        "{kinds:?}"
+    );
+    for shard in ["0", "1"] {
+        let sample = format!("keygate_connections_accepted_total{{shard=\"{shard}\"}}");
+        let accepted = kg.metric(&sample).await.unwrap_or(0.0);
+        assert!(accepted >= 1.0, "shard {shard} accepted {accepted}");
+    }
+}
+
 #[tokio::test]
 async fn the_plain_listener_refuses_or_redirects_and_never_forwards() {
     let s = tls_setup(
