@@ -440,13 +440,7 @@ async fn sigterm_under_load_fails_no_request_and_exits_in_time() {
     assert_eq!(slow.status, StatusCode::OK);
     assert_eq!(slow.json()["body_len"], 100);
 
-    let exited = eventually(Duration::from_secs(10), || {
-        let done = kg.child.try_wait().unwrap();
-        async move { done.is_some() }
-    })
-    .await;
-    assert!(exited.is_some(), "still running 10 s after SIGTERM");
-    assert!(kg.child.wait().unwrap().success());
+    kg.exits_cleanly_within(Duration::from_secs(10)).await;
     assert!(
         signalled.elapsed() < Duration::from_secs(1 + 5 + 3),
         "exited after the deadline"

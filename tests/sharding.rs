@@ -105,13 +105,7 @@ async fn shards_share_the_port_the_keys_and_the_limits_and_stop_in_order() {
     kg.signal("TERM");
     let during = get(&url, &[("x-api-key", &key)]).await;
     assert_eq!(during.status, StatusCode::TOO_MANY_REQUESTS);
-    let exited = eventually(Duration::from_secs(10), || {
-        let done = kg.child.try_wait().unwrap();
-        async move { done.is_some() }
-    })
-    .await;
-    assert!(exited.is_some(), "still running 10 s after SIGTERM");
-    assert!(kg.child.wait().unwrap().success());
+    kg.exits_cleanly_within(Duration::from_secs(10)).await;
     assert!(
         kg.all_logs().contains("keygate stopped"),
         "{}",

@@ -243,6 +243,18 @@ impl Keygate {
         assert!(polled.is_some(), "the change feed never polled");
     }
 
+    /// Waits up to `limit` for the process to exit (after a SIGTERM), and asserts it exited
+    /// with success.
+    pub async fn exits_cleanly_within(&mut self, limit: Duration) {
+        let exited = eventually(limit, || {
+            let done = self.child.try_wait().unwrap();
+            async move { done.is_some() }
+        })
+        .await;
+        assert!(exited.is_some(), "still running {limit:?} after SIGTERM");
+        assert!(self.child.wait().unwrap().success());
+    }
+
     pub fn all_logs(&self) -> String {
         self.logs.lock().unwrap().join("\n")
     }
