@@ -62,7 +62,8 @@ pub struct Server {
     /// Each worker runs its own event loop and accepts its own clients on the public
     /// listener (`SO_REUSEPORT`; the kernel spreads new connections over the workers), instead
     /// of all workers sharing one work-stealing runtime. A connection stays on the worker that
-    /// accepted it. See [`Server::shards`].
+    /// accepted it, HTTP/2 streams included (so HTTP/2 clients balance worse). See
+    /// [`Server::shards`] and `server::shard`.
     pub sharded: bool,
     /// Slow-loris guard: a client gets this long to send a request's headers, counted from
     /// its first byte (and from the connection's start for the first request).
