@@ -91,6 +91,7 @@ mod queue;
 mod socket;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::cell::OnceCell;
 use std::io;
@@ -99,6 +100,7 @@ use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
 use queue::Queue;
 pub use socket::Socket;
+pub use writer::Batched;
 
 const FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 
@@ -120,14 +122,20 @@ async fn send_on(
     socket: &Socket,
     buf: &mut Vec<u8>,
 ) -> Option<io::Result<usize>> {
-    if !queue.switch().on() {
-        return None;
-    }
-    let ticket = Ticket::new(queue.clone(), socket, buf)?;
+    let ticket = enqueue(queue.clone(), socket, buf)?;
     tokio::task::yield_now().await;
     let (outcome, sent) = ticket.finish();
     *buf = sent;
     Some(outcome.into_result())
+}
+
+/// Queues `buf` (taking it) in `queue` for this turn's batch; `None`, `buf` untouched, where
+/// batching is off.
+fn enqueue(queue: Arc<Queue>, socket: &Socket, buf: &mut Vec<u8>) -> Option<Ticket> {
+    if !queue.switch().on() {
+        return None;
+    }
+    Ticket::new(queue, socket, buf)
 }
 
 /// A transport whose writes can join a batch: plain TCP (TLS encrypts in user space first).

@@ -736,3 +736,174 @@ async fn an_aio_submission_taken_in_part_settles_each_write_by_what_the_kernel_t
         "nothing of the untaken write"
     );
 }
+
+// `Batched`: the writes of hyper's connections, batched at their flush.
+
+/// Writes `parts` to `writer` one call each, then flushes.
+async fn burst(writer: &mut Batched<Socket>, parts: &[&[u8]]) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    for part in parts {
+        writer.write_all(part).await?;
+    }
+    writer.flush().await
+}
+
+on_every_backend! {
+async fn flushes_of_one_turn_go_in_one_submission_each_burst_in_order(kind: Kind) {
+    let Some((queue, told)) = test_queue(kind) else {
+        return;
+    };
+    let net = Net::new().await;
+    let mut writers = Vec::new();
+    let mut peers = Vec::new();
+    for _ in 0..4 {
+        let (ours, peer) = net.pair().await;
+        writers.push(Batched::on(ours, queue.clone()));
+        peers.push(peer);
+    }
+    let bursts = writers.iter_mut().enumerate().map(|(i, writer)| async move {
+        let body = format!("body {i}");
+        burst(writer, &[b"head ", body.as_bytes()]).await.unwrap();
+    });
+    futures_util::future::join_all(bursts).await;
+    assert_eq!(told.totals(), (1, 4), "one submission of four bursts");
+    for (i, (writer, mut peer)) in writers.into_iter().zip(peers).enumerate() {
+        drop(writer);
+        assert_eq!(received(&mut peer).await, format!("head body {i}").as_bytes());
+    }
+    assert!(queue.is_idle(), "every slot free again");
+}
+}
+
+on_every_backend! {
+async fn what_the_batch_could_not_send_goes_out_before_the_flush_ends(kind: Kind) {
+    let Some((queue, told)) = test_queue(kind) else {
+        return;
+    };
+    let net = Net::new().await;
+    let (ours, mut peer) = net.pair().await;
+    // Fill the socket (the peer reads nothing yet), so the batch can take none of the burst.
+    let mut filled = 0;
+    let chunk = vec![7u8; 64 * 1024];
+    for round in 0.. {
+        match ours.tcp().try_write(&chunk) {
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(round < 10_000, "the socket never filled up");
+    }
+    let mut writer = Batched::on(ours, queue.clone());
+    let mut flush = Box::pin(burst(&mut writer, &[b"the ", b"tail"]));
+    for _ in 0..3 {
+        assert!(poll!(&mut flush).is_pending(), "flushed into a full socket");
+    }
+    let reader = async {
+        let mut got = vec![0u8; filled + 8];
+        tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut got))
+            .await
+            .expect("the tail never came")
+            .unwrap();
+        got
+    };
+    let (flushed, got) = tokio::join!(flush, reader);
+    flushed.unwrap();
+    assert!(got[..filled].iter().all(|&b| b == 7), "the filler first");
+    assert_eq!(&got[filled..], b"the tail", "then the burst, whole");
+    assert_eq!(told.totals().1, 1, "the burst was queued once, then written the usual way");
+    drop(writer);
+    assert!(received(&mut peer).await.is_empty(), "nothing sent twice");
+    assert!(queue.is_idle());
+}
+}
+
+on_every_backend! {
+async fn a_writer_dropped_mid_flush_sends_nothing_and_stalls_no_one(kind: Kind) {
+    let Some((queue, _)) = test_queue(kind) else {
+        return;
+    };
+    let net = Net::new().await;
+    let (a, mut a_peer) = net.pair().await;
+    let (b, mut b_peer) = net.pair().await;
+    let mut dropped = Batched::on(a, queue.clone());
+    let mut kept = Batched::on(b, queue.clone());
+    {
+        let mut flush = Box::pin(burst(&mut dropped, &[b"never"]));
+        assert!(poll!(&mut flush).is_pending(), "queued, waiting for the turn");
+    }
+    drop(dropped);
+    burst(&mut kept, &[b"kept"]).await.unwrap();
+    drop(kept);
+    assert!(received(&mut a_peer).await.is_empty(), "the dropped burst was sent");
+    assert_eq!(received(&mut b_peer).await, b"kept");
+    assert!(queue.is_idle());
+}
+}
+
+on_every_backend! {
+async fn a_large_burst_goes_the_usual_way_after_what_came_before(kind: Kind) {
+    let Some((queue, told)) = test_queue(kind) else {
+        return;
+    };
+    let net = Net::new().await;
+    let (ours, mut peer) = net.pair().await;
+    let mut writer = Batched::on(ours, queue.clone());
+    let large: Vec<u8> = (0..writer::BATCH_MAX + 1).map(|i| (i % 251) as u8).collect();
+    let reader = async {
+        let mut got = vec![0u8; 6 + large.len() + 4];
+        tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut got))
+            .await
+            .expect("the burst never came")
+            .unwrap();
+        got
+    };
+    let parts: [&[u8]; 3] = [b"small ", &large, b"tail"];
+    let (flushed, got) = tokio::join!(burst(&mut writer, &parts), reader);
+    flushed.unwrap();
+    assert_eq!(&got[..6], b"small ");
+    assert_eq!(&got[6..6 + large.len()], large.as_slice());
+    assert_eq!(&got[6 + large.len()..], b"tail", "the tail after the large part");
+    // "small " went out the usual way ahead of the large write; "tail" in a batch.
+    assert_eq!(told.totals(), (1, 1));
+}
+}
+
+on_every_backend! {
+/// A ring that fails under a flush hands its burst back unsent: the writer sends it the usual
+/// way, once.
+async fn a_ring_failing_under_a_flush_leaves_the_burst_to_the_usual_way(kind: Kind) {
+    let Some((queue, told)) = test_queue(kind) else {
+        return;
+    };
+    let net = Net::new().await;
+    let (ours, mut peer) = net.pair().await;
+    queue.lock().fault = Some(Box::new(|| Some(libc::EAGAIN)));
+    let mut writer = Batched::on(ours, queue.clone());
+    tokio::time::timeout(Duration::from_secs(10), burst(&mut writer, &[b"still ", b"sent"]))
+        .await
+        .expect("retried without end")
+        .unwrap();
+    assert!(!queue.has_ring());
+    assert_eq!(*told.batching.lock().unwrap(), [true, false]);
+    // The next burst is not queued at all.
+    burst(&mut writer, &[b" and more"]).await.unwrap();
+    drop(writer);
+    assert_eq!(received(&mut peer).await, b"still sent and more");
+}
+}
+
+/// Where batching is off, a write goes straight to the connection, before any flush.
+#[tokio::test(flavor = "current_thread")]
+async fn a_connection_not_batched_writes_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let net = Net::new().await;
+    let (ours, mut peer) = net.pair().await;
+    let mut writer = Batched::new(ours, false);
+    writer.write_all(b"at once").await.unwrap();
+    let mut got = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(10), peer.read_exact(&mut got))
+        .await
+        .expect("kept until a flush")
+        .unwrap();
+    assert_eq!(&got, b"at once");
+}
