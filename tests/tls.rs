@@ -401,6 +401,91 @@ async fn broken_certificates_at_start_are_a_clear_error() {
 }
 
 /// An echo upstream behind TLS (ALPN h2 + http/1.1), for the upstream-TLS tests.
+/// An upstream that streams each response as a head and two pieces (server-sent events), each
+/// piece only once the test lets it go: a piece held in a buffer on the way never arrives.
+async fn streaming_upstream(go: Arc<tokio::sync::Semaphore>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let go = go.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                            transfer-encoding: chunked\r\n\r\n";
+                let pieces = ["b\r\ndata: one\n\n\r\n", "b\r\ndata: two\n\n\r\n0\r\n\r\n"];
+                stream.write_all(head.as_bytes()).await.unwrap();
+                for piece in pieces {
+                    go.acquire().await.unwrap().forget();
+                    if stream.write_all(piece.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The next piece of a streamed body, within a bound.
+async fn next_piece(body: &mut hyper::body::Incoming) -> Bytes {
+    let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the piece was held back")
+        .expect("the stream ended")
+        .unwrap();
+    frame.into_data().unwrap()
+}
+
+/// Over TLS, keygate's records go out at each flush (in the turn's batch): a streamed response
+/// must still reach the client piece by piece, over HTTP/1.1 (keygate's engine) and HTTP/2
+/// (hyper), and not wait in a buffer for the upstream's next piece.
+#[tokio::test]
+async fn a_streamed_response_reaches_tls_clients_piece_by_piece() {
+    let go = Arc::new(tokio::sync::Semaphore::new(0));
+    let upstream = streaming_upstream(go.clone()).await;
+    let certs = tempfile::tempdir().unwrap().keep();
+    let (ca, cert, key_pem) = test_certificates(&certs);
+    let ws = Workspace::new(
+        &format!("http://{upstream}"),
+        &format!("[tls]\ncert = {cert:?}\nkey = {key_pem:?}\n"),
+    );
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let url = format!("https://localhost:{}/v1/events", kg.public.port());
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let stream = tls_connect(kg.public, client_config(&[&ca], &[alpn])).await;
+        let response = if alpn == b"h2" {
+            let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let request = Request::get(&url)
+                .header("x-api-key", &key)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            sender.send_request(request).await.unwrap()
+        } else {
+            let mut sender = h1(stream).await;
+            sender.send_request(keyed(&url, &key)).await.unwrap()
+        };
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        go.add_permits(1);
+        assert_eq!(next_piece(&mut body).await, "data: one\n\n", "{alpn:?}");
+        go.add_permits(1);
+        assert_eq!(next_piece(&mut body).await, "data: two\n\n", "{alpn:?}");
+    }
+}
+
 async fn tls_upstream(cert: &Path, key: &Path) -> SocketAddr {
     let chain = CertificateDer::pem_file_iter(cert)
         .unwrap()

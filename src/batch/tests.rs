@@ -907,3 +907,21 @@ async fn a_connection_not_batched_writes_at_once() {
         .unwrap();
     assert_eq!(&got, b"at once");
 }
+
+on_every_backend! {
+/// What was written and never flushed (TLS's last alert) still goes out when the connection is
+/// dropped, if the socket takes it.
+async fn a_burst_never_flushed_is_sent_when_the_connection_is_dropped(kind: Kind) {
+    use tokio::io::AsyncWriteExt;
+    let Some((queue, told)) = test_queue(kind) else {
+        return;
+    };
+    let net = Net::new().await;
+    let (ours, mut peer) = net.pair().await;
+    let mut writer = Batched::on(ours, queue.clone());
+    writer.write_all(b"last words").await.unwrap();
+    drop(writer);
+    assert_eq!(received(&mut peer).await, b"last words");
+    assert_eq!(told.totals(), (0, 0), "not through the batch");
+}
+}

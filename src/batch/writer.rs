@@ -37,7 +37,7 @@ pub const BATCH_MAX: usize = 16 * 1024;
 const KEEP_MAX: usize = 4 * 1024;
 
 /// `io`, with writes kept until the flush, which joins this turn's batch.
-pub struct Batched<IO> {
+pub struct Batched<IO: Batchable> {
     io: IO,
     /// Whose queue a flush joins; `None`: nothing is batched, every call goes straight to `io`.
     queue: Option<QueueOf>,
@@ -217,7 +217,23 @@ impl<IO: AsyncWrite + Batchable + Unpin> AsyncWrite for Batched<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Batched<IO> {
+impl<IO: Batchable> Drop for Batched<IO> {
+    fn drop(&mut self) {
+        // Written and never flushed, e.g. the alert TLS writes as it gives up on a connection:
+        // sent if the socket takes it now, as an unbuffered connection would have. A burst
+        // still queued is taken out of the batch by its ticket, unsent.
+        let unsent = match self.state {
+            State::Gathering => &self.pending[..],
+            State::Draining { sent } => &self.pending[sent..],
+            State::Queued(_) => return,
+        };
+        if let (false, Some(socket)) = (unsent.is_empty(), self.io.socket()) {
+            let _ = socket.tcp().try_write(unsent);
+        }
+    }
+}
+
+impl<IO: AsyncRead + Batchable + Unpin> AsyncRead for Batched<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Readiness};
+use crate::batch::{Batched, Socket};
 use crate::config::{Config, Tls};
 use crate::keys::{self, cache::KeyCache};
 use crate::metrics::{Decision, Metrics, Outcome};
@@ -258,7 +259,7 @@ impl Server {
                         }
                         _ => {
                             let conn = Connection::new(peer, false);
-                            let socket = crate::batch::Socket::new(stream);
+                            let socket = Socket::new(stream);
                             serve_proxy(&serving, socket, proxy, conn, false).await;
                         }
                     }
@@ -573,7 +574,7 @@ where
         Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, &conn).await) })
     });
     // hyper flushes once per turn of the connection: that flush joins the turn's batch.
-    let io = crate::batch::Batched::new(io, serving.http1.batch_writes);
+    let io = Batched::new(io, serving.http1.batch_writes);
     conn::serve(serving, io, Activity::new(), service).await;
 }
 
@@ -604,7 +605,10 @@ async fn serve_tls(
             return;
         }
     }
-    let stream = match tokio::time::timeout(serving.header_timeout, acceptor.accept(stream)).await {
+    // TLS writes its records at every write and flushes at the end of each response (and of
+    // each handshake flight): that flush joins the turn's batch, as a plain connection's does.
+    let io = Batched::new(Socket::new(stream), serving.http1.batch_writes);
+    let stream = match tokio::time::timeout(serving.header_timeout, acceptor.accept(io)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");

@@ -290,7 +290,11 @@ where
             return Err(BodyError::TooLarge);
         }
         if !out.is_empty() {
+            // Flushed piece by piece: a streamed response (server-sent events) must reach the
+            // client before the upstream sends more, through whatever buffers `dst` (TLS, or a
+            // batched connection, which sends at the flush). A plain socket's flush is free.
             dst.write_all(out).await.map_err(BodyError::Write)?;
+            dst.flush().await.map_err(BodyError::Write)?;
             progress();
         }
         if decoder.is_done() {
