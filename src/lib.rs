@@ -52,9 +52,10 @@
 //!   for an HTTP/2 upstream; [`forward::failure`] why an upstream request failed, as the
 //!   metrics name it.
 //! - [`batch`]: the writes of one event-loop turn, both directions (request heads to
-//!   upstreams, response heads to HTTP/1.1 clients), sent in one io_uring submission, or one
-//!   Linux AIO `io_submit` where io_uring is refused; its [`batch::Socket`] is every plain TCP
-//!   connection that can join a batch.
+//!   upstreams; responses to HTTP/1.1, HTTP/2 and TLS clients), sent in one io_uring
+//!   submission, or one Linux AIO `io_submit` where io_uring is refused; its
+//!   [`batch::Socket`] is every plain TCP connection that can join a batch, and
+//!   [`batch::Batched`] joins the flushes of hyper's connections and of TLS to it.
 //! - [`metrics`]: the Prometheus registry, and [`metrics::Outcome`], what became of each
 //!   request; [`ratelog`]: errors that repeat (a dead upstream, a dead key store) logged once
 //!   per period with a count, not once each.

@@ -1,8 +1,9 @@
 //! The writes of one event-loop turn, handed to the kernel together in one system call, in
-//! both directions: request heads to upstreams and response heads to HTTP/1.1 clients, over
-//! plain TCP. Two backends do the submitting: io_uring where it works, else Linux native AIO
-//! (`aio.rs`), which container runtimes' default seccomp profiles allow where they refuse
-//! io_uring.
+//! both directions: request heads to upstreams, and responses to clients (keygate's own
+//! HTTP/1.1 through [`send`]; hyper's HTTP/2 and TLS records at their flush through
+//! [`Batched`]), over TCP. Two backends do the submitting: io_uring where it works, else Linux
+//! native AIO (`aio.rs`), which container runtimes' default seccomp profiles allow where they
+//! refuse io_uring.
 //!
 //! # Invariants
 //!

@@ -573,7 +573,8 @@ where
         // moves: 0.53 µs less CPU per request at 10 streams (bench/RESULTS.md, 2026-12-06 21:33).
         Box::pin(async move { Ok::<_, Infallible>(proxy.handle(req, &conn).await) })
     });
-    // hyper flushes once per turn of the connection: that flush joins the turn's batch.
+    // hyper flushes once per turn of the connection: that flush joins the turn's batch. (Over
+    // TLS this one passes everything through: the records join it from under TLS.)
     let io = Batched::new(io, serving.http1.batch_writes);
     conn::serve(serving, io, Activity::new(), service).await;
 }
