@@ -28,13 +28,14 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, Readiness};
-use crate::batch::{Batched, Socket};
+use crate::batch::{Batchable, Batched, Socket};
 use crate::config::{Config, Tls};
 use crate::keys::{self, cache::KeyCache};
 use crate::metrics::{Decision, Metrics, Outcome};
@@ -533,17 +534,20 @@ impl<F: Future<Output = ()>> Future for Guarded<F> {
     }
 }
 
+/// A client connection's transport: plain TCP, or TLS over it.
+trait ClientIo: AsyncRead + AsyncWrite + Batchable + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Batchable + Unpin + Send + 'static> ClientIo for T {}
+
 /// A client connection: keygate's own HTTP/1.1 unless the client speaks HTTP/2 (ALPN `h2`,
 /// or the HTTP/2 preface, which `session` notices and hands back) or the upstream does.
-async fn serve_proxy<IO>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Connection, h2: bool)
-where
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + crate::batch::Batchable
-        + Unpin
-        + Send
-        + 'static,
-{
+async fn serve_proxy<IO: ClientIo>(
+    serving: &Serving,
+    io: IO,
+    proxy: Arc<Proxy>,
+    conn: Connection,
+    h2: bool,
+) {
     // hyper's connection futures are boxed: inline, their HTTP/2 state would make every
     // HTTP/1.1 connection's task several KiB larger.
     if h2 || proxy.current().forwarder.is_http2() {
@@ -556,15 +560,7 @@ where
     }
 }
 
-async fn serve_hyper<IO>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Connection)
-where
-    IO: tokio::io::AsyncRead
-        + tokio::io::AsyncWrite
-        + crate::batch::Batchable
-        + Unpin
-        + Send
-        + 'static,
-{
+async fn serve_hyper<IO: ClientIo>(serving: &Serving, io: IO, proxy: Arc<Proxy>, conn: Connection) {
     let conn = Arc::new(conn);
     let service = service_fn(move |req: Request<Incoming>| {
         let (proxy, conn) = (proxy.clone(), conn.clone());
