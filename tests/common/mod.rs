@@ -171,10 +171,12 @@ impl Keygate {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
+                // Kept before it is announced: a test that looks at the logs once `spawn`
+                // returns finds the ready line there.
+                sink.lock().unwrap().push(line.clone());
                 if line.contains("keygate listening") {
-                    let _ = tx.send(line.clone());
+                    let _ = tx.send(line);
                 }
-                sink.lock().unwrap().push(line);
             }
         });
         let line = match rx.recv_timeout(Duration::from_secs(20)) {
