@@ -19,9 +19,10 @@
 //! Why: one stream per HTTP/2 connection cost keygate a `sendto` per response, several over
 //! TLS (a record per frame). Batched, keygate's CPU per request fell by 2.35 µs over h2c
 //! (17.05 → 15.75 µs, lower in 5 of 5 paired rounds) and by 3.3 µs over TLS h2 (20.2 → 16.1,
-//! 5 of 5); at 10 streams, where responses already shared their flushes, by 0.15 and 1.1 µs
-//! (noise on that machine was larger). keygate's own HTTP/1.1 over TLS, one write per response
-//! before, was unchanged (+0.1 µs, within noise). bench/RESULTS.md, 2026-12-06 23:20.
+//! 5 of 5); at 10 streams, where responses already shared their flushes, nothing measurable
+//! (medians of paired rounds −0.15 and 0.00 over h2c, −1.1 over TLS, all within that machine's
+//! noise). keygate's own HTTP/1.1 over TLS, one write per response before, was unchanged
+//! (+0.1 µs). bench/RESULTS.md, 2026-12-06 23:20.
 
 use std::io;
 use std::mem;
