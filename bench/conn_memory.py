@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Resident memory per open client connection, and after the connections close.
 
-    bench/conn_memory.py [KEYGATE_BINARY] [--connections N] [--floods K] [--env K=V ...]
+    bench/conn_memory.py [KEYGATE_BINARY] [--connections N] [--floods K] [--env K=V ...] [--tls]
 
 Starts keygate (file store, one key, access log off; build it first, e.g. `cargo build
 --release`, or `--features mimalloc` to compare allocators) in front of a small asyncio upstream,
@@ -10,7 +10,9 @@ response and then sit idle; samples keygate's VmRSS while they are held (after 3
 1 s after which an idle connection gives up its buffers), closes them all and samples again
 after 3 s. Prints one line per flood and a summary: KB per idle connection, and RSS after
 the last close against RSS before the first flood. A silent round follows: N connections that
-never send a byte (they hold a slot until the header timeout).
+never send a byte (they hold a slot until the header timeout). With `--tls` keygate serves
+HTTPS (a self-signed certificate made with `openssl`) and every connection, the silent ones
+included, completes a TLS handshake first.
 
 No timed assertions: figures go to bench/RESULTS.md.
 """
@@ -20,6 +22,7 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -81,8 +84,27 @@ async def upstream(reader, writer):
         writer.close()
 
 
-async def one_request(port, key):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def tls_files(work):
+    """A self-signed certificate for 127.0.0.1, made by the openssl command line."""
+    cert, key = os.path.join(work, "cert.pem"), os.path.join(work, "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def client_tls():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def one_request(port, key, tls=None):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     writer.write(
         f"GET /x HTTP/1.1\r\nhost: bench\r\nx-api-key: {key}\r\n\r\n".encode()
     )
@@ -118,6 +140,7 @@ async def main():
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--floods", type=int, default=3)
     parser.add_argument("--env", action="append", default=[])
+    parser.add_argument("--tls", action="store_true", help="HTTPS: a TLS handshake per connection")
     args = parser.parse_args()
 
     up_server = await asyncio.start_server(upstream, "127.0.0.1", 0, backlog=4096)
@@ -125,13 +148,18 @@ async def main():
     work = tempfile.mkdtemp(prefix="conn-memory-")
     public, admin = free_port(), free_port()
     config = os.path.join(work, "proxy.toml")
+    tls = client_tls() if args.tls else None
+    tls_section = ""
+    if args.tls:
+        cert, key_file = tls_files(work)
+        tls_section = f'[tls]\ncert = "{cert}"\nkey = "{key_file}"\n\n'
     with open(config, "w") as f:
         f.write(
             f'[listen]\npublic = "127.0.0.1:{public}"\nadmin = "127.0.0.1:{admin}"\n\n'
             f'[upstream]\nurl = "http://127.0.0.1:{up_port}"\n\n'
             '[store]\nkind = "file"\npath = "keys.json"\n\n'
             '[server]\nmax_connections = 20000\n\n'
-            '[auth]\nunmatched = "allow"\n\n[log]\naccess = false\n'
+            '[auth]\nunmatched = "allow"\n\n[log]\naccess = false\n\n' + tls_section
         )
     created = subprocess.run(
         [args.binary, "keys", "create", "-c", config, "--name", "bench", "--scopes", "*"],
@@ -149,21 +177,21 @@ async def main():
     try:
         for _ in range(200):
             try:
-                w = await one_request(public, key)
+                w = await one_request(public, key, tls)
                 w.close()
                 break
             except OSError:
                 await asyncio.sleep(0.05)
         await asyncio.sleep(1)
         start = rss_kb(proc.pid)
-        print(f"keygate {args.binary} {' '.join(args.env)}: RSS at start {start / 1024:.1f} MB")
+        print(f"keygate {args.binary} {' '.join(args.env)}{' TLS' if args.tls else ''}: RSS at start {start / 1024:.1f} MB")
         show_mappings("at start", proc.pid)
         per_conn = []
         after = start
         for flood in range(1, args.floods + 1):
             before = rss_kb(proc.pid)
             t0 = time.monotonic()
-            writers = await open_many(args.connections, lambda: one_request(public, key))
+            writers = await open_many(args.connections, lambda: one_request(public, key, tls))
             opened = time.monotonic() - t0
             await asyncio.sleep(3)
             held = rss_kb(proc.pid)
@@ -193,7 +221,7 @@ async def main():
         show_mappings("40 s after the last close", proc.pid)
 
         async def silent():
-            _, writer = await asyncio.open_connection("127.0.0.1", public)
+            _, writer = await asyncio.open_connection("127.0.0.1", public, ssl=tls)
             return writer
 
         before = rss_kb(proc.pid)

@@ -400,7 +400,6 @@ async fn broken_certificates_at_start_are_a_clear_error() {
     }
 }
 
-/// An echo upstream behind TLS (ALPN h2 + http/1.1), for the upstream-TLS tests.
 /// An upstream that streams each response as a head and two pieces (server-sent events), each
 /// piece only once the test lets it go: a piece held in a buffer on the way never arrives.
 async fn streaming_upstream(go: Arc<tokio::sync::Semaphore>) -> SocketAddr {
@@ -486,6 +485,100 @@ async fn a_streamed_response_reaches_tls_clients_piece_by_piece() {
     }
 }
 
+/// One HTTP/1.1 response read off `stream`, within a bound: its status and body (the upstream
+/// echoes the request as JSON, `content-length` framed).
+async fn read_response(stream: &mut TlsStream<TcpStream>) -> (StatusCode, serde_json::Value) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            stream.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        let status = head[9..12].parse::<u16>().unwrap();
+        let length = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().unwrap())
+            })
+            .expect("a content-length");
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).await.unwrap();
+        (
+            StatusCode::from_u16(status).unwrap(),
+            serde_json::from_slice(&body).unwrap(),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("no response within 10 s")
+}
+
+/// An idle TLS keep-alive connection gives back its buffers after a second and waits on its
+/// socket for the client's next bytes (`server::session::idle`). What comes next is served
+/// whole: a request after the wait; one whose TLS record began before the wait and ends after
+/// it (rustls holds half a record meanwhile); two requests in one record.
+#[tokio::test]
+async fn an_idle_tls_connection_serves_what_follows_once_it_gave_back_its_buffers() {
+    use tokio::io::AsyncWriteExt;
+    let s = tls_setup("").await;
+    let (_, key) = s.ws.create_key(&[]);
+    let kg = s.ws.serve();
+    let mut stream = tls_connect(kg.public, client_config(&[&s.ca], &[b"http/1.1"])).await;
+    let request =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nx-api-key: {key}\r\n\r\n");
+    // Past the shedding (1 s), well inside the header (10 s) and idle (75 s) timeouts.
+    let idle = Duration::from_millis(1_500);
+
+    stream
+        .write_all(request("/first").as_bytes())
+        .await
+        .unwrap();
+    let (status, echo) = read_response(&mut stream).await;
+    assert_eq!((status, &echo["path"]), (StatusCode::OK, &"/first".into()));
+
+    tokio::time::sleep(idle).await;
+    stream
+        .write_all(request("/after-idle").as_bytes())
+        .await
+        .unwrap();
+    let (status, echo) = read_response(&mut stream).await;
+    assert_eq!(
+        (status, &echo["path"]),
+        (StatusCode::OK, &"/after-idle".into())
+    );
+
+    // One record, its first half sent before the connection sheds and the rest after.
+    let (tcp, tls) = stream.get_mut();
+    std::io::Write::write_all(&mut tls.writer(), request("/split-record").as_bytes()).unwrap();
+    let mut record = Vec::new();
+    while tls.wants_write() {
+        tls.write_tls(&mut record).unwrap();
+    }
+    let half = record.len() / 2;
+    tcp.write_all(&record[..half]).await.unwrap();
+    tokio::time::sleep(idle).await;
+    tcp.write_all(&record[half..]).await.unwrap();
+    let (status, echo) = read_response(&mut stream).await;
+    assert_eq!(
+        (status, &echo["path"]),
+        (StatusCode::OK, &"/split-record".into())
+    );
+
+    tokio::time::sleep(idle).await;
+    let pipelined = request("/one") + &request("/two");
+    stream.write_all(pipelined.as_bytes()).await.unwrap();
+    for path in ["/one", "/two"] {
+        let (status, echo) = read_response(&mut stream).await;
+        assert_eq!((status, &echo["path"]), (StatusCode::OK, &path.into()));
+    }
+}
+
+/// An echo upstream behind TLS (ALPN h2 + http/1.1), for the upstream-TLS tests.
 async fn tls_upstream(cert: &Path, key: &Path) -> SocketAddr {
     let chain = CertificateDer::pem_file_iter(cert)
         .unwrap()

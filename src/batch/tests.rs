@@ -925,3 +925,26 @@ async fn a_burst_never_flushed_is_sent_when_the_connection_is_dropped(kind: Kind
     assert_eq!(told.totals(), (0, 0), "not through the batch");
 }
 }
+
+on_every_backend! {
+/// An idle connection gives back its write buffer (`Batched::shed`), but not while a burst is
+/// unsent: that burst still goes out whole at its flush, and later bursts as before.
+async fn a_writer_gives_back_its_buffer_only_with_nothing_unsent(kind: Kind) {
+    use tokio::io::AsyncWriteExt;
+    let Some((queue, _told)) = test_queue(kind) else {
+        return;
+    };
+    let net = Net::new().await;
+    let (ours, mut peer) = net.pair().await;
+    let mut writer = Batched::on(ours, queue.clone());
+    assert!(writer.shed(), "nothing written yet");
+    writer.write_all(b"kept ").await.unwrap();
+    assert!(!writer.shed(), "a burst is unsent");
+    burst(&mut writer, &[b"until ", b"the flush"]).await.unwrap();
+    assert!(writer.shed());
+    burst(&mut writer, &[b"; then more"]).await.unwrap();
+    drop(writer);
+    assert_eq!(received(&mut peer).await, b"kept until the flush; then more");
+    assert!(queue.is_idle());
+}
+}

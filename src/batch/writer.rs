@@ -94,6 +94,21 @@ impl<IO: Batchable> Batched<IO> {
         }
     }
 
+    /// The transport underneath.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// An idle connection gives back the buffer kept between bursts: `false` (and nothing
+    /// given back) while a burst is still unsent.
+    pub fn shed(&mut self) -> bool {
+        let idle = matches!(self.state, State::Gathering) && self.pending.is_empty();
+        if idle {
+            self.pending = Vec::new();
+        }
+        idle
+    }
+
     /// The queue this flush joins, if batching is still on.
     fn queue(&self) -> Option<Arc<Queue>> {
         match self.queue.as_ref()? {

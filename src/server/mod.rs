@@ -541,7 +541,7 @@ impl<T: AsyncRead + AsyncWrite + Batchable + Unpin + Send + 'static> ClientIo fo
 
 /// A client connection: keygate's own HTTP/1.1 unless the client speaks HTTP/2 (ALPN `h2`,
 /// or the HTTP/2 preface, which `session` notices and hands back) or the upstream does.
-async fn serve_proxy<IO: ClientIo>(
+async fn serve_proxy<IO: ClientIo + session::Idle>(
     serving: &Serving,
     io: IO,
     proxy: Arc<Proxy>,

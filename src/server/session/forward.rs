@@ -9,8 +9,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use super::clock::{Deadline, Patient};
-use super::{Body, Facts, Next, Session, write_flush};
-use crate::batch::{self, Batchable};
+use super::{Body, Facts, Next, Session, Transport, write_flush};
+use crate::batch;
 use crate::forward::Forwarder;
 use crate::forward::failure::Failure;
 use crate::forward::upstream::{Destination, Link, Stream};
@@ -27,7 +27,7 @@ const CLIENT_CLOSED: Outcome = Outcome {
     decision: Decision::ClientClosed,
 };
 
-impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
+impl<IO: Transport> Session<'_, IO> {
     /// Sends the request upstream and relays the response. Returns the status the client got
     /// with the decision logged for it.
     pub(super) async fn forward(

@@ -12,9 +12,9 @@
 //! while one streams). A response body from the upstream has no clock, as with hyper: a slow
 //! stream (server-sent events) is not a dead one; but a client that accepts no response bytes
 //! for an idle timeout is let go ([`clock::Patient`]). Each clock costs nothing per request.
-//! A plain-TCP connection idle for a second gives back its read buffer and scratch space,
-//! and takes them again when its client's next bytes are readable: an idle connection costs
-//! its task and socket, not 10 KiB of buffers.
+//! A connection idle for a second gives back its read buffer and scratch space, and takes
+//! them again when its client's next bytes are readable: an idle connection costs its task
+//! and socket (and over TLS, rustls's state), not 10 KiB of buffers ([`idle`]).
 //!
 //! Retries: a request whose upstream connection was reused and that met a close before any
 //! response byte goes once more on a new connection, if it was sent whole and is idempotent
@@ -30,11 +30,13 @@ use tokio_util::sync::CancellationToken;
 
 mod clock;
 mod forward;
+mod idle;
 mod refuse;
 #[cfg(test)]
 mod tests;
 
 use clock::{Closing, Deadline, Patient};
+pub use idle::Idle;
 use refuse::Body;
 
 use super::conn::Rewind;
@@ -49,7 +51,7 @@ use crate::wire::{self, Buffer, Framing, HeadError, RequestHead};
 
 /// The client connection's read buffer to start with; it grows for larger heads.
 const READ_BUFFER: usize = 8 * 1024;
-/// An idle plain-TCP connection gives its buffers back after this long.
+/// An idle connection gives its buffers back after this long.
 const SHED_AFTER: Duration = Duration::from_secs(1);
 /// A connection closed with input still coming keeps reading (and dropping) it this long, so
 /// that the client reads the response before a reset could destroy it.
@@ -76,18 +78,21 @@ pub enum Served<IO> {
     Handoff(Rewind<IO>),
 }
 
-pub async fn serve<IO>(
+/// A client connection's transport as the session uses it: plain TCP, or TLS over it.
+pub trait Transport: AsyncRead + AsyncWrite + Batchable + Idle + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Batchable + Idle + Unpin + Send> Transport for T {}
+
+pub async fn serve<IO: Transport>(
     io: IO,
     proxy: &Proxy,
     conn: &Connection,
     timing: &Timing,
     closing: &CancellationToken,
-) -> Served<IO>
-where
-    IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send,
-{
+) -> Served<IO> {
     // A plain-TCP connection takes its buffers when its first bytes arrive (see
-    // `Session::shed_buffers`); a TLS one reads through rustls, which needs them at once.
+    // `Session::shed_buffers`); a TLS one has just read the handshake through rustls, which
+    // holds what followed it.
     let tcp = io.socket().is_some();
     let mut session = Session {
         proxy,
@@ -125,8 +130,8 @@ struct Session<'s, IO> {
     up: Vec<u8>,
     /// ... and for what goes to the client.
     down: Vec<u8>,
-    /// The buffers above were given back while the connection was idle (plain TCP only):
-    /// readability is awaited before they are taken again.
+    /// The buffers above were given back while the connection was idle: readability is
+    /// awaited before they are taken again.
     shed: bool,
     /// This connection's upstream connection, between requests.
     link: Option<Link>,
@@ -179,7 +184,7 @@ struct Facts {
     upgrade: bool,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
+impl<IO: Transport> Session<'_, IO> {
     async fn run(&mut self) -> Next {
         loop {
             match self.next_head().await {
@@ -206,7 +211,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         let idle_at = now + self.timing.idle;
         let pause = (self.timing.header / 2).min(self.timing.idle / 2);
         let mut lend_at = (self.link.is_some() && self.buf.is_empty()).then(|| now + pause);
-        let mut shed_at = (!self.shed && self.buf.is_empty() && self.io.socket().is_some())
+        let mut shed_at = (!self.shed && self.buf.is_empty() && self.io.tcp().is_some())
             .then(|| now + SHED_AFTER.min(pause));
         // The first request's head is due within the header timeout of the connection's start
         // (accept, or the end of the TLS handshake): a client that connects and says nothing
@@ -249,7 +254,7 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
             self.clock.set(due);
             let idle = self.buf.is_empty();
             let mut probe = [0u8; 1];
-            let event = match self.io.socket().map(batch::Socket::tcp) {
+            let event = match self.io.tcp() {
                 // Buffers shed: wait for the client's bytes before taking memory to read them
                 // (a peek, so that a client that only closes costs no buffer either).
                 Some(tcp) if self.shed => tokio::select! {
@@ -296,11 +301,15 @@ impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
         }
     }
 
-    /// An idle plain-TCP connection gives its buffers back (read buffer and scratch, about
-    /// 10 KiB, and its upstream connection's 16 KiB): a sidecar holding many keep-alive
-    /// connections from a pool or a load balancer then costs little more than their sockets
-    /// and tasks.
+    /// An idle connection gives its buffers back (read buffer and scratch, about 10 KiB, its
+    /// upstream connection's 16 KiB, and a TLS connection's write buffer): a sidecar holding
+    /// many keep-alive connections from a pool or a load balancer then costs little more than
+    /// their sockets and tasks. Not while the transport holds bytes the client sent
+    /// ([`Idle::shed`]): those are read the usual way.
     fn shed_buffers(&mut self) {
+        if !self.io.shed() {
+            return;
+        }
         let mut bytes = READ_BUFFER + self.up.capacity() + self.down.capacity();
         self.buf = Buffer::with_capacity(0);
         self.up = Vec::new();

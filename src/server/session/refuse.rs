@@ -1,11 +1,10 @@
 //! Refusals on an HTTP/1.1 connection: the JSON response, and what becomes of a request body
 //! that will not be forwarded (skipped when cheap, else the connection closes).
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::{Facts, Next, Session};
-use crate::batch::Batchable;
+use super::{Facts, Next, Session, Transport};
 use crate::keys::rotation::Due;
 use crate::metrics::{Decision, Outcome};
 use crate::proxy::{Audit, Ended};
@@ -37,7 +36,7 @@ pub(super) enum Leftover {
     Unknown,
 }
 
-impl<IO: AsyncRead + AsyncWrite + Batchable + Unpin + Send> Session<'_, IO> {
+impl<IO: Transport> Session<'_, IO> {
     /// The response to a refusal; what is left of the request body is skipped when that is
     /// cheap, or the connection closes after the response.
     pub(super) async fn refuse(

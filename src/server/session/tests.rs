@@ -17,6 +17,17 @@ impl Batchable for DuplexStream {
     }
 }
 
+/// Nor a socket to wait on without buffers.
+impl Idle for DuplexStream {
+    fn shed(&mut self) -> bool {
+        false
+    }
+
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
+}
+
 const HEADER: Duration = Duration::from_secs(10);
 const IDLE: Duration = Duration::from_secs(75);
 
