@@ -2,6 +2,7 @@
 """Resident memory per open client connection, and after the connections close.
 
     bench/conn_memory.py [KEYGATE_BINARY] [--connections N] [--floods K] [--env K=V ...] [--tls]
+    bench/conn_memory.py --attach PORT --pid PID [--pid PID ...] --key KEY [--tls] [...]
 
 Starts keygate (file store, one key, access log off; build it first, e.g. `cargo build
 --release`, or `--features mimalloc` to compare allocators) in front of a small asyncio upstream,
@@ -13,6 +14,10 @@ the last close against RSS before the first flood. A silent round follows: N con
 never send a byte (they hold a slot until the header timeout). With `--tls` keygate serves
 HTTPS (a self-signed certificate made with `openssl`) and every connection, the silent ones
 included, completes a TLS handshake first.
+
+`--attach` measures a server that is already running instead (a peer started by `bench/run.sh
+serve`: nginx key+limit on 8084, TLS 8484; HAProxy 8085, TLS 8485; a key from
+`bench/work/wrk_keys.txt`), its RSS summed over the given PIDs (nginx: its master and worker).
 
 No timed assertions: figures go to bench/RESULTS.md.
 """
@@ -62,12 +67,13 @@ def show_mappings(label, pid):
     print(f"  resident by mapping {label} (MB): {parts}")
 
 
-def rss_kb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+def rss_kb(pids):
+    """VmRSS summed over `pids` (one PID, or several for a server of many processes)."""
+    total = 0
+    for pid in [pids] if isinstance(pids, int) else pids:
+        with open(f"/proc/{pid}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return total
 
 
 async def upstream(reader, writer):
@@ -141,14 +147,22 @@ async def main():
     parser.add_argument("--floods", type=int, default=3)
     parser.add_argument("--env", action="append", default=[])
     parser.add_argument("--tls", action="store_true", help="HTTPS: a TLS handshake per connection")
+    parser.add_argument("--attach", type=int, metavar="PORT", help="a running server's port")
+    parser.add_argument("--pid", type=int, action="append", default=[], help="with --attach")
+    parser.add_argument("--key", help="with --attach: an API key the server accepts")
     args = parser.parse_args()
+    tls = client_tls() if args.tls else None
+    if args.attach:
+        if not args.pid or not args.key:
+            parser.error("--attach needs --pid and --key")
+        await measure(args, args.attach, args.key, tls, args.pid, f"server on :{args.attach}")
+        return
 
     up_server = await asyncio.start_server(upstream, "127.0.0.1", 0, backlog=4096)
     up_port = up_server.sockets[0].getsockname()[1]
     work = tempfile.mkdtemp(prefix="conn-memory-")
     public, admin = free_port(), free_port()
     config = os.path.join(work, "proxy.toml")
-    tls = client_tls() if args.tls else None
     tls_section = ""
     if args.tls:
         cert, key_file = tls_files(work)
@@ -175,70 +189,77 @@ async def main():
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(200):
-            try:
-                w = await one_request(public, key, tls)
-                w.close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(1)
-        start = rss_kb(proc.pid)
-        print(f"keygate {args.binary} {' '.join(args.env)}{' TLS' if args.tls else ''}: RSS at start {start / 1024:.1f} MB")
-        show_mappings("at start", proc.pid)
-        per_conn = []
-        after = start
-        for flood in range(1, args.floods + 1):
-            before = rss_kb(proc.pid)
-            t0 = time.monotonic()
-            writers = await open_many(args.connections, lambda: one_request(public, key, tls))
-            opened = time.monotonic() - t0
-            await asyncio.sleep(3)
-            held = rss_kb(proc.pid)
-            await close_all(writers)
-            await asyncio.sleep(3)
-            after = rss_kb(proc.pid)
-            kb = (held - before) / args.connections
-            per_conn.append(kb)
-            print(
-                f"flood {flood}: {args.connections} idle keep-alive connections (opened in "
-                f"{opened:.1f} s): RSS {before / 1024:.1f} -> {held / 1024:.1f} MB held "
-                f"({kb:.1f} KB each), {after / 1024:.1f} MB 3 s after closing"
-            )
-        print(
-            f"summary: {min(per_conn):.1f}-{max(per_conn):.1f} KB per idle connection; "
-            f"after the last close {after / 1024:.1f} MB against {start / 1024:.1f} MB at "
-            f"start ({100 * (after - start) / start:+.0f} %)"
-        )
-        # Parked upstream connections (at most 256) are closed after 30 s, by a sweep every
-        # 5 s, and the heap trimmed within 2 s of that.
-        await asyncio.sleep(37)
-        settled = rss_kb(proc.pid)
-        print(
-            f"40 s after the last close (parked upstream connections gone): "
-            f"{settled / 1024:.1f} MB ({100 * (settled - start) / start:+.0f} % of the start)"
-        )
-        show_mappings("40 s after the last close", proc.pid)
-
-        async def silent():
-            _, writer = await asyncio.open_connection("127.0.0.1", public, ssl=tls)
-            return writer
-
-        before = rss_kb(proc.pid)
-        writers = await open_many(args.connections, silent)
-        await asyncio.sleep(2)
-        held = rss_kb(proc.pid)
-        await close_all(writers)
-        await asyncio.sleep(3)
-        print(
-            f"silent: {args.connections} connections that never send: RSS {before / 1024:.1f} "
-            f"-> {held / 1024:.1f} MB ({(held - before) / args.connections:.1f} KB each), "
-            f"{rss_kb(proc.pid) / 1024:.1f} MB 3 s after closing"
-        )
+        await measure(args, public, key, tls, [proc.pid], f"keygate {args.binary} {' '.join(args.env)}")
     finally:
         proc.terminate()
         proc.wait()
         up_server.close()
+
+
+async def measure(args, public, key, tls, pids, label):
+    """The floods, the settling and the silent connections, against `public`."""
+    for _ in range(200):
+        try:
+            w = await one_request(public, key, tls)
+            w.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(1)
+    start = rss_kb(pids)
+    print(f"{label}{' TLS' if args.tls else ''}: RSS at start {start / 1024:.1f} MB")
+    if len(pids) == 1:
+        show_mappings("at start", pids[0])
+    per_conn = []
+    after = start
+    for flood in range(1, args.floods + 1):
+        before = rss_kb(pids)
+        t0 = time.monotonic()
+        writers = await open_many(args.connections, lambda: one_request(public, key, tls))
+        opened = time.monotonic() - t0
+        await asyncio.sleep(3)
+        held = rss_kb(pids)
+        await close_all(writers)
+        await asyncio.sleep(3)
+        after = rss_kb(pids)
+        kb = (held - before) / args.connections
+        per_conn.append(kb)
+        print(
+            f"flood {flood}: {args.connections} idle keep-alive connections (opened in "
+            f"{opened:.1f} s): RSS {before / 1024:.1f} -> {held / 1024:.1f} MB held "
+            f"({kb:.1f} KB each), {after / 1024:.1f} MB 3 s after closing"
+        )
+    print(
+        f"summary: {min(per_conn):.1f}-{max(per_conn):.1f} KB per idle connection; "
+        f"after the last close {after / 1024:.1f} MB against {start / 1024:.1f} MB at "
+        f"start ({100 * (after - start) / start:+.0f} %)"
+    )
+    # Parked upstream connections (at most 256) are closed after 30 s, by a sweep every
+    # 5 s, and the heap trimmed within 2 s of that.
+    await asyncio.sleep(37)
+    settled = rss_kb(pids)
+    print(
+        f"40 s after the last close (parked upstream connections gone): "
+        f"{settled / 1024:.1f} MB ({100 * (settled - start) / start:+.0f} % of the start)"
+    )
+    if len(pids) == 1:
+        show_mappings("40 s after the last close", pids[0])
+
+    async def silent():
+        _, writer = await asyncio.open_connection("127.0.0.1", public, ssl=tls)
+        return writer
+
+    before = rss_kb(pids)
+    writers = await open_many(args.connections, silent)
+    await asyncio.sleep(2)
+    held = rss_kb(pids)
+    await close_all(writers)
+    await asyncio.sleep(3)
+    print(
+        f"silent: {args.connections} connections that never send: RSS {before / 1024:.1f} "
+        f"-> {held / 1024:.1f} MB ({(held - before) / args.connections:.1f} KB each), "
+        f"{rss_kb(pids) / 1024:.1f} MB 3 s after closing"
+    )
 
 
 if __name__ == "__main__":

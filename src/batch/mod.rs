@@ -150,6 +150,12 @@ impl Batchable for Socket {
     }
 }
 
+impl<T: Batchable + ?Sized> Batchable for Box<T> {
+    fn socket(&self) -> Option<&Socket> {
+        (**self).socket()
+    }
+}
+
 impl<IO> Batchable for tokio_rustls::server::TlsStream<IO> {
     fn socket(&self) -> Option<&Socket> {
         None

@@ -249,9 +249,10 @@ impl Server {
                 let acceptor = acceptor.clone();
                 let tls_config = tls_config.clone();
                 async move {
+                    // Each branch boxed: a task is as large as its largest branch, so inline,
+                    // a plain connection's task would hold room for the TLS state and a TLS
+                    // connection's for a plain session it never runs (4 KB each, measured).
                     match (acceptor, tls_config) {
-                        // Boxed, like the hyper paths: the handshake's state would otherwise
-                        // sit in every plain connection's task too.
                         (Some(acceptor), Some(tls)) => {
                             Box::pin(serve_tls(
                                 stream, peer, &serving, metrics, acceptor, &tls, proxy,
@@ -261,7 +262,7 @@ impl Server {
                         _ => {
                             let conn = Connection::new(peer, false);
                             let socket = Socket::new(stream);
-                            serve_proxy(&serving, socket, proxy, conn, false).await;
+                            Box::pin(serve_proxy(&serving, socket, proxy, conn, false)).await;
                         }
                     }
                 }
@@ -619,7 +620,17 @@ async fn serve_tls(
         }
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-    serve_proxy(serving, stream, proxy, Connection::new(peer, true), h2).await;
+    // Boxed: every async fn on the way down (`serve_proxy`, `session::serve`, the session)
+    // keeps a slot of its own for the transport it was handed, so the TLS state inline would
+    // be counted several times in each connection's task.
+    serve_proxy(
+        serving,
+        Box::new(stream),
+        proxy,
+        Connection::new(peer, true),
+        h2,
+    )
+    .await;
 }
 
 /// A management API connection, over TLS when `[tls]` is configured.

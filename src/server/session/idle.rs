@@ -32,6 +32,16 @@ impl Idle for Socket {
     }
 }
 
+impl<T: Idle + ?Sized> Idle for Box<T> {
+    fn shed(&mut self) -> bool {
+        (**self).shed()
+    }
+
+    fn tcp(&self) -> Option<&TcpStream> {
+        (**self).tcp()
+    }
+}
+
 impl Idle for tokio_rustls::server::TlsStream<Batched<Socket>> {
     fn shed(&mut self) -> bool {
         let (io, tls) = self.get_mut();
