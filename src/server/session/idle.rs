@@ -10,9 +10,9 @@
 //! with the connection.
 //!
 //! Measured (`bench/conn_memory.py --tls`, 2,000 idle connections after one request each): an
-//! idle TLS connection cost 41 KB resident, 25 KB once it gave back its buffers, and 16–20 KB
-//! with its TLS stream boxed as well (`server::serve_tls`); nginx and HAProxy 18.1 and
-//! 19.0 KB on the same machine (bench/RESULTS.md, 2026-12-07).
+//! idle TLS connection cost 41 KB resident, 25 KB once it gave back its buffers, and 15–19 KB
+//! (median 15.8) with its TLS stream boxed as well (`server::serve_tls`); nginx and HAProxy
+//! 18.1 and 19.0 KB on the same machine (bench/RESULTS.md, 2026-12-07).
 
 use tokio::net::TcpStream;
 
