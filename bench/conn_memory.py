@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Resident memory per open client connection, and after the connections close.
 
-    bench/conn_memory.py [KEYGATE_BINARY] [--connections N] [--floods K] [--env K=V ...] [--tls]
-    bench/conn_memory.py --attach PORT --pid PID [--pid PID ...] --key KEY [--tls] [...]
+    bench/conn_memory.py [KEYGATE_BINARY] [--connections N] [--floods K] [--env K=V ...] [--tls] [--h2]
+    bench/conn_memory.py --attach PORT --pid PID [--pid PID ...] --key KEY [--tls] [--h2] [...]
 
 Starts keygate (file store, one key, access log off; build it first, e.g. `cargo build
 --release`, or `--features mimalloc` to compare allocators) in front of a small asyncio upstream,
@@ -13,11 +13,12 @@ after 3 s. Prints one line per flood and a summary: KB per idle connection, and 
 the last close against RSS before the first flood. A silent round follows: N connections that
 never send a byte (they hold a slot until the header timeout). With `--tls` keygate serves
 HTTPS (a self-signed certificate made with `openssl`) and every connection, the silent ones
-included, completes a TLS handshake first.
+included, completes a TLS handshake first. With `--h2` each connection speaks HTTP/2 (prior
+knowledge, or ALPN h2 with `--tls`) and its one request is stream 1.
 
 `--attach` measures a server that is already running instead (a peer started by `bench/run.sh
 serve`: nginx key+limit on 8084, TLS 8484; HAProxy 8085, TLS 8485; a key from
-`bench/work/wrk_keys.txt`), its RSS summed over the given PIDs (nginx: its master and worker).
+`bench/work/wrk_keys.txt`; HTTP/2 with prior knowledge: nginx 8184, HAProxy 8185), its RSS summed over the given PIDs (nginx: its master and worker).
 
 No timed assertions: figures go to bench/RESULTS.md.
 """
@@ -102,14 +103,26 @@ def tls_files(work):
     return cert, key
 
 
-def client_tls():
+def client_tls(h2):
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"] if h2 else ["http/1.1"])
     return ctx
 
 
-async def one_request(port, key, tls=None):
+def hpack_literal(index, value):
+    """A header with the name at static-table `index`, its value a literal, not indexed."""
+    return bytes([index, len(value)]) + value
+
+
+def h2_frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+async def one_request(port, key, tls=None, h2=False):
+    if h2:
+        return await one_h2_request(port, key, tls)
     reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
     writer.write(
         f"GET /x HTTP/1.1\r\nhost: bench\r\nx-api-key: {key}\r\n\r\n".encode()
@@ -124,6 +137,38 @@ async def one_request(port, key, tls=None):
     if not head.startswith(b"HTTP/1.1 200"):
         raise RuntimeError(head.decode(errors="replace"))
     return writer
+
+
+async def one_h2_request(port, key, tls):
+    """An HTTP/2 connection (prior knowledge, or ALPN h2 over TLS) that sends one GET on stream
+    1 and reads its answer whole, then stays open: frames written by hand (HPACK literals, no
+    Huffman), so the script needs no HTTP/2 package."""
+    SETTINGS, HEADERS, DATA, GOAWAY, RST = 4, 1, 0, 7, 3
+    END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=tls)
+    block = (
+        b"\x82" + (b"\x87" if tls else b"\x86")  # :method GET, :scheme https / http
+        + hpack_literal(4, b"/x") + hpack_literal(1, b"bench")  # :path, :authority
+        + b"\x00" + bytes([len(b"x-api-key")]) + b"x-api-key" + bytes([len(key)]) + key.encode()
+    )
+    writer.write(
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(SETTINGS, 0, 0)
+        + h2_frame(HEADERS, END_STREAM | END_HEADERS, 1, block)
+    )
+    await writer.drain()
+    while True:
+        head = await reader.readexactly(9)
+        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
+        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        payload = await reader.readexactly(length)
+        if kind == SETTINGS and not flags & ACK:
+            writer.write(h2_frame(SETTINGS, ACK, 0))
+        elif kind in (GOAWAY, RST):
+            raise RuntimeError(f"HTTP/2 frame {kind}: {payload.hex()}")
+        elif kind == HEADERS and stream == 1 and payload[:1] != b"\x88":  # :status 200
+            raise RuntimeError(f"HTTP/2 response head {payload.hex()}")
+        if kind in (HEADERS, DATA) and stream == 1 and flags & END_STREAM:
+            return writer
 
 
 async def open_many(count, make):
@@ -147,11 +192,12 @@ async def main():
     parser.add_argument("--floods", type=int, default=3)
     parser.add_argument("--env", action="append", default=[])
     parser.add_argument("--tls", action="store_true", help="HTTPS: a TLS handshake per connection")
+    parser.add_argument("--h2", action="store_true", help="HTTP/2: h2c, or ALPN h2 with --tls")
     parser.add_argument("--attach", type=int, metavar="PORT", help="a running server's port")
     parser.add_argument("--pid", type=int, action="append", default=[], help="with --attach")
     parser.add_argument("--key", help="with --attach: an API key the server accepts")
     args = parser.parse_args()
-    tls = client_tls() if args.tls else None
+    tls = client_tls(args.h2) if args.tls else None
     if args.attach:
         if not args.pid or not args.key:
             parser.error("--attach needs --pid and --key")
@@ -200,14 +246,14 @@ async def measure(args, public, key, tls, pids, label):
     """The floods, the settling and the silent connections, against `public`."""
     for _ in range(200):
         try:
-            w = await one_request(public, key, tls)
+            w = await one_request(public, key, tls, args.h2)
             w.close()
             break
         except OSError:
             await asyncio.sleep(0.05)
     await asyncio.sleep(1)
     start = rss_kb(pids)
-    print(f"{label}{' TLS' if args.tls else ''}: RSS at start {start / 1024:.1f} MB")
+    print(f"{label}{' TLS' if args.tls else ''}{' HTTP/2' if args.h2 else ''}: RSS at start {start / 1024:.1f} MB")
     if len(pids) == 1:
         show_mappings("at start", pids[0])
     per_conn = []
@@ -215,7 +261,7 @@ async def measure(args, public, key, tls, pids, label):
     for flood in range(1, args.floods + 1):
         before = rss_kb(pids)
         t0 = time.monotonic()
-        writers = await open_many(args.connections, lambda: one_request(public, key, tls))
+        writers = await open_many(args.connections, lambda: one_request(public, key, tls, args.h2))
         opened = time.monotonic() - t0
         await asyncio.sleep(3)
         held = rss_kb(pids)

@@ -14,12 +14,17 @@
 #   TLS=1                                over TLS (ALPN h2), the peers' TLS listeners
 #   H1=1                                 HTTP/1.1 keep-alive instead (h2load --h1; -m 1 is
 #                                        one request at a time per connection)
+#   HS=1                                 a full TLS handshake per request: HTTP/1.1 over TLS
+#                                        with `Connection: close` (h2load never resumes a
+#                                        session); implies TLS=1 H1=1 M=1, N defaults to 20000
 #
 # Servers on CPU 0 (keygate with one worker thread), h2load on CPU 1, as in bench/run.sh.
 # Everything started here is stopped by PID on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=bench/work
+HS=${HS:-0}
+if [ "$HS" = 1 ]; then TLS=1 H1=1 M=1 N=${N:-20000}; fi
 N=${N:-200000}
 C=${C:-50}
 M=${M:-10}
@@ -33,6 +38,7 @@ else
 fi
 H2LOAD_PROTO=()
 [ "$H1" = 1 ] && H2LOAD_PROTO=(--h1)
+[ "$HS" = 1 ] && H2LOAD_PROTO+=(-H "Connection: close")
 [ "$TLS" = 1 ] && [ "$H1" = 0 ] && H2LOAD_PROTO=(--npn-list=h2)
 [ "$TLS" = 0 ] && [ "$H1" = 1 ] && { echo "H1=1 needs TLS=1 (the peers' plain h2 ports speak only HTTP/2)" >&2; exit 1; }
 [ $# -gt 0 ] || set -- target/release/keygate
@@ -117,6 +123,7 @@ one() {
 what="h2c"
 [ "$TLS" = 1 ] && what="TLS, HTTP/2"
 [ "$H1" = 1 ] && what="TLS, HTTP/1.1 keep-alive"
+[ "$HS" = 1 ] && what="TLS, HTTP/1.1, a full handshake per request"
 echo "$what, $C connections x $M streams, $N requests per run, $ROUNDS rounds"
 for ((r = 1; r <= ROUNDS; r++)); do
     one "haproxy key+limit" "$HA" $((8185 + PEER_PORT))
