@@ -63,6 +63,9 @@
 //! Around it:
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
+//! - [`crypto`]: the one rustls crypto provider (aws-lc-rs, with the hybrid post-quantum key
+//!   exchange) that the TLS port, the upstream client and the Redis client are built with,
+//!   and the primitives of access tokens.
 //! - [`vocab`]: the words every layer shares (`KeyHash`, `KeyType`, `Environment` (live, test
 //!   and `[environments.<tag>]`, one byte each), `Status`,
 //!   `CredentialHeader`, `HeaderSet`, `StoreError`); it imports nothing, so the layers above never import each other in a
@@ -95,6 +98,7 @@ pub mod cli;
 pub mod config;
 pub mod cors;
 pub mod credential;
+pub mod crypto;
 pub mod echo;
 pub mod forward;
 pub mod guard;

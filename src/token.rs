@@ -4,7 +4,7 @@
 //! # Self-contained, sealed tokens
 //!
 //! A token is `<prefix>_at_<body><checksum>`: `body` is base64url (no padding) of a 12-byte
-//! random nonce and a ChaCha20-Poly1305 box (ring) holding the key's hash, the expiry and
+//! random nonce and a ChaCha20-Poly1305 box (aws-lc-rs) holding the key's hash, the expiry and
 //! the narrowed scopes; `checksum` is six base62 characters of CRC32 over everything before
 //! it, as for keys, so a typo or a truncated token is refused before any cryptography, and
 //! a secret scanner can recognise one. The box's key is SHA-256 of a secret file every
@@ -36,14 +36,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::crypto::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use serde::Serialize;
 
-use crate::credential;
 use crate::reject::{OAuthError, Reject};
 use crate::vocab::KeyHash;
+use crate::{credential, crypto};
 
 /// The longest `scope` a token may carry (bytes, space-separated): the token must fit in a
 /// header under `[auth] max_key_length`.
@@ -91,7 +91,7 @@ impl Secrets {
                     secret.len()
                 ));
             }
-            let digest = ring::digest::digest(&ring::digest::SHA256, secret);
+            let digest = crypto::digest::digest(&crypto::digest::SHA256, secret);
             let key = UnboundKey::new(&CHACHA20_POLY1305, digest.as_ref())
                 .map_err(|_| "cannot make a sealing key".to_owned())?;
             keys.push(LessSafeKey::new(key));

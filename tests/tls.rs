@@ -28,13 +28,11 @@ fn client_config(cas: &[&Path], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
             roots.add(cert.unwrap()).unwrap();
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config = rustls::ClientConfig::builder_with_provider(keygate::crypto::tls_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
@@ -154,6 +152,69 @@ async fn tls_serves_http1_and_http2_and_refuses_plain_http() {
     );
 }
 
+/// keygate's crypto provider with only `groups` for key exchange, in that order.
+fn with_groups(groups: &[rustls::NamedGroup]) -> Arc<rustls::crypto::CryptoProvider> {
+    let mut provider = (*keygate::crypto::tls_provider()).clone();
+    let all = rustls::crypto::aws_lc_rs::ALL_KX_GROUPS;
+    provider.kx_groups = groups
+        .iter()
+        .map(|name| *all.iter().find(|g| g.name() == *name).unwrap())
+        .collect();
+    Arc::new(provider)
+}
+
+#[tokio::test]
+async fn a_client_offering_the_hybrid_post_quantum_group_gets_it_and_no_client_waits_a_retry() {
+    use rustls::{HandshakeKind, NamedGroup};
+
+    let s = tls_setup("[server]\nwatch_interval = \"0s\"\n").await;
+    let (_, key) = s.ws.create_key(&[]);
+    let kg = s.ws.serve();
+    // (what the client offers, in its order of preference; what it must get)
+    let cases: &[(&[NamedGroup], NamedGroup)] = &[
+        // A browser or OpenSSL 3.5: the hybrid group first, a classical one as well.
+        (
+            &[NamedGroup::X25519MLKEM768, NamedGroup::X25519],
+            NamedGroup::X25519MLKEM768,
+        ),
+        (&[NamedGroup::X25519MLKEM768], NamedGroup::X25519MLKEM768),
+        // Clients without it (OpenSSL 3.0, older libraries) get what they had before.
+        (&[NamedGroup::X25519], NamedGroup::X25519),
+        (&[NamedGroup::secp256r1], NamedGroup::secp256r1),
+        // The client's order decides: one that prefers X25519 is not sent back for another.
+        (
+            &[NamedGroup::X25519, NamedGroup::X25519MLKEM768],
+            NamedGroup::X25519,
+        ),
+    ];
+    for (offered, want) in cases {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_file_iter(&s.ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut config = rustls::ClientConfig::builder_with_provider(with_groups(offered))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let stream = tls_connect(kg.public, Arc::new(config)).await;
+        let session = stream.get_ref().1;
+        let got = session.negotiated_key_exchange_group().map(|g| g.name());
+        assert_eq!(got, Some(*want), "offered {offered:?}");
+        // A client sends a key share for its first group only; a server that wanted another
+        // would answer HelloRetryRequest and cost a round trip.
+        assert_eq!(
+            session.handshake_kind(),
+            Some(HandshakeKind::Full),
+            "offered {offered:?}"
+        );
+        let mut sender = h1(stream).await;
+        let response = sender.send_request(keyed("/v1/pq", &key)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "offered {offered:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_client_that_comes_back_resumes_its_session_by_ticket_or_by_id() {
     use rustls::HandshakeKind;
@@ -174,13 +235,12 @@ async fn a_client_that_comes_back_resumes_its_session_by_ticket_or_by_id() {
         for cert in CertificateDer::pem_file_iter(&s.ca).unwrap() {
             roots.add(cert.unwrap()).unwrap();
         }
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(keygate::crypto::tls_provider())
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         config.resumption = Resumption::in_memory_sessions(16).tls12_resumption(tls12);
         let config = Arc::new(config);
@@ -579,20 +639,21 @@ async fn an_idle_tls_connection_serves_what_follows_once_it_gave_back_its_buffer
 }
 
 /// An echo upstream behind TLS (ALPN h2 + http/1.1), for the upstream-TLS tests.
+/// A TLS upstream that agrees only to the hybrid post-quantum key exchange: a keygate that
+/// reaches it has offered X25519MLKEM768 to its upstream.
 async fn tls_upstream(cert: &Path, key: &Path) -> SocketAddr {
     let chain = CertificateDer::pem_file_iter(cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).unwrap();
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
+    let provider = with_groups(&[rustls::NamedGroup::X25519MLKEM768]);
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

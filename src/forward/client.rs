@@ -118,13 +118,11 @@ pub fn tls_config(upstream: &Upstream) -> Result<rustls::ClientConfig, ClientErr
         // Never used; loading the system store would only cost start-up time.
         (None, false) => RootCertStore::empty(),
     };
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = rustls::ClientConfig::builder_with_provider(crate::crypto::tls_provider())
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(tls)
 }
 

@@ -462,13 +462,11 @@ mod tests {
             .parse()
             .unwrap();
         let tls = Arc::new(
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth(),
+            rustls::ClientConfig::builder_with_provider(crate::crypto::tls_provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
         );
         let dialer = Dialer::new(&url, None, &[], tls, Duration::from_secs(2)).unwrap();
         let (mut out, mut servers) = (Vec::new(), Vec::new());

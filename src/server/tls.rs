@@ -24,6 +24,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::{Tls, TlsVersion};
+use crate::crypto;
 
 /// Sessions kept for TLS 1.2 clients without ticket support (a few hundred bytes each).
 const SESSION_CACHE: usize = 4096;
@@ -99,23 +100,19 @@ pub fn acceptor(tls: &Tls, certificates: Arc<Certificates>) -> tokio_rustls::Tls
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(crypto::tls_provider())
         .with_protocol_versions(versions)
-        .expect("ring supports TLS 1.2 and 1.3")
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(certificates);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
-    match rustls::crypto::ring::Ticketer::new() {
+    match crypto::ticketer() {
         Ok(ticketer) => config.ticketer = ticketer,
         // Only when the system's random source fails; resumption then uses the cache alone.
         Err(e) => tracing::warn!(error = %e, "TLS session tickets off"),
     }
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
 }
 
 fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
@@ -143,7 +140,7 @@ fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError
             _ => "not a valid PEM private key".into(),
         },
     })?;
-    CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
+    CertifiedKey::from_der(chain, key, &crypto::tls_provider()).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => TlsError::Mismatch(e.to_string()),
         other => TlsError::Key {
             path: key_path.display().to_string(),

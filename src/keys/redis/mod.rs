@@ -138,7 +138,7 @@ impl RedisStore {
     pub fn new(config: RedisConfig, metrics: Arc<Metrics>) -> Result<Self, StoreError> {
         // rustls (for rediss://) needs a process-wide crypto provider; a second install (or
         // one made elsewhere) is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::crypto::install_default();
         // A dial (Sentinel lookup included) gets more than a command: on a healthy network it
         // takes a millisecond, and only a hung one waits this long.
         let connect_timeout = (config.timeout * 2).max(Duration::from_secs(1));

@@ -79,7 +79,7 @@ mod tests {
 
     /// A TLS connection over loopback: keygate's side as `serve_tls` builds it, and a client.
     async fn tls_pair() -> (Server, Client) {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = crate::crypto::tls_provider();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let der = CertificateDer::from(cert.cert.der().to_vec());
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
