@@ -50,4 +50,13 @@ mod tests {
         assert!(groups.contains(&rustls::NamedGroup::X25519));
         assert!(groups.contains(&rustls::NamedGroup::secp256r1));
     }
+
+    /// What libraries that build their own rustls configuration (the Redis client) get.
+    #[test]
+    fn the_installed_default_is_the_same_provider() {
+        install_default();
+        let installed = rustls::crypto::CryptoProvider::get_default().expect("installed");
+        let names = |p: &CryptoProvider| p.kx_groups.iter().map(|g| g.name()).collect::<Vec<_>>();
+        assert_eq!(names(installed), names(&tls_provider()));
+    }
 }
