@@ -64,6 +64,9 @@ pub struct Metrics {
     pub keys_due_for_rotation: IntGauge,
     /// TLS handshakes that failed (bad client, plain HTTP on the TLS port, timeout).
     pub tls_handshake_failures: IntCounter,
+    /// TLS handshakes completed on the public port, by version, key-exchange group and
+    /// resumption ([`Metrics::tls_handshake`]).
+    tls_handshakes: IntCounterVec,
     /// Config and certificate reloads by what was reloaded and result.
     pub reloads: IntCounterVec,
     /// Shared quotas and suspensions.
@@ -269,6 +272,16 @@ impl Metrics {
             "TLS handshakes with clients that failed or timed out",
         )
         .expect("valid metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "keygate_tls_handshakes_total",
+                "TLS handshakes completed with clients on the public port, by TLS version, \
+                 key-exchange group (X25519MLKEM768: hybrid post-quantum) and whether the \
+                 client resumed a session",
+            ),
+            &["version", "group", "resumed"],
+        )
+        .expect("valid metric");
         let write_batches = IntCounter::new(
             "keygate_write_batches_total",
             "Submissions of batched writes, io_uring_enter or io_submit (to upstreams and HTTP/1.1 clients; one per event-loop turn with writes)",
@@ -339,6 +352,7 @@ impl Metrics {
             Box::new(accepted.clone()),
             Box::new(keys_due_for_rotation.clone()),
             Box::new(tls_handshake_failures.clone()),
+            Box::new(tls_handshakes.clone()),
             Box::new(reloads.clone()),
             Box::new(requests.clone()),
             Box::new(cache.clone()),
@@ -387,6 +401,7 @@ impl Metrics {
             accepted,
             keys_due_for_rotation,
             tls_handshake_failures,
+            tls_handshakes,
             reloads,
             registry,
             allowed,
@@ -416,6 +431,15 @@ impl Metrics {
 
     /// Counts one invalid key the stuffing guard saw, and the block it started, if any.
     /// The counter of connections accepted by shard `index`, resolved once per accept loop.
+    /// Counts a completed TLS handshake; the labels come from a closed set
+    /// (`server::tls::Handshake`), a handful of series in all.
+    pub fn tls_handshake(&self, version: &str, group: &str, resumed: bool) {
+        let resumed = if resumed { "true" } else { "false" };
+        self.tls_handshakes
+            .with_label_values(&[version, group, resumed])
+            .inc();
+    }
+
     pub fn accepted_by(&self, index: usize) -> IntCounter {
         self.accepted.with_label_values(&[&index.to_string()])
     }

@@ -674,6 +674,7 @@ fn dashboard_is_well_formed_and_its_queries_parse() {
         "keygate_quota_lease_refills_total",
         "keygate_quota_decided_alone_total",
         "keygate_open_connections",
+        "keygate_tls_handshakes_total",
         "keygate_upstream_failures_total",
         "keygate_plan_requests_total",
         "keygate_owner_requests_total",

@@ -213,6 +213,71 @@ async fn a_client_offering_the_hybrid_post_quantum_group_gets_it_and_no_client_w
         let response = sender.send_request(keyed("/v1/pq", &key)).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK, "offered {offered:?}");
     }
+    // What an operator watching the rollout sees.
+    for (group, count) in [("X25519MLKEM768", 2.0), ("X25519", 2.0), ("secp256r1", 1.0)] {
+        assert_eq!(
+            kg.metric(&handshakes("1.3", group, false)).await,
+            Some(count),
+            "{group}"
+        );
+    }
+}
+
+/// The sample name of `keygate_tls_handshakes_total` for these labels.
+fn handshakes(version: &str, group: &str, resumed: bool) -> String {
+    format!(
+        "keygate_tls_handshakes_total{{group=\"{group}\",resumed=\"{resumed}\",version=\"{version}\"}}"
+    )
+}
+
+/// A real browser (headless Chromium) gets the hybrid post-quantum key exchange from keygate:
+/// what README promises browsers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_gets_the_hybrid_post_quantum_key_exchange() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let s = tls_setup("[server]\nwatch_interval = \"0s\"\n").await;
+    let kg = s.ws.serve();
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            // The test CA is not in the browser's store; the handshake is what is tested.
+            "--ignore-certificate-errors",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("https://localhost:{}/v1/browser", kg.public.port()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium (scripts/test.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The page is keygate's refusal (no key): the browser got through the handshake.
+    let dom = String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned();
+    assert!(dom.contains("missing_api_key"), "{dom}");
+    let pq = kg.metric(&handshakes("1.3", "X25519MLKEM768", false)).await;
+    assert!(pq.is_some_and(|n| n >= 1.0), "no hybrid handshake: {pq:?}");
+    for classical in ["X25519", "secp256r1", "secp384r1"] {
+        assert_eq!(
+            kg.metric(&handshakes("1.3", classical, false)).await,
+            None,
+            "{classical}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -261,6 +326,11 @@ async fn a_client_that_comes_back_resumes_its_session_by_ticket_or_by_id() {
             [Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)],
             "{version:?} {tls12:?}"
         );
+    }
+    let resumed = [("1.3", "X25519MLKEM768", 1.0), ("1.2", "none", 2.0)];
+    for (version, group, count) in resumed {
+        let sample = handshakes(version, group, true);
+        assert_eq!(kg.metric(&sample).await, Some(count), "{sample}");
     }
 }
 

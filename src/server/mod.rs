@@ -623,7 +623,10 @@ async fn serve_tls(
             return;
         }
     };
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let session = stream.get_ref().1;
+    let handshake = tls::Handshake::of(session);
+    metrics.tls_handshake(handshake.version, handshake.group, handshake.resumed);
+    let h2 = session.alpn_protocol() == Some(b"h2");
     serve_proxy(serving, stream, proxy, Connection::new(peer, true), h2).await;
 }
 

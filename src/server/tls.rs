@@ -26,6 +26,53 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::{Tls, TlsVersion};
 use crate::crypto;
 
+/// What a completed handshake negotiated, as `keygate_tls_handshakes_total` labels it: from a
+/// closed set of words, so a client cannot grow the metric's series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Handshake {
+    pub version: &'static str,
+    /// The key-exchange group; "none" for a resumed TLS 1.2 session, which runs none.
+    pub group: &'static str,
+    pub resumed: bool,
+}
+
+impl Handshake {
+    pub fn of(conn: &rustls::ServerConnection) -> Self {
+        Self::from_parts(
+            conn.protocol_version(),
+            conn.negotiated_key_exchange_group().map(|g| g.name()),
+            conn.handshake_kind(),
+        )
+    }
+
+    fn from_parts(
+        version: Option<rustls::ProtocolVersion>,
+        group: Option<rustls::NamedGroup>,
+        kind: Option<rustls::HandshakeKind>,
+    ) -> Self {
+        use rustls::{NamedGroup, ProtocolVersion};
+        let version = match version {
+            Some(ProtocolVersion::TLSv1_3) => "1.3",
+            Some(ProtocolVersion::TLSv1_2) => "1.2",
+            _ => "other",
+        };
+        let group = match group {
+            Some(NamedGroup::X25519MLKEM768) => "X25519MLKEM768",
+            Some(NamedGroup::X25519) => "X25519",
+            Some(NamedGroup::secp256r1) => "secp256r1",
+            Some(NamedGroup::secp384r1) => "secp384r1",
+            Some(_) => "other",
+            None => "none",
+        };
+        let resumed = kind == Some(rustls::HandshakeKind::Resumed);
+        Self {
+            version,
+            group,
+            resumed,
+        }
+    }
+}
+
 /// Sessions kept for TLS 1.2 clients without ticket support (a few hundred bytes each).
 const SESSION_CACHE: usize = 4096;
 
@@ -147,4 +194,77 @@ fn load_pair(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError
             message: format!("unusable private key: {other}"),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::{HandshakeKind, NamedGroup, ProtocolVersion};
+
+    use super::Handshake;
+
+    #[test]
+    fn handshakes_are_labelled_from_a_closed_set() {
+        let h = |v, g, k| Handshake::from_parts(v, g, k);
+        let full = Some(HandshakeKind::Full);
+        let tls13 = Some(ProtocolVersion::TLSv1_3);
+        // (version, group, kind) -> (version, group, resumed)
+        let cases = [
+            (
+                h(tls13, Some(NamedGroup::X25519MLKEM768), full),
+                ("1.3", "X25519MLKEM768", false),
+            ),
+            (
+                h(tls13, Some(NamedGroup::X25519), full),
+                ("1.3", "X25519", false),
+            ),
+            (
+                h(
+                    tls13,
+                    Some(NamedGroup::secp256r1),
+                    Some(HandshakeKind::FullWithHelloRetryRequest),
+                ),
+                ("1.3", "secp256r1", false),
+            ),
+            (
+                h(
+                    tls13,
+                    Some(NamedGroup::secp384r1),
+                    Some(HandshakeKind::Resumed),
+                ),
+                ("1.3", "secp384r1", true),
+            ),
+            // A TLS 1.2 resumption runs no key exchange.
+            (
+                h(
+                    Some(ProtocolVersion::TLSv1_2),
+                    None,
+                    Some(HandshakeKind::Resumed),
+                ),
+                ("1.2", "none", true),
+            ),
+            // Whatever else a peer could bring stays one series.
+            (
+                h(tls13, Some(NamedGroup::Unknown(0x1234)), full),
+                ("1.3", "other", false),
+            ),
+            (
+                h(tls13, Some(NamedGroup::MLKEM1024), full),
+                ("1.3", "other", false),
+            ),
+            (
+                h(Some(ProtocolVersion::TLSv1_1), None, None),
+                ("other", "none", false),
+            ),
+        ];
+        for (got, (version, group, resumed)) in cases {
+            assert_eq!(
+                got,
+                Handshake {
+                    version,
+                    group,
+                    resumed
+                }
+            );
+        }
+    }
 }
