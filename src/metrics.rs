@@ -282,6 +282,11 @@ impl Metrics {
             &["version", "group", "resumed"],
         )
         .expect("valid metric");
+        // Exported at zero from the start, as the failure counter is: the share of clients on
+        // the hybrid group is then a ratio of two series that exist before the first client.
+        for group in ["X25519MLKEM768", "X25519"] {
+            tls_handshakes.with_label_values(&["1.3", group, "false"]);
+        }
         let write_batches = IntCounter::new(
             "keygate_write_batches_total",
             "Submissions of batched writes, io_uring_enter or io_submit (to upstreams and HTTP/1.1 clients; one per event-loop turn with writes)",
