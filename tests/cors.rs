@@ -7,10 +7,8 @@
 mod common;
 
 use std::convert::Infallible;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Reply, Workspace, request, request_h2};
@@ -426,38 +424,7 @@ fetch({api:?}, {{ headers: {{ "x-api-key": {key:?} }} }})
 /// Loads `url` in headless Chromium and returns the text of `#result` once the page's fetch
 /// has settled (virtual time waits for pending network requests), or panics after 60 s.
 fn browse(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let mut child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--disable-background-networking",
-            "--virtual-time-budget=15000",
-            "--dump-dom",
-            "--enable-logging=stderr",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("chromium (scripts/test.sh installs it)");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::chromium(url, &["--virtual-time-budget=15000"]);
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();
     let start = dom.find("<pre id=\"result\">").unwrap_or_else(|| {
         let console = String::from_utf8_lossy(&out.stderr);

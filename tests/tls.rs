@@ -234,40 +234,13 @@ fn handshakes(version: &str, group: &str, resumed: bool) -> String {
 /// what README promises browsers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_gets_the_hybrid_post_quantum_key_exchange() {
-    use std::process::{Command, Stdio};
-    use std::time::Instant;
-
     let s = tls_setup("[server]\nwatch_interval = \"0s\"\n").await;
     let kg = s.ws.serve();
-    let profile = tempfile::tempdir().unwrap();
-    let mut child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-extensions",
-            "--disable-background-networking",
-            // The test CA is not in the browser's store; the handshake is what is tested.
-            "--ignore-certificate-errors",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("https://localhost:{}/v1/browser", kg.public.port()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromium (scripts/test.sh installs it)");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("chromium did not finish within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The test CA is not in the browser's store; the handshake is what is tested.
+    let url = format!("https://localhost:{}/v1/browser", kg.public.port());
+    let out = chromium(&url, &["--ignore-certificate-errors"]);
     // The page is keygate's refusal (no key): the browser got through the handshake.
-    let dom = String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned();
+    let dom = String::from_utf8_lossy(&out.stdout);
     assert!(dom.contains("missing_api_key"), "{dom}");
     let pq = kg.metric(&handshakes("1.3", "X25519MLKEM768", false)).await;
     assert!(pq.is_some_and(|n| n >= 1.0), "no hybrid handshake: {pq:?}");

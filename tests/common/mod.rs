@@ -445,6 +445,40 @@ impl Body for PatternBody {
         Poll::Ready(Some(Ok(Frame::data(self.chunk.slice(..n)))))
     }
 }
+/// Loads `url` in headless Chromium, with `extra` flags, and returns what it printed: the
+/// page's DOM (`--dump-dom`) on stdout, its log on stderr. Panics unless it is done in 60 s.
+pub fn chromium(url: &str, extra: &[&str]) -> Output {
+    let profile = tempfile::tempdir().unwrap();
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--dump-dom",
+            "--enable-logging=stderr",
+        ])
+        .args(extra)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chromium (scripts/test.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 pub mod fault;
 pub mod redis;
 pub mod tools;
