@@ -676,6 +676,220 @@ async fn http2_clients_get_the_configured_stream_cap_and_header_limit() {
     }
 }
 
+/// One HTTP/2 frame: 9-byte head (length, type, flags, stream), then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap();
+    let mut frame = len.to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// The frame types in `bytes`, read as a sequence of whole or partial frames.
+fn h2_frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut at = 0;
+    while bytes.len() >= at + 9 {
+        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        types.push(bytes[at + 3]);
+        at += 9 + len;
+    }
+    types
+}
+
+/// A GET for `path` as an HPACK block of static-table entries and plain literals.
+fn h2_get(path: &str, key: &str) -> Vec<u8> {
+    let literal = |block: &mut Vec<u8>, text: &str| {
+        block.push(u8::try_from(text.len()).ok().filter(|n| *n < 127).unwrap());
+        block.extend_from_slice(text.as_bytes());
+    };
+    // :method GET, :scheme http (static indexes 2 and 6).
+    let mut block = vec![0x82, 0x86];
+    // :path and :authority: literals without indexing, names from the static table (4, 1).
+    block.push(0x04);
+    literal(&mut block, path);
+    block.push(0x01);
+    literal(&mut block, "a");
+    // x-api-key: a literal name and value.
+    block.push(0x00);
+    literal(&mut block, "x-api-key");
+    literal(&mut block, key);
+    block
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_SETTINGS: u8 = 4;
+const H2_PING: u8 = 6;
+const H2_GOAWAY: u8 = 7;
+
+#[tokio::test]
+async fn an_http2_client_that_only_pings_is_closed_after_the_idle_timeout() {
+    // hyper's client with keep-alive while idle, as gRPC clients are configured: a PING
+    // every 300 ms, answered by keygate, is not a request and keeps no connection open.
+    let (_up, ws, key) =
+        setup("[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n").await;
+    let kg = ws.serve();
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Duration::from_millis(300))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = Request::get(format!("http://{}/v1/pinging", kg.public))
+        .header("x-api-key", &key)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().collect().await.unwrap();
+
+    let idle_from = Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), conn)
+        .await
+        .expect("a pinging HTTP/2 connection was still open 15 s after its last request")
+        .unwrap()
+        .unwrap();
+    assert!(
+        idle_from.elapsed() >= Duration::from_millis(1500),
+        "closed before the idle timeout: {:?}",
+        idle_from.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_http2_client_that_ignores_the_goaway_is_cut_off() {
+    // Frames written by hand: a request, then a PING of the client's own every 300 ms, and no
+    // answer to anything keygate sends, so its graceful GOAWAY (which waits for the answer to
+    // a PING of keygate's) never completes.
+    let (_up, ws, key) =
+        setup("[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\n").await;
+    let kg = ws.serve();
+    let mut tcp = TcpStream::connect(kg.public).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend(h2_frame(H2_SETTINGS, 0, 0, &[]));
+    // HEADERS with END_STREAM | END_HEADERS.
+    hello.extend(h2_frame(1, 0x5, 1, &h2_get("/v1/raw", &key)));
+    tcp.write_all(&hello).await.unwrap();
+    let (mut reader, mut writer) = tcp.into_split();
+    let pinger = tokio::spawn(async move {
+        // Longer than the test waits: the client never half-closes.
+        for i in 0u64..200 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if writer
+                .write_all(&h2_frame(H2_PING, 0, 0, &i.to_be_bytes()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(15);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout_at(deadline.into(), reader.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    };
+    pinger.abort();
+    let types = h2_frame_types(&got);
+    assert!(types.contains(&1), "no response HEADERS: {types:?}");
+    assert!(
+        closed,
+        "an HTTP/2 client that pings and ignores GOAWAY held its connection for 15 s \
+         (frames received: {types:?})"
+    );
+    assert!(
+        types.contains(&H2_GOAWAY),
+        "closed without a GOAWAY: {types:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed before the idle timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_http2_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
+    // An upstream that sends 64 MiB and notes when keygate lets go of it; an HTTP/2 client
+    // that never opens its flow-control window past the first 64 KiB but keeps answering
+    // PINGs (its connection task runs).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let failed: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let note = failed.clone();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 4096];
+        let _ = tcp.read(&mut head).await;
+        let total = 64usize << 20;
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
+        tcp.write_all(answer.as_bytes()).await.unwrap();
+        let piece = vec![b'x'; 64 * 1024];
+        for _ in 0..total / piece.len() {
+            if tcp.write_all(&piece).await.is_err() {
+                *note.lock().unwrap() = Some(Instant::now());
+                return;
+            }
+        }
+    });
+    let ws = Workspace::new(
+        &url,
+        "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\n",
+    );
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get(format!("http://{}/huge", kg.public))
+        .header("x-api-key", &key)
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.data().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    // Nothing more is read, and no capacity is released.
+    let stopped = Instant::now();
+    let let_go = eventually(Duration::from_secs(15), || {
+        let failed = failed.clone();
+        async move { failed.lock().unwrap().is_some() }
+    })
+    .await;
+    assert!(
+        let_go.is_some(),
+        "keygate still holds the upstream for an HTTP/2 client that reads nothing"
+    );
+    let after = failed.lock().unwrap().unwrap() - stopped;
+    assert!(
+        after >= Duration::from_millis(900),
+        "let go too early: {after:?}"
+    );
+    // And the client's connection is closed, not left open with a dead stream.
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the stalled HTTP/2 connection was still open 10 s later")
+        .unwrap()
+        .ok();
+    drop(body);
+}
+
 #[tokio::test]
 async fn a_reload_changes_plans_without_losing_the_running_count() {
     let plan = |n: u32| {

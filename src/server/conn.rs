@@ -11,6 +11,18 @@
 //! the balancer reuses a connection keygate just closed and answers 502. [`Activity`] tells the
 //! two apart: bytes arriving while no request is in flight start the header clock; silence
 //! with nothing in flight runs the idle clock.
+//!
+//! Three quiet ways to hold a connection forever are closed by [`Watchdog`] too. An HTTP/2
+//! client that only sends PINGs (gRPC's keep-alive does, hyper's client can) used to count as
+//! active: on HTTP/2 only requests do now. A client that answers nothing after keygate's
+//! polite close (hyper's HTTP/2 GOAWAY waits for a PING's answer) is cut off a header timeout
+//! after its last request ended. And a client that stops taking its response (never opening
+//! its HTTP/2 flow-control window, or not reading the socket) is cut off after the idle
+//! timeout, as keygate's own HTTP/1.1 does (`session::clock`): hyper asks a response body for
+//! its next piece only once the client made room, so [`Tracked`] counts the asks and the
+//! watchdog notices when they stop. The bound is in pieces, not bytes: a client that takes
+//! less than one piece (at most a read buffer of the upstream's) per idle timeout counts as
+//! stalled.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -61,17 +73,28 @@ pub fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Per-connection timing state, shared by the I/O wrapper, the service wrapper and the
-/// connection's watchdog. Times are milliseconds since `base`.
+/// Per-connection timing state, shared by the I/O wrapper, the service wrapper, the response
+/// bodies and the connection's watchdog. Times are milliseconds since `base`.
 pub struct Activity {
     base: Instant,
     in_flight: AtomicUsize,
     last_io: AtomicU64,
     /// When the first byte of a request head arrived (0: not reading a head).
     head_started: AtomicU64,
-    /// An HTTP/2 connection: frames (PING, WINDOW_UPDATE) arrive between requests, so only
-    /// the idle clock applies once a request was seen.
+    /// An HTTP/2 connection (known at its first request). Its frames between requests (PING,
+    /// SETTINGS, WINDOW_UPDATE) are not requests: they start no head (a request's HEADERS
+    /// reach the service whole) and do not hold the idle clock back, so a client cannot keep
+    /// a connection forever by pinging it. Its idle clock runs from the end of its last
+    /// request.
     http2: AtomicBool,
+    /// Response bodies that gave hyper a piece and have not been asked for the next one.
+    /// hyper asks only once the client has made room (HTTP/2 flow control, or a socket that
+    /// drains), so a count that stays above zero while `body_steps` stands still is a client
+    /// that accepts nothing.
+    awaiting_client: AtomicUsize,
+    /// Bumped whenever hyper asks a response body for a piece. The watchdog compares it
+    /// between looks rather than every piece reading the clock.
+    body_steps: AtomicU64,
 }
 
 impl Activity {
@@ -84,6 +107,8 @@ impl Activity {
             // A fresh connection is waiting for its first head.
             head_started: AtomicU64::new(1),
             http2: AtomicBool::new(false),
+            awaiting_client: AtomicUsize::new(0),
+            body_steps: AtomicU64::new(0),
         })
     }
 
@@ -93,10 +118,12 @@ impl Activity {
     }
 
     fn read(&self) {
+        if self.http2.load(Ordering::Relaxed) {
+            return;
+        }
         let now = self.now();
         self.last_io.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0
-            && !self.http2.load(Ordering::Relaxed)
             && self.head_started.load(Ordering::Relaxed) == 0
         {
             self.head_started.store(now, Ordering::Relaxed);
@@ -104,6 +131,12 @@ impl Activity {
     }
 
     fn wrote(&self) {
+        if !self.http2.load(Ordering::Relaxed) {
+            self.touch();
+        }
+    }
+
+    fn touch(&self) {
         self.last_io.store(self.now(), Ordering::Relaxed);
     }
 
@@ -116,30 +149,105 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    /// What the watchdog should do now, and when to look again.
-    fn check(&self, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
-        let now = self.now();
-        let head = self.head_started.load(Ordering::Relaxed);
-        if head != 0 {
-            let deadline = head + header_timeout.as_millis() as u64;
-            if now >= deadline {
-                return Verdict::HeaderTimeout;
-            }
+    /// One look for the watchdog.
+    fn seen(&self) -> Seen {
+        Seen {
+            now: self.now(),
+            head_started: self.head_started.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            last_io: self.last_io.load(Ordering::Relaxed),
+            awaiting_client: self.awaiting_client.load(Ordering::Relaxed),
+            body_steps: self.body_steps.load(Ordering::Relaxed),
         }
-        if self.in_flight.load(Ordering::Relaxed) == 0 && head == 0 {
-            let deadline = self.last_io.load(Ordering::Relaxed) + idle_timeout.as_millis() as u64;
-            if now >= deadline {
-                return Verdict::Idle;
-            }
-        }
-        Verdict::Fine
     }
 }
 
+/// What the watchdog reads off [`Activity`] at one look (milliseconds on its clock).
+#[derive(Clone, Copy, Debug, Default)]
+struct Seen {
+    now: u64,
+    head_started: u64,
+    in_flight: usize,
+    last_io: u64,
+    awaiting_client: usize,
+    body_steps: u64,
+}
+
+/// The connection's clocks, decided at each look: a head that takes too long, a connection
+/// idle too long, a client that accepts no response bytes, and a close the client never
+/// finishes.
+struct Watchdog {
+    header_timeout: u64,
+    idle_timeout: u64,
+    /// When keygate asked the connection to close politely (idle, or shutting down). hyper's
+    /// HTTP/2 close waits for the client to answer a PING and for open streams; a client that
+    /// answers nothing is given a header timeout once nothing is in flight, then cut off.
+    closing_since: Option<u64>,
+    /// `body_steps` at the last look, and since when (the first look that saw it) it has
+    /// stood still while a body waited on the client.
+    steps: u64,
+    stalled_since: Option<u64>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
 enum Verdict {
     Fine,
+    /// Close at once: a request head took longer than the header timeout.
     HeaderTimeout,
+    /// Close politely: nothing in flight for the idle timeout.
     Idle,
+    /// Close at once: a response waited on the client for the idle timeout.
+    Stalled,
+    /// Close at once: the polite close was not finished a header timeout after the last
+    /// request ended.
+    Lingered,
+}
+
+impl Watchdog {
+    fn new(header_timeout: Duration, idle_timeout: Duration) -> Self {
+        Self {
+            header_timeout: header_timeout.as_millis() as u64,
+            idle_timeout: idle_timeout.as_millis() as u64,
+            closing_since: None,
+            steps: 0,
+            stalled_since: None,
+        }
+    }
+
+    fn closing(&mut self, now: u64) {
+        self.closing_since.get_or_insert(now);
+    }
+
+    fn look(&mut self, seen: Seen) -> Verdict {
+        if seen.head_started != 0 && seen.now >= seen.head_started + self.header_timeout {
+            return Verdict::HeaderTimeout;
+        }
+        match self.stalled_since {
+            _ if seen.awaiting_client == 0 => self.stalled_since = None,
+            Some(since) if seen.body_steps == self.steps => {
+                if seen.now >= since + self.idle_timeout {
+                    return Verdict::Stalled;
+                }
+            }
+            _ => {
+                self.steps = seen.body_steps;
+                self.stalled_since = Some(seen.now);
+            }
+        }
+        if seen.in_flight != 0 || seen.head_started != 0 {
+            return Verdict::Fine;
+        }
+        match self.closing_since {
+            None if seen.now >= seen.last_io + self.idle_timeout => {
+                self.closing_since = Some(seen.now);
+                Verdict::Idle
+            }
+            Some(since) if seen.now >= since.max(seen.last_io) + self.header_timeout => {
+                Verdict::Lingered
+            }
+            _ => Verdict::Fine,
+        }
+    }
 }
 
 /// One request in flight; ends when the response body has been sent (or dropped).
@@ -148,7 +256,7 @@ pub struct InFlight(Arc<Activity>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.wrote();
+        self.0.touch();
     }
 }
 
@@ -211,10 +319,23 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
     }
 }
 
-/// A response body that holds its request's [`InFlight`] until it is fully sent.
+/// A response body that holds its request's [`InFlight`] until it is fully sent, and tells
+/// [`Activity`] whether hyper is waiting on the client to take the next piece.
 pub struct Tracked<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// A piece was handed to hyper and the next has not been asked for.
+    handed: bool,
+}
+
+impl<B> Tracked<B> {
+    fn new(inner: B, in_flight: InFlight) -> Self {
+        Self {
+            inner,
+            in_flight,
+            handed: false,
+        }
+    }
 }
 
 impl<B: Body + Unpin> Body for Tracked<B> {
@@ -225,7 +346,18 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        let activity = &this.in_flight.0;
+        if std::mem::take(&mut this.handed) {
+            activity.awaiting_client.fetch_sub(1, Ordering::Relaxed);
+        }
+        activity.body_steps.fetch_add(1, Ordering::Relaxed);
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) && !this.inner.is_end_stream() {
+            this.handed = true;
+            activity.awaiting_client.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -234,6 +366,17 @@ impl<B: Body + Unpin> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        if self.handed {
+            self.in_flight
+                .0
+                .awaiting_client
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -274,11 +417,12 @@ where
     tokio::pin!(conn);
     // Look at the clocks often enough to act within half a header timeout of a deadline.
     let tick = (serving.header_timeout / 2).min(serving.idle_timeout / 2);
-    let mut closing_requested = false;
+    let mut watchdog = Watchdog::new(serving.header_timeout, serving.idle_timeout);
     loop {
+        let closing = watchdog.closing_since.is_some();
         let watch = Gated::new(async {
             tokio::select! {
-                _ = serving.closing.cancelled(), if !closing_requested => Alarm::Closing,
+                _ = serving.closing.cancelled(), if !closing => Alarm::Closing,
                 _ = tokio::time::sleep(tick) => Alarm::Tick,
             }
         });
@@ -291,20 +435,24 @@ where
             }
             alarm = watch => match alarm {
                 Alarm::Closing => {
-                    closing_requested = true;
+                    watchdog.closing(activity.now());
                     conn.as_mut().graceful_shutdown();
                 }
-                Alarm::Tick => match activity.check(serving.header_timeout, serving.idle_timeout) {
+                Alarm::Tick => match watchdog.look(activity.seen()) {
                     Verdict::Fine => {}
+                    Verdict::Idle => conn.as_mut().graceful_shutdown(),
                     Verdict::HeaderTimeout => {
                         tracing::debug!("request head not received in time; closing");
                         return;
                     }
-                    Verdict::Idle if !closing_requested => {
-                        closing_requested = true;
-                        conn.as_mut().graceful_shutdown();
+                    Verdict::Stalled => {
+                        tracing::debug!("the client accepted no response bytes for the idle timeout; closing");
+                        return;
                     }
-                    Verdict::Idle => {}
+                    Verdict::Lingered => {
+                        tracing::debug!("the client did not finish the polite close in time; closing");
+                        return;
+                    }
                 },
             },
         }
@@ -485,9 +633,115 @@ where
         let this = self.project();
         let response = std::task::ready!(this.inner.poll(cx))?;
         let in_flight = this.in_flight.take().expect("polled after completion");
-        Poll::Ready(Ok(response.map(|inner| Tracked {
-            inner,
-            _in_flight: in_flight,
-        })))
+        Poll::Ready(Ok(response.map(|inner| Tracked::new(inner, in_flight))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A look at `now` ms: a connection between requests that last did I/O at `last_io`.
+    fn between(now: u64, last_io: u64) -> Seen {
+        Seen {
+            now,
+            last_io,
+            ..Seen::default()
+        }
+    }
+
+    /// A look at `now` ms with one request in flight whose body has taken `steps` steps,
+    /// `awaiting` of them waiting on the client.
+    fn serving(now: u64, awaiting: usize, steps: u64) -> Seen {
+        Seen {
+            now,
+            in_flight: 1,
+            awaiting_client: awaiting,
+            body_steps: steps,
+            ..Seen::default()
+        }
+    }
+
+    #[test]
+    fn the_watchdog_tells_the_clocks_apart() {
+        use Verdict::*;
+        // Header timeout 1 s, idle timeout 4 s. Each case is a connection's looks in order.
+        let fresh = |now| Seen {
+            now,
+            head_started: 1,
+            ..Seen::default()
+        };
+        let cases: &[(&str, &[(Seen, Verdict)])] = &[
+            (
+                "a head must arrive within the header timeout of its first byte",
+                &[(fresh(900), Fine), (fresh(1001), HeaderTimeout)],
+            ),
+            (
+                "idle: a polite close after the idle timeout, cut off a header timeout later",
+                &[
+                    (between(3000, 100), Fine),
+                    (between(4100, 100), Idle),
+                    (between(4600, 100), Fine),
+                    (between(5100, 100), Lingered),
+                ],
+            ),
+            (
+                "a request that began during the polite close is served; the cut-off counts \
+                 from its end",
+                &[
+                    (between(4100, 100), Idle),
+                    (serving(5500, 0, 3), Fine),
+                    (between(6000, 5800), Fine),
+                    (between(6800, 5800), Lingered),
+                ],
+            ),
+            (
+                "a long request with no response bytes waiting is never idle",
+                &[(serving(1000, 0, 1), Fine), (serving(60_000, 0, 1), Fine)],
+            ),
+            (
+                "a response waiting on a client that takes nothing for the idle timeout",
+                &[
+                    (serving(1000, 1, 5), Fine),
+                    (serving(4000, 1, 5), Fine),
+                    (serving(5000, 1, 5), Stalled),
+                ],
+            ),
+            (
+                "a client that keeps taking pieces, however slowly, is not stalled",
+                &[
+                    (serving(1000, 1, 5), Fine),
+                    (serving(4500, 1, 6), Fine),
+                    (serving(8000, 1, 7), Fine),
+                    (serving(11_000, 1, 8), Fine),
+                ],
+            ),
+            (
+                "the stall clock starts when a body begins to wait, not at its last step",
+                &[
+                    (serving(1000, 0, 5), Fine),
+                    (serving(4500, 1, 5), Fine),
+                    (serving(8000, 1, 5), Fine),
+                    (serving(8500, 1, 5), Stalled),
+                ],
+            ),
+        ];
+        for (what, looks) in cases {
+            let mut dog = Watchdog::new(Duration::from_secs(1), Duration::from_secs(4));
+            for (i, (seen, expected)) in looks.iter().enumerate() {
+                assert_eq!(dog.look(*seen), *expected, "{what}: look {i} at {seen:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn shutting_down_cuts_off_a_connection_that_never_finishes_closing() {
+        let mut dog = Watchdog::new(Duration::from_secs(1), Duration::from_secs(4));
+        dog.closing(500);
+        // In flight: served to the end.
+        assert_eq!(dog.look(serving(2000, 0, 1)), Verdict::Fine);
+        // Ended at 2100: the client has a header timeout to finish the close.
+        assert_eq!(dog.look(between(2500, 2100)), Verdict::Fine);
+        assert_eq!(dog.look(between(3100, 2100)), Verdict::Lingered);
     }
 }
