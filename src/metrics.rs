@@ -120,8 +120,8 @@ pub struct Outcome {
     pub decision: Decision,
 }
 
-/// Why an upstream request ended in 502 `upstream_unavailable` or 504 `upstream_timeout`: the
-/// label of `keygate_upstream_failures_total{kind}`. A 502 alone does not say whether the
+/// Why an upstream request ended in 502 `upstream_unavailable` or 504 `upstream_timeout`, or
+/// was cut off mid-body: the label of `keygate_upstream_failures_total{kind}`. A 502 alone does not say whether the
 /// service is down (refused), overloaded (timeouts), restarting under load (resets) or
 /// misconfigured (TLS, protocol); the kind does, and each points at a different fix. The
 /// engines classify their errors into it (`forward::failure`).
@@ -140,10 +140,13 @@ pub enum UpstreamFailure {
     /// The upstream's response could not be read as HTTP (malformed head or framing).
     Protocol,
     Other,
+    /// Nothing within a response body for `[upstream] body_timeout`: the response, its head
+    /// already sent, was cut off (`forward::silence`).
+    BodyTimeout,
 }
 
 impl UpstreamFailure {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Refused,
         Self::ConnectTimeout,
         Self::Timeout,
@@ -151,6 +154,7 @@ impl UpstreamFailure {
         Self::Tls,
         Self::Protocol,
         Self::Other,
+        Self::BodyTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -162,6 +166,7 @@ impl UpstreamFailure {
             Self::Tls => "tls",
             Self::Protocol => "protocol",
             Self::Other => "other",
+            Self::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -334,7 +339,7 @@ impl Metrics {
         let upstream_failures = IntCounterVec::new(
             Opts::new(
                 "keygate_upstream_failures_total",
-                "Upstream requests that ended in 502 or 504, by kind (refused, connect_timeout, timeout, reset, tls, protocol, other)",
+                "Upstream requests that ended in 502 or 504, by kind (refused, connect_timeout, timeout, reset, tls, protocol, other), and responses cut off when the upstream went silent mid-body (body_timeout)",
             ),
             &["kind"],
         )
@@ -471,13 +476,18 @@ impl Metrics {
         }
     }
 
-    /// Counts one upstream request that failed (and was answered 502 or 504).
+    /// Counts one upstream request that failed (and was answered 502 or 504, or cut off).
     pub fn upstream_failed(&self, kind: UpstreamFailure) {
+        self.upstream_failure(kind).inc();
+    }
+
+    /// The counter of one kind, for a response body that may count itself later.
+    pub fn upstream_failure(&self, kind: UpstreamFailure) -> &IntCounter {
         let i = UpstreamFailure::ALL
             .iter()
             .position(|k| *k == kind)
             .expect("ALL lists every kind");
-        self.upstream_failures[i].inc();
+        &self.upstream_failures[i]
     }
 
     /// Counts one admitted request by its key's plan and owner (as configured).

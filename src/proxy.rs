@@ -276,12 +276,16 @@ impl Proxy {
                     self.metrics
                         .upstream_latency
                         .observe(started.elapsed().as_secs_f64());
-                    response.map(|r| r.map(|b| Either::Left(ResponseBody::Link(b))))
+                    let body_timeout = current.forwarder.body_timeout();
+                    response.map(|r| {
+                        r.map(|b| Either::Left(ResponseBody::link(b, body_timeout, &self.metrics)))
+                    })
                 } else {
                     let prepared = current.forwarder.prepare(req, &origin);
-                    self.send(&current, prepared)
-                        .await
-                        .map(|r| r.map(|b| Either::Left(ResponseBody::Pool(b))))
+                    let body_timeout = current.forwarder.body_timeout();
+                    self.send(&current, prepared).await.map(|r| {
+                        r.map(|b| Either::Left(ResponseBody::pool(b, body_timeout, &self.metrics)))
+                    })
                 }
             }
             Err(reject) => Err(reject),

@@ -1,5 +1,6 @@
-//! Quiet faults outside Redis: connections that never send a byte, the log volume of an
-//! outage, a `keys create` killed while it writes.
+//! Quiet faults outside Redis: connections that never send a byte, an upstream that goes
+//! silent in the middle of a response body, the log volume of an outage, a `keys create`
+//! killed while it writes.
 
 mod common;
 
@@ -12,7 +13,8 @@ use common::*;
 use http::StatusCode;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 const CAP: usize = 20;
 
@@ -61,6 +63,185 @@ async fn silent_connections_at_the_cap_free_their_slots_within_the_header_timeou
     eprintln!("plain HTTP/1.1: served after {took:?} behind {CAP} silent connections");
     // The header timeout (1 s) plus a margin for a loaded machine; the idle timeout is 75 s.
     assert!(took < Duration::from_secs(6), "{took:?}");
+}
+
+/// Pieces the streaming upstream sends, one every 300 ms.
+const TICKS: usize = 8;
+
+/// An upstream that streams: a chunked body of a piece every 300 ms, then its end: [`TICKS`]
+/// pieces (2.4 s in all) for `/stream`, a minute's worth for any other path (a stream that
+/// outlasts the test, so no close ends a silence early). Each response closes its
+/// connection, so no request meets another's.
+async fn streaming_upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer =
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+                if tcp.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+                let ticks = if head.starts_with(b"GET /stream ") {
+                    TICKS
+                } else {
+                    200
+                };
+                for i in 0..ticks {
+                    let piece = format!("tick {i}\n");
+                    let chunk = format!("{:x}\r\n{piece}\r\n", piece.len());
+                    if tcp.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                let _ = tcp.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    port
+}
+
+/// An HTTP/1.1 GET over a raw socket: what arrived, whether the connection closed within
+/// 15 s, and when the first body piece came.
+async fn raw_get(
+    kg: &Keygate,
+    path: &str,
+    key: &str,
+    on_first_piece: impl FnOnce(),
+) -> (String, Instant) {
+    let mut tcp = TcpStream::connect(kg.public).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nx-api-key: {key}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut on_first_piece = Some(on_first_piece);
+    let mut first_at = Instant::now();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+            Err(_) => panic!("still open after 15 s: {}", text(&got)),
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+        if text(&got).contains("tick 0")
+            && let Some(first) = on_first_piece.take()
+        {
+            first_at = Instant::now();
+            first();
+        }
+        if got.ends_with(b"0\r\n\r\n") {
+            break;
+        }
+    }
+    (text(&got), first_at)
+}
+
+#[tokio::test]
+async fn an_upstream_that_goes_silent_mid_body_is_cut_off_and_a_slow_stream_is_not() {
+    // keygate -> fault proxy -> an upstream streaming a piece every 300 ms for 2.4 s; the
+    // body timeout is 1 s. The proxy blackholes a connection mid-body: bytes are acknowledged
+    // and dropped both ways, as on a path that died without a reset.
+    let fault = fault::FaultProxy::start(streaming_upstream().await);
+    let ws = Workspace::new(&format!("http://127.0.0.1:{}", fault.port), "");
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    let config = config.replacen("[upstream]\n", "[upstream]\nbody_timeout = \"1s\"\n", 1);
+    std::fs::write(ws.config(), config).unwrap();
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+
+    // A slow stream is not a dead one: every gap is under the limit, the whole is not.
+    let (whole, _) = raw_get(&kg, "/stream", &key, || {}).await;
+    assert!(whole.starts_with("HTTP/1.1 200"), "{whole}");
+    assert!(
+        whole.contains(&format!("tick {}", TICKS - 1)) && whole.ends_with("0\r\n\r\n"),
+        "{whole}"
+    );
+    let h2 = request_h2(
+        http::Request::get(kg.url("/stream"))
+            .header("x-api-key", &key)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(h2.status, StatusCode::OK);
+    assert_eq!(text(&h2.body).lines().count(), TICKS, "{}", text(&h2.body));
+
+    // HTTP/1.1 (keygate's own engine): the path dies after the first piece; the client's
+    // connection is closed without the body's end, about a body timeout later.
+    let (cut, first_at) = raw_get(&kg, "/forever", &key, || {
+        fault.set_existing(fault::Fault::Blackhole)
+    })
+    .await;
+    let after = first_at.elapsed();
+    assert!(
+        cut.starts_with("HTTP/1.1 200") && cut.contains("tick 0"),
+        "{cut}"
+    );
+    assert!(
+        !cut.ends_with("0\r\n\r\n"),
+        "a cut-off body looked whole: {cut}"
+    );
+    assert!(
+        after >= Duration::from_millis(900),
+        "cut off before the body timeout: {after:?}"
+    );
+    fault.set_all(fault::Fault::Pass);
+
+    // HTTP/2 (hyper, over keygate's own upstream connections): the stream is reset.
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get(kg.url("/forever"))
+        .header("x-api-key", &key)
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.data().await.unwrap().unwrap();
+    assert!(text(&first).contains("tick 0"), "{}", text(&first));
+    fault.set_existing(fault::Fault::Blackhole);
+    let cut_from = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match body.data().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(e),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("an HTTP/2 stream from a silent upstream was still open after 15 s");
+    let e = end.expect("a cut-off HTTP/2 body ended as if whole");
+    assert!(e.is_reset(), "{e}");
+    assert!(
+        cut_from.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        cut_from.elapsed()
+    );
+
+    // Both are counted as what they were.
+    assert_eq!(
+        kg.metric("keygate_upstream_failures_total{kind=\"body_timeout\"}")
+            .await,
+        Some(2.0)
+    );
+    let logs = kg.all_logs();
+    assert!(logs.contains("upstream response cut off"), "{logs}");
 }
 
 fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {

@@ -142,6 +142,7 @@ async fn upstream_failures_are_counted_by_kind_on_both_engines() {
         ("tls".to_owned(), 0.0),
         ("protocol".to_owned(), 1.0),
         ("other".to_owned(), 0.0),
+        ("body_timeout".to_owned(), 0.0),
     ]);
     assert_eq!(kinds, want);
 

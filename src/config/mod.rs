@@ -115,6 +115,10 @@ pub struct Upstream {
     /// Time allowed for the upstream to send its response headers.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// The longest the upstream may send nothing in the middle of a response body before
+    /// the response is cut off (a silently dead upstream connection, or a hung upstream).
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     pub preserve_host: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,

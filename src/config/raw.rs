@@ -150,6 +150,8 @@ pub(super) struct RawUpstream {
     pub(super) connect_timeout: Duration,
     #[serde(default = "default_upstream_timeout", with = "humantime_serde")]
     pub(super) timeout: Duration,
+    #[serde(default = "default_body_timeout", with = "humantime_serde")]
+    pub(super) body_timeout: Duration,
     #[serde(default = "yes")]
     pub(super) preserve_host: bool,
     /// PEM roots for an `https://` upstream, instead of the system's.
@@ -165,6 +167,11 @@ fn default_connect_timeout() -> Duration {
 }
 fn default_upstream_timeout() -> Duration {
     Duration::from_secs(30)
+}
+/// Envoy's stream idle timeout: long enough for streams that send a heartbeat now and then,
+/// short enough that a dead upstream does not hold a client for the client's own patience.
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn yes() -> bool {
     true

@@ -75,6 +75,7 @@ impl TryFrom<RawConfig> for Config {
         for (field, d) in [
             ("upstream.connect_timeout", up.connect_timeout),
             ("upstream.timeout", up.timeout),
+            ("upstream.body_timeout", up.body_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(field, "must be greater than 0, e.g. \"5s\""));
@@ -187,6 +188,7 @@ impl TryFrom<RawConfig> for Config {
                 environments: extra_upstreams,
                 connect_timeout: up.connect_timeout,
                 timeout: up.timeout,
+                body_timeout: up.body_timeout,
                 preserve_host: up.preserve_host,
                 ca_file: up.ca_file,
                 http2: up.http2,

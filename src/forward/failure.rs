@@ -9,6 +9,7 @@ use std::error::Error;
 use std::fmt::Display;
 use std::io;
 
+use super::silence::SilentUpstream;
 use super::upstream::DialError;
 use crate::metrics::Metrics;
 pub use crate::metrics::UpstreamFailure;
@@ -109,6 +110,15 @@ impl Failure {
         metrics.upstream_failed(kind);
         reject
     }
+}
+
+/// A response cut off because the upstream went silent within its body: logged (throttled)
+/// and counted as `body_timeout`. The client learns it from the cut itself.
+pub fn report_silence(counter: &prometheus::IntCounter, silent: &SilentUpstream) {
+    if UPSTREAM_FAILED.allow() {
+        tracing::warn!(error = %silent, "upstream response cut off");
+    }
+    counter.inc();
 }
 
 fn is_reset(e: &io::Error) -> bool {

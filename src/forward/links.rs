@@ -33,8 +33,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
-use super::failure::Failure;
+use super::failure::{Failure, report_silence};
 use super::response_head::{self, Parsed, UpstreamResponse};
+use super::silence::Silence;
 use super::upstream::{Destination, Link, Parking, Stream};
 use super::upstream_head::{self, Fields, RequestContext};
 use super::{Forwarder, Origin, UpstreamFailure};
@@ -492,10 +493,65 @@ impl Body for LinkBody {
     }
 }
 
-/// The body of a response hyper sends: the pool's, or a [`LinkBody`].
-pub enum ResponseBody {
+/// The body of a response hyper sends: the pool's, or a [`LinkBody`], on the upstream's
+/// silence clock (`[upstream] body_timeout`) unless it ended with its head.
+pub struct ResponseBody {
+    source: Source,
+    silence: Option<Box<Clock>>,
+}
+
+enum Source {
     Pool(Incoming),
     Link(LinkBody),
+}
+
+/// The clock, and what counts its expiry: only a body still streaming after its head gets
+/// one, so a response that came whole (most of them) costs nothing for it.
+struct Clock {
+    silence: Silence,
+    counter: prometheus::IntCounter,
+}
+
+impl ResponseBody {
+    /// A response from the shared pool (an HTTP/2 upstream).
+    pub fn pool(body: Incoming, body_timeout: Duration, metrics: &Metrics) -> Self {
+        Self::new(Source::Pool(body), body_timeout, metrics)
+    }
+
+    /// A response read from a link.
+    pub fn link(body: LinkBody, body_timeout: Duration, metrics: &Metrics) -> Self {
+        Self::new(Source::Link(body), body_timeout, metrics)
+    }
+
+    fn new(source: Source, body_timeout: Duration, metrics: &Metrics) -> Self {
+        let silence = source.may_wait().then(|| {
+            Box::new(Clock {
+                silence: Silence::new(body_timeout),
+                counter: metrics
+                    .upstream_failure(UpstreamFailure::BodyTimeout)
+                    .clone(),
+            })
+        });
+        Self { source, silence }
+    }
+}
+
+impl Source {
+    /// Whether reading the rest may wait on the upstream: not when the whole body came with
+    /// the head.
+    fn may_wait(&self) -> bool {
+        match self {
+            Self::Pool(b) => !b.is_end_stream(),
+            Self::Link(b) => !b.decoder.is_done() && b.link.is_some(),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Pool(b) => b.is_end_stream(),
+            Self::Link(b) => b.is_end_stream(),
+        }
+    }
 }
 
 impl Body for ResponseBody {
@@ -506,23 +562,34 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            Self::Pool(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Self::Link(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            Source::Pool(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Source::Link(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        };
+        let Some(clock) = this.silence.as_mut() else {
+            return polled;
+        };
+        if polled.is_ready() {
+            clock.silence.heard();
+            return polled;
         }
+        // Dropping the body after this error closes the link (a `LinkBody` parks only a
+        // finished one) and makes hyper reset the stream.
+        clock.silence.poll_expired(cx).map(|silent| {
+            report_silence(&clock.counter, &silent);
+            Some(Err(silent.into()))
+        })
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Pool(b) => b.is_end_stream(),
-            Self::Link(b) => b.is_end_stream(),
-        }
+        self.source.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Pool(b) => b.size_hint(),
-            Self::Link(b) => b.size_hint(),
+        match &self.source {
+            Source::Pool(b) => b.size_hint(),
+            Source::Link(b) => b.size_hint(),
         }
     }
 }

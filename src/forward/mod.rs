@@ -34,6 +34,7 @@ pub mod failure;
 mod headers;
 pub mod links;
 pub mod response_head;
+pub mod silence;
 pub mod upstream;
 pub mod upstream_head;
 
@@ -119,6 +120,7 @@ pub struct Forwarder {
     /// `[environments.<tag>] upstream`: where those keys go.
     environments: Vec<(Environment, Target)>,
     timeout: Duration,
+    body_timeout: Duration,
     preserve_host: bool,
     credential_headers: Vec<CredentialHeader>,
     /// `[keys] prefix`: a header value carrying one of our keys never goes upstream.
@@ -173,6 +175,7 @@ impl Forwarder {
                 .map(|(e, u)| (*e, Target::new(u)))
                 .collect(),
             timeout: upstream.timeout,
+            body_timeout: upstream.body_timeout,
             preserve_host: upstream.preserve_host,
             credential_headers: credential_headers.to_vec(),
             key_prefix: key_prefix.to_owned(),
@@ -264,6 +267,11 @@ impl Forwarder {
     /// Time allowed for the upstream's response head.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The longest the upstream may go quiet within a response body ([`Silence`]).
+    pub fn body_timeout(&self) -> Duration {
+        self.body_timeout
     }
 
     pub fn preserve_host(&self) -> bool {

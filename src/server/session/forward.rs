@@ -12,7 +12,9 @@ use super::clock::{Deadline, Patient};
 use super::{Body, Facts, Next, Session, Transport, write_flush};
 use crate::batch;
 use crate::forward::Forwarder;
-use crate::forward::failure::Failure;
+use crate::forward::UpstreamFailure;
+use crate::forward::failure::{Failure, report_silence};
+use crate::forward::silence::{self, Quiet};
 use crate::forward::upstream::{Destination, Link, Stream};
 use crate::keys::rotation::Due;
 use crate::metrics::{Decision, Outcome};
@@ -165,7 +167,8 @@ impl<IO: Transport> Session<'_, IO> {
             };
             return self.refuse(reject, audit, facts, body).await;
         }
-        self.relay(link, response, body, request_done).await
+        self.relay(link, response, body, request_done, forwarder.body_timeout())
+            .await
     }
 
     /// Waits for the end of this event-loop turn, so that every connection whose request
@@ -276,13 +279,15 @@ impl<IO: Transport> Session<'_, IO> {
     }
 
     /// The response head (and the body bytes that came with it, taken by `decoder`) is in
-    /// `down`: it goes to the client, the rest of the body after it.
+    /// `down`: it goes to the client, the rest of the body after it, cut off if the upstream
+    /// sends nothing for `body_timeout` ([`crate::forward::silence`]).
     pub(super) async fn relay(
         &mut self,
         mut link: Link,
         mut response: ResponseHead,
         mut decoder: Decoder,
         request_done: bool,
+        body_timeout: Duration,
     ) -> (Outcome, Next) {
         let status = Outcome {
             status: response.status,
@@ -307,7 +312,7 @@ impl<IO: Transport> Session<'_, IO> {
         if !decoder.is_done() {
             let mut relayed = 0;
             let copied = wire::body::copy(
-                &mut link.stream,
+                &mut Quiet::new(&mut link.stream, body_timeout),
                 &mut link.buf,
                 &mut Patient::new(&mut self.io, self.timing.idle),
                 &mut decoder,
@@ -320,7 +325,16 @@ impl<IO: Transport> Session<'_, IO> {
             .await;
             if let Err(e) = copied {
                 // The head is out: closing is the only way left to tell the client.
-                tracing::debug!(error = %e, "response body not relayed whole");
+                match &e {
+                    BodyError::Read(e) if let Some(silent) = silence::of(e) => {
+                        let metrics = self.proxy.metrics();
+                        report_silence(
+                            metrics.upstream_failure(UpstreamFailure::BodyTimeout),
+                            silent,
+                        );
+                    }
+                    _ => tracing::debug!(error = %e, "response body not relayed whole"),
+                }
                 return (status, Next::Gone);
             }
         }
