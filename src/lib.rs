@@ -9,7 +9,8 @@
 //!   TLS termination with certificate reload. Its private modules: `server::session`, keygate's
 //!   HTTP/1.1 client session (read a head, admit, forward or refuse, keep-alive, the header and
 //!   idle clocks); `server::conn`, hyper's connections (HTTP/2 clients, and HTTP/1.1 ones when
-//!   the upstream speaks HTTP/2); config reload; `server::memory`, the heap handed back after a
+//!   the upstream speaks HTTP/2) and their watchdog (header, idle and stall clocks, a polite
+//!   close that must finish); config reload; `server::memory`, the heap handed back after a
 //!   flood of connections; `server::shard`, an event loop and listening socket per worker
 //!   (`[server] sharded`).
 //! - [`wire`]: keygate's own HTTP/1.1 on the wire: client request heads indexed in the read
@@ -50,7 +51,8 @@
 //!   each HTTP/2 stream in its own task ([`forward::response_head`] reads the upstream's
 //!   response head for it); the rulebook rendered on hyper's header maps and the shared pool
 //!   for an HTTP/2 upstream; [`forward::failure`] why an upstream request failed, as the
-//!   metrics name it.
+//!   metrics name it; [`forward::silence`] the clock that cuts off a response whose upstream
+//!   goes silent mid-body.
 //! - [`batch`]: the writes of one event-loop turn, both directions (request heads to
 //!   upstreams; responses to HTTP/1.1, HTTP/2 and TLS clients), sent in one io_uring
 //!   submission, or one Linux AIO `io_submit` where io_uring is refused; its

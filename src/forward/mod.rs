@@ -28,6 +28,9 @@
 //!   (bench/RESULTS.md, 2026-12-06).
 //! - An HTTP/2 upstream (`[upstream] http2`), and HTTP/1.1 clients hyper serves in front of
 //!   it: the shared pool (`client`), one multiplexed connection.
+//!
+//! Every response body, by either engine, is relayed on [`silence`]'s clock: an upstream that
+//! sends nothing mid-body for `[upstream] body_timeout` has its response cut off.
 
 mod client;
 pub mod failure;
