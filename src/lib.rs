@@ -65,6 +65,8 @@
 //! Around it:
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
+//! - [`tcp`]: TCP keepalive and `TCP_USER_TIMEOUT` for every connection keygate opens
+//!   (upstream, Redis), so a path that dies without a reset is noticed in seconds.
 //! - [`crypto`]: the one rustls crypto provider (aws-lc-rs, with the hybrid post-quantum key
 //!   exchange) that the TLS port, the upstream client and the Redis client are built with,
 //!   and the primitives of access tokens.
@@ -115,6 +117,7 @@ pub mod ratelog;
 pub mod reject;
 pub mod routes;
 pub mod server;
+pub mod tcp;
 #[cfg(test)]
 mod testing;
 pub mod token;

@@ -154,9 +154,7 @@ async fn an_upstream_that_goes_silent_mid_body_is_cut_off_and_a_slow_stream_is_n
     // and dropped both ways, as on a path that died without a reset.
     let fault = fault::FaultProxy::start(streaming_upstream().await);
     let ws = Workspace::new(&format!("http://127.0.0.1:{}", fault.port), "");
-    let config = std::fs::read_to_string(ws.config()).unwrap();
-    let config = config.replacen("[upstream]\n", "[upstream]\nbody_timeout = \"1s\"\n", 1);
-    std::fs::write(ws.config(), config).unwrap();
+    upstream_options(&ws, "body_timeout = \"1s\"\n");
     let (_, key) = ws.create_key(&[]);
     let kg = ws.serve();
 
@@ -242,6 +240,79 @@ async fn an_upstream_that_goes_silent_mid_body_is_cut_off_and_a_slow_stream_is_n
     );
     let logs = kg.all_logs();
     assert!(logs.contains("upstream response cut off"), "{logs}");
+}
+
+/// Sets `[upstream]` options in a workspace's config.
+fn upstream_options(ws: &Workspace, lines: &str) {
+    let config = std::fs::read_to_string(ws.config()).unwrap();
+    let config = config.replacen("[upstream]\n", &format!("[upstream]\n{lines}"), 1);
+    std::fs::write(ws.config(), config).unwrap();
+}
+
+#[tokio::test]
+async fn an_http2_upstream_connection_that_stops_answering_is_replaced() {
+    // keygate -> fault proxy -> the echo upstream over one multiplexed HTTP/2 connection,
+    // which the proxy then blackholes: every byte acknowledged and dropped, so neither a reset
+    // nor TCP's own timers ever say it is dead. Only keygate's PINGs can.
+    let up = Upstream::start().await;
+    let fault = fault::FaultProxy::start(up.addr.port());
+    let ws = Workspace::new(&format!("http://127.0.0.1:{}", fault.port), "");
+    upstream_options(&ws, "http2 = true\ntimeout = \"60s\"\n");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let url = kg.url("/a");
+    let keyed = [("x-api-key", key.as_str())];
+    assert_eq!(get(&url, &keyed).await.status, StatusCode::OK);
+    assert_eq!(fault.accepted(), 1);
+
+    fault.set_existing(fault::Fault::Blackhole);
+    // Requests keep coming (each given up by its client after 3 s); one is served again once
+    // keygate has replaced the connection: within a PING interval and its timeout (5 + 5 s),
+    // far inside the upstream timeout (60 s) that would otherwise fail them one by one.
+    let served = eventually(Duration::from_secs(25), || async {
+        tokio::time::timeout(Duration::from_secs(3), get(&url, &keyed))
+            .await
+            .is_ok_and(|r| r.status == StatusCode::OK)
+    })
+    .await;
+    assert!(
+        served.is_some(),
+        "no request served 25 s after the HTTP/2 upstream connection went silent"
+    );
+    assert!(
+        fault.accepted() >= 2,
+        "no new upstream connection was dialed"
+    );
+}
+
+#[tokio::test]
+async fn upstream_connections_carry_keepalive_probes() {
+    // keygate's own upstream connections (HTTP/1.1 clients' and HTTP/2 clients' links): the
+    // kernel shows a keepalive timer on every socket that asked for probes.
+    let up = Upstream::start().await;
+    let ws = Workspace::new(&up.url(), "");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let keyed = [("x-api-key", key.as_str())];
+    assert_eq!(get(&kg.url("/a"), &keyed).await.status, StatusCode::OK);
+    let h2 = request_h2(
+        http::Request::get(kg.url("/b"))
+            .header("x-api-key", &key)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(h2.status, StatusCode::OK);
+    let ss = std::process::Command::new("ss")
+        .args(["-Htno", "state", "established"])
+        .arg(format!("dst {}", up.addr))
+        .output()
+        .expect("ss (iproute2) runs");
+    let sockets = text(&ss.stdout);
+    assert!(!sockets.trim().is_empty(), "no connection to the upstream");
+    for line in sockets.lines() {
+        assert!(line.contains("timer:(keepalive"), "{line}");
+    }
 }
 
 fn client_config(ca: &Path) -> Arc<rustls::ClientConfig> {

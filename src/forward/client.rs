@@ -18,6 +18,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use crate::config::Upstream;
+use crate::tcp;
 
 pin_project_lite::pin_project! {
     /// The client's request body on its way upstream: the client's stream, cut off at
@@ -126,6 +127,12 @@ pub fn tls_config(upstream: &Upstream) -> Result<rustls::ClientConfig, ClientErr
     Ok(tls)
 }
 
+/// With no frame from an HTTP/2 upstream for this long, keygate sends it a PING...
+const HTTP2_PING_EVERY: Duration = Duration::from_secs(5);
+/// ... and closes the connection if the answer takes longer than this: a connection that
+/// stopped answering is replaced within 10 s.
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The shared pool's client.
 pub fn build(
     upstream: &Upstream,
@@ -133,6 +140,10 @@ pub fn build(
 ) -> Result<UpstreamClient, ClientError> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
+    http.set_keepalive(Some(tcp::KEEPALIVE_IDLE));
+    http.set_keepalive_interval(Some(tcp::KEEPALIVE_INTERVAL));
+    http.set_keepalive_retries(Some(tcp::KEEPALIVE_PROBES));
+    http.set_tcp_user_timeout(Some(tcp::USER_TIMEOUT));
     http.set_connect_timeout(Some(upstream.connect_timeout));
     // The TLS connector hands plain `http://` through untouched.
     http.enforce_http(false);
@@ -149,6 +160,12 @@ pub fn build(
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .http2_only(upstream.http2)
+        // A multiplexed HTTP/2 connection that stops answering (a hung upstream whose kernel
+        // still acknowledges, or a dead path) would take every request until each timed
+        // out: a PING unanswered for HTTP2_PING_TIMEOUT closes it, and the next request dials.
+        .http2_keep_alive_interval(HTTP2_PING_EVERY)
+        .http2_keep_alive_timeout(HTTP2_PING_TIMEOUT)
+        .http2_keep_alive_while_idle(true)
         .timer(TokioTimer::new())
         .build(connector);
     Ok(client)

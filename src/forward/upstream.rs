@@ -207,6 +207,7 @@ impl Dialer {
             match TcpStream::connect(addr).await {
                 Ok(tcp) => {
                     tcp.set_nodelay(true)?;
+                    crate::tcp::watch_path(&tcp)?;
                     return match &address.tls_name {
                         None => Ok(Stream::Plain(Socket::new(tcp))),
                         Some(name) => {

@@ -36,7 +36,7 @@ use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+use redis::io::tcp::TcpSettings;
 use redis::sentinel::SentinelClient;
 use redis::{AsyncConnectionConfig, Client, RedisFuture, Value};
 use tokio::sync::watch;
@@ -48,26 +48,16 @@ use crate::metrics::Metrics;
 
 /// Consecutive timeouts after which a connection is taken for dead.
 pub const DEAD_AFTER: u32 = 2;
-/// Idle time before the first keepalive probe, the time between probes, and how many
-/// unanswered probes kill the connection: a silent path is found dead in about 11 s.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
-const KEEPALIVE_PROBES: u32 = 3;
-/// Data left unacknowledged this long kills the connection (`TCP_USER_TIMEOUT`).
-const USER_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// Socket options for every connection to Redis (see the module doc).
+/// Socket options for every connection to Redis: those of every connection keygate opens
+/// ([`crate::tcp`]), a silent path found dead in about 11 s.
 pub fn tcp_settings() -> TcpSettings {
-    let keepalive = TcpKeepalive::new()
-        .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL)
-        .with_retries(KEEPALIVE_PROBES);
     TcpSettings::default()
         .set_nodelay(true)
-        .set_keepalive(keepalive)
-        .set_user_timeout(USER_TIMEOUT)
+        .set_keepalive(crate::tcp::keepalive())
+        .set_user_timeout(crate::tcp::USER_TIMEOUT)
 }
 
 /// A connection for one command: standalone/Sentinel (multiplexed) or Cluster.

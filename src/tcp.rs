@@ -1,0 +1,54 @@
+//! What every connection keygate opens (to the upstream, to Redis) is given so that a path
+//! that dies without a reset (a vanished host or container, a stuck NAT entry, a cable pulled
+//! between nodes) is noticed by the kernel in seconds instead of the 15 minutes of default
+//! retransmissions: TCP keepalive with short probes for a connection that idles (a parked
+//! upstream connection, a quiet WebSocket tunnel, a subscriber), and `TCP_USER_TIMEOUT` for
+//! one that has sent data nobody acknowledges. A live peer's kernel answers both whatever its
+//! application is doing, so a slow upstream is never mistaken for a dead path.
+
+use std::time::Duration;
+
+/// Idle time before the first keepalive probe.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+/// Time between unanswered probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// Unanswered probes that end the connection: a dead idle path is noticed within
+/// `KEEPALIVE_IDLE + KEEPALIVE_PROBES × KEEPALIVE_INTERVAL` (11 s).
+pub const KEEPALIVE_PROBES: u32 = 3;
+/// Data left unacknowledged this long ends the connection.
+pub const USER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The keepalive settings, for `socket2`.
+pub fn keepalive() -> socket2::TcpKeepalive {
+    socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_PROBES)
+}
+
+/// Gives an open connection both settings.
+pub fn watch_path(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(tcp);
+    socket.set_tcp_keepalive(&keepalive())?;
+    socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_connection_gets_the_settings() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        watch_path(&tcp).unwrap();
+        let socket = socket2::SockRef::from(&tcp);
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(socket.tcp_keepalive_interval().unwrap(), KEEPALIVE_INTERVAL);
+        assert_eq!(socket.tcp_keepalive_retries().unwrap(), KEEPALIVE_PROBES);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(USER_TIMEOUT));
+    }
+}
