@@ -272,7 +272,7 @@ impl Forwarder {
         self.timeout
     }
 
-    /// The longest the upstream may go quiet within a response body ([`Silence`]).
+    /// The longest the upstream may go quiet within a response body ([`silence::Silence`]).
     pub fn body_timeout(&self) -> Duration {
         self.body_timeout
     }
