@@ -891,6 +891,42 @@ async fn an_http2_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn an_http2_client_that_opens_no_window_is_let_go_after_the_idle_timeout() {
+    // A client whose streams start with a flow-control window of 0 and never open it: no byte
+    // of any response body can be sent, so hyper never asks keygate's body for one.
+    let (_up, ws, key) =
+        setup("[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\n").await;
+    let kg = ws.serve();
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let (client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get(format!("http://{}/v1/closed-window", kg.public))
+        .header("x-api-key", &key)
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let waiting = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("a connection whose client opens no window was still open 10 s later")
+        .unwrap()
+        .ok();
+    assert!(
+        waiting.elapsed() >= Duration::from_millis(900),
+        "let go before the idle timeout: {:?}",
+        waiting.elapsed()
+    );
+    drop(response);
+}
+
+#[tokio::test]
 async fn a_reload_changes_plans_without_losing_the_running_count() {
     let plan = |n: u32| {
         format!(

@@ -18,9 +18,9 @@
 //! polite close (hyper's HTTP/2 GOAWAY waits for a PING's answer) is cut off a header timeout
 //! after its last request ended. And a client that stops taking its response (never opening
 //! its HTTP/2 flow-control window, or not reading the socket) is cut off after the idle
-//! timeout, as keygate's own HTTP/1.1 does (`session::clock`): hyper asks a response body for
-//! its next piece only once the client made room, so [`Tracked`] counts the asks and the
-//! watchdog notices when they stop. The bound is in pieces, not bytes: a client that takes
+//! timeout, as keygate's own HTTP/1.1 does (`session::clock`): hyper sends a response body's
+//! piece once the client made room for it and only then asks for the next, so [`Tracked`]
+//! counts the asks and the watchdog notices when they stop. The bound is in pieces, not bytes: a client that takes
 //! less than one piece (at most a read buffer of the upstream's) per idle timeout counts as
 //! stalled.
 
@@ -87,10 +87,11 @@ pub struct Activity {
     /// a connection forever by pinging it. Its idle clock runs from the end of its last
     /// request.
     http2: AtomicBool,
-    /// Response bodies that gave hyper a piece and have not been asked for the next one.
-    /// hyper asks only once the client has made room (HTTP/2 flow control, or a socket that
-    /// drains), so a count that stays above zero while `body_steps` stands still is a client
-    /// that accepts nothing.
+    /// Response bodies that gave hyper a piece and have been neither asked for the next one
+    /// nor dropped. hyper sends a piece once the client has made room for it (HTTP/2 flow
+    /// control, or a socket that drains), and only then asks for the next (or drops the body
+    /// after the last), so a count that stays above zero while `body_steps` stands still is a
+    /// client that accepts nothing.
     awaiting_client: AtomicUsize,
     /// Bumped whenever hyper asks a response body for a piece. The watchdog compares it
     /// between looks rather than every piece reading the clock.
@@ -324,16 +325,24 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
 pub struct Tracked<B> {
     inner: B,
     in_flight: InFlight,
-    /// A piece was handed to hyper and the next has not been asked for.
+    /// A piece was handed to hyper (or the response head, for the first) and the next has
+    /// not been asked for: hyper holds it until the client has room.
     handed: bool,
 }
 
-impl<B> Tracked<B> {
+impl<B: Body> Tracked<B> {
     fn new(inner: B, in_flight: InFlight) -> Self {
+        // A body with something to send waits on the client from its head on: the head too
+        // needs the client to make room (a socket that drains), and a body hyper never asks
+        // for is one whose client stopped before it began.
+        let handed = !inner.is_end_stream();
+        if handed {
+            in_flight.0.awaiting_client.fetch_add(1, Ordering::Relaxed);
+        }
         Self {
             inner,
             in_flight,
-            handed: false,
+            handed,
         }
     }
 }
@@ -353,7 +362,8 @@ impl<B: Body + Unpin> Body for Tracked<B> {
         }
         activity.body_steps.fetch_add(1, Ordering::Relaxed);
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(polled, Poll::Ready(Some(Ok(_)))) && !this.inner.is_end_stream() {
+        // The last piece too: hyper keeps the body until that piece is sent.
+        if matches!(polled, Poll::Ready(Some(Ok(_)))) {
             this.handed = true;
             activity.awaiting_client.fetch_add(1, Ordering::Relaxed);
         }
@@ -599,6 +609,7 @@ struct Tracking<S> {
 impl<S, B> Service<Request<Incoming>> for Tracking<S>
 where
     S: Service<Request<Incoming>, Response = Response<B>>,
+    B: Body,
 {
     type Response = Response<Tracked<B>>;
     type Error = S::Error;
@@ -626,6 +637,7 @@ pin_project_lite::pin_project! {
 impl<F, B, E> Future for TrackedFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
 {
     type Output = Result<Response<Tracked<B>>, E>;
 
