@@ -823,30 +823,11 @@ async fn an_http2_client_that_ignores_the_goaway_is_cut_off() {
 
 #[tokio::test]
 async fn an_http2_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
-    // An upstream that sends 64 MiB and notes when keygate lets go of it; an HTTP/2 client
-    // that never opens its flow-control window past the first 64 KiB but keeps answering
-    // PINGs (its connection task runs).
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let failed: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
-    let note = failed.clone();
-    tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut head = [0u8; 4096];
-        let _ = tcp.read(&mut head).await;
-        let total = 64usize << 20;
-        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
-        tcp.write_all(answer.as_bytes()).await.unwrap();
-        let piece = vec![b'x'; 64 * 1024];
-        for _ in 0..total / piece.len() {
-            if tcp.write_all(&piece).await.is_err() {
-                *note.lock().unwrap() = Some(Instant::now());
-                return;
-            }
-        }
-    });
+    // An upstream that sends 64 MiB; an HTTP/2 client that never opens its flow-control
+    // window past the first 64 KiB but keeps answering PINGs (its connection task runs).
+    let upstream = HugeUpstream::start().await;
     let ws = Workspace::new(
-        &url,
+        &upstream.url,
         "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"1s\"\n",
     );
     let (_, key) = ws.create_key(&[]);
@@ -867,16 +848,10 @@ async fn an_http2_client_that_stops_reading_is_let_go_after_the_idle_timeout() {
     assert!(!first.is_empty());
     // Nothing more is read, and no capacity is released.
     let stopped = Instant::now();
-    let let_go = eventually(Duration::from_secs(15), || {
-        let failed = failed.clone();
-        async move { failed.lock().unwrap().is_some() }
-    })
-    .await;
-    assert!(
-        let_go.is_some(),
-        "keygate still holds the upstream for an HTTP/2 client that reads nothing"
-    );
-    let after = failed.lock().unwrap().unwrap() - stopped;
+    let after = upstream
+        .let_go_after(stopped)
+        .await
+        .expect("keygate still holds the upstream for an HTTP/2 client that reads nothing");
     assert!(
         after >= Duration::from_millis(900),
         "let go too early: {after:?}"

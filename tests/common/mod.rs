@@ -373,6 +373,49 @@ where
     }
 }
 
+/// An upstream that answers its first request with 64 MiB, more than every socket buffer on
+/// the way holds, and notes when its writing fails: when keygate let go of the connection.
+pub struct HugeUpstream {
+    pub url: String,
+    failed: Arc<Mutex<Option<Instant>>>,
+}
+
+impl HugeUpstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let failed: Arc<Mutex<Option<Instant>>> = Arc::default();
+        let note = failed.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut head = [0u8; 4096];
+            let _ = tcp.read(&mut head).await;
+            let total = 64usize << 20;
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n");
+            tcp.write_all(answer.as_bytes()).await.unwrap();
+            let piece = vec![b'x'; 64 * 1024];
+            for _ in 0..total / piece.len() {
+                if tcp.write_all(&piece).await.is_err() {
+                    *note.lock().unwrap() = Some(Instant::now());
+                    return;
+                }
+            }
+        });
+        Self { url, failed }
+    }
+
+    /// Waits up to 15 s for keygate to let go; how long after `since` it did.
+    pub async fn let_go_after(&self, since: Instant) -> Option<Duration> {
+        eventually(Duration::from_secs(15), || async {
+            self.failed.lock().unwrap().is_some()
+        })
+        .await?;
+        let at = self.failed.lock().unwrap().unwrap();
+        Some(at - since)
+    }
+}
+
 /// Polls `probe` until it returns true or `limit` passes; returns the time it took.
 pub async fn eventually<F, Fut>(limit: Duration, mut probe: F) -> Option<Duration>
 where
