@@ -9,9 +9,10 @@
 //! byte the header timeout
 //! (slow-loris clients are cut off silently); from a request's last byte sent upstream the
 //! upstream timeout for the response head (counted from the request body's latest progress
-//! while one streams). A response body from the upstream has no clock, as with hyper: a slow
-//! stream (server-sent events) is not a dead one; but a client that accepts no response bytes
-//! for an idle timeout is let go ([`clock::Patient`]). Each clock costs nothing per request.
+//! while one streams). A response body from the upstream has only the clock of the gap between
+//! two of its pieces (`[upstream] body_timeout`, [`crate::forward::silence`]): a slow stream
+//! (server-sent events) is not a dead one, a silent one is; and a client that accepts no
+//! response bytes for an idle timeout is let go ([`clock::Patient`]). Each clock costs nothing per request.
 //! A connection idle for a second gives back its read buffer and scratch space, and takes
 //! them again when its client's next bytes are readable: an idle connection costs its task
 //! and socket (and over TLS, rustls's state), not 10 KiB of buffers ([`idle`]).
