@@ -52,7 +52,8 @@
 //!   response head for it); the rulebook rendered on hyper's header maps and the shared pool
 //!   for an HTTP/2 upstream; [`forward::failure`] why an upstream request failed, as the
 //!   metrics name it; [`forward::silence`] the clock that cuts off a response whose upstream
-//!   goes silent mid-body.
+//!   goes silent mid-body; [`forward::tunnel`] a WebSocket tunnel after a `101` and the clock
+//!   that closes it once nothing moves.
 //! - [`batch`]: the writes of one event-loop turn, both directions (request heads to
 //!   upstreams; responses to HTTP/1.1, HTTP/2 and TLS clients), sent in one io_uring
 //!   submission, or one Linux AIO `io_submit` where io_uring is refused; its
@@ -66,7 +67,8 @@
 //!
 //! - [`config`]: `proxy.toml` + `KEYGATE_*` overrides, validated once.
 //! - [`tcp`]: TCP keepalive and `TCP_USER_TIMEOUT` for every connection keygate opens
-//!   (upstream, Redis), so a path that dies without a reset is noticed in seconds.
+//!   (upstream, Redis) and for a client's once it becomes a WebSocket tunnel, so a path that
+//!   dies without a reset is noticed in seconds.
 //! - [`crypto`]: the one rustls crypto provider (aws-lc-rs, with the hybrid post-quantum key
 //!   exchange) that the TLS port, the upstream client and the Redis client are built with,
 //!   and the primitives of access tokens.

@@ -154,7 +154,7 @@ async fn an_upstream_that_goes_silent_mid_body_is_cut_off_and_a_slow_stream_is_n
     // and dropped both ways, as on a path that died without a reset.
     let fault = fault::FaultProxy::start(streaming_upstream().await);
     let ws = Workspace::new(&format!("http://127.0.0.1:{}", fault.port), "");
-    upstream_options(&ws, "body_timeout = \"1s\"\n");
+    ws.upstream_options("body_timeout = \"1s\"\n");
     let (_, key) = ws.create_key(&[]);
     let kg = ws.serve();
 
@@ -243,12 +243,6 @@ async fn an_upstream_that_goes_silent_mid_body_is_cut_off_and_a_slow_stream_is_n
 }
 
 /// Sets `[upstream]` options in a workspace's config.
-fn upstream_options(ws: &Workspace, lines: &str) {
-    let config = std::fs::read_to_string(ws.config()).unwrap();
-    let config = config.replacen("[upstream]\n", &format!("[upstream]\n{lines}"), 1);
-    std::fs::write(ws.config(), config).unwrap();
-}
-
 #[tokio::test]
 async fn an_http2_upstream_connection_that_stops_answering_is_replaced() {
     // keygate -> fault proxy -> the echo upstream over one multiplexed HTTP/2 connection,
@@ -257,7 +251,7 @@ async fn an_http2_upstream_connection_that_stops_answering_is_replaced() {
     let up = Upstream::start().await;
     let fault = fault::FaultProxy::start(up.addr.port());
     let ws = Workspace::new(&format!("http://127.0.0.1:{}", fault.port), "");
-    upstream_options(&ws, "http2 = true\ntimeout = \"60s\"\n");
+    ws.upstream_options("http2 = true\ntimeout = \"60s\"\n");
     let (_, key) = ws.create_key(&[]);
     let kg = ws.serve();
     let url = kg.url("/a");

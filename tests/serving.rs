@@ -368,6 +368,67 @@ async fn websockets_pass_through_after_the_key_is_admitted() {
 }
 
 #[tokio::test]
+async fn a_websocket_tunnel_lives_while_bytes_move_and_is_closed_when_idle() {
+    // `tunnel_idle_timeout` 1 s: a message every 300 ms (echoed, so bytes move both ways)
+    // keeps the tunnel open well past it; then silence closes it. While it is a tunnel, the
+    // kernel watches the client's connection (keepalive), since no other clock does.
+    let (upstream, _handshakes) = websocket_upstream().await;
+    let ws = Workspace::new(&upstream, "");
+    ws.upstream_options("tunnel_idle_timeout = \"1s\"\n");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let mut req = format!("ws://{}/v1/stream", kg.public)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let client = tcp.local_addr().unwrap();
+    let (mut socket, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .unwrap()
+    .expect("WebSocket handshake through keygate");
+    let opened = Instant::now();
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let text = format!("message {i}");
+        socket.send(Message::text(text.clone())).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .unwrap()
+            .expect("the tunnel closed while bytes moved")
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    assert!(opened.elapsed() >= Duration::from_millis(2400));
+
+    let ss = std::process::Command::new("ss")
+        .args(["-Htno", "state", "established"])
+        .arg(format!("src {} dst {client}", kg.public))
+        .output()
+        .expect("ss (iproute2) runs");
+    let sockets = text(&ss.stdout);
+    assert_eq!(sockets.lines().count(), 1, "{sockets}");
+    assert!(sockets.contains("timer:(keepalive"), "{sockets}");
+
+    let quiet = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .expect("the tunnel was still open 10 s into its silence");
+    assert!(
+        matches!(end, None | Some(Err(_))),
+        "expected the tunnel to close, got {end:?}"
+    );
+    let waited = quiet.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "closed after {waited:?} of silence"
+    );
+}
+
+#[tokio::test]
 async fn sigterm_under_load_fails_no_request_and_exits_in_time() {
     let (_up, ws, key) =
         setup("[server]\ndrain_period = \"1s\"\nshutdown_timeout = \"5s\"\n").await;

@@ -119,6 +119,9 @@ pub struct Upstream {
     /// the response is cut off (a silently dead upstream connection, or a hung upstream).
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// A WebSocket tunnel in which no byte has moved either way for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub tunnel_idle_timeout: Duration,
     pub preserve_host: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,

@@ -152,6 +152,8 @@ pub(super) struct RawUpstream {
     pub(super) timeout: Duration,
     #[serde(default = "default_body_timeout", with = "humantime_serde")]
     pub(super) body_timeout: Duration,
+    #[serde(default = "default_tunnel_idle_timeout", with = "humantime_serde")]
+    pub(super) tunnel_idle_timeout: Duration,
     #[serde(default = "yes")]
     pub(super) preserve_host: bool,
     /// PEM roots for an `https://` upstream, instead of the system's.
@@ -172,6 +174,10 @@ fn default_upstream_timeout() -> Duration {
 /// short enough that a dead upstream does not hold a client for the client's own patience.
 fn default_body_timeout() -> Duration {
     Duration::from_secs(300)
+}
+/// The value HAProxy's documentation gives its `timeout tunnel` in its example.
+fn default_tunnel_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
 }
 fn yes() -> bool {
     true

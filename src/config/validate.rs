@@ -76,6 +76,7 @@ impl TryFrom<RawConfig> for Config {
             ("upstream.connect_timeout", up.connect_timeout),
             ("upstream.timeout", up.timeout),
             ("upstream.body_timeout", up.body_timeout),
+            ("upstream.tunnel_idle_timeout", up.tunnel_idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(invalid(field, "must be greater than 0, e.g. \"5s\""));
@@ -189,6 +190,7 @@ impl TryFrom<RawConfig> for Config {
                 connect_timeout: up.connect_timeout,
                 timeout: up.timeout,
                 body_timeout: up.body_timeout,
+                tunnel_idle_timeout: up.tunnel_idle_timeout,
                 preserve_host: up.preserve_host,
                 ca_file: up.ca_file,
                 http2: up.http2,

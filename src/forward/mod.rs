@@ -30,7 +30,8 @@
 //!   it: the shared pool (`client`), one multiplexed connection.
 //!
 //! Every response body, by either engine, is relayed on [`silence`]'s clock: an upstream that
-//! sends nothing mid-body for `[upstream] body_timeout` has its response cut off.
+//! sends nothing mid-body for `[upstream] body_timeout` has its response cut off. A WebSocket
+//! tunnel has [`tunnel`]'s clock instead: nothing either way for `tunnel_idle_timeout`.
 
 mod client;
 pub mod failure;
@@ -38,6 +39,7 @@ mod headers;
 pub mod links;
 pub mod response_head;
 pub mod silence;
+pub mod tunnel;
 pub mod upstream;
 pub mod upstream_head;
 
@@ -124,6 +126,7 @@ pub struct Forwarder {
     environments: Vec<(Environment, Target)>,
     timeout: Duration,
     body_timeout: Duration,
+    tunnel_idle_timeout: Duration,
     preserve_host: bool,
     credential_headers: Vec<CredentialHeader>,
     /// `[keys] prefix`: a header value carrying one of our keys never goes upstream.
@@ -179,6 +182,7 @@ impl Forwarder {
                 .collect(),
             timeout: upstream.timeout,
             body_timeout: upstream.body_timeout,
+            tunnel_idle_timeout: upstream.tunnel_idle_timeout,
             preserve_host: upstream.preserve_host,
             credential_headers: credential_headers.to_vec(),
             key_prefix: key_prefix.to_owned(),
@@ -275,6 +279,11 @@ impl Forwarder {
     /// The longest the upstream may go quiet within a response body ([`silence::Silence`]).
     pub fn body_timeout(&self) -> Duration {
         self.body_timeout
+    }
+
+    /// The longest a WebSocket tunnel may carry nothing either way ([`tunnel`]).
+    pub fn tunnel_idle_timeout(&self) -> Duration {
+        self.tunnel_idle_timeout
     }
 
     pub fn preserve_host(&self) -> bool {

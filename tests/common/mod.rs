@@ -94,6 +94,13 @@ impl Workspace {
         self.dir.path().join("proxy.toml")
     }
 
+    /// Adds `lines` to the config's `[upstream]` section.
+    pub fn upstream_options(&self, lines: &str) {
+        let config = std::fs::read_to_string(self.config()).unwrap();
+        let config = config.replacen("[upstream]\n", &format!("[upstream]\n{lines}"), 1);
+        std::fs::write(self.config(), config).unwrap();
+    }
+
     pub fn keys_file(&self) -> PathBuf {
         self.dir.path().join("keys.json")
     }

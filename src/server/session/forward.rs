@@ -15,6 +15,7 @@ use crate::forward::Forwarder;
 use crate::forward::UpstreamFailure;
 use crate::forward::failure::{Failure, report_silence};
 use crate::forward::silence::{self, Quiet};
+use crate::forward::tunnel::{self, TunnelEnd};
 use crate::forward::upstream::{Destination, Link, Stream};
 use crate::keys::rotation::Due;
 use crate::metrics::{Decision, Outcome};
@@ -167,7 +168,7 @@ impl<IO: Transport> Session<'_, IO> {
             };
             return self.refuse(reject, audit, facts, body).await;
         }
-        self.relay(link, response, body, request_done, forwarder.body_timeout())
+        self.relay(link, response, body, request_done, forwarder)
             .await
     }
 
@@ -280,14 +281,15 @@ impl<IO: Transport> Session<'_, IO> {
 
     /// The response head (and the body bytes that came with it, taken by `decoder`) is in
     /// `down`: it goes to the client, the rest of the body after it, cut off if the upstream
-    /// sends nothing for `body_timeout` ([`crate::forward::silence`]).
+    /// sends nothing for `body_timeout` ([`crate::forward::silence`]); after a `101`, the
+    /// tunnel.
     pub(super) async fn relay(
         &mut self,
         mut link: Link,
         mut response: ResponseHead,
         mut decoder: Decoder,
         request_done: bool,
-        body_timeout: Duration,
+        forwarder: &Forwarder,
     ) -> (Outcome, Next) {
         let status = Outcome {
             status: response.status,
@@ -303,7 +305,7 @@ impl<IO: Transport> Session<'_, IO> {
         if response.switching {
             self.down.extend_from_slice(link.buf.filled());
             link.buf.consume(link.buf.len());
-            let next = self.splice(link).await;
+            let next = self.splice(link, forwarder.tunnel_idle_timeout()).await;
             return (status, next);
         }
         if self.send_down_scratch().await.is_err() {
@@ -312,7 +314,7 @@ impl<IO: Transport> Session<'_, IO> {
         if !decoder.is_done() {
             let mut relayed = 0;
             let copied = wire::body::copy(
-                &mut Quiet::new(&mut link.stream, body_timeout),
+                &mut Quiet::new(&mut link.stream, forwarder.body_timeout()),
                 &mut link.buf,
                 &mut Patient::new(&mut self.io, self.timing.idle),
                 &mut decoder,
@@ -350,8 +352,9 @@ impl<IO: Transport> Session<'_, IO> {
         (status, next)
     }
 
-    /// After a `101`: the client and the upstream are joined byte for byte until one closes.
-    pub(super) async fn splice(&mut self, mut link: Link) -> Next {
+    /// After a `101`: the client and the upstream are joined byte for byte until one closes,
+    /// or until nothing has moved either way for `idle` ([`tunnel`]).
+    pub(super) async fn splice(&mut self, mut link: Link, idle: Duration) -> Next {
         if self.send_down_scratch().await.is_err() {
             return Next::Gone;
         }
@@ -359,9 +362,17 @@ impl<IO: Transport> Session<'_, IO> {
         if !early.is_empty() && write_flush(&mut link.stream, &early).await.is_err() {
             return Next::Gone;
         }
-        match tokio::io::copy_bidirectional(&mut self.io, &mut link.stream).await {
-            Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-            Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+        // Between requests a vanished client is let go by the idle clock, within a response
+        // by the stall clock; a quiet tunnel has neither, so the kernel watches the path.
+        if let Some(tcp) = self.io.tcp()
+            && let Err(e) = crate::tcp::watch_client(tcp)
+        {
+            tracing::debug!(error = %e, "no keepalive on a tunnel's client connection");
+        }
+        match tunnel::join(&mut self.io, &mut link.stream, idle).await {
+            TunnelEnd::Closed { up, down } => tracing::debug!(up, down, "tunnel closed"),
+            TunnelEnd::Idle(idle) => tracing::debug!(?idle, "tunnel closed: idle"),
+            TunnelEnd::Failed(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
         }
         Next::Gone
     }

@@ -12,7 +12,10 @@
 //! while one streams). A response body from the upstream has only the clock of the gap between
 //! two of its pieces (`[upstream] body_timeout`, [`crate::forward::silence`]): a slow stream
 //! (server-sent events) is not a dead one, a silent one is; and a client that accepts no
-//! response bytes for an idle timeout is let go ([`clock::Patient`]). Each clock costs nothing per request.
+//! response bytes for an idle timeout is let go ([`clock::Patient`]). After a `101`, the
+//! tunnel has only the clock of no byte either way (`[upstream] tunnel_idle_timeout`,
+//! [`crate::forward::tunnel`]), and the client's socket gets TCP keepalive ([`crate::tcp`]).
+//! Each clock costs nothing per request.
 //! A connection idle for a second gives back its read buffer and scratch space, and takes
 //! them again when its client's next bytes are readable: an idle connection costs its task
 //! and socket (and over TLS, rustls's state), not 10 KiB of buffers ([`idle`]).
