@@ -615,7 +615,6 @@ impl Proxy {
         audit: &mut Audit<'_>,
     ) -> Result<Response<Full<Bytes>>, Reject> {
         use crate::reject::OAuthError;
-        use http_body_util::{BodyExt, Limited};
         let peer = conn.peer.ip();
         let trusted = &config.network.trusted_proxies;
         audit.peer_trusted = trusted
@@ -654,15 +653,16 @@ impl Proxy {
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(|v| v.as_bytes().to_vec());
-        let body = Limited::new(req.into_body(), 4096)
-            .collect()
+        let body = read_own_body(req.into_body(), 4096, config.server.header_read_timeout)
             .await
-            .map_err(|_| {
-                Reject::OAuth(OAuthError::InvalidRequest(
-                    "the body is broken or over 4 KiB",
-                ))
-            })?
-            .to_bytes();
+            .map_err(|e| {
+                Reject::OAuth(OAuthError::InvalidRequest(match e {
+                    OwnBodyError::TooSlow(_) => {
+                        "the body did not arrive within [server] header_read_timeout"
+                    }
+                    _ => "the body is broken or over 4 KiB",
+                }))
+            })?;
         let grant = token::grant(authorization.as_deref(), &body).map_err(Reject::OAuth)?;
 
         let now = SystemTime::now();
@@ -758,6 +758,43 @@ impl Current {
 
 /// Renders [`crate::cors`]'s decision on hyper's header map: the upstream's own
 /// `Access-Control-*` give way, `Vary: Origin` joins whatever the upstream varies on.
+/// Why a body keygate answers itself (the token endpoint's form, a management request's
+/// JSON) could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnBodyError {
+    #[error("the body is over {0} bytes")]
+    TooLarge(usize),
+    /// A client that sends a head and then too little of its body would otherwise hold its
+    /// connection for as long as it likes: the request is in flight, so no idle clock runs.
+    #[error("the body did not arrive within {0:?} ([server] header_read_timeout)")]
+    TooSlow(std::time::Duration),
+    #[error("the body could not be read: {0}")]
+    Broken(String),
+}
+
+/// Reads a request body keygate answers itself: at most `max` bytes, all of them within
+/// `within` (the header timeout: such bodies are small, and this one clock serves for a slow
+/// head and a slow body alike).
+pub async fn read_own_body<B>(
+    body: B,
+    max: usize,
+    within: std::time::Duration,
+) -> Result<Bytes, OwnBodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::{BodyExt, Limited};
+    match tokio::time::timeout(within, Limited::new(body, max).collect()).await {
+        Err(_) => Err(OwnBodyError::TooSlow(within)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(OwnBodyError::TooLarge(max))
+        }
+        Ok(Err(e)) => Err(OwnBodyError::Broken(e.to_string())),
+    }
+}
+
 fn cors_headers(headers: &mut http::HeaderMap, cors: crate::cors::Headers) {
     let theirs: Vec<http::HeaderName> = headers
         .keys()

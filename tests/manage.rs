@@ -1473,3 +1473,32 @@ async fn a_patch_lifting_an_expired_keys_expiry_respects_the_owner_cap() {
         expect(&reply, StatusCode::CONFLICT, "owner_key_limit");
     }
 }
+
+/// A management client that sends a request's head and then only part of its body gets a
+/// JSON 400 and its connection closed after `header_read_timeout`: it could otherwise hold
+/// one of the API's connections for ever, and enough of them would lock every operator out.
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_is_let_go() {
+    let up = Upstream::start().await;
+    let ws = Workspace::new(
+        &up.url(),
+        "[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"30s\"\n",
+    );
+    let (_, admin) = bootstrap(&ws, "ops");
+    let kg = ws.serve_with_env(MANAGE_ENV);
+    let head = format!(
+        "POST /v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {admin}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"name\": "
+    );
+    let (answer, closed) = send_and_stall(kg.manage.unwrap(), &head).await;
+    let answer = text(&answer);
+    let closed = closed.unwrap_or_else(|| panic!("still open 15 s after the body stopped"));
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
+        "closed after {closed:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("\"invalid_body\""), "{answer}");
+    assert!(answer.contains("header_read_timeout"), "{answer}");
+    assert!(!answer.contains(&admin), "{answer}");
+}

@@ -442,3 +442,32 @@ async fn a_revoked_keys_token_is_refused_on_three_sidecars() {
     .await;
     assert_eq!(reply.error_code(), "invalid_api_key");
 }
+
+/// A token request whose body stops short is answered `invalid_request` and its connection
+/// closed after `header_read_timeout`: the endpoint is on the public port and needs no key,
+/// so anyone could otherwise hold connections there for as long as they liked.
+#[tokio::test]
+async fn a_token_request_whose_body_stops_short_is_let_go() {
+    let up = Upstream::start().await;
+    let ws = workspace(
+        &up.url(),
+        &format!(
+            "{}\n[server]\nheader_read_timeout = \"1s\"\nidle_timeout = \"30s\"\n",
+            tokens_toml("15m")
+        ),
+    );
+    let kg = ws.serve();
+    let head = "POST /oauth/token HTTP/1.1\r\nhost: x\r\n\
+                content-type: application/x-www-form-urlencoded\r\n\
+                content-length: 200\r\n\r\ngrant_type=client_";
+    let (answer, closed) = send_and_stall(kg.public, head).await;
+    let answer = text(&answer);
+    let closed = closed.unwrap_or_else(|| panic!("still open 15 s after the body stopped"));
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
+        "closed after {closed:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("\"invalid_request\""), "{answer}");
+    assert!(answer.contains("header_read_timeout"), "{answer}");
+}

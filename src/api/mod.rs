@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde::{Deserialize, Serialize};
 
 use crate::authz::{self, Policy, RequestFacts};
@@ -38,7 +38,7 @@ use crate::keys::manage::{
 };
 use crate::keys::{Change, KeyRecord, KeyStore};
 use crate::limits::{Limited as LimitRefusal, WindowState};
-use crate::proxy::{Audit, Connection, Current, Proxy};
+use crate::proxy::{Audit, Connection, Current, OwnBodyError, Proxy, read_own_body};
 use crate::reject::{Denial, Reject};
 use crate::routes::{RouteTable, Unmatched, grants};
 use crate::vocab::HeaderSet;
@@ -214,7 +214,7 @@ impl Api {
         let query = req.uri().query().unwrap_or_default().to_owned();
         let path = req.uri().path().to_owned();
         let idempotency_key = idempotency_key(&req)?;
-        let body = read_body(req.into_body()).await?;
+        let body = read_body(req.into_body(), config.server.header_read_timeout).await?;
         let id = id.as_deref().unwrap_or_default();
         match (method.as_str(), template) {
             ("POST", "/v1/keys") => {
@@ -872,18 +872,17 @@ fn idempotency_key<B>(req: &Request<B>) -> Result<Option<String>, Reject> {
     }
 }
 
-async fn read_body<B>(body: B) -> Result<Bytes, Reject>
+async fn read_body<B>(body: B, within: Duration) -> Result<Bytes, Reject>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, MAX_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reject::PayloadTooLarge),
-        Err(e) => Err(Reject::InvalidBody(format!(
-            "the body could not be read: {e}"
-        ))),
-    }
+    read_own_body(body, MAX_BODY, within)
+        .await
+        .map_err(|e| match e {
+            OwnBodyError::TooLarge(_) => Reject::PayloadTooLarge,
+            e => Reject::InvalidBody(e.to_string()),
+        })
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reject> {

@@ -439,6 +439,19 @@ where
     None
 }
 
+/// Sends `head` (which declares a longer body than it carries) over a new connection and
+/// then nothing more: what came back before the connection closed, and how long that took
+/// (at most 15 s; `None` if it was still open then).
+pub async fn send_and_stall(addr: SocketAddr, head: &str) -> (Vec<u8>, Option<Duration>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let sent = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut answer)).await;
+    (answer, read.ok().map(|_| sent.elapsed()))
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
