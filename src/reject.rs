@@ -58,6 +58,9 @@ pub enum Reject {
     HeadersTooLarge,
     /// Body over `server.max_body_bytes`.
     PayloadTooLarge,
+    /// The client stopped sending its request body: the upstream waited for the rest for
+    /// `[upstream] timeout` and nothing came. The client's silence, not the upstream's.
+    RequestTimeout,
     RateLimitExceeded(crate::limits::Refusal),
     /// The client's address sent too many invalid keys ([`crate::guard`]); refused for
     /// `retry_after` seconds before any key lookup.
@@ -214,6 +217,7 @@ impl Reject {
             | Self::HttpsRequired => StatusCode::FORBIDDEN,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimitExceeded(_) | Self::TooManyInvalidKeys { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -250,6 +254,7 @@ impl Reject {
             Self::HttpsRequired => "https_required",
             Self::HeadersTooLarge => "request_header_fields_too_large",
             Self::PayloadTooLarge => "request_too_large",
+            Self::RequestTimeout => "request_timeout",
             Self::RateLimitExceeded(_) => "rate_limit_exceeded",
             Self::TooManyInvalidKeys { .. } => "too_many_invalid_keys",
             Self::KeyStoreUnavailable => "key_store_unavailable",
@@ -288,6 +293,7 @@ impl Reject {
             | Self::HttpsRequired
             | Self::HeadersTooLarge
             | Self::PayloadTooLarge
+            | Self::RequestTimeout
             | Self::InvalidBody(_)
             | Self::InvalidParameter(_)
             | Self::NotFound(_)
@@ -378,6 +384,11 @@ impl Reject {
             Self::HttpsRequired => "All API requests must be made over HTTPS".into(),
             Self::HeadersTooLarge => "The request headers are too large".into(),
             Self::PayloadTooLarge => "The request body is too large".into(),
+            Self::RequestTimeout => {
+                "The request body stopped arriving before its end; nothing came for the \
+                 upstream timeout"
+                    .into()
+            }
             Self::RateLimitExceeded(r) => format!(
                 "Rate limit exceeded: {} requests {}; retry after {} s",
                 r.window.limit,
@@ -631,6 +642,12 @@ mod tests {
                 Reject::PayloadTooLarge,
                 413,
                 "request_too_large",
+                "invalid_request_error",
+            ),
+            (
+                Reject::RequestTimeout,
+                408,
+                "request_timeout",
                 "invalid_request_error",
             ),
             (

@@ -579,3 +579,68 @@ async fn a_connection_that_shed_its_buffers_carries_the_next_exchange_whole() {
     assert_eq!(json["body_len"], SIZE);
     assert_eq!(json["body_sha256"], PatternBody::sha256_hex(SIZE));
 }
+
+/// A client that stops sending its request body while the upstream waits for the rest gets
+/// 408 `request_timeout` after the upstream timeout, over HTTP/1.1 (its connection then
+/// closes) and HTTP/2; the silence is the client's, so no upstream failure is counted (an
+/// alert on upstream time-outs must not page anyone for a slow client).
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_408_and_the_upstream_is_not_blamed() {
+    use futures_util::StreamExt;
+    let up = Upstream::start().await;
+    let ws = Workspace::new(&up.url(), "");
+    ws.upstream_options("timeout = \"1s\"\n");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+
+    let head = format!(
+        "POST /v1/upload HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\n\
+         content-length: 100\r\n\r\nthe first ten"
+    );
+    let (answer, closed) = send_and_stall(kg.public, &head).await;
+    let answer = text(&answer);
+    let closed = closed.unwrap_or_else(|| panic!("still open 15 s after the body stopped"));
+    assert!(
+        closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
+        "closed after {closed:?}"
+    );
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+
+    // HTTP/2: a body that sends one piece and then nothing, the stream left open.
+    let pieces = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+        hyper::body::Frame::data(bytes::Bytes::from_static(b"the first ten")),
+    )])
+    .chain(futures_util::stream::pending());
+    let sent = std::time::Instant::now();
+    let reply = request_h2(
+        http::Request::post(kg.url("/v1/upload"))
+            .header("x-api-key", &key)
+            .body(http_body_util::StreamBody::new(pieces))
+            .unwrap(),
+    )
+    .await;
+    let waited = sent.elapsed();
+    assert_eq!(
+        reply.status,
+        StatusCode::REQUEST_TIMEOUT,
+        "{}",
+        text(&reply.body)
+    );
+    assert_eq!(reply.error_code(), "request_timeout");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "answered after {waited:?}"
+    );
+
+    assert_eq!(
+        kg.metric("keygate_upstream_failures_total{kind=\"timeout\"}")
+            .await,
+        Some(0.0)
+    );
+    assert_eq!(
+        kg.metric("keygate_requests_total{class=\"4xx\",decision=\"request_timeout\"}")
+            .await,
+        Some(2.0)
+    );
+}

@@ -15,14 +15,15 @@
 //! What the session's forwarding does, this does too: one retry on a fresh connection when a
 //! reused one turns out closed (only for a request without a body, and for a close before any
 //! response byte only when the method is idempotent), the upstream timeout counted from the
-//! request's latest progress, failures counted by kind. A link is parked only when both
+//! request's latest progress (a 408 when it runs out waiting on the client's body), failures
+//! counted by kind. A link is parked only when both
 //! messages ended where their framing said; a response body cut short, a client that went
 //! away, or an answer that came before the request body was through close it.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -224,7 +225,8 @@ impl Forwarder {
         let Link { stream, buf, .. } = link;
         let (mut up_read, mut up_write) = tokio::io::split(stream);
         let max = self.max_body as u64;
-        let pump = pump(body, &mut up_write, framing, max, || {
+        let waiting = AtomicBool::new(false);
+        let pump = pump(body, &mut up_write, framing, max, &waiting, || {
             progress.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
         });
         let answer = read_head(&mut up_read, buf, head_request, &deadline);
@@ -232,8 +234,16 @@ impl Forwarder {
         let pumped = tokio::select! {
             pumped = &mut pump => pumped,
             // The upstream answered before the body was through (it refused it, most likely):
-            // the answer goes to the client, the rest of the body is not read.
-            early = &mut answer => return early.map(|r| (r, false)),
+            // the answer goes to the client, the rest of the body is not read. Or the
+            // upstream timeout ran out while the body waited on the client: its silence.
+            early = &mut answer => {
+                return match early {
+                    Err(Failure::Timeout) if waiting.load(Ordering::Relaxed) => {
+                        Err(Failure::Client(Reject::RequestTimeout))
+                    }
+                    early => early.map(|r| (r, false)),
+                };
+            }
         };
         let done = match pumped {
             Ok(()) => true,
@@ -290,11 +300,13 @@ async fn write_flush<W: AsyncWrite + Unpin + ?Sized>(io: &mut W, bytes: &[u8]) -
 
 /// Streams the client's body to the upstream, framed as the head said: its declared length
 /// (which HTTP/2 holds the client to, and this checks again) or chunks. At most `max` bytes.
+/// `waiting` says whether it waits on the client.
 async fn pump<W: AsyncWrite + Unpin>(
     body: &mut Incoming,
     dst: &mut W,
     framing: Framing,
     max: u64,
+    waiting: &AtomicBool,
     mut progress: impl FnMut(),
 ) -> Result<(), BodyError> {
     let encoding = match framing {
@@ -307,7 +319,13 @@ async fn pump<W: AsyncWrite + Unpin>(
     };
     let mut sent = 0u64;
     let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
+    loop {
+        waiting.store(true, Ordering::Relaxed);
+        let frame = body.frame().await;
+        waiting.store(false, Ordering::Relaxed);
+        let Some(frame) = frame else {
+            break;
+        };
         let frame = frame.map_err(|e| BodyError::Read(io::Error::other(e)))?;
         // Trailers are dropped, as keygate's own HTTP/1.1 drops them.
         let Ok(data) = frame.into_data() else {

@@ -1,7 +1,7 @@
 //! Forwarding one admitted request: its head and body upstream, the response back, with the
 //! one retry a reused upstream connection may take (see the module doc of `server::session`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::Method;
@@ -215,8 +215,13 @@ impl<IO: Transport> Session<'_, IO> {
             ..
         } = self;
         let stall = self.timing.idle;
-        let (mut client_read, mut client_write) = tokio::io::split(&mut *io);
+        let (client_read, mut client_write) = tokio::io::split(&mut *io);
         let mut client_write = Patient::new(&mut client_write, stall);
+        let waiting = AtomicBool::new(false);
+        let mut client_read = Awaited {
+            inner: client_read,
+            waiting: &waiting,
+        };
         let (mut up_read, mut up_write) = tokio::io::split(&mut link.stream);
         let pump = wire::body::copy(
             &mut client_read,
@@ -242,8 +247,16 @@ impl<IO: Transport> Session<'_, IO> {
         let pumped = tokio::select! {
             pumped = &mut pump => pumped,
             // The upstream answered before the body was through (it refused it, most likely):
-            // the answer goes to the client, the rest of the body is not read.
-            early = &mut head => return Ok(early),
+            // the answer goes to the client, the rest of the body is not read. Or the
+            // upstream timeout ran out while the body waited on the client: its silence.
+            early = &mut head => {
+                return match early {
+                    Err(Failure::Timeout) if waiting.load(Ordering::Relaxed) => {
+                        Err(Reject::RequestTimeout)
+                    }
+                    early => Ok(early),
+                };
+            }
         };
         match pumped {
             Ok(()) => {}
@@ -495,5 +508,24 @@ fn body_reject(e: &BodyError) -> Reject {
     match e {
         BodyError::TooLarge => Reject::PayloadTooLarge,
         _ => Reject::BadRequest("the chunked request body is malformed"),
+    }
+}
+
+/// The client's side of a request body being pumped upstream, saying whether a read waits on
+/// the client: when the upstream timeout runs out then, the silence is the client's.
+struct Awaited<'a, R> {
+    inner: R,
+    waiting: &'a AtomicBool,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Awaited<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let read = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.waiting.store(read.is_pending(), Ordering::Relaxed);
+        read
     }
 }

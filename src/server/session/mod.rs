@@ -6,19 +6,19 @@
 //! Clocks: until the first request's head, the header timeout from the connection's start
 //! (accept, or the end of the TLS handshake); between requests the idle timeout (and, at half
 //! the header timeout, the upstream connection is lent to the parking); from a head's first
-//! byte the header timeout
-//! (slow-loris clients are cut off silently); from a request's last byte sent upstream the
-//! upstream timeout for the response head (counted from the request body's latest progress
-//! while one streams). A response body from the upstream has only the clock of the gap between
+//! byte the header timeout (slow-loris clients are cut off silently); from a request's last
+//! byte sent upstream the upstream timeout for the response head (counted from the request
+//! body's latest progress while one streams; run out while the body waits on the client, it is
+//! the client's 408). A response body from the upstream has only the clock of the gap between
 //! two of its pieces (`[upstream] body_timeout`, [`crate::forward::silence`]): a slow stream
 //! (server-sent events) is not a dead one, a silent one is; and a client that accepts no
-//! response bytes for an idle timeout is let go ([`clock::Patient`]). After a `101`, the
-//! tunnel has only the clock of no byte either way (`[upstream] tunnel_idle_timeout`,
+//! response bytes for an idle timeout is let go ([`clock::Patient`]). After a `101`, the tunnel
+//! has only the clock of no byte either way (`[upstream] tunnel_idle_timeout`,
 //! [`crate::forward::tunnel`]), and the client's socket gets TCP keepalive ([`crate::tcp`]).
-//! Each clock costs nothing per request.
-//! A connection idle for a second gives back its read buffer and scratch space, and takes
-//! them again when its client's next bytes are readable: an idle connection costs its task
-//! and socket (and over TLS, rustls's state), not 10 KiB of buffers ([`idle`]).
+//! Each clock costs nothing per request. A connection idle for a second gives back its read
+//! buffer and scratch space, and takes them again when its client's next bytes are readable: an
+//! idle connection costs its task and socket (and over TLS, rustls's state), not 10 KiB of
+//! buffers ([`idle`]).
 //!
 //! Retries: a request whose upstream connection was reused and that met a close before any
 //! response byte goes once more on a new connection, if it was sent whole and is idempotent
