@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::StreamExt;
 use http::StatusCode;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -582,65 +583,123 @@ async fn a_connection_that_shed_its_buffers_carries_the_next_exchange_whole() {
 
 /// A client that stops sending its request body while the upstream waits for the rest gets
 /// 408 `request_timeout` after the upstream timeout, over HTTP/1.1 (its connection then
-/// closes) and HTTP/2; the silence is the client's, so no upstream failure is counted (an
-/// alert on upstream time-outs must not page anyone for a slow client).
+/// closes) and HTTP/2, with an HTTP/1.1 upstream (keygate's own links) and an HTTP/2 one
+/// (hyper's pool); the silence is the client's, so no upstream failure is counted (an alert on
+/// upstream time-outs must not page anyone for a slow client). An upload that keeps coming
+/// for longer than the upstream timeout is no time-out at all.
 #[tokio::test]
 async fn a_client_that_stops_sending_its_body_gets_408_and_the_upstream_is_not_blamed() {
-    use futures_util::StreamExt;
     let up = Upstream::start().await;
-    let ws = Workspace::new(&up.url(), "");
-    ws.upstream_options("timeout = \"1s\"\n");
-    let (_, key) = ws.create_key(&[]);
-    let kg = ws.serve();
+    for http2 in [false, true] {
+        let ws = Workspace::new(&up.url(), "");
+        ws.upstream_options(&format!("timeout = \"1s\"\nhttp2 = {http2}\n"));
+        let (_, key) = ws.create_key(&[]);
+        let kg = ws.serve();
+        let upstream = if http2 { "HTTP/2" } else { "HTTP/1.1" };
 
-    let head = format!(
-        "POST /v1/upload HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\n\
-         content-length: 100\r\n\r\nthe first ten"
-    );
-    let (answer, closed) = send_and_stall(kg.public, &head).await;
-    let answer = text(&answer);
-    let closed = closed.unwrap_or_else(|| panic!("still open 15 s after the body stopped"));
-    assert!(
-        closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
-        "closed after {closed:?}"
-    );
-    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
-    assert!(answer.contains("\"request_timeout\""), "{answer}");
+        let head = format!(
+            "POST /v1/upload HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\n\
+             content-length: 100\r\n\r\nthe first ten"
+        );
+        let (answer, closed) = send_and_stall(kg.public, &head).await;
+        let answer = text(&answer);
+        let closed =
+            closed.unwrap_or_else(|| panic!("{upstream}: still open 15 s after the body stopped"));
+        assert!(
+            closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
+            "{upstream}: closed after {closed:?}"
+        );
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{upstream}: {answer}");
+        assert!(
+            answer.contains("\"request_timeout\""),
+            "{upstream}: {answer}"
+        );
 
-    // HTTP/2: a body that sends one piece and then nothing, the stream left open.
-    let pieces = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
-        hyper::body::Frame::data(bytes::Bytes::from_static(b"the first ten")),
-    )])
-    .chain(futures_util::stream::pending());
-    let sent = std::time::Instant::now();
-    let reply = request_h2(
-        http::Request::post(kg.url("/v1/upload"))
-            .header("x-api-key", &key)
-            .body(http_body_util::StreamBody::new(pieces))
-            .unwrap(),
-    )
-    .await;
-    let waited = sent.elapsed();
-    assert_eq!(
-        reply.status,
-        StatusCode::REQUEST_TIMEOUT,
-        "{}",
-        text(&reply.body)
-    );
-    assert_eq!(reply.error_code(), "request_timeout");
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
-        "answered after {waited:?}"
-    );
+        // HTTP/2: a body that sends one piece and then nothing, the stream left open.
+        let pieces = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+            hyper::body::Frame::data(bytes::Bytes::from_static(b"the first ten")),
+        )])
+        .chain(futures_util::stream::pending());
+        let sent = Instant::now();
+        let reply = request_h2(
+            http::Request::post(kg.url("/v1/upload"))
+                .header("x-api-key", &key)
+                .body(http_body_util::StreamBody::new(pieces))
+                .unwrap(),
+        )
+        .await;
+        let waited = sent.elapsed();
+        assert_eq!(
+            reply.status,
+            StatusCode::REQUEST_TIMEOUT,
+            "{upstream}: {}",
+            text(&reply.body)
+        );
+        assert_eq!(reply.error_code(), "request_timeout");
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+            "{upstream}: answered after {waited:?}"
+        );
 
-    assert_eq!(
-        kg.metric("keygate_upstream_failures_total{kind=\"timeout\"}")
-            .await,
-        Some(0.0)
-    );
-    assert_eq!(
-        kg.metric("keygate_requests_total{class=\"4xx\",decision=\"request_timeout\"}")
-            .await,
-        Some(2.0)
-    );
+        // Eight pieces 300 ms apart: 2.4 s of upload under a 1 s timeout, over both.
+        for h2 in [false, true] {
+            let started = Instant::now();
+            let req = http::Request::post(kg.url("/v1/upload"))
+                .header("x-api-key", &key)
+                .body(http_body_util::StreamBody::new(slow_upload()))
+                .unwrap();
+            let reply = if h2 {
+                request_h2(req).await
+            } else {
+                request(req).await
+            };
+            assert_eq!(
+                reply.status,
+                StatusCode::OK,
+                "{upstream}, HTTP/2 client {h2}: {}",
+                text(&reply.body)
+            );
+            assert_eq!(
+                reply.json()["body_len"],
+                80,
+                "{upstream}, HTTP/2 client {h2}"
+            );
+            assert!(started.elapsed() >= Duration::from_millis(2400));
+        }
+
+        assert_eq!(
+            kg.metric("keygate_upstream_failures_total{kind=\"timeout\"}")
+                .await,
+            Some(0.0),
+            "{upstream}"
+        );
+        assert_eq!(
+            kg.metric("keygate_requests_total{class=\"4xx\",decision=\"request_timeout\"}")
+                .await,
+            Some(2.0),
+            "{upstream}"
+        );
+    }
+}
+
+/// A request body of eight 10-byte pieces, 300 ms apart.
+fn slow_upload() -> std::pin::Pin<
+    Box<
+        dyn futures_util::Stream<
+                Item = Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+            > + Send,
+    >,
+> {
+    Box::pin(futures_util::stream::unfold(0, |i| async move {
+        if i == 8 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Some((
+            Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                b"0123456789",
+            ))),
+            i + 1,
+        ))
+    }))
 }

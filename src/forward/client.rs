@@ -4,7 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http_body_util::Limited;
@@ -16,49 +16,75 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tokio::time::Instant;
 
 use crate::config::Upstream;
 use crate::tcp;
 
 pin_project_lite::pin_project! {
     /// The client's request body on its way upstream: the client's stream, cut off at
-    /// `server.max_body_bytes`, remembering whether it failed. The upstream client reports a
-    /// body that failed mid-stream as its own error (over HTTP/2, as a stream reset with the
-    /// cause gone), and a client that sent a broken body must hear 400, not a 502.
+    /// `server.max_body_bytes`, remembering whether it failed, when the pool last took a
+    /// piece of it and whether it waits on the client. The upstream client reports a body
+    /// that failed mid-stream as its own error (over HTTP/2, as a stream reset with the cause
+    /// gone), and a client that sent a broken body must hear 400, not a 502; a client that
+    /// stopped sending must hear 408, not a 504.
     pub struct UpstreamBody {
         #[pin]
         inner: Limited<Incoming>,
-        failed: Arc<BodyFailure>,
+        state: Arc<BodyState>,
     }
 }
 
-/// How a client's body failed, if it did.
-#[derive(Debug, Default)]
-pub struct BodyFailure(AtomicU8);
+/// What became of a client's body on its way through the pool.
+#[derive(Debug)]
+pub struct BodyState {
+    failed: AtomicU8,
+    base: Instant,
+    /// Milliseconds after `base` of the last piece the pool took.
+    progress: AtomicU64,
+    /// The pool asked for the next piece and the client has not sent it.
+    waiting: AtomicBool,
+}
 
-impl BodyFailure {
+impl BodyState {
     const TOO_LARGE: u8 = 1;
     const BROKEN: u8 = 2;
 
     /// The body ran past `server.max_body_bytes`.
     pub fn too_large(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::TOO_LARGE
+        self.failed.load(Ordering::Relaxed) == Self::TOO_LARGE
     }
 
     /// The body was malformed or cut short by the client.
     pub fn broken(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == Self::BROKEN
+        self.failed.load(Ordering::Relaxed) == Self::BROKEN
+    }
+
+    /// When the upstream timeout runs out: `timeout` after the body's latest progress (a
+    /// long upload is not a late answer).
+    pub fn deadline(&self, timeout: Duration) -> Instant {
+        self.base + Duration::from_millis(self.progress.load(Ordering::Relaxed)) + timeout
+    }
+
+    /// The body waits on the client.
+    pub fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
     }
 }
 
 impl UpstreamBody {
-    pub fn new(body: Incoming, max: usize) -> (Self, Arc<BodyFailure>) {
-        let failed = Arc::new(BodyFailure::default());
+    pub fn new(body: Incoming, max: usize) -> (Self, Arc<BodyState>) {
+        let state = Arc::new(BodyState {
+            failed: AtomicU8::new(0),
+            base: Instant::now(),
+            progress: AtomicU64::new(0),
+            waiting: AtomicBool::new(false),
+        });
         let body = Self {
             inner: Limited::new(body, max),
-            failed: failed.clone(),
+            state: state.clone(),
         };
-        (body, failed)
+        (body, state)
     }
 }
 
@@ -72,13 +98,22 @@ impl hyper::body::Body for UpstreamBody {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let std::task::Poll::Ready(Some(Err(e))) = &polled {
-            let kind = if e.is::<http_body_util::LengthLimitError>() {
-                BodyFailure::TOO_LARGE
-            } else {
-                BodyFailure::BROKEN
-            };
-            this.failed.0.store(kind, Ordering::Relaxed);
+        let state = &**this.state;
+        state.waiting.store(polled.is_pending(), Ordering::Relaxed);
+        match &polled {
+            std::task::Poll::Ready(Some(Err(e))) => {
+                let kind = if e.is::<http_body_util::LengthLimitError>() {
+                    BodyState::TOO_LARGE
+                } else {
+                    BodyState::BROKEN
+                };
+                state.failed.store(kind, Ordering::Relaxed);
+            }
+            std::task::Poll::Ready(Some(Ok(_))) => {
+                let millis = u64::try_from(state.base.elapsed().as_millis()).unwrap_or(u64::MAX);
+                state.progress.store(millis, Ordering::Relaxed);
+            }
+            _ => {}
         }
         polled
     }

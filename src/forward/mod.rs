@@ -53,7 +53,7 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
 
-use client::BodyFailure;
+use client::BodyState;
 pub use client::{ClientError, UpstreamBody};
 pub use headers::client_ip;
 use headers::{X_FORWARDED_FOR, add_identity, apply_request_rules, strip_hop_by_hop};
@@ -138,7 +138,7 @@ pub struct Forwarder {
 pub struct Prepared {
     request: Request<UpstreamBody>,
     upstream: u8,
-    body: Arc<BodyFailure>,
+    body: Arc<BodyState>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -309,9 +309,10 @@ impl Forwarder {
         self.http2
     }
 
-    /// Sends the prepared request through the shared pool and waits at most the configured
-    /// timeout for the response head.
-    /// A failure is counted in `metrics` by its kind.
+    /// Sends the prepared request through the shared pool and waits for the response head at
+    /// most the configured timeout after the request body's latest progress: a 408 if it runs
+    /// out while the body waits on the client, a 504 otherwise. A failure is counted in
+    /// `metrics` by its kind.
     pub async fn send(
         &self,
         prepared: Prepared,
@@ -322,9 +323,25 @@ impl Forwarder {
             upstream,
             body,
         } = prepared;
-        let outcome = tokio::time::timeout(self.timeout, self.via_pool(upstream, request)).await;
+        let exchange = self.via_pool(upstream, request);
+        tokio::pin!(exchange);
+        let timer = tokio::time::sleep(self.timeout);
+        tokio::pin!(timer);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut exchange => break Ok(outcome),
+                () = &mut timer => {
+                    let due = body.deadline(self.timeout);
+                    if tokio::time::Instant::now() >= due {
+                        break Err(());
+                    }
+                    timer.as_mut().reset(due);
+                }
+            }
+        };
         let mut response = match outcome {
-            Err(_) => {
+            Err(()) if body.waiting() => return Err(Reject::RequestTimeout),
+            Err(()) => {
                 metrics.upstream_failed(UpstreamFailure::Timeout);
                 return Err(Reject::UpstreamTimeout);
             }
