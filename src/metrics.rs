@@ -57,6 +57,9 @@ pub struct Metrics {
     usage: Usage,
     /// Client connections open now (public and plain listeners).
     pub open_connections: IntGauge,
+    /// WebSocket tunnels open now, and those that ended, by [`TunnelClose`].
+    tunnels_open: IntGauge,
+    tunnels_closed: [IntCounter; TunnelClose::ALL.len()],
     /// Client connections accepted on the public and plain listeners, by the shard that
     /// accepted them (`[server] sharded`; always "0" otherwise).
     accepted: IntCounterVec,
@@ -171,6 +174,40 @@ impl UpstreamFailure {
     }
 }
 
+/// How a WebSocket tunnel ended: the label of `keygate_tunnels_closed_total{reason}`. Many
+/// `idle` closes say `[upstream] tunnel_idle_timeout` is shorter than the application's quiet
+/// spells; many `error`s, resets or paths that died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelClose {
+    /// The client or the upstream closed it.
+    Closed,
+    /// Nothing either way for `[upstream] tunnel_idle_timeout`.
+    Idle,
+    /// A read or write failed (a reset, or a dead path found by TCP keepalive).
+    Error,
+}
+
+impl TunnelClose {
+    pub const ALL: [Self; 3] = [Self::Closed, Self::Idle, Self::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Idle => "idle",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// A tunnel counted in `keygate_tunnels_open` until dropped (whatever ends its task).
+pub struct OpenTunnel<'a>(&'a IntGauge);
+
+impl Drop for OpenTunnel<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Request latencies span a cache hit (tens of µs) to a slow upstream (seconds).
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -256,6 +293,20 @@ impl Metrics {
         let open_connections =
             IntGauge::new("keygate_open_connections", "Client connections open now")
                 .expect("valid metric");
+        let tunnels_open = IntGauge::new(
+            "keygate_tunnels_open",
+            "WebSocket tunnels open now (client connections that became tunnels after a 101)",
+        )
+        .expect("valid metric");
+        let tunnels_closed = IntCounterVec::new(
+            Opts::new(
+                "keygate_tunnels_closed_total",
+                "WebSocket tunnels that ended, by reason: closed (by either side), idle \
+                 ([upstream] tunnel_idle_timeout), error (a reset, or a path that died)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let accepted = IntCounterVec::new(
             Opts::new(
                 "keygate_connections_accepted_total",
@@ -359,6 +410,8 @@ impl Metrics {
             Box::new(request_latency.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_latency.clone()),
             Box::new(open_connections.clone()),
+            Box::new(tunnels_open.clone()),
+            Box::new(tunnels_closed.clone()),
             Box::new(accepted.clone()),
             Box::new(keys_due_for_rotation.clone()),
             Box::new(tls_handshake_failures.clone()),
@@ -408,6 +461,9 @@ impl Metrics {
                 .map(|kind| upstream_failures.with_label_values(&[kind.as_str()])),
             usage,
             open_connections,
+            tunnels_open,
+            tunnels_closed: TunnelClose::ALL
+                .map(|reason| tunnels_closed.with_label_values(&[reason.as_str()])),
             accepted,
             keys_due_for_rotation,
             tls_handshake_failures,
@@ -482,6 +538,20 @@ impl Metrics {
     }
 
     /// The counter of one kind, for a response body that may count itself later.
+    /// A tunnel opens: counted open until the guard is dropped.
+    pub fn tunnel_opened(&self) -> OpenTunnel<'_> {
+        self.tunnels_open.inc();
+        OpenTunnel(&self.tunnels_open)
+    }
+
+    pub fn tunnel_closed(&self, reason: TunnelClose) {
+        let i = TunnelClose::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .expect("ALL lists every reason");
+        self.tunnels_closed[i].inc();
+    }
+
     pub fn upstream_failure(&self, kind: UpstreamFailure) -> &IntCounter {
         let i = UpstreamFailure::ALL
             .iter()

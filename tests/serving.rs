@@ -346,7 +346,18 @@ async fn websockets_pass_through_after_the_key_is_admitted() {
         "the key reached the upstream"
     );
     assert_eq!(seen["x-keygate-key-id"], id.as_str());
+    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(1.0));
     socket.close(None).await.unwrap();
+    // The tunnel ends when both sides have closed their half.
+    drop(socket);
+    let counted = eventually(Duration::from_secs(5), || async {
+        kg.metric("keygate_tunnels_closed_total{reason=\"closed\"}")
+            .await
+            == Some(1.0)
+    })
+    .await;
+    assert!(counted.is_some(), "the closed tunnel was not counted");
+    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(0.0));
 
     // Without a key the handshake is refused with keygate's JSON 401, upstream untouched.
     let req = format!("ws://{}/v1/stream", kg.public)
@@ -412,6 +423,7 @@ async fn a_websocket_tunnel_lives_while_bytes_move_and_is_closed_when_idle() {
     let sockets = text(&ss.stdout);
     assert_eq!(sockets.lines().count(), 1, "{sockets}");
     assert!(sockets.contains("timer:(keepalive"), "{sockets}");
+    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(1.0));
 
     let quiet = Instant::now();
     let end = tokio::time::timeout(Duration::from_secs(10), socket.next())
@@ -426,6 +438,17 @@ async fn a_websocket_tunnel_lives_while_bytes_move_and_is_closed_when_idle() {
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
         "closed after {waited:?} of silence"
     );
+    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(0.0));
+    for (reason, count) in [("idle", 1.0), ("closed", 0.0), ("error", 0.0)] {
+        assert_eq!(
+            kg.metric(&format!(
+                "keygate_tunnels_closed_total{{reason=\"{reason}\"}}"
+            ))
+            .await,
+            Some(count),
+            "{reason}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -21,6 +21,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::metrics::TunnelClose;
+
 /// How a tunnel ended.
 #[derive(Debug)]
 pub enum TunnelEnd {
@@ -30,6 +32,17 @@ pub enum TunnelEnd {
     Idle(Duration),
     /// A read or write failed (a reset, or a dead path found by TCP keepalive).
     Failed(io::Error),
+}
+
+impl TunnelEnd {
+    /// How `keygate_tunnels_closed_total` counts it.
+    pub fn reason(&self) -> TunnelClose {
+        match self {
+            Self::Closed { .. } => TunnelClose::Closed,
+            Self::Idle(_) => TunnelClose::Idle,
+            Self::Failed(_) => TunnelClose::Error,
+        }
+    }
 }
 
 /// Copies between `client` and `upstream` until one side closes, an I/O error, or no byte has

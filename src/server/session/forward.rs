@@ -382,7 +382,12 @@ impl<IO: Transport> Session<'_, IO> {
         {
             tracing::debug!(error = %e, "no keepalive on a tunnel's client connection");
         }
-        match tunnel::join(&mut self.io, &mut link.stream, idle).await {
+        let metrics = self.proxy.metrics();
+        let open = metrics.tunnel_opened();
+        let end = tunnel::join(&mut self.io, &mut link.stream, idle).await;
+        drop(open);
+        metrics.tunnel_closed(end.reason());
+        match end {
             TunnelEnd::Closed { up, down } => tracing::debug!(up, down, "tunnel closed"),
             TunnelEnd::Idle(idle) => tracing::debug!(?idle, "tunnel closed: idle"),
             TunnelEnd::Failed(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
