@@ -601,14 +601,7 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_the_upstream_is_not_b
             "POST /v1/upload HTTP/1.1\r\nhost: x\r\nx-api-key: {key}\r\n\
              content-length: 100\r\n\r\nthe first ten"
         );
-        let (answer, closed) = send_and_stall(kg.public, &head).await;
-        let answer = text(&answer);
-        let closed =
-            closed.unwrap_or_else(|| panic!("{upstream}: still open 15 s after the body stopped"));
-        assert!(
-            closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
-            "{upstream}: closed after {closed:?}"
-        );
+        let answer = send_and_stall(kg.public, &head, Duration::from_secs(1)).await;
         assert!(answer.starts_with("HTTP/1.1 408 "), "{upstream}: {answer}");
         assert!(
             answer.contains("\"request_timeout\""),

@@ -1490,13 +1490,7 @@ async fn a_client_that_stops_sending_its_body_is_let_go() {
         "POST /v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {admin}\r\n\
          content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"name\": "
     );
-    let (answer, closed) = send_and_stall(kg.manage.unwrap(), &head).await;
-    let answer = text(&answer);
-    let closed = closed.unwrap_or_else(|| panic!("still open 15 s after the body stopped"));
-    assert!(
-        closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
-        "closed after {closed:?}"
-    );
+    let answer = send_and_stall(kg.manage.unwrap(), &head, Duration::from_secs(1)).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(answer.contains("\"invalid_body\""), "{answer}");
     assert!(answer.contains("header_read_timeout"), "{answer}");

@@ -311,19 +311,21 @@ async fn websocket_upstream() -> (
     (url, rx)
 }
 
-#[tokio::test]
-async fn websockets_pass_through_after_the_key_is_admitted() {
-    let (upstream, mut handshakes) = websocket_upstream().await;
-    let ws = Workspace::new(&upstream, "");
-    let (id, key) = ws.create_key(&[]);
-    let kg = ws.serve();
-
+/// A WebSocket through keygate to `/v1/stream` with `key`, and the client's own address.
+async fn websocket_through(
+    kg: &Keygate,
+    key: &str,
+) -> (
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    std::net::SocketAddr,
+) {
     let mut req = format!("ws://{}/v1/stream", kg.public)
         .into_client_request()
         .unwrap();
     req.headers_mut().insert("x-api-key", key.parse().unwrap());
     let tcp = TcpStream::connect(kg.public).await.unwrap();
-    let (mut socket, response) = tokio::time::timeout(
+    let client = tcp.local_addr().unwrap();
+    let (socket, response) = tokio::time::timeout(
         Duration::from_secs(10),
         tokio_tungstenite::client_async(req, tcp),
     )
@@ -331,6 +333,17 @@ async fn websockets_pass_through_after_the_key_is_admitted() {
     .unwrap()
     .expect("WebSocket handshake through keygate");
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    (socket, client)
+}
+
+#[tokio::test]
+async fn websockets_pass_through_after_the_key_is_admitted() {
+    let (upstream, mut handshakes) = websocket_upstream().await;
+    let ws = Workspace::new(&upstream, "");
+    let (id, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+
+    let (mut socket, _) = websocket_through(&kg, &key).await;
     for text in ["hello", "world"] {
         socket.send(Message::text(text)).await.unwrap();
         let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
@@ -388,19 +401,7 @@ async fn a_websocket_tunnel_lives_while_bytes_move_and_is_closed_when_idle() {
     ws.upstream_options("tunnel_idle_timeout = \"1s\"\n");
     let (_, key) = ws.create_key(&[]);
     let kg = ws.serve();
-    let mut req = format!("ws://{}/v1/stream", kg.public)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert("x-api-key", key.parse().unwrap());
-    let tcp = TcpStream::connect(kg.public).await.unwrap();
-    let client = tcp.local_addr().unwrap();
-    let (mut socket, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::client_async(req, tcp),
-    )
-    .await
-    .unwrap()
-    .expect("WebSocket handshake through keygate");
+    let (mut socket, client) = websocket_through(&kg, &key).await;
     let opened = Instant::now();
     for i in 0..8 {
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -460,13 +460,7 @@ async fn a_token_request_whose_body_stops_short_is_let_go() {
     let head = "POST /oauth/token HTTP/1.1\r\nhost: x\r\n\
                 content-type: application/x-www-form-urlencoded\r\n\
                 content-length: 200\r\n\r\ngrant_type=client_";
-    let (answer, closed) = send_and_stall(kg.public, head).await;
-    let answer = text(&answer);
-    let closed = closed.unwrap_or_else(|| panic!("still open 15 s after the body stopped"));
-    assert!(
-        closed >= Duration::from_millis(900) && closed < Duration::from_secs(5),
-        "closed after {closed:?}"
-    );
+    let answer = send_and_stall(kg.public, head, Duration::from_secs(1)).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(answer.contains("\"invalid_request\""), "{answer}");
     assert!(answer.contains("header_read_timeout"), "{answer}");

@@ -440,16 +440,31 @@ where
 }
 
 /// Sends `head` (which declares a longer body than it carries) over a new connection and
-/// then nothing more: what came back before the connection closed, and how long that took
-/// (at most 15 s; `None` if it was still open then).
-pub async fn send_and_stall(addr: SocketAddr, head: &str) -> (Vec<u8>, Option<Duration>) {
+/// then nothing more, and returns what came back before the connection closed. The close must
+/// come `clock` (the server's clock for such a client) after the head, give or take: not
+/// before 90 % of it, and within 4 s after it.
+pub async fn send_and_stall(addr: SocketAddr, head: &str, clock: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tcp.write_all(head.as_bytes()).await.unwrap();
     let sent = std::time::Instant::now();
     let mut answer = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut answer)).await;
-    (answer, read.ok().map(|_| sent.elapsed()))
+    let read = tokio::time::timeout(
+        clock + Duration::from_secs(14),
+        tcp.read_to_end(&mut answer),
+    )
+    .await;
+    let waited = sent.elapsed();
+    let answer = text(&answer);
+    assert!(
+        read.is_ok(),
+        "still open {waited:?} after the body stopped: {answer}"
+    );
+    assert!(
+        waited >= clock.mul_f64(0.9) && waited < clock + Duration::from_secs(4),
+        "closed after {waited:?}, with a clock of {clock:?}: {answer}"
+    );
+    answer
 }
 
 pub fn text(bytes: &[u8]) -> String {
