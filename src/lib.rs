@@ -52,8 +52,9 @@
 //!   response head for it); the rulebook rendered on hyper's header maps and the shared pool
 //!   for an HTTP/2 upstream; [`forward::failure`] why an upstream request failed, as the
 //!   metrics name it; [`forward::silence`] the clock that cuts off a response whose upstream
-//!   goes silent mid-body; [`forward::tunnel`] a WebSocket tunnel after a `101` and the clock
-//!   that closes it once nothing moves.
+//!   goes silent mid-body; [`forward::tunnel`] a WebSocket tunnel (after a `101`, or after an
+//!   HTTP/2 client's extended CONNECT, which [`forward::links`] sends upstream as an HTTP/1.1
+//!   handshake) and the clock that closes it once nothing moves.
 //! - [`batch`]: the writes of one event-loop turn, both directions (request heads to
 //!   upstreams; responses to HTTP/1.1, HTTP/2 and TLS clients), sent in one io_uring
 //!   submission, or one Linux AIO `io_submit` where io_uring is refused; its

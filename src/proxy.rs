@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use crate::authz::{self, Policy, RequestFacts};
 use crate::config::Config;
 use crate::credential::{self, HeaderSet, KeyClaims};
+use crate::forward::links::{Forwarded, WebSocket};
 use crate::forward::{self, ClientError, Forwarder, Origin, Prepared, ResponseBody};
 use crate::guard::{Guard, Source, Verdict};
 use crate::head::Head;
@@ -188,6 +189,8 @@ impl Proxy {
     pub async fn handle(&self, mut req: Request<Incoming>, conn: &Connection) -> Response<Body> {
         let started = Instant::now();
         let current = self.current();
+        // An HTTP/2 client's WebSocket is read from here on as the `GET` it stands for.
+        let websocket = WebSocket::take(&mut req);
         let method = req.method().clone();
         // The path only: query strings carry secrets often enough (`?api_key=`).
         let path = current
@@ -264,22 +267,41 @@ impl Proxy {
                 if req.version() == http::Version::HTTP_2 && !current.forwarder.is_http2() {
                     // keygate's own upstream connections, in this stream's task.
                     let started = Instant::now();
-                    let response = current
+                    let forwarded = current
                         .forwarder
                         .over_link(
                             req,
                             &origin,
                             &self.metrics,
                             current.config.server.batch_writes,
+                            websocket,
                         )
                         .await;
                     self.metrics
                         .upstream_latency
                         .observe(started.elapsed().as_secs_f64());
-                    let body_timeout = current.forwarder.body_timeout();
-                    response.map(|r| {
-                        r.map(|b| Either::Left(ResponseBody::link(b, body_timeout, &self.metrics)))
-                    })
+                    match forwarded {
+                        Ok(Forwarded::Response(r)) => {
+                            let body_timeout = current.forwarder.body_timeout();
+                            Ok(r.map(|b| {
+                                Either::Left(ResponseBody::link(b, body_timeout, &self.metrics))
+                            }))
+                        }
+                        Ok(Forwarded::Tunnel { headers, tunnel }) => {
+                            let (idle, metrics) = (
+                                current.forwarder.tunnel_idle_timeout(),
+                                self.metrics.clone(),
+                            );
+                            tokio::spawn(async move { tunnel.run(idle, &metrics).await });
+                            let mut response =
+                                Response::new(Either::Right(Full::new(Bytes::new())));
+                            *response.headers_mut() = headers;
+                            Ok(response)
+                        }
+                        Err(reject) => Err(reject),
+                    }
+                } else if websocket.is_some() {
+                    Err(Reject::WebSocketUnsupported)
                 } else {
                     let prepared = current.forwarder.prepare(req, &origin);
                     let body_timeout = current.forwarder.body_timeout();
@@ -867,13 +889,16 @@ fn http1_framing<B>(req: &Request<B>) -> Result<(), Reject> {
         .map_err(refuse)
 }
 
-/// `CONNECT` is refused. Method names are case-sensitive (RFC 9110 §9.1), but not to every
+/// `CONNECT` is refused (an HTTP/2 client's WebSocket reaches the stages as the `GET` it
+/// stands for: [`WebSocket::take`]). Method names are case-sensitive (RFC 9110 §9.1), but not to every
 /// upstream: some fold `get` into `GET` after a rule listing `GET` missed it. Refused rather
 /// than guessed at.
 fn check_method(method: &http::Method) -> Result<(), Reject> {
     // A tunnel carries bytes no rule ever sees.
     if method == http::Method::CONNECT {
-        return Err(Reject::BadRequest("CONNECT is not supported"));
+        return Err(Reject::BadRequest(
+            "CONNECT is supported only to open a WebSocket (RFC 8441)",
+        ));
     }
     if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(Reject::BadRequest(

@@ -75,6 +75,9 @@ pub enum Reject {
     },
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// An HTTP/2 client asked for a WebSocket (RFC 8441) while the upstream speaks HTTP/2
+    /// (`[upstream] http2`): keygate passes WebSockets on only to an HTTP/1.1 upstream.
+    WebSocketUnsupported,
     // The management API's own refusals (`crate::api`); the proxy path never makes them.
     /// A management request whose body or query cannot be read (malformed JSON, an unknown
     /// field, a bad cursor); the text says which.
@@ -226,6 +229,7 @@ impl Reject {
             }
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::WebSocketUnsupported => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -261,6 +265,7 @@ impl Reject {
             Self::QuotaStoreUnavailable { .. } => "quota_store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::WebSocketUnsupported => "websocket_unsupported",
             Self::InvalidBody(_) => "invalid_body",
             Self::InvalidParameter(_) => "invalid_parameter",
             Self::NotFound(_) => "not_found",
@@ -305,7 +310,8 @@ impl Reject {
             Self::KeyStoreUnavailable
             | Self::QuotaStoreUnavailable { .. }
             | Self::UpstreamUnavailable
-            | Self::UpstreamTimeout => "api_error",
+            | Self::UpstreamTimeout
+            | Self::WebSocketUnsupported => "api_error",
         }
     }
 
@@ -407,6 +413,9 @@ impl Reject {
             ),
             Self::UpstreamUnavailable => "The upstream service is unavailable".into(),
             Self::UpstreamTimeout => "The upstream service did not respond in time".into(),
+            Self::WebSocketUnsupported => "WebSockets are not passed on to this upstream \
+                                           (it speaks HTTP/2)"
+                .into(),
             Self::InvalidBody(why) => format!("The request cannot be read: {why}"),
             Self::InvalidParameter(why) => format!("Invalid parameter: {why}"),
             Self::NotFound(what) => format!("No such {what}"),
@@ -672,6 +681,12 @@ mod tests {
                 Reject::UpstreamTimeout,
                 504,
                 "upstream_timeout",
+                "api_error",
+            ),
+            (
+                Reject::WebSocketUnsupported,
+                501,
+                "websocket_unsupported",
                 "api_error",
             ),
             (

@@ -452,6 +452,372 @@ async fn a_websocket_tunnel_lives_while_bytes_move_and_is_closed_when_idle() {
     }
 }
 
+/// An HTTP/2 connection to keygate (prior knowledge) that has read keygate's SETTINGS, which
+/// must allow extended CONNECT (RFC 8441).
+async fn h2_connection(
+    kg: &Keygate,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let (mut sender, mut conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let allowed = Arc::new(AtomicBool::new(false));
+    let seen = allowed.clone();
+    tokio::spawn(std::future::poll_fn(move |cx| {
+        let polled = std::pin::Pin::new(&mut conn).poll(cx);
+        seen.store(
+            conn.is_extended_connect_protocol_enabled(),
+            Ordering::Relaxed,
+        );
+        polled
+    }));
+    // Two exchanges first (requests without a key, which keygate answers itself): by the
+    // first answer keygate's SETTINGS are in (hyper reads them in a task of its own), and
+    // sending the second polls the connection above, which notes them.
+    for _ in 0..2 {
+        let unkeyed = Request::get(format!("http://{}/v1/settings", kg.public))
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        assert_eq!(
+            h2_send(&mut sender, unkeyed).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert!(
+        allowed.load(Ordering::Relaxed),
+        "keygate did not allow extended CONNECT"
+    );
+    sender
+}
+
+/// An extended CONNECT for a WebSocket at `path` (`protocol` in `:protocol`), with `headers`.
+fn extended_connect(
+    kg: &Keygate,
+    path: &str,
+    protocol: &'static str,
+    headers: &[(&str, &str)],
+) -> Request<http_body_util::Empty<Bytes>> {
+    let mut req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("http://{}{path}", kg.public))
+        .extension(hyper::ext::Protocol::from_static(protocol))
+        .header("sec-websocket-version", "13");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.body(http_body_util::Empty::new()).unwrap()
+}
+
+type H2WebSocket = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// A WebSocket opened through keygate by an HTTP/2 client, and the `200`'s headers.
+async fn websocket_over_h2(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    req: Request<http_body_util::Empty<Bytes>>,
+) -> (H2WebSocket, http::HeaderMap) {
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.headers()
+    );
+    let headers = response.headers().clone();
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let socket = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    (socket, headers)
+}
+
+/// A text message out and its echo back, within 5 s.
+async fn echoes<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    socket.send(Message::text(text)).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next())
+        .await
+        .unwrap()
+        .expect("the tunnel closed")
+        .unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), text);
+}
+
+/// The WebSocket's close handshake, then the stream's end (`END_STREAM`), as a browser ends it.
+async fn close_h2_websocket(mut socket: H2WebSocket) {
+    socket.close(None).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+    assert!(end.is_ok(), "no close from the upstream");
+    socket.get_mut().shutdown().await.unwrap();
+}
+
+/// A request on an HTTP/2 connection, its status and body.
+async fn h2_send(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    req: Request<http_body_util::Empty<Bytes>>,
+) -> (StatusCode, String) {
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, text(&body))
+}
+
+#[tokio::test]
+async fn an_http2_client_opens_a_websocket_that_the_upstream_gets_as_an_http11_one() {
+    // The idle and header clocks at 1 s: the tunnel below stays quiet for 3 s, long enough
+    // for the connection to be closed under it if the tunnel did not count as in flight.
+    let (upstream, mut handshakes) = websocket_upstream().await;
+    let ws = Workspace::new(
+        &upstream,
+        "[server]\nidle_timeout = \"1s\"\nheader_read_timeout = \"1s\"\n\n\
+         [plans.web]\nper_hour = 1000\n\n[limits]\ndefault_plan = \"web\"\n",
+    );
+    let (id, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let mut sender = h2_connection(&kg).await;
+
+    let keyed = [("x-api-key", key.as_str())];
+    let req = extended_connect(&kg, "/v1/stream", "websocket", &keyed);
+    let (mut socket, headers) = websocket_over_h2(&mut sender, req).await;
+    assert!(
+        headers.get("sec-websocket-accept").is_none(),
+        "RFC 8441 has no accept: {headers:?}"
+    );
+    // Admitted and counted as the GET it stands for.
+    assert_eq!(headers["x-ratelimit-limit"], "1000", "{headers:?}");
+    echoes(&mut socket, "hello").await;
+    echoes(&mut socket, "world").await;
+
+    // The upstream got an HTTP/1.1 handshake with keygate's own key, and no client key.
+    let seen = handshakes.recv().await.unwrap();
+    assert!(
+        seen.get("x-api-key").is_none(),
+        "the key reached the upstream"
+    );
+    assert_eq!(seen["x-keygate-key-id"], id.as_str());
+    assert_eq!(seen["sec-websocket-key"].len(), 24, "{seen:?}");
+    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(1.0));
+
+    // Other streams share the connection while the tunnel is open: a second WebSocket.
+    let req = extended_connect(&kg, "/v1/other", "websocket", &keyed);
+    let (mut second, _) = websocket_over_h2(&mut sender, req).await;
+    assert!(handshakes.recv().await.is_some(), "the second handshake");
+    echoes(&mut second, "second").await;
+    echoes(&mut socket, "first").await;
+    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(2.0));
+    close_h2_websocket(second).await;
+
+    // Quiet for three idle timeouts: the connection stays, and so does the tunnel.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    echoes(&mut socket, "still here").await;
+    close_h2_websocket(socket).await;
+    let counted = eventually(Duration::from_secs(5), || async {
+        kg.metric("keygate_tunnels_closed_total{reason=\"closed\"}")
+            .await
+            == Some(2.0)
+    })
+    .await;
+    assert!(counted.is_some(), "the closed tunnels were not counted");
+    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(0.0));
+
+    // Refused before the upstream: no key, and CONNECT that is no WebSocket.
+    let mut sender = h2_connection(&kg).await;
+    let (status, body) = h2_send(
+        &mut sender,
+        extended_connect(&kg, "/v1/stream", "websocket", &[]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("missing_api_key"), "{body}");
+    let (status, body) = h2_send(
+        &mut sender,
+        extended_connect(&kg, "/v1/stream", "connect-udp", &keyed),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("only to open a WebSocket"), "{body}");
+    assert!(
+        handshakes.try_recv().is_err(),
+        "a refused handshake reached the upstream"
+    );
+}
+
+/// An upstream that reads one request head, hands it to the test, and writes `answer(head)`.
+async fn scripted_upstream(
+    answer: fn(&str) -> String,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = text(&head);
+                let _ = tcp.write_all(answer(&head).as_bytes()).await;
+                let _ = tx.send(head);
+                // Whatever comes next is echoed back, until the close.
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 || tcp.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// What a handshake's `Sec-WebSocket-Accept` must say, from the head that carried its key.
+fn accept_for(head: &str) -> String {
+    let key = head
+        .lines()
+        .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+        .expect("a Sec-WebSocket-Key");
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes())
+}
+
+#[tokio::test]
+async fn an_http2_websocket_opens_only_on_a_101_that_answers_keygates_key() {
+    // (what the upstream answers, what the client gets, a protocol failure counted)
+    type Answer = fn(&str) -> String;
+    let cases: [(&str, Answer, StatusCode, &str); 4] = [
+        (
+            "a refusal is relayed with its body",
+            |_| "HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\nX-Why: origin\r\n\r\nnope".into(),
+            StatusCode::FORBIDDEN,
+            "nope",
+        ),
+        (
+            "a 200 is no switch",
+            |_| "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".into(),
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+        ),
+        (
+            "an accept that answers another key",
+            |_| {
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+                    .into()
+            },
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+        ),
+        (
+            "a 101 that switches to something else",
+            |head| {
+                format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\
+                     Sec-WebSocket-Accept: {}\r\n\r\n",
+                    accept_for(head)
+                )
+            },
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+        ),
+    ];
+    for (case, answer, status, body_has) in cases {
+        let (upstream, mut heads) = scripted_upstream(answer).await;
+        let ws = Workspace::new(&upstream, "");
+        let (_, key) = ws.create_key(&[]);
+        let kg = ws.serve();
+        let mut sender = h2_connection(&kg).await;
+        let req = extended_connect(&kg, "/v1/ws", "websocket", &[("x-api-key", &key)]);
+        let (got, body) = h2_send(&mut sender, req).await;
+        assert_eq!(got, status, "{case}: {body}");
+        assert!(body.contains(body_has), "{case}: {body}");
+        let head = heads.recv().await.unwrap();
+        assert!(
+            head.starts_with("GET /v1/ws HTTP/1.1\r\n"),
+            "{case}: {head}"
+        );
+        let failures = kg
+            .metric("keygate_upstream_failures_total{kind=\"protocol\"}")
+            .await;
+        let want = if status == StatusCode::BAD_GATEWAY {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(failures, Some(want), "{case}");
+    }
+
+    // A good 101 with the upstream's first bytes in the same packet: the client gets them
+    // first, then the tunnel carries bytes both ways (the upstream echoes them).
+    let (upstream, _heads) = scripted_upstream(|head| {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: chat\r\n\r\nearly",
+            accept_for(head)
+        )
+    })
+    .await;
+    let ws = Workspace::new(&upstream, "");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let mut sender = h2_connection(&kg).await;
+    let req = extended_connect(
+        &kg,
+        "/v1/ws",
+        "websocket",
+        &[("x-api-key", &key), ("sec-websocket-protocol", "chat")],
+    );
+    let response = sender.send_request(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["sec-websocket-protocol"], "chat");
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(response).await.unwrap());
+    let mut got = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"early");
+    tunnel.write_all(b"round trip").await.unwrap();
+    let mut got = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"round trip");
+
+    // An HTTP/2 upstream: keygate passes no WebSocket to it, and says so.
+    let up = Upstream::start().await;
+    let ws = Workspace::new(&up.url(), "");
+    ws.upstream_options("http2 = true\n");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let mut sender = h2_connection(&kg).await;
+    let req = extended_connect(&kg, "/v1/ws", "websocket", &[("x-api-key", &key)]);
+    let (status, body) = h2_send(&mut sender, req).await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
+    assert!(body.contains("websocket_unsupported"), "{body}");
+}
+
 #[tokio::test]
 async fn sigterm_under_load_fails_no_request_and_exits_in_time() {
     let (_up, ws, key) =

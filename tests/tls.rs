@@ -83,16 +83,7 @@ struct TlsSetup {
 
 async fn tls_setup(extra: &str) -> TlsSetup {
     let up = Upstream::start().await;
-    let certs = tempfile::tempdir().unwrap().keep();
-    let (ca, cert, key_pem) = test_certificates(&certs);
-    let ws = Workspace::new(
-        &up.url(),
-        &format!(
-            "[tls]\ncert = {cert:?}\nkey = {key_pem:?}\n{extra}",
-            cert = cert.display().to_string(),
-            key_pem = key_pem.display().to_string()
-        ),
-    );
+    let (ws, ca, cert, key_pem) = tls_workspace(&up.url(), extra);
     TlsSetup {
         _up: up,
         ws,
@@ -100,6 +91,22 @@ async fn tls_setup(extra: &str) -> TlsSetup {
         cert,
         key_pem,
     }
+}
+
+/// A workspace whose public port speaks TLS with a fresh test certificate: (workspace, CA,
+/// certificate, key).
+fn tls_workspace(upstream: &str, extra: &str) -> (Workspace, PathBuf, PathBuf, PathBuf) {
+    let certs = tempfile::tempdir().unwrap().keep();
+    let (ca, cert, key_pem) = test_certificates(&certs);
+    let ws = Workspace::new(
+        upstream,
+        &format!(
+            "[tls]\ncert = {cert:?}\nkey = {key_pem:?}\n{extra}",
+            cert = cert.display().to_string(),
+            key_pem = key_pem.display().to_string()
+        ),
+    );
+    (ws, ca, cert, key_pem)
 }
 
 #[tokio::test]
@@ -248,6 +255,122 @@ async fn a_browser_gets_the_hybrid_post_quantum_key_exchange() {
         let n = kg.metric(&handshakes("1.3", classical, false)).await;
         assert_eq!(n.unwrap_or(0.0), 0.0, "{classical}");
     }
+}
+
+/// An upstream for a browser: a WebSocket handshake gets an echo server (and its head, as
+/// received, goes to the receiver), `/hold` is answered once a message has been echoed (the
+/// browser's virtual time stands still while a fetch is pending, so it cannot run out
+/// between the page's message and its echo), any other request gets `html`.
+async fn page_and_websocket_upstream(
+    html: &'static str,
+) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let echoed = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (tx, echoed) = (tx.clone(), echoed.clone());
+            tokio::spawn(async move {
+                // The head is peeked, not read: a handshake is read again by tungstenite.
+                let mut buf = vec![0u8; 8192];
+                let head = loop {
+                    let Ok(n) = tcp.peek(&mut buf).await else {
+                        return;
+                    };
+                    let seen = text(&buf[..n]);
+                    if seen.contains("\r\n\r\n") || n == buf.len() {
+                        break seen;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                };
+                if head.to_ascii_lowercase().contains("upgrade: websocket") {
+                    let _ = tx.send(head);
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_text() {
+                            if ws.send(msg).await.is_err() {
+                                return;
+                            }
+                            echoed.notify_one();
+                        }
+                    }
+                } else {
+                    let mut tcp = tcp;
+                    let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
+                    let body = if head.starts_with("GET /hold ") {
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(10), echoed.notified()).await;
+                        // Time for the echo to reach the browser through keygate.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        "held"
+                    } else {
+                        html
+                    };
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ =
+                        tokio::io::AsyncWriteExt::write_all(&mut tcp, response.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// A real browser (headless Chromium) loads a page over HTTP/2 and opens a WebSocket on the
+/// same connection (RFC 8441), through keygate to an HTTP/1.1 upstream: the message comes
+/// back, and the handshake the upstream got is the one keygate writes for an HTTP/2 stream
+/// (a browser's own HTTP/1.1 handshake reaches the upstream with its lines as it sent them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_opens_a_websocket_over_http2() {
+    const PAGE: &str = r#"<!doctype html><html><body><pre id="result">pending</pre><script>
+const ws = new WebSocket("wss://" + location.host + "/ws");
+const show = t => { document.getElementById("result").textContent = t; };
+ws.onopen = () => { fetch("/hold"); ws.send("hi over h2"); };
+ws.onmessage = e => { show("got=" + e.data); ws.close(); };
+ws.onerror = () => show("failed");
+</script></body></html>"#;
+    let (upstream, mut handshakes) = page_and_websocket_upstream(PAGE).await;
+    // A browser's WebSocket carries no header of the page's choosing: the paths are public.
+    let (ws, _, _, _) = tls_workspace(
+        &upstream,
+        "[server]\nwatch_interval = \"0s\"\n\n\
+         [auth]\nunmatched = \"deny\"\npublic_paths = [\"/page\", \"/ws\", \"/hold\"]\n",
+    );
+    let kg = ws.serve();
+    let url = format!("https://localhost:{}/page", kg.public.port());
+    let out = tokio::task::spawn_blocking(move || {
+        chromium(
+            &url,
+            &["--ignore-certificate-errors", "--virtual-time-budget=15000"],
+        )
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("got=hi over h2"),
+        "{dom}; chromium said: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = handshakes
+        .try_recv()
+        .expect("a handshake reached the upstream");
+    assert!(head.starts_with("GET /ws HTTP/1.1\r\n"), "{head}");
+    // HTTP/2 names are lowercase, and keygate's own key goes last before the upgrade lines;
+    // Chromium's HTTP/1.1 handshake spells it `Sec-WebSocket-Key`.
+    assert!(
+        head.contains("\r\nsec-websocket-key: ") && !head.contains("Sec-WebSocket-Key"),
+        "not an HTTP/2 client's handshake: {head}"
+    );
+    assert!(handshakes.try_recv().is_err(), "a second handshake: {head}");
 }
 
 #[tokio::test]

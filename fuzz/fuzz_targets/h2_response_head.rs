@@ -1,9 +1,11 @@
 //! The upstream's response head read for an HTTP/2 client (`forward::response_head::parse`).
 //!
-//! Input: one byte of settings (bit 0: the request was a HEAD), then the upstream's bytes.
+//! Input: one byte of settings (bit 0: the request was a HEAD; bit 1: a WebSocket handshake
+//! from an HTTP/2 client's extended CONNECT), then the upstream's bytes.
 //!
 //! What an HTTP/2 client receives must be legal there and read as keygate's own HTTP/1.1 reads
-//! it: a final status 200-599, no connection-specific header (RFC 9113 §8.2.2), at most one
+//! it: a final status 200-599 (or a `101` to a WebSocket handshake that switches to
+//! `websocket`, with no body and no `Content-Length`), no connection-specific header (RFC 9113 §8.2.2), at most one
 //! `Content-Length`, equal to the body's length when the body is sized, none on a 204; and
 //! the same status, framing and upstream keep-alive as `wire::response::response_head` finds
 //! in the same bytes, which must not accept anything this refuses except a header HTTP/2
@@ -22,24 +24,32 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let head_request = settings & 1 != 0;
+    let websocket = settings & 2 != 0;
     let cx = ResponseContext {
         head_request,
         client_http11: true,
         keep_alive: true,
-        upgrade: false,
+        upgrade: websocket,
         limit: None,
         added: &[],
         cors: &[],
     };
     let mut out = Vec::new();
     let theirs = response::response_head(upstream, &mut out, &cx);
-    let ours = parse(upstream, head_request);
+    let ours = parse(upstream, head_request, websocket);
     match (ours, theirs) {
         (Ok(Parsed::Final(r)), Ok(response::Parsed::Final(t))) => {
             assert!(r.len <= upstream.len() && r.len == t.len);
             let status = r.status.as_u16();
-            assert!((200..=599).contains(&status), "{r:?}");
+            assert!(
+                (200..=599).contains(&status) || (websocket && status == 101),
+                "{r:?}"
+            );
             assert_eq!(status, t.status);
+            if status == 101 {
+                assert!(t.switching && !r.keep_alive, "{r:?}");
+                assert!(r.headers.get("content-length").is_none(), "{r:?}");
+            }
             assert_eq!(r.framing, t.framing, "{r:?}");
             assert_eq!(r.keep_alive, t.upstream_keep_alive, "{r:?}");
             let mut lengths = Vec::new();
@@ -74,8 +84,10 @@ fuzz_target!(|data: &[u8]| {
         (Ok(Parsed::Partial), Ok(response::Parsed::Partial)) => {}
         (Err(_), Err(_)) => {}
         (Err(ResponseError::Malformed(why)), Ok(_)) => {
+            // keygate's own HTTP/1.1 leaves checking a `101` to its WebSocket client; for an
+            // HTTP/2 client keygate is that client.
             assert!(
-                why.contains("HTTP/2 cannot carry"),
+                why.contains("HTTP/2 cannot carry") || (websocket && why.contains("101")),
                 "refused only here: {why}"
             );
         }

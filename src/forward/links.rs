@@ -12,6 +12,14 @@
 //! stream, pooled connection); keygate served 0.48-0.59× HAProxy (bench/RESULTS.md,
 //! 2026-12-06). The pool stays for an HTTP/2 upstream and for HTTP/1.1 clients hyper serves.
 //!
+//! An HTTP/2 client's WebSocket (RFC 8441: an extended CONNECT with `:protocol websocket`)
+//! takes the same way: [`WebSocket::take`] turns the CONNECT into the `GET` an HTTP/1.1 client
+//! would have sent, before any stage reads it, so it is authorized, limited and forwarded as
+//! that `GET`; the upstream gets an HTTP/1.1 handshake with keygate's own key, and when its
+//! `101` answers that key the client is told `200` and its stream is joined to the link
+//! ([`OpenTunnel::run`]). Any other answer is relayed as a response, except a `2xx`, which a
+//! client would take for an open tunnel: that is the upstream's failure (502).
+//!
 //! What the session's forwarding does, this does too: one retry on a fresh connection when a
 //! reused one turns out closed (only for a request without a body, and for a close before any
 //! response byte only when the method is idempotent), the upstream timeout counted from the
@@ -28,15 +36,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response};
+use http::header::SEC_WEBSOCKET_ACCEPT;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::ext::Protocol;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 use super::failure::{Failure, report_silence};
 use super::response_head::{self, Parsed, UpstreamResponse};
 use super::silence::Silence;
+use super::tunnel::{self, KeepOpen};
 use super::upstream::{Destination, Link, Parking, Stream};
 use super::upstream_head::{self, Fields, RequestContext};
 use super::{Forwarder, Origin, UpstreamFailure};
@@ -72,25 +85,107 @@ pub fn request_framing(headers: &HeaderMap, end_stream: bool) -> Result<Framing,
     }
 }
 
+/// An HTTP/2 client's WebSocket handshake, taken off its request (module doc).
+pub struct WebSocket {
+    /// The client's stream, handed over by hyper once the `200` is sent.
+    upgrade: OnUpgrade,
+    /// Holds the client connection open while the tunnel lives.
+    keep_open: Option<KeepOpen>,
+}
+
+impl WebSocket {
+    /// If `req` is an extended CONNECT for a WebSocket: it becomes the `GET` an HTTP/1.1
+    /// client's handshake is, which is what every stage reads and the upstream receives, and
+    /// the handshake is returned. Any other request is left as it is (a CONNECT stays one, and
+    /// is refused).
+    pub fn take<B>(req: &mut Request<B>) -> Option<Self> {
+        if req.method() != Method::CONNECT
+            || !req
+                .extensions()
+                .get::<Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+        {
+            return None;
+        }
+        // hyper gives every HTTP/2 CONNECT its stream to hand over; without one the request
+        // stays a CONNECT, and is refused.
+        let upgrade = req.extensions_mut().remove::<OnUpgrade>()?;
+        let keep_open = req.extensions_mut().remove::<KeepOpen>();
+        req.extensions_mut().remove::<Protocol>();
+        *req.method_mut() = Method::GET;
+        Some(Self { upgrade, keep_open })
+    }
+}
+
+/// What an HTTP/2 client's request became upstream.
+pub enum Forwarded {
+    /// A response to relay.
+    Response(Response<LinkBody>),
+    /// The upstream switched to WebSocket: the client is told `200` with `headers`, then the
+    /// tunnel runs.
+    Tunnel {
+        headers: HeaderMap,
+        tunnel: OpenTunnel,
+    },
+}
+
+/// A WebSocket the upstream accepted, waiting for hyper to hand over the client's stream.
+pub struct OpenTunnel {
+    link: Link,
+    websocket: WebSocket,
+}
+
+impl OpenTunnel {
+    /// Once the `200` is out: the client's stream and the link joined until either closes or
+    /// nothing moves for `idle` ([`tunnel`]). What the upstream sent after its `101` goes
+    /// first.
+    pub async fn run(self, idle: Duration, metrics: &Metrics) {
+        let Self {
+            mut link,
+            websocket,
+        } = self;
+        let _keep_open = websocket.keep_open;
+        let mut client = match websocket.upgrade.await {
+            Ok(upgraded) => TokioIo::new(upgraded),
+            // The client reset the stream, or the connection ended, before the `200` went.
+            Err(e) => {
+                tracing::debug!(error = %e, "the client's stream was not handed over");
+                return;
+            }
+        };
+        if write_flush(&mut client, link.buf.filled()).await.is_err() {
+            return;
+        }
+        tunnel::run(&mut client, &mut link.stream, idle, metrics).await;
+    }
+}
+
 impl Forwarder {
     /// Forwards an admitted HTTP/2 request over keygate's own upstream connections (module
-    /// doc); the caller has normalized its path. A failure is counted in `metrics` by its kind.
+    /// doc); the caller has normalized its path. `websocket`: the request is a WebSocket
+    /// handshake ([`WebSocket::take`]). A failure is counted in `metrics` by its kind.
     pub async fn over_link(
         &self,
         req: Request<Incoming>,
         origin: &Origin<'_>,
         metrics: &Metrics,
         batch_writes: bool,
-    ) -> Result<Response<LinkBody>, Reject> {
+        websocket: Option<WebSocket>,
+    ) -> Result<Forwarded, Reject> {
         let (parts, mut body) = req.into_parts();
         let framing =
             request_framing(&parts.headers, body.is_end_stream()).map_err(Reject::BadRequest)?;
         let upstream = self.upstream_for(origin.key);
         let target = self.target(upstream);
+        let key = websocket.as_ref().map(|_| tunnel::websocket_key());
+        let mut fields = Fields::new(&parts.method, &parts.uri, &parts.headers);
+        if let Some(key) = &key {
+            fields = fields.websocket(key);
+        }
         let mut head = Vec::with_capacity(1024);
         upstream_head::write_request_head(
             &mut head,
-            &Fields::new(&parts.method, &parts.uri, &parts.headers),
+            &fields,
             &RequestContext {
                 base_path: &target.base_path,
                 path: parts.uri.path(),
@@ -103,7 +198,7 @@ impl Forwarder {
                 peer_trusted: origin.peer_trusted,
                 tls: origin.tls,
                 framing,
-                upgrade: false,
+                upgrade: websocket.is_some(),
             },
         );
         let head_request = parts.method == Method::HEAD;
@@ -123,9 +218,15 @@ impl Forwarder {
         let mut retried = false;
         let (response, request_done) = loop {
             let outcome = if whole {
-                self.exchange(&mut link, &mut head, head_request, batch_writes)
-                    .await
-                    .map(|r| (r, true))
+                self.exchange(
+                    &mut link,
+                    &mut head,
+                    head_request,
+                    key.is_some(),
+                    batch_writes,
+                )
+                .await
+                .map(|r| (r, true))
             } else {
                 self.exchange_streaming(&mut link, &head, &mut body, framing, head_request)
                     .await
@@ -143,11 +244,30 @@ impl Forwarder {
         };
         let UpstreamResponse {
             status,
-            headers,
+            mut headers,
             framing,
             keep_alive,
             ..
         } = response;
+        if let (Some(key), Some(websocket)) = (&key, websocket) {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                // RFC 8441 §5: no `Sec-WebSocket-Accept` over HTTP/2; the answer is keygate's.
+                let accept = headers.remove(SEC_WEBSOCKET_ACCEPT);
+                if !accept.is_some_and(|a| tunnel::accepts(key, a.as_bytes())) {
+                    return Err(Failure::malformed(
+                        "a 101 whose Sec-WebSocket-Accept does not answer the key",
+                    )
+                    .report(metrics));
+                }
+                return Ok(Forwarded::Tunnel {
+                    headers,
+                    tunnel: OpenTunnel { link, websocket },
+                });
+            }
+            if status.is_success() {
+                return Err(Failure::malformed("a 2xx to a WebSocket handshake").report(metrics));
+            }
+        }
         let mut decoder = Decoder::new(framing);
         let mut first = Vec::new();
         if let Err(e) =
@@ -169,7 +289,7 @@ impl Forwarder {
         let mut response = Response::new(body);
         *response.status_mut() = status;
         *response.headers_mut() = headers;
-        Ok(response)
+        Ok(Forwarded::Response(response))
     }
 
     /// A parked connection to `route`, or a new one.
@@ -187,19 +307,28 @@ impl Forwarder {
             .map_err(|e| Failure::Dial(e).report(metrics))
     }
 
-    /// A request without a body: its head out, the response head in.
+    /// A request without a body: its head out, the response head in. `websocket`: the head is
+    /// a WebSocket handshake.
     async fn exchange(
         &self,
         link: &mut Link,
         head: &mut Vec<u8>,
         head_request: bool,
+        websocket: bool,
         batch_writes: bool,
     ) -> Result<UpstreamResponse, Failure> {
         let deadline = Instant::now() + self.timeout;
         tokio::time::timeout_at(deadline, write_head(link, head, batch_writes))
             .await
             .map_err(|_| Failure::Timeout)??;
-        read_head(&mut link.stream, &mut link.buf, head_request, &|| deadline).await
+        read_head(
+            &mut link.stream,
+            &mut link.buf,
+            head_request,
+            websocket,
+            &|| deadline,
+        )
+        .await
     }
 
     /// A request with a body: the head, then the body streamed while the response head is
@@ -229,7 +358,7 @@ impl Forwarder {
         let pump = pump(body, &mut up_write, framing, max, &waiting, || {
             progress.store(base.elapsed().as_millis() as u64, Ordering::Relaxed);
         });
-        let answer = read_head(&mut up_read, buf, head_request, &deadline);
+        let answer = read_head(&mut up_read, buf, head_request, false, &deadline);
         tokio::pin!(pump, answer);
         let pumped = tokio::select! {
             pumped = &mut pump => pumped,
@@ -368,12 +497,13 @@ async fn read_head<R: AsyncRead + Unpin + ?Sized>(
     src: &mut R,
     buf: &mut Buffer,
     head_request: bool,
+    websocket: bool,
     deadline: &(dyn Fn() -> Instant + Sync),
 ) -> Result<UpstreamResponse, Failure> {
     let mut heard = false;
     loop {
         if !buf.is_empty() {
-            match response_head::parse(buf.filled(), head_request) {
+            match response_head::parse(buf.filled(), head_request, websocket) {
                 Ok(Parsed::Partial) => {}
                 Ok(Parsed::Final(response)) => {
                     buf.consume(response.len);

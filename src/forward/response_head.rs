@@ -52,8 +52,10 @@ pub struct UpstreamResponse {
 }
 
 /// Parses the response head at the start of `buf`. `head_request`: the response to a `HEAD`
-/// has no body, whatever it declares.
-pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
+/// has no body, whatever it declares. `websocket`: the request was a WebSocket handshake, to
+/// which a `101` that switches to `websocket` is the final answer (with no body; the caller
+/// checks its `Sec-WebSocket-Accept`).
+pub fn parse(buf: &[u8], head_request: bool, websocket: bool) -> Result<Parsed, ResponseError> {
     let mut lines = head_lines();
     let Some(head) = upstream_head(buf, &mut lines)? else {
         return Ok(Parsed::Partial);
@@ -61,26 +63,40 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
     let (len, code, headers) = (head.len, head.status, head.headers);
     let mut framing_lines = FramingLines::new(&head);
     let mut kept = 0;
+    let mut switched_to_websocket = false;
     for h in headers {
         let class = names::name(h.name.as_bytes());
         if !framing_lines.note(class, h.value)? && names::to_client(class) {
             kept += 1;
         }
+        switched_to_websocket |=
+            class == Name::Upgrade && h.value.trim_ascii().eq_ignore_ascii_case(b"websocket");
     }
     // After the lines are checked, as the HTTP/1.1 engine does: both refuse the same heads.
-    match code {
-        // No upgrade goes upstream from an HTTP/2 client.
+    let switching = match code {
+        101 if websocket && switched_to_websocket => true,
+        101 if websocket => {
+            return Err(ResponseError::Malformed(
+                "101 to a WebSocket handshake without Upgrade: websocket",
+            ));
+        }
+        // Only a WebSocket handshake goes upstream as an upgrade from an HTTP/2 client.
         101 => {
             return Err(ResponseError::Malformed(
                 "101 to a request that was no upgrade",
             ));
         }
         100..=199 => return Ok(Parsed::Interim { len }),
-        _ => {}
-    }
+        _ => false,
+    };
     let status = StatusCode::from_u16(code).map_err(|_| ResponseError::Malformed("status"))?;
     let signs = framing_lines.signs();
-    let (framing, keep_alive) = upstream_framing(signs, head_request);
+    // After a `101` the connection carries the tunnel's bytes, not a body.
+    let (framing, keep_alive) = if switching {
+        (Framing::Empty, false)
+    } else {
+        upstream_framing(signs, head_request)
+    };
 
     let mut map = HeaderMap::with_capacity(kept + 1 + ADDED_ON_THE_WAY_OUT);
     for h in headers {
@@ -99,7 +115,7 @@ pub fn parse(buf: &[u8], head_request: bool) -> Result<Parsed, ResponseError> {
     // would be; a 204 has none to speak of.
     let declared = match framing {
         Framing::Length(n) => Some(n),
-        Framing::Empty if code != 204 && !signs.coded => signs.length,
+        Framing::Empty if code != 204 && !switching && !signs.coded => signs.length,
         _ => None,
     };
     if let Some(n) = declared {
@@ -120,7 +136,7 @@ mod tests {
     use crate::wire::response::MAX_RESPONSE_HEAD;
 
     fn fin(raw: &str, head_request: bool) -> UpstreamResponse {
-        match parse(raw.as_bytes(), head_request) {
+        match parse(raw.as_bytes(), head_request, false) {
             Ok(Parsed::Final(r)) => r,
             other => panic!("{raw:?}: {other:?}"),
         }
@@ -261,6 +277,50 @@ mod tests {
     }
 
     #[test]
+    fn a_websocket_handshake_takes_a_101_that_switches_to_websocket() {
+        let switched = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+                        Upgrade: WebSocket\r\nSec-WebSocket-Accept: a=\r\n\
+                        Sec-WebSocket-Protocol: chat\r\nContent-Length: 7\r\n\r\n";
+        let Ok(Parsed::Final(r)) = parse(switched.as_bytes(), false, true) else {
+            panic!("{switched:?}");
+        };
+        assert_eq!(r.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(
+            (r.framing, r.keep_alive, r.len),
+            (Framing::Empty, false, switched.len())
+        );
+        // The handshake's own hop-by-hop headers stay behind; no length goes with a tunnel.
+        assert_eq!(
+            shown(&r),
+            ["sec-websocket-accept: a=", "sec-websocket-protocol: chat"]
+        );
+        for (raw, websocket) in [
+            // To anything else than WebSocket, or not switching at all.
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+                true,
+            ),
+            ("HTTP/1.1 101 Switching Protocols\r\n\r\n", true),
+            // A 101 to a request that asked for none.
+            (
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                false,
+            ),
+        ] {
+            assert!(parse(raw.as_bytes(), false, websocket).is_err(), "{raw:?}");
+        }
+        // Any other answer to a handshake is an ordinary response.
+        let refused = "HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
+        let Ok(Parsed::Final(r)) = parse(refused.as_bytes(), false, true) else {
+            panic!("{refused:?}");
+        };
+        assert_eq!(
+            (r.status, r.framing),
+            (StatusCode::FORBIDDEN, Framing::Length(2))
+        );
+    }
+
+    #[test]
     fn what_is_refused_or_skipped() {
         for (raw, want) in [
             (
@@ -276,19 +336,22 @@ mod tests {
             ("HTTP/1.1 200 OK\r\nBad Name: a\r\n\r\n", "parse"),
             ("NOT HTTP\r\n\r\n", "parse"),
         ] {
-            assert!(parse(raw.as_bytes(), false).is_err(), "{want}: {raw:?}");
+            assert!(
+                parse(raw.as_bytes(), false, false).is_err(),
+                "{want}: {raw:?}"
+            );
         }
         assert!(matches!(
-            parse(b"HTTP/1.1 200 OK\r\nContent-Le", false),
+            parse(b"HTTP/1.1 200 OK\r\nContent-Le", false, false),
             Ok(Parsed::Partial)
         ));
         let interim = "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n";
         assert!(matches!(
-            parse(format!("{interim}HTTP/1.1 200 OK\r\n").as_bytes(), false),
+            parse(format!("{interim}HTTP/1.1 200 OK\r\n").as_bytes(), false, false),
             Ok(Parsed::Interim { len }) if len == interim.len()
         ));
         assert!(matches!(
-            parse(b"HTTP/1.1 100 Continue\r\n\r\n", false),
+            parse(b"HTTP/1.1 100 Continue\r\n\r\n", false, false),
             Ok(Parsed::Interim { .. })
         ));
         let huge = format!(
@@ -296,11 +359,11 @@ mod tests {
             "a".repeat(MAX_RESPONSE_HEAD)
         );
         assert_eq!(
-            parse(huge.as_bytes(), false).unwrap_err(),
+            parse(huge.as_bytes(), false, false).unwrap_err(),
             ResponseError::TooLarge
         );
         assert!(matches!(
-            parse(&huge.as_bytes()[..MAX_RESPONSE_HEAD + 10], false),
+            parse(&huge.as_bytes()[..MAX_RESPONSE_HEAD + 10], false, false),
             Err(ResponseError::TooLarge)
         ));
     }

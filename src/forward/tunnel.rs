@@ -11,6 +11,13 @@
 //!
 //! The clock reads the time once per read that brings bytes, which only tunnels pay, and
 //! keeps one timer for the whole tunnel, moved when it fires before the current deadline.
+//!
+//! An HTTP/2 client opens its WebSocket with an extended CONNECT (RFC 8441) instead of an
+//! `Upgrade`; the upstream still gets an HTTP/1.1 handshake, in which keygate is the WebSocket
+//! client: it sends a key of its own ([`websocket_key`]) and checks the upstream's answer to it
+//! ([`accepts`]) before the client is told the tunnel is open. While such a tunnel lives it
+//! holds a [`KeepOpen`], so the client connection's idle clock does not close the whole
+//! connection under a quiet tunnel.
 
 use std::io;
 use std::pin::Pin;
@@ -21,7 +28,54 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use crate::metrics::TunnelClose;
+use crate::metrics::{Metrics, TunnelClose};
+
+/// Counts as a request in flight on its client connection for as long as it lives. The
+/// connection (`server::conn`) puts one on each HTTP/2 `CONNECT`; a tunnel opened by that
+/// request takes it and holds it to its end.
+#[derive(Clone)]
+pub struct KeepOpen(pub std::sync::Arc<dyn Send + Sync>);
+
+/// RFC 6455 §1.3: what `Sec-WebSocket-Accept` must say to a handshake's `Sec-WebSocket-Key`.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 §4.1).
+pub fn websocket_key() -> String {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).expect("the system's random source works");
+    base64::engine::general_purpose::STANDARD.encode(nonce)
+}
+
+/// Whether `accept` (the upstream's `Sec-WebSocket-Accept`) answers `key`: proof that the
+/// upstream took the handshake as a WebSocket one.
+pub fn accepts(key: &str, accept: &[u8]) -> bool {
+    use aws_lc_rs::digest;
+    use base64::Engine as _;
+    let mut ctx = digest::Context::new(&digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(ACCEPT_GUID);
+    let want = base64::engine::general_purpose::STANDARD.encode(ctx.finish());
+    accept.trim_ascii() == want.as_bytes()
+}
+
+/// A tunnel from open to close, as `keygate_tunnels_open` and `keygate_tunnels_closed_total`
+/// count it (module doc for the clock).
+pub async fn run<C, U>(client: &mut C, upstream: &mut U, idle: Duration, metrics: &Metrics)
+where
+    C: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    U: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let open = metrics.tunnel_opened();
+    let end = join(client, upstream, idle).await;
+    drop(open);
+    metrics.tunnel_closed(end.reason());
+    match end {
+        TunnelEnd::Closed { up, down } => tracing::debug!(up, down, "tunnel closed"),
+        TunnelEnd::Idle(idle) => tracing::debug!(?idle, "tunnel closed: idle"),
+        TunnelEnd::Failed(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+    }
+}
 
 /// How a tunnel ended.
 #[derive(Debug)]
@@ -189,6 +243,25 @@ mod tests {
         let end = joined.await.unwrap();
         assert!(matches!(end, TunnelEnd::Idle(_)), "{end:?}");
         assert_eq!(Instant::now() - opened, IDLE);
+    }
+
+    #[test]
+    fn the_accept_answers_the_key() {
+        // RFC 6455 §1.3's example.
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        assert!(accepts(key, b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert!(accepts(key, b" s3pPLMBiTxaQ9kYGzzhZRbK+xOo= "));
+        for wrong in [
+            &b""[..],
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo",
+            b"S3PPLMBITXAQ9KYGZZHZRBK+XOO=",
+        ] {
+            assert!(!accepts(key, wrong), "{wrong:?}");
+        }
+        assert!(!accepts("another key", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        let (a, b) = (websocket_key(), websocket_key());
+        assert_eq!(a.len(), 24, "16 bytes in base64: {a}");
+        assert_ne!(a, b);
     }
 
     #[tokio::test(start_paused = true)]

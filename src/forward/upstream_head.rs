@@ -6,7 +6,7 @@
 //! (HTTP/2's are lowercase).
 
 use http::HeaderMap;
-use http::header::{CONNECTION, HeaderValue};
+use http::header::{CONNECTION, HeaderValue, SEC_WEBSOCKET_KEY};
 
 use crate::credential::CredentialHeader;
 use crate::head::Head;
@@ -100,6 +100,10 @@ pub struct Fields<'a> {
     pub headers: &'a HeaderMap,
     /// What `Connection` names, lowercased (HTTP/2 has no `Connection`: empty, no allocation).
     named: Vec<Vec<u8>>,
+    /// A WebSocket handshake (an HTTP/2 client's extended CONNECT, RFC 8441): keygate's own
+    /// `Sec-WebSocket-Key`, sent in place of any the client sent, since keygate is the
+    /// upstream's WebSocket client and checks the answer to it.
+    websocket_key: Option<&'a str>,
 }
 
 impl<'a> Fields<'a> {
@@ -115,6 +119,15 @@ impl<'a> Fields<'a> {
             uri,
             headers,
             named,
+            websocket_key: None,
+        }
+    }
+
+    /// The request goes upstream as a WebSocket handshake with `key`.
+    pub fn websocket(self, key: &'a str) -> Self {
+        Self {
+            websocket_key: Some(key),
+            ..self
         }
     }
 }
@@ -148,12 +161,18 @@ impl<'a> RequestSource<'a> for Fields<'a> {
     }
 
     fn upgrade(&self) -> Option<&'a [u8]> {
-        None
+        self.websocket_key.map(|_| &b"websocket"[..])
     }
 
     fn each_line(&self, mut line: impl FnMut(&'a [u8], &'a [u8], Option<&'a [u8]>)) {
         for (name, value) in self.headers {
+            if self.websocket_key.is_some() && name == SEC_WEBSOCKET_KEY {
+                continue;
+            }
             line(name.as_str().as_bytes(), HeaderValue::as_bytes(value), None);
+        }
+        if let Some(key) = self.websocket_key {
+            line(b"sec-websocket-key", key.as_bytes(), None);
         }
     }
 }
@@ -483,6 +502,55 @@ mod tests {
         assert!(got.contains("host: up:3000\r\n"), "{got}");
         assert!(
             !got.contains("kg_") && !got.contains("api.example"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn an_http2_websocket_goes_upstream_as_an_http11_handshake_with_keygates_key() {
+        // What `links::WebSocket::take` leaves of an extended CONNECT: a GET with the
+        // client's WebSocket headers (a `sec-websocket-key` it should not have sent too).
+        let mut headers = http::HeaderMap::new();
+        for (n, v) in [
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-protocol", "chat"),
+            ("sec-websocket-key", "the client's"),
+            ("x-api-key", "kg_sk_live_x"),
+        ] {
+            headers.append(n, http::HeaderValue::from_static(v));
+        }
+        let (method, uri) = (http::Method::GET, http::Uri::from_static("/ws"));
+        let render = |fields: &Fields, upgrade| {
+            let mut out = Vec::new();
+            let cx = RequestContext {
+                upgrade,
+                path: "/ws",
+                ..context()
+            };
+            write_request_head(&mut out, fields, &cx);
+            String::from_utf8(out).unwrap()
+        };
+        let got = render(
+            &Fields::new(&method, &uri, &headers).websocket("ours=="),
+            true,
+        );
+        assert!(got.starts_with("GET /ws HTTP/1.1\r\n"), "{got}");
+        for want in [
+            "sec-websocket-version: 13\r\n",
+            "sec-websocket-protocol: chat\r\n",
+            "sec-websocket-key: ours==\r\n",
+            "connection: upgrade\r\nupgrade: websocket\r\n\r\n",
+        ] {
+            assert!(got.contains(want), "{want:?} missing: {got}");
+        }
+        assert!(
+            !got.contains("the client's") && !got.contains("kg_"),
+            "{got}"
+        );
+        // Without the handshake, nothing of an upgrade is written.
+        let got = render(&Fields::new(&method, &uri, &headers), true);
+        assert!(
+            !got.contains("upgrade") && got.contains("the client's"),
             "{got}"
         );
     }

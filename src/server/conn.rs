@@ -23,6 +23,11 @@
 //! counts the asks and the watchdog notices when they stop. The bound is in pieces, not bytes: a client that takes
 //! less than one piece (at most a read buffer of the upstream's) per idle timeout counts as
 //! stalled.
+//!
+//! A WebSocket on an HTTP/2 stream (RFC 8441) outlives its response: the `200` is sent when
+//! the tunnel opens. So each `CONNECT` carries a second [`InFlight`] to the request path
+//! ([`KeepOpen`]), which a tunnel holds until it ends; otherwise the idle clock would close the
+//! whole connection under a quiet tunnel.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,7 +37,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use http::{Request, Response, Version};
+use http::{Method, Request, Response, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -42,6 +47,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config;
+use crate::forward::tunnel::KeepOpen;
 
 /// Header lines an HTTP/1 request may carry.
 const MAX_HEADER_LINES: usize = 100;
@@ -68,6 +74,8 @@ pub fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        // WebSockets from HTTP/2 clients (RFC 8441): `forward::links::WebSocket`.
+        .enable_connect_protocol()
         .max_concurrent_streams(server.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
     builder
@@ -615,7 +623,13 @@ where
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if req.method() == Method::CONNECT {
+            // Should it open a tunnel, the tunnel holds the connection open as a request in
+            // flight: its response (the `200`) is sent long before the tunnel ends.
+            let held = self.activity.request_started(req.version());
+            req.extensions_mut().insert(KeepOpen(Arc::new(held)));
+        }
         let in_flight = self.activity.request_started(req.version());
         TrackedFuture {
             inner: self.inner.call(req),

@@ -15,7 +15,7 @@ use crate::forward::Forwarder;
 use crate::forward::UpstreamFailure;
 use crate::forward::failure::{Failure, report_silence};
 use crate::forward::silence::{self, Quiet};
-use crate::forward::tunnel::{self, TunnelEnd};
+use crate::forward::tunnel;
 use crate::forward::upstream::{Destination, Link, Stream};
 use crate::keys::rotation::Due;
 use crate::metrics::{Decision, Outcome};
@@ -382,16 +382,7 @@ impl<IO: Transport> Session<'_, IO> {
         {
             tracing::debug!(error = %e, "no keepalive on a tunnel's client connection");
         }
-        let metrics = self.proxy.metrics();
-        let open = metrics.tunnel_opened();
-        let end = tunnel::join(&mut self.io, &mut link.stream, idle).await;
-        drop(open);
-        metrics.tunnel_closed(end.reason());
-        match end {
-            TunnelEnd::Closed { up, down } => tracing::debug!(up, down, "tunnel closed"),
-            TunnelEnd::Idle(idle) => tracing::debug!(?idle, "tunnel closed: idle"),
-            TunnelEnd::Failed(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
-        }
+        tunnel::run(&mut self.io, &mut link.stream, idle, self.proxy.metrics()).await;
         Next::Gone
     }
 
