@@ -822,4 +822,49 @@ mod tests {
             assert_eq!(request_framing(&headers, *end_stream).ok(), *want, "{name}");
         }
     }
+
+    #[test]
+    fn only_an_extended_connect_for_a_websocket_becomes_its_get() {
+        // (method, `:protocol`, hyper's stream to hand over, taken, the method the stages see)
+        let cases = [
+            (Method::CONNECT, Some("websocket"), true, true, Method::GET),
+            (Method::CONNECT, Some("WebSocket"), true, true, Method::GET),
+            (
+                Method::CONNECT,
+                Some("connect-udp"),
+                true,
+                false,
+                Method::CONNECT,
+            ),
+            (Method::CONNECT, None, true, false, Method::CONNECT),
+            (
+                Method::CONNECT,
+                Some("websocket"),
+                false,
+                false,
+                Method::CONNECT,
+            ),
+            (Method::GET, Some("websocket"), true, false, Method::GET),
+        ];
+        for (method, protocol, stream, taken, seen) in cases {
+            let mut req = Request::builder().method(method.clone()).body(()).unwrap();
+            if let Some(p) = protocol {
+                req.extensions_mut().insert(Protocol::from_static(p));
+            }
+            if stream {
+                let none = hyper::upgrade::on(Request::new(()));
+                req.extensions_mut().insert(none);
+            }
+            let got = WebSocket::take(&mut req);
+            let case = format!("{method} {protocol:?} {stream}");
+            assert_eq!(got.is_some(), taken, "{case}");
+            assert_eq!(req.method(), seen, "{case}");
+            // What the stages see carries no trace of the CONNECT.
+            assert_eq!(
+                req.extensions().get::<Protocol>().is_some(),
+                protocol.is_some() && !taken,
+                "{case}"
+            );
+        }
+    }
 }
