@@ -135,6 +135,13 @@ impl Options {
     }
 }
 
+/// Whether an `Upgrade` value (a request's, or a `101`'s) names WebSocket, the one upgrade
+/// keygate passes on: after the switch it copies bytes blindly, so a switch to anything else
+/// (h2c) would carry requests no key check saw.
+pub fn is_websocket(upgrade: &[u8]) -> bool {
+    upgrade.trim_ascii().eq_ignore_ascii_case(b"websocket")
+}
+
 /// The elements of a comma-separated header value, trimmed, empty ones skipped.
 pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value

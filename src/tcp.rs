@@ -6,10 +6,12 @@
 //! one that has sent data nobody acknowledges. A live peer's kernel answers both whatever its
 //! application is doing, so a slow upstream is never mistaken for a dead path.
 //!
-//! A client's connection gets the same watch only once it becomes a WebSocket tunnel, with
+//! A client's connection gets the same watch only where it can carry a WebSocket tunnel, with
 //! longer bounds (a phone in a lift is not a dead host; its path is the internet, not a
-//! node's network): every other wait on a client already has a clock of its own (the idle,
-//! header and stall timeouts), so the other connections are spared the system calls.
+//! node's network): an HTTP/1.1 connection once it becomes one, an HTTP/2 connection from
+//! its start (any of its streams may become one, RFC 8441, and the socket is hyper's by
+//! then). Every other wait on a client already has a clock of its own (the idle, header and
+//! stall timeouts), so HTTP/1.1 connections that never upgrade are spared the system calls.
 
 use std::time::Duration;
 
@@ -48,7 +50,7 @@ pub fn watch_path(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     socket.set_tcp_user_timeout(Some(USER_TIMEOUT))
 }
 
-/// Gives a client's connection that became a tunnel the client's settings.
+/// Gives a client's connection that carries (or may carry) a tunnel the client's settings.
 pub fn watch_client(tcp: &tokio::net::TcpStream) -> std::io::Result<()> {
     let socket = socket2::SockRef::from(tcp);
     socket.set_tcp_keepalive(

@@ -416,14 +416,7 @@ async fn a_websocket_tunnel_lives_while_bytes_move_and_is_closed_when_idle() {
     }
     assert!(opened.elapsed() >= Duration::from_millis(2400));
 
-    let ss = std::process::Command::new("ss")
-        .args(["-Htno", "state", "established"])
-        .arg(format!("src {} dst {client}", kg.public))
-        .output()
-        .expect("ss (iproute2) runs");
-    let sockets = text(&ss.stdout);
-    assert_eq!(sockets.lines().count(), 1, "{sockets}");
-    assert!(sockets.contains("timer:(keepalive"), "{sockets}");
+    assert_keepalive(&kg, client);
     assert_eq!(kg.metric("keygate_tunnels_open").await, Some(1.0));
 
     let quiet = Instant::now();
@@ -457,7 +450,18 @@ async fn a_websocket_tunnel_lives_while_bytes_move_and_is_closed_when_idle() {
 async fn h2_connection(
     kg: &Keygate,
 ) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>> {
+    h2_connection_from(kg).await.0
+}
+
+/// [`h2_connection`], and the client's own address.
+async fn h2_connection_from(
+    kg: &Keygate,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>,
+    std::net::SocketAddr,
+) {
     let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let client = tcp.local_addr().unwrap();
     let (mut sender, mut conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         TokioIo::new(tcp),
@@ -490,7 +494,7 @@ async fn h2_connection(
         allowed.load(Ordering::Relaxed),
         "keygate did not allow extended CONNECT"
     );
-    sender
+    (sender, client)
 }
 
 /// An extended CONNECT for a WebSocket at `path` (`protocol` in `:protocol`), with `headers`.
@@ -590,7 +594,9 @@ async fn an_http2_client_opens_a_websocket_that_the_upstream_gets_as_an_http11_o
     );
     let (id, key) = ws.create_key(&[]);
     let kg = ws.serve();
-    let mut sender = h2_connection(&kg).await;
+    let (mut sender, client) = h2_connection_from(&kg).await;
+    // Any stream of it may become a tunnel, so the kernel watches the client's path.
+    assert_keepalive(&kg, client);
 
     let keyed = [("x-api-key", key.as_str())];
     let req = extended_connect(&kg, "/v1/stream", "websocket", &keyed);

@@ -124,9 +124,11 @@ async fn tls_serves_http1_and_http2_and_refuses_plain_http() {
     assert_eq!(echo["headers"]["x-forwarded-proto"][0], "https");
     assert!(echo["headers"].get("x-api-key").is_none());
 
-    // HTTP/2 chosen by ALPN.
+    // HTTP/2 chosen by ALPN; the kernel watches its path, since any of its streams may
+    // become a WebSocket tunnel.
     let stream = tls_connect(kg.public, client_config(&[&s.ca], &[b"h2"])).await;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_keepalive(&kg, stream.get_ref().0.local_addr().unwrap());
     let (mut sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .unwrap();

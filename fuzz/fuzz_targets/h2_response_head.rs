@@ -84,10 +84,8 @@ fuzz_target!(|data: &[u8]| {
         (Ok(Parsed::Partial), Ok(response::Parsed::Partial)) => {}
         (Err(_), Err(_)) => {}
         (Err(ResponseError::Malformed(why)), Ok(_)) => {
-            // keygate's own HTTP/1.1 leaves checking a `101` to its WebSocket client; for an
-            // HTTP/2 client keygate is that client.
             assert!(
-                why.contains("HTTP/2 cannot carry") || (websocket && why.contains("101")),
+                why.contains("HTTP/2 cannot carry"),
                 "refused only here: {why}"
             );
         }

@@ -7,7 +7,7 @@
 //! response starts with `HTTP/1.1 ddd ` (100 <= ddd <= 599, the status reported), parses with
 //! httparse as exactly one response, has no CR or LF but as line ends, carries at most one
 //! framing header and exactly the one the chosen encoding needs, no hop-by-hop header (but
-//! the handshake of an admitted upgrade), and says `connection: close` when keygate closes.
+//! the handshake of an admitted upgrade, which switches to WebSocket), and says `connection: close` when keygate closes.
 //! An interim response is a 1xx head of its own, or nothing.
 
 #![no_main]
@@ -93,6 +93,14 @@ fuzz_target!(|data: &[u8]| {
             if r.switching {
                 assert!(cx.upgrade && r.status == 101, "{r:?}");
                 assert!(!r.client_keep_alive && !r.upstream_keep_alive);
+                // Only a switch to WebSocket, the one upgrade passed on.
+                assert!(
+                    headers.iter().any(|h| {
+                        header_rules::name(h.name.as_bytes()) == Name::Upgrade
+                            && header_rules::is_websocket(h.value)
+                    }),
+                    "{shown:?}"
+                );
                 return;
             }
             assert!(r.status >= 200, "{r:?}");

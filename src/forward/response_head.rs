@@ -69,8 +69,7 @@ pub fn parse(buf: &[u8], head_request: bool, websocket: bool) -> Result<Parsed, 
         if !framing_lines.note(class, h.value)? && names::to_client(class) {
             kept += 1;
         }
-        switched_to_websocket |=
-            class == Name::Upgrade && h.value.trim_ascii().eq_ignore_ascii_case(b"websocket");
+        switched_to_websocket |= class == Name::Upgrade && names::is_websocket(h.value);
     }
     // After the lines are checked, as the HTTP/1.1 engine does: both refuse the same heads.
     let switching = match code {

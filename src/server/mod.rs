@@ -552,6 +552,10 @@ async fn serve_proxy<IO: ClientIo + session::Idle>(
     // hyper's connection futures are boxed: inline, their HTTP/2 state would make every
     // HTTP/1.1 connection's task several KiB larger.
     if h2 || proxy.current().forwarder.is_http2() {
+        if h2 {
+            // Its streams may become tunnels (RFC 8441).
+            session::watch_client(&io);
+        }
         Box::pin(serve_hyper(serving, io, proxy, conn)).await;
         return;
     }

@@ -198,11 +198,7 @@ impl RequestHead {
         // on: after a `101` keygate copies bytes blindly, and an upgrade to another HTTP (h2c)
         // would carry requests to the upstream that no key check ever saw. Any other upgrade
         // is dropped with the hop-by-hop headers and the request served as it is.
-        let websocket = |r: &Range<usize>| {
-            buf[r.clone()]
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"websocket")
-        };
+        let websocket = |r: &Range<usize>| names::is_websocket(&buf[r.clone()]);
         if self.http11 && options.upgrade && upgrade.as_ref().is_some_and(websocket) {
             self.upgrade = upgrade;
         }

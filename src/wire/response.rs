@@ -244,6 +244,7 @@ pub fn response_head(
     let mut framing_lines = FramingLines::new(&head);
     let mut present = 0u8;
     let mut has_date = false;
+    let mut switched_to_websocket = false;
     for h in headers {
         let value = h.value;
         let class = names::name(h.name.as_bytes());
@@ -251,7 +252,11 @@ pub fn response_head(
             continue;
         }
         match class {
-            Name::HopByHop | Name::Upgrade => continue,
+            Name::Upgrade => {
+                switched_to_websocket |= names::is_websocket(value);
+                continue;
+            }
+            Name::HopByHop => continue,
             Name::Date => has_date = true,
             Name::RateLimit(i) => present |= 1 << i,
             Name::Other
@@ -287,7 +292,7 @@ pub fn response_head(
 
     if (100..200).contains(&status) {
         return match status {
-            101 if cx.upgrade => {
+            101 if cx.upgrade && switched_to_websocket => {
                 // The handshake itself: its Connection and Upgrade go to the client as sent.
                 out.truncate(fields);
                 for h in headers {
@@ -305,6 +310,11 @@ pub fn response_head(
                     switching: true,
                 }))
             }
+            // Only a switch to what was asked for: to anything else, the bytes copied next
+            // could be requests no key check saw.
+            101 if cx.upgrade => Err(ResponseError::Malformed(
+                "101 to a WebSocket handshake without Upgrade: websocket",
+            )),
             101 => Err(ResponseError::Malformed(
                 "101 to a request that was no upgrade",
             )),
@@ -900,6 +910,13 @@ mod tests {
         let (r, text) = fin(raw, &upgrade);
         assert!(r.switching);
         assert_eq!(text, raw);
+        // A switch to anything but what was asked for is no handshake.
+        for raw in [
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n",
+        ] {
+            assert!(rewrite(raw, &upgrade).0.is_err(), "{raw:?}");
+        }
     }
 
     #[test]

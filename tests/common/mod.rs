@@ -439,6 +439,26 @@ where
     None
 }
 
+/// Asserts that keygate's socket to `client` has TCP keepalive on: `ss` shows its timer
+/// once no data waits for an acknowledgement (until then it shows the retransmission timer).
+pub fn assert_keepalive(kg: &Keygate, client: std::net::SocketAddr) {
+    let mut sockets = String::new();
+    for _ in 0..50 {
+        let ss = std::process::Command::new("ss")
+            .args(["-Htno", "state", "established"])
+            .arg(format!("src {} dst {client}", kg.public))
+            .output()
+            .expect("ss (iproute2) runs");
+        sockets = text(&ss.stdout);
+        assert_eq!(sockets.lines().count(), 1, "{sockets}");
+        if sockets.contains("timer:(keepalive") {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no keepalive timer on keygate's socket to the client: {sockets}");
+}
+
 /// Sends `head` (which declares a longer body than it carries) over a new connection and
 /// then nothing more, and returns what came back before the connection closed. The close must
 /// come `clock` (the server's clock for such a client) after the head, give or take: not

@@ -377,11 +377,7 @@ impl<IO: Transport> Session<'_, IO> {
         }
         // Between requests a vanished client is let go by the idle clock, within a response
         // by the stall clock; a quiet tunnel has neither, so the kernel watches the path.
-        if let Some(tcp) = self.io.tcp()
-            && let Err(e) = crate::tcp::watch_client(tcp)
-        {
-            tracing::debug!(error = %e, "no keepalive on a tunnel's client connection");
-        }
+        super::watch_client(&self.io);
         tunnel::run(&mut self.io, &mut link.stream, idle, self.proxy.metrics()).await;
         Next::Gone
     }

@@ -194,7 +194,11 @@ impl<IO: Transport> Session<'_, IO> {
             match self.next_head().await {
                 Wait::Head => {}
                 Wait::Closed => return Next::Close,
-                Wait::Http2 => return Next::Handoff,
+                Wait::Http2 => {
+                    // Its streams may become tunnels (RFC 8441).
+                    watch_client(&self.io);
+                    return Next::Handoff;
+                }
                 Wait::Refuse(reject) => {
                     let next = self.refuse_unread(reject).await;
                     return self.close(next).await;
@@ -501,6 +505,16 @@ impl<IO: Transport> Session<'_, IO> {
                 outcome,
             },
         );
+    }
+}
+
+/// TCP keepalive for a client connection that carries, or may carry, a WebSocket tunnel: the
+/// one wait on a client without a clock of its own ([`crate::tcp`]).
+pub(super) fn watch_client(io: &impl Idle) {
+    if let Some(tcp) = io.tcp()
+        && let Err(e) = crate::tcp::watch_client(tcp)
+    {
+        tracing::debug!(error = %e, "no keepalive on a client connection that may carry a tunnel");
     }
 }
 
