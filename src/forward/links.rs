@@ -177,7 +177,13 @@ impl Forwarder {
             request_framing(&parts.headers, body.is_end_stream()).map_err(Reject::BadRequest)?;
         let upstream = self.upstream_for(origin.key);
         let target = self.target(upstream);
-        let key = websocket.as_ref().map(|_| tunnel::websocket_key());
+        let key = match websocket {
+            Some(_) => Some(tunnel::websocket_key().map_err(|e| {
+                tracing::error!(error = %e, "no random source for a WebSocket key");
+                Reject::UpstreamUnavailable
+            })?),
+            None => None,
+        };
         let mut fields = Fields::new(&parts.method, &parts.uri, &parts.headers);
         if let Some(key) = &key {
             fields = fields.websocket(key);

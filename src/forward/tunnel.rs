@@ -40,11 +40,11 @@ pub struct KeepOpen(pub std::sync::Arc<dyn Send + Sync>);
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// A fresh `Sec-WebSocket-Key`: 16 random bytes, base64 (RFC 6455 §4.1).
-pub fn websocket_key() -> String {
+pub fn websocket_key() -> Result<String, getrandom::Error> {
     use base64::Engine as _;
     let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).expect("the system's random source works");
-    base64::engine::general_purpose::STANDARD.encode(nonce)
+    getrandom::fill(&mut nonce)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(nonce))
 }
 
 /// Whether `accept` (the upstream's `Sec-WebSocket-Accept`) answers `key`: proof that the
@@ -259,7 +259,7 @@ mod tests {
             assert!(!accepts(key, wrong), "{wrong:?}");
         }
         assert!(!accepts("another key", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
-        let (a, b) = (websocket_key(), websocket_key());
+        let (a, b) = (websocket_key().unwrap(), websocket_key().unwrap());
         assert_eq!(a.len(), 24, "16 bytes in base64: {a}");
         assert_ne!(a, b);
     }
