@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::redis::free_port;
 use common::*;
 use http_body_util::Full;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// An upstream that misbehaves by path: `/hang` never answers, `/close` hangs up after reading
@@ -26,14 +26,9 @@ async fn misbehaving_upstream() -> std::net::SocketAddr {
                 return;
             };
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_request_head(&mut stream).await else {
+                    return;
+                };
                 let line = String::from_utf8_lossy(&head);
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 match path.as_str() {

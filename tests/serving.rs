@@ -675,18 +675,14 @@ async fn scripted_upstream(
         while let Ok((mut tcp, _)) = listener.accept().await {
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+                let Some(head) = read_request_head(&mut tcp).await else {
+                    return;
+                };
                 let head = text(&head);
                 let _ = tcp.write_all(answer(&head).as_bytes()).await;
                 let _ = tx.send(head);
                 // Whatever comes next is echoed back, until the close.
+                let mut buf = [0u8; 4096];
                 while let Ok(n) = tcp.read(&mut buf).await {
                     if n == 0 || tcp.write_all(&buf[..n]).await.is_err() {
                         return;

@@ -439,6 +439,21 @@ where
     None
 }
 
+/// Reads a request head (through its blank line, and whatever came with it) off `tcp`, as a
+/// scripted upstream does; `None` if the connection ends first.
+pub async fn read_request_head(tcp: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(head)
+}
+
 /// Asserts that keygate's socket to `client` has TCP keepalive on: `ss` shows its timer
 /// once no data waits for an acknowledgement (until then it shows the retransmission timer).
 pub fn assert_keepalive(kg: &Keygate, client: std::net::SocketAddr) {
