@@ -698,7 +698,11 @@ async fn scripted_upstream(
 fn accept_for(head: &str) -> String {
     let key = head
         .lines()
-        .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then_some(value)
+        })
         .expect("a Sec-WebSocket-Key");
     tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.trim().as_bytes())
 }
@@ -806,6 +810,40 @@ async fn an_http2_websocket_opens_only_on_a_101_that_answers_keygates_key() {
         .unwrap()
         .unwrap();
     assert_eq!(&got, b"round trip");
+
+    // An HTTP/1.1 client's upgrade is spliced only on a 101 that switches to WebSocket: a
+    // switch to anything else could carry requests no key check saw.
+    let (upstream, mut heads) = scripted_upstream(|head| {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            accept_for(head)
+        )
+    })
+    .await;
+    let ws = Workspace::new(&upstream, "");
+    let (_, key) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let mut req = format!("ws://{}/v1/ws", kg.public)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    let handshake = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::client_async(req, tcp),
+    )
+    .await
+    .expect("no answer to the handshake");
+    match handshake {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        }
+        other => panic!("expected a 502, got {:?}", other.map(|_| ())),
+    }
+    let head = tokio::time::timeout(Duration::from_secs(5), heads.recv()).await;
+    let head = head.unwrap().unwrap().to_ascii_lowercase();
+    assert!(head.contains("upgrade: websocket"), "{head}");
 
     // An HTTP/2 upstream: keygate passes no WebSocket to it, and says so.
     let up = Upstream::start().await;
