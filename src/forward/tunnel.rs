@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::metrics::{Metrics, TunnelClose};
 
 /// Counts as a request in flight on its client connection for as long as it lives. The
-/// connection (`server::conn`) puts one on each HTTP/2 `CONNECT`; a tunnel opened by that
+/// connection (`server::conn`) puts one on each `CONNECT` hyper serves; a tunnel opened by that
 /// request takes it and holds it to its end.
 #[derive(Clone)]
 pub struct KeepOpen(pub std::sync::Arc<dyn Send + Sync>);
