@@ -16,7 +16,9 @@
 //! header map); `headers` renders it on a header map for hyper's pooled client (an HTTP/2
 //! upstream, and HTTP/1.1 clients hyper serves). An admitted WebSocket upgrade is the one
 //! hop-by-hop exchange passed on: [`upstream_head`] writes its `Connection` and `Upgrade` again
-//! after step 1; from hyper's side an upgrade is stripped like any hop-by-hop header.
+//! after step 1, for an HTTP/1.1 client's upgrade and for an HTTP/2 client's extended CONNECT
+//! ([`links::WebSocket`]); towards an HTTP/2 upstream (the pool) an upgrade is stripped like
+//! any hop-by-hop header.
 //!
 //! Bodies are never buffered: they stream through. Upstream connections, by who is served:
 //! - HTTP/1.1 clients (keygate's own engine): each client connection's own upstream connection
