@@ -179,7 +179,8 @@ impl UpstreamFailure {
 /// spells; many `error`s, resets or paths that died.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelClose {
-    /// The client or the upstream closed it.
+    /// The client or the upstream closed it, or both answered keygate's "going away" when it
+    /// stopped.
     Closed,
     /// Nothing either way for `[upstream] tunnel_idle_timeout`.
     Idle,

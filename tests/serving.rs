@@ -938,6 +938,106 @@ async fn sigterm_under_load_fails_no_request_and_exits_in_time() {
     );
 }
 
+/// A WebSocket echo upstream that reports the status of each Close it receives.
+async fn websocket_upstream_reporting_closes()
+-> (String, tokio::sync::mpsc::UnboundedReceiver<Option<u16>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    match msg {
+                        Message::Close(frame) => {
+                            let _ = tx.send(frame.map(|f| u16::from(f.code)));
+                        }
+                        msg if msg.is_text() => {
+                            let _ = ws.send(msg).await;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+/// Asserts the next thing `socket` gets is a Close saying 1001 (going away), then its end.
+async fn told_going_away<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>, who: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let next = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .unwrap_or_else(|_| panic!("{who}: no Close within 10 s of the drain's end"));
+    match next {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1001, "{who}: {frame:?}");
+            assert_eq!(frame.reason.as_str(), "server shutting down", "{who}");
+        }
+        other => panic!("{who}: expected a Close, got {other:?}"),
+    }
+    // tungstenite answers the Close; then the tunnel ends.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "{who}: the tunnel did not end after the Close"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_tells_websockets_going_away_and_exits_without_waiting_for_them() {
+    // An HTTP/1.1 client's WebSocket and an HTTP/2 client's: at the drain's end each end of
+    // each tunnel gets a Close with 1001, and keygate exits once they are closed, long
+    // before `shutdown_timeout` (30 s), which used to be how long an open tunnel held it.
+    let (upstream, mut closes) = websocket_upstream_reporting_closes().await;
+    let ws = Workspace::new(
+        &upstream,
+        "[server]\ndrain_period = \"300ms\"\nshutdown_timeout = \"30s\"\n",
+    );
+    let (_, key) = ws.create_key(&[]);
+    let mut kg = ws.serve();
+    let (mut http1, _) = websocket_through(&kg, &key).await;
+    let (mut sender, _) = h2_connection_from(&kg).await;
+    let req = extended_connect(&kg, "/v1/stream", "websocket", &[("x-api-key", &key)]);
+    let (mut http2, _) = websocket_over_h2(&mut sender, req).await;
+    echoes(&mut http1, "before").await;
+    echoes(&mut http2, "before").await;
+    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(2.0));
+
+    let signalled = Instant::now();
+    kg.signal("TERM");
+    told_going_away(&mut http1, "the HTTP/1.1 client").await;
+    told_going_away(&mut http2, "the HTTP/2 client").await;
+    let mut upstream_got = Vec::new();
+    for _ in 0..2 {
+        let close = tokio::time::timeout(Duration::from_secs(5), closes.recv())
+            .await
+            .expect("the upstream got no Close");
+        upstream_got.push(close.unwrap());
+    }
+    assert_eq!(upstream_got, [Some(1001), Some(1001)]);
+    kg.exits_cleanly_within(Duration::from_secs(10)).await;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "held until the shutdown deadline: {:?}",
+        signalled.elapsed()
+    );
+    assert!(
+        closes.try_recv().is_err(),
+        "a second Close reached the upstream"
+    );
+}
+
 #[tokio::test]
 async fn sighup_and_file_changes_reload_the_config_and_bad_configs_change_nothing() {
     let (_up, ws, key) = setup("[server]\nwatch_interval = \"0s\"\n").await;

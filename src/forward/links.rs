@@ -144,7 +144,7 @@ impl OpenTunnel {
             mut link,
             websocket,
         } = self;
-        let _keep_open = websocket.keep_open;
+        let keep_open = websocket.keep_open;
         let mut client = match websocket.upgrade.await {
             Ok(upgraded) => TokioIo::new(upgraded),
             // The client reset the stream, or the connection ended, before the `200` went.
@@ -153,10 +153,29 @@ impl OpenTunnel {
                 return;
             }
         };
-        if write_flush(&mut client, link.buf.filled()).await.is_err() {
+        let early = link.buf.filled();
+        if write_flush(&mut client, early).await.is_err() {
             return;
         }
-        tunnel::run(&mut client, &mut link.stream, idle, metrics).await;
+        let relayed = tunnel::Relayed {
+            up: &[],
+            down: early,
+        };
+        let stopping = async {
+            match &keep_open {
+                Some(held) => held.closing.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tunnel::run(
+            &mut client,
+            &mut link.stream,
+            relayed,
+            idle,
+            metrics,
+            stopping,
+        )
+        .await;
     }
 }
 

@@ -33,7 +33,9 @@
 //!
 //! Every response body, by either engine, is relayed on [`silence`]'s clock: an upstream that
 //! sends nothing mid-body for `[upstream] body_timeout` has its response cut off. A WebSocket
-//! tunnel has [`tunnel`]'s clock instead: nothing either way for `tunnel_idle_timeout`.
+//! tunnel has [`tunnel`]'s clock instead: nothing either way for `tunnel_idle_timeout`; and
+//! when keygate stops, a Close (1001, going away) to each end between two frames
+//! ([`websocket`]).
 
 mod client;
 pub mod failure;
@@ -44,6 +46,7 @@ pub mod silence;
 pub mod tunnel;
 pub mod upstream;
 pub mod upstream_head;
+pub mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! A WebSocket tunnel after a `101`: the client and the upstream joined byte for byte until
-//! one closes, or until neither has sent a byte for `[upstream] tunnel_idle_timeout`.
+//! one closes, until neither has sent a byte for `[upstream] tunnel_idle_timeout`, or until
+//! keygate stops, when both ends are told "going away" between two frames ([`join`]).
 //!
 //! A quiet tunnel is legitimate (a chat nobody writes in), so a tunnel gets no clock on the
 //! gap between two pieces the way a response body does ([`super::silence`]). What it gets is
@@ -21,20 +22,25 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use super::websocket;
 use crate::metrics::{Metrics, TunnelClose};
 
-/// Counts as a request in flight on its client connection for as long as it lives. The
-/// connection (`server::conn`) puts one on each `CONNECT` hyper serves; a tunnel opened by that
-/// request takes it and holds it to its end.
+/// What an HTTP/2 stream's tunnel needs from its connection (`server::conn` puts one on each
+/// `CONNECT` hyper serves; a tunnel opened by that request takes it and holds it to its end).
 #[derive(Clone)]
-pub struct KeepOpen(pub std::sync::Arc<dyn Send + Sync>);
+pub struct KeepOpen {
+    /// Counts as a request in flight on the client connection for as long as it is held.
+    pub held: std::sync::Arc<dyn Send + Sync>,
+    /// Cancelled when keygate begins closing connections: the tunnel says goodbye.
+    pub closing: tokio_util::sync::CancellationToken,
+}
 
 /// RFC 6455 §1.3: what `Sec-WebSocket-Accept` must say to a handshake's `Sec-WebSocket-Key`.
 const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
@@ -59,19 +65,38 @@ pub fn accepts(key: &str, accept: &[u8]) -> bool {
     accept.trim_ascii() == want.as_bytes()
 }
 
+/// Bytes each way that went before the tunnel began (sent by the caller): what the client
+/// sent behind its handshake, what the upstream sent behind its `101`. The tunnel reads them
+/// only to know where the frames are ([`websocket`]).
+#[derive(Default)]
+pub struct Relayed<'a> {
+    pub up: &'a [u8],
+    pub down: &'a [u8],
+}
+
 /// A tunnel from open to close, as `keygate_tunnels_open` and `keygate_tunnels_closed_total`
-/// count it (module doc for the clock).
-pub async fn run<C, U>(client: &mut C, upstream: &mut U, idle: Duration, metrics: &Metrics)
-where
+/// count it (module doc for the clock). When `stopping` resolves (keygate begins closing
+/// connections), both ends are told "going away" ([`join`]).
+pub async fn run<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    relayed: Relayed<'_>,
+    idle: Duration,
+    metrics: &Metrics,
+    stopping: impl Future<Output = ()>,
+) where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let open = metrics.tunnel_opened();
-    let end = join(client, upstream, idle).await;
+    let end = join(client, upstream, relayed, idle, stopping).await;
     drop(open);
     metrics.tunnel_closed(end.reason());
     match end {
         TunnelEnd::Closed { up, down } => tracing::debug!(up, down, "tunnel closed"),
+        TunnelEnd::WentAway { up, down } => {
+            tracing::debug!(up, down, "tunnel closed: keygate is stopping");
+        }
         TunnelEnd::Idle(idle) => tracing::debug!(?idle, "tunnel closed: idle"),
         TunnelEnd::Failed(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
     }
@@ -82,6 +107,8 @@ where
 pub enum TunnelEnd {
     /// One side closed; the bytes each way.
     Closed { up: u64, down: u64 },
+    /// keygate was stopping: both ends were told "going away", and the tunnel closed.
+    WentAway { up: u64, down: u64 },
     /// Nothing either way for the tunnel idle timeout.
     Idle(Duration),
     /// A read or write failed (a reset, or a dead path found by TCP keepalive).
@@ -92,7 +119,7 @@ impl TunnelEnd {
     /// How `keygate_tunnels_closed_total` counts it.
     pub fn reason(&self) -> TunnelClose {
         match self {
-            Self::Closed { .. } => TunnelClose::Closed,
+            Self::Closed { .. } | Self::WentAway { .. } => TunnelClose::Closed,
             Self::Idle(_) => TunnelClose::Idle,
             Self::Failed(_) => TunnelClose::Error,
         }
@@ -101,7 +128,22 @@ impl TunnelEnd {
 
 /// Copies between `client` and `upstream` until one side closes, an I/O error, or no byte has
 /// moved either way for `idle`.
-pub async fn join<C, U>(client: &mut C, upstream: &mut U, idle: Duration) -> TunnelEnd
+///
+/// Once `stopping` resolves, each direction, at its next frame boundary, carries a Close
+/// (1001, going away) that keygate writes ([`websocket::going_away`]), and nothing of its
+/// sender's after that: the client gets one as from the server, the upstream one as from a
+/// client. Then each side's bytes are read and dropped until its own Close (its answer) or
+/// its end, and the direction towards the other side is shut. A direction whose sender has
+/// already sent a Close is left as it is (its close is under way). The bound: a frame that
+/// never ends, or an end that never answers, leaves the tunnel to `shutdown_timeout`, as
+/// before.
+pub async fn join<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    relayed: Relayed<'_>,
+    idle: Duration,
+    stopping: impl Future<Output = ()>,
+) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -109,27 +151,43 @@ where
     let start = Instant::now();
     // Milliseconds from `start` to the last read that brought bytes, from either side.
     let heard = AtomicU64::new(0);
-    let mut client = Heard {
-        inner: client,
+    let going_away = AtomicBool::new(false);
+    let mut client = Side::new(
+        client,
+        Toward::Upstream,
+        relayed.up,
         start,
-        heard: &heard,
-    };
-    let mut upstream = Heard {
-        inner: upstream,
+        &heard,
+        &going_away,
+    );
+    let mut upstream = Side::new(
+        upstream,
+        Toward::Client,
+        relayed.down,
         start,
-        heard: &heard,
-    };
+        &heard,
+        &going_away,
+    );
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);
+    tokio::pin!(stopping);
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
     loop {
         tokio::select! {
             copied = copy.as_mut() => {
                 return match copied {
+                    Ok((up, down)) if going_away.load(Ordering::Relaxed) => {
+                        TunnelEnd::WentAway { up, down }
+                    }
                     Ok((up, down)) => TunnelEnd::Closed { up, down },
                     Err(e) => TunnelEnd::Failed(e),
                 };
+            }
+            // The next turn of the loop polls the copy again, and each side's read sees the
+            // flag.
+            () = stopping.as_mut(), if !going_away.load(Ordering::Relaxed) => {
+                going_away.store(true, Ordering::Relaxed);
             }
             () = timer.as_mut() => {
                 let due = start + Duration::from_millis(heard.load(Ordering::Relaxed)) + idle;
@@ -142,33 +200,171 @@ where
     }
 }
 
-/// One side of a tunnel, noting when it last brought bytes.
-struct Heard<'a, T: ?Sized> {
-    inner: &'a mut T,
-    start: Instant,
-    heard: &'a AtomicU64,
+/// Where the bytes a [`Side`] reads go, which decides how keygate's Close is written.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Toward {
+    /// Read from the client, written to the upstream: keygate's Close is masked, as a
+    /// client's must be.
+    Upstream,
+    /// Read from the upstream, written to the client.
+    Client,
 }
 
-impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Heard<'_, T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+/// A direction's part in saying goodbye.
+enum Goodbye {
+    /// Not begun: bytes pass.
+    Not,
+    /// keygate's Close is being handed out, `sent` bytes of it so far.
+    Saying { frame: Vec<u8>, sent: usize },
+    /// keygate's Close is out: the sender's bytes are dropped until its own Close.
+    Awaiting,
+    /// The sender answered, or ended: the direction reads as ended.
+    Done,
+}
+
+/// One side of a tunnel: its reads note when bytes came (the idle clock) and where its frames
+/// end (the goodbye); its writes pass straight through.
+struct Side<'a, T: ?Sized> {
+    inner: &'a mut T,
+    toward: Toward,
+    frames: websocket::Frames,
+    goodbye: Goodbye,
+    start: Instant,
+    heard: &'a AtomicU64,
+    going_away: &'a AtomicBool,
+}
+
+/// Reads a side makes in one poll while dropping bytes, before it lets other tasks run.
+const DROPPED_READS_PER_POLL: usize = 16;
+
+impl<'a, T: ?Sized> Side<'a, T> {
+    fn new(
+        inner: &'a mut T,
+        toward: Toward,
+        relayed: &[u8],
+        start: Instant,
+        heard: &'a AtomicU64,
+        going_away: &'a AtomicBool,
+    ) -> Self {
+        let mut frames = websocket::Frames::default();
+        frames.skip(relayed);
+        Self {
+            inner,
+            toward,
+            frames,
+            goodbye: Goodbye::Not,
+            start,
+            heard,
+            going_away,
+        }
+    }
+
+    /// Whether this direction should carry keygate's Close now.
+    fn due(&self) -> bool {
+        self.going_away.load(Ordering::Relaxed)
+            && !self.frames.closed()
+            && self.frames.at_boundary()
+    }
+
+    /// keygate's Close for this direction; `None` if no masking key could be had, and then
+    /// the direction just ends.
+    fn farewell(&self) -> Goodbye {
+        let mask = match self.toward {
+            Toward::Client => None,
+            Toward::Upstream => {
+                let mut key = [0u8; 4];
+                if let Err(e) = getrandom::fill(&mut key) {
+                    tracing::debug!(error = %e, "no masking key for the upstream's Close");
+                    return Goodbye::Done;
+                }
+                Some(key)
+            }
+        };
+        Goodbye::Saying {
+            frame: websocket::going_away(mask),
+            sent: 0,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin + ?Sized> Side<'_, T> {
+    /// A read of the inner stream, noting when bytes came.
+    fn read_inner(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let read = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        let read = Pin::new(&mut *self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
             // Rounded up, so the deadline never falls before `idle` after the bytes came.
-            let millis = this.start.elapsed().as_nanos().div_ceil(1_000_000);
-            this.heard
+            let millis = self.start.elapsed().as_nanos().div_ceil(1_000_000);
+            self.heard
                 .store(u64::try_from(millis).unwrap_or(u64::MAX), Ordering::Relaxed);
         }
         read
     }
 }
 
-impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Heard<'_, T> {
+impl<T: AsyncRead + Unpin + ?Sized> AsyncRead for Side<'_, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if matches!(this.goodbye, Goodbye::Not) && this.due() {
+            this.goodbye = this.farewell();
+        }
+        match &mut this.goodbye {
+            Goodbye::Not => {
+                let before = buf.filled().len();
+                std::task::ready!(this.read_inner(cx, buf))?;
+                let filled = buf.filled().len();
+                let mut at = before;
+                while at < filled {
+                    at += this.frames.step(&buf.filled()[at..filled]);
+                    if this.due() {
+                        // What follows this frame is dropped; only a Close in it counts.
+                        this.frames.skip(&buf.filled()[at..filled]);
+                        buf.set_filled(at);
+                        this.goodbye = this.farewell();
+                        break;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Goodbye::Saying { frame, sent } => {
+                let n = buf.remaining().min(frame.len() - *sent);
+                buf.put_slice(&frame[*sent..*sent + n]);
+                *sent += n;
+                if *sent == frame.len() {
+                    // The sender's own Close may have come in what was dropped.
+                    this.goodbye = if this.frames.closed() {
+                        Goodbye::Done
+                    } else {
+                        Goodbye::Awaiting
+                    };
+                }
+                Poll::Ready(Ok(()))
+            }
+            Goodbye::Awaiting => {
+                for _ in 0..DROPPED_READS_PER_POLL {
+                    let before = buf.filled().len();
+                    std::task::ready!(this.read_inner(cx, buf))?;
+                    let got = buf.filled().len() - before;
+                    this.frames.skip(&buf.filled()[before..]);
+                    buf.set_filled(before);
+                    if got == 0 || this.frames.closed() {
+                        this.goodbye = Goodbye::Done;
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Goodbye::Done => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Side<'_, T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -199,12 +395,186 @@ mod tests {
         tokio::io::DuplexStream,
         tokio::task::JoinHandle<TunnelEnd>,
     ) {
+        let (client, upstream, joined, _stop) = stoppable(Vec::new(), Vec::new());
+        (client, upstream, joined)
+    }
+
+    /// The same, with `up` and `down` relayed before it began, and the token that stops it.
+    fn stoppable(
+        up: Vec<u8>,
+        down: Vec<u8>,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<TunnelEnd>,
+        tokio_util::sync::CancellationToken,
+    ) {
         let (client, mut keygate_client_side) = tokio::io::duplex(1024);
         let (upstream, mut keygate_upstream_side) = tokio::io::duplex(1024);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopping = stop.clone().cancelled_owned();
         let joined = tokio::spawn(async move {
-            join(&mut keygate_client_side, &mut keygate_upstream_side, IDLE).await
+            let relayed = Relayed {
+                up: &up,
+                down: &down,
+            };
+            join(
+                &mut keygate_client_side,
+                &mut keygate_upstream_side,
+                relayed,
+                IDLE,
+                stopping,
+            )
+            .await
         });
-        (client, upstream, joined)
+        (client, upstream, joined, stop)
+    }
+
+    /// A frame as an end sends it (a short payload): masked when a client sends it.
+    fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut out = vec![0x80 | opcode];
+        match mask {
+            Some(key) => {
+                out.push(0x80 | payload.len() as u8);
+                out.extend_from_slice(&key);
+                out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+            }
+            None => {
+                out.push(payload.len() as u8);
+                out.extend_from_slice(payload);
+            }
+        }
+        out
+    }
+
+    /// Reads one whole short frame: (first byte, masking key, unmasked payload).
+    async fn read_frame(from: &mut tokio::io::DuplexStream) -> (u8, Option<[u8; 4]>, Vec<u8>) {
+        let mut head = [0u8; 2];
+        from.read_exact(&mut head).await.unwrap();
+        assert!(head[1] & 0x7f < 126, "a short frame: {head:?}");
+        let mask = if head[1] & 0x80 != 0 {
+            let mut key = [0u8; 4];
+            from.read_exact(&mut key).await.unwrap();
+            Some(key)
+        } else {
+            None
+        };
+        let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+        from.read_exact(&mut payload).await.unwrap();
+        if let Some(key) = mask {
+            for (b, k) in payload.iter_mut().zip(key.iter().cycle()) {
+                *b ^= k;
+            }
+        }
+        (head[0], mask, payload)
+    }
+
+    /// Asserts `from` gets keygate's Close (1001), masked as `masked` says, then its end.
+    async fn assert_goodbye(from: &mut tokio::io::DuplexStream, masked: bool) {
+        let (first, mask, payload) = read_frame(from).await;
+        assert_eq!(first, 0x88, "a final Close frame");
+        assert_eq!(mask.is_some(), masked);
+        assert_eq!(payload[..2], 1001u16.to_be_bytes());
+    }
+
+    async fn assert_ended(from: &mut tokio::io::DuplexStream) {
+        let mut rest = Vec::new();
+        from.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "nothing after the Close: {rest:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopping_tells_both_ends_going_away_and_closes_once_both_answer() {
+        let (mut client, mut upstream, joined, stop) = stoppable(Vec::new(), Vec::new());
+        let text = frame(0x1, b"hi", Some([1, 2, 3, 4]));
+        client.write_all(&text).await.unwrap();
+        let mut got = vec![0u8; text.len()];
+        upstream.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, text);
+        stop.cancel();
+        assert_goodbye(&mut client, false).await;
+        assert_goodbye(&mut upstream, true).await;
+        // What either sends before its answering Close is dropped, the Close with it.
+        upstream
+            .write_all(&frame(0x1, b"late", None))
+            .await
+            .unwrap();
+        upstream
+            .write_all(&frame(0x8, &[0x03, 0xe9], None))
+            .await
+            .unwrap();
+        assert_ended(&mut client).await;
+        assert!(!joined.is_finished(), "the client has not answered");
+        client
+            .write_all(&frame(0x8, &[0x03, 0xe9], Some([7; 4])))
+            .await
+            .unwrap();
+        assert_ended(&mut upstream).await;
+        match joined.await.unwrap() {
+            TunnelEnd::WentAway { .. } => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_goodbye_waits_for_the_frame_under_way() {
+        // The client is half-way through a frame, whose first bytes (and the handshake's
+        // leftovers) were relayed before the tunnel began; the upstream is mid-frame too.
+        let big = frame(0x2, &[0xab; 100], Some([9, 8, 7, 6]));
+        let early = [frame(0x9, b"", Some([1; 4])), big[..10].to_vec()].concat();
+        let down = frame(0x1, b"server says", None);
+        let (mut client, mut upstream, joined, stop) = stoppable(early, down[..3].to_vec());
+        stop.cancel();
+        // The rest of the client's frame, and a frame after it that must not pass.
+        client.write_all(&big[10..60]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        client
+            .write_all(&[&big[60..], &frame(0x1, b"after", Some([3; 4]))[..]].concat())
+            .await
+            .unwrap();
+        let mut rest = vec![0u8; big.len() - 10];
+        upstream.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, big[10..], "the frame under way goes through whole");
+        assert_goodbye(&mut upstream, true).await;
+        // Downstream likewise: the rest of the upstream's frame, then keygate's Close, which
+        // the upstream's own answer in the same write does not follow.
+        upstream
+            .write_all(&[&down[3..], &frame(0x8, &[0x03, 0xe9], None)[..]].concat())
+            .await
+            .unwrap();
+        let mut rest = vec![0u8; down.len() - 3];
+        client.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, down[3..]);
+        assert_goodbye(&mut client, false).await;
+        assert_ended(&mut client).await;
+        client
+            .write_all(&frame(0x8, b"", Some([7; 4])))
+            .await
+            .unwrap();
+        assert_ended(&mut upstream).await;
+        assert!(matches!(joined.await.unwrap(), TunnelEnd::WentAway { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_under_way_is_not_said_twice() {
+        // The client has already said Close: the upstream gets no second one, and the client
+        // gets keygate's in place of the upstream's answer.
+        let (mut client, mut upstream, joined, stop) = stoppable(Vec::new(), Vec::new());
+        let close = frame(0x8, &[0x03, 0xe8], Some([4; 4]));
+        client.write_all(&close).await.unwrap();
+        let mut got = vec![0u8; close.len()];
+        upstream.read_exact(&mut got).await.unwrap();
+        stop.cancel();
+        assert_goodbye(&mut client, false).await;
+        upstream
+            .write_all(&frame(0x8, &[0x03, 0xe8], None))
+            .await
+            .unwrap();
+        assert_ended(&mut client).await;
+        drop(client);
+        assert_ended(&mut upstream).await;
+        assert!(matches!(joined.await.unwrap(), TunnelEnd::WentAway { .. }));
     }
 
     #[tokio::test(start_paused = true)]

@@ -428,6 +428,7 @@ where
     let service = Tracking {
         inner: service,
         activity: activity.clone(),
+        closing: serving.closing.clone(),
     };
     let conn = serving
         .builder
@@ -612,6 +613,8 @@ impl<IO: crate::batch::Batchable> crate::batch::Batchable for Rewind<IO> {
 struct Tracking<S> {
     inner: S,
     activity: Arc<Activity>,
+    /// keygate stopping, for the tunnels of `CONNECT`s ([`KeepOpen`]).
+    closing: CancellationToken,
 }
 
 impl<S, B> Service<Request<Incoming>> for Tracking<S>
@@ -628,7 +631,10 @@ where
             // Should it open a tunnel, the tunnel holds the connection open as a request in
             // flight: its response (the `200`) is sent long before the tunnel ends.
             let held = self.activity.request_started(req.version());
-            req.extensions_mut().insert(KeepOpen(Arc::new(held)));
+            req.extensions_mut().insert(KeepOpen {
+                held: Arc::new(held),
+                closing: self.closing.clone(),
+            });
         }
         let in_flight = self.activity.request_started(req.version());
         TrackedFuture {

@@ -316,9 +316,13 @@ impl<IO: Transport> Session<'_, IO> {
             response.client_keep_alive = false;
         }
         if response.switching {
-            self.down.extend_from_slice(link.buf.filled());
+            // What the upstream sent behind its `101` goes out with it.
+            let early = link.buf.filled().to_vec();
+            self.down.extend_from_slice(&early);
             link.buf.consume(link.buf.len());
-            let next = self.splice(link, forwarder.tunnel_idle_timeout()).await;
+            let next = self
+                .splice(link, &early, forwarder.tunnel_idle_timeout())
+                .await;
             return (status, next);
         }
         if self.send_down_scratch().await.is_err() {
@@ -365,20 +369,35 @@ impl<IO: Transport> Session<'_, IO> {
         (status, next)
     }
 
-    /// After a `101`: the client and the upstream are joined byte for byte until one closes,
-    /// or until nothing has moved either way for `idle` ([`tunnel`]).
-    pub(super) async fn splice(&mut self, mut link: Link, idle: Duration) -> Next {
+    /// After a `101` (in `down`, with `early`, what the upstream sent behind it): the client
+    /// and the upstream are joined byte for byte until one closes, until nothing has moved
+    /// either way for `idle`, or until keygate stops ([`tunnel`]).
+    pub(super) async fn splice(&mut self, mut link: Link, early: &[u8], idle: Duration) -> Next {
         if self.send_down_scratch().await.is_err() {
             return Next::Gone;
         }
-        let early = self.buf.take_all();
-        if !early.is_empty() && write_flush(&mut link.stream, &early).await.is_err() {
+        let up = self.buf.take_all();
+        if !up.is_empty() && write_flush(&mut link.stream, &up).await.is_err() {
             return Next::Gone;
         }
         // Between requests a vanished client is let go by the idle clock, within a response
         // by the stall clock; a quiet tunnel has neither, so the kernel watches the path.
         super::watch_client(&self.io);
-        tunnel::run(&mut self.io, &mut link.stream, idle, self.proxy.metrics()).await;
+        let relayed = tunnel::Relayed {
+            up: &up,
+            down: early,
+        };
+        let metrics = self.proxy.metrics();
+        let stopping = self.closing.wait();
+        tunnel::run(
+            &mut self.io,
+            &mut link.stream,
+            relayed,
+            idle,
+            metrics,
+            stopping,
+        )
+        .await;
         Next::Gone
     }
 

@@ -511,3 +511,114 @@ async fn a_reused_upstream_connection_closed_under_an_idempotent_request_is_retr
     };
     tokio::join!(s.serve(server), script);
 }
+
+/// A short WebSocket frame: masked as a client sends it, or not as a server does.
+fn ws_frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    match mask {
+        Some(key) => {
+            out.push(0x80 | payload.len() as u8);
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+        }
+        None => {
+            out.push(payload.len() as u8);
+            out.extend_from_slice(payload);
+        }
+    }
+    out
+}
+
+/// Reads one short frame and returns its first byte, whether it was masked, and the status
+/// of a Close (its payload's first two bytes, unmasked).
+async fn read_close(io: &mut (impl AsyncRead + Unpin)) -> (u8, bool, u16) {
+    let mut head = [0u8; 2];
+    io.read_exact(&mut head).await.unwrap();
+    let masked = head[1] & 0x80 != 0;
+    let mut key = [0u8; 4];
+    if masked {
+        io.read_exact(&mut key).await.unwrap();
+    }
+    let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+    io.read_exact(&mut payload).await.unwrap();
+    for (b, k) in payload.iter_mut().zip(key.iter().cycle()) {
+        *b ^= k;
+    }
+    (
+        head[0],
+        masked,
+        u16::from_be_bytes([payload[0], payload[1]]),
+    )
+}
+
+#[tokio::test]
+async fn shutting_down_tells_a_tunnel_going_away_after_the_frames_under_way() {
+    // Both ends are mid-frame when keygate starts stopping, and each frame began in bytes
+    // that came with a handshake (the client's behind its request, the upstream's behind its
+    // `101`), before the tunnel itself ran: its Close must still fall between frames.
+    let (upstream, s) = with_upstream().await;
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let script = async {
+        let up_frame = ws_frame(0x1, b"from the client", Some([1, 2, 3, 4]));
+        let down_frame = ws_frame(0x1, b"from the upstream", None);
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: a\r\nx-api-key: {}\r\nConnection: Upgrade\r\n\
+             Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            s.key
+        );
+        client
+            .write_all(&[request.as_bytes(), &up_frame[..4]].concat())
+            .await
+            .unwrap();
+        let (mut up, head) = upstream_head(&upstream).await;
+        assert!(head.contains("upgrade: websocket"), "{head}");
+        let switch = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\
+            Upgrade: websocket\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        up.write_all(&[&switch[..], &down_frame[..3]].concat())
+            .await
+            .unwrap();
+        let mut pending = Vec::new();
+        assert_eq!(read_answer(&mut client, &mut pending).await.status, 101);
+        let mut early = [0u8; 4];
+        up.read_exact(&mut early).await.unwrap();
+        assert_eq!(early, up_frame[..4]);
+
+        s.closing.cancel();
+        client.write_all(&up_frame[4..]).await.unwrap();
+        let mut rest = vec![0u8; up_frame.len() - 4];
+        up.read_exact(&mut rest).await.unwrap();
+        assert_eq!(rest, up_frame[4..], "the client's frame goes through whole");
+        assert_eq!(read_close(&mut up).await, (0x88, true, 1001));
+
+        up.write_all(&[&down_frame[3..], &ws_frame(0x8, &[0x03, 0xe9], None)[..]].concat())
+            .await
+            .unwrap();
+        // The upstream's frame (its first bytes came behind the `101`), then keygate's Close
+        // (1001 and its 20-byte reason).
+        while pending.len() < down_frame.len() + 24 {
+            let mut chunk = [0u8; 64];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before the upstream's frame and the Close were through"
+            );
+            pending.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(pending[..down_frame.len()], down_frame);
+        let mut after = &pending[down_frame.len()..];
+        assert_eq!(read_close(&mut after).await, (0x88, false, 1001));
+        // The upstream's answering Close is not passed on: the client has keygate's.
+        assert!(read_to_close(&mut client).await.is_empty());
+        client
+            .write_all(&ws_frame(0x8, &[0x03, 0xe9], Some([5; 4])))
+            .await
+            .unwrap();
+        assert!(read_to_close(&mut up).await.is_empty());
+    };
+    let both = async { tokio::join!(s.serve(server), script) };
+    let (served, ()) = tokio::time::timeout(Duration::from_secs(10), both)
+        .await
+        .expect("the tunnel did not close within 10 s of keygate stopping");
+    assert!(matches!(served, Served::Done));
+}
