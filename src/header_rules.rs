@@ -142,6 +142,22 @@ pub fn is_websocket(upgrade: &[u8]) -> bool {
     upgrade.trim_ascii().eq_ignore_ascii_case(b"websocket")
 }
 
+/// Whether an HTTP/1.1 request's header lines ask to switch to WebSocket: a `Connection`
+/// with `upgrade` and an `Upgrade` naming WebSocket (the last one, as keygate's own engine
+/// reads a head).
+pub fn asks_websocket<'a>(lines: impl IntoIterator<Item = (&'a [u8], &'a [u8])>) -> bool {
+    let mut options = Options::default();
+    let mut websocket = false;
+    for (line, value) in lines {
+        match name(line) {
+            Name::Connection => options.add(value, |_| {}),
+            Name::Upgrade => websocket = is_websocket(value),
+            _ => {}
+        }
+    }
+    options.upgrade && websocket
+}
+
 /// The elements of a comma-separated header value, trimmed, empty ones skipped.
 pub fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
@@ -232,6 +248,39 @@ pub fn to_client(name: Name) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_websocket_upgrade_needs_both_headers() {
+        let cases: [(&[(&str, &str)], bool); 7] = [
+            (&[("Connection", "Upgrade"), ("Upgrade", "websocket")], true),
+            (
+                &[
+                    ("connection", "keep-alive, upgrade"),
+                    ("upgrade", " WebSocket "),
+                ],
+                true,
+            ),
+            (&[("Upgrade", "websocket")], false),
+            (&[("Connection", "upgrade")], false),
+            (&[("Connection", "upgrade"), ("Upgrade", "h2c")], false),
+            (
+                &[("Connection", "x-upgrade"), ("Upgrade", "websocket")],
+                false,
+            ),
+            (
+                &[
+                    ("Connection", "upgrade"),
+                    ("Upgrade", "websocket"),
+                    ("Upgrade", "h2c"),
+                ],
+                false,
+            ),
+        ];
+        for (lines, want) in cases {
+            let lines = lines.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+            assert_eq!(asks_websocket(lines), want, "{cases:?}");
+        }
+    }
 
     #[test]
     fn names_table() {

@@ -300,7 +300,11 @@ impl Proxy {
                         }
                         Err(reject) => Err(reject),
                     }
-                } else if websocket.is_some() {
+                } else if current.forwarder.is_http2()
+                    && (websocket.is_some() || asks_websocket(&req))
+                {
+                    // Said, not stripped: the client waits for a `101` (or a `200` to its
+                    // CONNECT) that a plain GET would never bring.
                     Err(Reject::WebSocketUnsupported)
                 } else {
                     let prepared = current.forwarder.prepare(req, &origin);
@@ -861,6 +865,16 @@ fn check_sizes(head: &impl Head, server: &crate::config::Server) -> Result<(), R
         return Err(Reject::PayloadTooLarge);
     }
     Ok(())
+}
+
+/// Whether `req` is an HTTP/1.1 client's WebSocket handshake ([`header_rules::asks_websocket`]).
+fn asks_websocket<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_11
+        && header_rules::asks_websocket(
+            req.headers()
+                .iter()
+                .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+        )
 }
 
 /// [`FramingRules`] for an HTTP/1.x request hyper parsed; HTTP/2 frames its own bodies.

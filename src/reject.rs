@@ -75,8 +75,9 @@ pub enum Reject {
     },
     UpstreamUnavailable,
     UpstreamTimeout,
-    /// An HTTP/2 client asked for a WebSocket (RFC 8441) while the upstream speaks HTTP/2
-    /// (`[upstream] http2`): keygate passes WebSockets on only to an HTTP/1.1 upstream.
+    /// A client asked for a WebSocket (an HTTP/2 extended CONNECT, RFC 8441, or an HTTP/1.1
+    /// upgrade) while the upstream speaks HTTP/2 (`[upstream] http2`): keygate passes
+    /// WebSockets on only to an HTTP/1.1 upstream.
     WebSocketUnsupported,
     // The management API's own refusals (`crate::api`); the proxy path never makes them.
     /// A management request whose body or query cannot be read (malformed JSON, an unknown

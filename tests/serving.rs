@@ -856,6 +856,40 @@ async fn an_http2_websocket_opens_only_on_a_101_that_answers_keygates_key() {
     let (status, body) = h2_send(&mut sender, req).await;
     assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
     assert!(body.contains("websocket_unsupported"), "{body}");
+    // An HTTP/1.1 client's handshake gets the same answer from keygate, after its key is
+    // checked, where the upstream used to get it as a plain GET (and the echo upstream
+    // answered 200).
+    for (headers, want) in [
+        (
+            vec![("x-api-key", key.as_str())],
+            StatusCode::NOT_IMPLEMENTED,
+        ),
+        (vec![], StatusCode::UNAUTHORIZED),
+    ] {
+        let mut req = format!("ws://{}/v1/ws", kg.public)
+            .into_client_request()
+            .unwrap();
+        for (name, value) in headers {
+            req.headers_mut().insert(name, value.parse().unwrap());
+        }
+        let tcp = TcpStream::connect(kg.public).await.unwrap();
+        let handshake = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::client_async(req, tcp),
+        )
+        .await
+        .expect("no answer to the handshake");
+        match handshake {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), want);
+                let body = text(&response.body().clone().unwrap_or_default());
+                if want == StatusCode::NOT_IMPLEMENTED {
+                    assert!(body.contains("websocket_unsupported"), "{body}");
+                }
+            }
+            other => panic!("expected {want}, got {:?}", other.map(|_| ())),
+        }
+    }
 }
 
 #[tokio::test]
