@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
@@ -259,21 +259,45 @@ async fn a_browser_gets_the_hybrid_post_quantum_key_exchange() {
     }
 }
 
-/// An upstream for a browser: a WebSocket handshake gets an echo server (and its head, as
-/// received, goes to the receiver), `/hold` is answered once a message has been echoed (a
-/// page's image from it holds back the load event, at which the browser dumps the page, until
-/// the echo is in), any other request gets `html`.
+/// When a browser upstream answers `/hold`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Once a message has been echoed.
+    Echo,
+    /// Once a Close has come in from keygate.
+    Close,
+}
+
+/// What a browser upstream saw on its WebSockets.
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Echoed,
+    /// A Close, and its status.
+    Close(Option<u16>),
+}
+
+/// An upstream for a browser: a WebSocket handshake gets an echo server (its head, as
+/// received, goes to the first receiver, what it then sees to the second), `/hold` is
+/// answered when `hold` says (a page's image from it holds back the load event, at which the
+/// browser dumps the page, until then), any other request gets `html`.
 async fn page_and_websocket_upstream(
     html: &'static str,
-) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    hold: Hold,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+    tokio::sync::mpsc::UnboundedReceiver<Seen>,
+) {
     use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let echoed = Arc::new(tokio::sync::Notify::new());
+    let (seen_tx, seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (tx, echoed) = (tx.clone(), echoed.clone());
+            let (tx, seen_tx, release) = (tx.clone(), seen_tx.clone(), release.clone());
             tokio::spawn(async move {
                 // The head is peeked, not read: a handshake is read again by tungstenite.
                 let mut buf = vec![0u8; 8192];
@@ -293,11 +317,23 @@ async fn page_and_websocket_upstream(
                         return;
                     };
                     while let Some(Ok(msg)) = ws.next().await {
-                        if msg.is_text() {
-                            if ws.send(msg).await.is_err() {
-                                return;
+                        match msg {
+                            Message::Text(_) => {
+                                if ws.send(msg).await.is_err() {
+                                    return;
+                                }
+                                let _ = seen_tx.send(Seen::Echoed);
+                                if hold == Hold::Echo {
+                                    release.notify_one();
+                                }
                             }
-                            echoed.notify_one();
+                            Message::Close(frame) => {
+                                let _ = seen_tx.send(Seen::Close(frame.map(|f| f.code.into())));
+                                if hold == Hold::Close {
+                                    release.notify_one();
+                                }
+                            }
+                            _ => {}
                         }
                     }
                 } else {
@@ -305,9 +341,9 @@ async fn page_and_websocket_upstream(
                     let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await;
                     let body = if head.starts_with("GET /hold ") {
                         let _ =
-                            tokio::time::timeout(Duration::from_secs(10), echoed.notified()).await;
-                        // Time for the echo to reach the browser through keygate.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                            tokio::time::timeout(Duration::from_secs(10), release.notified()).await;
+                        // Time for the echo, or the Close, to reach the browser through keygate.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
                         "held"
                     } else {
                         html
@@ -323,7 +359,7 @@ async fn page_and_websocket_upstream(
             });
         }
     });
-    (url, rx)
+    (url, rx, seen_rx)
 }
 
 /// A real browser (headless Chromium) loads a page over HTTP/2 and opens a WebSocket on the
@@ -339,7 +375,7 @@ ws.onopen = () => ws.send("hi over h2");
 ws.onmessage = e => { show("got=" + e.data); ws.close(); };
 ws.onerror = () => show("failed");
 </script><img src="/hold"></body></html>"#;
-    let (upstream, mut handshakes) = page_and_websocket_upstream(PAGE).await;
+    let (upstream, mut handshakes, _) = page_and_websocket_upstream(PAGE, Hold::Echo).await;
     // A browser's WebSocket carries no header of the page's choosing: the paths are public.
     let (ws, _, _, _) = tls_workspace(
         &upstream,
@@ -368,6 +404,53 @@ ws.onerror = () => show("failed");
         "not an HTTP/2 client's handshake: {head}"
     );
     assert!(handshakes.try_recv().is_err(), "a second handshake: {head}");
+}
+
+/// A browser whose WebSocket (over HTTP/2) is open when keygate gets SIGTERM: keygate's Close
+/// reaches the page as a clean close with 1001, going away (not the 1006 of a dropped
+/// connection), the upstream gets one too, and keygate exits without waiting out
+/// `shutdown_timeout` for the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_is_told_going_away_when_keygate_stops() {
+    const PAGE: &str = r#"<!doctype html><html><body><pre id="result">pending</pre><script>
+const ws = new WebSocket("wss://" + location.host + "/ws");
+const show = t => { document.getElementById("result").textContent = t; };
+ws.onopen = () => ws.send("hi");
+ws.onmessage = e => show("got=" + e.data);
+ws.onclose = e => show("closed=" + e.code + " clean=" + e.wasClean + " reason=" + e.reason);
+</script><img src="/hold"></body></html>"#;
+    let (upstream, _, mut seen) = page_and_websocket_upstream(PAGE, Hold::Close).await;
+    let (ws, _, _, _) = tls_workspace(
+        &upstream,
+        "[server]\nwatch_interval = \"0s\"\ndrain_period = \"200ms\"\n\
+         shutdown_timeout = \"30s\"\n\n\
+         [auth]\nunmatched = \"deny\"\npublic_paths = [\"/page\", \"/ws\", \"/hold\"]\n",
+    );
+    let mut kg = ws.serve();
+    let url = format!("https://localhost:{}/page", kg.public.port());
+    let browser =
+        tokio::task::spawn_blocking(move || chromium(&url, &["--ignore-certificate-errors"]));
+    let echoed = tokio::time::timeout(Duration::from_secs(30), seen.recv()).await;
+    assert_eq!(
+        echoed.ok().flatten(),
+        Some(Seen::Echoed),
+        "the page's WebSocket never echoed"
+    );
+    let signalled = Instant::now();
+    kg.signal("TERM");
+    let out = browser.await.unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        dom.contains("closed=1001 clean=true reason=server shutting down"),
+        "{dom}; chromium said: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(seen.try_recv().ok(), Some(Seen::Close(Some(1001))));
+    kg.exits_cleanly_within(Duration::from_secs(10)).await;
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "held until the shutdown deadline"
+    );
 }
 
 #[tokio::test]
