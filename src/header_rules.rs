@@ -277,8 +277,8 @@ mod tests {
             ),
         ];
         for (lines, want) in cases {
-            let lines = lines.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
-            assert_eq!(asks_websocket(lines), want, "{cases:?}");
+            let bytes = lines.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+            assert_eq!(asks_websocket(bytes), want, "{lines:?}");
         }
     }
 

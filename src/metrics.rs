@@ -540,6 +540,11 @@ impl Metrics {
 
     /// The counter of one kind, for a response body that may count itself later.
     /// A tunnel opens: counted open until the guard is dropped.
+    /// WebSocket tunnels open now.
+    pub fn tunnels_open(&self) -> i64 {
+        self.tunnels_open.get()
+    }
+
     pub fn tunnel_opened(&self) -> OpenTunnel<'_> {
         self.tunnels_open.inc();
         OpenTunnel(&self.tunnels_open)

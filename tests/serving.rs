@@ -1061,6 +1061,13 @@ async fn sigterm_tells_websockets_going_away_and_exits_without_waiting_for_them(
     }
     assert_eq!(upstream_got, [Some(1001), Some(1001)]);
     kg.exits_cleanly_within(Duration::from_secs(10)).await;
+    let logs = kg.all_logs();
+    assert!(
+        logs.lines().any(
+            |l| l.contains("WebSocket tunnels told: going away") && l.contains("\"tunnels\":2")
+        ),
+        "{logs}"
+    );
     assert!(
         signalled.elapsed() < Duration::from_secs(15),
         "held until the shutdown deadline: {:?}",

@@ -556,6 +556,101 @@ mod tests {
         assert!(matches!(joined.await.unwrap(), TunnelEnd::WentAway { .. }));
     }
 
+    /// A frame of any payload length, masked.
+    fn masked_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+        let mut out = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&key);
+        out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Whatever the client's frames, the pieces they arrive in and the moment keygate
+        /// starts stopping, the upstream gets the client's first frames whole and in order,
+        /// then keygate's Close, then nothing; and all of them when the stop comes after the
+        /// last one went through.
+        #[test]
+        fn the_goodbye_falls_between_whole_frames(
+            frames in proptest::collection::vec((0usize..4, 0usize..300), 0..10),
+            cuts in proptest::collection::vec(1usize..200, 1..8),
+            stop_at in 0usize..3500,
+        ) {
+            let opcodes = [0x1, 0x2, 0x9, 0xA];
+            let frames: Vec<Vec<u8>> = frames
+                .iter()
+                .enumerate()
+                .map(|(i, &(op, len))| {
+                    let payload = vec![i as u8; if op >= 2 { len % 126 } else { len }];
+                    masked_frame(opcodes[op], &payload, [i as u8, 7, 0x80, 0xff])
+                })
+                .collect();
+            let wire = frames.concat();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let got = runtime.block_on(async {
+                let (mut client, mut upstream, _joined, stop) = stoppable(Vec::new(), Vec::new());
+                let reader = tokio::spawn(async move {
+                    let mut all = Vec::new();
+                    upstream.read_to_end(&mut all).await.unwrap();
+                    all
+                });
+                let mut written = 0;
+                for cut in cuts.iter().cycle() {
+                    if written == wire.len() {
+                        break;
+                    }
+                    let end = (written + cut).min(wire.len());
+                    if !stop.is_cancelled() && written <= stop_at && stop_at < end {
+                        client.write_all(&wire[written..stop_at]).await.unwrap();
+                        stop.cancel();
+                        written = stop_at;
+                        continue;
+                    }
+                    client.write_all(&wire[written..end]).await.unwrap();
+                    written = end;
+                    tokio::task::yield_now().await;
+                }
+                // Everything the client sent is through before a late stop.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                stop.cancel();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                drop(client);
+                reader.await.unwrap()
+            });
+            // Whole frames first: the longest run of them that `got` begins with.
+            let mut at = 0;
+            let mut whole = 0;
+            while whole < frames.len() && got[at..].starts_with(&frames[whole]) {
+                at += frames[whole].len();
+                whole += 1;
+            }
+            if stop_at >= wire.len() {
+                proptest::prop_assert_eq!(whole, frames.len(), "a late stop passes every frame");
+            }
+            let close = &got[at..];
+            proptest::prop_assert_eq!(close.len(), 2 + 4 + 22, "one Close after {} frames: {:?}", whole, close);
+            proptest::prop_assert_eq!(close[..2].to_vec(), vec![0x88, 0x80 | 22]);
+            let payload: Vec<u8> = close[6..]
+                .iter()
+                .zip(close[2..6].iter().cycle())
+                .map(|(b, k)| b ^ k)
+                .collect();
+            proptest::prop_assert_eq!(&payload[..2], &1001u16.to_be_bytes()[..]);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_close_under_way_is_not_said_twice() {
         // The client has already said Close: the upstream gets no second one, and the client

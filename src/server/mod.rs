@@ -385,6 +385,11 @@ impl Server {
         stop_accepting.cancel();
         let _ = listeners.await;
         closing.cancel();
+        let tunnels = self.metrics.tunnels_open();
+        if tunnels > 0 {
+            // Each at its next frame boundary each way (`forward::tunnel::join`).
+            tracing::info!(tunnels, "WebSocket tunnels told: going away (1001)");
+        }
         connections.close();
         let deadline = self.proxy.config().server.shutdown_timeout;
         if tokio::time::timeout(deadline, connections.wait())
