@@ -1068,15 +1068,61 @@ async fn sigterm_tells_websockets_going_away_and_exits_without_waiting_for_them(
         ),
         "{logs}"
     );
+    // Both answered: keygate did not wait for the 5 s it gives ends that do not.
     assert!(
-        signalled.elapsed() < Duration::from_secs(15),
-        "held until the shutdown deadline: {:?}",
+        signalled.elapsed() < Duration::from_millis(300) + Duration::from_secs(5),
+        "held after both ends answered: {:?}",
         signalled.elapsed()
     );
     assert!(
         closes.try_recv().is_err(),
         "a second Close reached the upstream"
     );
+}
+
+#[tokio::test]
+async fn sigterm_cuts_off_a_websocket_whose_client_does_not_answer_after_five_seconds() {
+    // A client that vanished without a reset (or just never reads): it is told going away
+    // like any other, and cut off 5 s later instead of holding keygate for its 30 s
+    // `shutdown_timeout`.
+    let (upstream, mut closes) = websocket_upstream_reporting_closes().await;
+    let ws = Workspace::new(
+        &upstream,
+        "[server]\ndrain_period = \"300ms\"\nshutdown_timeout = \"30s\"\n",
+    );
+    let (_, key) = ws.create_key(&[]);
+    let mut kg = ws.serve();
+    let mut silent = TcpStream::connect(kg.public).await.unwrap();
+    let handshake = format!(
+        "GET /v1/stream HTTP/1.1\r\nHost: a\r\nx-api-key: {key}\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    silent.write_all(handshake.as_bytes()).await.unwrap();
+    let head = read_request_head(&mut silent).await.expect("an answer");
+    let head = text(&head);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(1.0));
+
+    let signalled = Instant::now();
+    kg.signal("TERM");
+    let close = tokio::time::timeout(Duration::from_secs(5), closes.recv()).await;
+    assert_eq!(
+        close.ok().flatten(),
+        Some(Some(1001)),
+        "the upstream was told"
+    );
+    kg.exits_cleanly_within(Duration::from_secs(15)).await;
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(15),
+        "cut off after {took:?}, not 5 s after the drain"
+    );
+    // What the client would have read: keygate's Close (1001), then the end.
+    let rest = closed_within(&mut silent, Duration::from_secs(5)).await;
+    let rest = rest.expect("the connection is closed");
+    assert_eq!(rest[0], 0x88, "{rest:?}");
+    assert_eq!(rest[2..4], 1001u16.to_be_bytes(), "{rest:?}");
 }
 
 #[tokio::test]

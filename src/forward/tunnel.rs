@@ -65,6 +65,10 @@ pub fn accepts(key: &str, accept: &[u8]) -> bool {
     accept.trim_ascii() == want.as_bytes()
 }
 
+/// How long a tunnel has, once keygate starts stopping, to close: time for both ends to
+/// answer keygate's Close over any network a person uses (an answer takes one round trip).
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 /// Bytes each way that went before the tunnel began (sent by the caller): what the client
 /// sent behind its handshake, what the upstream sent behind its `101`. The tunnel reads them
 /// only to know where the frames are ([`websocket`]).
@@ -97,6 +101,9 @@ pub async fn run<C, U>(
         TunnelEnd::WentAway { up, down } => {
             tracing::debug!(up, down, "tunnel closed: keygate is stopping");
         }
+        TunnelEnd::Unanswered => {
+            tracing::debug!("tunnel cut off: keygate is stopping and the close was not answered");
+        }
         TunnelEnd::Idle(idle) => tracing::debug!(?idle, "tunnel closed: idle"),
         TunnelEnd::Failed(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
     }
@@ -109,6 +116,9 @@ pub enum TunnelEnd {
     Closed { up: u64, down: u64 },
     /// keygate was stopping: both ends were told "going away", and the tunnel closed.
     WentAway { up: u64, down: u64 },
+    /// keygate was stopping, and the tunnel had not closed [`CLOSE_WAIT`] later (a frame that
+    /// did not end, or an end that did not answer): cut off.
+    Unanswered,
     /// Nothing either way for the tunnel idle timeout.
     Idle(Duration),
     /// A read or write failed (a reset, or a dead path found by TCP keepalive).
@@ -119,7 +129,7 @@ impl TunnelEnd {
     /// How `keygate_tunnels_closed_total` counts it.
     pub fn reason(&self) -> TunnelClose {
         match self {
-            Self::Closed { .. } | Self::WentAway { .. } => TunnelClose::Closed,
+            Self::Closed { .. } | Self::WentAway { .. } | Self::Unanswered => TunnelClose::Closed,
             Self::Idle(_) => TunnelClose::Idle,
             Self::Failed(_) => TunnelClose::Error,
         }
@@ -134,9 +144,10 @@ impl TunnelEnd {
 /// sender's after that: the client gets one as from the server, the upstream one as from a
 /// client. Then each side's bytes are read and dropped until its own Close (its answer) or
 /// its end, and the direction towards the other side is shut. A direction whose sender has
-/// already sent a Close is left as it is (its close is under way). The bound: a frame that
-/// never ends, or an end that never answers, leaves the tunnel to `shutdown_timeout`, as
-/// before.
+/// already sent a Close is left as it is (its close is under way). The bound: a tunnel still
+/// open [`CLOSE_WAIT`] after `stopping` (a frame that does not end, an end that does not
+/// answer: a phone out of coverage, which TCP keepalive would take a minute to notice) is cut
+/// off, so that one dead client does not hold the process for `shutdown_timeout`.
 pub async fn join<C, U>(
     client: &mut C,
     upstream: &mut U,
@@ -173,6 +184,9 @@ where
     tokio::pin!(stopping);
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
+    // Set when `stopping` fires.
+    let close_wait = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(close_wait);
     loop {
         tokio::select! {
             copied = copy.as_mut() => {
@@ -188,6 +202,10 @@ where
             // flag.
             () = stopping.as_mut(), if !going_away.load(Ordering::Relaxed) => {
                 going_away.store(true, Ordering::Relaxed);
+                close_wait.as_mut().reset(Instant::now() + CLOSE_WAIT);
+            }
+            () = close_wait.as_mut(), if going_away.load(Ordering::Relaxed) => {
+                return TunnelEnd::Unanswered;
             }
             () = timer.as_mut() => {
                 let due = start + Duration::from_millis(heard.load(Ordering::Relaxed)) + idle;
@@ -649,6 +667,32 @@ mod tests {
                 .collect();
             proptest::prop_assert_eq!(&payload[..2], &1001u16.to_be_bytes()[..]);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_whose_ends_do_not_answer_is_cut_off_after_the_close_wait() {
+        // The client answers; the upstream is stalled in the middle of a frame, so it never
+        // even gets to its Close.
+        let down = frame(0x2, &[1; 50], None);
+        let (mut client, mut upstream, joined, stop) = stoppable(Vec::new(), down[..20].to_vec());
+        stop.cancel();
+        let stopped = Instant::now();
+        assert_goodbye(&mut upstream, true).await;
+        client
+            .write_all(&frame(0x8, b"", Some([2; 4])))
+            .await
+            .unwrap();
+        let end = joined.await.unwrap();
+        assert!(matches!(end, TunnelEnd::Unanswered), "{end:?}");
+        assert_eq!(Instant::now() - stopped, CLOSE_WAIT);
+        // Both ends see the connection end.
+        assert_ended(&mut upstream).await;
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.is_empty(),
+            "the client got {rest:?} of a frame that never ended"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,8 @@
 //!
 //! Any byte sequence reads as frames (a header's length fields say where the next one
 //! begins), so the reader keeps no error state; a nonsensical length only means the next
-//! boundary never comes, and then the tunnel ends the old way, at the shutdown deadline.
+//! boundary never comes, and then the tunnel is cut off once its close wait is over
+//! ([`super::tunnel::CLOSE_WAIT`]).
 //! What a frame says (its mask, its opcode beyond Close, its payload) is the ends' business,
 //! as are the extensions they agreed on, none of which change where a frame ends.
 
