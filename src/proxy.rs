@@ -27,7 +27,7 @@ use crate::forward::{self, ClientError, Forwarder, Origin, Prepared, ResponseBod
 use crate::guard::{Guard, Source, Verdict};
 use crate::head::Head;
 use crate::header_rules;
-use crate::keys::cache::KeyCache;
+use crate::keys::cache::{Held, KeyCache};
 use crate::keys::cached_key::CachedKey;
 use crate::keys::rotation::Due;
 use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
@@ -97,6 +97,9 @@ pub(crate) struct Audit<'a> {
     /// included; each engine renders them in place of the upstream's own.
     pub cors: Option<crate::cors::Headers>,
     pub now_secs: u64,
+    /// The key (or access token) an admitted request came with, for what outlives the
+    /// request: a WebSocket tunnel ends when it lapses ([`KeyCache::lapsed`]).
+    pub held: Option<Held>,
 }
 
 /// What the request presented, once its shape is checked.
@@ -186,6 +189,18 @@ impl Proxy {
     /// served by [`crate::wire`]) and never fails: a refusal becomes its JSON response here.
     /// An admitted HTTP/2 request to an HTTP/1.1 upstream goes over keygate's own upstream
     /// connections ([`forward::links`]), anything else through hyper's pool.
+    /// Resolves when the key `held` names lapses (never, for `None`: a public path's
+    /// request): the end of a WebSocket tunnel it opened ([`KeyCache::lapsed`]).
+    pub fn key_lapse(&self, held: Option<Held>) -> impl Future<Output = ()> + Send + 'static {
+        let keys = self.keys.clone();
+        async move {
+            match held {
+                Some(held) => keys.lapsed(held).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
     pub async fn handle(&self, mut req: Request<Incoming>, conn: &Connection) -> Response<Body> {
         let started = Instant::now();
         let current = self.current();
@@ -292,7 +307,8 @@ impl Proxy {
                                 current.forwarder.tunnel_idle_timeout(),
                                 self.metrics.clone(),
                             );
-                            tokio::spawn(async move { tunnel.run(idle, &metrics).await });
+                            let lapse = self.key_lapse(audit.held);
+                            tokio::spawn(async move { tunnel.run(idle, &metrics, lapse).await });
                             let mut response =
                                 Response::new(Either::Right(Full::new(Bytes::new())));
                             *response.headers_mut() = headers;
@@ -590,6 +606,13 @@ impl Proxy {
             });
         }
         authz::authorize(&record, claims, &facts, &policy)?;
+        audit.held = Some(Held {
+            hash,
+            token_expires: match &credential {
+                Credential::Key(_) => None,
+                Credential::Token(token) => Some(token.expires_at),
+            },
+        });
 
         // 7b. Due for rotation? It still works; its responses say by when to replace it.
         audit.rotation = config

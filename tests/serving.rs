@@ -1080,6 +1080,92 @@ async fn sigterm_tells_websockets_going_away_and_exits_without_waiting_for_them(
     );
 }
 
+/// Asserts the next thing `socket` gets is a Close saying 1008 (policy violation), then its end.
+async fn told_key_lapsed<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>, who: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let next = tokio::time::timeout(Duration::from_secs(10), socket.next())
+        .await
+        .unwrap_or_else(|_| panic!("{who}: no Close within 10 s of the revocation"));
+    match next {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(u16::from(frame.code), 1008, "{who}: {frame:?}");
+            assert_eq!(frame.reason.as_str(), "API key no longer valid", "{who}");
+        }
+        other => panic!("{who}: expected a Close, got {other:?}"),
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = socket.next().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "{who}: the tunnel did not end after the Close"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_ends_when_its_key_is_revoked_or_suspended() {
+    // A tunnel outlives the handshake that admitted it: it must not outlive its key. Key A's
+    // WebSockets (one per kind of client) end with 1008 when A is revoked; key B's, when B is
+    // suspended; key C's goes on. A key created meanwhile (a change to the store) touches none.
+    let (upstream, mut closes) = websocket_upstream_reporting_closes().await;
+    let ws = Workspace::new(&upstream, "[server]\nwatch_interval = \"0s\"\n");
+    let (a, key_a) = ws.create_key(&[]);
+    let (b, key_b) = ws.create_key(&[]);
+    let (_, key_c) = ws.create_key(&[]);
+    let kg = ws.serve();
+    let (mut a1, _) = websocket_through(&kg, &key_a).await;
+    let (mut sender, _) = h2_connection_from(&kg).await;
+    let req = extended_connect(&kg, "/v1/stream", "websocket", &[("x-api-key", &key_a)]);
+    let (mut a2, _) = websocket_over_h2(&mut sender, req).await;
+    let (mut b1, _) = websocket_through(&kg, &key_b).await;
+    let (mut c1, _) = websocket_through(&kg, &key_c).await;
+    for socket in [&mut a1, &mut b1, &mut c1] {
+        echoes(socket, "before").await;
+    }
+    echoes(&mut a2, "before").await;
+
+    ws.create_key(&[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for socket in [&mut a1, &mut b1, &mut c1] {
+        echoes(socket, "after an unrelated change").await;
+    }
+    echoes(&mut a2, "after an unrelated change").await;
+
+    assert!(ws.cli(&["keys", "revoke", &a]).status.success());
+    told_key_lapsed(&mut a1, "key A's HTTP/1.1 client").await;
+    told_key_lapsed(&mut a2, "key A's HTTP/2 client").await;
+    echoes(&mut b1, "B still").await;
+    assert!(ws.cli(&["keys", "suspend", &b]).status.success());
+    told_key_lapsed(&mut b1, "key B's client").await;
+    echoes(&mut c1, "C still").await;
+
+    let mut upstream_got = Vec::new();
+    for _ in 0..3 {
+        let close = tokio::time::timeout(Duration::from_secs(5), closes.recv())
+            .await
+            .expect("the upstream got no Close");
+        upstream_got.push(close.unwrap());
+    }
+    assert_eq!(upstream_got, [Some(1008); 3]);
+    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(1.0));
+    // Reconnecting with the revoked key is refused at the handshake, as any request.
+    let mut req = format!("ws://{}/v1/stream", kg.public)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("x-api-key", key_a.parse().unwrap());
+    let tcp = TcpStream::connect(kg.public).await.unwrap();
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        }
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+}
+
 #[tokio::test]
 async fn sigterm_cuts_off_a_websocket_whose_client_does_not_answer_after_five_seconds() {
     // A client that vanished without a reset (or just never reads): it is told going away

@@ -9,11 +9,11 @@
 //!   bytes arrive in.
 //! - `step` takes at least one byte of a non-empty slice and never more than it has.
 //! - keygate's own Close, masked with the input's first four bytes or not, reads as one whole
-//!   Close frame saying 1001.
+//!   Close frame with its status.
 
 #![no_main]
 
-use keygate::forward::websocket::{Frames, going_away};
+use keygate::forward::websocket::{Farewell, Frames, close};
 use libfuzzer_sys::fuzz_target;
 
 /// (offset of each frame's end, whether a Close had begun by then), read in `pieces`.
@@ -94,8 +94,9 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(ends(wire.chunks(1)), want, "read byte by byte");
 
     let mask = wire.get(..4).map(|m| [m[0], m[1], m[2], m[3]]);
-    for frame in [going_away(None), going_away(mask)] {
-        assert_eq!(reference(&frame), [(frame.len(), true)]);
+    for farewell in [Farewell::Shutdown, Farewell::KeyLapsed] {
+        for frame in [close(farewell, None), close(farewell, mask)] {
+            assert_eq!(reference(&frame), [(frame.len(), true)]);
         let payload: Vec<u8> = match frame[1] & 0x80 {
             0 => frame[2..].to_vec(),
             _ => frame[6..]
@@ -104,6 +105,7 @@ fuzz_target!(|data: &[u8]| {
                 .map(|(b, k)| b ^ k)
                 .collect(),
         };
-        assert_eq!(payload[..2], 1001u16.to_be_bytes());
+            assert_eq!(payload[..2], farewell.status().to_be_bytes());
+        }
     }
 });

@@ -139,7 +139,7 @@ impl OpenTunnel {
     /// Once the `200` is out: the client's stream and the link joined until either closes or
     /// nothing moves for `idle` ([`tunnel`]). What the upstream sent after its `101` goes
     /// first.
-    pub async fn run(self, idle: Duration, metrics: &Metrics) {
+    pub async fn run(self, idle: Duration, metrics: &Metrics, lapse: impl Future<Output = ()>) {
         let Self {
             mut link,
             websocket,
@@ -167,13 +167,14 @@ impl OpenTunnel {
                 None => std::future::pending().await,
             }
         };
+        let ending = tunnel::ending(stopping, lapse);
         tunnel::run(
             &mut client,
             &mut link.stream,
             relayed,
             idle,
             metrics,
-            stopping,
+            ending,
         )
         .await;
     }

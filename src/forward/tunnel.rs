@@ -22,14 +22,15 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
-use super::websocket;
+use super::websocket::{self, Farewell};
 use crate::metrics::{Metrics, TunnelClose};
 
 /// What an HTTP/2 stream's tunnel needs from its connection (`server::conn` puts one on each
@@ -65,7 +66,7 @@ pub fn accepts(key: &str, accept: &[u8]) -> bool {
     accept.trim_ascii() == want.as_bytes()
 }
 
-/// How long a tunnel has, once keygate starts stopping, to close: time for both ends to
+/// How long a tunnel has, once keygate decides to end it, to close: time for both ends to
 /// answer keygate's Close over any network a person uses (an answer takes one round trip).
 pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -79,33 +80,49 @@ pub struct Relayed<'a> {
 }
 
 /// A tunnel from open to close, as `keygate_tunnels_open` and `keygate_tunnels_closed_total`
-/// count it (module doc for the clock). When `stopping` resolves (keygate begins closing
-/// connections), both ends are told "going away" ([`join`]).
+/// count it (module doc for the clock). When `ending` resolves (keygate begins closing
+/// connections, or the tunnel's key stops admitting), both ends are told why ([`join`]).
 pub async fn run<C, U>(
     client: &mut C,
     upstream: &mut U,
     relayed: Relayed<'_>,
     idle: Duration,
     metrics: &Metrics,
-    stopping: impl Future<Output = ()>,
+    ending: impl Future<Output = Farewell>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     U: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let open = metrics.tunnel_opened();
-    let end = join(client, upstream, relayed, idle, stopping).await;
+    let end = join(client, upstream, relayed, idle, ending).await;
     drop(open);
     metrics.tunnel_closed(end.reason());
     match end {
         TunnelEnd::Closed { up, down } => tracing::debug!(up, down, "tunnel closed"),
-        TunnelEnd::WentAway { up, down } => {
-            tracing::debug!(up, down, "tunnel closed: keygate is stopping");
+        TunnelEnd::WentAway { farewell, up, down } => {
+            tracing::debug!(?farewell, up, down, "tunnel closed by keygate");
         }
-        TunnelEnd::Unanswered => {
-            tracing::debug!("tunnel cut off: keygate is stopping and the close was not answered");
+        TunnelEnd::Unanswered(farewell) => {
+            tracing::debug!(
+                ?farewell,
+                "tunnel cut off: keygate's close was not answered"
+            );
         }
         TunnelEnd::Idle(idle) => tracing::debug!(?idle, "tunnel closed: idle"),
         TunnelEnd::Failed(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+    }
+}
+
+/// What ends a tunnel from outside, and why: `stopping` (keygate begins closing connections)
+/// or `lapse` (the key it was opened with stops admitting), whichever comes first.
+pub async fn ending(
+    stopping: impl Future<Output = ()>,
+    lapse: impl Future<Output = ()>,
+) -> Farewell {
+    tokio::select! {
+        biased;
+        () = stopping => Farewell::Shutdown,
+        () = lapse => Farewell::KeyLapsed,
     }
 }
 
@@ -114,11 +131,15 @@ pub async fn run<C, U>(
 pub enum TunnelEnd {
     /// One side closed; the bytes each way.
     Closed { up: u64, down: u64 },
-    /// keygate was stopping: both ends were told "going away", and the tunnel closed.
-    WentAway { up: u64, down: u64 },
-    /// keygate was stopping, and the tunnel had not closed [`CLOSE_WAIT`] later (a frame that
-    /// did not end, or an end that did not answer): cut off.
-    Unanswered,
+    /// keygate ended it (stopping, or its key lapsed): both ends were told, and closed.
+    WentAway {
+        farewell: Farewell,
+        up: u64,
+        down: u64,
+    },
+    /// keygate ended it, and it had not closed [`CLOSE_WAIT`] later (a frame that did not
+    /// end, or an end that did not answer): cut off.
+    Unanswered(Farewell),
     /// Nothing either way for the tunnel idle timeout.
     Idle(Duration),
     /// A read or write failed (a reset, or a dead path found by TCP keepalive).
@@ -129,7 +150,9 @@ impl TunnelEnd {
     /// How `keygate_tunnels_closed_total` counts it.
     pub fn reason(&self) -> TunnelClose {
         match self {
-            Self::Closed { .. } | Self::WentAway { .. } | Self::Unanswered => TunnelClose::Closed,
+            Self::Closed { .. } | Self::WentAway { .. } | Self::Unanswered(_) => {
+                TunnelClose::Closed
+            }
             Self::Idle(_) => TunnelClose::Idle,
             Self::Failed(_) => TunnelClose::Error,
         }
@@ -139,13 +162,13 @@ impl TunnelEnd {
 /// Copies between `client` and `upstream` until one side closes, an I/O error, or no byte has
 /// moved either way for `idle`.
 ///
-/// Once `stopping` resolves, each direction, at its next frame boundary, carries a Close
-/// (1001, going away) that keygate writes ([`websocket::going_away`]), and nothing of its
-/// sender's after that: the client gets one as from the server, the upstream one as from a
+/// Once `ending` resolves, each direction, at its next frame boundary, carries a Close that
+/// keygate writes, saying why ([`websocket::close`]: 1001 going away when keygate stops, 1008
+/// when the key lapsed), and nothing of its sender's after that: the client gets one as from the server, the upstream one as from a
 /// client. Then each side's bytes are read and dropped until its own Close (its answer) or
 /// its end, and the direction towards the other side is shut. A direction whose sender has
 /// already sent a Close is left as it is (its close is under way). The bound: a tunnel still
-/// open [`CLOSE_WAIT`] after `stopping` (a frame that does not end, an end that does not
+/// open [`CLOSE_WAIT`] after `ending` (a frame that does not end, an end that does not
 /// answer: a phone out of coverage, which TCP keepalive would take a minute to notice) is cut
 /// off, so that one dead client does not hold the process for `shutdown_timeout`.
 pub async fn join<C, U>(
@@ -153,7 +176,7 @@ pub async fn join<C, U>(
     upstream: &mut U,
     relayed: Relayed<'_>,
     idle: Duration,
-    stopping: impl Future<Output = ()>,
+    ending: impl Future<Output = Farewell>,
 ) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -162,7 +185,7 @@ where
     let start = Instant::now();
     // Milliseconds from `start` to the last read that brought bytes, from either side.
     let heard = AtomicU64::new(0);
-    let going_away = AtomicBool::new(false);
+    let going_away = OnceLock::new();
     let mut client = Side::new(
         client,
         Toward::Upstream,
@@ -181,18 +204,20 @@ where
     );
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);
-    tokio::pin!(stopping);
+    tokio::pin!(ending);
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
-    // Set when `stopping` fires.
+    // Why keygate ends the tunnel, once `ending` fires (the sides read `going_away`); and
+    // by when it must have closed.
+    let mut ended = None;
     let close_wait = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(close_wait);
     loop {
         tokio::select! {
             copied = copy.as_mut() => {
                 return match copied {
-                    Ok((up, down)) if going_away.load(Ordering::Relaxed) => {
-                        TunnelEnd::WentAway { up, down }
+                    Ok((up, down)) if let Some(farewell) = ended => {
+                        TunnelEnd::WentAway { farewell, up, down }
                     }
                     Ok((up, down)) => TunnelEnd::Closed { up, down },
                     Err(e) => TunnelEnd::Failed(e),
@@ -200,12 +225,15 @@ where
             }
             // The next turn of the loop polls the copy again, and each side's read sees the
             // flag.
-            () = stopping.as_mut(), if !going_away.load(Ordering::Relaxed) => {
-                going_away.store(true, Ordering::Relaxed);
+            farewell = ending.as_mut(), if ended.is_none() => {
+                ended = Some(farewell);
+                let _ = going_away.set(farewell);
                 close_wait.as_mut().reset(Instant::now() + CLOSE_WAIT);
             }
-            () = close_wait.as_mut(), if going_away.load(Ordering::Relaxed) => {
-                return TunnelEnd::Unanswered;
+            () = close_wait.as_mut(), if ended.is_some() => {
+                if let Some(farewell) = ended {
+                    return TunnelEnd::Unanswered(farewell);
+                }
             }
             () = timer.as_mut() => {
                 let due = start + Duration::from_millis(heard.load(Ordering::Relaxed)) + idle;
@@ -249,7 +277,8 @@ struct Side<'a, T: ?Sized> {
     goodbye: Goodbye,
     start: Instant,
     heard: &'a AtomicU64,
-    going_away: &'a AtomicBool,
+    /// Set once keygate ends the tunnel, with why.
+    going_away: &'a OnceLock<Farewell>,
 }
 
 /// Reads a side makes in one poll while dropping bytes, before it lets other tasks run.
@@ -262,7 +291,7 @@ impl<'a, T: ?Sized> Side<'a, T> {
         relayed: &[u8],
         start: Instant,
         heard: &'a AtomicU64,
-        going_away: &'a AtomicBool,
+        going_away: &'a OnceLock<Farewell>,
     ) -> Self {
         let mut frames = websocket::Frames::default();
         frames.skip(relayed);
@@ -279,14 +308,15 @@ impl<'a, T: ?Sized> Side<'a, T> {
 
     /// Whether this direction should carry keygate's Close now.
     fn due(&self) -> bool {
-        self.going_away.load(Ordering::Relaxed)
-            && !self.frames.closed()
-            && self.frames.at_boundary()
+        self.going_away.get().is_some() && !self.frames.closed() && self.frames.at_boundary()
     }
 
-    /// keygate's Close for this direction; `None` if no masking key could be had, and then
-    /// the direction just ends.
+    /// keygate's Close for this direction, once [`Self::due`]; if no masking key could be
+    /// had, the direction just ends.
     fn farewell(&self) -> Goodbye {
+        let Some(&farewell) = self.going_away.get() else {
+            return Goodbye::Not;
+        };
         let mask = match self.toward {
             Toward::Client => None,
             Toward::Upstream => {
@@ -299,7 +329,7 @@ impl<'a, T: ?Sized> Side<'a, T> {
             }
         };
         Goodbye::Saying {
-            frame: websocket::going_away(mask),
+            frame: websocket::close(farewell, mask),
             sent: 0,
         }
     }
@@ -430,7 +460,11 @@ mod tests {
         let (client, mut keygate_client_side) = tokio::io::duplex(1024);
         let (upstream, mut keygate_upstream_side) = tokio::io::duplex(1024);
         let stop = tokio_util::sync::CancellationToken::new();
-        let stopping = stop.clone().cancelled_owned();
+        let stopped = stop.clone();
+        let stopping = async move {
+            stopped.cancelled().await;
+            Farewell::Shutdown
+        };
         let joined = tokio::spawn(async move {
             let relayed = Relayed {
                 up: &up,
@@ -683,7 +717,10 @@ mod tests {
             .await
             .unwrap();
         let end = joined.await.unwrap();
-        assert!(matches!(end, TunnelEnd::Unanswered), "{end:?}");
+        assert!(
+            matches!(end, TunnelEnd::Unanswered(Farewell::Shutdown)),
+            "{end:?}"
+        );
         assert_eq!(Instant::now() - stopped, CLOSE_WAIT);
         // Both ends see the connection end.
         assert_ended(&mut upstream).await;

@@ -1,12 +1,12 @@
 //! WebSocket framing (RFC 6455 §5.2), as much of it as a tunnel reads: where each frame ends,
-//! whether a Close has gone by, and the Close keygate says when it shuts down.
+//! whether a Close has gone by, and the Close keygate says when it ends a tunnel itself.
 //!
 //! A tunnel relays bytes, not messages, and never changes them while it runs. It follows the
-//! frames only so that, when keygate stops, it can tell both ends "going away" (status 1001,
-//! RFC 6455 §7.4.1) between two frames instead of cutting the connection: a browser then
-//! sees a clean close with a status it can act on (reconnect, to another instance), not the
-//! abnormal 1006 of a dropped connection, and the process need not wait out
-//! `shutdown_timeout` for tunnels that would otherwise live for hours.
+//! frames only so that, when keygate stops or the tunnel's key stops admitting ([`Farewell`]),
+//! it can tell both ends so between two frames instead of cutting the connection: a browser
+//! then sees a clean close with a status it can act on (1001: reconnect, to another instance;
+//! 1008: not with this key), not the abnormal 1006 of a dropped connection, and the process
+//! need not wait out `shutdown_timeout` for tunnels that would otherwise live for hours.
 //!
 //! Any byte sequence reads as frames (a header's length fields say where the next one
 //! begins), so the reader keeps no error state; a nonsensical length only means the next
@@ -104,16 +104,42 @@ fn parse_head(head: &[u8]) -> Option<(u8, u64)> {
     Some((first & 0x0f, payload))
 }
 
-/// What keygate's Close says after its status.
-const GOING_AWAY_REASON: &[u8] = b"server shutting down";
+/// Why keygate closes a tunnel itself, which its Close says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Farewell {
+    /// keygate is stopping: 1001, going away (RFC 6455 §7.4.1); the client may reconnect,
+    /// to another instance.
+    Shutdown,
+    /// The key the tunnel was admitted with was revoked, suspended, deleted or has expired:
+    /// 1008, policy violation; reconnecting with it will be refused.
+    KeyLapsed,
+}
 
-/// A Close frame with status 1001, going away. `mask`: the masking key a client's frame must
-/// carry (RFC 6455 §5.3: towards the upstream, keygate speaks as the client); `None` for a
-/// frame to the client, which a server sends unmasked.
-pub fn going_away(mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(2 + GOING_AWAY_REASON.len());
-    payload.extend_from_slice(&1001u16.to_be_bytes());
-    payload.extend_from_slice(GOING_AWAY_REASON);
+impl Farewell {
+    pub fn status(self) -> u16 {
+        match self {
+            Self::Shutdown => 1001,
+            Self::KeyLapsed => 1008,
+        }
+    }
+
+    /// The Close's reason text: what happened, never which key.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Shutdown => "server shutting down",
+            Self::KeyLapsed => "API key no longer valid",
+        }
+    }
+}
+
+/// keygate's Close frame for `farewell`. `mask`: the masking key a client's frame must carry
+/// (RFC 6455 §5.3: towards the upstream, keygate speaks as the client); `None` for a frame to
+/// the client, which a server sends unmasked.
+pub fn close(farewell: Farewell, mask: Option<[u8; 4]>) -> Vec<u8> {
+    let reason = farewell.reason().as_bytes();
+    let mut payload = Vec::with_capacity(2 + reason.len());
+    payload.extend_from_slice(&farewell.status().to_be_bytes());
+    payload.extend_from_slice(reason);
     // A control frame's payload fits the 7-bit length (at most 125).
     let len = payload.len() as u8;
     let mut frame = vec![0x80 | CLOSE];
@@ -249,29 +275,34 @@ mod tests {
     }
 
     #[test]
-    fn going_away_says_1001_masked_or_not() {
-        let plain = going_away(None);
-        assert_eq!(plain[..2], [0x88, 2 + GOING_AWAY_REASON.len() as u8]);
-        assert_eq!(plain[2..4], [0x03, 0xe9], "1001");
-        assert_eq!(&plain[4..], GOING_AWAY_REASON);
-        let key = [0xa5, 0x5a, 0x0f, 0xf0];
-        let masked = going_away(Some(key));
-        assert_eq!(
-            masked[..2],
-            [0x88, 0x80 | (2 + GOING_AWAY_REASON.len() as u8)]
-        );
-        assert_eq!(masked[2..6], key);
-        let unmasked: Vec<u8> = masked[6..]
-            .iter()
-            .zip(key.iter().cycle())
-            .map(|(b, k)| b ^ k)
-            .collect();
-        assert_eq!(unmasked, plain[2..]);
-        // Each is one whole Close frame to a reader of frames.
-        for f in [plain, masked] {
-            let mut frames = Frames::default();
-            assert_eq!(frames.step(&f), f.len());
-            assert!(frames.at_boundary() && frames.closed());
+    fn keygate_s_close_says_why_masked_or_not() {
+        for farewell in [Farewell::Shutdown, Farewell::KeyLapsed] {
+            let reason = farewell.reason().as_bytes();
+            assert!(2 + reason.len() <= 125, "a control frame's payload");
+            let plain = close(farewell, None);
+            assert_eq!(plain[..2], [0x88, 2 + reason.len() as u8]);
+            assert_eq!(plain[2..4], farewell.status().to_be_bytes());
+            assert_eq!(&plain[4..], reason);
+            let key = [0xa5, 0x5a, 0x0f, 0xf0];
+            let masked = close(farewell, Some(key));
+            assert_eq!(masked[..2], [0x88, 0x80 | (2 + reason.len() as u8)]);
+            assert_eq!(masked[2..6], key);
+            let unmasked: Vec<u8> = masked[6..]
+                .iter()
+                .zip(key.iter().cycle())
+                .map(|(b, k)| b ^ k)
+                .collect();
+            assert_eq!(unmasked, plain[2..]);
+            // Each is one whole Close frame to a reader of frames.
+            for f in [plain, masked] {
+                let mut frames = Frames::default();
+                assert_eq!(frames.step(&f), f.len());
+                assert!(frames.at_boundary() && frames.closed());
+            }
         }
+        assert_eq!(
+            (Farewell::Shutdown.status(), Farewell::KeyLapsed.status()),
+            (1001, 1008)
+        );
     }
 }

@@ -105,6 +105,9 @@ pub struct KeyCache {
     pool: Pool,
     inflight: Mutex<HashMap<KeyHash, watch::Receiver<Option<Fetched>>>>,
     generation: AtomicU64,
+    /// Woken at each invalidation: what holds a key past its request (a WebSocket tunnel)
+    /// looks at it again ([`KeyCache::lapsed`]).
+    changed: tokio::sync::Notify,
     /// When the change feed last confirmed it was up to date, as ns since `born` (0: never).
     confirmed_ns: AtomicU64,
     /// The feed could not check since its last confirmation: it vouches for nothing.
@@ -117,6 +120,15 @@ pub struct KeyCache {
     /// task started a moment before, instead of finding nothing to take and letting the
     /// process exit under it.
     flushing: tokio::sync::Mutex<()>,
+}
+
+/// The key an admitted request's long-lived exchange (a WebSocket tunnel) was admitted with,
+/// for [`KeyCache::lapsed`].
+#[derive(Clone, Copy)]
+pub struct Held {
+    pub hash: KeyHash,
+    /// When the access token it came as runs out (`None`: a key itself).
+    pub token_expires: Option<SystemTime>,
 }
 
 impl KeyCache {
@@ -136,6 +148,7 @@ impl KeyCache {
             pool: Pool::default(),
             inflight: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
             confirmed_ns: AtomicU64::new(0),
             doubt: AtomicBool::new(false),
             born: Instant::now(),
@@ -270,6 +283,48 @@ impl KeyCache {
                 self.entries.clear();
             }
             Invalidation::UpToDate | Invalidation::Doubt => {}
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once the key `held` names no longer admits anything: revoked, suspended,
+    /// deleted, or past its expiry (or its access token's). For what outlives the request that
+    /// admitted it: a WebSocket tunnel ends on this, where an auth proxy that checks only the
+    /// handshake would keep a revoked key's tunnel open for hours.
+    ///
+    /// Looks again at each invalidation (a revocation reaches every sidecar's cache through
+    /// the change feed: bound in README), and not otherwise: no clock per tunnel. A store
+    /// that cannot be asked keeps the tunnel (as a cached key keeps serving requests).
+    pub async fn lapsed(self: Arc<Self>, held: Held) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the look, so a change during it is not missed.
+            changed.as_mut().enable();
+            let expires = match self.lookup(held.hash).await {
+                Ok(Some(key)) if key.status == crate::vocab::Status::Active => {
+                    match (key.expires_at(), held.token_expires) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                }
+                Ok(_) => return,
+                Err(_) => held.token_expires,
+            };
+            let left = expires.map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
+            if left == Some(Duration::ZERO) {
+                return;
+            }
+            let expiry = async {
+                match left {
+                    Some(left) => tokio::time::sleep(left).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = changed => {}
+                () = expiry => return,
+            }
         }
     }
 

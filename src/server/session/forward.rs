@@ -17,6 +17,7 @@ use crate::forward::failure::{Failure, report_silence};
 use crate::forward::silence::{self, Quiet};
 use crate::forward::tunnel;
 use crate::forward::upstream::{Destination, Link, Stream};
+use crate::keys::cache::Held;
 use crate::keys::rotation::Due;
 use crate::metrics::{Decision, Outcome};
 use crate::proxy::Audit;
@@ -168,7 +169,7 @@ impl<IO: Transport> Session<'_, IO> {
             };
             return self.refuse(reject, audit, facts, body).await;
         }
-        self.relay(link, response, body, request_done, forwarder)
+        self.relay(link, response, body, request_done, forwarder, audit.held)
             .await
     }
 
@@ -303,6 +304,7 @@ impl<IO: Transport> Session<'_, IO> {
         mut decoder: Decoder,
         request_done: bool,
         forwarder: &Forwarder,
+        held: Option<Held>,
     ) -> (Outcome, Next) {
         let status = Outcome {
             status: response.status,
@@ -321,7 +323,7 @@ impl<IO: Transport> Session<'_, IO> {
             self.down.extend_from_slice(&early);
             link.buf.consume(link.buf.len());
             let next = self
-                .splice(link, &early, forwarder.tunnel_idle_timeout())
+                .splice(link, &early, forwarder.tunnel_idle_timeout(), held)
                 .await;
             return (status, next);
         }
@@ -371,8 +373,14 @@ impl<IO: Transport> Session<'_, IO> {
 
     /// After a `101` (in `down`, with `early`, what the upstream sent behind it): the client
     /// and the upstream are joined byte for byte until one closes, until nothing has moved
-    /// either way for `idle`, or until keygate stops ([`tunnel`]).
-    pub(super) async fn splice(&mut self, mut link: Link, early: &[u8], idle: Duration) -> Next {
+    /// either way for `idle`, or until keygate stops or the key `held` lapses ([`tunnel`]).
+    pub(super) async fn splice(
+        &mut self,
+        mut link: Link,
+        early: &[u8],
+        idle: Duration,
+        held: Option<Held>,
+    ) -> Next {
         if self.send_down_scratch().await.is_err() {
             return Next::Gone;
         }
@@ -388,14 +396,14 @@ impl<IO: Transport> Session<'_, IO> {
             down: early,
         };
         let metrics = self.proxy.metrics();
-        let stopping = self.closing.wait();
+        let ending = tunnel::ending(self.closing.wait(), self.proxy.key_lapse(held));
         tunnel::run(
             &mut self.io,
             &mut link.stream,
             relayed,
             idle,
             metrics,
-            stopping,
+            ending,
         )
         .await;
         Next::Gone
