@@ -130,6 +130,64 @@ async fn revocation_reaches_three_sidecars_within_a_second() {
 }
 
 #[tokio::test]
+async fn a_revocation_closes_the_key_s_websockets_on_every_sidecar() {
+    // A WebSocket admitted by each of two sidecars, one key: revoking it anywhere ends both
+    // tunnels (1008, keygate's Close to both ends), as it refuses the key's next request.
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let redis = RedisServer::start();
+    let (upstream, mut closes) = websocket_upstream_reporting_closes().await;
+    let ws = Workspace::redis(&upstream, &redis.url(), "");
+    let (id, key) = ws.create_key(&[]);
+    let sidecars: Vec<Keygate> = (0..2).map(|_| ws.serve()).collect();
+    let mut sockets = Vec::new();
+    for kg in &sidecars {
+        kg.first_poll().await;
+        let mut req = format!("ws://{}/v1/stream", kg.public)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert("x-api-key", key.parse().unwrap());
+        let (mut socket, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(req),
+        )
+        .await
+        .unwrap()
+        .expect("a WebSocket through the sidecar");
+        socket.send(Message::text("hello")).await.unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+        assert!(
+            matches!(echoed, Ok(Some(Ok(Message::Text(_))))),
+            "{echoed:?}"
+        );
+        sockets.push(socket);
+    }
+
+    let started = Instant::now();
+    let out = ws.cli(&["keys", "revoke", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for (n, socket) in sockets.iter_mut().enumerate() {
+        let next = tokio::time::timeout(Duration::from_secs(5), socket.next())
+            .await
+            .unwrap_or_else(|_| panic!("sidecar {n}: no Close within 5 s of the revocation"));
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1008),
+            other => panic!("sidecar {n}: expected a Close, got {other:?}"),
+        }
+    }
+    eprintln!(
+        "the revoked key's WebSockets closed on both sidecars {:?} after the CLI started",
+        started.elapsed()
+    );
+    for _ in 0..2 {
+        let close = tokio::time::timeout(Duration::from_secs(5), closes.recv()).await;
+        assert_eq!(close.ok().flatten(), Some(Some(1008)), "the upstream's end");
+    }
+}
+
+#[tokio::test]
 async fn a_killed_pubsub_connection_still_loses_no_revocation() {
     let redis = RedisServer::start();
     let up = Upstream::start().await;

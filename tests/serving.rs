@@ -972,36 +972,6 @@ async fn sigterm_under_load_fails_no_request_and_exits_in_time() {
     );
 }
 
-/// A WebSocket echo upstream that reports the status of each Close it receives.
-async fn websocket_upstream_reporting_closes()
--> (String, tokio::sync::mpsc::UnboundedReceiver<Option<u16>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    match msg {
-                        Message::Close(frame) => {
-                            let _ = tx.send(frame.map(|f| u16::from(f.code)));
-                        }
-                        msg if msg.is_text() => {
-                            let _ = ws.send(msg).await;
-                        }
-                        _ => {}
-                    }
-                }
-            });
-        }
-    });
-    (url, rx)
-}
-
 /// Asserts the next thing `socket` gets is a Close saying 1001 (going away), then its end.
 async fn told_going_away<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>, who: &str)
 where

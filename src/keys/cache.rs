@@ -567,6 +567,85 @@ mod tests {
         store.reads.load(Ordering::SeqCst)
     }
 
+    /// Lets every task run until each waits on something.
+    async fn settle() {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_key_lapses_when_it_is_revoked_and_not_on_other_changes() {
+        let (store, cache, hash) = setup(short());
+        let held = Held {
+            hash,
+            token_expires: None,
+        };
+        let lapsed = tokio::spawn(cache.clone().lapsed(held));
+        settle().await;
+        // Another key's change, and a flush of everything: looked at again, still active.
+        cache.invalidate(Invalidation::Key(KeyHash::of("another")));
+        cache.invalidate(Invalidation::All);
+        settle().await;
+        assert!(!lapsed.is_finished());
+        // The store cannot be asked: an open tunnel is kept, as cached keys keep serving.
+        store.down.store(true, Ordering::SeqCst);
+        cache.invalidate(Invalidation::Key(hash));
+        settle().await;
+        assert!(!lapsed.is_finished());
+        store.down.store(false, Ordering::SeqCst);
+        for status in [Status::Suspended, Status::Revoked] {
+            store.records.lock().unwrap().insert(hash, record(status));
+            let lapsed = tokio::spawn(cache.clone().lapsed(held));
+            settle().await;
+            assert!(lapsed.is_finished(), "{status:?}: already not active");
+        }
+        cache.invalidate(Invalidation::Key(hash));
+        tokio::time::timeout(Duration::from_secs(1), lapsed)
+            .await
+            .expect("revoked: lapsed")
+            .unwrap();
+        // Deleted: as dead.
+        store.records.lock().unwrap().remove(&hash);
+        cache.invalidate(Invalidation::Key(hash));
+        let gone = tokio::spawn(cache.clone().lapsed(held));
+        settle().await;
+        assert!(gone.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_key_lapses_at_its_expiry_or_its_token_s() {
+        let (store, cache, hash) = setup(short());
+        let hour = Duration::from_secs(3600);
+        let expiring = KeyRecord {
+            expires_at: Some(SystemTime::now() + hour),
+            ..KeyRecord::for_tests()
+        };
+        store
+            .records
+            .lock()
+            .unwrap()
+            .insert(hash, Arc::new(expiring));
+        for (token_expires, lasts) in [
+            (None, hour),
+            (Some(SystemTime::now() + hour / 2), hour / 2),
+            (Some(SystemTime::now() + hour * 2), hour),
+        ] {
+            let started = tokio::time::Instant::now();
+            let held = Held {
+                hash,
+                token_expires,
+            };
+            cache.clone().lapsed(held).await;
+            let took = started.elapsed();
+            // SystemTime moves on while the test runs; tokio's paused clock does not.
+            assert!(
+                took <= lasts && took + Duration::from_secs(5) > lasts,
+                "{took:?}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_hit_costs_no_read() {
         let (store, cache, hash) = setup(CacheConfig::default());

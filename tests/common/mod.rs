@@ -622,3 +622,33 @@ pub fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     std::fs::write(&paths.2, server_key.serialize_pem()).unwrap();
     paths
 }
+
+/// A WebSocket echo upstream that reports the status of each Close it receives.
+pub async fn websocket_upstream_reporting_closes()
+-> (String, tokio::sync::mpsc::UnboundedReceiver<Option<u16>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = futures_util::StreamExt::next(&mut ws).await {
+                    match msg {
+                        tokio_tungstenite::tungstenite::Message::Close(frame) => {
+                            let _ = tx.send(frame.map(|f| u16::from(f.code)));
+                        }
+                        msg if msg.is_text() => {
+                            let _ = futures_util::SinkExt::send(&mut ws, msg).await;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+    });
+    (url, rx)
+}
