@@ -55,7 +55,8 @@
 //!   goes silent mid-body; [`forward::tunnel`] a WebSocket tunnel (after a `101`, or after an
 //!   HTTP/2 client's extended CONNECT, which [`forward::links`] sends upstream as an HTTP/1.1
 //!   handshake) and the clock that closes it once nothing moves; [`forward::websocket`] where
-//!   its frames end, so that a stopping keygate says "going away" between two of them.
+//!   its frames end, so that keygate can close it between two of them, saying why (stopping,
+//!   or its key lapsed: [`keys::cache::KeyCache::lapsed`]).
 //! - [`batch`]: the writes of one event-loop turn, both directions (request heads to
 //!   upstreams; responses to HTTP/1.1, HTTP/2 and TLS clients), sent in one io_uring
 //!   submission, or one Linux AIO `io_submit` where io_uring is refused; its

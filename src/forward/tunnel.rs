@@ -1,6 +1,7 @@
 //! A WebSocket tunnel after a `101`: the client and the upstream joined byte for byte until
 //! one closes, until neither has sent a byte for `[upstream] tunnel_idle_timeout`, or until
-//! keygate stops, when both ends are told "going away" between two frames ([`join`]).
+//! keygate ends it (it is stopping, or the key the tunnel was admitted with lapsed), telling
+//! both ends why between two frames ([`join`]).
 //!
 //! A quiet tunnel is legitimate (a chat nobody writes in), so a tunnel gets no clock on the
 //! gap between two pieces the way a response body does ([`super::silence`]). What it gets is
