@@ -27,7 +27,7 @@ use crate::forward::{self, ClientError, Forwarder, Origin, Prepared, ResponseBod
 use crate::guard::{Guard, Source, Verdict};
 use crate::head::Head;
 use crate::header_rules;
-use crate::keys::cache::{Held, KeyCache};
+use crate::keys::cache::KeyCache;
 use crate::keys::cached_key::CachedKey;
 use crate::keys::rotation::Due;
 use crate::limits::{self, Limited, Limiter, SharedSettings, WindowState};
@@ -97,9 +97,53 @@ pub(crate) struct Audit<'a> {
     /// included; each engine renders them in place of the upstream's own.
     pub cors: Option<crate::cors::Headers>,
     pub now_secs: u64,
-    /// The key (or access token) an admitted request came with, for what outlives the
-    /// request: a WebSocket tunnel ends when it lapses ([`KeyCache::lapsed`]).
-    pub held: Option<Held>,
+    /// Set by the engine before admission: the request asks for a WebSocket, which outlives
+    /// it; then admission keeps what it checked ([`Audit::held`]).
+    pub tunnel: bool,
+    /// For a tunnel: what its request was admitted on, to check again while it lives.
+    pub held: Option<Box<Admitted>>,
+}
+
+/// What a WebSocket's request was admitted on: while the tunnel lives, the same authorization
+/// runs again whenever the key may have changed ([`KeyCache::lapsed`]), against the key as it
+/// is then, under the config the request was admitted with (a reload applies to tunnels opened
+/// after it, as to any request in flight).
+#[derive(Clone)]
+pub(crate) struct Admitted {
+    hash: KeyHash,
+    /// When the access token the key came as runs out.
+    token_expires: Option<SystemTime>,
+    claims: KeyClaims,
+    /// Normalized, as the rules matched it.
+    path: String,
+    client_ip: std::net::IpAddr,
+    via: HeaderSet,
+    narrowed: Vec<String>,
+    config: Arc<Config>,
+}
+
+impl Admitted {
+    /// Whether `record` still admits the request (status, expiry, IP allowlist, scopes, ...).
+    fn admits(&self, record: &CachedKey) -> bool {
+        let facts = RequestFacts {
+            method: &http::Method::GET,
+            path: &self.path,
+            client_ip: self.client_ip,
+            now: SystemTime::now(),
+            via: self.via,
+            narrowed: &self.narrowed,
+        };
+        authz::authorize(record, self.claims, &facts, &policy(&self.config)).is_ok()
+    }
+}
+
+/// The configured rules a key is held to.
+fn policy(config: &Config) -> Policy<'_> {
+    Policy {
+        routes: &config.routes,
+        sandbox_upstream: config.upstream.sandbox_url.is_some(),
+        environments: &config.environments,
+    }
 }
 
 /// What the request presented, once its shape is checked.
@@ -189,13 +233,20 @@ impl Proxy {
     /// served by [`crate::wire`]) and never fails: a refusal becomes its JSON response here.
     /// An admitted HTTP/2 request to an HTTP/1.1 upstream goes over keygate's own upstream
     /// connections ([`forward::links`]), anything else through hyper's pool.
-    /// Resolves when the key `held` names lapses (never, for `None`: a public path's
-    /// request): the end of a WebSocket tunnel it opened ([`KeyCache::lapsed`]).
-    pub fn key_lapse(&self, held: Option<Held>) -> impl Future<Output = ()> + Send + 'static {
+    /// Resolves when what `held` was admitted on no longer is (never, for `None`: a public
+    /// path's request): the end of a WebSocket tunnel it opened ([`KeyCache::lapsed`]).
+    pub(crate) fn key_lapse(
+        &self,
+        held: Option<Box<Admitted>>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let keys = self.keys.clone();
         async move {
             match held {
-                Some(held) => keys.lapsed(held).await,
+                Some(held) => {
+                    let (hash, until) = (held.hash, held.token_expires);
+                    keys.lapsed(hash, until, move |record| held.admits(record))
+                        .await;
+                }
                 None => std::future::pending().await,
             }
         }
@@ -251,6 +302,7 @@ impl Proxy {
             );
             return response.map(Either::Right);
         }
+        audit.tunnel = websocket.is_some();
         let admitted = match http1_framing(&req) {
             Ok(()) => self.admit(&current, &req, conn, &mut audit).await,
             Err(reject) => Err(reject),
@@ -307,7 +359,7 @@ impl Proxy {
                                 current.forwarder.tunnel_idle_timeout(),
                                 self.metrics.clone(),
                             );
-                            let lapse = self.key_lapse(audit.held);
+                            let lapse = self.key_lapse(audit.held.take());
                             tokio::spawn(async move { tunnel.run(idle, &metrics, lapse).await });
                             let mut response =
                                 Response::new(Either::Right(Full::new(Bytes::new())));
@@ -594,11 +646,7 @@ impl Proxy {
             via,
             narrowed,
         };
-        let policy = Policy {
-            routes: &config.routes,
-            sandbox_upstream: config.upstream.sandbox_url.is_some(),
-            environments: &config.environments,
-        };
+        let policy = policy(config);
         if config.log.access {
             audit.route = Some(match config.routes.find(facts.method, facts.path) {
                 Found::Rule(route, _) => route.path.as_str(),
@@ -606,13 +654,21 @@ impl Proxy {
             });
         }
         authz::authorize(&record, claims, &facts, &policy)?;
-        audit.held = Some(Held {
-            hash,
-            token_expires: match &credential {
-                Credential::Key(_) => None,
-                Credential::Token(token) => Some(token.expires_at),
-            },
-        });
+        if audit.tunnel {
+            audit.held = Some(Box::new(Admitted {
+                hash,
+                token_expires: match &credential {
+                    Credential::Key(_) => None,
+                    Credential::Token(token) => Some(token.expires_at),
+                },
+                claims,
+                path: facts.path.to_owned(),
+                client_ip,
+                via,
+                narrowed: narrowed.to_vec(),
+                config: current.config.clone(),
+            }));
+        }
 
         // 7b. Due for rotation? It still works; its responses say by when to replace it.
         audit.rotation = config

@@ -1057,7 +1057,7 @@ where
 {
     let next = tokio::time::timeout(Duration::from_secs(10), socket.next())
         .await
-        .unwrap_or_else(|_| panic!("{who}: no Close within 10 s of the revocation"));
+        .unwrap_or_else(|_| panic!("{who}: no Close within 10 s of the key's change"));
     match next {
         Some(Ok(Message::Close(Some(frame)))) => {
             assert_eq!(u16::from(frame.code), 1008, "{who}: {frame:?}");
@@ -1073,6 +1073,50 @@ where
         ended.is_ok(),
         "{who}: the tunnel did not end after the Close"
     );
+}
+
+#[tokio::test]
+async fn a_websocket_ends_when_its_key_may_no_longer_reach_its_route_or_expires() {
+    // The whole authorization runs again on a change, not only the key's status: a key whose
+    // scopes no longer cover the tunnel's route loses the tunnel; so does one that expires
+    // while it is open. A scope change that still covers the route touches nothing.
+    let (upstream, mut closes) = websocket_upstream_reporting_closes().await;
+    let ws = Workspace::new(
+        &upstream,
+        "[server]\nwatch_interval = \"0s\"\n\n\
+         [auth]\nunmatched = \"deny\"\n\n\
+         [[route]]\npath = \"/v1/**\"\nscopes = [\"stream:read\"]\n",
+    );
+    let (narrowed, key_n) = ws.create_key(&["--scopes", "stream:read,chat:read"]);
+    let (expiring, key_e) = ws.create_key(&["--scopes", "stream:read"]);
+    let kg = ws.serve();
+    let (mut n1, _) = websocket_through(&kg, &key_n).await;
+    let (mut e1, _) = websocket_through(&kg, &key_e).await;
+    echoes(&mut n1, "before").await;
+    echoes(&mut e1, "before").await;
+
+    let still = ws.cli(&["keys", "update", &narrowed, "--scopes", "stream:read"]);
+    assert!(still.status.success(), "{}", text(&still.stderr));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    echoes(&mut n1, "still covered").await;
+    let out = ws.cli(&["keys", "update", &narrowed, "--scopes", "chat:read"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    told_key_lapsed(&mut n1, "the narrowed key's client").await;
+
+    let out = ws.cli(&["keys", "update", &expiring, "--expires-in", "3s"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let updated = Instant::now();
+    echoes(&mut e1, "until it expires").await;
+    told_key_lapsed(&mut e1, "the expiring key's client").await;
+    assert!(
+        updated.elapsed() >= Duration::from_secs(2),
+        "closed before the key expired: {:?}",
+        updated.elapsed()
+    );
+    for _ in 0..2 {
+        let close = tokio::time::timeout(Duration::from_secs(5), closes.recv()).await;
+        assert_eq!(close.ok().flatten(), Some(Some(1008)), "the upstream's end");
+    }
 }
 
 #[tokio::test]

@@ -122,15 +122,6 @@ pub struct KeyCache {
     flushing: tokio::sync::Mutex<()>,
 }
 
-/// The key an admitted request's long-lived exchange (a WebSocket tunnel) was admitted with,
-/// for [`KeyCache::lapsed`].
-#[derive(Clone, Copy)]
-pub struct Held {
-    pub hash: KeyHash,
-    /// When the access token it came as runs out (`None`: a key itself).
-    pub token_expires: Option<SystemTime>,
-}
-
 impl KeyCache {
     pub fn new(store: Arc<dyn KeyStore>, config: CacheConfig, metrics: Arc<Metrics>) -> Arc<Self> {
         let capacity = config.capacity.max(1);
@@ -287,29 +278,34 @@ impl KeyCache {
         self.changed.notify_waiters();
     }
 
-    /// Resolves once the key `held` names no longer admits anything: revoked, suspended,
-    /// deleted, or past its expiry (or its access token's). For what outlives the request that
-    /// admitted it: a WebSocket tunnel ends on this, where an auth proxy that checks only the
-    /// handshake would keep a revoked key's tunnel open for hours.
+    /// Resolves once the key `hash` no longer `admits` what it was admitted for (revoked,
+    /// suspended, deleted, changed so that it may not, past its expiry or past `until`, when
+    /// the access token it came as runs out). For what outlives the request that admitted it:
+    /// a WebSocket tunnel ends on this, where an auth proxy that checks only the handshake
+    /// would keep a revoked key's tunnel open for hours.
     ///
     /// Looks again at each invalidation (a revocation reaches every sidecar's cache through
-    /// the change feed: bound in README), and not otherwise: no clock per tunnel. A store
-    /// that cannot be asked keeps the tunnel (as a cached key keeps serving requests).
-    pub async fn lapsed(self: Arc<Self>, held: Held) {
+    /// the change feed: bound in README), and at the key's expiry; no clock per tunnel
+    /// otherwise. A store that cannot be asked keeps the tunnel (as a cached key keeps
+    /// serving requests).
+    pub async fn lapsed(
+        self: Arc<Self>,
+        hash: KeyHash,
+        until: Option<SystemTime>,
+        admits: impl Fn(&CachedKey) -> bool,
+    ) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             // Registered before the look, so a change during it is not missed.
             changed.as_mut().enable();
-            let expires = match self.lookup(held.hash).await {
-                Ok(Some(key)) if key.status == crate::vocab::Status::Active => {
-                    match (key.expires_at(), held.token_expires) {
-                        (Some(a), Some(b)) => Some(a.min(b)),
-                        (a, b) => a.or(b),
-                    }
-                }
+            let expires = match self.lookup(hash).await {
+                Ok(Some(key)) if admits(&key) => match (key.expires_at(), until) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
                 Ok(_) => return,
-                Err(_) => held.token_expires,
+                Err(_) => until,
             };
             let left = expires.map(|at| at.duration_since(SystemTime::now()).unwrap_or_default());
             if left == Some(Duration::ZERO) {
@@ -577,11 +573,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_held_key_lapses_when_it_is_revoked_and_not_on_other_changes() {
         let (store, cache, hash) = setup(short());
-        let held = Held {
-            hash,
-            token_expires: None,
-        };
-        let lapsed = tokio::spawn(cache.clone().lapsed(held));
+        let active = |key: &CachedKey| key.status == Status::Active;
+        let lapsed = tokio::spawn(cache.clone().lapsed(hash, None, active));
         settle().await;
         // Another key's change, and a flush of everything: looked at again, still active.
         cache.invalidate(Invalidation::Key(KeyHash::of("another")));
@@ -596,7 +589,7 @@ mod tests {
         store.down.store(false, Ordering::SeqCst);
         for status in [Status::Suspended, Status::Revoked] {
             store.records.lock().unwrap().insert(hash, record(status));
-            let lapsed = tokio::spawn(cache.clone().lapsed(held));
+            let lapsed = tokio::spawn(cache.clone().lapsed(hash, None, active));
             settle().await;
             assert!(lapsed.is_finished(), "{status:?}: already not active");
         }
@@ -608,7 +601,7 @@ mod tests {
         // Deleted: as dead.
         store.records.lock().unwrap().remove(&hash);
         cache.invalidate(Invalidation::Key(hash));
-        let gone = tokio::spawn(cache.clone().lapsed(held));
+        let gone = tokio::spawn(cache.clone().lapsed(hash, None, active));
         settle().await;
         assert!(gone.is_finished());
     }
@@ -626,17 +619,13 @@ mod tests {
             .lock()
             .unwrap()
             .insert(hash, Arc::new(expiring));
-        for (token_expires, lasts) in [
+        for (until, lasts) in [
             (None, hour),
             (Some(SystemTime::now() + hour / 2), hour / 2),
             (Some(SystemTime::now() + hour * 2), hour),
         ] {
             let started = tokio::time::Instant::now();
-            let held = Held {
-                hash,
-                token_expires,
-            };
-            cache.clone().lapsed(held).await;
+            cache.clone().lapsed(hash, until, |_| true).await;
             let took = started.elapsed();
             // SystemTime moves on while the test runs; tokio's paused clock does not.
             assert!(

@@ -17,7 +17,6 @@ use crate::forward::failure::{Failure, report_silence};
 use crate::forward::silence::{self, Quiet};
 use crate::forward::tunnel;
 use crate::forward::upstream::{Destination, Link, Stream};
-use crate::keys::cache::Held;
 use crate::keys::rotation::Due;
 use crate::metrics::{Decision, Outcome};
 use crate::proxy::Audit;
@@ -169,7 +168,7 @@ impl<IO: Transport> Session<'_, IO> {
             };
             return self.refuse(reject, audit, facts, body).await;
         }
-        self.relay(link, response, body, request_done, forwarder, audit.held)
+        self.relay(link, response, body, request_done, forwarder, audit)
             .await
     }
 
@@ -304,7 +303,7 @@ impl<IO: Transport> Session<'_, IO> {
         mut decoder: Decoder,
         request_done: bool,
         forwarder: &Forwarder,
-        held: Option<Held>,
+        audit: &Audit<'_>,
     ) -> (Outcome, Next) {
         let status = Outcome {
             status: response.status,
@@ -323,7 +322,7 @@ impl<IO: Transport> Session<'_, IO> {
             self.down.extend_from_slice(&early);
             link.buf.consume(link.buf.len());
             let next = self
-                .splice(link, &early, forwarder.tunnel_idle_timeout(), held)
+                .splice(link, &early, forwarder.tunnel_idle_timeout(), audit)
                 .await;
             return (status, next);
         }
@@ -373,13 +372,14 @@ impl<IO: Transport> Session<'_, IO> {
 
     /// After a `101` (in `down`, with `early`, what the upstream sent behind it): the client
     /// and the upstream are joined byte for byte until one closes, until nothing has moved
-    /// either way for `idle`, or until keygate stops or the key `held` lapses ([`tunnel`]).
+    /// either way for `idle`, or until keygate stops or what the request was admitted on no
+    /// longer holds ([`tunnel`]).
     pub(super) async fn splice(
         &mut self,
         mut link: Link,
         early: &[u8],
         idle: Duration,
-        held: Option<Held>,
+        audit: &Audit<'_>,
     ) -> Next {
         if self.send_down_scratch().await.is_err() {
             return Next::Gone;
@@ -396,7 +396,10 @@ impl<IO: Transport> Session<'_, IO> {
             down: early,
         };
         let metrics = self.proxy.metrics();
-        let ending = tunnel::ending(self.closing.wait(), self.proxy.key_lapse(held));
+        let ending = tunnel::ending(
+            self.closing.wait(),
+            self.proxy.key_lapse(audit.held.clone()),
+        );
         tunnel::run(
             &mut self.io,
             &mut link.stream,

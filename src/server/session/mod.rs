@@ -364,6 +364,7 @@ impl<IO: Transport> Session<'_, IO> {
         {
             return Next::Handoff;
         }
+        audit.tunnel = req.upgrade().is_some();
         let admitted = self
             .proxy
             .admit(&current, &req, self.conn, &mut audit)
