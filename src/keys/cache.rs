@@ -66,6 +66,40 @@ impl Default for CacheConfig {
 /// How often used keys are written back as `last_used_at`.
 const USAGE_FLUSH: Duration = Duration::from_secs(10);
 
+/// One holder's registration in [`KeyCache::held`], removed with the last holder of its key.
+struct Watch<'a> {
+    cache: &'a KeyCache,
+    hash: KeyHash,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl<'a> Watch<'a> {
+    fn new(cache: &'a KeyCache, hash: KeyHash) -> Self {
+        let notify = cache
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(hash)
+            .or_default()
+            .clone();
+        Self {
+            cache,
+            hash,
+            notify,
+        }
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let mut held = self.cache.held.lock().unwrap_or_else(|p| p.into_inner());
+        // The map's and this one: no other holder of the key is left.
+        if Arc::strong_count(&self.notify) == 2 {
+            held.remove(&self.hash);
+        }
+    }
+}
+
 /// What the cache holds for a key hash. Expiry is checked on read: `quick_cache` has no
 /// timers, and an expired entry nobody asks for again costs nothing but its slot until
 /// eviction reclaims it.
@@ -105,9 +139,10 @@ pub struct KeyCache {
     pool: Pool,
     inflight: Mutex<HashMap<KeyHash, watch::Receiver<Option<Fetched>>>>,
     generation: AtomicU64,
-    /// Woken at each invalidation: what holds a key past its request (a WebSocket tunnel)
-    /// looks at it again ([`KeyCache::lapsed`]).
-    changed: tokio::sync::Notify,
+    /// What holds a key past its request (a WebSocket tunnel), by key: woken when that key
+    /// changes, or everything does, to look at it again ([`KeyCache::lapsed`]). By key, so a
+    /// change costs the tunnels of its own key only.
+    held: Mutex<HashMap<KeyHash, Arc<tokio::sync::Notify>>>,
     /// When the change feed last confirmed it was up to date, as ns since `born` (0: never).
     confirmed_ns: AtomicU64,
     /// The feed could not check since its last confirmation: it vouches for nothing.
@@ -139,7 +174,7 @@ impl KeyCache {
             pool: Pool::default(),
             inflight: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
-            changed: tokio::sync::Notify::new(),
+            held: Mutex::new(HashMap::new()),
             confirmed_ns: AtomicU64::new(0),
             doubt: AtomicBool::new(false),
             born: Instant::now(),
@@ -264,6 +299,14 @@ impl KeyCache {
         match what {
             Invalidation::Key(hash) => {
                 self.entries.remove(&hash);
+                if let Some(held) = self
+                    .held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&hash)
+                {
+                    held.notify_waiters();
+                }
             }
             Invalidation::All => {
                 // Counted when it dropped something (the change feed's first poll flushes
@@ -272,10 +315,12 @@ impl KeyCache {
                     self.metrics.cache_flushes.inc();
                 }
                 self.entries.clear();
+                for held in self.held.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                    held.notify_waiters();
+                }
             }
             Invalidation::UpToDate | Invalidation::Doubt => {}
         }
-        self.changed.notify_waiters();
     }
 
     /// Resolves once the key `hash` no longer `admits` what it was admitted for (revoked,
@@ -294,8 +339,9 @@ impl KeyCache {
         until: Option<SystemTime>,
         admits: impl Fn(&CachedKey) -> bool,
     ) {
+        let watch = Watch::new(&self, hash);
         loop {
-            let changed = self.changed.notified();
+            let changed = watch.notify.notified();
             tokio::pin!(changed);
             // Registered before the look, so a change during it is not missed.
             changed.as_mut().enable();
@@ -604,6 +650,8 @@ mod tests {
         let gone = tokio::spawn(cache.clone().lapsed(hash, None, active));
         settle().await;
         assert!(gone.is_finished());
+        // Nothing holds a key any more: nothing is left registered.
+        assert!(cache.held.lock().unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
