@@ -329,9 +329,9 @@ impl KeyCache {
     /// a WebSocket tunnel ends on this, where an auth proxy that checks only the handshake
     /// would keep a revoked key's tunnel open for hours.
     ///
-    /// Looks again at each invalidation (a revocation reaches every sidecar's cache through
-    /// the change feed: bound in README), and at the key's expiry; no clock per tunnel
-    /// otherwise. A store that cannot be asked keeps the tunnel (as a cached key keeps
+    /// Looks again when the key's entry is invalidated, or every entry is (a revocation
+    /// reaches every sidecar's cache through the change feed: bound in README), and at the
+    /// key's expiry; no clock per tunnel otherwise. A store that cannot be asked keeps the tunnel (as a cached key keeps
     /// serving requests).
     pub async fn lapsed(
         self: Arc<Self>,
