@@ -176,12 +176,16 @@ impl UpstreamFailure {
 
 /// How a WebSocket tunnel ended: the label of `keygate_tunnels_closed_total{reason}`. Many
 /// `idle` closes say `[upstream] tunnel_idle_timeout` is shorter than the application's quiet
-/// spells; many `error`s, resets or paths that died.
+/// spells; many `error`s, resets or paths that died; `key_lapsed`, keys revoked (or changed)
+/// under open WebSockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunnelClose {
     /// The client or the upstream closed it, or both answered keygate's "going away" when it
     /// stopped.
     Closed,
+    /// keygate closed it because the key it was admitted with no longer admits it (revoked,
+    /// suspended, deleted, expired, or changed).
+    KeyLapsed,
     /// Nothing either way for `[upstream] tunnel_idle_timeout`.
     Idle,
     /// A read or write failed (a reset, or a dead path found by TCP keepalive).
@@ -189,11 +193,12 @@ pub enum TunnelClose {
 }
 
 impl TunnelClose {
-    pub const ALL: [Self; 3] = [Self::Closed, Self::Idle, Self::Error];
+    pub const ALL: [Self; 4] = [Self::Closed, Self::KeyLapsed, Self::Idle, Self::Error];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "closed",
+            Self::KeyLapsed => "key_lapsed",
             Self::Idle => "idle",
             Self::Error => "error",
         }
@@ -302,8 +307,9 @@ impl Metrics {
         let tunnels_closed = IntCounterVec::new(
             Opts::new(
                 "keygate_tunnels_closed_total",
-                "WebSocket tunnels that ended, by reason: closed (by either side), idle \
-                 ([upstream] tunnel_idle_timeout), error (a reset, or a path that died)",
+                "WebSocket tunnels that ended, by reason: closed (by either side), key_lapsed \
+                 (its key revoked or changed), idle ([upstream] tunnel_idle_timeout), error (a \
+                 reset, or a path that died)",
             ),
             &["reason"],
         )

@@ -229,10 +229,6 @@ impl Proxy {
         self.current.load_full()
     }
 
-    /// Runs one request from an HTTP/2 client (hyper's side of keygate; HTTP/1.1 clients are
-    /// served by [`crate::wire`]) and never fails: a refusal becomes its JSON response here.
-    /// An admitted HTTP/2 request to an HTTP/1.1 upstream goes over keygate's own upstream
-    /// connections ([`forward::links`]), anything else through hyper's pool.
     /// Resolves when what `held` was admitted on no longer is (never, for `None`: a public
     /// path's request): the end of a WebSocket tunnel it opened ([`KeyCache::lapsed`]).
     pub(crate) fn key_lapse(
@@ -252,6 +248,10 @@ impl Proxy {
         }
     }
 
+    /// Runs one request from an HTTP/2 client (hyper's side of keygate; HTTP/1.1 clients are
+    /// served by [`crate::wire`]) and never fails: a refusal becomes its JSON response here.
+    /// An admitted HTTP/2 request to an HTTP/1.1 upstream goes over keygate's own upstream
+    /// connections ([`forward::links`]), anything else through hyper's pool.
     pub async fn handle(&self, mut req: Request<Incoming>, conn: &Connection) -> Response<Body> {
         let started = Instant::now();
         let current = self.current();

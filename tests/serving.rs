@@ -1165,6 +1165,16 @@ async fn a_websocket_ends_when_its_key_is_revoked_or_suspended() {
     }
     assert_eq!(upstream_got, [Some(1008); 3]);
     assert_eq!(kg.metric("keygate_tunnels_open").await, Some(1.0));
+    let lapsed = eventually(Duration::from_secs(5), || async {
+        kg.metric("keygate_tunnels_closed_total{reason=\"key_lapsed\"}")
+            .await
+            == Some(3.0)
+    })
+    .await;
+    assert!(
+        lapsed.is_some(),
+        "the three tunnels were not counted as key_lapsed"
+    );
     // Reconnecting with the revoked key is refused at the handshake, as any request.
     let mut req = format!("ws://{}/v1/stream", kg.public)
         .into_client_request()

@@ -151,6 +151,11 @@ impl TunnelEnd {
     /// How `keygate_tunnels_closed_total` counts it.
     pub fn reason(&self) -> TunnelClose {
         match self {
+            Self::WentAway {
+                farewell: Farewell::KeyLapsed,
+                ..
+            }
+            | Self::Unanswered(Farewell::KeyLapsed) => TunnelClose::KeyLapsed,
             Self::Closed { .. } | Self::WentAway { .. } | Self::Unanswered(_) => {
                 TunnelClose::Closed
             }
@@ -731,6 +736,41 @@ mod tests {
             rest.is_empty(),
             "the client got {rest:?} of a frame that never ended"
         );
+    }
+
+    #[test]
+    fn keygate_s_own_closes_are_counted_by_why() {
+        let (up, down) = (1, 2);
+        for (end, counted) in [
+            (TunnelEnd::Closed { up, down }, TunnelClose::Closed),
+            (
+                TunnelEnd::WentAway {
+                    farewell: Farewell::Shutdown,
+                    up,
+                    down,
+                },
+                TunnelClose::Closed,
+            ),
+            (
+                TunnelEnd::Unanswered(Farewell::Shutdown),
+                TunnelClose::Closed,
+            ),
+            (
+                TunnelEnd::WentAway {
+                    farewell: Farewell::KeyLapsed,
+                    up,
+                    down,
+                },
+                TunnelClose::KeyLapsed,
+            ),
+            (
+                TunnelEnd::Unanswered(Farewell::KeyLapsed),
+                TunnelClose::KeyLapsed,
+            ),
+            (TunnelEnd::Idle(IDLE), TunnelClose::Idle),
+        ] {
+            assert_eq!(end.reason(), counted, "{end:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]
