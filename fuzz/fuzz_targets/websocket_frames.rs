@@ -97,14 +97,14 @@ fuzz_target!(|data: &[u8]| {
     for farewell in [Farewell::Shutdown, Farewell::KeyLapsed] {
         for frame in [close(farewell, None), close(farewell, mask)] {
             assert_eq!(reference(&frame), [(frame.len(), true)]);
-        let payload: Vec<u8> = match frame[1] & 0x80 {
-            0 => frame[2..].to_vec(),
-            _ => frame[6..]
-                .iter()
-                .zip(frame[2..6].iter().cycle())
-                .map(|(b, k)| b ^ k)
-                .collect(),
-        };
+            let payload: Vec<u8> = match frame[1] & 0x80 {
+                0 => frame[2..].to_vec(),
+                _ => frame[6..]
+                    .iter()
+                    .zip(frame[2..6].iter().cycle())
+                    .map(|(b, k)| b ^ k)
+                    .collect(),
+            };
             assert_eq!(payload[..2], farewell.status().to_be_bytes());
         }
     }
