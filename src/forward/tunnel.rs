@@ -438,6 +438,7 @@ impl<T: AsyncWrite + Unpin + ?Sized> AsyncWrite for Side<'_, T> {
 
 #[cfg(test)]
 mod tests {
+    use super::websocket::frame;
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -486,24 +487,6 @@ mod tests {
             .await
         });
         (client, upstream, joined, stop)
-    }
-
-    /// A frame as an end sends it (a short payload): masked when a client sends it.
-    fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-        assert!(payload.len() < 126);
-        let mut out = vec![0x80 | opcode];
-        match mask {
-            Some(key) => {
-                out.push(0x80 | payload.len() as u8);
-                out.extend_from_slice(&key);
-                out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
-            }
-            None => {
-                out.push(payload.len() as u8);
-                out.extend_from_slice(payload);
-            }
-        }
-        out
     }
 
     /// Reads one whole short frame: (first byte, masking key, unmasked payload).
@@ -614,21 +597,6 @@ mod tests {
         assert!(matches!(joined.await.unwrap(), TunnelEnd::WentAway { .. }));
     }
 
-    /// A frame of any payload length, masked.
-    fn masked_frame(opcode: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-        let mut out = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(0x80 | n as u8),
-            n => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&key);
-        out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
-        out
-    }
-
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
@@ -648,7 +616,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, &(op, len))| {
                     let payload = vec![i as u8; if op >= 2 { len % 126 } else { len }];
-                    masked_frame(opcodes[op], &payload, [i as u8, 7, 0x80, 0xff])
+                    frame(opcodes[op], &payload, Some([i as u8, 7, 0x80, 0xff]))
                 })
                 .collect();
             let wire = frames.concat();

@@ -157,34 +157,36 @@ pub fn close(farewell: Farewell, mask: Option<[u8; 4]>) -> Vec<u8> {
     frame
 }
 
+/// A frame as an end would send it: `opcode` (final), `payload`, masked with `mask` as a
+/// client's must be; for the tests of what reads frames.
+#[cfg(test)]
+pub(crate) fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    let bit = if mask.is_some() { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => out.push(bit | n as u8),
+        n if n <= 0xffff => {
+            out.push(bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(key) => {
+            out.extend_from_slice(&key);
+            out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
+        }
+        None => out.extend_from_slice(payload),
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A frame as an end would send it: `opcode`, `payload`, masked with `mask`.
-    fn frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-        let mut out = vec![0x80 | opcode];
-        let bit = if mask.is_some() { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => out.push(bit | n as u8),
-            n if n <= 0xffff => {
-                out.push(bit | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(bit | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        match mask {
-            Some(key) => {
-                out.extend_from_slice(&key);
-                out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
-            }
-            None => out.extend_from_slice(payload),
-        }
-        out
-    }
 
     /// The frame ends `bytes` reach, fed in pieces of `piece` bytes.
     fn ends(bytes: &[u8], piece: usize) -> Vec<usize> {

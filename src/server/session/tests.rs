@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::batch::Socket;
+use crate::forward::websocket::frame;
 
 /// The client's end of the pipe is not a socket: no batched writes.
 impl Batchable for DuplexStream {
@@ -512,23 +513,6 @@ async fn a_reused_upstream_connection_closed_under_an_idempotent_request_is_retr
     tokio::join!(s.serve(server), script);
 }
 
-/// A short WebSocket frame: masked as a client sends it, or not as a server does.
-fn ws_frame(opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut out = vec![0x80 | opcode];
-    match mask {
-        Some(key) => {
-            out.push(0x80 | payload.len() as u8);
-            out.extend_from_slice(&key);
-            out.extend(payload.iter().zip(key.iter().cycle()).map(|(b, k)| b ^ k));
-        }
-        None => {
-            out.push(payload.len() as u8);
-            out.extend_from_slice(payload);
-        }
-    }
-    out
-}
-
 /// Reads one short frame and returns its first byte, whether it was masked, and the status
 /// of a Close (its payload's first two bytes, unmasked).
 async fn read_close(io: &mut (impl AsyncRead + Unpin)) -> (u8, bool, u16) {
@@ -559,8 +543,8 @@ async fn shutting_down_tells_a_tunnel_going_away_after_the_frames_under_way() {
     let (upstream, s) = with_upstream().await;
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let script = async {
-        let up_frame = ws_frame(0x1, b"from the client", Some([1, 2, 3, 4]));
-        let down_frame = ws_frame(0x1, b"from the upstream", None);
+        let up_frame = frame(0x1, b"from the client", Some([1, 2, 3, 4]));
+        let down_frame = frame(0x1, b"from the upstream", None);
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: a\r\nx-api-key: {}\r\nConnection: Upgrade\r\n\
              Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -591,7 +575,7 @@ async fn shutting_down_tells_a_tunnel_going_away_after_the_frames_under_way() {
         assert_eq!(rest, up_frame[4..], "the client's frame goes through whole");
         assert_eq!(read_close(&mut up).await, (0x88, true, 1001));
 
-        up.write_all(&[&down_frame[3..], &ws_frame(0x8, &[0x03, 0xe9], None)[..]].concat())
+        up.write_all(&[&down_frame[3..], &frame(0x8, &[0x03, 0xe9], None)[..]].concat())
             .await
             .unwrap();
         // The upstream's frame (its first bytes came behind the `101`), then keygate's Close
@@ -611,7 +595,7 @@ async fn shutting_down_tells_a_tunnel_going_away_after_the_frames_under_way() {
         // The upstream's answering Close is not passed on: the client has keygate's.
         assert!(read_to_close(&mut client).await.is_empty());
         client
-            .write_all(&ws_frame(0x8, &[0x03, 0xe9], Some([5; 4])))
+            .write_all(&frame(0x8, &[0x03, 0xe9], Some([5; 4])))
             .await
             .unwrap();
         assert!(read_to_close(&mut up).await.is_empty());
