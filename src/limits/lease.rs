@@ -21,7 +21,7 @@
 //! - [`fallback_budget`] and [`fallback_limit`]: while Redis does not answer, how many
 //!   requests this sidecar may admit on its own: half its share of what its last grant said
 //!   was left, or, with no grant yet in the window, a share of the limit. What the first
-//!   bounds, the store holds back from grants after an outage until it is reported
+//!   bounds, the store holds back from every grant for a while after an outage
 //!   ([`WindowCounter::answer`], [`Outage`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -89,16 +89,13 @@ pub struct Totals {
     /// The same, by whichever reply the sidecar goes by: the largest over the replies since
     /// the last one it acknowledged (a reply it never received does not change its budget).
     pub cap: u64,
-    /// The outage epoch the sidecar had heard of when it sent its last request.
-    pub epoch: u64,
 }
 
-/// The store's record of the last outage, shared by every key: its epoch, and when it began
-/// (store ms).
+/// The store's record of outages, shared by every key: when a sidecar last came back from
+/// being cut off (store ms). The hold after an outage runs from there.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Outage {
-    pub epoch: u64,
-    pub began_ms: Option<u64>,
+    pub back_ms: Option<u64>,
 }
 
 /// What a grant request says of its sender beyond its totals.
@@ -110,12 +107,9 @@ pub struct Sender {
     /// The sender was cut off from the store since its last reply for this key (or admitted
     /// requests on its own): an outage the other sidecars may have spent quota through too.
     pub recovering: bool,
-    /// For how long after an outage the store holds back what sidecars not heard from since
-    /// may have admitted on their own (ms).
+    /// For how long after a sidecar comes back from an outage the store holds back what
+    /// every sidecar may admit on its own (ms).
     pub hold_ms: u64,
-    /// The outage epoch the sender has heard of (from a sync or a grant): a request carrying
-    /// the current one was sent after the outage began, so its totals are a report.
-    pub outage_epoch: u64,
     /// The sender admits requests on its own, up to its [`fallback_budget`], while the store
     /// does not answer (`[store] quota_fallback = "budget"`). Otherwise it never does, so the
     /// store records no budget for it and has nothing of its to hold back.
@@ -128,7 +122,6 @@ impl Sender {
         live: 1,
         recovering: false,
         hold_ms: 0,
-        outage_epoch: 0,
         falls_back: true,
     };
 }
@@ -155,8 +148,6 @@ pub struct Answer {
     pub held: u64,
     /// How long the hold still lasts (ms; 0: none).
     pub hold_left_ms: u64,
-    /// The current outage epoch.
-    pub outage_epoch: u64,
     /// This reply's number, for the sidecar to acknowledge.
     pub reply: u64,
 }
@@ -175,12 +166,16 @@ impl WindowCounter {
     /// A grant request from `sidecar`, reporting its running totals of requests admitted on
     /// its own (`fell_back`) and handed back (`returned`).
     ///
-    /// After an outage (the first report of a sidecar that was cut off starts a new epoch),
-    /// for `hold_ms`, what every sidecar that has not reported since hearing of it may have
-    /// admitted alone is held back (this one's too, unless this request is such a report):
-    /// otherwise the sidecar that reports first could be
-    /// granted quota the others already admitted without the store knowing, and the window
-    /// would end over its limit.
+    /// For `hold_ms` after a sidecar comes back from being cut off (its request says it is
+    /// `recovering`; each one starts the hold over), every grant holds back what every
+    /// sidecar may still admit on its own and has not reported: the most its budget lets it
+    /// reach ([`Totals::cap`]) less what it reported. Otherwise the first sidecar back could
+    /// be granted quota the others admitted without the store knowing, and the window would
+    /// end over its limit. A sidecar that has reported is held too, its reply's fresh budget:
+    /// the store cannot tell a report from a request that ran late, queued in a paused Redis,
+    /// nor whether its sender went on admitting alone after sending it (a decision under way
+    /// as the store came back, or a grant answering late right after). What the hold costs is
+    /// that grants come from at most about half of what is left until it ends.
     pub fn answer(
         &mut self,
         outage: &mut Outage,
@@ -196,18 +191,11 @@ impl WindowCounter {
             fell_back,
             returned,
         } = report;
-        if sender.recovering
-            && outage
-                .began_ms
-                .is_none_or(|at| now_ms.saturating_sub(at) >= sender.hold_ms)
-        {
-            *outage = Outage {
-                epoch: outage.epoch + 1,
-                began_ms: Some(now_ms),
-            };
+        if sender.recovering {
+            outage.back_ms = Some(now_ms);
         }
         let hold_left_ms = outage
-            .began_ms
+            .back_ms
             .map_or(0, |at| (at + sender.hold_ms).saturating_sub(now_ms));
         let totals = self.sidecars.entry(sidecar.to_owned()).or_default();
         if fell_back > totals.fell_back {
@@ -218,8 +206,6 @@ impl WindowCounter {
             self.used = self.used.saturating_sub(returned - totals.returned);
             totals.returned = returned;
         }
-        // This request's own totals are a report only if it was sent after the outage began.
-        totals.epoch = sender.outage_epoch;
         if ack == totals.replies {
             // It goes by the last reply.
             totals.cap = totals.latest_cap;
@@ -227,7 +213,6 @@ impl WindowCounter {
         let held = if hold_left_ms > 0 {
             self.sidecars
                 .values()
-                .filter(|t| t.epoch != outage.epoch)
                 .map(|t| t.cap.saturating_sub(t.fell_back))
                 .sum()
         } else {
@@ -249,7 +234,6 @@ impl WindowCounter {
             total: totals.granted,
             held,
             hold_left_ms,
-            outage_epoch: outage.epoch,
             reply: totals.replies,
         }
     }
@@ -319,6 +303,9 @@ pub struct Settled {
     pub reported: u64,
     /// The reply's number, acknowledged with the next request.
     pub reply: u64,
+    /// The live sidecars the request counted: the store sized the budget it recorded for
+    /// this reply by it.
+    pub live: u64,
     /// While the store holds back part of what is left after an outage, how long to wait
     /// before asking again (ms; 0: nothing is held): a lease that got nothing because the rest
     /// is held back is refused for that moment rather than counted exhausted.
@@ -364,6 +351,8 @@ pub struct Lease {
     /// `fell_back` at the last grant: what was admitted alone since counts against
     /// [`fallback_budget`].
     fell_back_at_grant: AtomicU64,
+    /// The live sidecars the last grant's request counted.
+    live_at_grant: AtomicU64,
     /// Requests asked for by grant requests whose fate is unknown (they timed out, and Redis
     /// may run them yet): no more is asked for until a reply, which counts them, settles it.
     doubt: AtomicU64,
@@ -418,6 +407,7 @@ impl Lease {
             left,
             reported,
             reply,
+            live,
             ask_again_in_ms,
         } = reply;
         self.reply_heard
@@ -449,6 +439,7 @@ impl Lease {
         self.granted_in.store(window + 1, Ordering::Release);
         self.fell_back_at_grant
             .store(pack(window, reported), Ordering::Release);
+        self.live_at_grant.store(live, Ordering::Release);
         self.doubt.store(0, Ordering::Release);
         // Nothing left to hand out: for the window, or only while the store holds the rest
         // back after an outage.
@@ -526,6 +517,18 @@ impl Lease {
     pub fn left(&self, window: u64) -> Option<u64> {
         (self.granted_in.load(Ordering::Acquire) == window + 1)
             .then(|| count_in(self.left.load(Ordering::Acquire), window))
+    }
+
+    /// How many requests this sidecar may admit on its own in `window` since the last grant
+    /// ([`fallback_budget`] of what it left, less what unanswered grant requests may still
+    /// take); `None` before any grant in the window. Sized by the sidecars the grant's request
+    /// counted, or more if more are alive now, never fewer: the store recorded that budget
+    /// and holds back no more than it, so a sidecar that has since seen others go must not
+    /// grow its own.
+    pub fn budget(&self, window: u64, live_now: u64) -> Option<u64> {
+        let left = self.left(window)?.saturating_sub(self.in_doubt(window));
+        let live = live_now.max(self.live_at_grant.load(Ordering::Acquire));
+        Some(fallback_budget(left, live))
     }
 
     /// Admits one request on this sidecar's own authority (the store does not answer) if
@@ -688,6 +691,7 @@ mod tests {
             left,
             reported,
             reply: 0,
+            live: 1,
             ask_again_in_ms: 0,
         }
     }
@@ -803,12 +807,10 @@ mod tests {
 
     #[test]
     fn after_an_outage_the_first_sidecar_back_cannot_spend_what_the_others_spent_alone() {
-        // (recovering, outage epoch heard of)
-        let sender = |recovering, outage_epoch| Sender {
+        let sender = |recovering| Sender {
             live: 3,
             recovering,
             hold_ms: 3_000,
-            outage_epoch,
             falls_back: true,
         };
         // (want, the last reply received, fell back)
@@ -822,7 +824,7 @@ mod tests {
         let before_the_outage = || {
             let (mut store, mut outage) = (WindowCounter::default(), Outage::default());
             for who in ["a", "b", "c"] {
-                store.answer(&mut outage, who, sender(false, 0), 1_000, ask(500, 0, 0));
+                store.answer(&mut outage, who, sender(false), 1_000, ask(500, 0, 0));
             }
             (store, outage)
         };
@@ -834,22 +836,19 @@ mod tests {
             [416, 333, 250]
         );
         // Redis pauses; each spends its lease, then its whole budget alone: 2,499 admitted.
-        // `a` reports first and starts outage 1: what `b` and `c` may have admitted is held
-        // back for 3 s.
-        let a = store.answer(&mut outage, "a", sender(true, 0), 5_000, ask(1_000, 1, 416));
+        // `a` reports first: what `b` and `c` may have admitted is held back for 3 s.
+        let a = store.answer(&mut outage, "a", sender(true), 5_000, ask(1_000, 1, 416));
         assert_eq!((a.granted, a.held, a.hold_left_ms), (501, 583, 3_000));
-        assert_eq!(a.outage_epoch, 1);
-        // A request `b` sent before it heard of the outage (queued in the paused Redis) is no
-        // report: `b` stays held, itself included.
-        let stale = store.answer(&mut outage, "b", sender(false, 0), 5_200, ask(100, 1, 0));
+        // A request `b` sent while cut off, run late by the paused Redis, reports nothing
+        // new: `b` stays held.
+        let stale = store.answer(&mut outage, "b", sender(false), 5_200, ask(100, 1, 0));
         assert_eq!((stale.granted, stale.held), (0, 583));
-        // `b` and `c` report after their sync told them of outage 1.
-        let b = store.answer(&mut outage, "b", sender(true, 1), 5_500, ask(1_000, 1, 333));
-        assert_eq!((b.granted, b.held, b.hold_left_ms), (0, 250, 2_500));
-        let c = store.answer(&mut outage, "c", sender(true, 1), 6_000, ask(1_000, 1, 250));
+        // `b` and `c` report at their next sync; each one back starts the hold over.
+        let b = store.answer(&mut outage, "b", sender(true), 5_500, ask(1_000, 1, 333));
+        assert_eq!((b.granted, b.held, b.hold_left_ms), (0, 250, 3_000));
+        let c = store.answer(&mut outage, "c", sender(true), 6_000, ask(1_000, 1, 250));
         assert_eq!((c.granted, c.held), (0, 0));
         assert_eq!(store.used, 3_000, "exactly the limit, never over");
-        assert_eq!(outage.epoch, 1, "one outage, however many report it");
 
         // Without the hold, `a` would have been granted what the others had spent.
         let (mut store, mut outage) = before_the_outage();
@@ -861,15 +860,47 @@ mod tests {
 
         // Sidecars that never report hold nothing back once the hold ends.
         let (mut store, mut outage) = before_the_outage();
-        store.answer(&mut outage, "a", sender(true, 0), 5_000, ask(0, 1, 416));
-        let a = store.answer(
-            &mut outage,
-            "a",
-            sender(false, 1),
-            8_000,
-            ask(1_000, 2, 416),
-        );
+        store.answer(&mut outage, "a", sender(true), 5_000, ask(0, 1, 416));
+        let a = store.answer(&mut outage, "a", sender(false), 8_000, ask(1_000, 2, 416));
         assert_eq!((a.granted, a.held, a.hold_left_ms), (1_000, 0, 0));
+    }
+
+    /// A sidecar that has reported may still admit alone by its reply's fresh budget: a
+    /// decision under way as the store came back, or its next grant answering late. Within
+    /// the hold that budget is held back from the others too.
+    #[test]
+    fn a_sidecar_that_reported_is_held_to_its_fresh_budget_until_the_hold_ends() {
+        let sender = |recovering| Sender {
+            live: 2,
+            recovering,
+            hold_ms: 3_000,
+            falls_back: true,
+        };
+        let ask = |want, ack, fell_back| Report {
+            limit: 1_000,
+            want,
+            ack,
+            fell_back,
+            returned: 0,
+        };
+        let (mut store, mut outage) = (WindowCounter::default(), Outage::default());
+        store.answer(&mut outage, "a", sender(false), 0, ask(100, 0, 0));
+        store.answer(&mut outage, "b", sender(false), 0, ask(100, 0, 0));
+        assert_eq!(
+            [store.sidecars["a"].cap, store.sidecars["b"].cap],
+            [225, 200]
+        );
+        // An outage: each spends its budget alone. `a` reports first; its reply leaves it
+        // 93 more to admit alone (a quarter of the 375 neither spent nor held).
+        let a = store.answer(&mut outage, "a", sender(true), 1_000, ask(0, 1, 225));
+        assert_eq!((a.granted, a.held), (0, 200));
+        assert_eq!(store.sidecars["a"].cap, 318);
+        // `b` reports and asks for everything: `a`'s 93 stay held.
+        let b = store.answer(&mut outage, "b", sender(true), 1_500, ask(1_000, 1, 200));
+        assert_eq!((b.granted, b.held), (282, 93));
+        // `a`, cut off again right after its report, admitted those 93 alone.
+        store.answer(&mut outage, "a", sender(true), 2_000, ask(0, 2, 318));
+        assert_eq!(store.used, 1_000, "exactly the limit");
     }
 
     #[test]
@@ -906,11 +937,10 @@ mod tests {
     #[test]
     fn a_sidecar_that_never_falls_back_has_nothing_held_back_for_it() {
         let (mut store, mut outage) = (WindowCounter::default(), Outage::default());
-        let sender = |falls_back, recovering, outage_epoch| Sender {
+        let sender = |falls_back, recovering| Sender {
             live: 2,
             recovering,
             hold_ms: 3_000,
-            outage_epoch,
             falls_back,
         };
         let ask = |want, ack| Report {
@@ -922,25 +952,19 @@ mod tests {
         };
         // (falls back, the budget recorded for it after 100 of 1,000 granted)
         for (who, falls_back, cap) in [("a", true, 225), ("b", false, 0)] {
-            store.answer(
-                &mut outage,
-                who,
-                sender(falls_back, false, 0),
-                0,
-                ask(100, 0),
-            );
+            store.answer(&mut outage, who, sender(falls_back, false), 0, ask(100, 0));
             assert_eq!(store.sidecars[who].cap, cap, "{who}");
         }
         // An outage: `b` reports first. What `a` may have admitted alone is held back; `b`
         // itself could have admitted nothing alone.
-        let b = store.answer(&mut outage, "b", sender(false, true, 0), 10, ask(900, 1));
+        let b = store.answer(&mut outage, "b", sender(false, true), 10, ask(900, 1));
         assert_eq!((b.granted, b.held), (575, 225));
         // Refusing sidecars only: nothing is held.
         let (mut store, mut outage) = (WindowCounter::default(), Outage::default());
         for who in ["a", "b"] {
-            store.answer(&mut outage, who, sender(false, false, 0), 0, ask(100, 0));
+            store.answer(&mut outage, who, sender(false, false), 0, ask(100, 0));
         }
-        let b = store.answer(&mut outage, "b", sender(false, true, 0), 10, ask(900, 1));
+        let b = store.answer(&mut outage, "b", sender(false, true), 10, ask(900, 1));
         assert_eq!((b.granted, b.held), (800, 0));
     }
 
@@ -994,6 +1018,27 @@ mod tests {
         // A new window counts from zero.
         lease.note_fallback(6, 1);
         assert_eq!(lease.fell_back(), (6, 1));
+    }
+
+    /// The store recorded the budget sized by the sidecars the grant's request counted, and
+    /// holds back no more: a sidecar that has since seen others go keeps that budget.
+    #[test]
+    fn the_budget_is_never_larger_than_the_one_the_store_recorded() {
+        let lease = Lease::default();
+        assert_eq!(lease.budget(5, 3), None, "no grant in the window yet");
+        let three = Settled {
+            live: 3,
+            ..settled(10, 10, 600, 0)
+        };
+        lease.settle(5, three, 1);
+        // (live sidecars now) -> budget
+        for (live, budget) in [(3, 100), (1, 100), (2, 100), (5, 60)] {
+            assert_eq!(lease.budget(5, live), Some(budget), "{live} live");
+        }
+        // What an unanswered grant request may still take is not there to spend.
+        lease.doubt(5, 60);
+        assert_eq!(lease.budget(5, 3), Some(90));
+        assert_eq!(lease.budget(6, 3), None, "per window");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use quick_cache::UnitWeighter;
 
 use super::KeyPlan;
 use super::gcra::{self, Gcra, Rate};
-use super::lease::{Take, fallback_budget, fallback_limit};
+use super::lease::{Take, fallback_limit};
 use super::quota::{self, Calendar, Counter};
 use super::shared::{KeyLeases, QuotaFallback, QuotaStore, Refill, Shared, SharedSettings};
 use super::suspend::Suspensions;
@@ -480,8 +480,8 @@ impl Limiter {
                 },
             ))),
             Take::Empty if mode == Mode::Leased => match lease.held(window, now_ns / 1_000_000) {
-                // Redis holds the rest back until every sidecar has reported what it admitted
-                // during an outage: refused for that moment, not for the window.
+                // Redis holds the rest back for a while after an outage, for what sidecars may
+                // have admitted alone: refused for that moment, not for the window.
                 Some(ms) => Err(NotTaken::Full(long_state(
                     name,
                     limit,
@@ -505,7 +505,7 @@ impl Limiter {
                 let live = self.shared.as_ref().map_or(1, |s| s.live());
                 // The key's own limit in the headers, what this sidecar may still admit alone
                 // in Remaining.
-                let Some(left) = lease.left(window) else {
+                let Some(budget) = lease.budget(window, live) else {
                     // No grant yet in this window: nothing known of what is left but the
                     // limit; a share of it, counting all this process admitted.
                     let share = fallback_limit(limit, config.local_share, live);
@@ -521,8 +521,7 @@ impl Limiter {
                     remaining,
                     reset_secs,
                 };
-                let left = left.saturating_sub(lease.in_doubt(window));
-                match lease.fall_back(window, fallback_budget(left, live)) {
+                match lease.fall_back(window, budget) {
                     Some(remaining) => {
                         let _ = counter.try_acquire(UNLIMITED, calendar, now_secs);
                         Ok((

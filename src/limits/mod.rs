@@ -45,14 +45,15 @@
 //!   half its share of what its last grant in the window said was left (less what its own
 //!   unanswered requests may still take), [`lease::fallback_budget`]. Redis records with
 //!   every grant the most each sidecar's running total of such admissions can reach before
-//!   it next reports. When Redis answers again, the first sidecar to report starts a new
-//!   outage epoch, and for five `epoch_poll`s every grant holds back what the sidecars that
-//!   have not reported since may have admitted alone ([`lease::WindowCounter::answer`]);
-//!   every sidecar reports what it admitted alone at its first sync that succeeds, traffic
-//!   or not ([`shared::Shared::report_when_back`]). A request that gets nothing only because
-//!   of the hold is refused for the rest of the hold (`Retry-After` of a second or two), not
-//!   for the window. So the total stays within the limit through an outage of any length,
-//!   as long as every cut-off sidecar reports within the hold. Found by a test that froze
+//!   it next reports. When Redis answers again, each sidecar back starts a hold of five
+//!   `epoch_poll`s (over again for each), during which every grant holds back what every
+//!   sidecar may still admit alone and has not reported, those that have reported included
+//!   ([`lease::WindowCounter::answer`]); every sidecar reports what it admitted alone at its
+//!   first sync that succeeds, traffic or not ([`shared::Shared::report_when_back`]). A
+//!   request that gets nothing only because of the hold is refused for a moment
+//!   (`Retry-After` of a second or two), not for the window. So the total stays within the
+//!   limit through an outage of any length, as long as every cut-off sidecar reports within
+//!   the hold. Found by a test that froze
 //!   Redis while two sidecars admitted alone and kept them cut off after it came back: the
 //!   third was granted what they had spent (666 admitted of 600; now 524, and 600 once the
 //!   leases are handed back). Not covered: a sidecar still cut off after the hold (its

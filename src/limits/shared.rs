@@ -54,12 +54,10 @@ pub struct Grant {
     pub used: u64,
     /// The window the grant is for, by the store's clock.
     pub window: u64,
-    /// Held back for sidecars not heard from since an outage, and for how much longer: see
+    /// Held back after an outage, and for how much longer: see
     /// [`super::lease::WindowCounter::answer`].
     pub held: u64,
     pub hold_left: Duration,
-    /// The store's current outage epoch.
-    pub outage_epoch: u64,
     /// This reply's number, acknowledged with the next request.
     pub reply: u64,
 }
@@ -81,8 +79,6 @@ pub enum Refill {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncState {
     pub live: u64,
-    /// The store's current outage epoch (see [`super::lease::Outage`]).
-    pub outage_epoch: u64,
     /// Suspended keys and how long until each lifts.
     pub suspended: Vec<(KeyHash, Duration)>,
 }
@@ -165,8 +161,6 @@ pub struct Shared {
     fallback: AtomicBool,
     /// Times the store stopped answering (fallback began).
     outages: AtomicU64,
-    /// The store's outage epoch, as last heard.
-    outage_epoch: AtomicU64,
     live: AtomicU64,
     pending: Mutex<Vec<(KeyHash, Duration)>>,
     /// Keys that admitted requests on their own since the store last answered.
@@ -262,7 +256,6 @@ impl Shared {
             instance: id.iter().map(|b| format!("{b:02x}")).collect(),
             fallback: AtomicBool::new(false),
             outages: AtomicU64::new(0),
-            outage_epoch: AtomicU64::new(0),
             live: AtomicU64::new(1),
             pending: Mutex::new(Vec::new()),
             admitted_alone: Mutex::default(),
@@ -324,7 +317,6 @@ impl Shared {
             // link to the store re-made if it has to be; it costs nothing unless the quota is
             // nearly used up.
             hold_ms: (self.settings.sync_every * 5).as_millis() as u64,
-            outage_epoch: self.outage_epoch.load(Ordering::Acquire),
             falls_back: self.settings.fallback == QuotaFallback::Budget,
         }
     }
@@ -364,6 +356,7 @@ impl Shared {
         let alive_for = self.settings.sync_every * 3;
         let call = self.store.sync(&self.instance, alive_for, pending.clone());
         let outcome = tokio::time::timeout(self.settings.timeout, call).await;
+        tracing::debug!(?outcome, "quota sync");
         match outcome {
             Ok(Ok(state)) => {
                 self.live.store(state.live.max(1), Ordering::Release);
@@ -371,8 +364,6 @@ impl Shared {
                     .limits
                     .live_sidecars
                     .set(state.live.max(1) as i64);
-                self.outage_epoch
-                    .fetch_max(state.outage_epoch, Ordering::AcqRel);
                 let now = Instant::now();
                 for (hash, left) in state.suspended {
                     self.suspensions.insert(hash, now + left);
@@ -447,6 +438,7 @@ impl Shared {
         let left = budget.saturating_sub(started.elapsed());
         let call = self.store.grant(&self.instance, sender, hash, asks.clone());
         let outcome = tokio::time::timeout(left, call).await;
+        tracing::debug!(?sender, ?asks, ?outcome, "quota grant");
         let failed = match outcome {
             Ok(Ok(grants)) if grants.len() == asks.len() => {
                 let at = now_ms();
@@ -464,8 +456,9 @@ impl Shared {
                             left: ask.limit.saturating_sub(grant.used + grant.held),
                             reported,
                             reply: grant.reply,
-                            // Soon: this reply told us of the outage, so our next request
-                            // is a report, and the others report at their next sync.
+                            live: sender.live,
+                            // Soon: the others report at their next sync, and then less
+                            // is held.
                             ask_again_in_ms: grant
                                 .hold_left
                                 .min(self.settings.sync_every / 4)
@@ -475,9 +468,6 @@ impl Shared {
                     );
                 }
                 leases.outages_seen.store(outages + 1, Ordering::Release);
-                if let Some(epoch) = grants.iter().map(|g| g.outage_epoch).max() {
-                    self.outage_epoch.fetch_max(epoch, Ordering::AcqRel);
-                }
                 self.metrics.limits.refills.with_label_values(&["ok"]).inc();
                 self.set_fallback(false, &"");
                 let ours = asks
@@ -511,8 +501,8 @@ impl Shared {
     }
 
     /// Remembers a key that admitted requests on its own while the store did not answer, to
-    /// be reported as soon as a sync succeeds: until a sidecar reports them, the store holds
-    /// back what it may have admitted from every other sidecar's grants (for a while; see
+    /// be reported as soon as a sync succeeds: the store holds back what it may have
+    /// admitted from every grant only for a while after an outage (see
     /// [`super::lease::WindowCounter::answer`]), and a key with no more traffic here would
     /// otherwise report only with its next grant.
     pub fn report_when_back(&self, key: Leased, hash: KeyHash, windows: LongWindows) {

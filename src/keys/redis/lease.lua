@@ -15,30 +15,28 @@
 -- running total of requests admitted on its own can reach before it next reports by this
 -- reply (what it reported plus its fallback budget, half its share of what is left), and
 -- c:<id>, the largest such bound over the replies since the last one it acknowledged (a
--- reply it never received does not change its budget); and e:<id>, the outage epoch the
--- sidecar had heard of when it sent the request. The first report of a
--- sidecar that was cut off starts a new outage epoch ({ns}:outage, shared by every key, so
--- the sync hands it to every sidecar); for `hold` ms after it, what every other sidecar that
--- has not reported since hearing of it may have admitted alone and not reported is held
--- back from grants, the requesting sidecar's own included unless this request is such a
--- report. A request sent before the outage and run after it (queued in a paused Redis)
--- carries the old epoch, so it does not count as a report.
+-- reply it never received does not change its budget). A request from a sidecar that was
+-- cut off ({ns}:outage's `at`, shared by every key) starts a hold; for `hold` ms after the
+-- latest one, every grant holds back, for every sidecar, its bound less what it reported.
+-- Every sidecar, the requesting one and those that have reported included: a request that
+-- ran late (queued in a paused Redis) looks like a report, and a sidecar may go on admitting
+-- alone after it sent one.
 --
--- KEYS: {ns}:outage (a hash of n, the outage epoch, and at, when it began, ms), then per
---       window {ns}:quota:<hash>:<hour|day|month>, a hash of w (window number), used,
---       limit (the limit of the last grant, for `keys usage`), and per sidecar g:<id>,
---       f:<id>, b:<id> (its granted, fell-back and handed-back totals), n:<id>, l:<id>,
---       c:<id> and e:<id> (see above).
+-- KEYS: {ns}:outage (a hash of at, when a sidecar last came back from being cut off, ms),
+--       then per window {ns}:quota:<hash>:<hour|day|month>, a hash of w (window number),
+--       used, limit (the limit of the last grant, for `keys usage`), and per sidecar g:<id>,
+--       f:<id>, b:<id> (its granted, fell-back and handed-back totals), n:<id>, l:<id> and
+--       c:<id> (see above).
 -- ARGV: the sidecar's instance id, the live sidecars it counts, 1 if it was cut off from Redis
---       since its last reply for this key (else 0), the hold (ms), the outage epoch it has
---       heard of, 1 if it admits on its own while Redis does not answer (else 0: it refuses
---       instead, and has no budget to record); then per window: kind (h, d or m), limit (0: leave the stored one), want,
+--       since its last reply for this key (else 0), the hold (ms), 1 if it admits on its own
+--       while Redis does not answer (else 0: it refuses instead, and has no budget to
+--       record); then per window: kind (h, d or m), limit (0: leave the stored one), want,
 --       the window number and number of the last reply the sidecar received, the window
 --       number and running total of requests the sidecar admitted on its own,
 --       the window number and running total of requests it handed back (totals of another
 --       window than the current one are ignored).
 -- Returns per window: {granted, used, window, the sidecar's granted total, held, ms the hold
--- still lasts, the outage epoch, the reply's number}.
+-- still lasts, the reply's number}.
 local t = redis.call('TIME')
 local now = tonumber(t[1])
 local now_ms = now * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -84,19 +82,18 @@ local function window(kind)
 end
 
 local me, live = ARGV[1], math.max(tonumber(ARGV[2]), 1)
-local recovering, hold, heard_of = ARGV[3] == '1', tonumber(ARGV[4]), tonumber(ARGV[5])
-local falls_back = ARGV[6] == '1'
-local outage = redis.call('HMGET', KEYS[1], 'n', 'at')
-local epoch, began = tonumber(outage[1]) or 0, tonumber(outage[2])
-if recovering and (began == nil or now_ms - began >= hold) then
-  epoch, began = epoch + 1, now_ms
-  redis.call('HSET', KEYS[1], 'n', epoch, 'at', began)
+local recovering, hold = ARGV[3] == '1', tonumber(ARGV[4])
+local falls_back = ARGV[5] == '1'
+local back = tonumber(redis.call('HGET', KEYS[1], 'at'))
+if recovering then
+  back = now_ms
+  redis.call('HSET', KEYS[1], 'at', back)
 end
-local holding = began ~= nil and now_ms - began < hold
-local hold_left = holding and (began + hold - now_ms) or 0
+local holding = back ~= nil and now_ms - back < hold
+local hold_left = holding and (back + hold - now_ms) or 0
 local out = {}
 for i = 2, #KEYS do
-  local a = 6 + (i - 2) * 9
+  local a = 5 + (i - 2) * 9
   local kind, limit, want = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   local ack_window, ack = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
   local fell_window, fell = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
@@ -134,12 +131,10 @@ for i = 2, #KEYS do
     local fields = {}
     local all = redis.call('HGETALL', KEYS[i])
     for j = 1, #all, 2 do fields[all[j]] = tonumber(all[j + 1]) end
-    -- This request's own totals are a report only if it was sent after the outage began.
-    fields['c:' .. me], fields['f:' .. me], fields['e:' .. me] = cap, fell_seen, heard_of
+    fields['c:' .. me], fields['f:' .. me] = cap, fell_seen
     for field, bound in pairs(fields) do
-      local who = string.sub(field, 3)
-      if string.sub(field, 1, 2) == 'c:' and fields['e:' .. who] ~= epoch then
-        held = held + math.max(bound - (fields['f:' .. who] or 0), 0)
+      if string.sub(field, 1, 2) == 'c:' then
+        held = held + math.max(bound - (fields['f:' .. string.sub(field, 3)] or 0), 0)
       end
     end
   end
@@ -152,9 +147,9 @@ for i = 2, #KEYS do
   cap = math.max(cap, latest)
   redis.call('HSET', KEYS[i], 'w', id, 'used', used,
     'g:' .. me, mine, 'f:' .. me, fell_seen, 'b:' .. me, back_seen,
-    'n:' .. me, replies, 'l:' .. me, latest, 'c:' .. me, cap, 'e:' .. me, heard_of)
+    'n:' .. me, replies, 'l:' .. me, latest, 'c:' .. me, cap)
   if limit > 0 then redis.call('HSET', KEYS[i], 'limit', limit) end
   redis.call('EXPIREAT', KEYS[i], ends)
-  out[#out + 1] = {granted, used, id, mine, held, hold_left, epoch, replies}
+  out[#out + 1] = {granted, used, id, mine, held, hold_left, replies}
 end
 return out

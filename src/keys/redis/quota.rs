@@ -4,10 +4,10 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{ns}:quota:<sha256 hex>:<hour\|day\|month>` | hash | `w` window number, `used` requests handed out, `limit`, and per sidecar `g:<id>` / `f:<id>` / `b:<id>` its granted, fell-back and handed-back totals (idempotent grants), `c:<id>` / `e:<id>` the most its fell-back total can reach before it reports and the outage epoch it last reported under (held back after an outage; see `lease.lua`); expires when the window ends |
+//! | `{ns}:quota:<sha256 hex>:<hour\|day\|month>` | hash | `w` window number, `used` requests handed out, `limit`, and per sidecar `g:<id>` / `f:<id>` / `b:<id>` its granted, fell-back and handed-back totals (idempotent grants), `c:<id>` the most its fell-back total can reach before it reports (held back after an outage; see `lease.lua`); expires when the window ends |
 //! | `{ns}:sidecars` | sorted set | instance ids scored by last heartbeat (ms) |
 //! | `{ns}:suspended` | sorted set | key hashes scored by when their suspension lifts (ms) |
-//! | `{ns}:outage` | hash | `n` the outage epoch and `at` when the last outage began (ms): after one, grants hold back what sidecars that have not reported may have admitted alone (see `lease.lua`) |
+//! | `{ns}:outage` | hash | `at` when a sidecar last came back from being cut off (ms): for a while after, grants hold back what every sidecar may admit alone (see `lease.lua`) |
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -59,7 +59,6 @@ impl QuotaStore for RedisStore {
             .arg(sender.live)
             .arg(u8::from(sender.recovering))
             .arg(sender.hold_ms)
-            .arg(sender.outage_epoch)
             .arg(u8::from(sender.falls_back));
         for ask in &asks {
             invocation.key(self.quota_key(&hash, ask.calendar));
@@ -74,7 +73,7 @@ impl QuotaStore for RedisStore {
                 .arg(ask.returned.0)
                 .arg(ask.returned.1);
         }
-        let grants: Vec<(u64, u64, u64, u64, u64, u64, u64, u64)> = self
+        let grants: Vec<(u64, u64, u64, u64, u64, u64, u64)> = self
             .run(self.config.timeout, async move |mut c| {
                 invocation.invoke_async(&mut c).await
             })
@@ -82,14 +81,13 @@ impl QuotaStore for RedisStore {
         Ok(grants
             .into_iter()
             .map(
-                |(granted, used, window, total, held, hold_left_ms, outage_epoch, reply)| Grant {
+                |(granted, used, window, total, held, hold_left_ms, reply)| Grant {
                     granted,
                     total,
                     used,
                     window,
                     held,
                     hold_left: Duration::from_millis(hold_left_ms),
-                    outage_epoch,
                     reply,
                 },
             )
@@ -106,13 +104,12 @@ impl QuotaStore for RedisStore {
         invocation
             .key(self.name("sidecars"))
             .key(self.name("suspended"))
-            .key(self.name("outage"))
             .arg(instance)
             .arg(alive_for.as_millis() as u64);
         for (hash, lasts) in &suspend {
             invocation.arg(hash.to_hex()).arg(lasts.as_millis() as u64);
         }
-        let (live, hashes, left, outage_epoch): (u64, Vec<String>, Vec<i64>, u64) = self
+        let (live, hashes, left): (u64, Vec<String>, Vec<i64>) = self
             .run(self.config.timeout, async move |mut c| {
                 invocation.invoke_async(&mut c).await
             })
@@ -127,11 +124,7 @@ impl QuotaStore for RedisStore {
                 ))
             })
             .collect();
-        Ok(SyncState {
-            live,
-            outage_epoch,
-            suspended,
-        })
+        Ok(SyncState { live, suspended })
     }
 
     async fn usage(&self, hash: KeyHash) -> Result<Vec<StoredWindow>, StoreError> {

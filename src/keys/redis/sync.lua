@@ -3,11 +3,10 @@
 -- Times are Redis's (TIME), in milliseconds, so sidecars' clocks do not matter.
 --
 -- KEYS: {ns}:sidecars (sorted set: instance id -> last heartbeat),
---       {ns}:suspended (sorted set: key hash -> when its suspension lifts),
---       {ns}:outage (hash: n, the outage epoch; see lease.lua).
+--       {ns}:suspended (sorted set: key hash -> when its suspension lifts).
 -- ARGV: instance id, how long a heartbeat keeps an instance alive (ms), then pairs of key
 --       hash and suspension length (ms).
--- Returns {live sidecars, {suspended hashes}, {ms until each lifts}, the outage epoch}.
+-- Returns {live sidecars, {suspended hashes}, {ms until each lifts}}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local alive_for = tonumber(ARGV[2])
@@ -27,5 +26,4 @@ for i = 1, #entries, 2 do
   hashes[#hashes + 1] = entries[i]
   left[#left + 1] = tonumber(entries[i + 1]) - now
 end
-local epoch = tonumber(redis.call('HGET', KEYS[3], 'n')) or 0
-return {live, hashes, left, epoch}
+return {live, hashes, left}

@@ -260,7 +260,9 @@ fn reconfigure_keeps_the_counters() {
 mod shared {
     use super::*;
     use crate::limits::lease;
-    use crate::limits::shared::{Grant, GrantAsk, StoredWindow, SyncState};
+    use crate::limits::shared::{
+        Grant, GrantAsk, StoredWindow, SyncState, now_ms as shared_now_ms,
+    };
     use crate::vocab::StoreError;
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -277,8 +279,41 @@ mod shared {
         live: AtomicU64,
         /// How long each grant takes (ms): a store that answers, but late.
         slow_ms: AtomicU64,
+        /// Once armed, the first sidecar to send a second grant request answers late for
+        /// the next `late_ms`: every grant it asks for meanwhile takes that long, and is lost
+        /// if it gives up first (a link that turns slow right after the sidecar reported).
+        late_ms: AtomicU64,
+        late: Mutex<Late>,
         /// Seconds the store's clock is ahead of the sidecars'.
         ahead_secs: AtomicU64,
+        /// Paused as a SIGSTOPped Redis is: requests queue, in the order they came, and all
+        /// run once it resumes, those whose callers gave up included (their replies are lost).
+        paused: Mutex<Option<Vec<Queued>>>,
+        heartbeats: Mutex<HashMap<String, std::time::Instant>>,
+    }
+
+    #[derive(Default)]
+    struct Late {
+        armed: bool,
+        grants: HashMap<String, u64>,
+        /// The sidecar answered late, and until when.
+        slow: Option<(String, std::time::Instant)>,
+    }
+
+    /// A request waiting for a paused store.
+    enum Queued {
+        Grant {
+            instance: String,
+            sender: lease::Sender,
+            hash: KeyHash,
+            asks: Vec<GrantAsk>,
+            reply: tokio::sync::oneshot::Sender<Vec<Grant>>,
+        },
+        Sync {
+            instance: String,
+            alive_for: Duration,
+            reply: tokio::sync::oneshot::Sender<SyncState>,
+        },
     }
 
     impl Memory {
@@ -286,25 +321,61 @@ mod shared {
         fn used(&self) -> u64 {
             self.counters.lock().unwrap().values().map(|c| c.used).sum()
         }
-    }
 
-    #[async_trait::async_trait]
-    impl QuotaStore for Memory {
-        async fn grant(
+        fn answers_late(&self, instance: &str) -> bool {
+            let mut late = self.late.lock().unwrap();
+            if !late.armed {
+                return false;
+            }
+            let sent = late.grants.entry(instance.to_owned()).or_default();
+            *sent += 1;
+            if *sent == 2 && late.slow.is_none() {
+                let until = std::time::Instant::now()
+                    + Duration::from_millis(self.late_ms.load(Ordering::SeqCst));
+                late.slow = Some((instance.to_owned(), until));
+            }
+            late.slow
+                .as_ref()
+                .is_some_and(|(who, until)| who == instance && std::time::Instant::now() < *until)
+        }
+
+        fn pause(&self) {
+            *self.paused.lock().unwrap() = Some(Vec::new());
+        }
+
+        /// Runs every queued request, in order, then answers at once again.
+        fn resume(&self) {
+            let queued = self.paused.lock().unwrap().take().unwrap_or_default();
+            for request in queued {
+                // A caller that gave up has dropped its receiver: the reply is lost.
+                match request {
+                    Queued::Grant {
+                        instance,
+                        sender,
+                        hash,
+                        asks,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.answer(&instance, sender, hash, &asks));
+                    }
+                    Queued::Sync {
+                        instance,
+                        alive_for,
+                        reply,
+                    } => {
+                        let _ = reply.send(self.sync_state(&instance, alive_for));
+                    }
+                }
+            }
+        }
+
+        fn answer(
             &self,
             instance: &str,
             sender: lease::Sender,
             hash: KeyHash,
-            asks: Vec<GrantAsk>,
-        ) -> Result<Vec<Grant>, StoreError> {
-            if self.down.load(Ordering::SeqCst) {
-                return Err(StoreError::Unavailable("down".into()));
-            }
-            self.grants.fetch_add(1, Ordering::SeqCst);
-            let slow = self.slow_ms.load(Ordering::SeqCst);
-            if slow > 0 {
-                tokio::time::sleep(Duration::from_millis(slow)).await;
-            }
+            asks: &[GrantAsk],
+        ) -> Vec<Grant> {
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap()
@@ -313,8 +384,7 @@ mod shared {
             let now = now_ms / 1_000;
             let mut counters = self.counters.lock().unwrap();
             let mut outage = self.outage.lock().unwrap();
-            Ok(asks
-                .iter()
+            asks.iter()
                 .map(|ask| {
                     let (window, _) = ask.calendar.window(now);
                     let counter = counters
@@ -336,27 +406,89 @@ mod shared {
                         window,
                         held: answer.held,
                         hold_left: Duration::from_millis(answer.hold_left_ms),
-                        outage_epoch: answer.outage_epoch,
                         reply: answer.reply,
                     }
                 })
-                .collect())
+                .collect()
+        }
+
+        /// `live` 0: the sidecars heard from within `alive_for`, as `sync.lua` counts.
+        fn sync_state(&self, instance: &str, alive_for: Duration) -> SyncState {
+            let now = std::time::Instant::now();
+            let mut heartbeats = self.heartbeats.lock().unwrap();
+            heartbeats.insert(instance.to_owned(), now);
+            heartbeats.retain(|_, at| now.duration_since(*at) < alive_for);
+            let live = match self.live.load(Ordering::SeqCst) {
+                0 => heartbeats.len() as u64,
+                set => set,
+            };
+            SyncState {
+                live,
+                suspended: vec![],
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl QuotaStore for Memory {
+        async fn grant(
+            &self,
+            instance: &str,
+            sender: lease::Sender,
+            hash: KeyHash,
+            asks: Vec<GrantAsk>,
+        ) -> Result<Vec<Grant>, StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.grants.fetch_add(1, Ordering::SeqCst);
+            let slow = if self.answers_late(instance) {
+                self.late_ms.load(Ordering::SeqCst)
+            } else {
+                self.slow_ms.load(Ordering::SeqCst)
+            };
+            if slow > 0 {
+                tokio::time::sleep(Duration::from_millis(slow)).await;
+            }
+            let (reply, answered) = tokio::sync::oneshot::channel();
+            if let Some(queue) = self.paused.lock().unwrap().as_mut() {
+                queue.push(Queued::Grant {
+                    instance: instance.to_owned(),
+                    sender,
+                    hash,
+                    asks,
+                    reply,
+                });
+            } else {
+                return Ok(self.answer(instance, sender, hash, &asks));
+            }
+            answered
+                .await
+                .map_err(|_| StoreError::Unavailable("gone".into()))
         }
 
         async fn sync(
             &self,
-            _: &str,
-            _: Duration,
+            instance: &str,
+            alive_for: Duration,
             _: Vec<(KeyHash, Duration)>,
         ) -> Result<SyncState, StoreError> {
             if self.down.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("down".into()));
             }
-            Ok(SyncState {
-                live: self.live.load(Ordering::SeqCst),
-                outage_epoch: self.outage.lock().unwrap().epoch,
-                suspended: vec![],
-            })
+            let (reply, answered) = tokio::sync::oneshot::channel();
+            if let Some(queue) = self.paused.lock().unwrap().as_mut() {
+                queue.push(Queued::Sync {
+                    instance: instance.to_owned(),
+                    alive_for,
+                    reply,
+                });
+            } else {
+                return Ok(self.sync_state(instance, alive_for));
+            }
+            answered
+                .await
+                .map_err(|_| StoreError::Unavailable("gone".into()))
         }
 
         async fn usage(&self, _: KeyHash) -> Result<Vec<StoredWindow>, StoreError> {
@@ -551,7 +683,7 @@ mod shared {
                 .all(|r| matches!(r, Limited::Rate(r) if r.window.name == "per_hour")),
             "{refused:?}"
         );
-        let budget = fallback_budget(LIMIT, 2);
+        let budget = lease::fallback_budget(LIMIT, 2);
         assert!(alone <= budget, "{alone} admitted alone, budget {budget}");
         assert!(
             admitted <= LIMIT + alone,
@@ -725,6 +857,114 @@ mod shared {
                 .unwrap_or(0)
         };
         until(|| heard() == alone).await;
+    }
+
+    /// Three sidecars spend one quota while the store pauses as a SIGSTOPped Redis does
+    /// (requests queue and all run, late, when it resumes), at the scale of the black-box
+    /// test (`tests/limits.rs`, `quota_across_a_redis_pause`) with times shrunk forty-fold.
+    /// Just after it resumes, one sidecar's link turns slow right after it reported: its
+    /// grants answer later than the timeout for a moment, and it admits alone again. Every
+    /// sidecar reports within the hold here, so the window must end exactly at its limit
+    /// (before the hold covered sidecars that had reported: 6 to 21 over in every round).
+    /// Half the rounds begin the pause inside the hold of an outage a moment before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_paused_store_and_a_late_grant_after_it_cost_no_quota() {
+        const LIMIT: u64 = 1_200;
+        let sync_every = Duration::from_millis(25);
+        let timeout = sync_every * 3 / 4;
+        let mut over = Vec::new();
+        for round in 0..10 {
+            let store = Arc::new(Memory::default());
+            let sidecars: Arc<Vec<Limiter>> = Arc::new(
+                (0..3)
+                    .map(|_| {
+                        sidecar_syncing(&store, LIMIT, timeout, QuotaFallback::Budget, sync_every)
+                    })
+                    .collect(),
+            );
+            for l in sidecars.iter() {
+                let shared = l.shared.clone().unwrap();
+                until(|| shared.live() == 3).await;
+            }
+            let r = Arc::new(record(None, Environment::LIVE));
+            let h = KeyHash::of("paused");
+            let admitted = Arc::new(AtomicU64::new(0));
+            let resumed = Arc::new(AtomicBool::new(false));
+            let workers: Vec<_> = (0..12usize)
+                .map(|w| {
+                    let (sidecars, r) = (sidecars.clone(), r.clone());
+                    let (admitted, resumed) = (admitted.clone(), resumed.clone());
+                    tokio::spawn(async move {
+                        let l = &sidecars[w % 3];
+                        let mut refused_since: Option<std::time::Instant> = None;
+                        loop {
+                            match l.admit(h, &*r, SystemTime::now()).await {
+                                Ok(_) => {
+                                    admitted.fetch_add(1, Ordering::SeqCst);
+                                    refused_since = None;
+                                }
+                                Err(_) if !resumed.load(Ordering::SeqCst) => {}
+                                Err(_) => {
+                                    if refused_since
+                                        .get_or_insert_with(std::time::Instant::now)
+                                        .elapsed()
+                                        > sync_every * 3
+                                    {
+                                        return;
+                                    }
+                                }
+                            }
+                            tokio::time::sleep(Duration::from_micros(250)).await;
+                        }
+                    })
+                })
+                .collect();
+            while admitted.load(Ordering::SeqCst) < LIMIT / 3 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if round % 2 == 1 {
+                // An outage some sidecar reported a moment before (a grant that answered
+                // late): the store is still holding for it when the pause begins.
+                *store.outage.lock().unwrap() = lease::Outage {
+                    back_ms: Some(shared_now_ms()),
+                };
+                tokio::time::sleep(sync_every * 2).await;
+            }
+            store.pause();
+            tokio::time::sleep(sync_every * 3).await;
+            store.resume();
+            resumed.store(true, Ordering::SeqCst);
+            store
+                .late_ms
+                .store((sync_every * 2).as_millis() as u64, Ordering::SeqCst);
+            store.late.lock().unwrap().armed = true;
+            let alone = || {
+                sidecars
+                    .iter()
+                    .map(|l| l.state.get(&h).map_or(0, |s| s.leases().hour.fell_back().1))
+                    .sum::<u64>()
+            };
+            tokio::time::sleep(timeout).await;
+            let alone_at_resume = alone();
+            for w in workers {
+                w.await.unwrap();
+            }
+            let admitted = admitted.load(Ordering::SeqCst);
+            let after = alone() - alone_at_resume;
+            eprintln!(
+                "round {round}: {admitted} admitted of {LIMIT}, {} alone ({after} after the \
+                 pause), store used {}",
+                alone(),
+                store.used()
+            );
+            if admitted > LIMIT {
+                over.push((round, admitted, after));
+            }
+        }
+        assert!(
+            over.is_empty(),
+            "(round, admitted, alone after the pause): {over:?}"
+        );
     }
 
     #[tokio::test]
