@@ -186,7 +186,8 @@ pub enum TunnelClose {
     /// keygate closed it because the key it was admitted with no longer admits it (revoked,
     /// suspended, deleted, expired, or changed).
     KeyLapsed,
-    /// Nothing either way for `[upstream] tunnel_idle_timeout`.
+    /// Nothing either way for `[upstream] tunnel_idle_timeout`: keygate told both ends (1001)
+    /// and closed it, or cut it off when one did not answer.
     Idle,
     /// A read or write failed (a reset, or a dead path found by TCP keepalive).
     Error,

@@ -392,11 +392,12 @@ async fn websockets_pass_through_after_the_key_is_admitted() {
 }
 
 #[tokio::test]
-async fn a_websocket_tunnel_lives_while_bytes_move_and_is_closed_when_idle() {
+async fn a_websocket_tunnel_lives_while_bytes_move_and_is_told_when_idle() {
     // `tunnel_idle_timeout` 1 s: a message every 300 ms (echoed, so bytes move both ways)
-    // keeps the tunnel open well past it; then silence closes it. While it is a tunnel, the
-    // kernel watches the client's connection (keepalive), since no other clock does.
-    let (upstream, _handshakes) = websocket_upstream().await;
+    // keeps the tunnel open well past it; then silence ends it, both ends told 1001 with the
+    // reason. While it is a tunnel, the kernel watches the client's connection (keepalive),
+    // since no other clock does.
+    let (upstream, mut closes) = websocket_upstream_reporting_closes().await;
     let ws = Workspace::new(&upstream, "");
     ws.upstream_options("tunnel_idle_timeout = \"1s\"\n");
     let (_, key) = ws.create_key(&[]);
@@ -420,19 +421,21 @@ async fn a_websocket_tunnel_lives_while_bytes_move_and_is_closed_when_idle() {
     assert_eq!(kg.metric("keygate_tunnels_open").await, Some(1.0));
 
     let quiet = Instant::now();
-    let end = tokio::time::timeout(Duration::from_secs(10), socket.next())
-        .await
-        .expect("the tunnel was still open 10 s into its silence");
-    assert!(
-        matches!(end, None | Some(Err(_))),
-        "expected the tunnel to close, got {end:?}"
-    );
+    told_close(&mut socket, "client", IDLE_OUT, "its silence").await;
     let waited = quiet.elapsed();
     assert!(
         waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
-        "closed after {waited:?} of silence"
+        "told after {waited:?} of silence"
     );
-    assert_eq!(kg.metric("keygate_tunnels_open").await, Some(0.0));
+    let upstream_told = tokio::time::timeout(Duration::from_secs(5), closes.recv())
+        .await
+        .expect("the upstream was not told");
+    assert_eq!(upstream_told, Some(Some(IDLE_OUT.0)));
+    let closed = eventually(Duration::from_secs(5), || async {
+        kg.metric("keygate_tunnels_open").await == Some(0.0)
+    })
+    .await;
+    assert!(closed.is_some(), "the tunnel is still counted open");
     for (reason, count) in [("idle", 1.0), ("closed", 0.0), ("error", 0.0)] {
         assert_eq!(
             kg.metric(&format!(
@@ -1005,6 +1008,7 @@ async fn told_close<S>(
 
 const GOING_AWAY: (u16, &str) = (1001, "server shutting down");
 const KEY_LAPSED: (u16, &str) = (1008, "API key no longer valid");
+const IDLE_OUT: (u16, &str) = (1001, "idle timeout");
 
 #[tokio::test]
 async fn sigterm_tells_websockets_going_away_and_exits_without_waiting_for_them() {

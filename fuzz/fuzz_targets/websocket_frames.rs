@@ -94,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(ends(wire.chunks(1)), want, "read byte by byte");
 
     let mask = wire.get(..4).map(|m| [m[0], m[1], m[2], m[3]]);
-    for farewell in [Farewell::Shutdown, Farewell::KeyLapsed] {
+    for farewell in [Farewell::Shutdown, Farewell::KeyLapsed, Farewell::Idle] {
         for frame in [close(farewell, None), close(farewell, mask)] {
             assert_eq!(reference(&frame), [(frame.len(), true)]);
             let payload: Vec<u8> = match frame[1] & 0x80 {

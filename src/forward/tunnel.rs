@@ -1,15 +1,17 @@
 //! A WebSocket tunnel after a `101`: the client and the upstream joined byte for byte until
-//! one closes, until neither has sent a byte for `[upstream] tunnel_idle_timeout`, or until
-//! keygate ends it (it is stopping, or the key the tunnel was admitted with lapsed), telling
-//! both ends why between two frames ([`join`]).
+//! one closes, or until keygate ends it, telling both ends why between two frames ([`join`]):
+//! it is stopping, the key the tunnel was admitted with lapsed, or neither end has sent a
+//! byte for `[upstream] tunnel_idle_timeout`.
 //!
 //! A quiet tunnel is legitimate (a chat nobody writes in), so a tunnel gets no clock on the
 //! gap between two pieces the way a response body does ([`super::silence`]). What it gets is
 //! what HAProxy calls `timeout tunnel` (an hour in its documentation's example; nginx applies
 //! its 60 s `proxy_read_timeout`): a tunnel in which nothing has moved either way for that
-//! long is closed. That bounds what TCP keepalive cannot see: two live kernels under a hung
-//! application, which answer every probe and never send a byte. An application that pings
-//! now and then (many WebSocket servers do, every 20–60 s) is never touched by it.
+//! long is closed, both ends told 1001 (going away, `idle timeout`) as when keygate stops,
+//! and cut off [`CLOSE_WAIT`] later if an end does not answer. That bounds what TCP
+//! keepalive cannot see: two live kernels under a hung application, which answer every probe
+//! and never send a byte. An application that pings now and then (many WebSocket servers do,
+//! every 20–60 s) is never touched by it.
 //!
 //! The clock reads the time once per read that brings bytes, which only tunnels pay, and
 //! keeps one timer for the whole tunnel, moved when it fires before the current deadline.
@@ -109,7 +111,6 @@ pub async fn run<C, U>(
                 "tunnel cut off: keygate's close was not answered"
             );
         }
-        TunnelEnd::Idle(idle) => tracing::debug!(?idle, "tunnel closed: idle"),
         TunnelEnd::Failed(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
     }
 }
@@ -141,8 +142,6 @@ pub enum TunnelEnd {
     /// keygate ended it, and it had not closed [`CLOSE_WAIT`] later (a frame that did not
     /// end, or an end that did not answer): cut off.
     Unanswered(Farewell),
-    /// Nothing either way for the tunnel idle timeout.
-    Idle(Duration),
     /// A read or write failed (a reset, or a dead path found by TCP keepalive).
     Failed(io::Error),
 }
@@ -151,32 +150,30 @@ impl TunnelEnd {
     /// How `keygate_tunnels_closed_total` counts it.
     pub fn reason(&self) -> TunnelClose {
         match self {
-            Self::WentAway {
-                farewell: Farewell::KeyLapsed,
-                ..
-            }
-            | Self::Unanswered(Farewell::KeyLapsed) => TunnelClose::KeyLapsed,
-            Self::Closed { .. } | Self::WentAway { .. } | Self::Unanswered(_) => {
-                TunnelClose::Closed
-            }
-            Self::Idle(_) => TunnelClose::Idle,
+            Self::Closed { .. } => TunnelClose::Closed,
+            Self::WentAway { farewell, .. } | Self::Unanswered(farewell) => match farewell {
+                Farewell::Shutdown => TunnelClose::Closed,
+                Farewell::KeyLapsed => TunnelClose::KeyLapsed,
+                Farewell::Idle => TunnelClose::Idle,
+            },
             Self::Failed(_) => TunnelClose::Error,
         }
     }
 }
 
-/// Copies between `client` and `upstream` until one side closes, an I/O error, or no byte has
-/// moved either way for `idle`.
+/// Copies between `client` and `upstream` until one side closes or an I/O error, or until
+/// keygate ends the tunnel: `ending` resolves, or no byte has moved either way for `idle`.
 ///
-/// Once `ending` resolves, each direction, at its next frame boundary, carries a Close that
-/// keygate writes, saying why ([`websocket::close`]: 1001 going away when keygate stops, 1008
-/// when the key lapsed), and nothing of its sender's after that: the client gets one as from the server, the upstream one as from a
-/// client. Then each side's bytes are read and dropped until its own Close (its answer) or
-/// its end, and the direction towards the other side is shut. A direction whose sender has
-/// already sent a Close is left as it is (its close is under way). The bound: a tunnel still
-/// open [`CLOSE_WAIT`] after `ending` (a frame that does not end, an end that does not
-/// answer: a phone out of coverage, which TCP keepalive would take a minute to notice) is cut
-/// off, so that one dead client does not hold the process for `shutdown_timeout`.
+/// Then each direction, at its next frame boundary, carries a Close that keygate writes,
+/// saying why ([`websocket::close`]: 1001 going away when keygate stops or the tunnel idled
+/// out, 1008 when the key lapsed), and nothing of its sender's after that: the client gets
+/// one as from the server, the upstream one as from a client. Then each side's bytes are
+/// read and dropped until its own Close (its answer) or its end, and the direction towards
+/// the other side is shut. A direction whose sender has already sent a Close is left as it
+/// is (its close is under way). The bound: a tunnel still open [`CLOSE_WAIT`] after keygate
+/// ended it (a frame that does not end, an end that does not answer: a phone out of
+/// coverage, which TCP keepalive would take a minute to notice, or a hung application) is
+/// cut off, so that one dead client does not hold the process for `shutdown_timeout`.
 pub async fn join<C, U>(
     client: &mut C,
     upstream: &mut U,
@@ -213,8 +210,8 @@ where
     tokio::pin!(ending);
     let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
-    // Why keygate ends the tunnel, once `ending` fires (the sides read `going_away`); and
-    // by when it must have closed.
+    // Why keygate ends the tunnel, once `ending` fires or it idles out (the sides read
+    // `going_away`); and by when it must have closed.
     let mut ended = None;
     let close_wait = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(close_wait);
@@ -229,25 +226,29 @@ where
                     Err(e) => TunnelEnd::Failed(e),
                 };
             }
-            // The next turn of the loop polls the copy again, and each side's read sees the
-            // flag.
             farewell = ending.as_mut(), if ended.is_none() => {
                 ended = Some(farewell);
-                let _ = going_away.set(farewell);
-                close_wait.as_mut().reset(Instant::now() + CLOSE_WAIT);
             }
             () = close_wait.as_mut(), if ended.is_some() => {
                 if let Some(farewell) = ended {
                     return TunnelEnd::Unanswered(farewell);
                 }
             }
-            () = timer.as_mut() => {
+            () = timer.as_mut(), if ended.is_none() => {
                 let due = start + Duration::from_millis(heard.load(Ordering::Relaxed)) + idle;
                 if Instant::now() >= due {
-                    return TunnelEnd::Idle(idle);
+                    ended = Some(Farewell::Idle);
+                } else {
+                    timer.as_mut().reset(due);
                 }
-                timer.as_mut().reset(due);
             }
+        }
+        // Said once: the next turn of the loop polls the copy again, and each side's read
+        // sees the flag.
+        if let Some(farewell) = ended
+            && going_away.set(farewell).is_ok()
+        {
+            close_wait.as_mut().reset(Instant::now() + CLOSE_WAIT);
         }
     }
 }
@@ -735,7 +736,15 @@ mod tests {
                 TunnelEnd::Unanswered(Farewell::KeyLapsed),
                 TunnelClose::KeyLapsed,
             ),
-            (TunnelEnd::Idle(IDLE), TunnelClose::Idle),
+            (
+                TunnelEnd::WentAway {
+                    farewell: Farewell::Idle,
+                    up,
+                    down,
+                },
+                TunnelClose::Idle,
+            ),
+            (TunnelEnd::Unanswered(Farewell::Idle), TunnelClose::Idle),
         ] {
             assert_eq!(end.reason(), counted, "{end:?}");
         }
@@ -762,42 +771,79 @@ mod tests {
         assert!(matches!(joined.await.unwrap(), TunnelEnd::WentAway { .. }));
     }
 
+    /// Asserts `from` gets keygate's Close for an idle tunnel.
+    async fn assert_told_idle(from: &mut tokio::io::DuplexStream, masked: bool) {
+        let (first, mask, payload) = read_frame(from).await;
+        assert_eq!(first, 0x88, "a final Close frame");
+        assert_eq!(mask.is_some(), masked);
+        assert_eq!(payload[..2], 1001u16.to_be_bytes());
+        assert_eq!(&payload[2..], b"idle timeout");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn bytes_either_way_keep_a_tunnel_open_and_silence_closes_it() {
         let (mut client, mut upstream, joined) = tunnel();
         let opened = Instant::now();
-        let mut byte = [0u8; 1];
         // Twelve gaps of 9 s, the talker taking turns: 108 s of a tunnel that never idled
         // for 10 s, though each side alone was quiet for 18 s at a time.
         for turn in 0..12u8 {
             tokio::time::sleep(Duration::from_secs(9)).await;
-            if turn % 2 == 0 {
-                client.write_all(&[turn]).await.unwrap();
-                upstream.read_exact(&mut byte).await.unwrap();
+            let (from, to, mask) = if turn % 2 == 0 {
+                (&mut client, &mut upstream, Some([turn; 4]))
             } else {
-                upstream.write_all(&[turn]).await.unwrap();
-                client.read_exact(&mut byte).await.unwrap();
-            }
-            assert_eq!(byte[0], turn);
+                (&mut upstream, &mut client, None)
+            };
+            let message = frame(0x2, &[turn], mask);
+            from.write_all(&message).await.unwrap();
+            let mut got = vec![0u8; message.len()];
+            to.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, message);
             assert!(!joined.is_finished(), "closed at turn {turn}");
         }
         let last = Instant::now();
-        let end = joined.await.unwrap();
-        assert!(matches!(end, TunnelEnd::Idle(d) if d == IDLE), "{end:?}");
+        // Both ends are told, at the limit, and answer.
+        assert_told_idle(&mut client, false).await;
         assert_eq!(Instant::now() - last, IDLE);
+        assert_told_idle(&mut upstream, true).await;
+        client
+            .write_all(&frame(0x8, &[0x03, 0xe9], Some([9; 4])))
+            .await
+            .unwrap();
+        upstream
+            .write_all(&frame(0x8, &[0x03, 0xe9], None))
+            .await
+            .unwrap();
+        assert_ended(&mut client).await;
+        assert_ended(&mut upstream).await;
+        let end = joined.await.unwrap();
+        assert!(
+            matches!(
+                end,
+                TunnelEnd::WentAway {
+                    farewell: Farewell::Idle,
+                    ..
+                }
+            ),
+            "{end:?}"
+        );
+        assert_eq!(end.reason(), TunnelClose::Idle);
         assert_eq!(last - opened, Duration::from_secs(108));
-        // Both sides see the close.
-        assert_eq!(client.read(&mut byte).await.unwrap(), 0);
-        assert_eq!(upstream.read(&mut byte).await.unwrap(), 0);
     }
 
+    /// A hung application behind live kernels: told, it never answers, and is cut off.
     #[tokio::test(start_paused = true)]
-    async fn a_tunnel_that_never_carries_a_byte_closes_after_the_limit() {
-        let (_client, _upstream, joined) = tunnel();
+    async fn a_tunnel_that_never_carries_a_byte_is_told_then_cut_off() {
+        let (mut client, mut upstream, joined) = tunnel();
         let opened = Instant::now();
-        let end = joined.await.unwrap();
-        assert!(matches!(end, TunnelEnd::Idle(_)), "{end:?}");
+        assert_told_idle(&mut client, false).await;
+        assert_told_idle(&mut upstream, true).await;
         assert_eq!(Instant::now() - opened, IDLE);
+        let end = joined.await.unwrap();
+        assert!(
+            matches!(end, TunnelEnd::Unanswered(Farewell::Idle)),
+            "{end:?}"
+        );
+        assert_eq!(Instant::now() - opened, IDLE + CLOSE_WAIT);
     }
 
     #[test]

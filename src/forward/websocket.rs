@@ -2,11 +2,12 @@
 //! whether a Close has gone by, and the Close keygate says when it ends a tunnel itself.
 //!
 //! A tunnel relays bytes, not messages, and never changes them while it runs. It follows the
-//! frames only so that, when keygate stops or the tunnel's key stops admitting ([`Farewell`]),
-//! it can tell both ends so between two frames instead of cutting the connection: a browser
-//! then sees a clean close with a status it can act on (1001: reconnect, to another instance;
-//! 1008: not with this key), not the abnormal 1006 of a dropped connection, and the process
-//! need not wait out `shutdown_timeout` for tunnels that would otherwise live for hours.
+//! frames only so that, when keygate stops, the tunnel's key stops admitting or the tunnel
+//! idles out ([`Farewell`]), it can tell both ends so between two frames instead of cutting
+//! the connection: a browser then sees a clean close with a status it can act on (1001:
+//! reconnect, to another instance or when there is something to say; 1008: not with this
+//! key), not the abnormal 1006 of a dropped connection, and the process need not wait out
+//! `shutdown_timeout` for tunnels that would otherwise live for hours.
 //!
 //! Any byte sequence reads as frames (a header's length fields say where the next one
 //! begins), so the reader keeps no error state; a nonsensical length only means the next
@@ -113,12 +114,15 @@ pub enum Farewell {
     /// The key the tunnel was admitted with was revoked, suspended, deleted or has expired:
     /// 1008, policy violation; reconnecting with it will be refused.
     KeyLapsed,
+    /// Nothing moved either way for `[upstream] tunnel_idle_timeout`: 1001, going away; the
+    /// client may reconnect when it has something to say.
+    Idle,
 }
 
 impl Farewell {
     pub fn status(self) -> u16 {
         match self {
-            Self::Shutdown => 1001,
+            Self::Shutdown | Self::Idle => 1001,
             Self::KeyLapsed => 1008,
         }
     }
@@ -128,6 +132,7 @@ impl Farewell {
         match self {
             Self::Shutdown => "server shutting down",
             Self::KeyLapsed => "API key no longer valid",
+            Self::Idle => "idle timeout",
         }
     }
 }
@@ -278,7 +283,7 @@ mod tests {
 
     #[test]
     fn keygate_s_close_says_why_masked_or_not() {
-        for farewell in [Farewell::Shutdown, Farewell::KeyLapsed] {
+        for farewell in [Farewell::Shutdown, Farewell::KeyLapsed, Farewell::Idle] {
             let reason = farewell.reason().as_bytes();
             assert!(2 + reason.len() <= 125, "a control frame's payload");
             let plain = close(farewell, None);
@@ -303,8 +308,8 @@ mod tests {
             }
         }
         assert_eq!(
-            (Farewell::Shutdown.status(), Farewell::KeyLapsed.status()),
-            (1001, 1008)
+            [Farewell::Shutdown, Farewell::KeyLapsed, Farewell::Idle].map(Farewell::status),
+            [1001, 1008, 1001]
         );
     }
 }
