@@ -512,12 +512,18 @@ mod tests {
         (head[0], mask, payload)
     }
 
-    /// Asserts `from` gets keygate's Close (1001), masked as `masked` says, then its end.
-    async fn assert_goodbye(from: &mut tokio::io::DuplexStream, masked: bool) {
+    /// Asserts `from` gets keygate's Close for `why`, masked as `masked` says.
+    async fn assert_told(from: &mut tokio::io::DuplexStream, why: Farewell, masked: bool) {
         let (first, mask, payload) = read_frame(from).await;
         assert_eq!(first, 0x88, "a final Close frame");
         assert_eq!(mask.is_some(), masked);
-        assert_eq!(payload[..2], 1001u16.to_be_bytes());
+        assert_eq!(payload[..2], why.status().to_be_bytes());
+        assert_eq!(&payload[2..], why.reason().as_bytes());
+    }
+
+    /// Asserts `from` gets keygate's Close for stopping (1001).
+    async fn assert_goodbye(from: &mut tokio::io::DuplexStream, masked: bool) {
+        assert_told(from, Farewell::Shutdown, masked).await;
     }
 
     async fn assert_ended(from: &mut tokio::io::DuplexStream) {
@@ -771,15 +777,6 @@ mod tests {
         assert!(matches!(joined.await.unwrap(), TunnelEnd::WentAway { .. }));
     }
 
-    /// Asserts `from` gets keygate's Close for an idle tunnel.
-    async fn assert_told_idle(from: &mut tokio::io::DuplexStream, masked: bool) {
-        let (first, mask, payload) = read_frame(from).await;
-        assert_eq!(first, 0x88, "a final Close frame");
-        assert_eq!(mask.is_some(), masked);
-        assert_eq!(payload[..2], 1001u16.to_be_bytes());
-        assert_eq!(&payload[2..], b"idle timeout");
-    }
-
     #[tokio::test(start_paused = true)]
     async fn bytes_either_way_keep_a_tunnel_open_and_silence_closes_it() {
         let (mut client, mut upstream, joined) = tunnel();
@@ -802,17 +799,14 @@ mod tests {
         }
         let last = Instant::now();
         // Both ends are told, at the limit, and answer.
-        assert_told_idle(&mut client, false).await;
+        assert_told(&mut client, Farewell::Idle, false).await;
         assert_eq!(Instant::now() - last, IDLE);
-        assert_told_idle(&mut upstream, true).await;
-        client
-            .write_all(&frame(0x8, &[0x03, 0xe9], Some([9; 4])))
-            .await
-            .unwrap();
-        upstream
-            .write_all(&frame(0x8, &[0x03, 0xe9], None))
-            .await
-            .unwrap();
+        assert_told(&mut upstream, Farewell::Idle, true).await;
+        for (end, mask) in [(&mut client, Some([9; 4])), (&mut upstream, None)] {
+            end.write_all(&frame(0x8, &[0x03, 0xe9], mask))
+                .await
+                .unwrap();
+        }
         assert_ended(&mut client).await;
         assert_ended(&mut upstream).await;
         let end = joined.await.unwrap();
@@ -835,8 +829,8 @@ mod tests {
     async fn a_tunnel_that_never_carries_a_byte_is_told_then_cut_off() {
         let (mut client, mut upstream, joined) = tunnel();
         let opened = Instant::now();
-        assert_told_idle(&mut client, false).await;
-        assert_told_idle(&mut upstream, true).await;
+        assert_told(&mut client, Farewell::Idle, false).await;
+        assert_told(&mut upstream, Farewell::Idle, true).await;
         assert_eq!(Instant::now() - opened, IDLE);
         let end = joined.await.unwrap();
         assert!(
