@@ -612,6 +612,7 @@ fn edit_from(args: UpdateArgs, config: &Config, now: SystemTime) -> Result<manag
         allowed_cidrs: None,
         plan: args.plan.map(Some),
         limits: None,
+        allowed_origins: None,
     };
     if draft.name.is_none()
         && draft.scopes.is_none()

@@ -104,10 +104,11 @@ pub(crate) struct Audit<'a> {
     pub held: Option<Box<Admitted>>,
 }
 
-/// What a WebSocket's request was admitted on: while the tunnel lives, the same authorization
-/// runs again whenever the key may have changed ([`KeyCache::lapsed`]), against the key as it
-/// is then, under the config the request was admitted with (a reload applies to tunnels opened
-/// after it, as to any request in flight).
+/// What a WebSocket's request was admitted on: while the tunnel lives, the same checks (the
+/// key's browser origins, stage 6b, and its authorization, stage 7) run again whenever the key
+/// may have changed ([`KeyCache::lapsed`]), against the key as it is then, under the config the
+/// request was admitted with (a reload applies to tunnels opened after it, as to any request in
+/// flight).
 #[derive(Clone)]
 pub(crate) struct Admitted {
     hash: KeyHash,
@@ -119,12 +120,24 @@ pub(crate) struct Admitted {
     client_ip: std::net::IpAddr,
     via: HeaderSet,
     narrowed: Vec<String>,
+    /// The browser page's `Origin`, which a public key's origins must allow (stage 6b).
+    origin: Option<Box<[u8]>>,
     config: Arc<Config>,
 }
 
 impl Admitted {
-    /// Whether `record` still admits the request (status, expiry, IP allowlist, scopes, ...).
+    /// Whether `record` still admits the request: from the origin (a public key's), and
+    /// status, expiry, IP allowlist, scopes, ...
     fn admits(&self, record: &CachedKey) -> bool {
+        let from_origin = self
+            .config
+            .cors
+            .for_key(
+                self.origin.as_deref(),
+                record.key_type,
+                record.allowed_origins(),
+            )
+            .is_ok();
         let facts = RequestFacts {
             method: &http::Method::GET,
             path: &self.path,
@@ -133,7 +146,7 @@ impl Admitted {
             via: self.via,
             narrowed: &self.narrowed,
         };
-        authz::authorize(record, self.claims, &facts, &policy(&self.config)).is_ok()
+        from_origin && authz::authorize(record, self.claims, &facts, &policy(&self.config)).is_ok()
     }
 }
 
@@ -666,6 +679,7 @@ impl Proxy {
                 client_ip,
                 via,
                 narrowed: narrowed.to_vec(),
+                origin: origin.map(Box::from),
                 config: current.config.clone(),
             }));
         }

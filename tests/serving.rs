@@ -319,10 +319,23 @@ async fn websocket_through(
     tokio_tungstenite::WebSocketStream<TcpStream>,
     std::net::SocketAddr,
 ) {
+    websocket_through_with(kg, &[("x-api-key", key)]).await
+}
+
+/// [`websocket_through`] with the handshake's `headers` (the key among them).
+async fn websocket_through_with(
+    kg: &Keygate,
+    headers: &[(&'static str, &str)],
+) -> (
+    tokio_tungstenite::WebSocketStream<TcpStream>,
+    std::net::SocketAddr,
+) {
     let mut req = format!("ws://{}/v1/stream", kg.public)
         .into_client_request()
         .unwrap();
-    req.headers_mut().insert("x-api-key", key.parse().unwrap());
+    for (name, value) in headers {
+        req.headers_mut().insert(*name, value.parse().unwrap());
+    }
     let tcp = TcpStream::connect(kg.public).await.unwrap();
     let client = tcp.local_addr().unwrap();
     let (socket, response) = tokio::time::timeout(
@@ -1128,6 +1141,82 @@ async fn a_websocket_ends_when_its_key_may_no_longer_reach_its_route_or_expires(
         let close = tokio::time::timeout(Duration::from_secs(5), closes.recv()).await;
         assert_eq!(close.ok().flatten(), Some(Some(1008)), "the upstream's end");
     }
+}
+
+#[tokio::test]
+async fn a_browser_s_websocket_ends_when_its_origin_is_no_longer_allowed() {
+    // A public key's browser origins can be changed (`PATCH /v1/keys/{id}`); a WebSocket a
+    // page opened from an origin the key no longer allows ends with 1008, as one whose key
+    // lapsed. A change that still allows it, and a client that sent no Origin (not a
+    // browser), are left alone.
+    const APP: &str = "https://app.example.com";
+    let (upstream, mut closes) = websocket_upstream_reporting_closes().await;
+    let ws = Workspace::new(&upstream, "[server]\nwatch_interval = \"0s\"\n");
+    let (_, admin) = ws.create_key(&["--scopes", "*,keygate:keys:write"]);
+    let (id, key) = ws.create_key(&["--type", "public", "--allow-origin", APP]);
+    let (secret_id, _) = ws.create_key(&[]);
+    let kg = ws.serve_with_env(&[("KEYGATE_LISTEN__MANAGE", "127.0.0.1:0")]);
+    let (mut page, _) = websocket_through_with(&kg, &[("x-api-key", &key), ("origin", APP)]).await;
+    let (mut tool, _) = websocket_through(&kg, &key).await;
+    echoes(&mut page, "before").await;
+    echoes(&mut tool, "before").await;
+    let bearer = format!("Bearer {admin}");
+    let patch = |id: String, origins: Vec<&str>| {
+        let url = kg.manage_url(&format!("/v1/keys/{id}"));
+        let body = serde_json::json!({ "allowed_origins": origins }).to_string();
+        let bearer = bearer.clone();
+        async move {
+            send(
+                Method::PATCH,
+                &url,
+                &[
+                    ("authorization", &bearer),
+                    ("content-type", "application/json"),
+                ],
+                Bytes::from(body),
+            )
+            .await
+        }
+    };
+
+    let still = patch(id.clone(), vec![APP, "https://admin.example.com"]).await;
+    assert_eq!(still.status, StatusCode::OK, "{}", text(&still.body));
+    assert_eq!(
+        still.json()["allowed_origins"],
+        serde_json::json!([APP, "https://admin.example.com"])
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    echoes(&mut page, "still allowed").await;
+    let moved = patch(id.clone(), vec!["https://new.example.com"]).await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", text(&moved.body));
+    told_close(
+        &mut page,
+        "the page's client",
+        KEY_LAPSED,
+        "the origins' change",
+    )
+    .await;
+    let close = tokio::time::timeout(Duration::from_secs(5), closes.recv()).await;
+    assert_eq!(close.ok().flatten(), Some(Some(1008)), "the upstream's end");
+    echoes(&mut tool, "after the change").await;
+    // The page cannot come back from its old origin.
+    let again = get(
+        &kg.url("/v1/stream"),
+        &[("x-api-key", key.as_str()), ("origin", APP)],
+    )
+    .await;
+    assert_eq!(again.status, StatusCode::FORBIDDEN);
+    assert_eq!(again.error_code(), "origin_not_allowed");
+
+    // Only a public key has origins: a secret key's change is refused, and changes nothing.
+    let refused = patch(secret_id, vec![APP]).await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(refused.error_code(), "invalid_parameter");
+    assert!(
+        text(&refused.body).contains("only public keys"),
+        "{}",
+        text(&refused.body)
+    );
 }
 
 #[tokio::test]

@@ -295,6 +295,9 @@ pub struct Edit {
     pub plan: Option<Option<String>>,
     /// Replaces the key's own limit overrides (empty: the plan's limits).
     pub limits: Option<crate::limits::Limits>,
+    /// Replaces a public key's browser origins (empty: `[cors] allow_origins`); checked
+    /// against the key's type when applied.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// An [`Edit`] as an API body states it.
@@ -316,6 +319,10 @@ pub struct EditDraft {
     /// The key's own limit overrides, replacing the ones it has (`{}`: none).
     #[serde(default)]
     pub limits: Option<BTreeMap<String, u64>>,
+    /// A public key's browser origins, replacing the ones it has (`[]`: `[cors]
+    /// allow_origins`).
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// A field that is present (even as `null`) is `Some`.
@@ -354,6 +361,7 @@ impl EditDraft {
             expires_at,
             allowed_cidrs: self.allowed_cidrs.as_deref().map(cidrs).transpose()?,
             plan: self.plan,
+            allowed_origins: self.allowed_origins,
         })
     }
 }
@@ -368,6 +376,7 @@ impl Edit {
             ("allowed_cidrs", self.allowed_cidrs.is_some()),
             ("plan", self.plan.is_some()),
             ("limits", self.limits.is_some()),
+            ("allowed_origins", self.allowed_origins.is_some()),
         ]
         .into_iter()
         .filter(|(_, set)| *set)
@@ -414,6 +423,9 @@ impl Edit {
         }
         if let Some(limits) = &self.limits {
             record.limits.clone_from(limits);
+        }
+        if let Some(list) = &self.allowed_origins {
+            record.allowed_origins = origins(list, record.key_type)?;
         }
         validate_spec(&KeySpec::of(record))
     }
