@@ -183,6 +183,15 @@ pub struct UpdateArgs {
     /// A new expiry (RFC 3339).
     #[arg(long)]
     pub expires_at: Option<String>,
+    /// Replaces the key's IP allowlist with these CIDRs (repeatable); `any` lets every
+    /// address in again.
+    #[arg(long = "allow-ip", value_name = "CIDR")]
+    pub allow_ip: Vec<String>,
+    /// Public keys: replaces the browser origins the key may be called from (repeatable);
+    /// `default` goes back to `[cors] allow_origins`. Open WebSockets from an origin no
+    /// longer allowed are closed.
+    #[arg(long = "allow-origin", value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -490,7 +499,11 @@ async fn keys_command(
             let now = SystemTime::now();
             let id = args.id.clone();
             let edit = edit_from(args, config, now)?;
-            let record = trail.edit(&id, edit, now).await?;
+            // What only the key's record can tell (origins on a secret key) is told by flag.
+            let record = trail.edit(&id, edit, now).await.map_err(|e| match e {
+                StoreError::InvalidSpec(message) => CliError::Usage(as_flags(&message)),
+                e => e.into(),
+            })?;
             writeln!(out, "{}", pretty(&manage::view(&record, now)))?;
         }
         KeysCommand::Revoke { id } => {
@@ -605,22 +618,32 @@ fn edit_from(args: UpdateArgs, config: &Config, now: SystemTime) -> Result<manag
         (None, Some(at)) => Some(Some(at)),
         (None, None) => None,
     };
+    // A list flag replaces the list; its one word alone empties it.
+    let replacing = |values: Vec<String>, empty: &str| match values.as_slice() {
+        [] => None,
+        [only] if only == empty => Some(Vec::new()),
+        _ => Some(values),
+    };
     let draft = manage::EditDraft {
         name: args.name,
         scopes: args.scopes,
         expires_at,
-        allowed_cidrs: None,
+        allowed_cidrs: replacing(args.allow_ip, "any"),
         plan: args.plan.map(Some),
         limits: None,
-        allowed_origins: None,
+        allowed_origins: replacing(args.allow_origin, "default"),
     };
     if draft.name.is_none()
         && draft.scopes.is_none()
         && draft.expires_at.is_none()
         && draft.plan.is_none()
+        && draft.allowed_cidrs.is_none()
+        && draft.allowed_origins.is_none()
     {
         return Err(CliError::Usage(
-            "nothing to change: give --name, --scopes, --plan, --expires-in or --expires-at".into(),
+            "nothing to change: give --name, --scopes, --plan, --expires-in, --expires-at, \
+             --allow-ip or --allow-origin"
+                .into(),
         ));
     }
     draft.into_edit(&config.limits, now).map_err(usage)

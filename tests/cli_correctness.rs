@@ -561,3 +561,78 @@ fn keys_update_changes_only_what_is_given_and_says_what_is_wrong() {
         &["key_missing"],
     );
 }
+
+/// `keys update --allow-ip` and `--allow-origin` replace the key's lists, `any` and `default`
+/// empty them, and what does not fit the key is refused by flag, leaving it as it was; the
+/// audit trail names what changed.
+#[test]
+fn keys_update_replaces_a_key_s_ip_allowlist_and_browser_origins() {
+    let ws = Workspace::new("http://127.0.0.1:9", "");
+    let (public, _) = ws.create_key(&["--type", "public", "--allow-origin", "https://a.example"]);
+    let (secret, _) = ws.create_key(&[]);
+    let update = |id: &str, extra: &[&str]| {
+        let mut args = vec!["keys", "update", id];
+        args.extend_from_slice(extra);
+        ws.cli(&args)
+    };
+    let moved = json(&update(
+        &public,
+        &[
+            "--allow-origin",
+            "https://b.example",
+            "--allow-origin",
+            "https://*.c.example",
+        ],
+    ));
+    assert_eq!(
+        moved["allowed_origins"],
+        serde_json::json!(["https://b.example", "https://*.c.example"])
+    );
+    // An empty list is left out of a key's record.
+    let none = |record: &Value, field: &str| {
+        record
+            .get(field)
+            .is_none_or(|v| v == &serde_json::json!([]))
+    };
+    let back = json(&update(&public, &["--allow-origin", "default"]));
+    assert!(none(&back, "allowed_origins"), "{back}");
+    let narrowed = json(&update(
+        &secret,
+        &["--allow-ip", "10.0.0.0/8", "--allow-ip", "::1"],
+    ));
+    assert_eq!(
+        narrowed["allowed_cidrs"],
+        serde_json::json!(["10.0.0.0/8", "::1/128"])
+    );
+    let open = json(&update(&secret, &["--allow-ip", "any"]));
+    assert!(none(&open, "allowed_cidrs"), "{open}");
+    refused(
+        &update(&secret, &["--allow-origin", "https://a.example"]),
+        1,
+        &["--allow-origin", "only public keys"],
+    );
+    refused(
+        &update(&secret, &["--allow-ip", "nope"]),
+        1,
+        &["--allow-ip", "nope"],
+    );
+    refused(
+        &update(&public, &["--allow-origin", "a.example/path"]),
+        1,
+        &["--allow-origin"],
+    );
+    let unchanged = json(&ws.cli(&["keys", "show", &secret]));
+    assert!(none(&unchanged, "allowed_origins"), "{unchanged}");
+    let out = ws.cli(&["audit", "--key", &public]);
+    let updates: Vec<(Value, Value)> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["action"] == "update")
+        .map(|e| (e["result"].clone(), e["changed"].clone()))
+        .collect();
+    let origins = serde_json::json!(["allowed_origins"]);
+    assert_eq!(updates.len(), 3, "{updates:?}");
+    assert_eq!(updates[0], ("ok".into(), origins.clone()), "{updates:?}");
+    assert_eq!(updates[1], ("ok".into(), origins), "{updates:?}");
+    assert_ne!(updates[2].0, "ok", "the refused one: {updates:?}");
+}
