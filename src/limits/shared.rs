@@ -356,7 +356,18 @@ impl Shared {
         let alive_for = self.settings.sync_every * 3;
         let call = self.store.sync(&self.instance, alive_for, pending.clone());
         let outcome = tokio::time::timeout(self.settings.timeout, call).await;
-        tracing::debug!(?outcome, "quota sync");
+        match &outcome {
+            // Counts only: suspended keys' hashes stay out of the logs.
+            Ok(Ok(state)) => {
+                tracing::debug!(
+                    live = state.live,
+                    suspended = state.suspended.len(),
+                    "quota sync"
+                );
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, "quota sync"),
+            Err(_) => tracing::debug!("quota sync timed out"),
+        }
         match outcome {
             Ok(Ok(state)) => {
                 self.live.store(state.live.max(1), Ordering::Release);
