@@ -629,6 +629,9 @@ pub struct LimitMetrics {
     /// Requests whose lease was spent while the quota store did not answer, by outcome:
     /// `admitted` on the fallback budget, or `refused` (`[store] quota_fallback = "refuse"`).
     pub decided_alone: IntCounterVec,
+    /// Requests refused for a moment because the quota store held back the rest of a quota
+    /// after an outage (what sidecars may have admitted alone), though it was not used up.
+    pub held: IntCounter,
     /// Keys suspended by this sidecar for exceeding their rate limit repeatedly.
     pub suspensions: IntCounter,
 }
@@ -663,6 +666,12 @@ impl LimitMetrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let held = IntCounter::new(
+            "keygate_quota_held_refusals_total",
+            "Requests refused for a moment (429 with a Retry-After of a second or two) while the \
+             quota store held back the rest of a quota after an outage, though it was not used up",
+        )
+        .expect("valid metric");
         let suspensions = IntCounter::new(
             "keygate_key_suspensions_total",
             "Keys this sidecar suspended for exceeding their rate limit repeatedly",
@@ -673,6 +682,7 @@ impl LimitMetrics {
             Box::new(live_sidecars.clone()),
             Box::new(refills.clone()),
             Box::new(decided_alone.clone()),
+            Box::new(held.clone()),
             Box::new(suspensions.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -688,6 +698,7 @@ impl LimitMetrics {
             live_sidecars,
             refills,
             decided_alone,
+            held,
             suspensions,
         }
     }

@@ -576,6 +576,8 @@ mod shared {
         all_count(&[&a, &b, &c], 3.0).await;
         let headers = [("x-api-key", key.as_str())];
         let admitted = admit_each(&[&a, &b, &c], &key, 30).await;
+        const HELD: &str = "keygate_quota_held_refusals_total";
+        assert_eq!(metric(&a, HELD).await, 0.0, "nothing held before the outage");
         redis.pause();
         let mut alone = 0;
         for kg in [&b, &c] {
@@ -602,8 +604,11 @@ mod shared {
             }
             ok
         };
-        // Within the hold (five syncs from `a`'s first report), `b` and `c` still cut off.
+        // Within the hold (five syncs from `a`'s first report), `b` and `c` still cut off:
+        // `a` is refused for moments, and says why.
         let mut after = spend(&a, Duration::from_millis(1_500)).await;
+        let held = metric(&a, HELD).await;
+        assert!(held > 0.0, "no refusal counted as held");
         proxy.set_new(Fault::Pass);
         proxy.set_existing(Fault::Pass);
         // `b` and `c` report at their next sync, with no traffic of their own; then `a` may

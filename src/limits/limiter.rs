@@ -482,15 +482,20 @@ impl Limiter {
             Take::Empty if mode == Mode::Leased => match lease.held(window, now_ns / 1_000_000) {
                 // Redis holds the rest back for a while after an outage, for what sidecars may
                 // have admitted alone: refused for that moment, not for the window.
-                Some(ms) => Err(NotTaken::Full(long_state(
-                    name,
-                    limit,
-                    calendar,
-                    quota::Usage {
-                        remaining: 0,
-                        reset_secs: ms.div_ceil(1_000),
-                    },
-                ))),
+                Some(ms) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.limits.held.inc();
+                    }
+                    Err(NotTaken::Full(long_state(
+                        name,
+                        limit,
+                        calendar,
+                        quota::Usage {
+                            remaining: 0,
+                            reset_secs: ms.div_ceil(1_000),
+                        },
+                    )))
+                }
                 None => Err(NotTaken::NeedGrant),
             },
             Take::Empty
