@@ -577,7 +577,11 @@ mod shared {
         let headers = [("x-api-key", key.as_str())];
         let admitted = admit_each(&[&a, &b, &c], &key, 30).await;
         const HELD: &str = "keygate_quota_held_refusals_total";
-        assert_eq!(metric(&a, HELD).await, 0.0, "nothing held before the outage");
+        assert_eq!(
+            metric(&a, HELD).await,
+            0.0,
+            "nothing held before the outage"
+        );
         redis.pause();
         let mut alone = 0;
         for kg in [&b, &c] {
