@@ -17,6 +17,9 @@
 //!   buffer and the framing rules that refuse smuggling ([`wire::request`]), bodies by length,
 //!   chunks or close ([`wire::body`]), the client's response heads and JSON refusals
 //!   ([`wire::response`]).
+//! - [`http2`]: keygate's own HTTP/2 on the wire, being built to serve HTTP/2 clients in
+//!   place of hyper's server; so far its frame layer ([`http2::frame`]). Nothing serves with
+//!   it yet.
 //! - [`header_rules`]: the header rulebook: every header name classified once, and what the
 //!   upstream and the client may see of each; both engines render its decisions.
 //! - [`head`]: the request head as the stages read it, whichever engine parsed it.
@@ -113,6 +116,7 @@ pub mod forward;
 pub mod guard;
 pub mod head;
 pub mod header_rules;
+pub mod http2;
 pub mod keys;
 pub mod limits;
 pub mod metrics;
