@@ -18,7 +18,10 @@
 //!   (pseudo-header fields, connection-specific fields, lowercase names, `Host` against
 //!   `:authority`), into a head the request path's stages read.
 //!
-//! Still to build, in this order: the response's header block (HPACK encoding), the connection's
+//! - [`response`]: a response's header block, HPACK-encoded from the static table and
+//!   literals (no dynamic table to keep in step).
+//!
+//! Still to build, in this order: the connection's
 //! state (streams, flow control both ways, settings, the limits on streams, resets and
 //! header blocks that hyper's server enforces today), then the engine over keygate's upstream
 //! links and its clocks, conformance and differential tests against hyper, and fuzzing of
@@ -26,3 +29,4 @@
 
 pub mod frame;
 pub mod request;
+pub mod response;
