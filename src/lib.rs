@@ -18,8 +18,9 @@
 //!   chunks or close ([`wire::body`]), the client's response heads and JSON refusals
 //!   ([`wire::response`]).
 //! - [`http2`]: keygate's own HTTP/2 on the wire, being built to serve HTTP/2 clients in
-//!   place of hyper's server; so far its frame layer ([`http2::frame`]). Nothing serves with
-//!   it yet.
+//!   place of hyper's server: frames ([`http2::frame`]), request and response header blocks
+//!   ([`http2::request`], [`http2::response`]) and a connection's state without I/O
+//!   ([`http2::connection`]). Nothing serves with it yet.
 //! - [`header_rules`]: the header rulebook: every header name classified once, and what the
 //!   upstream and the client may see of each; both engines render its decisions.
 //! - [`head`]: the request head as the stages read it, whichever engine parsed it.

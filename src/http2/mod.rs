@@ -17,16 +17,21 @@
 //! - [`request`]: a request's header block, decoded (HPACK) and held to RFC 9113 §8's rules
 //!   (pseudo-header fields, connection-specific fields, lowercase names, `Host` against
 //!   `:authority`), into a head the request path's stages read.
-//!
 //! - [`response`]: a response's header block, HPACK-encoded from the static table and
 //!   literals (no dynamic table to keep in step).
+//! - [`connection`]: one connection's state without I/O: the client's bytes in, one frame at
+//!   a time, events out (a request, a piece of its body, a reset), the server's frames and
+//!   responses collected in one output buffer; stream states, flow control both ways, the
+//!   client's settings, and the limits on streams, resets, header blocks and unread output.
 //!
-//! Still to build, in this order: the connection's
-//! state (streams, flow control both ways, settings, the limits on streams, resets and
-//! header blocks that hyper's server enforces today), then the engine over keygate's upstream
-//! links and its clocks, conformance and differential tests against hyper, and fuzzing of
-//! each layer.
+//! Still to build: the engine that drives a [`connection::Connection`] over a socket and
+//! keygate's request path (admit, the upstream links, refusals as JSON, the rate-limit
+//! headers, `finish`), with the clocks hyper's connections have today (header, idle, stall,
+//! a polite close that must finish), TLS and extended CONNECT for WebSockets; then
+//! conformance (h2spec's cases, written as tests) and differential tests against hyper's
+//! server, a benchmark against it, and only then the switch.
 
+pub mod connection;
 pub mod frame;
 pub mod request;
 pub mod response;
