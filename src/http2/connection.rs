@@ -180,6 +180,9 @@ pub struct Connection {
     /// The client's settings as they apply to what keygate sends.
     send_initial_window: u32,
     send_max_frame: u32,
+    /// The smallest SETTINGS_HEADER_TABLE_SIZE the client has set since the last response
+    /// head, when below the default: the next head must say so first (RFC 7541 §4.2).
+    table_update: Option<u32>,
     send_window: i64,
     recv_window: i64,
     /// Received bytes given back by the engine, not yet announced in a WINDOW_UPDATE.
@@ -235,6 +238,7 @@ impl Connection {
             recent_closed: VecDeque::new(),
             send_initial_window: DEFAULT_WINDOW,
             send_max_frame: frame::DEFAULT_MAX_FRAME_SIZE,
+            table_update: None,
             send_window: i64::from(DEFAULT_WINDOW),
             recv_window: i64::from(limits.connection_window.max(DEFAULT_WINDOW)),
             unannounced: 0,
@@ -381,8 +385,14 @@ impl Connection {
             }
             opened = delta > 0;
         }
-        // The client's table size only bounds keygate's encoder, which uses no dynamic
-        // table; push, concurrency and list size are the client's own business here.
+        // keygate's encoder uses no dynamic table, but a decoder that lowered its table's size
+        // may insist on hearing the encoder agree (nghttp2 does). Push, concurrency and list
+        // size are the client's own business here.
+        if let Some(size) = settings.header_table_size
+            && size < request::HEADER_TABLE_SIZE as u32
+        {
+            self.table_update = Some(self.table_update.map_or(size, |s| s.min(size)));
+        }
         frame::write_settings_ack(&mut self.out);
         Ok(opened.then_some(Event::WindowOpened))
     }
@@ -713,13 +723,19 @@ impl Connection {
             return;
         }
         open.responded = true;
-        frame::write_headers(
-            &mut self.out,
-            stream,
-            block,
-            end_stream,
-            self.send_max_frame,
-        );
+        match self.table_update.take() {
+            Some(size) => {
+                let mut updated = Vec::with_capacity(block.len() + 6);
+                super::response::table_size_update(&mut updated, size);
+                updated.extend_from_slice(block);
+                let max = self.send_max_frame;
+                frame::write_headers(&mut self.out, stream, &updated, end_stream, max);
+            }
+            None => {
+                let max = self.send_max_frame;
+                frame::write_headers(&mut self.out, stream, block, end_stream, max);
+            }
+        }
         if end_stream {
             self.end_sending(stream);
         }

@@ -129,6 +129,11 @@ where
     }
 }
 
+/// A dynamic table size update (RFC 7541 §6.3), which must begin a header block.
+pub fn table_size_update(out: &mut Vec<u8>, size: u32) {
+    integer(out, 0x20, 5, size as usize);
+}
+
 /// The static table's index of `name` (any case), for regular fields.
 fn static_name(name: &[u8]) -> Option<usize> {
     // Pseudo-header names are never a response's regular fields; skip their 14 entries.

@@ -593,6 +593,53 @@ fn a_response_is_sent_as_the_client_s_windows_allow() {
 }
 
 #[test]
+fn a_client_that_shrinks_its_table_hears_the_encoder_agree() {
+    let mut c = Client::new(Limits::default());
+    let mut b = Vec::new();
+    for size in [256, 0] {
+        write_settings(
+            &mut b,
+            &Settings {
+                header_table_size: Some(size),
+                ..Settings::default()
+            },
+        );
+    }
+    b.extend(c.headers(1, &GET, true));
+    b.extend(c.headers(3, &GET, true));
+    c.send(&b).unwrap();
+    c.output();
+    let mut block = Vec::new();
+    crate::http2::response::encode(&mut block, 200, [("server", "keygate")]);
+    c.conn.send_headers(1, &block, true);
+    c.conn.send_headers(3, &block, true);
+    let out = std::mem::take(c.conn.output());
+    let mut decoder = loona_hpack::Decoder::new();
+    let mut at = 0;
+    let mut firsts = Vec::new();
+    while at < out.len() {
+        let Ok(Read::Frame {
+            frame: Frame::Headers { block, .. },
+            len,
+        }) = frame::read(&out[at..], DEFAULT_MAX_FRAME_SIZE)
+        else {
+            panic!("not HEADERS");
+        };
+        firsts.push(block[0]);
+        assert_eq!(
+            decoder.decode(block).unwrap(),
+            [
+                (b":status".to_vec(), b"200".to_vec()),
+                (b"server".to_vec(), b"keygate".to_vec())
+            ]
+        );
+        at += len;
+    }
+    // The smallest size, once, at the start of the first head after it.
+    assert_eq!(firsts, [0x20, 0x88]);
+}
+
+#[test]
 fn streams_past_the_concurrency_limit_are_refused() {
     let mut c = Client::new(Limits {
         max_concurrent_streams: 2,
