@@ -35,3 +35,5 @@ pub mod connection;
 pub mod frame;
 pub mod request;
 pub mod response;
+#[cfg(test)]
+mod test_io;

@@ -314,8 +314,7 @@ fn a_block_that_does_not_decode_is_a_compression_error() {
 /// sends two requests; both decode as it meant them.
 #[tokio::test]
 async fn requests_from_the_h2_crate_decode_as_sent() {
-    use crate::http2::frame::{self, Frame, PREFACE, Read};
-    use tokio::io::AsyncReadExt;
+    use crate::http2::frame::Frame;
 
     let (client_io, mut server_io) = tokio::io::duplex(1 << 16);
     let client = tokio::spawn(async move {
@@ -336,25 +335,13 @@ async fn requests_from_the_h2_crate_decode_as_sent() {
     let mut buf = Vec::new();
     let mut decoder = Decoder::new(16 << 10);
     let mut heads = Vec::new();
-    while heads.len() < 2 {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, server_io.read(&mut chunk))
-            .await
-            .expect("the client went quiet")
-            .unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.starts_with(PREFACE) {
-            buf.drain(..PREFACE.len());
-        }
-        while let Read::Frame { frame, len } =
-            frame::read(&buf, frame::DEFAULT_MAX_FRAME_SIZE).unwrap()
-        {
-            if let Frame::Headers { block, .. } = frame {
-                heads.push(decoder.request(block).unwrap());
-            }
-            buf.drain(..len);
-        }
+    for _ in 0..2 {
+        let block = crate::http2::test_io::until(&mut server_io, &mut buf, deadline, |f| match f {
+            Frame::Headers { block, .. } => Some(block.to_vec()),
+            _ => None,
+        })
+        .await;
+        heads.push(decoder.request(&block).unwrap());
     }
     client.abort();
     let read: Vec<_> = heads

@@ -80,8 +80,8 @@ fn every_status_and_every_static_name_decode_as_meant() {
 /// `frame` wrote) as it was meant.
 #[tokio::test]
 async fn the_h2_crate_reads_the_response_as_encoded() {
-    use crate::http2::frame::{self, Frame, PREFACE, Read};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use crate::http2::frame::{self, Frame};
+    use tokio::io::AsyncWriteExt;
 
     let (client_io, mut server_io) = tokio::io::duplex(1 << 16);
     let client = tokio::spawn(async move {
@@ -105,30 +105,11 @@ async fn the_h2_crate_reads_the_response_as_encoded() {
     });
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut buf = Vec::new();
-    let stream = 'read: loop {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, server_io.read(&mut chunk))
-            .await
-            .expect("the client went quiet")
-            .unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.starts_with(PREFACE) {
-            buf.drain(..PREFACE.len());
-        }
-        while let Read::Frame { frame, len } =
-            frame::read(&buf, frame::DEFAULT_MAX_FRAME_SIZE).unwrap()
-        {
-            let stream = match frame {
-                Frame::Headers { stream, .. } => Some(stream),
-                _ => None,
-            };
-            buf.drain(..len);
-            if let Some(stream) = stream {
-                break 'read stream;
-            }
-        }
-    };
+    let stream = crate::http2::test_io::until(&mut server_io, &mut buf, deadline, |f| match f {
+        Frame::Headers { stream, .. } => Some(stream),
+        _ => None,
+    })
+    .await;
     let mut out = Vec::new();
     frame::write_settings(&mut out, &frame::Settings::default());
     frame::write_settings_ack(&mut out);
