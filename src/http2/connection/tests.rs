@@ -859,3 +859,43 @@ async fn the_h2_crate_s_client_is_served_through_this_connection() {
         .expect("the client finished")
         .unwrap();
 }
+
+#[test]
+fn a_send_window_pushed_past_2_31_fails_its_stream_or_the_connection() {
+    // A stream's window: that stream is reset, the connection goes on.
+    let mut c = Client::new(Limits::default());
+    let mut b = c.headers(1, &GET, true);
+    write_window_update(&mut b, 1, frame::MAX_WINDOW - 65_535);
+    assert_eq!(
+        c.send(&b),
+        Ok(vec![
+            Seen::Request(1, "/v1/items".into(), true),
+            Seen::WindowOpened
+        ])
+    );
+    let mut b = Vec::new();
+    write_window_update(&mut b, 1, 1);
+    assert_eq!(
+        c.send(&b),
+        Ok(vec![Seen::Reset(1, ErrorCode::FLOW_CONTROL_ERROR)])
+    );
+    assert_eq!(c.output(), ["RST_STREAM 1 FLOW_CONTROL_ERROR"]);
+    // Through SETTINGS_INITIAL_WINDOW_SIZE, with a stream whose window was opened: the
+    // connection's error (§6.9.2).
+    let mut b = c.headers(3, &GET, true);
+    write_window_update(&mut b, 3, 1_000_000);
+    write_settings(
+        &mut b,
+        &Settings {
+            initial_window_size: Some(frame::MAX_WINDOW),
+            ..Settings::default()
+        },
+    );
+    assert_eq!(
+        c.send(&b).unwrap_err(),
+        ConnectionError {
+            code: ErrorCode::FLOW_CONTROL_ERROR,
+            reason: "SETTINGS_INITIAL_WINDOW_SIZE overflows a stream's window"
+        }
+    );
+}
