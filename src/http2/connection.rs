@@ -157,8 +157,6 @@ enum Phase {
     /// Waiting for the client's first frame, which must be SETTINGS.
     FirstSettings,
     Open,
-    /// The client has sent a GOAWAY: it is closing.
-    ClientGone,
 }
 
 pub struct Connection {
@@ -283,6 +281,19 @@ impl Connection {
             Ok(Read::Incomplete) => return Ok(Step::Incomplete),
             Ok(Read::Frame { frame, len }) => (frame, len),
             Err(FrameError::Connection { code, reason }) => return Err(self.fail(code, reason)),
+            // A stream's error where no frame but one may come is the connection's.
+            Err(FrameError::Stream { .. }) if self.block.is_some() => {
+                return Err(self.fail(
+                    ErrorCode::PROTOCOL_ERROR,
+                    "a frame inside another stream's header block",
+                ));
+            }
+            Err(FrameError::Stream { .. }) if self.phase == Phase::FirstSettings => {
+                return Err(self.fail(
+                    ErrorCode::PROTOCOL_ERROR,
+                    "the client's first frame is not SETTINGS",
+                ));
+            }
             Err(FrameError::Stream {
                 stream, code, len, ..
             }) => {
@@ -319,10 +330,7 @@ impl Connection {
                 frame::write_ping(&mut self.out, true, data);
                 Ok(None)
             }
-            Frame::GoAway { code, .. } => {
-                self.phase = Phase::ClientGone;
-                Ok(Some(Event::GoAway { code }))
-            }
+            Frame::GoAway { code, .. } => Ok(Some(Event::GoAway { code })),
             Frame::WindowUpdate { stream, increment } => self.window_update(stream, increment),
             Frame::RstStream { stream, code } => self.client_reset(stream, code),
             Frame::Headers {

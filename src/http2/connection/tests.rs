@@ -240,6 +240,17 @@ fn what_breaks_the_connection_s_rules_ends_it() {
             "a frame inside another stream's header block",
         ),
         (
+            "a bad PRIORITY frame (a stream's error elsewhere) inside a header block",
+            Box::new(|c| {
+                let mut b = c.headers(1, &GET, true);
+                b[4] &= !0x4;
+                b.extend(raw(0x2, 0, 3, b"\0\0\0\x01"));
+                b
+            }),
+            ErrorCode::PROTOCOL_ERROR,
+            "a frame inside another stream's header block",
+        ),
+        (
             "another stream's CONTINUATION inside a header block",
             Box::new(|c| {
                 let mut b = c.headers(1, &GET, true);
