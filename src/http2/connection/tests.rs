@@ -910,3 +910,47 @@ fn a_send_window_pushed_past_2_31_fails_its_stream_or_the_connection() {
         }
     );
 }
+
+#[test]
+fn frames_rfc_9113_allows_on_idle_and_closed_streams_change_nothing() {
+    let mut c = Client::new(Limits::default());
+    // A request answered and closed.
+    let b = c.headers(1, &GET, true);
+    c.send(&b).unwrap();
+    c.conn.send_headers(1, b"\x88", true);
+    c.output();
+    let mut b = Vec::new();
+    // PRIORITY on an idle stream (§5.1), and on the closed one.
+    b.extend(raw(0x2, 0, 9, b"\x00\x00\x00\x00\x10"));
+    b.extend(raw(0x2, 0, 1, b"\x00\x00\x00\x00\x10"));
+    // WINDOW_UPDATE and RST_STREAM on the closed stream: they may have crossed its end.
+    write_window_update(&mut b, 1, 100);
+    write_rst_stream(&mut b, 1, ErrorCode::CANCEL);
+    // An extension frame, a PING's acknowledgement, an empty SETTINGS acknowledgement.
+    b.extend(raw(0xfa, 0, 0, b"anything"));
+    write_ping(&mut b, true, [0; 8]);
+    b.extend(raw(0x4, 0x1, 0, b""));
+    assert_eq!(c.send(&b), Ok(vec![]));
+    assert!(c.output().is_empty(), "nothing to answer");
+    // The connection goes on; stream 9 (idle, prioritized) may still open.
+    let b = c.headers(9, &GET, true);
+    assert_eq!(
+        c.send(&b),
+        Ok(vec![Seen::Request(9, "/v1/items".into(), true)])
+    );
+    // A PING is answered with its own bytes.
+    let mut b = Vec::new();
+    write_ping(&mut b, false, *b"answerme");
+    c.send(&b).unwrap();
+    let out = std::mem::take(c.conn.output());
+    assert_eq!(
+        frame::read(&out, DEFAULT_MAX_FRAME_SIZE),
+        Ok(Read::Frame {
+            frame: Frame::Ping {
+                ack: true,
+                data: *b"answerme"
+            },
+            len: 17
+        })
+    );
+}
