@@ -294,10 +294,7 @@ impl Reading {
             }
             _ => {}
         }
-        self.framing.line(class, value).map_err(|e| match e {
-            HeadError::Invalid(reason) => reason,
-            HeadError::TooLarge => "the header list is too large",
-        })?;
+        self.framing.line(class, value).map_err(framing_reason)?;
         let name = self.keep(name);
         let value = self.keep(value);
         if class == Name::Host {
@@ -321,10 +318,7 @@ impl Reading {
             Method::from_bytes(&self.head.buf[method]).map_err(|_| ":method is not a token")?;
         let framing = std::mem::take(&mut self.framing)
             .finish(false, true)
-            .map_err(|e| match e {
-                HeadError::Invalid(reason) => reason,
-                HeadError::TooLarge => "the header list is too large",
-            })?;
+            .map_err(framing_reason)?;
         self.head.content_length = match framing {
             Framing::Length(n) => Some(n),
             _ => None,
@@ -383,6 +377,14 @@ impl Reading {
             }
         }
         Ok(())
+    }
+}
+
+/// What the HTTP/1.1 parser's framing rules say of a field, as a malformed request's reason.
+fn framing_reason(e: HeadError) -> &'static str {
+    match e {
+        HeadError::Invalid(reason) => reason,
+        HeadError::TooLarge => "the header list is too large",
     }
 }
 
